@@ -1,0 +1,3 @@
+//! # netd-dns
+//!
+//! Cluster DNS: the zone computed from a ClusterState, served over UDP and TCP through hickory.

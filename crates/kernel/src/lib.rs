@@ -1,0 +1,3 @@
+//! # netd-kernel
+//!
+//! The only code that touches the kernel: network namespaces, applying rule sets atomically, conntrack.

@@ -1,0 +1,3 @@
+//! The `kube-netd` command line.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! # netd-lab
+//!
+//! The lab: a real multi-node cluster on one Linux machine, built from network namespaces.

@@ -1,0 +1,31 @@
+//! # netd-model: kube-netd's one picture of the cluster
+//!
+//! Every other crate reads the cluster through this one. Start with [`ClusterState`], the
+//! immutable, indexed snapshot; its typed views live in [`view`], the keys in [`keys`].
+//!
+//! - [`object`]: the Kubernetes objects we read, as k8s-openapi types ([`Object`], [`Kind`]).
+//! - [`keys`]: typed names (`PodRef`, `ServicePortName`, `NodeName`, [`Protocol`]...).
+//! - [`selector`]: label selectors with Kubernetes' exact semantics.
+//! - [`view`]: validated, typed views of each object (parse once, never re-check).
+//! - [`state`]: [`ClusterState`] and its lookups by key, selector, IP and node.
+//! - [`config`]: the cluster's address ranges and DNS zone ([`ClusterConfig`]).
+//! - [`field`] and [`validation`]: field paths, field errors and the primitive validators.
+
+pub mod config;
+pub mod field;
+pub mod keys;
+pub mod object;
+pub mod selector;
+pub mod state;
+pub mod validation;
+pub mod view;
+
+pub use config::ClusterConfig;
+pub use field::{FieldError, FieldPath};
+pub use keys::{
+    DeploymentRef, EndpointSliceRef, NamespaceName, NodeName, PodRef, PolicyRef, Protocol,
+    ServicePortName, ServiceRef,
+};
+pub use object::{Kind, Object, ObjectId};
+pub use selector::{LabelSelector, Labels};
+pub use state::{ClusterState, StateError};

@@ -1,0 +1,3 @@
+//! # netd-testkit
+//!
+//! Builders for tests: objects, clusters and address plans.
