@@ -1,3 +1,24 @@
-//! # netd-kernel
+//! # netd-kernel: the only code that touches the kernel
 //!
-//! The only code that touches the kernel: network namespaces, applying rule sets atomically, conntrack.
+//! Everything kube-netd does to a Linux kernel goes through this crate, and all of it happens
+//! inside named network namespaces (`/run/netns/NAME`) that the caller created: nothing here
+//! touches the host's own namespace.
+//!
+//! Start with [`netns`] (create, delete, enter and run commands in a namespace), then
+//! [`link`] (veth pairs, bridges, addresses, routes, sysctls), [`rules`] (atomic
+//! `iptables-restore` / `ipset restore`, conntrack deletion) and [`process`] (ending processes
+//! by PID). Every failure is a [`KernelError`] naming the command and carrying its stderr.
+//!
+//! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
+//! so that what kube-netd does can be replayed by hand; only entering a namespace from a thread
+//! ([`netns::enter`]) uses `setns(2)` directly.
+
+pub mod error;
+pub mod link;
+pub mod netns;
+pub mod process;
+pub mod rules;
+
+mod cmd;
+
+pub use error::KernelError;

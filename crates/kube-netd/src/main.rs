@@ -1,3 +1,88 @@
-//! The `kube-netd` command line.
+//! `kube-netd`: Kubernetes node networking in one binary.
+//!
+//! Each subcommand lives in its own module; `main` parses flags, sets up logging and hands
+//! over. See docs/ARCHITECTURE.md for how the crates fit together.
 
-fn main() {}
+mod cluster;
+mod lab_cmd;
+mod print;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cluster::ClusterArgs;
+use crate::print::{Format, Scope, Target};
+
+/// Kubernetes node networking in one binary: service proxy, NetworkPolicy, cluster DNS, and a
+/// lab that runs it all on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "kube-netd", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info` or `netd_lab=debug`.
+    #[arg(long, global = true, env = "KUBE_NETD_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the cluster the manifests resolve to, the way kubectl prints it.
+    #[command(after_help = "Examples:\n  \
+        kube-netd get all -f examples/\n  \
+        kube-netd get pods -A -o wide -f examples/hostnames/\n  \
+        kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml")]
+    Get(GetArgs),
+    /// Run a cluster of network namespaces on this machine and probe it with real packets.
+    Lab(lab_cmd::LabArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
+    /// namespaces, or all (kubectl's short names work: po, svc, netpol, no, deploy, ns).
+    kind: Target,
+    /// Only this namespace.
+    #[arg(short = 'n', long, default_value = "default", conflicts_with = "all_namespaces")]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Get(args) => {
+            let state = args.cluster.resolve()?;
+            let scope = if args.all_namespaces || args.kind == Target::Kind(netd_model::Kind::Node) {
+                Scope::All
+            } else {
+                Scope::Namespace(args.namespace)
+            };
+            print!("{}", print::render(&state, args.kind, &scope, args.output)?);
+            Ok(())
+        }
+        Command::Lab(args) => lab_cmd::run(args, &netd_lab::NoRules),
+    }
+}

@@ -1,3 +1,54 @@
-//! # netd-lab
+//! # netd-lab: a real multi-node cluster on one machine, built from network namespaces
 //!
-//! The lab: a real multi-node cluster on one Linux machine, built from network namespaces.
+//! Start with [`Lab`]: [`Lab::up`] builds a lab from objects, [`Lab::apply`] and
+//! [`Lab::delete`] change it (returning once every Node has converged), [`Lab::probe`] and
+//! [`Lab::matrix`] send real packets, and dropping a `Lab` that `up` returned (or calling
+//! [`down`]) removes everything it made.
+//!
+//! ```no_run
+//! use netd_lab::{Lab, LabOptions, Place, ProbeSpec, Target};
+//! # fn objects() -> Vec<netd_model::Object> { Vec::new() }
+//! let options = LabOptions::new("demo", vec!["/usr/bin/kube-netd".into(), "lab".into(), "internal".into()]);
+//! let lab = Lab::up(options, objects(), netd_lab::resolved_as_given())?;
+//! let from: Place = "default/client".parse()?;
+//! let to: Target = "svc/default/web".parse()?;
+//! for result in lab.probe(&from, &to, &ProbeSpec::default())? {
+//!     println!("{result}"); // default/client -> svc/default/web 80/tcp: connected (served by ...)
+//! }
+//! lab.down()?;
+//! # Ok::<(), netd_lab::LabError>(())
+//! ```
+//!
+//! Modules:
+//! - [`lab`]: the [`Lab`] value and [`down`].
+//! - [`agent`]: each Node's level-triggered reconcile loop, and the [`Programmer`] seam through
+//!   which the service proxy and the policy enforcer supply a Node's rules.
+//! - [`echo`]: the echo server every Pod runs on its container ports.
+//! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
+//! - [`helper`]: the helper processes (agent, echo server) and their arguments.
+//! - [`names`]: how namespaces and interfaces are named (per-lab prefix, 15-byte interfaces).
+//! - [`objects`]: objects as the lab stores them.
+//! - `topology` (private): the underlay switch, the external namespace, each Node's bridge
+//!   (`cni0`, with `br_netfilter` and hairpin ports) and routes, each Pod's namespace.
+//! - `store` (private): the state directory (`/run/kube-netd/labs/<name>/`), which records
+//!   every namespace before it is created and every PID, so [`down`] cleans up after a crash.
+//!
+//! The kernel is touched only through `netd-kernel`, and only inside namespaces the lab made.
+
+pub mod agent;
+pub mod echo;
+pub mod error;
+pub mod helper;
+pub mod lab;
+pub mod names;
+pub mod objects;
+pub mod probe;
+mod store;
+mod topology;
+
+pub use agent::{NoRules, NodeRules, Programmer};
+pub use error::{BoxError, LabError};
+pub use helper::helper_main;
+pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
+pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+pub use store::DEFAULT_STATE_ROOT;

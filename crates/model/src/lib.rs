@@ -10,13 +10,18 @@
 //! - [`state`]: [`ClusterState`] and its lookups by key, selector, IP and node.
 //! - [`config`]: the cluster's address ranges and DNS zone ([`ClusterConfig`]).
 //! - [`field`] and [`validation`]: field paths, field errors and the primitive validators.
+//! - [`load`](mod@load): reading manifests (files, directories, stdin; YAML, JSON, `kind: List`) into
+//!   validated objects ([`load()`], [`load_str`]), with errors naming file, document and field.
+//! - [`validate`]: what the API server would reject, object by object ([`Validator`]).
 
 pub mod config;
 pub mod field;
 pub mod keys;
+pub mod load;
 pub mod object;
 pub mod selector;
 pub mod state;
+pub mod validate;
 pub mod validation;
 pub mod view;
 
@@ -26,6 +31,8 @@ pub use keys::{
     DeploymentRef, EndpointSliceRef, NamespaceName, NodeName, PodRef, PolicyRef, Protocol,
     ServicePortName, ServiceRef,
 };
+pub use load::{LoadError, LoadWarning, Loaded, Manifests, Source, load, load_str};
 pub use object::{Kind, Object, ObjectId};
 pub use selector::{LabelSelector, Labels};
 pub use state::{ClusterState, StateError};
+pub use validate::Validator;

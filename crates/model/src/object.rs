@@ -82,7 +82,7 @@ pub enum Object {
     /// A Namespace.
     Namespace(Namespace),
     /// A Node.
-    Node(Node),
+    Node(Box<Node>),
     /// A Deployment.
     Deployment(Box<Deployment>),
     /// A Pod.

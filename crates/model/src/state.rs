@@ -35,7 +35,7 @@ pub enum StateError {
         id: ObjectId,
         /// What is wrong with it.
         #[source]
-        source: FieldError,
+        source: Box<FieldError>,
     },
     /// Two objects share a kind, namespace and name.
     #[error("{id} is defined twice")]
@@ -78,7 +78,7 @@ impl ClusterState {
             }
         }
         for (id, object) in &state.objects {
-            let err = |source| StateError::InvalidObject { id: id.clone(), source };
+            let err = |source| StateError::InvalidObject { id: id.clone(), source: Box::new(source) };
             match object {
                 Object::Namespace(ns) => {
                     let view = namespace_view(id, ns.metadata.labels.as_ref());
@@ -299,7 +299,7 @@ fn labels_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
     meta.labels.clone().unwrap_or_default()
 }
 
-fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldError> {
+pub(crate) fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldError> {
     let labels = labels_of(&n.metadata);
     let mut internal_ips = Vec::new();
     let status = n.status.as_ref();
@@ -322,7 +322,7 @@ fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldError> {
     Ok(Node { name: NodeName::new(&id.name), labels, internal_ips, pod_cidrs, zone })
 }
 
-fn pod_view(id: &ObjectId, p: &core::Pod) -> Result<Pod, FieldError> {
+pub(crate) fn pod_view(id: &ObjectId, p: &core::Pod) -> Result<Pod, FieldError> {
     let spec = p.spec.as_ref();
     let status = p.status.as_ref();
     let mut ports = Vec::new();
@@ -370,7 +370,7 @@ fn traffic_policy(v: Option<&String>, path: FieldPath) -> Result<TrafficPolicy, 
     }
 }
 
-fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, FieldError> {
+pub(crate) fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, FieldError> {
     let default_spec = core::ServiceSpec::default();
     let spec = s.spec.as_ref().unwrap_or(&default_spec);
     let service_type = match spec.type_.as_deref() {
@@ -509,7 +509,7 @@ fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, FieldError>
     })
 }
 
-fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<EndpointSlice, FieldError> {
+pub(crate) fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<EndpointSlice, FieldError> {
     let address_type = match s.address_type.as_str() {
         "IPv4" => AddressType::IPv4,
         "IPv6" => AddressType::IPv6,
@@ -581,7 +581,7 @@ fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<EndpointSli
     })
 }
 
-fn policy_view(id: &ObjectId, p: &networking::NetworkPolicy) -> Result<NetworkPolicy, FieldError> {
+pub(crate) fn policy_view(id: &ObjectId, p: &networking::NetworkPolicy) -> Result<NetworkPolicy, FieldError> {
     let default_spec = networking::NetworkPolicySpec::default();
     let spec = p.spec.as_ref().unwrap_or(&default_spec);
     let pod_selector = match &spec.pod_selector {

@@ -1,3 +1,27 @@
-//! # netd-proxy
+//! # netd-proxy: the back-end-neutral service plan
 //!
-//! The service plan: for one Node, every service port's frontends and the endpoints each may use, decided once for every back end.
+//! Start with [`plan`]: from a [`ClusterState`](netd_model::ClusterState), one Node and one IP
+//! family, it decides everything kube-proxy decides before it writes a single rule — for every
+//! Service port its frontends (ClusterIP, nodePort, external IPs, load-balancer IPs and source
+//! ranges), which endpoints each kind of traffic may use (kube-proxy's `CategorizeEndpoints`:
+//! ready endpoints filtered by topology hints, the serving-and-terminating fallback, the
+//! node-local set for `Local` traffic policies), what happens when there are none (reject or
+//! drop), and where traffic is masqueraded. The back ends (iptables, nftables, IPVS) only render
+//! a [`ServicePlan`].
+//!
+//! - [`options`]: [`ProxyOptions`] (masquerade bit, local-traffic detector, node zone and IPs).
+//! - [`plan`](mod@plan): [`ServicePlan`], [`ServicePortPlan`] and the decisions they carry.
+//! - [`topology`]: endpoint categorisation, exactly as upstream's `topology.go`.
+//!
+//! The crate is pure: no I/O, no clock; the same snapshot gives the same plan.
+
+pub mod options;
+pub mod plan;
+pub mod topology;
+
+pub use options::{IpFamily, ProxyOptions};
+pub use plan::{
+    ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, ServicePlan, ServicePortPlan,
+    plan,
+};
+pub use topology::{Categorized, categorize};

@@ -1,3 +1,26 @@
-//! # netd-render
+//! # netd-render: plans rendered into kernel rule sets
 //!
-//! Renders plans into kernel rule sets: iptables-restore and ipset input, with a packet tracer over our own rule representation.
+//! Start with [`render_services`]: it turns a [`netd_proxy::ServicePlan`] into
+//! [`ServiceRules`] — kube-proxy's iptables layout as a typed [`Ruleset`], plus the hook rules
+//! that jump into it from the built-in chains. [`ServiceRules::restore_input`] writes the
+//! `iptables-restore --noflush` payload of a full or partial sync (the applier feeds it to
+//! `iptables-restore` or, for an IPv6 plan, `ip6tables-restore`).
+//!
+//! - [`iptables`]: the rule representation ([`Ruleset`], [`Rule`], [`Match`], [`Target`]) and
+//!   its byte-deterministic `iptables-restore` rendering. Matches stay structured so the
+//!   tracer can evaluate them and other renderers (NetworkPolicy, ipset matches) can reuse them.
+//! - [`chains`]: kube-proxy's chain names and hashes.
+//! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
+//! - [`trace`]: a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
+//!   choice with its probability, masquerade, reject and drop.
+//!
+//! The crate is pure: it never touches the kernel.
+
+pub mod chains;
+pub mod iptables;
+pub mod services;
+pub mod trace;
+
+pub use iptables::{ChainName, HookRule, Match, Rule, Ruleset, Table, Target};
+pub use services::{RenderOptions, ServiceRules, SyncScope, render_services};
+pub use trace::{Host, Origin, Packet, Trace, TraceError, Verdict, trace};

@@ -33,7 +33,7 @@ pub fn objects(yaml: &str) -> Vec<Object> {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
         let object = match kind.as_str() {
             "Namespace" => Object::Namespace(parse(value, i)),
-            "Node" => Object::Node(parse(value, i)),
+            "Node" => Object::Node(Box::new(parse(value, i))),
             "Deployment" => Object::Deployment(Box::new(parse(value, i))),
             "Pod" => Object::Pod(Box::new(parse(value, i))),
             "Service" => Object::Service(Box::new(parse(value, i))),

@@ -1,0 +1,416 @@
+//! The hickory adapter: answers DNS messages from the [`Zone`] and forwards the rest.
+//!
+//! hickory's types stay in this module. [`Handler`] implements hickory-server's
+//! `RequestHandler`: one question per message, class IN, opcode QUERY; names the zone is
+//! authoritative for are answered from it (AA set), others go to the upstream resolvers
+//! through a TTL cache, and an ExternalName alias leaving the zone is chased upstream as
+//! CoreDNS does. Truncation (TC) follows the client's EDNS payload size, or 512 bytes.
+
+mod forward;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::Server;
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+pub use forward::ForwardConfig;
+
+use crate::metrics::Metrics;
+use crate::zone::{self, Question, Rcode, RecordData, RecordType, Zone};
+use forward::{ForwardError, Forwarder, Upstream};
+
+/// The transport a message arrived on: it decides whether responses are truncated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP: responses fit the client's EDNS payload size (512 bytes without EDNS).
+    Udp,
+    /// TCP: responses up to 65535 bytes.
+    Tcp,
+}
+
+/// The largest UDP payload we answer with, whatever the client offers.
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// Answers DNS requests: from the current zone, or forwarded upstream.
+pub struct Handler {
+    zone: watch::Receiver<Arc<Zone>>,
+    forwarder: Forwarder,
+    metrics: Arc<Metrics>,
+}
+
+impl Handler {
+    /// A handler answering from whatever zone `zone` holds at each request.
+    pub fn new(
+        zone: watch::Receiver<Arc<Zone>>,
+        forward: ForwardConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            zone,
+            forwarder: Forwarder::new(forward),
+            metrics,
+        }
+    }
+
+    /// Answers one DNS message given as bytes, exactly as the server would on `transport`:
+    /// `None` when the server would not answer (fewer than 12 bytes, or a response),
+    /// FORMERR when the message is malformed, else the response. The entry point of the
+    /// fuzz target and of tests without sockets.
+    pub async fn answer_bytes(&self, message: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let src = SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
+        let protocol = match transport {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
+        let request = match Request::from_bytes(message.to_vec(), src, protocol) {
+            Ok(request) => request,
+            Err(_) => return formerr(message),
+        };
+        if request.metadata.message_type == hickory_proto::op::MessageType::Response {
+            return None;
+        }
+        let capture = Capture {
+            transport,
+            out: Arc::new(Mutex::new(None)),
+        };
+        self.handle_request::<_, TokioTime>(&request, capture.clone())
+            .await;
+        capture.out.lock().ok()?.take()
+    }
+
+    async fn reply(&self, request: &Request) -> Reply {
+        let mut reply = Reply::new(request);
+        if request.metadata.op_code != OpCode::Query {
+            return reply.error(ResponseCode::NotImp);
+        }
+        let [query] = request.queries.queries() else {
+            return reply.error(ResponseCode::FormErr);
+        };
+        reply.qtype = RecordType::from_code(u16::from(query.query_type())).as_str();
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return reply.error(ResponseCode::BADVERS);
+        }
+        if query.query_class() != DNSClass::IN {
+            return reply.error(ResponseCode::Refused);
+        }
+        let zone = self.zone.borrow().clone();
+        let qtype = RecordType::from_code(u16::from(query.query_type()));
+        let qname = query.name().to_string();
+        let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+        if !answer.authoritative {
+            return match self.forward(query.original()).await {
+                Ok(upstream) => reply.upstream(upstream),
+                Err(e) => {
+                    tracing::debug!(name = %qname, error = %e, "forwarding failed");
+                    reply.error(ResponseCode::ServFail)
+                }
+            };
+        }
+        reply.metadata.authoritative = true;
+        reply.metadata.response_code = match answer.rcode {
+            Rcode::NoError => ResponseCode::NoError,
+            Rcode::NxDomain => ResponseCode::NXDomain,
+            Rcode::Refused => ResponseCode::Refused,
+        };
+        // Answers for the question's own name keep the client's spelling (0x20 case).
+        let owner = query.original().name();
+        let asked = qname.trim_end_matches('.').to_ascii_lowercase();
+        let convert = |records: &[zone::Record]| -> Option<Vec<Record>> {
+            records
+                .iter()
+                .map(|r| to_record(r, (r.name.as_str() == asked).then_some(owner)))
+                .collect()
+        };
+        let (Some(answers), Some(authorities), Some(additionals)) = (
+            convert(&answer.answers),
+            convert(&answer.authority),
+            convert(&answer.additional),
+        ) else {
+            return reply.error(ResponseCode::ServFail);
+        };
+        reply.answers = answers;
+        reply.authorities = authorities;
+        reply.additionals = additionals;
+        self.chase_alias(&zone, query.original(), &answer, &mut reply)
+            .await;
+        reply
+    }
+
+    /// An answer ending in an alias out of the zone (an ExternalName Service) gets the
+    /// target's records from upstream appended, as CoreDNS does.
+    async fn chase_alias(
+        &self,
+        zone: &Zone,
+        query: &hickory_proto::op::Query,
+        answer: &zone::Answer,
+        reply: &mut Reply,
+    ) {
+        let Some(zone::Record {
+            data: RecordData::Cname(target),
+            ..
+        }) = answer.answers.last()
+        else {
+            return;
+        };
+        if answer.rcode != Rcode::NoError
+            || zone
+                .answer(&Question::new(target.as_str(), RecordType::A))
+                .authoritative
+        {
+            return;
+        }
+        let Ok(target) = to_name(target) else { return };
+        let chased = hickory_proto::op::Query::query(target, query.query_type());
+        match self.forward(&chased).await {
+            Ok(upstream) => {
+                reply.answers.extend(upstream.answers);
+                reply.metadata.response_code = upstream.rcode;
+            }
+            Err(e) => tracing::debug!(error = %e, "chasing an alias upstream failed"),
+        }
+    }
+
+    async fn forward(&self, query: &hickory_proto::op::Query) -> Result<Upstream, ForwardError> {
+        let (upstream, cached) = self.forwarder.resolve(query).await?;
+        if cached {
+            self.metrics.cache_hit();
+        }
+        Ok(upstream)
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let reply = self.reply(request).await;
+        let qtype = reply.qtype;
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns
+        });
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let message = builder.build(
+            reply.metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        let info = match response.send_response(message).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "sending a response failed");
+                let mut metadata = reply.metadata;
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        };
+        self.metrics
+            .observe_request(qtype, rcode_str(info.response_code), started.elapsed());
+        info
+    }
+}
+
+/// A response being put together.
+struct Reply {
+    metadata: Metadata,
+    qtype: &'static str,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+impl Reply {
+    fn new(request: &Request) -> Self {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        Self {
+            metadata,
+            qtype: "other",
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+
+    fn error(mut self, code: ResponseCode) -> Self {
+        self.metadata.response_code = code;
+        self.answers.clear();
+        self.authorities.clear();
+        self.additionals.clear();
+        self
+    }
+
+    fn upstream(mut self, upstream: Upstream) -> Self {
+        self.metadata.response_code = upstream.rcode;
+        self.answers = upstream.answers;
+        self.authorities = upstream.authorities;
+        self.additionals = upstream.additionals;
+        self
+    }
+}
+
+/// Collects the encoded response instead of sending it, for [`Handler::answer_bytes`].
+#[derive(Clone)]
+struct Capture {
+    transport: Transport,
+    out: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // The same limit hickory's server applies when it encodes for a transport.
+        let max = match self.transport {
+            Transport::Udp => response.edns().map_or(512, Edns::max_payload),
+            Transport::Tcp => u16::MAX,
+        };
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = response.destructive_emit(&mut encoder)?;
+        if let Ok(mut out) = self.out.lock() {
+            *out = Some(bytes);
+        }
+        Ok(info)
+    }
+}
+
+/// FORMERR for a message whose header parses but whose body does not, as hickory's server
+/// answers; nothing for fewer than 12 bytes.
+fn formerr(message: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(message)).ok()?;
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let mut bytes = Vec::with_capacity(12);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    hickory_proto::serialize::binary::BinEncodable::emit(
+        &Header {
+            metadata,
+            counts: HeaderCounts::default(),
+        },
+        &mut encoder,
+    )
+    .ok()?;
+    Some(bytes)
+}
+
+/// The wire name of a zone name. Raw labels: hickory's text parser refuses labels starting
+/// with `-`, which dashed IPv6 addresses (`--1` for `::1`) have.
+fn to_name(name: &zone::DomainName) -> Result<Name, hickory_proto::ProtoError> {
+    let mut name = Name::from_labels(name.as_str().split('.').map(str::as_bytes))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+fn to_record(record: &zone::Record, owner: Option<&Name>) -> Option<Record> {
+    let name = match owner {
+        Some(owner) => owner.clone(),
+        None => to_name(&record.name).ok()?,
+    };
+    let data = match &record.data {
+        RecordData::A(ip) => RData::A(A(*ip)),
+        RecordData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        RecordData::Cname(target) => RData::CNAME(CNAME(to_name(target).ok()?)),
+        RecordData::Ns(target) => RData::NS(NS(to_name(target).ok()?)),
+        RecordData::Ptr(target) => RData::PTR(PTR(to_name(target).ok()?)),
+        RecordData::Srv(srv) => RData::SRV(SRV::new(
+            srv.priority,
+            srv.weight,
+            srv.port,
+            to_name(&srv.target).ok()?,
+        )),
+        RecordData::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
+        RecordData::Soa(soa) => RData::SOA(SOA::new(
+            to_name(&soa.mname).ok()?,
+            to_name(&soa.rname).ok()?,
+            soa.serial,
+            i32::try_from(soa.refresh).ok()?,
+            i32::try_from(soa.retry).ok()?,
+            i32::try_from(soa.expire).ok()?,
+            soa.minimum,
+        )),
+    };
+    Some(Record::from_rdata(name, record.ttl, data))
+}
+
+fn rcode_str(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
+/// The running UDP and TCP front end.
+pub(crate) struct Frontend {
+    server: Server<Handler>,
+}
+
+/// How long a TCP connection may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+impl Frontend {
+    /// Starts serving `handler` on bound sockets.
+    pub(crate) fn start(handler: Handler, udp: UdpSocket, tcp: TcpListener) -> Self {
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE, 64);
+        Self { server }
+    }
+
+    /// Runs until the sockets fail; an error says why.
+    pub(crate) async fn wait(&mut self) -> std::io::Error {
+        match self.server.block_until_done().await {
+            Ok(()) => std::io::Error::other("the DNS listeners closed"),
+            Err(e) => std::io::Error::other(e),
+        }
+    }
+
+    /// Stops accepting requests and waits for the running ones.
+    pub(crate) async fn shutdown(mut self) -> std::io::Result<()> {
+        self.server
+            .shutdown_gracefully()
+            .await
+            .map_err(std::io::Error::other)
+    }
+}

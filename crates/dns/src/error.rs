@@ -1,0 +1,43 @@
+//! [`DnsError`]: what can go wrong serving DNS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A failure of the DNS server.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// The DNS listen address could not be bound (UDP or TCP).
+    #[error("binding the DNS listener on {addr}")]
+    BindFailed {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics and health listener could not be bound.
+    #[error("binding the metrics listener on {addr}")]
+    MetricsBindFailed {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A resolv.conf could not be read.
+    #[error("reading {path}")]
+    ResolvConfReadFailed {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's sockets stopped serving before shutdown was asked for.
+    #[error("serving DNS")]
+    ServeFailed {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

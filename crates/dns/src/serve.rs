@@ -1,0 +1,290 @@
+//! Serving: DNS over UDP and TCP, the zone rebuilt on every new snapshot, and a small HTTP
+//! listener for `/metrics`, `/health` and `/ready`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use netd_model::ClusterState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::DnsError;
+use crate::adapter::{ForwardConfig, Frontend, Handler};
+use crate::metrics::Metrics;
+use crate::zone::{Zone, ZoneConfig};
+
+/// Everything `kube-netd dns serve` configures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Where DNS is served, UDP and TCP on the same port (port 0: an ephemeral port).
+    pub listen: SocketAddr,
+    /// The zone: origin, TTL and pod mode.
+    pub zone: ZoneConfig,
+    /// Forwarding of names outside the zone.
+    pub forward: ForwardConfig,
+    /// Where `/metrics`, `/health` and `/ready` are served over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl ServeConfig {
+    /// A configuration serving on `listen` with the default zone, no upstream and no
+    /// metrics listener.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            zone: ZoneConfig::default(),
+            forward: ForwardConfig::default(),
+            metrics_listen: None,
+        }
+    }
+}
+
+/// A DNS server with its sockets bound, not yet serving.
+pub struct DnsServer {
+    config: ServeConfig,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    http: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+}
+
+/// Tries at finding one ephemeral port free for both UDP and TCP.
+const EPHEMERAL_TRIES: usize = 16;
+
+impl DnsServer {
+    /// Binds the DNS sockets (UDP and TCP on one port) and the metrics listener.
+    pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
+        let (udp, tcp) = bind_dns(config.listen).await?;
+        let http = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DnsError::MetricsBindFailed { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            udp,
+            tcp,
+            http,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// The address DNS is served on (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The address of the metrics listener, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes. The zone is built from the snapshot in `state`
+    /// and rebuilt whenever the channel sees a new one; if the sender goes away, the last
+    /// zone keeps being served.
+    pub async fn run(
+        self,
+        mut state: watch::Receiver<Arc<ClusterState>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DnsError> {
+        let DnsServer {
+            config,
+            udp,
+            tcp,
+            http,
+            metrics,
+        } = self;
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        if let Some(http) = http {
+            tasks.spawn(serve_http(http, metrics.clone(), ready.clone()));
+        }
+        let first = state.borrow_and_update().clone();
+        let zone = build_zone(first, config.zone.clone()).await;
+        metrics.zone_built(zone.record_count());
+        let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
+        {
+            let metrics = metrics.clone();
+            let zone_config = config.zone.clone();
+            tasks.spawn(async move {
+                while state.changed().await.is_ok() {
+                    let snapshot = state.borrow_and_update().clone();
+                    let zone = build_zone(snapshot, zone_config.clone()).await;
+                    metrics.zone_built(zone.record_count());
+                    zone_tx.send_replace(Arc::new(zone));
+                }
+            });
+        }
+        let handler = Handler::new(zone_rx, config.forward.clone(), metrics);
+        let mut frontend = Frontend::start(handler, udp, tcp);
+        ready.store(true, Ordering::Release);
+        tracing::info!(listen = %config.listen, zone = %config.zone.origin, "serving cluster DNS");
+        let result = tokio::select! {
+            () = shutdown => frontend.shutdown().await.map_err(|source| DnsError::ServeFailed { source }),
+            source = frontend.wait() => Err(DnsError::ServeFailed { source }),
+        };
+        tasks.abort_all();
+        result
+    }
+}
+
+/// Binds and serves until `shutdown`: [`DnsServer::bind`] then [`DnsServer::run`].
+pub async fn serve(
+    config: ServeConfig,
+    state: watch::Receiver<Arc<ClusterState>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DnsError> {
+    DnsServer::bind(config).await?.run(state, shutdown).await
+}
+
+/// Builds a zone off the async workers: a large cluster takes tens of milliseconds.
+async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Zone {
+    let fallback = (state.clone(), config.clone());
+    match tokio::task::spawn_blocking(move || Zone::build(&state, &config)).await {
+        Ok(zone) => zone,
+        // Only a panic in the build gets here; building inline reports it in place.
+        Err(_) => Zone::build(&fallback.0, &fallback.1),
+    }
+}
+
+async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    let fail = |source| DnsError::BindFailed {
+        addr: listen,
+        source,
+    };
+    if listen.port() != 0 {
+        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
+        let tcp = TcpListener::bind(listen).await.map_err(fail)?;
+        return Ok((udp, tcp));
+    }
+    let mut last = std::io::Error::other("no free port");
+    for _ in 0..EPHEMERAL_TRIES {
+        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
+        let addr = udp.local_addr().map_err(fail)?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = e,
+        }
+    }
+    Err(fail(last))
+}
+
+/// How long an HTTP client may take to send its request.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http_exchange(stream, &metrics, &ready).await {
+                tracing::debug!(error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+async fn http_exchange(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    ready: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    // Read the request head only; the endpoints take no body.
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = tokio::time::timeout(HTTP_READ_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow HTTP client"))??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let (status, content_type, body) =
+        http_route(head.lines().next().unwrap_or_default(), metrics, ready);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn http_route(
+    request_line: &str,
+    metrics: &Metrics,
+    ready: &AtomicBool,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let mut parts = request_line.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return ("400 Bad Request", TEXT, "bad request\n".to_owned());
+    };
+    if method != "GET" {
+        return ("405 Method Not Allowed", TEXT, "only GET\n".to_owned());
+    }
+    match path.split('?').next().unwrap_or_default() {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/health" => ("200 OK", TEXT, "ok\n".to_owned()),
+        "/ready" if ready.load(Ordering::Acquire) => ("200 OK", TEXT, "ready\n".to_owned()),
+        "/ready" => (
+            "503 Service Unavailable",
+            TEXT,
+            "zone not built yet\n".to_owned(),
+        ),
+        _ => ("404 Not Found", TEXT, "not found\n".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_health_ready_and_metrics() {
+        let metrics = Metrics::new();
+        let ready = AtomicBool::new(false);
+        assert_eq!(
+            http_route("GET /health HTTP/1.1", &metrics, &ready).0,
+            "200 OK"
+        );
+        assert_eq!(
+            http_route("GET /ready HTTP/1.1", &metrics, &ready).0,
+            "503 Service Unavailable"
+        );
+        ready.store(true, Ordering::Release);
+        assert_eq!(
+            http_route("GET /ready HTTP/1.1", &metrics, &ready).0,
+            "200 OK"
+        );
+        let (status, _, body) = http_route("GET /metrics HTTP/1.1", &metrics, &ready);
+        assert_eq!(status, "200 OK");
+        assert!(body.contains("netd_dns_zone_builds_total"), "{body}");
+        assert_eq!(
+            http_route("POST /metrics HTTP/1.1", &metrics, &ready).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(
+            http_route("GET /nope HTTP/1.1", &metrics, &ready).0,
+            "404 Not Found"
+        );
+        assert_eq!(http_route("", &metrics, &ready).0, "400 Bad Request");
+    }
+}

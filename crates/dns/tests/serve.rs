@@ -1,0 +1,249 @@
+//! The server over real sockets on loopback, asked with `dig` (dnsutils).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hickory_proto::op::{Message, ResponseCode};
+use netd_dns::{DnsError, DnsServer, ServeConfig};
+use netd_model::ClusterState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+struct Running {
+    dns: SocketAddr,
+    metrics: SocketAddr,
+    state: watch::Sender<Arc<ClusterState>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), DnsError>>,
+}
+
+async fn start(state: ClusterState, upstreams: Vec<SocketAddr>) -> Running {
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.forward.upstreams = upstreams;
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = DnsServer::bind(config).await.expect("bind");
+    let dns = server.local_addr();
+    let metrics = server.metrics_addr().expect("metrics listener");
+    let (tx, rx) = watch::channel(Arc::new(state));
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(server.run(rx, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        dns,
+        metrics,
+        state: tx,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("join").expect("clean shutdown");
+    }
+}
+
+/// `dig` output; `args` after the server and port.
+async fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=3", "+tries=1"])
+        .args(args)
+        .output()
+        .await
+        .expect("dig is installed (dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn short(server: SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["+short"];
+    all.extend_from_slice(args);
+    let mut lines: Vec<String> = dig(server, &all).await.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn dig_over_udp_and_tcp() {
+    let s = start(common::cluster(), vec![]).await;
+    for transport in ["+notcp", "+tcp"] {
+        assert_eq!(
+            short(s.dns, &[transport, "web.default.svc.cluster.local", "A"]).await,
+            ["10.96.0.20"]
+        );
+        assert_eq!(
+            short(s.dns, &[transport, "db.default.svc.cluster.local", "A"]).await,
+            ["10.244.1.5", "10.244.2.6", "10.244.2.8"]
+        );
+        assert_eq!(
+            short(
+                s.dns,
+                &[transport, "_http._tcp.web.default.svc.cluster.local", "SRV"]
+            )
+            .await,
+            ["0 100 80 web.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            short(s.dns, &[transport, "-x", "10.96.0.20"]).await,
+            ["web.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            short(s.dns, &[transport, "dns-version.cluster.local", "TXT"]).await,
+            ["\"1.1.0\""]
+        );
+        assert_eq!(
+            short(
+                s.dns,
+                &[transport, "ext.default.svc.cluster.local", "CNAME"]
+            )
+            .await,
+            ["example.com."]
+        );
+        let full = dig(s.dns, &[transport, "nope.default.svc.cluster.local", "A"]).await;
+        assert!(
+            full.contains("status: NXDOMAIN") && full.contains("flags: qr aa rd ra"),
+            "{full}"
+        );
+        assert!(
+            full.contains(
+                "cluster.local.\t\t5\tIN\tSOA\tns.dns.cluster.local. hostmaster.cluster.local."
+            ),
+            "{full}"
+        );
+        let nodata = dig(s.dns, &[transport, "web.default.svc.cluster.local", "AAAA"]).await;
+        assert!(
+            nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0, AUTHORITY: 1"),
+            "{nodata}"
+        );
+        // No upstream: SERVFAIL, at once.
+        let out = dig(s.dns, &[transport, "example.com", "A"]).await;
+        assert!(out.contains("status: SERVFAIL"), "{out}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn truncates_over_udp_and_answers_in_full_over_tcp() {
+    let s = start(netd_testkit::state(&common::big_headless(300)), vec![]).await;
+    let udp = dig(
+        s.dns,
+        &["+ignore", "+noedns", "many.big.svc.cluster.local", "A"],
+    )
+    .await;
+    assert!(udp.contains("flags: qr aa tc rd ra"), "{udp}");
+    let tcp = dig(s.dns, &["+tcp", "many.big.svc.cluster.local", "A"]).await;
+    assert!(tcp.contains("ANSWER: 300,"), "{tcp}");
+    // dig retries a truncated UDP answer over TCP by itself.
+    assert_eq!(
+        short(s.dns, &["many.big.svc.cluster.local", "A"])
+            .await
+            .len(),
+        300
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_over_udp_gets_formerr_and_the_server_lives_on() {
+    let s = start(common::cluster(), vec![]).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut garbage = vec![0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+    garbage.extend_from_slice(&[0xc0, 0xff, 0x3f, 0x01]);
+    client.send_to(&garbage, s.dns).await.expect("send");
+    let mut buf = [0u8; 512];
+    let (n, _) = client.recv_from(&mut buf).await.expect("a reply");
+    let m = Message::from_vec(&buf[..n]).expect("valid");
+    assert_eq!(m.metadata.id, 0xabcd);
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(
+        short(s.dns, &["web.default.svc.cluster.local"]).await,
+        ["10.96.0.20"]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forwards_to_an_upstream() {
+    let (upstream, count) = common::fake_upstream().await;
+    let s = start(common::cluster(), vec![upstream]).await;
+    assert_eq!(short(s.dns, &["www.example.org", "A"]).await, ["192.0.2.1"]);
+    assert_eq!(
+        short(s.dns, &["+tcp", "www.example.org", "A"]).await,
+        ["192.0.2.1"]
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "the second answer came from the cache"
+    );
+    assert_eq!(
+        short(s.dns, &["ext.default.svc.cluster.local", "A"]).await,
+        ["192.0.2.1", "example.com."]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn follows_new_snapshots_and_serves_metrics() {
+    let s = start(common::cluster(), vec![]).await;
+    assert_eq!(
+        short(s.dns, &["web.default.svc.cluster.local"]).await,
+        ["10.96.0.20"]
+    );
+    s.state.send_replace(Arc::new(netd_testkit::state(
+        &common::CLUSTER.replace("10.96.0.20", "10.96.0.99"),
+    )));
+    let mut seen = Vec::new();
+    // The rebuild happens in the background; poll (bounded) rather than sleep.
+    for _ in 0..100 {
+        seen = short(s.dns, &["web.default.svc.cluster.local"]).await;
+        if seen == ["10.96.0.99"] {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(seen, ["10.96.0.99"]);
+    assert!(
+        http_get(s.metrics, "/health")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        http_get(s.metrics, "/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = http_get(s.metrics, "/metrics").await;
+    assert!(
+        metrics.contains(r#"netd_dns_requests_total{type="A",rcode="NOERROR"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netd_dns_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netd_dns_zone_builds_total 2"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    out
+}

@@ -1,0 +1,361 @@
+//! `kube-netd lab ...`: a real multi-node cluster of network namespaces on this machine.
+//!
+//! Thin: flags are parsed here and everything else is `netd_lab`'s. The hidden
+//! `lab internal ...` subcommand is how the lab runs its own helper processes (each Node's
+//! agent, each Pod's echo server) from this same binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Subcommand, ValueEnum};
+use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
+use netd_model::{ClusterState, Object, Protocol};
+
+use crate::cluster::NetworkArgs;
+use crate::print::{self, Format, Scope};
+
+/// Run a cluster of network namespaces on this machine and probe it with real packets.
+#[derive(Debug, clap::Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build a lab, apply the manifests, and return once every Node has programmed its rules.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab up -f examples/\n  \
+        kube-netd lab up --nodes 3 --name second -f examples/hostnames/")]
+    Up(UpArgs),
+    /// Create or update objects, like kubectl apply; returns once every Node has converged.
+    #[command(after_help = "Example:\n  kube-netd lab apply -f examples/policy/deny-egress.yaml")]
+    Apply(FileArgs),
+    /// Delete objects, like kubectl delete -f; returns once every Node has converged.
+    #[command(after_help = "Example:\n  kube-netd lab delete -f examples/policy/deny-egress.yaml")]
+    Delete(FileArgs),
+    /// Print the lab's resolved cluster, the way kubectl prints it.
+    #[command(
+        after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml"
+    )]
+    Get(GetArgs),
+    /// Send real packets from a pod, a node or outside the cluster, and report what happened.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab probe default/client default/server --port 80\n  \
+        kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
+        kube-netd lab probe default/client 10.244.2.3 --protocol icmp")]
+    Probe(ProbeArgs),
+    /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
+    #[command(
+        after_help = "Examples:\n  kube-netd lab matrix --port 80\n  kube-netd lab matrix -n x,y --port 81 -o json"
+    )]
+    Matrix(MatrixArgs),
+    /// Run a command inside a pod's, a node's or the external namespace.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab exec default/client -- cat /etc/resolv.conf\n  \
+        kube-netd lab exec node/node-1 -- iptables-save\n  \
+        kube-netd lab exec external -- ip route")]
+    Exec(ExecArgs),
+    /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
+    #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
+    Down(NameArgs),
+    /// The lab's own helper processes (a Node's agent, a Pod's echo server).
+    #[command(hide = true)]
+    Internal {
+        /// `agent STATE_DIR NODE` or `echo STATE_DIR NS/POD PROTO/PORT...`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NameArgs {
+    /// The lab.
+    #[arg(long, default_value = "kube-netd", env = "KUBE_NETD_LAB")]
+    name: String,
+    /// Where lab state lives.
+    #[arg(long, hide = true, default_value = netd_lab::DEFAULT_STATE_ROOT, env = "KUBE_NETD_LAB_STATE")]
+    state_root: PathBuf,
+}
+
+impl NameArgs {
+    fn open(&self) -> anyhow::Result<Lab> {
+        Ok(Lab::open(&self.name, &self.state_root, resolver())?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// iptables (the default).
+    Iptables,
+    /// nftables (not yet available).
+    Nftables,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Manifest files or directories (recursive: .yaml, .yml, .json); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// The service proxy back end.
+    #[arg(long, value_enum, default_value = "iptables")]
+    mode: Mode,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct FileArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Manifest files or directories (recursive: .yaml, .yml, .json); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
+    /// namespaces, or all (kubectl's short names work).
+    kind: print::Target,
+    /// Only this namespace.
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable lines.
+    Text,
+    /// JSON.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Where to send from: NS/POD, node/NAME or external.
+    from: String,
+    /// Where to: NS/POD, svc/NS/NAME (its ClusterIP), node/NAME (its IP), an IP, or a DNS
+    /// name (resolved inside FROM).
+    to: String,
+    /// Destination port (TCP and UDP).
+    #[arg(long, short = 'p')]
+    port: Option<u16>,
+    /// tcp, udp, sctp or icmp.
+    #[arg(long, default_value = "tcp")]
+    protocol: String,
+    /// Attempts.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// How long each attempt waits, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Output format: text, or one JSON object per attempt.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct MatrixArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Destination port.
+    #[arg(long, short = 'p', default_value_t = 80)]
+    port: u16,
+    /// tcp, udp or sctp.
+    #[arg(long, default_value = "tcp")]
+    protocol: Protocol,
+    /// Only pods of these namespaces (comma-separated).
+    #[arg(short = 'n', long = "namespace", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// How long a blocked pair is waited for, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// NS/POD, node/NAME or external.
+    target: String,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Runs a `lab` subcommand. `programmer` gives each Node's agent its rules.
+pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
+    match args.command {
+        LabCommand::Up(a) => up(a),
+        LabCommand::Apply(a) => {
+            let lab = a.lab.open()?;
+            let objects = load(&a.files, &lab.state()?)?;
+            for change in lab.apply(objects)? {
+                println!("{change}");
+            }
+            Ok(())
+        }
+        LabCommand::Delete(a) => {
+            let lab = a.lab.open()?;
+            let ids: Vec<_> = load(&a.files, &lab.state()?)?
+                .iter()
+                .map(Object::id)
+                .collect();
+            for change in lab.delete(&ids)? {
+                println!("{change}");
+            }
+            Ok(())
+        }
+        LabCommand::Get(a) => {
+            let state = a.lab.open()?.state()?;
+            let node_kind = a.kind == print::Target::Kind(netd_model::Kind::Node);
+            let scope = if a.all_namespaces || node_kind {
+                Scope::All
+            } else {
+                Scope::Namespace(a.namespace)
+            };
+            print!("{}", print::render(&state, a.kind, &scope, a.output)?);
+            Ok(())
+        }
+        LabCommand::Probe(a) => probe(a),
+        LabCommand::Matrix(a) => {
+            let lab = a.lab.open()?;
+            let m = lab.matrix(
+                a.port,
+                a.protocol,
+                &a.namespaces,
+                Duration::from_millis(a.timeout_ms),
+            )?;
+            match a.output {
+                Output::Text => print!("{}", m.to_text()),
+                Output::Json => println!("{}", m.to_json()),
+            }
+            Ok(())
+        }
+        LabCommand::Exec(a) => {
+            let lab = a.lab.open()?;
+            let place: Place = a.target.parse()?;
+            let (program, rest) = a.command.split_first().context("no command given")?;
+            let status = lab
+                .command(&place, program)?
+                .args(rest)
+                .status()
+                .with_context(|| format!("running {program}"))?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        LabCommand::Down(a) => {
+            if netd_lab::down(&a.name, &a.state_root)? {
+                println!("lab {} removed", a.name);
+            } else {
+                println!("no lab named {} was running", a.name);
+            }
+            Ok(())
+        }
+        LabCommand::Internal { args } => Ok(netd_lab::helper_main(&args, programmer)?),
+    }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    if a.mode == Mode::Nftables {
+        return Err(netd_lab::LabError::ModeNotSupported {
+            mode: "nftables".into(),
+        }
+        .into());
+    }
+    let started = Instant::now();
+    let config = a.network.config();
+    let objects = if a.files.is_empty() {
+        Vec::new()
+    } else {
+        load_with(&a.files, &config)?
+    };
+    let exe = std::env::current_exe().context("finding the kube-netd executable")?;
+    let program = vec![
+        exe.to_string_lossy().into_owned(),
+        "lab".into(),
+        "internal".into(),
+    ];
+    let mut options = LabOptions::new(a.lab.name.clone(), program);
+    options.state_root = a.lab.state_root.clone();
+    options.config = config;
+    let lab = Lab::up(options, objects, resolver())?;
+    let state = lab.state()?;
+    println!(
+        "lab {} is up: {} nodes, {} pods, {} services in {:.1}s (state in {})",
+        lab.name(),
+        state.nodes().count(),
+        state.pods().count(),
+        state.services().count(),
+        started.elapsed().as_secs_f64(),
+        lab.state_dir().display()
+    );
+    lab.detach();
+    Ok(())
+}
+
+fn probe(a: ProbeArgs) -> anyhow::Result<()> {
+    let lab = a.lab.open()?;
+    let from: Place = a.from.parse()?;
+    let to: Target = a.to.parse()?;
+    let protocol: ProbeProtocol = a.protocol.parse()?;
+    if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
+        bail!("a {protocol} probe needs --port");
+    }
+    let spec = ProbeSpec {
+        port: a.port,
+        protocol,
+        count: a.count,
+        timeout: Duration::from_millis(a.timeout_ms),
+    };
+    for result in lab.probe(&from, &to, &spec)? {
+        match a.output {
+            Output::Text => println!("{result}"),
+            Output::Json => println!("{}", serde_json::to_string(&result)?),
+        }
+    }
+    Ok(())
+}
+
+/// Manifests for `apply`/`delete`, validated with the running lab's address plan.
+fn load(files: &[PathBuf], state: &ClusterState) -> anyhow::Result<Vec<Object>> {
+    load_with(files, state.config())
+}
+
+fn load_with(files: &[PathBuf], config: &netd_model::ClusterConfig) -> anyhow::Result<Vec<Object>> {
+    let manifests = netd_model::load::load(files, config)?;
+    for warning in &manifests.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(manifests.into_objects())
+}
+
+fn resolver() -> Resolver {
+    Arc::new(|objects, config, previous| Ok(netd_controlplane::resolve(objects, config, previous)?))
+}

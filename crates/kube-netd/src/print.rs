@@ -1,0 +1,447 @@
+//! kubectl-style output of a resolved cluster: tables (`-o wide` adds columns), YAML and JSON.
+//!
+//! Tables follow kubectl's layout: upper-case headers, columns separated by three spaces,
+//! `<none>` for empty cells, a NAMESPACE column first with `-A`, and `kind/name` with blank
+//! lines between kinds for `get all`. The AGE column is left out: the embedded control plane
+//! has no clock, so every age would read `<unknown>`.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use netd_model::{ClusterState, Kind, Object};
+
+/// Output format, as `-o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table.
+    Table,
+    /// A table with more columns.
+    Wide,
+    /// The objects as YAML (a `List` when there are several).
+    Yaml,
+    /// The objects as JSON (a `List` when there are several).
+    Json,
+}
+
+/// The kinds `get` accepts, with kubectl's short names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One kind.
+    Kind(Kind),
+    /// Pods, Services, Deployments, EndpointSlices, NetworkPolicies and Nodes.
+    All,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let kind = match s.to_ascii_lowercase().as_str() {
+            "all" => return Ok(Target::All),
+            "po" | "pod" | "pods" => Kind::Pod,
+            "svc" | "service" | "services" => Kind::Service,
+            "endpointslice" | "endpointslices" => Kind::EndpointSlice,
+            "netpol" | "networkpolicy" | "networkpolicies" => Kind::NetworkPolicy,
+            "no" | "node" | "nodes" => Kind::Node,
+            "deploy" | "deployment" | "deployments" => Kind::Deployment,
+            "ns" | "namespace" | "namespaces" => Kind::Namespace,
+            _ => {
+                return Err(format!(
+                    "unknown kind {s:?}: expected pods, services, endpointslices, \
+                     networkpolicies, nodes, deployments, namespaces or all"
+                ));
+            }
+        };
+        Ok(Target::Kind(kind))
+    }
+}
+
+/// Which namespaces to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One namespace.
+    Namespace(String),
+    /// All namespaces (`-A`).
+    All,
+}
+
+/// Prints the objects of `target` in `scope` as `format`.
+pub fn render(
+    state: &ClusterState,
+    target: Target,
+    scope: &Scope,
+    format: Format,
+) -> anyhow::Result<String> {
+    let kinds: Vec<Kind> = match target {
+        Target::Kind(k) => vec![k],
+        Target::All => vec![
+            Kind::Pod,
+            Kind::Service,
+            Kind::Deployment,
+            Kind::EndpointSlice,
+            Kind::NetworkPolicy,
+            Kind::Node,
+        ],
+    };
+    let selected: Vec<&Object> = state
+        .objects()
+        .filter(|o| kinds.contains(&o.kind()))
+        .filter(|o| match scope {
+            Scope::All => true,
+            Scope::Namespace(ns) => !o.kind().is_namespaced() || o.namespace() == ns,
+        })
+        .collect();
+    match format {
+        Format::Yaml => serde_yaml_ng::to_string(&as_list(&selected)?).context("encoding YAML"),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&as_list(&selected)?)?;
+            s.push('\n');
+            Ok(s)
+        }
+        Format::Table | Format::Wide => {
+            let wide = format == Format::Wide;
+            let mut out = String::new();
+            for kind in kinds {
+                let objects: Vec<&Object> =
+                    selected.iter().copied().filter(|o| o.kind() == kind).collect();
+                if objects.is_empty() {
+                    continue;
+                }
+                let prefix = (target == Target::All).then(|| kind_prefix(kind));
+                let table = table(kind, &objects, scope == &Scope::All, wide, prefix);
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&table);
+            }
+            if out.is_empty() {
+                out = match scope {
+                    Scope::Namespace(ns) => format!("No resources found in {ns} namespace.\n"),
+                    Scope::All => "No resources found\n".to_owned(),
+                };
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
+    if let [one] = objects {
+        return Ok(serde_json::to_value(one)?);
+    }
+    let items = objects.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+    Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+}
+
+fn kind_prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pod => "pod/",
+        Kind::Service => "service/",
+        Kind::Deployment => "deployment.apps/",
+        Kind::EndpointSlice => "endpointslice.discovery.k8s.io/",
+        Kind::NetworkPolicy => "networkpolicy.networking.k8s.io/",
+        Kind::Node => "node/",
+        Kind::Namespace => "namespace/",
+    }
+}
+
+fn table(kind: Kind, objects: &[&Object], all_ns: bool, wide: bool, prefix: Option<&str>) -> String {
+    let (mut header, wide_header) = headers(kind);
+    if wide {
+        header.extend(wide_header);
+    }
+    let show_ns = all_ns && kind.is_namespaced();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for o in objects {
+        let mut row = match o {
+            Object::Pod(p) => pod_row(p),
+            Object::Service(s) => service_row(s),
+            Object::Deployment(d) => deployment_row(d),
+            Object::EndpointSlice(s) => slice_row(s),
+            Object::NetworkPolicy(p) => policy_row(p),
+            Object::Node(n) => node_row(n),
+            Object::Namespace(n) => namespace_row(n),
+        };
+        if !wide {
+            row.truncate(header.len());
+        }
+        row[0] = format!("{}{}", prefix.unwrap_or_default(), row[0]);
+        if show_ns {
+            row.insert(0, o.namespace().to_owned());
+        }
+        rows.push(row);
+    }
+    let mut header: Vec<String> = header.into_iter().map(str::to_owned).collect();
+    if show_ns {
+        header.insert(0, "NAMESPACE".to_owned());
+    }
+    align(&header, &rows)
+}
+
+fn headers(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
+    match kind {
+        Kind::Pod => (
+            vec!["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"],
+            vec!["LABELS"],
+        ),
+        Kind::Service => (
+            vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"],
+            vec!["SELECTOR"],
+        ),
+        Kind::Deployment => (
+            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
+            vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        Kind::EndpointSlice => (vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"], vec!["SERVICE"]),
+        Kind::NetworkPolicy => (vec!["NAME", "POD-SELECTOR"], vec!["POLICY-TYPES"]),
+        Kind::Node => (vec!["NAME", "STATUS", "ROLES", "INTERNAL-IP"], vec!["POD-CIDRS", "LABELS"]),
+        Kind::Namespace => (vec!["NAME", "STATUS"], vec!["LABELS"]),
+    }
+}
+
+fn align(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}   ", width = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".to_owned() } else { s }
+}
+
+fn join_labels(labels: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    or_none(
+        labels
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn pod_row(p: &Pod) -> Vec<String> {
+    let spec = p.spec.as_ref();
+    let status = p.status.as_ref();
+    let containers = spec.map_or(0, |s| s.containers.len());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|c| c.status == "True");
+    let phase = if p.metadata.deletion_timestamp.is_some() {
+        "Terminating".to_owned()
+    } else {
+        status.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".to_owned())
+    };
+    vec![
+        p.metadata.name.clone().unwrap_or_default(),
+        format!("{}/{containers}", if ready { containers } else { 0 }),
+        phase,
+        "0".to_owned(),
+        or_none(status.and_then(|s| s.pod_ip.clone()).unwrap_or_default()),
+        or_none(spec.and_then(|s| s.node_name.clone()).unwrap_or_default()),
+        join_labels(p.metadata.labels.as_ref()),
+    ]
+}
+
+fn service_row(s: &Service) -> Vec<String> {
+    let spec = s.spec.clone().unwrap_or_default();
+    let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".to_owned());
+    let cluster_ip = match ty.as_str() {
+        "ExternalName" => "<none>".to_owned(),
+        _ => or_none(spec.cluster_ip.clone().unwrap_or_default()),
+    };
+    let lb_ips: Vec<String> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect();
+    let mut external: Vec<String> = lb_ips;
+    external.extend(spec.external_ips.iter().flatten().cloned());
+    let external = match ty.as_str() {
+        "ExternalName" => spec.external_name.clone().unwrap_or_default(),
+        "LoadBalancer" if external.is_empty() => "<pending>".to_owned(),
+        _ => or_none(external.join(",")),
+    };
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(np) if np != 0 => format!("{}:{np}/{proto}", p.port),
+                _ => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect();
+    vec![
+        s.metadata.name.clone().unwrap_or_default(),
+        ty,
+        cluster_ip,
+        external,
+        or_none(ports.join(",")),
+        join_labels(spec.selector.as_ref()),
+    ]
+}
+
+fn deployment_row(d: &Deployment) -> Vec<String> {
+    let spec = d.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    let status = d.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let pod_spec = spec.template.spec.clone().unwrap_or_default();
+    vec![
+        d.metadata.name.clone().unwrap_or_default(),
+        format!("{ready}/{replicas}"),
+        status.updated_replicas.unwrap_or(0).to_string(),
+        status.available_replicas.unwrap_or(0).to_string(),
+        pod_spec.containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(","),
+        pod_spec
+            .containers
+            .iter()
+            .map(|c| c.image.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(","),
+        join_labels(spec.selector.match_labels.as_ref()),
+    ]
+}
+
+fn slice_row(s: &EndpointSlice) -> Vec<String> {
+    let ports: Vec<String> = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.port.map(|n| n.to_string()))
+        .collect();
+    let addresses: Vec<&String> = s.endpoints.iter().flat_map(|e| e.addresses.iter()).collect();
+    let endpoints = match addresses.len() {
+        0 => "<none>".to_owned(),
+        n if n <= 3 => addresses.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+        n => format!(
+            "{} + {} more...",
+            addresses[..3].iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+            n - 3
+        ),
+    };
+    vec![
+        s.metadata.name.clone().unwrap_or_default(),
+        s.address_type.clone(),
+        or_none(ports.join(",")),
+        endpoints,
+        or_none(
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name").cloned())
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
+fn policy_row(p: &NetworkPolicy) -> Vec<String> {
+    let spec = p.spec.clone().unwrap_or_default();
+    let selector = spec.pod_selector.clone().unwrap_or_default();
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    vec![
+        p.metadata.name.clone().unwrap_or_default(),
+        or_none(parts.join(",")),
+        or_none(spec.policy_types.unwrap_or_default().join(",")),
+    ]
+}
+
+fn node_row(n: &Node) -> Vec<String> {
+    let internal: Vec<String> = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .collect();
+    let spec = n.spec.clone().unwrap_or_default();
+    let cidrs = spec.pod_cidrs.clone().or_else(|| spec.pod_cidr.clone().map(|c| vec![c]));
+    let roles: Vec<String> = n
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned))
+        .collect();
+    vec![
+        n.metadata.name.clone().unwrap_or_default(),
+        "Ready".to_owned(),
+        or_none(roles.join(",")),
+        or_none(internal.join(",")),
+        or_none(cidrs.unwrap_or_default().join(",")),
+        join_labels(n.metadata.labels.as_ref()),
+    ]
+}
+
+fn namespace_row(n: &Namespace) -> Vec<String> {
+    vec![
+        n.metadata.name.clone().unwrap_or_default(),
+        "Active".to_owned(),
+        join_labels(n.metadata.labels.as_ref()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_like_kubectl() {
+        let header = vec!["NAME".to_owned(), "IP".to_owned()];
+        let rows = vec![vec!["a".to_owned(), "10.0.0.1".to_owned()]];
+        assert_eq!(align(&header, &rows), "NAME   IP\na      10.0.0.1\n");
+    }
+
+    #[test]
+    fn kinds_parse_with_short_names() {
+        assert_eq!("svc".parse::<Target>(), Ok(Target::Kind(Kind::Service)));
+        assert_eq!("netpol".parse::<Target>(), Ok(Target::Kind(Kind::NetworkPolicy)));
+        assert_eq!("all".parse::<Target>(), Ok(Target::All));
+        assert!("configmaps".parse::<Target>().is_err());
+    }
+}

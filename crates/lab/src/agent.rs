@@ -1,0 +1,349 @@
+//! A Node's agent: the level-triggered reconcile loop a real node runs (kubelet + CNI +
+//! kube-netd), reading the lab's embedded control plane (`cluster.json`) instead of an API
+//! server and programming that Node's namespace.
+//!
+//! Each pass starts from a whole, atomically written snapshot, so nothing is programmed from a
+//! partial view. A pass builds the namespaces of new Pods, removes those of deleted or changed
+//! ones, restarts echo servers that died, then asks the [`Programmer`] for the Node's rules
+//! and applies them atomically. Only then is the generation recorded as converged. A failed
+//! pass is retried in full.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use netd_kernel::{process, rules};
+use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef};
+
+use crate::error::BoxError;
+use crate::names::Names;
+use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
+use crate::topology::{self, ResolvConf};
+use crate::{LabError, objects};
+
+/// The rules one Node needs, as payloads for the kernel's atomic loaders.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRules {
+    /// An `ipset restore` payload, applied first (rules may reference its sets).
+    pub ipset: Option<String>,
+    /// An `iptables-restore --noflush` payload.
+    pub iptables: Option<String>,
+}
+
+/// Turns the cluster into one Node's rules: the seam where the service proxy and the policy
+/// enforcer plug into the lab. Implementations are pure; the agent applies what they return.
+pub trait Programmer: Send + Sync {
+    /// The rules `node` needs for `state`.
+    fn program(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, BoxError>;
+}
+
+/// A [`Programmer`] that programs nothing: a flat pod network without Services or policies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRules;
+
+impl Programmer for NoRules {
+    fn program(&self, _: &ClusterState, _: &NodeName) -> Result<NodeRules, BoxError> {
+        Ok(NodeRules::default())
+    }
+}
+
+/// How often a converged agent re-checks everything even without a new generation.
+const RESYNC: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs the agent of `node` for the lab whose state is in `state_dir`, until that directory
+/// disappears (`lab down`).
+pub fn run_agent(
+    state_dir: &Path,
+    node: &NodeName,
+    programmer: &dyn Programmer,
+) -> Result<(), LabError> {
+    let store = Store::at(state_dir.to_owned());
+    let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
+        name: state_dir.to_string_lossy().into_owned(),
+        dir: state_dir.to_owned(),
+    })?;
+    let mut agent = Agent {
+        names: Names::new(&lab.name)?,
+        store,
+        lab,
+        node: node.clone(),
+        children: BTreeMap::new(),
+    };
+    let mut done: Option<(u64, Instant)> = None;
+    while agent.store.exists() {
+        let echo_died = agent.reap();
+        let Some(cluster) = agent.store.read_cluster()? else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let due = match done {
+            Some((generation, at)) => {
+                generation != cluster.generation || echo_died || at.elapsed() > RESYNC
+            }
+            None => true,
+        };
+        if due {
+            match agent.reconcile(cluster.generation, cluster.resolved, programmer) {
+                Ok(()) => done = Some((cluster.generation, Instant::now())),
+                Err(e) => {
+                    tracing::error!(node = %agent.node, error = %error_chain(&e), "reconcile failed; retrying");
+                    agent.record_error(cluster.generation, &e)?;
+                    done = None;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// An error with its causes, one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+struct Agent {
+    names: Names,
+    store: Store,
+    lab: LabRecord,
+    node: NodeName,
+    /// Echo servers this agent started, to reap them.
+    children: BTreeMap<String, Child>,
+}
+
+impl Agent {
+    /// Reaps echo servers that exited; returns whether any did.
+    fn reap(&mut self) -> bool {
+        let before = self.children.len();
+        self.children
+            .retain(|_, child| matches!(child.try_wait(), Ok(None)));
+        before != self.children.len()
+    }
+
+    fn record_error(&self, generation: u64, e: &LabError) -> Result<(), LabError> {
+        let mut record = self.store.read_node(&self.node)?;
+        record.error = Some(error_chain(e));
+        if record.error_generation == generation {
+            record.error_count += 1;
+        } else {
+            record.error_generation = generation;
+            record.error_count = 1;
+        }
+        self.store.write_node(&self.node, &record)
+    }
+
+    fn reconcile(
+        &mut self,
+        generation: u64,
+        resolved: Vec<serde_json::Value>,
+        programmer: &dyn Programmer,
+    ) -> Result<(), LabError> {
+        let config = ClusterConfig::from(&self.lab.config);
+        let state =
+            ClusterState::new(objects::decode_all(resolved)?, config).map_err(|source| {
+                LabError::InvalidState {
+                    source: Box::new(source),
+                }
+            })?;
+        let Some(node_addr) = self.lab.nodes.get(&self.node).cloned() else {
+            return Err(LabError::UnknownTarget {
+                what: "node",
+                name: self.node.to_string(),
+            });
+        };
+        let desired = self.desired_pods(&state, node_addr.ip);
+        let mut record = self.store.read_node(&self.node)?;
+        let marker = self.store.marker();
+
+        for (key, have) in record.pods.clone() {
+            let same = desired.get(&key).is_some_and(|(_, want)| {
+                want.netns == have.netns && want.ip == have.ip && want.ports == have.ports
+            });
+            let alive = have
+                .pid
+                .is_some_and(|pid| process::is_alive(pid) && process::is_ours(pid, &marker));
+            if same && alive {
+                continue;
+            }
+            self.stop_echo(&key, have.pid)?;
+            if same {
+                if let Some(pod) = record.pods.get_mut(&key) {
+                    pod.pid = None;
+                }
+            } else {
+                if let Some(ns) = &have.netns {
+                    topology::remove_pod(ns)?;
+                }
+                record.pods.remove(&key);
+            }
+            self.store.write_node(&self.node, &record)?;
+        }
+
+        let dns = ResolvConf {
+            nameserver: state.config().dns_service_ip,
+            zone: state.config().dns_zone.clone(),
+        };
+        let mut starting = Vec::new();
+        for (key, (pod, want)) in &desired {
+            if record.pods.get(key).is_some_and(|p| p.pid.is_some()) {
+                continue;
+            }
+            if !record.pods.get(key).is_some_and(|p| p.built) {
+                // Recorded before it is built, so that a crash mid-build leaves nothing
+                // unrecorded; a half-built namespace is removed and built again.
+                record.pods.insert(key.clone(), want.clone());
+                self.store.write_node(&self.node, &record)?;
+                if let (Some(ns), Some(ip)) = (&want.netns, want.ip) {
+                    topology::remove_pod(ns)?;
+                    topology::build_pod(&self.names, &self.node, &node_addr, pod, ip, &dns)?;
+                }
+                if let Some(p) = record.pods.get_mut(key) {
+                    p.built = true;
+                }
+                self.store.write_node(&self.node, &record)?;
+            }
+            let mut child = self.spawn_echo(key, want)?;
+            if let Some(p) = record.pods.get_mut(key) {
+                p.pid = Some(child.id());
+            }
+            self.store.write_node(&self.node, &record)?;
+            let stdout = child.stdout.take();
+            self.children.insert(key.clone(), child);
+            starting.push((pod.clone(), stdout));
+        }
+        for (pod, stdout) in starting {
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                let _ = BufReader::new(out).read_line(&mut line);
+            }
+            if line.trim() != "ready" {
+                return Err(LabError::EchoNotReady {
+                    pod,
+                    detail: format!("see {}", self.store.log_path(&self.node).display()),
+                });
+            }
+        }
+
+        let node_ns = self.names.node_ns(&self.node);
+        let rules =
+            programmer
+                .program(&state, &self.node)
+                .map_err(|source| LabError::ProgramFailed {
+                    node: self.node.clone(),
+                    source,
+                })?;
+        let what = || format!("rules of node {}", self.node);
+        if let Some(payload) = &rules.ipset {
+            rules::ipset_restore(&node_ns, payload).map_err(LabError::kernel(what()))?;
+        }
+        if let Some(payload) = &rules.iptables {
+            rules::iptables_restore(&node_ns, payload).map_err(LabError::kernel(what()))?;
+        }
+        record.converged = generation;
+        record.error = None;
+        record.error_count = 0;
+        self.store.write_node(&self.node, &record)
+    }
+
+    /// The Pods this Node should run, keyed as the Node record keys them (`ns/name`).
+    fn desired_pods(
+        &self,
+        state: &ClusterState,
+        node_ip: IpAddr,
+    ) -> BTreeMap<String, (PodRef, PodRecord)> {
+        let mut out = BTreeMap::new();
+        for pod in state.pods_on(self.node.as_str()) {
+            let ports: Vec<_> = pod.ports.iter().map(|p| (p.protocol, p.port)).collect();
+            let (netns, ip) = if pod.host_network {
+                (None, Some(node_ip))
+            } else {
+                let Some(ip) = pod.ips.iter().copied().find(IpAddr::is_ipv4) else {
+                    tracing::info!(pod = %pod.key, "pod has no IPv4 address yet; not started");
+                    continue;
+                };
+                (Some(self.names.pod_ns(&pod.key)), Some(ip))
+            };
+            let record = PodRecord {
+                netns,
+                ip,
+                ports,
+                built: false,
+                pid: None,
+            };
+            out.insert(pod.key.to_string(), (pod.key.clone(), record));
+        }
+        out
+    }
+
+    fn spawn_echo(&self, key: &str, pod: &PodRecord) -> Result<Child, LabError> {
+        let ns = pod
+            .netns
+            .clone()
+            .unwrap_or_else(|| self.names.node_ns(&self.node));
+        let (program, leading) =
+            self.lab
+                .program
+                .split_first()
+                .ok_or_else(|| LabError::BadHelperArgs {
+                    args: self.lab.program.clone(),
+                    expected: "a helper program",
+                })?;
+        let what = || format!("echo server of {key}");
+        let mut cmd =
+            netd_kernel::netns::command(&ns, program).map_err(LabError::kernel(what()))?;
+        cmd.args(leading)
+            .arg("echo")
+            .arg(self.store.marker())
+            .arg(key);
+        for (protocol, port) in &pod.ports {
+            cmd.arg(format!("{}/{port}", protocol.as_lower_str()));
+        }
+        let log_path = self.store.log_path(&self.node);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(LabError::io(&log_path))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        cmd.spawn().map_err(|source| LabError::SpawnFailed {
+            what: what(),
+            source,
+        })
+    }
+
+    fn stop_echo(&mut self, key: &str, pid: Option<u32>) -> Result<(), LabError> {
+        if let Some(pid) = pid {
+            process::kill_if_ours(pid, &self.store.marker())
+                .map_err(LabError::kernel(format!("echo server of {key}")))?;
+        }
+        if let Some(mut child) = self.children.remove(key) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+}
+
+/// Reads every Node's record, for waiting on convergence.
+pub(crate) fn node_records(
+    store: &Store,
+    nodes: &[NodeName],
+) -> Result<Vec<(NodeName, NodeRecord)>, LabError> {
+    nodes
+        .iter()
+        .map(|n| Ok((n.clone(), store.read_node(n)?)))
+        .collect()
+}

@@ -1,0 +1,244 @@
+//! [`LabError`]: what went wrong building, changing, probing or removing a lab.
+
+use std::io;
+use std::path::PathBuf;
+
+use netd_kernel::KernelError;
+use netd_model::{NodeName, PodRef, StateError};
+
+/// A boxed error from a pluggable part (the control plane, a rule programmer).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A lab operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A lab of this name already has a state directory.
+    #[error("a lab named {name:?} already exists (state in {}); run `kube-netd lab down --name {name}` first", dir.display())]
+    AlreadyExists {
+        /// The lab.
+        name: String,
+        /// Its state directory.
+        dir: PathBuf,
+    },
+    /// No lab of this name is running.
+    #[error("no lab named {name:?} is running (no state in {})", dir.display())]
+    NotFound {
+        /// The lab.
+        name: String,
+        /// The state directory looked for.
+        dir: PathBuf,
+    },
+    /// A lab name that cannot prefix namespace names.
+    #[error("{name:?} is not a valid lab name (lower-case letters, digits and '-', at most 40)")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
+    /// Only the iptables mode exists so far.
+    #[error(
+        "--mode {mode} is not supported yet: the nftables back end arrives with its own issue; use --mode iptables"
+    )]
+    ModeNotSupported {
+        /// The mode asked for.
+        mode: String,
+    },
+    /// Reading or writing the lab's state directory failed.
+    #[error("cannot access lab state {}", path.display())]
+    StateIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file is not what the lab wrote.
+    #[error("lab state {} is corrupt", path.display())]
+    StateCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored object could not be read back.
+    #[error("stored object {index} of kind {kind:?} cannot be decoded")]
+    ObjectDecode {
+        /// Its position in the stored list.
+        index: usize,
+        /// Its `kind`.
+        kind: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An object could not be encoded for storage.
+    #[error("object cannot be encoded for storage")]
+    ObjectEncode {
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The embedded control plane refused the objects.
+    #[error("cannot resolve the cluster")]
+    ResolveFailed {
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The resolved objects do not make a valid snapshot.
+    #[error("the resolved cluster is invalid")]
+    InvalidState {
+        /// The cause (boxed: it is large).
+        #[source]
+        source: Box<StateError>,
+    },
+    /// The node network has no address left for the external namespace.
+    #[error("the node network {network} has no free address for the external namespace")]
+    NodeNetworkFull {
+        /// The node network.
+        network: String,
+    },
+    /// The probed verdicts do not make a matrix.
+    #[error("cannot build the matrix")]
+    MatrixFailed {
+        /// The cause.
+        #[source]
+        source: netd_policy::PolicyError,
+    },
+    /// A Node the lab cannot build.
+    #[error("node {node}: {reason}")]
+    InvalidNode {
+        /// The Node.
+        node: NodeName,
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// The set of Nodes changed after `lab up`.
+    #[error(
+        "the lab's nodes are fixed when it is built (had {before:?}, asked for {after:?}); run `lab down` and `lab up` to change them"
+    )]
+    NodesChanged {
+        /// The nodes the lab has.
+        before: Vec<NodeName>,
+        /// The nodes the objects ask for.
+        after: Vec<NodeName>,
+    },
+    /// A kernel operation failed.
+    #[error("building {what}")]
+    Kernel {
+        /// What was being built or removed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: KernelError,
+    },
+    /// A helper process (agent or echo server) could not be started.
+    #[error("cannot start {what}")]
+    SpawnFailed {
+        /// Which process.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An echo server did not report that it is listening.
+    #[error("echo server of {pod} did not start: {detail}")]
+    EchoNotReady {
+        /// The Pod.
+        pod: PodRef,
+        /// What it said, or how it ended.
+        detail: String,
+    },
+    /// A socket of an echo server could not be opened.
+    #[error("echo server cannot listen on {protocol}/{port}")]
+    EchoBindFailed {
+        /// `tcp` or `udp`.
+        protocol: &'static str,
+        /// The port.
+        port: u16,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A node's agent failed to program its rules.
+    #[error("programming rules for node {node}")]
+    ProgramFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// Nodes did not converge in time, or an agent reported an error.
+    #[error("nodes did not converge on generation {generation}: {detail}")]
+    NotConverged {
+        /// The generation waited for.
+        generation: u64,
+        /// Which nodes, and what their agents said.
+        detail: String,
+    },
+    /// A probe or exec source/target that does not exist in the lab.
+    #[error("{what} {name:?} is not in the lab")]
+    UnknownTarget {
+        /// `pod`, `node`, `service`...
+        what: &'static str,
+        /// What was asked for.
+        name: String,
+    },
+    /// A place or target that does not parse.
+    #[error("{input:?} is not a valid {what} (expected {expected})")]
+    BadTarget {
+        /// What was being parsed.
+        what: &'static str,
+        /// The input.
+        input: String,
+        /// The accepted forms.
+        expected: &'static str,
+    },
+    /// A name could not be resolved inside the probing namespace.
+    #[error("cannot resolve {name:?} inside {from}")]
+    NameNotResolved {
+        /// The name.
+        name: String,
+        /// Where it was resolved.
+        from: String,
+    },
+    /// SCTP or another protocol the kernel here cannot do.
+    #[error("protocol {protocol} is not supported by this kernel")]
+    ProtocolUnsupported {
+        /// The protocol.
+        protocol: String,
+    },
+    /// A probe needs a port for TCP and UDP.
+    #[error("a {protocol} probe needs --port")]
+    PortRequired {
+        /// The protocol.
+        protocol: String,
+    },
+    /// A worker thread panicked.
+    #[error("a {what} thread panicked")]
+    ThreadPanicked {
+        /// Which worker.
+        what: &'static str,
+    },
+    /// The arguments of a lab helper process are malformed.
+    #[error("bad helper arguments {args:?}: {expected}")]
+    BadHelperArgs {
+        /// The arguments.
+        args: Vec<String>,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl LabError {
+    pub(crate) fn kernel(what: impl Into<String>) -> impl FnOnce(KernelError) -> LabError {
+        let what = what.into();
+        move |source| LabError::Kernel { what, source }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LabError {
+        let path = path.into();
+        move |source| LabError::StateIo { path, source }
+    }
+}

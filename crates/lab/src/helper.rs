@@ -1,0 +1,82 @@
+//! The lab's helper processes: a Node's agent and a Pod's echo server. The lab starts them by
+//! running its helper program (for `kube-netd`, `kube-netd lab internal`) with these
+//! arguments, which [`helper_main`] parses:
+//!
+//! - `agent STATE_DIR NODE`
+//! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace)
+//!
+//! The state directory is always the second argument: it marks the process as the lab's
+//! (so `lab down` kills by PID only processes that still carry it) and the process exits on
+//! its own when the directory disappears.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use netd_model::{NodeName, PodRef, Protocol};
+
+use crate::LabError;
+use crate::agent::{Programmer, run_agent};
+use crate::echo::EchoServer;
+
+/// Runs the helper that `args` (without the program name and leading arguments) asks for,
+/// until the lab is removed. `programmer` supplies the Nodes' rules to an agent.
+pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), LabError> {
+    let bad = |expected| LabError::BadHelperArgs {
+        args: args.to_vec(),
+        expected,
+    };
+    match args {
+        [cmd, dir, node] if cmd == "agent" => {
+            run_agent(Path::new(dir), &NodeName::new(node.as_str()), programmer)
+        }
+        [cmd, dir, pod, ports @ ..] if cmd == "echo" => {
+            let pod: PodRef = pod
+                .parse()
+                .map_err(|_| bad("echo STATE_DIR NS/POD PROTO/PORT..."))?;
+            let ports = ports
+                .iter()
+                .map(|p| parse_port(p).ok_or_else(|| bad("ports as tcp/80, udp/53, sctp/9")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let server = EchoServer::bind(pod, &ports)?;
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "ready");
+            let _ = stdout.flush();
+            let dir = PathBuf::from(dir);
+            server.serve(move || dir.exists());
+            Ok(())
+        }
+        _ => Err(bad(
+            "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT...",
+        )),
+    }
+}
+
+fn parse_port(s: &str) -> Option<(Protocol, u16)> {
+    let (proto, port) = s.split_once('/')?;
+    Some((proto.parse().ok()?, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::NoRules;
+
+    #[test]
+    fn malformed_helper_arguments_are_refused() {
+        for args in [
+            vec![],
+            vec!["agent".to_owned()],
+            vec!["echo".into(), "/x".into(), "nopod".into()],
+            vec!["echo".into(), "/x".into(), "a/b".into(), "tcp:80".into()],
+        ] {
+            assert!(
+                matches!(
+                    helper_main(&args, &NoRules),
+                    Err(LabError::BadHelperArgs { .. })
+                ),
+                "{args:?}"
+            );
+        }
+        assert_eq!(parse_port("udp/53"), Some((Protocol::Udp, 53)));
+    }
+}

@@ -1,0 +1,662 @@
+//! [`Lab`]: one running lab, built from objects, changed with apply and delete, probed with
+//! real packets, and removed on [`Lab::down`] or on drop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::OpenOptions;
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netd_kernel::{netns, process};
+use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef, Protocol};
+use netd_policy::Matrix;
+
+use crate::agent::{error_chain, node_records};
+use crate::error::BoxError;
+use crate::names::Names;
+use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
+use crate::{LabError, objects, topology};
+
+/// The embedded control plane, as the lab calls it: desired objects (and the previous
+/// resolved state, for stable addresses) in, the resolved cluster out. The binary passes
+/// `netd_controlplane::resolve`; tests may pass [`resolved_as_given`].
+pub type Resolver = Arc<
+    dyn Fn(Vec<Object>, &ClusterConfig, Option<&ClusterState>) -> Result<ClusterState, BoxError>
+        + Send
+        + Sync,
+>;
+
+/// A [`Resolver`] that takes the objects as already resolved (Nodes with addresses and
+/// podCIDRs, Pods with IPs and nodes): for tests that write the cluster out by hand.
+pub fn resolved_as_given() -> Resolver {
+    Arc::new(|objects, config, _| Ok(ClusterState::new(objects, config.clone())?))
+}
+
+/// How to build a lab.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// The lab's name (default `kube-netd`): prefixes every namespace it creates.
+    pub name: String,
+    /// The helper command: program and leading arguments that [`crate::helper_main`] parses
+    /// the rest of (for the binary: `kube-netd lab internal`).
+    pub program: Vec<String>,
+    /// Where state directories live (default [`DEFAULT_STATE_ROOT`]).
+    pub state_root: PathBuf,
+    /// The cluster's address plan (its `default_node_count` is `--nodes`).
+    pub config: ClusterConfig,
+    /// How long `up`, `apply` and `delete` wait for every Node to converge.
+    pub converge_timeout: Duration,
+}
+
+impl LabOptions {
+    /// Options with the defaults, for the lab `name` run by the helper command `program`.
+    pub fn new(name: impl Into<String>, program: Vec<String>) -> LabOptions {
+        LabOptions {
+            name: name.into(),
+            program,
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            config: ClusterConfig::default(),
+            converge_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What `apply` or `delete` did to one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// It was new.
+    Created,
+    /// It replaced a different version.
+    Configured,
+    /// It was already so.
+    Unchanged,
+    /// It was removed.
+    Deleted,
+    /// It was to be removed but did not exist.
+    NotFound,
+}
+
+/// One object's change, printed as kubectl does (`pod/web created`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Change {
+    /// The object.
+    pub id: ObjectId,
+    /// What happened.
+    pub action: Action,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match self.action {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Deleted => "deleted",
+            Action::NotFound => "not found",
+        };
+        let kind = self.id.kind.as_str().to_ascii_lowercase();
+        if self.id.namespace.is_empty() {
+            write!(f, "{kind}/{} {action}", self.id.name)
+        } else {
+            write!(
+                f,
+                "{kind}/{} {action} (namespace {})",
+                self.id.name, self.id.namespace
+            )
+        }
+    }
+}
+
+/// A running lab. One built by [`Lab::up`] is removed when dropped, unless
+/// [`detached`](Lab::detach); one found by [`Lab::open`] is left running.
+pub struct Lab {
+    names: Names,
+    store: Store,
+    resolver: Resolver,
+    converge_timeout: Duration,
+    owned: bool,
+    agents: Vec<Child>,
+}
+
+impl fmt::Debug for Lab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lab")
+            .field("name", &self.names.lab())
+            .field("state", &self.store.dir())
+            .finish()
+    }
+}
+
+impl Lab {
+    /// Builds a lab from `objects`: resolves them, builds the underlay, the external namespace
+    /// and every Node, starts one agent per Node and returns once every Node has built its Pods
+    /// and programmed its rules. On failure, whatever was built is removed.
+    pub fn up(
+        options: LabOptions,
+        objects: Vec<Object>,
+        resolver: Resolver,
+    ) -> Result<Lab, LabError> {
+        let names = Names::new(&options.name)?;
+        let store = Store::new(&options.state_root, &options.name);
+        if store.exists() {
+            return Err(LabError::AlreadyExists {
+                name: options.name,
+                dir: store.dir().to_owned(),
+            });
+        }
+        let config = options.config.clone();
+        let state = resolver(objects.clone(), &config, None)
+            .map_err(|source| LabError::ResolveFailed { source })?;
+        let nodes = topology::node_addresses(&state)?;
+        let external_ip = topology::external_ip(config.node_network, &nodes).ok_or(
+            LabError::NodeNetworkFull {
+                network: config.node_network.to_string(),
+            },
+        )?;
+        store.create()?;
+        let mut lab = Lab {
+            names: names.clone(),
+            store: store.clone(),
+            resolver,
+            converge_timeout: options.converge_timeout,
+            owned: true,
+            agents: Vec::new(),
+        };
+        let mut record = LabRecord {
+            name: options.name.clone(),
+            program: options.program.clone(),
+            config: (&config).into(),
+            namespaces: Vec::new(),
+            agents: BTreeMap::new(),
+            nodes: nodes.clone(),
+            external_ip: Some(external_ip),
+        };
+        store.write_lab(&record)?;
+        topology::build_infrastructure(&names, &store, &mut record)?;
+        let resolved: Vec<Object> = state.objects().cloned().collect();
+        store.write_cluster(&ClusterRecord {
+            generation: 1,
+            desired: objects::encode_all(&objects)?,
+            resolved: objects::encode_all(&resolved)?,
+        })?;
+        for node in nodes.keys() {
+            let child = lab.spawn_agent(&record.program, node)?;
+            record.agents.insert(node.clone(), child.id());
+            lab.agents.push(child);
+            store.write_lab(&record)?;
+        }
+        topology::sync_external_routes(&names, &state, &nodes)?;
+        lab.wait_converged(1)?;
+        Ok(lab)
+    }
+
+    /// Finds the running lab `name` (state under `state_root`). The returned value does not
+    /// remove the lab when dropped.
+    pub fn open(name: &str, state_root: &Path, resolver: Resolver) -> Result<Lab, LabError> {
+        let names = Names::new(name)?;
+        let store = Store::new(state_root, name);
+        if store.read_lab()?.is_none() {
+            return Err(LabError::NotFound {
+                name: name.to_owned(),
+                dir: store.dir().to_owned(),
+            });
+        }
+        Ok(Lab {
+            names,
+            store,
+            resolver,
+            converge_timeout: Duration::from_secs(60),
+            owned: false,
+            agents: Vec::new(),
+        })
+    }
+
+    /// Leaves the lab running after this value is dropped (what `lab up` does).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        self.names.lab()
+    }
+
+    /// The names of the lab's namespaces and interfaces.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The lab's state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// Creates or updates `objects` (matched by kind, namespace and name), resolves the
+    /// cluster again and returns once every Node has converged on it.
+    pub fn apply(&self, objects: Vec<Object>) -> Result<Vec<Change>, LabError> {
+        let _lock = self.store.lock_changes()?;
+        let mut desired = self.desired_map()?;
+        let mut changes = Vec::new();
+        for object in objects {
+            let id = object.id();
+            let action = match desired.get(&id) {
+                Some(old) if *old == object => Action::Unchanged,
+                Some(_) => Action::Configured,
+                None => Action::Created,
+            };
+            desired.insert(id.clone(), object);
+            changes.push(Change { id, action });
+        }
+        self.commit(desired, &changes)?;
+        Ok(changes)
+    }
+
+    /// Deletes the objects `ids`, resolves the cluster again and returns once every Node has
+    /// converged on it.
+    pub fn delete(&self, ids: &[ObjectId]) -> Result<Vec<Change>, LabError> {
+        let _lock = self.store.lock_changes()?;
+        let mut desired = self.desired_map()?;
+        let changes: Vec<Change> = ids
+            .iter()
+            .map(|id| Change {
+                id: id.clone(),
+                action: if desired.remove(id).is_some() {
+                    Action::Deleted
+                } else {
+                    Action::NotFound
+                },
+            })
+            .collect();
+        self.commit(desired, &changes)?;
+        Ok(changes)
+    }
+
+    /// The desired objects, as applied.
+    pub fn desired(&self) -> Result<Vec<Object>, LabError> {
+        Ok(self.desired_map()?.into_values().collect())
+    }
+
+    /// The resolved cluster the agents are programming.
+    pub fn state(&self) -> Result<ClusterState, LabError> {
+        let (record, cluster) = self.records()?;
+        let objects = objects::decode_all(cluster.resolved)?;
+        ClusterState::new(objects, ClusterConfig::from(&record.config)).map_err(|source| {
+            LabError::InvalidState {
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// The namespace a place is: a Pod's own (its Node's for hostNetwork), a Node's, or the
+    /// external one.
+    pub fn netns_of(&self, place: &Place) -> Result<String, LabError> {
+        let state = self.state()?;
+        self.place_ns(&state, place)
+    }
+
+    /// A command that runs `program` inside `place`'s namespace (for `lab exec`).
+    pub fn command(&self, place: &Place, program: &str) -> Result<Command, LabError> {
+        let ns = self.netns_of(place)?;
+        netns::command(&ns, program).map_err(LabError::kernel(format!("exec in {place}")))
+    }
+
+    /// Probes `to` from `from`, `spec.count` times.
+    pub fn probe(
+        &self,
+        from: &Place,
+        to: &Target,
+        spec: &ProbeSpec,
+    ) -> Result<Vec<ProbeResult>, LabError> {
+        let state = self.state()?;
+        let ns = self.place_ns(&state, from)?;
+        let ip = self.target_ip(&state, &ns, to)?;
+        let port = match spec.protocol {
+            ProbeProtocol::Icmp => None,
+            _ => spec.port,
+        };
+        (0..spec.count.max(1))
+            .map(|_| {
+                let a = probe::attempt(&ns, ip, spec)?;
+                Ok(ProbeResult {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    port,
+                    protocol: spec.protocol,
+                    outcome: a.outcome,
+                    served_by: a.reply.as_ref().map(|r| r.pod.clone()),
+                    client_ip_seen: a.reply.as_ref().map(|r| r.client.ip()),
+                    latency_ms: a.latency.as_secs_f64() * 1000.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Every Pod (not hostNetwork; only the `namespaces` given, or all) to every Pod, in
+    /// parallel, on `port`/`protocol`, each probe waiting at most `timeout`: the truth table
+    /// of what the kernel lets through.
+    pub fn matrix(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        namespaces: &[String],
+        timeout: Duration,
+    ) -> Result<Matrix, LabError> {
+        let probe_protocol = match protocol {
+            Protocol::Tcp => ProbeProtocol::Tcp,
+            Protocol::Udp => ProbeProtocol::Udp,
+            Protocol::Sctp => {
+                return Err(LabError::ProtocolUnsupported {
+                    protocol: "sctp".into(),
+                });
+            }
+        };
+        let state = self.state()?;
+        let pods: Vec<(PodRef, String, IpAddr)> = state
+            .pods()
+            .filter(|p| !p.host_network && p.node.is_some())
+            .filter(|p| {
+                namespaces.is_empty() || namespaces.iter().any(|n| n == p.key.namespace.as_str())
+            })
+            .filter_map(|p| {
+                let ip = p.ips.iter().copied().find(IpAddr::is_ipv4)?;
+                Some((p.key.clone(), self.names.pod_ns(&p.key), ip))
+            })
+            .collect();
+        let spec = ProbeSpec {
+            port: Some(port),
+            protocol: probe_protocol,
+            count: 1,
+            timeout,
+        };
+        let pairs: Vec<(usize, usize)> = (0..pods.len())
+            .flat_map(|i| (0..pods.len()).map(move |j| (i, j)))
+            .collect();
+        let mut allowed = vec![vec![false; pods.len()]; pods.len()];
+        // Bounded parallelism: every pair in a batch waits at most `timeout` together.
+        for batch in pairs.chunks(512) {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&(i, j)| {
+                    let (ns, ip) = (pods[i].1.clone(), pods[j].2);
+                    std::thread::spawn(move || {
+                        probe::attempt(&ns, ip, &spec).map(|a| (i, j, a.outcome))
+                    })
+                })
+                .collect();
+            for handle in handles {
+                let (i, j, outcome) = handle
+                    .join()
+                    .map_err(|_| LabError::ThreadPanicked { what: "matrix" })??;
+                allowed[i][j] = outcome == probe::Outcome::Connected;
+            }
+        }
+        let refs = pods.into_iter().map(|(p, _, _)| p).collect();
+        Matrix::new(port, protocol, refs, allowed)
+            .map_err(|source| LabError::MatrixFailed { source })
+    }
+
+    /// Removes every namespace, process and file of the lab.
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.owned = false;
+        let result = down_store(&self.store);
+        reap(&mut self.agents);
+        result
+    }
+
+    fn records(&self) -> Result<(LabRecord, ClusterRecord), LabError> {
+        let not_found = || LabError::NotFound {
+            name: self.names.lab().to_owned(),
+            dir: self.store.dir().to_owned(),
+        };
+        let lab = self.store.read_lab()?.ok_or_else(not_found)?;
+        let cluster = self.store.read_cluster()?.ok_or_else(not_found)?;
+        Ok((lab, cluster))
+    }
+
+    fn desired_map(&self) -> Result<BTreeMap<ObjectId, Object>, LabError> {
+        let (_, cluster) = self.records()?;
+        Ok(objects::decode_all(cluster.desired)?
+            .into_iter()
+            .map(|o| (o.id(), o))
+            .collect())
+    }
+
+    /// Resolves and publishes a new generation, then waits for every Node.
+    fn commit(
+        &self,
+        desired: BTreeMap<ObjectId, Object>,
+        changes: &[Change],
+    ) -> Result<(), LabError> {
+        let (record, cluster) = self.records()?;
+        if changes
+            .iter()
+            .all(|c| matches!(c.action, Action::Unchanged | Action::NotFound))
+        {
+            return Ok(());
+        }
+        let config = ClusterConfig::from(&record.config);
+        let previous = self.state()?;
+        let desired: Vec<Object> = desired.into_values().collect();
+        let state = (self.resolver)(desired.clone(), &config, Some(&previous))
+            .map_err(|source| LabError::ResolveFailed { source })?;
+        let nodes = topology::node_addresses(&state)?;
+        if nodes != record.nodes {
+            return Err(LabError::NodesChanged {
+                before: record.nodes.keys().cloned().collect(),
+                after: nodes.keys().cloned().collect(),
+            });
+        }
+        let generation = cluster.generation + 1;
+        let resolved: Vec<Object> = state.objects().cloned().collect();
+        self.store.write_cluster(&ClusterRecord {
+            generation,
+            desired: objects::encode_all(&desired)?,
+            resolved: objects::encode_all(&resolved)?,
+        })?;
+        topology::sync_external_routes(&self.names, &state, &nodes)?;
+        self.wait_converged(generation)
+    }
+
+    fn spawn_agent(&self, program: &[String], node: &NodeName) -> Result<Child, LabError> {
+        let what = || format!("the agent of node {node}");
+        let (exe, leading) = program
+            .split_first()
+            .ok_or_else(|| LabError::BadHelperArgs {
+                args: program.to_vec(),
+                expected: "a helper program",
+            })?;
+        let log_path = self.store.log_path(node);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(LabError::io(&log_path))?;
+        Command::new(exe)
+            .args(leading)
+            .arg("agent")
+            .arg(self.store.marker())
+            .arg(node.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for `lab up` does not stop the agents.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| LabError::SpawnFailed {
+                what: what(),
+                source,
+            })
+    }
+
+    /// Waits until every Node's agent has converged on `generation`.
+    fn wait_converged(&self, generation: u64) -> Result<(), LabError> {
+        let (record, _) = self.records()?;
+        let nodes: Vec<NodeName> = record.nodes.keys().cloned().collect();
+        let deadline = Instant::now() + self.converge_timeout;
+        loop {
+            let records = node_records(&self.store, &nodes)?;
+            let pending: Vec<_> = records
+                .iter()
+                .filter(|(_, r)| r.converged < generation)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let dead: Vec<&NodeName> = pending
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| {
+                    record
+                        .agents
+                        .get(*n)
+                        .is_none_or(|pid| !process::is_alive(*pid))
+                })
+                .collect();
+            // An agent retries a failed pass every second; three failures in a row on this
+            // generation are not a transient (a namespace still being torn down) but a fault.
+            let failing = pending
+                .iter()
+                .any(|(_, r)| r.error_generation >= generation && r.error_count >= 3);
+            if !dead.is_empty() || failing || Instant::now() > deadline {
+                let detail = pending
+                    .iter()
+                    .map(|(n, r)| {
+                        let why = if dead.contains(&n) {
+                            "agent exited".to_owned()
+                        } else {
+                            r.error.clone().unwrap_or_else(|| "still working".into())
+                        };
+                        format!("{n}: {why} (log: {})", self.store.log_path(n).display())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(LabError::NotConverged { generation, detail });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn place_ns(&self, state: &ClusterState, place: &Place) -> Result<String, LabError> {
+        match place {
+            Place::External => Ok(self.names.external_ns()),
+            Place::Node(node) => {
+                state
+                    .node(node.as_str())
+                    .ok_or_else(|| LabError::UnknownTarget {
+                        what: "node",
+                        name: node.to_string(),
+                    })?;
+                Ok(self.names.node_ns(node))
+            }
+            Place::Pod(key) => {
+                let pod = state.pod(key).ok_or_else(|| LabError::UnknownTarget {
+                    what: "pod",
+                    name: key.to_string(),
+                })?;
+                match (&pod.node, pod.host_network) {
+                    (Some(node), true) => Ok(self.names.node_ns(node)),
+                    (Some(_), false) => Ok(self.names.pod_ns(key)),
+                    (None, _) => Err(LabError::UnknownTarget {
+                        what: "scheduled pod",
+                        name: key.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn target_ip(
+        &self,
+        state: &ClusterState,
+        from_ns: &str,
+        target: &Target,
+    ) -> Result<IpAddr, LabError> {
+        let unknown = |what, name: String| LabError::UnknownTarget { what, name };
+        let v4 = |ips: &[IpAddr]| ips.iter().copied().find(IpAddr::is_ipv4);
+        match target {
+            Target::Ip(ip) => Ok(*ip),
+            Target::Name(name) => probe::resolve_name(from_ns, name),
+            Target::Pod(key) => state
+                .pod(key)
+                .and_then(|p| v4(&p.ips))
+                .ok_or_else(|| unknown("pod with an IP", key.to_string())),
+            Target::Service(key) => state
+                .service(key)
+                .and_then(|s| v4(&s.cluster_ips))
+                .ok_or_else(|| unknown("service with a ClusterIP", key.to_string())),
+            Target::Node(node) => state
+                .node(node.as_str())
+                .and_then(|n| v4(&n.internal_ips))
+                .ok_or_else(|| unknown("node", node.to_string())),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(e) = down_store(&self.store) {
+                tracing::error!(lab = self.names.lab(), error = %error_chain(&e), "removing the lab failed");
+            }
+            reap(&mut self.agents);
+        }
+    }
+}
+
+/// Removes the lab `name` (state under `state_root`): kills its agents and echo servers by
+/// recorded PID, deletes every namespace it recorded and its files. Works from the state
+/// directory alone, so it also cleans up after a crash. Returns whether there was a lab.
+pub fn down(name: &str, state_root: &Path) -> Result<bool, LabError> {
+    Names::new(name)?;
+    let store = Store::new(state_root, name);
+    if !store.exists() {
+        return Ok(false);
+    }
+    down_store(&store)?;
+    Ok(true)
+}
+
+fn down_store(store: &Store) -> Result<(), LabError> {
+    let marker = store.marker();
+    let lab = store.read_lab()?.unwrap_or_default();
+    // Agents first, so that none builds anything while we tear down.
+    for pid in lab.agents.values() {
+        process::kill_if_ours(*pid, &marker).map_err(LabError::kernel("stopping an agent"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab
+        .agents
+        .values()
+        .any(|pid| process::is_alive(*pid) && process::is_ours(*pid, &marker))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for node in store.all_node_records()? {
+        for pod in node.pods.values() {
+            if let Some(pid) = pod.pid {
+                process::kill_if_ours(pid, &marker)
+                    .map_err(LabError::kernel("stopping an echo server"))?;
+            }
+            if let Some(ns) = &pod.netns {
+                topology::remove_pod(ns)?;
+            }
+        }
+    }
+    for ns in lab.namespaces.iter().rev() {
+        netns::delete(ns).map_err(LabError::kernel(format!("removing namespace {ns}")))?;
+    }
+    store.remove()
+}
+
+fn reap(children: &mut Vec<Child>) {
+    for mut child in children.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

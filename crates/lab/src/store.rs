@@ -1,0 +1,321 @@
+//! The lab's state directory: what exists (namespaces, processes) and what is desired, so that
+//! `lab down` can remove everything even after a crash, and agents read the cluster from it.
+//!
+//! Layout of `<root>/<lab>/`:
+//! - `lab.json` ([`LabRecord`]): the lab's own namespaces, agent PIDs, node addresses. Written
+//!   ahead: a namespace is recorded before it is created.
+//! - `cluster.json` ([`ClusterRecord`]): the desired and the resolved objects, with a
+//!   generation number; the lab's embedded "API server".
+//! - `nodes/<node>.json` ([`NodeRecord`]): written only by that Node's agent: its pods'
+//!   namespaces and echo-server PIDs, and the last generation it converged on.
+//! - `logs/<node>.log`: the agent's and its echo servers' stderr.
+//!
+//! Every file is replaced atomically (write to a temporary file, then rename), so a reader
+//! never sees half a file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use netd_model::{ClusterConfig, NodeName, Protocol};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::LabError;
+
+/// The default root of lab state directories.
+pub const DEFAULT_STATE_ROOT: &str = "/run/kube-netd/labs";
+
+/// One lab's state directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    dir: PathBuf,
+}
+
+/// What the lab built outside the Nodes' agents.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LabRecord {
+    pub name: String,
+    /// The command (program and leading arguments) that runs lab helpers.
+    pub program: Vec<String>,
+    pub config: ConfigRecord,
+    /// Namespaces the lab created (or is about to): underlay, external, Nodes.
+    pub namespaces: Vec<String>,
+    /// Agent PIDs by Node.
+    pub agents: BTreeMap<NodeName, u32>,
+    /// Each Node's underlay IP and podCIDR.
+    pub nodes: BTreeMap<NodeName, NodeAddress>,
+    /// The external namespace's underlay IP.
+    pub external_ip: Option<IpAddr>,
+}
+
+/// A Node's addresses in the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeAddress {
+    pub ip: IpAddr,
+    pub pod_cidr: IpNet,
+}
+
+/// The desired and resolved objects.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ClusterRecord {
+    pub generation: u64,
+    pub desired: Vec<Value>,
+    pub resolved: Vec<Value>,
+}
+
+/// What one Node's agent has built.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct NodeRecord {
+    /// Pods by `ns/name`.
+    pub pods: BTreeMap<String, PodRecord>,
+    /// The last generation fully programmed.
+    pub converged: u64,
+    /// The last reconcile error, if the last attempt failed.
+    pub error: Option<String>,
+    /// The generation the last failed attempts were for.
+    #[serde(default)]
+    pub error_generation: u64,
+    /// How many attempts in a row failed on that generation.
+    #[serde(default)]
+    pub error_count: u32,
+}
+
+/// One Pod as its agent built it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PodRecord {
+    /// Its own namespace; `None` for a hostNetwork Pod (it lives in the Node's).
+    pub netns: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub ports: Vec<(Protocol, u16)>,
+    /// Whether its namespace was completely built (it is recorded before it is built).
+    #[serde(default)]
+    pub built: bool,
+    /// The echo server's PID, once started.
+    pub pid: Option<u32>,
+}
+
+/// [`ClusterConfig`] as stored.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ConfigRecord {
+    pub cluster_cidrs: Vec<IpNet>,
+    pub node_cidr_prefix_v4: u8,
+    pub node_cidr_prefix_v6: u8,
+    pub service_cidrs: Vec<IpNet>,
+    pub node_port_first: u16,
+    pub node_port_last: u16,
+    pub node_network: Option<IpNet>,
+    pub load_balancer_pool: Option<IpNet>,
+    pub default_node_count: usize,
+    pub dns_zone: String,
+    pub dns_service_ip: Option<IpAddr>,
+}
+
+impl From<&ClusterConfig> for ConfigRecord {
+    fn from(c: &ClusterConfig) -> Self {
+        ConfigRecord {
+            cluster_cidrs: c.cluster_cidrs.clone(),
+            node_cidr_prefix_v4: c.node_cidr_prefix_v4,
+            node_cidr_prefix_v6: c.node_cidr_prefix_v6,
+            service_cidrs: c.service_cidrs.clone(),
+            node_port_first: *c.node_port_range.start(),
+            node_port_last: *c.node_port_range.end(),
+            node_network: Some(c.node_network),
+            load_balancer_pool: Some(c.load_balancer_pool),
+            default_node_count: c.default_node_count,
+            dns_zone: c.dns_zone.clone(),
+            dns_service_ip: Some(c.dns_service_ip),
+        }
+    }
+}
+
+impl From<&ConfigRecord> for ClusterConfig {
+    fn from(r: &ConfigRecord) -> Self {
+        let d = ClusterConfig::default();
+        ClusterConfig {
+            cluster_cidrs: r.cluster_cidrs.clone(),
+            node_cidr_prefix_v4: r.node_cidr_prefix_v4,
+            node_cidr_prefix_v6: r.node_cidr_prefix_v6,
+            service_cidrs: r.service_cidrs.clone(),
+            node_port_range: r.node_port_first..=r.node_port_last,
+            node_network: r.node_network.unwrap_or(d.node_network),
+            load_balancer_pool: r.load_balancer_pool.unwrap_or(d.load_balancer_pool),
+            default_node_count: r.default_node_count,
+            dns_zone: r.dns_zone.clone(),
+            dns_service_ip: r.dns_service_ip.unwrap_or(d.dns_service_ip),
+        }
+    }
+}
+
+impl Store {
+    pub fn new(root: &Path, lab: &str) -> Store {
+        Store {
+            dir: root.join(lab),
+        }
+    }
+
+    pub fn at(dir: PathBuf) -> Store {
+        Store { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The marker every helper process carries in its arguments: the state directory.
+    pub fn marker(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.exists()
+    }
+
+    pub fn create(&self) -> Result<(), LabError> {
+        for d in [
+            self.dir.clone(),
+            self.dir.join("nodes"),
+            self.dir.join("logs"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(LabError::io(d))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self) -> Result<(), LabError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LabError::io(&self.dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn lab_path(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+
+    pub fn cluster_path(&self) -> PathBuf {
+        self.dir.join("cluster.json")
+    }
+
+    pub fn node_path(&self, node: &NodeName) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.json"))
+    }
+
+    pub fn log_path(&self, node: &NodeName) -> PathBuf {
+        self.dir.join("logs").join(format!("{node}.log"))
+    }
+
+    pub fn read_lab(&self) -> Result<Option<LabRecord>, LabError> {
+        read_json(&self.lab_path())
+    }
+
+    pub fn write_lab(&self, record: &LabRecord) -> Result<(), LabError> {
+        write_json(&self.lab_path(), record)
+    }
+
+    pub fn read_cluster(&self) -> Result<Option<ClusterRecord>, LabError> {
+        read_json(&self.cluster_path())
+    }
+
+    pub fn write_cluster(&self, record: &ClusterRecord) -> Result<(), LabError> {
+        write_json(&self.cluster_path(), record)
+    }
+
+    pub fn read_node(&self, node: &NodeName) -> Result<NodeRecord, LabError> {
+        Ok(read_json(&self.node_path(node))?.unwrap_or_default())
+    }
+
+    pub fn write_node(&self, node: &NodeName, record: &NodeRecord) -> Result<(), LabError> {
+        write_json(&self.node_path(node), record)
+    }
+
+    /// Every Node record present, including those of Nodes `lab.json` does not name (a crash
+    /// between writing one and the other).
+    pub fn all_node_records(&self) -> Result<Vec<NodeRecord>, LabError> {
+        let dir = self.dir.join("nodes");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LabError::io(dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(LabError::io(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.extend(read_json::<NodeRecord>(&path)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Held while a change (apply or delete) reads, resolves and publishes a generation, so two
+/// changes do not overwrite each other. A lock file naming a process that is gone is stale.
+#[derive(Debug)]
+pub(crate) struct ChangeLock {
+    path: PathBuf,
+}
+
+impl Store {
+    /// Takes the change lock, waiting for another change to finish.
+    pub fn lock_changes(&self) -> Result<ChangeLock, LabError> {
+        let path = self.dir.join("change.lock");
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    write!(f, "{}", std::process::id()).map_err(LabError::io(&path))?;
+                    return Ok(ChangeLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = holder
+                        .trim()
+                        .parse()
+                        .is_ok_and(netd_kernel::process::is_alive);
+                    if !alive && !holder.is_empty() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(LabError::io(path)(e)),
+            }
+        }
+    }
+}
+
+impl Drop for ChangeLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LabError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LabError::io(path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| LabError::StateCorrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LabError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| LabError::StateCorrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(LabError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(LabError::io(path))
+}

@@ -1,0 +1,539 @@
+//! Loading manifests: files, directories and standard input, as `kubectl apply -f` reads them.
+//!
+//! [`load`] reads every path (a directory recursively, its `.yaml`, `.yml` and `.json` files
+//! in sorted order; `-` for standard input), splits each into documents (multi-document YAML,
+//! or a stream of JSON objects), unpacks `kind: List`, decodes each object into its
+//! k8s-openapi type and checks it with [`Validator`]. Kinds kube-netd does not read are
+//! skipped with a [`LoadWarning`]. Any error refuses the whole load: nothing half-loaded.
+//!
+//! Errors name the file, the document and the object, then the field, so that printed with
+//! their causes (`{:#}` with anyhow) they read:
+//!
+//! ```text
+//! policy.yaml: document 2 (NetworkPolicy default/web): spec.ingress[0].ports[0].port: "http-" is not a valid port name
+//! ```
+//!
+//! The only I/O is reading the inputs; [`load_str`] does the rest on text in memory.
+
+// A load fails at most once per run, before anything else happens: flat variants that are
+// easy to match on are worth more here than a small `Result`.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::config::ClusterConfig;
+use crate::field::FieldError;
+use crate::object::{Kind, Object, ObjectId};
+use crate::validate::Validator;
+
+/// The path that stands for standard input.
+pub const STDIN_PATH: &str = "-";
+/// The name standard input is reported under.
+pub const STDIN_NAME: &str = "<stdin>";
+/// The file extensions read from directories.
+pub const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// Where an object came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source {
+    /// The file as given (a directory's files under the directory as given), or `<stdin>`.
+    pub file: String,
+    /// The document within the file, counting from 1.
+    pub document: usize,
+    /// The index in the `items` of a `kind: List` document, if it came from one.
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Source {
+    /// `file: document N`, or `file: document N, items[I]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file, self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", items[{item}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// One loaded object and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// The object, validated; a namespaced object without a namespace is put in `default`,
+    /// and a cluster-scoped one loses any namespace, as the API server does.
+    pub object: Object,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The result of a load: the objects in input order, and what was skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Manifests {
+    /// The objects, in the order they were read.
+    pub objects: Vec<Loaded>,
+    /// What was skipped, in the order it was met.
+    pub warnings: Vec<LoadWarning>,
+}
+
+impl Manifests {
+    /// The objects alone, in the order they were read.
+    pub fn into_objects(self) -> Vec<Object> {
+        self.objects.into_iter().map(|l| l.object).collect()
+    }
+}
+
+/// Something skipped while loading; the load goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadWarning {
+    /// A document of a kind kube-netd does not read (a ConfigMap, a CustomResource...).
+    UnknownKind {
+        /// Where it is.
+        source: Source,
+        /// Its `apiVersion`.
+        api_version: String,
+        /// Its `kind`.
+        kind: String,
+    },
+    /// A directory without any `.yaml`, `.yml` or `.json` file.
+    NoManifests {
+        /// The directory, as given.
+        dir: String,
+    },
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadWarning::UnknownKind {
+                source,
+                api_version,
+                kind,
+            } => {
+                write!(
+                    f,
+                    "{source}: skipped {kind} ({api_version}), a kind kube-netd does not read"
+                )
+            }
+            LoadWarning::NoManifests { dir } => {
+                write!(f, "{dir}: no .yaml, .yml or .json files in this directory")
+            }
+        }
+    }
+}
+
+/// Why a load was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file (or standard input) could not be read.
+    #[error("cannot read {file}")]
+    ReadFailed {
+        /// The file, as given.
+        file: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A directory could not be listed.
+    #[error("cannot list directory {dir}")]
+    ListFailed {
+        /// The directory, as given.
+        dir: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A document is not valid YAML; the cause names the line and column.
+    #[error("{at}: invalid YAML")]
+    InvalidYaml {
+        /// Where.
+        at: Source,
+        /// The parser's error, with its position.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// A document is not valid JSON; the cause names the line and column.
+    #[error("{at}: invalid JSON")]
+    InvalidJson {
+        /// Where.
+        at: Source,
+        /// The parser's error, with its position.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A document is not a mapping, so not an object.
+    #[error("{at}: not a Kubernetes object (a mapping with `apiVersion` and `kind`)")]
+    NotAnObject {
+        /// Where.
+        at: Source,
+    },
+    /// A document lacks `apiVersion` or `kind`, or has one that is not a string.
+    #[error("{at}: `{field}` must be set to a string")]
+    MissingTypeField {
+        /// Where.
+        at: Source,
+        /// `apiVersion` or `kind`.
+        field: &'static str,
+    },
+    /// A `kind: List` whose `items` is not a list.
+    #[error("{at}: `items` of a {kind} must be a list of objects")]
+    InvalidList {
+        /// Where.
+        at: Source,
+        /// The list's kind (`List`, `PodList`...).
+        kind: String,
+    },
+    /// A List inside a List.
+    #[error("{at}: a List may not contain another List")]
+    NestedList {
+        /// Where the inner List is.
+        at: Source,
+    },
+    /// A kind kube-netd reads, at an API version it does not.
+    #[error("{at}: {kind} must have apiVersion {}, not {api_version:?}", kind.api_version())]
+    UnsupportedApiVersion {
+        /// Where.
+        at: Source,
+        /// The kind.
+        kind: Kind,
+        /// The `apiVersion` written.
+        api_version: String,
+    },
+    /// A field has the wrong type or shape for its object; the cause names the field.
+    #[error("{at} ({})", Shown(id))]
+    DecodeFailed {
+        /// Where.
+        at: Source,
+        /// The object, as far as it could be read.
+        id: ObjectId,
+        /// The field path and what was expected there.
+        #[source]
+        source: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    },
+    /// An object the API server would reject; the cause names the field.
+    #[error("{at} ({})", Shown(id))]
+    InvalidObject {
+        /// Where.
+        at: Source,
+        /// The object.
+        id: ObjectId,
+        /// What is wrong, and where in the object.
+        #[source]
+        source: FieldError,
+    },
+    /// Two objects with the same kind, namespace and name.
+    #[error("{second} ({id}): already defined in {first}")]
+    DuplicateObject {
+        /// Where it was defined first.
+        first: Source,
+        /// Where it was defined again.
+        second: Source,
+        /// The object.
+        id: ObjectId,
+    },
+}
+
+/// Loads manifests from files, directories (recursively: their `.yaml`, `.yml` and `.json`
+/// files, in sorted order) and `-` for standard input, in the order given. Any error refuses
+/// the whole load.
+pub fn load(paths: &[PathBuf], config: &ClusterConfig) -> Result<Manifests, LoadError> {
+    let mut inputs = Vec::new();
+    let mut warnings = Vec::new();
+    for path in paths {
+        read_path(path, &mut inputs, &mut warnings)?;
+    }
+    let mut loader = Loader::new(config, warnings);
+    for (file, text) in &inputs {
+        loader.add_text(file, text)?;
+    }
+    Ok(loader.finish())
+}
+
+/// Loads manifests from text already read; `name` is how errors name it (a file name, or
+/// [`STDIN_NAME`]).
+pub fn load_str(name: &str, text: &str, config: &ClusterConfig) -> Result<Manifests, LoadError> {
+    let mut loader = Loader::new(config, Vec::new());
+    loader.add_text(name, text)?;
+    Ok(loader.finish())
+}
+
+/// Prints an [`ObjectId`], leaving out a name that is missing.
+struct Shown<'a>(&'a ObjectId);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.0;
+        match (id.namespace.is_empty(), id.name.is_empty()) {
+            (_, false) => write!(f, "{id}"),
+            (true, true) => write!(f, "{} without a name", id.kind),
+            (false, true) => write!(f, "{} in {} without a name", id.kind, id.namespace),
+        }
+    }
+}
+
+fn read_path(
+    path: &Path,
+    inputs: &mut Vec<(String, String)>,
+    warnings: &mut Vec<LoadWarning>,
+) -> Result<(), LoadError> {
+    let shown = path.display().to_string();
+    if path.as_os_str() == STDIN_PATH {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| LoadError::ReadFailed {
+                file: STDIN_NAME.to_owned(),
+                source,
+            })?;
+        inputs.push((STDIN_NAME.to_owned(), text));
+        return Ok(());
+    }
+    if !path.is_dir() {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::ReadFailed {
+            file: shown.clone(),
+            source,
+        })?;
+        inputs.push((shown, text));
+        return Ok(());
+    }
+    let mut files = Vec::new();
+    list_manifests(path, &mut files)?;
+    if files.is_empty() {
+        warnings.push(LoadWarning::NoManifests { dir: shown });
+    }
+    files.sort();
+    for file in files {
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFailed {
+            file: shown.clone(),
+            source,
+        })?;
+        inputs.push((shown, text));
+    }
+    Ok(())
+}
+
+/// Collects the manifest files under `dir`, recursively.
+fn list_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let failed = |source| LoadError::ListFailed {
+        dir: dir.display().to_string(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(failed)? {
+        let entry = entry.map_err(failed)?;
+        let path = entry.path();
+        // As `kubectl` walks: symbolic links to directories are not followed, so no loops.
+        if entry.file_type().map_err(failed)?.is_dir() {
+            list_manifests(&path, files)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e))
+        {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads documents one after another, validating each object as it comes.
+struct Loader<'a> {
+    validator: Validator<'a>,
+    seen: BTreeMap<ObjectId, Source>,
+    manifests: Manifests,
+}
+
+impl<'a> Loader<'a> {
+    fn new(config: &'a ClusterConfig, warnings: Vec<LoadWarning>) -> Self {
+        Self {
+            validator: Validator::new(config),
+            seen: BTreeMap::new(),
+            manifests: Manifests {
+                objects: Vec::new(),
+                warnings,
+            },
+        }
+    }
+
+    fn finish(self) -> Manifests {
+        self.manifests
+    }
+
+    fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        let at = |document| Source {
+            file: file.to_owned(),
+            document,
+            item: None,
+        };
+        // As kubectl does: a stream that starts with '{' is JSON, anything else YAML.
+        if text.trim_start().starts_with('{') {
+            let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+            for (i, document) in stream.enumerate() {
+                let value = document.map_err(|source| LoadError::InvalidJson {
+                    at: at(i + 1),
+                    source,
+                })?;
+                self.add_document(value, at(i + 1))?;
+            }
+            return Ok(());
+        }
+        for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let invalid = |source| LoadError::InvalidYaml {
+                at: at(i + 1),
+                source,
+            };
+            let mut value: Value = serde::Deserialize::deserialize(document).map_err(invalid)?;
+            value.apply_merge().map_err(invalid)?;
+            self.add_document(value, at(i + 1))?;
+        }
+        Ok(())
+    }
+
+    fn add_document(&mut self, value: Value, at: Source) -> Result<(), LoadError> {
+        let Value::Mapping(map) = value else {
+            if value.is_null() {
+                // An empty document: `---` twice, or only comments.
+                return Ok(());
+            }
+            return Err(LoadError::NotAnObject { at });
+        };
+        let api_version = type_field(&map, "apiVersion", &at)?.to_owned();
+        let kind = type_field(&map, "kind", &at)?.to_owned();
+        if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
+            return self.add_list(map, kind, at);
+        }
+        let Some(known) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+            self.manifests.warnings.push(LoadWarning::UnknownKind {
+                source: at,
+                api_version,
+                kind,
+            });
+            return Ok(());
+        };
+        if known.api_version() != api_version {
+            return Err(LoadError::UnsupportedApiVersion {
+                at,
+                kind: known,
+                api_version,
+            });
+        }
+        let id = id_of(known, &map);
+        let mut object =
+            decode(known, Value::Mapping(map)).map_err(|source| LoadError::DecodeFailed {
+                at: at.clone(),
+                id,
+                source,
+            })?;
+        default_namespace(&mut object);
+        self.add_object(object, at)
+    }
+
+    fn add_list(&mut self, mut map: Mapping, kind: String, at: Source) -> Result<(), LoadError> {
+        if at.item.is_some() {
+            return Err(LoadError::NestedList { at });
+        }
+        let items = match map.remove("items") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items,
+            Some(_) => return Err(LoadError::InvalidList { at, kind }),
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            self.add_document(
+                item,
+                Source {
+                    item: Some(i),
+                    ..at.clone()
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn add_object(&mut self, object: Object, at: Source) -> Result<(), LoadError> {
+        let id = object.id();
+        self.validator
+            .check(&object)
+            .map_err(|source| LoadError::InvalidObject {
+                at: at.clone(),
+                id: id.clone(),
+                source,
+            })?;
+        if let Some(first) = self.seen.get(&id) {
+            return Err(LoadError::DuplicateObject {
+                first: first.clone(),
+                second: at,
+                id,
+            });
+        }
+        self.seen.insert(id, at.clone());
+        self.manifests.objects.push(Loaded { object, source: at });
+        Ok(())
+    }
+}
+
+fn type_field<'m>(
+    map: &'m Mapping,
+    field: &'static str,
+    at: &Source,
+) -> Result<&'m str, LoadError> {
+    map.get(field)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| LoadError::MissingTypeField {
+            at: at.clone(),
+            field,
+        })
+}
+
+/// The identity of an object not yet decoded, for error messages: whatever of its name and
+/// namespace can be read.
+fn id_of(kind: Kind, map: &Mapping) -> ObjectId {
+    let meta = map.get("metadata");
+    let text = |field: &str| meta.and_then(|m| m.get(field)).and_then(Value::as_str);
+    let namespace = match text("namespace").filter(|ns| !ns.is_empty()) {
+        _ if !kind.is_namespaced() => "",
+        Some(ns) => ns,
+        None => "default",
+    };
+    ObjectId {
+        kind,
+        namespace: namespace.to_owned(),
+        name: text("name").unwrap_or_default().to_owned(),
+    }
+}
+
+fn decode(
+    kind: Kind,
+    value: Value,
+) -> Result<Object, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+    fn typed<T: DeserializeOwned>(
+        value: Value,
+    ) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+        serde_path_to_error::deserialize(value)
+    }
+    Ok(match kind {
+        Kind::Namespace => Object::Namespace(typed(value)?),
+        Kind::Node => Object::Node(Box::new(typed(value)?)),
+        Kind::Deployment => Object::Deployment(Box::new(typed(value)?)),
+        Kind::Pod => Object::Pod(Box::new(typed(value)?)),
+        Kind::Service => Object::Service(Box::new(typed(value)?)),
+        Kind::EndpointSlice => Object::EndpointSlice(typed(value)?),
+        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(typed(value)?)),
+    })
+}
+
+/// Puts a namespaced object without a namespace in `default` and takes the namespace off a
+/// cluster-scoped one, as the API server does on create.
+fn default_namespace(object: &mut Object) {
+    let namespaced = object.kind().is_namespaced();
+    let meta = object.meta_mut();
+    if !namespaced {
+        meta.namespace = None;
+    } else if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace = Some("default".to_owned());
+    }
+}

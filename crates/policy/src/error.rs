@@ -1,0 +1,56 @@
+//! [`PolicyError`]: what can go wrong when a question names something the snapshot lacks.
+
+use netd_model::keys::KeyParseError;
+use netd_model::{NodeName, PodRef, Protocol, ServiceRef};
+
+/// Why a policy question could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A flow or query names a Pod the snapshot does not have.
+    #[error("pod {pod} not found")]
+    UnknownPod {
+        /// The Pod asked for.
+        pod: PodRef,
+    },
+    /// A flow or compilation names a Node the snapshot does not have.
+    #[error("node {node} not found")]
+    UnknownNode {
+        /// The Node asked for.
+        node: NodeName,
+    },
+    /// A flow through a Service names a Service the snapshot does not have.
+    #[error("service {service} not found")]
+    UnknownService {
+        /// The Service asked for.
+        service: ServiceRef,
+    },
+    /// A flow through a Service names a port the Service does not expose.
+    #[error("service {service} has no {protocol} port {port}")]
+    UnknownServicePort {
+        /// The Service.
+        service: ServiceRef,
+        /// The port asked for.
+        port: u16,
+        /// Its protocol.
+        protocol: Protocol,
+    },
+    /// A command-line endpoint is neither an IP address nor `NS/POD`.
+    #[error("parsing endpoint {input:?} (expected NS/POD or an IP address)")]
+    ParseEndpoint {
+        /// The text given.
+        input: String,
+        /// Why it is not a Pod key.
+        #[source]
+        source: KeyParseError,
+    },
+    /// A matrix was built from a grid whose shape does not match its list of Pods.
+    #[error(
+        "building a matrix of {pods} pods from a grid of {rows} rows (every row must have {pods} columns)"
+    )]
+    BuildMatrix {
+        /// The number of Pods.
+        pods: usize,
+        /// The number of rows given.
+        rows: usize,
+    },
+}

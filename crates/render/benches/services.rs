@@ -1,0 +1,79 @@
+//! Plan + render for a large cluster: 10,000 Services × 10 endpoints (reference D10's
+//! scale), full sync payload and a partial sync after one endpoint changed.
+
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use netd_model::{NodeName, ServiceRef};
+use netd_proxy::{IpFamily, ProxyOptions, plan};
+use netd_render::{RenderOptions, SyncScope, render_services};
+
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+
+fn cluster_yaml() -> String {
+    let mut y = String::new();
+    for s in 0..SERVICES {
+        let (hi, lo) = (s / 250, s % 250 + 1);
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: bench}}\n\
+             spec: {{clusterIP: 10.96.{hi}.{lo}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+             metadata: {{name: svc{s}-x, namespace: bench, labels: {{kubernetes.io/service-name: svc{s}}}}}\n\
+             ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+        );
+        for e in 0..ENDPOINTS {
+            let n = s * ENDPOINTS + e;
+            let _ = writeln!(
+                y,
+                "- {{addresses: [10.{}.{}.{}], nodeName: node-{}}}",
+                100 + n / 65536,
+                (n / 256) % 256,
+                n % 256,
+                e % 3
+            );
+        }
+    }
+    y
+}
+
+fn bench(c: &mut Criterion) {
+    let state = netd_testkit::state(&cluster_yaml());
+    let node = NodeName::new("node-0");
+    let opts = ProxyOptions::for_node(&state, &node);
+    let ropts = RenderOptions::default();
+    let mut g = c.benchmark_group("services_10k_x_10");
+    g.sample_size(10);
+    g.bench_function("plan", |b| {
+        b.iter(|| black_box(plan(&state, &node, IpFamily::V4, &opts)))
+    });
+    let p = plan(&state, &node, IpFamily::V4, &opts);
+    g.bench_function("render", |b| {
+        b.iter(|| black_box(render_services(&p, &ropts)))
+    });
+    let rules = render_services(&p, &ropts);
+    let none = BTreeSet::new();
+    g.bench_function("restore_full", |b| {
+        b.iter(|| black_box(rules.restore_input(&SyncScope::Full, &none)))
+    });
+    let changed = SyncScope::Partial([ServiceRef::new("bench", "svc42")].into());
+    g.bench_function("restore_partial", |b| {
+        b.iter(|| black_box(rules.restore_input(&changed, &none)))
+    });
+    g.bench_function("plan_render_full", |b| {
+        b.iter(|| {
+            let p = plan(&state, &node, IpFamily::V4, &opts);
+            black_box(render_services(&p, &ropts).restore_input(&SyncScope::Full, &none))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,868 @@
+//! The iptables service back end: a [`ServicePlan`] rendered into kube-proxy's exact layout.
+//!
+//! Chains (reference A.1–A.6): nat `KUBE-SERVICES` → `KUBE-SVC-`/`KUBE-SVL-` (ClusterIP),
+//! `KUBE-EXT-` (external IPs, nodePorts via `KUBE-NODEPORTS`, load-balancer IPs, through
+//! `KUBE-FW-` when source ranges are set) → `KUBE-SEP-` (hairpin mark + DNAT);
+//! `KUBE-MARK-MASQ` / `KUBE-POSTROUTING` for SNAT; filter `KUBE-SERVICES` /
+//! `KUBE-EXTERNAL-SERVICES` (reject or drop when there are no usable endpoints),
+//! `KUBE-NODEPORTS` (health-check ports), `KUBE-FORWARD`, `KUBE-PROXY-FIREWALL`.
+//! The renderer decides nothing: every choice was made in the plan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use netd_model::view::TrafficPolicy;
+use netd_model::{Protocol, ServiceRef};
+use netd_proxy::{ClusterIpMasquerade, Disposition, PlannedEndpoint, ServicePlan, ServicePortPlan};
+
+use crate::chains::{
+    KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL, KUBE_SERVICES, ServiceChains, endpoint_chain, is_service_chain,
+};
+use crate::iptables::{
+    ChainName, CtState, Direction, HookRule, MarkOp, Match, Probability, Recent, RestoreSelection,
+    Rule, Ruleset, Table, Target,
+};
+
+/// Rendering choices that are not part of the plan (they depend on the host, not the cluster).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Drop forwarded packets conntrack marks INVALID (kube-proxy omits the rule when
+    /// `nf_conntrack_tcp_be_liberal=1`).
+    pub drop_invalid: bool,
+    /// `MASQUERADE --random-fully` (when the kernel and iptables support it).
+    pub masquerade_random_fully: bool,
+    /// Above this many endpoints in total, per-endpoint comments are left out (kube-proxy's
+    /// large-cluster mode: the payload shrinks by 40% or more).
+    pub large_cluster_endpoints: usize,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            drop_invalid: true,
+            masquerade_random_fully: false,
+            large_cluster_endpoints: 1000,
+        }
+    }
+}
+
+/// Which service chains one sync rewrites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Every chain (the first sync, after a failure, periodically).
+    Full,
+    /// The top-level chains, the filter table, and the per-service chains of these Services
+    /// (those whose Service or EndpointSlices changed); the rest are left as they are.
+    Partial(BTreeSet<ServiceRef>),
+}
+
+/// The rendered service rules of one IP family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// Every chain and rule of the family's service proxy (nat and filter).
+    pub ruleset: Ruleset,
+    /// The jumps from the built-in chains into ours, in the order kube-proxy ensures them:
+    /// each is inserted at the top of its chain if absent, so in a fresh chain the last one
+    /// ends up first (`FORWARD`: `KUBE-PROXY-FIREWALL`, `KUBE-FORWARD`, `KUBE-SERVICES`,
+    /// `KUBE-EXTERNAL-SERVICES`).
+    pub hooks: Vec<HookRule>,
+    owners: BTreeMap<ChainName, ServiceRef>,
+}
+
+/// Renders a service plan into kube-proxy's iptables layout.
+pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules {
+    let total_endpoints: usize = plan
+        .ports
+        .values()
+        .map(|p| p.endpoints.all_reachable.len())
+        .sum();
+    let mut r = Renderer {
+        rs: Ruleset::new(plan.family),
+        owners: BTreeMap::new(),
+        names: Names::new(),
+        mark: plan.masquerade_mark,
+        endpoint_comments: total_endpoints <= opts.large_cluster_endpoints,
+        plan,
+    };
+    r.top_level(opts);
+    for port in plan.ports.values() {
+        r.service_port(port);
+    }
+    r.nodeports_last_rule();
+    ServiceRules {
+        ruleset: r.rs,
+        hooks: hooks(),
+        owners: r.owners,
+    }
+}
+
+impl ServiceRules {
+    /// The per-service nat chains in use, and the Service each belongs to.
+    pub fn service_chains(&self) -> &BTreeMap<ChainName, ServiceRef> {
+        &self.owners
+    }
+
+    /// Of the nat chains the kernel has (`existing`), those that are ours and no longer used.
+    pub fn stale_chains(&self, existing: &BTreeSet<ChainName>) -> BTreeSet<ChainName> {
+        existing
+            .iter()
+            .filter(|c| is_service_chain(c.as_str()) && !self.owners.contains_key(*c))
+            .cloned()
+            .collect()
+    }
+
+    /// The `iptables-restore --noflush` payload of one sync: the filter table and the nat
+    /// top-level chains always; the per-service chains all (full) or of the changed Services
+    /// (partial); and the stale chains among `existing_nat_chains` flushed and deleted.
+    pub fn restore_input(
+        &self,
+        scope: &SyncScope,
+        existing_nat_chains: &BTreeSet<ChainName>,
+    ) -> String {
+        let delete: BTreeSet<(Table, ChainName)> = self
+            .stale_chains(existing_nat_chains)
+            .into_iter()
+            .map(|c| (Table::Nat, c))
+            .collect();
+        let include = |table: Table, chain: &ChainName| match (scope, self.owners.get(chain)) {
+            (SyncScope::Full, _) | (_, None) => true,
+            (SyncScope::Partial(changed), Some(owner)) => {
+                table != Table::Nat || changed.contains(owner)
+            }
+        };
+        self.ruleset.restore_selected(&RestoreSelection {
+            include: &include,
+            delete: &delete,
+        })
+    }
+
+    /// The rules plus the hook rules in the built-in chains: what the kernel holds after the
+    /// applier has run, for the [tracer](crate::trace).
+    pub fn installed(&self) -> Ruleset {
+        let mut rs = self.ruleset.clone();
+        for hook in &self.hooks {
+            rs.prepend(hook.table, &hook.chain, hook.rule.clone());
+        }
+        rs
+    }
+}
+
+/// The hook rules of reference A.1, in kube-proxy's order.
+fn hooks() -> Vec<HookRule> {
+    let new = [CtState::New];
+    let hook = |table, chain: &str, rule: Rule| HookRule {
+        table,
+        chain: ChainName::from(chain),
+        rule,
+    };
+    let to = |extra: Option<&[CtState]>, comment: &str, chain: &str| {
+        let mut rule = Rule::new();
+        if let Some(states) = extra {
+            rule = rule.ctstate(states);
+        }
+        rule.comment(comment).jump(&ChainName::from(chain))
+    };
+    const EXTERNAL: &str = "kubernetes externally-visible service portals";
+    const PORTALS: &str = "kubernetes service portals";
+    const FIREWALL: &str = "kubernetes load balancer firewall";
+    vec![
+        hook(
+            Table::Filter,
+            "INPUT",
+            to(Some(&new), EXTERNAL, KUBE_EXTERNAL_SERVICES),
+        ),
+        hook(
+            Table::Filter,
+            "FORWARD",
+            to(Some(&new), EXTERNAL, KUBE_EXTERNAL_SERVICES),
+        ),
+        hook(
+            Table::Filter,
+            "INPUT",
+            to(
+                None,
+                "kubernetes health check service ports",
+                KUBE_NODEPORTS,
+            ),
+        ),
+        hook(
+            Table::Filter,
+            "FORWARD",
+            to(Some(&new), PORTALS, KUBE_SERVICES),
+        ),
+        hook(
+            Table::Filter,
+            "OUTPUT",
+            to(Some(&new), PORTALS, KUBE_SERVICES),
+        ),
+        hook(
+            Table::Filter,
+            "FORWARD",
+            to(None, "kubernetes forwarding rules", KUBE_FORWARD),
+        ),
+        hook(
+            Table::Filter,
+            "INPUT",
+            to(Some(&new), FIREWALL, KUBE_PROXY_FIREWALL),
+        ),
+        hook(
+            Table::Filter,
+            "OUTPUT",
+            to(Some(&new), FIREWALL, KUBE_PROXY_FIREWALL),
+        ),
+        hook(
+            Table::Filter,
+            "FORWARD",
+            to(Some(&new), FIREWALL, KUBE_PROXY_FIREWALL),
+        ),
+        hook(Table::Nat, "OUTPUT", to(None, PORTALS, KUBE_SERVICES)),
+        hook(Table::Nat, "PREROUTING", to(None, PORTALS, KUBE_SERVICES)),
+        hook(
+            Table::Nat,
+            "POSTROUTING",
+            to(None, "kubernetes postrouting rules", KUBE_POSTROUTING),
+        ),
+    ]
+}
+
+struct Names {
+    services: ChainName,
+    external_services: ChainName,
+    nodeports: ChainName,
+    forward: ChainName,
+    firewall: ChainName,
+    mark_masq: ChainName,
+    postrouting: ChainName,
+}
+
+impl Names {
+    fn new() -> Self {
+        Self {
+            services: ChainName::from(KUBE_SERVICES),
+            external_services: ChainName::from(KUBE_EXTERNAL_SERVICES),
+            nodeports: ChainName::from(KUBE_NODEPORTS),
+            forward: ChainName::from(KUBE_FORWARD),
+            firewall: ChainName::from(KUBE_PROXY_FIREWALL),
+            mark_masq: ChainName::from(KUBE_MARK_MASQ),
+            postrouting: ChainName::from(KUBE_POSTROUTING),
+        }
+    }
+}
+
+struct Renderer<'a> {
+    rs: Ruleset,
+    owners: BTreeMap<ChainName, ServiceRef>,
+    names: Names,
+    mark: u32,
+    endpoint_comments: bool,
+    plan: &'a ServicePlan,
+}
+
+/// The start of every rule matching one frontend: `-m P -p P -d IP --dport PORT`.
+fn frontend(rule: Rule, protocol: Protocol, ip: IpAddr, port: u16) -> Rule {
+    rule.protocol(protocol).destination(ip).dport(port)
+}
+
+impl Renderer<'_> {
+    fn top_level(&mut self, opts: &RenderOptions) {
+        let n = &self.names;
+        for chain in [
+            &n.services,
+            &n.external_services,
+            &n.forward,
+            &n.nodeports,
+            &n.firewall,
+        ] {
+            self.rs.declare(Table::Filter, chain);
+        }
+        for chain in [&n.services, &n.nodeports, &n.postrouting, &n.mark_masq] {
+            self.rs.declare(Table::Nat, chain);
+        }
+        let mark = self.mark;
+        let marked = |negated| Match::Mark {
+            value: mark,
+            mask: mark,
+            negated,
+        };
+        self.rs.append(
+            Table::Nat,
+            &n.postrouting,
+            Rule::new().with(marked(true)).target(Target::Return),
+        );
+        self.rs.append(
+            Table::Nat,
+            &n.postrouting,
+            Rule::new().target(Target::Mark(MarkOp::Xor(mark))),
+        );
+        self.rs.append(
+            Table::Nat,
+            &n.postrouting,
+            Rule::new()
+                .comment("kubernetes service traffic requiring SNAT")
+                .target(Target::Masquerade {
+                    random_fully: opts.masquerade_random_fully,
+                }),
+        );
+        self.rs.append(
+            Table::Nat,
+            &n.mark_masq,
+            Rule::new().target(Target::Mark(MarkOp::Or(mark))),
+        );
+        if opts.drop_invalid {
+            self.rs.append(
+                Table::Filter,
+                &n.forward,
+                Rule::new()
+                    .ctstate(&[CtState::Invalid])
+                    .target(Target::Drop),
+            );
+        }
+        self.rs.append(
+            Table::Filter,
+            &n.forward,
+            Rule::new()
+                .comment("kubernetes forwarding rules")
+                .with(marked(false))
+                .target(Target::Accept),
+        );
+        self.rs.append(
+            Table::Filter,
+            &n.forward,
+            Rule::new()
+                .comment("kubernetes forwarding conntrack rule")
+                .ctstate(&[CtState::Related, CtState::Established])
+                .target(Target::Accept),
+        );
+    }
+
+    fn nodeports_last_rule(&mut self) {
+        const COMMENT: &str =
+            "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+        let services = self.names.services.clone();
+        if self.plan.nodeport_addresses.is_empty() {
+            // Localhost nodePorts are not supported (no route_localnet), as in kube-proxy
+            // with --iptables-localhost-nodeports=false and always for IPv6.
+            let rule = Rule::new()
+                .comment(COMMENT)
+                .local(Direction::Dst)
+                .not_destination(self.plan.family.loopback())
+                .jump(&self.names.nodeports);
+            self.rs.append(Table::Nat, &services, rule);
+            return;
+        }
+        for ip in self
+            .plan
+            .nodeport_addresses
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+        {
+            let rule = Rule::new()
+                .comment(COMMENT)
+                .destination(*ip)
+                .jump(&self.names.nodeports);
+            self.rs.append(Table::Nat, &services, rule);
+        }
+    }
+
+    fn own(&mut self, chain: &ChainName, port: &ServicePortPlan) {
+        self.rs.declare(Table::Nat, chain);
+        self.owners.insert(chain.clone(), port.name.service.clone());
+    }
+
+    fn service_port(&mut self, port: &ServicePortPlan) {
+        let name = port.name.to_string();
+        let proto = port.protocol();
+        let chains = ServiceChains::of(&port.name);
+        let policy_chain = |d: Disposition| match d {
+            Disposition::Local => &chains.local,
+            _ => &chains.cluster,
+        };
+        let external = port.external;
+        let ext_forwards = external.is_some_and(|e| e.disposition.forwards());
+        let filter_verdict = |d: Disposition| match d {
+            Disposition::Reject => (format!("{name} has no endpoints"), Target::Reject),
+            _ => (format!("{name} has no local endpoints"), Target::Drop),
+        };
+        let lb_chain = if port.uses_source_ranges() {
+            &chains.firewall
+        } else {
+            &chains.external
+        };
+        let services = self.names.services.clone();
+        let external_services = self.names.external_services.clone();
+
+        // ClusterIP.
+        if port.internal.forwards() {
+            let rule = frontend(
+                Rule::new().comment(format!("{name} cluster IP")),
+                proto,
+                port.cluster_ip,
+                port.port,
+            )
+            .jump(policy_chain(port.internal));
+            self.rs.append(Table::Nat, &services, rule);
+        } else {
+            let (comment, target) = filter_verdict(port.internal);
+            let rule = frontend(
+                Rule::new().comment(comment),
+                proto,
+                port.cluster_ip,
+                port.port,
+            )
+            .target(target);
+            self.rs.append(Table::Filter, &services, rule);
+        }
+        // External IPs.
+        for ip in &port.external_ips {
+            if port.has_endpoints() {
+                let rule = frontend(
+                    Rule::new().comment(format!("{name} external IP")),
+                    proto,
+                    *ip,
+                    port.port,
+                )
+                .jump(&chains.external);
+                self.rs.append(Table::Nat, &services, rule);
+            }
+            if let Some(e) = external.filter(|_| !ext_forwards) {
+                let (comment, target) = filter_verdict(e.disposition);
+                let rule =
+                    frontend(Rule::new().comment(comment), proto, *ip, port.port).target(target);
+                self.rs.append(Table::Filter, &external_services, rule);
+            }
+        }
+        // Load-balancer IPs.
+        for ip in &port.load_balancer_ips {
+            if port.has_endpoints() {
+                let rule = frontend(
+                    Rule::new().comment(format!("{name} loadbalancer IP")),
+                    proto,
+                    *ip,
+                    port.port,
+                )
+                .jump(lb_chain);
+                self.rs.append(Table::Nat, &services, rule);
+            }
+            if port.uses_source_ranges() {
+                let comment = format!("{name} traffic not accepted by {}", chains.firewall);
+                let rule = frontend(Rule::new().comment(comment), proto, *ip, port.port)
+                    .target(Target::Drop);
+                self.rs
+                    .append(Table::Filter, &self.names.firewall.clone(), rule);
+            }
+        }
+        if let Some(e) = external.filter(|_| !ext_forwards) {
+            for ip in &port.load_balancer_ips {
+                let (comment, target) = filter_verdict(e.disposition);
+                let rule =
+                    frontend(Rule::new().comment(comment), proto, *ip, port.port).target(target);
+                self.rs.append(Table::Filter, &external_services, rule);
+            }
+        }
+        // NodePort (not subject to source ranges, as upstream).
+        if let Some(node_port) = port.node_port {
+            if port.has_endpoints() {
+                let rule = Rule::new()
+                    .comment(name.clone())
+                    .protocol(proto)
+                    .dport(node_port)
+                    .jump(&chains.external);
+                self.rs
+                    .append(Table::Nat, &self.names.nodeports.clone(), rule);
+            }
+            if let Some(e) = external.filter(|_| !ext_forwards) {
+                let (comment, target) = filter_verdict(e.disposition);
+                let rule = Rule::new()
+                    .comment(comment)
+                    .local(Direction::Dst)
+                    .protocol(proto)
+                    .dport(node_port)
+                    .target(target);
+                self.rs.append(Table::Filter, &external_services, rule);
+            }
+        }
+        // Health-check node port: always accepted, even with no local endpoint (it answers 503).
+        if let Some(hc) = port.health_check_node_port {
+            let rule = Rule::new()
+                .comment(format!("{name} health check node port"))
+                .protocol(Protocol::Tcp)
+                .dport(hc)
+                .target(Target::Accept);
+            self.rs
+                .append(Table::Filter, &self.names.nodeports.clone(), rule);
+        }
+
+        // Per-service nat chains.
+        if port.internal.forwards() {
+            let chain = policy_chain(port.internal);
+            self.own(chain, port);
+            let base = frontend(
+                Rule::new().comment(format!("{name} cluster IP")),
+                proto,
+                port.cluster_ip,
+                port.port,
+            );
+            let masq = match port.cluster_ip_masquerade {
+                ClusterIpMasquerade::All => Some(base),
+                ClusterIpMasquerade::OffCluster(cidr) => Some(base.not_source(cidr)),
+                ClusterIpMasquerade::Never => None,
+            };
+            if let Some(rule) = masq {
+                self.rs
+                    .append(Table::Nat, chain, rule.jump(&self.names.mark_masq));
+            }
+        }
+        if let Some(e) = external.filter(|_| port.uses_external_entry()) {
+            let ext = &chains.external;
+            self.own(ext, port);
+            let mark_masq = self.names.mark_masq.clone();
+            if e.masquerade_all {
+                let rule = Rule::new()
+                    .comment(format!(
+                        "masquerade traffic for {name} external destinations"
+                    ))
+                    .jump(&mark_masq);
+                self.rs.append(Table::Nat, ext, rule);
+            }
+            if let (true, Some(cidr)) = (e.pods_short_circuit, self.plan.local_detector) {
+                let rule = Rule::new()
+                    .comment(format!("pod traffic for {name} external destinations"))
+                    .source(cidr)
+                    .jump(&chains.cluster);
+                self.rs.append(Table::Nat, ext, rule);
+            }
+            if e.host_short_circuit {
+                let masq = Rule::new()
+                    .comment(format!(
+                        "masquerade LOCAL traffic for {name} external destinations"
+                    ))
+                    .local(Direction::Src)
+                    .jump(&mark_masq);
+                let route = Rule::new()
+                    .comment(format!(
+                        "route LOCAL traffic for {name} external destinations"
+                    ))
+                    .local(Direction::Src)
+                    .jump(&chains.cluster);
+                self.rs.append(Table::Nat, ext, masq);
+                self.rs.append(Table::Nat, ext, route);
+            }
+            if e.disposition.forwards() {
+                let target = if e.policy == TrafficPolicy::Local {
+                    &chains.local
+                } else {
+                    &chains.cluster
+                };
+                self.rs.append(Table::Nat, ext, Rule::new().jump(target));
+            }
+        }
+        if port.uses_source_ranges() {
+            let fw = &chains.firewall;
+            self.own(fw, port);
+            let comment = format!("{name} loadbalancer IP");
+            for cidr in &port.load_balancer_source_ranges {
+                let rule = Rule::new()
+                    .comment(comment.clone())
+                    .source(*cidr)
+                    .jump(&chains.external);
+                self.rs.append(Table::Nat, fw, rule);
+            }
+            if port.load_balancer_admits_node {
+                for ip in &port.load_balancer_ips {
+                    let rule = Rule::new()
+                        .comment(comment.clone())
+                        .source(*ip)
+                        .jump(&chains.external);
+                    self.rs.append(Table::Nat, fw, rule);
+                }
+            }
+            let last = Rule::new().comment(format!(
+                "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
+            ));
+            self.rs.append(Table::Nat, fw, last);
+        }
+        // Every endpoint used by either policy is reachable; hash each name once.
+        let seps: HashMap<SocketAddr, ChainName> = port
+            .endpoints
+            .all_reachable
+            .iter()
+            .map(|ep| (ep.addr, endpoint_chain(&port.name, &ep.addr)))
+            .collect();
+        let sep = |ep: &PlannedEndpoint| seps.get(&ep.addr).cloned().unwrap_or_else(|| endpoint_chain(&port.name, &ep.addr));
+        if port.uses_cluster_endpoints() {
+            self.own(&chains.cluster, port);
+            self.load_balance(&chains.cluster, port, &name, &port.endpoints.cluster, &sep);
+        }
+        if port.uses_local_endpoints() {
+            self.own(&chains.local, port);
+            self.load_balance(&chains.local, port, &name, &port.endpoints.local, &sep);
+        }
+        for ep in &port.endpoints.all_reachable {
+            self.endpoint(port, &name, ep, sep(ep));
+        }
+    }
+
+    /// Session-affinity checks, then one statistic rule per endpoint (`1/n`, `1/(n-1)`, …,
+    /// the last unconditional) so each endpoint gets an equal share of new connections.
+    fn load_balance(
+        &mut self,
+        chain: &ChainName,
+        port: &ServicePortPlan,
+        name: &str,
+        endpoints: &[PlannedEndpoint],
+        sep: &dyn Fn(&PlannedEndpoint) -> ChainName,
+    ) {
+        let comment = |ep: &PlannedEndpoint| format!("{name} -> {}", ep.key());
+        let seps: Vec<ChainName> = endpoints.iter().map(sep).collect();
+        if let Some(seconds) = port.session_affinity {
+            for (ep, sep) in endpoints.iter().zip(&seps) {
+                let mut rule = Rule::new();
+                if self.endpoint_comments {
+                    rule = rule.comment(comment(ep));
+                }
+                let rule = rule
+                    .with(Match::Recent(Recent::Check {
+                        name: sep.to_string(),
+                        seconds,
+                    }))
+                    .jump(sep);
+                self.rs.append(Table::Nat, chain, rule);
+            }
+        }
+        let n = endpoints.len();
+        for (i, (ep, sep)) in endpoints.iter().zip(&seps).enumerate() {
+            let mut rule = Rule::new();
+            if self.endpoint_comments {
+                rule = rule.comment(comment(ep));
+            }
+            if i + 1 < n {
+                let remaining = u32::try_from(n - i).unwrap_or(u32::MAX);
+                rule = rule.with(Match::Statistic(Probability::one_in(remaining)));
+            }
+            self.rs.append(Table::Nat, chain, rule.jump(sep));
+        }
+    }
+
+    fn endpoint(&mut self, port: &ServicePortPlan, name: &str, ep: &PlannedEndpoint, sep: ChainName) {
+        self.own(&sep, port);
+        let base = if self.endpoint_comments {
+            Rule::new().comment(name)
+        } else {
+            Rule::new()
+        };
+        // Hairpin: a pod reaching itself through the Service must be SNATed, or it would
+        // answer itself directly and the reply would not be un-DNATed.
+        let hairpin = base.clone().source(ep.ip()).jump(&self.names.mark_masq);
+        self.rs.append(Table::Nat, &sep, hairpin);
+        let mut dnat = base;
+        if port.session_affinity.is_some() {
+            dnat = dnat.with(Match::Recent(Recent::Set {
+                name: sep.to_string(),
+            }));
+        }
+        let dnat = dnat.protocol(port.protocol()).target(Target::Dnat(ep.addr));
+        self.rs.append(Table::Nat, &sep, dnat);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_model::NodeName;
+    use netd_proxy::{IpFamily, ProxyOptions, plan};
+
+    use super::*;
+
+    const TWO_SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: ns}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: a-x, namespace: ns, labels: {kubernetes.io/service-name: a}}
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-1}
+- {addresses: [10.244.2.2], nodeName: node-2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: ns}
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: b-x, namespace: ns, labels: {kubernetes.io/service-name: b}}
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.3], nodeName: node-1}
+"#;
+
+    fn rules(yaml: &str, opts: &RenderOptions) -> ServiceRules {
+        let state = netd_testkit::state(yaml);
+        let p = plan(
+            &state,
+            &NodeName::new("node-1"),
+            IpFamily::V4,
+            &ProxyOptions::default(),
+        );
+        render_services(&p, opts)
+    }
+
+    fn chains_declared(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split(' ').next())
+            .collect()
+    }
+
+    #[test]
+    fn partial_sync_writes_only_changed_services_and_deletes_stale_chains() {
+        let r = rules(TWO_SERVICES, &RenderOptions::default());
+        let b_chains: Vec<&ChainName> = r
+            .service_chains()
+            .iter()
+            .filter(|(_, s)| s.name == "b")
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(b_chains.len(), 2, "KUBE-SVC and one KUBE-SEP: {b_chains:?}");
+        let existing: BTreeSet<ChainName> = [
+            "KUBE-SEP-GONEGONEGONEGONE",
+            "KUBE-SVC-XPGD46QRK7WJZT7O",
+            "OTHER-CHAIN",
+            "KUBE-SERVICES",
+        ]
+        .into_iter()
+        .map(ChainName::from)
+        .chain(r.service_chains().keys().cloned())
+        .collect();
+        let stale: Vec<String> = r
+            .stale_chains(&existing)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            stale,
+            ["KUBE-SEP-GONEGONEGONEGONE", "KUBE-SVC-XPGD46QRK7WJZT7O"]
+        );
+
+        let partial = r.restore_input(
+            &SyncScope::Partial([ServiceRef::new("ns", "b")].into()),
+            &existing,
+        );
+        let declared = chains_declared(&partial);
+        for c in &b_chains {
+            assert!(
+                declared.contains(&c.as_str()),
+                "{c} missing from partial sync:\n{partial}"
+            );
+        }
+        let a_chains = r
+            .service_chains()
+            .iter()
+            .filter(|(_, s)| s.name == "a")
+            .map(|(c, _)| c.as_str());
+        for c in a_chains {
+            let rewritten = declared.contains(&c) || partial.contains(&format!("-A {c} "));
+            assert!(!rewritten, "unchanged {c} rewritten:\n{partial}");
+        }
+        for top in [
+            "KUBE-SERVICES",
+            "KUBE-NODEPORTS",
+            "KUBE-POSTROUTING",
+            "KUBE-MARK-MASQ",
+            "KUBE-FORWARD",
+        ] {
+            assert!(declared.contains(&top), "{top} missing");
+        }
+        assert!(
+            partial.contains("-X KUBE-SEP-GONEGONEGONEGONE\n"),
+            "{partial}"
+        );
+        assert!(!partial.contains("OTHER-CHAIN"), "{partial}");
+        // The cluster IP rule of the unchanged Service is still written (KUBE-SERVICES is
+        // rewritten in full every sync).
+        assert!(partial.contains("-d 10.96.0.1 --dport 80"), "{partial}");
+
+        let full = r.restore_input(&SyncScope::Full, &BTreeSet::new());
+        assert_eq!(full, r.ruleset.to_restore());
+        assert!(chains_declared(&full).len() > declared.len());
+    }
+
+    #[test]
+    fn large_clusters_drop_per_endpoint_comments() {
+        let opts = RenderOptions {
+            large_cluster_endpoints: 2,
+            ..RenderOptions::default()
+        };
+        let text = rules(TWO_SERVICES, &opts).ruleset.to_restore();
+        assert!(!text.contains("--comment ns/a -s"), "{text}");
+        assert!(!text.contains("-> 10.244"), "{text}");
+        assert!(text.contains("\"ns/a cluster IP\""), "{text}");
+        let small = rules(TWO_SERVICES, &RenderOptions::default())
+            .ruleset
+            .to_restore();
+        assert!(
+            small.contains("--comment ns/a -s 10.244.1.2 -j KUBE-MARK-MASQ"),
+            "{small}"
+        );
+    }
+
+    #[test]
+    fn hooks_install_in_kube_proxy_order() {
+        let r = rules(TWO_SERVICES, &RenderOptions::default());
+        assert_eq!(r.hooks.len(), 12);
+        let installed = r.installed();
+        let forward: Vec<String> = installed
+            .chain(Table::Filter, "FORWARD")
+            .unwrap_or_default()
+            .iter()
+            .map(|rule| match &rule.target {
+                Some(Target::Jump(c)) => c.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            forward,
+            [
+                KUBE_PROXY_FIREWALL,
+                KUBE_FORWARD,
+                KUBE_SERVICES,
+                KUBE_EXTERNAL_SERVICES
+            ]
+        );
+        let first = &r.hooks[0].rule.to_string();
+        assert_eq!(
+            first,
+            r#"-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES"#
+        );
+    }
+
+    #[test]
+    fn nodeport_addresses_replace_the_local_match() {
+        let state = netd_testkit::state(TWO_SERVICES);
+        let opts = ProxyOptions {
+            nodeport_addresses: vec![
+                "172.18.0.2".parse().expect("ip"),
+                "127.0.0.1".parse().expect("ip"),
+            ],
+            ..ProxyOptions::default()
+        };
+        let p = plan(&state, &NodeName::new("node-1"), IpFamily::V4, &opts);
+        let text = render_services(&p, &RenderOptions::default())
+            .ruleset
+            .to_restore();
+        assert!(
+            text.contains(
+                "this must be the last rule in this chain\" -d 172.18.0.2 -j KUBE-NODEPORTS"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("-d 127.0.0.1 -j KUBE-NODEPORTS"), "{text}");
+        assert!(!text.contains("--dst-type LOCAL ! -d"), "{text}");
+    }
+}

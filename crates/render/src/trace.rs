@@ -1,0 +1,565 @@
+//! A packet tracer over our own rule representation (not the kernel).
+//!
+//! [`trace`] runs the first packet of a new connection through a [`Ruleset`] in netfilter
+//! order — nat `PREROUTING` (or `OUTPUT` for packets the host sends), the routing decision,
+//! filter `INPUT` / `FORWARD` / `OUTPUT`, nat `POSTROUTING` — and follows every branch: each
+//! `-m statistic` rule splits the trace into "matched" and "not matched" with their
+//! probabilities, so the result lists every DNAT choice with its share. Session affinity
+//! (`-m recent --rcheck`) is evaluated for a client seen for the first time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use netd_model::Protocol;
+
+use crate::iptables::{ChainName, CtState, Direction, Match, Recent, Rule, Ruleset, Table, Target};
+
+/// Why a trace could not be completed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    /// A rule jumps to a chain the rule set does not have.
+    #[error("{table} chain {from} jumps to missing chain {to}")]
+    UnknownChain {
+        /// The table.
+        table: Table,
+        /// The chain holding the jump.
+        from: ChainName,
+        /// The missing chain.
+        to: ChainName,
+    },
+    /// Jumps nest deeper than any sane rule set (a loop).
+    #[error("{table} chain {chain} nests jumps deeper than {MAX_DEPTH} (a loop?)")]
+    TooDeep {
+        /// The table.
+        table: Table,
+        /// The chain where the limit was hit.
+        chain: ChainName,
+    },
+    /// A set match names a set the trace was not given, or one with more than one dimension.
+    #[error("set match on {name:?} cannot be evaluated (unknown or multi-dimensional set)")]
+    UnsupportedSet {
+        /// The set's name.
+        name: String,
+    },
+}
+
+/// Where a traced packet comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// It arrives on an interface (from a pod or from outside): `PREROUTING` first.
+    Network,
+    /// The host itself sends it: `OUTPUT` first.
+    Host,
+}
+
+/// The first packet of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// Where it comes from.
+    pub origin: Origin,
+    /// The source address.
+    pub src: IpAddr,
+    /// The source port.
+    pub sport: u16,
+    /// The destination address.
+    pub dst: IpAddr,
+    /// The destination port.
+    pub dport: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The interface it arrives on, if known (rules matching `-i` never match otherwise).
+    pub in_interface: Option<String>,
+    /// The interface it leaves by, if known (rules matching `-o` never match otherwise).
+    pub out_interface: Option<String>,
+}
+
+impl Packet {
+    /// A new TCP connection from `src` to `dst:dport`, arriving from the network.
+    pub fn tcp(src: IpAddr, dst: IpAddr, dport: u16) -> Self {
+        Self {
+            origin: Origin::Network,
+            src,
+            sport: 40000,
+            dst,
+            dport,
+            protocol: Protocol::Tcp,
+            in_interface: None,
+            out_interface: None,
+        }
+    }
+}
+
+/// What the tracer knows about the host the rules are installed on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// The host's own addresses (`-m addrtype LOCAL`); loopback addresses always are.
+    pub local_addrs: Vec<IpAddr>,
+    /// ipset contents by set name, for `-m set` matches on one-dimensional IP sets.
+    pub sets: BTreeMap<String, Vec<IpNet>>,
+}
+
+impl Host {
+    fn is_local(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.local_addrs.contains(&ip)
+    }
+}
+
+/// The final fate of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// Delivered: to a local socket or forwarded on.
+    Accept,
+    /// Silently dropped.
+    Drop,
+    /// Rejected (ICMP port unreachable / connection refused).
+    Reject,
+}
+
+/// One rule that matched and acted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The table.
+    pub table: Table,
+    /// The chain.
+    pub chain: ChainName,
+    /// The rule's position in the chain (0-based).
+    pub index: usize,
+    /// The rule.
+    pub rule: Rule,
+}
+
+/// One branch of a trace: what happens with the given probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The branch's probability (all outcomes of a trace add up to 1).
+    pub probability: f64,
+    /// The rules that matched and acted, in order.
+    pub steps: Vec<Step>,
+    /// The destination the packet was DNATed to, if any.
+    pub dnat: Option<SocketAddr>,
+    /// Whether the source address is masqueraded on the way out.
+    pub masqueraded: bool,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+impl Outcome {
+    /// The user-defined chains the packet entered, in order, without repeats in a row.
+    pub fn chains(&self) -> Vec<&ChainName> {
+        let mut out: Vec<&ChainName> = Vec::new();
+        for s in &self.steps {
+            if out.last() != Some(&&s.chain) {
+                out.push(&s.chain);
+            }
+        }
+        out
+    }
+}
+
+/// Every possible fate of one packet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trace {
+    /// The packet traced.
+    pub packet: Packet,
+    /// The branches, in rule order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Trace {
+    /// The probability of each verdict / DNAT destination / masquerade combination.
+    pub fn summary(&self) -> BTreeMap<(Verdict, Option<SocketAddr>, bool), f64> {
+        let mut out = BTreeMap::new();
+        for o in &self.outcomes {
+            *out.entry((o.verdict, o.dnat, o.masqueraded)).or_insert(0.0) += o.probability;
+        }
+        out
+    }
+}
+
+impl fmt::Display for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.packet;
+        writeln!(
+            f,
+            "{} {}:{} -> {}:{} ({:?})",
+            p.protocol, p.src, p.sport, p.dst, p.dport, p.origin
+        )?;
+        for o in &self.outcomes {
+            let verdict = match o.verdict {
+                Verdict::Accept => "ACCEPT",
+                Verdict::Drop => "DROP",
+                Verdict::Reject => "REJECT",
+            };
+            write!(f, "  {:>6.2}% {verdict}", o.probability * 100.0)?;
+            if let Some(d) = o.dnat {
+                write!(f, " DNAT to {d}")?;
+            }
+            if o.masqueraded {
+                write!(f, ", masqueraded")?;
+            }
+            writeln!(f)?;
+            for s in &o.steps {
+                writeln!(
+                    f,
+                    "      {}/{} #{}: {}",
+                    s.table,
+                    s.chain,
+                    s.index + 1,
+                    s.rule
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The deepest jump nesting followed before giving up.
+pub const MAX_DEPTH: usize = 64;
+
+/// Traces the first packet of a new connection through `ruleset` on `host`.
+pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, TraceError> {
+    let start = State {
+        dst: packet.dst,
+        dport: packet.dport,
+        mark: 0,
+        dnat: None,
+        masqueraded: false,
+        probability: 1.0,
+        steps: Vec::new(),
+    };
+    let tracer = Tracer {
+        rs: ruleset,
+        host,
+        packet,
+    };
+    let first = match packet.origin {
+        Origin::Network => "PREROUTING",
+        Origin::Host => "OUTPUT",
+    };
+    let mut outcomes = Vec::new();
+    for (st, verdict) in tracer.hook(Table::Nat, first, start)? {
+        if verdict != Verdict::Accept {
+            outcomes.push(st.finish(verdict));
+            continue;
+        }
+        let local = host.is_local(st.dst);
+        let filter = match (packet.origin, local) {
+            (Origin::Host, _) => "OUTPUT",
+            (Origin::Network, true) => "INPUT",
+            (Origin::Network, false) => "FORWARD",
+        };
+        for (st, verdict) in tracer.hook(Table::Filter, filter, st)? {
+            if verdict != Verdict::Accept || (local && packet.origin == Origin::Network) {
+                outcomes.push(st.finish(verdict));
+                continue;
+            }
+            for (st, verdict) in tracer.hook(Table::Nat, "POSTROUTING", st)? {
+                outcomes.push(st.finish(verdict));
+            }
+        }
+    }
+    Ok(Trace {
+        packet: packet.clone(),
+        outcomes,
+    })
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    dst: IpAddr,
+    dport: u16,
+    mark: u32,
+    dnat: Option<SocketAddr>,
+    masqueraded: bool,
+    probability: f64,
+    steps: Vec<Step>,
+}
+
+impl State {
+    fn finish(self, verdict: Verdict) -> Outcome {
+        Outcome {
+            probability: self.probability,
+            steps: self.steps,
+            dnat: self.dnat,
+            masqueraded: self.masqueraded,
+            verdict,
+        }
+    }
+}
+
+/// How a chain was left.
+enum Flow {
+    /// A terminating target decided.
+    Verdict(Verdict),
+    /// The chain ended or returned: the caller continues.
+    Continue,
+}
+
+/// How a rule's matches evaluate.
+enum Eval {
+    Yes,
+    No,
+    /// Matches with this probability (`-m statistic`).
+    Maybe(f64),
+}
+
+struct Tracer<'a> {
+    rs: &'a Ruleset,
+    host: &'a Host,
+    packet: &'a Packet,
+}
+
+impl Tracer<'_> {
+    /// Runs a built-in chain; falling off its end applies its policy (ACCEPT).
+    fn hook(
+        &self,
+        table: Table,
+        chain: &str,
+        st: State,
+    ) -> Result<Vec<(State, Verdict)>, TraceError> {
+        let name = ChainName::from(chain);
+        if self.rs.chain(table, chain).is_none() {
+            return Ok(vec![(st, Verdict::Accept)]);
+        }
+        Ok(self
+            .run(table, &name, 0, st, 0)?
+            .into_iter()
+            .map(|(st, flow)| match flow {
+                Flow::Verdict(v) => (st, v),
+                Flow::Continue => (st, Verdict::Accept),
+            })
+            .collect())
+    }
+
+    fn run(
+        &self,
+        table: Table,
+        chain: &ChainName,
+        from: usize,
+        mut st: State,
+        depth: usize,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        if depth > MAX_DEPTH {
+            return Err(TraceError::TooDeep {
+                table,
+                chain: chain.clone(),
+            });
+        }
+        let rules = self.rs.chain(table, chain.as_str()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (index, rule) in rules.iter().enumerate().skip(from) {
+            let p = match self.eval(rule, &st)? {
+                Eval::No => continue,
+                Eval::Yes => 1.0,
+                Eval::Maybe(p) => p,
+            };
+            let mut matched = st.clone();
+            matched.probability *= p;
+            st.probability *= 1.0 - p;
+            matched.steps.push(Step {
+                table,
+                chain: chain.clone(),
+                index,
+                rule: rule.clone(),
+            });
+            out.extend(self.act(table, chain, index, rule, matched, depth)?);
+            if p >= 1.0 {
+                return Ok(out);
+            }
+        }
+        out.push((st, Flow::Continue));
+        Ok(out)
+    }
+
+    /// Applies a matched rule's target, then continues the chain where the target lets it.
+    fn act(
+        &self,
+        table: Table,
+        chain: &ChainName,
+        index: usize,
+        rule: &Rule,
+        mut st: State,
+        depth: usize,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        let verdict = |st: State, v: Verdict| Ok(vec![(st, Flow::Verdict(v))]);
+        match &rule.target {
+            None => self.run(table, chain, index + 1, st, depth),
+            Some(Target::Mark(op)) => {
+                st.mark = op.apply(st.mark);
+                self.run(table, chain, index + 1, st, depth)
+            }
+            Some(Target::Accept) => verdict(st, Verdict::Accept),
+            Some(Target::Drop) => verdict(st, Verdict::Drop),
+            Some(Target::Reject) => verdict(st, Verdict::Reject),
+            Some(Target::Return) => Ok(vec![(st, Flow::Continue)]),
+            Some(Target::Dnat(to)) => {
+                st.dst = to.ip();
+                st.dport = to.port();
+                st.dnat = Some(*to);
+                verdict(st, Verdict::Accept)
+            }
+            Some(Target::Masquerade { .. }) => {
+                st.masqueraded = true;
+                verdict(st, Verdict::Accept)
+            }
+            Some(Target::Jump(to)) | Some(Target::Goto(to)) => {
+                if self.rs.chain(table, to.as_str()).is_none() {
+                    return Err(TraceError::UnknownChain {
+                        table,
+                        from: chain.clone(),
+                        to: to.clone(),
+                    });
+                }
+                let is_goto = matches!(rule.target, Some(Target::Goto(_)));
+                let mut out = Vec::new();
+                for (st, flow) in self.run(table, to, 0, st, depth + 1)? {
+                    match flow {
+                        Flow::Verdict(v) => out.push((st, Flow::Verdict(v))),
+                        Flow::Continue if is_goto => out.push((st, Flow::Continue)),
+                        Flow::Continue => {
+                            out.extend(self.run(table, chain, index + 1, st, depth)?)
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn eval(&self, rule: &Rule, st: &State) -> Result<Eval, TraceError> {
+        let pkt = self.packet;
+        let mut probability = None;
+        for m in &rule.matches {
+            let ok = match m {
+                Match::Comment(_) => true,
+                Match::Protocol(p) => pkt.protocol == *p,
+                Match::Source { addr, negated } => addr.contains(pkt.src) != *negated,
+                Match::Destination { addr, negated } => addr.contains(st.dst) != *negated,
+                Match::DestinationPort(r) => r.contains(st.dport),
+                Match::SourcePort(r) => r.contains(pkt.sport),
+                Match::AddrTypeLocal { direction, negated } => {
+                    let ip = match direction {
+                        Direction::Src => pkt.src,
+                        Direction::Dst => st.dst,
+                    };
+                    self.host.is_local(ip) != *negated
+                }
+                Match::Mark {
+                    value,
+                    mask,
+                    negated,
+                } => (st.mark & mask == *value) != *negated,
+                Match::Conntrack { states, negated } => {
+                    let any = states.iter().any(|s| match s {
+                        CtState::New => true,
+                        CtState::Dnat => st.dnat.is_some(),
+                        CtState::Established
+                        | CtState::Related
+                        | CtState::Invalid
+                        | CtState::Snat => false,
+                    });
+                    any != *negated
+                }
+                Match::Statistic(p) => {
+                    probability = Some(p.value());
+                    true
+                }
+                // A first-time client is in no affinity list; `--set` always matches.
+                Match::Recent(Recent::Check { .. }) => false,
+                Match::Recent(Recent::Set { .. }) => true,
+                Match::Set {
+                    name,
+                    directions,
+                    negated,
+                } => {
+                    let (Some(members), [direction]) =
+                        (self.host.sets.get(name), directions.as_slice())
+                    else {
+                        return Err(TraceError::UnsupportedSet { name: name.clone() });
+                    };
+                    let ip = match direction {
+                        Direction::Src => pkt.src,
+                        Direction::Dst => st.dst,
+                    };
+                    members.iter().any(|n| n.contains(&ip)) != *negated
+                }
+                Match::InInterface { name, negated } => {
+                    iface_matches(pkt.in_interface.as_deref(), name, *negated)
+                }
+                Match::OutInterface { name, negated } => {
+                    iface_matches(pkt.out_interface.as_deref(), name, *negated)
+                }
+            };
+            if !ok {
+                return Ok(Eval::No);
+            }
+        }
+        Ok(match probability {
+            Some(p) if p < 1.0 => Eval::Maybe(p),
+            _ => Eval::Yes,
+        })
+    }
+}
+
+fn iface_matches(actual: Option<&str>, pattern: &str, negated: bool) -> bool {
+    let Some(actual) = actual else { return false };
+    let hit = match pattern.strip_suffix('+') {
+        Some(prefix) => actual.starts_with(prefix),
+        None => actual == pattern,
+    };
+    hit != negated
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_proxy::IpFamily;
+
+    use super::*;
+    use crate::iptables::Probability;
+
+    fn packet() -> Packet {
+        Packet::tcp("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"), 80)
+    }
+
+    #[test]
+    fn missing_chains_and_loops_are_errors() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        rs.append(Table::Filter, &ChainName::from("FORWARD"), Rule::new().jump(&ChainName::from("NOPE")));
+        let err = trace(&rs, &Host::default(), &packet()).expect_err("missing chain");
+        assert!(matches!(err, TraceError::UnknownChain { .. }), "{err}");
+
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let a = ChainName::from("A");
+        rs.append(Table::Nat, &ChainName::from("PREROUTING"), Rule::new().jump(&a));
+        rs.append(Table::Nat, &a, Rule::new().jump(&a));
+        let err = trace(&rs, &Host::default(), &packet()).expect_err("loop");
+        assert!(matches!(err, TraceError::TooDeep { .. }), "{err}");
+    }
+
+    #[test]
+    fn statistic_rules_split_goto_returns_to_the_caller_and_sets_match() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let (pre, lb, sub) = (ChainName::from("PREROUTING"), ChainName::from("LB"), ChainName::from("SUB"));
+        rs.append(Table::Nat, &pre, Rule::new().target(Target::Goto(lb.clone())));
+        rs.append(Table::Nat, &pre, Rule::new().target(Target::Drop));
+        rs.append(Table::Nat, &lb, Rule::new().with(Match::Statistic(Probability::one_in(4))).target(Target::Dnat("10.1.0.1:80".parse().expect("addr"))));
+        rs.append(Table::Nat, &lb, Rule::new().jump(&sub));
+        rs.append(Table::Nat, &sub, Rule::new().target(Target::Return));
+        let filter = ChainName::from("FORWARD");
+        let set = Match::Set { name: "blocked".into(), directions: vec![Direction::Src], negated: false };
+        rs.append(Table::Filter, &filter, Rule::new().with(set).target(Target::Reject));
+        let mut host = Host::default();
+        host.sets.insert("blocked".into(), vec!["10.0.0.0/24".parse().expect("net")]);
+        let t = trace(&rs, &host, &packet()).expect("trace");
+        let summary: Vec<(Verdict, Option<String>, f64)> =
+            t.summary().into_iter().map(|((v, d, _), p)| (v, d.map(|d| d.to_string()), p)).collect();
+        // 1/4 DNATed (then rejected by the set in FORWARD); 3/4 fall off LB, which was
+        // entered by goto, so PREROUTING's DROP is skipped and the policy accepts — then the
+        // set rejects those too.
+        assert_eq!(summary, [(Verdict::Reject, None, 0.75), (Verdict::Reject, Some("10.1.0.1:80".into()), 0.25)]);
+        let unknown = Host::default();
+        assert!(matches!(trace(&rs, &unknown, &packet()), Err(TraceError::UnsupportedSet { .. })));
+    }
+}
