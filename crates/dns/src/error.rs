@@ -33,6 +33,13 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    /// Building the zone did not complete (it panicked, or the runtime is shutting down).
+    #[error("building the cluster zone")]
+    ZoneBuildFailed {
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The server's sockets stopped serving before shutdown was asked for.
     #[error("serving DNS")]
     ServeFailed {

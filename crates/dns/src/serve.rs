@@ -108,7 +108,7 @@ impl DnsServer {
             tasks.spawn(serve_http(http, metrics.clone(), ready.clone()));
         }
         let first = state.borrow_and_update().clone();
-        let zone = build_zone(first, config.zone.clone()).await;
+        let zone = build_zone(first, config.zone.clone()).await?;
         metrics.zone_built(zone.record_count());
         let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
         {
@@ -117,13 +117,22 @@ impl DnsServer {
             tasks.spawn(async move {
                 while state.changed().await.is_ok() {
                     let snapshot = state.borrow_and_update().clone();
-                    let zone = build_zone(snapshot, zone_config.clone()).await;
-                    metrics.zone_built(zone.record_count());
-                    zone_tx.send_replace(Arc::new(zone));
+                    match build_zone(snapshot, zone_config.clone()).await {
+                        Ok(zone) => {
+                            metrics.zone_built(zone.record_count());
+                            zone_tx.send_replace(Arc::new(zone));
+                        }
+                        // The previous zone keeps being served.
+                        Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
+                    }
                 }
             });
         }
-        let handler = Handler::new(zone_rx, config.forward.clone(), metrics);
+        let mut forward = config.forward.clone();
+        // Forwarding to ourselves would loop until the client gives up.
+        let local = tcp.local_addr().ok();
+        forward.upstreams.retain(|u| Some(*u) != local);
+        let handler = Handler::new(zone_rx, forward, metrics);
         let mut frontend = Frontend::start(handler, udp, tcp);
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %config.listen, zone = %config.zone.origin, "serving cluster DNS");
@@ -145,14 +154,11 @@ pub async fn serve(
     DnsServer::bind(config).await?.run(state, shutdown).await
 }
 
-/// Builds a zone off the async workers: a large cluster takes tens of milliseconds.
-async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Zone {
-    let fallback = (state.clone(), config.clone());
-    match tokio::task::spawn_blocking(move || Zone::build(&state, &config)).await {
-        Ok(zone) => zone,
-        // Only a panic in the build gets here; building inline reports it in place.
-        Err(_) => Zone::build(&fallback.0, &fallback.1),
-    }
+/// Builds a zone off the async workers: a large cluster takes a few hundred milliseconds.
+async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Result<Zone, DnsError> {
+    tokio::task::spawn_blocking(move || Zone::build(&state, &config))
+        .await
+        .map_err(|source| DnsError::ZoneBuildFailed { source })
 }
 
 async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod lab_cmd;
+mod policy_cmd;
 mod print;
 
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ enum Command {
     Get(GetArgs),
     /// Run a cluster of network namespaces on this machine and probe it with real packets.
     Lab(lab_cmd::LabArgs),
+    /// Ask the NetworkPolicy engine whether flows are allowed, and why.
+    Policy(policy_cmd::PolicyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +86,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", print::render(&state, args.kind, &scope, args.output)?);
             Ok(())
         }
+        Command::Policy(args) => policy_cmd::run(args),
         Command::Lab(args) => lab_cmd::run(args, &netd_lab::NoRules),
     }
 }

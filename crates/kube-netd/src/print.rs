@@ -27,6 +27,15 @@ pub enum Format {
     Json,
 }
 
+/// Output format of commands that print a report rather than objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextOrJson {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
 /// The kinds `get` accepts, with kubectl's short names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {

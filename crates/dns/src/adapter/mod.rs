@@ -107,7 +107,7 @@ impl Handler {
         }
         let zone = self.zone.borrow().clone();
         let qtype = RecordType::from_code(u16::from(query.query_type()));
-        let qname = query.name().to_string();
+        let qname = zone_text(query.original().name());
         let answer = zone.answer(&Question::new(qname.as_str(), qtype));
         if !answer.authoritative {
             return match self.forward(query.original()).await {
@@ -126,7 +126,7 @@ impl Handler {
         };
         // Answers for the question's own name keep the client's spelling (0x20 case).
         let owner = query.original().name();
-        let asked = qname.trim_end_matches('.').to_ascii_lowercase();
+        let asked = qname.as_str();
         let convert = |records: &[zone::Record]| -> Option<Vec<Record>> {
             records
                 .iter()
@@ -327,6 +327,25 @@ fn formerr(message: &[u8]) -> Option<Vec<u8>> {
     )
     .ok()?;
     Some(bytes)
+}
+
+/// A wire name as the zone spells names: lower-case labels joined by dots. A label with
+/// other bytes than letters, digits, `-` and `_` cannot name anything in the zone; hickory's
+/// escaped text stands in for the whole name then (it still falls in the right zone).
+fn zone_text(name: &Name) -> String {
+    let plain = |label: &[u8]| {
+        label
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    };
+    if !name.iter().all(plain) {
+        return name.to_string();
+    }
+    let labels: Vec<String> = name
+        .iter()
+        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
+        .collect();
+    labels.join(".")
 }
 
 /// The wire name of a zone name. Raw labels: hickory's text parser refuses labels starting

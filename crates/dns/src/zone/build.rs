@@ -134,7 +134,9 @@ impl Builder<'_> {
             data,
         };
         record.hash(&mut self.serial);
-        self.add_name(&record.name);
+        if !self.names.contains_key(record.name.as_str()) {
+            self.add_name(&record.name);
+        }
         if let Some(records) = self.names.get_mut(record.name.as_str()) {
             records.push(record);
         }
@@ -202,6 +204,15 @@ impl Builder<'_> {
             if slice.address_type == AddressType::Fqdn {
                 continue;
             }
+            let srv_names: Vec<(DomainName, u16)> = slice
+                .ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .filter_map(|p| {
+                    let name = srv_name(&base, &p.name, p.protocol.as_lower_str())?;
+                    Some((name, p.port))
+                })
+                .collect();
             let published = slice
                 .endpoints
                 .iter()
@@ -221,15 +232,9 @@ impl Builder<'_> {
                     self.add(base.clone(), RecordData::address(*ip));
                     self.add(host.clone(), RecordData::address(*ip));
                     self.add(DomainName::reverse(*ip), RecordData::Ptr(host.clone()));
-                    for port in slice.ports.iter().filter(|p| !p.name.is_empty()) {
-                        if let Some(name) =
-                            srv_name(&base, &port.name, port.protocol.as_lower_str())
-                        {
-                            self.srv
-                                .entry(name)
-                                .or_default()
-                                .insert((port.port, host.clone()));
-                        }
+                    for (name, port) in &srv_names {
+                        let targets = self.srv.entry(name.clone()).or_default();
+                        targets.insert((*port, host.clone()));
                     }
                 }
             }

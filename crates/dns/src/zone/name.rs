@@ -1,6 +1,6 @@
 //! [`DomainName`]: a validated, lower-case DNS name, and the names the zone derives.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -58,9 +58,24 @@ impl DomainName {
         DomainName(if v6 { IP6_ARPA } else { IN_ADDR_ARPA }.to_owned())
     }
 
-    /// `label.self`, validated.
+    /// `label.self`, validated (only the new label needs checking).
     pub(crate) fn child(&self, label: &str) -> Result<DomainName, NameError> {
-        format!("{label}.{}", self.0).parse()
+        let len = label.len() + 1 + self.0.len();
+        let error_name = || format!("{label}.{}", self.0);
+        if len > 253 {
+            return Err(NameError::TooLong { name: error_name() });
+        }
+        if label.is_empty() || label.len() > 63 {
+            return Err(NameError::BadLabelLength { name: error_name() });
+        }
+        if !label.bytes().all(label_byte) {
+            return Err(NameError::BadCharacter { name: error_name() });
+        }
+        let mut name = String::with_capacity(len);
+        name.extend(label.chars().map(|c| c.to_ascii_lowercase()));
+        name.push('.');
+        name.push_str(&self.0);
+        Ok(DomainName(name))
     }
 
     /// The reverse-lookup name of an address (`4.3.2.1.in-addr.arpa`, nibbles in `ip6.arpa`).
@@ -69,8 +84,8 @@ impl DomainName {
         match ip {
             IpAddr::V4(v4) => {
                 for octet in v4.octets().iter().rev() {
-                    s.push_str(&octet.to_string());
-                    s.push('.');
+                    // Writing to a String cannot fail.
+                    let _ = write!(s, "{octet}.");
                 }
                 s.push_str(IN_ADDR_ARPA);
             }
@@ -119,6 +134,11 @@ impl fmt::Display for DomainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A byte a label may hold.
+fn label_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
 /// The IPv4 reverse zone.
