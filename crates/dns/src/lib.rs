@@ -10,7 +10,7 @@
 //!
 //! - [`adapter`]: [`Handler`], hickory-server's request handler over the zone; forwards other
 //!   names upstream through a TTL cache; the only module that sees hickory's types.
-//! - [`serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone rebuilt on each
+//! - [`mod@serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone rebuilt on each
 //!   new snapshot from a `watch` channel, and `/metrics`, `/health`, `/ready` over HTTP.
 //! - [`upstream`]: upstream resolvers from a resolv.conf.
 //! - [`metrics`]: the Prometheus metrics.

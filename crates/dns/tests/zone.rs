@@ -394,6 +394,7 @@ fn answers_every_record_kind_and_negative_answer() {
         let got = ask(&zone, name, *qtype);
         let context = format!("{name} {qtype:?}");
         assert!(got.authoritative, "{context}");
+        assert!(zone.is_authoritative(name), "{context}");
         assert_eq!(got.rcode, *rcode, "{context}");
         assert_eq!(
             got.answers.iter().map(show).collect::<Vec<_>>(),
@@ -453,6 +454,7 @@ fn names_outside_the_zone_are_not_authoritative() {
     ] {
         let got = ask(&zone, name, RecordType::A);
         assert!(!got.authoritative, "{name}");
+        assert!(!zone.is_authoritative(name), "{name}");
         assert_eq!(got.rcode, Rcode::Refused, "{name}");
         assert!(got.answers.is_empty() && got.authority.is_empty(), "{name}");
     }
@@ -559,5 +561,61 @@ fn builds_are_deterministic_and_the_serial_follows_content() {
     assert_ne!(
         serial(&a),
         serial(&Zone::build(&smaller, &ZoneConfig::default()))
+    );
+}
+
+#[test]
+fn ipv6_headless_endpoints_get_aaaa_and_ip6_arpa_ptr() {
+    let state = netd_testkit::state(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: v6, namespace: default}
+spec: {clusterIP: None, ipFamilies: [IPv6], ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v6-1, namespace: default, labels: {kubernetes.io/service-name: v6}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: ["fd00:10:244::5"]
+  hostname: h0
+- addresses: ["fd00:10:244::6"]
+"#,
+    );
+    let zone = Zone::build(&state, &ZoneConfig::default());
+    let shown = |name: &str, qtype| {
+        ask(&zone, name, qtype)
+            .answers
+            .iter()
+            .map(show)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        shown("v6.default.svc.cluster.local", RecordType::Aaaa),
+        [
+            "v6.default.svc.cluster.local 5 AAAA fd00:10:244::5",
+            "v6.default.svc.cluster.local 5 AAAA fd00:10:244::6",
+        ]
+    );
+    assert_eq!(
+        shown(
+            "fd00-10-244--6.v6.default.svc.cluster.local",
+            RecordType::Aaaa
+        ),
+        ["fd00-10-244--6.v6.default.svc.cluster.local 5 AAAA fd00:10:244::6"]
+    );
+    let reverse = "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa";
+    assert_eq!(
+        shown(reverse, RecordType::Ptr),
+        [format!("{reverse} 5 PTR h0.v6.default.svc.cluster.local")]
+    );
+    assert_eq!(
+        shown("_http._tcp.v6.default.svc.cluster.local", RecordType::Srv),
+        [
+            "_http._tcp.v6.default.svc.cluster.local 5 SRV 0 50 8080 fd00-10-244--6.v6.default.svc.cluster.local",
+            "_http._tcp.v6.default.svc.cluster.local 5 SRV 0 50 8080 h0.v6.default.svc.cluster.local",
+        ]
     );
 }

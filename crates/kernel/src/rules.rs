@@ -31,6 +31,19 @@ pub fn iptables_save(ns: &str) -> Result<String, KernelError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The names of the ipsets in `ns` (`ipset list -n`), sorted.
+pub fn ipset_list(ns: &str) -> Result<Vec<String>, KernelError> {
+    let out = netns::exec(ns, &["ipset", "list", "-n"])?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Deletes the conntrack entries in `ns` matching `filter` (arguments of `conntrack -D`, such
 /// as `["--orig-dst", "10.96.0.10", "-p", "udp"]`). Returns how many were deleted; none
 /// matching is not an error.

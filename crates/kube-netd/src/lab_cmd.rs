@@ -59,6 +59,12 @@ enum LabCommand {
         kube-netd lab exec node/node-1 -- iptables-save\n  \
         kube-netd lab exec external -- ip route")]
     Exec(ExecArgs),
+    /// The seed's walkthrough with real packets: policies, a Service, NodePorts, each step
+    /// checked against what Kubernetes specifies (exits non-zero if any check is not).
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab demo\n  \
+        kube-netd lab demo --keep --name demo")]
+    Demo(DemoArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -197,6 +203,21 @@ struct MatrixArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Leave the lab running afterwards (also after a failure or Ctrl-C).
+    #[arg(long)]
+    keep: bool,
+    /// How many connections the Service step opens.
+    #[arg(long, default_value_t = 30)]
+    connections: u32,
+    /// How long each probe waits for an answer, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
 struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
@@ -270,6 +291,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        LabCommand::Demo(a) => demo(a),
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 println!("lab {} removed", a.name);
@@ -317,6 +339,34 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         lab.state_dir().display()
     );
     lab.detach();
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    use netd_lab::demo::{self, DemoOptions};
+    let exe = std::env::current_exe().context("finding the kube-netd executable")?;
+    let program = vec![
+        exe.to_string_lossy().into_owned(),
+        "lab".into(),
+        "internal".into(),
+    ];
+    let mut lab = LabOptions::new(a.lab.name.clone(), program);
+    lab.state_root = a.lab.state_root.clone();
+    let mut options = DemoOptions::new(lab);
+    options.keep = a.keep;
+    options.connections = a.connections;
+    options.timeout = Duration::from_millis(a.timeout_ms);
+    if !a.keep {
+        demo::remove_on_interrupt(&a.lab.name, &a.lab.state_root)?;
+    }
+    let report = demo::run(options, resolver(), &mut std::io::stdout().lock())?;
+    let failed = report.checks().filter(|c| !c.passed).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} checks observed something other than what Kubernetes specifies",
+            report.checks().count()
+        );
+    }
     Ok(())
 }
 

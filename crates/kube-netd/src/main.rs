@@ -4,6 +4,7 @@
 //! over. See docs/ARCHITECTURE.md for how the crates fit together.
 
 mod cluster;
+mod dns_cmd;
 mod lab_cmd;
 mod policy_cmd;
 mod print;
@@ -21,7 +22,7 @@ use crate::print::{Format, Scope, Target};
 #[command(name = "kube-netd", version, about, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `netd_lab=debug`.
-    #[arg(long, global = true, env = "KUBE_NETD_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "KUBE_NETD_LOG", default_value = "warn,hickory_server=warn")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -39,6 +40,8 @@ enum Command {
     Lab(lab_cmd::LabArgs),
     /// Ask the NetworkPolicy engine whether flows are allowed, and why.
     Policy(policy_cmd::PolicyArgs),
+    /// Serve cluster DNS for the Services and Pods of a set of manifests.
+    Dns(dns_cmd::DnsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +90,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policy(args) => policy_cmd::run(args),
+        Command::Dns(args) => dns_cmd::run(args),
         Command::Lab(args) => lab_cmd::run(args, &netd_lab::NoRules),
     }
 }

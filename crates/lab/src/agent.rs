@@ -5,7 +5,8 @@
 //! Each pass starts from a whole, atomically written snapshot, so nothing is programmed from a
 //! partial view. A pass builds the namespaces of new Pods, removes those of deleted or changed
 //! ones, restarts echo servers that died, then asks the [`Programmer`] for the Node's rules
-//! and applies them atomically. Only then is the generation recorded as converged. A failed
+//! and applies them atomically with [`netd_agent::apply`] (the [`Programmer`] seam and
+//! [`NodeRules`] are `netd-agent`'s, re-exported here). Only then is the generation recorded as converged. A failed
 //! pass is retried in full.
 
 use std::collections::BTreeMap;
@@ -16,40 +17,15 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use netd_kernel::{process, rules};
+use netd_kernel::process;
 use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef};
 
-use crate::error::BoxError;
 use crate::names::Names;
 use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
 use crate::topology::{self, ResolvConf};
 use crate::{LabError, objects};
 
-/// The rules one Node needs, as payloads for the kernel's atomic loaders.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeRules {
-    /// An `ipset restore` payload, applied first (rules may reference its sets).
-    pub ipset: Option<String>,
-    /// An `iptables-restore --noflush` payload.
-    pub iptables: Option<String>,
-}
-
-/// Turns the cluster into one Node's rules: the seam where the service proxy and the policy
-/// enforcer plug into the lab. Implementations are pure; the agent applies what they return.
-pub trait Programmer: Send + Sync {
-    /// The rules `node` needs for `state`.
-    fn program(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, BoxError>;
-}
-
-/// A [`Programmer`] that programs nothing: a flat pod network without Services or policies.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoRules;
-
-impl Programmer for NoRules {
-    fn program(&self, _: &ClusterState, _: &NodeName) -> Result<NodeRules, BoxError> {
-        Ok(NodeRules::default())
-    }
-}
+pub use netd_agent::{NoRules, NodeRules, Programmer};
 
 /// How often a converged agent re-checks everything even without a new generation.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -245,13 +221,10 @@ impl Agent {
                     node: self.node.clone(),
                     source,
                 })?;
-        let what = || format!("rules of node {}", self.node);
-        if let Some(payload) = &rules.ipset {
-            rules::ipset_restore(&node_ns, payload).map_err(LabError::kernel(what()))?;
-        }
-        if let Some(payload) = &rules.iptables {
-            rules::iptables_restore(&node_ns, payload).map_err(LabError::kernel(what()))?;
-        }
+        netd_agent::apply(&node_ns, &rules).map_err(|source| LabError::ApplyFailed {
+            node: self.node.clone(),
+            source,
+        })?;
         record.converged = generation;
         record.error = None;
         record.error_count = 0;

@@ -7,7 +7,7 @@ use netd_kernel::KernelError;
 use netd_model::{NodeName, PodRef, StateError};
 
 /// A boxed error from a pluggable part (the control plane, a rule programmer).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use netd_agent::BoxError;
 
 /// A lab operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +168,15 @@ pub enum LabError {
         /// The cause.
         #[source]
         source: BoxError,
+    },
+    /// A node's agent failed to apply its rules.
+    #[error("applying rules of node {node}")]
+    ApplyFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: netd_agent::AgentError,
     },
     /// Nodes did not converge in time, or an agent reported an error.
     #[error("nodes did not converge on generation {generation}: {detail}")]

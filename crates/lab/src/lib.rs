@@ -23,6 +23,8 @@
 //! - [`lab`]: the [`Lab`] value and [`down`].
 //! - [`agent`]: each Node's level-triggered reconcile loop, and the [`Programmer`] seam through
 //!   which the service proxy and the policy enforcer supply a Node's rules.
+//! - [`demo`]: `kube-netd lab demo`, the seed's walkthrough with real packets, each step
+//!   checked against what Kubernetes specifies.
 //! - [`echo`]: the echo server every Pod runs on its container ports.
 //! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
 //! - [`helper`]: the helper processes (agent, echo server) and their arguments.
@@ -36,6 +38,7 @@
 //! The kernel is touched only through `netd-kernel`, and only inside namespaces the lab made.
 
 pub mod agent;
+pub mod demo;
 pub mod echo;
 pub mod error;
 pub mod helper;

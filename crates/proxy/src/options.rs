@@ -140,6 +140,23 @@ mod tests {
     }
 
     #[test]
+    fn for_node_reads_the_node() {
+        let state = netd_testkit::state(
+            r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {topology.kubernetes.io/zone: zone-a}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+"#,
+        );
+        let o = ProxyOptions::for_node(&state, &NodeName::new("node-1"));
+        assert_eq!(o.node_zone.as_deref(), Some("zone-a"));
+        assert_eq!(o.node_ips, ["172.18.0.2".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(o.cluster_cidrs, state.config().cluster_cidrs);
+        assert!(ProxyOptions::for_node(&state, &NodeName::new("nope")).node_ips.is_empty());
+    }
+
+    #[test]
     fn picks_the_detector_of_the_family() {
         let o = ProxyOptions {
             cluster_cidrs: vec![

@@ -1,6 +1,6 @@
 //! [`plan`]: the service plan for one Node and one IP family.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -182,6 +182,24 @@ impl ServicePlan {
             .filter(move |p| &p.name.service == service)
     }
 
+    /// The Services whose port plans differ from `previous` (added, removed or changed in
+    /// any way, endpoints included): what a partial sync must rewrite. Comparing snapshots
+    /// keeps the sync level-triggered — no event bookkeeping to get wrong.
+    pub fn changed_services(&self, previous: &ServicePlan) -> BTreeSet<ServiceRef> {
+        let mut changed = BTreeSet::new();
+        for (name, port) in &self.ports {
+            if previous.ports.get(name) != Some(port) {
+                changed.insert(name.service.clone());
+            }
+        }
+        for name in previous.ports.keys() {
+            if !self.ports.contains_key(name) {
+                changed.insert(name.service.clone());
+            }
+        }
+        changed
+    }
+
     /// For each Service with a health-check node port: its node port and this node's ready
     /// endpoints summed over its ports (upstream's `LocalReadyEndpoints`).
     pub fn health_checks(&self) -> BTreeMap<ServiceRef, (u16, usize)> {
@@ -303,7 +321,11 @@ impl PortContext<'_> {
         };
         let categorized = categorize(&endpoints, &usage);
         let local_ready_endpoints = endpoints.iter().filter(|e| e.local && e.ready).count();
-        let serving_endpoints = endpoints.iter().filter(|e| e.serving).map(|e| e.addr).collect();
+        let serving_endpoints = endpoints
+            .iter()
+            .filter(|e| e.serving)
+            .map(|e| e.addr)
+            .collect();
         let has_any = categorized.has_any;
         let policy_disposition = |policy: TrafficPolicy| match (has_any, policy) {
             (false, _) => Disposition::Reject,
@@ -499,8 +521,15 @@ spec: {internalTrafficPolicy: Local, clusterIP: 10.96.0.7, ports: [{port: 80}]}
         );
         assert_eq!(keys(&http.endpoints.local), ["10.244.1.10:8080"]);
         assert_eq!(http.local_ready_endpoints, 1);
-        let serving: Vec<String> = http.serving_endpoints.iter().map(ToString::to_string).collect();
-        assert_eq!(serving, ["10.244.1.10:8080", "10.244.1.2:8080", "10.244.2.9:8080"]);
+        let serving: Vec<String> = http
+            .serving_endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            serving,
+            ["10.244.1.10:8080", "10.244.1.2:8080", "10.244.2.9:8080"]
+        );
         assert_eq!(http.internal, Disposition::Cluster);
         let ext = http.external.expect("externally accessible");
         assert_eq!(ext.disposition, Disposition::Local);
@@ -571,6 +600,21 @@ spec: {internalTrafficPolicy: Local, clusterIP: 10.96.0.7, ports: [{port: 80}]}
             .find(|x| x.name.port == "dns")
             .expect("dns v6");
         assert_eq!(dns6.internal, Disposition::Reject);
+    }
+
+    #[test]
+    fn changed_services_compares_snapshots() {
+        let before = netd_testkit::state(CLUSTER);
+        let after_yaml = CLUSTER.replace("10.244.2.9], nodeName: node-2}\n- {addresses: [10.244.1.10]", "10.244.2.19], nodeName: node-2}\n- {addresses: [10.244.1.10]")
+            .replace("name: empty, namespace: ns", "name: empty2, namespace: ns");
+        assert_ne!(after_yaml, CLUSTER);
+        let after = netd_testkit::state(&after_yaml);
+        let node = NodeName::new("node-1");
+        let p0 = plan(&before, &node, IpFamily::V4, &opts());
+        let p1 = plan(&after, &node, IpFamily::V4, &opts());
+        let changed: Vec<String> = p1.changed_services(&p0).iter().map(ToString::to_string).collect();
+        assert_eq!(changed, ["ns/empty", "ns/empty2", "ns/web"]);
+        assert!(p1.changed_services(&p1).is_empty());
     }
 
     #[test]

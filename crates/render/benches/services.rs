@@ -59,6 +59,19 @@ fn bench(c: &mut Criterion) {
     });
     let rules = render_services(&p, &ropts);
     let none = BTreeSet::new();
+    let full = rules.restore_input(&SyncScope::Full, &none);
+    let partial = rules.restore_input(
+        &SyncScope::Partial([ServiceRef::new("bench", "svc42")].into()),
+        &none,
+    );
+    println!(
+        "payload: full {} lines / {} bytes; partial (one Service) {} lines / {} bytes; nat rules {}",
+        full.lines().count(),
+        full.len(),
+        partial.lines().count(),
+        partial.len(),
+        rules.ruleset.rule_count(netd_render::Table::Nat),
+    );
     g.bench_function("restore_full", |b| {
         b.iter(|| black_box(rules.restore_input(&SyncScope::Full, &none)))
     });

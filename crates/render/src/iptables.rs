@@ -9,7 +9,7 @@
 //! Arguments are written in the order they are pushed, which lets renderers reproduce
 //! kube-proxy's exact argument order (`-m comment --comment … -m tcp -p tcp -d … --dport …`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -556,11 +556,14 @@ pub struct HookRule {
 }
 
 /// A whole rule set of one IP family: per table, chains and their rules.
+///
+/// Chains are kept hashed (building a rule set touches each chain many times) and sorted
+/// whenever they are listed or rendered, so every output is deterministic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruleset {
     /// `iptables` (IPv4) or `ip6tables` (IPv6).
     pub family: IpFamily,
-    tables: BTreeMap<Table, BTreeMap<ChainName, Vec<Rule>>>,
+    tables: BTreeMap<Table, HashMap<ChainName, Vec<Rule>>>,
 }
 
 /// Which chains of a [`Ruleset`] one `iptables-restore` payload rewrites, and which it
@@ -613,11 +616,15 @@ impl Ruleset {
 
     /// The chains of a table, by name.
     pub fn chains(&self, table: Table) -> impl Iterator<Item = (&ChainName, &[Rule])> {
-        self.tables
+        let mut chains: Vec<(&ChainName, &[Rule])> = self
+            .tables
             .get(&table)
             .into_iter()
             .flatten()
             .map(|(n, r)| (n, r.as_slice()))
+            .collect();
+        chains.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        chains.into_iter()
     }
 
     /// The tables that have chains.
@@ -632,9 +639,9 @@ impl Ruleset {
 
     /// Adds every chain and rule of `other` (rules appended after existing ones).
     pub fn extend(&mut self, other: &Ruleset) {
-        for (table, chains) in &other.tables {
-            for (name, rules) in chains {
-                self.chain_mut(*table, name).extend(rules.iter().cloned());
+        for table in other.tables() {
+            for (name, rules) in other.chains(table) {
+                self.chain_mut(table, name).extend(rules.iter().cloned());
             }
         }
     }
@@ -657,8 +664,12 @@ impl Ruleset {
         tables.extend(selection.delete.iter().map(|(t, _)| *t));
         for table in tables {
             let mut chains: Vec<(&ChainName, &[Rule])> = self
-                .chains(table)
+                .tables
+                .get(&table)
+                .into_iter()
+                .flatten()
                 .filter(|(name, _)| (selection.include)(table, name))
+                .map(|(n, r)| (n, r.as_slice()))
                 .collect();
             let deleted: Vec<&ChainName> = selection
                 .delete
@@ -669,11 +680,11 @@ impl Ruleset {
             if chains.is_empty() && deleted.is_empty() {
                 continue;
             }
-            chains.sort_by(|a, b| a.0.write_order().cmp(&b.0.write_order()));
+            chains.sort_unstable_by(|a, b| a.0.write_order().cmp(&b.0.write_order()));
             let mut declared: Vec<(&ChainName, bool)> =
                 chains.iter().map(|(n, _)| (*n, n.is_builtin())).collect();
             declared.extend(deleted.iter().map(|n| (*n, false)));
-            declared.sort_by(|a, b| a.0.write_order().cmp(&b.0.write_order()));
+            declared.sort_unstable_by(|a, b| a.0.write_order().cmp(&b.0.write_order()));
             let _ = writeln!(out, "*{table}");
             for (name, builtin) in declared {
                 let policy = if builtin { "ACCEPT" } else { "-" };
@@ -716,7 +727,9 @@ impl Arg<'_> {
             Arg::Show(d) => write!(f, "{d}"),
             Arg::Text(t) => {
                 let plain = !t.is_empty()
-                    && !t.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '#'));
+                    && !t
+                        .chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '#'));
                 if plain {
                     return f.write_str(t);
                 }
@@ -810,7 +823,11 @@ fn write_match(m: &Match, out: &mut dyn FnMut(Arg<'_>)) {
             }));
             out(Word("LOCAL"));
         }
-        Match::Mark { value, mask, negated } => {
+        Match::Mark {
+            value,
+            mask,
+            negated,
+        } => {
             out(Word("-m"));
             out(Word("mark"));
             neg(*negated, out);
@@ -850,7 +867,11 @@ fn write_match(m: &Match, out: &mut dyn FnMut(Arg<'_>)) {
                 }
             }
         }
-        Match::Set { name, directions, negated } => {
+        Match::Set {
+            name,
+            directions,
+            negated,
+        } => {
             out(Word("-m"));
             out(Word("set"));
             neg(*negated, out);
@@ -1030,7 +1051,10 @@ mod tests {
         b.append(Table::Filter, &chain, Rule::new().target(Target::Drop));
         b.declare(Table::Nat, &ChainName::from("KUBE-X"));
         a.extend(&b);
-        assert_eq!(a.chain(Table::Filter, "KUBE-FORWARD").map(<[Rule]>::len), Some(2));
+        assert_eq!(
+            a.chain(Table::Filter, "KUBE-FORWARD").map(<[Rule]>::len),
+            Some(2)
+        );
         assert_eq!(a.rule_count(Table::Filter), 2);
         assert_eq!(a.tables().collect::<Vec<_>>(), [Table::Filter, Table::Nat]);
     }

@@ -10,6 +10,8 @@
 //!   its byte-deterministic `iptables-restore` rendering. Matches stay structured so the
 //!   tracer can evaluate them and other renderers (NetworkPolicy, ipset matches) can reuse them.
 //! - [`chains`]: kube-proxy's chain names and hashes.
+//! - [`policy`]: the NetworkPolicy renderer ([`render_policy`], [`PolicyRules`]): per-Pod
+//!   filter chains and the ipsets they match, with a two-phase apply order.
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
 //! - [`trace`]: a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
 //!   choice with its probability, masquerade, reject and drop.
@@ -18,9 +20,11 @@
 
 pub mod chains;
 pub mod iptables;
+pub mod policy;
 pub mod services;
 pub mod trace;
 
 pub use iptables::{ChainName, HookRule, Match, Rule, Ruleset, Table, Target};
+pub use policy::{PolicyRules, render_policy};
 pub use services::{RenderOptions, ServiceRules, SyncScope, render_services};
 pub use trace::{Host, Origin, Packet, Trace, TraceError, Verdict, trace};

@@ -8,8 +8,9 @@
 //! `KUBE-NODEPORTS` (health-check ports), `KUBE-FORWARD`, `KUBE-PROXY-FIREWALL`.
 //! The renderer decides nothing: every choice was made in the plan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use netd_model::view::TrafficPolicy;
 use netd_model::{Protocol, ServiceRef};
@@ -67,7 +68,7 @@ pub struct ServiceRules {
     /// ends up first (`FORWARD`: `KUBE-PROXY-FIREWALL`, `KUBE-FORWARD`, `KUBE-SERVICES`,
     /// `KUBE-EXTERNAL-SERVICES`).
     pub hooks: Vec<HookRule>,
-    owners: BTreeMap<ChainName, ServiceRef>,
+    owners: HashMap<ChainName, Arc<ServiceRef>>,
 }
 
 /// Renders a service plan into kube-proxy's iptables layout.
@@ -79,7 +80,7 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
         .sum();
     let mut r = Renderer {
         rs: Ruleset::new(plan.family),
-        owners: BTreeMap::new(),
+        owners: HashMap::new(),
         names: Names::new(),
         mark: plan.masquerade_mark,
         endpoint_comments: total_endpoints <= opts.large_cluster_endpoints,
@@ -98,9 +99,12 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
 }
 
 impl ServiceRules {
-    /// The per-service nat chains in use, and the Service each belongs to.
-    pub fn service_chains(&self) -> &BTreeMap<ChainName, ServiceRef> {
-        &self.owners
+    /// The per-service nat chains in use and the Service each belongs to, by chain name.
+    pub fn service_chains(&self) -> impl Iterator<Item = (&ChainName, &ServiceRef)> {
+        let mut chains: Vec<(&ChainName, &ServiceRef)> =
+            self.owners.iter().map(|(c, s)| (c, s.as_ref())).collect();
+        chains.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        chains.into_iter()
     }
 
     /// Of the nat chains the kernel has (`existing`), those that are ours and no longer used.
@@ -128,7 +132,7 @@ impl ServiceRules {
         let include = |table: Table, chain: &ChainName| match (scope, self.owners.get(chain)) {
             (SyncScope::Full, _) | (_, None) => true,
             (SyncScope::Partial(changed), Some(owner)) => {
-                table != Table::Nat || changed.contains(owner)
+                table != Table::Nat || changed.contains(owner.as_ref())
             }
         };
         self.ruleset.restore_selected(&RestoreSelection {
@@ -250,9 +254,19 @@ impl Names {
     }
 }
 
+/// The names one service port's rules share.
+struct PortNames {
+    /// kube-proxy's `ServicePortName` string.
+    name: String,
+    /// The Service, shared by the owner entries of all its chains.
+    svc: Arc<ServiceRef>,
+    /// The port's four hashed chains.
+    chains: ServiceChains,
+}
+
 struct Renderer<'a> {
     rs: Ruleset,
-    owners: BTreeMap<ChainName, ServiceRef>,
+    owners: HashMap<ChainName, Arc<ServiceRef>>,
     names: Names,
     mark: u32,
     endpoint_comments: bool,
@@ -365,15 +379,27 @@ impl Renderer<'_> {
         }
     }
 
-    fn own(&mut self, chain: &ChainName, port: &ServicePortPlan) {
-        self.rs.declare(Table::Nat, chain);
-        self.owners.insert(chain.clone(), port.name.service.clone());
+    /// Declares a per-service chain and returns its rules.
+    fn own(&mut self, chain: &ChainName, service: &Arc<ServiceRef>) -> &mut Vec<Rule> {
+        self.owners.insert(chain.clone(), Arc::clone(service));
+        self.rs.chain_mut(Table::Nat, chain)
     }
 
     fn service_port(&mut self, port: &ServicePortPlan) {
-        let name = port.name.to_string();
+        let names = PortNames {
+            name: port.name.to_string(),
+            svc: Arc::new(port.name.service.clone()),
+            chains: ServiceChains::of(&port.name),
+        };
+        self.frontends(port, &names);
+        self.per_service_chains(port, &names);
+    }
+
+    /// The rules in the shared chains that catch the port's frontends: nat `KUBE-SERVICES` /
+    /// `KUBE-NODEPORTS` jumps, filter rejects, drops and accepts.
+    fn frontends(&mut self, port: &ServicePortPlan, names: &PortNames) {
+        let PortNames { name, chains, .. } = names;
         let proto = port.protocol();
-        let chains = ServiceChains::of(&port.name);
         let policy_chain = |d: Disposition| match d {
             Disposition::Local => &chains.local,
             _ => &chains.cluster,
@@ -492,11 +518,20 @@ impl Renderer<'_> {
             self.rs
                 .append(Table::Filter, &self.names.nodeports.clone(), rule);
         }
+    }
 
-        // Per-service nat chains.
+    /// The per-service nat chains: `KUBE-SVC/SVL/EXT/FW/SEP-*`.
+    fn per_service_chains(&mut self, port: &ServicePortPlan, names: &PortNames) {
+        let PortNames { name, svc, chains } = names;
+        let proto = port.protocol();
+        let external = port.external;
+        let policy_chain = |d: Disposition| match d {
+            Disposition::Local => &chains.local,
+            _ => &chains.cluster,
+        };
         if port.internal.forwards() {
             let chain = policy_chain(port.internal);
-            self.own(chain, port);
+            self.own(chain, svc);
             let base = frontend(
                 Rule::new().comment(format!("{name} cluster IP")),
                 proto,
@@ -515,7 +550,7 @@ impl Renderer<'_> {
         }
         if let Some(e) = external.filter(|_| port.uses_external_entry()) {
             let ext = &chains.external;
-            self.own(ext, port);
+            self.own(ext, svc);
             let mark_masq = self.names.mark_masq.clone();
             if e.masquerade_all {
                 let rule = Rule::new()
@@ -559,7 +594,7 @@ impl Renderer<'_> {
         }
         if port.uses_source_ranges() {
             let fw = &chains.firewall;
-            self.own(fw, port);
+            self.own(fw, svc);
             let comment = format!("{name} loadbalancer IP");
             for cidr in &port.load_balancer_source_ranges {
                 let rule = Rule::new()
@@ -589,17 +624,26 @@ impl Renderer<'_> {
             .iter()
             .map(|ep| (ep.addr, endpoint_chain(&port.name, &ep.addr)))
             .collect();
-        let sep = |ep: &PlannedEndpoint| seps.get(&ep.addr).cloned().unwrap_or_else(|| endpoint_chain(&port.name, &ep.addr));
+        let sep = |ep: &PlannedEndpoint| {
+            seps.get(&ep.addr)
+                .cloned()
+                .unwrap_or_else(|| endpoint_chain(&port.name, &ep.addr))
+        };
         if port.uses_cluster_endpoints() {
-            self.own(&chains.cluster, port);
-            self.load_balance(&chains.cluster, port, &name, &port.endpoints.cluster, &sep);
+            self.load_balance(
+                &chains.cluster,
+                port,
+                name,
+                &port.endpoints.cluster,
+                &sep,
+                svc,
+            );
         }
         if port.uses_local_endpoints() {
-            self.own(&chains.local, port);
-            self.load_balance(&chains.local, port, &name, &port.endpoints.local, &sep);
+            self.load_balance(&chains.local, port, name, &port.endpoints.local, &sep, svc);
         }
         for ep in &port.endpoints.all_reachable {
-            self.endpoint(port, &name, ep, sep(ep));
+            self.endpoint(port, name, ep, sep(ep), svc);
         }
     }
 
@@ -612,40 +656,46 @@ impl Renderer<'_> {
         name: &str,
         endpoints: &[PlannedEndpoint],
         sep: &dyn Fn(&PlannedEndpoint) -> ChainName,
+        svc: &Arc<ServiceRef>,
     ) {
-        let comment = |ep: &PlannedEndpoint| format!("{name} -> {}", ep.key());
+        let with_comments = self.endpoint_comments;
+        let start = |ep: &PlannedEndpoint| {
+            if with_comments {
+                Rule::new().comment(format!("{name} -> {}", ep.key()))
+            } else {
+                Rule::new()
+            }
+        };
         let seps: Vec<ChainName> = endpoints.iter().map(sep).collect();
+        let rules = self.own(chain, svc);
         if let Some(seconds) = port.session_affinity {
             for (ep, sep) in endpoints.iter().zip(&seps) {
-                let mut rule = Rule::new();
-                if self.endpoint_comments {
-                    rule = rule.comment(comment(ep));
-                }
-                let rule = rule
-                    .with(Match::Recent(Recent::Check {
-                        name: sep.to_string(),
-                        seconds,
-                    }))
-                    .jump(sep);
-                self.rs.append(Table::Nat, chain, rule);
+                let recent = Match::Recent(Recent::Check {
+                    name: sep.to_string(),
+                    seconds,
+                });
+                rules.push(start(ep).with(recent).jump(sep));
             }
         }
         let n = endpoints.len();
         for (i, (ep, sep)) in endpoints.iter().zip(&seps).enumerate() {
-            let mut rule = Rule::new();
-            if self.endpoint_comments {
-                rule = rule.comment(comment(ep));
-            }
+            let mut rule = start(ep);
             if i + 1 < n {
                 let remaining = u32::try_from(n - i).unwrap_or(u32::MAX);
                 rule = rule.with(Match::Statistic(Probability::one_in(remaining)));
             }
-            self.rs.append(Table::Nat, chain, rule.jump(sep));
+            rules.push(rule.jump(sep));
         }
     }
 
-    fn endpoint(&mut self, port: &ServicePortPlan, name: &str, ep: &PlannedEndpoint, sep: ChainName) {
-        self.own(&sep, port);
+    fn endpoint(
+        &mut self,
+        port: &ServicePortPlan,
+        name: &str,
+        ep: &PlannedEndpoint,
+        sep: ChainName,
+        svc: &Arc<ServiceRef>,
+    ) {
         let base = if self.endpoint_comments {
             Rule::new().comment(name)
         } else {
@@ -654,7 +704,6 @@ impl Renderer<'_> {
         // Hairpin: a pod reaching itself through the Service must be SNATed, or it would
         // answer itself directly and the reply would not be un-DNATed.
         let hairpin = base.clone().source(ep.ip()).jump(&self.names.mark_masq);
-        self.rs.append(Table::Nat, &sep, hairpin);
         let mut dnat = base;
         if port.session_affinity.is_some() {
             dnat = dnat.with(Match::Recent(Recent::Set {
@@ -662,7 +711,7 @@ impl Renderer<'_> {
             }));
         }
         let dnat = dnat.protocol(port.protocol()).target(Target::Dnat(ep.addr));
-        self.rs.append(Table::Nat, &sep, dnat);
+        self.own(&sep, svc).extend([hairpin, dnat]);
     }
 }
 
@@ -725,7 +774,6 @@ endpoints:
         let r = rules(TWO_SERVICES, &RenderOptions::default());
         let b_chains: Vec<&ChainName> = r
             .service_chains()
-            .iter()
             .filter(|(_, s)| s.name == "b")
             .map(|(c, _)| c)
             .collect();
@@ -738,7 +786,7 @@ endpoints:
         ]
         .into_iter()
         .map(ChainName::from)
-        .chain(r.service_chains().keys().cloned())
+        .chain(r.service_chains().map(|(c, _)| c.clone()))
         .collect();
         let stale: Vec<String> = r
             .stale_chains(&existing)
@@ -763,7 +811,6 @@ endpoints:
         }
         let a_chains = r
             .service_chains()
-            .iter()
             .filter(|(_, s)| s.name == "a")
             .map(|(c, _)| c.as_str());
         for c in a_chains {

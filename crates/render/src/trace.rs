@@ -520,19 +520,31 @@ mod tests {
     use crate::iptables::Probability;
 
     fn packet() -> Packet {
-        Packet::tcp("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"), 80)
+        Packet::tcp(
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+            80,
+        )
     }
 
     #[test]
     fn missing_chains_and_loops_are_errors() {
         let mut rs = Ruleset::new(IpFamily::V4);
-        rs.append(Table::Filter, &ChainName::from("FORWARD"), Rule::new().jump(&ChainName::from("NOPE")));
+        rs.append(
+            Table::Filter,
+            &ChainName::from("FORWARD"),
+            Rule::new().jump(&ChainName::from("NOPE")),
+        );
         let err = trace(&rs, &Host::default(), &packet()).expect_err("missing chain");
         assert!(matches!(err, TraceError::UnknownChain { .. }), "{err}");
 
         let mut rs = Ruleset::new(IpFamily::V4);
         let a = ChainName::from("A");
-        rs.append(Table::Nat, &ChainName::from("PREROUTING"), Rule::new().jump(&a));
+        rs.append(
+            Table::Nat,
+            &ChainName::from("PREROUTING"),
+            Rule::new().jump(&a),
+        );
         rs.append(Table::Nat, &a, Rule::new().jump(&a));
         let err = trace(&rs, &Host::default(), &packet()).expect_err("loop");
         assert!(matches!(err, TraceError::TooDeep { .. }), "{err}");
@@ -541,25 +553,60 @@ mod tests {
     #[test]
     fn statistic_rules_split_goto_returns_to_the_caller_and_sets_match() {
         let mut rs = Ruleset::new(IpFamily::V4);
-        let (pre, lb, sub) = (ChainName::from("PREROUTING"), ChainName::from("LB"), ChainName::from("SUB"));
-        rs.append(Table::Nat, &pre, Rule::new().target(Target::Goto(lb.clone())));
+        let (pre, lb, sub) = (
+            ChainName::from("PREROUTING"),
+            ChainName::from("LB"),
+            ChainName::from("SUB"),
+        );
+        rs.append(
+            Table::Nat,
+            &pre,
+            Rule::new().target(Target::Goto(lb.clone())),
+        );
         rs.append(Table::Nat, &pre, Rule::new().target(Target::Drop));
-        rs.append(Table::Nat, &lb, Rule::new().with(Match::Statistic(Probability::one_in(4))).target(Target::Dnat("10.1.0.1:80".parse().expect("addr"))));
+        rs.append(
+            Table::Nat,
+            &lb,
+            Rule::new()
+                .with(Match::Statistic(Probability::one_in(4)))
+                .target(Target::Dnat("10.1.0.1:80".parse().expect("addr"))),
+        );
         rs.append(Table::Nat, &lb, Rule::new().jump(&sub));
         rs.append(Table::Nat, &sub, Rule::new().target(Target::Return));
         let filter = ChainName::from("FORWARD");
-        let set = Match::Set { name: "blocked".into(), directions: vec![Direction::Src], negated: false };
-        rs.append(Table::Filter, &filter, Rule::new().with(set).target(Target::Reject));
+        let set = Match::Set {
+            name: "blocked".into(),
+            directions: vec![Direction::Src],
+            negated: false,
+        };
+        rs.append(
+            Table::Filter,
+            &filter,
+            Rule::new().with(set).target(Target::Reject),
+        );
         let mut host = Host::default();
-        host.sets.insert("blocked".into(), vec!["10.0.0.0/24".parse().expect("net")]);
+        host.sets
+            .insert("blocked".into(), vec!["10.0.0.0/24".parse().expect("net")]);
         let t = trace(&rs, &host, &packet()).expect("trace");
-        let summary: Vec<(Verdict, Option<String>, f64)> =
-            t.summary().into_iter().map(|((v, d, _), p)| (v, d.map(|d| d.to_string()), p)).collect();
+        let summary: Vec<(Verdict, Option<String>, f64)> = t
+            .summary()
+            .into_iter()
+            .map(|((v, d, _), p)| (v, d.map(|d| d.to_string()), p))
+            .collect();
         // 1/4 DNATed (then rejected by the set in FORWARD); 3/4 fall off LB, which was
         // entered by goto, so PREROUTING's DROP is skipped and the policy accepts — then the
         // set rejects those too.
-        assert_eq!(summary, [(Verdict::Reject, None, 0.75), (Verdict::Reject, Some("10.1.0.1:80".into()), 0.25)]);
+        assert_eq!(
+            summary,
+            [
+                (Verdict::Reject, None, 0.75),
+                (Verdict::Reject, Some("10.1.0.1:80".into()), 0.25)
+            ]
+        );
         let unknown = Host::default();
-        assert!(matches!(trace(&rs, &unknown, &packet()), Err(TraceError::UnsupportedSet { .. })));
+        assert!(matches!(
+            trace(&rs, &unknown, &packet()),
+            Err(TraceError::UnsupportedSet { .. })
+        ));
     }
 }

@@ -12,7 +12,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
@@ -78,7 +80,7 @@ impl Handler {
             Ok(request) => request,
             Err(_) => return formerr(message),
         };
-        if request.metadata.message_type == hickory_proto::op::MessageType::Response {
+        if request.metadata.message_type == MessageType::Response {
             return None;
         }
         let capture = Capture {
@@ -153,7 +155,7 @@ impl Handler {
     async fn chase_alias(
         &self,
         zone: &Zone,
-        query: &hickory_proto::op::Query,
+        query: &Query,
         answer: &zone::Answer,
         reply: &mut Reply,
     ) {
@@ -164,15 +166,11 @@ impl Handler {
         else {
             return;
         };
-        if answer.rcode != Rcode::NoError
-            || zone
-                .answer(&Question::new(target.as_str(), RecordType::A))
-                .authoritative
-        {
+        if answer.rcode != Rcode::NoError || zone.is_authoritative(target.as_str()) {
             return;
         }
         let Ok(target) = to_name(target) else { return };
-        let chased = hickory_proto::op::Query::query(target, query.query_type());
+        let chased = Query::query(target, query.query_type());
         match self.forward(&chased).await {
             Ok(upstream) => {
                 reply.answers.extend(upstream.answers);
@@ -182,7 +180,7 @@ impl Handler {
         }
     }
 
-    async fn forward(&self, query: &hickory_proto::op::Query) -> Result<Upstream, ForwardError> {
+    async fn forward(&self, query: &Query) -> Result<Upstream, ForwardError> {
         let (upstream, cached) = self.forwarder.resolve(query).await?;
         if cached {
             self.metrics.cache_hit();

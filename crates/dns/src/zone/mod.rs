@@ -338,6 +338,12 @@ impl Zone {
         &self.soa
     }
 
+    /// Whether the zone answers for `name` (any case, trailing dot optional); when not,
+    /// the server forwards.
+    pub fn is_authoritative(&self, name: &str) -> bool {
+        self.authority_for(&normalize(name)).is_some()
+    }
+
     /// Answers a question.
     pub fn answer(&self, question: &Question) -> Answer {
         let name = normalize(&question.name);

@@ -23,8 +23,8 @@ impl Programmer for RulesFromFiles {
         let path = self.dir.join(format!("{node}.rules"));
         match std::fs::read_to_string(&path) {
             Ok(payload) => Ok(NodeRules {
-                ipset: None,
                 iptables: Some(payload),
+                ..NodeRules::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeRules::default()),
             Err(e) => Err(e.into()),

@@ -1,0 +1,371 @@
+//! Putting [`NodeRules`] into a network namespace ([`apply`]) and taking everything of
+//! kube-netd's out again ([`cleanup`]), leaving other software's chains, rules and sets alone.
+//!
+//! Hooks are made idempotent by reading the kernel first: `iptables-save` tells which
+//! built-in chains already jump to our dispatch chains, and only the missing jumps are
+//! inserted, in the same `iptables-restore` transaction that (re)writes the chains they jump
+//! to. Re-running a sync any number of times leaves exactly one hook per built-in chain.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netd_kernel::rules as kernel;
+use netd_render::chains::{
+    KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL, KUBE_SERVICES, is_service_chain,
+};
+use netd_render::policy::{is_policy_chain, is_policy_set};
+
+use crate::error::AgentError;
+use crate::programmer::DISPATCH_PREFIX;
+use crate::rules::{Hook, NodeRules};
+
+/// kube-proxy's fixed chains, which kube-netd writes as the service proxy.
+const PROXY_CHAINS: [&str; 7] = [
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_NODEPORTS,
+    KUBE_FORWARD,
+    KUBE_PROXY_FIREWALL,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+];
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Rules in built-in chains that jumped into ours.
+    pub hooks: usize,
+    /// Chains, over all tables.
+    pub chains: usize,
+    /// ipsets.
+    pub sets: usize,
+}
+
+/// Whether a chain is kube-netd's: its dispatch chains (`KUBE-NETD-*`), the policy chains
+/// (`KNP-*`) and the service proxy's (kube-proxy's names). kubelet's `KUBE-FIREWALL`,
+/// `KUBE-KUBELET-CANARY` and the like are not.
+pub fn is_owned_chain(chain: &str) -> bool {
+    chain.starts_with(DISPATCH_PREFIX)
+        || is_policy_chain(chain)
+        || is_service_chain(chain)
+        || PROXY_CHAINS.contains(&chain)
+}
+
+/// Whether an ipset is kube-netd's (`KNP-*`).
+pub fn is_owned_set(set: &str) -> bool {
+    is_policy_set(set)
+}
+
+/// Applies `rules` inside the namespace `ns`, in three transactions ordered so that no
+/// packet ever meets a rule referring to a missing or half-filled set: `ipset restore`, one
+/// `iptables-restore --noflush` (with the missing hooks and, when pruning, the removal of
+/// our stale chains), then the destruction of our stale sets.
+pub fn apply(ns: &str, rules: &NodeRules) -> Result<(), AgentError> {
+    let failed = |step| {
+        move |source| AgentError::ApplyFailed {
+            namespace: ns.to_owned(),
+            step,
+            source,
+        }
+    };
+    if let Some(ipset) = rules.ipset.as_deref().filter(|p| !p.is_empty()) {
+        kernel::ipset_restore(ns, ipset).map_err(failed("load ipsets"))?;
+    }
+    let payload = rules.iptables.as_deref().unwrap_or_default();
+    let mut extras = Extras::new();
+    if !rules.hooks.is_empty() || rules.prune {
+        let saved = Saved::parse(&kernel::iptables_save(ns).map_err(failed("read iptables"))?);
+        let missing: Vec<&Hook> = rules
+            .hooks
+            .iter()
+            .filter(|h| !saved.has_jump(h.table.as_str(), &h.chain, &h.target))
+            .collect();
+        if rules.prune {
+            let declared = declared_chains(payload);
+            saved.remove_chains(&mut extras, |table, chain| {
+                is_owned_chain(chain) && !declared.contains(&(table.to_owned(), chain.to_owned()))
+            });
+        }
+        for (table, lines) in hook_lines(&missing) {
+            extras.entry(table).or_default().extend(lines);
+        }
+    }
+    let merged = with_extras(payload, &extras);
+    if !merged.is_empty() {
+        kernel::iptables_restore(ns, &merged).map_err(failed("restore iptables"))?;
+    }
+    if rules.prune {
+        let stale: Vec<String> = kernel::ipset_list(ns)
+            .map_err(failed("list ipsets"))?
+            .into_iter()
+            .filter(|s| is_owned_set(s) && !rules.sets.contains(s))
+            .collect();
+        if !stale.is_empty() {
+            let destroy = netd_render::policy::destroy_sets_input(&stale);
+            kernel::ipset_restore(ns, &destroy).map_err(failed("destroy stale ipsets"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes from `ns` every hook, chain and ipset of kube-netd's, in one `iptables-restore`
+/// transaction and then one `ipset restore`; other software's rules and sets are left alone.
+pub fn cleanup(ns: &str) -> Result<Cleanup, AgentError> {
+    let failed = |step| {
+        move |source| AgentError::CleanupFailed {
+            namespace: ns.to_owned(),
+            step,
+            source,
+        }
+    };
+    let saved = Saved::parse(&kernel::iptables_save(ns).map_err(failed("read iptables"))?);
+    let mut extras = Extras::new();
+    let (hooks, chains) = saved.remove_chains(&mut extras, |_, chain| is_owned_chain(chain));
+    let payload = with_extras("", &extras);
+    if !payload.is_empty() {
+        kernel::iptables_restore(ns, &payload).map_err(failed("restore iptables"))?;
+    }
+    let sets: Vec<String> = kernel::ipset_list(ns)
+        .map_err(failed("list ipsets"))?
+        .into_iter()
+        .filter(|s| is_owned_set(s))
+        .collect();
+    if !sets.is_empty() {
+        let destroy = netd_render::policy::destroy_sets_input(&sets);
+        kernel::ipset_restore(ns, &destroy).map_err(failed("destroy ipsets"))?;
+    }
+    Ok(Cleanup {
+        hooks,
+        chains,
+        sets: sets.len(),
+    })
+}
+
+/// Lines to add to a table's block of a restore payload, by table name.
+type Extras = BTreeMap<String, Vec<String>>;
+
+/// `-I CHAIN 1 ...` for each hook, by table.
+pub(crate) fn hook_lines(hooks: &[&Hook]) -> Extras {
+    let mut out = Extras::new();
+    // Each goes to the top, so inserting in reverse leaves them in the listed order.
+    for hook in hooks.iter().rev() {
+        out.entry(hook.table.as_str().to_owned())
+            .or_default()
+            .push(format!("-I {} 1 {hook}", hook.chain));
+    }
+    out
+}
+
+/// `payload` with `extras` added at the end of each table's block (a block is added for a
+/// table the payload does not mention).
+pub(crate) fn with_extras(payload: &str, extras: &Extras) -> String {
+    let mut out = String::with_capacity(payload.len() + 256);
+    let mut table: Option<&str> = None;
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    for line in payload.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Some(name.trim());
+        } else if line.trim() == "COMMIT" {
+            if let Some(t) = table.take() {
+                for extra in extras.get(t).into_iter().flatten() {
+                    out.push_str(extra);
+                    out.push('\n');
+                }
+                done.insert(t);
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (t, lines) in extras {
+        if done.contains(t.as_str()) || lines.is_empty() {
+            continue;
+        }
+        out.push('*');
+        out.push_str(t);
+        out.push('\n');
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The `(table, chain)`s a restore payload declares.
+fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut table = "";
+    for line in payload.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.trim();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            if let Some(chain) = decl.split_whitespace().next() {
+                out.insert((table.to_owned(), chain.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// What `iptables-save` printed, by table.
+#[derive(Debug, Default)]
+struct Saved {
+    tables: BTreeMap<String, SavedTable>,
+}
+
+#[derive(Debug, Default)]
+struct SavedTable {
+    /// Chain name → whether it is built in (has a policy).
+    chains: BTreeMap<String, bool>,
+    /// `(chain, rule text after "-A CHAIN ")`, in order.
+    rules: Vec<(String, String)>,
+}
+
+impl Saved {
+    fn parse(text: &str) -> Saved {
+        let mut saved = Saved::default();
+        let mut table: Option<&mut SavedTable> = None;
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = Some(saved.tables.entry(name.trim().to_owned()).or_default());
+                continue;
+            }
+            let Some(t) = table.as_deref_mut() else {
+                continue;
+            };
+            if let Some(decl) = line.strip_prefix(':') {
+                let mut words = decl.split_whitespace();
+                if let (Some(chain), Some(policy)) = (words.next(), words.next()) {
+                    t.chains.insert(chain.to_owned(), policy != "-");
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                if let Some((chain, rest)) = rule.split_once(' ') {
+                    t.rules.push((chain.to_owned(), rest.to_owned()));
+                }
+            }
+        }
+        saved
+    }
+
+    /// Whether `chain` of `table` has a rule jumping to `target`.
+    fn has_jump(&self, table: &str, chain: &str, target: &str) -> bool {
+        self.tables.get(table).is_some_and(|t| {
+            t.rules
+                .iter()
+                .any(|(c, rule)| c == chain && jump_target(rule) == Some(target))
+        })
+    }
+
+    /// Adds to `extras` the lines that remove the chains `remove` selects: the rules of
+    /// built-in chains jumping to them deleted, then every one flushed, then deleted.
+    /// Returns (rules deleted, chains removed).
+    fn remove_chains(
+        &self,
+        extras: &mut Extras,
+        remove: impl Fn(&str, &str) -> bool,
+    ) -> (usize, usize) {
+        let (mut hooks, mut chains) = (0, 0);
+        for (table, t) in &self.tables {
+            let doomed: Vec<&str> = t
+                .chains
+                .iter()
+                .filter(|(c, builtin)| !**builtin && remove(table, c))
+                .map(|(c, _)| c.as_str())
+                .collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let lines = extras.entry(table.clone()).or_default();
+            for (chain, rule) in &t.rules {
+                let builtin = t.chains.get(chain).copied().unwrap_or(false);
+                if builtin && jump_target(rule).is_some_and(|j| doomed.contains(&j)) {
+                    lines.push(format!("-D {chain} {rule}"));
+                    hooks += 1;
+                }
+            }
+            lines.extend(doomed.iter().map(|c| format!("-F {c}")));
+            lines.extend(doomed.iter().map(|c| format!("-X {c}")));
+            chains += doomed.len();
+        }
+        (hooks, chains)
+    }
+}
+
+/// The chain a saved rule jumps or goes to (its last `-j`/`-g`).
+fn jump_target(rule: &str) -> Option<&str> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    words
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "-j" || w[0] == "-g")
+        .map(|w| w[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netd_render::Table;
+
+    const SAVE: &str = "# Generated by iptables-save\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n:KNP-OLD - [0:0]\n:KUBE-NETD-FORWARD - [0:0]\n-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD\n-A FORWARD -j DOCKER\n-A KUBE-NETD-FORWARD -j KNP-OLD\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+
+    fn hook(table: Table, chain: &str, target: &str) -> Hook {
+        Hook {
+            table,
+            chain: chain.into(),
+            target: target.into(),
+            comment: "kube-netd".into(),
+        }
+    }
+
+    #[test]
+    fn present_hooks_are_found_by_their_jump() {
+        let saved = Saved::parse(SAVE);
+        assert!(saved.has_jump("filter", "FORWARD", "KUBE-NETD-FORWARD"));
+        assert!(!saved.has_jump("filter", "INPUT", "KUBE-NETD-INPUT"));
+        assert!(!saved.has_jump("nat", "FORWARD", "KUBE-NETD-FORWARD"));
+    }
+
+    #[test]
+    fn cleanup_lines_remove_only_our_chains_and_hooks() {
+        let saved = Saved::parse(SAVE);
+        let mut extras = Extras::new();
+        let counts = saved.remove_chains(&mut extras, |_, c| is_owned_chain(c));
+        assert_eq!(counts, (1, 3));
+        assert_eq!(
+            with_extras("", &extras),
+            "*filter\n-D FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD\n-F KNP-OLD\n-F KUBE-NETD-FORWARD\n-X KNP-OLD\n-X KUBE-NETD-FORWARD\nCOMMIT\n*nat\n-F KUBE-SERVICES\n-X KUBE-SERVICES\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn missing_hooks_go_into_their_tables_block_before_commit() {
+        let hooks = [
+            hook(Table::Filter, "FORWARD", "KUBE-NETD-FORWARD"),
+            hook(Table::Nat, "PREROUTING", "KUBE-NETD-PREROUTING"),
+        ];
+        let refs: Vec<&Hook> = hooks.iter().collect();
+        let payload = "*filter\n:KUBE-NETD-FORWARD - [0:0]\nCOMMIT\n";
+        assert_eq!(
+            with_extras(payload, &hook_lines(&refs)),
+            "*filter\n:KUBE-NETD-FORWARD - [0:0]\n-I FORWARD 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-FORWARD\nCOMMIT\n*nat\n-I PREROUTING 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-PREROUTING\nCOMMIT\n"
+        );
+        assert_eq!(
+            declared_chains(payload),
+            [("filter".to_owned(), "KUBE-NETD-FORWARD".to_owned())].into()
+        );
+    }
+
+    #[test]
+    fn ownership() {
+        for c in ["KNP-I-X", "KUBE-NETD-FORWARD", "KUBE-SVC-X", "KUBE-SERVICES", "KUBE-MARK-MASQ"] {
+            assert!(is_owned_chain(c), "{c}");
+        }
+        for c in ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "DOCKER", "FORWARD"] {
+            assert!(!is_owned_chain(c), "{c}");
+        }
+        assert!(is_owned_set("KNP-ABC") && !is_owned_set("docker-set"));
+        assert_eq!(jump_target("-m comment --comment \"a -j B\" -j C"), Some("C"));
+    }
+}

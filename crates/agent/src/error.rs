@@ -1,0 +1,42 @@
+//! [`AgentError`]: what failed while building or applying a Node's rules.
+
+use netd_kernel::KernelError;
+use netd_model::NodeName;
+use netd_policy::PolicyError;
+
+/// Building or applying a Node's rules failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The NetworkPolicy plan of the Node could not be compiled.
+    #[error("cannot compile the network policy plan of node {node}")]
+    CompilePolicyFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: PolicyError,
+    },
+    /// A step of applying the rules into a namespace failed; the kernel keeps what it had
+    /// before that step (each step is one transaction).
+    #[error("cannot {step} in namespace {namespace}")]
+    ApplyFailed {
+        /// The namespace.
+        namespace: String,
+        /// The step: `load ipsets`, `read iptables`, `restore iptables`, `destroy stale ipsets`.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: KernelError,
+    },
+    /// Removing kube-netd's rules from a namespace failed.
+    #[error("cannot {step} while cleaning up namespace {namespace}")]
+    CleanupFailed {
+        /// The namespace.
+        namespace: String,
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: KernelError,
+    },
+}

@@ -1,0 +1,149 @@
+//! [`NodeProgrammer`]: the service proxy and the NetworkPolicy enforcer of one Node, as one
+//! rule set.
+
+use std::collections::BTreeMap;
+
+use netd_model::{ClusterState, NodeName};
+use netd_proxy::{IpFamily, ProxyOptions};
+use netd_render::{
+    ChainName, HookRule, RenderOptions, Ruleset, Table, render_policy, render_services,
+};
+
+use crate::error::AgentError;
+use crate::rules::{BoxError, Hook, NodeRules, Programmer};
+
+/// The prefix of the dispatch chains: `KUBE-NETD-` + the built-in chain's name.
+pub const DISPATCH_PREFIX: &str = "KUBE-NETD-";
+
+/// Builds a Node's whole IPv4 rule set: kube-proxy's layout for Services and kube-netd's
+/// NetworkPolicy chains, hooked through one dispatch chain per built-in chain (policy first).
+/// Every sync is a full sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeProgrammer {
+    /// How service rules are rendered.
+    pub render: RenderOptions,
+}
+
+impl NodeProgrammer {
+    /// The rules of `node`.
+    pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
+        let options = ProxyOptions::for_node(state, node);
+        let services = render_services(
+            &netd_proxy::plan(state, node, IpFamily::V4, &options),
+            &self.render,
+        );
+        let plan = netd_policy::compile(state, node).map_err(|source| {
+            AgentError::CompilePolicyFailed {
+                node: node.clone(),
+                source,
+            }
+        })?;
+        let policy = render_policy(&plan, IpFamily::V4);
+
+        let mut ruleset = services.ruleset.clone();
+        ruleset.extend(&policy.ruleset);
+        // Each hook list is in insertion order (the last ends up first), so the policy hooks,
+        // inserted last, come first in every dispatch chain.
+        let all: Vec<&HookRule> = services.hooks.iter().chain(&policy.hooks).collect();
+        let hooks = dispatch(&mut ruleset, &all);
+        Ok(NodeRules {
+            ipset: Some(policy.ipset_input()),
+            iptables: Some(ruleset.to_restore()),
+            hooks,
+            prune: true,
+            sets: policy.set_names(),
+        })
+    }
+}
+
+impl Programmer for NodeProgrammer {
+    fn program(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, BoxError> {
+        Ok(self.rules(state, node)?)
+    }
+}
+
+/// Moves `hooks` into dispatch chains of `ruleset` (in the order the hooks would end up in
+/// their built-in chains) and returns the one hook per built-in chain that jumps to each.
+fn dispatch(ruleset: &mut Ruleset, hooks: &[&HookRule]) -> Vec<Hook> {
+    let mut chains: BTreeMap<(Table, ChainName), ChainName> = BTreeMap::new();
+    for hook in hooks.iter().rev() {
+        let name = chains
+            .entry((hook.table, hook.chain.clone()))
+            .or_insert_with(|| ChainName::new(format!("{DISPATCH_PREFIX}{}", hook.chain)))
+            .clone();
+        ruleset.append(hook.table, &name, hook.rule.clone());
+    }
+    chains
+        .into_iter()
+        .map(|((table, chain), target)| Hook {
+            table,
+            chain: chain.as_str().to_owned(),
+            target: target.as_str().to_owned(),
+            comment: "kube-netd".to_owned(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
+"#;
+
+    #[test]
+    fn policy_is_dispatched_before_kube_forward_and_each_builtin_has_one_hook() {
+        let state = netd_testkit::state(CLUSTER);
+        let rules = NodeProgrammer::default()
+            .rules(&state, &NodeName::new("node-1"))
+            .expect("rules");
+        let text = rules.iptables.clone().unwrap_or_default();
+        let forward: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-NETD-FORWARD "))
+            .collect();
+        assert!(forward[0].ends_with("-j KNP-FORWARD"), "{forward:?}");
+        let kube_forward = forward
+            .iter()
+            .position(|l| l.ends_with("-j KUBE-FORWARD"))
+            .expect("KUBE-FORWARD dispatched");
+        assert!(kube_forward > 0);
+        let hooked: Vec<(Table, &str)> = rules
+            .hooks
+            .iter()
+            .map(|h| (h.table, h.chain.as_str()))
+            .collect();
+        assert_eq!(
+            hooked,
+            [
+                (Table::Filter, "FORWARD"),
+                (Table::Filter, "INPUT"),
+                (Table::Filter, "OUTPUT"),
+                (Table::Nat, "OUTPUT"),
+                (Table::Nat, "POSTROUTING"),
+                (Table::Nat, "PREROUTING"),
+            ]
+        );
+        assert!(!text.contains(":FORWARD"), "built-in chains are never declared: {text}");
+        assert!(rules.prune);
+        assert_eq!(rules.sets.len(), 1);
+        let shown = rules.to_text();
+        assert!(shown.contains("-I FORWARD 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-FORWARD\nCOMMIT"), "{shown}");
+    }
+}
