@@ -1,1 +1,592 @@
-fn main() {}
+//! NetworkPolicy with real packets: the lab's Nodes programmed by [`NodeProgrammer`], and the
+//! kernel's truth table (`lab matrix`) held against the engine's (`netd_policy::matrix`) on
+//! every pair, TCP and UDP. Needs root.
+//!
+//! The lab runs its helpers (each Node's agent, each Pod's echo server) from a program; this
+//! test binary is that program (`harness = false`): started with `--netd-helper ARGS...` it
+//! is a helper, otherwise it runs the tests below, one after the other. Run one test with
+//! `cargo test -p netd-agent --test lab_policy -- NAME`; replay one generated cluster with
+//! `NETD_SEED=N`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use netd_agent::NodeProgrammer;
+use netd_lab::{Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Target};
+use netd_model::{ClusterState, Kind, NamespaceName, ObjectId, PodRef, Protocol, ServiceRef};
+use netd_policy::{Endpoint, evaluate_via_service};
+
+const HELPER_FLAG: &str = "--netd-helper";
+/// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
+const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+type Test = (&'static str, fn());
+
+const TESTS: [Test; 3] = [
+    ("generated_clusters_match_the_engine", generated_clusters_match_the_engine),
+    ("updates_are_reflected_after_each_step", updates_are_reflected_after_each_step),
+    ("seed_deny_egress_stops_ping", seed_deny_egress_stops_ping),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
+        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));
+    let listing = args.iter().any(|a| a == "--list");
+    let mut failed = Vec::new();
+    for (name, test) in TESTS {
+        if filter.is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        if listing {
+            println!("{name}: test");
+            continue;
+        }
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(test));
+        let status = if result.is_ok() { "ok" } else { "FAILED" };
+        println!("test {name} ... {status} ({:.1}s)", start.elapsed().as_secs_f64());
+        if result.is_err() {
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("failed: {failed:?}");
+        ExitCode::FAILURE
+    }
+}
+
+fn options(test: &str) -> LabOptions {
+    let exe = std::env::current_exe().expect("test binary");
+    let name = format!("ag{}-{test}", std::process::id() % 100_000);
+    let mut o = LabOptions::new(
+        name,
+        vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
+    );
+    o.state_root = PathBuf::from("/run/kube-netd-tests");
+    o.converge_timeout = Duration::from_secs(60);
+    o
+}
+
+fn up(test: &str, yaml: &str) -> Lab {
+    Lab::up(
+        options(test),
+        netd_testkit::objects(yaml),
+        netd_lab::resolved_as_given(),
+    )
+    .expect("lab up")
+}
+
+/// The engine's and the kernel's matrices on TCP 80 and UDP 53 (every Pod serves both);
+/// returns the differences, described.
+fn compare(lab: &Lab, what: &str) -> Vec<String> {
+    let state: ClusterState = lab.state().expect("state");
+    let namespaces: Vec<NamespaceName> = Vec::new();
+    let mut out = Vec::new();
+    for (port, protocol) in [(80, Protocol::Tcp), (53, Protocol::Udp)] {
+        let want = netd_policy::matrix(&state, port, protocol, &namespaces);
+        let blocked = want.grid().iter().flatten().filter(|a| !**a).count();
+        println!(
+            "  {what}: {port}/{}: {blocked} of {} pairs blocked",
+            protocol.as_lower_str(),
+            want.pods().len().pow(2)
+        );
+        let got = lab
+            .matrix(port, protocol, &[], PROBE_TIMEOUT)
+            .expect("lab matrix");
+        for m in want.mismatches(&got) {
+            out.push(format!(
+                "{what}: {} -> {} {port}/{}: engine {}, kernel {}",
+                m.from,
+                m.to,
+                protocol.as_lower_str(),
+                verdict(m.expected),
+                verdict(m.actual)
+            ));
+        }
+    }
+    out
+}
+
+/// Every Pod to every Pod's Service (TCP 8080 -> 80, UDP 5353 -> 53), probed in parallel,
+/// against the engine's verdict after DNAT; returns the differences, described.
+fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
+    let state: ClusterState = lab.state().expect("state");
+    let pods: Vec<PodRef> = state.pods().map(|p| p.key.clone()).collect();
+    let services: Vec<ServiceRef> = state
+        .services()
+        .map(|s| s.key.clone())
+        .filter(|s| s.name.as_str().starts_with("svc-p"))
+        .collect();
+    let mut cases = Vec::new();
+    for src in &pods {
+        for svc in &services {
+            for (port, protocol, probe) in [
+                (8080, Protocol::Tcp, ProbeProtocol::Tcp),
+                (5353, Protocol::Udp, ProbeProtocol::Udp),
+            ] {
+                let backends = evaluate_via_service(
+                    &state,
+                    &Endpoint::Pod(src.clone()),
+                    svc,
+                    port,
+                    protocol,
+                )
+                .expect("evaluate via service");
+                let want = backends.iter().all(|b| b.verdict.allowed);
+                cases.push((src.clone(), svc.clone(), port, protocol, probe, want));
+            }
+        }
+    }
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(src, svc, port, _, probe, _)| {
+                scope.spawn(move || {
+                    let spec = ProbeSpec {
+                        port: Some(*port),
+                        protocol: *probe,
+                        count: 1,
+                        timeout: PROBE_TIMEOUT,
+                    };
+                    let from = Place::Pod(src.clone());
+                    let to = Target::Service(svc.clone());
+                    lab.probe(&from, &to, &spec).expect("probe")[0].outcome
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    let blocked = cases.iter().filter(|c| !c.5).count();
+    println!("  {what}: via services: {blocked} of {} probes blocked", cases.len());
+    cases
+        .iter()
+        .zip(outcomes)
+        .filter(|((.., want), got)| *want != (*got == Outcome::Connected))
+        .map(|((src, svc, port, protocol, _, want), got)| {
+            format!(
+                "{what}: {src} -> svc/{svc} {port}/{}: engine {}, kernel {got}",
+                protocol.as_lower_str(),
+                verdict(*want)
+            )
+        })
+        .collect()
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed { "allowed" } else { "blocked" }
+}
+
+fn generated_clusters_match_the_engine() {
+    let seeds: Vec<u64> = match std::env::var("NETD_SEED") {
+        Ok(s) => vec![s.parse().expect("NETD_SEED is a number")],
+        Err(_) => SEEDS.to_vec(),
+    };
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let cluster = generate::cluster(seed);
+        let lab = up(&format!("gen{seed}"), &cluster);
+        let mut found = compare(&lab, &format!("seed {seed}"));
+        found.extend(compare_services(&lab, &format!("seed {seed}")));
+        drop(lab);
+        if !found.is_empty() {
+            eprintln!(
+                "seed {seed} failed (replay: NETD_SEED={seed} cargo test -p netd-agent --test lab_policy -- generated); cluster:\n{cluster}"
+            );
+            failures.extend(found);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn updates_are_reflected_after_each_step() {
+    let base = generate::base(7);
+    let lab = up("upd", &base);
+    let mut failures = compare(&lab, "no policies");
+    let policy = |name: &str, body: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: ns-a}}\nspec: {body}\n"
+        )
+    };
+    let apply = |yaml: &str| {
+        lab.apply(netd_testkit::objects(yaml)).expect("apply");
+    };
+    let steps: Vec<(&str, String)> = vec![
+        (
+            "deny ingress to ns-a",
+            policy("deny", "{podSelector: {}, policyTypes: [Ingress]}"),
+        ),
+        (
+            "allow app=web from team=blue namespaces",
+            policy(
+                "web",
+                "{podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]}",
+            ),
+        ),
+        (
+            "web policy changed to TCP 80 only, from anywhere",
+            policy(
+                "web",
+                "{podSelector: {matchLabels: {app: web}}, ingress: [{ports: [{port: 80}]}]}",
+            ),
+        ),
+        (
+            "egress of ns-a limited to ns-b",
+            policy(
+                "out",
+                "{podSelector: {}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns-b}}}]}]}",
+            ),
+        ),
+    ];
+    for (what, yaml) in &steps {
+        apply(yaml);
+        failures.extend(compare(&lab, what));
+    }
+    // Labels change: a Pod becomes app=web, a namespace joins team=blue.
+    apply(&base.replace("app: db", "app: web"));
+    failures.extend(compare(&lab, "pod labels changed"));
+    apply(&base.replace("team: red", "team: blue"));
+    failures.extend(compare(&lab, "namespace labels changed"));
+    for name in ["out", "deny"] {
+        lab.delete(&[ObjectId {
+            kind: Kind::NetworkPolicy,
+            namespace: "ns-a".into(),
+            name: name.into(),
+        }])
+            .expect("delete");
+        failures.extend(compare(&lab, &format!("policy {name} deleted")));
+    }
+    // However many syncs ran, each built-in chain jumps to ours exactly once.
+    for node in ["node-1", "node-2"] {
+        let ns = lab.names().node_ns(&netd_model::NodeName::new(node));
+        let dump = netd_kernel::rules::iptables_save(&ns).expect("iptables-save");
+        let hooks = dump
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD ") && l.ends_with("-j KUBE-NETD-FORWARD"))
+            .count();
+        assert_eq!(hooks, 1, "{node}:\n{dump}");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn seed_deny_egress_stops_ping() {
+    let lab = up("seed", generate::SEED_PODS);
+    let ping = |to: &str| {
+        let spec = ProbeSpec {
+            port: None,
+            protocol: ProbeProtocol::Icmp,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+        };
+        let from: Place = "new-ns/deny-egress-test".parse().expect("place");
+        let to: Target = to.parse().expect("target");
+        lab.probe(&from, &to, &spec).expect("probe")[0].outcome
+    };
+    assert_eq!(ping("default/frontend"), Outcome::Connected);
+    let deny = include_str!("../../../examples/networkpolicy/deny-egress.yaml");
+    lab.apply(netd_testkit::objects(deny)).expect("apply");
+    assert_eq!(ping("default/frontend"), Outcome::Timeout);
+    assert_eq!(ping("default/db"), Outcome::Timeout);
+    // The seed's other policy: db accepts 6379 from frontend and myproject, nobody else.
+    let db = include_str!("../../../examples/networkpolicy/test-network-policy.yaml");
+    lab.apply(netd_testkit::objects(db)).expect("apply");
+    let tcp = |from: &str| {
+        let spec = ProbeSpec {
+            port: Some(6379),
+            protocol: ProbeProtocol::Tcp,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+        };
+        let from: Place = from.parse().expect("place");
+        let to: Target = "default/db".parse().expect("target");
+        lab.probe(&from, &to, &spec).expect("probe")[0].outcome
+    };
+    assert_eq!(tcp("default/frontend"), Outcome::Connected);
+    assert_eq!(tcp("myproject/client"), Outcome::Connected);
+    assert_eq!(tcp("default/stranger"), Outcome::Timeout);
+    assert_eq!(tcp("new-ns/deny-egress-test"), Outcome::Timeout);
+}
+
+/// Generated clusters: two Nodes, three labelled namespaces, six labelled Pods serving
+/// TCP 80 and UDP 53 (under varying port names), and random policies drawn from the whole
+/// API surface.
+mod generate {
+    use std::fmt::Write as _;
+
+    /// The seed's pods (examples/networkpolicy/pods.yaml), placed and addressed.
+    pub const SEED_PODS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: myproject, labels: {project: myproject}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: new-ns}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {role: db}}
+spec: {nodeName: node-1, containers: [{name: redis, image: redis, ports: [{name: redis, containerPort: 6379}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: default, labels: {role: frontend}}
+spec: {nodeName: node-2, containers: [{name: web, image: nginx, ports: [{name: http, containerPort: 80}]}]}
+status: {podIP: 10.244.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: myproject, labels: {app: client}}
+spec: {nodeName: node-2, containers: [{name: n, image: n, ports: [{name: http, containerPort: 80}]}]}
+status: {podIP: 10.244.2.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: default, labels: {role: stranger}}
+spec: {nodeName: node-1, containers: [{name: n, image: n, ports: [{name: http, containerPort: 80}]}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: deny-egress-test, namespace: new-ns, labels: {app: deny-egress-test}}
+spec: {nodeName: node-1, containers: [{name: n, image: n}]}
+status: {podIP: 10.244.1.4}
+"#;
+
+    /// splitmix64: small, deterministic, good enough to draw test cases.
+    pub struct Rng(u64);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678)
+        }
+
+        pub fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+
+        pub fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
+    const PODS: usize = 6;
+
+    /// Nodes, namespaces and Pods (no policies).
+    pub fn base(seed: u64) -> String {
+        let mut rng = Rng::new(seed);
+        let mut out = String::new();
+        for n in 1..=2 {
+            let _ = write!(
+                out,
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDR: 10.244.{n}.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 172.18.0.{}}}]}}\n---\n",
+                n + 1
+            );
+        }
+        for (i, ns) in NAMESPACES.iter().enumerate() {
+            let team = ["red", "blue", "red"][i];
+            let env = if rng.chance(50) { ", env: prod" } else { "" };
+            let _ = write!(
+                out,
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: {team}{env}}}}}\n---\n"
+            );
+        }
+        for i in 0..PODS {
+            let ns = NAMESPACES[i % 3];
+            let node = i % 2 + 1;
+            let app = ["web", "db", "api"][rng.below(3)];
+            let tier = if rng.chance(50) { ", tier: fe" } else { "" };
+            // Named ports differ between Pods, so named rules resolve per Pod.
+            let (http, dns) = if rng.chance(50) { ("http", "dns") } else { ("web", "dns") };
+            let _ = write!(
+                out,
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}{tier}}}}}\nspec: {{nodeName: node-{node}, containers: [{{name: c, image: i, ports: [{{name: {http}, containerPort: 80}}, {{name: {dns}, containerPort: 53, protocol: UDP}}, {{name: alt, containerPort: 81}}]}}]}}\nstatus: {{podIP: 10.244.{node}.{}}}\n---\n",
+                10 + i
+            );
+            // A Service in front of each Pod: TCP 8080 -> 80 and UDP 5353 -> 53.
+            let _ = write!(
+                out,
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-p{i}, namespace: {ns}}}\nspec: {{clusterIP: 10.96.1.{}, ports: [{{name: web, port: 8080, targetPort: 80}}, {{name: dns, port: 5353, targetPort: 53, protocol: UDP}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-p{i}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: svc-p{i}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.{node}.{}], nodeName: node-{node}, conditions: {{ready: true}}, targetRef: {{kind: Pod, namespace: {ns}, name: p{i}}}}}]\nports: [{{name: web, port: 80, protocol: TCP}}, {{name: dns, port: 53, protocol: UDP}}]\n---\n",
+                10 + i,
+                10 + i
+            );
+        }
+        out
+    }
+
+    /// A whole cluster: [`base`] plus one to three random policies.
+    pub fn cluster(seed: u64) -> String {
+        let mut out = base(seed);
+        let mut rng = Rng::new(seed ^ 0xABCD);
+        for p in 0..1 + rng.below(3) {
+            out.push_str(&policy(&mut rng, p));
+            out.push_str("---\n");
+        }
+        out
+    }
+
+    fn policy(rng: &mut Rng, index: usize) -> String {
+        let ns = rng.pick(&NAMESPACES);
+        let selector = pod_selector(rng);
+        let (ingress, egress) = match rng.below(3) {
+            0 => (true, false),
+            1 => (false, true),
+            _ => (true, true),
+        };
+        let mut spec = format!("podSelector: {selector}");
+        let types: Vec<&str> = [("Ingress", ingress), ("Egress", egress)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(t, _)| *t)
+            .collect();
+        // policyTypes left out half the time when it defaults to the same thing.
+        if egress || rng.chance(50) {
+            let _ = write!(spec, ", policyTypes: [{}]", types.join(", "));
+        }
+        for (on, key, peer_key) in [(ingress, "ingress", "from"), (egress, "egress", "to")] {
+            if !on {
+                continue;
+            }
+            let rules: Vec<String> = (0..rng.below(3)).map(|_| rule(rng, peer_key)).collect();
+            if rules.is_empty() && rng.chance(50) {
+                continue; // isolated, no rules at all
+            }
+            let _ = write!(spec, ", {key}: [{}]", rules.join(", "));
+        }
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: gen-{index}, namespace: {ns}}}\nspec: {{{spec}}}\n"
+        )
+    }
+
+    fn pod_selector(rng: &mut Rng) -> String {
+        match rng.below(6) {
+            0 => "{}".into(),
+            1 | 2 => format!("{{matchLabels: {{app: {}}}}}", rng.pick(&["web", "db", "api"])),
+            3 => format!(
+                "{{matchExpressions: [{{key: app, operator: {}, values: [{}]}}]}}",
+                rng.pick(&["In", "NotIn"]),
+                rng.pick(&["web", "db", "web, api"])
+            ),
+            4 => format!(
+                "{{matchExpressions: [{{key: tier, operator: {}}}]}}",
+                rng.pick(&["Exists", "DoesNotExist"])
+            ),
+            _ => "{matchLabels: {tier: fe}}".into(),
+        }
+    }
+
+    fn namespace_selector(rng: &mut Rng) -> String {
+        match rng.below(4) {
+            0 => "{}".into(),
+            1 => format!("{{matchLabels: {{team: {}}}}}", rng.pick(&["red", "blue"])),
+            2 => "{matchExpressions: [{key: env, operator: Exists}]}".into(),
+            _ => format!(
+                "{{matchLabels: {{kubernetes.io/metadata.name: {}}}}}",
+                rng.pick(&NAMESPACES)
+            ),
+        }
+    }
+
+    fn peer(rng: &mut Rng) -> String {
+        match rng.below(5) {
+            0 => format!("{{podSelector: {}}}", pod_selector(rng)),
+            1 => format!("{{namespaceSelector: {}}}", namespace_selector(rng)),
+            2 => format!(
+                "{{namespaceSelector: {}, podSelector: {}}}",
+                namespace_selector(rng),
+                pod_selector(rng)
+            ),
+            3 => {
+                let (cidr, excepts): (&str, &[&str]) = match rng.below(3) {
+                    0 => ("10.244.0.0/16", &["10.244.1.10/32", "10.244.2.0/28", "10.244.1.12/31"]),
+                    1 => ("10.244.1.0/24", &["10.244.1.10/32", "10.244.1.12/31"]),
+                    _ => ("10.244.2.0/24", &["10.244.2.0/28", "10.244.2.11/32"]),
+                };
+                format!(
+                    "{{ipBlock: {{cidr: {cidr}, except: [{}]}}}}",
+                    rng.pick(excepts)
+                )
+            }
+            _ => format!(
+                "{{ipBlock: {{cidr: {}}}}}",
+                rng.pick(&["10.244.1.0/24", "10.244.2.8/29", "0.0.0.0/0"])
+            ),
+        }
+    }
+
+    fn port(rng: &mut Rng) -> String {
+        rng.pick(&[
+            "{port: 80}",
+            "{port: 53, protocol: UDP}",
+            "{port: http}",
+            "{port: web}",
+            "{port: dns, protocol: UDP}",
+            "{port: 70, endPort: 90}",
+            "{protocol: UDP}",
+            "{port: 81}",
+            "{protocol: TCP, port: 50, endPort: 60}",
+        ])
+        .to_owned()
+    }
+
+    fn rule(rng: &mut Rng, peer_key: &str) -> String {
+        let mut parts = Vec::new();
+        let peers = rng.below(3);
+        if peers > 0 {
+            let list: Vec<String> = (0..peers).map(|_| peer(rng)).collect();
+            parts.push(format!("{peer_key}: [{}]", list.join(", ")));
+        }
+        let ports = rng.below(3);
+        if ports > 0 {
+            let list: Vec<String> = (0..ports).map(|_| port(rng)).collect();
+            parts.push(format!("ports: [{}]", list.join(", ")));
+        }
+        format!("{{{}}}", parts.join(", "))
+    }
+}

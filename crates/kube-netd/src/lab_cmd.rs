@@ -2,7 +2,7 @@
 //!
 //! Thin: flags are parsed here and everything else is `netd_lab`'s. The hidden
 //! `lab internal ...` subcommand is how the lab runs its own helper processes (each Node's
-//! agent, each Pod's echo server) from this same binary.
+//! agent, each Pod's echo server or cluster DNS server) from this same binary.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,10 +68,11 @@ enum LabCommand {
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
-    /// The lab's own helper processes (a Node's agent, a Pod's echo server).
+    /// The lab's own helper processes (a Node's agent, a Pod's echo or DNS server).
     #[command(hide = true)]
     Internal {
-        /// `agent STATE_DIR NODE` or `echo STATE_DIR NS/POD PROTO/PORT...`.
+        /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...` or
+        /// `dns STATE_DIR NS/POD`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -8,6 +8,7 @@ mod dns_cmd;
 mod lab_cmd;
 mod policy_cmd;
 mod print;
+mod render_cmd;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,16 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// Serve cluster DNS for the Services and Pods of a set of manifests.
     Dns(dns_cmd::DnsArgs),
+    /// Print exactly what would be applied to a node: ipset and iptables-restore input.
+    #[command(after_help = "Examples:\n  \
+        kube-netd render -f examples/ --node node-1\n  \
+        kube-netd render -f examples/hostnames/ --node node-2 --mode iptables")]
+    Render(render_cmd::RenderArgs),
+    /// Walk the first packet of a connection through a node's service rules (no kernel).
+    #[command(after_help = "Examples:\n  \
+        kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
+        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081")]
+    Trace(render_cmd::TraceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +102,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Policy(args) => policy_cmd::run(args),
         Command::Dns(args) => dns_cmd::run(args),
+        Command::Render(args) => render_cmd::render(args),
+        Command::Trace(args) => render_cmd::trace(args),
         Command::Lab(args) => lab_cmd::run(args, &netd_lab::NoRules),
     }
 }

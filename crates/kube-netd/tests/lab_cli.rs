@@ -118,7 +118,10 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
     );
 
     let up = lab.ok(&["up", "-f", &manifest]);
-    assert!(up.contains("2 nodes, 2 pods"), "{up}");
+    assert!(
+        up.contains("2 nodes, 3 pods"),
+        "x/a, x/b and the cluster DNS: {up}"
+    );
     let again = lab.run(&["up", "-f", &manifest]);
     assert!(
         !again.status.success(),

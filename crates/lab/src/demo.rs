@@ -21,6 +21,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use netd_kernel::netns;
@@ -29,6 +30,7 @@ use netd_model::view::{Pod, TrafficPolicy};
 use netd_model::{ClusterConfig, ClusterState, Object, ObjectId, PodRef, ServiceRef};
 use netd_policy::{FlowProtocol, PolicyError};
 
+use crate::agent::error_chain;
 use crate::lab::{Change, Lab, LabOptions, Resolver};
 use crate::probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::{LabError, topology};
@@ -276,7 +278,7 @@ pub fn run(
 ) -> Result<DemoReport, DemoError> {
     let mut lab_options = options.lab.clone();
     lab_options.config.default_node_count = NODES;
-    let (name, state_root) = (lab_options.name.clone(), lab_options.state_root.clone());
+    let name = lab_options.name.clone();
     let objects = load(&[PODS, HOSTNAMES, NODEPORT], &lab_options.config)?;
     let mut demo = Demo {
         out,
@@ -286,23 +288,21 @@ pub fn run(
     };
     demo.intro(&name)?;
     let started = Instant::now();
-    let lab = Lab::up(lab_options, objects, resolver.clone())
-        .map_err(|source| DemoError::UpFailed { source: Box::new(source) })?;
-    // Kept even if a step fails: the lab is left for inspection, as asked.
-    let lab = if options.keep {
-        lab.detach();
-        Lab::open(&name, &state_root, resolver).map_err(|source| DemoError::UpFailed { source: Box::new(source) })?
-    } else {
-        lab
+    let lab = {
+        let _cleanup = cleanup_lock();
+        Lab::up(lab_options, objects, resolver).map_err(|source| DemoError::UpFailed {
+            source: Box::new(source),
+        })?
     };
-    demo.describe_lab(&lab, started.elapsed())?;
-    demo.deny_egress(&lab)?;
-    demo.test_network_policy(&lab)?;
-    demo.hostnames(&lab)?;
-    demo.node_port(&lab)?;
+    let walked = demo.walk(&lab, started.elapsed());
     let report = DemoReport { steps: demo.steps };
-    summary(demo.out, &report)?;
+    let summarised = walked.and_then(|()| summary(demo.out, &report));
+    // If an interrupt is removing the lab, this waits for the process to end.
+    let _cleanup = cleanup_lock();
     if options.keep {
+        // Kept even after a failure: the lab is left for inspection, as asked.
+        lab.detach();
+        summarised?;
         line(
             demo.out,
             &format!(
@@ -310,8 +310,14 @@ pub fn run(
             ),
         )?;
     } else {
-        lab.down()
-            .map_err(|source| DemoError::DownFailed { source: Box::new(source) })?;
+        if let Err(e) = summarised {
+            // Dropping the lab removes it; here, under the lock.
+            drop(lab);
+            return Err(e);
+        }
+        lab.down().map_err(|source| DemoError::DownFailed {
+            source: Box::new(source),
+        })?;
         line(demo.out, &format!("The lab {name} is removed."))?;
     }
     Ok(report)
@@ -321,7 +327,8 @@ pub fn run(
 /// 128 + signal when the process gets SIGINT, SIGTERM or SIGHUP, so that a Ctrl-C during
 /// [`run`] leaves nothing behind. Call it before the process starts any thread: it blocks
 /// those signals in the calling thread, which every later thread inherits, and waits for them
-/// on a thread of its own. (Child processes start with an empty signal mask.)
+/// on a thread of its own. (Child processes start with an empty signal mask.) While [`run`]
+/// builds or removes the lab, the removal waits for it to finish.
 pub fn remove_on_interrupt(name: &str, state_root: &Path) -> Result<(), DemoError> {
     use nix::sys::signal::{SigSet, Signal};
     let mut signals = SigSet::empty();
@@ -337,12 +344,21 @@ pub fn remove_on_interrupt(name: &str, state_root: &Path) -> Result<(), DemoErro
             return;
         };
         eprintln!("{signal}: removing the lab {name}");
+        // Held until the process ends, so that `run` does not build or remove concurrently.
+        let _cleanup = cleanup_lock();
         if let Err(e) = crate::lab::down(&name, &state_root) {
-            eprintln!("error: removing the lab {name}: {e}");
+            eprintln!("error: removing the lab {name}: {}", error_chain(&e));
         }
         std::process::exit(128 + signal as i32);
     });
     Ok(())
+}
+
+/// Serialises building and removing the demo's lab between [`run`] and an interrupt.
+static CLEANUP: Mutex<()> = Mutex::new(());
+
+fn cleanup_lock() -> MutexGuard<'static, ()> {
+    CLEANUP.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct Demo<'a> {
@@ -366,6 +382,14 @@ impl Demo<'_> {
             "Building the lab {name}: {NODES} nodes, each a network namespace, from {}.",
             files.join(", ")
         ))
+    }
+
+    fn walk(&mut self, lab: &Lab, took: Duration) -> Result<(), DemoError> {
+        self.describe_lab(lab, took)?;
+        self.deny_egress(lab)?;
+        self.test_network_policy(lab)?;
+        self.hostnames(lab)?;
+        self.node_port(lab)
     }
 
     fn describe_lab(&mut self, lab: &Lab, took: Duration) -> Result<(), DemoError> {
@@ -392,16 +416,23 @@ impl Demo<'_> {
 
     // Step 1: the seed's deny-egress-test pod pings, then cannot.
     fn deny_egress(&mut self, lab: &Lab) -> Result<(), DemoError> {
-        let mut step = self.step(
-            "NetworkPolicy: a pod that can ping, then cannot (deny-egress-test)",
-        )?;
+        let mut step =
+            self.step("NetworkPolicy: a pod that can ping, then cannot (deny-egress-test)")?;
         let state = state(lab)?;
         let from = PodRef::new("new-ns", "deny-egress-test");
-        let to = PodRef::new("default", "frontend");
+        let from_node = state.pod(&from).and_then(|p| p.node.clone());
+        // Another pod of `default`, on another node if there is one: the flat pod network.
+        let to = state
+            .pods_in("default")
+            .filter(|p| !p.host_network && p.ips.iter().any(IpAddr::is_ipv4))
+            .find(|p| p.node.is_some() && p.node != from_node)
+            .map_or_else(|| PodRef::new("default", "frontend"), |p| p.key.clone());
+        let across = state.pod(&to).is_some_and(|p| p.node != from_node);
         self.say(&format!(
-            "  {} pings {}. Pods reach each other's IPs directly, across nodes, without NAT.",
+            "  {} pings {}: pods reach each other's IPs directly{}, without NAT.",
             placed(&state, &from)?,
-            placed(&state, &to)?
+            placed(&state, &to)?,
+            if across { ", across nodes" } else { "" }
         ))?;
         let (place, target) = (Place::Pod(from.clone()), Target::Pod(to.clone()));
         let ping = self.probe(lab, &place, &target, ProbeProtocol::Icmp, None, 1)?;
@@ -485,7 +516,13 @@ impl Demo<'_> {
             ),
         ];
         for (from, allowed, expected) in peers {
-            self.explain(lab, &from, &db, Some(PORT), FlowProtocol::Transport(netd_model::Protocol::Tcp))?;
+            self.explain(
+                lab,
+                &from,
+                &db,
+                Some(PORT),
+                FlowProtocol::Transport(netd_model::Protocol::Tcp),
+            )?;
             let results = self.probe(
                 lab,
                 &Place::Pod(from.clone()),
@@ -512,13 +549,18 @@ impl Demo<'_> {
         let mut step = self.step("Service: hostnames, one ClusterIP answered by three pods")?;
         let state = state(lab)?;
         let key = ServiceRef::new("default", "hostnames");
-        let svc = state.service(&key).ok_or_else(|| missing("Service default/hostnames"))?;
+        let svc = state
+            .service(&key)
+            .ok_or_else(|| missing("Service default/hostnames"))?;
         let cluster_ip = svc
             .cluster_ips
             .iter()
             .find(|ip| ip.is_ipv4())
             .ok_or_else(|| missing("ClusterIP of default/hostnames"))?;
-        let port = svc.ports.first().ok_or_else(|| missing("port of default/hostnames"))?;
+        let port = svc
+            .ports
+            .first()
+            .ok_or_else(|| missing("port of default/hostnames"))?;
         let backends = ready_endpoints(&state, &key);
         let target_port = match &port.target_port {
             netd_model::view::TargetPort::Number(n) => n.to_string(),
@@ -537,11 +579,15 @@ impl Demo<'_> {
         let from = Place::Pod(client.clone());
         let mut direct = Vec::new();
         for pod in &backends {
-            let port = state
-                .pod(pod)
-                .and_then(|p| p.ports.first())
-                .map(|p| p.port);
-            direct.extend(self.probe(lab, &from, &Target::Pod(pod.clone()), ProbeProtocol::Tcp, port, 1)?);
+            let port = state.pod(pod).and_then(|p| p.ports.first()).map(|p| p.port);
+            direct.extend(self.probe(
+                lab,
+                &from,
+                &Target::Pod(pod.clone()),
+                ProbeProtocol::Tcp,
+                port,
+                1,
+            )?);
         }
         self.check(
             &mut step,
@@ -565,7 +611,10 @@ impl Demo<'_> {
             Some(port.port),
             n,
         )?;
-        let connected = results.iter().filter(|r| r.outcome == Outcome::Connected).count();
+        let connected = results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Connected)
+            .count();
         let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
         for r in &results {
             *outcomes.entry(r.outcome.to_string()).or_default() += 1;
@@ -584,7 +633,8 @@ impl Demo<'_> {
             },
         )?;
 
-        let mut served: BTreeMap<String, usize> = backends.iter().map(|p| (p.to_string(), 0)).collect();
+        let mut served: BTreeMap<String, usize> =
+            backends.iter().map(|p| (p.to_string(), 0)).collect();
         for r in &results {
             if let Some(pod) = &r.served_by {
                 *served.entry(pod.clone()).or_default() += 1;
@@ -592,7 +642,11 @@ impl Demo<'_> {
         }
         let counts: Vec<String> = served.iter().map(|(p, c)| format!("{p} {c}")).collect();
         let expected: BTreeSet<String> = backends.iter().map(ToString::to_string).collect();
-        let answered: BTreeSet<String> = served.iter().filter(|(_, c)| **c > 0).map(|(p, _)| p.clone()).collect();
+        let answered: BTreeSet<String> = served
+            .iter()
+            .filter(|(_, c)| **c > 0)
+            .map(|(p, _)| p.clone())
+            .collect();
         self.record(
             &mut step,
             Check {
@@ -625,7 +679,10 @@ impl Demo<'_> {
         let state = state(lab)?;
         let web = PodRef::new("default", "web");
         let pod = state.pod(&web).ok_or_else(|| missing("pod default/web"))?;
-        let local = pod.node.clone().ok_or_else(|| missing("node of default/web"))?;
+        let local = pod
+            .node
+            .clone()
+            .ok_or_else(|| missing("node of default/web"))?;
         let remote = state
             .nodes()
             .map(|n| n.name.clone())
@@ -639,7 +696,14 @@ impl Demo<'_> {
         ))?;
 
         if let Some(ip) = pod_ip {
-            let results = self.probe(lab, &Place::External, &Target::Ip(ip), ProbeProtocol::Tcp, pod_port, 1)?;
+            let results = self.probe(
+                lab,
+                &Place::External,
+                &Target::Ip(ip),
+                ProbeProtocol::Tcp,
+                pod_port,
+                1,
+            )?;
             self.check(
                 &mut step,
                 Layer::PodNetwork,
@@ -650,11 +714,18 @@ impl Demo<'_> {
             )?;
         }
 
-        for (name, policy) in [("web-cluster", TrafficPolicy::Cluster), ("web-local", TrafficPolicy::Local)] {
+        for (name, policy) in [
+            ("web-cluster", TrafficPolicy::Cluster),
+            ("web-local", TrafficPolicy::Local),
+        ] {
             let key = ServiceRef::new("default", name);
-            let svc = state.service(&key).ok_or_else(|| missing(&format!("Service {key}")))?;
+            let svc = state
+                .service(&key)
+                .ok_or_else(|| missing(&format!("Service {key}")))?;
             if svc.external_traffic_policy != policy {
-                return Err(missing(&format!("Service {key} with externalTrafficPolicy {policy:?}")));
+                return Err(missing(&format!(
+                    "Service {key} with externalTrafficPolicy {policy:?}"
+                )));
             }
             let node_port = svc
                 .ports
@@ -688,26 +759,43 @@ impl Demo<'_> {
                             "connected, served by {web}, which sees {node}'s address ({}), not the client's: the node SNATs (MASQUERADE) what it forwards, so that the reply comes back through it",
                             list(&addresses)
                         );
-                        self.check(&mut step, Layer::ServiceProxy, &what, &expected, &results, |r| {
-                            served_by_web(r)
-                                && r.client_ip_seen.is_some_and(|ip| addresses.contains(&ip))
-                        })?;
+                        self.check(
+                            &mut step,
+                            Layer::ServiceProxy,
+                            &what,
+                            &expected,
+                            &results,
+                            |r| {
+                                served_by_web(r)
+                                    && r.client_ip_seen.is_some_and(|ip| addresses.contains(&ip))
+                            },
+                        )?;
                     }
                     (TrafficPolicy::Local, true) => {
                         let expected = format!(
                             "connected, served by {web}, which sees the client's own address {client}: no SNAT, the endpoint is on this node"
                         );
-                        self.check(&mut step, Layer::ServiceProxy, &what, &expected, &results, |r| {
-                            served_by_web(r) && r.client_ip_seen == Some(client)
-                        })?;
+                        self.check(
+                            &mut step,
+                            Layer::ServiceProxy,
+                            &what,
+                            &expected,
+                            &results,
+                            |r| served_by_web(r) && r.client_ip_seen == Some(client),
+                        )?;
                     }
                     (TrafficPolicy::Local, false) => {
                         let expected = format!(
                             "timeout: {node} has no local endpoint of {key}, so it drops the connection rather than forward it"
                         );
-                        self.check(&mut step, Layer::ServiceProxy, &what, &expected, &results, |r| {
-                            r.outcome == Outcome::Timeout
-                        })?;
+                        self.check(
+                            &mut step,
+                            Layer::ServiceProxy,
+                            &what,
+                            &expected,
+                            &results,
+                            |r| r.outcome == Outcome::Timeout,
+                        )?;
                     }
                 }
             }
@@ -737,17 +825,24 @@ impl Demo<'_> {
         }
         let changes = lab
             .apply(objects)
-            .map_err(|source| DemoError::ChangeFailed { file: example.path, source: Box::new(source) })?;
+            .map_err(|source| DemoError::ChangeFailed {
+                file: example.path,
+                source: Box::new(source),
+            })?;
         self.changes(&changes)
     }
 
     fn delete(&mut self, lab: &Lab, example: Example) -> Result<(), DemoError> {
         let state = state(lab)?;
-        let ids: Vec<ObjectId> = load(&[example], state.config())?.iter().map(Object::id).collect();
+        let ids: Vec<ObjectId> = load(&[example], state.config())?
+            .iter()
+            .map(Object::id)
+            .collect();
         self.say(&format!("  Deleting {}:", example.path))?;
-        let changes = lab
-            .delete(&ids)
-            .map_err(|source| DemoError::ChangeFailed { file: example.path, source: Box::new(source) })?;
+        let changes = lab.delete(&ids).map_err(|source| DemoError::ChangeFailed {
+            file: example.path,
+            source: Box::new(source),
+        })?;
         self.changes(&changes)
     }
 
@@ -800,16 +895,20 @@ impl Demo<'_> {
         let failed = |source| DemoError::ProbeFailed {
             from: from.to_string(),
             to: to.to_string(),
-            source: Box::new(source),
+            source,
         };
         // In parallel, so that blocked attempts wait one timeout together, not one each.
-        let attempts: Vec<Result<Vec<ProbeResult>, LabError>> = std::thread::scope(|scope| {
+        let attempts: Vec<Result<Vec<ProbeResult>, Box<LabError>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..count.max(1))
-                .map(|_| scope.spawn(|| lab.probe(from, to, &spec)))
+                .map(|_| scope.spawn(|| lab.probe(from, to, &spec).map_err(Box::new)))
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(Err(LabError::ThreadPanicked { what: "demo probe" })))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Box::new(LabError::ThreadPanicked { what: "demo probe" }))
+                    })
+                })
                 .collect()
         });
         let mut results = Vec::new();
@@ -886,7 +985,10 @@ fn summary(out: &mut dyn Write, report: &DemoReport) -> Result<(), DemoError> {
     let passed = report.checks().filter(|c| c.passed).count();
     let total = report.checks().count();
     line(out, "")?;
-    line(out, &format!("Summary: {passed} of {total} checks as expected"))?;
+    line(
+        out,
+        &format!("Summary: {passed} of {total} checks as expected"),
+    )?;
     for step in &report.steps {
         let ok = step.checks.iter().filter(|c| c.passed).count();
         let mark = if step.passed() { '✔' } else { '✘' };
@@ -929,7 +1031,9 @@ fn load(examples: &[Example], config: &ClusterConfig) -> Result<Vec<Object>, Dem
 }
 
 fn state(lab: &Lab) -> Result<ClusterState, DemoError> {
-    lab.state().map_err(|source| DemoError::StateFailed { source: Box::new(source) })
+    lab.state().map_err(|source| DemoError::StateFailed {
+        source: Box::new(source),
+    })
 }
 
 fn missing(what: &str) -> DemoError {
@@ -963,11 +1067,19 @@ fn ready_endpoints(state: &ClusterState, service: &ServiceRef) -> Vec<PodRef> {
 
 /// A Node's own addresses: its node IPs, then its bridge (the gateway of its podCIDR). Either
 /// may be the source of what it masquerades, depending on the interface the packet leaves by.
-fn node_addresses(state: &ClusterState, node: &netd_model::NodeName) -> Result<Vec<IpAddr>, DemoError> {
+fn node_addresses(
+    state: &ClusterState,
+    node: &netd_model::NodeName,
+) -> Result<Vec<IpAddr>, DemoError> {
     let n = state
         .node(node.as_str())
         .ok_or_else(|| missing(&format!("node {node}")))?;
-    let mut out: Vec<IpAddr> = n.internal_ips.iter().copied().filter(IpAddr::is_ipv4).collect();
+    let mut out: Vec<IpAddr> = n
+        .internal_ips
+        .iter()
+        .copied()
+        .filter(IpAddr::is_ipv4)
+        .collect();
     out.extend(
         n.pod_cidrs
             .iter()
@@ -979,7 +1091,9 @@ fn node_addresses(state: &ClusterState, node: &netd_model::NodeName) -> Result<V
 }
 
 fn external_ip(state: &ClusterState) -> Result<Option<IpAddr>, DemoError> {
-    let nodes = topology::node_addresses(state).map_err(|source| DemoError::StateFailed { source: Box::new(source) })?;
+    let nodes = topology::node_addresses(state).map_err(|source| DemoError::StateFailed {
+        source: Box::new(source),
+    })?;
     Ok(topology::external_ip(state.config().node_network, &nodes))
 }
 
@@ -987,7 +1101,11 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     if items.is_empty() {
         return "(none)".to_owned();
     }
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One probe's result in words.
@@ -1007,5 +1125,149 @@ fn describe(r: &ProbeResult) -> String {
         (Outcome::Timeout, _) => format!("no answer in {:.0} ms (timeout: dropped)", r.latency_ms),
         (Outcome::Refused, _) => "refused (a TCP reset or ICMP port unreachable)".to_owned(),
         (Outcome::Unreachable, _) => "unreachable (no route, or ICMP unreachable)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_model::Kind;
+
+    use super::*;
+
+    #[test]
+    fn the_examples_load_and_hold_what_the_steps_walk_through() {
+        let config = ClusterConfig::default();
+        let base = load(&[PODS, HOSTNAMES, NODEPORT], &config).expect("examples load");
+        let ids: BTreeSet<(Kind, String, String)> = base
+            .iter()
+            .map(Object::id)
+            .map(|id| (id.kind, id.namespace, id.name))
+            .collect();
+        let wanted = [
+            (Kind::Namespace, "", "myproject"),
+            (Kind::Pod, "new-ns", "deny-egress-test"),
+            (Kind::Pod, "default", "db"),
+            (Kind::Pod, "default", "frontend"),
+            (Kind::Pod, "default", "stranger"),
+            (Kind::Pod, "myproject", "client"),
+            (Kind::Pod, "default", "web"),
+            (Kind::Deployment, "default", "hostnames"),
+            (Kind::Service, "default", "hostnames"),
+            (Kind::Service, "default", "web-cluster"),
+            (Kind::Service, "default", "web-local"),
+        ];
+        for (kind, namespace, name) in wanted {
+            let id = (kind, namespace.to_owned(), name.to_owned());
+            assert!(ids.contains(&id), "{id:?} in {ids:?}");
+        }
+        for (example, name) in [
+            (DENY_EGRESS, "deny-egress-test"),
+            (TEST_NETWORK_POLICY, "test-network-policy"),
+        ] {
+            let policy = load(&[example], &config).expect("policy loads");
+            let ids: Vec<ObjectId> = policy.iter().map(Object::id).collect();
+            assert_eq!(ids.len(), 1, "{}", example.path);
+            assert_eq!(
+                (ids[0].kind, ids[0].name.as_str()),
+                (Kind::NetworkPolicy, name)
+            );
+        }
+    }
+
+    fn check(layer: Layer, passed: bool) -> Check {
+        Check {
+            what: "w".into(),
+            expected: "e".into(),
+            observed: "o".into(),
+            passed,
+            layer,
+        }
+    }
+
+    #[test]
+    fn a_report_passes_only_when_every_check_does_and_tallies_by_layer() {
+        let mut report = DemoReport {
+            steps: vec![
+                StepReport {
+                    number: 1,
+                    title: "one".into(),
+                    checks: vec![
+                        check(Layer::PodNetwork, true),
+                        check(Layer::NetworkPolicy, true),
+                    ],
+                },
+                StepReport {
+                    number: 2,
+                    title: "two".into(),
+                    checks: vec![check(Layer::ServiceProxy, true)],
+                },
+            ],
+        };
+        assert!(report.passed());
+        report.steps[1]
+            .checks
+            .push(check(Layer::NetworkPolicy, false));
+        assert!(!report.passed());
+        assert!(report.steps[0].passed() && !report.steps[1].passed());
+        assert_eq!(report.tally(Layer::PodNetwork), (1, 1));
+        assert_eq!(report.tally(Layer::NetworkPolicy), (1, 2));
+        assert_eq!(report.tally(Layer::ServiceProxy), (1, 1));
+
+        let mut out = Vec::new();
+        summary(&mut out, &report).expect("summary");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text,
+            "\nSummary: 3 of 4 checks as expected\n  ✔ step 1: one (2 of 2)\n  ✘ step 2: two (1 of 2)\n  pod network: 1 of 1 as expected\n  NetworkPolicy: 1 of 2 as expected\n  service proxy: 1 of 1 as expected\n"
+        );
+    }
+
+    #[test]
+    fn probe_results_read_as_what_the_kernel_did() {
+        let result = |protocol, outcome, served_by: Option<&str>| ProbeResult {
+            from: "x/a".into(),
+            to: "x/b".into(),
+            port: None,
+            protocol,
+            outcome,
+            served_by: served_by.map(str::to_owned),
+            client_ip_seen: served_by.map(|_| "172.18.0.3".parse().expect("ip")),
+            latency_ms: 1000.2,
+        };
+        let cases = [
+            (
+                ProbeProtocol::Icmp,
+                Outcome::Connected,
+                None,
+                "a reply in 1000.2 ms",
+            ),
+            (
+                ProbeProtocol::Tcp,
+                Outcome::Connected,
+                Some("default/web"),
+                "connected, served by default/web, which saw the client as 172.18.0.3",
+            ),
+            (
+                ProbeProtocol::Tcp,
+                Outcome::Timeout,
+                None,
+                "no answer in 1000 ms (timeout: dropped)",
+            ),
+            (
+                ProbeProtocol::Tcp,
+                Outcome::Refused,
+                None,
+                "refused (a TCP reset or ICMP port unreachable)",
+            ),
+            (
+                ProbeProtocol::Icmp,
+                Outcome::Unreachable,
+                None,
+                "unreachable (no route, or ICMP unreachable)",
+            ),
+        ];
+        for (protocol, outcome, served_by, text) in cases {
+            assert_eq!(describe(&result(protocol, outcome, served_by)), text);
+        }
     }
 }

@@ -160,6 +160,24 @@ pub enum LabError {
         #[source]
         source: io::Error,
     },
+    /// The cluster zone of the lab is not a valid domain name.
+    #[error("the cluster zone {zone:?} is not a valid domain name")]
+    InvalidDnsZone {
+        /// The zone.
+        zone: String,
+        /// Why.
+        #[source]
+        source: netd_dns::zone::NameError,
+    },
+    /// A Pod's cluster DNS server could not bind or stopped serving.
+    #[error("the DNS server of {pod} failed")]
+    DnsServeFailed {
+        /// The Pod.
+        pod: netd_model::PodRef,
+        /// The cause.
+        #[source]
+        source: netd_dns::DnsError,
+    },
     /// A node's agent failed to program its rules.
     #[error("programming rules for node {node}")]
     ProgramFailed {

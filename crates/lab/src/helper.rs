@@ -1,9 +1,13 @@
-//! The lab's helper processes: a Node's agent and a Pod's echo server. The lab starts them by
-//! running its helper program (for `kube-netd`, `kube-netd lab internal`) with these
-//! arguments, which [`helper_main`] parses:
+//! The lab's helper processes: a Node's agent and a Pod's workload (the echo server, or the
+//! cluster DNS server). The lab starts them by running its helper program (for `kube-netd`,
+//! `kube-netd lab internal`) with these arguments, which [`helper_main`] parses:
 //!
 //! - `agent STATE_DIR NODE`
-//! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace)
+//! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace): the Pod's
+//!   workload. A Pod labelled [`crate::dns::WORKLOAD_LABEL`]` = dns` runs the DNS server (as
+//!   `dns` below), any other the echo server on its ports.
+//! - `dns STATE_DIR NS/POD` (run inside the Pod's namespace): the cluster DNS server
+//!   ([`crate::dns`]) on port 53, serving the lab's published cluster.
 //!
 //! The state directory is always the second argument: it marks the process as the lab's
 //! (so `lab down` kills by PID only processes that still carry it) and the process exits on
@@ -16,6 +20,7 @@ use netd_model::{NodeName, PodRef, Protocol};
 
 use crate::LabError;
 use crate::agent::{Programmer, run_agent};
+use crate::dns;
 use crate::echo::EchoServer;
 
 /// Runs the helper that `args` (without the program name and leading arguments) asks for,
@@ -37,16 +42,24 @@ pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), L
                 .iter()
                 .map(|p| parse_port(p).ok_or_else(|| bad("ports as tcp/80, udp/53, sctp/9")))
                 .collect::<Result<Vec<_>, _>>()?;
+            let dir = PathBuf::from(dir);
+            // Agents start every Pod's workload this way; the Pod's labels say which it is.
+            if dns::pod_runs_dns(&dir, &pod)? {
+                return dns::serve(&dir, &pod);
+            }
             let server = EchoServer::bind(pod, &ports)?;
             let mut stdout = std::io::stdout();
             let _ = writeln!(stdout, "ready");
             let _ = stdout.flush();
-            let dir = PathBuf::from(dir);
             server.serve(move || dir.exists());
             Ok(())
         }
+        [cmd, dir, pod] if cmd == "dns" => {
+            let pod: PodRef = pod.parse().map_err(|_| bad("dns STATE_DIR NS/POD"))?;
+            dns::serve(Path::new(dir), &pod)
+        }
         _ => Err(bad(
-            "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT...",
+            "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT... | dns STATE_DIR NS/POD",
         )),
     }
 }
@@ -68,6 +81,7 @@ mod tests {
             vec!["agent".to_owned()],
             vec!["echo".into(), "/x".into(), "nopod".into()],
             vec!["echo".into(), "/x".into(), "a/b".into(), "tcp:80".into()],
+            vec!["dns".into(), "/x".into(), "nopod".into()],
         ] {
             assert!(
                 matches!(

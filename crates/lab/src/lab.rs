@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::names::Names;
 use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
-use crate::{LabError, objects, topology};
+use crate::{LabError, dns, objects, topology};
 
 /// The embedded control plane, as the lab calls it: desired objects (and the previous
 /// resolved state, for stable addresses) in, the resolved cluster out. The binary passes
@@ -51,6 +51,9 @@ pub struct LabOptions {
     pub config: ClusterConfig,
     /// How long `up`, `apply` and `delete` wait for every Node to converge.
     pub converge_timeout: Duration,
+    /// Whether `up` adds the cluster DNS (`kube-system/kube-dns` and its `coredns`
+    /// Deployment) where the objects do not define it (default: yes; see [`crate::dns`]).
+    pub cluster_dns: bool,
 }
 
 impl LabOptions {
@@ -62,6 +65,7 @@ impl LabOptions {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             config: ClusterConfig::default(),
             converge_timeout: Duration::from_secs(60),
+            cluster_dns: true,
         }
     }
 }
@@ -133,7 +137,8 @@ impl fmt::Debug for Lab {
 }
 
 impl Lab {
-    /// Builds a lab from `objects`: resolves them, builds the underlay, the external namespace
+    /// Builds a lab from `objects` (with the cluster DNS added, if `options.cluster_dns`):
+    /// resolves them, builds the underlay, the external namespace
     /// and every Node, starts one agent per Node and returns once every Node has built its Pods
     /// and programmed its rules. On failure, whatever was built is removed.
     pub fn up(
@@ -150,6 +155,11 @@ impl Lab {
             });
         }
         let config = options.config.clone();
+        let objects = if options.cluster_dns {
+            dns::with_cluster_dns(objects, &config)?
+        } else {
+            objects
+        };
         let state = resolver(objects.clone(), &config, None)
             .map_err(|source| LabError::ResolveFailed { source })?;
         let nodes = topology::node_addresses(&state)?;

@@ -25,9 +25,11 @@
 //!   which the service proxy and the policy enforcer supply a Node's rules.
 //! - [`demo`]: `kube-netd lab demo`, the seed's walkthrough with real packets, each step
 //!   checked against what Kubernetes specifies.
-//! - [`echo`]: the echo server every Pod runs on its container ports.
+//! - [`dns`]: cluster DNS in the lab: the built-in `kube-system/kube-dns` Service and
+//!   `coredns` Deployment, and the DNS server their Pods run instead of the echo server.
+//! - [`echo`]: the echo server every other Pod runs on its container ports.
 //! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
-//! - [`helper`]: the helper processes (agent, echo server) and their arguments.
+//! - [`helper`]: the helper processes (agent, echo server, DNS server) and their arguments.
 //! - [`names`]: how namespaces and interfaces are named (per-lab prefix, 15-byte interfaces).
 //! - [`objects`]: objects as the lab stores them.
 //! - `topology` (private): the underlay switch, the external namespace, each Node's bridge
@@ -39,6 +41,7 @@
 
 pub mod agent;
 pub mod demo;
+pub mod dns;
 pub mod echo;
 pub mod error;
 pub mod helper;

@@ -153,7 +153,11 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
         assert_eq!(o.node_zone.as_deref(), Some("zone-a"));
         assert_eq!(o.node_ips, ["172.18.0.2".parse::<IpAddr>().expect("ip")]);
         assert_eq!(o.cluster_cidrs, state.config().cluster_cidrs);
-        assert!(ProxyOptions::for_node(&state, &NodeName::new("nope")).node_ips.is_empty());
+        assert!(
+            ProxyOptions::for_node(&state, &NodeName::new("nope"))
+                .node_ips
+                .is_empty()
+        );
     }
 
     #[test]

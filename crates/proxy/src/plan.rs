@@ -563,6 +563,12 @@ spec: {internalTrafficPolicy: Local, clusterIP: 10.96.0.7, ports: [{port: 80}]}
             p.health_checks().get(&ServiceRef::new("ns", "web")),
             Some(&(32000, 2))
         );
+        assert_eq!(p.ports_of(&ServiceRef::new("ns", "web")).count(), 2);
+        assert_eq!(
+            keys(http.endpoints_for(Disposition::Local)),
+            ["10.244.1.10:8080"]
+        );
+        assert!(http.endpoints_for(Disposition::Drop).is_empty());
     }
 
     #[test]
@@ -605,14 +611,22 @@ spec: {internalTrafficPolicy: Local, clusterIP: 10.96.0.7, ports: [{port: 80}]}
     #[test]
     fn changed_services_compares_snapshots() {
         let before = netd_testkit::state(CLUSTER);
-        let after_yaml = CLUSTER.replace("10.244.2.9], nodeName: node-2}\n- {addresses: [10.244.1.10]", "10.244.2.19], nodeName: node-2}\n- {addresses: [10.244.1.10]")
+        let after_yaml = CLUSTER
+            .replace(
+                "10.244.2.9], nodeName: node-2}\n- {addresses: [10.244.1.10]",
+                "10.244.2.19], nodeName: node-2}\n- {addresses: [10.244.1.10]",
+            )
             .replace("name: empty, namespace: ns", "name: empty2, namespace: ns");
         assert_ne!(after_yaml, CLUSTER);
         let after = netd_testkit::state(&after_yaml);
         let node = NodeName::new("node-1");
         let p0 = plan(&before, &node, IpFamily::V4, &opts());
         let p1 = plan(&after, &node, IpFamily::V4, &opts());
-        let changed: Vec<String> = p1.changed_services(&p0).iter().map(ToString::to_string).collect();
+        let changed: Vec<String> = p1
+            .changed_services(&p0)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(changed, ["ns/empty", "ns/empty2", "ns/web"]);
         assert!(p1.changed_services(&p1).is_empty());
     }

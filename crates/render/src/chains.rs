@@ -122,6 +122,18 @@ mod tests {
     }
 
     #[test]
+    fn reproduces_the_seed_chain_name() {
+        // The seed's rules come from a kube-proxy older than v1.10, which printed an unnamed
+        // port's ServicePortName as `default/hostnames:`; hashing that string with the protocol
+        // gives the seed's KUBE-SVC chain exactly. Today's name is `default/hostnames`.
+        assert_eq!(hash("default/hostnames:tcp"), "NWV5X2332I4OT4T3");
+        assert_eq!(
+            ServiceChains::of(&spn("default", "hostnames", "")).cluster.as_str(),
+            "KUBE-SVC-YN5D6RYVEVZOH44Q"
+        );
+    }
+
+    #[test]
     fn recognises_service_chains() {
         assert!(is_service_chain("KUBE-SEP-SXIVWICOYRO3J4NJ"));
         assert!(is_service_chain("KUBE-FW-NUKIZ6OKUXPJNT4C"));

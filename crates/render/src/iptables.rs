@@ -2,7 +2,7 @@
 //!
 //! Everything kube-netd writes for iptables is built as a [`Ruleset`] first and only then
 //! rendered to `iptables-restore` input ([`Ruleset::to_restore`]), so the same value can be
-//! walked by the [tracer](crate::trace), compared in tests and diffed between syncs. Matches
+//! walked by the [tracer](crate::trace()), compared in tests and diffed between syncs. Matches
 //! stay structured (addresses are [`IpNet`]s, ports are numbers, probabilities are fractions)
 //! rather than strings; rendering is byte-deterministic.
 //!

@@ -13,7 +13,7 @@
 //! - [`policy`]: the NetworkPolicy renderer ([`render_policy`], [`PolicyRules`]): per-Pod
 //!   filter chains and the ipsets they match, with a two-phase apply order.
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
-//! - [`trace`]: a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
+//! - [`trace`](mod@trace): a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
 //!   choice with its probability, masquerade, reject and drop.
 //!
 //! The crate is pure: it never touches the kernel.

@@ -142,7 +142,7 @@ impl ServiceRules {
     }
 
     /// The rules plus the hook rules in the built-in chains: what the kernel holds after the
-    /// applier has run, for the [tracer](crate::trace).
+    /// applier has run, for the [tracer](crate::trace()).
     pub fn installed(&self) -> Ruleset {
         let mut rs = self.ruleset.clone();
         for hook in &self.hooks {

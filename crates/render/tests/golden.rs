@@ -6,53 +6,15 @@
 //! the cluster's pod ranges), `node-ip` (repeatable), `zone`, `masquerade-all` (`true`),
 //! `nodeport-address` (repeatable).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use netd_model::NodeName;
-use netd_proxy::{IpFamily, ProxyOptions, plan};
+use netd_proxy::plan;
 use netd_render::{RenderOptions, SyncScope, render_services};
 
-fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
-    let mut node = NodeName::new("node-1");
-    let mut family = IpFamily::V4;
-    let mut opts = ProxyOptions {
-        cluster_cidrs: netd_model::ClusterConfig::default().cluster_cidrs,
-        ..ProxyOptions::default()
-    };
-    let mut cidrs = Vec::new();
-    for line in yaml.lines().map_while(|l| l.strip_prefix("# ")) {
-        // Other comment lines describe the scenario.
-        let Some((key, value)) = line.split_once(": ") else {
-            continue;
-        };
-        if !key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
-            continue;
-        }
-        match key {
-            "node" => node = NodeName::new(value),
-            "family" => {
-                family = if value == "IPv6" {
-                    IpFamily::V6
-                } else {
-                    IpFamily::V4
-                }
-            }
-            "cluster-cidr" => cidrs.push(value.parse().expect("cluster-cidr")),
-            "node-ip" => opts.node_ips.push(value.parse().expect("node-ip")),
-            "nodeport-address" => opts
-                .nodeport_addresses
-                .push(value.parse().expect("nodeport-address")),
-            "zone" => opts.node_zone = Some(value.to_owned()),
-            "masquerade-all" => opts.masquerade_all = value == "true",
-            other => panic!("unknown golden option {other:?}"),
-        }
-    }
-    if !cidrs.is_empty() {
-        opts.cluster_cidrs = cidrs;
-    }
-    (node, family, opts)
-}
+use common::{options, scenarios};
 
 fn render(dir: &Path) -> String {
     let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
@@ -64,14 +26,8 @@ fn render(dir: &Path) -> String {
 
 #[test]
 fn golden() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("input.yaml").exists())
-        .collect();
-    dirs.sort();
+    let dirs = scenarios();
     assert!(
         dirs.len() >= 17,
         "expected every scenario, found {}",

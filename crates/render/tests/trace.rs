@@ -437,22 +437,44 @@ endpoints:
 "#;
     let state = netd_testkit::state(yaml);
     let opts = ProxyOptions {
-        cluster_cidrs: vec!["fd00:244::/56".parse().expect("cidr")],
+        cluster_cidrs: vec!["fd00:244::/32".parse().expect("cidr")],
         ..ProxyOptions::default()
     };
     let p = plan(&state, &NodeName::new("node-1"), IpFamily::V6, &opts);
     let rules = render_services(&p, &RenderOptions::default()).installed();
     assert_eq!(rules.family, IpFamily::V6);
     let node_ip: IpAddr = "fd00:18::2".parse().expect("ip");
-    let host = Host { local_addrs: vec![node_ip], ..Host::default() };
-    let pod = Packet::tcp("fd00:244:1::9".parse().expect("ip"), "fd00:96::80".parse().expect("ip"), 80);
+    let host = Host {
+        local_addrs: vec![node_ip],
+        ..Host::default()
+    };
+    let pod = Packet::tcp(
+        "fd00:244:1::9".parse().expect("ip"),
+        "fd00:96::80".parse().expect("ip"),
+        80,
+    );
     let t = trace(&rules, &host, &pod).expect("trace");
-    let dnat: Vec<String> = t.outcomes.iter().filter_map(|o| o.dnat).map(|d| d.to_string()).collect();
+    let dnat: Vec<String> = t
+        .outcomes
+        .iter()
+        .filter_map(|o| o.dnat)
+        .map(|d| d.to_string())
+        .collect();
     assert_eq!(dnat, ["[fd00:244:1::2]:80", "[fd00:244:2::2]:80"], "{t}");
-    assert!(t.outcomes.iter().all(|o| !o.masqueraded && (o.probability - 0.5).abs() < 1e-9), "{t}");
+    assert!(
+        t.outcomes
+            .iter()
+            .all(|o| !o.masqueraded && (o.probability - 0.5).abs() < 1e-9),
+        "{t}"
+    );
     let external = Packet::tcp("2001:db8::1".parse().expect("ip"), node_ip, 30081);
     let t = trace(&rules, &host, &external).expect("trace");
-    assert!(t.outcomes.iter().all(|o| o.masqueraded && o.verdict == Verdict::Accept), "{t}");
+    assert!(
+        t.outcomes
+            .iter()
+            .all(|o| o.masqueraded && o.verdict == Verdict::Accept),
+        "{t}"
+    );
     // The IPv6 plan ignores the IPv4 ClusterIP entirely.
     let v4 = Packet::tcp(pod.src, "10.96.0.80".parse().expect("ip"), 80);
     let t = trace(&rules, &host, &v4).expect("trace");

@@ -57,11 +57,15 @@ pub fn helper() -> String {
     env!("CARGO_BIN_EXE_netd-lab-helper").to_owned()
 }
 
-/// Lab options for the tests: the helper, the test state root, a generous timeout.
+/// Lab options for the tests: the helper, the test state root, a generous timeout, no
+/// built-in cluster DNS.
 pub fn options(name: &str) -> LabOptions {
     let mut o = LabOptions::new(name, vec![helper()]);
     o.state_root = state_root();
     o.converge_timeout = Duration::from_secs(30);
+    // The clusters here are written out already resolved: a built-in DNS Deployment would
+    // stay unexpanded, and the tests count the objects they give.
+    o.cluster_dns = false;
     o
 }
 

@@ -1,0 +1,360 @@
+//! Cluster DNS inside the lab, through the binary, with real namespaces (needs root): the
+//! built-in `kube-system/coredns` Pod runs kube-netd's DNS server, and Pods find Services with
+//! `dig` and with their own resolver (`getent`), by short name, `name.namespace` and full name.
+//!
+//! `lab_dns_pod_answers_inside_the_lab` asks the DNS Pod directly and needs nothing else.
+//! `lab_dns_service_ip_answers_through_resolv_conf` goes through the cluster DNS Service IP
+//! (10.96.0.10), so it needs the agents' Service rules; it fails, saying so, when that address
+//! does not answer.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
+const STATE_ROOT: &str = "/run/kube-netd-tests";
+const DNS_SERVICE_IP: &str = "10.96.0.10";
+/// Tries of a query whose answer must follow a change (the server polls every 100 ms).
+const FOLLOW_TRIES: usize = 100;
+
+/// A ClusterIP Service `web` in `default` and another in `other`, a headless Service `hl`
+/// over a Deployment of three, and a client Pod.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {app: client}}
+spec: {containers: [{name: c, image: echo, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec: {containers: [{name: c, image: echo, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: other, labels: {app: web}}
+spec: {containers: [{name: c, image: echo, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: other}
+spec: {selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hl, namespace: default}
+spec: {clusterIP: None, selector: {app: hl}, ports: [{name: http, port: 80}]}
+"#;
+
+fn headless_deployment(replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hl, namespace: default}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: hl}}}}
+  template:
+    metadata: {{labels: {{app: hl}}}}
+    spec: {{containers: [{{name: c, image: echo, ports: [{{containerPort: 80}}]}}]}}
+"#
+    )
+}
+
+struct TestLab {
+    name: String,
+    dir: PathBuf,
+}
+
+impl TestLab {
+    /// Brings up a lab of CLUSTER and the headless Deployment with three replicas.
+    fn up(test: &str) -> TestLab {
+        let name = format!("dns{}-{test}", std::process::id() % 100_000);
+        let dir = PathBuf::from(STATE_ROOT).join(format!("{name}-manifests"));
+        std::fs::create_dir_all(&dir).expect("manifest dir");
+        let lab = TestLab { name, dir };
+        let cluster = lab.file("cluster.yaml", CLUSTER);
+        let deployment = lab.file("hl.yaml", &headless_deployment(3));
+        lab.ok(&["up", "-f", &cluster, "-f", &deployment]);
+        lab
+    }
+
+    fn file(&self, file: &str, text: &str) -> String {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text).expect("write manifest");
+        path.to_string_lossy().into_owned()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("lab")
+            .arg(args[0])
+            .args(["--name", &self.name, "--state-root", STATE_ROOT])
+            .args(&args[1..])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kube-netd")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kube-netd lab {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `command` in the Pod `pod` (`ns/name`); its output, and whether it succeeded.
+    fn exec(&self, pod: &str, command: &[&str]) -> (bool, String) {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(command);
+        let out = self.run(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `dig +short` from `pod` with `args`: the addresses answered (sorted), or the failure.
+    fn dig(&self, pod: &str, args: &[&str]) -> Result<BTreeSet<IpAddr>, String> {
+        let mut command = vec!["dig", "+short", "+time=2", "+tries=2"];
+        command.extend_from_slice(args);
+        let (ok, text) = self.exec(pod, &command);
+        if !ok || text.contains(";;") {
+            return Err(text);
+        }
+        text.lines()
+            .map(|l| l.trim().parse().map_err(|_| text.clone()))
+            .collect()
+    }
+
+    /// Asks `dig` until the answer is `want` (an answer that must follow a change), then
+    /// returns it; the last answer if it never was.
+    fn dig_until(
+        &self,
+        pod: &str,
+        args: &[&str],
+        want: &BTreeSet<IpAddr>,
+    ) -> Result<BTreeSet<IpAddr>, String> {
+        let mut last = self.dig(pod, args);
+        for _ in 0..FOLLOW_TRIES {
+            if last.as_ref().is_ok_and(|got| got == want) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            last = self.dig(pod, args);
+        }
+        last
+    }
+
+    /// Objects of `kind` in `namespace`, as `lab get -o json` prints them (a `List`, or the
+    /// object itself when there is one).
+    fn get(&self, kind: &str, namespace: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&["get", kind, "-n", namespace, "-o", "json"]);
+        let value: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        match value["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![value],
+        }
+    }
+
+    fn cluster_ip(&self, namespace: &str, service: &str) -> BTreeSet<IpAddr> {
+        let services = self.get("services", namespace);
+        let svc = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == service)
+            .unwrap_or_else(|| panic!("no service {namespace}/{service}"));
+        let ip = svc["spec"]["clusterIP"].as_str().expect("a clusterIP");
+        BTreeSet::from([ip.parse().expect("an IP")])
+    }
+
+    /// The lab's helper processes still running (they carry its state directory).
+    fn processes(&self) -> Vec<String> {
+        let marker = format!("{STATE_ROOT}/{}", self.name);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.contains(&marker.as_bytes()) {
+                let spaced: Vec<u8> = cmdline
+                    .iter()
+                    .map(|&b| if b == 0 { b' ' } else { b })
+                    .collect();
+                out.push(String::from_utf8_lossy(&spaced).into_owned());
+            }
+        }
+        out
+    }
+
+    /// The IPs of the Pods of `namespace` whose name starts with `prefix`.
+    fn pod_ips(&self, namespace: &str, prefix: &str) -> BTreeSet<IpAddr> {
+        self.get("pods", namespace)
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .map(|p| {
+                p["status"]["podIP"]
+                    .as_str()
+                    .expect("a pod IP")
+                    .parse()
+                    .expect("an IP")
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&["down"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn lab_dns_pod_answers_inside_the_lab() {
+    let lab = TestLab::up("pod");
+    let dns = lab.pod_ips("kube-system", "coredns-");
+    assert_eq!(dns.len(), 1, "one built-in DNS pod: {dns:?}");
+    let server = format!("@{}", dns.first().expect("the DNS pod"));
+    let server = server.as_str();
+    let web = lab.cluster_ip("default", "web");
+    let other_web = lab.cluster_ip("other", "web");
+    assert_ne!(web, other_web);
+
+    for (args, want) in [
+        (vec![server, "web.default.svc.cluster.local"], &web),
+        (vec![server, "+tcp", "web.default.svc.cluster.local"], &web),
+        (vec![server, "+search", "web"], &web),
+        (vec![server, "+search", "web.other"], &other_web),
+        (vec![server, "web.other.svc.cluster.local."], &other_web),
+    ] {
+        assert_eq!(
+            lab.dig("default/client", &args).as_ref(),
+            Ok(want),
+            "dig {args:?}"
+        );
+    }
+    // The pod's search path starts with its own namespace.
+    assert_eq!(
+        lab.dig("other/web", &[server, "+search", "web"]).as_ref(),
+        Ok(&other_web)
+    );
+
+    // No upstream: a name outside the zone is SERVFAIL at once, never forwarded.
+    let (_, outside) = lab.exec(
+        "default/client",
+        &["dig", "+time=2", "+tries=1", server, "example.com"],
+    );
+    assert!(outside.contains("status: SERVFAIL"), "{outside}");
+    let (_, missing) = lab.exec(
+        "default/client",
+        &["dig", server, "nope.default.svc.cluster.local"],
+    );
+    assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+
+    // A headless Service: one address per ready pod, following the Deployment's scale.
+    let three = lab.pod_ips("default", "hl-");
+    assert_eq!(three.len(), 3, "{three:?}");
+    let hl = [server, "hl.default.svc.cluster.local"];
+    assert_eq!(lab.dig_until("default/client", &hl, &three), Ok(three));
+    let scaled = lab.file("hl-2.yaml", &headless_deployment(2));
+    assert!(lab.ok(&["apply", "-f", &scaled]).contains("configured"));
+    let two = lab.pod_ips("default", "hl-");
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert_eq!(lab.dig_until("default/client", &hl, &two), Ok(two));
+
+    // The DNS server is one of the lab's processes, stopped by PID like any Pod's.
+    assert!(!lab.processes().is_empty());
+    assert!(lab.ok(&["down"]).contains("removed"));
+    assert_eq!(lab.processes(), Vec::<String>::new());
+}
+
+#[test]
+fn lab_dns_service_ip_answers_through_resolv_conf() {
+    let lab = TestLab::up("svc");
+    let web = lab.cluster_ip("default", "web");
+    let other_web = lab.cluster_ip("other", "web");
+
+    // dig without @server asks the resolv.conf's nameserver, the cluster DNS Service IP.
+    let (_, resolv) = lab.exec("default/client", &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {DNS_SERVICE_IP}")),
+        "{resolv}"
+    );
+    if let Err(e) = lab.dig("default/client", &["web.default.svc.cluster.local"]) {
+        panic!(
+            "the cluster DNS Service IP {DNS_SERVICE_IP} does not answer from default/client: \
+             the agents' Service rules (DNAT of kube-system/kube-dns to its pod) are missing \
+             or wrong.\n{e}"
+        );
+    }
+    for (args, want) in [
+        (vec!["web.default.svc.cluster.local"], &web),
+        (vec!["+tcp", "web.default.svc.cluster.local"], &web),
+        (vec!["+search", "web"], &web),
+        (vec!["+search", "web.other"], &other_web),
+        (vec!["+search", "+tcp", "web.other"], &other_web),
+    ] {
+        assert_eq!(
+            lab.dig("default/client", &args).as_ref(),
+            Ok(want),
+            "dig {args:?}"
+        );
+    }
+
+    // The pod's own resolver (glibc, through its resolv.conf and search path).
+    for (name, want) in [
+        ("web", &web),
+        ("web.other", &other_web),
+        ("web.default.svc.cluster.local", &web),
+        ("web.other.svc.cluster.local", &other_web),
+    ] {
+        let (ok, out) = lab.exec("default/client", &["getent", "hosts", name]);
+        assert!(ok, "getent hosts {name}: {out}");
+        let got: BTreeSet<IpAddr> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        assert_eq!(&got, want, "getent hosts {name}: {out}");
+    }
+    let (ok, out) = lab.exec("default/client", &["getent", "hosts", "nope"]);
+    assert!(!ok, "an unknown name does not resolve: {out}");
+
+    // The headless Service through the Service IP follows scaling too.
+    let three = lab.pod_ips("default", "hl-");
+    let hl = ["+search", "hl"];
+    assert_eq!(lab.dig_until("default/client", &hl, &three), Ok(three));
+    let scaled = lab.file("hl-2.yaml", &headless_deployment(2));
+    lab.ok(&["apply", "-f", &scaled]);
+    let two = lab.pod_ips("default", "hl-");
+    assert_eq!(lab.dig_until("default/client", &hl, &two), Ok(two));
+}

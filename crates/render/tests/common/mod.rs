@@ -1,0 +1,60 @@
+//! Shared by the integration tests: the service golden scenarios and their options.
+
+use std::path::{Path, PathBuf};
+
+use netd_model::NodeName;
+use netd_proxy::{IpFamily, ProxyOptions};
+
+/// The service scenarios: every `tests/golden/*/input.yaml`, by directory name.
+pub fn scenarios() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("input.yaml").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The proxy options an input's leading `# key: value` lines set (see `golden.rs`).
+pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
+    let mut node = NodeName::new("node-1");
+    let mut family = IpFamily::V4;
+    let mut opts = ProxyOptions {
+        cluster_cidrs: netd_model::ClusterConfig::default().cluster_cidrs,
+        ..ProxyOptions::default()
+    };
+    let mut cidrs = Vec::new();
+    for line in yaml.lines().map_while(|l| l.strip_prefix("# ")) {
+        // Other comment lines describe the scenario.
+        let Some((key, value)) = line.split_once(": ") else {
+            continue;
+        };
+        if !key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+            continue;
+        }
+        match key {
+            "node" => node = NodeName::new(value),
+            "family" => {
+                family = if value == "IPv6" {
+                    IpFamily::V6
+                } else {
+                    IpFamily::V4
+                }
+            }
+            "cluster-cidr" => cidrs.push(value.parse().expect("cluster-cidr")),
+            "node-ip" => opts.node_ips.push(value.parse().expect("node-ip")),
+            "nodeport-address" => opts
+                .nodeport_addresses
+                .push(value.parse().expect("nodeport-address")),
+            "zone" => opts.node_zone = Some(value.to_owned()),
+            "masquerade-all" => opts.masquerade_all = value == "true",
+            other => panic!("unknown golden option {other:?}"),
+        }
+    }
+    if !cidrs.is_empty() {
+        opts.cluster_cidrs = cidrs;
+    }
+    (node, family, opts)
+}

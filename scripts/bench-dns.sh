@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Cluster DNS under load: `kube-netd dns serve` for a zone of 10,000 Services and 50,000 Pods,
+# queried with dnsperf on loopback. Prints a table of queries per second, latency (average
+# from dnsperf; p50 and p99 from its per-query log) and the server's memory (VmRSS once the
+# zone is loaded, and VmRSS/VmHWM after the load), for UDP and for TCP.
+#
+# Usage: scripts/bench-dns.sh [--services N] [--pods N] [--duration SECONDS] [--port PORT]
+#                             [--clients N] [--outstanding N]
+# The binary is $KUBE_NETD if set, else target/release/kube-netd (built if missing).
+# Installs dnsperf (Debian package) with apt-get when it is missing. Nothing leaves the
+# machine: every query is for a name inside the cluster zone and the server listens on
+# 127.0.0.1 only.
+set -euo pipefail
+
+services=10000
+pods=50000
+duration=10
+port=5399
+clients=4
+outstanding=200
+namespaces=100
+pods_per_node=1000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --services) services="$2"; shift 2 ;;
+    --pods) pods="$2"; shift 2 ;;
+    --duration) duration="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --clients) clients="$2"; shift 2 ;;
+    --outstanding) outstanding="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+
+if ! command -v dnsperf >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends dnsperf >/dev/null
+fi
+
+bin="${KUBE_NETD:-}"
+if [ -z "$bin" ]; then
+  bin=target/release/kube-netd
+  if [ ! -x "$bin" ]; then
+    cargo build --release -p kube-netd
+  fi
+fi
+
+tmp="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid"
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# The cluster, written out resolved so that the zone, not the control plane, is measured:
+# Nodes with /22 podCIDRs (1,000 Pods each) in 10.128.0.0/9, Services `svc-<i>` spread over
+# `ns-<i % 100>` with ClusterIPs 10.100.<i/250>.<i%250+1>, every tenth headless, and five
+# Pods `svc-<i>-<k>` per Service (the rest of the Pods, if any, belong to no Service).
+mkdir -p "$tmp/manifests"
+awk -v services="$services" -v pods="$pods" -v nsc="$namespaces" -v per_node="$pods_per_node" \
+  -v out="$tmp/manifests" '
+function node_of(p) { return int(p / per_node) }
+function cidr_base(n,   o2, o3) { o2 = 128 + int(n / 64); o3 = (n % 64) * 4; return o2 "." o3 }
+BEGIN {
+  nodes = int((pods + per_node - 1) / per_node); if (nodes < 1) nodes = 1
+  for (n = 0; n < nodes; n++) {
+    split(cidr_base(n), b, ".")
+    printf "apiVersion: v1\nkind: Node\nmetadata: {name: node-%d}\nspec: {podCIDR: 10.%d.%d.0/22}\nstatus: {addresses: [{type: InternalIP, address: 172.16.%d.%d}]}\n---\n", \
+      n + 1, b[1], b[2], int(n / 250), n % 250 + 2 > (out "/nodes.yaml")
+  }
+  for (i = 0; i < nsc; i++)
+    printf "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-%d}\n---\n", i > (out "/namespaces.yaml")
+  for (i = 0; i < services; i++) {
+    ip = (i % 10 == 9) ? "None" : sprintf("10.100.%d.%d", int(i / 250), i % 250 + 1)
+    printf "apiVersion: v1\nkind: Service\nmetadata: {name: svc-%d, namespace: ns-%d}\nspec: {clusterIP: %s, selector: {app: svc-%d}, ports: [{name: http, port: 80}]}\n---\n", \
+      i, i % nsc, ip, i > (out "/services.yaml")
+  }
+  for (p = 0; p < pods; p++) {
+    n = node_of(p); o = p % per_node + 2
+    split(cidr_base(n), b, ".")
+    s = int(p / 5)
+    if (s < services) { name = sprintf("svc-%d-%d", s, p % 5); ns = s % nsc; app = "svc-" s }
+    else { name = sprintf("pod-%d", p); ns = p % nsc; app = "none" }
+    printf "apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: ns-%d, labels: {app: %s}}\nspec: {nodeName: node-%d, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIP: 10.%d.%d.%d, conditions: [{type: Ready, status: \"True\"}]}\n---\n", \
+      name, ns, app, n + 1, b[1], b[2] + int(o / 256), o % 256 > (out "/pods.yaml")
+  }
+}' </dev/null
+
+# The query mix, in dnsperf's format (`name type`), deterministic: 40% A of ClusterIP
+# Services, 10% A of headless Services (five addresses each), 20% SRV of the named port, 15%
+# PTR of ClusterIPs, 15% names that do not exist (NXDOMAIN).
+awk -v services="$services" -v nsc="$namespaces" 'BEGIN {
+  srand(1)
+  for (q = 0; q < 200000; q++) {
+    r = rand(); i = int(rand() * services)
+    clusterip = (i % 10 == 9) ? i - 1 : i
+    headless = i - i % 10 + 9; if (headless >= services) headless -= 10
+    if (r < 0.40) {
+      printf "svc-%d.ns-%d.svc.cluster.local A\n", clusterip, clusterip % nsc
+    } else if (r < 0.50 && headless >= 0) {
+      printf "svc-%d.ns-%d.svc.cluster.local A\n", headless, headless % nsc
+    } else if (r < 0.70) {
+      printf "_http._tcp.svc-%d.ns-%d.svc.cluster.local SRV\n", i, i % nsc
+    } else if (r < 0.85) {
+      printf "%d.%d.100.10.in-addr.arpa PTR\n", clusterip % 250 + 1, int(clusterip / 250)
+    } else {
+      printf "missing-%d.ns-%d.svc.cluster.local A\n", i, i % nsc
+    }
+  }
+}' >"$tmp/queries.txt"
+
+echo "zone: $services Services, $pods Pods ($(du -sh "$tmp/manifests" | cut -f1) of manifests); $(wc -l <"$tmp/queries.txt") queries in the mix" >&2
+
+start_ms=$(( $(date +%s%N) / 1000000 ))
+"$bin" dns serve -f "$tmp/manifests" --listen "127.0.0.1:$port" --upstream 127.0.0.1:9 \
+  --cluster-cidr 10.128.0.0/9 --node-network 172.16.0.0/16 2>"$tmp/server.log" &
+server_pid=$!
+ready=""
+for _ in $(seq 1 1200); do
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "the DNS server exited:" >&2
+    cat "$tmp/server.log" >&2
+    exit 1
+  fi
+  if dig +short +time=1 +tries=1 -p "$port" @127.0.0.1 svc-0.ns-0.svc.cluster.local 2>/dev/null | grep -q '^10\.'; then
+    ready=1
+    break
+  fi
+  sleep 0.5
+done
+if [ -z "$ready" ]; then
+  echo "the DNS server did not answer within 10 minutes" >&2
+  exit 1
+fi
+load_ms=$(( $(date +%s%N) / 1000000 - start_ms ))
+
+# Sanity: the mix's kinds of answer.
+check() {
+  local got
+  got=$(dig +short -p "$port" @127.0.0.1 "$@" | wc -l)
+  [ "$got" -gt 0 ] || { echo "no answer for $*" >&2; exit 1; }
+}
+check svc-0.ns-0.svc.cluster.local A
+check svc-9.ns-9.svc.cluster.local A
+check _http._tcp.svc-0.ns-0.svc.cluster.local SRV
+check -x 10.100.0.1
+dig -p "$port" @127.0.0.1 missing-1.ns-1.svc.cluster.local | grep -q 'status: NXDOMAIN' \
+  || { echo "no NXDOMAIN for a missing name" >&2; exit 1; }
+
+kib() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$server_pid/status"; }
+rss_loaded=$(kib VmRSS)
+
+# Two passes per protocol: flat out, for queries per second and dnsperf's average latency;
+# then at half that rate with a per-query log, for latency percentiles of a server that is
+# not saturated (logging every query costs the client time).
+run() {
+  local mode="$1" out="$tmp/dnsperf-$1.txt" log="$tmp/dnsperf-$1-v.txt"
+  dnsperf -s 127.0.0.1 -p "$port" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
+    -c "$clients" -q "$outstanding" >"$out" 2>&1 || true
+  local qps avg lost rss p50="n/a" p99="n/a"
+  qps=$(awk '/Queries per second:/ { printf "%.0f", $4 }' "$out")
+  # The first average is the queries'; TCP runs add one for connections.
+  avg=$(awk '/Average Latency \(s\):/ && !seen { printf "%.3f", $4 * 1000; seen = 1 }' "$out")
+  lost=$(awk '/Queries lost:/ { print $3 }' "$out")
+  rss=$(( $(kib VmRSS) / 1024 ))
+  if [ -n "$qps" ] && [ "$qps" -gt 1 ]; then
+    dnsperf -s 127.0.0.1 -p "$port" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
+      -c "$clients" -q "$outstanding" -Q $(( qps / 2 )) -v >"$log" 2>&1 || true
+    # Verbose lines: `> RCODE NAME TYPE LATENCY-SECONDS`.
+    awk '$1 == ">" && NF >= 5 { print $NF * 1000 }' "$log" | sort -n >"$tmp/lat-$mode.txt"
+    local n
+    n=$(wc -l <"$tmp/lat-$mode.txt")
+    if [ "$n" -gt 0 ]; then
+      p50=$(printf "%.3f" "$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$tmp/lat-$mode.txt")")
+      p99=$(printf "%.3f" "$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$tmp/lat-$mode.txt")")
+    fi
+  fi
+  printf "| %-5s | %8s | %8s | %8s | %14s | %14s | %7s |\n" \
+    "$mode" "${qps:-0}" "${lost:-?}" "${avg:-?}" "$p50" "$p99" "$rss"
+}
+
+echo
+echo "kube-netd dns serve: $services Services, $pods Pods; dnsperf ${duration}s per protocol, $clients clients, $outstanding outstanding; $(nproc) CPUs"
+echo "zone loaded and answering after $(( load_ms / 1000 )).$(( load_ms % 1000 / 100 )) s (read, resolve, build the zone); RSS then: $(( rss_loaded / 1024 )) MiB"
+echo
+printf "| %-5s | %8s | %8s | %8s | %14s | %14s | %7s |\n" proto QPS lost "avg ms" "p50 ms (½ QPS)" "p99 ms (½ QPS)" "RSS MiB"
+printf "|-------|----------|----------|----------|----------------|----------------|---------|\n"
+run udp
+run tcp
+echo
+echo "peak RSS (VmHWM): $(( $(kib VmHWM) / 1024 )) MiB"
+for mode in udp tcp; do
+  echo "$mode answers:$(awk -F: '/Response codes:/ { print $2 }' "$tmp/dnsperf-$mode.txt")"
+done
