@@ -165,14 +165,14 @@ pub(crate) fn with_extras(payload: &str, extras: &Extras) -> String {
     for line in payload.lines() {
         if let Some(name) = line.strip_prefix('*') {
             table = Some(name.trim());
-        } else if line.trim() == "COMMIT" {
-            if let Some(t) = table.take() {
-                for extra in extras.get(t).into_iter().flatten() {
-                    out.push_str(extra);
-                    out.push('\n');
-                }
-                done.insert(t);
+        } else if line.trim() == "COMMIT"
+            && let Some(t) = table.take()
+        {
+            for extra in extras.get(t).into_iter().flatten() {
+                out.push_str(extra);
+                out.push('\n');
             }
+            done.insert(t);
         }
         out.push_str(line);
         out.push('\n');
@@ -200,10 +200,10 @@ fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
     for line in payload.lines() {
         if let Some(name) = line.strip_prefix('*') {
             table = name.trim();
-        } else if let Some(decl) = line.strip_prefix(':') {
-            if let Some(chain) = decl.split_whitespace().next() {
-                out.insert((table.to_owned(), chain.to_owned()));
-            }
+        } else if let Some(decl) = line.strip_prefix(':')
+            && let Some(chain) = decl.split_whitespace().next()
+        {
+            out.insert((table.to_owned(), chain.to_owned()));
         }
     }
     out
@@ -240,10 +240,10 @@ impl Saved {
                 if let (Some(chain), Some(policy)) = (words.next(), words.next()) {
                     t.chains.insert(chain.to_owned(), policy != "-");
                 }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                if let Some((chain, rest)) = rule.split_once(' ') {
-                    t.rules.push((chain.to_owned(), rest.to_owned()));
-                }
+            } else if let Some(rule) = line.strip_prefix("-A ")
+                && let Some((chain, rest)) = rule.split_once(' ')
+            {
+                t.rules.push((chain.to_owned(), rest.to_owned()));
             }
         }
         saved
@@ -359,13 +359,22 @@ mod tests {
 
     #[test]
     fn ownership() {
-        for c in ["KNP-I-X", "KUBE-NETD-FORWARD", "KUBE-SVC-X", "KUBE-SERVICES", "KUBE-MARK-MASQ"] {
+        for c in [
+            "KNP-I-X",
+            "KUBE-NETD-FORWARD",
+            "KUBE-SVC-X",
+            "KUBE-SERVICES",
+            "KUBE-MARK-MASQ",
+        ] {
             assert!(is_owned_chain(c), "{c}");
         }
         for c in ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "DOCKER", "FORWARD"] {
             assert!(!is_owned_chain(c), "{c}");
         }
         assert!(is_owned_set("KNP-ABC") && !is_owned_set("docker-set"));
-        assert_eq!(jump_target("-m comment --comment \"a -j B\" -j C"), Some("C"));
+        assert_eq!(
+            jump_target("-m comment --comment \"a -j B\" -j C"),
+            Some("C")
+        );
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! Start with [`NodeProgrammer`]: from a [`ClusterState`](netd_model::ClusterState) and a
 //! Node it builds the Node's whole rule set — the service proxy's chains
-//! ([`netd_proxy::plan`] rendered by [`netd_render::render_services`]) and the NetworkPolicy
+//! ([`netd_proxy::plan()`] rendered by [`netd_render::render_services`]) and the NetworkPolicy
 //! chains and ipsets ([`netd_policy::compile`] rendered by [`netd_render::render_policy`]) —
 //! as [`NodeRules`]: one `ipset restore` payload and one `iptables-restore --noflush` payload
-//! (filter and nat together), plus the [`Hook`]s that jump into them. Then [`apply`] puts them
+//! (filter and nat together), plus the [`Hook`]s that jump into them. Then [`apply()`] puts them
 //! into a network namespace and [`cleanup`] takes everything out again.
 //!
 //! ## Chains and hooks
@@ -17,7 +17,7 @@
 //! `KUBE-FORWARD`, `KUBE-SERVICES`, ...), so NetworkPolicy is always judged before
 //! `KUBE-FORWARD` accepts anything, whatever order the hooks were first installed in.
 //!
-//! ## Applying ([`apply`])
+//! ## Applying ([`apply()`])
 //!
 //! 1. `ipset restore`: every set in use is created if missing and refilled through a swap;
 //! 2. `iptables-save`, then one `iptables-restore --noflush`: our chains flushed and refilled,
@@ -29,7 +29,7 @@
 //! syncs and [`cleanup`].
 //!
 //! - [`rules`]: [`NodeRules`], [`Hook`], and the [`Programmer`] seam (the lab's agents call it).
-//! - [`programmer`]: [`NodeProgrammer`].
+//! - [`programmer`](mod@programmer): [`NodeProgrammer`].
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
 
 pub mod apply;

@@ -140,10 +140,18 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
                 (Table::Nat, "PREROUTING"),
             ]
         );
-        assert!(!text.contains(":FORWARD"), "built-in chains are never declared: {text}");
+        assert!(
+            !text.contains(":FORWARD"),
+            "built-in chains are never declared: {text}"
+        );
         assert!(rules.prune);
         assert_eq!(rules.sets.len(), 1);
         let shown = rules.to_text();
-        assert!(shown.contains("-I FORWARD 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-FORWARD\nCOMMIT"), "{shown}");
+        assert!(
+            shown.contains(
+                "-I FORWARD 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-FORWARD\nCOMMIT"
+            ),
+            "{shown}"
+        );
     }
 }

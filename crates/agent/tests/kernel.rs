@@ -92,8 +92,11 @@ fn count(dump: &str, needle: &str) -> usize {
 fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
     let ns = Ns::new("sync");
     rules::iptables_restore(&ns.0, FOREIGN).expect("foreign rules");
-    rules::ipset_restore(&ns.0, "create foreign hash:ip family inet\nadd foreign 192.0.2.9\n")
-        .expect("foreign set");
+    rules::ipset_restore(
+        &ns.0,
+        "create foreign hash:ip family inet\nadd foreign 192.0.2.9\n",
+    )
+    .expect("foreign set");
     let node = NodeName::new("node-1");
     let state = netd_testkit::state(CLUSTER);
     let node_rules = NodeProgrammer::default()
@@ -106,19 +109,45 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
         apply(&ns.0, &node_rules).expect("resync");
     }
     let last = save(&ns.0);
-    assert_eq!(rule_lines(&first), rule_lines(&last), "a resync changes nothing");
+    assert_eq!(
+        rule_lines(&first),
+        rule_lines(&last),
+        "a resync changes nothing"
+    );
     for (hook, tables) in [
-        ("-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD", 1),
-        ("-A INPUT -m comment --comment kube-netd -j KUBE-NETD-INPUT", 1),
-        ("-A OUTPUT -m comment --comment kube-netd -j KUBE-NETD-OUTPUT", 2),
-        ("-A PREROUTING -m comment --comment kube-netd -j KUBE-NETD-PREROUTING", 1),
-        ("-A POSTROUTING -m comment --comment kube-netd -j KUBE-NETD-POSTROUTING", 1),
+        (
+            "-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD",
+            1,
+        ),
+        (
+            "-A INPUT -m comment --comment kube-netd -j KUBE-NETD-INPUT",
+            1,
+        ),
+        (
+            "-A OUTPUT -m comment --comment kube-netd -j KUBE-NETD-OUTPUT",
+            2,
+        ),
+        (
+            "-A PREROUTING -m comment --comment kube-netd -j KUBE-NETD-PREROUTING",
+            1,
+        ),
+        (
+            "-A POSTROUTING -m comment --comment kube-netd -j KUBE-NETD-POSTROUTING",
+            1,
+        ),
     ] {
-        assert_eq!(count(&last, hook), tables, "{hook} once per table in:\n{last}");
+        assert_eq!(
+            count(&last, hook),
+            tables,
+            "{hook} once per table in:\n{last}"
+        );
     }
     // Our hook is first in FORWARD, before the foreign jump that was there before us, and
     // policy comes before KUBE-FORWARD in our dispatch chain.
-    let forward: Vec<&str> = last.lines().filter(|l| l.starts_with("-A FORWARD ")).collect();
+    let forward: Vec<&str> = last
+        .lines()
+        .filter(|l| l.starts_with("-A FORWARD "))
+        .collect();
     assert!(forward[0].ends_with("-j KUBE-NETD-FORWARD"), "{forward:?}");
     let dispatch: Vec<&str> = last
         .lines()
@@ -129,12 +158,23 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
 
     // Deleting the policy removes its chains and, after the swap, its sets.
     let sets_before = rules::ipset_list(&ns.0).expect("ipsets");
-    assert!(sets_before.iter().any(|s| s.starts_with("KNP-")), "{sets_before:?}");
-    let without = netd_testkit::state(&CLUSTER.replace("kind: NetworkPolicy", "kind: Namespace\nmetadata: {name: unused}\n# was"));
-    let fewer = NodeProgrammer::default().rules(&without, &node).expect("rules");
+    assert!(
+        sets_before.iter().any(|s| s.starts_with("KNP-")),
+        "{sets_before:?}"
+    );
+    let without = netd_testkit::state(&CLUSTER.replace(
+        "kind: NetworkPolicy",
+        "kind: Namespace\nmetadata: {name: unused}\n# was",
+    ));
+    let fewer = NodeProgrammer::default()
+        .rules(&without, &node)
+        .expect("rules");
     apply(&ns.0, &fewer).expect("sync without the policy");
     let after = save(&ns.0);
-    assert!(!after.contains(":KNP-I-") && !after.contains(":KNP-E-"), "{after}");
+    assert!(
+        !after.contains(":KNP-I-") && !after.contains(":KNP-E-"),
+        "{after}"
+    );
     assert_eq!(
         rules::ipset_list(&ns.0).expect("ipsets"),
         vec!["foreign".to_owned()]
@@ -146,7 +186,14 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
     assert_eq!(removed.hooks, 6, "{removed:?}");
     assert!(removed.chains > 10 && removed.sets > 0, "{removed:?}");
     let clean = save(&ns.0);
-    for ours in ["KUBE-NETD", "KNP-", "KUBE-SERVICES", "KUBE-SVC-", "KUBE-SEP-", "KUBE-FORWARD"] {
+    for ours in [
+        "KUBE-NETD",
+        "KNP-",
+        "KUBE-SERVICES",
+        "KUBE-SVC-",
+        "KUBE-SEP-",
+        "KUBE-FORWARD",
+    ] {
         assert!(!clean.contains(ours), "{ours} left in:\n{clean}");
     }
     for foreign in [

@@ -26,8 +26,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 type Test = (&'static str, fn());
 
 const TESTS: [Test; 3] = [
-    ("generated_clusters_match_the_engine", generated_clusters_match_the_engine),
-    ("updates_are_reflected_after_each_step", updates_are_reflected_after_each_step),
+    (
+        "generated_clusters_match_the_engine",
+        generated_clusters_match_the_engine,
+    ),
+    (
+        "updates_are_reflected_after_each_step",
+        updates_are_reflected_after_each_step,
+    ),
     ("seed_deny_egress_stops_ping", seed_deny_egress_stops_ping),
 ];
 
@@ -56,7 +62,10 @@ fn main() -> ExitCode {
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(test));
         let status = if result.is_ok() { "ok" } else { "FAILED" };
-        println!("test {name} ... {status} ({:.1}s)", start.elapsed().as_secs_f64());
+        println!(
+            "test {name} ... {status} ({:.1}s)",
+            start.elapsed().as_secs_f64()
+        );
         if result.is_err() {
             failed.push(name);
         }
@@ -138,14 +147,9 @@ fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
                 (8080, Protocol::Tcp, ProbeProtocol::Tcp),
                 (5353, Protocol::Udp, ProbeProtocol::Udp),
             ] {
-                let backends = evaluate_via_service(
-                    &state,
-                    &Endpoint::Pod(src.clone()),
-                    svc,
-                    port,
-                    protocol,
-                )
-                .expect("evaluate via service");
+                let backends =
+                    evaluate_via_service(&state, &Endpoint::Pod(src.clone()), svc, port, protocol)
+                        .expect("evaluate via service");
                 let want = backends.iter().all(|b| b.verdict.allowed);
                 cases.push((src.clone(), svc.clone(), port, protocol, probe, want));
             }
@@ -174,7 +178,10 @@ fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
             .collect()
     });
     let blocked = cases.iter().filter(|c| !c.5).count();
-    println!("  {what}: via services: {blocked} of {} probes blocked", cases.len());
+    println!(
+        "  {what}: via services: {blocked} of {} probes blocked",
+        cases.len()
+    );
     cases
         .iter()
         .zip(outcomes)
@@ -269,7 +276,7 @@ fn updates_are_reflected_after_each_step() {
             namespace: "ns-a".into(),
             name: name.into(),
         }])
-            .expect("delete");
+        .expect("delete");
         failures.extend(compare(&lab, &format!("policy {name} deleted")));
     }
     // However many syncs ran, each built-in chain jumps to ours exactly once.
@@ -443,7 +450,11 @@ status: {podIP: 10.244.1.4}
             let app = ["web", "db", "api"][rng.below(3)];
             let tier = if rng.chance(50) { ", tier: fe" } else { "" };
             // Named ports differ between Pods, so named rules resolve per Pod.
-            let (http, dns) = if rng.chance(50) { ("http", "dns") } else { ("web", "dns") };
+            let (http, dns) = if rng.chance(50) {
+                ("http", "dns")
+            } else {
+                ("web", "dns")
+            };
             let _ = write!(
                 out,
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}{tier}}}}}\nspec: {{nodeName: node-{node}, containers: [{{name: c, image: i, ports: [{{name: {http}, containerPort: 80}}, {{name: {dns}, containerPort: 53, protocol: UDP}}, {{name: alt, containerPort: 81}}]}}]}}\nstatus: {{podIP: 10.244.{node}.{}}}\n---\n",
@@ -507,7 +518,10 @@ status: {podIP: 10.244.1.4}
     fn pod_selector(rng: &mut Rng) -> String {
         match rng.below(6) {
             0 => "{}".into(),
-            1 | 2 => format!("{{matchLabels: {{app: {}}}}}", rng.pick(&["web", "db", "api"])),
+            1 | 2 => format!(
+                "{{matchLabels: {{app: {}}}}}",
+                rng.pick(&["web", "db", "api"])
+            ),
             3 => format!(
                 "{{matchExpressions: [{{key: app, operator: {}, values: [{}]}}]}}",
                 rng.pick(&["In", "NotIn"]),
@@ -544,7 +558,10 @@ status: {podIP: 10.244.1.4}
             ),
             3 => {
                 let (cidr, excepts): (&str, &[&str]) = match rng.below(3) {
-                    0 => ("10.244.0.0/16", &["10.244.1.10/32", "10.244.2.0/28", "10.244.1.12/31"]),
+                    0 => (
+                        "10.244.0.0/16",
+                        &["10.244.1.10/32", "10.244.2.0/28", "10.244.1.12/31"],
+                    ),
                     1 => ("10.244.1.0/24", &["10.244.1.10/32", "10.244.1.12/31"]),
                     _ => ("10.244.2.0/24", &["10.244.2.0/28", "10.244.2.11/32"]),
                 };

@@ -53,6 +53,17 @@ enum Command {
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
         kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081")]
     Trace(render_cmd::TraceArgs),
+    /// Remove every chain, hook and ipset kube-netd added to a network namespace; rules of
+    /// other software are left alone.
+    #[command(after_help = "Example:\n  kube-netd cleanup --netns kube-netd-node-1")]
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CleanupArgs {
+    /// The network namespace (as `ip netns list` names it) to clean.
+    #[arg(long)]
+    netns: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +115,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Dns(args) => dns_cmd::run(args),
         Command::Render(args) => render_cmd::render(args),
         Command::Trace(args) => render_cmd::trace(args),
-        Command::Lab(args) => lab_cmd::run(args, &netd_lab::NoRules),
+        Command::Cleanup(args) => {
+            let removed = netd_agent::cleanup(&args.netns)?;
+            println!(
+                "removed from {}: {} hooks, {} chains, {} ipsets",
+                args.netns, removed.hooks, removed.chains, removed.sets
+            );
+            Ok(())
+        }
+        Command::Lab(args) => lab_cmd::run(args, &netd_agent::NodeProgrammer::default()),
     }
 }

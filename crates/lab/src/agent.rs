@@ -223,7 +223,7 @@ impl Agent {
                 })?;
         netd_agent::apply(&node_ns, &rules).map_err(|source| LabError::ApplyFailed {
             node: self.node.clone(),
-            source,
+            source: Box::new(source),
         })?;
         record.converged = generation;
         record.error = None;

@@ -194,7 +194,7 @@ pub enum LabError {
         node: NodeName,
         /// The cause.
         #[source]
-        source: netd_agent::AgentError,
+        source: Box<netd_agent::AgentError>,
     },
     /// Nodes did not converge in time, or an agent reported an error.
     #[error("nodes did not converge on generation {generation}: {detail}")]

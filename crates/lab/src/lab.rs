@@ -402,7 +402,11 @@ impl Lab {
                 let (i, j, outcome) = handle
                     .join()
                     .map_err(|_| LabError::ThreadPanicked { what: "matrix" })??;
-                allowed[i][j] = outcome == probe::Outcome::Connected;
+                // A refusal (TCP reset, ICMP port unreachable) came from the destination's own
+                // stack: NetworkPolicy let the packet through, there is just no listener on
+                // that port. Policies drop, they never refuse, so only silence means blocked.
+                allowed[i][j] =
+                    matches!(outcome, probe::Outcome::Connected | probe::Outcome::Refused);
             }
         }
         let refs = pods.into_iter().map(|(p, _, _)| p).collect();

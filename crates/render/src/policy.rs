@@ -525,6 +525,40 @@ spec:
     }
 
     #[test]
+    fn each_family_gets_only_its_own_addresses_and_sets() {
+        let dual = CLUSTER
+            .replace(
+                "status: {podIP: 10.244.1.3}",
+                "status: {podIP: 10.244.1.3, podIPs: [{ip: 10.244.1.3}, {ip: 'fd00::3'}]}",
+            )
+            .replace(
+                "status: {podIP: 10.244.1.2}",
+                "status: {podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, {ip: 'fd00::2'}]}",
+            );
+        let state = netd_testkit::state(&dual);
+        let plan = netd_policy::compile(&state, &NodeName::new("node-1")).expect("plan");
+        for (family, own, other) in [
+            (IpFamily::V4, "10.244.1.2", "fd00::2"),
+            (IpFamily::V6, "fd00::2", "10.244.1.2"),
+        ] {
+            let r = render_policy(&plan, family);
+            let text = r.restore_input();
+            assert!(text.contains(&format!("-d {own} -j KNP-I-")), "{text}");
+            assert!(!text.contains(other), "{text}");
+            let want = if family == IpFamily::V4 {
+                "inet"
+            } else {
+                "inet6"
+            };
+            for set in r.sets.values() {
+                let (_, f) = set_type(set);
+                assert_eq!(f, want);
+            }
+            assert!(!r.sets.is_empty());
+        }
+    }
+
+    #[test]
     fn long_policy_lists_are_shortened() {
         let plan = DirectionPlan {
             isolated_by: (0..5)

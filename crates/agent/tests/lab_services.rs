@@ -1,0 +1,1031 @@
+//! Services with real packets: each test builds a lab of two Nodes (resolved by the embedded
+//! control plane, so Deployments expand and EndpointSlices are generated) whose agents program
+//! their namespaces with [`NodeProgrammer`], and holds what the kernel does against what
+//! Kubernetes specifies for Services (kube-proxy's iptables mode). Needs root.
+//!
+//! The lab runs its helpers (each Node's agent, each Pod's echo server) from a program; this
+//! test binary is that program (`harness = false`): started with `--netd-helper ARGS...` it is
+//! a helper, otherwise it runs the tests below, `--test-threads N` at a time (default 1). Run
+//! one test with `cargo test -p netd-agent --test lab_services -- NAME`. Every lab is removed
+//! when its test ends, failed or not, and the run fails if any of its namespaces is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use netd_agent::NodeProgrammer;
+use netd_lab::echo::EchoReply;
+use netd_lab::{
+    Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
+};
+use netd_model::{Kind, NodeName, ObjectId, PodRef, ServiceRef};
+
+const HELPER_FLAG: &str = "--netd-helper";
+const STATE_ROOT: &str = "/run/kube-netd-tests";
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Test = (&'static str, fn());
+
+const TESTS: [Test; 13] = [
+    (
+        "round_robin_reaches_every_pod_evenly",
+        round_robin_reaches_every_pod_evenly,
+    ),
+    (
+        "port_maps_to_numeric_and_named_target_ports",
+        port_maps_to_numeric_and_named_target_ports,
+    ),
+    (
+        "service_without_endpoints_refuses_at_once",
+        service_without_endpoints_refuses_at_once,
+    ),
+    (
+        "pod_reaches_itself_through_its_service",
+        pod_reaches_itself_through_its_service,
+    ),
+    (
+        "node_reaches_a_service_through_its_cluster_ip",
+        node_reaches_a_service_through_its_cluster_ip,
+    ),
+    (
+        "node_port_cluster_snats_to_the_node_address",
+        node_port_cluster_snats_to_the_node_address,
+    ),
+    (
+        "node_port_local_keeps_the_client_address",
+        node_port_local_keeps_the_client_address,
+    ),
+    (
+        "session_affinity_sticks_to_one_pod",
+        session_affinity_sticks_to_one_pod,
+    ),
+    (
+        "udp_service_answers_after_its_serving_pod_is_deleted",
+        udp_service_answers_after_its_serving_pod_is_deleted,
+    ),
+    (
+        "udp_service_answers_once_it_gains_an_endpoint",
+        udp_service_answers_once_it_gains_an_endpoint,
+    ),
+    (
+        "scaling_a_deployment_changes_the_serving_pods",
+        scaling_a_deployment_changes_the_serving_pods,
+    ),
+    (
+        "deleting_a_service_removes_its_rules",
+        deleting_a_service_removes_its_rules,
+    ),
+    (
+        "agent_restart_keeps_established_connections",
+        agent_restart_keeps_established_connections,
+    ),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
+        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut threads = 1usize;
+    let mut filter = None;
+    let mut listing = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if let Some(n) = arg.strip_prefix("--test-threads=") {
+            threads = n.parse().expect("--test-threads=N");
+        } else if arg == "--test-threads" {
+            threads = rest
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("--test-threads N");
+        } else if arg == "--list" {
+            listing = true;
+        } else if !arg.starts_with('-') && filter.is_none() {
+            filter = Some(arg.clone());
+        }
+    }
+    let selected: Vec<Test> = TESTS
+        .into_iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    if listing {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let queue = Mutex::new(selected.into_iter());
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                    let Some((name, test)) = next else { break };
+                    let start = Instant::now();
+                    let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
+                    let status = if ok { "ok" } else { "FAILED" };
+                    println!(
+                        "test {name} ... {status} ({:.1}s)",
+                        start.elapsed().as_secs_f64()
+                    );
+                    if !ok {
+                        failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(name);
+                    }
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let left: Vec<String> = netd_kernel::netns::list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.starts_with(&lab_prefix()))
+        .collect();
+    if !left.is_empty() {
+        println!("namespaces left behind: {left:?}");
+        failed.push("(cleanup)");
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("failed: {failed:?}");
+        ExitCode::FAILURE
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// Three replicas behind one Service: over 300 connections every pod answers, and none gets
+/// less than 15% (each rule of the KUBE-SVC chain picks 1/3, 1/2, the rest).
+fn round_robin_reaches_every_pod_evenly() {
+    let lab = up(
+        "rr",
+        &format!(
+            "{}{}{CLIENT}",
+            deployment("hostnames", 3, "[{containerPort: 9376}]"),
+            service(
+                "hostnames",
+                "selector: {app: hostnames}, ports: [{port: 80, targetPort: 9376}]"
+            ),
+        ),
+    );
+    let backends = pods_labelled(&lab, "hostnames");
+    assert_eq!(backends.len(), 3, "{backends:?}");
+    let results = probe(&lab, &client(), &svc("hostnames"), 80, 300);
+    let counts = served_counts(&results);
+    println!("  round robin over 300 connections: {counts:?}");
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), backends);
+    for (pod, n) in &counts {
+        assert!(*n >= 45, "{pod} served {n} of 300 connections: {counts:?}");
+    }
+}
+
+/// A Service's `port` reaches the Pods' `targetPort`: a number, or a name that each Pod
+/// resolves to its own container port.
+fn port_maps_to_numeric_and_named_target_ports() {
+    let lab = up(
+        "tp",
+        &format!(
+            "{}{}{}{}{CLIENT}",
+            pod(
+                "a",
+                "node-1",
+                "{app: web, pod: a}",
+                "[{name: http, containerPort: 8080}]"
+            ),
+            pod(
+                "b",
+                "node-2",
+                "{app: web, pod: b}",
+                "[{name: http, containerPort: 9090}]"
+            ),
+            service(
+                "named",
+                "selector: {app: web}, ports: [{name: web, port: 80, targetPort: http}]"
+            ),
+            service(
+                "numeric",
+                "selector: {pod: a}, ports: [{port: 81, targetPort: 8080}]"
+            ),
+        ),
+    );
+    let named = probe(&lab, &client(), &svc("named"), 80, 60);
+    let counts = served_counts(&named);
+    println!("  named targetPort http (a: 8080, b: 9090): {counts:?}");
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["default/a", "default/b"]
+    );
+    let numeric = probe(&lab, &client(), &svc("numeric"), 81, 10);
+    assert_eq!(
+        served_counts(&numeric),
+        BTreeMap::from([("default/a".to_owned(), 10)])
+    );
+}
+
+/// No endpoints: the ClusterIP rejects (ICMP port unreachable), so a client is refused at
+/// once instead of hanging — from a Pod and from a Node.
+fn service_without_endpoints_refuses_at_once() {
+    let lab = up(
+        "noep",
+        &format!(
+            "{}{CLIENT}",
+            service(
+                "empty",
+                "selector: {app: nothing}, ports: [{port: 80, targetPort: 8080}]"
+            )
+        ),
+    );
+    let spec = ProbeSpec {
+        port: Some(80),
+        protocol: ProbeProtocol::Tcp,
+        count: 3,
+        timeout: Duration::from_secs(3),
+    };
+    for n in ["node-1", "node-2"] { let _ = lab.command(&Place::Node(n.into()), "ip").expect("c").args(["route","add","default","via","172.18.0.1"]).status(); }
+    for from in [client(), Place::Node("node-2".into())] {
+        let results = lab.probe(&from, &svc("empty"), &spec).expect("probe");
+        for r in &results {
+            assert_eq!(r.outcome, Outcome::Refused, "{r}");
+        }
+    }
+}
+
+/// Hairpin: a Pod reaching its own Service is served by itself, masqueraded to its Node's
+/// address (KUBE-SEP's `-s <pod IP> -j KUBE-MARK-MASQ`) so that the reply comes back through
+/// the bridge and is un-NATed.
+fn pod_reaches_itself_through_its_service() {
+    let lab = up(
+        "hairpin",
+        &format!(
+            "{}{}",
+            pod("web", "node-1", "{app: web}", "[{containerPort: 8080}]"),
+            service(
+                "web",
+                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+            ),
+        ),
+    );
+    let me = Place::Pod(PodRef::new("default", "web"));
+    let node = node_addresses(&lab, &Place::Node("node-1".into()));
+    for r in probe(&lab, &me, &svc("web"), 80, 5) {
+        assert_eq!(r.outcome, Outcome::Connected, "{r}");
+        assert_eq!(r.served_by.as_deref(), Some("default/web"), "{r}");
+        assert!(
+            r.client_ip_seen.is_some_and(|ip| node.contains(&ip)),
+            "{r}: hairpin traffic is masqueraded to one of node-1's addresses {node:?}"
+        );
+    }
+}
+
+/// A Node's own processes reach a ClusterIP (nat `OUTPUT` jumps to `KUBE-SERVICES`), on the
+/// endpoint's Node and on the other one.
+fn node_reaches_a_service_through_its_cluster_ip() {
+    let lab = up(
+        "hostsvc",
+        &format!(
+            "{}{}",
+            pod("web", "node-2", "{app: web}", "[{containerPort: 8080}]"),
+            service(
+                "web",
+                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+            ),
+        ),
+    );
+    for n in ["node-1", "node-2"] { let _ = lab.command(&Place::Node(n.into()), "ip").expect("c").args(["route","add","default","via","172.18.0.1"]).status(); }
+    for node in ["node-1", "node-2"] {
+        let counts = served_counts(&probe(&lab, &Place::Node(node.into()), &svc("web"), 80, 3));
+        assert_eq!(
+            counts,
+            BTreeMap::from([("default/web".to_owned(), 3)]),
+            "from {node}"
+        );
+    }
+}
+
+/// `externalTrafficPolicy: Cluster`: every Node answers on the nodePort, and the backend sees
+/// the address of the Node the request came through (SNAT), not the client's.
+fn node_port_cluster_snats_to_the_node_address() {
+    let lab = up(
+        "npc",
+        &format!(
+            "{}{}",
+            pod(
+                "web",
+                "node-1",
+                "{app: web}",
+                "[{name: http, containerPort: 8080}]"
+            ),
+            service(
+                "web",
+                "type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: http, nodePort: 30080}]"
+            ),
+        ),
+    );
+    for node in ["node-1", "node-2"] {
+        let addresses = node_addresses(&lab, &Place::Node(node.into()));
+        for r in probe(&lab, &Place::External, &Target::Node(node.into()), 30080, 3) {
+            assert_eq!(r.outcome, Outcome::Connected, "{r}");
+            assert_eq!(r.served_by.as_deref(), Some("default/web"), "{r}");
+            assert!(
+                r.client_ip_seen.is_some_and(|ip| addresses.contains(&ip)),
+                "{r}: expected one of {node}'s addresses {addresses:?}"
+            );
+        }
+    }
+}
+
+/// `externalTrafficPolicy: Local`: the Node with the endpoint answers and the backend sees the
+/// external client's own address; the Node without one drops the connection (no answer).
+fn node_port_local_keeps_the_client_address() {
+    let lab = up(
+        "npl",
+        &format!(
+            "{}{}{}",
+            pod(
+                "web",
+                "node-1",
+                "{app: web}",
+                "[{name: http, containerPort: 8080}]"
+            ),
+            service(
+                "web",
+                "type: NodePort, externalTrafficPolicy: Local, selector: {app: web}, ports: [{port: 80, targetPort: http, nodePort: 30081}]"
+            ),
+            pod("client2", "node-2", "{role: client}", "[]"),
+        ),
+    );
+    let external = node_addresses(&lab, &Place::External);
+    assert!(
+        external.contains(&"172.18.0.1".parse::<IpAddr>().expect("ip")),
+        "{external:?}"
+    );
+    for r in probe(
+        &lab,
+        &Place::External,
+        &Target::Node("node-1".into()),
+        30081,
+        3,
+    ) {
+        assert_eq!(r.outcome, Outcome::Connected, "{r}");
+        assert_eq!(r.served_by.as_deref(), Some("default/web"), "{r}");
+        assert!(
+            r.client_ip_seen.is_some_and(|ip| external.contains(&ip)),
+            "{r}: expected the client's own address {external:?}"
+        );
+    }
+    let spec = ProbeSpec {
+        port: Some(30081),
+        protocol: ProbeProtocol::Tcp,
+        count: 3,
+        timeout: PROBE_TIMEOUT,
+    };
+    let node2 = Target::Node("node-2".into());
+    for r in lab.probe(&Place::External, &node2, &spec).expect("probe") {
+        assert_eq!(
+            r.outcome,
+            Outcome::Timeout,
+            "{r}: node-2 has no local endpoint"
+        );
+    }
+    // Pod traffic short-circuits to every endpoint of the cluster (KUBE-EXT's "pod traffic"
+    // rule), so a pod on node-2 still reaches the Service through node-2's nodePort.
+    let from = Place::Pod(PodRef::new("default", "client2"));
+    let counts = served_counts(&probe(&lab, &from, &node2, 30081, 3));
+    assert_eq!(counts, BTreeMap::from([("default/web".to_owned(), 3)]));
+}
+
+/// `sessionAffinity: ClientIP`: every connection of a client goes to the same pod.
+fn session_affinity_sticks_to_one_pod() {
+    let lab = up(
+        "aff",
+        &format!(
+            "{}{}{CLIENT}{}",
+            deployment("sticky", 3, "[{containerPort: 8080}]"),
+            service(
+                "sticky",
+                "selector: {app: sticky}, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 8080}]"
+            ),
+            pod("client2", "node-2", "{role: client}", "[]"),
+        ),
+    );
+    assert_eq!(pods_labelled(&lab, "sticky").len(), 3);
+    for from in [client(), Place::Pod(PodRef::new("default", "client2"))] {
+        let counts = served_counts(&probe(&lab, &from, &svc("sticky"), 80, 60));
+        println!("  {from}: {counts:?}");
+        assert_eq!(counts.len(), 1, "{from} was served by {counts:?}");
+    }
+}
+
+/// A UDP client keeps one source port (as resolvers do), so its datagrams follow one conntrack
+/// entry. When the pod it was DNATed to is deleted, the entry must be deleted too, or every
+/// further datagram goes to the dead pod (kube-proxy #19029, #59368).
+fn udp_service_answers_after_its_serving_pod_is_deleted() {
+    let lab = up(
+        "udp",
+        &format!(
+            "{}{}{}{CLIENT}",
+            pod(
+                "a",
+                "node-1",
+                "{app: dns}",
+                "[{containerPort: 5353, protocol: UDP}]"
+            ),
+            pod(
+                "b",
+                "node-2",
+                "{app: dns}",
+                "[{containerPort: 5353, protocol: UDP}]"
+            ),
+            service(
+                "dns",
+                "selector: {app: dns}, ports: [{port: 53, targetPort: 5353, protocol: UDP}]"
+            ),
+        ),
+    );
+    let to = SocketAddr::new(cluster_ip(&lab, "dns"), 53);
+    let socket = udp_client(&lab, &client(), to);
+    let first = udp_ask(&socket).expect("an answer from the Service");
+    for _ in 0..4 {
+        assert_eq!(
+            udp_ask(&socket).map(|r| r.pod).as_deref(),
+            Some(first.pod.as_str()),
+            "one source port, one conntrack entry, one backend"
+        );
+    }
+    let (_, name) = first.pod.split_once('/').expect("ns/name");
+    println!("  served by {}; deleting it", first.pod);
+    lab.delete(&[ObjectId {
+        kind: Kind::Pod,
+        namespace: "default".into(),
+        name: name.to_owned(),
+    }])
+    .expect("delete the serving pod");
+    let other = if name == "a" {
+        "default/b"
+    } else {
+        "default/a"
+    };
+    let answer = (0..3).find_map(|_| udp_ask(&socket));
+    assert_eq!(
+        answer.as_ref().map(|r| r.pod.as_str()),
+        Some(other),
+        "the same client socket must reach the remaining pod once {} is gone: the stale \
+         conntrack entry DNATed to it must have been deleted; node-1's UDP entries:\n{}",
+        first.pod,
+        conntrack_udp(&lab, "node-1")
+    );
+}
+
+/// A UDP client that was rejected while its Service had no endpoint reaches the endpoint that
+/// appears, from the same source port (kube-proxy #48370).
+fn udp_service_answers_once_it_gains_an_endpoint() {
+    let lab = up(
+        "udpnew",
+        &format!(
+            "{}{CLIENT}",
+            service(
+                "dns",
+                "selector: {app: dns}, ports: [{port: 53, targetPort: 5353, protocol: UDP}]"
+            ),
+        ),
+    );
+    let to = SocketAddr::new(cluster_ip(&lab, "dns"), 53);
+    let socket = udp_client(&lab, &client(), to);
+    for _ in 0..3 {
+        assert!(udp_ask(&socket).is_none(), "no endpoint yet");
+    }
+    lab.apply(netd_testkit::objects(&pod(
+        "a",
+        "node-2",
+        "{app: dns}",
+        "[{containerPort: 5353, protocol: UDP}]",
+    )))
+    .expect("add an endpoint");
+    let answer = (0..3).find_map(|_| udp_ask(&socket));
+    assert_eq!(answer.map(|r| r.pod).as_deref(), Some("default/a"));
+}
+
+/// Scaling a Deployment up and down changes the set of pods that serve its Service.
+fn scaling_a_deployment_changes_the_serving_pods() {
+    let service_yaml = service(
+        "scale",
+        "selector: {app: scale}, ports: [{port: 80, targetPort: 8080}]",
+    );
+    let lab = up(
+        "scale",
+        &format!(
+            "{}{service_yaml}{CLIENT}",
+            deployment("scale", 1, "[{containerPort: 8080}]")
+        ),
+    );
+    for (step, (replicas, probes)) in [(1, 20), (3, 90), (1, 30)].into_iter().enumerate() {
+        if step > 0 {
+            lab.apply(netd_testkit::objects(&deployment(
+                "scale",
+                replicas,
+                "[{containerPort: 8080}]",
+            )))
+            .expect("scale");
+        }
+        let want = pods_labelled(&lab, "scale");
+        assert_eq!(want.len(), replicas);
+        let counts = served_counts(&probe(&lab, &client(), &svc("scale"), 80, probes));
+        println!("  {replicas} replicas: {counts:?}");
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            want,
+            "with {replicas} replicas"
+        );
+    }
+}
+
+/// Deleting a Service removes its chains and rules from every Node, and its ClusterIP stops
+/// answering; another Service of the same pods is untouched.
+fn deleting_a_service_removes_its_rules() {
+    let lab = up(
+        "del",
+        &format!(
+            "{}{}{}{CLIENT}",
+            pod("web", "node-2", "{app: web}", "[{containerPort: 8080}]"),
+            service(
+                "doomed",
+                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+            ),
+            service(
+                "kept",
+                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+            ),
+        ),
+    );
+    let doomed_ip = cluster_ip(&lab, "doomed");
+    let nodes = [NodeName::new("node-1"), NodeName::new("node-2")];
+    let mut chains = BTreeMap::new();
+    for node in &nodes {
+        let nat = iptables_save(&lab, node, "nat");
+        let chain = service_chain(&nat, "default/doomed")
+            .unwrap_or_else(|| panic!("{node}: no KUBE-SVC chain for default/doomed:\n{nat}"));
+        assert!(
+            nat.contains(&format!(":{chain} ")),
+            "{node}: {chain} not declared"
+        );
+        chains.insert(node.clone(), chain);
+    }
+    for name in ["doomed", "kept"] {
+        let counts = served_counts(&probe(&lab, &client(), &svc(name), 80, 3));
+        assert_eq!(counts.len(), 1, "{name}: {counts:?}");
+    }
+
+    lab.delete(&[ObjectId {
+        kind: Kind::Service,
+        namespace: "default".into(),
+        name: "doomed".into(),
+    }])
+    .expect("delete the service");
+    for node in &nodes {
+        let all = iptables_save(&lab, node, "nat") + &iptables_save(&lab, node, "filter");
+        let chain = &chains[node];
+        let stale: Vec<&str> = all
+            .lines()
+            .filter(|l| {
+                l.contains(chain.as_str())
+                    || l.contains("\"default/doomed")
+                    || l.contains(&format!("{doomed_ip}/32 "))
+            })
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "{node} still has rules of default/doomed: {stale:#?}"
+        );
+        assert!(
+            service_chain(&all, "default/kept").is_some(),
+            "{node} lost default/kept"
+        );
+    }
+    let spec = ProbeSpec {
+        port: Some(80),
+        protocol: ProbeProtocol::Tcp,
+        count: 2,
+        timeout: PROBE_TIMEOUT,
+    };
+    for r in lab
+        .probe(&client(), &Target::Ip(doomed_ip), &spec)
+        .expect("probe")
+    {
+        assert_ne!(
+            r.outcome,
+            Outcome::Connected,
+            "{r}: the deleted ClusterIP still answers"
+        );
+    }
+    assert_eq!(
+        served_counts(&probe(&lab, &client(), &svc("kept"), 80, 3)).len(),
+        1
+    );
+}
+
+/// Killing every Node's agent and starting it again (a fresh process that knows nothing but
+/// the cluster and resyncs the Node in full) keeps an established connection through a
+/// ClusterIP working: the same TCP connection echoes before, during and after the restart.
+///
+/// The lab has no agent supervisor: the test kills each agent by the PID in the lab's state
+/// and starts its replacement itself with the lab's helper command, then waits for the
+/// replacement's first full pass (its Node record rewritten, without error).
+fn agent_restart_keeps_established_connections() {
+    let lab = up(
+        "restart",
+        &format!(
+            "{}{}{CLIENT}",
+            pod("web", "node-2", "{app: web}", "[{containerPort: 8080}]"),
+            service(
+                "web",
+                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+            ),
+        ),
+    );
+    let mut replacements = Replacements(Vec::new());
+    let to = SocketAddr::new(cluster_ip(&lab, "web"), 80);
+    let ns = lab.netns_of(&client()).expect("client namespace");
+    let stream = in_netns(&ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect to the ClusterIP")
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut conn = Conn {
+        reader: BufReader::new(stream.try_clone().expect("clone")),
+        stream,
+    };
+    let hello = conn.line().expect("the echo server's greeting");
+    let hello = EchoReply::parse(&hello).expect("an echo reply");
+    assert_eq!(hello.pod, "default/web");
+    conn.round_trip("before");
+
+    let state_dir = lab.state_dir().to_owned();
+    let marker = state_dir.to_string_lossy().into_owned();
+    let lab_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("lab.json")).expect("lab.json"))
+            .expect("lab.json is JSON");
+    let agents: BTreeMap<String, u32> = lab_json["agents"]
+        .as_object()
+        .expect("agents by node")
+        .iter()
+        .map(|(node, pid)| {
+            let pid = pid
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .expect("pid");
+            (node.clone(), pid)
+        })
+        .collect();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    for (node, pid) in &agents {
+        assert!(
+            netd_kernel::process::kill_if_ours(*pid, &marker).expect("kill"),
+            "the agent of {node} (pid {pid}) was not running"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while netd_kernel::process::is_alive(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !netd_kernel::process::is_alive(*pid),
+            "agent {pid} survived SIGKILL"
+        );
+    }
+    conn.round_trip("no agents");
+
+    let before: BTreeMap<&String, u64> = agents
+        .keys()
+        .map(|node| (node, record_inode(&state_dir, node)))
+        .collect();
+    for node in agents.keys() {
+        replacements.0.push(spawn_agent(&state_dir, node));
+    }
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut pending: BTreeSet<&String> = agents.keys().collect();
+    let mut last_tick = Instant::now();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted agents of {pending:?} did not finish a pass"
+        );
+        pending.retain(|node| {
+            if record_inode(&state_dir, node) == before[node] {
+                return true;
+            }
+            let record: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(state_dir.join("nodes").join(format!("{node}.json")))
+                    .expect("node record"),
+            )
+            .expect("node record is JSON");
+            assert!(
+                record["error"].is_null(),
+                "restarted agent of {node} failed: {}",
+                record["error"]
+            );
+            false
+        });
+        if last_tick.elapsed() > Duration::from_secs(3) {
+            conn.round_trip("tick");
+            last_tick = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    conn.round_trip("after");
+    for child in &mut replacements.0 {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "a restarted agent exited"
+        );
+    }
+    println!(
+        "  agents {:?} killed and replaced by {:?}; the connection echoed throughout",
+        agents.values().collect::<Vec<_>>(),
+        replacements.0.iter().map(Child::id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        served_counts(&probe(&lab, &client(), &svc("web"), 80, 3)).len(),
+        1,
+        "new connections after the restart"
+    );
+    drop(replacements);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters.
+
+/// A client Pod on node-1 that serves nothing and matches no Service.
+const CLIENT: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {role: client}}\nspec: {nodeName: node-1, containers: [{name: c, image: echo}]}\n---\n";
+
+fn client() -> Place {
+    Place::Pod(PodRef::new("default", "client"))
+}
+
+fn svc(name: &str) -> Target {
+    Target::Service(ServiceRef::new("default", name))
+}
+
+fn pod(name: &str, node: &str, labels: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {labels}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: echo, ports: {ports}}}]}}\n---\n"
+    )
+}
+
+fn deployment(name: &str, replicas: usize, ports: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\nspec: {{replicas: {replicas}, selector: {{matchLabels: {{app: {name}}}}}, template: {{metadata: {{labels: {{app: {name}}}}}, spec: {{containers: [{{name: c, image: echo, ports: {ports}}}]}}}}}}\n---\n"
+    )
+}
+
+fn service(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{{spec}}}\n---\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labs and probes.
+
+/// The prefix of this process's labs: unique per process, so runs never collide.
+fn lab_prefix() -> String {
+    format!("sv{}-", std::process::id() % 100_000)
+}
+
+fn resolver() -> Resolver {
+    Arc::new(|objects, config, previous| Ok(netd_controlplane::resolve(objects, config, previous)?))
+}
+
+/// Builds the lab `<prefix><test>` of two Nodes from YAML; dropping it removes it.
+fn up(test: &str, yaml: &str) -> Lab {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut options = LabOptions::new(
+        format!("{}{test}", lab_prefix()),
+        vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
+    );
+    options.state_root = PathBuf::from(STATE_ROOT);
+    options.converge_timeout = Duration::from_secs(60);
+    options.cluster_dns = false;
+    Lab::up(options, netd_testkit::objects(yaml), resolver()).expect("lab up")
+}
+
+/// `count` TCP probes from `from` to `to`, each of which must connect.
+fn probe(lab: &Lab, from: &Place, to: &Target, port: u16, count: u32) -> Vec<ProbeResult> {
+    let spec = ProbeSpec {
+        port: Some(port),
+        protocol: ProbeProtocol::Tcp,
+        count,
+        timeout: PROBE_TIMEOUT,
+    };
+    let results = lab.probe(from, to, &spec).expect("probe");
+    for r in &results {
+        assert_eq!(r.outcome, Outcome::Connected, "{r}");
+    }
+    results
+}
+
+/// How many connections each pod served.
+fn served_counts(results: &[ProbeResult]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in results {
+        let pod = r
+            .served_by
+            .clone()
+            .unwrap_or_else(|| panic!("{r}: no reply"));
+        *out.entry(pod).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The pods labelled `app=<app>`, as `ns/name`.
+fn pods_labelled(lab: &Lab, app: &str) -> BTreeSet<String> {
+    lab.state()
+        .expect("state")
+        .pods()
+        .filter(|p| p.labels.get("app").map(String::as_str) == Some(app))
+        .map(|p| p.key.to_string())
+        .collect()
+}
+
+fn cluster_ip(lab: &Lab, name: &str) -> IpAddr {
+    let state = lab.state().expect("state");
+    let key = ServiceRef::new("default", name);
+    state
+        .service(&key)
+        .and_then(|s| s.cluster_ips.iter().copied().find(IpAddr::is_ipv4))
+        .unwrap_or_else(|| panic!("{key} has no ClusterIP"))
+}
+
+/// The IPv4 addresses of a place's namespace.
+fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
+    let out = lab
+        .command(place, "ip")
+        .expect("command")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    assert!(out.status.success(), "ip addr in {place}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .filter(|ip: &IpAddr| !ip.is_loopback())
+        .collect()
+}
+
+fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
+    let out = lab
+        .command(&Place::Node(node.clone()), "iptables-save")
+        .expect("command")
+        .args(["-t", table])
+        .output()
+        .expect("iptables-save");
+    assert!(out.status.success(), "iptables-save -t {table} on {node}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The KUBE-SVC chain that nat `KUBE-SERVICES` sends `<service> cluster IP` traffic to.
+fn service_chain(nat: &str, service: &str) -> Option<String> {
+    nat.lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
+        .filter(|l| {
+            l.contains(&format!("\"{service} cluster IP\"")) || l.contains(&format!("\"{service}:"))
+        })
+        .find_map(|l| {
+            let (_, target) = l.rsplit_once(" -j ")?;
+            target
+                .starts_with("KUBE-SVC-")
+                .then(|| target.trim().to_owned())
+        })
+}
+
+/// The UDP conntrack entries of a Node, as `conntrack -L` lists them.
+fn conntrack_udp(lab: &Lab, node: &str) -> String {
+    let out = lab
+        .command(&Place::Node(node.into()), "conntrack")
+        .expect("command")
+        .args(["-L", "-p", "udp"])
+        .output()
+        .expect("conntrack -L");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a thread inside the namespace `ns` (sockets it opens stay in that namespace).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netd_kernel::netns::enter(ns).expect("enter namespace");
+                f()
+            })
+            .join()
+            .expect("thread in namespace")
+    })
+}
+
+/// A UDP socket in `from`'s namespace, bound to one source port and connected to `to`.
+fn udp_client(lab: &Lab, from: &Place, to: SocketAddr) -> UdpSocket {
+    let ns = lab.netns_of(from).expect("namespace");
+    let socket = in_netns(&ns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    socket.connect(to).expect("connect");
+    socket
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .expect("read timeout");
+    socket
+}
+
+/// One datagram and its answer (`None`: no answer, or an ICMP error).
+fn udp_ask(socket: &UdpSocket) -> Option<EchoReply> {
+    socket.send(b"probe\n").ok()?;
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf).ok()?;
+    EchoReply::parse(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// One TCP connection to an echo server.
+struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Sends `text` and expects it echoed on the same connection.
+    fn round_trip(&mut self, text: &str) {
+        self.stream
+            .write_all(format!("{text}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("send {text:?} on the established connection: {e}"));
+        let got = self
+            .line()
+            .unwrap_or_else(|e| panic!("echo of {text:?} on the established connection: {e}"));
+        assert_eq!(got, format!("{text}\n"), "echo of {text:?}");
+    }
+}
+
+/// The inode of a Node's record (the agent replaces the file whenever it writes it).
+fn record_inode(state_dir: &Path, node: &str) -> u64 {
+    std::fs::metadata(state_dir.join("nodes").join(format!("{node}.json")))
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Starts an agent for `node` as the lab starts one (same helper command and arguments).
+fn spawn_agent(state_dir: &Path, node: &str) -> Child {
+    let log_path = state_dir.join("logs").join(format!("{node}.log"));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("agent log");
+    Command::new(std::env::current_exe().expect("test binary"))
+        .arg(HELPER_FLAG)
+        .arg("agent")
+        .arg(state_dir)
+        .arg(node)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start an agent")
+}
+
+/// Agents this test started; killed (by PID, as children) before the lab is removed, so that
+/// none rebuilds what `down` takes apart.
+struct Replacements(Vec<Child>);
+
+impl Drop for Replacements {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
