@@ -261,7 +261,6 @@ fn service_without_endpoints_refuses_at_once() {
         count: 3,
         timeout: Duration::from_secs(3),
     };
-    for n in ["node-1", "node-2"] { let _ = lab.command(&Place::Node(n.into()), "ip").expect("c").args(["route","add","default","via","172.18.0.1"]).status(); }
     for from in [client(), Place::Node("node-2".into())] {
         let results = lab.probe(&from, &svc("empty"), &spec).expect("probe");
         for r in &results {
@@ -311,7 +310,6 @@ fn node_reaches_a_service_through_its_cluster_ip() {
             ),
         ),
     );
-    for n in ["node-1", "node-2"] { let _ = lab.command(&Place::Node(n.into()), "ip").expect("c").args(["route","add","default","via","172.18.0.1"]).status(); }
     for node in ["node-1", "node-2"] {
         let counts = served_counts(&probe(&lab, &Place::Node(node.into()), &svc("web"), 80, 3));
         assert_eq!(

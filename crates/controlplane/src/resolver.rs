@@ -132,7 +132,11 @@ pub(crate) fn run(
     }
 
     let mut objects = passthrough;
-    objects.extend(nodes.into_iter().map(|n| Object::Node(Box::new(n.finish()))));
+    objects.extend(
+        nodes
+            .into_iter()
+            .map(|n| Object::Node(Box::new(n.finish()))),
+    );
     objects.extend(
         deployment_objs
             .into_iter()

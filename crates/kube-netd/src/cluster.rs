@@ -23,16 +23,28 @@ pub struct ClusterArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct NetworkArgs {
     /// Pod address range, cut into one podCIDR per Node. Repeat once per IP family.
-    #[arg(long = "cluster-cidr", value_name = "CIDR", default_value = "10.244.0.0/16")]
+    #[arg(
+        long = "cluster-cidr",
+        value_name = "CIDR",
+        default_value = "10.244.0.0/16"
+    )]
     pub cluster_cidrs: Vec<IpNet>,
     /// Service (ClusterIP) range. Repeat once per IP family, in the same order.
-    #[arg(long = "service-cidr", value_name = "CIDR", default_value = "10.96.0.0/12")]
+    #[arg(
+        long = "service-cidr",
+        value_name = "CIDR",
+        default_value = "10.96.0.0/12"
+    )]
     pub service_cidrs: Vec<IpNet>,
     /// The range nodePorts are allocated from.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     pub node_port_range: RangeInclusive<u16>,
     /// The pool LoadBalancer Services get their ingress IPs from (as MetalLB would).
-    #[arg(long = "lb-pool", value_name = "CIDR", default_value = "172.18.255.0/24")]
+    #[arg(
+        long = "lb-pool",
+        value_name = "CIDR",
+        default_value = "172.18.255.0/24"
+    )]
     pub load_balancer_pool: IpNet,
     /// The range Node addresses are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "172.18.0.0/24")]
@@ -41,7 +53,11 @@ pub struct NetworkArgs {
     #[arg(long = "nodes", value_name = "N", default_value_t = 2)]
     pub node_count: usize,
     /// The cluster DNS zone.
-    #[arg(long = "cluster-domain", value_name = "ZONE", default_value = "cluster.local")]
+    #[arg(
+        long = "cluster-domain",
+        value_name = "ZONE",
+        default_value = "cluster.local"
+    )]
     pub dns_zone: String,
     /// The ClusterIP of the cluster DNS Service, kube-system/kube-dns.
     #[arg(long = "cluster-dns", value_name = "IP", default_value = "10.96.0.10")]
@@ -80,9 +96,17 @@ impl ClusterArgs {
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
     if a == 0 || b < a {
         return Err(format!("{s:?} is not a range of ports"));
     }

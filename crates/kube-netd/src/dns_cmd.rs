@@ -78,14 +78,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = ServeConfig {
         listen: args.listen,
-        zone: ZoneConfig { origin: args.zone.clone(), ttl: args.ttl, pods: args.pods },
-        forward: ForwardConfig { upstreams, ..ForwardConfig::default() },
+        zone: ZoneConfig {
+            origin: args.zone.clone(),
+            ttl: args.ttl,
+            pods: args.pods,
+        },
+        forward: ForwardConfig {
+            upstreams,
+            ..ForwardConfig::default()
+        },
         metrics_listen: args.metrics,
     };
     let state = args.cluster.resolve()?;
     let (tx, rx) = watch::channel(Arc::new(state));
     let server = DnsServer::bind(config).await?;
-    eprintln!("serving DNS for {} on {} (UDP and TCP)", args.zone, server.local_addr());
+    eprintln!(
+        "serving DNS for {} on {} (UDP and TCP)",
+        args.zone,
+        server.local_addr()
+    );
     if let Some(addr) = server.metrics_addr() {
         eprintln!("metrics, health and readiness on http://{addr}/");
     }
@@ -126,7 +137,11 @@ async fn reload_on_change(cluster: ClusterArgs, tx: watch::Sender<Arc<ClusterSta
 /// Paths and modification times of every file under the manifest paths (stdin excluded).
 fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
     let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = paths.iter().filter(|p| p.as_os_str() != "-").cloned().collect();
+    let mut stack: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.as_os_str() != "-")
+        .cloned()
+        .collect();
     while let Some(path) = stack.pop() {
         match std::fs::read_dir(&path) {
             Ok(entries) => stack.extend(entries.flatten().map(|e| e.path())),

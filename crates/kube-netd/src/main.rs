@@ -23,7 +23,12 @@ use crate::print::{Format, Scope, Target};
 #[command(name = "kube-netd", version, about, propagate_version = true)]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `netd_lab=debug`.
-    #[arg(long, global = true, env = "KUBE_NETD_LOG", default_value = "warn,hickory_server=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "KUBE_NETD_LOG",
+        default_value = "warn,hickory_server=warn"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -72,7 +77,12 @@ struct GetArgs {
     /// namespaces, or all (kubectl's short names work: po, svc, netpol, no, deploy, ns).
     kind: Target,
     /// Only this namespace.
-    #[arg(short = 'n', long, default_value = "default", conflicts_with = "all_namespaces")]
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        conflicts_with = "all_namespaces"
+    )]
     namespace: String,
     /// Every namespace.
     #[arg(short = 'A', long)]
@@ -103,7 +113,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Get(args) => {
             let state = args.cluster.resolve()?;
-            let scope = if args.all_namespaces || args.kind == Target::Kind(netd_model::Kind::Node) {
+            let scope = if args.all_namespaces || args.kind == Target::Kind(netd_model::Kind::Node)
+            {
                 Scope::All
             } else {
                 Scope::Namespace(args.namespace)

@@ -18,11 +18,13 @@ pub struct PolicyArgs {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Whether FROM may open a connection to TO, naming the policies and rules that decide.
-    #[command(after_help = "FROM and TO are NS/POD or an IP address; a Service's ClusterIP as TO \
+    #[command(
+        after_help = "FROM and TO are NS/POD or an IP address; a Service's ClusterIP as TO \
         is judged after DNAT, once per endpoint.\n\nExamples:\n  \
         kube-netd policy check -f examples/ default/frontend default/db --port 6379\n  \
         kube-netd policy check -f examples/ new-ns/deny-egress-test default/db --protocol icmp\n  \
-        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80")]
+        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80"
+    )]
     Check {
         /// The source: NS/POD or an IP.
         from: String,
@@ -72,11 +74,26 @@ enum PolicyCommand {
 /// Runs a `policy` subcommand.
 pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
-        PolicyCommand::Check { from, to, port, protocol, cluster } => {
+        PolicyCommand::Check {
+            from,
+            to,
+            port,
+            protocol,
+            cluster,
+        } => {
             let state = cluster.resolve()?;
-            print!("{}", netd_policy::check(&state, &from, &to, port, protocol)?);
+            print!(
+                "{}",
+                netd_policy::check(&state, &from, &to, port, protocol)?
+            );
         }
-        PolicyCommand::Matrix { port, protocol, namespaces, output, cluster } => {
+        PolicyCommand::Matrix {
+            port,
+            protocol,
+            namespaces,
+            output,
+            cluster,
+        } => {
             let state = cluster.resolve()?;
             let m = netd_policy::matrix(&state, port, protocol, &namespaces);
             match output {

@@ -115,8 +115,11 @@ pub fn render(
             let wide = format == Format::Wide;
             let mut out = String::new();
             for kind in kinds {
-                let objects: Vec<&Object> =
-                    selected.iter().copied().filter(|o| o.kind() == kind).collect();
+                let objects: Vec<&Object> = selected
+                    .iter()
+                    .copied()
+                    .filter(|o| o.kind() == kind)
+                    .collect();
                 if objects.is_empty() {
                     continue;
                 }
@@ -142,7 +145,10 @@ fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
     if let [one] = objects {
         return Ok(serde_json::to_value(one)?);
     }
-    let items = objects.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+    let items = objects
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
 }
 
@@ -158,7 +164,13 @@ fn kind_prefix(kind: Kind) -> &'static str {
     }
 }
 
-fn table(kind: Kind, objects: &[&Object], all_ns: bool, wide: bool, prefix: Option<&str>) -> String {
+fn table(
+    kind: Kind,
+    objects: &[&Object],
+    all_ns: bool,
+    wide: bool,
+    prefix: Option<&str>,
+) -> String {
     let (mut header, wide_header) = headers(kind);
     if wide {
         header.extend(wide_header);
@@ -205,9 +217,15 @@ fn headers(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
             vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
-        Kind::EndpointSlice => (vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"], vec!["SERVICE"]),
+        Kind::EndpointSlice => (
+            vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"],
+            vec!["SERVICE"],
+        ),
         Kind::NetworkPolicy => (vec!["NAME", "POD-SELECTOR"], vec!["POLICY-TYPES"]),
-        Kind::Node => (vec!["NAME", "STATUS", "ROLES", "INTERNAL-IP"], vec!["POD-CIDRS", "LABELS"]),
+        Kind::Node => (
+            vec!["NAME", "STATUS", "ROLES", "INTERNAL-IP"],
+            vec!["POD-CIDRS", "LABELS"],
+        ),
         Kind::Namespace => (vec!["NAME", "STATUS"], vec!["LABELS"]),
     }
 }
@@ -261,7 +279,9 @@ fn pod_row(p: &Pod) -> Vec<String> {
     let phase = if p.metadata.deletion_timestamp.is_some() {
         "Terminating".to_owned()
     } else {
-        status.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".to_owned())
+        status
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Pending".to_owned())
     };
     vec![
         p.metadata.name.clone().unwrap_or_default(),
@@ -330,7 +350,12 @@ fn deployment_row(d: &Deployment) -> Vec<String> {
         format!("{ready}/{replicas}"),
         status.updated_replicas.unwrap_or(0).to_string(),
         status.available_replicas.unwrap_or(0).to_string(),
-        pod_spec.containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(","),
+        pod_spec
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+            .join(","),
         pod_spec
             .containers
             .iter()
@@ -348,13 +373,25 @@ fn slice_row(s: &EndpointSlice) -> Vec<String> {
         .flatten()
         .filter_map(|p| p.port.map(|n| n.to_string()))
         .collect();
-    let addresses: Vec<&String> = s.endpoints.iter().flat_map(|e| e.addresses.iter()).collect();
+    let addresses: Vec<&String> = s
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.iter())
+        .collect();
     let endpoints = match addresses.len() {
         0 => "<none>".to_owned(),
-        n if n <= 3 => addresses.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+        n if n <= 3 => addresses
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         n => format!(
             "{} + {} more...",
-            addresses[..3].iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+            addresses[..3]
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             n - 3
         ),
     };
@@ -409,13 +446,19 @@ fn node_row(n: &Node) -> Vec<String> {
         .map(|a| a.address.clone())
         .collect();
     let spec = n.spec.clone().unwrap_or_default();
-    let cidrs = spec.pod_cidrs.clone().or_else(|| spec.pod_cidr.clone().map(|c| vec![c]));
+    let cidrs = spec
+        .pod_cidrs
+        .clone()
+        .or_else(|| spec.pod_cidr.clone().map(|c| vec![c]));
     let roles: Vec<String> = n
         .metadata
         .labels
         .iter()
         .flatten()
-        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned))
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_owned)
+        })
         .collect();
     vec![
         n.metadata.name.clone().unwrap_or_default(),
@@ -449,7 +492,10 @@ mod tests {
     #[test]
     fn kinds_parse_with_short_names() {
         assert_eq!("svc".parse::<Target>(), Ok(Target::Kind(Kind::Service)));
-        assert_eq!("netpol".parse::<Target>(), Ok(Target::Kind(Kind::NetworkPolicy)));
+        assert_eq!(
+            "netpol".parse::<Target>(),
+            Ok(Target::Kind(Kind::NetworkPolicy))
+        );
         assert_eq!("all".parse::<Target>(), Ok(Target::All));
         assert!("configmaps".parse::<Target>().is_err());
     }

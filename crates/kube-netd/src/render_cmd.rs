@@ -67,57 +67,114 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let node = require_node(&state, &args.node)?;
     let (origin, src) = source(&state, &args.from)?;
     let (dst, dport) = destination(&state, &args.to)?;
-    let family = if dst.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
-    let plan = netd_proxy::plan(&state, &args.node, family, &ProxyOptions::for_node(&state, &args.node));
+    let family = if dst.is_ipv4() {
+        IpFamily::V4
+    } else {
+        IpFamily::V6
+    };
+    let plan = netd_proxy::plan(
+        &state,
+        &args.node,
+        family,
+        &ProxyOptions::for_node(&state, &args.node),
+    );
     let rules = netd_render::render_services(&plan, &RenderOptions::default()).installed();
-    let host = Host { local_addrs: node.internal_ips.clone(), ..Host::default() };
-    let packet = Packet { origin, protocol: args.protocol, ..Packet::tcp(src, dst, dport) };
+    let host = Host {
+        local_addrs: node.internal_ips.clone(),
+        ..Host::default()
+    };
+    let packet = Packet {
+        origin,
+        protocol: args.protocol,
+        ..Packet::tcp(src, dst, dport)
+    };
     let trace = netd_render::trace(&rules, &host, &packet)?;
     print!("{trace}");
     Ok(())
 }
 
-fn require_node<'a>(state: &'a ClusterState, node: &NodeName) -> anyhow::Result<&'a netd_model::view::Node> {
+fn require_node<'a>(
+    state: &'a ClusterState,
+    node: &NodeName,
+) -> anyhow::Result<&'a netd_model::view::Node> {
     state.node(node.as_str()).with_context(|| {
         let known: Vec<String> = state.nodes().map(|n| n.name.to_string()).collect();
-        format!("no node {node} in the cluster (nodes: {})", known.join(", "))
+        format!(
+            "no node {node} in the cluster (nodes: {})",
+            known.join(", ")
+        )
     })
 }
 
 fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr)> {
     if let Some(name) = from.strip_prefix("node/") {
         let node = require_node(state, &NodeName::new(name))?;
-        let ip = node.internal_ips.first().copied().with_context(|| format!("node {name} has no address"))?;
+        let ip = node
+            .internal_ips
+            .first()
+            .copied()
+            .with_context(|| format!("node {name} has no address"))?;
         return Ok((Origin::Host, ip));
     }
     if let Ok(ip) = from.parse::<IpAddr>() {
         return Ok((Origin::Network, ip));
     }
-    let pod: PodRef = from.parse().with_context(|| format!("{from:?} is not NS/POD, node/NAME or an IP"))?;
+    let pod: PodRef = from
+        .parse()
+        .with_context(|| format!("{from:?} is not NS/POD, node/NAME or an IP"))?;
     let p = state.pod(&pod).with_context(|| format!("no pod {pod}"))?;
-    let ip = p.ips.first().copied().with_context(|| format!("pod {pod} has no IP"))?;
-    Ok((if p.host_network { Origin::Host } else { Origin::Network }, ip))
+    let ip = p
+        .ips
+        .first()
+        .copied()
+        .with_context(|| format!("pod {pod} has no IP"))?;
+    Ok((
+        if p.host_network {
+            Origin::Host
+        } else {
+            Origin::Network
+        },
+        ip,
+    ))
 }
 
 fn destination(state: &ClusterState, to: &str) -> anyhow::Result<(IpAddr, u16)> {
-    let (target, port) = to.rsplit_once(':').with_context(|| format!("{to:?} has no :PORT"))?;
-    let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
+    let (target, port) = to
+        .rsplit_once(':')
+        .with_context(|| format!("{to:?} has no :PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{port:?} is not a port"))?;
     let target = target.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = target.parse::<IpAddr>() {
         return Ok((ip, port));
     }
     if let Some(svc) = target.strip_prefix("svc/") {
-        let key: ServiceRef = svc.parse().with_context(|| format!("{svc:?} is not NS/NAME"))?;
-        let s = state.service(&key).with_context(|| format!("no service {key}"))?;
-        let ip = s.cluster_ips.first().copied().with_context(|| format!("service {key} has no ClusterIP"))?;
+        let key: ServiceRef = svc
+            .parse()
+            .with_context(|| format!("{svc:?} is not NS/NAME"))?;
+        let s = state
+            .service(&key)
+            .with_context(|| format!("no service {key}"))?;
+        let ip = s
+            .cluster_ips
+            .first()
+            .copied()
+            .with_context(|| format!("service {key} has no ClusterIP"))?;
         return Ok((ip, port));
     }
     if let Some(name) = target.strip_prefix("node/") {
         let node = require_node(state, &NodeName::new(name))?;
-        let ip = node.internal_ips.first().copied().with_context(|| format!("node {name} has no address"))?;
+        let ip = node
+            .internal_ips
+            .first()
+            .copied()
+            .with_context(|| format!("node {name} has no address"))?;
         return Ok((ip, port));
     }
-    let pod: PodRef = target.parse().with_context(|| format!("{target:?} is not a destination"))?;
+    let pod: PodRef = target
+        .parse()
+        .with_context(|| format!("{target:?} is not a destination"))?;
     match state.pod(&pod).and_then(|p| p.ips.first().copied()) {
         Some(ip) => Ok((ip, port)),
         None => bail!("no pod {pod} with an IP"),

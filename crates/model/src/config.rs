@@ -64,7 +64,10 @@ impl ClusterConfig {
 
     /// The pod range for the family of `ip`, if the cluster has that family.
     pub fn cluster_cidr_for(&self, ip: IpAddr) -> Option<IpNet> {
-        self.cluster_cidrs.iter().copied().find(|c| c.addr().is_ipv4() == ip.is_ipv4())
+        self.cluster_cidrs
+            .iter()
+            .copied()
+            .find(|c| c.addr().is_ipv4() == ip.is_ipv4())
     }
 
     /// The first address of the first service range: the ClusterIP of `default/kubernetes`.
@@ -87,7 +90,10 @@ mod tests {
         let c = ClusterConfig::default();
         assert_eq!(c.cluster_cidrs[0].to_string(), "10.244.0.0/16");
         assert_eq!(c.service_cidrs[0].to_string(), "10.96.0.0/12");
-        assert_eq!(c.kubernetes_service_ip(), Some("10.96.0.1".parse().expect("ip")));
+        assert_eq!(
+            c.kubernetes_service_ip(),
+            Some("10.96.0.1".parse().expect("ip"))
+        );
         assert!(c.in_service_cidrs(c.dns_service_ip));
         assert!(c.in_cluster_cidrs("10.244.3.7".parse().expect("ip")));
         assert!(!c.in_cluster_cidrs("10.96.0.1".parse().expect("ip")));

@@ -15,7 +15,11 @@ impl FieldPath {
 
     /// The path to a field of this one.
     pub fn child(&self, name: &str) -> Self {
-        if self.0.is_empty() { Self(name.to_owned()) } else { Self(format!("{}.{name}", self.0)) }
+        if self.0.is_empty() {
+            Self(name.to_owned())
+        } else {
+            Self(format!("{}.{name}", self.0))
+        }
     }
 
     /// The path to an element of this list.
@@ -84,12 +88,21 @@ pub struct FieldError {
 impl FieldError {
     /// An invalid value.
     pub fn invalid(path: FieldPath, value: impl fmt::Display, reason: impl Into<String>) -> Self {
-        Self { path, kind: FieldErrorKind::Invalid { value: value.to_string(), reason: reason.into() } }
+        Self {
+            path,
+            kind: FieldErrorKind::Invalid {
+                value: value.to_string(),
+                reason: reason.into(),
+            },
+        }
     }
 
     /// A missing required field.
     pub fn required(path: FieldPath) -> Self {
-        Self { path, kind: FieldErrorKind::Required }
+        Self {
+            path,
+            kind: FieldErrorKind::Required,
+        }
     }
 
     /// A value outside an enumeration.
@@ -100,18 +113,31 @@ impl FieldError {
     ) -> Self {
         Self {
             path,
-            kind: FieldErrorKind::NotSupported { value: value.to_string(), allowed: allowed.to_vec() },
+            kind: FieldErrorKind::NotSupported {
+                value: value.to_string(),
+                allowed: allowed.to_vec(),
+            },
         }
     }
 
     /// A duplicated value.
     pub fn duplicate(path: FieldPath, value: impl fmt::Display) -> Self {
-        Self { path, kind: FieldErrorKind::Duplicate { value: value.to_string() } }
+        Self {
+            path,
+            kind: FieldErrorKind::Duplicate {
+                value: value.to_string(),
+            },
+        }
     }
 
     /// A forbidden combination.
     pub fn forbidden(path: FieldPath, reason: impl Into<String>) -> Self {
-        Self { path, kind: FieldErrorKind::Forbidden { reason: reason.into() } }
+        Self {
+            path,
+            kind: FieldErrorKind::Forbidden {
+                reason: reason.into(),
+            },
+        }
     }
 }
 
@@ -137,11 +163,20 @@ mod tests {
 
     #[test]
     fn paths_and_messages_read_like_the_api_server() {
-        let p = FieldPath::new("spec").child("ingress").index(0).child("ports").index(0).child("port");
+        let p = FieldPath::new("spec")
+            .child("ingress")
+            .index(0)
+            .child("ports")
+            .index(0)
+            .child("port");
         assert_eq!(p.as_str(), "spec.ingress[0].ports[0].port");
         let e = FieldError::invalid(p, "http-", "is not a valid port name");
-        assert_eq!(e.to_string(), r#"spec.ingress[0].ports[0].port: "http-" is not a valid port name"#);
-        let e = FieldError::not_supported(FieldPath::new("protocol"), "ICMP", &["TCP", "UDP", "SCTP"]);
+        assert_eq!(
+            e.to_string(),
+            r#"spec.ingress[0].ports[0].port: "http-" is not a valid port name"#
+        );
+        let e =
+            FieldError::not_supported(FieldPath::new("protocol"), "ICMP", &["TCP", "UDP", "SCTP"]);
         assert_eq!(
             e.to_string(),
             r#"protocol: unsupported value "ICMP": supported values: "TCP", "UDP", "SCTP""#

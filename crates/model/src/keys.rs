@@ -155,7 +155,9 @@ impl fmt::Display for ServicePortName {
 }
 
 /// A transport protocol, as Kubernetes spells it in the API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     /// TCP, the API default.
@@ -222,9 +224,16 @@ mod tests {
     #[test]
     fn service_port_name_prints_like_kube_proxy() {
         let svc = ServiceRef::new("ns1", "svc1");
-        let named =
-            ServicePortName { service: svc.clone(), port: "p80".into(), protocol: Protocol::Tcp };
-        let unnamed = ServicePortName { service: svc, port: String::new(), protocol: Protocol::Tcp };
+        let named = ServicePortName {
+            service: svc.clone(),
+            port: "p80".into(),
+            protocol: Protocol::Tcp,
+        };
+        let unnamed = ServicePortName {
+            service: svc,
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        };
         assert_eq!(named.to_string(), "ns1/svc1:p80");
         assert_eq!(unnamed.to_string(), "ns1/svc1");
     }

@@ -57,7 +57,10 @@ impl LabelSelector {
 
     /// A selector of equalities only, as a Service's `spec.selector` is.
     pub fn from_labels(labels: Labels) -> Self {
-        Self { match_labels: labels, expressions: Vec::new() }
+        Self {
+            match_labels: labels,
+            expressions: Vec::new(),
+        }
     }
 
     /// Whether this selector matches every object.
@@ -67,7 +70,9 @@ impl LabelSelector {
 
     /// Whether a set of labels satisfies every term of the selector.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -87,7 +92,10 @@ impl LabelSelector {
             let e_path = path.child("matchExpressions").index(i);
             expressions.push(Requirement::from_api(e, &e_path)?);
         }
-        Ok(Self { match_labels, expressions })
+        Ok(Self {
+            match_labels,
+            expressions,
+        })
     }
 }
 
@@ -118,7 +126,11 @@ impl Requirement {
                 if values.is_empty() {
                     return Err(FieldError::required(values_path).with_reason_for_set_ops());
                 }
-                if api.operator == "In" { Operator::In(values) } else { Operator::NotIn(values) }
+                if api.operator == "In" {
+                    Operator::In(values)
+                } else {
+                    Operator::NotIn(values)
+                }
             }
             "Exists" | "DoesNotExist" => {
                 if !values.is_empty() {
@@ -127,7 +139,11 @@ impl Requirement {
                         "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
                     ));
                 }
-                if api.operator == "Exists" { Operator::Exists } else { Operator::DoesNotExist }
+                if api.operator == "Exists" {
+                    Operator::Exists
+                } else {
+                    Operator::DoesNotExist
+                }
             }
             other => {
                 return Err(FieldError::not_supported(
@@ -137,13 +153,19 @@ impl Requirement {
                 ));
             }
         };
-        Ok(Self { key: api.key.clone(), operator })
+        Ok(Self {
+            key: api.key.clone(),
+            operator,
+        })
     }
 }
 
 impl FieldError {
     fn with_reason_for_set_ops(self) -> Self {
-        FieldError::forbidden(self.path, "must be specified when `operator` is 'In' or 'NotIn'")
+        FieldError::forbidden(
+            self.path,
+            "must be specified when `operator` is 'In' or 'NotIn'",
+        )
     }
 }
 
@@ -151,8 +173,11 @@ impl fmt::Display for LabelSelector {
     /// The `kubectl` string form, e.g. `app=web,tier in (a,b),!legacy`; `<none>` when empty
     /// is left to callers, since an empty selector means "everything" here.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> =
-            self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.expressions {
             let join = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
             parts.push(match &r.operator {
@@ -171,7 +196,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn req(key: &str, op: &str, values: &[&str]) -> meta::LabelSelectorRequirement {
@@ -188,7 +216,11 @@ mod tests {
 
     fn sel(ml: &[(&str, &str)], exprs: Vec<meta::LabelSelectorRequirement>) -> LabelSelector {
         let api = meta::LabelSelector {
-            match_labels: if ml.is_empty() { None } else { Some(labels(ml)) },
+            match_labels: if ml.is_empty() {
+                None
+            } else {
+                Some(labels(ml))
+            },
             match_expressions: if exprs.is_empty() { None } else { Some(exprs) },
         };
         LabelSelector::from_api(&api, &FieldPath::new("spec.podSelector")).expect("valid selector")
@@ -202,22 +234,102 @@ mod tests {
         let flag = labels(&[("flag", "")]);
         // (case, selector, labels, expected)
         let cases: Vec<(&str, LabelSelector, &Labels, bool)> = vec![
-            ("empty selector matches everything", sel(&[], vec![]), &none, true),
-            ("empty selector matches labelled", sel(&[], vec![]), &web, true),
-            ("matchLabels equal", sel(&[("app", "web")], vec![]), &web, true),
-            ("matchLabels different value", sel(&[("app", "web")], vec![]), &db, false),
-            ("matchLabels missing key", sel(&[("app", "web")], vec![]), &none, false),
-            ("matchLabels all must hold", sel(&[("app", "web"), ("tier", "back")], vec![]), &web, false),
-            ("In present value", sel(&[], vec![req("app", "In", &["web", "api"])]), &web, true),
-            ("In other value", sel(&[], vec![req("app", "In", &["api"])]), &web, false),
-            ("In missing key", sel(&[], vec![req("app", "In", &["web"])]), &none, false),
-            ("NotIn other value", sel(&[], vec![req("app", "NotIn", &["db"])]), &web, true),
-            ("NotIn listed value", sel(&[], vec![req("app", "NotIn", &["web"])]), &web, false),
-            ("NotIn missing key matches", sel(&[], vec![req("app", "NotIn", &["web"])]), &none, true),
-            ("Exists present", sel(&[], vec![req("tier", "Exists", &[])]), &web, true),
-            ("Exists missing", sel(&[], vec![req("tier", "Exists", &[])]), &db, false),
-            ("DoesNotExist missing", sel(&[], vec![req("tier", "DoesNotExist", &[])]), &db, true),
-            ("DoesNotExist present", sel(&[], vec![req("tier", "DoesNotExist", &[])]), &web, false),
+            (
+                "empty selector matches everything",
+                sel(&[], vec![]),
+                &none,
+                true,
+            ),
+            (
+                "empty selector matches labelled",
+                sel(&[], vec![]),
+                &web,
+                true,
+            ),
+            (
+                "matchLabels equal",
+                sel(&[("app", "web")], vec![]),
+                &web,
+                true,
+            ),
+            (
+                "matchLabels different value",
+                sel(&[("app", "web")], vec![]),
+                &db,
+                false,
+            ),
+            (
+                "matchLabels missing key",
+                sel(&[("app", "web")], vec![]),
+                &none,
+                false,
+            ),
+            (
+                "matchLabels all must hold",
+                sel(&[("app", "web"), ("tier", "back")], vec![]),
+                &web,
+                false,
+            ),
+            (
+                "In present value",
+                sel(&[], vec![req("app", "In", &["web", "api"])]),
+                &web,
+                true,
+            ),
+            (
+                "In other value",
+                sel(&[], vec![req("app", "In", &["api"])]),
+                &web,
+                false,
+            ),
+            (
+                "In missing key",
+                sel(&[], vec![req("app", "In", &["web"])]),
+                &none,
+                false,
+            ),
+            (
+                "NotIn other value",
+                sel(&[], vec![req("app", "NotIn", &["db"])]),
+                &web,
+                true,
+            ),
+            (
+                "NotIn listed value",
+                sel(&[], vec![req("app", "NotIn", &["web"])]),
+                &web,
+                false,
+            ),
+            (
+                "NotIn missing key matches",
+                sel(&[], vec![req("app", "NotIn", &["web"])]),
+                &none,
+                true,
+            ),
+            (
+                "Exists present",
+                sel(&[], vec![req("tier", "Exists", &[])]),
+                &web,
+                true,
+            ),
+            (
+                "Exists missing",
+                sel(&[], vec![req("tier", "Exists", &[])]),
+                &db,
+                false,
+            ),
+            (
+                "DoesNotExist missing",
+                sel(&[], vec![req("tier", "DoesNotExist", &[])]),
+                &db,
+                true,
+            ),
+            (
+                "DoesNotExist present",
+                sel(&[], vec![req("tier", "DoesNotExist", &[])]),
+                &web,
+                false,
+            ),
             (
                 "both fields ANDed, both hold",
                 sel(&[("app", "web")], vec![req("tier", "In", &["front"])]),
@@ -232,11 +344,19 @@ mod tests {
             ),
             (
                 "several expressions ANDed",
-                sel(&[], vec![req("app", "Exists", &[]), req("tier", "DoesNotExist", &[])]),
+                sel(
+                    &[],
+                    vec![req("app", "Exists", &[]), req("tier", "DoesNotExist", &[])],
+                ),
                 &db,
                 true,
             ),
-            ("empty label value matched", sel(&[("flag", "")], vec![]), &flag, true),
+            (
+                "empty label value matched",
+                sel(&[("flag", "")], vec![]),
+                &flag,
+                true,
+            ),
         ];
         for (case, s, l, want) in cases {
             assert_eq!(s.matches(l), want, "{case}");
@@ -251,21 +371,30 @@ mod tests {
             ..Default::default()
         };
         let e = LabelSelector::from_api(&bad_op, &p).expect_err("bad operator");
-        assert_eq!(e.path.as_str(), "spec.podSelector.matchExpressions[0].operator");
+        assert_eq!(
+            e.path.as_str(),
+            "spec.podSelector.matchExpressions[0].operator"
+        );
 
         let in_without_values = meta::LabelSelector {
             match_expressions: Some(vec![req("app", "In", &[])]),
             ..Default::default()
         };
         let e = LabelSelector::from_api(&in_without_values, &p).expect_err("In needs values");
-        assert_eq!(e.path.as_str(), "spec.podSelector.matchExpressions[0].values");
+        assert_eq!(
+            e.path.as_str(),
+            "spec.podSelector.matchExpressions[0].values"
+        );
 
         let exists_with_values = meta::LabelSelector {
             match_expressions: Some(vec![req("app", "Exists", &["x"])]),
             ..Default::default()
         };
         let e = LabelSelector::from_api(&exists_with_values, &p).expect_err("Exists has no values");
-        assert_eq!(e.path.as_str(), "spec.podSelector.matchExpressions[0].values");
+        assert_eq!(
+            e.path.as_str(),
+            "spec.podSelector.matchExpressions[0].values"
+        );
 
         let bad_value = meta::LabelSelector {
             match_labels: Some(labels(&[("app", "-web")])),
@@ -279,7 +408,10 @@ mod tests {
     fn display_is_kubectl_form() {
         let s = sel(
             &[("app", "web")],
-            vec![req("tier", "In", &["b", "a"]), req("legacy", "DoesNotExist", &[])],
+            vec![
+                req("tier", "In", &["b", "a"]),
+                req("legacy", "DoesNotExist", &[]),
+            ],
         );
         assert_eq!(s.to_string(), "app=web,tier in (a,b),!legacy");
     }

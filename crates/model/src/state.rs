@@ -20,9 +20,9 @@ use crate::selector::{LabelSelector, Labels, NAMESPACE_NAME_LABEL};
 use crate::validation::{validate_port_name, validate_port_number};
 use crate::view::{
     AddressType, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-    Namespace, NetworkPolicy, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, PolicyTypes,
-    PortSpec, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceType,
-    TargetPort, TrafficPolicy,
+    Namespace, NetworkPolicy, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, PolicyTypes, PortSpec,
+    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy,
 };
 
 /// Why a snapshot could not be built.
@@ -70,7 +70,10 @@ impl ClusterState {
     /// not declared are created, as the API server's `default`, `kube-system` and
     /// `kube-public` always exist.
     pub fn new(objects: Vec<Object>, config: ClusterConfig) -> Result<Self, StateError> {
-        let mut state = ClusterState { config, ..Default::default() };
+        let mut state = ClusterState {
+            config,
+            ..Default::default()
+        };
         for object in objects {
             let id = object.id();
             if state.objects.insert(id.clone(), object).is_some() {
@@ -78,7 +81,10 @@ impl ClusterState {
             }
         }
         for (id, object) in &state.objects {
-            let err = |source| StateError::InvalidObject { id: id.clone(), source: Box::new(source) };
+            let err = |source| StateError::InvalidObject {
+                id: id.clone(),
+                source: Box::new(source),
+            };
             match object {
                 Object::Namespace(ns) => {
                     let view = namespace_view(id, ns.metadata.labels.as_ref());
@@ -112,7 +118,11 @@ impl ClusterState {
             .map(str::to_owned)
             .chain(state.objects.keys().map(|id| id.namespace.clone()))
             .filter(|ns| !ns.is_empty() && !state.namespaces.contains_key(ns.as_str()))
-            .map(|ns| ObjectId { kind: crate::object::Kind::Namespace, namespace: String::new(), name: ns })
+            .map(|ns| ObjectId {
+                kind: crate::object::Kind::Namespace,
+                namespace: String::new(),
+                name: ns,
+            })
             .collect();
         for id in implied {
             let view = namespace_view(&id, None);
@@ -125,7 +135,10 @@ impl ClusterState {
     fn index(&mut self) {
         for pod in self.pods.values() {
             if let Some(node) = &pod.node {
-                self.pods_by_node.entry(node.clone()).or_default().push(pod.key.clone());
+                self.pods_by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(pod.key.clone());
             }
             if !pod.host_network {
                 for ip in &pod.ips {
@@ -135,7 +148,10 @@ impl ClusterState {
         }
         for slice in self.slices.values() {
             if let Some(svc) = &slice.service {
-                self.slices_by_service.entry(svc.clone()).or_default().push(slice.key.clone());
+                self.slices_by_service
+                    .entry(svc.clone())
+                    .or_default()
+                    .push(slice.key.clone());
             }
         }
     }
@@ -171,7 +187,9 @@ impl ClusterState {
         &'a self,
         selector: &'a LabelSelector,
     ) -> impl Iterator<Item = &'a Namespace> + 'a {
-        self.namespaces.values().filter(move |ns| selector.matches(&ns.labels))
+        self.namespaces
+            .values()
+            .filter(move |ns| selector.matches(&ns.labels))
     }
 
     /// A Node by name.
@@ -202,12 +220,19 @@ impl ClusterState {
     /// The Pods of one namespace, by name.
     pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         let start = PodRef::new(namespace, "");
-        self.pods.range(start..).map(|(_, p)| p).take_while(move |p| p.key.namespace.as_str() == namespace)
+        self.pods
+            .range(start..)
+            .map(|(_, p)| p)
+            .take_while(move |p| p.key.namespace.as_str() == namespace)
     }
 
     /// The Pods scheduled on a Node.
     pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods_by_node.get(node).into_iter().flatten().filter_map(|k| self.pods.get(k))
+        self.pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
     }
 
     /// The Pod (not hostNetwork) that owns `ip`.
@@ -221,7 +246,8 @@ impl ClusterState {
         namespace: &'a str,
         selector: &'a LabelSelector,
     ) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods_in(namespace).filter(move |p| selector.matches(&p.labels))
+        self.pods_in(namespace)
+            .filter(move |p| selector.matches(&p.labels))
     }
 
     /// A Service by key.
@@ -249,7 +275,11 @@ impl ClusterState {
         &'a self,
         service: &ServiceRef,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.slices_by_service.get(service).into_iter().flatten().filter_map(|k| self.slices.get(k))
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
     }
 
     /// A NetworkPolicy by key.
@@ -267,14 +297,19 @@ impl ClusterState {
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = &'a NetworkPolicy> + 'a {
-        self.policies.values().filter(move |p| p.key.namespace.as_str() == namespace)
+        self.policies
+            .values()
+            .filter(move |p| p.key.namespace.as_str() == namespace)
     }
 }
 
 fn namespace_view(id: &ObjectId, labels: Option<&BTreeMap<String, String>>) -> Namespace {
     let mut labels: Labels = labels.cloned().unwrap_or_default();
     labels.insert(NAMESPACE_NAME_LABEL.to_owned(), id.name.clone());
-    Namespace { name: NamespaceName::new(&id.name), labels }
+    Namespace {
+        name: NamespaceName::new(&id.name),
+        labels,
+    }
 }
 
 fn parse_ip(s: &str, path: FieldPath) -> Result<IpAddr, FieldError> {
@@ -303,7 +338,12 @@ pub(crate) fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldErro
     let labels = labels_of(&n.metadata);
     let mut internal_ips = Vec::new();
     let status = n.status.as_ref();
-    for (i, a) in status.and_then(|s| s.addresses.as_ref()).into_iter().flatten().enumerate() {
+    for (i, a) in status
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if a.type_ == "InternalIP" {
             let path = FieldPath::new("status.addresses").index(i).child("address");
             internal_ips.push(parse_ip(&a.address, path)?);
@@ -319,16 +359,30 @@ pub(crate) fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldErro
         pod_cidrs.push(parse_cidr(c, FieldPath::new("spec.podCIDR"))?);
     }
     let zone = labels.get("topology.kubernetes.io/zone").cloned();
-    Ok(Node { name: NodeName::new(&id.name), labels, internal_ips, pod_cidrs, zone })
+    Ok(Node {
+        name: NodeName::new(&id.name),
+        labels,
+        internal_ips,
+        pod_cidrs,
+        zone,
+    })
 }
 
 pub(crate) fn pod_view(id: &ObjectId, p: &core::Pod) -> Result<Pod, FieldError> {
     let spec = p.spec.as_ref();
     let status = p.status.as_ref();
     let mut ports = Vec::new();
-    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
-            let path = FieldPath::new("spec.containers").index(ci).child("ports").index(pi);
+            let path = FieldPath::new("spec.containers")
+                .index(ci)
+                .child("ports")
+                .index(pi);
             ports.push(ContainerPort {
                 name: cp.name.clone(),
                 port: validate_port_number(cp.container_port, &path.child("containerPort"))?,
@@ -339,7 +393,10 @@ pub(crate) fn pod_view(id: &ObjectId, p: &core::Pod) -> Result<Pod, FieldError> 
     let mut ips = Vec::new();
     if let Some(list) = status.and_then(|s| s.pod_ips.as_ref()) {
         for (i, a) in list.iter().enumerate() {
-            ips.push(parse_ip(&a.ip, FieldPath::new("status.podIPs").index(i).child("ip"))?);
+            ips.push(parse_ip(
+                &a.ip,
+                FieldPath::new("status.podIPs").index(i).child("ip"),
+            )?);
         }
     } else if let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()) {
         ips.push(parse_ip(ip, FieldPath::new("status.podIP"))?);
@@ -366,7 +423,11 @@ fn traffic_policy(v: Option<&String>, path: FieldPath) -> Result<TrafficPolicy, 
     match v.map(String::as_str) {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
-        Some(other) => Err(FieldError::not_supported(path, other, &["Cluster", "Local"])),
+        Some(other) => Err(FieldError::not_supported(
+            path,
+            other,
+            &["Cluster", "Local"],
+        )),
     }
 }
 
@@ -436,27 +497,45 @@ pub(crate) fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, 
         external_ips.push(parse_ip(ip, FieldPath::new("spec.externalIPs").index(i))?);
     }
     let mut load_balancer_ips = Vec::new();
-    let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    let ingress = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
     for (i, ing) in ingress.into_iter().flatten().enumerate() {
         if let Some(ip) = &ing.ip {
-            let path = FieldPath::new("status.loadBalancer.ingress").index(i).child("ip");
+            let path = FieldPath::new("status.loadBalancer.ingress")
+                .index(i)
+                .child("ip");
             load_balancer_ips.push(parse_ip(ip, path)?);
         }
     }
     let mut load_balancer_source_ranges = Vec::new();
-    for (i, c) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, c) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         let path = FieldPath::new("spec.loadBalancerSourceRanges").index(i);
         load_balancer_source_ranges.push(parse_cidr(c.trim(), path)?);
     }
-    let external_traffic_policy = if matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer)
-        || !external_ips.is_empty()
+    let external_traffic_policy = if matches!(
+        service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    ) || !external_ips.is_empty()
     {
-        traffic_policy(spec.external_traffic_policy.as_ref(), FieldPath::new("spec.externalTrafficPolicy"))?
+        traffic_policy(
+            spec.external_traffic_policy.as_ref(),
+            FieldPath::new("spec.externalTrafficPolicy"),
+        )?
     } else {
         TrafficPolicy::Cluster
     };
-    let internal_traffic_policy =
-        traffic_policy(spec.internal_traffic_policy.as_ref(), FieldPath::new("spec.internalTrafficPolicy"))?;
+    let internal_traffic_policy = traffic_policy(
+        spec.internal_traffic_policy.as_ref(),
+        FieldPath::new("spec.internalTrafficPolicy"),
+    )?;
     let session_affinity_timeout = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
         Some("ClientIP") => {
@@ -466,13 +545,18 @@ pub(crate) fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, 
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds)
                 .unwrap_or(10800);
-            Some(u32::try_from(t).ok().filter(|t| (1..=86400).contains(t)).ok_or_else(|| {
-                FieldError::invalid(
-                    FieldPath::new("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
-                    t,
-                    "must be between 1 and 86400, inclusive",
-                )
-            })?)
+            Some(
+                u32::try_from(t)
+                    .ok()
+                    .filter(|t| (1..=86400).contains(t))
+                    .ok_or_else(|| {
+                        FieldError::invalid(
+                            FieldPath::new("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+                            t,
+                            "must be between 1 and 86400, inclusive",
+                        )
+                    })?,
+            )
         }
         Some(other) => {
             return Err(FieldError::not_supported(
@@ -484,7 +568,10 @@ pub(crate) fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, 
     };
     let health_check_node_port = match spec.health_check_node_port {
         None | Some(0) => None,
-        Some(n) => Some(validate_port_number(n, &FieldPath::new("spec.healthCheckNodePort"))?),
+        Some(n) => Some(validate_port_number(
+            n,
+            &FieldPath::new("spec.healthCheckNodePort"),
+        )?),
     };
     let labels = labels_of(&s.metadata);
     Ok(Service {
@@ -509,7 +596,10 @@ pub(crate) fn service_view(id: &ObjectId, s: &core::Service) -> Result<Service, 
     })
 }
 
-pub(crate) fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<EndpointSlice, FieldError> {
+pub(crate) fn slice_view(
+    id: &ObjectId,
+    s: &discovery::EndpointSlice,
+) -> Result<EndpointSlice, FieldError> {
     let address_type = match s.address_type.as_str() {
         "IPv4" => AddressType::IPv4,
         "IPv6" => AddressType::IPv6,
@@ -563,7 +653,12 @@ pub(crate) fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<
                 .target_ref
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| Some(PodRef::new(r.namespace.as_deref().unwrap_or(&id.namespace), r.name.as_deref()?))),
+                .and_then(|r| {
+                    Some(PodRef::new(
+                        r.namespace.as_deref().unwrap_or(&id.namespace),
+                        r.name.as_deref()?,
+                    ))
+                }),
         });
     }
     let service = s
@@ -581,7 +676,10 @@ pub(crate) fn slice_view(id: &ObjectId, s: &discovery::EndpointSlice) -> Result<
     })
 }
 
-pub(crate) fn policy_view(id: &ObjectId, p: &networking::NetworkPolicy) -> Result<NetworkPolicy, FieldError> {
+pub(crate) fn policy_view(
+    id: &ObjectId,
+    p: &networking::NetworkPolicy,
+) -> Result<NetworkPolicy, FieldError> {
     let default_spec = networking::NetworkPolicySpec::default();
     let spec = p.spec.as_ref().unwrap_or(&default_spec);
     let pod_selector = match &spec.pod_selector {
@@ -606,17 +704,30 @@ pub(crate) fn policy_view(id: &ObjectId, p: &networking::NetworkPolicy) -> Resul
             }
             t
         }
-        _ => PolicyTypes { ingress: true, egress: spec.egress.is_some() },
+        _ => PolicyTypes {
+            ingress: true,
+            egress: spec.egress.is_some(),
+        },
     };
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let path = FieldPath::new("spec.ingress").index(i);
-        ingress.push(policy_rule(r.from.as_deref(), r.ports.as_deref(), &path, "from")?);
+        ingress.push(policy_rule(
+            r.from.as_deref(),
+            r.ports.as_deref(),
+            &path,
+            "from",
+        )?);
     }
     let mut egress = Vec::new();
     for (i, r) in spec.egress.iter().flatten().enumerate() {
         let path = FieldPath::new("spec.egress").index(i);
-        egress.push(policy_rule(r.to.as_deref(), r.ports.as_deref(), &path, "to")?);
+        egress.push(policy_rule(
+            r.to.as_deref(),
+            r.ports.as_deref(),
+            &path,
+            "to",
+        )?);
     }
     Ok(NetworkPolicy {
         key: PolicyRef::new(&id.namespace, &id.name),
@@ -633,7 +744,10 @@ fn policy_rule(
     path: &FieldPath,
     peers_field: &str,
 ) -> Result<PolicyRule, FieldError> {
-    let mut rule = PolicyRule { peers: Vec::new(), ports: Vec::new() };
+    let mut rule = PolicyRule {
+        peers: Vec::new(),
+        ports: Vec::new(),
+    };
     for (i, peer) in peers.unwrap_or_default().iter().enumerate() {
         let path = path.child(peers_field).index(i);
         if let Some(block) = &peer.ip_block {
@@ -649,7 +763,11 @@ fn policy_rule(
                 let epath = path.child("ipBlock.except").index(j);
                 let net = parse_cidr(e, epath.clone())?;
                 if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() && net != cidr {
-                    return Err(FieldError::invalid(epath, e, "must be a strict subset of `cidr`"));
+                    return Err(FieldError::invalid(
+                        epath,
+                        e,
+                        "must be a strict subset of `cidr`",
+                    ));
                 }
                 except.push(net);
             }
@@ -669,16 +787,20 @@ fn policy_rule(
         if namespace_selector.is_none() && pod_selector.is_none() {
             return Err(FieldError::required(path).forbid_empty_peer());
         }
-        rule.peers.push(PolicyPeer::Pods { namespace_selector, pod_selector });
+        rule.peers.push(PolicyPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        });
     }
     for (i, p) in ports.unwrap_or_default().iter().enumerate() {
         let path = path.child("ports").index(i);
         let protocol = parse_protocol(p.protocol.as_ref(), path.child("protocol"))?;
         let port = match &p.port {
             None => None,
-            Some(IntOrString::Int(n)) => {
-                Some(PortSpec::Number(validate_port_number(*n, &path.child("port"))?))
-            }
+            Some(IntOrString::Int(n)) => Some(PortSpec::Number(validate_port_number(
+                *n,
+                &path.child("port"),
+            )?)),
             Some(IntOrString::String(s)) => {
                 validate_port_name(s, &path.child("port"))?;
                 Some(PortSpec::Name(s.clone()))
@@ -705,7 +827,11 @@ fn policy_rule(
                 Some(end)
             }
         };
-        rule.ports.push(PolicyPort { protocol, port, end_port });
+        rule.ports.push(PolicyPort {
+            protocol,
+            port,
+            end_port,
+        });
     }
     Ok(rule)
 }

@@ -62,7 +62,8 @@ pub fn validate_dns1123_subdomain(s: &str, path: &FieldPath) -> Result<(), Field
 fn is_qualified_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -105,7 +106,8 @@ pub fn validate_label_value(value: &str, path: &FieldPath) -> Result<(), FieldEr
 pub fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.chars().any(|c| c.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -117,7 +119,11 @@ pub fn validate_port_name(s: &str, path: &FieldPath) -> Result<(), FieldError> {
     if is_port_name(s) {
         Ok(())
     } else {
-        Err(FieldError::invalid(path.clone(), s, "is not a valid port name"))
+        Err(FieldError::invalid(
+            path.clone(),
+            s,
+            "is not a valid port name",
+        ))
     }
 }
 
@@ -125,7 +131,11 @@ pub fn validate_port_name(s: &str, path: &FieldPath) -> Result<(), FieldError> {
 pub fn validate_port_number(n: i32, path: &FieldPath) -> Result<u16, FieldError> {
     match u16::try_from(n) {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(FieldError::invalid(path.clone(), n, "must be between 1 and 65535, inclusive")),
+        _ => Err(FieldError::invalid(
+            path.clone(),
+            n,
+            "must be between 1 and 65535, inclusive",
+        )),
     }
 }
 
@@ -148,10 +158,23 @@ mod tests {
     #[test]
     fn label_keys_and_values() {
         let p = FieldPath::new("metadata.labels");
-        for ok in ["app", "app.kubernetes.io/name", "kubernetes.io/metadata.name", "A_b.c"] {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "kubernetes.io/metadata.name",
+            "A_b.c",
+        ] {
             assert!(validate_label_key(ok, &p).is_ok(), "{ok:?}");
         }
-        for bad in ["", "/app", "app/", "-app", "Foo.com/app", "a/b/c", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "/app",
+            "app/",
+            "-app",
+            "Foo.com/app",
+            "a/b/c",
+            &"a".repeat(64),
+        ] {
             assert!(validate_label_key(bad, &p).is_err(), "{bad:?}");
         }
         for ok in ["", "v1", "a-b_c.d"] {
@@ -167,7 +190,15 @@ mod tests {
         for ok in ["http", "http-alt", "h2c", "a1"] {
             assert!(is_port_name(ok), "{ok:?}");
         }
-        for bad in ["", "http-", "-http", "ht--tp", "123", "HTTP", "averyveryverylongname"] {
+        for bad in [
+            "",
+            "http-",
+            "-http",
+            "ht--tp",
+            "123",
+            "HTTP",
+            "averyveryverylongname",
+        ] {
             assert!(!is_port_name(bad), "{bad:?}");
         }
         let p = FieldPath::new("port");

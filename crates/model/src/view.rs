@@ -85,7 +85,10 @@ impl Pod {
 
     /// The Pod's IP of the same family as `like`.
     pub fn ip_of_family(&self, like: IpAddr) -> Option<IpAddr> {
-        self.ips.iter().copied().find(|ip| ip.is_ipv4() == like.is_ipv4())
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
     }
 }
 

@@ -128,7 +128,9 @@ mod tests {
         // gives the seed's KUBE-SVC chain exactly. Today's name is `default/hostnames`.
         assert_eq!(hash("default/hostnames:tcp"), "NWV5X2332I4OT4T3");
         assert_eq!(
-            ServiceChains::of(&spn("default", "hostnames", "")).cluster.as_str(),
+            ServiceChains::of(&spn("default", "hostnames", ""))
+                .cluster
+                .as_str(),
             "KUBE-SVC-YN5D6RYVEVZOH44Q"
         );
     }

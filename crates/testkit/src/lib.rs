@@ -30,7 +30,11 @@ pub fn objects(yaml: &str) -> Vec<Object> {
         if value.is_null() {
             continue;
         }
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
         let object = match kind.as_str() {
             "Namespace" => Object::Namespace(parse(value, i)),
             "Node" => Object::Node(Box::new(parse(value, i))),
