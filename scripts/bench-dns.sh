@@ -151,7 +151,9 @@ check() {
   [ "$got" -gt 0 ] || { echo "no answer for $*" >&2; exit 1; }
 }
 check svc-0.ns-0.svc.cluster.local A
-check svc-9.ns-9.svc.cluster.local A
+if [ "$pods" -ge 50 ] && [ "$services" -ge 10 ]; then
+  check svc-9.ns-9.svc.cluster.local A # headless: its five Pods
+fi
 check _http._tcp.svc-0.ns-0.svc.cluster.local SRV
 check -x 10.100.0.1
 dig -p "$port" @127.0.0.1 missing-1.ns-1.svc.cluster.local | grep -q 'status: NXDOMAIN' \

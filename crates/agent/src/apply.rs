@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netd_kernel::rules as kernel;
+use netd_proxy::IpFamily;
+use netd_render::ChainName;
 use netd_render::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
     KUBE_PROXY_FIREWALL, KUBE_SERVICES, is_service_chain,
@@ -18,6 +19,7 @@ use netd_render::policy::{is_policy_chain, is_policy_set};
 use crate::error::AgentError;
 use crate::programmer::DISPATCH_PREFIX;
 use crate::rules::{Hook, NodeRules};
+use crate::sync::{Applier, InNamespace, SyncEngine};
 
 /// kube-proxy's fixed chains, which kube-netd writes as the service proxy.
 const PROXY_CHAINS: [&str; 7] = [
@@ -56,60 +58,21 @@ pub fn is_owned_set(set: &str) -> bool {
     is_policy_set(set)
 }
 
-/// Applies `rules` inside the namespace `ns`, in three transactions ordered so that no
-/// packet ever meets a rule referring to a missing or half-filled set: `ipset restore`, one
-/// `iptables-restore --noflush` (with the missing hooks and, when pruning, the removal of
-/// our stale chains), then the destruction of our stale sets.
+/// Applies `rules` inside the namespace `ns` as a full sync, in transactions ordered so
+/// that no packet ever meets a rule referring to a missing or half-filled set: `ipset
+/// restore`, one `iptables-restore --noflush` per IP family (with the missing hooks and, when
+/// pruning, the removal of our stale chains), then the destruction of our stale sets; then
+/// stale UDP/SCTP conntrack entries are deleted. A one-shot [`SyncEngine`]: an agent keeps
+/// one engine instead, so that later syncs are partial.
 pub fn apply(ns: &str, rules: &NodeRules) -> Result<(), AgentError> {
-    let failed = |step| {
-        move |source| AgentError::ApplyFailed {
-            namespace: ns.to_owned(),
-            step,
-            source,
-        }
-    };
-    if let Some(ipset) = rules.ipset.as_deref().filter(|p| !p.is_empty()) {
-        kernel::ipset_restore(ns, ipset).map_err(failed("load ipsets"))?;
-    }
-    let payload = rules.iptables.as_deref().unwrap_or_default();
-    let mut extras = Extras::new();
-    if !rules.hooks.is_empty() || rules.prune {
-        let saved = Saved::parse(&kernel::iptables_save(ns).map_err(failed("read iptables"))?);
-        let missing: Vec<&Hook> = rules
-            .hooks
-            .iter()
-            .filter(|h| !saved.has_jump(h.table.as_str(), &h.chain, &h.target))
-            .collect();
-        if rules.prune {
-            let declared = declared_chains(payload);
-            saved.remove_chains(&mut extras, |table, chain| {
-                is_owned_chain(chain) && !declared.contains(&(table.to_owned(), chain.to_owned()))
-            });
-        }
-        for (table, lines) in hook_lines(&missing) {
-            extras.entry(table).or_default().extend(lines);
-        }
-    }
-    let merged = with_extras(payload, &extras);
-    if !merged.is_empty() {
-        kernel::iptables_restore(ns, &merged).map_err(failed("restore iptables"))?;
-    }
-    if rules.prune {
-        let stale: Vec<String> = kernel::ipset_list(ns)
-            .map_err(failed("list ipsets"))?
-            .into_iter()
-            .filter(|s| is_owned_set(s) && !rules.sets.contains(s))
-            .collect();
-        if !stale.is_empty() {
-            let destroy = netd_render::policy::destroy_sets_input(&stale);
-            kernel::ipset_restore(ns, &destroy).map_err(failed("destroy stale ipsets"))?;
-        }
-    }
-    Ok(())
+    SyncEngine::new()
+        .sync(&mut InNamespace::new(ns), rules.clone())
+        .map(drop)
 }
 
 /// Removes from `ns` every hook, chain and ipset of kube-netd's, in one `iptables-restore`
-/// transaction and then one `ipset restore`; other software's rules and sets are left alone.
+/// and one `ip6tables-restore` transaction and then one `ipset restore`; other software's
+/// rules and sets are left alone.
 pub fn cleanup(ns: &str) -> Result<Cleanup, AgentError> {
     let failed = |step| {
         move |source| AgentError::CleanupFailed {
@@ -118,31 +81,42 @@ pub fn cleanup(ns: &str) -> Result<Cleanup, AgentError> {
             source,
         }
     };
-    let saved = Saved::parse(&kernel::iptables_save(ns).map_err(failed("read iptables"))?);
-    let mut extras = Extras::new();
-    let (hooks, chains) = saved.remove_chains(&mut extras, |_, chain| is_owned_chain(chain));
-    let payload = with_extras("", &extras);
-    if !payload.is_empty() {
-        kernel::iptables_restore(ns, &payload).map_err(failed("restore iptables"))?;
+    let mut kernel = InNamespace::new(ns);
+    let mut removed = Cleanup::default();
+    for (family, read, restore) in [
+        (IpFamily::V4, "read iptables", "restore iptables"),
+        (IpFamily::V6, "read ip6tables", "restore ip6tables"),
+    ] {
+        let saved = Saved::parse(&kernel.save(family).map_err(failed(read))?);
+        let mut extras = Extras::new();
+        let (hooks, chains) = saved.remove_chains(&mut extras, |_, chain| is_owned_chain(chain));
+        let payload = with_extras("", &extras);
+        if !payload.is_empty() {
+            kernel
+                .restore(family, &payload)
+                .map_err(failed(restore))?;
+        }
+        removed.hooks += hooks;
+        removed.chains += chains;
     }
-    let sets: Vec<String> = kernel::ipset_list(ns)
+    let sets: Vec<String> = kernel
+        .list_sets()
         .map_err(failed("list ipsets"))?
         .into_iter()
         .filter(|s| is_owned_set(s))
         .collect();
     if !sets.is_empty() {
         let destroy = netd_render::policy::destroy_sets_input(&sets);
-        kernel::ipset_restore(ns, &destroy).map_err(failed("destroy ipsets"))?;
+        kernel
+            .restore_sets(&destroy)
+            .map_err(failed("destroy ipsets"))?;
     }
-    Ok(Cleanup {
-        hooks,
-        chains,
-        sets: sets.len(),
-    })
+    removed.sets = sets.len();
+    Ok(removed)
 }
 
 /// Lines to add to a table's block of a restore payload, by table name.
-type Extras = BTreeMap<String, Vec<String>>;
+pub(crate) type Extras = BTreeMap<String, Vec<String>>;
 
 /// `-I CHAIN 1 ...` for each hook, by table.
 pub(crate) fn hook_lines(hooks: &[&Hook]) -> Extras {
@@ -167,12 +141,13 @@ pub(crate) fn with_extras(payload: &str, extras: &Extras) -> String {
             table = Some(name.trim());
         } else if line.trim() == "COMMIT"
             && let Some(t) = table.take()
+            && done.insert(t)
         {
+            // A payload may hold several blocks of one table: the extras go into the first.
             for extra in extras.get(t).into_iter().flatten() {
                 out.push_str(extra);
                 out.push('\n');
             }
-            done.insert(t);
         }
         out.push_str(line);
         out.push('\n');
@@ -194,7 +169,7 @@ pub(crate) fn with_extras(payload: &str, extras: &Extras) -> String {
 }
 
 /// The `(table, chain)`s a restore payload declares.
-fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
+pub(crate) fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     let mut table = "";
     for line in payload.lines() {
@@ -211,7 +186,7 @@ fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
 
 /// What `iptables-save` printed, by table.
 #[derive(Debug, Default)]
-struct Saved {
+pub(crate) struct Saved {
     tables: BTreeMap<String, SavedTable>,
 }
 
@@ -224,7 +199,7 @@ struct SavedTable {
 }
 
 impl Saved {
-    fn parse(text: &str) -> Saved {
+    pub(crate) fn parse(text: &str) -> Saved {
         let mut saved = Saved::default();
         let mut table: Option<&mut SavedTable> = None;
         for line in text.lines() {
@@ -249,8 +224,19 @@ impl Saved {
         saved
     }
 
+    /// The per-service nat chains (kube-proxy's `KUBE-SVC-`, `KUBE-SEP-`, ...) present.
+    pub(crate) fn service_chains(&self) -> BTreeSet<ChainName> {
+        self.tables
+            .get("nat")
+            .into_iter()
+            .flat_map(|t| t.chains.keys())
+            .filter(|c| is_service_chain(c))
+            .map(|c| ChainName::new(c.as_str()))
+            .collect()
+    }
+
     /// Whether `chain` of `table` has a rule jumping to `target`.
-    fn has_jump(&self, table: &str, chain: &str, target: &str) -> bool {
+    pub(crate) fn has_jump(&self, table: &str, chain: &str, target: &str) -> bool {
         self.tables.get(table).is_some_and(|t| {
             t.rules
                 .iter()
@@ -261,7 +247,7 @@ impl Saved {
     /// Adds to `extras` the lines that remove the chains `remove` selects: the rules of
     /// built-in chains jumping to them deleted, then every one flushed, then deleted.
     /// Returns (rules deleted, chains removed).
-    fn remove_chains(
+    pub(crate) fn remove_chains(
         &self,
         extras: &mut Extras,
         remove: impl Fn(&str, &str) -> bool,

@@ -3,6 +3,7 @@
 use netd_kernel::KernelError;
 use netd_model::NodeName;
 use netd_policy::PolicyError;
+use netd_proxy::IpFamily;
 
 /// Building or applying a Node's rules failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +23,21 @@ pub enum AgentError {
     ApplyFailed {
         /// The namespace.
         namespace: String,
-        /// The step: `load ipsets`, `read iptables`, `restore iptables`, `destroy stale ipsets`.
+        /// The step: `load ipsets`, `read iptables`, `restore iptables` (`ip6tables` for
+        /// IPv6), `list ipsets`, `destroy stale ipsets`.
         step: &'static str,
+        /// The cause.
+        #[source]
+        source: KernelError,
+    },
+    /// The rules are in place, but deleting stale UDP/SCTP conntrack entries failed; it is
+    /// tried again after the next sync.
+    #[error("cannot delete stale {family} conntrack entries in namespace {namespace}")]
+    ConntrackCleanupFailed {
+        /// The namespace.
+        namespace: String,
+        /// The IP family.
+        family: IpFamily,
         /// The cause.
         #[source]
         source: KernelError,

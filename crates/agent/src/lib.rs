@@ -4,9 +4,10 @@
 //! Node it builds the Node's whole rule set — the service proxy's chains
 //! ([`netd_proxy::plan()`] rendered by [`netd_render::render_services`]) and the NetworkPolicy
 //! chains and ipsets ([`netd_policy::compile`] rendered by [`netd_render::render_policy`]) —
-//! as [`NodeRules`]: one `ipset restore` payload and one `iptables-restore --noflush` payload
-//! (filter and nat together), plus the [`Hook`]s that jump into them. Then [`apply()`] puts them
-//! into a network namespace and [`cleanup`] takes everything out again.
+//! as [`NodeRules`]: one `ipset restore` payload and, per IP family, the service plan and every
+//! chain (filter and nat together), plus the [`Hook`]s that jump into them. Then a
+//! [`SyncEngine`] puts them into a network namespace, full or partial, and [`cleanup`] takes
+//! everything out again.
 //!
 //! ## Chains and hooks
 //!
@@ -17,27 +18,49 @@
 //! `KUBE-FORWARD`, `KUBE-SERVICES`, ...), so NetworkPolicy is always judged before
 //! `KUBE-FORWARD` accepts anything, whatever order the hooks were first installed in.
 //!
-//! ## Applying ([`apply()`])
+//! ## Syncing ([`SyncEngine`])
+//!
+//! An agent keeps one [`SyncEngine`] per Node and hands it the [`NodeRules`] of each pass.
+//! Each sync is
 //!
 //! 1. `ipset restore`: every set in use is created if missing and refilled through a swap;
-//! 2. `iptables-save`, then one `iptables-restore --noflush`: our chains flushed and refilled,
-//!    our chains that are no longer used flushed and deleted, and a `-I CHAIN 1` line for each
-//!    hook the kernel does not already have (so a hook is never duplicated);
-//! 3. `ipset destroy` of our sets that are no longer used (nothing refers to them any more).
+//! 2. per IP family, `iptables-save` (`ip6tables-save`), then one `iptables-restore
+//!    --noflush` (`ip6tables-restore`): our chains written, our chains that are no longer used
+//!    flushed and deleted, and a `-I CHAIN 1` line for each hook the kernel does not already
+//!    have (so a hook is never duplicated);
+//! 3. `ipset destroy` of our sets that are no longer used (nothing refers to them any more);
+//! 4. the conntrack reconciler ([`conntrack`]): stale UDP/SCTP entries of Services whose
+//!    endpoints changed are deleted (never TCP).
+//!
+//! The first sync, and the first after a failed one, is **full**: every chain is written.
+//! Later syncs are **partial**, as kube-proxy's (KEP-3453): the filter table, the top-level
+//! and policy chains every time, and of the per-service nat chains only those of Services
+//! that changed. [`SyncMetrics`] counts both kinds. Nothing is flushed at start-up, so an
+//! agent restart leaves the data path, and established connections, alone. [`apply()`] is a
+//! one-shot full sync.
 //!
 //! Nothing else in the namespace is touched: other software's chains, rules and sets survive
 //! syncs and [`cleanup`].
 //!
-//! - [`rules`]: [`NodeRules`], [`Hook`], and the [`Programmer`] seam (the lab's agents call it).
-//! - [`programmer`](mod@programmer): [`NodeProgrammer`].
+//! - [`rules`]: [`NodeRules`], [`FamilyRules`], [`Hook`], and the [`Programmer`] seam (the
+//!   lab's agents call it).
+//! - [`programmer`](mod@programmer): [`NodeProgrammer`] (IPv4, and IPv6 for dual-stack
+//!   clusters).
+//! - [`sync`](mod@sync): [`SyncEngine`], the [`Applier`] seam and its real [`InNamespace`].
+//! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
 
 pub mod apply;
+pub mod conntrack;
 pub mod error;
 pub mod programmer;
 pub mod rules;
+pub mod sync;
 
 pub use apply::{Cleanup, apply, cleanup, is_owned_chain, is_owned_set};
 pub use error::AgentError;
 pub use programmer::NodeProgrammer;
-pub use rules::{BoxError, Hook, NoRules, NodeRules, Programmer};
+pub use rules::{BoxError, FamilyRules, Hook, NoRules, NodeRules, Programmer};
+pub use sync::{
+    Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport,
+};

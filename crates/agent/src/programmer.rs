@@ -10,14 +10,16 @@ use netd_render::{
 };
 
 use crate::error::AgentError;
-use crate::rules::{BoxError, Hook, NodeRules, Programmer};
+use crate::rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 
 /// The prefix of the dispatch chains: `KUBE-NETD-` + the built-in chain's name.
 pub const DISPATCH_PREFIX: &str = "KUBE-NETD-";
 
-/// Builds a Node's whole IPv4 rule set: kube-proxy's layout for Services and kube-netd's
-/// NetworkPolicy chains, hooked through one dispatch chain per built-in chain (policy first).
-/// Every sync is a full sync.
+/// Builds a Node's whole rule set, per IP family the cluster has (IPv4, and IPv6 when a
+/// service range is IPv6): kube-proxy's layout for Services and kube-netd's NetworkPolicy
+/// chains, hooked through one dispatch chain per built-in chain (policy first). A pure
+/// function of the cluster and the Node; the [`SyncEngine`](crate::SyncEngine) decides
+/// what of it a sync rewrites.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeProgrammer {
     /// How service rules are rendered.
@@ -28,32 +30,51 @@ impl NodeProgrammer {
     /// The rules of `node`.
     pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
         let options = ProxyOptions::for_node(state, node);
-        let services = render_services(
-            &netd_proxy::plan(state, node, IpFamily::V4, &options),
-            &self.render,
-        );
         let plan = netd_policy::compile(state, node).map_err(|source| {
             AgentError::CompilePolicyFailed {
                 node: node.clone(),
                 source,
             }
         })?;
-        let policy = render_policy(&plan, IpFamily::V4);
-
-        let mut ruleset = services.ruleset.clone();
-        ruleset.extend(&policy.ruleset);
-        // Each hook list is in insertion order (the last ends up first), so the policy hooks,
-        // inserted last, come first in every dispatch chain.
-        let all: Vec<&HookRule> = services.hooks.iter().chain(&policy.hooks).collect();
-        let hooks = dispatch(&mut ruleset, &all);
-        Ok(NodeRules {
-            ipset: Some(policy.ipset_input()),
-            iptables: Some(ruleset.to_restore()),
-            hooks,
+        let mut out = NodeRules {
             prune: true,
-            sets: policy.set_names(),
-        })
+            ..NodeRules::default()
+        };
+        let mut ipset = String::new();
+        for family in families(state) {
+            let service_plan = netd_proxy::plan(state, node, family, &options);
+            let mut rules = render_services(&service_plan, &self.render);
+            let policy = render_policy(&plan, family);
+            rules.ruleset.extend(&policy.ruleset);
+            // Each hook list is in insertion order (the last ends up first), so the policy
+            // hooks, inserted last, come first in every dispatch chain.
+            let all: Vec<&HookRule> = rules.hooks.iter().chain(&policy.hooks).collect();
+            let hooks = dispatch(&mut rules.ruleset, &all);
+            ipset.push_str(&policy.ipset_input());
+            out.sets.extend(policy.set_names());
+            out.families.push(FamilyRules {
+                plan: service_plan,
+                rules,
+                hooks,
+            });
+        }
+        out.ipset = Some(ipset);
+        Ok(out)
     }
+}
+
+/// The IP families a Node programs: those of the cluster's service ranges (IPv4 alone if
+/// none is configured), IPv4 first.
+pub fn families(state: &ClusterState) -> Vec<IpFamily> {
+    let ranges = &state.config().service_cidrs;
+    let mut out: Vec<IpFamily> = IpFamily::ALL
+        .into_iter()
+        .filter(|f| ranges.iter().any(|r| f.contains_net(r)))
+        .collect();
+    if out.is_empty() {
+        out.push(IpFamily::V4);
+    }
+    out
 }
 
 impl Programmer for NodeProgrammer {
@@ -113,7 +134,12 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
         let rules = NodeProgrammer::default()
             .rules(&state, &NodeName::new("node-1"))
             .expect("rules");
-        let text = rules.iptables.clone().unwrap_or_default();
+        let text = rules
+            .family(IpFamily::V4)
+            .expect("IPv4 rules")
+            .rules
+            .ruleset
+            .to_restore();
         let forward: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("-A KUBE-NETD-FORWARD "))
@@ -124,7 +150,7 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
             .position(|l| l.ends_with("-j KUBE-FORWARD"))
             .expect("KUBE-FORWARD dispatched");
         assert!(kube_forward > 0);
-        let hooked: Vec<(Table, &str)> = rules
+        let hooked: Vec<(Table, &str)> = rules.families[0]
             .hooks
             .iter()
             .map(|h| (h.table, h.chain.as_str()))

@@ -4,50 +4,99 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use netd_model::{ClusterState, NodeName};
-use netd_render::Table;
+use netd_proxy::{IpFamily, ServicePlan};
+use netd_render::{ServiceRules, SyncScope, Table};
 
 /// A boxed error from a pluggable part (a rule programmer).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The rules one Node needs, as payloads for the kernel's atomic loaders.
+///
+/// Two kinds of content, which may be combined: kube-netd's own rules per IP family
+/// ([`families`](Self::families): the service plan and its rendered chains, which allow
+/// partial syncs), and an opaque IPv4 payload ([`iptables`](Self::iptables) with its
+/// [`hooks`](Self::hooks)), written in full on every sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeRules {
     /// An `ipset restore -exist` payload, applied first (rules may reference its sets).
     pub ipset: Option<String>,
-    /// An `iptables-restore --noflush` payload: the chains it declares are flushed and
-    /// refilled in one transaction.
+    /// An IPv4 `iptables-restore --noflush` payload: the chains it declares are flushed and
+    /// refilled in one transaction (the same one as the IPv4 family's rules).
     pub iptables: Option<String>,
-    /// Jumps from built-in chains into ours: each is inserted at the top of its chain, in the
-    /// same transaction as `iptables`, unless the kernel already has it.
+    /// Jumps from built-in chains into the chains of `iptables`: each is inserted at the top
+    /// of its chain, in the same transaction, unless the kernel already has it.
     pub hooks: Vec<Hook>,
+    /// kube-netd's rules of each IP family it programs, IPv4 first.
+    pub families: Vec<FamilyRules>,
     /// Remove what is kube-netd's ([`is_owned_chain`](crate::is_owned_chain),
-    /// [`is_owned_set`](crate::is_owned_set)) but not in these rules: chains not declared in
-    /// `iptables` (in the same transaction) and sets not in `sets` (after it).
+    /// [`is_owned_set`](crate::is_owned_set)) but not in these rules: chains not declared
+    /// (in the same transaction; unused service chains are always removed) and sets not in
+    /// `sets` (after it).
     pub prune: bool,
-    /// The sets `iptables` refers to (kept when pruning).
+    /// The sets the rules refer to (kept when pruning).
     pub sets: BTreeSet<String>,
+}
+
+/// kube-netd's rules of one IP family: the service plan they were rendered from (what a
+/// partial sync compares, and what the conntrack reconciler reads), and every chain of the
+/// family — service chains, policy chains and dispatch chains — with the hooks into them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyRules {
+    /// The service plan of the family.
+    pub plan: ServicePlan,
+    /// Every chain of the family. Only the per-service nat chains are owned by a Service
+    /// ([`ServiceRules::service_chains`]); a partial sync rewrites those of changed Services
+    /// and every other chain.
+    pub rules: ServiceRules,
+    /// Jumps from built-in chains into ours (one per built-in chain).
+    pub hooks: Vec<Hook>,
+}
+
+impl FamilyRules {
+    /// The IP family.
+    pub fn family(&self) -> IpFamily {
+        self.plan.family
+    }
 }
 
 impl NodeRules {
     /// What would be applied to a namespace that has none of kube-netd's rules yet: the
     /// `ipset restore` payload, then the `iptables-restore --noflush` payload with every hook
-    /// inserted (what `kube-netd render` prints).
+    /// inserted, then the same for `ip6tables-restore` if the Node has IPv6 (what
+    /// `kube-netd render` prints).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         if let Some(ipset) = self.ipset.as_deref().filter(|s| !s.is_empty()) {
             out.push_str("# ipset restore -exist\n");
             out.push_str(ipset);
         }
-        let hooks: Vec<&Hook> = self.hooks.iter().collect();
-        let iptables = crate::apply::with_extras(
-            self.iptables.as_deref().unwrap_or_default(),
-            &crate::apply::hook_lines(&hooks),
-        );
-        if !iptables.is_empty() {
-            out.push_str("# iptables-restore --noflush\n");
-            out.push_str(&iptables);
+        let none = BTreeSet::new();
+        for family in IpFamily::ALL {
+            let mut payload = String::new();
+            let mut hooks: Vec<&Hook> = Vec::new();
+            if let Some(f) = self.family(family) {
+                payload.push_str(&f.rules.restore_input(&SyncScope::Full, &none));
+                hooks.extend(&f.hooks);
+            }
+            if family == IpFamily::V4 {
+                payload.push_str(self.iptables.as_deref().unwrap_or_default());
+                hooks.extend(&self.hooks);
+            }
+            let text = crate::apply::with_extras(&payload, &crate::apply::hook_lines(&hooks));
+            if !text.is_empty() {
+                out.push_str(match family {
+                    IpFamily::V4 => "# iptables-restore --noflush\n",
+                    IpFamily::V6 => "# ip6tables-restore --noflush\n",
+                });
+                out.push_str(&text);
+            }
         }
         out
+    }
+
+    /// kube-netd's rules of `family`, if it programs that family.
+    pub fn family(&self, family: IpFamily) -> Option<&FamilyRules> {
+        self.families.iter().find(|f| f.family() == family)
     }
 }
 

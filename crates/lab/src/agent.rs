@@ -5,9 +5,16 @@
 //! Each pass starts from a whole, atomically written snapshot, so nothing is programmed from a
 //! partial view. A pass builds the namespaces of new Pods, removes those of deleted or changed
 //! ones, restarts echo servers that died, then asks the [`Programmer`] for the Node's rules
-//! and applies them atomically with [`netd_agent::apply`] (the [`Programmer`] seam and
-//! [`NodeRules`] are `netd-agent`'s, re-exported here). Only then is the generation recorded as converged. A failed
-//! pass is retried in full.
+//! and hands them to the agent's [`SyncEngine`] (the [`Programmer`] seam and [`NodeRules`] are
+//! `netd-agent`'s, re-exported here). Only then is the generation recorded as converged. A
+//! failed pass is retried; after a failed restore the engine's next sync is full.
+//!
+//! The engine lives as long as the agent process: its first sync is full, later ones rewrite
+//! only the chains of Services that changed (kube-proxy's partial sync), and every hour one is
+//! full again. Nothing is flushed when an agent starts, so restarting it leaves established
+//! connections alone. After each sync the agent logs what it did and writes its counters
+//! (OpenMetrics text: `kubenetd_sync_proxy_rules_total{family,scope}`, ...) to
+//! `nodes/<node>.metrics` in the lab's state directory ([`metrics_path`]).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -17,6 +24,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use netd_agent::{InNamespace, SyncEngine, SyncKind};
 use netd_kernel::process;
 use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef};
 
@@ -29,7 +37,14 @@ pub use netd_agent::{NoRules, NodeRules, Programmer};
 
 /// How often a converged agent re-checks everything even without a new generation.
 const RESYNC: Duration = Duration::from_secs(30);
+/// How often a sync is full even when partial would do (kube-proxy's `FullSyncPeriod`).
+const FULL_RESYNC: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
+
+/// Where the agent of `node` writes its counters, in the lab's state directory `state_dir`.
+pub fn metrics_path(state_dir: &Path, node: &NodeName) -> std::path::PathBuf {
+    state_dir.join("nodes").join(format!("{node}.metrics"))
+}
 
 /// Runs the agent of `node` for the lab whose state is in `state_dir`, until that directory
 /// disappears (`lab down`).
@@ -43,12 +58,15 @@ pub fn run_agent(
         name: state_dir.to_string_lossy().into_owned(),
         dir: state_dir.to_owned(),
     })?;
+    let engine = SyncEngine::new();
     let mut agent = Agent {
         names: Names::new(&lab.name)?,
         store,
         lab,
         node: node.clone(),
         children: BTreeMap::new(),
+        engine,
+        last_full: None,
     };
     let mut done: Option<(u64, Instant)> = None;
     while agent.store.exists() {
@@ -98,6 +116,10 @@ struct Agent {
     node: NodeName,
     /// Echo servers this agent started, to reap them.
     children: BTreeMap<String, Child>,
+    /// Full and partial syncs of the Node's rules.
+    engine: SyncEngine,
+    /// When the last full sync was.
+    last_full: Option<Instant>,
 }
 
 impl Agent {
@@ -221,14 +243,47 @@ impl Agent {
                     node: self.node.clone(),
                     source,
                 })?;
-        netd_agent::apply(&node_ns, &rules).map_err(|source| LabError::ApplyFailed {
-            node: self.node.clone(),
-            source: Box::new(source),
-        })?;
+        self.sync(&node_ns, rules)?;
         record.converged = generation;
         record.error = None;
         record.error_count = 0;
         self.store.write_node(&self.node, &record)
+    }
+
+    /// Syncs `rules` into the Node's namespace, logs what was done and writes the counters.
+    fn sync(&mut self, node_ns: &str, rules: NodeRules) -> Result<(), LabError> {
+        if self.last_full.is_some_and(|at| at.elapsed() > FULL_RESYNC) {
+            self.engine.request_full_sync();
+        }
+        let result = self.engine.sync(&mut InNamespace::new(node_ns), rules);
+        let written = self.write_metrics();
+        let report = result.map_err(|source| LabError::ApplyFailed {
+            node: self.node.clone(),
+            source: Box::new(source),
+        })?;
+        for done in &report.families {
+            if done.kind == SyncKind::Full {
+                self.last_full = Some(Instant::now());
+            }
+            tracing::info!(
+                node = %self.node,
+                family = %done.family,
+                scope = done.kind.as_str(),
+                services = done.services.len(),
+                deleted_chains = done.deleted_chains,
+                conntrack_deleted = done.conntrack_deleted,
+                "rules synced"
+            );
+        }
+        written
+    }
+
+    fn write_metrics(&self) -> Result<(), LabError> {
+        let text = self.engine.metrics().encode();
+        let path = metrics_path(self.store.dir(), &self.node);
+        let tmp = path.with_extension("metrics.tmp");
+        std::fs::write(&tmp, text).map_err(LabError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(LabError::io(&path))
     }
 
     /// The Pods this Node should run, keyed as the Node record keys them (`ns/name`).

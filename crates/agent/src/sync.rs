@@ -1,0 +1,907 @@
+//! [`SyncEngine`]: the stateful side of a Node's agent — full and partial syncs as
+//! kube-proxy does them (reference A.3, A.10), and the UDP/SCTP conntrack reconciler after
+//! each successful sync (A.11).
+//!
+//! The engine remembers the [`FamilyRules`] it last applied. The first sync after start, and
+//! the first after a failure, is **full**: every chain of ours is written. After that a sync is
+//! **partial**: the filter table, the top-level and policy chains are written every time, but
+//! of the per-service nat chains only those of Services that changed (their plan, or their
+//! rendered chains) — and service chains no longer in use are flushed and deleted in the same
+//! transaction. Nothing is flushed before the first sync: it rewrites our chains atomically,
+//! so an agent restart never leaves a gap, and established connections keep their conntrack
+//! entries.
+//!
+//! Each sync is one `ipset restore`, then one `iptables-restore --noflush` per IP family
+//! (`ip6tables-restore` for IPv6), then the removal of stale sets. All kernel work goes
+//! through an [`Applier`], so the decisions can be tested without a kernel; [`InNamespace`]
+//! is the real one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netd_kernel::{KernelError, netns, rules as kernel};
+use netd_model::{Protocol, ServiceRef};
+use netd_proxy::IpFamily;
+use netd_render::chains::is_service_chain;
+use netd_render::{ChainName, SyncScope};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::apply::{Extras, Saved, declared_chains, hook_lines, with_extras};
+use crate::conntrack;
+use crate::error::AgentError;
+use crate::rules::{FamilyRules, Hook, NodeRules};
+use crate::{is_owned_chain, is_owned_set};
+
+/// The kernel operations a sync needs, inside one network namespace.
+pub trait Applier {
+    /// The namespace, for error messages.
+    fn namespace(&self) -> &str;
+    /// `ipset restore -exist` of `payload`.
+    fn restore_sets(&mut self, payload: &str) -> Result<(), KernelError>;
+    /// The names of the ipsets.
+    fn list_sets(&mut self) -> Result<Vec<String>, KernelError>;
+    /// `iptables-save` (`ip6tables-save` for IPv6).
+    fn save(&mut self, family: IpFamily) -> Result<String, KernelError>;
+    /// `iptables-restore --noflush` (`ip6tables-restore` for IPv6) of `payload`, atomically.
+    fn restore(&mut self, family: IpFamily, payload: &str) -> Result<(), KernelError>;
+    /// `conntrack -L` of one family and protocol.
+    fn list_conntrack(&mut self, family: IpFamily, protocol: Protocol)
+    -> Result<String, KernelError>;
+    /// `conntrack -D` with these arguments; returns how many entries were deleted.
+    fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError>;
+}
+
+/// The real [`Applier`]: the standard tools, run inside a named network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InNamespace {
+    name: String,
+}
+
+impl InNamespace {
+    /// The namespace `name` (`/run/netns/NAME`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+impl Applier for InNamespace {
+    fn namespace(&self) -> &str {
+        &self.name
+    }
+
+    fn restore_sets(&mut self, payload: &str) -> Result<(), KernelError> {
+        kernel::ipset_restore(&self.name, payload)
+    }
+
+    fn list_sets(&mut self) -> Result<Vec<String>, KernelError> {
+        kernel::ipset_list(&self.name)
+    }
+
+    fn save(&mut self, family: IpFamily) -> Result<String, KernelError> {
+        match family {
+            IpFamily::V4 => kernel::iptables_save(&self.name),
+            IpFamily::V6 => {
+                let out = netns::exec(&self.name, &["ip6tables-save"])?;
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        }
+    }
+
+    fn restore(&mut self, family: IpFamily, payload: &str) -> Result<(), KernelError> {
+        match family {
+            IpFamily::V4 => kernel::iptables_restore(&self.name, payload),
+            IpFamily::V6 => kernel::ip6tables_restore(&self.name, payload),
+        }
+    }
+
+    fn list_conntrack(
+        &mut self,
+        family: IpFamily,
+        protocol: Protocol,
+    ) -> Result<String, KernelError> {
+        let family = match family {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        };
+        let out = netns::exec(
+            &self.name,
+            &["conntrack", "-L", "-f", family, "-p", protocol.as_lower_str()],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kernel::conntrack_delete(&self.name, &args)
+    }
+}
+
+/// Whether a sync wrote every chain or only those that changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SyncKind {
+    /// Every chain of ours.
+    Full,
+    /// The top-level, filter and policy chains, and the service chains of changed Services.
+    Partial,
+}
+
+impl SyncKind {
+    /// `full` or `partial` (the metrics' label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncKind::Full => "full",
+            SyncKind::Partial => "partial",
+        }
+    }
+}
+
+/// What one sync did in one IP family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilySync {
+    /// The family.
+    pub family: IpFamily,
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// The Services whose chains were written (every Service for a full sync).
+    pub services: BTreeSet<ServiceRef>,
+    /// Unused service chains flushed and deleted.
+    pub deleted_chains: usize,
+    /// Stale UDP/SCTP conntrack entries deleted after the rules were in place.
+    pub conntrack_deleted: usize,
+}
+
+/// What one successful sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Per family written, IPv4 first.
+    pub families: Vec<FamilySync>,
+}
+
+/// The engine's counters, to register in a Prometheus [`Registry`] the caller owns
+/// ([`SyncEngine::register`]) and to read back.
+#[derive(Clone, Debug, Default)]
+pub struct SyncMetrics {
+    syncs: Family<[(&'static str, &'static str); 2], Counter>,
+    restore_failures: Family<[(&'static str, &'static str); 2], Counter>,
+    conntrack_deleted: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl SyncMetrics {
+    /// The counters as OpenMetrics text, named as [`SyncEngine::register`] names them with
+    /// the prefix `kubenetd` (`kubenetd_sync_proxy_rules_total{family="ipv4",scope="full"}`).
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::with_prefix("kubenetd");
+        self.register(&mut registry);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sync_proxy_rules",
+            "Successful syncs of the node's rules, by IP family and scope (full or partial)",
+            self.syncs.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_restore_failures",
+            "Failed iptables-restore runs, by IP family and scope; each forces a full sync",
+            self.restore_failures.clone(),
+        );
+        registry.register(
+            "conntrack_reconciler_deleted_entries",
+            "Stale UDP/SCTP conntrack entries deleted after syncs",
+            self.conntrack_deleted.clone(),
+        );
+    }
+
+    /// Successful syncs of `family` of this kind.
+    pub fn syncs(&self, family: IpFamily, kind: SyncKind) -> u64 {
+        self.syncs.get_or_create(&sync_labels(family, kind)).get()
+    }
+
+    /// Failed rule restores of `family` while attempting a sync of this kind.
+    pub fn restore_failures(&self, family: IpFamily, kind: SyncKind) -> u64 {
+        self.restore_failures
+            .get_or_create(&sync_labels(family, kind))
+            .get()
+    }
+
+    /// Stale conntrack entries deleted in `family`.
+    pub fn conntrack_deleted(&self, family: IpFamily) -> u64 {
+        self.conntrack_deleted
+            .get_or_create(&[("family", family_label(family))])
+            .get()
+    }
+}
+
+/// Syncs one Node's [`NodeRules`] into its namespace, full or partial as kube-proxy decides,
+/// then deletes stale UDP/SCTP conntrack entries.
+#[derive(Debug, Default)]
+pub struct SyncEngine {
+    /// What the last successful sync applied, per family.
+    applied: BTreeMap<IpFamily, FamilyRules>,
+    /// Set after a failed restore: the kernel may hold anything, so write everything.
+    full_next: bool,
+    /// Families whose conntrack reconcile failed, to run again after the next sync.
+    conntrack_pending: BTreeSet<IpFamily>,
+    metrics: SyncMetrics,
+}
+
+impl SyncEngine {
+    /// An engine that has synced nothing yet: its first sync is full.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the engine's counters in `registry`: `sync_proxy_rules` and
+    /// `sync_proxy_rules_restore_failures` (labels `family`, `scope` = `full`|`partial`) and
+    /// `conntrack_reconciler_deleted_entries` (label `family`), each a `_total` counter.
+    pub fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+
+    /// Makes the next sync full (kube-proxy does one periodically).
+    pub fn request_full_sync(&mut self) {
+        self.full_next = true;
+    }
+
+    /// What the next sync of `family` with `current` writes: everything, or the Services
+    /// whose plan or rendered chains differ from the last applied.
+    pub fn scope(&self, current: &FamilyRules) -> SyncScope {
+        let Some(previous) = self.applied.get(&current.family()).filter(|_| !self.full_next)
+        else {
+            return SyncScope::Full;
+        };
+        let mut changed = current.plan.changed_services(&previous.plan);
+        changed.extend(changed_chains(previous, current));
+        SyncScope::Partial(changed)
+    }
+
+    /// Applies `rules` through `applier`. On a failed restore the error is returned and the
+    /// next sync is full; the caller retries. A failed conntrack clean-up is returned after the
+    /// rules are in place, and is run again after the next sync.
+    pub fn sync(
+        &mut self,
+        applier: &mut dyn Applier,
+        rules: NodeRules,
+    ) -> Result<SyncReport, AgentError> {
+        let ns = applier.namespace().to_owned();
+        let failed = |step: &'static str| {
+            let ns = ns.clone();
+            move |source| AgentError::ApplyFailed {
+                namespace: ns,
+                step,
+                source,
+            }
+        };
+        if let Some(ipset) = rules.ipset.as_deref().filter(|p| !p.is_empty()) {
+            applier
+                .restore_sets(ipset)
+                .map_err(failed("load ipsets"))?;
+        }
+        let mut report = SyncReport::default();
+        for family in IpFamily::ALL {
+            let ours = rules.family(family);
+            let opaque = family == IpFamily::V4
+                && (rules.iptables.is_some() || !rules.hooks.is_empty() || rules.prune);
+            if ours.is_none() && !opaque && !self.applied.contains_key(&family) {
+                continue;
+            }
+            let scope = ours.map_or(SyncScope::Full, |f| self.scope(f));
+            let kind = match scope {
+                SyncScope::Full => SyncKind::Full,
+                SyncScope::Partial(_) => SyncKind::Partial,
+            };
+            match self.write_family(applier, &rules, family, &scope) {
+                Ok(deleted_chains) => report.families.push(FamilySync {
+                    family,
+                    kind,
+                    services: match (&scope, ours) {
+                        (SyncScope::Partial(changed), _) => changed.clone(),
+                        (SyncScope::Full, Some(f)) => {
+                            f.plan.ports.keys().map(|n| n.service.clone()).collect()
+                        }
+                        (SyncScope::Full, None) => BTreeSet::new(),
+                    },
+                    deleted_chains,
+                    conntrack_deleted: 0,
+                }),
+                Err(e) => {
+                    self.full_next = true;
+                    if matches!(e, AgentError::ApplyFailed { step, .. } if step.starts_with("restore"))
+                    {
+                        self.metrics
+                            .restore_failures
+                            .get_or_create(&sync_labels(family, kind))
+                            .inc();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if rules.prune {
+            let stale: Vec<String> = applier
+                .list_sets()
+                .map_err(failed("list ipsets"))?
+                .into_iter()
+                .filter(|s| is_owned_set(s) && !rules.sets.contains(s))
+                .collect();
+            if !stale.is_empty() {
+                let destroy = netd_render::policy::destroy_sets_input(&stale);
+                applier
+                    .restore_sets(&destroy)
+                    .map_err(failed("destroy stale ipsets"))?;
+            }
+        }
+
+        // The rules are in: record them, then clean conntrack up against the new plans.
+        self.full_next = false;
+        let mut reconcile = Vec::new();
+        for done in &report.families {
+            self.metrics
+                .syncs
+                .get_or_create(&sync_labels(done.family, done.kind))
+                .inc();
+        }
+        for family in rules.families {
+            let key = family.family();
+            let due = self.conntrack_pending.contains(&key)
+                || self
+                    .applied
+                    .get(&key)
+                    .is_none_or(|prev| conntrack::connectionless_changed(&prev.plan, &family.plan));
+            if due {
+                reconcile.push(key);
+            }
+            self.applied.insert(key, family);
+        }
+        for done in &mut report.families {
+            if !reconcile.contains(&done.family) {
+                continue;
+            }
+            let Some(applied) = self.applied.get(&done.family) else {
+                continue;
+            };
+            match reconcile_conntrack(applier, applied) {
+                Ok(n) => {
+                    done.conntrack_deleted = n;
+                    self.conntrack_pending.remove(&done.family);
+                    self.metrics
+                        .conntrack_deleted
+                        .get_or_create(&[("family", family_label(done.family))])
+                        .inc_by(n as u64);
+                }
+                Err(source) => {
+                    self.conntrack_pending.insert(done.family);
+                    return Err(AgentError::ConntrackCleanupFailed {
+                        namespace: ns,
+                        family: done.family,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Writes one family's chains in one restore; returns how many service chains it
+    /// deleted.
+    fn write_family(
+        &self,
+        applier: &mut dyn Applier,
+        rules: &NodeRules,
+        family: IpFamily,
+        scope: &SyncScope,
+    ) -> Result<usize, AgentError> {
+        let ns = applier.namespace().to_owned();
+        let (read, restore) = match family {
+            IpFamily::V4 => ("read iptables", "restore iptables"),
+            IpFamily::V6 => ("read ip6tables", "restore ip6tables"),
+        };
+        let failed = |step| {
+            let ns = ns.clone();
+            move |source| AgentError::ApplyFailed {
+                namespace: ns,
+                step,
+                source,
+            }
+        };
+        let saved = Saved::parse(&applier.save(family).map_err(failed(read))?);
+        let ours = rules.family(family);
+        let existing = saved.service_chains();
+        let mut payload = String::new();
+        let mut hooks: Vec<&Hook> = Vec::new();
+        let mut deleted = 0;
+        if let Some(f) = ours {
+            payload.push_str(&f.rules.restore_input(scope, &existing));
+            hooks.extend(&f.hooks);
+            deleted = f.rules.stale_chains(&existing).len();
+        }
+        if family == IpFamily::V4 {
+            payload.push_str(rules.iptables.as_deref().unwrap_or_default());
+            hooks.extend(&rules.hooks);
+        }
+        let mut extras = Extras::new();
+        if rules.prune {
+            // Our chains nothing declares any more. Unused service chains are deleted by
+            // the payload itself; those not written by a partial sync are still in use.
+            let declared = declared_chains(&payload);
+            let services_handled = ours.is_some();
+            saved.remove_chains(&mut extras, |table, chain| {
+                is_owned_chain(chain)
+                    && !declared.contains(&(table.to_owned(), chain.to_owned()))
+                    && !(services_handled && is_service_chain(chain))
+            });
+        }
+        let missing: Vec<&Hook> = hooks
+            .into_iter()
+            .filter(|h| !saved.has_jump(h.table.as_str(), &h.chain, &h.target))
+            .collect();
+        for (table, lines) in hook_lines(&missing) {
+            extras.entry(table).or_default().extend(lines);
+        }
+        let merged = with_extras(&payload, &extras);
+        if !merged.is_empty() {
+            applier
+                .restore(family, &merged)
+                .map_err(failed(restore))?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// The Services whose rendered per-service chains differ between two rule sets (a chain
+/// added, removed or with other rules): catches what a plan comparison cannot see, such as
+/// a change of rendering options.
+fn changed_chains(previous: &FamilyRules, current: &FamilyRules) -> BTreeSet<ServiceRef> {
+    let nat = netd_render::Table::Nat;
+    let mut changed = BTreeSet::new();
+    for (chain, owner) in current.rules.service_chains() {
+        if previous.rules.ruleset.chain(nat, chain.as_str())
+            != current.rules.ruleset.chain(nat, chain.as_str())
+        {
+            changed.insert(owner.clone());
+        }
+    }
+    let now: BTreeSet<&ChainName> = current.rules.service_chains().map(|(c, _)| c).collect();
+    for (chain, owner) in previous.rules.service_chains() {
+        if !now.contains(chain) {
+            changed.insert(owner.clone());
+        }
+    }
+    changed
+}
+
+/// Lists the family's UDP/SCTP entries and deletes the stale ones; returns how many.
+fn reconcile_conntrack(
+    applier: &mut dyn Applier,
+    rules: &FamilyRules,
+) -> Result<usize, KernelError> {
+    let mut deleted = 0;
+    for protocol in conntrack::protocols(&rules.plan) {
+        let listed = applier.list_conntrack(rules.family(), protocol)?;
+        let entries = conntrack::parse_entries(&listed);
+        for stale in conntrack::stale_flows(&rules.plan, &entries) {
+            deleted += applier.delete_conntrack(&stale.args())?;
+        }
+    }
+    Ok(deleted)
+}
+
+fn family_label(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ipv4",
+        IpFamily::V6 => "ipv6",
+    }
+}
+
+fn sync_labels(family: IpFamily, kind: SyncKind) -> [(&'static str, &'static str); 2] {
+    [("family", family_label(family)), ("scope", kind.as_str())]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use netd_model::{ClusterConfig, ClusterState, NodeName};
+    use pretty_assertions::assert_eq;
+
+    use netd_render::chains::ServiceChains;
+
+    use super::*;
+    use crate::NodeProgrammer;
+
+    /// A kernel in memory: iptables tables per family, as `iptables-restore --noflush`
+    /// changes them, plus a conntrack table and a switch to make the next restore fail.
+    #[derive(Default)]
+    struct FakeKernel {
+        tables: BTreeMap<(IpFamily, String), BTreeMap<String, Vec<String>>>,
+        restores: Vec<(IpFamily, String)>,
+        fail_next_restore: bool,
+        conntrack: String,
+        conntrack_lists: usize,
+        deleted: Vec<String>,
+    }
+
+    const BUILTIN: [&str; 5] = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"];
+
+    impl FakeKernel {
+        fn chains(&self, family: IpFamily, table: &str) -> Vec<String> {
+            self.tables
+                .get(&(family, table.to_owned()))
+                .map(|t| t.keys().filter(|c| !BUILTIN.contains(&c.as_str())).cloned().collect())
+                .unwrap_or_default()
+        }
+
+        fn state(&self) -> &BTreeMap<(IpFamily, String), BTreeMap<String, Vec<String>>> {
+            &self.tables
+        }
+    }
+
+    impl Applier for FakeKernel {
+        fn namespace(&self) -> &str {
+            "fake"
+        }
+        fn restore_sets(&mut self, _: &str) -> Result<(), KernelError> {
+            Ok(())
+        }
+        fn list_sets(&mut self) -> Result<Vec<String>, KernelError> {
+            Ok(Vec::new())
+        }
+        fn save(&mut self, family: IpFamily) -> Result<String, KernelError> {
+            let mut out = String::new();
+            for ((f, table), chains) in &self.tables {
+                if *f != family {
+                    continue;
+                }
+                out.push_str(&format!("*{table}\n"));
+                for chain in chains.keys() {
+                    let policy = if BUILTIN.contains(&chain.as_str()) { "ACCEPT" } else { "-" };
+                    out.push_str(&format!(":{chain} {policy} [0:0]\n"));
+                }
+                for (chain, rules) in chains {
+                    for rule in rules {
+                        out.push_str(&format!("-A {chain} {rule}\n"));
+                    }
+                }
+                out.push_str("COMMIT\n");
+            }
+            Ok(out)
+        }
+        fn restore(&mut self, family: IpFamily, payload: &str) -> Result<(), KernelError> {
+            self.restores.push((family, payload.to_owned()));
+            if std::mem::take(&mut self.fail_next_restore) {
+                return Err(KernelError::EmptyCommand {
+                    namespace: "fake".into(),
+                });
+            }
+            let mut table = String::new();
+            for line in payload.lines() {
+                let words: Vec<&str> = line.splitn(3, ' ').collect();
+                let t = self.tables.entry((family, table.clone())).or_default();
+                for b in BUILTIN {
+                    t.entry(b.to_owned()).or_default();
+                }
+                match words.as_slice() {
+                    [w] if w.starts_with('*') => table = w[1..].to_owned(),
+                    [decl, ..] if decl.starts_with(':') => {
+                        t.insert(decl[1..].to_owned(), Vec::new());
+                    }
+                    ["-A", chain, rule] => t.entry((*chain).to_owned()).or_default().push((*rule).to_owned()),
+                    ["-I", chain, rest] => {
+                        let rule = rest.strip_prefix("1 ").unwrap_or(rest);
+                        t.entry((*chain).to_owned()).or_default().insert(0, rule.to_owned());
+                    }
+                    ["-D", chain, rule] => t.entry((*chain).to_owned()).or_default().retain(|r| r != rule),
+                    ["-F", chain] => {
+                        t.insert((*chain).to_owned(), Vec::new());
+                    }
+                    ["-X", chain] => {
+                        t.remove(*chain);
+                    }
+                    _ => {}
+                }
+            }
+            self.tables.retain(|(_, t), _| !t.is_empty());
+            Ok(())
+        }
+        fn list_conntrack(&mut self, _: IpFamily, _: Protocol) -> Result<String, KernelError> {
+            self.conntrack_lists += 1;
+            Ok(self.conntrack.clone())
+        }
+        fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
+            self.deleted.push(args.join(" "));
+            Ok(1)
+        }
+    }
+
+    /// Two Services on node-1: `web` (TCP) with the given endpoints and, optionally, `dns`
+    /// (UDP) with one endpoint.
+    fn cluster(web: &[&str], dns: Option<&str>, config: ClusterConfig) -> ClusterState {
+        let mut y = String::from(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nspec: {podCIDR: 10.244.1.0/24}\n\
+             status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
+             spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+             metadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}\n\
+             ports: [{port: 80, protocol: TCP}]\n",
+        );
+        let eps: Vec<String> = web
+            .iter()
+            .map(|ip| format!("{{addresses: [{ip}], nodeName: node-1, conditions: {{ready: true}}}}"))
+            .collect();
+        y.push_str(&format!("endpoints: [{}]\n", eps.join(", ")));
+        if let Some(ep) = dns {
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: x}}\n\
+                 spec: {{clusterIP: 10.96.0.12, ports: [{{port: 53, protocol: UDP}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+                 metadata: {{name: dns-1, namespace: x, labels: {{kubernetes.io/service-name: dns}}}}\n\
+                 ports: [{{port: 53, protocol: UDP}}]\n\
+                 endpoints: [{{addresses: [{ep}], nodeName: node-1, conditions: {{ready: true}}}}]\n"
+            ));
+        }
+        netd_testkit::state_with(&y, config)
+    }
+
+    fn rules(state: &ClusterState) -> NodeRules {
+        NodeProgrammer::default()
+            .rules(state, &NodeName::new("node-1"))
+            .expect("rules")
+    }
+
+    fn web(ips: &[&str]) -> NodeRules {
+        rules(&cluster(ips, Some("10.244.1.53"), ClusterConfig::default()))
+    }
+
+    fn svc(name: &str) -> ServiceRef {
+        ServiceRef::new("x", name)
+    }
+
+    fn declared(payload: &str, prefix: &str) -> Vec<String> {
+        payload
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter(|c| c.starts_with(prefix))
+            .map(|c| c.split(' ').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The kernel state a fresh full sync of `rules` leaves.
+    fn fresh(rules: NodeRules) -> FakeKernel {
+        let mut k = FakeKernel::default();
+        SyncEngine::new().sync(&mut k, rules).expect("fresh full sync");
+        k
+    }
+
+    #[test]
+    fn first_sync_is_full_then_partial_with_exactly_the_changed_services() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        let first = engine.sync(&mut k, web(&["10.244.1.2"])).expect("first");
+        assert_eq!(first.families.len(), 1);
+        assert_eq!(first.families[0].kind, SyncKind::Full);
+        assert_eq!(first.families[0].services, [svc("dns"), svc("web")].into());
+
+        let same = engine.sync(&mut k, web(&["10.244.1.2"])).expect("same");
+        assert_eq!(same.families[0].kind, SyncKind::Partial);
+        assert!(same.families[0].services.is_empty());
+        let payload = &k.restores[1].1;
+        assert!(declared(payload, "KUBE-SVC-").is_empty(), "{payload}");
+        assert!(declared(payload, "KUBE-SEP-").is_empty(), "{payload}");
+        assert_eq!(declared(payload, "KUBE-SERVICES").len(), 2, "nat and filter: {payload}");
+
+        let scaled = engine
+            .sync(&mut k, web(&["10.244.1.2", "10.244.1.3"]))
+            .expect("scaled");
+        assert_eq!(scaled.families[0].kind, SyncKind::Partial);
+        assert_eq!(scaled.families[0].services, [svc("web")].into());
+        let payload = &k.restores[2].1;
+        let web_chains = ServiceChains::of(&port("web", Protocol::Tcp));
+        let dns_chains = ServiceChains::of(&port("dns", Protocol::Udp));
+        assert_eq!(declared(payload, "KUBE-SVC-"), [web_chains.cluster.to_string()]);
+        assert_eq!(declared(payload, "KUBE-SEP-").len(), 2, "{payload}");
+        assert!(!payload.contains(&format!(":{}", dns_chains.cluster)));
+        assert_eq!(k.state(), fresh(web(&["10.244.1.2", "10.244.1.3"])).state());
+
+        assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Full), 1);
+        assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Partial), 2);
+    }
+
+    fn port(name: &str, protocol: Protocol) -> netd_model::ServicePortName {
+        netd_model::ServicePortName {
+            service: svc(name),
+            port: String::new(),
+            protocol,
+        }
+    }
+
+    #[test]
+    fn partial_sync_deletes_the_chains_of_removed_endpoints_and_services() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        engine.sync(&mut k, web(&["10.244.1.2", "10.244.1.3"])).expect("first");
+        let seps = |k: &FakeKernel| {
+            k.chains(IpFamily::V4, "nat")
+                .into_iter()
+                .filter(|c| c.starts_with("KUBE-SEP-"))
+                .count()
+        };
+        assert_eq!(seps(&k), 3);
+
+        let fewer = engine.sync(&mut k, web(&["10.244.1.3"])).expect("fewer");
+        assert_eq!(fewer.families[0].kind, SyncKind::Partial);
+        assert_eq!(fewer.families[0].deleted_chains, 1);
+        assert_eq!(seps(&k), 2);
+        assert_eq!(k.state(), fresh(web(&["10.244.1.3"])).state());
+
+        let no_dns = rules(&cluster(&["10.244.1.3"], None, ClusterConfig::default()));
+        let gone = engine.sync(&mut k, no_dns.clone()).expect("dns deleted");
+        assert_eq!(gone.families[0].services, [svc("dns")].into());
+        assert_eq!(gone.families[0].deleted_chains, 2, "KUBE-SVC and KUBE-SEP of dns");
+        assert_eq!(k.state(), fresh(no_dns).state());
+    }
+
+    #[test]
+    fn a_failed_restore_is_returned_counted_and_forces_a_full_sync() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        engine.sync(&mut k, web(&["10.244.1.2"])).expect("first");
+        k.fail_next_restore = true;
+        let err = engine.sync(&mut k, web(&["10.244.1.3"])).expect_err("restore fails");
+        assert!(
+            matches!(err, AgentError::ApplyFailed { step: "restore iptables", .. }),
+            "{err}"
+        );
+        assert_eq!(engine.metrics().restore_failures(IpFamily::V4, SyncKind::Partial), 1);
+        let retry = engine.sync(&mut k, web(&["10.244.1.3"])).expect("retry");
+        assert_eq!(retry.families[0].kind, SyncKind::Full);
+        assert_eq!(k.state(), fresh(web(&["10.244.1.3"])).state());
+        let next = engine.sync(&mut k, web(&["10.244.1.3"])).expect("then partial");
+        assert_eq!(next.families[0].kind, SyncKind::Partial);
+        assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Full), 2);
+
+        let mut registry = Registry::default();
+        engine.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("sync_proxy_rules_total{family=\"ipv4\",scope=\"full\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hooks_are_inserted_once_and_foreign_chains_survive() {
+        let mut k = FakeKernel::default();
+        k.restore(IpFamily::V4, "*filter\n:FOREIGN - [0:0]\n-A FORWARD -j FOREIGN\nCOMMIT\n")
+            .expect("foreign");
+        let mut engine = SyncEngine::new();
+        for _ in 0..3 {
+            engine.sync(&mut k, web(&["10.244.1.2"])).expect("sync");
+        }
+        let forward = &k.tables[&(IpFamily::V4, "filter".to_owned())]["FORWARD"];
+        assert_eq!(
+            forward,
+            &[
+                "-m comment --comment \"kube-netd\" -j KUBE-NETD-FORWARD".to_owned(),
+                "-j FOREIGN".to_owned()
+            ]
+        );
+    }
+
+    const DNS_FLOWS: &str = "\
+udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40001 dport=53 src=10.244.1.53 dst=10.244.1.9 sport=53 dport=40001 mark=0 use=1
+udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst=10.244.1.9 sport=53 dport=40002 mark=0 use=1
+";
+
+    #[test]
+    fn conntrack_is_reconciled_on_start_and_after_udp_changes_only() {
+        let mut k = FakeKernel {
+            conntrack: DNS_FLOWS.to_owned(),
+            ..FakeKernel::default()
+        };
+        let mut engine = SyncEngine::new();
+        let dns = |ep: &str| rules(&cluster(&["10.244.1.2"], Some(ep), ClusterConfig::default()));
+        // Restart: the flow to the serving endpoint .53 survives; the one to .54 is stale.
+        let first = engine.sync(&mut k, dns("10.244.1.53")).expect("first");
+        assert_eq!(k.conntrack_lists, 1);
+        assert_eq!(
+            k.deleted,
+            ["-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.54 --reply-port-src 53"]
+        );
+        assert_eq!(first.families[0].conntrack_deleted, 1);
+        // A TCP change does not list conntrack at all.
+        let tcp = rules(&cluster(&["10.244.1.3"], Some("10.244.1.53"), ClusterConfig::default()));
+        engine.sync(&mut k, tcp).expect("tcp change");
+        assert_eq!(k.conntrack_lists, 1);
+        // The DNS pod moves: flows to .53 are deleted.
+        k.deleted.clear();
+        engine.sync(&mut k, dns("10.244.1.54")).expect("moved");
+        assert_eq!(k.conntrack_lists, 2);
+        assert_eq!(
+            k.deleted,
+            ["-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.53 --reply-port-src 53"]
+        );
+        assert_eq!(engine.metrics().conntrack_deleted(IpFamily::V4), 2);
+    }
+
+    fn dual_stack() -> ClusterConfig {
+        ClusterConfig {
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().expect("cidr"),
+                "fd00:10:244::/56".parse().expect("cidr"),
+            ],
+            service_cidrs: vec![
+                "10.96.0.0/12".parse().expect("cidr"),
+                "fd00:10:96::/112".parse().expect("cidr"),
+            ],
+            ..ClusterConfig::default()
+        }
+    }
+
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: "fd00:172:18::2"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.11
+  clusterIPs: [10.96.0.11, "fd00:10:96::11"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-4, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}}]
+ports: [{port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+endpoints: [{addresses: ["fd00:10:244:1::2"], nodeName: node-1, conditions: {ready: true}}]
+ports: [{port: 80, protocol: TCP}]
+"#;
+
+    #[test]
+    fn a_dual_stack_node_gets_each_family_in_its_own_restore() {
+        let state = netd_testkit::state_with(DUAL, dual_stack());
+        let node_rules = rules(&state);
+        let families: Vec<IpFamily> = node_rules.families.iter().map(|f| f.family()).collect();
+        assert_eq!(families, [IpFamily::V4, IpFamily::V6]);
+        let mut k = FakeKernel::default();
+        let report = SyncEngine::new().sync(&mut k, node_rules.clone()).expect("sync");
+        assert_eq!(report.families.len(), 2);
+        let v4: Vec<&String> = k.restores.iter().filter(|r| r.0 == IpFamily::V4).map(|r| &r.1).collect();
+        let v6: Vec<&String> = k.restores.iter().filter(|r| r.0 == IpFamily::V6).map(|r| &r.1).collect();
+        assert_eq!((v4.len(), v6.len()), (1, 1), "one restore per family");
+        assert!(v4[0].contains("-d 10.96.0.11 ") && !v4[0].contains("fd00:"), "{}", v4[0]);
+        assert!(v6[0].contains("-d fd00:10:96::11 "), "{}", v6[0]);
+        assert!(v6[0].contains("--to-destination [fd00:10:244:1::2]:80"), "{}", v6[0]);
+        assert!(!v6[0].contains("10.96.0.11"), "{}", v6[0]);
+        assert!(v6[0].contains("-I FORWARD 1 "), "IPv6 hooks too: {}", v6[0]);
+        let text = node_rules.to_text();
+        assert!(text.contains("# ip6tables-restore --noflush\n"), "{text}");
+
+        let single = rules(&cluster(&["10.244.1.2"], None, ClusterConfig::default()));
+        assert_eq!(single.families.len(), 1);
+    }
+}
