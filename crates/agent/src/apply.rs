@@ -92,9 +92,7 @@ pub fn cleanup(ns: &str) -> Result<Cleanup, AgentError> {
         let (hooks, chains) = saved.remove_chains(&mut extras, |_, chain| is_owned_chain(chain));
         let payload = with_extras("", &extras);
         if !payload.is_empty() {
-            kernel
-                .restore(family, &payload)
-                .map_err(failed(restore))?;
+            kernel.restore(family, &payload).map_err(failed(restore))?;
         }
         removed.hooks += hooks;
         removed.chains += chains;

@@ -61,6 +61,4 @@ pub use apply::{Cleanup, apply, cleanup, is_owned_chain, is_owned_set};
 pub use error::AgentError;
 pub use programmer::NodeProgrammer;
 pub use rules::{BoxError, FamilyRules, Hook, NoRules, NodeRules, Programmer};
-pub use sync::{
-    Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport,
-};
+pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};

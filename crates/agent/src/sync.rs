@@ -46,8 +46,11 @@ pub trait Applier {
     /// `iptables-restore --noflush` (`ip6tables-restore` for IPv6) of `payload`, atomically.
     fn restore(&mut self, family: IpFamily, payload: &str) -> Result<(), KernelError>;
     /// `conntrack -L` of one family and protocol.
-    fn list_conntrack(&mut self, family: IpFamily, protocol: Protocol)
-    -> Result<String, KernelError>;
+    fn list_conntrack(
+        &mut self,
+        family: IpFamily,
+        protocol: Protocol,
+    ) -> Result<String, KernelError>;
     /// `conntrack -D` with these arguments; returns how many entries were deleted.
     fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError>;
 }
@@ -106,7 +109,14 @@ impl Applier for InNamespace {
         };
         let out = netns::exec(
             &self.name,
-            &["conntrack", "-L", "-f", family, "-p", protocol.as_lower_str()],
+            &[
+                "conntrack",
+                "-L",
+                "-f",
+                family,
+                "-p",
+                protocol.as_lower_str(),
+            ],
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -169,9 +179,9 @@ pub struct SyncMetrics {
 
 impl SyncMetrics {
     /// The counters as OpenMetrics text, named as [`SyncEngine::register`] names them with
-    /// the prefix `kubenetd` (`kubenetd_sync_proxy_rules_total{family="ipv4",scope="full"}`).
+    /// the prefix `kubeproxy` (`kubeproxy_sync_proxy_rules_total{family="ipv4",scope="full"}`).
     pub fn encode(&self) -> String {
-        let mut registry = Registry::with_prefix("kubenetd");
+        let mut registry = Registry::with_prefix("kubeproxy");
         self.register(&mut registry);
         let mut text = String::new();
         // Writing into a String cannot fail.
@@ -223,7 +233,7 @@ impl SyncMetrics {
 pub struct SyncEngine {
     /// What the last successful sync applied, per family.
     applied: BTreeMap<IpFamily, FamilyRules>,
-    /// Set after a failed restore: the kernel may hold anything, so write everything.
+    /// Set after a failed sync (the kernel may hold anything) or on request: write everything.
     full_next: bool,
     /// Families whose conntrack reconcile failed, to run again after the next sync.
     conntrack_pending: BTreeSet<IpFamily>,
@@ -253,10 +263,13 @@ impl SyncEngine {
         self.full_next = true;
     }
 
-    /// What the next sync of `family` with `current` writes: everything, or the Services
-    /// whose plan or rendered chains differ from the last applied.
+    /// What the next sync of `current`'s family writes: everything, or the Services whose
+    /// plan or rendered chains differ from those last applied.
     pub fn scope(&self, current: &FamilyRules) -> SyncScope {
-        let Some(previous) = self.applied.get(&current.family()).filter(|_| !self.full_next)
+        let Some(previous) = self
+            .applied
+            .get(&current.family())
+            .filter(|_| !self.full_next)
         else {
             return SyncScope::Full;
         };
@@ -273,6 +286,77 @@ impl SyncEngine {
         applier: &mut dyn Applier,
         rules: NodeRules,
     ) -> Result<SyncReport, AgentError> {
+        let mut report = match self.write(applier, &rules) {
+            Ok(report) => report,
+            Err(e) => {
+                // The kernel may hold anything now: write everything next time.
+                self.full_next = true;
+                return Err(e);
+            }
+        };
+
+        // The rules are in: record them, then clean conntrack up against the new plans.
+        self.full_next = false;
+        for done in &report.families {
+            self.metrics
+                .syncs
+                .get_or_create(&sync_labels(done.family, done.kind))
+                .inc();
+        }
+        let mut reconcile = BTreeSet::new();
+        self.applied
+            .retain(|family, _| rules.family(*family).is_some());
+        for family in rules.families {
+            let key = family.family();
+            let due = self.conntrack_pending.contains(&key)
+                || self
+                    .applied
+                    .get(&key)
+                    .is_none_or(|prev| conntrack::connectionless_changed(&prev.plan, &family.plan));
+            if due {
+                reconcile.insert(key);
+            }
+            self.applied.insert(key, family);
+        }
+        let mut failure = None;
+        for done in &mut report.families {
+            let Some(applied) = self.applied.get(&done.family) else {
+                continue;
+            };
+            if !reconcile.contains(&done.family) {
+                continue;
+            }
+            match reconcile_conntrack(applier, applied) {
+                Ok(n) => {
+                    done.conntrack_deleted = n;
+                    self.conntrack_pending.remove(&done.family);
+                    self.metrics
+                        .conntrack_deleted
+                        .get_or_create(&[("family", family_label(done.family))])
+                        .inc_by(n as u64);
+                }
+                Err(source) => {
+                    self.conntrack_pending.insert(done.family);
+                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
+                        namespace: applier.namespace().to_owned(),
+                        family: done.family,
+                        source,
+                    });
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// The kernel part of a sync: sets, one restore per family, stale sets.
+    fn write(
+        &self,
+        applier: &mut dyn Applier,
+        rules: &NodeRules,
+    ) -> Result<SyncReport, AgentError> {
         let ns = applier.namespace().to_owned();
         let failed = |step: &'static str| {
             let ns = ns.clone();
@@ -283,9 +367,7 @@ impl SyncEngine {
             }
         };
         if let Some(ipset) = rules.ipset.as_deref().filter(|p| !p.is_empty()) {
-            applier
-                .restore_sets(ipset)
-                .map_err(failed("load ipsets"))?;
+            applier.restore_sets(ipset).map_err(failed("load ipsets"))?;
         }
         let mut report = SyncReport::default();
         for family in IpFamily::ALL {
@@ -300,32 +382,20 @@ impl SyncEngine {
                 SyncScope::Full => SyncKind::Full,
                 SyncScope::Partial(_) => SyncKind::Partial,
             };
-            match self.write_family(applier, &rules, family, &scope) {
-                Ok(deleted_chains) => report.families.push(FamilySync {
-                    family,
-                    kind,
-                    services: match (&scope, ours) {
-                        (SyncScope::Partial(changed), _) => changed.clone(),
-                        (SyncScope::Full, Some(f)) => {
-                            f.plan.ports.keys().map(|n| n.service.clone()).collect()
-                        }
-                        (SyncScope::Full, None) => BTreeSet::new(),
-                    },
-                    deleted_chains,
-                    conntrack_deleted: 0,
-                }),
-                Err(e) => {
-                    self.full_next = true;
-                    if matches!(e, AgentError::ApplyFailed { step, .. } if step.starts_with("restore"))
-                    {
-                        self.metrics
-                            .restore_failures
-                            .get_or_create(&sync_labels(family, kind))
-                            .inc();
+            let deleted_chains = self.write_family(applier, rules, family, &scope, kind)?;
+            report.families.push(FamilySync {
+                family,
+                kind,
+                services: match (scope, ours) {
+                    (SyncScope::Partial(changed), _) => changed,
+                    (SyncScope::Full, Some(f)) => {
+                        f.plan.ports.keys().map(|n| n.service.clone()).collect()
                     }
-                    return Err(e);
-                }
-            }
+                    (SyncScope::Full, None) => BTreeSet::new(),
+                },
+                deleted_chains,
+                conntrack_deleted: 0,
+            });
         }
         if rules.prune {
             let stale: Vec<String> = applier
@@ -341,54 +411,6 @@ impl SyncEngine {
                     .map_err(failed("destroy stale ipsets"))?;
             }
         }
-
-        // The rules are in: record them, then clean conntrack up against the new plans.
-        self.full_next = false;
-        let mut reconcile = Vec::new();
-        for done in &report.families {
-            self.metrics
-                .syncs
-                .get_or_create(&sync_labels(done.family, done.kind))
-                .inc();
-        }
-        for family in rules.families {
-            let key = family.family();
-            let due = self.conntrack_pending.contains(&key)
-                || self
-                    .applied
-                    .get(&key)
-                    .is_none_or(|prev| conntrack::connectionless_changed(&prev.plan, &family.plan));
-            if due {
-                reconcile.push(key);
-            }
-            self.applied.insert(key, family);
-        }
-        for done in &mut report.families {
-            if !reconcile.contains(&done.family) {
-                continue;
-            }
-            let Some(applied) = self.applied.get(&done.family) else {
-                continue;
-            };
-            match reconcile_conntrack(applier, applied) {
-                Ok(n) => {
-                    done.conntrack_deleted = n;
-                    self.conntrack_pending.remove(&done.family);
-                    self.metrics
-                        .conntrack_deleted
-                        .get_or_create(&[("family", family_label(done.family))])
-                        .inc_by(n as u64);
-                }
-                Err(source) => {
-                    self.conntrack_pending.insert(done.family);
-                    return Err(AgentError::ConntrackCleanupFailed {
-                        namespace: ns,
-                        family: done.family,
-                        source,
-                    });
-                }
-            }
-        }
         Ok(report)
     }
 
@@ -400,6 +422,7 @@ impl SyncEngine {
         rules: &NodeRules,
         family: IpFamily,
         scope: &SyncScope,
+        kind: SyncKind,
     ) -> Result<usize, AgentError> {
         let ns = applier.namespace().to_owned();
         let (read, restore) = match family {
@@ -450,9 +473,13 @@ impl SyncEngine {
         }
         let merged = with_extras(&payload, &extras);
         if !merged.is_empty() {
-            applier
-                .restore(family, &merged)
-                .map_err(failed(restore))?;
+            applier.restore(family, &merged).map_err(|source| {
+                self.metrics
+                    .restore_failures
+                    .get_or_create(&sync_labels(family, kind))
+                    .inc();
+                failed(restore)(source)
+            })?;
         }
         Ok(deleted)
     }
@@ -528,6 +555,7 @@ mod tests {
         fail_next_restore: bool,
         conntrack: String,
         conntrack_lists: usize,
+        fail_next_conntrack: bool,
         deleted: Vec<String>,
     }
 
@@ -537,7 +565,12 @@ mod tests {
         fn chains(&self, family: IpFamily, table: &str) -> Vec<String> {
             self.tables
                 .get(&(family, table.to_owned()))
-                .map(|t| t.keys().filter(|c| !BUILTIN.contains(&c.as_str())).cloned().collect())
+                .map(|t| {
+                    t.keys()
+                        .filter(|c| !BUILTIN.contains(&c.as_str()))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default()
         }
 
@@ -564,7 +597,11 @@ mod tests {
                 }
                 out.push_str(&format!("*{table}\n"));
                 for chain in chains.keys() {
-                    let policy = if BUILTIN.contains(&chain.as_str()) { "ACCEPT" } else { "-" };
+                    let policy = if BUILTIN.contains(&chain.as_str()) {
+                        "ACCEPT"
+                    } else {
+                        "-"
+                    };
                     out.push_str(&format!(":{chain} {policy} [0:0]\n"));
                 }
                 for (chain, rules) in chains {
@@ -595,12 +632,20 @@ mod tests {
                     [decl, ..] if decl.starts_with(':') => {
                         t.insert(decl[1..].to_owned(), Vec::new());
                     }
-                    ["-A", chain, rule] => t.entry((*chain).to_owned()).or_default().push((*rule).to_owned()),
+                    ["-A", chain, rule] => t
+                        .entry((*chain).to_owned())
+                        .or_default()
+                        .push((*rule).to_owned()),
                     ["-I", chain, rest] => {
                         let rule = rest.strip_prefix("1 ").unwrap_or(rest);
-                        t.entry((*chain).to_owned()).or_default().insert(0, rule.to_owned());
+                        t.entry((*chain).to_owned())
+                            .or_default()
+                            .insert(0, rule.to_owned());
                     }
-                    ["-D", chain, rule] => t.entry((*chain).to_owned()).or_default().retain(|r| r != rule),
+                    ["-D", chain, rule] => t
+                        .entry((*chain).to_owned())
+                        .or_default()
+                        .retain(|r| r != rule),
                     ["-F", chain] => {
                         t.insert((*chain).to_owned(), Vec::new());
                     }
@@ -615,6 +660,11 @@ mod tests {
         }
         fn list_conntrack(&mut self, _: IpFamily, _: Protocol) -> Result<String, KernelError> {
             self.conntrack_lists += 1;
+            if std::mem::take(&mut self.fail_next_conntrack) {
+                return Err(KernelError::EmptyCommand {
+                    namespace: "fake".into(),
+                });
+            }
             Ok(self.conntrack.clone())
         }
         fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
@@ -637,7 +687,9 @@ mod tests {
         );
         let eps: Vec<String> = web
             .iter()
-            .map(|ip| format!("{{addresses: [{ip}], nodeName: node-1, conditions: {{ready: true}}}}"))
+            .map(|ip| {
+                format!("{{addresses: [{ip}], nodeName: node-1, conditions: {{ready: true}}}}")
+            })
             .collect();
         y.push_str(&format!("endpoints: [{}]\n", eps.join(", ")));
         if let Some(ep) = dns {
@@ -679,7 +731,9 @@ mod tests {
     /// The kernel state a fresh full sync of `rules` leaves.
     fn fresh(rules: NodeRules) -> FakeKernel {
         let mut k = FakeKernel::default();
-        SyncEngine::new().sync(&mut k, rules).expect("fresh full sync");
+        SyncEngine::new()
+            .sync(&mut k, rules)
+            .expect("fresh full sync");
         k
     }
 
@@ -698,7 +752,11 @@ mod tests {
         let payload = &k.restores[1].1;
         assert!(declared(payload, "KUBE-SVC-").is_empty(), "{payload}");
         assert!(declared(payload, "KUBE-SEP-").is_empty(), "{payload}");
-        assert_eq!(declared(payload, "KUBE-SERVICES").len(), 2, "nat and filter: {payload}");
+        assert_eq!(
+            declared(payload, "KUBE-SERVICES").len(),
+            2,
+            "nat and filter: {payload}"
+        );
 
         let scaled = engine
             .sync(&mut k, web(&["10.244.1.2", "10.244.1.3"]))
@@ -708,7 +766,10 @@ mod tests {
         let payload = &k.restores[2].1;
         let web_chains = ServiceChains::of(&port("web", Protocol::Tcp));
         let dns_chains = ServiceChains::of(&port("dns", Protocol::Udp));
-        assert_eq!(declared(payload, "KUBE-SVC-"), [web_chains.cluster.to_string()]);
+        assert_eq!(
+            declared(payload, "KUBE-SVC-"),
+            [web_chains.cluster.to_string()]
+        );
         assert_eq!(declared(payload, "KUBE-SEP-").len(), 2, "{payload}");
         assert!(!payload.contains(&format!(":{}", dns_chains.cluster)));
         assert_eq!(k.state(), fresh(web(&["10.244.1.2", "10.244.1.3"])).state());
@@ -729,7 +790,9 @@ mod tests {
     fn partial_sync_deletes_the_chains_of_removed_endpoints_and_services() {
         let mut k = FakeKernel::default();
         let mut engine = SyncEngine::new();
-        engine.sync(&mut k, web(&["10.244.1.2", "10.244.1.3"])).expect("first");
+        engine
+            .sync(&mut k, web(&["10.244.1.2", "10.244.1.3"]))
+            .expect("first");
         let seps = |k: &FakeKernel| {
             k.chains(IpFamily::V4, "nat")
                 .into_iter()
@@ -747,7 +810,10 @@ mod tests {
         let no_dns = rules(&cluster(&["10.244.1.3"], None, ClusterConfig::default()));
         let gone = engine.sync(&mut k, no_dns.clone()).expect("dns deleted");
         assert_eq!(gone.families[0].services, [svc("dns")].into());
-        assert_eq!(gone.families[0].deleted_chains, 2, "KUBE-SVC and KUBE-SEP of dns");
+        assert_eq!(
+            gone.families[0].deleted_chains, 2,
+            "KUBE-SVC and KUBE-SEP of dns"
+        );
         assert_eq!(k.state(), fresh(no_dns).state());
     }
 
@@ -757,16 +823,31 @@ mod tests {
         let mut engine = SyncEngine::new();
         engine.sync(&mut k, web(&["10.244.1.2"])).expect("first");
         k.fail_next_restore = true;
-        let err = engine.sync(&mut k, web(&["10.244.1.3"])).expect_err("restore fails");
+        let err = engine
+            .sync(&mut k, web(&["10.244.1.3"]))
+            .expect_err("restore fails");
         assert!(
-            matches!(err, AgentError::ApplyFailed { step: "restore iptables", .. }),
+            matches!(
+                err,
+                AgentError::ApplyFailed {
+                    step: "restore iptables",
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert_eq!(engine.metrics().restore_failures(IpFamily::V4, SyncKind::Partial), 1);
+        assert_eq!(
+            engine
+                .metrics()
+                .restore_failures(IpFamily::V4, SyncKind::Partial),
+            1
+        );
         let retry = engine.sync(&mut k, web(&["10.244.1.3"])).expect("retry");
         assert_eq!(retry.families[0].kind, SyncKind::Full);
         assert_eq!(k.state(), fresh(web(&["10.244.1.3"])).state());
-        let next = engine.sync(&mut k, web(&["10.244.1.3"])).expect("then partial");
+        let next = engine
+            .sync(&mut k, web(&["10.244.1.3"]))
+            .expect("then partial");
         assert_eq!(next.families[0].kind, SyncKind::Partial);
         assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Full), 2);
 
@@ -783,8 +864,11 @@ mod tests {
     #[test]
     fn hooks_are_inserted_once_and_foreign_chains_survive() {
         let mut k = FakeKernel::default();
-        k.restore(IpFamily::V4, "*filter\n:FOREIGN - [0:0]\n-A FORWARD -j FOREIGN\nCOMMIT\n")
-            .expect("foreign");
+        k.restore(
+            IpFamily::V4,
+            "*filter\n:FOREIGN - [0:0]\n-A FORWARD -j FOREIGN\nCOMMIT\n",
+        )
+        .expect("foreign");
         let mut engine = SyncEngine::new();
         for _ in 0..3 {
             engine.sync(&mut k, web(&["10.244.1.2"])).expect("sync");
@@ -811,17 +895,29 @@ udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst
             ..FakeKernel::default()
         };
         let mut engine = SyncEngine::new();
-        let dns = |ep: &str| rules(&cluster(&["10.244.1.2"], Some(ep), ClusterConfig::default()));
+        let dns = |ep: &str| {
+            rules(&cluster(
+                &["10.244.1.2"],
+                Some(ep),
+                ClusterConfig::default(),
+            ))
+        };
         // Restart: the flow to the serving endpoint .53 survives; the one to .54 is stale.
         let first = engine.sync(&mut k, dns("10.244.1.53")).expect("first");
         assert_eq!(k.conntrack_lists, 1);
         assert_eq!(
             k.deleted,
-            ["-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.54 --reply-port-src 53"]
+            [
+                "-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.54 --reply-port-src 53"
+            ]
         );
         assert_eq!(first.families[0].conntrack_deleted, 1);
         // A TCP change does not list conntrack at all.
-        let tcp = rules(&cluster(&["10.244.1.3"], Some("10.244.1.53"), ClusterConfig::default()));
+        let tcp = rules(&cluster(
+            &["10.244.1.3"],
+            Some("10.244.1.53"),
+            ClusterConfig::default(),
+        ));
         engine.sync(&mut k, tcp).expect("tcp change");
         assert_eq!(k.conntrack_lists, 1);
         // The DNS pod moves: flows to .53 are deleted.
@@ -830,9 +926,47 @@ udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst
         assert_eq!(k.conntrack_lists, 2);
         assert_eq!(
             k.deleted,
-            ["-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.53 --reply-port-src 53"]
+            [
+                "-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.53 --reply-port-src 53"
+            ]
         );
         assert_eq!(engine.metrics().conntrack_deleted(IpFamily::V4), 2);
+    }
+
+    #[test]
+    fn a_failed_conntrack_cleanup_keeps_the_rules_and_is_retried_after_the_next_sync() {
+        let mut k = FakeKernel {
+            conntrack: DNS_FLOWS.to_owned(),
+            fail_next_conntrack: true,
+            ..FakeKernel::default()
+        };
+        let mut engine = SyncEngine::new();
+        let err = engine
+            .sync(&mut k, web(&["10.244.1.2"]))
+            .expect_err("conntrack fails");
+        assert!(
+            matches!(
+                err,
+                AgentError::ConntrackCleanupFailed {
+                    family: IpFamily::V4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Full), 1);
+        let again = engine.sync(&mut k, web(&["10.244.1.2"])).expect("retry");
+        assert_eq!(
+            again.families[0].kind,
+            SyncKind::Partial,
+            "the rules were in"
+        );
+        assert_eq!(again.families[0].conntrack_deleted, 1, "{:?}", k.deleted);
+        assert!(
+            engine.metrics().encode().contains(
+                "kubeproxy_conntrack_reconciler_deleted_entries_total{family=\"ipv4\"} 1"
+            )
+        );
     }
 
     fn dual_stack() -> ClusterConfig {
@@ -888,14 +1022,34 @@ ports: [{port: 80, protocol: TCP}]
         let families: Vec<IpFamily> = node_rules.families.iter().map(|f| f.family()).collect();
         assert_eq!(families, [IpFamily::V4, IpFamily::V6]);
         let mut k = FakeKernel::default();
-        let report = SyncEngine::new().sync(&mut k, node_rules.clone()).expect("sync");
+        let report = SyncEngine::new()
+            .sync(&mut k, node_rules.clone())
+            .expect("sync");
         assert_eq!(report.families.len(), 2);
-        let v4: Vec<&String> = k.restores.iter().filter(|r| r.0 == IpFamily::V4).map(|r| &r.1).collect();
-        let v6: Vec<&String> = k.restores.iter().filter(|r| r.0 == IpFamily::V6).map(|r| &r.1).collect();
+        let v4: Vec<&String> = k
+            .restores
+            .iter()
+            .filter(|r| r.0 == IpFamily::V4)
+            .map(|r| &r.1)
+            .collect();
+        let v6: Vec<&String> = k
+            .restores
+            .iter()
+            .filter(|r| r.0 == IpFamily::V6)
+            .map(|r| &r.1)
+            .collect();
         assert_eq!((v4.len(), v6.len()), (1, 1), "one restore per family");
-        assert!(v4[0].contains("-d 10.96.0.11 ") && !v4[0].contains("fd00:"), "{}", v4[0]);
+        assert!(
+            v4[0].contains("-d 10.96.0.11 ") && !v4[0].contains("fd00:"),
+            "{}",
+            v4[0]
+        );
         assert!(v6[0].contains("-d fd00:10:96::11 "), "{}", v6[0]);
-        assert!(v6[0].contains("--to-destination [fd00:10:244:1::2]:80"), "{}", v6[0]);
+        assert!(
+            v6[0].contains("--to-destination [fd00:10:244:1::2]:80"),
+            "{}",
+            v6[0]
+        );
         assert!(!v6[0].contains("10.96.0.11"), "{}", v6[0]);
         assert!(v6[0].contains("-I FORWARD 1 "), "IPv6 hooks too: {}", v6[0]);
         let text = node_rules.to_text();
@@ -903,5 +1057,16 @@ ports: [{port: 80, protocol: TCP}]
 
         let single = rules(&cluster(&["10.244.1.2"], None, ClusterConfig::default()));
         assert_eq!(single.families.len(), 1);
+
+        // The cluster turns IPv4-only: the IPv6 chains go, and IPv6 is left alone after.
+        let mut engine = SyncEngine::new();
+        let mut k = FakeKernel::default();
+        engine.sync(&mut k, node_rules).expect("dual");
+        assert!(!k.chains(IpFamily::V6, "nat").is_empty());
+        let dropped = engine.sync(&mut k, single.clone()).expect("v4 only");
+        assert_eq!(dropped.families.len(), 2, "IPv6 pruned once");
+        assert!(k.chains(IpFamily::V6, "nat").is_empty(), "{:?}", k.state());
+        let after = engine.sync(&mut k, single).expect("v4 only again");
+        assert_eq!(after.families.len(), 1);
     }
 }

@@ -183,10 +183,7 @@ fn dual_stack(ep6: &str) -> NodeRules {
         ],
         ..ClusterConfig::default()
     };
-    programmed(&netd_testkit::state_with(
-        &DUAL.replace("EP6", ep6),
-        config,
-    ))
+    programmed(&netd_testkit::state_with(&DUAL.replace("EP6", ep6), config))
 }
 
 #[test]
@@ -201,7 +198,10 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
         first.families.iter().map(|f| (f.family, f.kind)).collect();
     assert_eq!(
         kinds,
-        [(IpFamily::V4, SyncKind::Full), (IpFamily::V6, SyncKind::Full)]
+        [
+            (IpFamily::V4, SyncKind::Full),
+            (IpFamily::V6, SyncKind::Full)
+        ]
     );
     let v6 = save6(&ns.0);
     assert!(v6.contains("-d fd00:10:96::11/128"), "{v6}");
@@ -209,9 +209,15 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
         v6.contains("--to-destination [fd00:10:244:1::2]:80"),
         "{v6}"
     );
-    assert!(v6.contains("-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD"), "{v6}");
+    assert!(
+        v6.contains("-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD"),
+        "{v6}"
+    );
     let v4 = save(&ns.0);
-    assert!(v4.contains("--to-destination 10.244.1.2:80") && !v4.contains("fd00:"), "{v4}");
+    assert!(
+        v4.contains("--to-destination 10.244.1.2:80") && !v4.contains("fd00:"),
+        "{v4}"
+    );
 
     let second = engine
         .sync(&mut kernel, dual_stack("fd00:10:244:1::3"))
@@ -229,7 +235,10 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
         ]
     );
     let v6 = save6(&ns.0);
-    assert!(v6.contains("[fd00:10:244:1::3]:80") && !v6.contains("[fd00:10:244:1::2]:80"), "{v6}");
+    assert!(
+        v6.contains("[fd00:10:244:1::3]:80") && !v6.contains("[fd00:10:244:1::2]:80"),
+        "{v6}"
+    );
 
     let removed = cleanup(&ns.0).expect("cleanup");
     assert!(removed.chains > 0);
@@ -249,9 +258,27 @@ fn conntrack(ns: &str, args: &[&str]) -> String {
 fn flow(ns: &str, protocol: &str, sport: u16, dst: &str, dport: u16, backend: &str) {
     let (sport, dport) = (sport.to_string(), dport.to_string());
     let mut args = vec![
-        "-I", "-p", protocol, "-s", "10.244.1.9", "-d", dst, "--sport", &sport, "--dport",
-        &dport, "-r", backend, "-q", "10.244.1.9", "--reply-port-src", &dport,
-        "--reply-port-dst", &sport, "-t", "600",
+        "-I",
+        "-p",
+        protocol,
+        "-s",
+        "10.244.1.9",
+        "-d",
+        dst,
+        "--sport",
+        &sport,
+        "--dport",
+        &dport,
+        "-r",
+        backend,
+        "-q",
+        "10.244.1.9",
+        "--reply-port-src",
+        &dport,
+        "--reply-port-dst",
+        &sport,
+        "-t",
+        "600",
     ];
     if protocol == "tcp" {
         args.extend(["--state", "ESTABLISHED", "-u", "ASSURED"]);

@@ -13,20 +13,34 @@
 //! only the chains of Services that changed (kube-proxy's partial sync), and every hour one is
 //! full again. Nothing is flushed when an agent starts, so restarting it leaves established
 //! connections alone. After each sync the agent logs what it did and writes its counters
-//! (OpenMetrics text: `kubenetd_sync_proxy_rules_total{family,scope}`, ...) to
+//! (OpenMetrics text: `kubeproxy_sync_proxy_rules_total{family,scope}`, ...) to
 //! `nodes/<node>.metrics` in the lab's state directory ([`metrics_path`]).
+//!
+//! Inside the Node's namespace the agent also serves what kube-proxy serves
+//! (`netd-healthcheck`): `/healthz` and `/livez` on port 10256, `/metrics` on
+//! 127.0.0.1:10249 (the sync counters and the probe counters), and for each LoadBalancer
+//! Service with `externalTrafficPolicy: Local` a server on its `healthCheckNodePort` that
+//! answers 200 while the Node has local Ready endpoints and 503 otherwise. The proxy is marked
+//! updated after each successful sync, and the health servers follow the plan just applied.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
-use std::net::IpAddr;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netd_agent::{InNamespace, SyncEngine, SyncKind};
-use netd_kernel::process;
-use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef};
+use netd_healthcheck::{
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHZ_BIND_ADDRESS, DEFAULT_METRICS_BIND_ADDRESS,
+    HealthError, HealthMetrics, HealthServers, HttpServer, ProxyHealth, SystemClock,
+};
+use netd_kernel::{netns, process};
+use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef};
+use netd_proxy::IpFamily;
+use prometheus_client::registry::Registry;
 
 use crate::names::Names;
 use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
@@ -59,14 +73,17 @@ pub fn run_agent(
         dir: state_dir.to_owned(),
     })?;
     let engine = SyncEngine::new();
+    let names = Names::new(&lab.name)?;
+    let health = NodeHealth::start(&names.node_ns(node), &engine)?;
     let mut agent = Agent {
-        names: Names::new(&lab.name)?,
+        names,
         store,
         lab,
         node: node.clone(),
         children: BTreeMap::new(),
         engine,
         last_full: None,
+        health,
     };
     let mut done: Option<(u64, Instant)> = None;
     while agent.store.exists() {
@@ -120,6 +137,8 @@ struct Agent {
     engine: SyncEngine,
     /// When the last full sync was.
     last_full: Option<Instant>,
+    /// kube-proxy's health servers in the Node's namespace.
+    health: NodeHealth,
 }
 
 impl Agent {
@@ -218,6 +237,13 @@ impl Agent {
                 p.pid = Some(child.id());
             }
             self.store.write_node(&self.node, &record)?;
+            // Recorded: the workload may start (it waits for this byte, see helper.rs).
+            if let Some(mut go) = child.stdin.take() {
+                go.write_all(b"g").map_err(|source| LabError::SpawnFailed {
+                    what: format!("echo server of {key}"),
+                    source,
+                })?;
+            }
             let stdout = child.stdout.take();
             self.children.insert(key.clone(), child);
             starting.push((pod.clone(), stdout));
@@ -243,6 +269,9 @@ impl Agent {
                     node: self.node.clone(),
                     source,
                 })?;
+        self.health
+            .proxy
+            .set_node_eligible(netd_healthcheck::node_eligible(&state, &self.node));
         self.sync(&node_ns, rules)?;
         record.converged = generation;
         record.error = None;
@@ -250,10 +279,21 @@ impl Agent {
         self.store.write_node(&self.node, &record)
     }
 
-    /// Syncs `rules` into the Node's namespace, logs what was done and writes the counters.
+    /// Syncs `rules` into the Node's namespace, logs what was done, writes the counters and
+    /// brings the health servers in line with the plan just applied.
     fn sync(&mut self, node_ns: &str, rules: NodeRules) -> Result<(), LabError> {
         if self.last_full.is_some_and(|at| at.elapsed() > FULL_RESYNC) {
             self.engine.request_full_sync();
+        }
+        // The primary family's plan, as a single-family kube-proxy counts them.
+        let checks: BTreeMap<ServiceRef, (u16, usize)> = rules
+            .families
+            .first()
+            .map(|f| f.plan.health_checks())
+            .unwrap_or_default();
+        let families: Vec<IpFamily> = rules.families.iter().map(|f| f.family()).collect();
+        for family in &families {
+            self.health.proxy.queued_update(health_family(*family));
         }
         let result = self.engine.sync(&mut InNamespace::new(node_ns), rules);
         let written = self.write_metrics();
@@ -262,6 +302,7 @@ impl Agent {
             source: Box::new(source),
         })?;
         for done in &report.families {
+            self.health.proxy.updated(health_family(done.family));
             if done.kind == SyncKind::Full {
                 self.last_full = Some(Instant::now());
             }
@@ -275,6 +316,7 @@ impl Agent {
                 "rules synced"
             );
         }
+        self.health.sync(&checks);
         written
     }
 
@@ -345,7 +387,7 @@ impl Agent {
             .append(true)
             .open(&log_path)
             .map_err(LabError::io(&log_path))?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
         cmd.spawn().map_err(|source| LabError::SpawnFailed {
             what: what(),
             source,
@@ -362,6 +404,100 @@ impl Agent {
             let _ = child.wait();
         }
         Ok(())
+    }
+}
+
+/// kube-proxy's health servers of one Node, with sockets in the Node's namespace, served by
+/// a small Tokio runtime of their own.
+struct NodeHealth {
+    proxy: ProxyHealth,
+    servers: HealthServers,
+    /// `/healthz` and `/livez`, and `/metrics`: they run while these are kept.
+    _served: Vec<HttpServer>,
+    /// Runs every server; declared last so it is dropped after them.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NodeHealth {
+    /// Starts `/healthz`, `/livez` and `/metrics` in the namespace `ns`. A port that cannot be
+    /// bound (say, taken by a hostNetwork Pod) is logged, not fatal: the data path matters more.
+    fn start(ns: &str, engine: &SyncEngine) -> Result<NodeHealth, LabError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("health")
+            .enable_all()
+            .build()
+            .map_err(|source| LabError::SpawnFailed {
+                what: "the health servers' runtime".to_owned(),
+                source,
+            })?;
+        let mut registry = Registry::with_prefix("kubeproxy");
+        let metrics = HealthMetrics::register(&mut registry);
+        engine.register(&mut registry);
+        let proxy = ProxyHealth::new(DEFAULT_HEALTH_TIMEOUT, Arc::new(SystemClock), metrics);
+        let owned = ns.to_owned();
+        let servers = HealthServers::new(
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            proxy.clone(),
+            Arc::new(move |addr| bind_in(&owned, addr)),
+        );
+        let registry = Arc::new(registry);
+        let mut served = Vec::new();
+        {
+            // The servers' tasks are spawned on this runtime.
+            let _entered = runtime.enter();
+            let healthz = bind_in(ns, DEFAULT_HEALTHZ_BIND_ADDRESS)
+                .map_err(|source| HealthError::BindFailed {
+                    addr: DEFAULT_HEALTHZ_BIND_ADDRESS,
+                    source,
+                })
+                .and_then(|listener| proxy.serve(listener));
+            let metrics = bind_in(ns, DEFAULT_METRICS_BIND_ADDRESS)
+                .map_err(|source| HealthError::BindFailed {
+                    addr: DEFAULT_METRICS_BIND_ADDRESS,
+                    source,
+                })
+                .and_then(|listener| netd_healthcheck::serve_metrics(listener, registry));
+            for server in [healthz, metrics] {
+                match server {
+                    Ok(server) => served.push(server),
+                    Err(error) => tracing::warn!(%ns, %error, "health server not started"),
+                }
+            }
+        }
+        Ok(NodeHealth {
+            proxy,
+            servers,
+            _served: served,
+            runtime,
+        })
+    }
+
+    /// Opens, closes and updates the healthCheckNodePort servers to match `checks`.
+    fn sync(&mut self, checks: &BTreeMap<ServiceRef, (u16, usize)>) {
+        let failed = self.runtime.block_on(self.servers.sync(checks));
+        for (service, error) in failed {
+            tracing::warn!(%service, %error, "health check server not started; retried next sync");
+        }
+    }
+}
+
+/// A listening socket on `addr` in the namespace `ns` (bound from a thread that enters it:
+/// the socket stays in that namespace whoever serves it).
+fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).map_err(std::io::Error::other)?;
+        TcpListener::bind(addr)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the thread binding a health server panicked"))?
+}
+
+fn health_family(family: IpFamily) -> netd_healthcheck::IpFamily {
+    match family {
+        IpFamily::V4 => netd_healthcheck::IpFamily::V4,
+        IpFamily::V6 => netd_healthcheck::IpFamily::V6,
     }
 }
 

@@ -395,7 +395,7 @@ impl Demo<'_> {
     fn describe_lab(&mut self, lab: &Lab, took: Duration) -> Result<(), DemoError> {
         let state = state(lab)?;
         self.say(&format!(
-            "The lab is up in {:.1}s. Every pod is a network namespace too, running an echo server on its containerPorts:",
+            "The lab is up in {:.1}s. Every pod is a network namespace too, serving its containerPorts:",
             took.as_secs_f64()
         ))?;
         for node in state.nodes() {
@@ -403,7 +403,7 @@ impl Demo<'_> {
             let cidr = list(&node.pod_cidrs);
             self.say(&format!("  {}  {ip}  pods from {cidr}", node.name))?;
             for pod in state.pods_on(node.name.as_str()) {
-                self.say(&format!("      {:<32} {}", pod.key, list(&pod.ips)))?;
+                self.say(&format!("      {:<40} {}", pod.key, list(&pod.ips)))?;
             }
         }
         if let Some(ip) = external_ip(&state)? {

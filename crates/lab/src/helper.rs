@@ -2,8 +2,10 @@
 //! cluster DNS server). The lab starts them by running its helper program (for `kube-netd`,
 //! `kube-netd lab internal`) with these arguments, which [`helper_main`] parses:
 //!
-//! - `agent STATE_DIR NODE`
-//! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace): the Pod's
+//! - `agent STATE_DIR NODE [--after-go]`: with `--after-go`, the agent first waits for one
+//!   byte on standard input, which `lab up` writes once the agent's PID is recorded.
+//! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace; it too waits for
+//!   the agent's byte on standard input): the Pod's
 //!   workload. A Pod labelled [`crate::dns::WORKLOAD_LABEL`]` = dns` runs the DNS server (as
 //!   `dns` below), any other the echo server on its ports.
 //! - `dns STATE_DIR NS/POD` (run inside the Pod's namespace): the cluster DNS server
@@ -13,7 +15,7 @@
 //! (so `lab down` kills by PID only processes that still carry it) and the process exits on
 //! its own when the directory disappears.
 
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use netd_model::{NodeName, PodRef, Protocol};
@@ -22,6 +24,9 @@ use crate::LabError;
 use crate::agent::{Programmer, run_agent};
 use crate::dns;
 use crate::echo::EchoServer;
+
+/// The agent argument by which `lab up` asks an agent to wait until its PID is recorded.
+pub const AFTER_GO: &str = "--after-go";
 
 /// Runs the helper that `args` (without the program name and leading arguments) asks for,
 /// until the lab is removed. `programmer` supplies the Nodes' rules to an agent.
@@ -34,6 +39,16 @@ pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), L
         [cmd, dir, node] if cmd == "agent" => {
             run_agent(Path::new(dir), &NodeName::new(node.as_str()), programmer)
         }
+        [cmd, dir, node, flag] if cmd == "agent" && flag == AFTER_GO => {
+            // `lab up` writes one byte once it has recorded this process's PID. End of input
+            // instead means `up` died before recording it: nothing could ever stop this agent
+            // by PID, so it leaves before doing anything.
+            if go_ahead() {
+                run_agent(Path::new(dir), &NodeName::new(node.as_str()), programmer)
+            } else {
+                Ok(())
+            }
+        }
         [cmd, dir, pod, ports @ ..] if cmd == "echo" => {
             let pod: PodRef = pod
                 .parse()
@@ -43,6 +58,11 @@ pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), L
                 .map(|p| parse_port(p).ok_or_else(|| bad("ports as tcp/80, udp/53, sctp/9")))
                 .collect::<Result<Vec<_>, _>>()?;
             let dir = PathBuf::from(dir);
+            // The agent writes one byte once this process's PID is recorded; end of input
+            // means the agent died before that, and nothing could stop this process by PID.
+            if !go_ahead() {
+                return Ok(());
+            }
             // Agents start every Pod's workload this way; the Pod's labels say which it is.
             if dns::pod_runs_dns(&dir, &pod)? {
                 return dns::serve(&dir, &pod);
@@ -62,6 +82,12 @@ pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), L
             "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT... | dns STATE_DIR NS/POD",
         )),
     }
+}
+
+/// Waits for the one byte a parent writes once it has recorded this process's PID.
+fn go_ahead() -> bool {
+    let mut go = [0u8; 1];
+    matches!(std::io::stdin().read(&mut go), Ok(1))
 }
 
 fn parse_port(s: &str) -> Option<(Protocol, u16)> {

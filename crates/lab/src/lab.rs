@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -195,10 +196,18 @@ impl Lab {
             resolved: objects::encode_all(&resolved)?,
         })?;
         for node in nodes.keys() {
-            let child = lab.spawn_agent(&record.program, node)?;
+            let mut child = lab.spawn_agent(&record.program, node)?;
             record.agents.insert(node.clone(), child.id());
+            let go = child.stdin.take();
             lab.agents.push(child);
             store.write_lab(&record)?;
+            // Only now that its PID is recorded may the agent start (see helper::AFTER_GO).
+            if let Some(mut go) = go {
+                go.write_all(b"g").map_err(|source| LabError::SpawnFailed {
+                    what: format!("the agent of node {node}"),
+                    source,
+                })?;
+            }
         }
         topology::sync_external_routes(&names, &state, &nodes)?;
         lab.wait_converged(1)?;
@@ -499,7 +508,8 @@ impl Lab {
             .arg("agent")
             .arg(self.store.marker())
             .arg(node.as_str())
-            .stdin(Stdio::null())
+            .arg(crate::helper::AFTER_GO)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
             // Its own process group: a Ctrl-C meant for `lab up` does not stop the agents.
@@ -655,6 +665,7 @@ fn down_store(store: &Store) -> Result<(), LabError> {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let mut recorded = Vec::new();
     for node in store.all_node_records()? {
         for pod in node.pods.values() {
             if let Some(pid) = pod.pid {
@@ -663,13 +674,35 @@ fn down_store(store: &Store) -> Result<(), LabError> {
             }
             if let Some(ns) = &pod.netns {
                 topology::remove_pod(ns)?;
+                recorded.push(ns.clone());
             }
         }
     }
     for ns in lab.namespaces.iter().rev() {
         netns::delete(ns).map_err(LabError::kernel(format!("removing namespace {ns}")))?;
     }
+    recorded.extend(lab.namespaces.iter().cloned());
+    remove_stragglers(&recorded)?;
     store.remove()
+}
+
+/// A process killed while its `ip netns add` child was running leaves that child behind, and
+/// it may create its (recorded) namespace after we deleted the recorded ones. Watch them for a
+/// short while and delete any that appear, until they have stayed absent for a few checks.
+fn remove_stragglers(recorded: &[String]) -> Result<(), LabError> {
+    const CHECK: Duration = Duration::from_millis(25);
+    const QUIET_CHECKS: u32 = 8;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut quiet = 0;
+    while quiet < QUIET_CHECKS && Instant::now() < deadline {
+        std::thread::sleep(CHECK);
+        quiet += 1;
+        for ns in recorded.iter().filter(|ns| netns::exists(ns)) {
+            quiet = 0;
+            netns::delete(ns).map_err(LabError::kernel(format!("removing namespace {ns}")))?;
+        }
+    }
+    Ok(())
 }
 
 fn reap(children: &mut Vec<Child>) {

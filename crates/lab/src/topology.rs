@@ -108,6 +108,9 @@ pub(crate) fn build_infrastructure(
             format!("addr add {ip}/{prefix} dev {UNDERLAY_IF}"),
         ];
         netns::ip_batch(&external, &lines).map_err(LabError::kernel("the external namespace"))?;
+        // Nodes route unknown destinations here (their default gateway); it must not pass them on.
+        link::sysctl(&external, "net.ipv4.ip_forward", "0")
+            .map_err(LabError::kernel("the external namespace"))?;
     }
     for (node, addr) in &nodes {
         let ns = names.node_ns(node);
@@ -133,6 +136,14 @@ pub(crate) fn build_infrastructure(
                     other_addr.pod_cidr, other_addr.ip
                 ));
             }
+        }
+        // A real node has a default gateway, the upstream router. Without one, a packet to a
+        // ClusterIP that no rule DNATs (a Service without endpoints) would fail the route
+        // lookup before the filter table could REJECT it, and the client would see "no route"
+        // instead of "connection refused". The external namespace does not forward, so
+        // nothing routed this way goes anywhere.
+        if let Some(router) = record.external_ip {
+            lines.push(format!("route add default via {router}"));
         }
         netns::ip_batch(&ns, &lines).map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
