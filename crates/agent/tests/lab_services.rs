@@ -643,7 +643,8 @@ fn deleting_a_service_removes_its_rules() {
 
 /// Killing every Node's agent and starting it again (a fresh process that knows nothing but
 /// the cluster and resyncs the Node in full) keeps an established connection through a
-/// ClusterIP working: the same TCP connection echoes before, during and after the restart.
+/// ClusterIP working: the same TCP connection echoes before, during and after the restart,
+/// and the conntrack entry of a live UDP flow is not flushed.
 ///
 /// The lab has no agent supervisor: the test kills each agent by the PID in the lab's state
 /// and starts its replacement itself with the lab's helper command, then waits for the
@@ -653,15 +654,28 @@ fn agent_restart_keeps_established_connections() {
         "restart",
         &format!(
             "{}{}{CLIENT}",
-            pod("web", "node-2", "{app: web}", "[{containerPort: 8080}]"),
+            pod(
+                "web",
+                "node-2",
+                "{app: web}",
+                "[{containerPort: 8080}, {containerPort: 5353, protocol: UDP}]"
+            ),
             service(
                 "web",
-                "selector: {app: web}, ports: [{port: 80, targetPort: 8080}]"
+                "selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, targetPort: 5353, protocol: UDP}]"
             ),
         ),
     );
     let mut replacements = Replacements(Vec::new());
-    let to = SocketAddr::new(cluster_ip(&lab, "web"), 80);
+    let ip = cluster_ip(&lab, "web");
+    let udp = udp_client(&lab, &client(), SocketAddr::new(ip, 53));
+    let answer = udp_ask(&udp).expect("a UDP answer");
+    assert_eq!(answer.pod, "default/web");
+    let udp_flow = format!(
+        "sport={} dport=53 ",
+        udp.local_addr().expect("local address").port()
+    );
+    let to = SocketAddr::new(ip, 80);
     let ns = lab.netns_of(&client()).expect("client namespace");
     let stream = in_netns(&ns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect to the ClusterIP")
@@ -750,6 +764,14 @@ fn agent_restart_keeps_established_connections() {
         std::thread::sleep(Duration::from_millis(50));
     }
     conn.round_trip("after");
+    // Upstream's old cleanup flushed every UDP flow on restart (kubernetes#122740): a flow to
+    // a live endpoint must survive the first full sync of a fresh agent.
+    let entries = conntrack_udp(&lab, "node-1");
+    assert!(
+        entries.lines().any(|l| l.contains(&udp_flow)),
+        "the live UDP flow ({udp_flow}) was flushed by the restart:\n{entries}"
+    );
+    assert_eq!(udp_ask(&udp).map(|r| r.pod).as_deref(), Some("default/web"));
     for child in &mut replacements.0 {
         assert!(
             matches!(child.try_wait(), Ok(None)),

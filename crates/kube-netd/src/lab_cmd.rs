@@ -14,7 +14,7 @@ use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Res
 use netd_model::{ClusterState, Object, Protocol};
 
 use crate::cluster::NetworkArgs;
-use crate::print::{self, Format, Scope};
+use crate::print::{self, TextOrJson};
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
 #[derive(Debug, clap::Args)]
@@ -31,16 +31,20 @@ enum LabCommand {
         kube-netd lab up --nodes 3 --name second -f examples/hostnames/")]
     Up(UpArgs),
     /// Create or update objects, like kubectl apply; returns once every Node has converged.
-    #[command(after_help = "Example:\n  kube-netd lab apply -f examples/policy/deny-egress.yaml")]
+    #[command(
+        after_help = "Example:\n  kube-netd lab apply -f examples/networkpolicy/deny-egress.yaml"
+    )]
     Apply(FileArgs),
     /// Delete objects, like kubectl delete -f; returns once every Node has converged.
-    #[command(after_help = "Example:\n  kube-netd lab delete -f examples/policy/deny-egress.yaml")]
+    #[command(
+        after_help = "Example:\n  kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml"
+    )]
     Delete(FileArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
     #[command(
         after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml"
     )]
-    Get(GetArgs),
+    Get(LabGetArgs),
     /// Send real packets from a pod, a node or outside the cluster, and report what happened.
     #[command(after_help = "Examples:\n  \
         kube-netd lab probe default/client default/server --port 80\n  \
@@ -126,34 +130,11 @@ struct FileArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct GetArgs {
+struct LabGetArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
-    /// namespaces, or all (kubectl's short names work).
-    kind: print::Target,
-    /// Only this namespace.
-    #[arg(
-        short = 'n',
-        long,
-        default_value = "default",
-        conflicts_with = "all_namespaces"
-    )]
-    namespace: String,
-    /// Every namespace.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    output: Format,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    /// Human-readable lines.
-    Text,
-    /// JSON.
-    Json,
+    #[command(flatten)]
+    what: print::GetArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,7 +160,7 @@ struct ProbeArgs {
     timeout_ms: u64,
     /// Output format: text, or one JSON object per attempt.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: Output,
+    output: TextOrJson,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,7 +181,7 @@ struct MatrixArgs {
     timeout_ms: u64,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: Output,
+    output: TextOrJson,
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,13 +235,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         }
         LabCommand::Get(a) => {
             let state = a.lab.open()?.state()?;
-            let node_kind = a.kind == print::Target::Kind(netd_model::Kind::Node);
-            let scope = if a.all_namespaces || node_kind {
-                Scope::All
-            } else {
-                Scope::Namespace(a.namespace)
-            };
-            print!("{}", print::render(&state, a.kind, &scope, a.output)?);
+            print!("{}", a.what.render(&state)?);
             Ok(())
         }
         LabCommand::Probe(a) => probe(a),
@@ -273,8 +248,8 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 Duration::from_millis(a.timeout_ms),
             )?;
             match a.output {
-                Output::Text => print!("{}", m.to_text()),
-                Output::Json => println!("{}", m.to_json()),
+                TextOrJson::Text => print!("{}", m.to_text()),
+                TextOrJson::Json => println!("{}", m.to_json()),
             }
             Ok(())
         }
@@ -387,8 +362,8 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     };
     for result in lab.probe(&from, &to, &spec)? {
         match a.output {
-            Output::Text => println!("{result}"),
-            Output::Json => println!("{}", serde_json::to_string(&result)?),
+            TextOrJson::Text => println!("{result}"),
+            TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
         }
     }
     Ok(())

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
-use crate::print::{Format, Scope, Target};
 
 /// Kubernetes node networking in one binary: service proxy, NetworkPolicy, cluster DNS, and a
 /// lab that runs it all on one machine.
@@ -41,7 +40,7 @@ enum Command {
         kube-netd get all -f examples/\n  \
         kube-netd get pods -A -o wide -f examples/hostnames/\n  \
         kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml")]
-    Get(GetArgs),
+    Get(GetCommand),
     /// Run a cluster of network namespaces on this machine and probe it with real packets.
     Lab(lab_cmd::LabArgs),
     /// Ask the NetworkPolicy engine whether flows are allowed, and why.
@@ -72,24 +71,9 @@ struct CleanupArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct GetArgs {
-    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
-    /// namespaces, or all (kubectl's short names work: po, svc, netpol, no, deploy, ns).
-    kind: Target,
-    /// Only this namespace.
-    #[arg(
-        short = 'n',
-        long,
-        default_value = "default",
-        conflicts_with = "all_namespaces"
-    )]
-    namespace: String,
-    /// Every namespace.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    output: Format,
+struct GetCommand {
+    #[command(flatten)]
+    what: print::GetArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -113,13 +97,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Get(args) => {
             let state = args.cluster.resolve()?;
-            let scope = if args.all_namespaces || args.kind == Target::Kind(netd_model::Kind::Node)
-            {
-                Scope::All
-            } else {
-                Scope::Namespace(args.namespace)
-            };
-            print!("{}", print::render(&state, args.kind, &scope, args.output)?);
+            print!("{}", args.what.render(&state)?);
             Ok(())
         }
         Command::Policy(args) => policy_cmd::run(args),
@@ -135,5 +113,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lab(args) => lab_cmd::run(args, &netd_agent::NodeProgrammer::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks names, groups, conflicts and defaults of every subcommand.
+        Cli::command().debug_assert();
     }
 }

@@ -69,9 +69,43 @@ impl std::str::FromStr for Target {
     }
 }
 
+/// What `get` and `lab get` print, and how.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
+    /// namespaces, or all (kubectl's short names work: po, svc, netpol, no, deploy, ns).
+    kind: Target,
+    /// Only this namespace.
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+impl GetArgs {
+    /// Prints what was asked for from `state`. Nodes are cluster-scoped: always all of them.
+    pub fn render(&self, state: &ClusterState) -> anyhow::Result<String> {
+        let scope = if self.all_namespaces || self.kind == Target::Kind(Kind::Node) {
+            Scope::All
+        } else {
+            Scope::Namespace(self.namespace.clone())
+        };
+        render(state, self.kind, &scope, self.output)
+    }
+}
+
 /// Which namespaces to show.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+enum Scope {
     /// One namespace.
     Namespace(String),
     /// All namespaces (`-A`).
@@ -79,7 +113,7 @@ pub enum Scope {
 }
 
 /// Prints the objects of `target` in `scope` as `format`.
-pub fn render(
+fn render(
     state: &ClusterState,
     target: Target,
     scope: &Scope,
