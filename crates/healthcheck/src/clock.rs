@@ -28,7 +28,9 @@ const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 /// A time as Go's `encoding/json` prints a UTC `time.Time` (RFC 3339 with nanoseconds,
 /// trailing zeros dropped); `None` is Go's zero time.
 pub(crate) fn go_time(t: Option<SystemTime>) -> String {
-    let Some(t) = t else { return GO_ZERO_TIME.to_owned() };
+    let Some(t) = t else {
+        return GO_ZERO_TIME.to_owned();
+    };
     match jiff::Timestamp::try_from(t) {
         Ok(ts) => ts.to_string(),
         // Beyond jiff's range (years ±9999), which Go's JSON encoder rejects too.
@@ -62,8 +64,14 @@ mod tests {
     fn prints_times_like_go_rfc3339_nano() {
         let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_168_217);
         assert_eq!(go_time(Some(base)), "2026-11-20T09:50:17Z");
-        assert_eq!(go_time(Some(base + Duration::from_millis(120))), "2026-11-20T09:50:17.12Z");
-        assert_eq!(go_time(Some(base + Duration::from_nanos(1))), "2026-11-20T09:50:17.000000001Z");
+        assert_eq!(
+            go_time(Some(base + Duration::from_millis(120))),
+            "2026-11-20T09:50:17.12Z"
+        );
+        assert_eq!(
+            go_time(Some(base + Duration::from_nanos(1))),
+            "2026-11-20T09:50:17.000000001Z"
+        );
         assert_eq!(go_time(None), "0001-01-01T00:00:00Z");
     }
 }

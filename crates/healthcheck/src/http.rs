@@ -54,7 +54,9 @@ impl Listen for CurrentNamespace {
 /// Binds a listener on `addr` in the calling thread's network namespace (Rust's standard
 /// library sets `SO_REUSEADDR`, as Go does, so a port can be re-bound at once after a close).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HealthError> {
-    CurrentNamespace.listen(addr).map_err(|source| HealthError::BindFailed { addr, source })
+    CurrentNamespace
+        .listen(addr)
+        .map_err(|source| HealthError::BindFailed { addr, source })
 }
 
 /// A running HTTP server. Dropping it stops it (the listener and every open connection are
@@ -117,7 +119,10 @@ pub(crate) fn not_found() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"404 page not found\n")));
     *response.status_mut() = StatusCode::NOT_FOUND;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }

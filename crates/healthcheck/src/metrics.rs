@@ -38,9 +38,17 @@ impl HealthMetrics {
     /// Creates the counters and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let healthz = Family::<CodeLabel, Counter>::default();
-        registry.register("proxy_healthz", "Cumulative proxy healthz HTTP status", healthz.clone());
+        registry.register(
+            "proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            healthz.clone(),
+        );
         let livez = Family::<CodeLabel, Counter>::default();
-        registry.register("proxy_livez", "Cumulative proxy livez HTTP status", livez.clone());
+        registry.register(
+            "proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            livez.clone(),
+        );
         Self { healthz, livez }
     }
 
@@ -74,7 +82,8 @@ fn metrics_response(registry: &Registry) -> Response<Full<Bytes>> {
     let mut text = String::new();
     if let Err(error) = encode(&mut text, registry) {
         tracing::warn!(%error, "encoding metrics failed");
-        let mut response = Response::new(Full::new(Bytes::from_static(b"encoding metrics failed\n")));
+        let mut response =
+            Response::new(Full::new(Bytes::from_static(b"encoding metrics failed\n")));
         *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return response;
     }

@@ -51,7 +51,11 @@ pub enum IpFamily {
 impl IpFamily {
     /// The family of an address.
     pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 }
 
@@ -119,7 +123,14 @@ impl ProxyHealth {
             // Eligible while starting up, until the Node says otherwise.
             node_eligible: true,
         };
-        Self { inner: Arc::new(Inner { clock, health_timeout, metrics, state: Mutex::new(state) }) }
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                health_timeout,
+                metrics,
+                state: Mutex::new(state),
+            }),
+        }
     }
 
     /// A change for `family` is waiting to be synced (`QueuedUpdate`); only the oldest
@@ -165,9 +176,13 @@ impl ProxyHealth {
                 current.duration_since(queued).unwrap_or_default() >= self.inner.health_timeout
             });
             health.healthy &= !late;
-            health
-                .status
-                .insert(family, ProxierHealth { last_updated: Some(last_updated), healthy: !late });
+            health.status.insert(
+                family,
+                ProxierHealth {
+                    last_updated: Some(last_updated),
+                    healthy: !late,
+                },
+            );
         }
         health
     }
@@ -225,19 +240,32 @@ impl ProxyHealth {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update leaves the state consistent, so a panic elsewhere cannot corrupt it.
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Whether `node` is eligible for traffic, as kube-proxy decides for `/healthz` (KEP-3836):
 /// it exists, has no `deletionTimestamp` and no [`TO_BE_DELETED_TAINT`].
 pub fn node_eligible(state: &ClusterState, node: &NodeName) -> bool {
-    let id = ObjectId { kind: Kind::Node, namespace: String::new(), name: node.as_str().to_owned() };
-    let Some(Object::Node(node)) = state.object(&id) else { return false };
+    let id = ObjectId {
+        kind: Kind::Node,
+        namespace: String::new(),
+        name: node.as_str().to_owned(),
+    };
+    let Some(Object::Node(node)) = state.object(&id) else {
+        return false;
+    };
     if node.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
     !taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT)
 }
 

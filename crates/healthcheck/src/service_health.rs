@@ -44,7 +44,12 @@ impl HealthServers {
     /// `--nodeport-addresses`; by default every address, `0.0.0.0`), with sockets created by
     /// `listen`, reporting `proxy`'s health as `serviceProxyHealthy`.
     pub fn new(addresses: Vec<IpAddr>, proxy: ProxyHealth, listen: Arc<dyn Listen>) -> Self {
-        Self { addresses, proxy, listen, services: BTreeMap::new() }
+        Self {
+            addresses,
+            proxy,
+            listen,
+            services: BTreeMap::new(),
+        }
     }
 
     /// Makes `services` (Service → (healthCheckNodePort, local Ready endpoints)) the served
@@ -62,7 +67,11 @@ impl HealthServers {
         let stale: Vec<ServiceRef> = self
             .services
             .iter()
-            .filter(|(svc, instance)| services.get(*svc).is_none_or(|&(port, _)| port != instance.port))
+            .filter(|(svc, instance)| {
+                services
+                    .get(*svc)
+                    .is_none_or(|&(port, _)| port != instance.port)
+            })
             .map(|(svc, _)| svc.clone())
             .collect();
         for svc in stale {
@@ -96,11 +105,25 @@ impl HealthServers {
     pub fn listening(&self) -> BTreeMap<ServiceRef, Vec<SocketAddr>> {
         self.services
             .iter()
-            .map(|(svc, instance)| (svc.clone(), instance.servers.iter().map(HttpServer::local_addr).collect()))
+            .map(|(svc, instance)| {
+                (
+                    svc.clone(),
+                    instance
+                        .servers
+                        .iter()
+                        .map(HttpServer::local_addr)
+                        .collect(),
+                )
+            })
             .collect()
     }
 
-    async fn open(&self, svc: &ServiceRef, port: u16, endpoints: usize) -> Result<Instance, HealthError> {
+    async fn open(
+        &self,
+        svc: &ServiceRef,
+        port: u16,
+        endpoints: usize,
+    ) -> Result<Instance, HealthError> {
         let endpoints = Arc::new(AtomicUsize::new(endpoints));
         let mut servers = Vec::with_capacity(self.addresses.len());
         for &ip in &self.addresses {
@@ -125,7 +148,11 @@ impl HealthServers {
                 }
             }
         }
-        Ok(Instance { port, endpoints, servers })
+        Ok(Instance {
+            port,
+            endpoints,
+            servers,
+        })
     }
 }
 
@@ -146,11 +173,18 @@ impl std::fmt::Debug for HealthServers {
 /// Ready ones count (a Node whose endpoints are all terminating is drained); and, as a
 /// single-family kube-proxy sees only its family's EndpointSlices, only the Service's primary
 /// family (its first ClusterIP's) is counted.
-pub fn local_ready_endpoints(state: &ClusterState, node: &NodeName) -> BTreeMap<ServiceRef, (u16, usize)> {
+pub fn local_ready_endpoints(
+    state: &ClusterState,
+    node: &NodeName,
+) -> BTreeMap<ServiceRef, (u16, usize)> {
     let mut out = BTreeMap::new();
     for svc in state.services() {
-        let Some(port) = svc.health_check_node_port else { continue };
-        let Some(&primary) = svc.cluster_ips.first() else { continue };
+        let Some(port) = svc.health_check_node_port else {
+            continue;
+        };
+        let Some(&primary) = svc.cluster_ips.first() else {
+            continue;
+        };
         if svc.proxy_name.is_some()
             || svc.headless
             || svc.service_type != ServiceType::LoadBalancer
@@ -181,15 +215,26 @@ const X_LOAD_BALANCING_ENDPOINT_WEIGHT: HeaderName =
 
 /// kube-proxy's answer for one Service: 200 iff it has local endpoints and the proxy is
 /// healthy, else 503; the body is upstream's dedented template, byte for byte.
-fn service_response(svc: &ServiceRef, endpoints: usize, proxy_healthy: bool) -> Response<Full<Bytes>> {
-    let status = if endpoints != 0 && proxy_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+fn service_response(
+    svc: &ServiceRef,
+    endpoints: usize,
+    proxy_healthy: bool,
+) -> Response<Full<Bytes>> {
+    let status = if endpoints != 0 && proxy_healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = format!(
         "{{\n\t\"service\": {{\n\t\t\"namespace\": {},\n\t\t\"name\": {}\n\t}},\n\t\"localEndpoints\": {endpoints},\n\t\"serviceProxyHealthy\": {proxy_healthy}\n}}",
         go_quote(svc.namespace.as_str()),
         go_quote(&svc.name),
     );
     let mut response = http::json_response(status, body);
-    response.headers_mut().insert(X_LOAD_BALANCING_ENDPOINT_WEIGHT, HeaderValue::from(endpoints));
+    response.headers_mut().insert(
+        X_LOAD_BALANCING_ENDPOINT_WEIGHT,
+        HeaderValue::from(endpoints),
+    );
     response
 }
 

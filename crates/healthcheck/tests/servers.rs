@@ -31,7 +31,10 @@ impl FakeClock {
     }
 
     fn step(&self, d: Duration) {
-        self.0.fetch_add(u64::try_from(d.as_nanos()).expect("small step"), Ordering::SeqCst);
+        self.0.fetch_add(
+            u64::try_from(d.as_nanos()).expect("small step"),
+            Ordering::SeqCst,
+        );
     }
 }
 
@@ -44,7 +47,11 @@ impl Clock for FakeClock {
 }
 
 fn proxy_health(clock: &Arc<FakeClock>, registry: &mut Registry) -> ProxyHealth {
-    ProxyHealth::new(DEFAULT_HEALTH_TIMEOUT, clock.clone(), HealthMetrics::register(registry))
+    ProxyHealth::new(
+        DEFAULT_HEALTH_TIMEOUT,
+        clock.clone(),
+        HealthMetrics::register(registry),
+    )
 }
 
 fn localhost(port: u16) -> SocketAddr {
@@ -53,7 +60,11 @@ fn localhost(port: u16) -> SocketAddr {
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind(localhost(0)).expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind(localhost(0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 #[derive(Debug, PartialEq)]
@@ -64,10 +75,20 @@ struct Reply {
     body: String,
 }
 
-/// One HTTP/1.1 exchange on an open connection, reading exactly one response.
+/// One HTTP/1.1 exchange on an open connection, reading exactly one response. A server that
+/// does not answer fails the test instead of hanging it.
 async fn exchange(conn: &mut BufReader<TcpStream>, method: &str, path: &str) -> Reply {
+    tokio::time::timeout(Duration::from_secs(30), exchange_inner(conn, method, path))
+        .await
+        .expect("no answer within 30s")
+}
+
+async fn exchange_inner(conn: &mut BufReader<TcpStream>, method: &str, path: &str) -> Reply {
     let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    conn.get_mut().write_all(request.as_bytes()).await.expect("write request");
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
     let mut status = String::new();
     conn.read_line(&mut status).await.expect("status line");
     let mut headers = Vec::new();
@@ -86,7 +107,8 @@ async fn exchange(conn: &mut BufReader<TcpStream>, method: &str, path: &str) -> 
             headers.push(line);
         }
     }
-    let mut body = vec![0; length];
+    // A response to HEAD announces the body's length but carries none.
+    let mut body = vec![0; if method == "HEAD" { 0 } else { length }];
     conn.read_exact(&mut body).await.expect("body");
     Reply {
         status: status.trim_end().to_owned(),
@@ -110,8 +132,10 @@ fn service_body(ns: &str, name: &str, endpoints: usize, healthy: bool) -> String
 }
 
 fn json_headers(len: usize, weight: Option<usize>) -> Vec<String> {
-    let mut headers =
-        vec!["Content-Type: application/json".to_owned(), "X-Content-Type-Options: nosniff".to_owned()];
+    let mut headers = vec![
+        "Content-Type: application/json".to_owned(),
+        "X-Content-Type-Options: nosniff".to_owned(),
+    ];
     if let Some(w) = weight {
         headers.push(format!("X-Load-Balancing-Endpoint-Weight: {w}"));
     }
@@ -120,7 +144,11 @@ fn json_headers(len: usize, weight: Option<usize>) -> Vec<String> {
 }
 
 fn servers(health: &ProxyHealth) -> HealthServers {
-    HealthServers::new(vec![Ipv4Addr::LOCALHOST.into()], health.clone(), Arc::new(CurrentNamespace))
+    HealthServers::new(
+        vec![Ipv4Addr::LOCALHOST.into()],
+        health.clone(),
+        Arc::new(CurrentNamespace),
+    )
 }
 
 #[tokio::test]
@@ -133,14 +161,21 @@ async fn service_health_answers_like_kube_proxy() {
 
     let failed = hcs.sync(&BTreeMap::from([(svc.clone(), (port, 2))])).await;
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(hcs.listening(), BTreeMap::from([(svc.clone(), vec![localhost(port)])]));
+    assert_eq!(
+        hcs.listening(),
+        BTreeMap::from([(svc.clone(), vec![localhost(port)])])
+    );
 
     // Any path and any method.
     let mut conn = connect(localhost(port)).await;
     for (method, path) in [("GET", "/healthz"), ("POST", "/"), ("HEAD", "/x/y?z=1")] {
         let body = service_body("ns1", "web", 2, true);
         let reply = exchange(&mut conn, method, path).await;
-        let expected_body = if method == "HEAD" { String::new() } else { body.clone() };
+        let expected_body = if method == "HEAD" {
+            String::new()
+        } else {
+            body.clone()
+        };
         assert_eq!(
             reply,
             Reply {
@@ -180,7 +215,10 @@ async fn service_health_answers_like_kube_proxy() {
         }
     );
     health.updated(IpFamily::V4);
-    assert_eq!(exchange(&mut conn, "GET", "/").await.status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        exchange(&mut conn, "GET", "/").await.status,
+        "HTTP/1.1 200 OK"
+    );
 }
 
 #[tokio::test]
@@ -191,23 +229,62 @@ async fn sync_opens_and_closes_listeners() {
     let (a, b) = (ServiceRef::new("ns", "a"), ServiceRef::new("ns", "b"));
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let refused = |port| async move {
-        let err = TcpStream::connect(localhost(port)).await.expect_err("port should be closed");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "port {port}");
+        let err = TcpStream::connect(localhost(port))
+            .await
+            .expect_err("port should be closed");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "port {port}"
+        );
     };
 
-    assert!(hcs.sync(&BTreeMap::from([(a.clone(), (pa, 1)), (b.clone(), (pb, 1))])).await.is_empty());
-    assert_eq!(get(localhost(pa), "/").await.body, service_body("ns", "a", 1, true));
-    assert_eq!(get(localhost(pb), "/").await.body, service_body("ns", "b", 1, true));
+    assert!(
+        hcs.sync(&BTreeMap::from([
+            (a.clone(), (pa, 1)),
+            (b.clone(), (pb, 1))
+        ]))
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        get(localhost(pa), "/").await.body,
+        service_body("ns", "a", 1, true)
+    );
+    assert_eq!(
+        get(localhost(pb), "/").await.body,
+        service_body("ns", "b", 1, true)
+    );
 
     // b goes away.
-    assert!(hcs.sync(&BTreeMap::from([(a.clone(), (pa, 1))])).await.is_empty());
+    assert!(
+        hcs.sync(&BTreeMap::from([(a.clone(), (pa, 1))]))
+            .await
+            .is_empty()
+    );
     refused(pb).await;
-    assert_eq!(get(localhost(pa), "/").await.body, service_body("ns", "a", 1, true));
+    assert_eq!(
+        get(localhost(pa), "/").await.body,
+        service_body("ns", "a", 1, true)
+    );
 
     // a moves to another port; b takes a's old port in the same sync.
-    assert!(hcs.sync(&BTreeMap::from([(a.clone(), (pc, 1)), (b.clone(), (pa, 1))])).await.is_empty());
-    assert_eq!(get(localhost(pc), "/").await.body, service_body("ns", "a", 1, true));
-    assert_eq!(get(localhost(pa), "/").await.body, service_body("ns", "b", 1, true));
+    assert!(
+        hcs.sync(&BTreeMap::from([
+            (a.clone(), (pc, 1)),
+            (b.clone(), (pa, 1))
+        ]))
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        get(localhost(pc), "/").await.body,
+        service_body("ns", "a", 1, true)
+    );
+    assert_eq!(
+        get(localhost(pa), "/").await.body,
+        service_body("ns", "b", 1, true)
+    );
 
     // Everything goes away.
     assert!(hcs.sync(&BTreeMap::new()).await.is_empty());
@@ -235,7 +312,10 @@ async fn sync_reports_a_port_in_use_and_retries_it() {
 
     drop(squatter);
     assert!(hcs.sync(&wanted).await.is_empty());
-    assert_eq!(get(localhost(port), "/healthz").await.status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        get(localhost(port), "/healthz").await.status,
+        "HTTP/1.1 200 OK"
+    );
 }
 
 #[tokio::test]
@@ -252,14 +332,23 @@ async fn sockets_come_from_the_given_listen() {
     };
     let mut hcs = HealthServers::new(vec![Ipv4Addr::UNSPECIFIED.into()], health, Arc::new(listen));
     let svc = ServiceRef::new("ns", "a");
-    assert!(hcs.sync(&BTreeMap::from([(svc.clone(), (31000, 1))])).await.is_empty());
-    assert_eq!(*asked.lock().expect("lock"), vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 31000))]);
+    assert!(
+        hcs.sync(&BTreeMap::from([(svc.clone(), (31000, 1))]))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        *asked.lock().expect("lock"),
+        vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 31000))]
+    );
     let addr = hcs.listening()[&svc][0];
     assert_eq!(get(addr, "/").await.body, service_body("ns", "a", 1, true));
 }
 
 async fn serve_health(health: &ProxyHealth) -> HttpServer {
-    health.serve(bind(localhost(0)).expect("bind")).expect("serve")
+    health
+        .serve(bind(localhost(0)).expect("bind"))
+        .expect("serve")
 }
 
 fn healthz_headers(len: usize) -> Vec<String> {
@@ -274,10 +363,16 @@ async fn healthz_and_livez_follow_the_clock_and_the_node() {
     let addr = server.local_addr();
 
     // Starting up: healthy, no families yet, lastUpdated reported as now.
-    let body = format!(r#"{{"lastUpdated":"{T0}","currentTime":"{T0}","nodeEligible":true,"healthy":true}}"#);
+    let body = format!(
+        r#"{{"lastUpdated":"{T0}","currentTime":"{T0}","nodeEligible":true,"healthy":true}}"#
+    );
     assert_eq!(
         get(addr, "/healthz").await,
-        Reply { status: "HTTP/1.1 200 OK".into(), headers: healthz_headers(body.len()), body }
+        Reply {
+            status: "HTTP/1.1 200 OK".into(),
+            headers: healthz_headers(body.len()),
+            body
+        }
     );
 
     // Synced at T0, a change queued at T0 and still waiting at T0 + 60s: unhealthy.
@@ -352,7 +447,8 @@ async fn probe_counters_are_served_on_metrics() {
     let clock = FakeClock::new();
     let mut registry = Registry::with_prefix("kubeproxy");
     let health = proxy_health(&clock, &mut registry);
-    let metrics = serve_metrics(bind(localhost(0)).expect("bind"), Arc::new(registry)).expect("serve");
+    let metrics =
+        serve_metrics(bind(localhost(0)).expect("bind"), Arc::new(registry)).expect("serve");
     let server = serve_health(&health).await;
     let addr = server.local_addr();
 
@@ -365,11 +461,15 @@ async fn probe_counters_are_served_on_metrics() {
     let reply = get(metrics.local_addr(), "/metrics").await;
     assert_eq!(reply.status, "HTTP/1.1 200 OK");
     assert!(
-        reply.headers.contains(&"Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8".into()),
+        reply.headers.contains(
+            &"Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8".into()
+        ),
         "{:?}",
         reply.headers
     );
-    let samples: Vec<&str> = reply.body.lines().filter(|l| !l.starts_with('#')).collect();
+    // A label family's samples come in no particular order.
+    let mut samples: Vec<&str> = reply.body.lines().filter(|l| !l.starts_with('#')).collect();
+    samples.sort_unstable();
     assert_eq!(
         samples,
         [
@@ -378,6 +478,15 @@ async fn probe_counters_are_served_on_metrics() {
             r#"kubeproxy_proxy_livez_total{code="200"} 1"#,
         ]
     );
-    assert!(reply.body.contains("# HELP kubeproxy_proxy_healthz Cumulative proxy healthz HTTP status"), "{}", reply.body);
-    assert_eq!(get(metrics.local_addr(), "/").await.status, "HTTP/1.1 404 Not Found");
+    assert!(
+        reply
+            .body
+            .contains("# HELP kubeproxy_proxy_healthz Cumulative proxy healthz HTTP status"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        get(metrics.local_addr(), "/").await.status,
+        "HTTP/1.1 404 Not Found"
+    );
 }
