@@ -233,6 +233,9 @@ impl SyncMetrics {
 pub struct SyncEngine {
     /// What the last successful sync applied, per family.
     applied: BTreeMap<IpFamily, FamilyRules>,
+    /// What of ours the kernel held after the last successful sync, per family, as
+    /// `iptables-save` text: what a partial sync reads instead of the kernel.
+    kernel: BTreeMap<IpFamily, String>,
     /// Set after a failed sync (the kernel may hold anything) or on request: write everything.
     full_next: bool,
     /// Families whose conntrack reconcile failed, to run again after the next sync.
@@ -286,14 +289,15 @@ impl SyncEngine {
         applier: &mut dyn Applier,
         rules: NodeRules,
     ) -> Result<SyncReport, AgentError> {
-        let mut report = match self.write(applier, &rules) {
-            Ok(report) => report,
+        let (mut report, kernel) = match self.write(applier, &rules) {
+            Ok(done) => done,
             Err(e) => {
                 // The kernel may hold anything now: write everything next time.
                 self.full_next = true;
                 return Err(e);
             }
         };
+        self.kernel = kernel;
 
         // The rules are in: record them, then clean conntrack up against the new plans.
         self.full_next = false;
@@ -351,12 +355,13 @@ impl SyncEngine {
         }
     }
 
-    /// The kernel part of a sync: sets, one restore per family, stale sets.
+    /// The kernel part of a sync: sets, one restore per family, stale sets. Returns what was
+    /// done and what of ours each family's tables now hold.
     fn write(
         &self,
         applier: &mut dyn Applier,
         rules: &NodeRules,
-    ) -> Result<SyncReport, AgentError> {
+    ) -> Result<(SyncReport, BTreeMap<IpFamily, String>), AgentError> {
         let ns = applier.namespace().to_owned();
         let failed = |step: &'static str| {
             let ns = ns.clone();
@@ -370,6 +375,7 @@ impl SyncEngine {
             applier.restore_sets(ipset).map_err(failed("load ipsets"))?;
         }
         let mut report = SyncReport::default();
+        let mut kernel = BTreeMap::new();
         for family in IpFamily::ALL {
             let ours = rules.family(family);
             let opaque = family == IpFamily::V4
@@ -382,7 +388,8 @@ impl SyncEngine {
                 SyncScope::Full => SyncKind::Full,
                 SyncScope::Partial(_) => SyncKind::Partial,
             };
-            let deleted_chains = self.write_family(applier, rules, family, &scope, kind)?;
+            let (deleted_chains, held) = self.write_family(applier, rules, family, &scope, kind)?;
+            kernel.insert(family, held);
             report.families.push(FamilySync {
                 family,
                 kind,
@@ -411,11 +418,11 @@ impl SyncEngine {
                     .map_err(failed("destroy stale ipsets"))?;
             }
         }
-        Ok(report)
+        Ok((report, kernel))
     }
 
     /// Writes one family's chains in one restore; returns how many service chains it
-    /// deleted.
+    /// deleted and what of ours the family's tables hold afterwards.
     fn write_family(
         &self,
         applier: &mut dyn Applier,
@@ -423,7 +430,7 @@ impl SyncEngine {
         family: IpFamily,
         scope: &SyncScope,
         kind: SyncKind,
-    ) -> Result<usize, AgentError> {
+    ) -> Result<(usize, String), AgentError> {
         let ns = applier.namespace().to_owned();
         let (read, restore) = match family {
             IpFamily::V4 => ("read iptables", "restore iptables"),
@@ -437,7 +444,12 @@ impl SyncEngine {
                 source,
             }
         };
-        let saved = Saved::parse(&applier.save(family).map_err(failed(read))?);
+        // A full sync reads the kernel; a partial one trusts what the last sync left there
+        // (kube-proxy, at scale, likewise reads the tables back only now and then).
+        let saved = match (kind, self.kernel.get(&family)) {
+            (SyncKind::Partial, Some(known)) => Saved::parse(known),
+            _ => Saved::parse(&applier.save(family).map_err(failed(read))?),
+        };
         let ours = rules.family(family);
         let existing = saved.service_chains();
         let mut payload = String::new();
@@ -481,7 +493,7 @@ impl SyncEngine {
                 failed(restore)(source)
             })?;
         }
-        Ok(deleted)
+        Ok((deleted, saved.ours_after(&merged)))
     }
 }
 
@@ -557,6 +569,7 @@ mod tests {
         conntrack_lists: usize,
         fail_next_conntrack: bool,
         deleted: Vec<String>,
+        saves: usize,
     }
 
     const BUILTIN: [&str; 5] = ["INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"];
@@ -590,6 +603,7 @@ mod tests {
             Ok(Vec::new())
         }
         fn save(&mut self, family: IpFamily) -> Result<String, KernelError> {
+            self.saves += 1;
             let mut out = String::new();
             for ((f, table), chains) in &self.tables {
                 if *f != family {
@@ -784,6 +798,32 @@ mod tests {
             port: String::new(),
             protocol,
         }
+    }
+
+    #[test]
+    fn only_full_syncs_read_the_kernel_back() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        engine.sync(&mut k, web(&["10.244.1.2"])).expect("first");
+        assert_eq!(k.saves, 1, "a full sync reads the tables");
+        for ips in [&["10.244.1.2", "10.244.1.3"][..], &["10.244.1.3"], &[]] {
+            let done = engine.sync(&mut k, web(ips)).expect("partial");
+            assert_eq!(done.families[0].kind, SyncKind::Partial);
+            assert_eq!(k.state(), fresh(web(ips)).state(), "{ips:?}");
+        }
+        assert_eq!(k.saves, 1, "partial syncs trust what the last sync left");
+
+        // Someone deletes a hook behind our back: the next full sync reads and repairs it.
+        k.tables
+            .get_mut(&(IpFamily::V4, "filter".to_owned()))
+            .and_then(|t| t.get_mut("FORWARD"))
+            .expect("FORWARD")
+            .clear();
+        engine.request_full_sync();
+        let done = engine.sync(&mut k, web(&[])).expect("full");
+        assert_eq!(done.families[0].kind, SyncKind::Full);
+        assert_eq!(k.saves, 2);
+        assert_eq!(k.state(), fresh(web(&[])).state());
     }
 
     #[test]

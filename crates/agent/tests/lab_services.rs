@@ -10,14 +10,11 @@
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -644,11 +641,8 @@ fn deleting_a_service_removes_its_rules() {
 /// Killing every Node's agent and starting it again (a fresh process that knows nothing but
 /// the cluster and resyncs the Node in full) keeps an established connection through a
 /// ClusterIP working: the same TCP connection echoes before, during and after the restart,
-/// and the conntrack entry of a live UDP flow is not flushed.
-///
-/// The lab has no agent supervisor: the test kills each agent by the PID in the lab's state
-/// and starts its replacement itself with the lab's helper command, then waits for the
-/// replacement's first full pass (its Node record rewritten, without error).
+/// and the conntrack entry of a live UDP flow is not flushed. The lab still manages the
+/// restarted agents: a change applied afterwards converges and is served.
 fn agent_restart_keeps_established_connections() {
     let lab = up(
         "restart",
@@ -666,7 +660,6 @@ fn agent_restart_keeps_established_connections() {
             ),
         ),
     );
-    let mut replacements = Replacements(Vec::new());
     let ip = cluster_ip(&lab, "web");
     let udp = udp_client(&lab, &client(), SocketAddr::new(ip, 53));
     let answer = udp_ask(&udp).expect("a UDP answer");
@@ -692,78 +685,42 @@ fn agent_restart_keeps_established_connections() {
     assert_eq!(hello.pod, "default/web");
     conn.round_trip("before");
 
-    let state_dir = lab.state_dir().to_owned();
-    let marker = state_dir.to_string_lossy().into_owned();
-    let lab_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("lab.json")).expect("lab.json"))
-            .expect("lab.json is JSON");
-    let agents: BTreeMap<String, u32> = lab_json["agents"]
-        .as_object()
-        .expect("agents by node")
-        .iter()
-        .map(|(node, pid)| {
-            let pid = pid
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok())
-                .expect("pid");
-            (node.clone(), pid)
-        })
-        .collect();
-    assert_eq!(agents.len(), 2, "{agents:?}");
-    for (node, pid) in &agents {
-        assert!(
-            netd_kernel::process::kill_if_ours(*pid, &marker).expect("kill"),
-            "the agent of {node} (pid {pid}) was not running"
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while netd_kernel::process::is_alive(*pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+    let before = recorded_agents(&lab);
+    assert_eq!(before.len(), 2, "{before:?}");
+    // The restarts run in the background while the connection keeps echoing.
+    let mut ticks = 0;
+    std::thread::scope(|scope| {
+        let restarts = scope.spawn(|| {
+            for node in before.keys() {
+                lab.restart_agent(&NodeName::new(node.as_str()))
+                    .unwrap_or_else(|e| panic!("restart the agent of {node}: {e}"));
+            }
+        });
+        loop {
+            conn.round_trip("during");
+            ticks += 1;
+            if restarts.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
+        if let Err(panic) = restarts.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    conn.round_trip("after");
+    let after = recorded_agents(&lab);
+    for (node, pid) in &before {
+        assert_ne!(after[node], *pid, "the agent of {node} was not replaced");
         assert!(
             !netd_kernel::process::is_alive(*pid),
-            "agent {pid} survived SIGKILL"
+            "agent {pid} survived"
         );
-    }
-    conn.round_trip("no agents");
-
-    let before: BTreeMap<&String, u64> = agents
-        .keys()
-        .map(|node| (node, record_inode(&state_dir, node)))
-        .collect();
-    for node in agents.keys() {
-        replacements.0.push(spawn_agent(&state_dir, node));
-    }
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let mut pending: BTreeSet<&String> = agents.keys().collect();
-    let mut last_tick = Instant::now();
-    while !pending.is_empty() {
         assert!(
-            Instant::now() < deadline,
-            "restarted agents of {pending:?} did not finish a pass"
+            netd_kernel::process::is_alive(after[node]),
+            "the new agent of {node} exited"
         );
-        pending.retain(|node| {
-            if record_inode(&state_dir, node) == before[node] {
-                return true;
-            }
-            let record: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(state_dir.join("nodes").join(format!("{node}.json")))
-                    .expect("node record"),
-            )
-            .expect("node record is JSON");
-            assert!(
-                record["error"].is_null(),
-                "restarted agent of {node} failed: {}",
-                record["error"]
-            );
-            false
-        });
-        if last_tick.elapsed() > Duration::from_secs(3) {
-            conn.round_trip("tick");
-            last_tick = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    conn.round_trip("after");
     // Upstream's old cleanup flushed every UDP flow on restart (kubernetes#122740): a flow to
     // a live endpoint must survive the first full sync of a fresh agent.
     let entries = conntrack_udp(&lab, "node-1");
@@ -772,23 +729,33 @@ fn agent_restart_keeps_established_connections() {
         "the live UDP flow ({udp_flow}) was flushed by the restart:\n{entries}"
     );
     assert_eq!(udp_ask(&udp).map(|r| r.pod).as_deref(), Some("default/web"));
-    for child in &mut replacements.0 {
-        assert!(
-            matches!(child.try_wait(), Ok(None)),
-            "a restarted agent exited"
-        );
-    }
     println!(
-        "  agents {:?} killed and replaced by {:?}; the connection echoed throughout",
-        agents.values().collect::<Vec<_>>(),
-        replacements.0.iter().map(Child::id).collect::<Vec<_>>()
+        "  agents {:?} replaced by {:?}; the connection echoed {ticks} times during the restarts",
+        before.values().collect::<Vec<_>>(),
+        after.values().collect::<Vec<_>>(),
     );
     assert_eq!(
         served_counts(&probe(&lab, &client(), &svc("web"), 80, 3)).len(),
         1,
         "new connections after the restart"
     );
-    drop(replacements);
+
+    // The lab still manages the new agents: a second replica, on the other Node, is built
+    // and served, and the old connection still echoes.
+    lab.apply(netd_testkit::objects(&pod(
+        "web2",
+        "node-1",
+        "{app: web}",
+        "[{containerPort: 8080}, {containerPort: 5353, protocol: UDP}]",
+    )))
+    .expect("apply after the restart");
+    let counts = served_counts(&probe(&lab, &client(), &svc("web"), 80, 40));
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["default/web", "default/web2"],
+        "{counts:?}"
+    );
+    conn.round_trip("after apply");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1009,43 +976,21 @@ impl Conn {
     }
 }
 
-/// The inode of a Node's record (the agent replaces the file whenever it writes it).
-fn record_inode(state_dir: &Path, node: &str) -> u64 {
-    std::fs::metadata(state_dir.join("nodes").join(format!("{node}.json")))
-        .map(|m| m.ino())
-        .unwrap_or(0)
-}
-
-/// Starts an agent for `node` as the lab starts one (same helper command and arguments).
-fn spawn_agent(state_dir: &Path, node: &str) -> Child {
-    let log_path = state_dir.join("logs").join(format!("{node}.log"));
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("agent log");
-    Command::new(std::env::current_exe().expect("test binary"))
-        .arg(HELPER_FLAG)
-        .arg("agent")
-        .arg(state_dir)
-        .arg(node)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start an agent")
-}
-
-/// Agents this test started; killed (by PID, as children) before the lab is removed, so that
-/// none rebuilds what `down` takes apart.
-struct Replacements(Vec<Child>);
-
-impl Drop for Replacements {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The agents' PIDs recorded in the lab's state, by Node.
+fn recorded_agents(lab: &Lab) -> BTreeMap<String, u32> {
+    let lab_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_dir().join("lab.json")).expect("lab.json"))
+            .expect("lab.json is JSON");
+    lab_json["agents"]
+        .as_object()
+        .expect("agents by node")
+        .iter()
+        .map(|(node, pid)| {
+            let pid = pid
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .expect("pid");
+            (node.clone(), pid)
+        })
+        .collect()
 }

@@ -132,6 +132,14 @@ pub enum LabError {
         #[source]
         source: KernelError,
     },
+    /// A Node's agent, sent SIGKILL to be restarted, was still running.
+    #[error("the agent of node {node} (pid {pid}) did not stop")]
+    AgentNotStopped {
+        /// The Node.
+        node: NodeName,
+        /// The agent's recorded PID.
+        pid: u32,
+    },
     /// A helper process (agent or echo server) could not be started.
     #[error("cannot start {what}")]
     SpawnFailed {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use netd_kernel::{netns, process};
@@ -125,7 +125,8 @@ pub struct Lab {
     resolver: Resolver,
     converge_timeout: Duration,
     owned: bool,
-    agents: Vec<Child>,
+    /// The agents this value started, to reap them.
+    agents: Mutex<Vec<Child>>,
 }
 
 impl fmt::Debug for Lab {
@@ -170,13 +171,13 @@ impl Lab {
             },
         )?;
         store.create()?;
-        let mut lab = Lab {
+        let lab = Lab {
             names: names.clone(),
             store: store.clone(),
             resolver,
             converge_timeout: options.converge_timeout,
             owned: true,
-            agents: Vec::new(),
+            agents: Mutex::new(Vec::new()),
         };
         let mut record = LabRecord {
             name: options.name.clone(),
@@ -196,18 +197,7 @@ impl Lab {
             resolved: objects::encode_all(&resolved)?,
         })?;
         for node in nodes.keys() {
-            let mut child = lab.spawn_agent(&record.program, node)?;
-            record.agents.insert(node.clone(), child.id());
-            let go = child.stdin.take();
-            lab.agents.push(child);
-            store.write_lab(&record)?;
-            // Only now that its PID is recorded may the agent start (see helper::AFTER_GO).
-            if let Some(mut go) = go {
-                go.write_all(b"g").map_err(|source| LabError::SpawnFailed {
-                    what: format!("the agent of node {node}"),
-                    source,
-                })?;
-            }
+            lab.start_agent(&mut record, node)?;
         }
         topology::sync_external_routes(&names, &state, &nodes)?;
         lab.wait_converged(1)?;
@@ -231,7 +221,7 @@ impl Lab {
             resolver,
             converge_timeout: Duration::from_secs(60),
             owned: false,
-            agents: Vec::new(),
+            agents: Mutex::new(Vec::new()),
         })
     }
 
@@ -253,6 +243,35 @@ impl Lab {
     /// The lab's state directory.
     pub fn state_dir(&self) -> &Path {
         self.store.dir()
+    }
+
+    /// Restarts the agent of `node` as a crashed one would be: kills the recorded agent by
+    /// PID (only if it is still the lab's), starts a new one as [`Lab::up`] does, records
+    /// its PID, and returns once it has programmed the current generation (its first sync,
+    /// a full one). The new agent adopts the Node's Pods and their workloads as they are;
+    /// established connections keep flowing meanwhile.
+    pub fn restart_agent(&self, node: &NodeName) -> Result<(), LabError> {
+        let _lock = self.store.lock_changes()?;
+        let (mut record, cluster) = self.records()?;
+        if !record.nodes.contains_key(node) {
+            return Err(LabError::UnknownTarget {
+                what: "node",
+                name: node.to_string(),
+            });
+        }
+        if let Some(pid) = record.agents.get(node).copied() {
+            self.stop_agent(node, pid)?;
+        }
+        // The record's generation was programmed by the agent just stopped: the new one has
+        // converged only once it has written it again.
+        let mut node_record = self.store.read_node(node)?;
+        node_record.converged = 0;
+        node_record.error = None;
+        node_record.error_generation = 0;
+        node_record.error_count = 0;
+        self.store.write_node(node, &node_record)?;
+        self.start_agent(&mut record, node)?;
+        self.wait_converged(cluster.generation)
     }
 
     /// Creates or updates `objects` (matched by kind, namespace and name), resolves the
@@ -431,7 +450,7 @@ impl Lab {
     pub fn down(mut self) -> Result<(), LabError> {
         self.owned = false;
         let result = down_store(&self.store);
-        reap(&mut self.agents);
+        reap(&self.agents);
         result
     }
 
@@ -487,6 +506,55 @@ impl Lab {
         })?;
         topology::sync_external_routes(&self.names, &state, &nodes)?;
         self.wait_converged(generation)
+    }
+
+    /// Starts the agent of `node`, records its PID in `record` (written to the state), and
+    /// only then lets it run.
+    fn start_agent(&self, record: &mut LabRecord, node: &NodeName) -> Result<(), LabError> {
+        let mut child = self.spawn_agent(&record.program, node)?;
+        record.agents.insert(node.clone(), child.id());
+        let go = child.stdin.take();
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child);
+        self.store.write_lab(record)?;
+        // Only now that its PID is recorded may the agent start (see helper::AFTER_GO).
+        if let Some(mut go) = go {
+            go.write_all(b"g").map_err(|source| LabError::SpawnFailed {
+                what: format!("the agent of node {node}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Kills the agent `pid` of `node` if it is still the lab's, and waits until it is gone
+    /// (reaping it if this value started it).
+    fn stop_agent(&self, node: &NodeName, pid: u32) -> Result<(), LabError> {
+        let marker = self.store.marker();
+        process::kill_if_ours(pid, &marker).map_err(LabError::kernel(format!(
+            "stopping the agent of node {node}"
+        )))?;
+        // A recorded PID that is gone, or now another process's, is no agent of ours.
+        let running = || process::is_alive(pid) && process::is_ours(pid, &marker);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if running() {
+            return Err(LabError::AgentNotStopped {
+                node: node.clone(),
+                pid,
+            });
+        }
+        let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = agents.iter().position(|c| c.id() == pid) {
+            let mut child = agents.swap_remove(i);
+            // Already dead: this only collects its exit status.
+            let _ = child.wait();
+        }
+        Ok(())
     }
 
     fn spawn_agent(&self, program: &[String], node: &NodeName) -> Result<Child, LabError> {
@@ -631,7 +699,7 @@ impl Drop for Lab {
             if let Err(e) = down_store(&self.store) {
                 tracing::error!(lab = self.names.lab(), error = %error_chain(&e), "removing the lab failed");
             }
-            reap(&mut self.agents);
+            reap(&self.agents);
         }
     }
 }
@@ -705,7 +773,8 @@ fn remove_stragglers(recorded: &[String]) -> Result<(), LabError> {
     Ok(())
 }
 
-fn reap(children: &mut Vec<Child>) {
+fn reap(children: &Mutex<Vec<Child>>) {
+    let mut children = children.lock().unwrap_or_else(PoisonError::into_inner);
     for mut child in children.drain(..) {
         let _ = child.kill();
         let _ = child.wait();

@@ -1,9 +1,10 @@
 //! # netd-lab: a real multi-node cluster on one machine, built from network namespaces
 //!
 //! Start with [`Lab`]: [`Lab::up`] builds a lab from objects, [`Lab::apply`] and
-//! [`Lab::delete`] change it (returning once every Node has converged), [`Lab::probe`] and
-//! [`Lab::matrix`] send real packets, and dropping a `Lab` that `up` returned (or calling
-//! [`down`]) removes everything it made.
+//! [`Lab::delete`] change it (returning once every Node has converged),
+//! [`Lab::restart_agent`] replaces one Node's agent as a crash and restart would,
+//! [`Lab::probe`] and [`Lab::matrix`] send real packets, and dropping a `Lab` that `up`
+//! returned (or calling [`down`]) removes everything it made.
 //!
 //! ```no_run
 //! use netd_lab::{Lab, LabOptions, Place, ProbeSpec, Target};

@@ -471,3 +471,70 @@ fn a_failed_up_removes_what_it_built() {
     assert!(err.to_string().contains("agent of node node-1"), "{err}");
     assert_eq!(leftovers(&name), Vec::<String>::new());
 }
+
+/// The agents' PIDs recorded in the lab's state, by Node.
+fn recorded_agents(lab: &netd_lab::Lab) -> std::collections::BTreeMap<String, u32> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_dir().join("lab.json")).expect("lab.json"))
+            .expect("lab.json is JSON");
+    json["agents"]
+        .as_object()
+        .expect("agents by node")
+        .iter()
+        .map(|(node, pid)| {
+            let pid = pid
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .expect("pid");
+            (node.clone(), pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_restarted_agent_is_recorded_and_the_lab_stays_managed() {
+    let name = lab_name("restart");
+    let lab = up(&name, CLUSTER);
+    let before = recorded_agents(&lab);
+    let node = netd_model::NodeName::new("node-2");
+    lab.restart_agent(&node)
+        .expect("restart the agent of node-2");
+    let after = recorded_agents(&lab);
+    assert_eq!(
+        after["node-1"], before["node-1"],
+        "node-1's agent untouched"
+    );
+    assert_ne!(after["node-2"], before["node-2"], "a new agent is recorded");
+    assert!(!netd_kernel::process::is_alive(before["node-2"]));
+    assert!(netd_kernel::process::is_alive(after["node-2"]));
+
+    // The new agent adopted node-2's Pod and its echo server.
+    let r = lab
+        .probe(
+            &pod("x/a"),
+            &target("x/b"),
+            &spec(ProbeProtocol::Tcp, Some(80)),
+        )
+        .expect("probe");
+    assert_eq!(r[0].served_by.as_deref(), Some("x/b"), "{}", r[0]);
+
+    // And it follows the next change: a new Pod on its Node is built and served.
+    let d = "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: y}\nspec: {nodeName: node-2, containers: [{name: c, image: i, ports: [{containerPort: 8080}]}]}\nstatus: {podIP: 10.244.2.9}\n";
+    let changes = lab.apply(objects(d)).expect("apply after the restart");
+    assert_eq!(changes[0].action, Action::Created);
+    let r = lab
+        .probe(
+            &pod("x/a"),
+            &target("y/d"),
+            &spec(ProbeProtocol::Tcp, Some(8080)),
+        )
+        .expect("probe");
+    assert_eq!(r[0].served_by.as_deref(), Some("y/d"), "{}", r[0]);
+
+    assert!(matches!(
+        lab.restart_agent(&netd_model::NodeName::new("node-9")),
+        Err(netd_lab::LabError::UnknownTarget { what: "node", .. })
+    ));
+    lab.down().expect("down");
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
