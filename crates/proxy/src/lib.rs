@@ -12,18 +12,14 @@
 //! - [`options`]: [`ProxyOptions`] (masquerade bit, local-traffic detector, node zone and IPs).
 //! - [`plan`](mod@plan): [`ServicePlan`], [`ServicePortPlan`] and the decisions they carry.
 //! - [`topology`]: endpoint categorisation, exactly as upstream's `topology.go`.
-//! - [`conntrack`]: which UDP/SCTP conntrack entries go stale between two plans
-//!   ([`stale_flows`]), for the applier to delete.
 //! - Partial syncs: [`ServicePlan::changed_services`] compares two plans.
 //!
 //! The crate is pure: no I/O, no clock; the same snapshot gives the same plan.
 
-pub mod conntrack;
 pub mod options;
 pub mod plan;
 pub mod topology;
 
-pub use conntrack::{ConntrackFilter, stale_flows};
 pub use options::{IpFamily, ProxyOptions};
 pub use plan::{
     ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, ServicePlan, ServicePortPlan,
