@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use ipnet::IpNet;
-use netd_model::{ClusterConfig, ClusterState};
+use netd_model::{ClusterConfig, ClusterState, FieldValidation, Object};
 
 /// Manifests and the cluster's address plan.
 #[derive(Clone, Debug, clap::Args)]
@@ -16,7 +16,29 @@ pub struct ClusterArgs {
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
+    pub validate: ValidateArgs,
+    #[command(flatten)]
     pub network: NetworkArgs,
+}
+
+/// kubectl's `--validate`: what to do with fields an object's type does not have.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Unknown fields: `strict` (or `true`) refuses the manifests, `warn` drops them with a
+    /// warning, `ignore` (or `false`) drops them silently. As kubectl's `--validate`.
+    #[arg(long = "validate", value_name = "MODE", default_value = "strict", value_parser = parse_validation)]
+    pub validation: FieldValidation,
+}
+
+impl ValidateArgs {
+    /// Loads and validates manifests; warnings (unknown kinds, ignored fields) go to the log.
+    pub fn load(&self, files: &[PathBuf], config: &ClusterConfig) -> anyhow::Result<Vec<Object>> {
+        let manifests = netd_model::load::load_with(files, config, self.validation)?;
+        for warning in &manifests.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(manifests.into_objects())
+    }
 }
 
 /// The cluster's address plan; defaults are kubeadm's.
@@ -83,15 +105,22 @@ impl NetworkArgs {
 
 impl ClusterArgs {
     /// Loads, validates and resolves the manifests into the state a cluster would have.
-    /// Warnings (unknown kinds) go to the log.
+    /// Warnings (unknown kinds, ignored fields) go to the log.
     pub fn resolve(&self) -> anyhow::Result<ClusterState> {
         let config = self.network.config();
-        let manifests = netd_model::load::load(&self.files, &config)?;
-        for warning in &manifests.warnings {
-            tracing::warn!("{warning}");
-        }
-        netd_controlplane::resolve(manifests.into_objects(), &config, None)
-            .context("resolving the cluster")
+        let objects = self.validate.load(&self.files, &config)?;
+        netd_controlplane::resolve(objects, &config, None).context("resolving the cluster")
+    }
+}
+
+fn parse_validation(s: &str) -> Result<FieldValidation, String> {
+    match s {
+        "strict" | "true" => Ok(FieldValidation::Strict),
+        "warn" => Ok(FieldValidation::Warn),
+        "ignore" | "false" => Ok(FieldValidation::Ignore),
+        _ => Err(format!(
+            "{s:?} is not one of strict (or true), warn, ignore (or false)"
+        )),
     }
 }
 

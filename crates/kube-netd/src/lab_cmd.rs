@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
-use netd_model::{ClusterState, Object, Protocol};
+use netd_model::{Object, Protocol};
 
-use crate::cluster::NetworkArgs;
+use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
@@ -113,6 +113,8 @@ struct UpArgs {
     /// Manifest files or directories (recursive: .yaml, .yml, .json); `-` reads stdin.
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    validate: ValidateArgs,
     /// The service proxy back end.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
@@ -127,6 +129,8 @@ struct FileArgs {
     /// Manifest files or directories (recursive: .yaml, .yml, .json); `-` reads stdin.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    validate: ValidateArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -216,7 +220,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         LabCommand::Up(a) => up(a),
         LabCommand::Apply(a) => {
             let lab = a.lab.open()?;
-            let objects = load(&a.files, &lab.state()?)?;
+            let objects = a.validate.load(&a.files, lab.state()?.config())?;
             for change in lab.apply(objects)? {
                 println!("{change}");
             }
@@ -224,7 +228,9 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         }
         LabCommand::Delete(a) => {
             let lab = a.lab.open()?;
-            let ids: Vec<_> = load(&a.files, &lab.state()?)?
+            let ids: Vec<_> = a
+                .validate
+                .load(&a.files, lab.state()?.config())?
                 .iter()
                 .map(Object::id)
                 .collect();
@@ -292,7 +298,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let objects = if a.files.is_empty() {
         Vec::new()
     } else {
-        load_with(&a.files, &config)?
+        a.validate.load(&a.files, &config)?
     };
     let exe = std::env::current_exe().context("finding the kube-netd executable")?;
     let program = vec![
@@ -367,19 +373,6 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Manifests for `apply`/`delete`, validated with the running lab's address plan.
-fn load(files: &[PathBuf], state: &ClusterState) -> anyhow::Result<Vec<Object>> {
-    load_with(files, state.config())
-}
-
-fn load_with(files: &[PathBuf], config: &netd_model::ClusterConfig) -> anyhow::Result<Vec<Object>> {
-    let manifests = netd_model::load::load(files, config)?;
-    for warning in &manifests.warnings {
-        tracing::warn!("{warning}");
-    }
-    Ok(manifests.into_objects())
 }
 
 fn resolver() -> Resolver {

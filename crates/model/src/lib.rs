@@ -31,7 +31,10 @@ pub use keys::{
     DeploymentRef, EndpointSliceRef, NamespaceName, NodeName, PodRef, PolicyRef, Protocol,
     ServicePortName, ServiceRef,
 };
-pub use load::{LoadError, LoadWarning, Loaded, Manifests, Source, load, load_str};
+pub use load::{
+    FieldValidation, LoadError, LoadWarning, Loaded, Manifests, Source, load, load_str,
+    load_str_with, load_with,
+};
 pub use object::{Kind, Object, ObjectId};
 pub use selector::{LabelSelector, Labels};
 pub use state::{ClusterState, StateError};

@@ -6,6 +6,11 @@
 //! k8s-openapi type and checks it with [`Validator`]. Kinds kube-netd does not read are
 //! skipped with a [`LoadWarning`]. Any error refuses the whole load: nothing half-loaded.
 //!
+//! Fields the object's type does not have are refused by default, as the API server refuses
+//! them under kubectl's default `--validate=strict`: a misspelt `from` or `matchLabels` would
+//! otherwise read as "any peer" or "every pod" and open what the policy meant to close.
+//! [`FieldValidation`] relaxes this to a warning, or to nothing, as `--validate` does.
+//!
 //! Errors name the file, the document and the object, then the field, so that printed with
 //! their causes (`{:#}` with anyhow) they read:
 //!
@@ -28,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::config::ClusterConfig;
-use crate::field::FieldError;
+use crate::field::{FieldError, FieldPath};
 use crate::object::{Kind, Object, ObjectId};
 use crate::validate::Validator;
 
@@ -38,6 +43,18 @@ pub const STDIN_PATH: &str = "-";
 pub const STDIN_NAME: &str = "<stdin>";
 /// The file extensions read from directories.
 pub const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// What a load does with fields an object's type does not have, as kubectl's `--validate`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FieldValidation {
+    /// Refuse the load, naming every unknown field (kubectl's default).
+    #[default]
+    Strict,
+    /// Load, and report each unknown field as a [`LoadWarning::UnknownField`].
+    Warn,
+    /// Load, saying nothing (the fields are dropped).
+    Ignore,
+}
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,6 +121,15 @@ pub enum LoadWarning {
         /// The directory, as given.
         dir: String,
     },
+    /// Fields the object's type does not have, dropped under [`FieldValidation::Warn`].
+    UnknownField {
+        /// Where the object is.
+        source: Source,
+        /// The object.
+        id: ObjectId,
+        /// The unknown fields, in the order they were met.
+        fields: Vec<FieldPath>,
+    },
 }
 
 impl fmt::Display for LoadWarning {
@@ -121,6 +147,9 @@ impl fmt::Display for LoadWarning {
             }
             LoadWarning::NoManifests { dir } => {
                 write!(f, "{dir}: no .yaml, .yml or .json files in this directory")
+            }
+            LoadWarning::UnknownField { source, id, fields } => {
+                write!(f, "{source} ({id}): ignored {}", UnknownFields(fields))
             }
         }
     }
@@ -214,6 +243,20 @@ pub enum LoadError {
         #[source]
         source: serde_path_to_error::Error<serde_yaml_ng::Error>,
     },
+    /// Fields the object's type does not have, under [`FieldValidation::Strict`].
+    #[error(
+        "{at} ({}): strict decoding error: {}",
+        Shown(id),
+        UnknownFields(fields)
+    )]
+    UnknownField {
+        /// Where.
+        at: Source,
+        /// The object.
+        id: ObjectId,
+        /// The unknown fields, in the order they were met.
+        fields: Vec<FieldPath>,
+    },
     /// An object the API server would reject; the cause names the field.
     #[error("{at} ({})", Shown(id))]
     InvalidObject {
@@ -238,27 +281,62 @@ pub enum LoadError {
 }
 
 /// Loads manifests from files, directories (recursively: their `.yaml`, `.yml` and `.json`
-/// files, in sorted order) and `-` for standard input, in the order given. Any error refuses
-/// the whole load.
+/// files, in sorted order) and `-` for standard input, in the order given, refusing unknown
+/// fields. Any error refuses the whole load.
 pub fn load(paths: &[PathBuf], config: &ClusterConfig) -> Result<Manifests, LoadError> {
+    load_with(paths, config, FieldValidation::Strict)
+}
+
+/// [`load()`], with unknown fields treated as `validation` says.
+pub fn load_with(
+    paths: &[PathBuf],
+    config: &ClusterConfig,
+    validation: FieldValidation,
+) -> Result<Manifests, LoadError> {
     let mut inputs = Vec::new();
     let mut warnings = Vec::new();
     for path in paths {
         read_path(path, &mut inputs, &mut warnings)?;
     }
-    let mut loader = Loader::new(config, warnings);
+    let mut loader = Loader::new(config, validation, warnings);
     for (file, text) in &inputs {
         loader.add_text(file, text)?;
     }
     Ok(loader.finish())
 }
 
-/// Loads manifests from text already read; `name` is how errors name it (a file name, or
-/// [`STDIN_NAME`]).
+/// Loads manifests from text already read, refusing unknown fields; `name` is how errors name
+/// it (a file name, or [`STDIN_NAME`]).
 pub fn load_str(name: &str, text: &str, config: &ClusterConfig) -> Result<Manifests, LoadError> {
-    let mut loader = Loader::new(config, Vec::new());
+    load_str_with(name, text, config, FieldValidation::Strict)
+}
+
+/// [`load_str`], with unknown fields treated as `validation` says.
+pub fn load_str_with(
+    name: &str,
+    text: &str,
+    config: &ClusterConfig,
+    validation: FieldValidation,
+) -> Result<Manifests, LoadError> {
+    let mut loader = Loader::new(config, validation, Vec::new());
     loader.add_text(name, text)?;
     Ok(loader.finish())
+}
+
+/// Prints unknown fields as the API server lists them: `unknown field "spec.ingress[0].form"`,
+/// comma-separated.
+struct UnknownFields<'a>(&'a [FieldPath]);
+
+impl fmt::Display for UnknownFields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, field) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "unknown field \"{field}\"")?;
+        }
+        Ok(())
+    }
 }
 
 /// Prints an [`ObjectId`], leaving out a name that is missing.
@@ -343,14 +421,20 @@ fn list_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError>
 /// Reads documents one after another, validating each object as it comes.
 struct Loader<'a> {
     validator: Validator<'a>,
+    validation: FieldValidation,
     seen: BTreeMap<ObjectId, Source>,
     manifests: Manifests,
 }
 
 impl<'a> Loader<'a> {
-    fn new(config: &'a ClusterConfig, warnings: Vec<LoadWarning>) -> Self {
+    fn new(
+        config: &'a ClusterConfig,
+        validation: FieldValidation,
+        warnings: Vec<LoadWarning>,
+    ) -> Self {
         Self {
             validator: Validator::new(config),
+            validation,
             seen: BTreeMap::new(),
             manifests: Manifests {
                 objects: Vec::new(),
@@ -422,12 +506,31 @@ impl<'a> Loader<'a> {
             });
         }
         let id = id_of(known, &map);
-        let mut object =
-            decode(known, Value::Mapping(map)).map_err(|source| LoadError::DecodeFailed {
+        let mut unknown = Vec::new();
+        let mut object = decode(known, Value::Mapping(map), &mut unknown).map_err(|source| {
+            LoadError::DecodeFailed {
                 at: at.clone(),
-                id,
+                id: id.clone(),
                 source,
-            })?;
+            }
+        })?;
+        if !unknown.is_empty() {
+            match self.validation {
+                FieldValidation::Strict => {
+                    return Err(LoadError::UnknownField {
+                        at,
+                        id,
+                        fields: unknown,
+                    });
+                }
+                FieldValidation::Warn => self.manifests.warnings.push(LoadWarning::UnknownField {
+                    source: at.clone(),
+                    id,
+                    fields: unknown,
+                }),
+                FieldValidation::Ignore => {}
+            }
+        }
         default_namespace(&mut object);
         self.add_object(object, at)
     }
@@ -506,24 +609,43 @@ fn id_of(kind: Kind, map: &Mapping) -> ObjectId {
     }
 }
 
+/// Decodes `value` as a `kind`, pushing onto `unknown` the path of every field the type does
+/// not have (k8s-openapi's decoders skip them silently).
 fn decode(
     kind: Kind,
     value: Value,
+    unknown: &mut Vec<FieldPath>,
 ) -> Result<Object, serde_path_to_error::Error<serde_yaml_ng::Error>> {
-    fn typed<T: DeserializeOwned>(
-        value: Value,
-    ) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
-        serde_path_to_error::deserialize(value)
-    }
     Ok(match kind {
-        Kind::Namespace => Object::Namespace(typed(value)?),
-        Kind::Node => Object::Node(Box::new(typed(value)?)),
-        Kind::Deployment => Object::Deployment(Box::new(typed(value)?)),
-        Kind::Pod => Object::Pod(Box::new(typed(value)?)),
-        Kind::Service => Object::Service(Box::new(typed(value)?)),
-        Kind::EndpointSlice => Object::EndpointSlice(typed(value)?),
-        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(typed(value)?)),
+        Kind::Namespace => Object::Namespace(strict(value, unknown)?),
+        Kind::Node => Object::Node(Box::new(strict(value, unknown)?)),
+        Kind::Deployment => Object::Deployment(Box::new(strict(value, unknown)?)),
+        Kind::Pod => Object::Pod(Box::new(strict(value, unknown)?)),
+        Kind::Service => Object::Service(Box::new(strict(value, unknown)?)),
+        Kind::EndpointSlice => Object::EndpointSlice(strict(value, unknown)?),
+        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(strict(value, unknown)?)),
     })
+}
+
+fn strict<T: DeserializeOwned>(
+    value: Value,
+    unknown: &mut Vec<FieldPath>,
+) -> Result<T, serde_path_to_error::Error<serde_yaml_ng::Error>> {
+    let mut skipped = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut skipped))
+}
+
+/// A path as serde_ignored reports it, written as the API server writes field paths.
+fn field_path(path: &serde_ignored::Path<'_>) -> FieldPath {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => FieldPath::default(),
+        Path::Seq { parent, index } => field_path(parent).index(*index),
+        Path::Map { parent, key } => field_path(parent).child(key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 /// Puts a namespaced object without a namespace in `default` and takes the namespace off a
