@@ -36,6 +36,6 @@ pub use load::{
     load_str_with, load_with,
 };
 pub use object::{Kind, Object, ObjectId};
-pub use selector::{LabelSelector, Labels};
+pub use selector::{LabelSelector, Labels, SelectorParseError};
 pub use state::{ClusterState, StateError};
 pub use validate::Validator;
