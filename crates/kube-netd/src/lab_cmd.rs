@@ -50,7 +50,8 @@ enum LabCommand {
         kube-netd lab probe default/client default/server --port 80\n  \
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
-        kube-netd lab probe default/client 10.244.2.3 --protocol icmp")]
+        kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
+        kube-netd lab probe -n myproject client svc/web --port 80")]
     Probe(ProbeArgs),
     /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
     #[command(
@@ -61,7 +62,8 @@ enum LabCommand {
     #[command(after_help = "Examples:\n  \
         kube-netd lab exec default/client -- cat /etc/resolv.conf\n  \
         kube-netd lab exec node/node-1 -- iptables-save\n  \
-        kube-netd lab exec external -- ip route")]
+        kube-netd lab exec external -- ip route\n  \
+        kube-netd lab exec -n myproject client -- ip addr")]
     Exec(ExecArgs),
     /// The seed's walkthrough with real packets: policies, a Service, NodePorts, each step
     /// checked against what Kubernetes specifies (exits non-zero if any check is not).
@@ -145,11 +147,14 @@ struct LabGetArgs {
 struct ProbeArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// Where to send from: NS/POD, node/NAME or external.
+    /// Where to send from: NS/POD, POD (in -n's namespace), node/NAME or external.
     from: String,
-    /// Where to: NS/POD, svc/NS/NAME (its ClusterIP), node/NAME (its IP), an IP, or a DNS
-    /// name (resolved inside FROM).
+    /// Where to: NS/POD, POD, svc/NS/NAME or svc/NAME (its ClusterIP), node/NAME (its IP), an
+    /// IP, or a DNS name with a dot (resolved inside FROM).
     to: String,
+    /// The namespace of a bare POD or svc/NAME in FROM and TO.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// Destination port (TCP and UDP).
     #[arg(long, short = 'p')]
     port: Option<u16>,
@@ -207,8 +212,11 @@ struct DemoArgs {
 struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// NS/POD, node/NAME or external.
+    /// NS/POD, POD (in -n's namespace), node/NAME or external.
     target: String,
+    /// The namespace of a bare POD.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -241,8 +249,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         }
         LabCommand::Get(a) => {
             let state = a.lab.open()?.state()?;
-            print!("{}", a.what.render(&state)?);
-            Ok(())
+            a.what.print(&state)
         }
         LabCommand::Probe(a) => probe(a),
         LabCommand::Matrix(a) => {
@@ -254,14 +261,14 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 Duration::from_millis(a.timeout_ms),
             )?;
             match a.output {
-                TextOrJson::Text => print!("{}", m.to_text()),
-                TextOrJson::Json => println!("{}", m.to_json()),
+                TextOrJson::Text => crate::out::stdout(&m.to_text())?,
+                TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
             }
             Ok(())
         }
         LabCommand::Exec(a) => {
             let lab = a.lab.open()?;
-            let place: Place = a.target.parse()?;
+            let place = Place::parse(&a.target, &a.namespace)?;
             let (program, rest) = a.command.split_first().context("no command given")?;
             let status = lab
                 .command(&place, program)?
@@ -353,9 +360,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn probe(a: ProbeArgs) -> anyhow::Result<()> {
+    let from = Place::parse(&a.from, &a.namespace)?;
+    let to = Target::parse(&a.to, &a.namespace)?;
     let lab = a.lab.open()?;
-    let from: Place = a.from.parse()?;
-    let to: Target = a.to.parse()?;
     let protocol: ProbeProtocol = a.protocol.parse()?;
     if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         bail!("a {protocol} probe needs --port");

@@ -6,6 +6,7 @@
 mod cluster;
 mod dns_cmd;
 mod lab_cmd;
+mod out;
 mod policy_cmd;
 mod print;
 mod render_cmd;
@@ -55,7 +56,8 @@ enum Command {
     /// Walk the first packet of a connection through a node's service rules (no kernel).
     #[command(after_help = "Examples:\n  \
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
-        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081")]
+        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081\n  \
+        kube-netd trace -f examples/ --node node-1 -n default frontend svc/hostnames:80")]
     Trace(render_cmd::TraceArgs),
     /// Remove every chain, hook and ipset kube-netd added to a network namespace; rules of
     /// other software are left alone.
@@ -83,9 +85,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        .with_ansi(colour(&std::io::stderr()))
         .init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::from(out::BROKEN_PIPE_STATUS),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -93,12 +97,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether to colour what goes to `stream`: only a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (no-color.org).
+fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Get(args) => {
             let state = args.cluster.resolve()?;
-            print!("{}", args.what.render(&state)?);
-            Ok(())
+            args.what.print(&state)
         }
         Command::Policy(args) => policy_cmd::run(args),
         Command::Dns(args) => dns_cmd::run(args),

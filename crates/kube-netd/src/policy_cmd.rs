@@ -19,17 +19,23 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Whether FROM may open a connection to TO, naming the policies and rules that decide.
     #[command(
-        after_help = "FROM and TO are NS/POD or an IP address; a Service's ClusterIP as TO \
-        is judged after DNAT, once per endpoint.\n\nExamples:\n  \
+        after_help = "FROM and TO are NS/POD, POD (in -n's namespace), svc/[NS/]NAME, \
+        node/NAME or an IP address; a Service (or its ClusterIP) as TO is judged after DNAT, \
+        once per endpoint.\n\nExamples:\n  \
         kube-netd policy check -f examples/ default/frontend default/db --port 6379\n  \
         kube-netd policy check -f examples/ new-ns/deny-egress-test default/db --protocol icmp\n  \
-        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80"
+        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80\n  \
+        kube-netd policy check -f examples/ -n myproject client svc/default/hostnames --port 80"
     )]
     Check {
-        /// The source: NS/POD or an IP.
+        /// The source: NS/POD, POD (in -n's namespace), node/NAME or an IP.
         from: String,
-        /// The destination: NS/POD or an IP.
+        /// The destination: NS/POD, POD, svc/NS/NAME or svc/NAME (its ClusterIP), node/NAME
+        /// or an IP.
         to: String,
+        /// The namespace of a bare POD or svc/NAME in FROM and TO.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         /// Destination port (TCP, UDP and SCTP).
         #[arg(long)]
         port: Option<u16>,
@@ -77,6 +83,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         PolicyCommand::Check {
             from,
             to,
+            namespace,
             port,
             protocol,
             cluster,
@@ -84,7 +91,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             let state = cluster.resolve()?;
             print!(
                 "{}",
-                netd_policy::check(&state, &from, &to, port, protocol)?
+                netd_policy::check(&state, &from, &to, &namespace, port, protocol)?
             );
         }
         PolicyCommand::Matrix {
@@ -97,14 +104,14 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             let state = cluster.resolve()?;
             let m = netd_policy::matrix(&state, port, protocol, &namespaces);
             match output {
-                TextOrJson::Text => print!("{}", m.to_text()),
-                TextOrJson::Json => println!("{}", m.to_json()),
+                TextOrJson::Text => crate::out::stdout(&m.to_text())?,
+                TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
             }
         }
         PolicyCommand::Show { pod, cluster } => {
             let state = cluster.resolve()?;
             let text = netd_policy::show(&state, &pod).with_context(|| format!("pod {pod}"))?;
-            print!("{text}");
+            crate::out::stdout(&text)?;
         }
     }
     Ok(())

@@ -116,11 +116,6 @@ pub enum LoadWarning {
         /// Its `kind`.
         kind: String,
     },
-    /// A directory without any `.yaml`, `.yml` or `.json` file.
-    NoManifests {
-        /// The directory, as given.
-        dir: String,
-    },
     /// Fields the object's type does not have, dropped under [`FieldValidation::Warn`].
     UnknownField {
         /// Where the object is.
@@ -144,9 +139,6 @@ impl fmt::Display for LoadWarning {
                     f,
                     "{source}: skipped {kind} ({api_version}), a kind kube-netd does not read"
                 )
-            }
-            LoadWarning::NoManifests { dir } => {
-                write!(f, "{dir}: no .yaml, .yml or .json files in this directory")
             }
             LoadWarning::UnknownField { source, id, fields } => {
                 write!(f, "{source} ({id}): ignored {}", UnknownFields(fields))
@@ -215,6 +207,13 @@ pub enum LoadError {
         at: Source,
         /// The list's kind (`List`, `PodList`...).
         kind: String,
+    },
+    /// A directory given to read holds no `.yaml`, `.yml` or `.json` file: nothing would be
+    /// read from it, which is never what was meant.
+    #[error("{dir}: no .yaml, .yml or .json files in this directory")]
+    NoManifests {
+        /// The directory, as given.
+        dir: String,
     },
     /// A List inside a List.
     #[error("{at}: a List may not contain another List")]
@@ -294,11 +293,10 @@ pub fn load_with(
     validation: FieldValidation,
 ) -> Result<Manifests, LoadError> {
     let mut inputs = Vec::new();
-    let mut warnings = Vec::new();
     for path in paths {
-        read_path(path, &mut inputs, &mut warnings)?;
+        read_path(path, &mut inputs)?;
     }
-    let mut loader = Loader::new(config, validation, warnings);
+    let mut loader = Loader::new(config, validation);
     for (file, text) in &inputs {
         loader.add_text(file, text)?;
     }
@@ -318,7 +316,7 @@ pub fn load_str_with(
     config: &ClusterConfig,
     validation: FieldValidation,
 ) -> Result<Manifests, LoadError> {
-    let mut loader = Loader::new(config, validation, Vec::new());
+    let mut loader = Loader::new(config, validation);
     loader.add_text(name, text)?;
     Ok(loader.finish())
 }
@@ -353,11 +351,7 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
-fn read_path(
-    path: &Path,
-    inputs: &mut Vec<(String, String)>,
-    warnings: &mut Vec<LoadWarning>,
-) -> Result<(), LoadError> {
+fn read_path(path: &Path, inputs: &mut Vec<(String, String)>) -> Result<(), LoadError> {
     let shown = path.display().to_string();
     if path.as_os_str() == STDIN_PATH {
         let mut text = String::new();
@@ -381,7 +375,7 @@ fn read_path(
     let mut files = Vec::new();
     list_manifests(path, &mut files)?;
     if files.is_empty() {
-        warnings.push(LoadWarning::NoManifests { dir: shown });
+        return Err(LoadError::NoManifests { dir: shown });
     }
     files.sort();
     for file in files {
@@ -427,18 +421,14 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(
-        config: &'a ClusterConfig,
-        validation: FieldValidation,
-        warnings: Vec<LoadWarning>,
-    ) -> Self {
+    fn new(config: &'a ClusterConfig, validation: FieldValidation) -> Self {
         Self {
             validator: Validator::new(config),
             validation,
             seen: BTreeMap::new(),
             manifests: Manifests {
                 objects: Vec::new(),
-                warnings,
+                warnings: Vec::new(),
             },
         }
     }

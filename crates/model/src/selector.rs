@@ -287,11 +287,19 @@ fn parse_term(term: &str) -> Result<(&str, Operator, Option<String>), String> {
         return Ok((key.trim(), Operator::DoesNotExist, None));
     }
     if let Some((key, value)) = term.split_once("!=") {
-        return Ok((key.trim(), Operator::NotIn(BTreeSet::new()), Some(value.trim().to_owned())));
+        return Ok((
+            key.trim(),
+            Operator::NotIn(BTreeSet::new()),
+            Some(value.trim().to_owned()),
+        ));
     }
     if let Some((key, value)) = term.split_once('=') {
         let value = value.strip_prefix('=').unwrap_or(value);
-        return Ok((key.trim(), Operator::In(BTreeSet::new()), Some(value.trim().to_owned())));
+        return Ok((
+            key.trim(),
+            Operator::In(BTreeSet::new()),
+            Some(value.trim().to_owned()),
+        ));
     }
     let Some((head, set)) = term.split_once('(') else {
         if term.split_whitespace().count() > 1 {
@@ -315,7 +323,11 @@ fn parse_term(term: &str) -> Result<(&str, Operator, Option<String>), String> {
     let operator = match words.as_slice() {
         [_, "in"] => Operator::In(values),
         [_, "notin"] => Operator::NotIn(values),
-        _ => return Err(format!("{term:?}: expected `key in (...)` or `key notin (...)`")),
+        _ => {
+            return Err(format!(
+                "{term:?}: expected `key in (...)` or `key notin (...)`"
+            ));
+        }
     };
     Ok((words[0], operator, None))
 }
@@ -568,14 +580,24 @@ mod tests {
             assert_eq!(got, want, "{input:?}");
         }
         assert_eq!(
-            "app=web,tier in (a,b)".parse::<LabelSelector>().map(|s| s.to_string()),
+            "app=web,tier in (a,b)"
+                .parse::<LabelSelector>()
+                .map(|s| s.to_string()),
             Ok("app=web,tier in (a,b)".to_owned())
         );
     }
 
     #[test]
     fn malformed_selector_strings_are_refused() {
-        for input in ["app=web,", "app in ()", "app in (a", "app ni (a)", "a b", "-x=1", "a=b c"] {
+        for input in [
+            "app=web,",
+            "app in ()",
+            "app in (a",
+            "app ni (a)",
+            "a b",
+            "-x=1",
+            "a=b c",
+        ] {
             let err = input.parse::<LabelSelector>().expect_err(input);
             assert_eq!(err.input, input);
         }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use netd_model::view::Service;
 use netd_model::view::{Pod, PolicyPeer, PolicyPort, PolicyRule, PortSpec};
-use netd_model::{ClusterState, PodRef};
+use netd_model::{ClusterState, PodRef, Target};
 
 use crate::engine::{
     evaluate, evaluate_via_service, isolation, peer_selects_pod, rules, selecting,
@@ -17,22 +17,37 @@ use crate::verdict::Direction;
 /// The most Pods listed for one peer by [`show`] before it says how many more match.
 const LISTED_PODS: usize = 8;
 
-/// Parses a command-line endpoint: an IP address, or `NS/POD`.
-pub fn parse_endpoint(input: &str) -> Result<Endpoint, PolicyError> {
-    if let Ok(ip) = input.parse::<IpAddr>() {
-        return Ok(Endpoint::Ip(ip));
-    }
-    input
-        .parse::<PodRef>()
-        .map(Endpoint::Pod)
-        .map_err(|source| PolicyError::ParseEndpoint {
+/// Parses a command-line endpoint as every command names one ([`netd_model::target`]):
+/// `NS/POD`, `POD` (in `namespace`), `svc/[NS/]NAME` (its ClusterIP), `node/NAME`, or an IP.
+pub fn parse_endpoint(
+    state: &ClusterState,
+    input: &str,
+    namespace: &str,
+) -> Result<Endpoint, PolicyError> {
+    match Target::parse(input, namespace).map_err(|source| PolicyError::ParseEndpoint { source })? {
+        Target::Pod(p) => Ok(Endpoint::Pod(p)),
+        Target::Ip(ip) => Ok(Endpoint::Ip(ip)),
+        Target::Node(n) => Ok(Endpoint::Node(n)),
+        Target::Service(service) => {
+            let svc = state
+                .service(&service)
+                .ok_or_else(|| PolicyError::UnknownService {
+                    service: service.clone(),
+                })?;
+            svc.cluster_ips
+                .first()
+                .map(|ip| Endpoint::Ip(*ip))
+                .ok_or(PolicyError::NoClusterIp { service })
+        }
+        other @ (Target::External | Target::DnsName(_)) => Err(PolicyError::NotAnEndpoint {
             input: input.to_owned(),
-            source,
-        })
+            what: other.what(),
+        }),
+    }
 }
 
 /// `kube-netd policy check FROM TO [--port P] [--protocol P]`: whether FROM may connect to
-/// TO, and why. FROM and TO are `NS/POD` or an IP. When TO is a Service's ClusterIP and a
+/// TO, and why. FROM and TO are read by [`parse_endpoint`]; a bare `POD` is in `namespace`. When TO is a Service's ClusterIP and a
 /// port is given, the flow is judged after DNAT, once per endpoint Pod.
 ///
 /// One line per verdict, each ending in `\n`, e.g.
@@ -41,11 +56,12 @@ pub fn check(
     state: &ClusterState,
     from: &str,
     to: &str,
+    namespace: &str,
     port: Option<u16>,
     protocol: FlowProtocol,
 ) -> Result<String, PolicyError> {
-    let src = parse_endpoint(from)?;
-    let dst = parse_endpoint(to)?;
+    let src = parse_endpoint(state, from, namespace)?;
+    let dst = parse_endpoint(state, to, namespace)?;
     let mut out = String::new();
     if let (Endpoint::Ip(ip), FlowProtocol::Transport(proto), Some(port)) = (&dst, protocol, port)
         && let Some(svc) = service_with_cluster_ip(state, *ip)
