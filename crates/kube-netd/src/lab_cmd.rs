@@ -42,7 +42,8 @@ enum LabCommand {
     Delete(FileArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
     #[command(
-        after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml"
+        after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml\n  \
+        kube-netd lab get pods/db svc/db -o name\n  kube-netd lab get ns -l team=a"
     )]
     Get(LabGetArgs),
     /// Send real packets from a pod, a node or outside the cluster, and report what happened.

@@ -40,7 +40,11 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         kube-netd get all -f examples/\n  \
         kube-netd get pods -A -o wide -f examples/hostnames/\n  \
-        kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml")]
+        kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml\n  \
+        kube-netd get pod db -o json -f examples/\n  \
+        kube-netd get svc,po -f examples/\n  \
+        kube-netd get pods -l 'app in (hostnames)' -o name -f examples/\n  \
+        kube-netd get ns -o wide -f examples/")]
     Get(GetCommand),
     /// Run a cluster of network namespaces on this machine and probe it with real packets.
     Lab(lab_cmd::LabArgs),

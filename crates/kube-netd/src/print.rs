@@ -41,19 +41,19 @@ pub enum TextOrJson {
 
 /// A kind as `get` names it: kubectl's singular, plural and short names, or `all`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum KindArg {
     /// One kind.
     Kind(Kind),
     /// Pods, Services, Deployments, EndpointSlices, NetworkPolicies and Nodes.
     All,
 }
 
-impl std::str::FromStr for Target {
+impl std::str::FromStr for KindArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let kind = match s.to_ascii_lowercase().as_str() {
-            "all" => return Ok(Target::All),
+            "all" => return Ok(KindArg::All),
             "po" | "pod" | "pods" => Kind::Pod,
             "svc" | "service" | "services" => Kind::Service,
             "eps" | "endpointslice" | "endpointslices" => Kind::EndpointSlice,
@@ -82,7 +82,7 @@ impl std::str::FromStr for Target {
                 ));
             }
         };
-        Ok(Target::Kind(kind))
+        Ok(KindArg::Kind(kind))
     }
 }
 
@@ -285,9 +285,9 @@ impl Request {
             anyhow::bail!("name a kind to get, e.g. `get pods`");
         };
         let one_kind = |s: &str| -> anyhow::Result<Kind> {
-            match s.parse::<Target>().map_err(anyhow::Error::msg)? {
-                Target::Kind(k) => Ok(k),
-                Target::All => anyhow::bail!("`all` cannot be combined with names"),
+            match s.parse::<KindArg>().map_err(anyhow::Error::msg)? {
+                KindArg::Kind(k) => Ok(k),
+                KindArg::All => anyhow::bail!("`all` cannot be combined with names"),
             }
         };
         if args.iter().any(|a| a.contains('/')) {
@@ -309,9 +309,9 @@ impl Request {
         }
         let mut kinds = Vec::new();
         for part in first.split(',') {
-            match part.parse::<Target>().map_err(anyhow::Error::msg)? {
-                Target::Kind(k) => kinds.push(k),
-                Target::All => kinds.extend(ALL),
+            match part.parse::<KindArg>().map_err(anyhow::Error::msg)? {
+                KindArg::Kind(k) => kinds.push(k),
+                KindArg::All => kinds.extend(ALL),
             }
         }
         let kinds = first_seen(kinds);
@@ -733,12 +733,12 @@ mod tests {
 
     #[test]
     fn kinds_parse_with_short_names() {
-        assert_eq!("svc".parse::<Target>(), Ok(Target::Kind(Kind::Service)));
+        assert_eq!("svc".parse::<KindArg>(), Ok(KindArg::Kind(Kind::Service)));
         assert_eq!(
-            "netpol".parse::<Target>(),
-            Ok(Target::Kind(Kind::NetworkPolicy))
+            "netpol".parse::<KindArg>(),
+            Ok(KindArg::Kind(Kind::NetworkPolicy))
         );
-        assert_eq!("all".parse::<Target>(), Ok(Target::All));
-        assert!("configmaps".parse::<Target>().is_err());
+        assert_eq!("all".parse::<KindArg>(), Ok(KindArg::All));
+        assert!("configmaps".parse::<KindArg>().is_err());
     }
 }
