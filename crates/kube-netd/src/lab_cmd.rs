@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
-use netd_model::{Object, Protocol};
+use netd_lab::{
+    Action, Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+};
+use netd_model::{Kind, ObjectId, Protocol};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
@@ -35,11 +37,19 @@ enum LabCommand {
         after_help = "Example:\n  kube-netd lab apply -f examples/networkpolicy/deny-egress.yaml"
     )]
     Apply(FileArgs),
-    /// Delete objects, like kubectl delete -f; returns once every Node has converged.
+    /// Delete objects named by files or on the command line, like kubectl delete; returns once
+    /// every Node has converged.
     #[command(
-        after_help = "Example:\n  kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml"
+        after_help = "A file needs to name each object only (apiVersion, kind, \
+        metadata.name, metadata.namespace); its spec is not read. Each object deleted is printed \
+        as `kind/name deleted`; each one that does not exist is reported on stderr, and the exit \
+        status is then 1 unless --ignore-not-found is given.\n\nExamples:\n  \
+        kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml\n  \
+        kube-netd lab delete pod client server -n default\n  \
+        kube-netd lab delete svc/hostnames deploy/hostnames\n  \
+        kube-netd lab delete netpol deny-egress --ignore-not-found"
     )]
-    Delete(FileArgs),
+    Delete(DeleteArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
     #[command(
         after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml"
@@ -131,6 +141,80 @@ struct FileArgs {
     files: Vec<PathBuf>,
     #[command(flatten)]
     validate: ValidateArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Manifest files or directories naming the objects (recursive: .yaml, .yml, .json); `-`
+    /// reads stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "objects",
+        conflicts_with_all = ["objects", "namespace"]
+    )]
+    files: Vec<PathBuf>,
+    /// KIND NAME... or KIND/NAME...: kinds as kubectl names them (pods, po, services, svc,
+    /// deployments, deploy, networkpolicies, netpol, endpointslices, namespaces, ns, nodes, no).
+    #[arg(value_name = "KIND NAME")]
+    objects: Vec<String>,
+    /// The namespace of the objects named on the command line.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Objects that do not exist are not reported, and do not make the exit status 1.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+impl DeleteArgs {
+    /// The objects to delete: those the files name, or those the arguments name.
+    fn ids(&self) -> anyhow::Result<Vec<ObjectId>> {
+        if !self.files.is_empty() {
+            let refs = netd_model::load_references(&self.files)?;
+            for warning in &refs.warnings {
+                tracing::warn!("{warning}");
+            }
+            return Ok(refs.references.into_iter().map(|r| r.id).collect());
+        }
+        let id = |kind: &str, name: &str| -> anyhow::Result<ObjectId> {
+            let kind = Kind::from_resource(kind).with_context(|| {
+                format!(
+                    "the server doesn't have a resource type {kind:?} (expected pods, services, \
+                     deployments, networkpolicies, endpointslices, namespaces or nodes)"
+                )
+            })?;
+            let namespace = if kind.is_namespaced() {
+                self.namespace.clone()
+            } else {
+                String::new()
+            };
+            Ok(ObjectId {
+                kind,
+                namespace,
+                name: name.to_owned(),
+            })
+        };
+        let Some((first, rest)) = self.objects.split_first() else {
+            bail!("nothing to delete: give -f FILE, KIND NAME... or KIND/NAME...");
+        };
+        if first.contains('/') {
+            return self
+                .objects
+                .iter()
+                .map(|arg| match arg.split_once('/') {
+                    Some((kind, name)) if !name.is_empty() && !name.contains('/') => id(kind, name),
+                    _ => bail!("{arg:?} is not KIND/NAME (once one argument is, all must be)"),
+                })
+                .collect();
+        }
+        if rest.is_empty() {
+            bail!("{first:?} names a kind but no object: give KIND NAME...");
+        }
+        rest.iter().map(|name| id(first, name)).collect()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,19 +310,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Delete(a) => {
-            let lab = a.lab.open()?;
-            let ids: Vec<_> = a
-                .validate
-                .load(&a.files, lab.state()?.config())?
-                .iter()
-                .map(Object::id)
-                .collect();
-            for change in lab.delete(&ids)? {
-                println!("{change}");
-            }
-            Ok(())
-        }
+        LabCommand::Delete(a) => delete(a),
         LabCommand::Get(a) => {
             let state = a.lab.open()?.state()?;
             print!("{}", a.what.render(&state)?);
@@ -321,6 +393,32 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         lab.state_dir().display()
     );
     lab.detach();
+    Ok(())
+}
+
+fn delete(a: DeleteArgs) -> anyhow::Result<()> {
+    let ids = a.ids()?;
+    let lab = a.lab.open()?;
+    let changes = lab.delete(&ids)?;
+    let mut missing = 0;
+    for change in &changes {
+        if change.action != Action::NotFound {
+            println!("{change}");
+        } else if !a.ignore_not_found {
+            missing += 1;
+            eprintln!(
+                "Error from server (NotFound): {} {:?} not found",
+                change.id.kind.resource(),
+                change.id.name
+            );
+        }
+    }
+    if missing > 0 {
+        bail!(
+            "{missing} of {} objects to delete were not found",
+            changes.len()
+        );
+    }
     Ok(())
 }
 
