@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
@@ -79,6 +79,14 @@ enum LabCommand {
         kube-netd lab demo\n  \
         kube-netd lab demo --keep --name demo")]
     Demo(DemoArgs),
+    /// List the labs on this machine: name, nodes, proxy mode, whether their agents run, age.
+    #[command(
+        after_help = "The CURRENT column marks the lab the other lab commands use: the \
+        one --name or KUBE_NETD_LAB names (default kube-netd).\n\nExamples:\n  \
+        kube-netd lab list\n  \
+        kube-netd lab list -o json"
+    )]
+    List(ListArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -94,7 +102,7 @@ enum LabCommand {
 
 #[derive(Debug, clap::Args)]
 struct NameArgs {
-    /// The lab.
+    /// The lab to act on (`lab list` shows those on this machine).
     #[arg(long, default_value = "kube-netd", env = "KUBE_NETD_LAB")]
     name: String,
     /// Where lab state lives.
@@ -215,6 +223,15 @@ impl DeleteArgs {
         }
         rest.iter().map(|name| id(first, name)).collect()
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Output format: a table, or a JSON array with one object per lab.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: TextOrJson,
 }
 
 #[derive(Debug, clap::Args)]
@@ -346,6 +363,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Demo(a) => demo(a),
+        LabCommand::List(a) => list(a),
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 println!("lab {} removed", a.name);
@@ -381,6 +399,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut options = LabOptions::new(a.lab.name.clone(), program);
     options.state_root = a.lab.state_root.clone();
     options.config = config;
+    if let Some(mode) = a.mode.to_possible_value() {
+        options.mode = mode.get_name().to_owned();
+    }
     let lab = Lab::up(options, objects, resolver())?;
     let state = lab.state()?;
     println!(
@@ -420,6 +441,84 @@ fn delete(a: DeleteArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn list(a: ListArgs) -> anyhow::Result<()> {
+    let labs = netd_lab::list(&a.lab.state_root)?;
+    let now = SystemTime::now();
+    let age = |lab: &netd_lab::LabSummary| {
+        lab.created
+            .and_then(|c| now.duration_since(c).ok())
+            .map(|d| d.as_secs())
+    };
+    let status = |lab: &netd_lab::LabSummary| match lab.agents_running {
+        n if n == lab.nodes => "Running".to_owned(),
+        0 => "Stopped".to_owned(),
+        n => format!("Degraded ({n}/{} agents)", lab.nodes),
+    };
+    if a.output == TextOrJson::Json {
+        let labs: Vec<_> = labs
+            .iter()
+            .map(|lab| {
+                serde_json::json!({
+                    "name": lab.name,
+                    "current": lab.name == a.lab.name,
+                    "nodes": lab.nodes,
+                    "agentsRunning": lab.agents_running,
+                    "mode": lab.mode,
+                    "status": status(lab),
+                    "ageSeconds": age(lab),
+                    "stateDir": lab.state_dir,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&labs)?);
+        return Ok(());
+    }
+    if labs.is_empty() {
+        println!("No labs found in {}", a.lab.state_root.display());
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "CURRENT".to_owned(),
+        "NAME".to_owned(),
+        "NODES".to_owned(),
+        "MODE".to_owned(),
+        "STATUS".to_owned(),
+        "AGE".to_owned(),
+    ]];
+    for lab in &labs {
+        rows.push([
+            if lab.name == a.lab.name { "*" } else { "" }.to_owned(),
+            lab.name.clone(),
+            lab.nodes.to_string(),
+            lab.mode.clone(),
+            status(lab),
+            age(lab).map_or_else(|| "<unknown>".to_owned(), human_age),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+    Ok(())
+}
+
+/// An age as kubectl prints one: `45s`, `12m`, `5h`, `3d`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }
 
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
@@ -475,4 +574,18 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
 
 fn resolver() -> Resolver {
     Arc::new(|objects, config, previous| Ok(netd_controlplane::resolve(objects, config, previous)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_age;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let ages: Vec<String> = [0, 119, 120, 10_799, 10_800, 172_799, 172_800]
+            .into_iter()
+            .map(human_age)
+            .collect();
+        assert_eq!(ages, ["0s", "119s", "2m", "179m", "3h", "47h", "2d"]);
+    }
 }
