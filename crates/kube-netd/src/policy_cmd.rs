@@ -1,5 +1,7 @@
 //! `kube-netd policy ...`: what the NetworkPolicy engine decides, explained.
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::Subcommand;
 use netd_model::{NamespaceName, PodRef, Protocol};
@@ -21,7 +23,9 @@ enum PolicyCommand {
     #[command(
         after_help = "FROM and TO are NS/POD, POD (in -n's namespace), svc/[NS/]NAME, \
         node/NAME or an IP address; a Service (or its ClusterIP) as TO is judged after DNAT, \
-        once per endpoint.\n\nExamples:\n  \
+        once per endpoint.\n\nExit status, as kubectl auth can-i: 0 when \
+        the flow is allowed (through a Service: by every endpoint), 1 when it is blocked or \
+        the command fails.\n\nExamples:\n  \
         kube-netd policy check -f examples/ default/frontend default/db --port 6379\n  \
         kube-netd policy check -f examples/ new-ns/deny-egress-test default/db --protocol icmp\n  \
         kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80\n  \
@@ -89,10 +93,13 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             cluster,
         } => {
             let state = cluster.resolve()?;
-            print!(
-                "{}",
-                netd_policy::check(&state, &from, &to, &namespace, port, protocol)?
-            );
+            let checked = netd_policy::check(&state, &from, &to, &namespace, port, protocol)?;
+            print!("{checked}");
+            if !checked.allowed {
+                // The explanation is the whole answer: no error message, only the status.
+                std::io::stdout().flush()?;
+                std::process::exit(1);
+            }
         }
         PolicyCommand::Matrix {
             port,

@@ -864,14 +864,14 @@ impl Demo<'_> {
     ) -> Result<(), DemoError> {
         let state = state(lab)?;
         let (from, to) = (from.to_string(), to.to_string());
-        let text = netd_policy::check(&state, &from, &to, "default", port, protocol).map_err(
-            |source| DemoError::ExplainFailed {
+        let checked = netd_policy::check(&state, &from, &to, "default", port, protocol).map_err(|source| {
+            DemoError::ExplainFailed {
                 from: from.clone(),
                 to: to.clone(),
                 source,
-            },
-        )?;
-        for verdict in text.lines() {
+            }
+        })?;
+        for verdict in checked.text.lines() {
             self.say(&format!("  policy engine: {verdict}"))?;
         }
         Ok(())

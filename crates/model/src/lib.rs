@@ -34,8 +34,8 @@ pub use keys::{
     ServicePortName, ServiceRef,
 };
 pub use load::{
-    FieldValidation, LoadError, LoadWarning, Loaded, Manifests, Source, load, load_str,
-    load_str_with, load_with,
+    FieldValidation, LoadError, LoadWarning, Loaded, Manifests, Reference, References, Source,
+    load, load_references, load_references_str, load_str, load_str_with, load_with,
 };
 pub use object::{Kind, Object, ObjectId};
 pub use selector::{LabelSelector, Labels, SelectorParseError};

@@ -46,6 +46,22 @@ pub fn parse_endpoint(
     }
 }
 
+/// What [`check`] found: the explanation, and whether the flow is allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// One line per verdict, each ending in `\n`.
+    pub text: String,
+    /// Whether the connection may be opened: through a Service, only if it has endpoints and
+    /// every one of them allows it (which one a connection gets is the proxy's choice).
+    pub allowed: bool,
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `kube-netd policy check FROM TO [--port P] [--protocol P]`: whether FROM may connect to
 /// TO, and why. FROM and TO are read by [`parse_endpoint`]; a bare `POD` is in `namespace`. When TO is a Service's ClusterIP and a
 /// port is given, the flow is judged after DNAT, once per endpoint Pod.
@@ -59,7 +75,7 @@ pub fn check(
     namespace: &str,
     port: Option<u16>,
     protocol: FlowProtocol,
-) -> Result<String, PolicyError> {
+) -> Result<Checked, PolicyError> {
     let src = parse_endpoint(state, from, namespace)?;
     let dst = parse_endpoint(state, to, namespace)?;
     let mut out = String::new();
@@ -68,6 +84,7 @@ pub fn check(
     {
         let backends = evaluate_via_service(state, &src, &svc.key, port, proto)?;
         let _ = writeln!(out, "{src} -> {dst} {proto}/{port} is service {}", svc.key);
+        let allowed = !backends.is_empty() && backends.iter().all(|b| b.verdict.allowed);
         if backends.is_empty() {
             let _ = writeln!(
                 out,
@@ -77,7 +94,7 @@ pub fn check(
         for b in backends {
             let _ = writeln!(out, "  via {}:{}: {}", b.endpoint, b.target_port, b.verdict);
         }
-        return Ok(out);
+        return Ok(Checked { text: out, allowed });
     }
     let flow = Flow {
         src,
@@ -87,7 +104,10 @@ pub fn check(
     };
     let verdict = evaluate(state, &flow)?;
     let _ = writeln!(out, "{flow}: {verdict}");
-    Ok(out)
+    Ok(Checked {
+        text: out,
+        allowed: verdict.allowed,
+    })
 }
 
 /// `kube-netd policy show NS/POD`: the policies that select the Pod, its isolation, and the

@@ -61,7 +61,7 @@ pub mod verdict;
 
 pub use engine::{BackendVerdict, evaluate, evaluate_via_service, isolation};
 pub use error::PolicyError;
-pub use explain::{check, parse_endpoint, show};
+pub use explain::{Checked, check, parse_endpoint, show};
 pub use flow::{Endpoint, Flow, FlowProtocol};
 pub use matrix::{Matrix, matrix};
 pub use plan::{PolicyPlan, compile};
