@@ -30,7 +30,7 @@ enum PolicyCommand {
         from: String,
         /// The destination: NS/POD or an IP.
         to: String,
-        /// Destination port (TCP, UDP and SCTP).
+        /// Destination port: required for TCP, UDP and SCTP (policies allow ports).
         #[arg(long)]
         port: Option<u16>,
         /// tcp, udp, sctp or icmp.

@@ -34,6 +34,15 @@ pub enum PolicyError {
         /// Its protocol.
         protocol: Protocol,
     },
+    /// A TCP, UDP or SCTP flow was asked about without a port: policies allow ports, so
+    /// the answer depends on it.
+    #[error(
+        "a {protocol} check needs a port (--port); NetworkPolicy rules allow ports, not whole protocols"
+    )]
+    PortNeeded {
+        /// The flow's protocol.
+        protocol: Protocol,
+    },
     /// A command-line endpoint is neither an IP address nor `NS/POD`.
     #[error("parsing endpoint {input:?} (expected NS/POD or an IP address)")]
     ParseEndpoint {
