@@ -1,14 +1,12 @@
 //! `kube-netd render` and `kube-netd trace`: the rules a node would get, as text, and a packet
 //! walked through them.
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use netd_agent::NodeProgrammer;
 use netd_model::{ClusterState, NodeName, PodRef, Protocol, ServiceRef};
-use netd_proxy::IpFamily;
-use netd_render::{Host, Origin, Packet, Verdict};
+use netd_render::{Origin, Packet};
 
 use crate::cluster::ClusterArgs;
 
@@ -76,166 +74,9 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         protocol: args.protocol,
         ..Packet::tcp(src, dst, dport)
     };
-    let mut walk = Walk {
-        state: &state,
-        out: String::new(),
-        fates: Vec::new(),
-    };
-    walk.node(&args.node, &packet, 1.0, &mut Vec::new())?;
-    let Walk { mut out, fates, .. } = walk;
-    let hops = fates.iter().any(|f| f.node != args.node);
-    if hops {
-        out.push_str("result:\n");
-        for f in &fates {
-            let _ = write!(
-                out,
-                "  {:>6.2}% {} at {} on {}",
-                f.probability * 100.0,
-                f.verdict,
-                f.at,
-                f.node
-            );
-            if !f.policy.is_empty() {
-                let _ = write!(out, " (policy: {})", f.policy);
-            }
-            out.push('\n');
-        }
-    }
-    print!("{out}");
+    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &args.node, &packet)?;
+    print!("{trace}");
     Ok(())
-}
-
-/// Where one branch of a packet ended.
-struct Fate {
-    node: NodeName,
-    probability: f64,
-    verdict: Verdict,
-    /// The destination the packet had when its fate was decided.
-    at: SocketAddr,
-    policy: String,
-}
-
-/// A packet traced across nodes: each node's trace is written to `out`.
-struct Walk<'a> {
-    state: &'a ClusterState,
-    out: String,
-    fates: Vec<Fate>,
-}
-
-impl Walk<'_> {
-    /// Traces `packet` through `node`'s rules; `probability` is that of the branch that
-    /// brought it here, `path` the nodes it went through (a node is never entered twice).
-    fn node(
-        &mut self,
-        node: &NodeName,
-        packet: &Packet,
-        probability: f64,
-        path: &mut Vec<NodeName>,
-    ) -> anyhow::Result<()> {
-        let state = self.state;
-        let n = require_node(state, node)?;
-        let family = if packet.dst.is_ipv4() {
-            IpFamily::V4
-        } else {
-            IpFamily::V6
-        };
-        let rules = NodeProgrammer::default().rules(state, node)?;
-        let installed = rules
-            .family(family)
-            .with_context(|| format!("node {node} programs no {family:?} rules"))?
-            .installed();
-        let mut host = Host {
-            local_addrs: n.internal_ips.clone(),
-            service_addrs: state
-                .services()
-                .flat_map(|s| s.cluster_ips.iter().copied())
-                .collect(),
-            ..Host::default()
-        };
-        host.load_ipset(rules.ipset.as_deref().unwrap_or_default())
-            .with_context(|| format!("the ipset payload rendered for {node}"))?;
-        let trace = netd_render::trace(&installed, &host, packet)?;
-        let _ = writeln!(self.out, "on {node}:");
-        path.push(node.clone());
-        let _ = write!(self.out, "{trace}");
-        for (branch, o) in trace.outcomes.iter().enumerate() {
-            let p = probability * o.probability;
-            if o.verdict == Verdict::NoServicePort {
-                let _ = writeln!(self.out, "  {}", no_service_port(state, packet));
-            }
-            let at = o
-                .dnat
-                .unwrap_or_else(|| SocketAddr::new(packet.dst, packet.dport));
-            let dst = at.ip();
-            let next = owner(state, dst).filter(|next| !path.contains(next));
-            let (Verdict::Accept, Some(next)) = (o.verdict, next) else {
-                self.fates.push(Fate {
-                    node: node.clone(),
-                    probability: p,
-                    verdict: o.verdict,
-                    at,
-                    policy: o.policy().join("; "),
-                });
-                continue;
-            };
-            let src = if o.masqueraded {
-                n.internal_ips
-                    .iter()
-                    .copied()
-                    .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-                    .unwrap_or(packet.src)
-            } else {
-                packet.src
-            };
-            let hop = Packet {
-                origin: Origin::Network,
-                src,
-                dst,
-                dport: at.port(),
-                ..packet.clone()
-            };
-            let _ = writeln!(
-                self.out,
-                "branch {} ({:.2}%) is forwarded to {next}, where {dst} is:",
-                branch + 1,
-                o.probability * 100.0
-            );
-            self.node(&next, &hop, p, path)?;
-        }
-        path.pop();
-        Ok(())
-    }
-}
-
-/// The node a packet to `ip` is routed to: the one whose pod range or address it is.
-fn owner(state: &ClusterState, ip: IpAddr) -> Option<NodeName> {
-    state
-        .nodes()
-        .find(|n| n.internal_ips.contains(&ip) || n.pod_cidrs.iter().any(|c| c.contains(&ip)))
-        .map(|n| n.name.clone())
-}
-
-/// Why a packet to a Service address was not DNATed: the ports the Service does expose.
-fn no_service_port(state: &ClusterState, packet: &Packet) -> String {
-    let Some(svc) = state
-        .services()
-        .find(|s| s.cluster_ips.contains(&packet.dst))
-    else {
-        return format!("no service has address {}", packet.dst);
-    };
-    let ports: Vec<String> = svc
-        .ports
-        .iter()
-        .map(|p| format!("{}/{}", p.protocol, p.port))
-        .collect();
-    format!(
-        "service {} does not expose {}/{} (its ports: {}); nothing answers at {}",
-        svc.key,
-        packet.protocol,
-        packet.dport,
-        ports.join(", "),
-        packet.dst
-    )
 }
 
 fn require_node<'a>(
