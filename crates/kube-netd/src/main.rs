@@ -57,11 +57,17 @@ enum Command {
         kube-netd render -f examples/ --node node-1\n  \
         kube-netd render -f examples/hostnames/ --node node-2 --mode iptables")]
     Render(render_cmd::RenderArgs),
-    /// Walk the first packet of a connection through a node's service rules (no kernel).
-    #[command(after_help = "Examples:\n  \
+    /// Walk the first packet of a connection through a node's rules, Services and
+    /// NetworkPolicy, as `render` prints them (no kernel).
+    #[command(
+        after_help = "A branch forwarded to a pod or address of another node is traced \
+        on through that node's rules; a verdict reached in a policy chain names the policy \
+        rule that decided.\n\nExamples:\n  \
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
+        kube-netd trace -f examples/ --node node-1 default/stranger default/db:6379\n  \
         kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081\n  \
-        kube-netd trace -f examples/ --node node-1 -n default frontend svc/hostnames:80")]
+        kube-netd trace -f examples/ --node node-1 -n default frontend svc/hostnames:80"
+    )]
     Trace(render_cmd::TraceArgs),
     /// Remove every chain, hook and ipset kube-netd added to a network namespace; rules of
     /// other software are left alone.

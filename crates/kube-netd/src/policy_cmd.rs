@@ -40,7 +40,7 @@ enum PolicyCommand {
         /// The namespace of a bare POD or svc/NAME in FROM and TO.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// Destination port (TCP, UDP and SCTP).
+                /// Destination port: required for TCP, UDP and SCTP (policies allow ports).
         #[arg(long)]
         port: Option<u16>,
         /// tcp, udp, sctp or icmp.

@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use anyhow::{Context as _, bail};
 use netd_agent::NodeProgrammer;
 use netd_model::{ClusterState, NodeName, Protocol, Target};
-use netd_proxy::{IpFamily, ProxyOptions};
-use netd_render::{Host, Origin, Packet, RenderOptions};
+use netd_render::{Origin, Packet};
 
 use crate::cluster::ClusterArgs;
 
@@ -31,7 +30,7 @@ pub struct RenderArgs {
     cluster: ClusterArgs,
 }
 
-/// Walk the first packet of a connection through a node's service rules.
+/// Walk the first packet of a connection through a node's rules: Services and NetworkPolicy.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     /// The node whose rules the packet meets.
@@ -63,35 +62,22 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints every branch the packet can take: chains traversed, DNAT choices with their
-/// probabilities, masquerade, and the verdict.
+/// Prints every branch the packet can take through the node's whole rule set as `render`
+/// prints it (service and NetworkPolicy chains, in hook order): chains traversed, DNAT
+/// choices with their probabilities, masquerade, the policy rule that decided, and the
+/// verdict. A branch forwarded to a Pod or address of another node is traced on to that
+/// node's rules, as the packet meets them there.
 pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let state = args.cluster.resolve()?;
-    let node = require_node(&state, &args.node)?;
+    require_node(&state, &args.node)?;
     let (origin, src) = source(&state, &args.from, &args.namespace)?;
     let (dst, dport) = destination(&state, &args.to, &args.namespace)?;
-    let family = if dst.is_ipv4() {
-        IpFamily::V4
-    } else {
-        IpFamily::V6
-    };
-    let plan = netd_proxy::plan(
-        &state,
-        &args.node,
-        family,
-        &ProxyOptions::for_node(&state, &args.node),
-    );
-    let rules = netd_render::render_services(&plan, &RenderOptions::default()).installed();
-    let host = Host {
-        local_addrs: node.internal_ips.clone(),
-        ..Host::default()
-    };
     let packet = Packet {
         origin,
         protocol: args.protocol,
         ..Packet::tcp(src, dst, dport)
     };
-    let trace = netd_render::trace(&rules, &host, &packet)?;
+    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &args.node, &packet)?;
     print!("{trace}");
     Ok(())
 }

@@ -34,6 +34,15 @@ pub enum PolicyError {
         /// Its protocol.
         protocol: Protocol,
     },
+    /// A TCP, UDP or SCTP flow was asked about without a port: policies allow ports, so
+    /// the answer depends on it.
+    #[error(
+        "a {protocol} check needs a port (--port); NetworkPolicy rules allow ports, not whole protocols"
+    )]
+    PortNeeded {
+        /// The flow's protocol.
+        protocol: Protocol,
+    },
     /// A command-line endpoint names nothing (see [`netd_model::target`]).
     #[error("reading an endpoint")]
     ParseEndpoint {

@@ -63,8 +63,9 @@ impl std::fmt::Display for Checked {
 }
 
 /// `kube-netd policy check FROM TO [--port P] [--protocol P]`: whether FROM may connect to
-/// TO, and why. FROM and TO are read by [`parse_endpoint`]; a bare `POD` is in `namespace`. When TO is a Service's ClusterIP and a
-/// port is given, the flow is judged after DNAT, once per endpoint Pod.
+/// TO, and why. FROM and TO are read by [`parse_endpoint`]; a bare `POD` is in `namespace`.
+/// A TCP, UDP or SCTP flow needs a port ([`PolicyError::PortNeeded`] otherwise). When TO
+/// is a Service's ClusterIP, the flow is judged after DNAT, once per endpoint Pod.
 ///
 /// One line per verdict, each ending in `\n`, e.g.
 /// `new-ns/a -> 8.8.8.8 ICMP: blocked: isolated for egress by new-ns/deny-egress-test; no egress rule allows it`.
@@ -78,6 +79,9 @@ pub fn check(
 ) -> Result<Checked, PolicyError> {
     let src = parse_endpoint(state, from, namespace)?;
     let dst = parse_endpoint(state, to, namespace)?;
+    if let (FlowProtocol::Transport(protocol), None) = (protocol, port) {
+        return Err(PolicyError::PortNeeded { protocol });
+    }
     let mut out = String::new();
     if let (Endpoint::Ip(ip), FlowProtocol::Transport(proto), Some(port)) = (&dst, protocol, port)
         && let Some(svc) = service_with_cluster_ip(state, *ip)
