@@ -18,6 +18,8 @@
 //!   ingress IPs, as the API server and a MetalLB-style controller assign them.
 //! - `endpointslices`: upstream's EndpointSlice controller.
 //! - `alloc`: the books of addresses, podCIDRs and ports, shared by all of the above.
+//! - [`addons`]: what every cluster has without a manifest declaring it (the cluster DNS),
+//!   added by [`with_addons`] before resolving, by the offline commands and the lab alike.
 //!
 //! Allocations are sticky: given the previously resolved state, every object keeps what it
 //! was given (a Pod its Node and IP, a Service its ClusterIP, nodePorts and load-balancer IP,
@@ -25,6 +27,7 @@
 //! Values run in three passes over all objects — declared, kept, fresh — so a fresh value
 //! never takes one that is declared or kept, and no address or port is handed out twice.
 
+pub mod addons;
 mod alloc;
 mod deployments;
 mod endpointslices;
@@ -37,6 +40,7 @@ mod services;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 
+pub use addons::with_addons;
 pub use deployments::POD_TEMPLATE_HASH_LABEL;
 pub use endpointslices::{CONTROLLER_NAME, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE};
 pub use error::{Pool, ResolveError};

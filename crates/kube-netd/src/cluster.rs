@@ -104,12 +104,19 @@ impl NetworkArgs {
 }
 
 impl ClusterArgs {
-    /// Loads, validates and resolves the manifests into the state a cluster would have.
+    /// Loads, validates and resolves the manifests into the state a cluster would have, with
+    /// the add-ons every cluster has (the cluster DNS) as `lab up` adds them: so `get`,
+    /// `policy`, `render`, `trace` and `dns serve` describe the cluster the lab runs.
     /// Warnings (unknown kinds, ignored fields) go to the log.
     pub fn resolve(&self) -> anyhow::Result<ClusterState> {
         let config = self.network.config();
         let objects = self.validate.load(&self.files, &config)?;
-        netd_controlplane::resolve(objects, &config, None).context("resolving the cluster")
+        netd_controlplane::resolve(
+            netd_controlplane::with_addons(objects, &config),
+            &config,
+            None,
+        )
+        .context("resolving the cluster")
     }
 }
 

@@ -226,3 +226,161 @@ fn down_after_a_killed_up_leaves_nothing() {
         );
     }
 }
+
+/// A network namespace of the test's own (`<lab>-<what>`), removed on drop.
+struct ScratchNetns(String);
+
+impl ScratchNetns {
+    fn new(lab: &TestLab, what: &str) -> ScratchNetns {
+        let name = format!("{}-{what}", lab.name);
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "creating {name}");
+        let ns = ScratchNetns(name);
+        assert!(
+            ns.command(&["ip", "link", "set", "lo", "up"])
+                .status()
+                .expect("ip")
+                .success()
+        );
+        ns
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).args(args);
+        cmd
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `iptables-save` output without its comments and the counters of chains, which depend on
+/// the traffic seen, not on the rules.
+fn rules_only(save: &str) -> String {
+    save.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.rfind(" [") {
+            Some(i) if l.starts_with(':') => &l[..i],
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn offline(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["-f", EXAMPLES])
+        .output()
+        .expect("run kube-netd");
+    assert!(
+        out.status.success(),
+        "kube-netd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one object of `get -o json` output, printed as a `List` or on its own.
+fn only_item(json: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(json).expect("get -o json");
+    match v.get("items").and_then(serde_json::Value::as_array) {
+        Some(items) => {
+            assert_eq!(items.len(), 1, "{json}");
+            items[0].clone()
+        }
+        None => v,
+    }
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+#[test]
+fn offline_commands_describe_the_cluster_the_lab_runs() {
+    let lab = TestLab::new("same");
+    lab.ok(&["up", "-f", EXAMPLES]);
+
+    // The same Pods, with the same names, IPs and Nodes, the cluster DNS's among them.
+    let pods = offline(&["get", "pods", "-A", "-o", "json"]);
+    assert_eq!(pods, lab.ok(&["get", "pods", "-A", "-o", "json"]));
+    assert!(pods.contains("\"coredns-"), "{pods}");
+    let show = offline(&["policy", "show", "myproject/client"]);
+    let client = only_item(&lab.ok(&["get", "pods", "-n", "myproject", "-o", "json"]));
+    for want in [&client["spec"]["nodeName"], &client["status"]["podIP"]] {
+        let want = want.as_str().expect("placed");
+        assert!(
+            show.contains(want),
+            "policy show says {show}, the lab {want}"
+        );
+    }
+
+    // `render --node node-1` is what node-1 has: loaded into a namespace of its own, it reads
+    // back as node-1's rules do.
+    let render = offline(&["render", "--node", "node-1"]);
+    let scratch = ScratchNetns::new(&lab, "render");
+    let mut restore = scratch
+        .command(&["iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    std::io::Write::write_all(&mut restore.stdin.take().expect("stdin"), render.as_bytes())
+        .expect("feed iptables-restore");
+    assert!(
+        restore.wait().expect("iptables-restore").success(),
+        "{render}"
+    );
+    let rendered = scratch.command(&["iptables-save"]).output().expect("save");
+    let node = lab.ok(&["exec", "node/node-1", "--", "iptables-save"]);
+    assert_eq!(
+        rules_only(&String::from_utf8_lossy(&rendered.stdout)),
+        rules_only(&node)
+    );
+
+    // `dns serve` answers for the cluster DNS Service, at the lab's ClusterIP for it.
+    let mut serve = scratch
+        .command(&[BIN, "dns", "serve", "-f", EXAMPLES])
+        .args(["--listen", "127.0.0.1:5353", "--upstream", "127.0.0.1:9"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dns serve");
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let out = scratch
+            .command(&[
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@127.0.0.1",
+                "-p",
+                "5353",
+            ])
+            .arg("kube-dns.kube-system.svc.cluster.local")
+            .output()
+            .expect("dig");
+        answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !answer.contains(";;") && !answer.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let svc = only_item(&lab.ok(&["get", "svc", "-n", "kube-system", "-o", "json"]));
+    assert_eq!(
+        answer,
+        svc["spec"]["clusterIP"].as_str().expect("clusterIP")
+    );
+
+    drop(scratch);
+    assert!(lab.ok(&["down"]).contains("removed"));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}

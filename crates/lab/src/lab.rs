@@ -21,7 +21,7 @@ use crate::error::BoxError;
 use crate::names::Names;
 use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::store::{ClusterRecord, DEFAULT_MODE, DEFAULT_STATE_ROOT, LabRecord, Store};
-use crate::{LabError, dns, objects, topology};
+use crate::{LabError, objects, topology};
 
 /// The embedded control plane, as the lab calls it: desired objects (and the previous
 /// resolved state, for stable addresses) in, the resolved cluster out. The binary passes
@@ -53,7 +53,8 @@ pub struct LabOptions {
     /// How long `up`, `apply` and `delete` wait for every Node to converge.
     pub converge_timeout: Duration,
     /// Whether `up` adds the cluster DNS (`kube-system/kube-dns` and its `coredns`
-    /// Deployment) where the objects do not define it (default: yes; see [`crate::dns`]).
+    /// Deployment) where the objects do not define it, as the offline commands do (default:
+    /// yes; see [`netd_controlplane::with_addons`] and [`crate::dns`]).
     pub cluster_dns: bool,
     /// The service proxy back end the agents run, recorded for [`list`] (default
     /// [`DEFAULT_MODE`]: the agents' programmer decides what they run).
@@ -162,7 +163,7 @@ impl Lab {
         }
         let config = options.config.clone();
         let objects = if options.cluster_dns {
-            dns::with_cluster_dns(objects, &config)?
+            netd_controlplane::with_addons(objects, &config)
         } else {
             objects
         };
