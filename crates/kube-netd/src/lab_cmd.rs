@@ -185,9 +185,6 @@ impl DeleteArgs {
     fn ids(&self) -> anyhow::Result<Vec<ObjectId>> {
         if !self.files.is_empty() {
             let refs = netd_model::load_references(&self.files)?;
-            for warning in &refs.warnings {
-                tracing::warn!("{warning}");
-            }
             return Ok(refs.references.into_iter().map(|r| r.id).collect());
         }
         let id = |kind: &str, name: &str| -> anyhow::Result<ObjectId> {

@@ -352,8 +352,6 @@ pub struct Reference {
 pub struct References {
     /// The references, in input order; one named twice is listed once.
     pub references: Vec<Reference>,
-    /// What was skipped (directories without manifests).
-    pub warnings: Vec<LoadWarning>,
 }
 
 /// Reads the objects that files, directories and `-` name, as `kubectl delete -f` does: each
@@ -363,7 +361,7 @@ pub fn load_references(paths: &[PathBuf]) -> Result<References, LoadError> {
     let mut inputs = Vec::new();
     let mut references = References::default();
     for path in paths {
-        read_path(path, &mut inputs, &mut references.warnings)?;
+        read_path(path, &mut inputs)?;
     }
     for (file, text) in &inputs {
         add_references(file, text, &mut references)?;
