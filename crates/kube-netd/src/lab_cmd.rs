@@ -73,8 +73,9 @@ enum LabCommand {
         kube-netd lab exec node/node-1 -- iptables-save\n  \
         kube-netd lab exec external -- ip route")]
     Exec(ExecArgs),
-    /// The seed's walkthrough with real packets: policies, a Service, NodePorts, each step
-    /// checked against what Kubernetes specifies (exits non-zero if any check is not).
+    /// A guided tour of Kubernetes networking with real packets: a deny-egress policy, a
+    /// policy guarding a database, a three-pod Service and NodePorts, each step checked against
+    /// what Kubernetes specifies (exits non-zero if any check is not).
     #[command(after_help = "Examples:\n  \
         kube-netd lab demo\n  \
         kube-netd lab demo --keep --name demo")]
