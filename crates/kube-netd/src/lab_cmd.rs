@@ -20,6 +20,11 @@ use crate::print::{self, TextOrJson};
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every lab command acts on the lab that --name names, or the \
+    KUBE_NETD_LAB environment variable (default kube-netd); `kube-netd lab list` shows the labs \
+    on this machine.\n\nExample:\n  KUBE_NETD_LAB=second kube-netd lab get pods -A"
+)]
 pub struct LabArgs {
     #[command(subcommand)]
     command: LabCommand,
@@ -45,9 +50,9 @@ enum LabCommand {
         as `kind/name deleted`; each one that does not exist is reported on stderr, and the exit \
         status is then 1 unless --ignore-not-found is given.\n\nExamples:\n  \
         kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml\n  \
-        kube-netd lab delete pod client server -n default\n  \
+        kube-netd lab delete pod frontend stranger -n default\n  \
         kube-netd lab delete svc/hostnames deploy/hostnames\n  \
-        kube-netd lab delete netpol deny-egress --ignore-not-found"
+        kube-netd lab delete netpol deny-egress-test -n new-ns --ignore-not-found"
     )]
     Delete(DeleteArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
