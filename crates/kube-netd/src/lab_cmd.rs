@@ -168,16 +168,17 @@ struct DeleteArgs {
         long = "filename",
         value_name = "PATH",
         required_unless_present = "objects",
-        conflicts_with_all = ["objects", "namespace"]
+        conflicts_with = "objects"
     )]
     files: Vec<PathBuf>,
     /// KIND NAME... or KIND/NAME...: kinds as kubectl names them (pods, po, services, svc,
     /// deployments, deploy, networkpolicies, netpol, endpointslices, namespaces, ns, nodes, no).
     #[arg(value_name = "KIND NAME")]
     objects: Vec<String>,
-    /// The namespace of the objects named on the command line.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
+    /// The namespace of the objects named (default: `default`); with -f, of those that name
+    /// none, and one that names another is refused.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Objects that do not exist are not reported, and do not make the exit status 1.
     #[arg(long)]
     ignore_not_found: bool,
@@ -187,7 +188,7 @@ impl DeleteArgs {
     /// The objects to delete: those the files name, or those the arguments name.
     fn ids(&self) -> anyhow::Result<Vec<ObjectId>> {
         if !self.files.is_empty() {
-            let refs = netd_model::load_references(&self.files)?;
+            let refs = netd_model::load_references(&self.files, self.namespace.as_deref())?;
             for warning in &refs.warnings {
                 tracing::warn!("{warning}");
             }
@@ -200,10 +201,10 @@ impl DeleteArgs {
                      deployments, networkpolicies, endpointslices, namespaces or nodes)"
                 )
             })?;
-            let namespace = if kind.is_namespaced() {
-                self.namespace.clone()
-            } else {
-                String::new()
+            let namespace = match (kind.is_namespaced(), &self.namespace) {
+                (false, _) => String::new(),
+                (true, Some(ns)) => ns.clone(),
+                (true, None) => "default".to_owned(),
             };
             Ok(ObjectId {
                 kind,
