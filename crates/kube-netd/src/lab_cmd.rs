@@ -197,7 +197,7 @@ impl DeleteArgs {
         let id = |kind: &str, name: &str| -> anyhow::Result<ObjectId> {
             let kind = Kind::from_resource(kind).with_context(|| {
                 format!(
-                    "the server doesn't have a resource type {kind:?} (expected pods, services, \
+                    "kube-netd has no resource type {kind:?} (expected pods, services, \
                      deployments, networkpolicies, endpointslices, namespaces or nodes)"
                 )
             })?;
