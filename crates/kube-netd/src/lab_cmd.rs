@@ -20,6 +20,11 @@ use crate::print::{self, TextOrJson};
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every lab command acts on the lab that --name names, or the \
+    KUBE_NETD_LAB environment variable (default kube-netd); `kube-netd lab list` shows the labs \
+    on this machine.\n\nExample:\n  KUBE_NETD_LAB=second kube-netd lab get pods -A"
+)]
 pub struct LabArgs {
     #[command(subcommand)]
     command: LabCommand,
@@ -45,9 +50,9 @@ enum LabCommand {
         as `kind/name deleted`; each one that does not exist is reported on stderr, and the exit \
         status is then 1 unless --ignore-not-found is given.\n\nExamples:\n  \
         kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml\n  \
-        kube-netd lab delete pod client server -n default\n  \
+        kube-netd lab delete pod frontend stranger -n default\n  \
         kube-netd lab delete svc/hostnames deploy/hostnames\n  \
-        kube-netd lab delete netpol deny-egress --ignore-not-found"
+        kube-netd lab delete netpol deny-egress-test -n new-ns --ignore-not-found"
     )]
     Delete(DeleteArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
@@ -76,8 +81,9 @@ enum LabCommand {
         kube-netd lab exec external -- ip route\n  \
         kube-netd lab exec -n myproject client -- ip addr")]
     Exec(ExecArgs),
-    /// The seed's walkthrough with real packets: policies, a Service, NodePorts, each step
-    /// checked against what Kubernetes specifies (exits non-zero if any check is not).
+    /// A guided tour of Kubernetes networking with real packets: a deny-egress policy, a
+    /// policy guarding a database, a three-pod Service and NodePorts, each step checked against
+    /// what Kubernetes specifies (exits non-zero if any check is not).
     #[command(after_help = "Examples:\n  \
         kube-netd lab demo\n  \
         kube-netd lab demo --keep --name demo")]
@@ -165,16 +171,17 @@ struct DeleteArgs {
         long = "filename",
         value_name = "PATH",
         required_unless_present = "objects",
-        conflicts_with_all = ["objects", "namespace"]
+        conflicts_with = "objects"
     )]
     files: Vec<PathBuf>,
     /// KIND NAME... or KIND/NAME...: kinds as kubectl names them (pods, po, services, svc,
     /// deployments, deploy, networkpolicies, netpol, endpointslices, namespaces, ns, nodes, no).
     #[arg(value_name = "KIND NAME")]
     objects: Vec<String>,
-    /// The namespace of the objects named on the command line.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
+    /// The namespace of the objects named (default: `default`); with -f, of those that name
+    /// none, and one that names another is refused.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Objects that do not exist are not reported, and do not make the exit status 1.
     #[arg(long)]
     ignore_not_found: bool,
@@ -184,20 +191,20 @@ impl DeleteArgs {
     /// The objects to delete: those the files name, or those the arguments name.
     fn ids(&self) -> anyhow::Result<Vec<ObjectId>> {
         if !self.files.is_empty() {
-            let refs = netd_model::load_references(&self.files)?;
+            let refs = netd_model::load_references(&self.files, self.namespace.as_deref())?;
             return Ok(refs.references.into_iter().map(|r| r.id).collect());
         }
         let id = |kind: &str, name: &str| -> anyhow::Result<ObjectId> {
             let kind = Kind::from_resource(kind).with_context(|| {
                 format!(
-                    "the server doesn't have a resource type {kind:?} (expected pods, services, \
+                    "kube-netd has no resource type {kind:?} (expected pods, services, \
                      deployments, networkpolicies, endpointslices, namespaces or nodes)"
                 )
             })?;
-            let namespace = if kind.is_namespaced() {
-                self.namespace.clone()
-            } else {
-                String::new()
+            let namespace = match (kind.is_namespaced(), &self.namespace) {
+                (false, _) => String::new(),
+                (true, Some(ns)) => ns.clone(),
+                (true, None) => "default".to_owned(),
             };
             Ok(ObjectId {
                 kind,

@@ -23,7 +23,7 @@ pub struct RenderArgs {
     /// The node whose rules to print.
     #[arg(long)]
     node: NodeName,
-    /// The rule back end (nftables arrives with its own issue).
+    /// The rule back end (only iptables so far: there is no nftables back end yet).
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     #[command(flatten)]

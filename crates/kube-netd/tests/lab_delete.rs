@@ -83,7 +83,15 @@ fn lab_delete_takes_references_kinds_and_names_and_reports_what_was_not_found() 
     );
     assert!(pods(&lab).contains("\"c\""), "nothing was deleted");
 
-    let out = lab.ok(&["delete", "pod", "a", "-n", "x"]);
+    let pod_a = lab.file("a.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
+    let (_, err) = lab.fails(&["delete", "-f", &pod_a]);
+    assert!(err.contains("pods \"a\" not found"), "a is in x: {err}");
+    let (_, err) = lab.fails(&["delete", "-f", &references, "-n", "y"]);
+    assert!(
+        err.contains("(Service x/echo): the object's namespace is not \"y\""),
+        "{err}"
+    );
+    let out = lab.ok(&["delete", "-f", &pod_a, "-n", "x"]);
     assert_eq!(out, "pod/a deleted (namespace x)\n");
 
     let (out, err) = lab.fails(&["delete", "po", "a", "b", "-n", "x"]);

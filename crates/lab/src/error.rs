@@ -36,7 +36,7 @@ pub enum LabError {
     },
     /// Only the iptables mode exists so far.
     #[error(
-        "--mode {mode} is not supported yet: the nftables back end arrives with its own issue; use --mode iptables"
+        "--mode {mode} is not available: kube-netd has no nftables back end yet; use --mode iptables"
     )]
     ModeNotSupported {
         /// The mode asked for.

@@ -25,8 +25,8 @@
 //! - [`lab`]: the [`Lab`] value, [`list`] and [`down`].
 //! - [`agent`]: each Node's level-triggered reconcile loop, and the [`Programmer`] seam through
 //!   which the service proxy and the policy enforcer supply a Node's rules.
-//! - [`demo`]: `kube-netd lab demo`, the seed's walkthrough with real packets, each step
-//!   checked against what Kubernetes specifies.
+//! - [`demo`]: `kube-netd lab demo`, a guided tour of Kubernetes networking with real
+//!   packets, each step checked against what Kubernetes specifies.
 //! - [`dns`]: cluster DNS in the lab: the built-in `kube-system/kube-dns` Service and
 //!   `coredns` Deployment, and the DNS server their Pods run instead of the echo server.
 //! - [`echo`]: the echo server every other Pod runs on its container ports.

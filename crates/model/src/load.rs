@@ -282,6 +282,20 @@ pub enum LoadError {
         #[source]
         source: FieldError,
     },
+    /// An object in another namespace than the one the command was given, as kubectl refuses
+    /// it.
+    #[error(
+        "{at} ({id}): the object's namespace is not {namespace:?}, the namespace given; give \
+         its own namespace, or none"
+    )]
+    NamespaceMismatch {
+        /// Where.
+        at: Source,
+        /// The object, in its own namespace.
+        id: ObjectId,
+        /// The namespace given.
+        namespace: String,
+    },
     /// Two objects with the same kind, namespace and name.
     #[error("{second} ({id}): already defined in {first}")]
     DuplicateObject {
@@ -357,22 +371,32 @@ pub struct References {
 /// Reads the objects that files, directories and `-` name, as `kubectl delete -f` does: each
 /// document needs `apiVersion`, `kind` (one kube-netd reads; any other is an error, since
 /// it cannot be deleted) and `metadata.name`; nothing else is decoded or validated.
-pub fn load_references(paths: &[PathBuf]) -> Result<References, LoadError> {
+///
+/// `namespace` is kubectl's `-n`: the namespace of namespaced objects that name none
+/// (`default` without it); one that names another namespace is refused.
+pub fn load_references(
+    paths: &[PathBuf],
+    namespace: Option<&str>,
+) -> Result<References, LoadError> {
     let mut inputs = Vec::new();
     let mut references = References::default();
     for path in paths {
         read_path(path, &mut inputs)?;
     }
     for (file, text) in &inputs {
-        add_references(file, text, &mut references)?;
+        add_references(file, text, namespace, &mut references)?;
     }
     Ok(references)
 }
 
 /// [`load_references`] on text already read; `name` is how errors name it.
-pub fn load_references_str(name: &str, text: &str) -> Result<References, LoadError> {
+pub fn load_references_str(
+    name: &str,
+    text: &str,
+    namespace: Option<&str>,
+) -> Result<References, LoadError> {
     let mut references = References::default();
-    add_references(name, text, &mut references)?;
+    add_references(name, text, namespace, &mut references)?;
     Ok(references)
 }
 
@@ -650,37 +674,68 @@ fn each_object(
 }
 
 /// Reads the references of one text into `references`, skipping one already there.
-fn add_references(file: &str, text: &str, references: &mut References) -> Result<(), LoadError> {
-    for_each_object(file, text, &mut |map,
-                                      TypeMeta { api_version, kind },
-                                      at| {
-        let Some(known) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
-            return Err(LoadError::UnknownKind {
-                at,
-                api_version,
-                kind,
-            });
-        };
-        if known.api_version() != api_version {
-            return Err(LoadError::UnsupportedApiVersion {
-                at,
-                kind: known,
-                api_version,
-            });
-        }
-        let id = id_of(known, &map);
-        if id.name.is_empty() {
-            return Err(LoadError::InvalidObject {
-                at,
-                id,
-                source: FieldError::required(FieldPath::new("metadata").child("name")),
-            });
-        }
-        if !references.references.iter().any(|r| r.id == id) {
-            references.references.push(Reference { id, source: at });
+fn add_references(
+    file: &str,
+    text: &str,
+    namespace: Option<&str>,
+    references: &mut References,
+) -> Result<(), LoadError> {
+    for_each_object(file, text, &mut |map, type_meta, at| {
+        let reference = reference(&map, type_meta, at, namespace)?;
+        if !references.references.iter().any(|r| r.id == reference.id) {
+            references.references.push(reference);
         }
         Ok(())
     })
+}
+
+/// The object one document names; see [`load_references`].
+fn reference(
+    map: &Mapping,
+    TypeMeta { api_version, kind }: TypeMeta,
+    at: Source,
+    namespace: Option<&str>,
+) -> Result<Reference, LoadError> {
+    let Some(known) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+        return Err(LoadError::UnknownKind {
+            at,
+            api_version,
+            kind,
+        });
+    };
+    if known.api_version() != api_version {
+        return Err(LoadError::UnsupportedApiVersion {
+            at,
+            kind: known,
+            api_version,
+        });
+    }
+    let mut id = id_of(known, map);
+    if id.name.is_empty() {
+        return Err(LoadError::InvalidObject {
+            at,
+            id,
+            source: FieldError::required(FieldPath::new("metadata").child("name")),
+        });
+    }
+    let written = map
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty());
+    if let (true, Some(given)) = (known.is_namespaced(), namespace) {
+        match written {
+            Some(ns) if ns != given => {
+                return Err(LoadError::NamespaceMismatch {
+                    at,
+                    id,
+                    namespace: given.to_owned(),
+                });
+            }
+            _ => id.namespace = given.to_owned(),
+        }
+    }
+    Ok(Reference { id, source: at })
 }
 
 fn type_field<'m>(

@@ -29,7 +29,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
 ";
-    let refs = load_references_str("refs.yaml", text).expect("references load");
+    let refs = load_references_str("refs.yaml", text, None).expect("references load");
     let ids: Vec<ObjectId> = refs.references.iter().map(|r| r.id.clone()).collect();
     assert_eq!(
         ids,
@@ -68,11 +68,44 @@ fn a_reference_without_a_name_or_of_an_unknown_kind_is_refused_naming_the_docume
         ),
     ];
     for (text, expected) in cases {
-        let e: LoadError = load_references_str("f.yaml", text).expect_err(expected);
+        let e: LoadError = load_references_str("f.yaml", text, None).expect_err(expected);
         let mut shown = e.to_string();
         if let Some(cause) = std::error::Error::source(&e) {
             shown = format!("{shown}: {cause}");
         }
         assert_eq!(shown, expected);
     }
+}
+
+#[test]
+fn a_namespace_given_places_references_without_one_and_refuses_another() {
+    let text = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+";
+    let refs = load_references_str("f.yaml", text, Some("y")).expect("references load");
+    let ids: Vec<ObjectId> = refs.references.into_iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        [
+            id(Kind::Pod, "y", "a"),
+            id(Kind::Pod, "y", "b"),
+            id(Kind::Namespace, "", "y"),
+        ]
+    );
+    let e = load_references_str("f.yaml", text, Some("z")).expect_err("b is in y");
+    assert_eq!(
+        e.to_string(),
+        "f.yaml: document 2 (Pod y/b): the object's namespace is not \"z\", the namespace given; \
+         give its own namespace, or none"
+    );
 }
