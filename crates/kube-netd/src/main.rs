@@ -60,6 +60,7 @@ enum Command {
         rule that decided.\n\nExamples:\n  \
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
         kube-netd trace -f examples/ --node node-1 default/stranger default/db:6379\n  \
+        kube-netd trace -f examples/ default/frontend default/db:6380\n  \
         kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081"
     )]
     Trace(render_cmd::TraceArgs),

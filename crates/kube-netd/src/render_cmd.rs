@@ -33,9 +33,11 @@ pub struct RenderArgs {
 /// Walk the first packet of a connection through a node's rules: Services and NetworkPolicy.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The node whose rules the packet meets.
+    /// The node whose rules the packet meets first. Defaults to the node FROM runs on;
+    /// needed when FROM is an address outside the cluster. A packet from a pod or node
+    /// always starts on its own node.
     #[arg(long)]
-    node: NodeName,
+    node: Option<NodeName>,
     /// Where the packet comes from: NS/POD, node/NAME (the node itself), or an IP address
     /// (an off-cluster client).
     from: String,
@@ -66,15 +68,32 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
 /// node's rules, as the packet meets them there.
 pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let state = args.cluster.resolve()?;
-    require_node(&state, &args.node)?;
-    let (origin, src) = source(&state, &args.from)?;
+    if let Some(node) = &args.node {
+        require_node(&state, node)?;
+    }
+    let (origin, src, home) = source(&state, &args.from)?;
     let (dst, dport) = destination(&state, &args.to)?;
     let packet = Packet {
         origin,
         protocol: args.protocol,
         ..Packet::tcp(src, dst, dport)
     };
-    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &args.node, &packet)?;
+    let start = match (args.node, home) {
+        (Some(asked), Some(home)) if asked != home => {
+            println!(
+                "note: {} is on {home}, so its packets meet {home}'s rules first, not {asked}'s",
+                args.from
+            );
+            home
+        }
+        (_, Some(home)) => home,
+        (Some(asked), None) => asked,
+        (None, None) => bail!(
+            "--node is needed: {} is outside the cluster, so the node its packets enter is unknown",
+            args.from
+        ),
+    };
+    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &start, &packet)?;
     print!("{trace}");
     Ok(())
 }
@@ -92,7 +111,9 @@ fn require_node<'a>(
     })
 }
 
-fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr)> {
+/// The source's origin and address, and the node it is on (a pod's node, or the node
+/// itself); `None` for an address that is no pod's.
+fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr, Option<NodeName>)> {
     if let Some(name) = from.strip_prefix("node/") {
         let node = require_node(state, &NodeName::new(name))?;
         let ip = node
@@ -100,10 +121,14 @@ fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr)> 
             .first()
             .copied()
             .with_context(|| format!("node {name} has no address"))?;
-        return Ok((Origin::Host, ip));
+        return Ok((Origin::Host, ip, Some(node.name.clone())));
     }
     if let Ok(ip) = from.parse::<IpAddr>() {
-        return Ok((Origin::Network, ip));
+        let home = state
+            .pod_by_ip(ip)
+            .filter(|p| !p.host_network)
+            .and_then(|p| p.node.clone());
+        return Ok((Origin::Network, ip, home));
     }
     let pod: PodRef = from
         .parse()
@@ -114,14 +139,12 @@ fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr)> 
         .first()
         .copied()
         .with_context(|| format!("pod {pod} has no IP"))?;
-    Ok((
-        if p.host_network {
-            Origin::Host
-        } else {
-            Origin::Network
-        },
-        ip,
-    ))
+    let origin = if p.host_network {
+        Origin::Host
+    } else {
+        Origin::Network
+    };
+    Ok((origin, ip, p.node.clone()))
 }
 
 fn destination(state: &ClusterState, to: &str) -> anyhow::Result<(IpAddr, u16)> {
