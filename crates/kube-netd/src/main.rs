@@ -65,8 +65,11 @@ enum Command {
         rule that decided.\n\nExamples:\n  \
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
         kube-netd trace -f examples/ --node node-1 default/stranger default/db:6379\n  \
-        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081\n  \
-        kube-netd trace -f examples/ --node node-1 -n default frontend svc/hostnames:80"
+        kube-netd trace -f examples/ default/frontend default/db:6380
+  \
+        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081
+  \
+        kube-netd trace -f examples/ -n default frontend svc/hostnames:80"
     )]
     Trace(render_cmd::TraceArgs),
     /// Remove every chain, hook and ipset kube-netd added to a network namespace; rules of

@@ -33,9 +33,11 @@ pub struct RenderArgs {
 /// Walk the first packet of a connection through a node's rules: Services and NetworkPolicy.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The node whose rules the packet meets.
+    /// The node whose rules the packet meets first. Defaults to the node FROM runs on;
+    /// needed when FROM is an address outside the cluster. A packet from a pod or node
+    /// always starts on its own node.
     #[arg(long)]
-    node: NodeName,
+    node: Option<NodeName>,
     /// Where the packet comes from: NS/POD, POD (in -n's namespace), node/NAME (the node
     /// itself), or an IP address (an off-cluster client).
     from: String,
@@ -69,15 +71,32 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
 /// node's rules, as the packet meets them there.
 pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let state = args.cluster.resolve()?;
-    require_node(&state, &args.node)?;
-    let (origin, src) = source(&state, &args.from, &args.namespace)?;
+    if let Some(node) = &args.node {
+        require_node(&state, node)?;
+    }
+    let (origin, src, home) = source(&state, &args.from, &args.namespace)?;
     let (dst, dport) = destination(&state, &args.to, &args.namespace)?;
     let packet = Packet {
         origin,
         protocol: args.protocol,
         ..Packet::tcp(src, dst, dport)
     };
-    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &args.node, &packet)?;
+    let start = match (args.node, home) {
+        (Some(asked), Some(home)) if asked != home => {
+            println!(
+                "note: {} is on {home}, so its packets meet {home}'s rules first, not {asked}'s",
+                args.from
+            );
+            home
+        }
+        (_, Some(home)) => home,
+        (Some(asked), None) => asked,
+        (None, None) => bail!(
+            "--node is needed: {} is outside the cluster, so the node its packets enter is unknown",
+            args.from
+        ),
+    };
+    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &start, &packet)?;
     print!("{trace}");
     Ok(())
 }
@@ -95,10 +114,22 @@ fn require_node<'a>(
     })
 }
 
-fn source(state: &ClusterState, from: &str, namespace: &str) -> anyhow::Result<(Origin, IpAddr)> {
+/// The source's origin and address, and the node it is on (a pod's node, or the node
+/// itself); `None` for an address that is no pod's.
+fn source(
+    state: &ClusterState,
+    from: &str,
+    namespace: &str,
+) -> anyhow::Result<(Origin, IpAddr, Option<NodeName>)> {
     match Target::parse(from, namespace)? {
-        Target::Node(name) => Ok((Origin::Host, node_ip(state, &name)?)),
-        Target::Ip(ip) => Ok((Origin::Network, ip)),
+        Target::Node(name) => Ok((Origin::Host, node_ip(state, &name)?, Some(name))),
+        Target::Ip(ip) => {
+            let home = state
+                .pod_by_ip(ip)
+                .filter(|p| !p.host_network)
+                .and_then(|p| p.node.clone());
+            Ok((Origin::Network, ip, home))
+        }
         Target::Pod(pod) => {
             let p = state.pod(&pod).with_context(|| format!("no pod {pod}"))?;
             let ip = p
@@ -111,7 +142,7 @@ fn source(state: &ClusterState, from: &str, namespace: &str) -> anyhow::Result<(
             } else {
                 Origin::Network
             };
-            Ok((origin, ip))
+            Ok((origin, ip, p.node.clone()))
         }
         other => bail!(
             "{from:?} is {}: a trace starts at NS/POD, POD, node/NAME or an IP",

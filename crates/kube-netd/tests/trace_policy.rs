@@ -203,6 +203,49 @@ fn trace_follows_a_packet_to_the_node_its_destination_is_on() {
 }
 
 #[test]
+fn trace_starts_on_the_node_the_source_is_on() {
+    let file = manifest();
+    let path = file.path().to_str().expect("utf-8 path");
+    let given = stdout(&["trace", "-f", path, "app/client", "app/db:6379"]);
+    assert!(given.starts_with("on node-1:\n"), "{given}");
+    let elsewhere = stdout(&[
+        "trace",
+        "-f",
+        path,
+        "--node",
+        "node-2",
+        "app/client",
+        "app/db:6379",
+    ]);
+    assert_eq!(
+        elsewhere,
+        format!(
+            "note: app/client is on node-1, so its packets meet node-1's rules first, not \
+             node-2's\n{given}"
+        )
+    );
+    let outside = run(&["trace", "-f", path, "192.0.2.1", "app/db:6379"]);
+    assert!(!outside.status.success());
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains("--node is needed: 192.0.2.1"),
+        "{outside:?}"
+    );
+    let entering = stdout(&[
+        "trace",
+        "-f",
+        path,
+        "--node",
+        "node-1",
+        "192.0.2.1",
+        "app/db:6379",
+    ]);
+    assert!(
+        entering.contains("  100.00% DROP\n    policy: app/db ingress: isolated by app/db\n"),
+        "{entering}"
+    );
+}
+
+#[test]
 fn trace_reports_a_port_the_service_does_not_expose() {
     let file = manifest();
     assert_eq!(

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use netd_model::Protocol;
+use netd_policy::plan::AddressPort;
 
 use crate::iptables::{ChainName, CtState, Direction, Match, Recent, Rule, Ruleset, Table, Target};
 
@@ -173,7 +174,7 @@ pub enum IpSet {
     /// `hash:ip` or `hash:net`: addresses (as host networks) and networks.
     Networks(Vec<IpNet>),
     /// `hash:ip,port`: an address with a protocol and port.
-    AddressPorts(Vec<(IpAddr, Protocol, u16)>),
+    AddressPorts(Vec<AddressPort>),
 }
 
 impl IpSet {
@@ -197,7 +198,11 @@ impl IpSet {
             IpSet::AddressPorts(v) => {
                 let (ip, rest) = member.split_once(',')?;
                 let (protocol, port) = rest.split_once(':')?;
-                v.push((ip.parse().ok()?, protocol.parse().ok()?, port.parse().ok()?));
+                v.push(AddressPort {
+                    ip: ip.parse().ok()?,
+                    protocol: protocol.parse().ok()?,
+                    port: port.parse().ok()?,
+                });
             }
         }
         Some(())
@@ -621,8 +626,10 @@ impl Tracer<'_> {
                             nets.iter().any(|n| n.contains(&ip(d)))
                         }
                         (Some(IpSet::AddressPorts(entries)), [d_ip, d_port]) => {
-                            entries.iter().any(|&(a, proto, p)| {
-                                a == ip(d_ip) && proto == pkt.protocol && p == port(d_port)
+                            entries.iter().any(|e| {
+                                e.ip == ip(d_ip)
+                                    && e.protocol == pkt.protocol
+                                    && e.port == port(d_port)
                             })
                         }
                         _ => return Err(TraceError::UnsupportedSet { name: name.clone() }),
