@@ -218,7 +218,8 @@ impl GetArgs {
                 name: name.clone(),
             };
             match state.object(&id) {
-                Some(o) if !found.contains(&o) => found.push(o),
+                // Named twice (`get pod db db`), printed once.
+                Some(o) if !found.iter().any(|f| f.id() == id) => found.push(o),
                 Some(_) => {}
                 None => printed
                     .not_found
