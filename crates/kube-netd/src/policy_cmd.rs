@@ -4,7 +4,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use netd_model::{NamespaceName, PodRef, Protocol};
+use netd_model::{NamespaceName, Protocol, Target};
 use netd_policy::FlowProtocol;
 
 use crate::cluster::ClusterArgs;
@@ -72,10 +72,16 @@ enum PolicyCommand {
         cluster: ClusterArgs,
     },
     /// Which policies select a pod, its isolation, what may reach it and what it may reach.
-    #[command(after_help = "Example:\n  kube-netd policy show -f examples/ default/db")]
+    #[command(
+        after_help = "Examples:\n  kube-netd policy show -f examples/ default/db\n  \
+        kube-netd policy show -f examples/ -n myproject client"
+    )]
     Show {
-        /// The pod: NS/POD.
-        pod: PodRef,
+        /// The pod: NS/POD, or POD in -n's namespace.
+        pod: String,
+        /// The namespace of a bare POD.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -115,7 +121,15 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
                 TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
             }
         }
-        PolicyCommand::Show { pod, cluster } => {
+        PolicyCommand::Show {
+            pod,
+            namespace,
+            cluster,
+        } => {
+            let pod = match Target::parse(&pod, &namespace)? {
+                Target::Pod(p) => p,
+                other => anyhow::bail!("{pod:?} is {}, not a pod", other.what()),
+            };
             let state = cluster.resolve()?;
             let text = netd_policy::show(&state, &pod).with_context(|| format!("pod {pod}"))?;
             crate::out::stdout(&text)?;

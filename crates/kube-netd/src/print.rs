@@ -1,9 +1,12 @@
-//! kubectl-style output of a resolved cluster: tables (`-o wide` adds columns), YAML and JSON.
+//! kubectl-style output of a resolved cluster: tables (`-o wide` adds columns), YAML, JSON
+//! and `-o name`, for kubectl's argument forms (`KIND [NAME...]`, `KIND,KIND`, `KIND/NAME...`)
+//! and `-l` selectors.
 //!
 //! Tables follow kubectl's layout: upper-case headers, columns separated by three spaces,
 //! `<none>` for empty cells, a NAMESPACE column first with `-A`, and `kind/name` with blank
-//! lines between kinds for `get all`. The AGE column is left out: the embedded control plane
-//! has no clock, so every age would read `<unknown>`.
+//! lines between kinds when several are shown (`get all`, `get svc,po`). A listing as YAML or
+//! JSON is always a `List`; only one object asked for by name prints bare. The AGE column is
+//! left out: the embedded control plane has no clock, so every age would read `<unknown>`.
 
 use std::fmt::Write as _;
 
@@ -218,7 +221,8 @@ impl GetArgs {
                 name: name.clone(),
             };
             match state.object(&id) {
-                Some(o) if !found.contains(&o) => found.push(o),
+                // Named twice (`get pod db db`), printed once.
+                Some(o) if !found.iter().any(|f| f.id() == id) => found.push(o),
                 Some(_) => {}
                 None => printed
                     .not_found

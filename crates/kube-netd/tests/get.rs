@@ -325,7 +325,7 @@ fn a_closed_pipe_ends_the_command_quietly() {
 }
 
 #[test]
-fn logs_are_not_coloured_off_a_terminal() {
+fn logs_are_coloured_only_on_a_terminal_and_never_under_no_color() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("typo.yaml");
     std::fs::write(
@@ -333,17 +333,54 @@ fn logs_are_not_coloured_off_a_terminal() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c}], nodeNme: x}\n",
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["get", "pods", "--validate=warn", "-f"])
+    let args = ["get", "pods", "--validate=warn", "-f"];
+    let piped = Command::new(BIN)
+        .args(args)
         .arg(&file)
         .output()
         .expect("run kube-netd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(
         stderr.contains("spec.nodeNme"),
         "a warning is logged: {stderr}"
     );
-    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no escape codes into a pipe: {stderr:?}"
+    );
+
+    // On a terminal (util-linux `script` gives the command one), colour unless NO_COLOR is
+    // set to something.
+    let on_a_terminal = |no_color: Option<&str>| {
+        let line = format!("{BIN} {} {}", args.join(" "), file.display());
+        let mut script = Command::new("script");
+        script.args(["-qec", &line, "/dev/null"]);
+        match no_color {
+            Some(v) => script.env("NO_COLOR", v),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let out = script.output().expect("run script(1)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(None);
+    assert!(
+        coloured.contains("spec.nodeNme") && coloured.contains('\u{1b}'),
+        "{coloured:?}"
+    );
+    assert!(
+        on_a_terminal(Some("")).contains('\u{1b}'),
+        "an empty NO_COLOR is unset"
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(
+        plain.contains("spec.nodeNme") && !plain.contains('\u{1b}'),
+        "{plain:?}"
+    );
 }
 
 #[test]

@@ -42,7 +42,7 @@ fn cluster_ip(service: &str) -> String {
 }
 
 #[test]
-fn policy_check_reads_every_form_and_bare_names_in_the_namespace_of_n() {
+fn policy_check_and_show_read_every_form_and_bare_names_in_the_namespace_of_n() {
     let check = |args: &[&str]| {
         let mut all = vec!["policy", "check"];
         all.extend_from_slice(args);
@@ -72,6 +72,10 @@ fn policy_check_reads_every_form_and_bare_names_in_the_namespace_of_n() {
         other_ns.starts_with("myproject/client -> default/db"),
         "{other_ns}"
     );
+
+    let show = stdout(&["policy", "show", "default/db"]);
+    assert_eq!(stdout(&["policy", "show", "-n", "default", "db"]), show);
+    assert!(stderr_of_failure(&["policy", "show", "svc/db"]).contains("not a pod"));
 
     let external = stderr_of_failure(&["policy", "check", "external", "default/db"]);
     assert!(external.contains("not an endpoint"), "{external}");
