@@ -438,12 +438,29 @@ fn check(lab: &Lab, model: &Model, config: &ClusterConfig) -> Vec<String> {
         ));
     }
     for m in want.mismatches(&got) {
+        // Probed again alone, the pair tells a burst's loss from a lasting one.
+        let spec = ProbeSpec {
+            port: Some(80),
+            protocol: ProbeProtocol::Tcp,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+        };
+        let alone = lab
+            .probe(
+                &Place::Pod(m.from.clone()),
+                &Target::Pod(m.to.clone()),
+                &spec,
+            )
+            .expect("probe")
+            .remove(0);
         out.push(format!(
-            "{} -> {} TCP 80: engine {}, kernel {}",
+            "{} -> {} TCP 80: engine {}, kernel {} (probed alone just after: {} in {:.1} ms)",
             m.from,
             m.to,
             verdict(m.expected),
-            verdict(m.actual)
+            verdict(m.actual),
+            alone.outcome,
+            alone.latency_ms
         ));
     }
     out.extend(check_services(lab, &want_state));
