@@ -68,3 +68,36 @@ fn parse<T: DeserializeOwned>(mut value: serde_json::Value, index: usize) -> T {
     }
     serde_json::from_value(value).unwrap_or_else(|e| panic!("document {}: {e}", index + 1))
 }
+
+/// A seeded random number generator (splitmix64) for tests that draw cases from a seed:
+/// small, deterministic across platforms and releases, good enough to draw test cases.
+///
+/// ```
+/// let mut a = netd_testkit::Rng::new(7);
+/// let mut b = netd_testkit::Rng::new(7);
+/// assert_eq!(a.below(100), b.below(100));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        // `n` fits in u64 and the remainder is below `n`, so both conversions are lossless.
+        (self.next_u64() % n as u64) as usize
+    }
+}
