@@ -5,6 +5,7 @@
 
 mod cluster;
 mod dns_cmd;
+mod jsonpath;
 mod lab_cmd;
 mod out;
 mod policy_cmd;

@@ -18,8 +18,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netd_model::{ClusterState, Kind, LabelSelector, Labels, Object, ObjectId};
 
+use crate::jsonpath::Template;
+
 /// Output format, as `-o`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Format {
     /// A table.
     Table,
@@ -31,6 +33,31 @@ pub enum Format {
     Json,
     /// `kind/name` per object, as `kubectl get -o name` (e.g. `pod/db`).
     Name,
+    /// kubectl's `jsonpath=TEMPLATE`, applied to what `json` prints.
+    JsonPath(Template),
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(template) = s.strip_prefix("jsonpath=") {
+            return template
+                .parse()
+                .map(Format::JsonPath)
+                .map_err(|e: crate::jsonpath::TemplateError| e.to_string());
+        }
+        match s {
+            "table" => Ok(Format::Table),
+            "wide" => Ok(Format::Wide),
+            "yaml" => Ok(Format::Yaml),
+            "json" => Ok(Format::Json),
+            "name" => Ok(Format::Name),
+            _ => Err(format!(
+                "{s:?} is not one of table, wide, yaml, json, name or jsonpath=TEMPLATE"
+            )),
+        }
+    }
 }
 
 /// Output format of commands that print a report rather than objects.
@@ -112,8 +139,10 @@ pub struct GetArgs {
     /// `env in (a,b)`, `env notin (c)`, `key`, `!key`; comma-separated terms all apply.
     #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
     selector: Option<LabelSelector>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    /// Output format: table, wide (more columns), yaml, json, name (`pod/db`), or
+    /// jsonpath=TEMPLATE as kubectl's (`jsonpath={.items[*].status.podIP}`,
+    /// `jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'`), applied to what json prints.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     output: Format,
 }
 
@@ -185,7 +214,9 @@ impl GetArgs {
             .collect();
         let mut printed = Printed::default();
         match self.output {
-            Format::Yaml | Format::Json => printed.out = encode(&as_list(&selected)?, self.output)?,
+            Format::Yaml | Format::Json | Format::JsonPath(_) => {
+                printed.out = encode(&as_list(&selected)?, &self.output)?;
+            }
             Format::Table | Format::Wide | Format::Name => {
                 printed.out = self.tables(kinds, &selected, scope == &Scope::All);
                 if selected.is_empty() {
@@ -230,10 +261,10 @@ impl GetArgs {
             }
         }
         printed.out = match self.output {
-            Format::Yaml | Format::Json => match found.as_slice() {
+            Format::Yaml | Format::Json | Format::JsonPath(_) => match found.as_slice() {
                 [] => String::new(),
-                [one] if pairs.len() == 1 => encode(&serde_json::to_value(one)?, self.output)?,
-                _ => encode(&as_list(&found)?, self.output)?,
+                [one] if pairs.len() == 1 => encode(&serde_json::to_value(one)?, &self.output)?,
+                _ => encode(&as_list(&found)?, &self.output)?,
             },
             Format::Table | Format::Wide | Format::Name => self.tables(kinds, &found, false),
         };
@@ -376,13 +407,17 @@ fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn encode(value: &serde_json::Value, format: Format) -> anyhow::Result<String> {
-    if format == Format::Yaml {
-        return serde_yaml_ng::to_string(value).context("encoding YAML");
+/// `value` as YAML, through a jsonpath template, or as JSON (any other format).
+fn encode(value: &serde_json::Value, format: &Format) -> anyhow::Result<String> {
+    match format {
+        Format::Yaml => serde_yaml_ng::to_string(value).context("encoding YAML"),
+        Format::JsonPath(template) => Ok(template.render(value)),
+        _ => {
+            let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+            s.push('\n');
+            Ok(s)
+        }
     }
-    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    s.push('\n');
-    Ok(s)
 }
 
 /// The resource as kubectl's errors name it: plural, with the API group.

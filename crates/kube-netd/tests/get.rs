@@ -403,3 +403,25 @@ fn an_empty_directory_is_an_error_naming_it() {
         );
     }
 }
+
+#[test]
+fn jsonpath_templates_read_what_json_prints() {
+    let c = Cluster::new();
+    assert_eq!(
+        c.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"]),
+        "db web"
+    );
+    let template =
+        r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.labels.role}{"\n"}{end}"#;
+    assert_eq!(
+        c.ok(&["get", "pods", "-A", "-o", template]),
+        "db=db\nweb=web\nlonely=\ncart=web\n"
+    );
+    assert_eq!(
+        c.ok(&["get", "svc", "db", "-o", "jsonpath={.spec.ports[0].port}"]),
+        "6379",
+        "one named object: the template reads the object, not a List"
+    );
+    let bad = c.fails(&["get", "pods", "-o", "jsonpath={range .items[*]}"]);
+    assert!(bad.contains("{end}"), "{bad}");
+}
