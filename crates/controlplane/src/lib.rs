@@ -18,6 +18,8 @@
 //!   ingress IPs, as the API server and a MetalLB-style controller assign them.
 //! - `endpointslices`: upstream's EndpointSlice controller.
 //! - `alloc`: the books of addresses, podCIDRs and ports, shared by all of the above.
+//! - `views`: what upstream keeps and kube-netd derives only for reading ([`replica_sets`],
+//!   [`endpoints`]).
 //!
 //! Allocations are sticky: given the previously resolved state, every object keeps what it
 //! was given (a Pod its Node and IP, a Service its ClusterIP, nodePorts and load-balancer IP,
@@ -34,12 +36,14 @@ mod nodes;
 mod pods;
 mod resolver;
 mod services;
+mod views;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 
 pub use deployments::POD_TEMPLATE_HASH_LABEL;
 pub use endpointslices::{CONTROLLER_NAME, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE};
 pub use error::{Pool, ResolveError};
+pub use views::{endpoints, replica_sets};
 
 /// Computes the state a cluster would reach from the `desired` objects.
 ///

@@ -152,18 +152,83 @@ fn action_end(text: &str) -> Option<usize> {
     None
 }
 
-/// A kubectl query (`.a.b`, `$.a`, `@.a`, `a.b`) as an RFC 9535 JSONPath.
+/// A kubectl query (`.a.b`, `$.a`, `@.a`, `a.b`) as an RFC 9535 JSONPath. kubectl's names
+/// may hold characters RFC shorthand does not (`.pod-template-hash`, `kubernetes\.io/name`
+/// with its dots escaped): those become bracketed names (`['pod-template-hash']`).
 fn query_of(action: &str) -> Result<JsonPath, String> {
-    let rfc = if let Some(rest) = action.strip_prefix('@') {
-        format!("${rest}")
-    } else if action.starts_with('$') {
-        action.to_owned()
-    } else if action.starts_with('.') || action.starts_with('[') {
-        format!("${action}")
-    } else {
-        format!("$.{action}")
-    };
-    JsonPath::parse(&rfc).map_err(|e| format!("{{{action}}}: {e}"))
+    let path = action
+        .strip_prefix('$')
+        .or_else(|| action.strip_prefix('@'))
+        .unwrap_or(action);
+    JsonPath::parse(&rfc_path(path)).map_err(|e| format!("{{{action}}}: {e}"))
+}
+
+fn rfc_path(path: &str) -> String {
+    let mut out = String::from("$");
+    let chars: Vec<char> = path.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '[' {
+            // A bracketed selector, copied as written (filters may nest brackets).
+            let mut depth = 0usize;
+            let mut quote: Option<char> = None;
+            while i < chars.len() {
+                let c = chars[i];
+                out.push(c);
+                i += 1;
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '[') => depth += 1,
+                    (None, ']') => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let mut descendant = false;
+        if chars[i] == '.' {
+            i += 1;
+            if chars.get(i) == Some(&'.') {
+                descendant = true;
+                i += 1;
+            }
+        }
+        let mut name = String::new();
+        while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+            if chars[i] == '\\' && i + 1 < chars.len() {
+                i += 1;
+            }
+            name.push(chars[i]);
+            i += 1;
+        }
+        let lead = if descendant { ".." } else { "." };
+        let shorthand = name == "*"
+            || (!name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_alphanumeric() || c == '_'));
+        if name.is_empty() {
+            if descendant {
+                out.push_str("..");
+            }
+        } else if shorthand {
+            out.push_str(lead);
+            out.push_str(&name);
+        } else {
+            if descendant {
+                out.push_str("..");
+            }
+            let quoted = name.replace('\\', "\\\\").replace('\'', "\\'");
+            out.push_str(&format!("['{quoted}']"));
+        }
+    }
+    out
 }
 
 fn unescape(s: &str) -> String {
@@ -220,6 +285,18 @@ mod tests {
             r#"name: {"role":"db"}"#
         );
         assert_eq!(render("{.kind}/{.missing}", &list), "List/");
+        let pod = serde_json::json!({"metadata": {"labels": {
+            "pod-template-hash": "abc", "kubernetes.io/metadata.name": "x"}}});
+        assert_eq!(render("{.metadata.labels.pod-template-hash}", &pod), "abc");
+        assert_eq!(
+            render(r"{.metadata.labels.kubernetes\.io/metadata\.name}", &pod),
+            "x"
+        );
+        assert_eq!(render("{..pod-template-hash}", &pod), "abc");
+        assert_eq!(
+            rfc_path(".items[?(@.a[0]==\"x\")].b"),
+            "$.items[?(@.a[0]==\"x\")].b"
+        );
     }
 
     #[test]
