@@ -1,5 +1,7 @@
 //! The Deployment and ReplicaSet controllers, folded into one: each Deployment becomes
-//! `replicas` Pods named `<deployment>-<pod-template-hash>-<suffix>`.
+//! `replicas` Pods named `<deployment>-<pod-template-hash>-<suffix>`, owned (as upstream's
+//! are) by the ReplicaSet `<deployment>-<pod-template-hash>`, which `views` derives for
+//! reading.
 //!
 //! The hash is upstream's: FNV-32a over the printed template (upstream prints it with spew,
 //! we with `Debug`; both are deterministic dumps of the same fields) and the collision count,
@@ -63,15 +65,12 @@ pub(crate) fn expand(d: &apps::Deployment) -> Result<Vec<core::Pod>, ResolveErro
     let template_meta = template.metadata.clone().unwrap_or_default();
     let mut labels = template_meta.labels.clone().unwrap_or_default();
     labels.insert(POD_TEMPLATE_HASH_LABEL.to_owned(), hash.clone());
+    // Upstream's Pods belong to the ReplicaSet the Deployment made (see `views`).
     let owner = OwnerReference {
         api_version: "apps/v1".to_owned(),
-        kind: "Deployment".to_owned(),
-        name: name.clone(),
-        uid: d
-            .metadata
-            .uid
-            .clone()
-            .unwrap_or_else(|| names::uid("Deployment", &namespace, &name)),
+        kind: "ReplicaSet".to_owned(),
+        name: replica_set.clone(),
+        uid: names::uid("ReplicaSet", &namespace, &replica_set),
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
@@ -163,7 +162,7 @@ spec:
             let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
             assert_eq!(
                 (owner.kind.as_str(), owner.name.as_str()),
-                ("Deployment", "web")
+                ("ReplicaSet", format!("web-{hash}").as_str())
             );
             assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
             let ports = pod.spec.as_ref().expect("spec").containers[0]

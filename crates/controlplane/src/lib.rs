@@ -20,6 +20,8 @@
 //! - `alloc`: the books of addresses, podCIDRs and ports, shared by all of the above.
 //! - [`addons`]: what every cluster has without a manifest declaring it (the cluster DNS),
 //!   added by [`with_addons`] before resolving, by the offline commands and the lab alike.
+//! - `views`: what upstream keeps and kube-netd derives only for reading ([`replica_sets`],
+//!   [`endpoints`]).
 //!
 //! Allocations are sticky: given the previously resolved state, every object keeps what it
 //! was given (a Pod its Node and IP, a Service its ClusterIP, nodePorts and load-balancer IP,
@@ -37,6 +39,7 @@ mod nodes;
 mod pods;
 mod resolver;
 mod services;
+mod views;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 
@@ -44,6 +47,7 @@ pub use addons::with_addons;
 pub use deployments::POD_TEMPLATE_HASH_LABEL;
 pub use endpointslices::{CONTROLLER_NAME, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE};
 pub use error::{Pool, ResolveError};
+pub use views::{endpoints, replica_sets};
 
 /// Computes the state a cluster would reach from the `desired` objects.
 ///

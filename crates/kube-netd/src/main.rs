@@ -5,6 +5,7 @@
 
 mod cluster;
 mod dns_cmd;
+mod jsonpath;
 mod lab_cmd;
 mod out;
 mod policy_cmd;
@@ -44,7 +45,9 @@ enum Command {
         kube-netd get pod db -o json -f examples/\n  \
         kube-netd get svc,po -f examples/\n  \
         kube-netd get pods -l 'app in (hostnames)' -o name -f examples/\n  \
-        kube-netd get ns -o wide -f examples/")]
+        kube-netd get ns -o wide -f examples/\n  \
+        kube-netd get rs,ep -f examples/hostnames/\n  \
+        kube-netd get pods -o 'jsonpath={.items[*].status.podIP}' -f examples/")]
     Get(GetCommand),
     /// Run a cluster of network namespaces on this machine and probe it with real packets.
     Lab(lab_cmd::LabArgs),

@@ -12,14 +12,17 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netd_model::{ClusterState, Kind, LabelSelector, Labels, Object, ObjectId};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use netd_model::{ClusterState, Kind, LabelSelector, Labels, Object};
+
+use crate::jsonpath::Template;
 
 /// Output format, as `-o`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Format {
     /// A table.
     Table,
@@ -31,6 +34,31 @@ pub enum Format {
     Json,
     /// `kind/name` per object, as `kubectl get -o name` (e.g. `pod/db`).
     Name,
+    /// kubectl's `jsonpath=TEMPLATE`, applied to what `json` prints.
+    JsonPath(Template),
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(template) = s.strip_prefix("jsonpath=") {
+            return template
+                .parse()
+                .map(Format::JsonPath)
+                .map_err(|e: crate::jsonpath::TemplateError| e.to_string());
+        }
+        match s {
+            "table" => Ok(Format::Table),
+            "wide" => Ok(Format::Wide),
+            "yaml" => Ok(Format::Yaml),
+            "json" => Ok(Format::Json),
+            "name" => Ok(Format::Name),
+            _ => Err(format!(
+                "{s:?} is not one of table, wide, yaml, json, name or jsonpath=TEMPLATE"
+            )),
+        }
+    }
 }
 
 /// Output format of commands that print a report rather than objects.
@@ -42,11 +70,33 @@ pub enum TextOrJson {
     Json,
 }
 
+/// What `get` prints: the model's kinds, and two that upstream's controllers keep and
+/// kube-netd derives only for reading ([`netd_controlplane::replica_sets`],
+/// [`netd_controlplane::endpoints`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// A kind of the model.
+    Kind(Kind),
+    /// `apps/v1` ReplicaSets, one per Deployment.
+    ReplicaSet,
+    /// `v1` Endpoints, from the EndpointSlices.
+    Endpoints,
+}
+
+impl Resource {
+    fn is_namespaced(self) -> bool {
+        match self {
+            Resource::Kind(k) => k.is_namespaced(),
+            Resource::ReplicaSet | Resource::Endpoints => true,
+        }
+    }
+}
+
 /// A kind as `get` names it: kubectl's singular, plural and short names, or `all`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KindArg {
     /// One kind.
-    Kind(Kind),
+    Kind(Resource),
     /// Pods, Services, Deployments, EndpointSlices, NetworkPolicies and Nodes.
     All,
 }
@@ -64,28 +114,17 @@ impl std::str::FromStr for KindArg {
             "no" | "node" | "nodes" => Kind::Node,
             "deploy" | "deployment" | "deployments" => Kind::Deployment,
             "ns" | "namespace" | "namespaces" => Kind::Namespace,
-            "ep" | "endpoints" => {
-                return Err(format!(
-                    "{s:?}: kube-netd keeps a Service's endpoints only as EndpointSlices \
-                     (the v1 Endpoints API is deprecated): use `get endpointslices` (or `eps`)"
-                ));
-            }
-            "rs" | "replicaset" | "replicasets" => {
-                return Err(format!(
-                    "{s:?}: kube-netd's control plane has no ReplicaSets: a Deployment owns \
-                     its Pods directly (named <deployment>-<pod-template-hash>-<suffix>): use \
-                     `get deployments` or `get pods -l pod-template-hash=HASH`"
-                ));
-            }
+            "ep" | "endpoints" => return Ok(KindArg::Kind(Resource::Endpoints)),
+            "rs" | "replicaset" | "replicasets" => return Ok(KindArg::Kind(Resource::ReplicaSet)),
             _ => {
                 return Err(format!(
                     "unknown kind {s:?}: expected pods (po), services (svc), endpointslices \
-                     (eps), networkpolicies (netpol), nodes (no), deployments (deploy), \
-                     namespaces (ns) or all"
+                     (eps), endpoints (ep), networkpolicies (netpol), nodes (no), deployments \
+                     (deploy), replicasets (rs), namespaces (ns) or all"
                 ));
             }
         };
-        Ok(KindArg::Kind(kind))
+        Ok(KindArg::Kind(Resource::Kind(kind)))
     }
 }
 
@@ -93,8 +132,9 @@ impl std::str::FromStr for KindArg {
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// What to print, as kubectl takes it: `KIND [NAME...]`, `KIND,KIND...`, or
-    /// `KIND/NAME...`. Kinds: pods (po), services (svc), endpointslices (eps),
-    /// networkpolicies (netpol), nodes (no), deployments (deploy), namespaces (ns), or all.
+    /// `KIND/NAME...`. Kinds: pods (po), services (svc), endpointslices (eps), endpoints (ep),
+    /// networkpolicies (netpol), nodes (no), deployments (deploy), replicasets (rs), namespaces
+    /// (ns), or all.
     #[arg(value_name = "RESOURCE", required = true, num_args = 1..)]
     resources: Vec<String>,
     /// Only this namespace.
@@ -112,8 +152,10 @@ pub struct GetArgs {
     /// `env in (a,b)`, `env notin (c)`, `key`, `!key`; comma-separated terms all apply.
     #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
     selector: Option<LabelSelector>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    /// Output format: table, wide (more columns), yaml, json, name (`pod/db`), or
+    /// jsonpath=TEMPLATE as kubectl's (`jsonpath={.items[*].status.podIP}`,
+    /// `jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'`), applied to what json prints.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     output: Format,
 }
 
@@ -169,13 +211,17 @@ impl GetArgs {
     }
 
     /// Every object of `kinds` in `scope` that the selector matches.
-    fn list(&self, state: &ClusterState, kinds: &[Kind], scope: &Scope) -> anyhow::Result<Printed> {
-        let selected: Vec<&Object> = state
-            .objects()
-            .filter(|o| kinds.contains(&o.kind()))
+    fn list(
+        &self,
+        state: &ClusterState,
+        kinds: &[Resource],
+        scope: &Scope,
+    ) -> anyhow::Result<Printed> {
+        let selected: Vec<Item<'_>> = items(state, kinds)
+            .into_iter()
             .filter(|o| match scope {
                 Scope::All => true,
-                Scope::Namespace(ns) => !o.kind().is_namespaced() || o.namespace() == ns,
+                Scope::Namespace(ns) => !o.resource().is_namespaced() || o.namespace() == ns,
             })
             .filter(|o| {
                 self.selector
@@ -183,9 +229,12 @@ impl GetArgs {
                     .is_none_or(|s| s.matches(o.meta().labels.as_ref().unwrap_or(&Labels::new())))
             })
             .collect();
+        let selected: Vec<&Item<'_>> = selected.iter().collect();
         let mut printed = Printed::default();
         match self.output {
-            Format::Yaml | Format::Json => printed.out = encode(&as_list(&selected)?, self.output)?,
+            Format::Yaml | Format::Json | Format::JsonPath(_) => {
+                printed.out = encode(&as_list(&selected)?, &self.output)?;
+            }
             Format::Table | Format::Wide | Format::Name => {
                 printed.out = self.tables(kinds, &selected, scope == &Scope::All);
                 if selected.is_empty() {
@@ -205,24 +254,24 @@ impl GetArgs {
     fn named(
         &self,
         state: &ClusterState,
-        pairs: &[(Kind, String)],
-        kinds: &[Kind],
+        pairs: &[(Resource, String)],
+        kinds: &[Resource],
     ) -> anyhow::Result<Printed> {
+        let all = items(state, kinds);
         let mut printed = Printed::default();
-        let mut found: Vec<&Object> = Vec::new();
+        let mut found: Vec<&Item<'_>> = Vec::new();
         for (kind, name) in pairs {
-            let id = ObjectId {
-                kind: *kind,
-                namespace: if kind.is_namespaced() {
-                    self.namespace.clone()
-                } else {
-                    String::new()
-                },
-                name: name.clone(),
+            let namespace = if kind.is_namespaced() {
+                self.namespace.as_str()
+            } else {
+                ""
             };
-            match state.object(&id) {
+            let hit = all
+                .iter()
+                .find(|o| o.resource() == *kind && o.namespace() == namespace && o.name() == name);
+            match hit {
                 // Named twice (`get pod db db`), printed once.
-                Some(o) if !found.iter().any(|f| f.id() == id) => found.push(o),
+                Some(o) if !found.iter().any(|f| std::ptr::eq(*f, o)) => found.push(o),
                 Some(_) => {}
                 None => printed
                     .not_found
@@ -230,10 +279,10 @@ impl GetArgs {
             }
         }
         printed.out = match self.output {
-            Format::Yaml | Format::Json => match found.as_slice() {
+            Format::Yaml | Format::Json | Format::JsonPath(_) => match found.as_slice() {
                 [] => String::new(),
-                [one] if pairs.len() == 1 => encode(&serde_json::to_value(one)?, self.output)?,
-                _ => encode(&as_list(&found)?, self.output)?,
+                [one] if pairs.len() == 1 => encode(&one.to_value()?, &self.output)?,
+                _ => encode(&as_list(&found)?, &self.output)?,
             },
             Format::Table | Format::Wide | Format::Name => self.tables(kinds, &found, false),
         };
@@ -242,13 +291,13 @@ impl GetArgs {
 
     /// One table per kind in `kinds` order (blank lines between), `kind/name` rows when
     /// several kinds are shown; or `-o name` lines.
-    fn tables(&self, kinds: &[Kind], objects: &[&Object], all_ns: bool) -> String {
+    fn tables(&self, kinds: &[Resource], objects: &[&Item<'_>], all_ns: bool) -> String {
         let mut out = String::new();
         for kind in kinds {
-            let of_kind: Vec<&Object> = objects
+            let of_kind: Vec<&Item<'_>> = objects
                 .iter()
                 .copied()
-                .filter(|o| o.kind() == *kind)
+                .filter(|o| o.resource() == *kind)
                 .collect();
             if of_kind.is_empty() {
                 continue;
@@ -270,15 +319,99 @@ impl GetArgs {
     }
 }
 
+/// One object `get` prints: one of the state's, or one derived for reading.
+enum Item<'a> {
+    Object(&'a Object),
+    ReplicaSet(Box<ReplicaSet>),
+    Endpoints(Box<Endpoints>),
+}
+
+impl Item<'_> {
+    fn resource(&self) -> Resource {
+        match self {
+            Item::Object(o) => Resource::Kind(o.kind()),
+            Item::ReplicaSet(_) => Resource::ReplicaSet,
+            Item::Endpoints(_) => Resource::Endpoints,
+        }
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Item::Object(o) => o.meta(),
+            Item::ReplicaSet(rs) => &rs.metadata,
+            Item::Endpoints(ep) => &ep.metadata,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The namespace; empty for cluster-scoped kinds.
+    fn namespace(&self) -> &str {
+        match self {
+            Item::Object(o) => o.namespace(),
+            _ => self.meta().namespace.as_deref().unwrap_or("default"),
+        }
+    }
+
+    fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Item::Object(o) => serde_json::to_value(o),
+            Item::ReplicaSet(rs) => serde_json::to_value(rs),
+            Item::Endpoints(ep) => serde_json::to_value(ep),
+        }
+    }
+
+    /// The table row, wide columns included.
+    fn row(&self) -> Vec<String> {
+        match self {
+            Item::Object(Object::Pod(p)) => pod_row(p),
+            Item::Object(Object::Service(s)) => service_row(s),
+            Item::Object(Object::Deployment(d)) => deployment_row(d),
+            Item::Object(Object::EndpointSlice(s)) => slice_row(s),
+            Item::Object(Object::NetworkPolicy(p)) => policy_row(p),
+            Item::Object(Object::Node(n)) => node_row(n),
+            Item::Object(Object::Namespace(n)) => namespace_row(n),
+            Item::ReplicaSet(rs) => replica_set_row(rs),
+            Item::Endpoints(ep) => endpoints_row(ep),
+        }
+    }
+}
+
+/// The objects of `kinds`: the state's in its order, then the derived ones.
+fn items<'a>(state: &'a ClusterState, kinds: &[Resource]) -> Vec<Item<'a>> {
+    let mut items: Vec<Item<'a>> = state
+        .objects()
+        .filter(|o| kinds.contains(&Resource::Kind(o.kind())))
+        .map(Item::Object)
+        .collect();
+    if kinds.contains(&Resource::ReplicaSet) {
+        items.extend(
+            netd_controlplane::replica_sets(state)
+                .into_iter()
+                .map(|rs| Item::ReplicaSet(Box::new(rs))),
+        );
+    }
+    if kinds.contains(&Resource::Endpoints) {
+        items.extend(
+            netd_controlplane::endpoints(state)
+                .into_iter()
+                .map(|ep| Item::Endpoints(Box::new(ep))),
+        );
+    }
+    items
+}
+
 /// What the positional arguments ask for.
 #[derive(Debug, PartialEq, Eq)]
 enum Request {
     /// Every object of these kinds (in this order, `all` expanded).
-    List(Vec<Kind>),
+    List(Vec<Resource>),
     /// These objects, by kind and name, in the order given; `kinds` in first-seen order.
     Named {
-        pairs: Vec<(Kind, String)>,
-        kinds: Vec<Kind>,
+        pairs: Vec<(Resource, String)>,
+        kinds: Vec<Resource>,
     },
 }
 
@@ -288,7 +421,7 @@ impl Request {
         let Some((first, rest)) = args.split_first() else {
             anyhow::bail!("name a kind to get, e.g. `get pods`");
         };
-        let one_kind = |s: &str| -> anyhow::Result<Kind> {
+        let one_kind = |s: &str| -> anyhow::Result<Resource> {
             match s.parse::<KindArg>().map_err(anyhow::Error::msg)? {
                 KindArg::Kind(k) => Ok(k),
                 KindArg::All => anyhow::bail!("`all` cannot be combined with names"),
@@ -334,17 +467,18 @@ impl Request {
 }
 
 /// What `all` stands for, in the order it prints.
-const ALL: [Kind; 6] = [
-    Kind::Pod,
-    Kind::Service,
-    Kind::Deployment,
-    Kind::EndpointSlice,
-    Kind::NetworkPolicy,
-    Kind::Node,
+const ALL: [Resource; 7] = [
+    Resource::Kind(Kind::Pod),
+    Resource::Kind(Kind::Service),
+    Resource::Kind(Kind::Deployment),
+    Resource::ReplicaSet,
+    Resource::Kind(Kind::EndpointSlice),
+    Resource::Kind(Kind::NetworkPolicy),
+    Resource::Kind(Kind::Node),
 ];
 
-fn first_seen(kinds: impl IntoIterator<Item = Kind>) -> Vec<Kind> {
-    let mut out: Vec<Kind> = Vec::new();
+fn first_seen(kinds: impl IntoIterator<Item = Resource>) -> Vec<Resource> {
+    let mut out: Vec<Resource> = Vec::new();
     for k in kinds {
         if !out.contains(&k) {
             out.push(k);
@@ -363,10 +497,10 @@ enum Scope {
 }
 
 /// kubectl's `List`, whatever the number of items.
-fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
+fn as_list(objects: &[&Item<'_>]) -> anyhow::Result<serde_json::Value> {
     let items = objects
         .iter()
-        .map(serde_json::to_value)
+        .map(|o| o.to_value())
         .collect::<Result<Vec<_>, _>>()?;
     Ok(serde_json::json!({
         "apiVersion": "v1",
@@ -376,43 +510,51 @@ fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn encode(value: &serde_json::Value, format: Format) -> anyhow::Result<String> {
-    if format == Format::Yaml {
-        return serde_yaml_ng::to_string(value).context("encoding YAML");
+/// `value` as YAML, through a jsonpath template, or as JSON (any other format).
+fn encode(value: &serde_json::Value, format: &Format) -> anyhow::Result<String> {
+    match format {
+        Format::Yaml => serde_yaml_ng::to_string(value).context("encoding YAML"),
+        Format::JsonPath(template) => Ok(template.render(value)),
+        _ => {
+            let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+            s.push('\n');
+            Ok(s)
+        }
     }
-    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    s.push('\n');
-    Ok(s)
 }
 
 /// The resource as kubectl's errors name it: plural, with the API group.
-fn resource_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Pod => "pods",
-        Kind::Service => "services",
-        Kind::Deployment => "deployments.apps",
-        Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
-        Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
-        Kind::Node => "nodes",
-        Kind::Namespace => "namespaces",
+fn resource_name(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Kind(Kind::Pod) => "pods",
+        Resource::Kind(Kind::Service) => "services",
+        Resource::Kind(Kind::Deployment) => "deployments.apps",
+        Resource::Kind(Kind::EndpointSlice) => "endpointslices.discovery.k8s.io",
+        Resource::Kind(Kind::NetworkPolicy) => "networkpolicies.networking.k8s.io",
+        Resource::Kind(Kind::Node) => "nodes",
+        Resource::Kind(Kind::Namespace) => "namespaces",
+        Resource::ReplicaSet => "replicasets.apps",
+        Resource::Endpoints => "endpoints",
     }
 }
 
-fn kind_prefix(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Pod => "pod/",
-        Kind::Service => "service/",
-        Kind::Deployment => "deployment.apps/",
-        Kind::EndpointSlice => "endpointslice.discovery.k8s.io/",
-        Kind::NetworkPolicy => "networkpolicy.networking.k8s.io/",
-        Kind::Node => "node/",
-        Kind::Namespace => "namespace/",
+fn kind_prefix(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Kind(Kind::Pod) => "pod/",
+        Resource::Kind(Kind::Service) => "service/",
+        Resource::Kind(Kind::Deployment) => "deployment.apps/",
+        Resource::Kind(Kind::EndpointSlice) => "endpointslice.discovery.k8s.io/",
+        Resource::Kind(Kind::NetworkPolicy) => "networkpolicy.networking.k8s.io/",
+        Resource::Kind(Kind::Node) => "node/",
+        Resource::Kind(Kind::Namespace) => "namespace/",
+        Resource::ReplicaSet => "replicaset.apps/",
+        Resource::Endpoints => "endpoints/",
     }
 }
 
 fn table(
-    kind: Kind,
-    objects: &[&Object],
+    kind: Resource,
+    objects: &[&Item<'_>],
     all_ns: bool,
     wide: bool,
     prefix: Option<&str>,
@@ -424,15 +566,7 @@ fn table(
     let show_ns = all_ns && kind.is_namespaced();
     let mut rows: Vec<Vec<String>> = Vec::new();
     for o in objects {
-        let mut row = match o {
-            Object::Pod(p) => pod_row(p),
-            Object::Service(s) => service_row(s),
-            Object::Deployment(d) => deployment_row(d),
-            Object::EndpointSlice(s) => slice_row(s),
-            Object::NetworkPolicy(p) => policy_row(p),
-            Object::Node(n) => node_row(n),
-            Object::Namespace(n) => namespace_row(n),
-        };
+        let mut row = o.row();
         if !wide {
             row.truncate(header.len());
         }
@@ -449,7 +583,17 @@ fn table(
     align(&header, &rows)
 }
 
-fn headers(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
+fn headers(resource: Resource) -> (Vec<&'static str>, Vec<&'static str>) {
+    let kind = match resource {
+        Resource::Kind(kind) => kind,
+        Resource::ReplicaSet => {
+            return (
+                vec!["NAME", "DESIRED", "CURRENT", "READY"],
+                vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+            );
+        }
+        Resource::Endpoints => return (vec!["NAME", "ENDPOINTS"], Vec::new()),
+    };
     match kind {
         Kind::Pod => (
             vec!["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"],
@@ -716,6 +860,55 @@ fn node_row(n: &Node) -> Vec<String> {
     ]
 }
 
+fn replica_set_row(rs: &ReplicaSet) -> Vec<String> {
+    let spec = rs.spec.clone().unwrap_or_default();
+    let status = rs.status.clone().unwrap_or_default();
+    let containers = spec
+        .template
+        .and_then(|t| t.spec)
+        .map(|s| s.containers)
+        .unwrap_or_default();
+    vec![
+        rs.metadata.name.clone().unwrap_or_default(),
+        spec.replicas.unwrap_or(1).to_string(),
+        status.replicas.to_string(),
+        status.ready_replicas.unwrap_or(0).to_string(),
+        containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+        containers
+            .iter()
+            .map(|c| c.image.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(","),
+        join_labels(spec.selector.match_labels.as_ref()),
+    ]
+}
+
+/// kubectl's ENDPOINTS column: ready `ip:port` pairs, three at most, then "+ N more...".
+fn endpoints_row(ep: &Endpoints) -> Vec<String> {
+    let mut pairs: Vec<String> = Vec::new();
+    for subset in ep.subsets.iter().flatten() {
+        let ports = subset.ports.clone().unwrap_or_default();
+        for address in subset.addresses.iter().flatten() {
+            if ports.is_empty() {
+                pairs.push(address.ip.clone());
+            }
+            for port in &ports {
+                pairs.push(format!("{}:{}", address.ip, port.port));
+            }
+        }
+    }
+    let endpoints = match pairs.len() {
+        0 => "<none>".to_owned(),
+        n if n <= 3 => pairs.join(","),
+        n => format!("{} + {} more...", pairs[..3].join(","), n - 3),
+    };
+    vec![ep.metadata.name.clone().unwrap_or_default(), endpoints]
+}
+
 fn namespace_row(n: &Namespace) -> Vec<String> {
     vec![
         n.metadata.name.clone().unwrap_or_default(),
@@ -737,12 +930,23 @@ mod tests {
 
     #[test]
     fn kinds_parse_with_short_names() {
-        assert_eq!("svc".parse::<KindArg>(), Ok(KindArg::Kind(Kind::Service)));
+        assert_eq!(
+            "svc".parse::<KindArg>(),
+            Ok(KindArg::Kind(Resource::Kind(Kind::Service)))
+        );
         assert_eq!(
             "netpol".parse::<KindArg>(),
-            Ok(KindArg::Kind(Kind::NetworkPolicy))
+            Ok(KindArg::Kind(Resource::Kind(Kind::NetworkPolicy)))
         );
         assert_eq!("all".parse::<KindArg>(), Ok(KindArg::All));
+        assert_eq!(
+            "rs".parse::<KindArg>(),
+            Ok(KindArg::Kind(Resource::ReplicaSet))
+        );
+        assert_eq!(
+            "ep".parse::<KindArg>(),
+            Ok(KindArg::Kind(Resource::Endpoints))
+        );
         assert!("configmaps".parse::<KindArg>().is_err());
     }
 }

@@ -157,9 +157,8 @@ fn get_takes_kubectls_forms() {
         );
     }
     assert!(c.ok(&["get", "deploy", "-o", "name"]).is_empty());
-    for unmodelled in ["ep", "endpoints", "rs"] {
-        let err = c.fails(&["get", unmodelled]);
-        assert!(err.contains("kube-netd"), "{unmodelled}: {err}");
+    for derived in ["ep", "endpoints", "rs", "replicasets"] {
+        assert!(c.run(&["get", derived]).status.success(), "{derived}");
     }
 
     assert_eq!(
@@ -402,4 +401,108 @@ fn an_empty_directory_is_an_error_naming_it() {
             "{command:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn jsonpath_templates_read_what_json_prints() {
+    let c = Cluster::new();
+    assert_eq!(
+        c.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"]),
+        "db web"
+    );
+    let template =
+        r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.labels.role}{"\n"}{end}"#;
+    assert_eq!(
+        c.ok(&["get", "pods", "-A", "-o", template]),
+        "db=db\nweb=web\nlonely=\ncart=web\n"
+    );
+    assert_eq!(
+        c.ok(&["get", "svc", "db", "-o", "jsonpath={.spec.ports[0].port}"]),
+        "6379",
+        "one named object: the template reads the object, not a List"
+    );
+    let bad = c.fails(&["get", "pods", "-o", "jsonpath={range .items[*]}"]);
+    assert!(bad.contains("{end}"), "{bad}");
+}
+
+#[test]
+fn replica_sets_and_endpoints_are_shown_as_their_controllers_keep_them() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hostnames");
+    let get = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["get"])
+            .args(args)
+            .args(["-f", dir])
+            .output()
+            .expect("run kube-netd");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let hash = get(&[
+        "pods",
+        "-o",
+        "jsonpath={.items[0].metadata.labels.pod-template-hash}",
+    ]);
+    let rs_name = format!("hostnames-{hash}");
+    assert_eq!(
+        get(&["rs", "-o", "name"]),
+        format!("replicaset.apps/{rs_name}\n")
+    );
+    let rs: Value =
+        serde_json::from_str(&get(&["replicaset", &rs_name, "-o", "json"])).expect("JSON");
+    assert_eq!(rs["kind"], "ReplicaSet");
+    assert_eq!(rs["spec"]["replicas"], 3);
+    assert_eq!(rs["status"]["readyReplicas"], 3);
+    assert_eq!(
+        rs["spec"]["selector"]["matchLabels"]["pod-template-hash"],
+        *hash
+    );
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+    let owners = get(&[
+        "pods",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(
+        owners,
+        [rs_name.as_str(); 3].join(" "),
+        "the pods belong to it"
+    );
+    assert!(get(&["all"]).contains(&format!("replicaset.apps/{rs_name}")));
+
+    let mut from_endpoints: Vec<String> = get(&[
+        "ep",
+        "hostnames",
+        "-o",
+        "jsonpath={.subsets[*].addresses[*].ip}",
+    ])
+    .split(' ')
+    .map(str::to_owned)
+    .collect();
+    let mut from_slices: Vec<String> = get(&[
+        "eps",
+        "-l",
+        "kubernetes.io/service-name=hostnames",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].addresses[*]}",
+    ])
+    .split(' ')
+    .map(str::to_owned)
+    .collect();
+    from_endpoints.sort();
+    from_slices.sort();
+    assert_eq!(from_endpoints.len(), 3);
+    assert_eq!(from_endpoints, from_slices);
+    let table = get(&["endpoints"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hostnames ") && l.contains(":9376")),
+        "{table}"
+    );
 }
