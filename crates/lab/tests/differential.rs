@@ -14,7 +14,8 @@
 //!
 //! CI runs [`CI_SEEDS`] seeds of [`CI_STEPS`] steps. More: `NETD_DIFF_SEEDS=N` (seeds
 //! `1..=N`), `NETD_DIFF_SEED=S` (that seed alone), `NETD_DIFF_STEPS=K` (steps per seed); see
-//! also `scripts/lab-differential.sh`.
+//! also `scripts/lab-differential.sh`. `NETD_DIFF_ONLY=3,7,9` replays only those steps of the
+//! seed's sequence (what a failure prints).
 //!
 //! Needs root. The lab's Nodes are programmed by the real [`NodeProgrammer`]: this test binary
 //! is the lab's helper program (`harness = false`); started with `--netd-helper ARGS...` it is
@@ -118,24 +119,48 @@ fn random_changes_match_the_engine() {
         (None, Some(n)) => (1..=n).collect(),
         (None, None) => (1..=CI_SEEDS).collect(),
     };
+    // A shrunk sequence, replayed: the positions of its steps in the seed's sequence.
+    let only: Option<Vec<usize>> = std::env::var("NETD_DIFF_ONLY").ok().map(|list| {
+        list.split(',')
+            .map(|i| {
+                i.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("NETD_DIFF_ONLY={list:?} is not a list of steps"))
+            })
+            .collect()
+    });
     let mut reports = Vec::new();
     for seed in seeds {
-        let ops = sequence(seed, steps);
+        let all = sequence(seed, steps);
+        let steps: Vec<usize> = match &only {
+            Some(list) => list.clone(),
+            None => (0..steps).collect(),
+        };
+        let ops = |steps: &[usize]| -> Vec<Op> { steps.iter().map(|&i| all[i]).collect() };
         let started = Instant::now();
-        let Err(failure) = run(&format!("s{seed}"), &ops) else {
+        let Err(failure) = run(&format!("s{seed}"), &ops(&steps)) else {
             println!(
-                "  seed {seed}: {steps} steps agree ({:.1}s)",
+                "  seed {seed}: {} steps agree ({:.1}s)",
+                steps.len(),
                 started.elapsed().as_secs_f64()
             );
             continue;
         };
-        let (ops, failure) = shrink(seed, &ops[..failure.made], failure);
-        let listed: Vec<String> = ops.iter().map(|o| format!("    {o}")).collect();
+        let (kept, failure) = shrink(seed, &steps[..failure.made], failure, |s| {
+            run(&format!("s{seed}-shrink"), &ops(s))
+        });
+        let listed: Vec<String> = kept
+            .iter()
+            .map(|&i| format!("    {i}: {}", all[i]))
+            .collect();
+        let positions: Vec<String> = kept.iter().map(ToString::to_string).collect();
         reports.push(format!(
-            "seed {seed} fails; shortest failing sequence found ({} steps after lab up):\n{}\n  then:\n    {}\n  replay the seed: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={steps} cargo test -p netd-lab --test differential -- --include-ignored",
-            ops.len(),
+            "seed {seed} fails; shortest failing sequence found ({} steps after lab up; step: op):\n{}\n  then:\n    {}\n  replay it: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={} NETD_DIFF_ONLY={} cargo test -p netd-lab --test differential -- --include-ignored",
+            kept.len(),
             listed.join("\n"),
-            failure.messages.join("\n    ")
+            failure.messages.join("\n    "),
+            all.len(),
+            positions.join(","),
         ));
     }
     assert!(reports.is_empty(), "{}", reports.join("\n\n"));
@@ -388,31 +413,42 @@ fn run(label: &str, ops: &[Op]) -> Result<(), Failure> {
     result
 }
 
-/// Shrinks a failing sequence: drops runs of ops (halves, then quarters, ... then single
-/// ops; never the last, after which it failed), keeping each drop after which a replay on a
-/// fresh lab still fails (cut where the replay failed), within [`SHRINK_BUDGET`] replays.
-fn shrink(seed: u64, ops: &[Op], mut failure: Failure) -> (Vec<Op>, Failure) {
-    let mut ops = ops.to_vec();
+/// Shrinks a failing sequence of steps: drops runs of them (halves, then quarters, ... then
+/// single steps; never the last, after which it failed), keeping each drop after which
+/// `replay` (on a fresh lab) still fails, cut where the replay failed; within
+/// [`SHRINK_BUDGET`] replays.
+fn shrink(
+    seed: u64,
+    steps: &[usize],
+    mut failure: Failure,
+    replay: impl Fn(&[usize]) -> Result<(), Failure>,
+) -> (Vec<usize>, Failure) {
+    let mut steps = steps.to_vec();
     let mut budget = SHRINK_BUDGET;
-    let mut size = ops.len() / 2;
+    let mut size = steps.len() / 2;
     while size > 0 && budget > 0 {
         let mut i = 0;
-        while i + size < ops.len() && budget > 0 {
+        while i + size < steps.len() && budget > 0 {
             budget -= 1;
-            let mut candidate = ops.clone();
+            let mut candidate = steps.clone();
             candidate.drain(i..i + size);
-            match run(&format!("s{seed}-r{budget}"), &candidate) {
+            match replay(&candidate) {
                 Err(f) => {
                     candidate.truncate(f.made);
-                    ops = candidate;
+                    steps = candidate;
                     failure = f;
                 }
                 Ok(()) => i += size,
             }
         }
-        size = (size / 2).min(ops.len() / 2);
+        size = (size / 2).min(steps.len() / 2);
     }
-    (ops, failure)
+    println!(
+        "  seed {seed}: shrunk to {} steps in {} replays",
+        steps.len(),
+        SHRINK_BUDGET - budget
+    );
+    (steps, failure)
 }
 
 fn resolver() -> Resolver {
