@@ -136,15 +136,30 @@ fn random_changes_match_the_engine() {
             Some(list) => list.clone(),
             None => (0..steps).collect(),
         };
-        let ops = |steps: &[usize]| -> Vec<Op> { steps.iter().map(|&i| all[i]).collect() };
+        let ops = |steps: &[usize]| -> Vec<Op> {
+            steps
+                .iter()
+                .map(|&i| {
+                    *all.get(i).unwrap_or_else(|| {
+                        panic!("step {i} is beyond NETD_DIFF_STEPS={}", all.len())
+                    })
+                })
+                .collect()
+        };
         let started = Instant::now();
-        let Err(failure) = run(&format!("s{seed}"), &ops(&steps)) else {
-            println!(
-                "  seed {seed}: {} steps agree ({:.1}s)",
-                steps.len(),
-                started.elapsed().as_secs_f64()
-            );
-            continue;
+        let failure = match run(&format!("s{seed}"), &ops(&steps)) {
+            Ok(tally) => {
+                println!(
+                    "  seed {seed}: {} steps agree ({:.1}s; {} matrix cells, {} Service checks with {} probes)",
+                    steps.len(),
+                    started.elapsed().as_secs_f64(),
+                    tally.cells,
+                    tally.services,
+                    tally.probes
+                );
+                continue;
+            }
+            Err(failure) => failure,
         };
         let (kept, failure) = shrink(seed, &steps[..failure.made], failure, |s| {
             run(&format!("s{seed}-shrink"), &ops(s))
@@ -389,19 +404,20 @@ struct Failure {
 
 /// Builds a lab from the initial model and checks it, then makes `ops` one at a time and
 /// checks after each.
-fn run(label: &str, ops: &[Op]) -> Result<(), Failure> {
+fn run(label: &str, ops: &[Op]) -> Result<Tally, Failure> {
     let mut model = Model::initial();
     let mut options = common::options(&common::lab_name(&format!("diff-{label}")));
     let exe = std::env::current_exe().expect("test binary");
     options.program = vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()];
     let config = options.config.clone();
     let lab = Lab::up(options, model.objects(), resolver()).expect("lab up");
+    let mut tally = Tally::default();
     let mut result = Ok(());
     for made in 0..=ops.len() {
         if made > 0 {
             apply(&lab, &mut model, ops[made - 1]);
         }
-        let messages = check(&lab, &model, &config);
+        let messages = check(&lab, &model, &config, &mut tally);
         if !messages.is_empty() {
             result = Err(Failure { made, messages });
             break;
@@ -410,7 +426,17 @@ fn run(label: &str, ops: &[Op]) -> Result<(), Failure> {
     let name = lab.name().to_owned();
     drop(lab);
     assert_eq!(common::leftovers(&name), Vec::<String>::new());
-    result
+    result.map(|()| tally)
+}
+
+/// What a run checked, to show that its checks were not vacuous.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Matrix cells compared.
+    cells: usize,
+    /// Services probed, and the probes sent to them.
+    services: usize,
+    probes: usize,
 }
 
 /// Shrinks a failing sequence of steps: drops runs of them (halves, then quarters, ... then
@@ -421,7 +447,7 @@ fn shrink(
     seed: u64,
     steps: &[usize],
     mut failure: Failure,
-    replay: impl Fn(&[usize]) -> Result<(), Failure>,
+    replay: impl Fn(&[usize]) -> Result<Tally, Failure>,
 ) -> (Vec<usize>, Failure) {
     let mut steps = steps.to_vec();
     let mut budget = SHRINK_BUDGET;
@@ -438,7 +464,7 @@ fn shrink(
                     steps = candidate;
                     failure = f;
                 }
-                Ok(()) => i += size,
+                Ok(_) => i += size,
             }
         }
         size = (size / 2).min(steps.len() / 2);
@@ -458,7 +484,7 @@ fn resolver() -> Resolver {
 }
 
 /// The lab against the engine on the model's objects, resolved afresh; the differences.
-fn check(lab: &Lab, model: &Model, config: &ClusterConfig) -> Vec<String> {
+fn check(lab: &Lab, model: &Model, config: &ClusterConfig, tally: &mut Tally) -> Vec<String> {
     let want_state =
         netd_controlplane::resolve(model.objects(), config, None).expect("the model resolves");
     let mut out = Vec::new();
@@ -499,14 +525,15 @@ fn check(lab: &Lab, model: &Model, config: &ClusterConfig) -> Vec<String> {
             alone.latency_ms
         ));
     }
-    out.extend(check_services(lab, &want_state));
+    tally.cells += want.pods().len().pow(2);
+    out.extend(check_services(lab, &want_state, tally));
     out
 }
 
 /// Every Service, probed from the first Pod the policies let reach all its endpoints (a
 /// Service whose endpoints no Pod may all reach is left to the matrix, which has checked
 /// those pairs); a Service without endpoints, from the first Pod.
-fn check_services(lab: &Lab, state: &ClusterState) -> Vec<String> {
+fn check_services(lab: &Lab, state: &ClusterState, tally: &mut Tally) -> Vec<String> {
     let pods: Vec<PodRef> = state.pods().map(|p| p.key.clone()).collect();
     let mut out = Vec::new();
     for svc in state.services() {
@@ -539,11 +566,13 @@ fn check_services(lab: &Lab, state: &ClusterState) -> Vec<String> {
             count: if usable.is_empty() { 1 } else { 10 },
             timeout: PROBE_TIMEOUT,
         };
+        tally.services += 1;
         let mut seen = BTreeSet::new();
         let mut wrong = Vec::new();
         // Rounds of ten until every endpoint has answered (or something else happened).
         for _ in 0..8 {
             for r in lab.probe(&from, &to, &spec).expect("probe") {
+                tally.probes += 1;
                 match (r.outcome, r.served_by) {
                     (Outcome::Connected, Some(by)) if usable.contains(&by) => {
                         seen.insert(by);
