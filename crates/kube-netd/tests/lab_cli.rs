@@ -321,6 +321,17 @@ fn offline_commands_describe_the_cluster_the_lab_runs() {
         );
     }
 
+    // `policy matrix` and `lab matrix` have the same rows and columns, the cluster DNS's
+    // among them. (Which cells agree is the differential lab test's business.)
+    let rows = |json: &str| {
+        let m: serde_json::Value = serde_json::from_str(json).expect("matrix json");
+        m["pods"].clone()
+    };
+    let matrix = ["matrix", "--port", "80", "-o", "json"];
+    let offline_rows = rows(&offline(&[&["policy"], &matrix[..]].concat()));
+    assert_eq!(offline_rows, rows(&lab.ok(&matrix)));
+    assert!(offline_rows.to_string().contains("kube-system/coredns-"));
+
     // `render --node node-1` is what node-1 has: loaded into a namespace of its own, it reads
     // back as node-1's rules do.
     let render = offline(&["render", "--node", "node-1"]);

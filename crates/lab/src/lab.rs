@@ -385,8 +385,8 @@ impl Lab {
             .collect()
     }
 
-    /// Every Pod (not hostNetwork; only the `namespaces` given, or all but the lab's own DNS
-    /// pod) to every Pod, in parallel, on `port`/`protocol`, each probe waiting at most
+    /// Every Pod (not hostNetwork; only the `namespaces` given, or all, the cluster DNS's
+    /// included) to every Pod, in parallel, on `port`/`protocol`, each probe waiting at most
     /// `timeout`: the truth table of what the kernel lets through. A connection or a refusal
     /// is `.`; silence is `X`.
     pub fn matrix(
@@ -409,11 +409,10 @@ impl Lab {
         let pods: Vec<(PodRef, String, IpAddr)> = state
             .pods()
             .filter(|p| !p.host_network && p.node.is_some())
-            // The lab's own DNS pod is not in the user's manifests: leave it out unless its
-            // namespace is asked for, so `lab matrix` diffs cleanly with `policy matrix -f`.
-            .filter(|p| match namespaces {
-                [] => !crate::dns::runs_dns(p),
-                _ => namespaces.iter().any(|n| n == p.key.namespace.as_str()),
+            // The cluster DNS Pods are in: `policy matrix -f` resolves the same add-ons, so the
+            // two diff cleanly.
+            .filter(|p| {
+                namespaces.is_empty() || namespaces.iter().any(|n| n == p.key.namespace.as_str())
             })
             .filter_map(|p| {
                 let ip = p.ips.iter().copied().find(IpAddr::is_ipv4)?;

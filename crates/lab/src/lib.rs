@@ -27,8 +27,9 @@
 //!   which the service proxy and the policy enforcer supply a Node's rules.
 //! - [`demo`]: `kube-netd lab demo`, a guided tour of Kubernetes networking with real
 //!   packets, each step checked against what Kubernetes specifies.
-//! - [`dns`]: cluster DNS in the lab: the built-in `kube-system/kube-dns` Service and
-//!   `coredns` Deployment, and the DNS server their Pods run instead of the echo server.
+//! - [`dns`]: cluster DNS in the lab: the DNS server that the Pods of the cluster DNS add-on
+//!   (`kube-system/kube-dns` and `coredns`, from [`netd_controlplane::addons`]) run instead of
+//!   the echo server.
 //! - [`echo`]: the echo server every other Pod runs on its container ports.
 //! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
 //! - [`helper`]: the helper processes (agent, echo server, DNS server) and their arguments.

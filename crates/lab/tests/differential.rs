@@ -14,7 +14,8 @@
 //!
 //! CI runs [`CI_SEEDS`] seeds of [`CI_STEPS`] steps. More: `NETD_DIFF_SEEDS=N` (seeds
 //! `1..=N`), `NETD_DIFF_SEED=S` (that seed alone), `NETD_DIFF_STEPS=K` (steps per seed); see
-//! also `scripts/lab-differential.sh`.
+//! also `scripts/lab-differential.sh`. `NETD_DIFF_ONLY=3,7,9` replays only those steps of the
+//! seed's sequence (what a failure prints).
 //!
 //! Needs root. The lab's Nodes are programmed by the real [`NodeProgrammer`]: this test binary
 //! is the lab's helper program (`harness = false`); started with `--netd-helper ARGS...` it is
@@ -118,24 +119,63 @@ fn random_changes_match_the_engine() {
         (None, Some(n)) => (1..=n).collect(),
         (None, None) => (1..=CI_SEEDS).collect(),
     };
+    // A shrunk sequence, replayed: the positions of its steps in the seed's sequence.
+    let only: Option<Vec<usize>> = std::env::var("NETD_DIFF_ONLY").ok().map(|list| {
+        list.split(',')
+            .map(|i| {
+                i.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("NETD_DIFF_ONLY={list:?} is not a list of steps"))
+            })
+            .collect()
+    });
     let mut reports = Vec::new();
     for seed in seeds {
-        let ops = sequence(seed, steps);
-        let started = Instant::now();
-        let Err(failure) = run(&format!("s{seed}"), &ops) else {
-            println!(
-                "  seed {seed}: {steps} steps agree ({:.1}s)",
-                started.elapsed().as_secs_f64()
-            );
-            continue;
+        let all = sequence(seed, steps);
+        let steps: Vec<usize> = match &only {
+            Some(list) => list.clone(),
+            None => (0..steps).collect(),
         };
-        let (ops, failure) = shrink(seed, &ops[..failure.made], failure);
-        let listed: Vec<String> = ops.iter().map(|o| format!("    {o}")).collect();
+        let ops = |steps: &[usize]| -> Vec<Op> {
+            steps
+                .iter()
+                .map(|&i| {
+                    *all.get(i).unwrap_or_else(|| {
+                        panic!("step {i} is beyond NETD_DIFF_STEPS={}", all.len())
+                    })
+                })
+                .collect()
+        };
+        let started = Instant::now();
+        let failure = match run(&format!("s{seed}"), &ops(&steps)) {
+            Ok(tally) => {
+                println!(
+                    "  seed {seed}: {} steps agree ({:.1}s; {} matrix cells, {} Service checks with {} probes)",
+                    steps.len(),
+                    started.elapsed().as_secs_f64(),
+                    tally.cells,
+                    tally.services,
+                    tally.probes
+                );
+                continue;
+            }
+            Err(failure) => failure,
+        };
+        let (kept, failure) = shrink(seed, &steps[..failure.made], failure, |s| {
+            run(&format!("s{seed}-shrink"), &ops(s))
+        });
+        let listed: Vec<String> = kept
+            .iter()
+            .map(|&i| format!("    {i}: {}", all[i]))
+            .collect();
+        let positions: Vec<String> = kept.iter().map(ToString::to_string).collect();
         reports.push(format!(
-            "seed {seed} fails; shortest failing sequence found ({} steps after lab up):\n{}\n  then:\n    {}\n  replay the seed: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={steps} cargo test -p netd-lab --test differential -- --include-ignored",
-            ops.len(),
+            "seed {seed} fails; shortest failing sequence found ({} steps after lab up; step: op):\n{}\n  then:\n    {}\n  replay it: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={} NETD_DIFF_ONLY={} cargo test -p netd-lab --test differential -- --include-ignored",
+            kept.len(),
             listed.join("\n"),
-            failure.messages.join("\n    ")
+            failure.messages.join("\n    "),
+            all.len(),
+            positions.join(","),
         ));
     }
     assert!(reports.is_empty(), "{}", reports.join("\n\n"));
@@ -364,19 +404,20 @@ struct Failure {
 
 /// Builds a lab from the initial model and checks it, then makes `ops` one at a time and
 /// checks after each.
-fn run(label: &str, ops: &[Op]) -> Result<(), Failure> {
+fn run(label: &str, ops: &[Op]) -> Result<Tally, Failure> {
     let mut model = Model::initial();
     let mut options = common::options(&common::lab_name(&format!("diff-{label}")));
     let exe = std::env::current_exe().expect("test binary");
     options.program = vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()];
     let config = options.config.clone();
     let lab = Lab::up(options, model.objects(), resolver()).expect("lab up");
+    let mut tally = Tally::default();
     let mut result = Ok(());
     for made in 0..=ops.len() {
         if made > 0 {
             apply(&lab, &mut model, ops[made - 1]);
         }
-        let messages = check(&lab, &model, &config);
+        let messages = check(&lab, &model, &config, &mut tally);
         if !messages.is_empty() {
             result = Err(Failure { made, messages });
             break;
@@ -385,34 +426,55 @@ fn run(label: &str, ops: &[Op]) -> Result<(), Failure> {
     let name = lab.name().to_owned();
     drop(lab);
     assert_eq!(common::leftovers(&name), Vec::<String>::new());
-    result
+    result.map(|()| tally)
 }
 
-/// Shrinks a failing sequence: drops runs of ops (halves, then quarters, ... then single
-/// ops; never the last, after which it failed), keeping each drop after which a replay on a
-/// fresh lab still fails (cut where the replay failed), within [`SHRINK_BUDGET`] replays.
-fn shrink(seed: u64, ops: &[Op], mut failure: Failure) -> (Vec<Op>, Failure) {
-    let mut ops = ops.to_vec();
+/// What a run checked, to show that its checks were not vacuous.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Matrix cells compared.
+    cells: usize,
+    /// Services probed, and the probes sent to them.
+    services: usize,
+    probes: usize,
+}
+
+/// Shrinks a failing sequence of steps: drops runs of them (halves, then quarters, ... then
+/// single steps; never the last, after which it failed), keeping each drop after which
+/// `replay` (on a fresh lab) still fails, cut where the replay failed; within
+/// [`SHRINK_BUDGET`] replays.
+fn shrink(
+    seed: u64,
+    steps: &[usize],
+    mut failure: Failure,
+    replay: impl Fn(&[usize]) -> Result<Tally, Failure>,
+) -> (Vec<usize>, Failure) {
+    let mut steps = steps.to_vec();
     let mut budget = SHRINK_BUDGET;
-    let mut size = ops.len() / 2;
+    let mut size = steps.len() / 2;
     while size > 0 && budget > 0 {
         let mut i = 0;
-        while i + size < ops.len() && budget > 0 {
+        while i + size < steps.len() && budget > 0 {
             budget -= 1;
-            let mut candidate = ops.clone();
+            let mut candidate = steps.clone();
             candidate.drain(i..i + size);
-            match run(&format!("s{seed}-r{budget}"), &candidate) {
+            match replay(&candidate) {
                 Err(f) => {
                     candidate.truncate(f.made);
-                    ops = candidate;
+                    steps = candidate;
                     failure = f;
                 }
-                Ok(()) => i += size,
+                Ok(_) => i += size,
             }
         }
-        size = (size / 2).min(ops.len() / 2);
+        size = (size / 2).min(steps.len() / 2);
     }
-    (ops, failure)
+    println!(
+        "  seed {seed}: shrunk to {} steps in {} replays",
+        steps.len(),
+        SHRINK_BUDGET - budget
+    );
+    (steps, failure)
 }
 
 fn resolver() -> Resolver {
@@ -422,7 +484,7 @@ fn resolver() -> Resolver {
 }
 
 /// The lab against the engine on the model's objects, resolved afresh; the differences.
-fn check(lab: &Lab, model: &Model, config: &ClusterConfig) -> Vec<String> {
+fn check(lab: &Lab, model: &Model, config: &ClusterConfig, tally: &mut Tally) -> Vec<String> {
     let want_state =
         netd_controlplane::resolve(model.objects(), config, None).expect("the model resolves");
     let mut out = Vec::new();
@@ -463,14 +525,15 @@ fn check(lab: &Lab, model: &Model, config: &ClusterConfig) -> Vec<String> {
             alone.latency_ms
         ));
     }
-    out.extend(check_services(lab, &want_state));
+    tally.cells += want.pods().len().pow(2);
+    out.extend(check_services(lab, &want_state, tally));
     out
 }
 
 /// Every Service, probed from the first Pod the policies let reach all its endpoints (a
 /// Service whose endpoints no Pod may all reach is left to the matrix, which has checked
 /// those pairs); a Service without endpoints, from the first Pod.
-fn check_services(lab: &Lab, state: &ClusterState) -> Vec<String> {
+fn check_services(lab: &Lab, state: &ClusterState, tally: &mut Tally) -> Vec<String> {
     let pods: Vec<PodRef> = state.pods().map(|p| p.key.clone()).collect();
     let mut out = Vec::new();
     for svc in state.services() {
@@ -503,11 +566,13 @@ fn check_services(lab: &Lab, state: &ClusterState) -> Vec<String> {
             count: if usable.is_empty() { 1 } else { 10 },
             timeout: PROBE_TIMEOUT,
         };
+        tally.services += 1;
         let mut seen = BTreeSet::new();
         let mut wrong = Vec::new();
         // Rounds of ten until every endpoint has answered (or something else happened).
         for _ in 0..8 {
             for r in lab.probe(&from, &to, &spec).expect("probe") {
+                tally.probes += 1;
                 match (r.outcome, r.served_by) {
                     (Outcome::Connected, Some(by)) if usable.contains(&by) => {
                         seen.insert(by);
