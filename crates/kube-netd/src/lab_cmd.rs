@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
-use netd_model::{Object, Protocol};
+use netd_lab::{
+    Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+};
+use netd_model::Object;
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
@@ -46,16 +48,29 @@ enum LabCommand {
     )]
     Get(LabGetArgs),
     /// Send real packets from a pod, a node or outside the cluster, and report what happened.
+    ///
+    /// Exits 0 when every attempt connected (or, on port 53, a DNS server answered), and 1
+    /// when any attempt was refused, timed out or was unreachable.
     #[command(after_help = "Examples:\n  \
         kube-netd lab probe default/client default/server --port 80\n  \
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
-        kube-netd lab probe default/client 10.244.2.3 --protocol icmp")]
+        kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
+        kube-netd lab probe default/client kube-system/coredns-0 --port 53 --protocol udp\n\n\
+        Exit status: 0 if every attempt connected or was answered, 1 otherwise.")]
     Probe(ProbeArgs),
-    /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
-    #[command(
-        after_help = "Examples:\n  kube-netd lab matrix --port 80\n  kube-netd lab matrix -n x,y --port 81 -o json"
-    )]
+    /// Probe every pod from every pod in parallel; print what happened to each pair.
+    ///
+    /// Rows are sources, columns destinations. `.` connected, `A` answered by a server that is
+    /// not the lab's echo server (a DNS query on port 53), `R` refused (no listener: policy let
+    /// it through), `X` dropped (no answer, probed twice), `U` unreachable. Pairs that got no
+    /// answer in the burst are probed once more before they are reported dropped. Exits
+    /// non-zero when no pod matches.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab matrix --port 80\n  \
+        kube-netd lab matrix -n x,y --port 81 -o json\n  \
+        kube-netd lab matrix -n kube-system,default --port 53 --protocol udp\n  \
+        kube-netd lab matrix --protocol icmp")]
     Matrix(MatrixArgs),
     /// Run a command inside a pod's, a node's or the external namespace.
     #[command(after_help = "Examples:\n  \
@@ -156,8 +171,8 @@ struct ProbeArgs {
     /// tcp, udp, sctp or icmp.
     #[arg(long, default_value = "tcp")]
     protocol: String,
-    /// Attempts.
-    #[arg(long, default_value_t = 1)]
+    /// Attempts, one after another (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
     /// How long each attempt waits, in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -171,12 +186,12 @@ struct ProbeArgs {
 struct MatrixArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// Destination port.
+    /// Destination port (ignored for ICMP).
     #[arg(long, short = 'p', default_value_t = 80)]
     port: u16,
-    /// tcp, udp or sctp.
+    /// tcp, udp or icmp (sctp is refused: the lab's kernels have none).
     #[arg(long, default_value = "tcp")]
-    protocol: Protocol,
+    protocol: String,
     /// Only pods of these namespaces (comma-separated).
     #[arg(short = 'n', long = "namespace", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -247,12 +262,13 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         LabCommand::Probe(a) => probe(a),
         LabCommand::Matrix(a) => {
             let lab = a.lab.open()?;
-            let m = lab.matrix(
-                a.port,
-                a.protocol,
-                &a.namespaces,
-                Duration::from_millis(a.timeout_ms),
-            )?;
+            let spec = ProbeSpec {
+                port: Some(a.port),
+                protocol: a.protocol.parse()?,
+                count: 1,
+                timeout: Duration::from_millis(a.timeout_ms),
+            };
+            let m = lab.probe_matrix(&spec, &a.namespaces)?;
             match a.output {
                 TextOrJson::Text => print!("{}", m.to_text()),
                 TextOrJson::Json => println!("{}", m.to_json()),
@@ -366,11 +382,19 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         count: a.count,
         timeout: Duration::from_millis(a.timeout_ms),
     };
-    for result in lab.probe(&from, &to, &spec)? {
+    let results = lab.probe(&from, &to, &spec)?;
+    for result in &results {
         match a.output {
             TextOrJson::Text => println!("{result}"),
             TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
         }
+    }
+    let failed = results
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Connected | Outcome::Answered))
+        .count();
+    if failed > 0 {
+        bail!("{failed} of {} attempts did not connect", results.len());
     }
     Ok(())
 }

@@ -148,8 +148,24 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
             "{v}"
         );
     }
-    let closed = lab.ok(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
-    assert!(closed.contains("\"outcome\":\"refused\""), "{closed}");
+    let closed = lab.run(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
+    assert!(
+        !closed.status.success(),
+        "a refused attempt makes the probe fail"
+    );
+    let stdout = String::from_utf8_lossy(&closed.stdout);
+    assert!(stdout.contains("\"outcome\":\"refused\""), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains("1 of 1 attempts did not connect"),
+        "the failure is explained"
+    );
+    let zero = lab.run(&["probe", "x/a", "x/b", "--port", "80", "--count", "0"]);
+    assert!(!zero.status.success() && zero.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("--count"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
     let udp = lab.ok(&["probe", "x/a", "x/b", "--port", "53", "--protocol", "udp"]);
     assert!(
         udp.contains("connected") && udp.contains("served by x/b"),

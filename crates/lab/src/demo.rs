@@ -1122,6 +1122,7 @@ fn describe(r: &ProbeResult) -> String {
             }
             s
         }
+        (Outcome::Answered, _) => "answered by a DNS server (not an echo server)".to_owned(),
         (Outcome::Timeout, _) => format!("no answer in {:.0} ms (timeout: dropped)", r.latency_ms),
         (Outcome::Refused, _) => "refused (a TCP reset or ICMP port unreachable)".to_owned(),
         (Outcome::Unreachable, _) => "unreachable (no route, or ICMP unreachable)".to_owned(),

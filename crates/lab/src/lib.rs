@@ -29,6 +29,8 @@
 //! - [`dns`]: cluster DNS in the lab: the built-in `kube-system/kube-dns` Service and
 //!   `coredns` Deployment, and the DNS server their Pods run instead of the echo server.
 //! - [`echo`]: the echo server every other Pod runs on its container ports.
+//! - [`matrix`]: [`ProbeMatrix`], every Pod probed from every Pod, each cell the kernel's
+//!   answer.
 //! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
 //! - [`helper`]: the helper processes (agent, echo server, DNS server) and their arguments.
 //! - [`names`]: how namespaces and interfaces are named (per-lab prefix, 15-byte interfaces).
@@ -47,6 +49,7 @@ pub mod echo;
 pub mod error;
 pub mod helper;
 pub mod lab;
+pub mod matrix;
 pub mod names;
 pub mod objects;
 pub mod probe;
@@ -57,5 +60,6 @@ pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::helper_main;
 pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
+pub use matrix::ProbeMatrix;
 pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::DEFAULT_STATE_ROOT;

@@ -7,7 +7,7 @@
 //! (ICMP host or network unreachable) or `timeout` (nothing came back: a drop).
 
 use std::fmt;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -177,6 +177,9 @@ impl fmt::Display for ProbeProtocol {
 pub enum Outcome {
     /// Connected (TCP), answered (UDP) or echoed (ICMP).
     Connected,
+    /// A server that is not the lab's echo server answered a DNS query (a probe to port 53
+    /// sends one): the cluster DNS pods. The packet got through.
+    Answered,
     /// Actively refused: a TCP RST or an ICMP port unreachable.
     Refused,
     /// Nothing came back in time: the packet was dropped somewhere.
@@ -189,6 +192,7 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Outcome::Connected => "connected",
+            Outcome::Answered => "answered",
             Outcome::Refused => "refused",
             Outcome::Timeout => "timeout",
             Outcome::Unreachable => "unreachable",
@@ -269,42 +273,98 @@ pub(crate) struct Attempt {
     pub latency: Duration,
 }
 
+impl Outcome {
+    /// Whether the packet reached the destination's own stack: it connected, was answered,
+    /// or was refused there (a TCP reset or ICMP port unreachable comes from the destination;
+    /// policies drop, they never refuse). Only silence and "unreachable" mean it did not.
+    pub fn got_through(self) -> bool {
+        matches!(
+            self,
+            Outcome::Connected | Outcome::Answered | Outcome::Refused
+        )
+    }
+}
+
 /// Sends one probe from the namespace `ns` to `ip` on a thread of its own.
 pub(crate) fn attempt(ns: &str, ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt, LabError> {
+    if spec.protocol == ProbeProtocol::Icmp {
+        return ping(ns, ip, spec.timeout);
+    }
+    let (ns, spec) = (ns.to_owned(), *spec);
+    std::thread::spawn(move || {
+        netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
+        attempt_here(ip, &spec)
+    })
+    .join()
+    .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
+}
+
+/// Sends one TCP or UDP probe from the namespace the calling thread is in.
+pub(crate) fn attempt_here(ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt, LabError> {
     let port_required = || LabError::PortRequired {
         protocol: spec.protocol.to_string(),
     };
     match spec.protocol {
-        ProbeProtocol::Icmp => ping(ns, ip, spec.timeout),
-        ProbeProtocol::Sctp => Err(LabError::ProtocolUnsupported {
-            protocol: "sctp".into(),
+        ProbeProtocol::Sctp | ProbeProtocol::Icmp => Err(LabError::ProtocolUnsupported {
+            protocol: spec.protocol.to_string(),
         }),
-        ProbeProtocol::Tcp | ProbeProtocol::Udp => {
-            let addr = SocketAddr::new(ip, spec.port.ok_or_else(port_required)?);
-            let ns = ns.to_owned();
-            let (protocol, timeout) = (spec.protocol, spec.timeout);
-            std::thread::spawn(move || {
-                netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
-                Ok(if protocol == ProbeProtocol::Tcp {
-                    tcp(addr, timeout)
-                } else {
-                    udp(addr, timeout)
-                })
-            })
-            .join()
-            .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
-        }
+        ProbeProtocol::Tcp => Ok(tcp(
+            SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
+            spec.timeout,
+        )),
+        ProbeProtocol::Udp => Ok(udp(
+            SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
+            spec.timeout,
+        )),
     }
+}
+
+/// The port on which a probe asks a DNS question instead of waiting for an echo line.
+const DNS_PORT: u16 = 53;
+
+/// A DNS query for `. IN NS` with recursion desired and ID 0x6b6e: any DNS server
+/// answers it somehow (an answer, NXDOMAIN or REFUSED), and any answer will do.
+const DNS_QUERY: [u8; 17] = [
+    0x6b, 0x6e, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, // header: ID, RD, one question
+    0, 0, 2, 0, 1, // the root name, type NS, class IN
+];
+
+/// Whether `reply` is a DNS response to [`DNS_QUERY`] (same ID, QR set).
+fn is_dns_answer(reply: &[u8]) -> bool {
+    reply.len() >= 12 && reply[..2] == DNS_QUERY[..2] && reply[2] & 0x80 != 0
 }
 
 fn tcp(addr: SocketAddr, timeout: Duration) -> Attempt {
     let start = Instant::now();
     match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(stream) => {
+        Ok(mut stream) => {
             let left = timeout
                 .saturating_sub(start.elapsed())
                 .max(Duration::from_millis(50));
             let _ = stream.set_read_timeout(Some(left));
+            if addr.port() == DNS_PORT {
+                // An echo server writes its line first and then echoes the query; a DNS
+                // server answers the query (TCP DNS: a two-byte length, then the message).
+                let mut msg = (DNS_QUERY.len() as u16).to_be_bytes().to_vec();
+                msg.extend_from_slice(&DNS_QUERY);
+                let _ = stream.write_all(&msg);
+                let mut buf = [0u8; 512];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let (outcome, reply) = if n > 2 && is_dns_answer(&buf[2..n]) {
+                    (Outcome::Answered, None)
+                } else {
+                    let line = String::from_utf8_lossy(&buf[..n]);
+                    (
+                        Outcome::Connected,
+                        line.lines().next().and_then(EchoReply::parse),
+                    )
+                };
+                return Attempt {
+                    outcome,
+                    reply,
+                    latency: start.elapsed(),
+                };
+            }
             let reply = read_reply(&stream);
             Attempt {
                 outcome: Outcome::Connected,
@@ -342,11 +402,23 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Attempt {
     {
         return fail(&e);
     }
-    if let Err(e) = socket.send(b"probe\n") {
+    // On port 53 a DNS question, which the echo server answers like any datagram and a DNS
+    // server answers as DNS.
+    let payload: &[u8] = if addr.port() == DNS_PORT {
+        &DNS_QUERY
+    } else {
+        b"probe\n"
+    };
+    if let Err(e) = socket.send(payload) {
         return fail(&e);
     }
     let mut buf = [0u8; 2048];
     match socket.recv(&mut buf) {
+        Ok(n) if addr.port() == DNS_PORT && is_dns_answer(&buf[..n]) => Attempt {
+            outcome: Outcome::Answered,
+            reply: None,
+            latency: start.elapsed(),
+        },
         Ok(n) => Attempt {
             outcome: Outcome::Connected,
             reply: EchoReply::parse(&String::from_utf8_lossy(&buf[..n])),
