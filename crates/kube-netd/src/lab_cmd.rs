@@ -56,7 +56,9 @@ enum LabCommand {
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
         kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
-        kube-netd lab probe default/client kube-system/coredns-0 --port 53 --protocol udp\n\n\
+        kube-netd lab probe default/client kube-system/coredns-0 --port 53 --protocol udp\n  \
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --hold 30 --count 4\n\n\
+        With --hold, exits 0 only if every held connection survived.\n\
         Exit status: 0 if every attempt connected or was answered, 1 otherwise.")]
     Probe(ProbeArgs),
     /// Probe every pod from every pod in parallel; print what happened to each pair.
@@ -70,7 +72,8 @@ enum LabCommand {
         kube-netd lab matrix --port 80\n  \
         kube-netd lab matrix -n x,y --port 81 -o json\n  \
         kube-netd lab matrix -n kube-system,default --port 53 --protocol udp\n  \
-        kube-netd lab matrix --protocol icmp")]
+        kube-netd lab matrix --protocol icmp\n  \
+        diff <(kube-netd policy matrix -f F --port 80) <(kube-netd lab matrix --port 80 -o tsv)")]
     Matrix(MatrixArgs),
     /// Run a command inside a pod's, a node's or the external namespace.
     #[command(after_help = "Examples:\n  \
@@ -171,9 +174,14 @@ struct ProbeArgs {
     /// tcp, udp, sctp or icmp.
     #[arg(long, default_value = "tcp")]
     protocol: String,
-    /// Attempts, one after another (at least 1).
+    /// Attempts, one after another (at least 1); with --hold, connections held in parallel.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
+    /// Keep one TCP connection open this many seconds, sending a short message every 100 ms,
+    /// and report whether it survived, who served it and its longest stall (each echo is
+    /// waited for at most --timeout-ms).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_hold)]
+    hold: Option<Duration>,
     /// How long each attempt waits, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -198,9 +206,21 @@ struct MatrixArgs {
     /// How long a blocked pair is waited for, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-    /// Output format.
+    /// Output format: text (legend, aligned), json, or tsv (the `.`/`X` truth table exactly
+    /// as `kube-netd policy matrix` prints it, for diff).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: TextOrJson,
+    output: MatrixOutput,
+}
+
+/// `lab matrix -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MatrixOutput {
+    /// For people: a legend and aligned columns, each pair's outcome.
+    Text,
+    /// For programs: `allowed` as `policy matrix -o json`, and each pair's `outcomes`.
+    Json,
+    /// The truth table as `policy matrix` prints it (`.` got through, `X` did not).
+    Tsv,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,8 +290,12 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             };
             let m = lab.probe_matrix(&spec, &a.namespaces)?;
             match a.output {
-                TextOrJson::Text => print!("{}", m.to_text()),
-                TextOrJson::Json => println!("{}", m.to_json()),
+                MatrixOutput::Text => print!("{}", m.to_text()),
+                MatrixOutput::Json => println!("{}", m.to_json()),
+                MatrixOutput::Tsv => match m.allowed() {
+                    Some(table) => print!("{}", table.to_text()),
+                    None => bail!("-o tsv compares with `policy matrix`, which has no ICMP"),
+                },
             }
             Ok(())
         }
@@ -376,11 +400,15 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         bail!("a {protocol} probe needs --port");
     }
+    let timeout = Duration::from_millis(a.timeout_ms);
+    if let Some(hold) = a.hold {
+        return probe_hold(&lab, &a, &from, &to, protocol, hold, timeout);
+    }
     let spec = ProbeSpec {
         port: a.port,
         protocol,
         count: a.count,
-        timeout: Duration::from_millis(a.timeout_ms),
+        timeout,
     };
     let results = lab.probe(&from, &to, &spec)?;
     for result in &results {
@@ -397,6 +425,48 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         bail!("{failed} of {} attempts did not connect", results.len());
     }
     Ok(())
+}
+
+/// `lab probe --hold`: `a.count` connections held in parallel.
+fn probe_hold(
+    lab: &Lab,
+    a: &ProbeArgs,
+    from: &Place,
+    to: &Target,
+    protocol: ProbeProtocol,
+    hold: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if protocol != ProbeProtocol::Tcp {
+        bail!("--hold keeps a TCP connection open; it cannot be used with --protocol {protocol}");
+    }
+    let port = a.port.context("a tcp probe needs --port")?;
+    let results = lab.hold(from, to, port, a.count, hold, timeout)?;
+    for result in &results {
+        match a.output {
+            TextOrJson::Text => println!("{result}"),
+            TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
+        }
+    }
+    let lost = results.iter().filter(|r| !r.survived).count();
+    if lost > 0 {
+        bail!(
+            "{lost} of {} held connections did not survive",
+            results.len()
+        );
+    }
+    Ok(())
+}
+
+/// `--hold SECONDS`: a positive number of seconds, fractions allowed.
+fn parse_hold(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s} must be more than 0 and at most 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn resolver() -> Resolver {

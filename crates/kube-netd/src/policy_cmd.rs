@@ -44,7 +44,7 @@ enum PolicyCommand {
         kube-netd policy matrix -f examples/ --port 6379\n  \
         kube-netd policy matrix -f examples/ -n default,myproject --port 80 -o json\n\n\
         Compare with the kernel's answer: diff <(kube-netd policy matrix -f F --port 80) \
-        <(kube-netd lab matrix --port 80)")]
+        <(kube-netd lab matrix --port 80 -o tsv)")]
     Matrix {
         /// Destination port.
         #[arg(long, default_value_t = 80)]

@@ -20,7 +20,7 @@ use crate::agent::{error_chain, node_records};
 use crate::error::BoxError;
 use crate::matrix::ProbeMatrix;
 use crate::names::Names;
-use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+use crate::probe::{self, HoldResult, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
 use crate::{LabError, dns, objects, topology};
 
@@ -374,6 +374,48 @@ impl Lab {
                     client_ip_seen: a.reply.as_ref().map(|r| r.client.ip()),
                     latency_ms: a.latency.as_secs_f64() * 1000.0,
                 })
+            })
+            .collect()
+    }
+
+    /// Opens `count` TCP connections from `from` to `to` on `port` in parallel and holds each
+    /// for `hold`, exchanging a message every [`probe::HOLD_INTERVAL`] and waiting up to
+    /// `timeout` for each echo: whether each survived, who served it, its longest stall.
+    pub fn hold(
+        &self,
+        from: &Place,
+        to: &Target,
+        port: u16,
+        count: u32,
+        hold: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<HoldResult>, LabError> {
+        if count == 0 {
+            return Err(LabError::ZeroCount);
+        }
+        let state = self.state()?;
+        let ns = self.place_ns(&state, from)?;
+        let addr = std::net::SocketAddr::new(self.target_ip(&state, &ns, to)?, port);
+        let handles: Vec<_> = (1..=count)
+            .map(|connection| {
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    probe::hold(&ns, addr, hold, timeout).map(|mut r| {
+                        r.connection = connection;
+                        r
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let mut r = h
+                    .join()
+                    .map_err(|_| LabError::ThreadPanicked { what: "probe" })??;
+                r.from = from.to_string();
+                r.to = to.to_string();
+                Ok(r)
             })
             .collect()
     }

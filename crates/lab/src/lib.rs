@@ -61,5 +61,5 @@ pub use error::{BoxError, LabError};
 pub use helper::helper_main;
 pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
 pub use matrix::ProbeMatrix;
-pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+pub use probe::{HoldResult, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::DEFAULT_STATE_ROOT;

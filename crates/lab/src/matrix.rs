@@ -143,7 +143,7 @@ pub(crate) fn run(
 
 /// Probes in flight at once. Each is a thread blocked in `connect`, so this bounds threads,
 /// not CPU; ICMP probes run `ping`, a process each, and use fewer.
-const WORKERS: usize = 256;
+const WORKERS: usize = 1024;
 const ICMP_WORKERS: usize = 32;
 
 fn probe_pairs(

@@ -7,7 +7,7 @@
 //! (ICMP host or network unreachable) or `timeout` (nothing came back: a drop).
 
 use std::fmt;
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -263,6 +263,159 @@ impl fmt::Display for ProbeResult {
         }
         write!(f, " in {:.1} ms", self.latency_ms)
     }
+}
+
+/// How a held connection ([`hold`]) went, as `lab probe --hold -o json` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HoldResult {
+    /// The source, as given.
+    pub from: String,
+    /// The target, as given.
+    pub to: String,
+    /// The destination port.
+    pub port: u16,
+    /// Which of the parallel connections (from 1).
+    pub connection: u32,
+    /// Whether the connection stayed up and echoed every message for the whole hold.
+    pub survived: bool,
+    /// How it ended if it did not survive: `refused`, `timeout`, `reset`, `closed` or
+    /// `stalled` (a message not echoed within the probe's timeout).
+    pub failure: Option<String>,
+    /// The Pod whose echo server served the connection, `NS/POD`.
+    pub served_by: Option<String>,
+    /// The client address the server saw.
+    pub client_ip_seen: Option<IpAddr>,
+    /// Messages sent and echoed back in full.
+    pub messages_echoed: u32,
+    /// The longest wait for an echo, in milliseconds.
+    pub longest_stall_ms: f64,
+    /// How long the connection was held, in milliseconds.
+    pub held_ms: f64,
+}
+
+impl fmt::Display for HoldResult {
+    /// `from -> to port/tcp #1: survived 5.0 s (served by ns/pod), 50 messages, longest stall N ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} {}/tcp #{}: ",
+            self.from, self.to, self.port, self.connection
+        )?;
+        match &self.failure {
+            None => write!(f, "survived {:.1} s", self.held_ms / 1000.0)?,
+            Some(why) => write!(f, "lost after {:.1} s ({why})", self.held_ms / 1000.0)?,
+        }
+        if let Some(pod) = &self.served_by {
+            write!(f, " (served by {pod})")?;
+        }
+        write!(
+            f,
+            ", {} messages echoed, longest stall {:.1} ms",
+            self.messages_echoed, self.longest_stall_ms
+        )
+    }
+}
+
+/// How often a held connection sends its message.
+pub const HOLD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Holds one TCP connection from the namespace `ns` to `addr` for `hold`, on a thread of its
+/// own: it sends a short message every [`HOLD_INTERVAL`] and waits up to `timeout` for each
+/// echo. The result is not yet labelled (`from`, `to` and `connection` are empty).
+pub(crate) fn hold(
+    ns: &str,
+    addr: SocketAddr,
+    hold: Duration,
+    timeout: Duration,
+) -> Result<HoldResult, LabError> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
+        Ok(hold_here(addr, hold, timeout))
+    })
+    .join()
+    .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
+}
+
+fn hold_here(addr: SocketAddr, hold: Duration, timeout: Duration) -> HoldResult {
+    let start = Instant::now();
+    let mut result = HoldResult {
+        from: String::new(),
+        to: String::new(),
+        port: addr.port(),
+        connection: 0,
+        survived: false,
+        failure: None,
+        served_by: None,
+        client_ip_seen: None,
+        messages_echoed: 0,
+        longest_stall_ms: 0.0,
+        held_ms: 0.0,
+    };
+    let failure = hold_stream(addr, hold, timeout, &mut result);
+    result.held_ms = start.elapsed().as_secs_f64() * 1000.0;
+    result.survived = failure.is_none();
+    result.failure = failure.map(str::to_owned);
+    result
+}
+
+/// Runs the held connection, filling in `result`; returns why it failed, if it did.
+fn hold_stream(
+    addr: SocketAddr,
+    hold: Duration,
+    timeout: Duration,
+    result: &mut HoldResult,
+) -> Option<&'static str> {
+    let why = |e: &std::io::Error| match e.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => "reset",
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "stalled",
+        _ => "closed",
+    };
+    let start = Instant::now();
+    let stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) if classify(&e) == Outcome::Timeout => return Some("timeout"),
+        Err(e) => return Some(why(&e)),
+    };
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return Some("closed");
+    }
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => return Some("closed"),
+        Ok(_) => {}
+        Err(e) => return Some(why(&e)),
+    }
+    let reply = EchoReply::parse(&line);
+    result.served_by = reply.as_ref().map(|r| r.pod.clone());
+    result.client_ip_seen = reply.map(|r| r.client.ip());
+    let mut next = start + HOLD_INTERVAL;
+    for n in 1u32.. {
+        let now = Instant::now();
+        if now >= start + hold {
+            return None;
+        }
+        std::thread::sleep(next.saturating_duration_since(now));
+        next += HOLD_INTERVAL;
+        let msg = format!("hold {n}\n");
+        let sent = Instant::now();
+        if let Err(e) = (&stream).write_all(msg.as_bytes()) {
+            return Some(why(&e));
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Some("closed"),
+            Ok(_) if line == msg => {}
+            Ok(_) => return Some("closed"),
+            Err(e) => return Some(why(&e)),
+        }
+        result.messages_echoed = n;
+        let stall = sent.elapsed().as_secs_f64() * 1000.0;
+        result.longest_stall_ms = result.longest_stall_ms.max(stall);
+    }
+    None
 }
 
 /// One attempt, before it is labelled with its source and target.
