@@ -289,6 +289,11 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 timeout: Duration::from_millis(a.timeout_ms),
             };
             let m = lab.probe_matrix(&spec, &a.namespaces)?;
+            for ns in &a.namespaces {
+                if !m.pods().iter().any(|p| p.namespace.as_str() == ns) {
+                    eprintln!("note: no pods in namespace {ns}");
+                }
+            }
             match a.output {
                 MatrixOutput::Text => print!("{}", m.to_text()),
                 MatrixOutput::Json => println!("{}", m.to_json()),

@@ -392,6 +392,13 @@ fn matrix_marks_refused_dropped_and_dns_answers_and_prints_a_legend() {
         .expect("policy matrix");
     assert_eq!(tsv, String::from_utf8_lossy(&policy.stdout), "diffable");
 
+    let partly = lab.run(&["matrix", "-n", "x,typo", "--port", "80"]);
+    assert!(partly.status.success());
+    assert!(
+        String::from_utf8_lossy(&partly.stderr).contains("no pods in namespace typo"),
+        "a namespace without pods is named"
+    );
+
     let nothing = lab.run(&["matrix", "-n", "no-such-namespace"]);
     assert!(!nothing.status.success(), "no pods is an error");
     assert!(

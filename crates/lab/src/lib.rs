@@ -36,7 +36,8 @@
 //! - [`names`]: how namespaces and interfaces are named (per-lab prefix, 15-byte interfaces).
 //! - [`objects`]: objects as the lab stores them.
 //! - `topology` (private): the underlay switch, the external namespace, each Node's bridge
-//!   (`cni0`, with `br_netfilter` and hairpin ports) and routes, each Pod's namespace.
+//!   (`cni0`, with `br_netfilter` and hairpin ports) and routes, each Pod's namespace (a /32
+//!   routed via the bridge, with permanent neighbour entries: nothing ARPs at run time).
 //! - `store` (private): the state directory (`/run/kube-netd/labs/<name>/`), which records
 //!   every namespace before it is created and every PID, so [`down`] cleans up after a crash.
 //!
