@@ -56,7 +56,7 @@ enum LabCommand {
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
         kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
-        kube-netd lab probe default/client kube-system/coredns-0 --port 53 --protocol udp\n  \
+        kube-netd lab probe default/client svc/kube-system/kube-dns --port 53 --protocol udp\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --hold 30 --count 4\n\n\
         With --hold, exits 0 only if every held connection survived.\n\
         Exit status: 0 if every attempt connected or was answered, 1 otherwise.")]

@@ -3,8 +3,10 @@
 //!
 //! A probe runs on a thread that enters the source namespace (`setns(2)` moves only that
 //! thread), so probes are cheap enough to run a whole matrix in parallel. The outcome is the
-//! kernel's answer: `connected`, `refused` (RST or ICMP port unreachable), `unreachable`
-//! (ICMP host or network unreachable) or `timeout` (nothing came back: a drop).
+//! kernel's answer: `connected`, `answered` (a DNS server answered the DNS query a probe to
+//! port 53 sends), `refused` (RST or ICMP port unreachable), `unreachable` (ICMP host or
+//! network unreachable) or `timeout` (nothing came back: a drop). A held TCP connection
+//! (`lab probe --hold`) reports a [`HoldResult`]: whether it survived, and its longest stall.
 
 use std::fmt;
 use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
@@ -265,7 +267,7 @@ impl fmt::Display for ProbeResult {
     }
 }
 
-/// How a held connection ([`hold`]) went, as `lab probe --hold -o json` prints it.
+/// How a held connection ([`Lab::hold`](crate::Lab::hold)) went, as `lab probe --hold -o json` prints it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HoldResult {
     /// The source, as given.
