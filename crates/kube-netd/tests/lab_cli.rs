@@ -375,6 +375,26 @@ fn matrix_marks_refused_dropped_and_dns_answers_and_prints_a_legend() {
         .expect("x/b's row");
     assert!(from_b.ends_with(" A R ."), "{text}");
 
+    // After all that traffic, no namespace resolved a neighbour at run time: every entry a
+    // Pod or a Node's bridge holds is permanent (the kernel's ARP table is shared by every
+    // namespace on the machine and overflows with per-pair entries, dropping packets).
+    for (place, args) in [
+        ("x/a", vec!["ip", "-4", "neigh", "show"]),
+        (
+            "node/node-1",
+            vec!["ip", "-4", "neigh", "show", "dev", "cni0"],
+        ),
+    ] {
+        let mut cmd = vec!["exec", place, "--"];
+        cmd.extend(args);
+        let neigh = lab.ok(&cmd);
+        assert!(!neigh.trim().is_empty(), "{place} has its entries");
+        assert!(
+            neigh.lines().all(|l| l.trim_end().ends_with("PERMANENT")),
+            "{place}: {neigh}"
+        );
+    }
+
     let ping = lab.ok(&["matrix", "-n", "x", "--protocol", "icmp", "-o", "json"]);
     let m: serde_json::Value = serde_json::from_str(&ping).expect("icmp json");
     assert!(m["port"].is_null(), "{m}");
