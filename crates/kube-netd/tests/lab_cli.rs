@@ -483,6 +483,10 @@ fn a_100_by_100_matrix_under_burst_equals_policy_matrix_three_times() {
             got["pods"], want["pods"],
             "run {run}: the same pods, same order"
         );
+        eprintln!(
+            "run {run}: {} pairs recovered when probed again",
+            got["recovered"]
+        );
         let differ = (0..100)
             .flat_map(|i| (0..100).map(move |j| (i, j)))
             .filter(|&(i, j)| got["allowed"][i][j] != want["allowed"][i][j])
