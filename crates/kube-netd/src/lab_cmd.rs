@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use netd_lab::{
-    Action, Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+    Action, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
 };
-use netd_model::{Kind, ObjectId, Protocol};
+use netd_model::{Kind, ObjectId};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
@@ -62,17 +62,33 @@ enum LabCommand {
     )]
     Get(LabGetArgs),
     /// Send real packets from a pod, a node or outside the cluster, and report what happened.
+    ///
+    /// Exits 0 when every attempt connected (or, on port 53, a DNS server answered), and 1
+    /// when any attempt was refused, timed out or was unreachable.
     #[command(after_help = "Examples:\n  \
         kube-netd lab probe default/client default/server --port 80\n  \
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
         kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
-        kube-netd lab probe -n myproject client svc/web --port 80")]
+        kube-netd lab probe -n myproject client svc/web --port 80\n  \
+        kube-netd lab probe default/client svc/kube-system/kube-dns --port 53 --protocol udp\n  \
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --hold 30 --count 4\n\n\
+        With --hold, exits 0 only if every held connection survived.\n\
+        Exit status: 0 if every attempt connected or was answered, 1 otherwise.")]
     Probe(ProbeArgs),
-    /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
-    #[command(
-        after_help = "Examples:\n  kube-netd lab matrix --port 80\n  kube-netd lab matrix -n x,y --port 81 -o json"
-    )]
+    /// Probe every pod from every pod in parallel; print what happened to each pair.
+    ///
+    /// Rows are sources, columns destinations. `.` connected, `A` answered by a server that is
+    /// not the lab's echo server (a DNS query on port 53), `R` refused (no listener: policy let
+    /// it through), `X` dropped (no answer, probed twice), `U` unreachable. Pairs that got no
+    /// answer in the burst are probed once more before they are reported dropped. Exits
+    /// non-zero when no pod matches.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab matrix --port 80\n  \
+        kube-netd lab matrix -n x,y --port 81 -o json\n  \
+        kube-netd lab matrix -n kube-system,default --port 53 --protocol udp\n  \
+        kube-netd lab matrix --protocol icmp\n  \
+        diff <(kube-netd policy matrix -f F --port 80) <(kube-netd lab matrix --port 80 -o tsv)")]
     Matrix(MatrixArgs),
     /// Run a command inside a pod's, a node's or the external namespace.
     #[command(after_help = "Examples:\n  \
@@ -267,9 +283,14 @@ struct ProbeArgs {
     /// tcp, udp, sctp or icmp.
     #[arg(long, default_value = "tcp")]
     protocol: String,
-    /// Attempts.
-    #[arg(long, default_value_t = 1)]
+    /// Attempts, one after another (at least 1); with --hold, connections held in parallel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
+    /// Keep one TCP connection open this many seconds, sending a short message every 100 ms,
+    /// and report whether it survived, who served it and its longest stall (each echo is
+    /// waited for at most --timeout-ms).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_hold)]
+    hold: Option<Duration>,
     /// How long each attempt waits, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -282,21 +303,33 @@ struct ProbeArgs {
 struct MatrixArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// Destination port.
+    /// Destination port (ignored for ICMP).
     #[arg(long, short = 'p', default_value_t = 80)]
     port: u16,
-    /// tcp, udp or sctp.
+    /// tcp, udp or icmp (sctp is refused: the lab's kernels have none).
     #[arg(long, default_value = "tcp")]
-    protocol: Protocol,
+    protocol: String,
     /// Only pods of these namespaces (comma-separated).
     #[arg(short = 'n', long = "namespace", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// How long a blocked pair is waited for, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-    /// Output format.
+    /// Output format: text (legend, aligned), json, or tsv (the `.`/`X` truth table exactly
+    /// as `kube-netd policy matrix` prints it, for diff).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
-    output: TextOrJson,
+    output: MatrixOutput,
+}
+
+/// `lab matrix -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MatrixOutput {
+    /// For people: a legend and aligned columns, each pair's outcome.
+    Text,
+    /// For programs: `allowed` as `policy matrix -o json`, and each pair's `outcomes`.
+    Json,
+    /// The truth table as `policy matrix` prints it (`.` got through, `X` did not).
+    Tsv,
 }
 
 #[derive(Debug, clap::Args)]
@@ -348,15 +381,25 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         LabCommand::Probe(a) => probe(a),
         LabCommand::Matrix(a) => {
             let lab = a.lab.open()?;
-            let m = lab.matrix(
-                a.port,
-                a.protocol,
-                &a.namespaces,
-                Duration::from_millis(a.timeout_ms),
-            )?;
+            let spec = ProbeSpec {
+                port: Some(a.port),
+                protocol: a.protocol.parse()?,
+                count: 1,
+                timeout: Duration::from_millis(a.timeout_ms),
+            };
+            let m = lab.probe_matrix(&spec, &a.namespaces)?;
+            for ns in &a.namespaces {
+                if !m.pods().iter().any(|p| p.namespace.as_str() == ns) {
+                    eprintln!("note: no pods in namespace {ns}");
+                }
+            }
             match a.output {
-                TextOrJson::Text => crate::out::stdout(&m.to_text())?,
-                TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
+                MatrixOutput::Text => crate::out::stdout(&m.to_text())?,
+                MatrixOutput::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
+                MatrixOutput::Tsv => match m.allowed() {
+                    Some(table) => crate::out::stdout(&table.to_text())?,
+                    None => bail!("-o tsv compares with `policy matrix`, which has no ICMP"),
+                },
             }
             Ok(())
         }
@@ -569,19 +612,73 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         bail!("a {protocol} probe needs --port");
     }
+    let timeout = Duration::from_millis(a.timeout_ms);
+    if let Some(hold) = a.hold {
+        return probe_hold(&lab, &a, &from, &to, protocol, hold, timeout);
+    }
     let spec = ProbeSpec {
         port: a.port,
         protocol,
         count: a.count,
-        timeout: Duration::from_millis(a.timeout_ms),
+        timeout,
     };
-    for result in lab.probe(&from, &to, &spec)? {
+    let results = lab.probe(&from, &to, &spec)?;
+    for result in &results {
         match a.output {
             TextOrJson::Text => println!("{result}"),
             TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
         }
     }
+    let failed = results
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Connected | Outcome::Answered))
+        .count();
+    if failed > 0 {
+        bail!("{failed} of {} attempts did not connect", results.len());
+    }
     Ok(())
+}
+
+/// `lab probe --hold`: `a.count` connections held in parallel.
+fn probe_hold(
+    lab: &Lab,
+    a: &ProbeArgs,
+    from: &Place,
+    to: &Target,
+    protocol: ProbeProtocol,
+    hold: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if protocol != ProbeProtocol::Tcp {
+        bail!("--hold keeps a TCP connection open; it cannot be used with --protocol {protocol}");
+    }
+    let port = a.port.context("a tcp probe needs --port")?;
+    let results = lab.hold(from, to, port, a.count, hold, timeout)?;
+    for result in &results {
+        match a.output {
+            TextOrJson::Text => println!("{result}"),
+            TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
+        }
+    }
+    let lost = results.iter().filter(|r| !r.survived).count();
+    if lost > 0 {
+        bail!(
+            "{lost} of {} held connections did not survive",
+            results.len()
+        );
+    }
+    Ok(())
+}
+
+/// `--hold SECONDS`: a positive number of seconds, fractions allowed.
+fn parse_hold(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s} must be more than 0 and at most 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn resolver() -> Resolver {

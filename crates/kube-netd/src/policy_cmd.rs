@@ -40,7 +40,7 @@ enum PolicyCommand {
         /// The namespace of a bare POD or svc/NAME in FROM and TO.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-                /// Destination port: required for TCP, UDP and SCTP (policies allow ports).
+        /// Destination port: required for TCP, UDP and SCTP (policies allow ports).
         #[arg(long)]
         port: Option<u16>,
         /// tcp, udp, sctp or icmp.
@@ -54,7 +54,7 @@ enum PolicyCommand {
         kube-netd policy matrix -f examples/ --port 6379\n  \
         kube-netd policy matrix -f examples/ -n default,myproject --port 80 -o json\n\n\
         Compare with the kernel's answer: diff <(kube-netd policy matrix -f F --port 80) \
-        <(kube-netd lab matrix --port 80)")]
+        <(kube-netd lab matrix --port 80 -o tsv)")]
     Matrix {
         /// Destination port.
         #[arg(long, default_value_t = 80)]

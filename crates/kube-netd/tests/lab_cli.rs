@@ -163,8 +163,24 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
         bare.starts_with("x/a -> x/b 80/tcp: connected"),
         "-n names the namespace of bare pods: {bare}"
     );
-    let closed = lab.ok(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
-    assert!(closed.contains("\"outcome\":\"refused\""), "{closed}");
+    let closed = lab.run(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
+    assert!(
+        !closed.status.success(),
+        "a refused attempt makes the probe fail"
+    );
+    let stdout = String::from_utf8_lossy(&closed.stdout);
+    assert!(stdout.contains("\"outcome\":\"refused\""), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).contains("1 of 1 attempts did not connect"),
+        "the failure is explained"
+    );
+    let zero = lab.run(&["probe", "x/a", "x/b", "--port", "80", "--count", "0"]);
+    assert!(!zero.status.success() && zero.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("--count"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
     let udp = lab.ok(&["probe", "x/a", "x/b", "--port", "53", "--protocol", "udp"]);
     assert!(
         udp.contains("connected") && udp.contains("served by x/b"),
@@ -394,4 +410,272 @@ fn offline_commands_describe_the_cluster_the_lab_runs() {
     drop(scratch);
     assert!(lab.ok(&["down"]).contains("removed"));
     assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn held_connections_report_survival_and_a_deleted_server_cuts_them() {
+    let lab = TestLab::new("hold");
+    let manifest = lab.file("cluster.yaml", CLUSTER);
+    lab.ok(&["up", "-f", &manifest]);
+
+    let out = lab.ok(&[
+        "probe", "x/a", "x/b", "--port", "80", "--hold", "1", "--count", "3", "-o", "json",
+    ]);
+    let held: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per connection"))
+        .collect();
+    assert_eq!(held.len(), 3, "{out}");
+    for (i, v) in held.iter().enumerate() {
+        assert_eq!(v["connection"], i + 1, "{v}");
+        assert_eq!(v["survived"], true, "{v}");
+        assert!(v["failure"].is_null(), "{v}");
+        assert_eq!(v["served_by"], "x/b", "{v}");
+        assert!(v["messages_echoed"].as_u64().is_some_and(|n| n > 0), "{v}");
+        assert!(v["longest_stall_ms"].is_number(), "{v}");
+    }
+    let text = lab.ok(&["probe", "x/a", "x/b", "--port", "80", "--hold", "0.5"]);
+    assert!(
+        text.contains("#1: survived") && text.contains("(served by x/b)"),
+        "{text}"
+    );
+
+    // The server goes away while the connection is held: the hold reports it lost and fails.
+    let extra = lab.file("extra.yaml", EXTRA_POD);
+    lab.ok(&["apply", "-f", &extra]);
+    let holding = lab
+        .command(&["probe", "x/a", "x/c", "--port", "8080", "--hold", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the hold");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.ok(&["delete", "-f", &extra]);
+    let lost = holding.wait_with_output().expect("the hold ends");
+    assert!(!lost.status.success(), "a lost connection fails the probe");
+    let text = String::from_utf8_lossy(&lost.stdout);
+    assert!(
+        text.contains("#1: lost after") && text.contains("served by x/c"),
+        "{text}"
+    );
+
+    for bad in [
+        vec!["--hold", "0"],
+        vec!["--hold", "1", "--count", "0"],
+        vec!["--hold", "1", "--protocol", "udp"],
+    ] {
+        let mut args = vec!["probe", "x/a", "x/b", "--port", "80"];
+        args.extend(bad.iter().copied());
+        let out = lab.run(&args);
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "{bad:?} is refused"
+        );
+    }
+}
+
+#[test]
+fn matrix_marks_refused_dropped_and_dns_answers_and_prints_a_legend() {
+    let lab = TestLab::new("mtx");
+    let manifest = lab.file("cluster.yaml", CLUSTER);
+    lab.ok(&["up", "-f", &manifest]);
+    let pods = lab.ok(&["get", "pods", "-n", "kube-system", "-o", "json"]);
+    let pods: serde_json::Value = serde_json::from_str(&pods).expect("pods json");
+    let pod = &pods["items"][0];
+    let dns_pod = pod["metadata"]["name"]
+        .as_str()
+        .map(|n| format!("kube-system/{n}"))
+        .expect("the cluster DNS pod");
+
+    // x/b's echo server answers UDP 53 as echo, x/a has no UDP 53 (refused), the DNS pod
+    // answers as DNS.
+    for protocol in ["udp", "tcp"] {
+        let probe = lab.ok(&[
+            "probe",
+            "x/a",
+            &dns_pod,
+            "--port",
+            "53",
+            "--protocol",
+            protocol,
+        ]);
+        assert!(probe.contains(": answered"), "{protocol}: {probe}");
+    }
+    let json = lab.ok(&[
+        "matrix",
+        "-n",
+        "x,kube-system",
+        "--port",
+        "53",
+        "--protocol",
+        "udp",
+        "-o",
+        "json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&json).expect("matrix json");
+    let names: Vec<&str> = m["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    let col = |name: &str| names.iter().position(|p| *p == name).expect(name);
+    let row = &m["outcomes"][col("x/b")];
+    assert_eq!(row[col(&dns_pod)], "answered", "{m}");
+    assert_eq!(row[col("x/a")], "refused", "{m}");
+    assert_eq!(row[col("x/b")], "connected", "{m}");
+    assert_eq!(
+        m["allowed"][col("x/b")][col("x/a")],
+        true,
+        "refused got through"
+    );
+
+    let text = lab.ok(&[
+        "matrix",
+        "-n",
+        "x,kube-system",
+        "--port",
+        "53",
+        "--protocol",
+        "udp",
+    ]);
+    assert!(
+        text.contains("rows are sources") && text.contains("A answered"),
+        "{text}"
+    );
+    let table: Vec<&str> = text.lines().skip_while(|l| !l.is_empty()).skip(1).collect();
+    assert_eq!(table.len(), 4, "a header and three rows: {text}");
+    let width = table[0].len();
+    assert!(table.iter().all(|l| l.len() == width), "aligned: {text}");
+    // Columns in row order: the DNS pod, x/a, x/b.
+    let from_b = table
+        .iter()
+        .find(|l| l.contains(" x/b"))
+        .expect("x/b's row");
+    assert!(from_b.ends_with(" A R ."), "{text}");
+
+    // After all that traffic, no namespace resolved a neighbour at run time: every entry a
+    // Pod or a Node's bridge holds is permanent (the kernel's ARP table is shared by every
+    // namespace on the machine and overflows with per-pair entries, dropping packets).
+    for (place, args) in [
+        ("x/a", vec!["ip", "-4", "neigh", "show"]),
+        (
+            "node/node-1",
+            vec!["ip", "-4", "neigh", "show", "dev", "cni0"],
+        ),
+    ] {
+        let mut cmd = vec!["exec", place, "--"];
+        cmd.extend(args);
+        let neigh = lab.ok(&cmd);
+        assert!(!neigh.trim().is_empty(), "{place} has its entries");
+        assert!(
+            neigh.lines().all(|l| l.trim_end().ends_with("PERMANENT")),
+            "{place}: {neigh}"
+        );
+    }
+
+    let ping = lab.ok(&["matrix", "-n", "x", "--protocol", "icmp", "-o", "json"]);
+    let m: serde_json::Value = serde_json::from_str(&ping).expect("icmp json");
+    assert!(m["port"].is_null(), "{m}");
+    assert_eq!(
+        m["outcomes"],
+        serde_json::json!([["connected", "connected"], ["connected", "connected"]])
+    );
+
+    let tsv = lab.ok(&["matrix", "-n", "x", "--port", "80", "-o", "tsv"]);
+    let policy = Command::new(BIN)
+        .args([
+            "policy", "matrix", "-f", &manifest, "-n", "x", "--port", "80",
+        ])
+        .output()
+        .expect("policy matrix");
+    assert_eq!(tsv, String::from_utf8_lossy(&policy.stdout), "diffable");
+
+    let partly = lab.run(&["matrix", "-n", "x,typo", "--port", "80"]);
+    assert!(partly.status.success());
+    assert!(
+        String::from_utf8_lossy(&partly.stderr).contains("no pods in namespace typo"),
+        "a namespace without pods is named"
+    );
+
+    let nothing = lab.run(&["matrix", "-n", "no-such-namespace"]);
+    assert!(!nothing.status.success(), "no pods is an error");
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("no pods to probe"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+    assert!(!lab.run(&["matrix", "--protocol", "sctp"]).status.success());
+}
+
+/// 4 Nodes, 200 Pods: 20 Deployments of 10 in namespaces n0…n3, one namespace-selector
+/// policy per namespace (n0 admits n0 and n1, the others only themselves).
+fn burst_manifest() -> String {
+    let mut docs = Vec::new();
+    for ns in 0..4 {
+        let group = if ns < 2 { "shared" } else { "alone" };
+        docs.push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: n{ns}, labels: {{group: {group}}}}}\n"
+        ));
+        for d in 0..5 {
+            docs.push(format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d{d}, namespace: n{ns}}}\n\
+                 spec:\n  replicas: 10\n  selector: {{matchLabels: {{app: d{d}}}}}\n  template:\n    \
+                 metadata: {{labels: {{app: d{d}}}}}\n    \
+                 spec: {{containers: [{{name: c, image: echo, ports: [{{containerPort: 8080}}]}}]}}\n"
+            ));
+        }
+        let from = if ns == 0 {
+            "{matchLabels: {group: shared}}".to_owned()
+        } else {
+            format!("{{matchLabels: {{kubernetes.io/metadata.name: n{ns}}}}}")
+        };
+        docs.push(format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: ingress, namespace: n{ns}}}\n\
+             spec: {{podSelector: {{}}, ingress: [{{from: [{{namespaceSelector: {from}}}]}}]}}\n"
+        ));
+    }
+    docs.join("---\n")
+}
+
+#[test]
+fn a_100_by_100_matrix_under_burst_equals_policy_matrix_three_times() {
+    let lab = TestLab::new("burst");
+    let manifest = lab.file("burst.yaml", &burst_manifest());
+    let up = lab.ok(&["up", "--nodes", "4", "-f", &manifest]);
+    assert!(up.contains("4 nodes, 201 pods"), "{up}");
+    let policy = Command::new(BIN)
+        .args([
+            "policy", "matrix", "-f", &manifest, "-n", "n0,n1", "--port", "8080",
+        ])
+        .args(["-o", "json"])
+        .output()
+        .expect("policy matrix");
+    assert!(policy.status.success(), "{policy:?}");
+    let want: serde_json::Value = serde_json::from_slice(&policy.stdout).expect("policy json");
+    assert_eq!(want["pods"].as_array().map(Vec::len), Some(100));
+    for run in 1..=3 {
+        let got = lab.ok(&["matrix", "-n", "n0,n1", "--port", "8080", "-o", "json"]);
+        let got: serde_json::Value = serde_json::from_str(&got).expect("lab json");
+        assert_eq!(
+            got["pods"], want["pods"],
+            "run {run}: the same pods, same order"
+        );
+        eprintln!(
+            "run {run}: {} pairs recovered when probed again",
+            got["recovered"]
+        );
+        let differ = (0..100)
+            .flat_map(|i| (0..100).map(move |j| (i, j)))
+            .filter(|&(i, j)| got["allowed"][i][j] != want["allowed"][i][j])
+            .map(|(i, j)| format!("{} -> {}", got["pods"][i], got["pods"][j]))
+            .collect::<Vec<_>>();
+        assert!(
+            differ.is_empty(),
+            "run {run}: {} cells differ, e.g. {:?}",
+            differ.len(),
+            &differ[..differ.len().min(5)]
+        );
+    }
 }

@@ -864,13 +864,13 @@ impl Demo<'_> {
     ) -> Result<(), DemoError> {
         let state = state(lab)?;
         let (from, to) = (from.to_string(), to.to_string());
-        let checked = netd_policy::check(&state, &from, &to, "default", port, protocol).map_err(|source| {
-            DemoError::ExplainFailed {
+        let checked = netd_policy::check(&state, &from, &to, "default", port, protocol).map_err(
+            |source| DemoError::ExplainFailed {
                 from: from.clone(),
                 to: to.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         for verdict in checked.text.lines() {
             self.say(&format!("  policy engine: {verdict}"))?;
         }
@@ -1122,6 +1122,7 @@ fn describe(r: &ProbeResult) -> String {
             }
             s
         }
+        (Outcome::Answered, _) => "answered by a DNS server (not an echo server)".to_owned(),
         (Outcome::Timeout, _) => format!("no answer in {:.0} ms (timeout: dropped)", r.latency_ms),
         (Outcome::Refused, _) => "refused (a TCP reset or ICMP port unreachable)".to_owned(),
         (Outcome::Unreachable, _) => "unreachable (no route, or ICMP unreachable)".to_owned(),

@@ -252,6 +252,17 @@ pub enum LabError {
         /// The protocol.
         protocol: String,
     },
+    /// `lab matrix` found no Pod to probe.
+    #[error("no pods to probe in lab {lab:?}{}", if namespaces.is_empty() { String::new() } else { format!(" in namespace(s) {}", namespaces.join(", ")) })]
+    NoPodsToProbe {
+        /// The lab.
+        lab: String,
+        /// The namespaces asked for (none: every namespace).
+        namespaces: Vec<String>,
+    },
+    /// A probe asked for no attempts.
+    #[error("--count must be at least 1")]
+    ZeroCount,
     /// A worker thread panicked.
     #[error("a {what} thread panicked")]
     ThreadPanicked {

@@ -18,8 +18,9 @@ use netd_policy::Matrix;
 
 use crate::agent::{error_chain, node_records};
 use crate::error::BoxError;
+use crate::matrix::ProbeMatrix;
 use crate::names::Names;
-use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+use crate::probe::{self, HoldResult, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::store::{ClusterRecord, DEFAULT_MODE, DEFAULT_STATE_ROOT, LabRecord, Store};
 use crate::{LabError, objects, topology};
 
@@ -368,7 +369,10 @@ impl Lab {
             ProbeProtocol::Icmp => None,
             _ => spec.port,
         };
-        (0..spec.count.max(1))
+        if spec.count == 0 {
+            return Err(LabError::ZeroCount);
+        }
+        (0..spec.count)
             .map(|_| {
                 let a = probe::attempt(&ns, ip, spec)?;
                 Ok(ProbeResult {
@@ -385,10 +389,52 @@ impl Lab {
             .collect()
     }
 
+    /// Opens `count` TCP connections from `from` to `to` on `port` in parallel and holds each
+    /// for `hold`, exchanging a message every [`probe::HOLD_INTERVAL`] and waiting up to
+    /// `timeout` for each echo: whether each survived, who served it, its longest stall.
+    pub fn hold(
+        &self,
+        from: &Place,
+        to: &Target,
+        port: u16,
+        count: u32,
+        hold: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<HoldResult>, LabError> {
+        if count == 0 {
+            return Err(LabError::ZeroCount);
+        }
+        let state = self.state()?;
+        let ns = self.place_ns(&state, from)?;
+        let addr = std::net::SocketAddr::new(self.target_ip(&state, &ns, to)?, port);
+        let handles: Vec<_> = (1..=count)
+            .map(|connection| {
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    probe::hold(&ns, addr, hold, timeout).map(|mut r| {
+                        r.connection = connection;
+                        r
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let mut r = h
+                    .join()
+                    .map_err(|_| LabError::ThreadPanicked { what: "probe" })??;
+                r.from = from.to_string();
+                r.to = to.to_string();
+                Ok(r)
+            })
+            .collect()
+    }
+
     /// Every Pod (not hostNetwork; only the `namespaces` given, or all, the cluster DNS's
-    /// included) to every Pod, in parallel, on `port`/`protocol`, each probe waiting at most
-    /// `timeout`: the truth table of what the kernel lets through. A connection or a refusal
-    /// is `.`; silence is `X`.
+    /// included) to every Pod on `port`/`protocol`, each probe waiting at most `timeout`: the
+    /// truth table of what the kernel lets through, as [`ProbeMatrix::allowed`] reduces
+    /// [`Lab::probe_matrix`].
     pub fn matrix(
         &self,
         port: u16,
@@ -405,6 +451,33 @@ impl Lab {
                 });
             }
         };
+        let spec = ProbeSpec {
+            port: Some(port),
+            protocol: probe_protocol,
+            count: 1,
+            timeout,
+        };
+        self.probe_matrix(&spec, namespaces)?
+            .allowed()
+            .ok_or_else(|| LabError::ProtocolUnsupported {
+                protocol: protocol.to_string(),
+            })
+    }
+
+    /// Every Pod (not hostNetwork; only the `namespaces` given, or all but the lab's own DNS
+    /// pod) to every Pod, in parallel, as `spec` says (its `count` is ignored): each pair's
+    /// outcome. A pair that got no answer is probed again after the burst before it is
+    /// reported dropped. Fails when no Pod matches.
+    pub fn probe_matrix(
+        &self,
+        spec: &ProbeSpec,
+        namespaces: &[String],
+    ) -> Result<ProbeMatrix, LabError> {
+        if spec.protocol == ProbeProtocol::Sctp {
+            return Err(LabError::ProtocolUnsupported {
+                protocol: "sctp".into(),
+            });
+        }
         let state = self.state()?;
         let pods: Vec<(PodRef, String, IpAddr)> = state
             .pods()
@@ -419,41 +492,20 @@ impl Lab {
                 Some((p.key.clone(), self.names.pod_ns(&p.key), ip))
             })
             .collect();
-        let spec = ProbeSpec {
-            port: Some(port),
-            protocol: probe_protocol,
-            count: 1,
-            timeout,
-        };
-        let pairs: Vec<(usize, usize)> = (0..pods.len())
-            .flat_map(|i| (0..pods.len()).map(move |j| (i, j)))
-            .collect();
-        let mut allowed = vec![vec![false; pods.len()]; pods.len()];
-        // Bounded parallelism: every pair in a batch waits at most `timeout` together.
-        for batch in pairs.chunks(512) {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|&(i, j)| {
-                    let (ns, ip) = (pods[i].1.clone(), pods[j].2);
-                    std::thread::spawn(move || {
-                        probe::attempt(&ns, ip, &spec).map(|a| (i, j, a.outcome))
-                    })
-                })
-                .collect();
-            for handle in handles {
-                let (i, j, outcome) = handle
-                    .join()
-                    .map_err(|_| LabError::ThreadPanicked { what: "matrix" })??;
-                // A refusal (TCP reset, ICMP port unreachable) came from the destination's own
-                // stack: NetworkPolicy let the packet through, there is just no listener on
-                // that port. Policies drop, they never refuse, so only silence means blocked.
-                allowed[i][j] =
-                    matches!(outcome, probe::Outcome::Connected | probe::Outcome::Refused);
-            }
+        if pods.is_empty() {
+            return Err(LabError::NoPodsToProbe {
+                lab: self.names.lab().to_owned(),
+                namespaces: namespaces.to_vec(),
+            });
         }
-        let refs = pods.into_iter().map(|(p, _, _)| p).collect();
-        Matrix::new(port, protocol, refs, allowed)
-            .map_err(|source| LabError::MatrixFailed { source })
+        let spec = ProbeSpec {
+            port: match spec.protocol {
+                ProbeProtocol::Icmp => None,
+                _ => spec.port,
+            },
+            ..*spec
+        };
+        crate::matrix::run(pods, &spec)
     }
 
     /// Removes every namespace, process and file of the lab.

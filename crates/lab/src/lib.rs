@@ -31,12 +31,15 @@
 //!   (`kube-system/kube-dns` and `coredns`, from [`netd_controlplane::addons`]) run instead of
 //!   the echo server.
 //! - [`echo`]: the echo server every other Pod runs on its container ports.
+//! - [`matrix`]: [`ProbeMatrix`], every Pod probed from every Pod, each cell the kernel's
+//!   answer.
 //! - [`probe`]: probe sources ([`Place`]), targets ([`Target`]) and results ([`ProbeResult`]).
 //! - [`helper`]: the helper processes (agent, echo server, DNS server) and their arguments.
 //! - [`names`]: how namespaces and interfaces are named (per-lab prefix, 15-byte interfaces).
 //! - [`objects`]: objects as the lab stores them.
 //! - `topology` (private): the underlay switch, the external namespace, each Node's bridge
-//!   (`cni0`, with `br_netfilter` and hairpin ports) and routes, each Pod's namespace.
+//!   (`cni0`, with `br_netfilter` and hairpin ports) and routes, each Pod's namespace (a /32
+//!   routed via the bridge, with permanent neighbour entries: nothing ARPs at run time).
 //! - `store` (private): the state directory (`/run/kube-netd/labs/<name>/`), which records
 //!   every namespace before it is created and every PID, so [`down`] cleans up after a crash.
 //!
@@ -49,6 +52,7 @@ pub mod echo;
 pub mod error;
 pub mod helper;
 pub mod lab;
+pub mod matrix;
 pub mod names;
 pub mod objects;
 pub mod probe;
@@ -61,5 +65,6 @@ pub use helper::helper_main;
 pub use lab::{
     Action, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
 };
-pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
+pub use matrix::ProbeMatrix;
+pub use probe::{HoldResult, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::{DEFAULT_MODE, DEFAULT_STATE_ROOT};

@@ -3,11 +3,13 @@
 //!
 //! A probe runs on a thread that enters the source namespace (`setns(2)` moves only that
 //! thread), so probes are cheap enough to run a whole matrix in parallel. The outcome is the
-//! kernel's answer: `connected`, `refused` (RST or ICMP port unreachable), `unreachable`
-//! (ICMP host or network unreachable) or `timeout` (nothing came back: a drop).
+//! kernel's answer: `connected`, `answered` (a DNS server answered the DNS query a probe to
+//! port 53 sends), `refused` (RST or ICMP port unreachable), `unreachable` (ICMP host or
+//! network unreachable) or `timeout` (nothing came back: a drop). A held TCP connection
+//! (`lab probe --hold`) reports a [`HoldResult`]: whether it survived, and its longest stall.
 
 use std::fmt;
-use std::io::ErrorKind;
+use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -175,6 +177,9 @@ impl fmt::Display for ProbeProtocol {
 pub enum Outcome {
     /// Connected (TCP), answered (UDP) or echoed (ICMP).
     Connected,
+    /// A server that is not the lab's echo server answered a DNS query (a probe to port 53
+    /// sends one): the cluster DNS pods. The packet got through.
+    Answered,
     /// Actively refused: a TCP RST or an ICMP port unreachable.
     Refused,
     /// Nothing came back in time: the packet was dropped somewhere.
@@ -187,6 +192,7 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Outcome::Connected => "connected",
+            Outcome::Answered => "answered",
             Outcome::Refused => "refused",
             Outcome::Timeout => "timeout",
             Outcome::Unreachable => "unreachable",
@@ -259,6 +265,159 @@ impl fmt::Display for ProbeResult {
     }
 }
 
+/// How a held connection ([`Lab::hold`](crate::Lab::hold)) went, as `lab probe --hold -o json` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HoldResult {
+    /// The source, as given.
+    pub from: String,
+    /// The target, as given.
+    pub to: String,
+    /// The destination port.
+    pub port: u16,
+    /// Which of the parallel connections (from 1).
+    pub connection: u32,
+    /// Whether the connection stayed up and echoed every message for the whole hold.
+    pub survived: bool,
+    /// How it ended if it did not survive: `refused`, `timeout`, `reset`, `closed` or
+    /// `stalled` (a message not echoed within the probe's timeout).
+    pub failure: Option<String>,
+    /// The Pod whose echo server served the connection, `NS/POD`.
+    pub served_by: Option<String>,
+    /// The client address the server saw.
+    pub client_ip_seen: Option<IpAddr>,
+    /// Messages sent and echoed back in full.
+    pub messages_echoed: u32,
+    /// The longest wait for an echo, in milliseconds.
+    pub longest_stall_ms: f64,
+    /// How long the connection was held, in milliseconds.
+    pub held_ms: f64,
+}
+
+impl fmt::Display for HoldResult {
+    /// `from -> to port/tcp #1: survived 5.0 s (served by ns/pod), 50 messages, longest stall N ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} {}/tcp #{}: ",
+            self.from, self.to, self.port, self.connection
+        )?;
+        match &self.failure {
+            None => write!(f, "survived {:.1} s", self.held_ms / 1000.0)?,
+            Some(why) => write!(f, "lost after {:.1} s ({why})", self.held_ms / 1000.0)?,
+        }
+        if let Some(pod) = &self.served_by {
+            write!(f, " (served by {pod})")?;
+        }
+        write!(
+            f,
+            ", {} messages echoed, longest stall {:.1} ms",
+            self.messages_echoed, self.longest_stall_ms
+        )
+    }
+}
+
+/// How often a held connection sends its message.
+pub const HOLD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Holds one TCP connection from the namespace `ns` to `addr` for `hold`, on a thread of its
+/// own: it sends a short message every [`HOLD_INTERVAL`] and waits up to `timeout` for each
+/// echo. The result is not yet labelled (`from`, `to` and `connection` are empty).
+pub(crate) fn hold(
+    ns: &str,
+    addr: SocketAddr,
+    hold: Duration,
+    timeout: Duration,
+) -> Result<HoldResult, LabError> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
+        Ok(hold_here(addr, hold, timeout))
+    })
+    .join()
+    .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
+}
+
+fn hold_here(addr: SocketAddr, hold: Duration, timeout: Duration) -> HoldResult {
+    let start = Instant::now();
+    let mut result = HoldResult {
+        from: String::new(),
+        to: String::new(),
+        port: addr.port(),
+        connection: 0,
+        survived: false,
+        failure: None,
+        served_by: None,
+        client_ip_seen: None,
+        messages_echoed: 0,
+        longest_stall_ms: 0.0,
+        held_ms: 0.0,
+    };
+    let failure = hold_stream(addr, hold, timeout, &mut result);
+    result.held_ms = start.elapsed().as_secs_f64() * 1000.0;
+    result.survived = failure.is_none();
+    result.failure = failure.map(str::to_owned);
+    result
+}
+
+/// Runs the held connection, filling in `result`; returns why it failed, if it did.
+fn hold_stream(
+    addr: SocketAddr,
+    hold: Duration,
+    timeout: Duration,
+    result: &mut HoldResult,
+) -> Option<&'static str> {
+    let why = |e: &std::io::Error| match e.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => "reset",
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "stalled",
+        _ => "closed",
+    };
+    let start = Instant::now();
+    let stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) if classify(&e) == Outcome::Timeout => return Some("timeout"),
+        Err(e) => return Some(why(&e)),
+    };
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return Some("closed");
+    }
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => return Some("closed"),
+        Ok(_) => {}
+        Err(e) => return Some(why(&e)),
+    }
+    let reply = EchoReply::parse(&line);
+    result.served_by = reply.as_ref().map(|r| r.pod.clone());
+    result.client_ip_seen = reply.map(|r| r.client.ip());
+    let mut next = start + HOLD_INTERVAL;
+    for n in 1u32.. {
+        let now = Instant::now();
+        if now >= start + hold {
+            return None;
+        }
+        std::thread::sleep(next.saturating_duration_since(now));
+        next += HOLD_INTERVAL;
+        let msg = format!("hold {n}\n");
+        let sent = Instant::now();
+        if let Err(e) = (&stream).write_all(msg.as_bytes()) {
+            return Some(why(&e));
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Some("closed"),
+            Ok(_) if line == msg => {}
+            Ok(_) => return Some("closed"),
+            Err(e) => return Some(why(&e)),
+        }
+        result.messages_echoed = n;
+        let stall = sent.elapsed().as_secs_f64() * 1000.0;
+        result.longest_stall_ms = result.longest_stall_ms.max(stall);
+    }
+    None
+}
+
 /// One attempt, before it is labelled with its source and target.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Attempt {
@@ -267,42 +426,98 @@ pub(crate) struct Attempt {
     pub latency: Duration,
 }
 
+impl Outcome {
+    /// Whether the packet reached the destination's own stack: it connected, was answered,
+    /// or was refused there (a TCP reset or ICMP port unreachable comes from the destination;
+    /// policies drop, they never refuse). Only silence and "unreachable" mean it did not.
+    pub fn got_through(self) -> bool {
+        matches!(
+            self,
+            Outcome::Connected | Outcome::Answered | Outcome::Refused
+        )
+    }
+}
+
 /// Sends one probe from the namespace `ns` to `ip` on a thread of its own.
 pub(crate) fn attempt(ns: &str, ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt, LabError> {
+    if spec.protocol == ProbeProtocol::Icmp {
+        return ping(ns, ip, spec.timeout);
+    }
+    let (ns, spec) = (ns.to_owned(), *spec);
+    std::thread::spawn(move || {
+        netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
+        attempt_here(ip, &spec)
+    })
+    .join()
+    .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
+}
+
+/// Sends one TCP or UDP probe from the namespace the calling thread is in.
+pub(crate) fn attempt_here(ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt, LabError> {
     let port_required = || LabError::PortRequired {
         protocol: spec.protocol.to_string(),
     };
     match spec.protocol {
-        ProbeProtocol::Icmp => ping(ns, ip, spec.timeout),
-        ProbeProtocol::Sctp => Err(LabError::ProtocolUnsupported {
-            protocol: "sctp".into(),
+        ProbeProtocol::Sctp | ProbeProtocol::Icmp => Err(LabError::ProtocolUnsupported {
+            protocol: spec.protocol.to_string(),
         }),
-        ProbeProtocol::Tcp | ProbeProtocol::Udp => {
-            let addr = SocketAddr::new(ip, spec.port.ok_or_else(port_required)?);
-            let ns = ns.to_owned();
-            let (protocol, timeout) = (spec.protocol, spec.timeout);
-            std::thread::spawn(move || {
-                netns::enter(&ns).map_err(LabError::kernel(format!("entering {ns}")))?;
-                Ok(if protocol == ProbeProtocol::Tcp {
-                    tcp(addr, timeout)
-                } else {
-                    udp(addr, timeout)
-                })
-            })
-            .join()
-            .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
-        }
+        ProbeProtocol::Tcp => Ok(tcp(
+            SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
+            spec.timeout,
+        )),
+        ProbeProtocol::Udp => Ok(udp(
+            SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
+            spec.timeout,
+        )),
     }
+}
+
+/// The port on which a probe asks a DNS question instead of waiting for an echo line.
+const DNS_PORT: u16 = 53;
+
+/// A DNS query for `. IN NS` with recursion desired and ID 0x6b6e: any DNS server
+/// answers it somehow (an answer, NXDOMAIN or REFUSED), and any answer will do.
+const DNS_QUERY: [u8; 17] = [
+    0x6b, 0x6e, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, // header: ID, RD, one question
+    0, 0, 2, 0, 1, // the root name, type NS, class IN
+];
+
+/// Whether `reply` is a DNS response to [`DNS_QUERY`] (same ID, QR set).
+fn is_dns_answer(reply: &[u8]) -> bool {
+    reply.len() >= 12 && reply[..2] == DNS_QUERY[..2] && reply[2] & 0x80 != 0
 }
 
 fn tcp(addr: SocketAddr, timeout: Duration) -> Attempt {
     let start = Instant::now();
     match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(stream) => {
+        Ok(mut stream) => {
             let left = timeout
                 .saturating_sub(start.elapsed())
                 .max(Duration::from_millis(50));
             let _ = stream.set_read_timeout(Some(left));
+            if addr.port() == DNS_PORT {
+                // An echo server writes its line first and then echoes the query; a DNS
+                // server answers the query (TCP DNS: a two-byte length, then the message).
+                let mut msg = (DNS_QUERY.len() as u16).to_be_bytes().to_vec();
+                msg.extend_from_slice(&DNS_QUERY);
+                let _ = stream.write_all(&msg);
+                let mut buf = [0u8; 512];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let (outcome, reply) = if n > 2 && is_dns_answer(&buf[2..n]) {
+                    (Outcome::Answered, None)
+                } else {
+                    let line = String::from_utf8_lossy(&buf[..n]);
+                    (
+                        Outcome::Connected,
+                        line.lines().next().and_then(EchoReply::parse),
+                    )
+                };
+                return Attempt {
+                    outcome,
+                    reply,
+                    latency: start.elapsed(),
+                };
+            }
             let reply = read_reply(&stream);
             Attempt {
                 outcome: Outcome::Connected,
@@ -340,11 +555,23 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Attempt {
     {
         return fail(&e);
     }
-    if let Err(e) = socket.send(b"probe\n") {
+    // On port 53 a DNS question, which the echo server answers like any datagram and a DNS
+    // server answers as DNS.
+    let payload: &[u8] = if addr.port() == DNS_PORT {
+        &DNS_QUERY
+    } else {
+        b"probe\n"
+    };
+    if let Err(e) = socket.send(payload) {
         return fail(&e);
     }
     let mut buf = [0u8; 2048];
     match socket.recv(&mut buf) {
+        Ok(n) if addr.port() == DNS_PORT && is_dns_answer(&buf[..n]) => Attempt {
+            outcome: Outcome::Answered,
+            reply: None,
+            latency: start.elapsed(),
+        },
         Ok(n) => Attempt {
             outcome: Outcome::Connected,
             reply: EchoReply::parse(&String::from_utf8_lossy(&buf[..n])),

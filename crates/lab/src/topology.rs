@@ -122,7 +122,9 @@ pub(crate) fn build_infrastructure(
         let mut lines = vec![
             format!("link set {UNDERLAY_IF} up"),
             format!("addr add {}/{prefix} dev {UNDERLAY_IF}", addr.ip),
-            format!("link add {NODE_BRIDGE} type bridge"),
+            // A fixed address: a bridge otherwise takes its lowest port's, which changes as
+            // Pods come and go, and every Pod's entry for its gateway would go stale.
+            format!("link add {NODE_BRIDGE} address {} type bridge", mac_for(gw)),
             format!("link set {NODE_BRIDGE} up"),
             format!(
                 "addr add {gw}/{} dev {NODE_BRIDGE}",
@@ -149,6 +151,12 @@ pub(crate) fn build_infrastructure(
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
             .map_err(LabError::kernel(what()))?;
+        // Pods on this Node reach each other through the Node (see `build_pod`): that is the
+        // route, not a detour to redirect them from.
+        for conf in ["all", NODE_BRIDGE] {
+            link::sysctl(&ns, &format!("net.ipv4.conf.{conf}.send_redirects"), "0")
+                .map_err(LabError::kernel(what()))?;
+        }
     }
     Ok(())
 }
@@ -196,6 +204,14 @@ pub(crate) fn sync_external_routes(
 
 /// Builds a Pod's namespace: `eth0` veth into the Node's bridge (hairpin on), its IP, a
 /// default route via the bridge, and its resolv.conf. The namespace must already be recorded.
+///
+/// No Pod resolves a neighbour at run time. The kernel's ARP table is one table for every
+/// namespace on the machine (`gc_thresh3`, 1,024 entries by default, counts them all): Pods
+/// on one /24 that ARP for each other need one entry per pair, so a matrix of 200 Pods
+/// overflowed it and the kernel dropped packets ("neighbor table overflow"), which the matrix
+/// read as policy. Instead, as Calico and Cilium do, a Pod holds its address as a /32 and
+/// sends everything to its gateway; the gateway's and the Pod's MAC addresses are derived from
+/// their IPs ([`mac_for`]) and entered as permanent entries, which that limit does not count.
 pub(crate) fn build_pod(
     names: &Names,
     node: &NodeName,
@@ -216,10 +232,17 @@ pub(crate) fn build_pod(
     netns::ip_batch(
         &node_ns,
         &[
-            format!("link add {veth} type veth peer name {POD_IF} netns {pod_ns}"),
+            format!(
+                "link add {veth} type veth peer name {POD_IF} address {} netns {pod_ns}",
+                mac_for(ip)
+            ),
             format!("link set {veth} master {NODE_BRIDGE}"),
             format!("link set dev {veth} type bridge_slave hairpin on"),
             format!("link set {veth} up"),
+            format!(
+                "neigh replace {ip} lladdr {} dev {NODE_BRIDGE} nud permanent",
+                mac_for(ip)
+            ),
         ],
     )
     .map_err(LabError::kernel(what()))?;
@@ -231,14 +254,30 @@ pub(crate) fn build_pod(
         &pod_ns,
         &[
             format!("link set {POD_IF} up"),
-            format!(
-                "addr add {ip}/{} dev {POD_IF}",
-                node_addr.pod_cidr.prefix_len()
-            ),
+            format!("addr add {ip}/32 dev {POD_IF}"),
+            format!("route add {gw} dev {POD_IF} scope link"),
             format!("route add default via {gw}"),
+            format!(
+                "neigh replace {gw} lladdr {} dev {POD_IF} nud permanent",
+                mac_for(gw)
+            ),
         ],
     )
     .map_err(LabError::kernel(what()))
+}
+
+/// The MAC address of the interface that holds `ip` in a Node's pod network: `0a:58:` and the
+/// address's last four bytes, as OVN-Kubernetes derives them. A Pod re-created with the same
+/// IP thus has the same MAC, and no cached entry anywhere can be stale.
+pub(crate) fn mac_for(ip: IpAddr) -> String {
+    let b = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
 }
 
 /// Removes a Pod's namespace (its veth goes with it) and its `/etc/netns` directory.
