@@ -114,7 +114,7 @@ fn compare(lab: &Lab, what: &str) -> Vec<String> {
             want.pods().len().pow(2)
         );
         let got = lab
-            .matrix(port, protocol, &[], PROBE_TIMEOUT)
+            .matrix(port, protocol, &[], PROBE_TIMEOUT, None)
             .expect("lab matrix");
         for m in want.mismatches(&got) {
             out.push(format!(
@@ -165,6 +165,7 @@ fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
                         protocol: *probe,
                         count: 1,
                         timeout: PROBE_TIMEOUT,
+                        family: None,
                     };
                     let from = Place::Pod(src.clone());
                     let to = Target::Service(svc.clone());
@@ -300,6 +301,7 @@ fn seed_deny_egress_stops_ping() {
             protocol: ProbeProtocol::Icmp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let from: Place = "new-ns/deny-egress-test".parse().expect("place");
         let to: Target = to.parse().expect("target");
@@ -319,6 +321,7 @@ fn seed_deny_egress_stops_ping() {
             protocol: ProbeProtocol::Tcp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let from: Place = from.parse().expect("place");
         let to: Target = "default/db".parse().expect("target");

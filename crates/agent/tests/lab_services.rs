@@ -257,6 +257,7 @@ fn service_without_endpoints_refuses_at_once() {
         protocol: ProbeProtocol::Tcp,
         count: 3,
         timeout: Duration::from_secs(3),
+        family: None,
     };
     for from in [client(), Place::Node("node-2".into())] {
         let results = lab.probe(&from, &svc("empty"), &spec).expect("probe");
@@ -393,6 +394,7 @@ fn node_port_local_keeps_the_client_address() {
         protocol: ProbeProtocol::Tcp,
         count: 3,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     let node2 = Target::Node("node-2".into());
     for r in lab.probe(&Place::External, &node2, &spec).expect("probe") {
@@ -621,6 +623,7 @@ fn deleting_a_service_removes_its_rules() {
         protocol: ProbeProtocol::Tcp,
         count: 2,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     for r in lab
         .probe(&client(), &Target::Ip(doomed_ip), &spec)
@@ -822,6 +825,7 @@ fn probe(lab: &Lab, from: &Place, to: &Target, port: u16, count: u32) -> Vec<Pro
         protocol: ProbeProtocol::Tcp,
         count,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     let results = lab.probe(from, to, &spec).expect("probe");
     for r in &results {

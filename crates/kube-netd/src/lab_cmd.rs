@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
-use netd_model::{Object, Protocol};
+use netd_lab::{
+    IpFamily, Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+};
+use netd_model::{ClusterConfig, IpFamilies, Object, Protocol};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
@@ -28,7 +30,8 @@ enum LabCommand {
     /// Build a lab, apply the manifests, and return once every Node has programmed its rules.
     #[command(after_help = "Examples:\n  \
         kube-netd lab up -f examples/\n  \
-        kube-netd lab up --nodes 3 --name second -f examples/hostnames/")]
+        kube-netd lab up --nodes 3 --name second -f examples/hostnames/\n  \
+        kube-netd lab up --ip-family dual -f examples/hostnames/")]
     Up(UpArgs),
     /// Create or update objects, like kubectl apply; returns once every Node has converged.
     #[command(
@@ -50,11 +53,12 @@ enum LabCommand {
         kube-netd lab probe default/client default/server --port 80\n  \
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
-        kube-netd lab probe default/client 10.244.2.3 --protocol icmp")]
+        kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --ip-family ipv6")]
     Probe(ProbeArgs),
     /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
     #[command(
-        after_help = "Examples:\n  kube-netd lab matrix --port 80\n  kube-netd lab matrix -n x,y --port 81 -o json"
+        after_help = "Examples:\n  kube-netd lab matrix --port 80\n  kube-netd lab matrix -n x,y --port 81 -o json\n  kube-netd lab matrix --port 80 --ip-family ipv6"
     )]
     Matrix(MatrixArgs),
     /// Run a command inside a pod's, a node's or the external namespace.
@@ -118,6 +122,16 @@ struct UpArgs {
     /// The service proxy back end.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
+    /// ipv4, ipv6 or dual (IPv4 first) [default: ipv4]. ipv6 and dual use kind's ranges:
+    /// pods fd00:10:244::/56 (a /64 per node), Services fd00:10:96::/112, node IPv6
+    /// addresses in fd00:172:18::/64; each node's agent programs ip6tables too. To choose
+    /// the ranges yourself, repeat --cluster-cidr and --service-cidr instead.
+    #[arg(
+        long,
+        value_name = "FAMILY",
+        conflicts_with_all = ["cluster_cidrs", "service_cidrs", "dns_service_ip"]
+    )]
+    ip_family: Option<IpFamilies>,
     #[command(flatten)]
     network: NetworkArgs,
 }
@@ -162,6 +176,10 @@ struct ProbeArgs {
     /// How long each attempt waits, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Which address of a pod, Service, node or DNS name to probe: ipv4 or ipv6
+    /// [default: the cluster's first family].
+    #[arg(long, value_name = "FAMILY", value_parser = parse_family)]
+    ip_family: Option<IpFamily>,
     /// Output format: text, or one JSON object per attempt.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: TextOrJson,
@@ -183,6 +201,10 @@ struct MatrixArgs {
     /// How long a blocked pair is waited for, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Probe every pod at its address of this family: ipv4 or ipv6 [default: the cluster's
+    /// first family]. Pods without one are left out.
+    #[arg(long, value_name = "FAMILY", value_parser = parse_family)]
+    ip_family: Option<IpFamily>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: TextOrJson,
@@ -252,6 +274,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 a.protocol,
                 &a.namespaces,
                 Duration::from_millis(a.timeout_ms),
+                a.ip_family,
             )?;
             match a.output {
                 TextOrJson::Text => print!("{}", m.to_text()),
@@ -294,7 +317,17 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         .into());
     }
     let started = Instant::now();
-    let config = a.network.config();
+    let mut config = a.network.config();
+    if let Some(families) = a.ip_family {
+        let ranges = ClusterConfig::for_families(families);
+        config.cluster_cidrs = ranges.cluster_cidrs;
+        config.service_cidrs = ranges.service_cidrs;
+        config.dns_service_ip = ranges.dns_service_ip;
+        config.node_network_v6 = ranges.node_network_v6;
+    } else if config.cluster_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        // IPv6 pod ranges given by hand: the nodes need IPv6 addresses to route them.
+        config.node_network_v6 = ClusterConfig::for_families(IpFamilies::Dual).node_network_v6;
+    }
     let objects = if a.files.is_empty() {
         Vec::new()
     } else {
@@ -365,6 +398,7 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         protocol,
         count: a.count,
         timeout: Duration::from_millis(a.timeout_ms),
+        family: a.ip_family,
     };
     for result in lab.probe(&from, &to, &spec)? {
         match a.output {
@@ -373,6 +407,15 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--ip-family` of a probe: one family.
+fn parse_family(s: &str) -> Result<IpFamily, String> {
+    match s {
+        "ipv4" => Ok(IpFamily::V4),
+        "ipv6" => Ok(IpFamily::V6),
+        _ => Err(format!("{s:?} is not one of ipv4, ipv6")),
+    }
 }
 
 fn resolver() -> Resolver {

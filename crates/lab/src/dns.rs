@@ -11,7 +11,7 @@
 //! Service rules for `10.96.0.10`.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -147,7 +147,8 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
                 source,
             })?;
     let serve_config = ServeConfig {
-        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)),
+        // Both families: the DNS Service's ClusterIP is IPv6 on an IPv6-only lab.
+        listen: SocketAddr::from((dns_listen_ip(&config), 53)),
         zone: ZoneConfig {
             origin,
             ..ZoneConfig::default()
@@ -183,6 +184,16 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
 }
 
 /// Whether `object` is a Pod or Deployment of `kube-system` labelled `k8s-app: kube-dns`.
+/// Where the DNS pod listens: every IPv4 address, or every address of both families (one
+/// dual-stack socket) on a lab with an IPv6 service range.
+fn dns_listen_ip(config: &ClusterConfig) -> IpAddr {
+    if config.service_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
 fn is_dns_app(object: &Object) -> bool {
     let labels = match object {
         Object::Pod(p) if p.metadata.namespace.as_deref() == Some(DNS_NAMESPACE) => {

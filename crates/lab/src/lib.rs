@@ -57,5 +57,6 @@ pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::helper_main;
 pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
+pub use netd_proxy::IpFamily;
 pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::DEFAULT_STATE_ROOT;

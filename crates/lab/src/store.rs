@@ -49,13 +49,46 @@ pub(crate) struct LabRecord {
     pub nodes: BTreeMap<NodeName, NodeAddress>,
     /// The external namespace's underlay IP.
     pub external_ip: Option<IpAddr>,
+    /// The external namespace's IPv6 underlay IP, on a lab with an IPv6 node network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ip6: Option<IpAddr>,
 }
 
 /// A Node's addresses in the lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct NodeAddress {
+    /// The IPv4 underlay address (every lab has one).
     pub ip: IpAddr,
+    /// The first podCIDR: of the cluster's first IP family.
     pub pod_cidr: IpNet,
+    /// The IPv6 underlay address, on a lab with an IPv6 node network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    /// The podCIDR of the other family, on a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_pod_cidr: Option<IpNet>,
+}
+
+impl NodeAddress {
+    /// The podCIDRs, first family first.
+    pub fn pod_cidrs(&self) -> impl Iterator<Item = IpNet> + '_ {
+        std::iter::once(self.pod_cidr).chain(self.second_pod_cidr)
+    }
+
+    /// The podCIDR of `ip`'s family.
+    pub fn pod_cidr_for(&self, ip: IpAddr) -> Option<IpNet> {
+        self.pod_cidrs()
+            .find(|c| c.addr().is_ipv4() == ip.is_ipv4())
+    }
+
+    /// The underlay address of `net`'s family: what other Nodes route `net` via.
+    pub fn underlay_for(&self, net: IpNet) -> Option<IpAddr> {
+        if net.addr().is_ipv4() {
+            Some(self.ip)
+        } else {
+            self.ip6
+        }
+    }
 }
 
 /// The desired and resolved objects.
@@ -89,6 +122,9 @@ pub(crate) struct PodRecord {
     /// Its own namespace; `None` for a hostNetwork Pod (it lives in the Node's).
     pub netns: Option<String>,
     pub ip: Option<IpAddr>,
+    /// Its address of the other family, on a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_ip: Option<IpAddr>,
     pub ports: Vec<(Protocol, u16)>,
     /// Whether its namespace was completely built (it is recorded before it is built).
     #[serde(default)]
@@ -107,6 +143,8 @@ pub(crate) struct ConfigRecord {
     pub node_port_first: u16,
     pub node_port_last: u16,
     pub node_network: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_network_v6: Option<IpNet>,
     pub load_balancer_pool: Option<IpNet>,
     pub default_node_count: usize,
     pub dns_zone: String,
@@ -123,6 +161,7 @@ impl From<&ClusterConfig> for ConfigRecord {
             node_port_first: *c.node_port_range.start(),
             node_port_last: *c.node_port_range.end(),
             node_network: Some(c.node_network),
+            node_network_v6: c.node_network_v6,
             load_balancer_pool: Some(c.load_balancer_pool),
             default_node_count: c.default_node_count,
             dns_zone: c.dns_zone.clone(),
@@ -141,6 +180,7 @@ impl From<&ConfigRecord> for ClusterConfig {
             service_cidrs: r.service_cidrs.clone(),
             node_port_range: r.node_port_first..=r.node_port_last,
             node_network: r.node_network.unwrap_or(d.node_network),
+            node_network_v6: r.node_network_v6,
             load_balancer_pool: r.load_balancer_pool.unwrap_or(d.load_balancer_pool),
             default_node_count: r.default_node_count,
             dns_zone: r.dns_zone.clone(),

@@ -26,7 +26,8 @@ use crate::store::{LabRecord, NodeAddress, Store};
 /// Routing protocol number tagging the external namespace's Service routes.
 pub(crate) const EXTERNAL_ROUTE_PROTO: u8 = 98;
 
-/// Each Node's addresses, from the resolved cluster: its first IPv4 InternalIP and podCIDR.
+/// Each Node's addresses, from the resolved cluster: its first IPv4 InternalIP, its first
+/// IPv6 one on a lab with an IPv6 node network, and its podCIDRs (one per family).
 pub(crate) fn node_addresses(
     state: &ClusterState,
 ) -> Result<BTreeMap<NodeName, NodeAddress>, LabError> {
@@ -45,14 +46,39 @@ pub(crate) fn node_addresses(
             .ok_or_else(|| invalid("no IPv4 InternalIP in status.addresses"))?;
         let pod_cidr = node
             .pod_cidrs
+            .first()
+            .copied()
+            .ok_or_else(|| invalid("no spec.podCIDR"))?;
+        let second_pod_cidr = node
+            .pod_cidrs
             .iter()
             .copied()
-            .find(|c| c.addr().is_ipv4())
-            .ok_or_else(|| invalid("no IPv4 spec.podCIDR"))?;
+            .find(|c| c.addr().is_ipv4() != pod_cidr.addr().is_ipv4());
         if !state.config().node_network.contains(&ip) {
             return Err(invalid("its InternalIP is outside the lab's node network"));
         }
-        out.insert(node.name.clone(), NodeAddress { ip, pod_cidr });
+        let ip6 = match state.config().node_network_v6 {
+            Some(network) => Some(
+                node.internal_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv6() && network.contains(ip))
+                    .ok_or_else(|| invalid("no IPv6 InternalIP in the lab's IPv6 node network"))?,
+            ),
+            None => None,
+        };
+        let addr = NodeAddress {
+            ip,
+            pod_cidr,
+            ip6,
+            second_pod_cidr,
+        };
+        if addr.pod_cidrs().any(|c| addr.underlay_for(c).is_none()) {
+            return Err(invalid(
+                "an IPv6 spec.podCIDR needs a lab with IPv6 (lab up --ip-family ipv6 or dual)",
+            ));
+        }
+        out.insert(node.name.clone(), addr);
     }
     Ok(out)
 }
@@ -63,14 +89,17 @@ pub(crate) fn external_ip(
     network: IpNet,
     nodes: &BTreeMap<NodeName, NodeAddress>,
 ) -> Option<IpAddr> {
+    // ipnet's IPv6 `hosts` starts at the network address itself.
     network
         .hosts()
-        .find(|ip| nodes.values().all(|n| n.ip != *ip))
+        .filter(|ip| *ip != network.network())
+        .find(|ip| nodes.values().all(|n| n.ip != *ip && n.ip6 != Some(*ip)))
 }
 
-/// The gateway of a podCIDR: its first host, held by the Node's bridge.
+/// The gateway of a podCIDR: its first host, held by the Node's bridge (the address after
+/// the network address in both families, as the control plane's IPAM leaves it out).
 pub(crate) fn gateway(pod_cidr: IpNet) -> Option<IpAddr> {
-    pod_cidr.hosts().next()
+    pod_cidr.hosts().find(|ip| *ip != pod_cidr.network())
 }
 
 /// Builds the underlay, the external namespace and every Node. Each namespace is recorded in
@@ -85,28 +114,46 @@ pub(crate) fn build_infrastructure(
         .node_network
         .map(|n| n.prefix_len())
         .unwrap_or(24);
+    let prefix6 = record.config.node_network_v6.map(|n| n.prefix_len());
     let underlay = names.underlay_ns();
     create_recorded(store, record, &underlay)?;
     let mut switch = vec![
         format!("link add {SWITCH_BRIDGE} type bridge"),
         format!("link set {SWITCH_BRIDGE} up"),
     ];
+    if prefix6.is_some() {
+        // IPv6 neighbour discovery is multicast: a snooping bridge that has heard no MLD
+        // querier may hold solicitations back, so the lab's bridges flood them.
+        switch.push(format!(
+            "link set {SWITCH_BRIDGE} type bridge mcast_snooping 0"
+        ));
+    }
     let external = names.external_ns();
     create_recorded(store, record, &external)?;
+    if prefix6.is_some() {
+        without_dad(&external)?;
+    }
     switch.extend(attach_to_switch(SWITCH_EXTERNAL_PORT, &external));
     let nodes = record.nodes.clone();
     for node in nodes.keys() {
         let ns = names.node_ns(node);
         create_recorded(store, record, &ns)?;
+        if prefix6.is_some() {
+            without_dad(&ns)?;
+        }
         switch.extend(attach_to_switch(&names::switch_port(node), &ns));
     }
     netns::ip_batch(&underlay, &switch).map_err(LabError::kernel("the underlay switch"))?;
 
     if let Some(ip) = record.external_ip {
-        let lines = vec![
+        let mut lines = vec![
             format!("link set {UNDERLAY_IF} up"),
             format!("addr add {ip}/{prefix} dev {UNDERLAY_IF}"),
         ];
+        if let (Some(ip6), Some(prefix6)) = (record.external_ip6, prefix6) {
+            // `nodad`: no duplicate address detection, so the address is usable at once.
+            lines.push(format!("addr add {ip6}/{prefix6} dev {UNDERLAY_IF} nodad"));
+        }
         netns::ip_batch(&external, &lines).map_err(LabError::kernel("the external namespace"))?;
         // Nodes route unknown destinations here (their default gateway); it must not pass them on.
         link::sysctl(&external, "net.ipv4.ip_forward", "0")
@@ -125,16 +172,35 @@ pub(crate) fn build_infrastructure(
             format!("link add {NODE_BRIDGE} type bridge"),
             format!("link set {NODE_BRIDGE} up"),
             format!(
-                "addr add {gw}/{} dev {NODE_BRIDGE}",
-                addr.pod_cidr.prefix_len()
+                "addr add {gw}/{} dev {NODE_BRIDGE}{}",
+                addr.pod_cidr.prefix_len(),
+                addr_flags(gw)
             ),
         ];
+        if let (Some(ip6), Some(prefix6)) = (addr.ip6, prefix6) {
+            lines.push(format!("addr add {ip6}/{prefix6} dev {UNDERLAY_IF} nodad"));
+            lines.push(format!(
+                "link set {NODE_BRIDGE} type bridge mcast_snooping 0"
+            ));
+        }
+        if let Some(second) = addr.second_pod_cidr {
+            let gw = gateway(second).ok_or_else(|| LabError::InvalidNode {
+                node: node.clone(),
+                reason: "its podCIDR has no host addresses",
+            })?;
+            lines.push(format!(
+                "addr add {gw}/{} dev {NODE_BRIDGE}{}",
+                second.prefix_len(),
+                addr_flags(gw)
+            ));
+        }
         for (other, other_addr) in &nodes {
             if other != node {
-                lines.push(format!(
-                    "route add {} via {}",
-                    other_addr.pod_cidr, other_addr.ip
-                ));
+                for cidr in other_addr.pod_cidrs() {
+                    if let Some(via) = other_addr.underlay_for(cidr) {
+                        lines.push(format!("route add {cidr} via {via}"));
+                    }
+                }
             }
         }
         // A real node has a default gateway, the upstream router. Without one, a packet to a
@@ -145,10 +211,19 @@ pub(crate) fn build_infrastructure(
         if let Some(router) = record.external_ip {
             lines.push(format!("route add default via {router}"));
         }
+        if let Some(router6) = record.external_ip6.filter(|_| addr.ip6.is_some()) {
+            lines.push(format!("route add ::/0 via {router6}"));
+        }
         netns::ip_batch(&ns, &lines).map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
             .map_err(LabError::kernel(what()))?;
+        if addr.ip6.is_some() {
+            link::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")
+                .map_err(LabError::kernel(what()))?;
+            link::sysctl(&ns, "net.bridge.bridge-nf-call-ip6tables", "1")
+                .map_err(LabError::kernel(what()))?;
+        }
     }
     Ok(())
 }
@@ -194,14 +269,16 @@ pub(crate) fn sync_external_routes(
     Ok(())
 }
 
-/// Builds a Pod's namespace: `eth0` veth into the Node's bridge (hairpin on), its IP, a
-/// default route via the bridge, and its resolv.conf. The namespace must already be recorded.
+/// Builds a Pod's namespace: `eth0` veth into the Node's bridge (hairpin on), its IP (and
+/// its `second_ip` of the other family on a dual-stack lab), a default route per family via
+/// the bridge, and its resolv.conf. The namespace must already be recorded.
 pub(crate) fn build_pod(
     names: &Names,
     node: &NodeName,
     node_addr: &NodeAddress,
     pod: &PodRef,
     ip: IpAddr,
+    second_ip: Option<IpAddr>,
     dns: &ResolvConf,
 ) -> Result<(), LabError> {
     let pod_ns = names.pod_ns(pod);
@@ -209,6 +286,9 @@ pub(crate) fn build_pod(
     let what = || format!("pod {pod}");
     write_resolv_conf(&pod_ns, pod, dns)?;
     netns::add(&pod_ns).map_err(LabError::kernel(what()))?;
+    if ip.is_ipv6() || second_ip.is_some() {
+        without_dad(&pod_ns)?;
+    }
     let veth = names::pod_veth(pod);
     // A namespace is torn down asynchronously after `ip netns delete`: the veth of an earlier
     // incarnation of this Pod may linger in the Node for a moment.
@@ -223,22 +303,26 @@ pub(crate) fn build_pod(
         ],
     )
     .map_err(LabError::kernel(what()))?;
-    let gw = gateway(node_addr.pod_cidr).ok_or_else(|| LabError::InvalidNode {
-        node: node.clone(),
-        reason: "its podCIDR has no host addresses",
-    })?;
-    netns::ip_batch(
-        &pod_ns,
-        &[
-            format!("link set {POD_IF} up"),
-            format!(
-                "addr add {ip}/{} dev {POD_IF}",
-                node_addr.pod_cidr.prefix_len()
-            ),
-            format!("route add default via {gw}"),
-        ],
-    )
-    .map_err(LabError::kernel(what()))
+    let mut lines = vec![format!("link set {POD_IF} up")];
+    for ip in std::iter::once(ip).chain(second_ip) {
+        let no_cidr = || LabError::InvalidNode {
+            node: node.clone(),
+            reason: "it has no podCIDR of its pod's IP family",
+        };
+        let cidr = node_addr.pod_cidr_for(ip).ok_or_else(no_cidr)?;
+        let gw = gateway(cidr).ok_or_else(|| LabError::InvalidNode {
+            node: node.clone(),
+            reason: "its podCIDR has no host addresses",
+        })?;
+        let default = if ip.is_ipv4() { "default" } else { "::/0" };
+        lines.push(format!(
+            "addr add {ip}/{} dev {POD_IF}{}",
+            cidr.prefix_len(),
+            addr_flags(ip)
+        ));
+        lines.push(format!("route add {default} via {gw}"));
+    }
+    netns::ip_batch(&pod_ns, &lines).map_err(LabError::kernel(what()))
 }
 
 /// Removes a Pod's namespace (its veth goes with it) and its `/etc/netns` directory.
@@ -273,6 +357,26 @@ fn write_resolv_conf(pod_ns: &str, pod: &PodRef, dns: &ResolvConf) -> Result<(),
     );
     let file = dir.join("resolv.conf");
     std::fs::write(&file, body).map_err(LabError::io(&file))
+}
+
+/// Turns IPv6 duplicate address detection off for the interfaces created in `ns` from now on.
+/// Every lab address is handed out once, and an interface whose link-local address is still
+/// "tentative" sends no neighbour solicitation for traffic it forwards: a Node would hold the
+/// first packets to a Pod for a second or more.
+fn without_dad(ns: &str) -> Result<(), LabError> {
+    for key in [
+        "net.ipv6.conf.all.accept_dad",
+        "net.ipv6.conf.default.accept_dad",
+    ] {
+        link::sysctl(ns, key, "0").map_err(LabError::kernel(format!("namespace {ns}")))?;
+    }
+    Ok(())
+}
+
+/// `nodad` for an IPv6 address: without duplicate address detection it is usable at once,
+/// not "tentative" for a second or two (the lab hands out every address exactly once).
+fn addr_flags(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { " nodad" } else { "" }
 }
 
 fn attach_to_switch(port: &str, peer_ns: &str) -> Vec<String> {
