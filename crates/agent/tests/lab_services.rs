@@ -8,7 +8,10 @@
 //! a helper, otherwise it runs the tests below, `--test-threads N` at a time (default 1). Run
 //! one test with `cargo test -p netd-agent --test lab_services -- NAME`. Every lab is removed
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
+//! The tests in [`IPV6_TESTS`] run again as `ipv6/NAME` on an IPv6-only lab (`lab up
+//! --ip-family ipv6`); the others read IPv4 conntrack entries or `iptables-save` output.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -23,13 +26,35 @@ use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
 };
-use netd_model::{Kind, NodeName, ObjectId, PodRef, ServiceRef};
+use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
 
 const HELPER_FLAG: &str = "--netd-helper";
 const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
+
+/// The tests that also run over IPv6 alone.
+const IPV6_TESTS: [&str; 9] = [
+    "round_robin_reaches_every_pod_evenly",
+    "port_maps_to_numeric_and_named_target_ports",
+    "service_without_endpoints_refuses_at_once",
+    "pod_reaches_itself_through_its_service",
+    "node_reaches_a_service_through_its_cluster_ip",
+    "node_port_cluster_snats_to_the_node_address",
+    "node_port_local_keeps_the_client_address",
+    "session_affinity_sticks_to_one_pod",
+    "scaling_a_deployment_changes_the_serving_pods",
+];
+
+thread_local! {
+    /// Whether the test running on this thread builds an IPv6-only lab.
+    static IPV6: Cell<bool> = const { Cell::new(false) };
+}
+
+fn ipv6() -> bool {
+    IPV6.with(Cell::get)
+}
 
 const TESTS: [Test; 13] = [
     (
@@ -115,12 +140,19 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<Test> = TESTS
+    let selected: Vec<(bool, String, fn())> = TESTS
         .into_iter()
-        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .map(|(name, test)| (false, name.to_owned(), test))
+        .chain(
+            TESTS
+                .into_iter()
+                .filter(|(name, _)| IPV6_TESTS.contains(name))
+                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
+        )
+        .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
         .collect();
     if listing {
-        for (name, _) in &selected {
+        for (_, name, _) in &selected {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
@@ -132,7 +164,8 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some((name, test)) = next else { break };
+                    let Some((v6, name, test)) = next else { break };
+                    IPV6.with(|c| c.set(v6));
                     let start = Instant::now();
                     let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
                     let status = if ok { "ok" } else { "FAILED" };
@@ -158,7 +191,7 @@ fn main() -> ExitCode {
         .collect();
     if !left.is_empty() {
         println!("namespaces left behind: {left:?}");
-        failed.push("(cleanup)");
+        failed.push("(cleanup)".to_owned());
     }
     if failed.is_empty() {
         ExitCode::SUCCESS
@@ -371,8 +404,13 @@ fn node_port_local_keeps_the_client_address() {
         ),
     );
     let external = node_addresses(&lab, &Place::External);
+    let first_host = if ipv6() {
+        "fd00:172:18::1"
+    } else {
+        "172.18.0.1"
+    };
     assert!(
-        external.contains(&"172.18.0.1".parse::<IpAddr>().expect("ip")),
+        external.contains(&first_host.parse::<IpAddr>().expect("ip")),
         "{external:?}"
     );
     for r in probe(
@@ -808,11 +846,15 @@ fn resolver() -> Resolver {
 /// Builds the lab `<prefix><test>` of two Nodes from YAML; dropping it removes it.
 fn up(test: &str, yaml: &str) -> Lab {
     let exe = std::env::current_exe().expect("test binary");
+    let six = if ipv6() { "6" } else { "" };
     let mut options = LabOptions::new(
-        format!("{}{test}", lab_prefix()),
+        format!("{}{six}{test}", lab_prefix()),
         vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
     );
     options.state_root = PathBuf::from(STATE_ROOT);
+    if ipv6() {
+        options.config = ClusterConfig::for_families(IpFamilies::Ipv6);
+    }
     options.converge_timeout = Duration::from_secs(60);
     options.cluster_dns = false;
     Lab::up(options, netd_testkit::objects(yaml), resolver()).expect("lab up")
@@ -862,16 +904,26 @@ fn cluster_ip(lab: &Lab, name: &str) -> IpAddr {
     let key = ServiceRef::new("default", name);
     state
         .service(&key)
-        .and_then(|s| s.cluster_ips.iter().copied().find(IpAddr::is_ipv4))
+        .and_then(|s| {
+            s.cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6() == ipv6())
+        })
         .unwrap_or_else(|| panic!("{key} has no ClusterIP"))
 }
 
-/// The IPv4 addresses of a place's namespace.
+/// The addresses of a place's namespace, of the running test's family (global scope).
 fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
+    let (family, inet) = if ipv6() {
+        ("-6", "inet6")
+    } else {
+        ("-4", "inet")
+    };
     let out = lab
         .command(place, "ip")
         .expect("command")
-        .args(["-4", "-o", "addr", "show"])
+        .args([family, "-o", "addr", "show", "scope", "global"])
         .output()
         .expect("ip addr");
     assert!(out.status.success(), "ip addr in {place}");
@@ -879,7 +931,7 @@ fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
         .lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet")?;
+            words.find(|w| *w == inet)?;
             words.next()?.split('/').next()?.parse().ok()
         })
         .filter(|ip: &IpAddr| !ip.is_loopback())
