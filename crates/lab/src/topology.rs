@@ -8,6 +8,11 @@
 //!   node-N: cni0 (first host of its podCIDR) ── vethXXXX ── eth0 of each Pod
 //!           routes: every other podCIDR via that Node's IP (flat, no NAT)
 //! ```
+//!
+//! On a lab with IPv6 (`--ip-family ipv6` or `dual`) the underlay also carries the IPv6 node
+//! network: the external namespace and every Node get an address of it, a Node's bridge
+//! holds the gateway of its IPv6 podCIDR, and each IPv6 podCIDR is routed via its Node's
+//! IPv6 address. Duplicate address detection is off in every namespace of such a lab.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -121,13 +126,6 @@ pub(crate) fn build_infrastructure(
         format!("link add {SWITCH_BRIDGE} type bridge"),
         format!("link set {SWITCH_BRIDGE} up"),
     ];
-    if prefix6.is_some() {
-        // IPv6 neighbour discovery is multicast: a snooping bridge that has heard no MLD
-        // querier may hold solicitations back, so the lab's bridges flood them.
-        switch.push(format!(
-            "link set {SWITCH_BRIDGE} type bridge mcast_snooping 0"
-        ));
-    }
     let external = names.external_ns();
     create_recorded(store, record, &external)?;
     if prefix6.is_some() {
@@ -179,9 +177,6 @@ pub(crate) fn build_infrastructure(
         ];
         if let (Some(ip6), Some(prefix6)) = (addr.ip6, prefix6) {
             lines.push(format!("addr add {ip6}/{prefix6} dev {UNDERLAY_IF} nodad"));
-            lines.push(format!(
-                "link set {NODE_BRIDGE} type bridge mcast_snooping 0"
-            ));
         }
         if let Some(second) = addr.second_pod_cidr {
             let gw = gateway(second).ok_or_else(|| LabError::InvalidNode {
@@ -286,7 +281,7 @@ pub(crate) fn build_pod(
     let what = || format!("pod {pod}");
     write_resolv_conf(&pod_ns, pod, dns)?;
     netns::add(&pod_ns).map_err(LabError::kernel(what()))?;
-    if ip.is_ipv6() || second_ip.is_some() {
+    if ip.is_ipv6() || second_ip.is_some_and(|s| s.is_ipv6()) {
         without_dad(&pod_ns)?;
     }
     let veth = names::pod_veth(pod);
