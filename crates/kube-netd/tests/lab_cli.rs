@@ -344,6 +344,22 @@ fn a_dual_stack_lab_answers_over_both_families() {
     );
     let err = String::from_utf8_lossy(&single.stderr);
     assert!(err.contains("IPv6 ClusterIP"), "{err}");
+    // Nor an AAAA record: its name does not resolve over IPv6 (not to `::ffff:` + IPv4).
+    let by_name = lab.run(&[
+        "probe",
+        "x/a",
+        "echo",
+        "--port",
+        "80",
+        "--ip-family",
+        "ipv6",
+    ]);
+    assert!(
+        !by_name.status.success(),
+        "no AAAA record for a single-stack IPv4 Service"
+    );
+    let err = String::from_utf8_lossy(&by_name.stderr);
+    assert!(err.contains("cannot resolve \"echo\""), "{err}");
 
     let matrix = lab.ok(&[
         "matrix",

@@ -402,10 +402,12 @@ pub(crate) fn resolve_name(ns: &str, name: &str, family: IpFamily) -> Result<IpA
         IpFamily::V6 => "ahostsv6",
     };
     let out = netns::exec(ns, &["getent", database, name]).map_err(|_| not_resolved())?;
+    // Without an AAAA record `ahostsv6` answers the A record as `::ffff:a.b.c.d`: that is
+    // no IPv6 address of the name.
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|ip| ip.parse().ok())
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<IpAddr>().ok())
+        .find(|ip| family.contains(ip.to_canonical()))
         .ok_or_else(not_resolved)
 }
 
