@@ -219,6 +219,13 @@ metadata: {name: echo6, namespace: x}
 spec: {ipFamilyPolicy: PreferDualStack, selector: {app: echo}, ports: [{port: 80}]}
 "#;
 
+const ISOLATE_B: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: isolate-b, namespace: x}
+spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}
+"#;
+
 /// The Service `x/NAME` as `lab get svc -n x -o json` prints it (alone, or in a List).
 fn service_json(lab: &TestLab, name: &str) -> serde_json::Value {
     let out = lab.ok(&["get", "svc", "-n", "x", "-o", "json"]);
@@ -249,7 +256,12 @@ fn connected(out: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_dual_stack_lab_answers_over_both_families() {
     let lab = TestLab::new("dual");
-    let manifest = lab.file("cluster.yaml", &format!("{CLUSTER}---{DUAL_STACK_SERVICE}"));
+    // x/b labelled for ISOLATE_B.
+    let cluster = CLUSTER.replace(
+        "name: b, namespace: x, labels: {app: echo}",
+        "name: b, namespace: x, labels: {app: echo, pod: b}",
+    );
+    let manifest = lab.file("cluster.yaml", &format!("{cluster}---{DUAL_STACK_SERVICE}"));
     let bad = lab.run(&["up", "-f", &manifest, "--ip-family", "ipv5"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -378,6 +390,28 @@ fn a_dual_stack_lab_answers_over_both_families() {
         serde_json::json!([[true, true], [true, true]]),
         "{m}"
     );
+    // A policy isolates x/b in both families: its node programs iptables and ip6tables.
+    let policy = lab.file("policy.yaml", ISOLATE_B);
+    lab.ok(&["apply", "-f", &policy]);
+    for family in ["ipv4", "ipv6"] {
+        let matrix = lab.ok(&[
+            "matrix",
+            "--port",
+            "80",
+            "-n",
+            "x",
+            "--ip-family",
+            family,
+            "-o",
+            "json",
+        ]);
+        let m: serde_json::Value = serde_json::from_str(&matrix).expect("matrix json");
+        assert_eq!(
+            m["allowed"],
+            serde_json::json!([[true, false], [true, true]]),
+            "{family}: {m}"
+        );
+    }
 
     assert!(lab.ok(&["down"]).contains("removed"));
     assert_eq!(lab.leftovers(), Vec::<String>::new());
