@@ -359,3 +359,27 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LabError> {
     std::fs::write(&tmp, bytes).map_err(LabError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(LabError::io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netd_model::IpFamilies;
+
+    #[test]
+    fn the_ipv6_node_network_is_stored_and_older_records_read_without_it() {
+        let config = ClusterConfig::for_families(IpFamilies::Dual);
+        let text = serde_json::to_string(&ConfigRecord::from(&config)).expect("json");
+        let back: ConfigRecord = serde_json::from_str(&text).expect("record");
+        assert_eq!(ClusterConfig::from(&back), config);
+
+        let v4 = ClusterConfig::default();
+        let mut old = serde_json::to_value(ConfigRecord::from(&v4)).expect("json");
+        assert!(
+            old.get("node_network_v6").is_none(),
+            "not written when absent"
+        );
+        old.as_object_mut().map(|o| o.remove("node_network_v6"));
+        let back: ConfigRecord = serde_json::from_value(old).expect("record");
+        assert_eq!(ClusterConfig::from(&back), v4);
+    }
+}

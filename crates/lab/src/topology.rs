@@ -387,3 +387,55 @@ fn create_recorded(store: &Store, record: &mut LabRecord, ns: &str) -> Result<()
     store.write_lab(record)?;
     netns::add(ns).map_err(LabError::kernel(format!("namespace {ns}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn gateways_and_the_external_address_skip_the_network_address_in_both_families() {
+        assert_eq!(gateway(net("10.244.1.0/24")), Some(ip("10.244.1.1")));
+        assert_eq!(
+            gateway(net("fd00:10:244:1::/64")),
+            Some(ip("fd00:10:244:1::1"))
+        );
+        let nodes = BTreeMap::from([(
+            NodeName::new("node-1"),
+            NodeAddress {
+                ip: ip("172.18.0.1"),
+                pod_cidr: net("10.244.0.0/24"),
+                ip6: Some(ip("fd00:172:18::1")),
+                second_pod_cidr: Some(net("fd00:10:244::/64")),
+            },
+        )]);
+        assert_eq!(
+            external_ip(net("172.18.0.0/24"), &nodes),
+            Some(ip("172.18.0.2"))
+        );
+        assert_eq!(
+            external_ip(net("fd00:172:18::/64"), &nodes),
+            Some(ip("fd00:172:18::2"))
+        );
+        let node = &nodes[&NodeName::new("node-1")];
+        assert_eq!(
+            node.pod_cidr_for(ip("fd00:10:244::5")),
+            Some(net("fd00:10:244::/64"))
+        );
+        assert_eq!(
+            node.underlay_for(net("fd00:10:244::/64")),
+            Some(ip("fd00:172:18::1"))
+        );
+        assert_eq!(
+            node.underlay_for(net("10.244.0.0/24")),
+            Some(ip("172.18.0.1"))
+        );
+    }
+}
