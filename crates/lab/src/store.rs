@@ -373,12 +373,12 @@ mod tests {
         assert_eq!(ClusterConfig::from(&back), config);
 
         let v4 = ClusterConfig::default();
-        let mut old = serde_json::to_value(ConfigRecord::from(&v4)).expect("json");
+        // A record written before IPv6 labs is one without the field.
+        let old = serde_json::to_value(ConfigRecord::from(&v4)).expect("json");
         assert!(
             old.get("node_network_v6").is_none(),
             "not written when absent"
         );
-        old.as_object_mut().map(|o| o.remove("node_network_v6"));
         let back: ConfigRecord = serde_json::from_value(old).expect("record");
         assert_eq!(ClusterConfig::from(&back), v4);
     }
