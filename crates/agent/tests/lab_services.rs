@@ -8,8 +8,8 @@
 //! a helper, otherwise it runs the tests below, `--test-threads N` at a time (default 1). Run
 //! one test with `cargo test -p netd-agent --test lab_services -- NAME`. Every lab is removed
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
-//! The tests in [`IPV6_TESTS`] run again as `ipv6/NAME` on an IPv6-only lab (`lab up
-//! --ip-family ipv6`); the others read IPv4 conntrack entries or `iptables-save` output.
+//! Every test runs again as `ipv6/NAME` on an IPv6-only lab (`lab up --ip-family ipv6`),
+//! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,19 +33,6 @@ const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
-
-/// The tests that also run over IPv6 alone.
-const IPV6_TESTS: [&str; 9] = [
-    "round_robin_reaches_every_pod_evenly",
-    "port_maps_to_numeric_and_named_target_ports",
-    "service_without_endpoints_refuses_at_once",
-    "pod_reaches_itself_through_its_service",
-    "node_reaches_a_service_through_its_cluster_ip",
-    "node_port_cluster_snats_to_the_node_address",
-    "node_port_local_keeps_the_client_address",
-    "session_affinity_sticks_to_one_pod",
-    "scaling_a_deployment_changes_the_serving_pods",
-];
 
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
@@ -146,7 +133,6 @@ fn main() -> ExitCode {
         .chain(
             TESTS
                 .into_iter()
-                .filter(|(name, _)| IPV6_TESTS.contains(name))
                 .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
         )
         .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
@@ -613,6 +599,7 @@ fn deleting_a_service_removes_its_rules() {
         ),
     );
     let doomed_ip = cluster_ip(&lab, "doomed");
+    let host_prefix = if doomed_ip.is_ipv4() { 32 } else { 128 };
     let nodes = [NodeName::new("node-1"), NodeName::new("node-2")];
     let mut chains = BTreeMap::new();
     for node in &nodes {
@@ -644,7 +631,7 @@ fn deleting_a_service_removes_its_rules() {
             .filter(|l| {
                 l.contains(chain.as_str())
                     || l.contains("\"default/doomed")
-                    || l.contains(&format!("{doomed_ip}/32 "))
+                    || l.contains(&format!("{doomed_ip}/{host_prefix} "))
             })
             .collect();
         assert!(
@@ -938,14 +925,20 @@ fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// `iptables-save -t TABLE` of a Node (`ip6tables-save` in an IPv6 test).
 fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
+    let program = if ipv6() {
+        "ip6tables-save"
+    } else {
+        "iptables-save"
+    };
     let out = lab
-        .command(&Place::Node(node.clone()), "iptables-save")
+        .command(&Place::Node(node.clone()), program)
         .expect("command")
         .args(["-t", table])
         .output()
         .expect("iptables-save");
-    assert!(out.status.success(), "iptables-save -t {table} on {node}");
+    assert!(out.status.success(), "{program} -t {table} on {node}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -964,12 +957,13 @@ fn service_chain(nat: &str, service: &str) -> Option<String> {
         })
 }
 
-/// The UDP conntrack entries of a Node, as `conntrack -L` lists them.
+/// The UDP conntrack entries of a Node (of the test's family), as `conntrack -L` lists them.
 fn conntrack_udp(lab: &Lab, node: &str) -> String {
+    let family = if ipv6() { "ipv6" } else { "ipv4" };
     let out = lab
         .command(&Place::Node(node.into()), "conntrack")
         .expect("command")
-        .args(["-L", "-p", "udp"])
+        .args(["-L", "-f", family, "-p", "udp"])
         .output()
         .expect("conntrack -L");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -991,7 +985,8 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// A UDP socket in `from`'s namespace, bound to one source port and connected to `to`.
 fn udp_client(lab: &Lab, from: &Place, to: SocketAddr) -> UdpSocket {
     let ns = lab.netns_of(from).expect("namespace");
-    let socket = in_netns(&ns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = in_netns(&ns, || UdpSocket::bind(any).expect("bind"));
     socket.connect(to).expect("connect");
     socket
         .set_read_timeout(Some(PROBE_TIMEOUT))
