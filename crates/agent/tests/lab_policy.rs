@@ -6,11 +6,14 @@
 //! test binary is that program (`harness = false`): started with `--netd-helper ARGS...` it
 //! is a helper, otherwise it runs the tests below, one after the other. Run one test with
 //! `cargo test -p netd-agent --test lab_policy -- NAME`; replay one generated cluster with
-//! `NETD_SEED=N`.
+//! `NETD_SEED=N`. Every test runs twice: over IPv4, and as `ipv6/NAME` on an IPv6-only lab
+//! whose every address is the IPv4 one embedded in `fd00::/96` ([`ipv6::embed`]), so that
+//! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netd_agent::{NodeProgrammer, trace_nodes};
@@ -23,6 +26,8 @@ const HELPER_FLAG: &str = "--netd-helper";
 /// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
 const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Whether the running test's lab is the IPv6 one.
+static IPV6: AtomicBool = AtomicBool::new(false);
 
 type Test = (&'static str, fn());
 
@@ -53,7 +58,19 @@ fn main() -> ExitCode {
     let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));
     let listing = args.iter().any(|a| a == "--list");
     let mut failed = Vec::new();
-    for (name, test) in TESTS {
+    let embedding: Test = (
+        "ipv6/embedding_keeps_prefixes_and_doubles_node_addresses",
+        ipv6::embedding_keeps_prefixes_and_doubles_node_addresses,
+    );
+    let runs = std::iter::once(embedding)
+        .chain(TESTS)
+        .map(|(name, test)| (false, name.to_owned(), test))
+        .chain(
+            TESTS
+                .into_iter()
+                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
+        );
+    for (ipv6, name, test) in runs {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
@@ -61,6 +78,7 @@ fn main() -> ExitCode {
             println!("{name}: test");
             continue;
         }
+        IPV6.store(ipv6, Ordering::SeqCst);
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(test));
         let status = if result.is_ok() { "ok" } else { "FAILED" };
@@ -82,23 +100,31 @@ fn main() -> ExitCode {
 
 fn options(test: &str) -> LabOptions {
     let exe = std::env::current_exe().expect("test binary");
-    let name = format!("ag{}-{test}", std::process::id() % 100_000);
+    let six = if IPV6.load(Ordering::SeqCst) { "6" } else { "" };
+    let name = format!("ag{}{six}-{test}", std::process::id() % 100_000);
     let mut o = LabOptions::new(
         name,
         vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
     );
     o.state_root = PathBuf::from("/run/kube-netd-tests");
     o.converge_timeout = Duration::from_secs(60);
+    if IPV6.load(Ordering::SeqCst) {
+        o.config = ipv6::config();
+    }
     o
 }
 
 fn up(test: &str, yaml: &str) -> Lab {
-    Lab::up(
-        options(test),
-        netd_testkit::objects(yaml),
-        netd_lab::resolved_as_given(),
-    )
-    .expect("lab up")
+    Lab::up(options(test), objects(yaml), netd_lab::resolved_as_given()).expect("lab up")
+}
+
+/// The objects of `yaml`, over IPv6 when the running test is the IPv6 one.
+fn objects(yaml: &str) -> Vec<netd_model::Object> {
+    if IPV6.load(Ordering::SeqCst) {
+        netd_testkit::objects(&ipv6::embed(yaml))
+    } else {
+        netd_testkit::objects(yaml)
+    }
 }
 
 /// The engine's and the kernel's matrices on TCP 80 and UDP 53 (every Pod serves both);
@@ -116,7 +142,7 @@ fn compare(lab: &Lab, what: &str) -> Vec<String> {
             want.pods().len().pow(2)
         );
         let got = lab
-            .matrix(port, protocol, &[], PROBE_TIMEOUT)
+            .matrix(port, protocol, &[], PROBE_TIMEOUT, None)
             .expect("lab matrix");
         for m in want.mismatches(&got) {
             out.push(format!(
@@ -167,6 +193,7 @@ fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
                         protocol: *probe,
                         count: 1,
                         timeout: PROBE_TIMEOUT,
+                        family: None,
                     };
                     let from = Place::Pod(src.clone());
                     let to = Target::Service(svc.clone());
@@ -234,7 +261,7 @@ fn updates_are_reflected_after_each_step() {
         )
     };
     let apply = |yaml: &str| {
-        lab.apply(netd_testkit::objects(yaml)).expect("apply");
+        lab.apply(objects(yaml)).expect("apply");
     };
     let steps: Vec<(&str, String)> = vec![
         (
@@ -284,7 +311,12 @@ fn updates_are_reflected_after_each_step() {
     // However many syncs ran, each built-in chain jumps to ours exactly once.
     for node in ["node-1", "node-2"] {
         let ns = lab.names().node_ns(&netd_model::NodeName::new(node));
-        let dump = netd_kernel::rules::iptables_save(&ns).expect("iptables-save");
+        let dump = if IPV6.load(Ordering::SeqCst) {
+            let out = netd_kernel::netns::exec(&ns, &["ip6tables-save"]).expect("ip6tables-save");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            netd_kernel::rules::iptables_save(&ns).expect("iptables-save")
+        };
         let hooks = dump
             .lines()
             .filter(|l| l.starts_with("-A FORWARD ") && l.ends_with("-j KUBE-NETD-FORWARD"))
@@ -302,6 +334,7 @@ fn seed_deny_egress_stops_ping() {
             protocol: ProbeProtocol::Icmp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let from: Place = "new-ns/deny-egress-test".parse().expect("place");
         let to: Target = to.parse().expect("target");
@@ -309,18 +342,19 @@ fn seed_deny_egress_stops_ping() {
     };
     assert_eq!(ping("default/frontend"), Outcome::Connected);
     let deny = include_str!("../../../examples/networkpolicy/deny-egress.yaml");
-    lab.apply(netd_testkit::objects(deny)).expect("apply");
+    lab.apply(objects(deny)).expect("apply");
     assert_eq!(ping("default/frontend"), Outcome::Timeout);
     assert_eq!(ping("default/db"), Outcome::Timeout);
     // The seed's other policy: db accepts 6379 from frontend and myproject, nobody else.
     let db = include_str!("../../../examples/networkpolicy/test-network-policy.yaml");
-    lab.apply(netd_testkit::objects(db)).expect("apply");
+    lab.apply(objects(db)).expect("apply");
     let tcp = |from: &str| {
         let spec = ProbeSpec {
             port: Some(6379),
             protocol: ProbeProtocol::Tcp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let from: Place = from.parse().expect("place");
         let to: Target = "default/db".parse().expect("target");
@@ -685,5 +719,94 @@ status: {podIP: 10.244.1.4}
             parts.push(format!("ports: [{}]", list.join(", ")));
         }
         format!("{{{}}}", parts.join(", "))
+    }
+}
+
+/// The IPv6 twin of a cluster written over IPv4.
+mod ipv6 {
+    use netd_model::ClusterConfig;
+
+    /// Where the IPv4 address space is embedded (`fd00::a.b.c.d`).
+    const PREFIX: &str = "fd00::";
+
+    /// An IPv6-only lab whose ranges are the IPv4 defaults embedded in `fd00::/96`.
+    pub fn config() -> ClusterConfig {
+        let v4 = ClusterConfig::default();
+        let net = |s: &str| s.parse().expect("range");
+        ClusterConfig {
+            cluster_cidrs: vec![net("fd00::10.244.0.0/112")],
+            service_cidrs: vec![net("fd00::10.96.0.0/108")],
+            node_network_v6: Some(net("fd00::172.18.0.0/120")),
+            dns_service_ip: "fd00::10.96.0.10".parse().expect("ip"),
+            ..v4
+        }
+    }
+
+    /// `yaml` with every IPv4 address `a.b.c.d[/n]` replaced by `fd00::a.b.c.d[/n+96]`,
+    /// `addressType: IPv4` by `IPv6`, and each Node's InternalIP doubled by its IPv6 twin
+    /// (the lab's underlay keeps IPv4).
+    pub fn embed(yaml: &str) -> String {
+        let yaml = yaml.replace("addressType: IPv4", "addressType: IPv6");
+        let mut out = String::with_capacity(yaml.len() * 2);
+        let mut rest = yaml.as_str();
+        while let Some((start, len)) = next_quad(rest) {
+            out.push_str(&rest[..start]);
+            let quad = &rest[start..start + len];
+            rest = &rest[start + len..];
+            let after_node_ip = out.ends_with("type: InternalIP, address: ");
+            if after_node_ip {
+                out.push_str(&format!(
+                    "{quad}}}, {{type: InternalIP, address: {PREFIX}{quad}"
+                ));
+                continue;
+            }
+            out.push_str(PREFIX);
+            out.push_str(quad);
+            let digits = rest
+                .strip_prefix('/')
+                .map(|r| r.bytes().take_while(u8::is_ascii_digit).count())
+                .unwrap_or(0);
+            if digits > 0 {
+                let prefix: u8 = rest[1..=digits].parse().expect("prefix length");
+                out.push_str(&format!("/{}", prefix + 96));
+                rest = &rest[1 + digits..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Where the first dotted quad of `s` starts, and its length.
+    fn next_quad(s: &str) -> Option<(usize, usize)> {
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let starts_word =
+                i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'.');
+            if bytes[i].is_ascii_digit() && starts_word {
+                let len = bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                    .count();
+                if s[i..i + len].parse::<std::net::Ipv4Addr>().is_ok() {
+                    return Some((i, len));
+                }
+                i += len;
+            } else {
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// [`embed`] on the shapes the generator writes (a test of its own, run first).
+    pub fn embedding_keeps_prefixes_and_doubles_node_addresses() {
+        let yaml = "status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n\
+            ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.10/32]}\naddressType: IPv4\nport: 80";
+        assert_eq!(
+            embed(yaml),
+            "status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: fd00::172.18.0.2}]}\n\
+             ipBlock: {cidr: fd00::10.244.0.0/112, except: [fd00::10.244.1.10/128]}\naddressType: IPv6\nport: 80"
+        );
     }
 }

@@ -8,7 +8,10 @@
 //! a helper, otherwise it runs the tests below, `--test-threads N` at a time (default 1). Run
 //! one test with `cargo test -p netd-agent --test lab_services -- NAME`. Every lab is removed
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
+//! Every test runs again as `ipv6/NAME` on an IPv6-only lab (`lab up --ip-family ipv6`),
+//! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -23,13 +26,22 @@ use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
 };
-use netd_model::{Kind, NodeName, ObjectId, PodRef, ServiceRef};
+use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
 
 const HELPER_FLAG: &str = "--netd-helper";
 const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
+
+thread_local! {
+    /// Whether the test running on this thread builds an IPv6-only lab.
+    static IPV6: Cell<bool> = const { Cell::new(false) };
+}
+
+fn ipv6() -> bool {
+    IPV6.with(Cell::get)
+}
 
 const TESTS: [Test; 13] = [
     (
@@ -115,12 +127,18 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<Test> = TESTS
+    let selected: Vec<(bool, String, fn())> = TESTS
         .into_iter()
-        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .map(|(name, test)| (false, name.to_owned(), test))
+        .chain(
+            TESTS
+                .into_iter()
+                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
+        )
+        .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
         .collect();
     if listing {
-        for (name, _) in &selected {
+        for (_, name, _) in &selected {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;
@@ -132,7 +150,8 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some((name, test)) = next else { break };
+                    let Some((v6, name, test)) = next else { break };
+                    IPV6.with(|c| c.set(v6));
                     let start = Instant::now();
                     let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
                     let status = if ok { "ok" } else { "FAILED" };
@@ -158,7 +177,7 @@ fn main() -> ExitCode {
         .collect();
     if !left.is_empty() {
         println!("namespaces left behind: {left:?}");
-        failed.push("(cleanup)");
+        failed.push("(cleanup)".to_owned());
     }
     if failed.is_empty() {
         ExitCode::SUCCESS
@@ -257,6 +276,7 @@ fn service_without_endpoints_refuses_at_once() {
         protocol: ProbeProtocol::Tcp,
         count: 3,
         timeout: Duration::from_secs(3),
+        family: None,
     };
     for from in [client(), Place::Node("node-2".into())] {
         let results = lab.probe(&from, &svc("empty"), &spec).expect("probe");
@@ -370,8 +390,13 @@ fn node_port_local_keeps_the_client_address() {
         ),
     );
     let external = node_addresses(&lab, &Place::External);
+    let first_host = if ipv6() {
+        "fd00:172:18::1"
+    } else {
+        "172.18.0.1"
+    };
     assert!(
-        external.contains(&"172.18.0.1".parse::<IpAddr>().expect("ip")),
+        external.contains(&first_host.parse::<IpAddr>().expect("ip")),
         "{external:?}"
     );
     for r in probe(
@@ -393,6 +418,7 @@ fn node_port_local_keeps_the_client_address() {
         protocol: ProbeProtocol::Tcp,
         count: 3,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     let node2 = Target::Node("node-2".into());
     for r in lab.probe(&Place::External, &node2, &spec).expect("probe") {
@@ -573,6 +599,7 @@ fn deleting_a_service_removes_its_rules() {
         ),
     );
     let doomed_ip = cluster_ip(&lab, "doomed");
+    let host_prefix = if doomed_ip.is_ipv4() { 32 } else { 128 };
     let nodes = [NodeName::new("node-1"), NodeName::new("node-2")];
     let mut chains = BTreeMap::new();
     for node in &nodes {
@@ -604,7 +631,7 @@ fn deleting_a_service_removes_its_rules() {
             .filter(|l| {
                 l.contains(chain.as_str())
                     || l.contains("\"default/doomed")
-                    || l.contains(&format!("{doomed_ip}/32 "))
+                    || l.contains(&format!("{doomed_ip}/{host_prefix} "))
             })
             .collect();
         assert!(
@@ -621,6 +648,7 @@ fn deleting_a_service_removes_its_rules() {
         protocol: ProbeProtocol::Tcp,
         count: 2,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     for r in lab
         .probe(&client(), &Target::Ip(doomed_ip), &spec)
@@ -805,11 +833,15 @@ fn resolver() -> Resolver {
 /// Builds the lab `<prefix><test>` of two Nodes from YAML; dropping it removes it.
 fn up(test: &str, yaml: &str) -> Lab {
     let exe = std::env::current_exe().expect("test binary");
+    let six = if ipv6() { "6" } else { "" };
     let mut options = LabOptions::new(
-        format!("{}{test}", lab_prefix()),
+        format!("{}{six}{test}", lab_prefix()),
         vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
     );
     options.state_root = PathBuf::from(STATE_ROOT);
+    if ipv6() {
+        options.config = ClusterConfig::for_families(IpFamilies::Ipv6);
+    }
     options.converge_timeout = Duration::from_secs(60);
     options.cluster_dns = false;
     Lab::up(options, netd_testkit::objects(yaml), resolver()).expect("lab up")
@@ -822,6 +854,7 @@ fn probe(lab: &Lab, from: &Place, to: &Target, port: u16, count: u32) -> Vec<Pro
         protocol: ProbeProtocol::Tcp,
         count,
         timeout: PROBE_TIMEOUT,
+        family: None,
     };
     let results = lab.probe(from, to, &spec).expect("probe");
     for r in &results {
@@ -858,16 +891,26 @@ fn cluster_ip(lab: &Lab, name: &str) -> IpAddr {
     let key = ServiceRef::new("default", name);
     state
         .service(&key)
-        .and_then(|s| s.cluster_ips.iter().copied().find(IpAddr::is_ipv4))
+        .and_then(|s| {
+            s.cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6() == ipv6())
+        })
         .unwrap_or_else(|| panic!("{key} has no ClusterIP"))
 }
 
-/// The IPv4 addresses of a place's namespace.
+/// The addresses of a place's namespace, of the running test's family (global scope).
 fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
+    let (family, inet) = if ipv6() {
+        ("-6", "inet6")
+    } else {
+        ("-4", "inet")
+    };
     let out = lab
         .command(place, "ip")
         .expect("command")
-        .args(["-4", "-o", "addr", "show"])
+        .args([family, "-o", "addr", "show", "scope", "global"])
         .output()
         .expect("ip addr");
     assert!(out.status.success(), "ip addr in {place}");
@@ -875,21 +918,27 @@ fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
         .lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet")?;
+            words.find(|w| *w == inet)?;
             words.next()?.split('/').next()?.parse().ok()
         })
         .filter(|ip: &IpAddr| !ip.is_loopback())
         .collect()
 }
 
+/// `iptables-save -t TABLE` of a Node (`ip6tables-save` in an IPv6 test).
 fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
+    let program = if ipv6() {
+        "ip6tables-save"
+    } else {
+        "iptables-save"
+    };
     let out = lab
-        .command(&Place::Node(node.clone()), "iptables-save")
+        .command(&Place::Node(node.clone()), program)
         .expect("command")
         .args(["-t", table])
         .output()
         .expect("iptables-save");
-    assert!(out.status.success(), "iptables-save -t {table} on {node}");
+    assert!(out.status.success(), "{program} -t {table} on {node}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -908,12 +957,13 @@ fn service_chain(nat: &str, service: &str) -> Option<String> {
         })
 }
 
-/// The UDP conntrack entries of a Node, as `conntrack -L` lists them.
+/// The UDP conntrack entries of a Node (of the test's family), as `conntrack -L` lists them.
 fn conntrack_udp(lab: &Lab, node: &str) -> String {
+    let family = if ipv6() { "ipv6" } else { "ipv4" };
     let out = lab
         .command(&Place::Node(node.into()), "conntrack")
         .expect("command")
-        .args(["-L", "-p", "udp"])
+        .args(["-L", "-f", family, "-p", "udp"])
         .output()
         .expect("conntrack -L");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -935,7 +985,8 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// A UDP socket in `from`'s namespace, bound to one source port and connected to `to`.
 fn udp_client(lab: &Lab, from: &Place, to: SocketAddr) -> UdpSocket {
     let ns = lab.netns_of(from).expect("namespace");
-    let socket = in_netns(&ns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = in_netns(&ns, || UdpSocket::bind(any).expect("bind"));
     socket.connect(to).expect("connect");
     socket
         .set_read_timeout(Some(PROBE_TIMEOUT))

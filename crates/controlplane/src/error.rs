@@ -10,7 +10,7 @@ use netd_model::{DeploymentRef, FieldError, NodeName, ObjectId, PodRef, ServiceR
 /// A range the control plane hands out addresses or ports from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pool {
-    /// `ClusterConfig::node_network`: Node InternalIPs.
+    /// `ClusterConfig::node_network` or `node_network_v6`: Node InternalIPs.
     NodeNetwork(IpNet),
     /// One of `ClusterConfig::cluster_cidrs`, cut into per-Node podCIDRs.
     ClusterCidr(IpNet),

@@ -28,8 +28,9 @@ pub(crate) struct NodeWork {
     pub(crate) id: ObjectId,
     /// The InternalIPs the input declares.
     declared_ips: Vec<IpAddr>,
-    /// The InternalIP given to a Node that declares none.
-    allocated_ip: Option<IpAddr>,
+    /// The InternalIPs given to a Node that declares none: one per node network (IPv4, then
+    /// IPv6 when the cluster has an IPv6 node network).
+    allocated_ips: Vec<IpAddr>,
     /// The podCIDRs the input declares.
     declared_cidrs: Vec<IpNet>,
     /// The podCIDRs added for the cluster's families the input did not cover.
@@ -42,7 +43,7 @@ impl NodeWork {
     /// The Node's InternalIPs once resolved.
     pub(crate) fn internal_ips(&self) -> Vec<IpAddr> {
         if self.declared_ips.is_empty() {
-            self.allocated_ip.into_iter().collect()
+            self.allocated_ips.clone()
         } else {
             self.declared_ips.clone()
         }
@@ -93,8 +94,8 @@ impl NodeWork {
         spec.pod_cidrs = Some(cidrs).filter(|c| !c.is_empty());
         let status = self.obj.status.get_or_insert_with(Default::default);
         let addresses = status.addresses.get_or_insert_with(Vec::new);
-        if let Some(ip) = self.allocated_ip {
-            addresses.insert(0, address("InternalIP", ip.to_string()));
+        for (i, ip) in self.allocated_ips.iter().enumerate() {
+            addresses.insert(i, address("InternalIP", ip.to_string()));
         }
         if !addresses.iter().any(|a| a.type_ == "Hostname") {
             addresses.push(address("Hostname", name));
@@ -146,7 +147,7 @@ pub(crate) fn prepare(
                     name: name.to_string(),
                 },
                 declared_ips: view.map(|v| v.internal_ips.clone()).unwrap_or_default(),
-                allocated_ip: None,
+                allocated_ips: Vec::new(),
                 declared_cidrs: view.map(|v| v.pod_cidrs.clone()).unwrap_or_default(),
                 added_cidrs: Vec::new(),
                 schedulable: !obj
@@ -291,48 +292,63 @@ fn claim_added(node: &mut NodeWork, cidrs: &mut CidrBook, c: IpNet) {
     }
 }
 
-/// Keeps the InternalIP each Node without a declared one had in `previous`.
+/// Keeps the InternalIPs each Node without a declared one had in `previous`, one per node
+/// network.
 pub(crate) fn keep_previous_ips(
     nodes: &mut [NodeWork],
     ips: &mut IpBook,
     config: &ClusterConfig,
     previous: Option<&ClusterState>,
 ) {
-    let range = IpRange::new(config.node_network, 2);
+    let ranges = node_ranges(config);
     for node in nodes.iter_mut().filter(|n| n.declared_ips.is_empty()) {
         let Some(prev) = previous.and_then(|p| p.node(node.name.as_str())) else {
             continue;
         };
-        let kept = prev
-            .internal_ips
-            .iter()
-            .copied()
-            .find(|ip| range.contains(*ip) && ips.available_to(*ip, &node.id));
-        if let Some(ip) = kept.filter(|ip| ips.claim(*ip, &node.id).is_ok()) {
-            node.allocated_ip = Some(ip);
+        for range in &ranges {
+            let kept = prev
+                .internal_ips
+                .iter()
+                .copied()
+                .find(|ip| range.contains(*ip) && ips.available_to(*ip, &node.id));
+            if let Some(ip) = kept.filter(|ip| ips.claim(*ip, &node.id).is_ok()) {
+                node.allocated_ips.push(ip);
+            }
         }
     }
 }
 
-/// Gives each Node still without an InternalIP the next free address of the node network,
-/// from its second host on (the first is the lab's external client).
+/// Gives each Node without a declared InternalIP the next free address of each node network
+/// it has none of yet, from the network's second host on (the first is the lab's external
+/// client). IPv4 comes first, as on a dual-stack kubelet.
 pub(crate) fn allocate_ips(
     nodes: &mut [NodeWork],
     ips: &mut IpBook,
     config: &ClusterConfig,
 ) -> Result<(), ResolveError> {
-    let range = IpRange::new(config.node_network, 2);
-    for node in nodes
-        .iter_mut()
-        .filter(|n| n.declared_ips.is_empty() && n.allocated_ip.is_none())
-    {
-        let ip = ips
-            .next_free(&range, &node.id)
-            .ok_or_else(|| ResolveError::PoolExhausted {
-                pool: Pool::NodeNetwork(config.node_network),
-                what: node.id.clone(),
-            })?;
-        node.allocated_ip = Some(ip);
+    let ranges = node_ranges(config);
+    for node in nodes.iter_mut().filter(|n| n.declared_ips.is_empty()) {
+        for range in &ranges {
+            if node.allocated_ips.iter().any(|ip| range.contains(*ip)) {
+                continue;
+            }
+            let ip = ips
+                .next_free(range, &node.id)
+                .ok_or_else(|| ResolveError::PoolExhausted {
+                    pool: Pool::NodeNetwork(range.net()),
+                    what: node.id.clone(),
+                })?;
+            node.allocated_ips.push(ip);
+        }
+        node.allocated_ips.sort_by_key(|ip| ip.is_ipv6());
     }
     Ok(())
+}
+
+/// The node networks, IPv4's first.
+fn node_ranges(config: &ClusterConfig) -> Vec<IpRange> {
+    std::iter::once(config.node_network)
+        .chain(config.node_network_v6)
+        .map(|net| IpRange::new(net, 2))
+        .collect()
 }

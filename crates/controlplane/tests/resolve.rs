@@ -9,7 +9,9 @@ use netd_controlplane::{
     CONTROLLER_NAME, MANAGED_BY_LABEL, POD_TEMPLATE_HASH_LABEL, Pool, ResolveError, resolve,
 };
 use netd_model::view::EndpointSlice;
-use netd_model::{ClusterConfig, ClusterState, Kind, Object, ObjectId, PodRef, ServiceRef};
+use netd_model::{
+    ClusterConfig, ClusterState, IpFamilies, Kind, Object, ObjectId, PodRef, ServiceRef,
+};
 use pretty_assertions::assert_eq;
 
 fn run(yaml: &str) -> ClusterState {
@@ -263,6 +265,66 @@ fn dual_stack_nodes_and_pods_get_both_families() {
     );
     let p = state.pod(&PodRef::new("default", "a")).expect("pod");
     assert_eq!(p.ips, vec![ip("10.244.0.2"), ip("fd00:10:244::2")]);
+}
+
+#[test]
+fn an_ipv6_node_network_gives_every_node_a_second_internal_ip_kept_across_resolves() {
+    let config = ClusterConfig::for_families(IpFamilies::Dual);
+    let yaml = [pod("a", ""), service("s", PORT_80)].concat();
+    let state = run_with(&yaml, &config);
+    let ips =
+        |state: &ClusterState, node: &str| state.node(node).expect("node").internal_ips.clone();
+    assert_eq!(
+        ips(&state, "node-1"),
+        vec![ip("172.18.0.2"), ip("fd00:172:18::2")]
+    );
+    assert_eq!(
+        ips(&state, "node-2"),
+        vec![ip("172.18.0.3"), ip("fd00:172:18::3")]
+    );
+    // Without ipFamilies a Service is single-stack of the first family, as the API server
+    // defaults it.
+    let spec = service_obj(&state, "default", "s")
+        .spec
+        .clone()
+        .expect("spec");
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_owned()]));
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+
+    // Resolved again on top of that state, a Node keeps both of its addresses.
+    let again = resolve(netd_testkit::objects(&yaml), &config, Some(&state)).expect("resolve");
+    assert_eq!(ips(&again, "node-1"), ips(&state, "node-1"));
+}
+
+#[test]
+fn an_ipv6_only_cluster_gives_pods_and_services_ipv6_addresses_alone() {
+    let config = ClusterConfig::for_families(IpFamilies::Ipv6);
+    let yaml = [pod("a", ""), service("s", PORT_80)].concat();
+    let state = run_with(&yaml, &config);
+    let node = state.node("node-1").expect("node");
+    assert_eq!(node.pod_cidrs, vec![net("fd00:10:244::/64")]);
+    assert_eq!(
+        node.internal_ips,
+        vec![ip("172.18.0.2"), ip("fd00:172:18::2")]
+    );
+    let p = state.pod(&PodRef::new("default", "a")).expect("pod");
+    assert_eq!(p.ips, vec![ip("fd00:10:244::2")]);
+    let spec = service_obj(&state, "default", "s")
+        .spec
+        .clone()
+        .expect("spec");
+    assert_eq!(spec.ip_families, Some(vec!["IPv6".to_owned()]));
+    let cluster_ip: IpAddr = spec.cluster_ip.expect("clusterIP").parse().expect("ip");
+    assert!(
+        net("fd00:10:96::/112").contains(&cluster_ip),
+        "{cluster_ip}"
+    );
+    let slices = slices_of(&state, "default", "s");
+    assert!(
+        slices
+            .iter()
+            .all(|s| s.address_type == netd_model::view::AddressType::IPv6)
+    );
 }
 
 #[test]

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use netd_lab::{
-    Action, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+    Action, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer,
+    Resolver, Target,
 };
-use netd_model::{Kind, ObjectId};
+use netd_model::{ClusterConfig, IpFamilies, Kind, ObjectId};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
@@ -35,7 +36,8 @@ enum LabCommand {
     /// Build a lab, apply the manifests, and return once every Node has programmed its rules.
     #[command(after_help = "Examples:\n  \
         kube-netd lab up -f examples/\n  \
-        kube-netd lab up --nodes 3 --name second -f examples/hostnames/")]
+        kube-netd lab up --nodes 3 --name second -f examples/hostnames/\n  \
+        kube-netd lab up --ip-family dual -f examples/hostnames/")]
     Up(UpArgs),
     /// Create or update objects, like kubectl apply; returns once every Node has converged.
     #[command(
@@ -72,7 +74,8 @@ enum LabCommand {
         kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
         kube-netd lab probe -n myproject client svc/web --port 80\n  \
         kube-netd lab probe default/client svc/kube-system/kube-dns --port 53 --protocol udp\n  \
-        kube-netd lab probe default/client svc/default/hostnames --port 80 --hold 30 --count 4\n\n\
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --hold 30 --count 4\n  \
+        kube-netd lab probe default/client svc/default/hostnames --port 80 --ip-family ipv6\n\n\
         With --hold, exits 0 only if every held connection survived.\n\
         Exit status: 0 if every attempt connected or was answered, 1 otherwise.")]
     Probe(ProbeArgs),
@@ -88,6 +91,7 @@ enum LabCommand {
         kube-netd lab matrix -n x,y --port 81 -o json\n  \
         kube-netd lab matrix -n kube-system,default --port 53 --protocol udp\n  \
         kube-netd lab matrix --protocol icmp\n  \
+        kube-netd lab matrix --port 80 --ip-family ipv6\n  \
         diff <(kube-netd policy matrix -f F --port 80) <(kube-netd lab matrix --port 80 -o tsv)")]
     Matrix(MatrixArgs),
     /// Run a command inside a pod's, a node's or the external namespace.
@@ -161,6 +165,16 @@ struct UpArgs {
     /// The service proxy back end.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
+    /// ipv4, ipv6 or dual (IPv4 first) [default: ipv4]. ipv6 and dual use kind's ranges:
+    /// pods fd00:10:244::/56 (a /64 per node), Services fd00:10:96::/112, node IPv6
+    /// addresses in fd00:172:18::/64; each node's agent programs ip6tables too. To choose
+    /// the ranges yourself, repeat --cluster-cidr and --service-cidr instead.
+    #[arg(
+        long,
+        value_name = "FAMILY",
+        conflicts_with_all = ["cluster_cidrs", "service_cidrs", "dns_service_ip"]
+    )]
+    ip_family: Option<IpFamilies>,
     #[command(flatten)]
     network: NetworkArgs,
 }
@@ -294,6 +308,10 @@ struct ProbeArgs {
     /// How long each attempt waits, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Which address of a pod, Service, node or DNS name to probe: ipv4 or ipv6
+    /// [default: the cluster's first family].
+    #[arg(long, value_name = "FAMILY", value_parser = parse_family)]
+    ip_family: Option<IpFamily>,
     /// Output format: text, or one JSON object per attempt.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: TextOrJson,
@@ -315,6 +333,10 @@ struct MatrixArgs {
     /// How long a blocked pair is waited for, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Probe every pod at its address of this family: ipv4 or ipv6 [default: the cluster's
+    /// first family]. Pods without one are left out.
+    #[arg(long, value_name = "FAMILY", value_parser = parse_family)]
+    ip_family: Option<IpFamily>,
     /// Output format: text (legend, aligned), json, or tsv (the `.`/`X` truth table exactly
     /// as `kube-netd policy matrix` prints it, for diff).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
@@ -386,6 +408,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 protocol: a.protocol.parse()?,
                 count: 1,
                 timeout: Duration::from_millis(a.timeout_ms),
+                family: a.ip_family,
             };
             let m = lab.probe_matrix(&spec, &a.namespaces)?;
             for ns in &a.namespaces {
@@ -439,7 +462,17 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         .into());
     }
     let started = Instant::now();
-    let config = a.network.config();
+    let mut config = a.network.config();
+    if let Some(families) = a.ip_family {
+        let ranges = ClusterConfig::for_families(families);
+        config.cluster_cidrs = ranges.cluster_cidrs;
+        config.service_cidrs = ranges.service_cidrs;
+        config.dns_service_ip = ranges.dns_service_ip;
+        config.node_network_v6 = ranges.node_network_v6;
+    } else if config.cluster_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        // IPv6 pod ranges given by hand: the nodes need IPv6 addresses to route them.
+        config.node_network_v6 = ClusterConfig::for_families(IpFamilies::Dual).node_network_v6;
+    }
     let objects = if a.files.is_empty() {
         Vec::new()
     } else {
@@ -621,6 +654,7 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         protocol,
         count: a.count,
         timeout,
+        family: a.ip_family,
     };
     let results = lab.probe(&from, &to, &spec)?;
     for result in &results {
@@ -653,7 +687,7 @@ fn probe_hold(
         bail!("--hold keeps a TCP connection open; it cannot be used with --protocol {protocol}");
     }
     let port = a.port.context("a tcp probe needs --port")?;
-    let results = lab.hold(from, to, port, a.count, hold, timeout)?;
+    let results = lab.hold(from, to, port, a.count, hold, timeout, a.ip_family)?;
     for result in &results {
         match a.output {
             TextOrJson::Text => println!("{result}"),
@@ -679,6 +713,15 @@ fn parse_hold(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} must be more than 0 and at most 86400 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--ip-family` of a probe: one family.
+fn parse_family(s: &str) -> Result<IpFamily, String> {
+    match s {
+        "ipv4" => Ok(IpFamily::V4),
+        "ipv6" => Ok(IpFamily::V6),
+        _ => Err(format!("{s:?} is not one of ipv4, ipv6")),
+    }
 }
 
 fn resolver() -> Resolver {

@@ -412,6 +412,211 @@ fn offline_commands_describe_the_cluster_the_lab_runs() {
     assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
+const DUAL_STACK_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo6, namespace: x}
+spec: {ipFamilyPolicy: PreferDualStack, selector: {app: echo}, ports: [{port: 80}]}
+"#;
+
+const ISOLATE_B: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: isolate-b, namespace: x}
+spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}
+"#;
+
+/// The Service `x/NAME` as `lab get svc -n x -o json` prints it (alone, or in a List).
+fn service_json(lab: &TestLab, name: &str) -> serde_json::Value {
+    let out = lab.ok(&["get", "svc", "-n", "x", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("service json");
+    let items = match v.get("items").and_then(serde_json::Value::as_array) {
+        Some(items) => items.clone(),
+        None => vec![v],
+    };
+    items
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no service x/{name} in {out}"))
+}
+
+/// The JSON lines of a `lab probe -o json`, each of which must have connected.
+fn connected(out: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per attempt"))
+        .collect();
+    assert!(!lines.is_empty(), "no attempts: {out}");
+    for v in &lines {
+        assert_eq!(v["outcome"], "connected", "{v}");
+    }
+    lines
+}
+
+#[test]
+fn a_dual_stack_lab_answers_over_both_families() {
+    let lab = TestLab::new("dual");
+    // x/b labelled for ISOLATE_B.
+    let cluster = CLUSTER.replace(
+        "name: b, namespace: x, labels: {app: echo}",
+        "name: b, namespace: x, labels: {app: echo, pod: b}",
+    );
+    let manifest = lab.file("cluster.yaml", &format!("{cluster}---{DUAL_STACK_SERVICE}"));
+    let bad = lab.run(&["up", "-f", &manifest, "--ip-family", "ipv5"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("ipv5") && err.contains("dual"), "{err}");
+    let both = lab.run(&[
+        "up",
+        "--ip-family",
+        "dual",
+        "--service-cidr",
+        "10.96.0.0/16",
+    ]);
+    assert!(
+        !both.status.success(),
+        "--ip-family picks the ranges itself"
+    );
+    assert!(
+        !PathBuf::from(STATE_ROOT).join(&lab.name).exists(),
+        "nothing built"
+    );
+
+    lab.ok(&["up", "-f", &manifest, "--ip-family", "dual"]);
+    let svc = service_json(&lab, "echo6");
+    assert_eq!(
+        svc["spec"]["ipFamilies"],
+        serde_json::json!(["IPv4", "IPv6"]),
+        "{svc}"
+    );
+    assert_eq!(
+        svc["spec"]["clusterIPs"].as_array().map(Vec::len),
+        Some(2),
+        "{svc}"
+    );
+
+    // Pod to pod across Nodes, over IPv6: the server sees the client's IPv6 address.
+    let direct = lab.ok(&[
+        "probe",
+        "x/a",
+        "x/b",
+        "--port",
+        "80",
+        "--ip-family",
+        "ipv6",
+        "-o",
+        "json",
+    ]);
+    for v in connected(&direct) {
+        assert_eq!(v["served_by"], "x/b", "{v}");
+        let seen = v["client_ip_seen"].as_str().unwrap_or_default();
+        assert!(seen.starts_with("fd00:10:244:"), "{v}");
+    }
+    for family in ["ipv4", "ipv6"] {
+        let via_service = lab.ok(&[
+            "probe",
+            "x/a",
+            "svc/x/echo6",
+            "--port",
+            "80",
+            "--ip-family",
+            family,
+            "--count",
+            "4",
+            "-o",
+            "json",
+        ]);
+        connected(&via_service);
+        // By name: the lab's DNS answers A and AAAA for the dual-stack Service.
+        let by_name = lab.ok(&[
+            "probe",
+            "x/b",
+            "echo6",
+            "--port",
+            "80",
+            "--ip-family",
+            family,
+            "-o",
+            "json",
+        ]);
+        connected(&by_name);
+    }
+    let single = lab.run(&[
+        "probe",
+        "x/a",
+        "svc/x/echo",
+        "--port",
+        "80",
+        "--ip-family",
+        "ipv6",
+    ]);
+    assert!(
+        !single.status.success(),
+        "a single-stack IPv4 Service has no IPv6 ClusterIP"
+    );
+    let err = String::from_utf8_lossy(&single.stderr);
+    assert!(err.contains("IPv6 ClusterIP"), "{err}");
+    // Nor an AAAA record: its name does not resolve over IPv6 (not to `::ffff:` + IPv4).
+    let by_name = lab.run(&[
+        "probe",
+        "x/a",
+        "echo",
+        "--port",
+        "80",
+        "--ip-family",
+        "ipv6",
+    ]);
+    assert!(
+        !by_name.status.success(),
+        "no AAAA record for a single-stack IPv4 Service"
+    );
+    let err = String::from_utf8_lossy(&by_name.stderr);
+    assert!(err.contains("cannot resolve \"echo\""), "{err}");
+
+    let matrix = lab.ok(&[
+        "matrix",
+        "--port",
+        "80",
+        "-n",
+        "x",
+        "--ip-family",
+        "ipv6",
+        "-o",
+        "json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&matrix).expect("matrix json");
+    assert_eq!(
+        m["allowed"],
+        serde_json::json!([[true, true], [true, true]]),
+        "{m}"
+    );
+    // A policy isolates x/b in both families: its node programs iptables and ip6tables.
+    let policy = lab.file("policy.yaml", ISOLATE_B);
+    lab.ok(&["apply", "-f", &policy]);
+    for family in ["ipv4", "ipv6"] {
+        let matrix = lab.ok(&[
+            "matrix",
+            "--port",
+            "80",
+            "-n",
+            "x",
+            "--ip-family",
+            family,
+            "-o",
+            "json",
+        ]);
+        let m: serde_json::Value = serde_json::from_str(&matrix).expect("matrix json");
+        assert_eq!(
+            m["allowed"],
+            serde_json::json!([[true, false], [true, true]]),
+            "{family}: {m}"
+        );
+    }
+
+    assert!(lab.ok(&["down"]).contains("removed"));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
 #[test]
 fn held_connections_report_survival_and_a_deleted_server_cuts_them() {
     let lab = TestLab::new("hold");
@@ -678,4 +883,34 @@ fn a_100_by_100_matrix_under_burst_equals_policy_matrix_three_times() {
             &differ[..differ.len().min(5)]
         );
     }
+}
+
+#[test]
+fn an_ipv6_only_lab_answers_over_ipv6() {
+    let lab = TestLab::new("six");
+    let manifest = lab.file("cluster.yaml", CLUSTER);
+    lab.ok(&["up", "-f", &manifest, "--ip-family", "ipv6"]);
+    let svc = service_json(&lab, "echo");
+    assert_eq!(
+        svc["spec"]["ipFamilies"],
+        serde_json::json!(["IPv6"]),
+        "{svc}"
+    );
+    // No --ip-family: the cluster's only family. The name resolves to an AAAA record of
+    // the lab's DNS, itself reached through its IPv6 ClusterIP.
+    let by_name = lab.ok(&[
+        "probe", "x/a", "echo", "--port", "80", "--count", "4", "-o", "json",
+    ]);
+    connected(&by_name);
+    let icmp = lab.ok(&["probe", "external", "node/node-2", "--protocol", "icmp"]);
+    assert!(icmp.contains("connected"), "{icmp}");
+    let matrix = lab.ok(&["matrix", "--port", "80", "-n", "x", "-o", "json"]);
+    let m: serde_json::Value = serde_json::from_str(&matrix).expect("matrix json");
+    assert_eq!(
+        m["allowed"],
+        serde_json::json!([[true, true], [true, true]]),
+        "{m}"
+    );
+    assert!(lab.ok(&["down"]).contains("removed"));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }

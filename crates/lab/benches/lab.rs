@@ -81,7 +81,7 @@ fn main() {
     }
     let start = Instant::now();
     let m = lab
-        .matrix(80, Protocol::Tcp, &[], Duration::from_secs(1))
+        .matrix(80, Protocol::Tcp, &[], Duration::from_secs(1), None)
         .unwrap_or_else(|e| panic!("matrix: {e}"));
     rows.push((
         "lab matrix, 9 × 9 pods, 27 blocked (1 s timeout)",

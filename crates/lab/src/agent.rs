@@ -188,7 +188,10 @@ impl Agent {
 
         for (key, have) in record.pods.clone() {
             let same = desired.get(&key).is_some_and(|(_, want)| {
-                want.netns == have.netns && want.ip == have.ip && want.ports == have.ports
+                want.netns == have.netns
+                    && want.ip == have.ip
+                    && want.second_ip == have.second_ip
+                    && want.ports == have.ports
             });
             let alive = have
                 .pid
@@ -226,7 +229,15 @@ impl Agent {
                 self.store.write_node(&self.node, &record)?;
                 if let (Some(ns), Some(ip)) = (&want.netns, want.ip) {
                     topology::remove_pod(ns)?;
-                    topology::build_pod(&self.names, &self.node, &node_addr, pod, ip, &dns)?;
+                    topology::build_pod(
+                        &self.names,
+                        &self.node,
+                        &node_addr,
+                        pod,
+                        ip,
+                        want.second_ip,
+                        &dns,
+                    )?;
                 }
                 if let Some(p) = record.pods.get_mut(key) {
                     p.built = true;
@@ -338,18 +349,25 @@ impl Agent {
         let mut out = BTreeMap::new();
         for pod in state.pods_on(self.node.as_str()) {
             let ports: Vec<_> = pod.ports.iter().map(|p| (p.protocol, p.port)).collect();
-            let (netns, ip) = if pod.host_network {
-                (None, Some(node_ip))
+            let (netns, ip, second_ip) = if pod.host_network {
+                (None, Some(node_ip), None)
             } else {
-                let Some(ip) = pod.ips.iter().copied().find(IpAddr::is_ipv4) else {
-                    tracing::info!(pod = %pod.key, "pod has no IPv4 address yet; not started");
+                // The first IP is of the cluster's first family; a dual-stack Pod has a second.
+                let Some(ip) = pod.ips.first().copied() else {
+                    tracing::info!(pod = %pod.key, "pod has no IP address yet; not started");
                     continue;
                 };
-                (Some(self.names.pod_ns(&pod.key)), Some(ip))
+                let second = pod
+                    .ips
+                    .iter()
+                    .copied()
+                    .find(|o| o.is_ipv4() != ip.is_ipv4());
+                (Some(self.names.pod_ns(&pod.key)), Some(ip), second)
             };
             let record = PodRecord {
                 netns,
                 ip,
+                second_ip,
                 ports,
                 built: false,
                 pid: None,

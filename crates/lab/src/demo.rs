@@ -891,6 +891,7 @@ impl Demo<'_> {
             protocol,
             count: 1,
             timeout: self.timeout,
+            family: None,
         };
         let failed = |source| DemoError::ProbeFailed {
             from: from.to_string(),

@@ -11,7 +11,7 @@
 //! Service rules for `10.96.0.10`.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,7 +67,8 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
                 source,
             })?;
     let serve_config = ServeConfig {
-        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)),
+        // Both families: the DNS Service's ClusterIP is IPv6 on an IPv6-only lab.
+        listen: SocketAddr::from((dns_listen_ip(&config), 53)),
         zone: ZoneConfig {
             origin,
             ..ZoneConfig::default()
@@ -100,6 +101,16 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
             .await
             .map_err(failed)
     })
+}
+
+/// Where the DNS pod listens: every IPv4 address, or every address of both families (one
+/// dual-stack socket) on a lab with an IPv6 service range.
+fn dns_listen_ip(config: &ClusterConfig) -> IpAddr {
+    if config.service_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
 }
 
 /// The published cluster and its generation (generation 0 and an empty cluster before the

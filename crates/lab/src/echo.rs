@@ -5,7 +5,7 @@
 //! with that line. A probe thus learns who served it and whether it was NATed.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use netd_model::{PodRef, Protocol};
@@ -38,8 +38,9 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Binds every port (on all IPv4 addresses of the current namespace). SCTP ports are
-    /// skipped with a logged note: this lab's kernels have no SCTP.
+    /// Binds every port on all addresses of the current namespace, IPv6 and IPv4 (one
+    /// dual-stack socket; IPv4 alone where the namespace has no IPv6). SCTP ports are skipped
+    /// with a logged note: this lab's kernels have no SCTP.
     pub fn bind(pod: PodRef, ports: &[(Protocol, u16)]) -> Result<EchoServer, LabError> {
         let mut server = EchoServer {
             pod,
@@ -47,22 +48,27 @@ impl EchoServer {
             udp: Vec::new(),
         };
         for &(protocol, port) in ports {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+            let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             match protocol {
-                Protocol::Tcp => server.tcp.push(TcpListener::bind(addr).map_err(|source| {
-                    LabError::EchoBindFailed {
-                        protocol: "tcp",
-                        port,
-                        source,
-                    }
-                })?),
-                Protocol::Udp => server.udp.push(UdpSocket::bind(addr).map_err(|source| {
-                    LabError::EchoBindFailed {
-                        protocol: "udp",
-                        port,
-                        source,
-                    }
-                })?),
+                Protocol::Tcp => server.tcp.push(
+                    TcpListener::bind(any6)
+                        .or_else(|_| TcpListener::bind(any4))
+                        .map_err(|source| LabError::EchoBindFailed {
+                            protocol: "tcp",
+                            port,
+                            source,
+                        })?,
+                ),
+                Protocol::Udp => server.udp.push(
+                    UdpSocket::bind(any6)
+                        .or_else(|_| UdpSocket::bind(any4))
+                        .map_err(|source| LabError::EchoBindFailed {
+                            protocol: "udp",
+                            port,
+                            source,
+                        })?,
+                ),
                 Protocol::Sctp => {
                     tracing::info!(pod = %server.pod, port, "SCTP port skipped: no SCTP in this kernel");
                 }
@@ -90,9 +96,10 @@ impl EchoServer {
 }
 
 fn reply_line(pod: &str, client: SocketAddr) -> String {
+    // A dual-stack socket sees an IPv4 client as `::ffff:a.b.c.d`: report it as IPv4.
     let reply = EchoReply {
         pod: pod.to_owned(),
-        client,
+        client: SocketAddr::new(client.ip().to_canonical(), client.port()),
     };
     // Serializing a struct of a string and an address cannot fail; fall back to an empty
     // object rather than panic.

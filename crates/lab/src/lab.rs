@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use netd_kernel::{netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef, Protocol};
 use netd_policy::Matrix;
+use netd_proxy::IpFamily;
 
 use crate::agent::{error_chain, node_records};
 use crate::error::BoxError;
@@ -176,6 +177,14 @@ impl Lab {
                 network: config.node_network.to_string(),
             },
         )?;
+        let external_ip6 = match config.node_network_v6 {
+            Some(network) => Some(topology::external_ip(network, &nodes).ok_or(
+                LabError::NodeNetworkFull {
+                    network: network.to_string(),
+                },
+            )?),
+            None => None,
+        };
         store.create()?;
         let lab = Lab {
             names: names.clone(),
@@ -193,6 +202,7 @@ impl Lab {
             agents: BTreeMap::new(),
             nodes: nodes.clone(),
             external_ip: Some(external_ip),
+            external_ip6,
             mode: options.mode.clone(),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -364,7 +374,8 @@ impl Lab {
     ) -> Result<Vec<ProbeResult>, LabError> {
         let state = self.state()?;
         let ns = self.place_ns(&state, from)?;
-        let ip = self.target_ip(&state, &ns, to)?;
+        let family = spec.family.unwrap_or_else(|| first_family(&state));
+        let ip = self.target_ip(&state, &ns, to, family)?;
         let port = match spec.protocol {
             ProbeProtocol::Icmp => None,
             _ => spec.port,
@@ -391,7 +402,9 @@ impl Lab {
 
     /// Opens `count` TCP connections from `from` to `to` on `port` in parallel and holds each
     /// for `hold`, exchanging a message every [`probe::HOLD_INTERVAL`] and waiting up to
-    /// `timeout` for each echo: whether each survived, who served it, its longest stall.
+    /// `timeout` for each echo, at `to`'s address of `family` (`None`: the cluster's first):
+    /// whether each survived, who served it, its longest stall.
+    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &self,
         from: &Place,
@@ -400,13 +413,15 @@ impl Lab {
         count: u32,
         hold: Duration,
         timeout: Duration,
+        family: Option<IpFamily>,
     ) -> Result<Vec<HoldResult>, LabError> {
         if count == 0 {
             return Err(LabError::ZeroCount);
         }
         let state = self.state()?;
         let ns = self.place_ns(&state, from)?;
-        let addr = std::net::SocketAddr::new(self.target_ip(&state, &ns, to)?, port);
+        let family = family.unwrap_or_else(|| first_family(&state));
+        let addr = std::net::SocketAddr::new(self.target_ip(&state, &ns, to, family)?, port);
         let handles: Vec<_> = (1..=count)
             .map(|connection| {
                 let ns = ns.clone();
@@ -434,13 +449,15 @@ impl Lab {
     /// Every Pod (not hostNetwork; only the `namespaces` given, or all, the cluster DNS's
     /// included) to every Pod on `port`/`protocol`, each probe waiting at most `timeout`: the
     /// truth table of what the kernel lets through, as [`ProbeMatrix::allowed`] reduces
-    /// [`Lab::probe_matrix`].
+    /// [`Lab::probe_matrix`]. Pods are probed at their address of `family` (`None`: the
+    /// cluster's first); Pods without one are left out.
     pub fn matrix(
         &self,
         port: u16,
         protocol: Protocol,
         namespaces: &[String],
         timeout: Duration,
+        family: Option<IpFamily>,
     ) -> Result<Matrix, LabError> {
         let probe_protocol = match protocol {
             Protocol::Tcp => ProbeProtocol::Tcp,
@@ -456,6 +473,7 @@ impl Lab {
             protocol: probe_protocol,
             count: 1,
             timeout,
+            family,
         };
         self.probe_matrix(&spec, namespaces)?
             .allowed()
@@ -464,9 +482,9 @@ impl Lab {
             })
     }
 
-    /// Every Pod (not hostNetwork; only the `namespaces` given, or all but the lab's own DNS
-    /// pod) to every Pod, in parallel, as `spec` says (its `count` is ignored): each pair's
-    /// outcome. A pair that got no answer is probed again after the burst before it is
+    /// Every Pod (not hostNetwork; only the `namespaces` given, or all, the cluster DNS's
+    /// included) to every Pod, in parallel, as `spec` says (its `count` is ignored), at their
+    /// addresses of `spec.family` (`None`: the cluster's first): each pair's outcome. A pair that got no answer is probed again after the burst before it is
     /// reported dropped. Fails when no Pod matches.
     pub fn probe_matrix(
         &self,
@@ -479,6 +497,7 @@ impl Lab {
             });
         }
         let state = self.state()?;
+        let family = spec.family.unwrap_or_else(|| first_family(&state));
         let pods: Vec<(PodRef, String, IpAddr)> = state
             .pods()
             .filter(|p| !p.host_network && p.node.is_some())
@@ -488,7 +507,7 @@ impl Lab {
                 namespaces.is_empty() || namespaces.iter().any(|n| n == p.key.namespace.as_str())
             })
             .filter_map(|p| {
-                let ip = p.ips.iter().copied().find(IpAddr::is_ipv4)?;
+                let ip = p.ips.iter().copied().find(|ip| family.contains(*ip))?;
                 Some((p.key.clone(), self.names.pod_ns(&p.key), ip))
             })
             .collect();
@@ -736,28 +755,57 @@ impl Lab {
         state: &ClusterState,
         from_ns: &str,
         target: &Target,
+        family: IpFamily,
     ) -> Result<IpAddr, LabError> {
         let unknown = |what, name: String| LabError::UnknownTarget {
             what,
             name,
             lab: self.name().to_owned(),
         };
-        let v4 = |ips: &[IpAddr]| ips.iter().copied().find(IpAddr::is_ipv4);
+        let v6 = family == IpFamily::V6;
+        let of_family = |ips: &[IpAddr]| ips.iter().copied().find(|ip| family.contains(*ip));
         match target {
             Target::Ip(ip) => Ok(*ip),
-            Target::Name(name) => probe::resolve_name(from_ns, name),
+            Target::Name(name) => probe::resolve_name(from_ns, name, family),
             Target::Pod(key) => state
                 .pod(key)
-                .and_then(|p| v4(&p.ips))
-                .ok_or_else(|| unknown("pod with an IP", key.to_string())),
+                .and_then(|p| of_family(&p.ips))
+                .ok_or_else(|| {
+                    unknown(
+                        if v6 {
+                            "pod with an IPv6 address"
+                        } else {
+                            "pod with an IPv4 address"
+                        },
+                        key.to_string(),
+                    )
+                }),
             Target::Service(key) => state
                 .service(key)
-                .and_then(|s| v4(&s.cluster_ips))
-                .ok_or_else(|| unknown("service with a ClusterIP", key.to_string())),
+                .and_then(|s| of_family(&s.cluster_ips))
+                .ok_or_else(|| {
+                    unknown(
+                        if v6 {
+                            "service with an IPv6 ClusterIP"
+                        } else {
+                            "service with an IPv4 ClusterIP"
+                        },
+                        key.to_string(),
+                    )
+                }),
             Target::Node(node) => state
                 .node(node.as_str())
-                .and_then(|n| v4(&n.internal_ips))
-                .ok_or_else(|| unknown("node", node.to_string())),
+                .and_then(|n| of_family(&n.internal_ips))
+                .ok_or_else(|| {
+                    unknown(
+                        if v6 {
+                            "node with an IPv6 address"
+                        } else {
+                            "node"
+                        },
+                        node.to_string(),
+                    )
+                }),
         }
     }
 }
@@ -812,6 +860,15 @@ pub fn list(state_root: &Path) -> Result<Vec<LabSummary>, LabError> {
             }
         })
         .collect())
+}
+
+/// The family of the cluster's first service range: what a Service without `ipFamilies` gets.
+fn first_family(state: &ClusterState) -> IpFamily {
+    state
+        .config()
+        .service_cidrs
+        .first()
+        .map_or(IpFamily::V4, |c| IpFamily::of(c.addr()))
 }
 
 /// Removes the lab `name` (state under `state_root`): kills its agents and echo servers by

@@ -66,5 +66,6 @@ pub use lab::{
     Action, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
 };
 pub use matrix::ProbeMatrix;
+pub use netd_proxy::IpFamily;
 pub use probe::{HoldResult, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::{DEFAULT_MODE, DEFAULT_STATE_ROOT};

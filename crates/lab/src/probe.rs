@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use netd_kernel::netns;
 use netd_model::{NodeName, PodRef, ServiceRef};
+use netd_proxy::IpFamily;
 use serde::Serialize;
 
 use crate::LabError;
@@ -211,6 +212,9 @@ pub struct ProbeSpec {
     pub count: u32,
     /// How long each attempt waits.
     pub timeout: Duration,
+    /// Which address of a Pod, Service, Node or name to probe; `None`: the cluster's first
+    /// family (IPv4 unless the lab is IPv6-only).
+    pub family: Option<IpFamily>,
 }
 
 impl Default for ProbeSpec {
@@ -220,6 +224,7 @@ impl Default for ProbeSpec {
             protocol: ProbeProtocol::Tcp,
             count: 1,
             timeout: Duration::from_secs(1),
+            family: None,
         }
     }
 }
@@ -610,17 +615,24 @@ fn ping(ns: &str, ip: IpAddr, timeout: Duration) -> Result<Attempt, LabError> {
     })
 }
 
-/// Resolves `name` inside the namespace `ns`, with its `/etc/netns/NS/resolv.conf`.
-pub(crate) fn resolve_name(ns: &str, name: &str) -> Result<IpAddr, LabError> {
+/// Resolves `name` inside the namespace `ns`, with its `/etc/netns/NS/resolv.conf`, to an
+/// address of `family` (an A or an AAAA record).
+pub(crate) fn resolve_name(ns: &str, name: &str, family: IpFamily) -> Result<IpAddr, LabError> {
     let not_resolved = || LabError::NameNotResolved {
         name: name.to_owned(),
         from: ns.to_owned(),
     };
-    let out = netns::exec(ns, &["getent", "ahostsv4", name]).map_err(|_| not_resolved())?;
+    let database = match family {
+        IpFamily::V4 => "ahostsv4",
+        IpFamily::V6 => "ahostsv6",
+    };
+    let out = netns::exec(ns, &["getent", database, name]).map_err(|_| not_resolved())?;
+    // Without an AAAA record `ahostsv6` answers the A record as `::ffff:a.b.c.d`: that is
+    // no IPv6 address of the name.
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|ip| ip.parse().ok())
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<IpAddr>().ok())
+        .find(|ip| family.contains(ip.to_canonical()))
         .ok_or_else(not_resolved)
 }
 

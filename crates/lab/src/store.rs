@@ -52,6 +52,9 @@ pub(crate) struct LabRecord {
     pub nodes: BTreeMap<NodeName, NodeAddress>,
     /// The external namespace's underlay IP.
     pub external_ip: Option<IpAddr>,
+    /// The external namespace's IPv6 underlay IP, on a lab with an IPv6 node network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ip6: Option<IpAddr>,
     /// The service proxy back end the agents run, as `lab up --mode` chose it.
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -68,8 +71,38 @@ fn default_mode() -> String {
 /// A Node's addresses in the lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct NodeAddress {
+    /// The IPv4 underlay address (every lab has one).
     pub ip: IpAddr,
+    /// The first podCIDR: of the cluster's first IP family.
     pub pod_cidr: IpNet,
+    /// The IPv6 underlay address, on a lab with an IPv6 node network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    /// The podCIDR of the other family, on a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_pod_cidr: Option<IpNet>,
+}
+
+impl NodeAddress {
+    /// The podCIDRs, first family first.
+    pub fn pod_cidrs(&self) -> impl Iterator<Item = IpNet> + '_ {
+        std::iter::once(self.pod_cidr).chain(self.second_pod_cidr)
+    }
+
+    /// The podCIDR of `ip`'s family.
+    pub fn pod_cidr_for(&self, ip: IpAddr) -> Option<IpNet> {
+        self.pod_cidrs()
+            .find(|c| c.addr().is_ipv4() == ip.is_ipv4())
+    }
+
+    /// The underlay address of `net`'s family: what other Nodes route `net` via.
+    pub fn underlay_for(&self, net: IpNet) -> Option<IpAddr> {
+        if net.addr().is_ipv4() {
+            Some(self.ip)
+        } else {
+            self.ip6
+        }
+    }
 }
 
 /// The desired and resolved objects.
@@ -103,6 +136,9 @@ pub(crate) struct PodRecord {
     /// Its own namespace; `None` for a hostNetwork Pod (it lives in the Node's).
     pub netns: Option<String>,
     pub ip: Option<IpAddr>,
+    /// Its address of the other family, on a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_ip: Option<IpAddr>,
     pub ports: Vec<(Protocol, u16)>,
     /// Whether its namespace was completely built (it is recorded before it is built).
     #[serde(default)]
@@ -121,6 +157,8 @@ pub(crate) struct ConfigRecord {
     pub node_port_first: u16,
     pub node_port_last: u16,
     pub node_network: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_network_v6: Option<IpNet>,
     pub load_balancer_pool: Option<IpNet>,
     pub default_node_count: usize,
     pub dns_zone: String,
@@ -137,6 +175,7 @@ impl From<&ClusterConfig> for ConfigRecord {
             node_port_first: *c.node_port_range.start(),
             node_port_last: *c.node_port_range.end(),
             node_network: Some(c.node_network),
+            node_network_v6: c.node_network_v6,
             load_balancer_pool: Some(c.load_balancer_pool),
             default_node_count: c.default_node_count,
             dns_zone: c.dns_zone.clone(),
@@ -155,6 +194,7 @@ impl From<&ConfigRecord> for ClusterConfig {
             service_cidrs: r.service_cidrs.clone(),
             node_port_range: r.node_port_first..=r.node_port_last,
             node_network: r.node_network.unwrap_or(d.node_network),
+            node_network_v6: r.node_network_v6,
             load_balancer_pool: r.load_balancer_pool.unwrap_or(d.load_balancer_pool),
             default_node_count: r.default_node_count,
             dns_zone: r.dns_zone.clone(),
@@ -351,4 +391,28 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LabError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(LabError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(LabError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netd_model::IpFamilies;
+
+    #[test]
+    fn the_ipv6_node_network_is_stored_and_older_records_read_without_it() {
+        let config = ClusterConfig::for_families(IpFamilies::Dual);
+        let text = serde_json::to_string(&ConfigRecord::from(&config)).expect("json");
+        let back: ConfigRecord = serde_json::from_str(&text).expect("record");
+        assert_eq!(ClusterConfig::from(&back), config);
+
+        let v4 = ClusterConfig::default();
+        // A record written before IPv6 labs is one without the field.
+        let old = serde_json::to_value(ConfigRecord::from(&v4)).expect("json");
+        assert!(
+            old.get("node_network_v6").is_none(),
+            "not written when absent"
+        );
+        let back: ConfigRecord = serde_json::from_value(old).expect("record");
+        assert_eq!(ClusterConfig::from(&back), v4);
+    }
 }

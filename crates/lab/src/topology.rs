@@ -8,6 +8,11 @@
 //!   node-N: cni0 (first host of its podCIDR) ── vethXXXX ── eth0 of each Pod
 //!           routes: every other podCIDR via that Node's IP (flat, no NAT)
 //! ```
+//!
+//! On a lab with IPv6 (`--ip-family ipv6` or `dual`) the underlay also carries the IPv6 node
+//! network: the external namespace and every Node get an address of it, a Node's bridge
+//! holds the gateway of its IPv6 podCIDR, and each IPv6 podCIDR is routed via its Node's
+//! IPv6 address. Duplicate address detection is off in every namespace of such a lab.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,7 +31,8 @@ use crate::store::{LabRecord, NodeAddress, Store};
 /// Routing protocol number tagging the external namespace's Service routes.
 pub(crate) const EXTERNAL_ROUTE_PROTO: u8 = 98;
 
-/// Each Node's addresses, from the resolved cluster: its first IPv4 InternalIP and podCIDR.
+/// Each Node's addresses, from the resolved cluster: its first IPv4 InternalIP, its first
+/// IPv6 one on a lab with an IPv6 node network, and its podCIDRs (one per family).
 pub(crate) fn node_addresses(
     state: &ClusterState,
 ) -> Result<BTreeMap<NodeName, NodeAddress>, LabError> {
@@ -45,14 +51,39 @@ pub(crate) fn node_addresses(
             .ok_or_else(|| invalid("no IPv4 InternalIP in status.addresses"))?;
         let pod_cidr = node
             .pod_cidrs
+            .first()
+            .copied()
+            .ok_or_else(|| invalid("no spec.podCIDR"))?;
+        let second_pod_cidr = node
+            .pod_cidrs
             .iter()
             .copied()
-            .find(|c| c.addr().is_ipv4())
-            .ok_or_else(|| invalid("no IPv4 spec.podCIDR"))?;
+            .find(|c| c.addr().is_ipv4() != pod_cidr.addr().is_ipv4());
         if !state.config().node_network.contains(&ip) {
             return Err(invalid("its InternalIP is outside the lab's node network"));
         }
-        out.insert(node.name.clone(), NodeAddress { ip, pod_cidr });
+        let ip6 = match state.config().node_network_v6 {
+            Some(network) => Some(
+                node.internal_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv6() && network.contains(ip))
+                    .ok_or_else(|| invalid("no IPv6 InternalIP in the lab's IPv6 node network"))?,
+            ),
+            None => None,
+        };
+        let addr = NodeAddress {
+            ip,
+            pod_cidr,
+            ip6,
+            second_pod_cidr,
+        };
+        if addr.pod_cidrs().any(|c| addr.underlay_for(c).is_none()) {
+            return Err(invalid(
+                "an IPv6 spec.podCIDR needs a lab with IPv6 (lab up --ip-family ipv6 or dual)",
+            ));
+        }
+        out.insert(node.name.clone(), addr);
     }
     Ok(out)
 }
@@ -63,14 +94,17 @@ pub(crate) fn external_ip(
     network: IpNet,
     nodes: &BTreeMap<NodeName, NodeAddress>,
 ) -> Option<IpAddr> {
+    // ipnet's IPv6 `hosts` starts at the network address itself.
     network
         .hosts()
-        .find(|ip| nodes.values().all(|n| n.ip != *ip))
+        .filter(|ip| *ip != network.network())
+        .find(|ip| nodes.values().all(|n| n.ip != *ip && n.ip6 != Some(*ip)))
 }
 
-/// The gateway of a podCIDR: its first host, held by the Node's bridge.
+/// The gateway of a podCIDR: its first host, held by the Node's bridge (the address after
+/// the network address in both families, as the control plane's IPAM leaves it out).
 pub(crate) fn gateway(pod_cidr: IpNet) -> Option<IpAddr> {
-    pod_cidr.hosts().next()
+    pod_cidr.hosts().find(|ip| *ip != pod_cidr.network())
 }
 
 /// Builds the underlay, the external namespace and every Node. Each namespace is recorded in
@@ -85,6 +119,7 @@ pub(crate) fn build_infrastructure(
         .node_network
         .map(|n| n.prefix_len())
         .unwrap_or(24);
+    let prefix6 = record.config.node_network_v6.map(|n| n.prefix_len());
     let underlay = names.underlay_ns();
     create_recorded(store, record, &underlay)?;
     let mut switch = vec![
@@ -93,20 +128,30 @@ pub(crate) fn build_infrastructure(
     ];
     let external = names.external_ns();
     create_recorded(store, record, &external)?;
+    if prefix6.is_some() {
+        without_dad(&external)?;
+    }
     switch.extend(attach_to_switch(SWITCH_EXTERNAL_PORT, &external));
     let nodes = record.nodes.clone();
     for node in nodes.keys() {
         let ns = names.node_ns(node);
         create_recorded(store, record, &ns)?;
+        if prefix6.is_some() {
+            without_dad(&ns)?;
+        }
         switch.extend(attach_to_switch(&names::switch_port(node), &ns));
     }
     netns::ip_batch(&underlay, &switch).map_err(LabError::kernel("the underlay switch"))?;
 
     if let Some(ip) = record.external_ip {
-        let lines = vec![
+        let mut lines = vec![
             format!("link set {UNDERLAY_IF} up"),
             format!("addr add {ip}/{prefix} dev {UNDERLAY_IF}"),
         ];
+        if let (Some(ip6), Some(prefix6)) = (record.external_ip6, prefix6) {
+            // `nodad`: no duplicate address detection, so the address is usable at once.
+            lines.push(format!("addr add {ip6}/{prefix6} dev {UNDERLAY_IF} nodad"));
+        }
         netns::ip_batch(&external, &lines).map_err(LabError::kernel("the external namespace"))?;
         // Nodes route unknown destinations here (their default gateway); it must not pass them on.
         link::sysctl(&external, "net.ipv4.ip_forward", "0")
@@ -127,16 +172,32 @@ pub(crate) fn build_infrastructure(
             format!("link add {NODE_BRIDGE} address {} type bridge", mac_for(gw)),
             format!("link set {NODE_BRIDGE} up"),
             format!(
-                "addr add {gw}/{} dev {NODE_BRIDGE}",
-                addr.pod_cidr.prefix_len()
+                "addr add {gw}/{} dev {NODE_BRIDGE}{}",
+                addr.pod_cidr.prefix_len(),
+                addr_flags(gw)
             ),
         ];
+        if let (Some(ip6), Some(prefix6)) = (addr.ip6, prefix6) {
+            lines.push(format!("addr add {ip6}/{prefix6} dev {UNDERLAY_IF} nodad"));
+        }
+        if let Some(second) = addr.second_pod_cidr {
+            let gw = gateway(second).ok_or_else(|| LabError::InvalidNode {
+                node: node.clone(),
+                reason: "its podCIDR has no host addresses",
+            })?;
+            lines.push(format!(
+                "addr add {gw}/{} dev {NODE_BRIDGE}{}",
+                second.prefix_len(),
+                addr_flags(gw)
+            ));
+        }
         for (other, other_addr) in &nodes {
             if other != node {
-                lines.push(format!(
-                    "route add {} via {}",
-                    other_addr.pod_cidr, other_addr.ip
-                ));
+                for cidr in other_addr.pod_cidrs() {
+                    if let Some(via) = other_addr.underlay_for(cidr) {
+                        lines.push(format!("route add {cidr} via {via}"));
+                    }
+                }
             }
         }
         // A real node has a default gateway, the upstream router. Without one, a packet to a
@@ -147,6 +208,9 @@ pub(crate) fn build_infrastructure(
         if let Some(router) = record.external_ip {
             lines.push(format!("route add default via {router}"));
         }
+        if let Some(router6) = record.external_ip6.filter(|_| addr.ip6.is_some()) {
+            lines.push(format!("route add ::/0 via {router6}"));
+        }
         netns::ip_batch(&ns, &lines).map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
@@ -155,6 +219,12 @@ pub(crate) fn build_infrastructure(
         // route, not a detour to redirect them from.
         for conf in ["all", NODE_BRIDGE] {
             link::sysctl(&ns, &format!("net.ipv4.conf.{conf}.send_redirects"), "0")
+                .map_err(LabError::kernel(what()))?;
+        }
+        if addr.ip6.is_some() {
+            link::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")
+                .map_err(LabError::kernel(what()))?;
+            link::sysctl(&ns, "net.bridge.bridge-nf-call-ip6tables", "1")
                 .map_err(LabError::kernel(what()))?;
         }
     }
@@ -202,22 +272,26 @@ pub(crate) fn sync_external_routes(
     Ok(())
 }
 
-/// Builds a Pod's namespace: `eth0` veth into the Node's bridge (hairpin on), its IP, a
-/// default route via the bridge, and its resolv.conf. The namespace must already be recorded.
+/// Builds a Pod's namespace: `eth0` veth into the Node's bridge (hairpin on), its IP (and
+/// its `second_ip` of the other family on a dual-stack lab), a default route per family via
+/// the bridge, and its resolv.conf. The namespace must already be recorded.
 ///
-/// No Pod resolves a neighbour at run time. The kernel's ARP table is one table for every
-/// namespace on the machine (`gc_thresh3`, 1,024 entries by default, counts them all): Pods
-/// on one /24 that ARP for each other need one entry per pair, so a matrix of 200 Pods
+/// No Pod resolves an IPv4 neighbour at run time. The kernel's ARP table is one table for
+/// every namespace on the machine (`gc_thresh3`, 1,024 entries by default, counts them all):
+/// Pods on one /24 that ARP for each other need one entry per pair, so a matrix of 200 Pods
 /// overflowed it and the kernel dropped packets ("neighbor table overflow"), which the matrix
-/// read as policy. Instead, as Calico and Cilium do, a Pod holds its address as a /32 and
+/// read as policy. Instead, as Calico and Cilium do, a Pod holds its IPv4 address as a /32 and
 /// sends everything to its gateway; the gateway's and the Pod's MAC addresses are derived from
 /// their IPs ([`mac_for`]) and entered as permanent entries, which that limit does not count.
+/// IPv6 addresses keep their podCIDR's prefix and neighbour discovery; the MAC derived from
+/// the Pod's first IP still means a re-created Pod is never behind a stale entry.
 pub(crate) fn build_pod(
     names: &Names,
     node: &NodeName,
     node_addr: &NodeAddress,
     pod: &PodRef,
     ip: IpAddr,
+    second_ip: Option<IpAddr>,
     dns: &ResolvConf,
 ) -> Result<(), LabError> {
     let pod_ns = names.pod_ns(pod);
@@ -225,45 +299,63 @@ pub(crate) fn build_pod(
     let what = || format!("pod {pod}");
     write_resolv_conf(&pod_ns, pod, dns)?;
     netns::add(&pod_ns).map_err(LabError::kernel(what()))?;
+    if ip.is_ipv6() || second_ip.is_some_and(|s| s.is_ipv6()) {
+        without_dad(&pod_ns)?;
+    }
     let veth = names::pod_veth(pod);
     // A namespace is torn down asynchronously after `ip netns delete`: the veth of an earlier
     // incarnation of this Pod may linger in the Node for a moment.
     link::delete_link(&node_ns, &veth).map_err(LabError::kernel(what()))?;
-    netns::ip_batch(
-        &node_ns,
-        &[
-            format!(
-                "link add {veth} type veth peer name {POD_IF} address {} netns {pod_ns}",
-                mac_for(ip)
-            ),
-            format!("link set {veth} master {NODE_BRIDGE}"),
-            format!("link set dev {veth} type bridge_slave hairpin on"),
-            format!("link set {veth} up"),
-            format!(
-                "neigh replace {ip} lladdr {} dev {NODE_BRIDGE} nud permanent",
-                mac_for(ip)
-            ),
-        ],
-    )
-    .map_err(LabError::kernel(what()))?;
-    let gw = gateway(node_addr.pod_cidr).ok_or_else(|| LabError::InvalidNode {
-        node: node.clone(),
-        reason: "its podCIDR has no host addresses",
-    })?;
-    netns::ip_batch(
-        &pod_ns,
-        &[
-            format!("link set {POD_IF} up"),
-            format!("addr add {ip}/32 dev {POD_IF}"),
-            format!("route add {gw} dev {POD_IF} scope link"),
-            format!("route add default via {gw}"),
-            format!(
-                "neigh replace {gw} lladdr {} dev {POD_IF} nud permanent",
-                mac_for(gw)
-            ),
-        ],
-    )
-    .map_err(LabError::kernel(what()))
+    let pod_mac = mac_for(ip);
+    let mut node_lines = vec![
+        format!("link add {veth} type veth peer name {POD_IF} address {pod_mac} netns {pod_ns}"),
+        format!("link set {veth} master {NODE_BRIDGE}"),
+        format!("link set dev {veth} type bridge_slave hairpin on"),
+        format!("link set {veth} up"),
+    ];
+    for addr in std::iter::once(ip).chain(second_ip) {
+        node_lines.push(format!(
+            "neigh replace {addr} lladdr {pod_mac} dev {NODE_BRIDGE} nud permanent"
+        ));
+    }
+    netns::ip_batch(&node_ns, &node_lines).map_err(LabError::kernel(what()))?;
+    // The bridge's address, as `build_infrastructure` set it from the first podCIDR.
+    let bridge_mac = gateway(node_addr.pod_cidr)
+        .map(mac_for)
+        .ok_or_else(|| LabError::InvalidNode {
+            node: node.clone(),
+            reason: "its podCIDR has no host addresses",
+        })?;
+    let mut lines = vec![format!("link set {POD_IF} up")];
+    for ip in std::iter::once(ip).chain(second_ip) {
+        let no_cidr = || LabError::InvalidNode {
+            node: node.clone(),
+            reason: "it has no podCIDR of its pod's IP family",
+        };
+        let cidr = node_addr.pod_cidr_for(ip).ok_or_else(no_cidr)?;
+        let gw = gateway(cidr).ok_or_else(|| LabError::InvalidNode {
+            node: node.clone(),
+            reason: "its podCIDR has no host addresses",
+        })?;
+        if ip.is_ipv4() {
+            lines.extend([
+                format!("addr add {ip}/32 dev {POD_IF}"),
+                format!("route add {gw} dev {POD_IF} scope link"),
+                format!("route add default via {gw}"),
+                format!("neigh replace {gw} lladdr {bridge_mac} dev {POD_IF} nud permanent"),
+            ]);
+        } else {
+            lines.extend([
+                format!(
+                    "addr add {ip}/{} dev {POD_IF}{}",
+                    cidr.prefix_len(),
+                    addr_flags(ip)
+                ),
+                format!("route add ::/0 via {gw}"),
+            ]);
+        }
+    }
+    netns::ip_batch(&pod_ns, &lines).map_err(LabError::kernel(what()))
 }
 
 /// The MAC address of the interface that holds `ip` in a Node's pod network: `0a:58:` and the
@@ -314,6 +406,26 @@ fn write_resolv_conf(pod_ns: &str, pod: &PodRef, dns: &ResolvConf) -> Result<(),
     std::fs::write(&file, body).map_err(LabError::io(&file))
 }
 
+/// Turns IPv6 duplicate address detection off for the interfaces created in `ns` from now on.
+/// Every lab address is handed out once, and an interface whose link-local address is still
+/// "tentative" sends no neighbour solicitation for traffic it forwards: a Node would hold the
+/// first packets to a Pod for a second or more.
+fn without_dad(ns: &str) -> Result<(), LabError> {
+    for key in [
+        "net.ipv6.conf.all.accept_dad",
+        "net.ipv6.conf.default.accept_dad",
+    ] {
+        link::sysctl(ns, key, "0").map_err(LabError::kernel(format!("namespace {ns}")))?;
+    }
+    Ok(())
+}
+
+/// `nodad` for an IPv6 address: without duplicate address detection it is usable at once,
+/// not "tentative" for a second or two (the lab hands out every address exactly once).
+fn addr_flags(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() { " nodad" } else { "" }
+}
+
 fn attach_to_switch(port: &str, peer_ns: &str) -> Vec<String> {
     vec![
         format!("link add {port} type veth peer name {UNDERLAY_IF} netns {peer_ns}"),
@@ -326,4 +438,56 @@ fn create_recorded(store: &Store, record: &mut LabRecord, ns: &str) -> Result<()
     record.namespaces.push(ns.to_owned());
     store.write_lab(record)?;
     netns::add(ns).map_err(LabError::kernel(format!("namespace {ns}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn gateways_and_the_external_address_skip_the_network_address_in_both_families() {
+        assert_eq!(gateway(net("10.244.1.0/24")), Some(ip("10.244.1.1")));
+        assert_eq!(
+            gateway(net("fd00:10:244:1::/64")),
+            Some(ip("fd00:10:244:1::1"))
+        );
+        let nodes = BTreeMap::from([(
+            NodeName::new("node-1"),
+            NodeAddress {
+                ip: ip("172.18.0.1"),
+                pod_cidr: net("10.244.0.0/24"),
+                ip6: Some(ip("fd00:172:18::1")),
+                second_pod_cidr: Some(net("fd00:10:244::/64")),
+            },
+        )]);
+        assert_eq!(
+            external_ip(net("172.18.0.0/24"), &nodes),
+            Some(ip("172.18.0.2"))
+        );
+        assert_eq!(
+            external_ip(net("fd00:172:18::/64"), &nodes),
+            Some(ip("fd00:172:18::2"))
+        );
+        let node = &nodes[&NodeName::new("node-1")];
+        assert_eq!(
+            node.pod_cidr_for(ip("fd00:10:244::5")),
+            Some(net("fd00:10:244::/64"))
+        );
+        assert_eq!(
+            node.underlay_for(net("fd00:10:244::/64")),
+            Some(ip("fd00:172:18::1"))
+        );
+        assert_eq!(
+            node.underlay_for(net("10.244.0.0/24")),
+            Some(ip("172.18.0.1"))
+        );
+    }
 }

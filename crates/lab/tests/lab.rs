@@ -16,6 +16,7 @@ fn spec(protocol: ProbeProtocol, port: Option<u16>) -> ProbeSpec {
         protocol,
         count: 1,
         timeout: Duration::from_millis(700),
+        family: None,
     }
 }
 
@@ -99,7 +100,7 @@ fn pods_on_two_nodes_reach_each_other_and_see_true_outcomes() {
 
     // The matrix shows exactly that column blocked.
     let m = lab
-        .matrix(80, Protocol::Tcp, &[], Duration::from_millis(500))
+        .matrix(80, Protocol::Tcp, &[], Duration::from_millis(500), None)
         .expect("matrix");
     let (a, b, c) = (
         PodRef::new("x", "a"),

@@ -27,7 +27,7 @@ pub mod validate;
 pub mod validation;
 pub mod view;
 
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, IpFamilies, UnknownIpFamilies};
 pub use field::{FieldError, FieldPath};
 pub use keys::{
     DeploymentRef, EndpointSliceRef, NamespaceName, NodeName, PodRef, PolicyRef, Protocol,

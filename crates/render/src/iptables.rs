@@ -346,6 +346,8 @@ pub enum Match {
         /// `!`.
         negated: bool,
     },
+    /// `-p ipv6-icmp -m icmp6 --icmpv6-type TYPE` (ip6tables only).
+    Icmpv6Type(u8),
 }
 
 /// A packet-mark operation (`-j MARK`).
@@ -888,6 +890,14 @@ fn write_match(m: &Match, out: &mut dyn FnMut(Arg<'_>)) {
             neg(*negated, out);
             out(Word("-o"));
             out(Word(name));
+        }
+        Match::Icmpv6Type(t) => {
+            out(Word("-p"));
+            out(Word("ipv6-icmp"));
+            out(Word("-m"));
+            out(Word("icmp6"));
+            out(Word("--icmpv6-type"));
+            out(Show(t));
         }
     }
 }

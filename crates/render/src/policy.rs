@@ -9,9 +9,9 @@
 //! - `KNP-INPUT`, hooked from `INPUT`: `-s IP -j KNP-E-<id>`, for Pods reaching this Node
 //!   (its addresses, or a Service DNATed to a hostNetwork endpoint).
 //! - `KNP-I-<id>` / `KNP-E-<id>`, one per isolated direction of a Pod, in the plan's order:
-//!   replies (`ESTABLISHED,RELATED`) accepted; this Node's own addresses (`addrtype LOCAL`,
-//!   ingress only) and the Pod's own IPs let through; one rule per allowing match, commented
-//!   `ns/name ingress[0]`; then `DROP`.
+//!   replies (`ESTABLISHED,RELATED`) and, in ip6tables, neighbour discovery accepted; this
+//!   Node's own addresses (`addrtype LOCAL`, ingress only) and the Pod's own IPs let through;
+//!   one rule per allowing match, commented `ns/name ingress[0]`; then `DROP`.
 //!
 //! A direction that allows a packet `RETURN`s rather than `ACCEPT`s, so a packet between two
 //! isolated Pods of this Node is judged by the destination's ingress chain *and* the
@@ -59,6 +59,10 @@ const SCRATCH_SUFFIX: &str = "-N";
 const SET_OPTIONS: &str = "hashsize 1024 maxelem 1048576";
 /// iptables allows 256 bytes of comment; lists of policies are shortened well below that.
 const MAX_LISTED_POLICIES: usize = 3;
+
+/// The ICMPv6 types of neighbour discovery an isolated Pod always sends and receives:
+/// solicitation (135) and advertisement (136).
+const NEIGHBOUR_DISCOVERY: [(&str, u8); 2] = [("solicitation", 135), ("advertisement", 136)];
 
 /// The rendered policy rules of one IP family.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +264,19 @@ impl Renderer<'_> {
                 .ctstate(&[CtState::Related, CtState::Established])
                 .target(Target::Accept),
         ];
+        if self.family == IpFamily::V6 {
+            // IPv6 finds neighbours (the gateway, Pods on the same bridge) with ICMPv6
+            // solicitations and advertisements, which conntrack does not track: dropping them
+            // would cut off even the peers a policy allows, as ARP is never filtered here.
+            for (name, icmp_type) in NEIGHBOUR_DISCOVERY {
+                rules.push(
+                    Rule::new()
+                        .comment(format!("{what}: neighbour {name}"))
+                        .with(Match::Icmpv6Type(icmp_type))
+                        .target(Target::Accept),
+                );
+            }
+        }
         if plan.allow_local_node {
             rules.push(
                 Rule::new()
@@ -487,6 +504,23 @@ spec:
                 );
             }
         }
+    }
+
+    #[test]
+    fn isolated_chains_let_ipv6_neighbour_discovery_through_in_ip6tables_only() {
+        let cluster = CLUSTER
+            .replace("podCIDR: 10.244.1.0/24", "podCIDR: fd00:10:244:1::/64")
+            .replace("podIP: 10.244.1.", "podIP: fd00:10:244:1::");
+        let config = netd_model::ClusterConfig::for_families(netd_model::IpFamilies::Ipv6);
+        let state = netd_testkit::state_with(&cluster, config);
+        let plan = netd_policy::compile(&state, &NodeName::new("node-1")).expect("plan");
+        let v6 = render_policy(&plan, IpFamily::V6).restore_input();
+        for t in [135, 136] {
+            let rule = format!("-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT");
+            // Ingress and egress chain of x/a, each after the replies rule.
+            assert_eq!(v6.matches(&rule).count(), 2, "{v6}");
+        }
+        assert!(!rules().restore_input().contains("icmp6"));
     }
 
     #[test]

@@ -642,6 +642,8 @@ impl Tracer<'_> {
                 Match::OutInterface { name, negated } => {
                     iface_matches(pkt.out_interface.as_deref(), name, *negated)
                 }
+                // A traced packet is TCP, UDP or SCTP, never ICMPv6.
+                Match::Icmpv6Type(_) => false,
             };
             if !ok {
                 return Ok(Eval::No);
