@@ -424,6 +424,7 @@ fn trace_agrees_with_the_kernel() {
             protocol: ProbeProtocol::Tcp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let got = lab
             .probe(&Place::Pod(src.key.clone()), &target, &spec)

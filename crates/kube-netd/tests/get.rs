@@ -416,7 +416,11 @@ fn jsonpath_templates_read_what_json_prints() {
     let all = c.ok(&["get", "pods", "-A", "-o", template]);
     let ours: Vec<&str> = all.lines().filter(|l| !l.starts_with("coredns-")).collect();
     assert_eq!(ours, ["db=db", "web=web", "lonely=", "cart=web"], "{all}");
-    assert!(all.lines().any(|l| l.starts_with("coredns-") && l.ends_with('=')), "{all}");
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("coredns-") && l.ends_with('=')),
+        "{all}"
+    );
     assert_eq!(
         c.ok(&["get", "svc", "db", "-o", "jsonpath={.spec.ports[0].port}"]),
         "6379",

@@ -320,12 +320,13 @@ pub(crate) fn build_pod(
     }
     netns::ip_batch(&node_ns, &node_lines).map_err(LabError::kernel(what()))?;
     // The bridge's address, as `build_infrastructure` set it from the first podCIDR.
-    let bridge_mac = gateway(node_addr.pod_cidr)
-        .map(mac_for)
-        .ok_or_else(|| LabError::InvalidNode {
-            node: node.clone(),
-            reason: "its podCIDR has no host addresses",
-        })?;
+    let bridge_mac =
+        gateway(node_addr.pod_cidr)
+            .map(mac_for)
+            .ok_or_else(|| LabError::InvalidNode {
+                node: node.clone(),
+                reason: "its podCIDR has no host addresses",
+            })?;
     let mut lines = vec![format!("link set {POD_IF} up")];
     for ip in std::iter::once(ip).chain(second_ip) {
         let no_cidr = || LabError::InvalidNode {

@@ -490,7 +490,7 @@ fn check(lab: &Lab, model: &Model, config: &ClusterConfig, tally: &mut Tally) ->
     let mut out = Vec::new();
     let want = netd_policy::matrix(&want_state, 80, Protocol::Tcp, &[]);
     let got = lab
-        .matrix(80, Protocol::Tcp, &[], MATRIX_TIMEOUT)
+        .matrix(80, Protocol::Tcp, &[], MATRIX_TIMEOUT, None)
         .expect("lab matrix");
     if want.pods() != got.pods() {
         out.push(format!(
@@ -506,6 +506,7 @@ fn check(lab: &Lab, model: &Model, config: &ClusterConfig, tally: &mut Tally) ->
             protocol: ProbeProtocol::Tcp,
             count: 1,
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         let alone = lab
             .probe(
@@ -565,6 +566,7 @@ fn check_services(lab: &Lab, state: &ClusterState, tally: &mut Tally) -> Vec<Str
             protocol: ProbeProtocol::Tcp,
             count: if usable.is_empty() { 1 } else { 10 },
             timeout: PROBE_TIMEOUT,
+            family: None,
         };
         tally.services += 1;
         let mut seen = BTreeSet::new();
