@@ -531,7 +531,7 @@ fn a_dual_stack_lab_answers_over_both_families() {
         let by_name = lab.ok(&[
             "probe",
             "x/b",
-            "echo6",
+            "echo6.x",
             "--port",
             "80",
             "--ip-family",
@@ -560,7 +560,7 @@ fn a_dual_stack_lab_answers_over_both_families() {
     let by_name = lab.run(&[
         "probe",
         "x/a",
-        "echo",
+        "echo.x",
         "--port",
         "80",
         "--ip-family",
@@ -571,7 +571,7 @@ fn a_dual_stack_lab_answers_over_both_families() {
         "no AAAA record for a single-stack IPv4 Service"
     );
     let err = String::from_utf8_lossy(&by_name.stderr);
-    assert!(err.contains("cannot resolve \"echo\""), "{err}");
+    assert!(err.contains("cannot resolve \"echo.x\""), "{err}");
 
     let matrix = lab.ok(&[
         "matrix",
@@ -899,7 +899,7 @@ fn an_ipv6_only_lab_answers_over_ipv6() {
     // No --ip-family: the cluster's only family. The name resolves to an AAAA record of
     // the lab's DNS, itself reached through its IPv6 ClusterIP.
     let by_name = lab.ok(&[
-        "probe", "x/a", "echo", "--port", "80", "--count", "4", "-o", "json",
+        "probe", "x/a", "echo.x", "--port", "80", "--count", "4", "-o", "json",
     ]);
     connected(&by_name);
     let icmp = lab.ok(&["probe", "external", "node/node-2", "--protocol", "icmp"]);
