@@ -4,7 +4,7 @@
 //! names, and [`check_ifname`] refuses longer ones before the kernel does, with a clearer error.
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::KernelError;
 use crate::cmd::ip;
@@ -155,6 +155,15 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), KernelError> {
         .map_err(|_| failed(std::io::Error::other("sysctl thread panicked")))?
 }
 
+/// The MAC address the bridge CNI plugin gives an interface holding the IPv4 address `ip`:
+/// `0a:58:` followed by the address's four bytes (a locally administered unicast address).
+/// An interface re-created with the same IP gets the same MAC, so peers' neighbour entries
+/// for that IP stay right.
+pub fn mac_for_ipv4(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// Refuses interface names the kernel would refuse.
 pub fn check_ifname(name: &str) -> Result<(), KernelError> {
     if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains(['/', ' ', '\0']) {
@@ -163,4 +172,21 @@ pub fn check_ifname(name: &str) -> Result<(), KernelError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mac_follows_the_address_as_the_bridge_plugin_derives_it() {
+        assert_eq!(
+            mac_for_ipv4(Ipv4Addr::new(10, 244, 1, 20)),
+            "0a:58:0a:f4:01:14"
+        );
+        assert_eq!(
+            mac_for_ipv4(Ipv4Addr::new(255, 0, 0, 1)),
+            "0a:58:ff:00:00:01"
+        );
+    }
 }

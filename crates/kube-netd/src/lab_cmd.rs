@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
+use netd_lab::{
+    AgentStop, Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+};
 use netd_model::{Object, Protocol};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
@@ -69,6 +71,12 @@ enum LabCommand {
         kube-netd lab demo\n  \
         kube-netd lab demo --keep --name demo")]
     Demo(DemoArgs),
+    /// Restart a Node's agent: stop it by PID (SIGTERM, or SIGKILL with --kill), start a new
+    /// one, and return once the Node has converged. Established connections keep flowing.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab restart node-1\n  \
+        kube-netd lab restart node-2 --kill")]
+    Restart(RestartArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -204,6 +212,17 @@ struct DemoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct RestartArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// The Node whose agent to restart.
+    node: String,
+    /// SIGKILL the agent (as a crash would) instead of SIGTERM.
+    #[arg(long)]
+    kill: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
@@ -274,6 +293,22 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Demo(a) => demo(a),
+        LabCommand::Restart(a) => {
+            let lab = a.lab.open()?;
+            let stop = if a.kill {
+                AgentStop::Kill
+            } else {
+                AgentStop::Terminate
+            };
+            let started = Instant::now();
+            lab.restart_agent_with(&a.node.as_str().into(), stop)?;
+            println!(
+                "agent of node {} restarted; the node converged in {:.1}s",
+                a.node,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 println!("lab {} removed", a.name);

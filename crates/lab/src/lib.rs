@@ -2,7 +2,8 @@
 //!
 //! Start with [`Lab`]: [`Lab::up`] builds a lab from objects, [`Lab::apply`] and
 //! [`Lab::delete`] change it (returning once every Node has converged),
-//! [`Lab::restart_agent`] replaces one Node's agent as a crash and restart would,
+//! [`Lab::restart_agent_with`] stops one Node's agent (SIGTERM, or SIGKILL as a crash would)
+//! and starts it again,
 //! [`Lab::probe`] and [`Lab::matrix`] send real packets, and dropping a `Lab` that `up`
 //! returned (or calling [`down`]) removes everything it made.
 //!
@@ -56,6 +57,6 @@ mod topology;
 pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::helper_main;
-pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
+pub use lab::{Action, AgentStop, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
 pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 pub use store::DEFAULT_STATE_ROOT;

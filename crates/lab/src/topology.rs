@@ -122,7 +122,10 @@ pub(crate) fn build_infrastructure(
         let mut lines = vec![
             format!("link set {UNDERLAY_IF} up"),
             format!("addr add {}/{prefix} dev {UNDERLAY_IF}", addr.ip),
-            format!("link add {NODE_BRIDGE} type bridge"),
+            // A bridge without an address of its own takes the lowest MAC of its ports, which
+            // changes as Pods come and go and leaves every Pod's neighbour entry for the
+            // gateway stale. Give it the MAC derived from its gateway IP instead.
+            format!("link add {NODE_BRIDGE}{} type bridge", mac_option(gw)),
             format!("link set {NODE_BRIDGE} up"),
             format!(
                 "addr add {gw}/{} dev {NODE_BRIDGE}",
@@ -147,6 +150,16 @@ pub(crate) fn build_infrastructure(
         }
         netns::ip_batch(&ns, &lines).map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
+        // A Node forwarding an external client's packet back out of eth0 (to a Pod on another
+        // Node) would send the client an ICMP redirect. Redirects share the per-destination
+        // ICMP rate-limit state with the port-unreachable that rejects a connection to a
+        // Service without endpoints, so that reject would be suppressed and the client would
+        // see its SYN retransmitted a second later. The lab's routes are deliberate: no
+        // redirects, on every interface present and future (the kernel ORs `all` with each).
+        for conf in ["all", "default", UNDERLAY_IF, NODE_BRIDGE] {
+            link::sysctl(&ns, &format!("net.ipv4.conf.{conf}.send_redirects"), "0")
+                .map_err(LabError::kernel(what()))?;
+        }
         link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
             .map_err(LabError::kernel(what()))?;
     }
@@ -209,6 +222,9 @@ pub(crate) fn build_pod(
     let what = || format!("pod {pod}");
     write_resolv_conf(&pod_ns, pod, dns)?;
     netns::add(&pod_ns).map_err(LabError::kernel(what()))?;
+    // Announce the Pod's address (gratuitous ARP) when its link comes up, so that peers
+    // holding a neighbour entry from an earlier incarnation at this IP update it at once.
+    link::sysctl(&pod_ns, "net.ipv4.conf.all.arp_notify", "1").map_err(LabError::kernel(what()))?;
     let veth = names::pod_veth(pod);
     // A namespace is torn down asynchronously after `ip netns delete`: the veth of an earlier
     // incarnation of this Pod may linger in the Node for a moment.
@@ -216,7 +232,12 @@ pub(crate) fn build_pod(
     netns::ip_batch(
         &node_ns,
         &[
-            format!("link add {veth} type veth peer name {POD_IF} netns {pod_ns}"),
+            // The Pod's MAC follows its IP (as the bridge CNI plugin does): a Pod re-created
+            // at the same address is reachable through every peer's existing neighbour entry.
+            format!(
+                "link add {veth} type veth peer name {POD_IF}{} netns {pod_ns}",
+                mac_option(ip)
+            ),
             format!("link set {veth} master {NODE_BRIDGE}"),
             format!("link set dev {veth} type bridge_slave hairpin on"),
             format!("link set {veth} up"),
@@ -230,11 +251,13 @@ pub(crate) fn build_pod(
     netns::ip_batch(
         &pod_ns,
         &[
-            format!("link set {POD_IF} up"),
+            // The address first: the gratuitous ARP goes out when the link comes up, for the
+            // addresses it has by then.
             format!(
                 "addr add {ip}/{} dev {POD_IF}",
                 node_addr.pod_cidr.prefix_len()
             ),
+            format!("link set {POD_IF} up"),
             format!("route add default via {gw}"),
         ],
     )
@@ -273,6 +296,14 @@ fn write_resolv_conf(pod_ns: &str, pod: &PodRef, dns: &ResolvConf) -> Result<(),
     );
     let file = dir.join("resolv.conf");
     std::fs::write(&file, body).map_err(LabError::io(&file))
+}
+
+/// ` address MAC` for `ip link add` with the MAC derived from `ip` (IPv4), or nothing.
+fn mac_option(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!(" address {}", link::mac_for_ipv4(v4)),
+        IpAddr::V6(_) => String::new(),
+    }
 }
 
 fn attach_to_switch(port: &str, peer_ns: &str) -> Vec<String> {
