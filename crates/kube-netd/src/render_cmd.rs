@@ -27,6 +27,11 @@ pub struct RenderArgs {
     /// The rule back end (nftables arrives with its own issue).
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
+    /// Render as kube-proxy's --iptables-localhost-nodeports: nodePorts also answer on
+    /// 127.0.0.1, and KUBE-FIREWALL drops the martian packets route_localnet admits
+    /// (CVE-2020-8558). Off by default.
+    #[arg(long)]
+    localhost_nodeports: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -55,7 +60,11 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let Mode::Iptables = args.mode;
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
-    let rules = NodeProgrammer::default().rules(&state, &args.node)?;
+    let programmer = NodeProgrammer {
+        localhost_nodeports: args.localhost_nodeports,
+        ..NodeProgrammer::default()
+    };
+    let rules = programmer.rules(&state, &args.node)?;
     print!("{}", rules.to_text());
     Ok(())
 }
