@@ -24,12 +24,18 @@ pub const DISPATCH_PREFIX: &str = "KUBE-NETD-";
 pub struct NodeProgrammer {
     /// How service rules are rendered.
     pub render: RenderOptions,
+    /// kube-proxy's `--iptables-localhost-nodeports` (see
+    /// [`ProxyOptions::localhost_nodeports`]); off by default.
+    pub localhost_nodeports: bool,
 }
 
 impl NodeProgrammer {
     /// The rules of `node`.
     pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
-        let options = ProxyOptions::for_node(state, node);
+        let options = ProxyOptions {
+            localhost_nodeports: self.localhost_nodeports,
+            ..ProxyOptions::for_node(state, node)
+        };
         let plan = netd_policy::compile(state, node).map_err(|source| {
             AgentError::CompilePolicyFailed {
                 node: node.clone(),

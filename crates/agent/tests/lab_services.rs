@@ -13,8 +13,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +26,7 @@ use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
 };
 use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
+use netd_testkit::held::{HeldConnection, in_netns};
 
 const HELPER_FLAG: &str = "--netd-helper";
 const STATE_ROOT: &str = "/run/kube-netd-tests";
@@ -698,18 +698,8 @@ fn agent_restart_keeps_established_connections() {
     );
     let to = SocketAddr::new(ip, 80);
     let ns = lab.netns_of(&client()).expect("client namespace");
-    let stream = in_netns(&ns, move || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect to the ClusterIP")
-    });
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    let mut conn = Conn {
-        reader: BufReader::new(stream.try_clone().expect("clone")),
-        stream,
-    };
-    let hello = conn.line().expect("the echo server's greeting");
-    let hello = EchoReply::parse(&hello).expect("an echo reply");
+    let mut conn = HeldConnection::open(&ns, to, Duration::from_secs(5));
+    let hello = EchoReply::parse(conn.greeting()).expect("an echo reply");
     assert_eq!(hello.pod, "default/web");
     conn.round_trip("before");
 
@@ -969,19 +959,6 @@ fn conntrack_udp(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `f` on a thread inside the namespace `ns` (sockets it opens stay in that namespace).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                netd_kernel::netns::enter(ns).expect("enter namespace");
-                f()
-            })
-            .join()
-            .expect("thread in namespace")
-    })
-}
-
 /// A UDP socket in `from`'s namespace, bound to one source port and connected to `to`.
 fn udp_client(lab: &Lab, from: &Place, to: SocketAddr) -> UdpSocket {
     let ns = lab.netns_of(from).expect("namespace");
@@ -1003,30 +980,6 @@ fn udp_ask(socket: &UdpSocket) -> Option<EchoReply> {
 }
 
 /// One TCP connection to an echo server.
-struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        Ok(line)
-    }
-
-    /// Sends `text` and expects it echoed on the same connection.
-    fn round_trip(&mut self, text: &str) {
-        self.stream
-            .write_all(format!("{text}\n").as_bytes())
-            .unwrap_or_else(|e| panic!("send {text:?} on the established connection: {e}"));
-        let got = self
-            .line()
-            .unwrap_or_else(|e| panic!("echo of {text:?} on the established connection: {e}"));
-        assert_eq!(got, format!("{text}\n"), "echo of {text:?}");
-    }
-}
-
 /// The agents' PIDs recorded in the lab's state, by Node.
 fn recorded_agents(lab: &Lab) -> BTreeMap<String, u32> {
     let lab_json: serde_json::Value =

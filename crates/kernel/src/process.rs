@@ -1,6 +1,8 @@
 //! Ending processes by PID, never by name, and only the ones that are ours.
 
-use nix::sys::signal::{Signal, kill};
+pub use nix::sys::signal::Signal;
+
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::KernelError;
@@ -20,6 +22,13 @@ pub fn is_ours(pid: u32, marker: &str) -> bool {
 /// Sends SIGKILL to `pid` if it is still ours (see [`is_ours`]). Returns whether a signal was
 /// sent; a process that is gone (or no longer ours) is not an error.
 pub fn kill_if_ours(pid: u32, marker: &str) -> Result<bool, KernelError> {
+    signal_if_ours(pid, marker, Signal::SIGKILL)
+}
+
+/// Sends `signal` to `pid` if it is still ours (see [`is_ours`]): [`kill_if_ours`] with the
+/// signal of the caller's choice (SIGTERM to let a process stop on its own terms). Returns
+/// whether a signal was sent; a process that is gone (or no longer ours) is not an error.
+pub fn signal_if_ours(pid: u32, marker: &str, signal: Signal) -> Result<bool, KernelError> {
     if !is_ours(pid, marker) {
         return Ok(false);
     }
@@ -27,7 +36,7 @@ pub fn kill_if_ours(pid: u32, marker: &str) -> Result<bool, KernelError> {
         pid,
         source: nix::Error::EINVAL,
     })?;
-    match kill(Pid::from_raw(raw), Signal::SIGKILL) {
+    match kill(Pid::from_raw(raw), signal) {
         Ok(()) => Ok(true),
         Err(nix::Error::ESRCH) => Ok(false),
         Err(source) => Err(KernelError::KillFailed { pid, source }),
@@ -56,5 +65,28 @@ mod tests {
         assert!(is_ours(pid, &me));
         assert!(!is_ours(pid, "no-such-marker-argument"));
         assert!(is_alive(pid));
+    }
+
+    #[test]
+    fn only_a_process_carrying_the_marker_gets_the_signal() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        // Until the child has exec'd, its command line is still this test's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_ours(pid, "600") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!signal_if_ours(pid, "no-such-marker-argument", Signal::SIGTERM).expect("signal"));
+        assert!(is_alive(pid));
+        assert!(signal_if_ours(pid, "600", Signal::SIGTERM).expect("signal"));
+        let status = child.wait().expect("reap");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(15)
+        );
+        assert!(!signal_if_ours(pid, "600", Signal::SIGTERM).expect("gone is no error"));
     }
 }

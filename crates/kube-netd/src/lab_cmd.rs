@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 use netd_lab::{
-    Action, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer,
+    Action, AgentStop, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer,
     Resolver, Target,
 };
 use netd_model::{ClusterConfig, IpFamilies, Kind, ObjectId};
@@ -116,6 +116,12 @@ enum LabCommand {
         kube-netd lab list -o json"
     )]
     List(ListArgs),
+    /// Restart a Node's agent: stop it by PID (SIGTERM, or SIGKILL with --kill), start a new
+    /// one, and return once the Node has converged. Established connections keep flowing.
+    #[command(after_help = "Examples:\n  \
+        kube-netd lab restart node-1\n  \
+        kube-netd lab restart node-2 --kill")]
+    Restart(RestartArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -370,6 +376,17 @@ struct DemoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct RestartArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// The Node whose agent to restart.
+    node: String,
+    /// SIGKILL the agent (as a crash would) instead of SIGTERM.
+    #[arg(long)]
+    kill: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
@@ -442,6 +459,22 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
         }
         LabCommand::Demo(a) => demo(a),
         LabCommand::List(a) => list(a),
+        LabCommand::Restart(a) => {
+            let lab = a.lab.open()?;
+            let stop = if a.kill {
+                AgentStop::Kill
+            } else {
+                AgentStop::Terminate
+            };
+            let started = Instant::now();
+            lab.restart_agent_with(&a.node.as_str().into(), stop)?;
+            println!(
+                "agent of node {} restarted; the node converged in {:.1}s",
+                a.node,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 println!("lab {} removed", a.name);

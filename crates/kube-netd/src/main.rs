@@ -58,7 +58,8 @@ enum Command {
     /// Print exactly what would be applied to a node: ipset and iptables-restore input.
     #[command(after_help = "Examples:\n  \
         kube-netd render -f examples/ --node node-1\n  \
-        kube-netd render -f examples/hostnames/ --node node-2 --mode iptables")]
+        kube-netd render -f examples/hostnames/ --node node-2 --mode iptables\n  \
+        kube-netd render -f examples/ --node node-1 --localhost-nodeports")]
     Render(render_cmd::RenderArgs),
     /// Walk the first packet of a connection through a node's rules, Services and
     /// NetworkPolicy, as `render` prints them (no kernel).

@@ -26,6 +26,11 @@ pub struct RenderArgs {
     /// The rule back end (only iptables so far: there is no nftables back end yet).
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
+    /// Render as kube-proxy's --iptables-localhost-nodeports: nodePorts also answer on
+    /// 127.0.0.1, and KUBE-FIREWALL drops the martian packets route_localnet admits
+    /// (CVE-2020-8558). Off by default.
+    #[arg(long)]
+    localhost_nodeports: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -59,7 +64,11 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let Mode::Iptables = args.mode;
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
-    let rules = NodeProgrammer::default().rules(&state, &args.node)?;
+    let programmer = NodeProgrammer {
+        localhost_nodeports: args.localhost_nodeports,
+        ..NodeProgrammer::default()
+    };
+    let rules = programmer.rules(&state, &args.node)?;
     crate::out::stdout(&rules.to_text())?;
     Ok(())
 }

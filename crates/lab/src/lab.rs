@@ -124,6 +124,15 @@ impl fmt::Display for Change {
     }
 }
 
+/// How [`Lab::restart_agent_with`] stops the running agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentStop {
+    /// SIGTERM: asked to stop (`lab restart NODE`).
+    Terminate,
+    /// SIGKILL: as if it crashed (`lab restart NODE --kill`).
+    Kill,
+}
+
 /// A running lab. One built by [`Lab::up`] is removed when dropped, unless
 /// [`detached`](Lab::detach); one found by [`Lab::open`] is left running.
 pub struct Lab {
@@ -266,12 +275,18 @@ impl Lab {
         self.store.dir()
     }
 
-    /// Restarts the agent of `node` as a crashed one would be: kills the recorded agent by
-    /// PID (only if it is still the lab's), starts a new one as [`Lab::up`] does, records
-    /// its PID, and returns once it has programmed the current generation (its first sync,
-    /// a full one). The new agent adopts the Node's Pods and their workloads as they are;
-    /// established connections keep flowing meanwhile.
+    /// Restarts the agent of `node` as a crashed one would be: [`Lab::restart_agent_with`]
+    /// [`AgentStop::Kill`].
     pub fn restart_agent(&self, node: &NodeName) -> Result<(), LabError> {
+        self.restart_agent_with(node, AgentStop::Kill)
+    }
+
+    /// Restarts the agent of `node`: stops the recorded agent by PID as `stop` says (only if
+    /// it is still the lab's) and waits until it is gone, starts a new one as [`Lab::up`]
+    /// does, records its PID, and returns once it has programmed the current generation (its
+    /// first sync, a full one). The new agent adopts the Node's Pods and their workloads as
+    /// they are; established connections keep flowing meanwhile.
+    pub fn restart_agent_with(&self, node: &NodeName, stop: AgentStop) -> Result<(), LabError> {
         let _lock = self.store.lock_changes()?;
         let (mut record, cluster) = self.records()?;
         if !record.nodes.contains_key(node) {
@@ -282,7 +297,7 @@ impl Lab {
             });
         }
         if let Some(pid) = record.agents.get(node).copied() {
-            self.stop_agent(node, pid)?;
+            self.stop_agent(node, pid, stop)?;
         }
         // The record's generation was programmed by the agent just stopped: the new one has
         // converged only once it has written it again.
@@ -610,11 +625,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Kills the agent `pid` of `node` if it is still the lab's, and waits until it is gone
-    /// (reaping it if this value started it).
-    fn stop_agent(&self, node: &NodeName, pid: u32) -> Result<(), LabError> {
+    /// Stops the agent `pid` of `node` as `stop` says if it is still the lab's, and waits
+    /// until it is gone (reaping it if this value started it).
+    fn stop_agent(&self, node: &NodeName, pid: u32, stop: AgentStop) -> Result<(), LabError> {
         let marker = self.store.marker();
-        process::kill_if_ours(pid, &marker).map_err(LabError::kernel(format!(
+        let signal = match stop {
+            AgentStop::Terminate => process::Signal::SIGTERM,
+            AgentStop::Kill => process::Signal::SIGKILL,
+        };
+        process::signal_if_ours(pid, &marker, signal).map_err(LabError::kernel(format!(
             "stopping the agent of node {node}"
         )))?;
         // A recorded PID that is gone, or now another process's, is no agent of ours.

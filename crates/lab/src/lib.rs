@@ -2,7 +2,8 @@
 //!
 //! Start with [`Lab`]: [`Lab::up`] builds a lab from objects, [`Lab::apply`] and
 //! [`Lab::delete`] change it (returning once every Node has converged),
-//! [`Lab::restart_agent`] replaces one Node's agent as a crash and restart would,
+//! [`Lab::restart_agent_with`] stops one Node's agent (SIGTERM, or SIGKILL as a crash would)
+//! and starts it again,
 //! [`Lab::probe`] and [`Lab::matrix`] send real packets, and dropping a `Lab` that `up`
 //! returned (or calling [`down`]) removes everything it made. [`list`] finds the labs on
 //! this machine.
@@ -63,7 +64,7 @@ pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::helper_main;
 pub use lab::{
-    Action, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
+    Action, AgentStop, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
 };
 pub use matrix::ProbeMatrix;
 pub use netd_proxy::IpFamily;

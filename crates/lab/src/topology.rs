@@ -213,14 +213,19 @@ pub(crate) fn build_infrastructure(
         }
         netns::ip_batch(&ns, &lines).map_err(LabError::kernel(what()))?;
         link::sysctl(&ns, "net.ipv4.ip_forward", "1").map_err(LabError::kernel(what()))?;
-        link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
-            .map_err(LabError::kernel(what()))?;
-        // Pods on this Node reach each other through the Node (see `build_pod`): that is the
-        // route, not a detour to redirect them from.
-        for conf in ["all", NODE_BRIDGE] {
+        // A Node forwarding an external client's packet back out of eth0 (to a Pod on another
+        // Node) would send the client an ICMP redirect. Redirects share the per-destination
+        // ICMP rate-limit state with the port-unreachable that rejects a connection to a
+        // Service without endpoints, so that reject would be suppressed and the client would
+        // see its SYN retransmitted a second later. Pods on this Node also reach each other
+        // through the Node (see `build_pod`). The lab's routes are deliberate: no redirects,
+        // on every interface present and future (the kernel ORs `all` with each).
+        for conf in ["all", "default", UNDERLAY_IF, NODE_BRIDGE] {
             link::sysctl(&ns, &format!("net.ipv4.conf.{conf}.send_redirects"), "0")
                 .map_err(LabError::kernel(what()))?;
         }
+        link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
+            .map_err(LabError::kernel(what()))?;
         if addr.ip6.is_some() {
             link::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")
                 .map_err(LabError::kernel(what()))?;
@@ -299,8 +304,14 @@ pub(crate) fn build_pod(
     let what = || format!("pod {pod}");
     write_resolv_conf(&pod_ns, pod, dns)?;
     netns::add(&pod_ns).map_err(LabError::kernel(what()))?;
+    // Announce the Pod's addresses when its link comes up (gratuitous ARP, unsolicited
+    // neighbour advertisement), so that a peer holding an entry from an earlier incarnation at
+    // this IP updates it at once.
+    link::sysctl(&pod_ns, "net.ipv4.conf.all.arp_notify", "1").map_err(LabError::kernel(what()))?;
     if ip.is_ipv6() || second_ip.is_some_and(|s| s.is_ipv6()) {
         without_dad(&pod_ns)?;
+        link::sysctl(&pod_ns, "net.ipv6.conf.all.ndisc_notify", "1")
+            .map_err(LabError::kernel(what()))?;
     }
     let veth = names::pod_veth(pod);
     // A namespace is torn down asynchronously after `ip netns delete`: the veth of an earlier

@@ -82,6 +82,10 @@ pub struct ProxyOptions {
     /// The `PreferSameTrafficDistribution` feature gate (on by default since 1.34): honour
     /// node hints (`PreferSameNode`) before zone hints.
     pub prefer_same_node: bool,
+    /// `--iptables-localhost-nodeports`: accept nodePort connections to `127.0.0.1` (IPv4
+    /// only; needs `route_localnet=1` on the Node and a rule dropping the martian packets that
+    /// then become routable, CVE-2020-8558). Off by default here, unlike kube-proxy.
+    pub localhost_nodeports: bool,
 }
 
 impl Default for ProxyOptions {
@@ -94,6 +98,7 @@ impl Default for ProxyOptions {
             node_ips: Vec::new(),
             nodeport_addresses: Vec::new(),
             prefer_same_node: true,
+            localhost_nodeports: false,
         }
     }
 }

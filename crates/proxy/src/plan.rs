@@ -25,6 +25,9 @@ pub struct ServicePlan {
     pub local_detector: Option<IpNet>,
     /// `--nodeport-addresses` of this family; empty means "every local address".
     pub nodeport_addresses: Vec<IpAddr>,
+    /// Whether nodePorts also answer on `127.0.0.0/8` (`--iptables-localhost-nodeports`, IPv4
+    /// plans only).
+    pub localhost_nodeports: bool,
     /// Every proxied Service port, in [`ServicePortName`] order.
     pub ports: BTreeMap<ServicePortName, ServicePortPlan>,
 }
@@ -270,6 +273,7 @@ pub fn plan(
             .copied()
             .filter(|ip| family.contains(*ip))
             .collect(),
+        localhost_nodeports: opts.localhost_nodeports && family == IpFamily::V4,
         ports,
     }
 }

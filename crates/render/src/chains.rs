@@ -24,6 +24,9 @@ pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 /// filter: drops load-balancer traffic not admitted by its source ranges.
 pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+/// filter: drops martian packets to `127.0.0.0/8` that `route_localnet` makes routable (only
+/// with localhost nodePorts; kubelet keeps a chain of the same name and rule).
+pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 /// nat: sets the masquerade mark.
 pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
 /// nat: masquerades marked packets.

@@ -5,7 +5,8 @@
 //! `KUBE-FW-` when source ranges are set) → `KUBE-SEP-` (hairpin mark + DNAT);
 //! `KUBE-MARK-MASQ` / `KUBE-POSTROUTING` for SNAT; filter `KUBE-SERVICES` /
 //! `KUBE-EXTERNAL-SERVICES` (reject or drop when there are no usable endpoints),
-//! `KUBE-NODEPORTS` (health-check ports), `KUBE-FORWARD`, `KUBE-PROXY-FIREWALL`.
+//! `KUBE-NODEPORTS` (health-check ports), `KUBE-FORWARD`, `KUBE-PROXY-FIREWALL`, and
+//! `KUBE-FIREWALL` (with localhost nodePorts only).
 //! The renderer decides nothing: every choice was made in the plan.
 
 use std::collections::{BTreeSet, HashMap};
@@ -17,8 +18,9 @@ use netd_model::{Protocol, ServiceRef};
 use netd_proxy::{ClusterIpMasquerade, Disposition, PlannedEndpoint, ServicePlan, ServicePortPlan};
 
 use crate::chains::{
-    KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
-    KUBE_PROXY_FIREWALL, KUBE_SERVICES, ServiceChains, endpoint_chain, is_service_chain,
+    KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
+    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, ServiceChains, endpoint_chain,
+    is_service_chain,
 };
 use crate::iptables::{
     ChainName, CtState, Direction, HookRule, MarkOp, Match, Probability, Recent, RestoreSelection,
@@ -91,9 +93,10 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
         r.service_port(port);
     }
     r.nodeports_last_rule();
+    r.localhost_firewall();
     ServiceRules {
         ruleset: r.rs,
-        hooks: hooks(),
+        hooks: hooks(plan),
         owners: r.owners,
     }
 }
@@ -152,8 +155,9 @@ impl ServiceRules {
     }
 }
 
-/// The hook rules of reference A.1, in kube-proxy's order.
-fn hooks() -> Vec<HookRule> {
+/// The hook rules of reference A.1, in kube-proxy's order (`KUBE-FIREWALL`'s last, so first in
+/// `INPUT` and `OUTPUT`, only with localhost nodePorts).
+fn hooks(plan: &ServicePlan) -> Vec<HookRule> {
     let new = [CtState::New];
     let hook = |table, chain: &str, rule: Rule| HookRule {
         table,
@@ -170,7 +174,7 @@ fn hooks() -> Vec<HookRule> {
     const EXTERNAL: &str = "kubernetes externally-visible service portals";
     const PORTALS: &str = "kubernetes service portals";
     const FIREWALL: &str = "kubernetes load balancer firewall";
-    vec![
+    let mut hooks = vec![
         hook(
             Table::Filter,
             "INPUT",
@@ -227,7 +231,14 @@ fn hooks() -> Vec<HookRule> {
             "POSTROUTING",
             to(None, "kubernetes postrouting rules", KUBE_POSTROUTING),
         ),
-    ]
+    ];
+    if plan.localhost_nodeports {
+        for chain in ["INPUT", "OUTPUT"] {
+            let rule = Rule::new().jump(&ChainName::from(KUBE_FIREWALL));
+            hooks.push(hook(Table::Filter, chain, rule));
+        }
+    }
+    hooks
 }
 
 struct Names {
@@ -354,22 +365,24 @@ impl Renderer<'_> {
         const COMMENT: &str =
             "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
         let services = self.names.services.clone();
+        let localhost = self.plan.localhost_nodeports;
         if self.plan.nodeport_addresses.is_empty() {
-            // Localhost nodePorts are not supported (no route_localnet), as in kube-proxy
-            // with --iptables-localhost-nodeports=false and always for IPv6.
-            let rule = Rule::new()
-                .comment(COMMENT)
-                .local(Direction::Dst)
-                .not_destination(self.plan.family.loopback())
-                .jump(&self.names.nodeports);
-            self.rs.append(Table::Nat, &services, rule);
+            // Without localhost nodePorts (the default here; kube-proxy's with
+            // --iptables-localhost-nodeports=false, and always for IPv6) loopback
+            // destinations are left out: they would need route_localnet.
+            let mut rule = Rule::new().comment(COMMENT).local(Direction::Dst);
+            if !localhost {
+                rule = rule.not_destination(self.plan.family.loopback());
+            }
+            self.rs
+                .append(Table::Nat, &services, rule.jump(&self.names.nodeports));
             return;
         }
         for ip in self
             .plan
             .nodeport_addresses
             .iter()
-            .filter(|ip| !ip.is_loopback())
+            .filter(|ip| localhost || !ip.is_loopback())
         {
             let rule = Rule::new()
                 .comment(COMMENT)
@@ -377,6 +390,27 @@ impl Renderer<'_> {
                 .jump(&self.names.nodeports);
             self.rs.append(Table::Nat, &services, rule);
         }
+    }
+
+    /// With localhost nodePorts, `route_localnet` makes packets to `127.0.0.0/8` from
+    /// elsewhere routable: drop them unless they belong to a connection or were DNATed
+    /// (CVE-2020-8558, kubernetes#90259), as kube-proxy's `KUBE-FIREWALL`.
+    fn localhost_firewall(&mut self) {
+        if !self.plan.localhost_nodeports {
+            return;
+        }
+        let loopback = self.plan.family.loopback();
+        let rule = Rule::new()
+            .comment("block incoming localnet connections")
+            .destination(loopback)
+            .not_source(loopback)
+            .with(Match::Conntrack {
+                states: vec![CtState::Related, CtState::Established, CtState::Dnat],
+                negated: true,
+            })
+            .target(Target::Drop);
+        self.rs
+            .append(Table::Filter, &ChainName::from(KUBE_FIREWALL), rule);
     }
 
     /// Declares a per-service chain and returns its rules.
@@ -887,6 +921,41 @@ endpoints:
             first,
             r#"-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES"#
         );
+    }
+
+    #[test]
+    fn localhost_nodeports_put_kube_firewall_first_in_input_and_output() {
+        let state = netd_testkit::state(TWO_SERVICES);
+        let node = NodeName::new("node-1");
+        let on = ProxyOptions {
+            localhost_nodeports: true,
+            ..ProxyOptions::default()
+        };
+        let first = |r: &ServiceRules, chain: &str| {
+            r.installed()
+                .chain(Table::Filter, chain)
+                .and_then(|rules| rules.first().map(|rule| rule.to_string()))
+        };
+        let r = render_services(
+            &plan(&state, &node, IpFamily::V4, &on),
+            &RenderOptions::default(),
+        );
+        assert_eq!(r.hooks.len(), 14);
+        for chain in ["INPUT", "OUTPUT"] {
+            assert_eq!(
+                first(&r, chain).as_deref(),
+                Some("-j KUBE-FIREWALL"),
+                "{chain}"
+            );
+        }
+        // Off by default, and never for IPv6 (no route_localnet there).
+        let off = rules(TWO_SERVICES, &RenderOptions::default());
+        assert!(
+            off.hooks
+                .iter()
+                .all(|h| h.rule.to_string() != "-j KUBE-FIREWALL")
+        );
+        assert!(!plan(&state, &node, IpFamily::V6, &on).localhost_nodeports);
     }
 
     #[test]

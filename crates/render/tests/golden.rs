@@ -4,7 +4,7 @@
 //! An input may start with `# key: value` lines that set the proxy options:
 //! `node` (default `node-1`), `family` (`IPv4`/`IPv6`), `cluster-cidr` (repeatable; default
 //! the cluster's pod ranges), `node-ip` (repeatable), `zone`, `masquerade-all` (`true`),
-//! `nodeport-address` (repeatable).
+//! `nodeport-address` (repeatable), `localhost-nodeports` (`true`).
 
 mod common;
 

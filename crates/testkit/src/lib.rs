@@ -16,6 +16,11 @@
 //! The YAML is parsed straight into k8s-openapi types, without the loader's validation, so a
 //! test can build exactly the resolved state it needs (IPs, nodes, conditions set by hand).
 //! This is test code: it panics on malformed input, naming the document.
+//!
+//! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
+//! network namespace, for tests that check a connection survives a change.
+
+pub mod held;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 use serde::de::DeserializeOwned;

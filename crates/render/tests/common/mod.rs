@@ -50,6 +50,7 @@ pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
                 .push(value.parse().expect("nodeport-address")),
             "zone" => opts.node_zone = Some(value.to_owned()),
             "masquerade-all" => opts.masquerade_all = value == "true",
+            "localhost-nodeports" => opts.localhost_nodeports = value == "true",
             other => panic!("unknown golden option {other:?}"),
         }
     }
