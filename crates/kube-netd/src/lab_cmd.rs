@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
+use netd_agent::NodeProgrammer;
 use netd_lab::{
-    Action, AgentStop, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Programmer,
+    Action, AgentStop, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec,
     Resolver, Target,
 };
 use netd_model::{ClusterConfig, IpFamilies, Kind, ObjectId};
@@ -37,7 +38,8 @@ enum LabCommand {
     #[command(after_help = "Examples:\n  \
         kube-netd lab up -f examples/\n  \
         kube-netd lab up --nodes 3 --name second -f examples/hostnames/\n  \
-        kube-netd lab up --ip-family dual -f examples/hostnames/")]
+        kube-netd lab up --ip-family dual -f examples/hostnames/\n  \
+        kube-netd lab up --localhost-nodeports -f examples/nodeport/")]
     Up(UpArgs),
     /// Create or update objects, like kubectl apply; returns once every Node has converged.
     #[command(
@@ -128,6 +130,9 @@ enum LabCommand {
     /// The lab's own helper processes (a Node's agent, a Pod's echo or DNS server).
     #[command(hide = true)]
     Internal {
+        /// Agents render localhost nodePorts (`lab up --localhost-nodeports`).
+        #[arg(long)]
+        localhost_nodeports: bool,
         /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...` or
         /// `dns STATE_DIR NS/POD`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -181,6 +186,12 @@ struct UpArgs {
         conflicts_with_all = ["cluster_cidrs", "service_cidrs", "dns_service_ip"]
     )]
     ip_family: Option<IpFamilies>,
+    /// Accept connections to 127.0.0.1:<nodePort> on the nodes, as kube-proxy's
+    /// --iptables-localhost-nodeports does (route_localnet=1, and KUBE-FIREWALL drops the
+    /// martian packets that admits). Off by default: localhost nodePorts let anything on a
+    /// node's network reach them as if from the node itself (CVE-2020-8558).
+    #[arg(long)]
+    localhost_nodeports: bool,
     #[command(flatten)]
     network: NetworkArgs,
 }
@@ -400,8 +411,9 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
-/// Runs a `lab` subcommand. `programmer` gives each Node's agent its rules.
-pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
+/// Runs a `lab` subcommand. Each Node's agent (`lab internal agent ...`) gets its rules from
+/// a [`NodeProgrammer`] configured by the flags the lab was built with.
+pub fn run(args: LabArgs) -> anyhow::Result<()> {
     match args.command {
         LabCommand::Up(a) => up(a),
         LabCommand::Apply(a) => {
@@ -483,7 +495,16 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Internal { args } => Ok(netd_lab::helper_main(&args, programmer)?),
+        LabCommand::Internal {
+            localhost_nodeports,
+            args,
+        } => {
+            let programmer = NodeProgrammer {
+                localhost_nodeports,
+                ..NodeProgrammer::default()
+            };
+            Ok(netd_lab::helper_main(&args, &programmer)?)
+        }
     }
 }
 
@@ -512,14 +533,18 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         a.validate.load(&a.files, &config)?
     };
     let exe = std::env::current_exe().context("finding the kube-netd executable")?;
-    let program = vec![
+    let mut program = vec![
         exe.to_string_lossy().into_owned(),
         "lab".into(),
         "internal".into(),
     ];
+    if a.localhost_nodeports {
+        program.push("--localhost-nodeports".into());
+    }
     let mut options = LabOptions::new(a.lab.name.clone(), program);
     options.state_root = a.lab.state_root.clone();
     options.config = config;
+    options.localhost_nodeports = a.localhost_nodeports;
     if let Some(mode) = a.mode.to_possible_value() {
         options.mode = mode.get_name().to_owned();
     }

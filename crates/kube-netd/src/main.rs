@@ -138,7 +138,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Lab(args) => lab_cmd::run(args, &netd_agent::NodeProgrammer::default()),
+        Command::Lab(args) => lab_cmd::run(args),
     }
 }
 

@@ -1149,3 +1149,68 @@ fn restart_replaces_an_agent_and_keeps_established_connections() {
     assert!(lab.ok(&["down"]).contains("removed"));
     assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
+
+/// `x/a` on node-1 behind NodePort 30090.
+const LOCALHOST_NODEPORT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: np}}
+spec: {nodeName: node-1, containers: [{name: c, image: echo, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: x}
+spec: {type: NodePort, selector: {app: np}, ports: [{port: 80, nodePort: 30090}]}
+"#;
+
+#[test]
+fn localhost_nodeports_answer_only_when_the_lab_asks_for_them() {
+    for (flag, want) in [(false, "refused"), (true, "connected")] {
+        let lab = TestLab::new(if flag { "lhnp" } else { "nolhnp" });
+        let manifest = lab.file("np.yaml", LOCALHOST_NODEPORT);
+        let mut up = vec!["up", "-f", &manifest];
+        if flag {
+            up.push("--localhost-nodeports");
+        }
+        lab.ok(&up);
+        // From the node itself and from a Pod on it (whose 127.0.0.1 is its own).
+        let probe = lab.run(&[
+            "probe",
+            "node/node-1",
+            "127.0.0.1",
+            "--port",
+            "30090",
+            "-o",
+            "json",
+        ]);
+        let out = String::from_utf8_lossy(&probe.stdout);
+        assert!(
+            out.contains(&format!("\"outcome\":\"{want}\"")),
+            "localhost nodePorts {flag}: {out}"
+        );
+        assert_eq!(probe.status.success(), flag, "{out}");
+        if flag {
+            assert!(out.contains("x/a"), "served by the endpoint: {out}");
+        }
+        let rules = lab.ok(&["exec", "node/node-1", "--", "iptables-save", "-t", "filter"]);
+        assert_eq!(
+            rules.contains("block incoming localnet connections"),
+            flag,
+            "KUBE-FIREWALL's martian drop comes with the option: {rules}"
+        );
+        let localnet = lab.ok(&[
+            "exec",
+            "node/node-1",
+            "--",
+            "cat",
+            "/proc/sys/net/ipv4/conf/all/route_localnet",
+        ]);
+        assert_eq!(localnet.trim(), if flag { "1" } else { "0" });
+        // A restarted agent keeps the option: it runs the program the lab recorded.
+        lab.ok(&["restart", "node-1"]);
+        let again = lab.run(&["probe", "node/node-1", "127.0.0.1", "--port", "30090"]);
+        assert_eq!(again.status.success(), flag);
+        assert!(lab.ok(&["down"]).contains("removed"));
+        assert_eq!(lab.leftovers(), Vec::<String>::new());
+    }
+}

@@ -61,6 +61,11 @@ pub struct LabOptions {
     /// The service proxy back end the agents run, recorded for [`list`] (default
     /// [`DEFAULT_MODE`]: the agents' programmer decides what they run).
     pub mode: String,
+    /// Whether the Nodes accept connections to `127.0.0.1:<nodePort>`, as kube-proxy's
+    /// `--iptables-localhost-nodeports` does: `route_localnet=1` in every Node's namespace.
+    /// The agents' rules must match (the binary runs them with `--localhost-nodeports` in
+    /// `program`); off by default (CVE-2020-8558).
+    pub localhost_nodeports: bool,
 }
 
 impl LabOptions {
@@ -74,6 +79,7 @@ impl LabOptions {
             converge_timeout: Duration::from_secs(60),
             cluster_dns: true,
             mode: DEFAULT_MODE.to_owned(),
+            localhost_nodeports: false,
         }
     }
 }
@@ -213,6 +219,7 @@ impl Lab {
             external_ip: Some(external_ip),
             external_ip6,
             mode: options.mode.clone(),
+            localhost_nodeports: options.localhost_nodeports,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .ok()

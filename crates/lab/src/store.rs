@@ -58,6 +58,10 @@ pub(crate) struct LabRecord {
     /// The service proxy back end the agents run, as `lab up --mode` chose it.
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// Whether Nodes route `127.0.0.1` to nodePorts (`route_localnet=1`), as
+    /// [`crate::LabOptions::localhost_nodeports`] asked.
+    #[serde(default)]
+    pub localhost_nodeports: bool,
     /// When the lab was built, in seconds since the Unix epoch; `None` in a record written
     /// before this was kept.
     #[serde(default)]

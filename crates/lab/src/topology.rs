@@ -226,6 +226,12 @@ pub(crate) fn build_infrastructure(
         }
         link::sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "1")
             .map_err(LabError::kernel(what()))?;
+        if record.localhost_nodeports {
+            // As kube-proxy sets it for `--iptables-localhost-nodeports`: 127.0.0.1 may then
+            // be DNATed to a Pod; the agent's KUBE-FIREWALL rule drops martians it would admit.
+            link::sysctl(&ns, "net.ipv4.conf.all.route_localnet", "1")
+                .map_err(LabError::kernel(what()))?;
+        }
         if addr.ip6.is_some() {
             link::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")
                 .map_err(LabError::kernel(what()))?;
