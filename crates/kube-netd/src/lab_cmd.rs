@@ -420,7 +420,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             let lab = a.lab.open()?;
             let objects = a.validate.load(&a.files, lab.state()?.config())?;
             for change in lab.apply(objects)? {
-                println!("{change}");
+                crate::out::line(&change)?;
             }
             Ok(())
         }
@@ -480,18 +480,18 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             };
             let started = Instant::now();
             lab.restart_agent_with(&a.node.as_str().into(), stop)?;
-            println!(
+            crate::out::line(format_args!(
                 "agent of node {} restarted; the node converged in {:.1}s",
                 a.node,
                 started.elapsed().as_secs_f64()
-            );
+            ))?;
             Ok(())
         }
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
-                println!("lab {} removed", a.name);
+                crate::out::line(format_args!("lab {} removed", a.name))?;
             } else {
-                println!("no lab named {} was running", a.name);
+                crate::out::line(format_args!("no lab named {} was running", a.name))?;
             }
             Ok(())
         }
@@ -550,7 +550,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     let lab = Lab::up(options, objects, resolver())?;
     let state = lab.state()?;
-    println!(
+    crate::out::line(format_args!(
         "lab {} is up: {} nodes, {} pods, {} services in {:.1}s (state in {})",
         lab.name(),
         state.nodes().count(),
@@ -558,7 +558,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         state.services().count(),
         started.elapsed().as_secs_f64(),
         lab.state_dir().display()
-    );
+    ))?;
     lab.detach();
     Ok(())
 }
@@ -570,7 +570,7 @@ fn delete(a: DeleteArgs) -> anyhow::Result<()> {
     let mut missing = 0;
     for change in &changes {
         if change.action != Action::NotFound {
-            println!("{change}");
+            crate::out::line(change)?;
         } else if !a.ignore_not_found {
             missing += 1;
             eprintln!(
@@ -618,11 +618,14 @@ fn list(a: ListArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&labs)?);
+        crate::out::line(serde_json::to_string_pretty(&labs)?)?;
         return Ok(());
     }
     if labs.is_empty() {
-        println!("No labs found in {}", a.lab.state_root.display());
+        crate::out::line(format_args!(
+            "No labs found in {}",
+            a.lab.state_root.display()
+        ))?;
         return Ok(());
     }
     let mut rows = vec![[
@@ -652,7 +655,7 @@ fn list(a: ListArgs) -> anyhow::Result<()> {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:w$}"))
             .collect();
-        println!("{}", cells.join("   ").trim_end());
+        crate::out::line(cells.join("   ").trim_end())?;
     }
     Ok(())
 }
@@ -717,8 +720,8 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     let results = lab.probe(&from, &to, &spec)?;
     for result in &results {
         match a.output {
-            TextOrJson::Text => println!("{result}"),
-            TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
+            TextOrJson::Text => crate::out::line(result)?,
+            TextOrJson::Json => crate::out::line(serde_json::to_string(&result)?)?,
         }
     }
     let failed = results
@@ -748,8 +751,8 @@ fn probe_hold(
     let results = lab.hold(from, to, port, a.count, hold, timeout, a.ip_family)?;
     for result in &results {
         match a.output {
-            TextOrJson::Text => println!("{result}"),
-            TextOrJson::Json => println!("{}", serde_json::to_string(&result)?),
+            TextOrJson::Text => crate::out::line(result)?,
+            TextOrJson::Json => crate::out::line(serde_json::to_string(&result)?)?,
         }
     }
     let lost = results.iter().filter(|r| !r.survived).count();

@@ -132,10 +132,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Trace(args) => render_cmd::trace(args),
         Command::Cleanup(args) => {
             let removed = netd_agent::cleanup(&args.netns)?;
-            println!(
+            crate::out::line(format_args!(
                 "removed from {}: {} hooks, {} chains, {} ipsets",
                 args.netns, removed.hooks, removed.chains, removed.sets
-            );
+            ))?;
             Ok(())
         }
         Command::Lab(args) => lab_cmd::run(args),

@@ -25,3 +25,9 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
 }
+
+/// Writes `text` and a newline to standard output, as [`stdout`] does: `println!` for
+/// commands, without the panic on a closed pipe.
+pub fn line(text: impl std::fmt::Display) -> io::Result<()> {
+    stdout(&format!("{text}\n"))
+}

@@ -1,7 +1,5 @@
 //! `kube-netd policy ...`: what the NetworkPolicy engine decides, explained.
 
-use std::io::Write as _;
-
 use anyhow::Context as _;
 use clap::Subcommand;
 use netd_model::{NamespaceName, Protocol, Target};
@@ -100,10 +98,10 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         } => {
             let state = cluster.resolve()?;
             let checked = netd_policy::check(&state, &from, &to, &namespace, port, protocol)?;
-            print!("{checked}");
+            crate::out::stdout(&checked.to_string())?;
             if !checked.allowed {
-                // The explanation is the whole answer: no error message, only the status.
-                std::io::stdout().flush()?;
+                // The explanation (written and flushed) is the whole answer: no error
+                // message, only the status.
                 std::process::exit(1);
             }
         }

@@ -92,10 +92,10 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let start = match (args.node, home) {
         (Some(asked), Some(home)) if asked != home => {
-            println!(
+            crate::out::line(format_args!(
                 "note: {} is on {home}, so its packets meet {home}'s rules first, not {asked}'s",
                 args.from
-            );
+            ))?;
             home
         }
         (_, Some(home)) => home,
@@ -106,7 +106,7 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         ),
     };
     let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &start, &packet)?;
-    print!("{trace}");
+    crate::out::stdout(&trace.to_string())?;
     Ok(())
 }
 

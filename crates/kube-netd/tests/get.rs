@@ -300,6 +300,15 @@ fn a_closed_pipe_ends_the_command_quietly() {
         &["get", "pods", "-A", "-o", "json"][..],
         &["render", "--node", "node-1"],
         &["policy", "matrix", "--port", "6379"],
+        &[
+            "policy",
+            "check",
+            "default/web",
+            "default/db",
+            "--port",
+            "80",
+        ],
+        &["trace", "default/web", "svc/default/db:80"],
     ] {
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
