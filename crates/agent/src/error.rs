@@ -4,6 +4,7 @@ use netd_kernel::KernelError;
 use netd_model::NodeName;
 use netd_policy::PolicyError;
 use netd_proxy::IpFamily;
+use netd_render::TraceError;
 
 /// Building or applying a Node's rules failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,5 +53,28 @@ pub enum AgentError {
         /// The cause.
         #[source]
         source: KernelError,
+    },
+    /// A packet was traced to a Node the cluster does not have.
+    #[error("cannot trace through node {node}: no such node")]
+    TraceUnknownNode {
+        /// The Node.
+        node: NodeName,
+    },
+    /// A packet of an IP family the Node does not program was traced.
+    #[error("cannot trace an {family:?} packet through node {node}: it has no {family:?} rules")]
+    TraceNoFamily {
+        /// The Node.
+        node: NodeName,
+        /// The packet's family.
+        family: IpFamily,
+    },
+    /// The tracer could not walk the Node's rules.
+    #[error("cannot trace through the rules of node {node}")]
+    TraceFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: TraceError,
     },
 }

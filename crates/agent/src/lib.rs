@@ -49,6 +49,8 @@
 //! - [`sync`](mod@sync): [`SyncEngine`], the [`Applier`] seam and its real [`InNamespace`].
 //! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
+//! - [`trace`](mod@trace): [`trace_nodes`], a packet walked through these rules node after
+//!   node, as `kube-netd trace` prints it.
 
 pub mod apply;
 pub mod conntrack;
@@ -56,9 +58,11 @@ pub mod error;
 pub mod programmer;
 pub mod rules;
 pub mod sync;
+pub mod trace;
 
 pub use apply::{Cleanup, apply, cleanup, is_owned_chain, is_owned_set};
 pub use error::AgentError;
 pub use programmer::NodeProgrammer;
 pub use rules::{BoxError, FamilyRules, Hook, NoRules, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};
+pub use trace::{Fate, NodesTrace, trace_nodes};

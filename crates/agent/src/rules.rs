@@ -5,7 +5,7 @@ use std::fmt;
 
 use netd_model::{ClusterState, NodeName};
 use netd_proxy::{IpFamily, ServicePlan};
-use netd_render::{ServiceRules, SyncScope, Table};
+use netd_render::{ChainName, Rule, Ruleset, ServiceRules, SyncScope, Table};
 
 /// A boxed error from a pluggable part (a rule programmer).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -56,6 +56,20 @@ impl FamilyRules {
     /// The IP family.
     pub fn family(&self) -> IpFamily {
         self.plan.family
+    }
+
+    /// Every chain of the family with each hook at the top of its built-in chain: the rule
+    /// set a namespace holds after these rules are applied to it, for the
+    /// [tracer](netd_render::trace()).
+    pub fn installed(&self) -> Ruleset {
+        let mut rs = self.rules.ruleset.clone();
+        for hook in &self.hooks {
+            let rule = Rule::new()
+                .comment(hook.comment.as_str())
+                .jump(&ChainName::new(hook.target.as_str()));
+            rs.prepend(hook.table, &ChainName::new(hook.chain.as_str()), rule);
+        }
+        rs
     }
 }
 

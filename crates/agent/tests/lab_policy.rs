@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use netd_agent::NodeProgrammer;
+use netd_agent::{NodeProgrammer, trace_nodes};
 use netd_lab::{Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Target};
 use netd_model::{ClusterState, Kind, NamespaceName, ObjectId, PodRef, Protocol, ServiceRef};
 use netd_policy::{Endpoint, evaluate_via_service};
+use netd_render::{Packet, Verdict};
 
 const HELPER_FLAG: &str = "--netd-helper";
 /// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
@@ -25,7 +26,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
 type Test = (&'static str, fn());
 
-const TESTS: [Test; 3] = [
+const TESTS: [Test; 4] = [
     (
         "generated_clusters_match_the_engine",
         generated_clusters_match_the_engine,
@@ -35,6 +36,7 @@ const TESTS: [Test; 3] = [
         updates_are_reflected_after_each_step,
     ),
     ("seed_deny_egress_stops_ping", seed_deny_egress_stops_ping),
+    ("trace_agrees_with_the_kernel", trace_agrees_with_the_kernel),
 ];
 
 fn main() -> ExitCode {
@@ -328,6 +330,84 @@ fn seed_deny_egress_stops_ping() {
     assert_eq!(tcp("myproject/client"), Outcome::Connected);
     assert_eq!(tcp("default/stranger"), Outcome::Timeout);
     assert_eq!(tcp("new-ns/deny-egress-test"), Outcome::Timeout);
+}
+
+/// `kube-netd trace`'s walk through the rendered rules of the nodes, held against real
+/// packets for flows the seed's policies allow and drop, to pods on the same node and on the
+/// other one, directly and through a Service, and to a port the Service does not expose.
+fn trace_agrees_with_the_kernel() {
+    let policies = [
+        include_str!("../../../examples/networkpolicy/deny-egress.yaml"),
+        include_str!("../../../examples/networkpolicy/test-network-policy.yaml"),
+    ];
+    let service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\n\
+        spec: {clusterIP: 10.96.0.50, ports: [{port: 6379}]}\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: db-1, namespace: default, labels: {kubernetes.io/service-name: db}}\n\
+        addressType: IPv4\n\
+        endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}, \
+        targetRef: {kind: Pod, namespace: default, name: db}}]\n\
+        ports: [{port: 6379, protocol: TCP}]\n";
+    let yaml = format!(
+        "{}---\n{}---\n{}{service}",
+        generate::SEED_PODS,
+        policies[0],
+        policies[1]
+    );
+    let lab = up("trace", &yaml);
+    let state: ClusterState = lab.state().expect("state");
+    let cases = [
+        ("default/frontend", "default/db", 6379),
+        ("myproject/client", "default/db", 6379),
+        ("default/stranger", "default/db", 6379),
+        ("new-ns/deny-egress-test", "default/db", 6379),
+        ("new-ns/deny-egress-test", "default/frontend", 80),
+        ("default/stranger", "default/frontend", 80),
+        ("default/frontend", "svc/default/db", 6379),
+        ("default/stranger", "svc/default/db", 6379),
+        ("default/frontend", "svc/default/db", 6380),
+    ];
+    let mut failures = Vec::new();
+    for (from, to, port) in cases {
+        let src = state.pod(&from.parse().expect("pod")).expect("source pod");
+        let target: Target = to.parse().expect("target");
+        let dst = match &target {
+            Target::Pod(p) => state.pod(p).expect("pod").ips[0],
+            Target::Service(s) => state.service(s).expect("service").cluster_ips[0],
+            other => panic!("unexpected target {other:?}"),
+        };
+        let node = src.node.clone().expect("scheduled");
+        let packet = Packet::tcp(src.ips[0], dst, port);
+        let trace = trace_nodes(&NodeProgrammer::default(), &state, &node, &packet).expect("trace");
+        let verdicts: Vec<Verdict> = trace.fates.iter().map(|f| f.verdict).collect();
+        let want = match verdicts.as_slice() {
+            [] => panic!("{from} -> {to}: no fate\n{trace}"),
+            [first, rest @ ..] if rest.iter().all(|v| v == first) => *first,
+            _ => panic!("{from} -> {to}:{port}: branches differ\n{trace}"),
+        };
+        let spec = ProbeSpec {
+            port: Some(port),
+            protocol: ProbeProtocol::Tcp,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+        };
+        let got = lab
+            .probe(&Place::Pod(src.key.clone()), &target, &spec)
+            .expect("probe")[0]
+            .outcome;
+        let agrees = match want {
+            Verdict::Accept => got == Outcome::Connected,
+            Verdict::Reject => got == Outcome::Refused,
+            Verdict::Drop | Verdict::NoServicePort => got != Outcome::Connected,
+        };
+        println!("  {from} -> {to}:{port}: trace {want}, kernel {got}");
+        if !agrees {
+            failures.push(format!(
+                "{from} -> {to}:{port}: trace {want}, kernel {got}\n{trace}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Generated clusters: two Nodes, three labelled namespaces, six labelled Pods serving

@@ -5,7 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use netd_model::{ClusterConfig, ClusterState, DeploymentRef, Object};
+use k8s_openapi::api::core::v1::{Namespace, NamespaceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use netd_model::selector::NAMESPACE_NAME_LABEL;
+use netd_model::{ClusterConfig, ClusterState, DeploymentRef, Kind, Object, ObjectId};
 
 use crate::alloc::{CidrBook, IpBook, PortBook};
 use crate::error::ResolveError;
@@ -131,7 +134,7 @@ pub(crate) fn run(
         }
     }
 
-    let mut objects = passthrough;
+    let mut objects = namespaces(passthrough, &input);
     objects.extend(
         nodes
             .into_iter()
@@ -150,6 +153,48 @@ pub(crate) fn run(
     objects.extend(slices.into_iter().map(Object::EndpointSlice));
     ClusterState::new(objects, config.clone())
         .map_err(|e| ResolveError::BuildStateFailed(Box::new(e)))
+}
+
+/// Every namespace the cluster has as an object, as the API server keeps them: declared ones
+/// get the `kubernetes.io/metadata.name` label it adds, and those that only exist because
+/// an object names them (and `default`, `kube-system`, `kube-public`) are created, so `get ns`
+/// lists what the policy engine's namespace selectors see. `passthrough` holds the declared
+/// Namespaces and the NetworkPolicies.
+fn namespaces(mut passthrough: Vec<Object>, input: &ClusterState) -> Vec<Object> {
+    for object in &mut passthrough {
+        if let Object::Namespace(ns) = object {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            ns.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(NAMESPACE_NAME_LABEL.to_owned(), name);
+            ns.status.get_or_insert_with(Default::default).phase = Some("Active".to_owned());
+        }
+    }
+    for view in input.namespaces() {
+        let id = ObjectId {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: view.name.to_string(),
+        };
+        if input.object(&id).is_some() {
+            continue;
+        }
+        passthrough.push(Object::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: Some(id.name.clone()),
+                uid: Some(names::uid(Kind::Namespace.as_str(), "", &id.name)),
+                labels: Some(view.labels.clone()),
+                ..ObjectMeta::default()
+            },
+            status: Some(NamespaceStatus {
+                phase: Some("Active".to_owned()),
+                ..NamespaceStatus::default()
+            }),
+            ..Namespace::default()
+        }));
+    }
+    passthrough
 }
 
 /// Fills in what the API server always sets: the namespace of namespaced objects and a UID.

@@ -6,18 +6,25 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_lab::{Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target};
-use netd_model::{Object, Protocol};
+use netd_lab::{
+    Action, Lab, LabOptions, Place, ProbeProtocol, ProbeSpec, Programmer, Resolver, Target,
+};
+use netd_model::{Kind, ObjectId, Protocol};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every lab command acts on the lab that --name names, or the \
+    KUBE_NETD_LAB environment variable (default kube-netd); `kube-netd lab list` shows the labs \
+    on this machine.\n\nExample:\n  KUBE_NETD_LAB=second kube-netd lab get pods -A"
+)]
 pub struct LabArgs {
     #[command(subcommand)]
     command: LabCommand,
@@ -35,14 +42,23 @@ enum LabCommand {
         after_help = "Example:\n  kube-netd lab apply -f examples/networkpolicy/deny-egress.yaml"
     )]
     Apply(FileArgs),
-    /// Delete objects, like kubectl delete -f; returns once every Node has converged.
+    /// Delete objects named by files or on the command line, like kubectl delete; returns once
+    /// every Node has converged.
     #[command(
-        after_help = "Example:\n  kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml"
+        after_help = "A file needs to name each object only (apiVersion, kind, \
+        metadata.name, metadata.namespace); its spec is not read. Each object deleted is printed \
+        as `kind/name deleted`; each one that does not exist is reported on stderr, and the exit \
+        status is then 1 unless --ignore-not-found is given.\n\nExamples:\n  \
+        kube-netd lab delete -f examples/networkpolicy/deny-egress.yaml\n  \
+        kube-netd lab delete pod frontend stranger -n default\n  \
+        kube-netd lab delete svc/hostnames deploy/hostnames\n  \
+        kube-netd lab delete netpol deny-egress-test -n new-ns --ignore-not-found"
     )]
-    Delete(FileArgs),
+    Delete(DeleteArgs),
     /// Print the lab's resolved cluster, the way kubectl prints it.
     #[command(
-        after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml"
+        after_help = "Examples:\n  kube-netd lab get pods -A -o wide\n  kube-netd lab get svc -o yaml\n  \
+        kube-netd lab get pods/db svc/db -o name\n  kube-netd lab get ns -l team=a"
     )]
     Get(LabGetArgs),
     /// Send real packets from a pod, a node or outside the cluster, and report what happened.
@@ -50,7 +66,8 @@ enum LabCommand {
         kube-netd lab probe default/client default/server --port 80\n  \
         kube-netd lab probe external node/node-1 --port 30080 -o json\n  \
         kube-netd lab probe default/client svc/default/hostnames --port 80 --count 6\n  \
-        kube-netd lab probe default/client 10.244.2.3 --protocol icmp")]
+        kube-netd lab probe default/client 10.244.2.3 --protocol icmp\n  \
+        kube-netd lab probe -n myproject client svc/web --port 80")]
     Probe(ProbeArgs),
     /// Probe every pod from every pod in parallel; print the truth table (`.` allowed, `X` blocked).
     #[command(
@@ -61,14 +78,24 @@ enum LabCommand {
     #[command(after_help = "Examples:\n  \
         kube-netd lab exec default/client -- cat /etc/resolv.conf\n  \
         kube-netd lab exec node/node-1 -- iptables-save\n  \
-        kube-netd lab exec external -- ip route")]
+        kube-netd lab exec external -- ip route\n  \
+        kube-netd lab exec -n myproject client -- ip addr")]
     Exec(ExecArgs),
-    /// The seed's walkthrough with real packets: policies, a Service, NodePorts, each step
-    /// checked against what Kubernetes specifies (exits non-zero if any check is not).
+    /// A guided tour of Kubernetes networking with real packets: a deny-egress policy, a
+    /// policy guarding a database, a three-pod Service and NodePorts, each step checked against
+    /// what Kubernetes specifies (exits non-zero if any check is not).
     #[command(after_help = "Examples:\n  \
         kube-netd lab demo\n  \
         kube-netd lab demo --keep --name demo")]
     Demo(DemoArgs),
+    /// List the labs on this machine: name, nodes, proxy mode, whether their agents run, age.
+    #[command(
+        after_help = "The CURRENT column marks the lab the other lab commands use: the \
+        one --name or KUBE_NETD_LAB names (default kube-netd).\n\nExamples:\n  \
+        kube-netd lab list\n  \
+        kube-netd lab list -o json"
+    )]
+    List(ListArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -84,7 +111,7 @@ enum LabCommand {
 
 #[derive(Debug, clap::Args)]
 struct NameArgs {
-    /// The lab.
+    /// The lab to act on (`lab list` shows those on this machine).
     #[arg(long, default_value = "kube-netd", env = "KUBE_NETD_LAB")]
     name: String,
     /// Where lab state lives.
@@ -134,6 +161,87 @@ struct FileArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Manifest files or directories naming the objects (recursive: .yaml, .yml, .json); `-`
+    /// reads stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "objects",
+        conflicts_with = "objects"
+    )]
+    files: Vec<PathBuf>,
+    /// KIND NAME... or KIND/NAME...: kinds as kubectl names them (pods, po, services, svc,
+    /// deployments, deploy, networkpolicies, netpol, endpointslices, namespaces, ns, nodes, no).
+    #[arg(value_name = "KIND NAME")]
+    objects: Vec<String>,
+    /// The namespace of the objects named (default: `default`); with -f, of those that name
+    /// none, and one that names another is refused.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Objects that do not exist are not reported, and do not make the exit status 1.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+impl DeleteArgs {
+    /// The objects to delete: those the files name, or those the arguments name.
+    fn ids(&self) -> anyhow::Result<Vec<ObjectId>> {
+        if !self.files.is_empty() {
+            let refs = netd_model::load_references(&self.files, self.namespace.as_deref())?;
+            return Ok(refs.references.into_iter().map(|r| r.id).collect());
+        }
+        let id = |kind: &str, name: &str| -> anyhow::Result<ObjectId> {
+            let kind = Kind::from_resource(kind).with_context(|| {
+                format!(
+                    "kube-netd has no resource type {kind:?} (expected pods, services, \
+                     deployments, networkpolicies, endpointslices, namespaces or nodes)"
+                )
+            })?;
+            let namespace = match (kind.is_namespaced(), &self.namespace) {
+                (false, _) => String::new(),
+                (true, Some(ns)) => ns.clone(),
+                (true, None) => "default".to_owned(),
+            };
+            Ok(ObjectId {
+                kind,
+                namespace,
+                name: name.to_owned(),
+            })
+        };
+        let Some((first, rest)) = self.objects.split_first() else {
+            bail!("nothing to delete: give -f FILE, KIND NAME... or KIND/NAME...");
+        };
+        if first.contains('/') {
+            return self
+                .objects
+                .iter()
+                .map(|arg| match arg.split_once('/') {
+                    Some((kind, name)) if !name.is_empty() && !name.contains('/') => id(kind, name),
+                    _ => bail!("{arg:?} is not KIND/NAME (once one argument is, all must be)"),
+                })
+                .collect();
+        }
+        if rest.is_empty() {
+            bail!("{first:?} names a kind but no object: give KIND NAME...");
+        }
+        rest.iter().map(|name| id(first, name)).collect()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// Output format: a table, or a JSON array with one object per lab.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: TextOrJson,
+}
+
+#[derive(Debug, clap::Args)]
 struct LabGetArgs {
     #[command(flatten)]
     lab: NameArgs,
@@ -145,11 +253,14 @@ struct LabGetArgs {
 struct ProbeArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// Where to send from: NS/POD, node/NAME or external.
+    /// Where to send from: NS/POD, POD (in -n's namespace), node/NAME or external.
     from: String,
-    /// Where to: NS/POD, svc/NS/NAME (its ClusterIP), node/NAME (its IP), an IP, or a DNS
-    /// name (resolved inside FROM).
+    /// Where to: NS/POD, POD, svc/NS/NAME or svc/NAME (its ClusterIP), node/NAME (its IP), an
+    /// IP, or a DNS name with a dot (resolved inside FROM).
     to: String,
+    /// The namespace of a bare POD or svc/NAME in FROM and TO.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// Destination port (TCP and UDP).
     #[arg(long, short = 'p')]
     port: Option<u16>,
@@ -207,8 +318,11 @@ struct DemoArgs {
 struct ExecArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// NS/POD, node/NAME or external.
+    /// NS/POD, POD (in -n's namespace), node/NAME or external.
     target: String,
+    /// The namespace of a bare POD.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -226,23 +340,10 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Delete(a) => {
-            let lab = a.lab.open()?;
-            let ids: Vec<_> = a
-                .validate
-                .load(&a.files, lab.state()?.config())?
-                .iter()
-                .map(Object::id)
-                .collect();
-            for change in lab.delete(&ids)? {
-                println!("{change}");
-            }
-            Ok(())
-        }
+        LabCommand::Delete(a) => delete(a),
         LabCommand::Get(a) => {
             let state = a.lab.open()?.state()?;
-            print!("{}", a.what.render(&state)?);
-            Ok(())
+            a.what.print(&state)
         }
         LabCommand::Probe(a) => probe(a),
         LabCommand::Matrix(a) => {
@@ -254,14 +355,14 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
                 Duration::from_millis(a.timeout_ms),
             )?;
             match a.output {
-                TextOrJson::Text => print!("{}", m.to_text()),
-                TextOrJson::Json => println!("{}", m.to_json()),
+                TextOrJson::Text => crate::out::stdout(&m.to_text())?,
+                TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
             }
             Ok(())
         }
         LabCommand::Exec(a) => {
             let lab = a.lab.open()?;
-            let place: Place = a.target.parse()?;
+            let place = Place::parse(&a.target, &a.namespace)?;
             let (program, rest) = a.command.split_first().context("no command given")?;
             let status = lab
                 .command(&place, program)?
@@ -274,6 +375,7 @@ pub fn run(args: LabArgs, programmer: &dyn Programmer) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Demo(a) => demo(a),
+        LabCommand::List(a) => list(a),
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 println!("lab {} removed", a.name);
@@ -309,6 +411,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut options = LabOptions::new(a.lab.name.clone(), program);
     options.state_root = a.lab.state_root.clone();
     options.config = config;
+    if let Some(mode) = a.mode.to_possible_value() {
+        options.mode = mode.get_name().to_owned();
+    }
     let lab = Lab::up(options, objects, resolver())?;
     let state = lab.state()?;
     println!(
@@ -322,6 +427,110 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     );
     lab.detach();
     Ok(())
+}
+
+fn delete(a: DeleteArgs) -> anyhow::Result<()> {
+    let ids = a.ids()?;
+    let lab = a.lab.open()?;
+    let changes = lab.delete(&ids)?;
+    let mut missing = 0;
+    for change in &changes {
+        if change.action != Action::NotFound {
+            println!("{change}");
+        } else if !a.ignore_not_found {
+            missing += 1;
+            eprintln!(
+                "Error from server (NotFound): {} {:?} not found",
+                change.id.kind.resource(),
+                change.id.name
+            );
+        }
+    }
+    if missing > 0 {
+        bail!(
+            "{missing} of {} objects to delete were not found",
+            changes.len()
+        );
+    }
+    Ok(())
+}
+
+fn list(a: ListArgs) -> anyhow::Result<()> {
+    let labs = netd_lab::list(&a.lab.state_root)?;
+    let now = SystemTime::now();
+    let age = |lab: &netd_lab::LabSummary| {
+        lab.created
+            .and_then(|c| now.duration_since(c).ok())
+            .map(|d| d.as_secs())
+    };
+    let status = |lab: &netd_lab::LabSummary| match lab.agents_running {
+        n if n == lab.nodes => "Running".to_owned(),
+        0 => "Stopped".to_owned(),
+        n => format!("Degraded ({n}/{} agents)", lab.nodes),
+    };
+    if a.output == TextOrJson::Json {
+        let labs: Vec<_> = labs
+            .iter()
+            .map(|lab| {
+                serde_json::json!({
+                    "name": lab.name,
+                    "current": lab.name == a.lab.name,
+                    "nodes": lab.nodes,
+                    "agentsRunning": lab.agents_running,
+                    "mode": lab.mode,
+                    "status": status(lab),
+                    "ageSeconds": age(lab),
+                    "stateDir": lab.state_dir,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&labs)?);
+        return Ok(());
+    }
+    if labs.is_empty() {
+        println!("No labs found in {}", a.lab.state_root.display());
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "CURRENT".to_owned(),
+        "NAME".to_owned(),
+        "NODES".to_owned(),
+        "MODE".to_owned(),
+        "STATUS".to_owned(),
+        "AGE".to_owned(),
+    ]];
+    for lab in &labs {
+        rows.push([
+            if lab.name == a.lab.name { "*" } else { "" }.to_owned(),
+            lab.name.clone(),
+            lab.nodes.to_string(),
+            lab.mode.clone(),
+            status(lab),
+            age(lab).map_or_else(|| "<unknown>".to_owned(), human_age),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+    Ok(())
+}
+
+/// An age as kubectl prints one: `45s`, `12m`, `5h`, `3d`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }
 
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
@@ -353,9 +562,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn probe(a: ProbeArgs) -> anyhow::Result<()> {
+    let from = Place::parse(&a.from, &a.namespace)?;
+    let to = Target::parse(&a.to, &a.namespace)?;
     let lab = a.lab.open()?;
-    let from: Place = a.from.parse()?;
-    let to: Target = a.to.parse()?;
     let protocol: ProbeProtocol = a.protocol.parse()?;
     if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         bail!("a {protocol} probe needs --port");
@@ -377,4 +586,18 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
 
 fn resolver() -> Resolver {
     Arc::new(|objects, config, previous| Ok(netd_controlplane::resolve(objects, config, previous)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_age;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let ages: Vec<String> = [0, 119, 120, 10_799, 10_800, 172_799, 172_800]
+            .into_iter()
+            .map(human_age)
+            .collect();
+        assert_eq!(ages, ["0s", "119s", "2m", "179m", "3h", "47h", "2d"]);
+    }
 }

@@ -6,6 +6,7 @@
 mod cluster;
 mod dns_cmd;
 mod lab_cmd;
+mod out;
 mod policy_cmd;
 mod print;
 mod render_cmd;
@@ -39,7 +40,11 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         kube-netd get all -f examples/\n  \
         kube-netd get pods -A -o wide -f examples/hostnames/\n  \
-        kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml")]
+        kube-netd get svc -n default -o yaml -f examples/nodeport/nodeport.yaml\n  \
+        kube-netd get pod db -o json -f examples/\n  \
+        kube-netd get svc,po -f examples/\n  \
+        kube-netd get pods -l 'app in (hostnames)' -o name -f examples/\n  \
+        kube-netd get ns -o wide -f examples/")]
     Get(GetCommand),
     /// Run a cluster of network namespaces on this machine and probe it with real packets.
     Lab(lab_cmd::LabArgs),
@@ -52,10 +57,20 @@ enum Command {
         kube-netd render -f examples/ --node node-1\n  \
         kube-netd render -f examples/hostnames/ --node node-2 --mode iptables")]
     Render(render_cmd::RenderArgs),
-    /// Walk the first packet of a connection through a node's service rules (no kernel).
-    #[command(after_help = "Examples:\n  \
+    /// Walk the first packet of a connection through a node's rules, Services and
+    /// NetworkPolicy, as `render` prints them (no kernel).
+    #[command(
+        after_help = "A branch forwarded to a pod or address of another node is traced \
+        on through that node's rules; a verdict reached in a policy chain names the policy \
+        rule that decided.\n\nExamples:\n  \
         kube-netd trace -f examples/ --node node-1 default/frontend svc/default/hostnames:80\n  \
-        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081")]
+        kube-netd trace -f examples/ --node node-1 default/stranger default/db:6379\n  \
+        kube-netd trace -f examples/ default/frontend default/db:6380
+  \
+        kube-netd trace -f examples/ --node node-2 172.18.0.1 node/node-2:30081
+  \
+        kube-netd trace -f examples/ -n default frontend svc/hostnames:80"
+    )]
     Trace(render_cmd::TraceArgs),
     /// Remove every chain, hook and ipset kube-netd added to a network namespace; rules of
     /// other software are left alone.
@@ -83,9 +98,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        .with_ansi(colour(&std::io::stderr()))
         .init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if out::is_broken_pipe(&e) => ExitCode::from(out::BROKEN_PIPE_STATUS),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -93,12 +110,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether to colour what goes to `stream`: only a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (no-color.org).
+fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Get(args) => {
             let state = args.cluster.resolve()?;
-            print!("{}", args.what.render(&state)?);
-            Ok(())
+            args.what.print(&state)
         }
         Command::Policy(args) => policy_cmd::run(args),
         Command::Dns(args) => dns_cmd::run(args),

@@ -1,8 +1,10 @@
 //! `kube-netd policy ...`: what the NetworkPolicy engine decides, explained.
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::Subcommand;
-use netd_model::{NamespaceName, PodRef, Protocol};
+use netd_model::{NamespaceName, Protocol, Target};
 use netd_policy::FlowProtocol;
 
 use crate::cluster::ClusterArgs;
@@ -19,18 +21,26 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Whether FROM may open a connection to TO, naming the policies and rules that decide.
     #[command(
-        after_help = "FROM and TO are NS/POD or an IP address; a Service's ClusterIP as TO \
-        is judged after DNAT, once per endpoint.\n\nExamples:\n  \
+        after_help = "FROM and TO are NS/POD, POD (in -n's namespace), svc/[NS/]NAME, \
+        node/NAME or an IP address; a Service (or its ClusterIP) as TO is judged after DNAT, \
+        once per endpoint.\n\nExit status, as kubectl auth can-i: 0 when \
+        the flow is allowed (through a Service: by every endpoint), 1 when it is blocked or \
+        the command fails.\n\nExamples:\n  \
         kube-netd policy check -f examples/ default/frontend default/db --port 6379\n  \
         kube-netd policy check -f examples/ new-ns/deny-egress-test default/db --protocol icmp\n  \
-        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80"
+        kube-netd policy check -f examples/ default/stranger 10.108.229.168 --port 80\n  \
+        kube-netd policy check -f examples/ -n myproject client svc/default/hostnames --port 80"
     )]
     Check {
-        /// The source: NS/POD or an IP.
+        /// The source: NS/POD, POD (in -n's namespace), node/NAME or an IP.
         from: String,
-        /// The destination: NS/POD or an IP.
+        /// The destination: NS/POD, POD, svc/NS/NAME or svc/NAME (its ClusterIP), node/NAME
+        /// or an IP.
         to: String,
-        /// Destination port (TCP, UDP and SCTP).
+        /// The namespace of a bare POD or svc/NAME in FROM and TO.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+                /// Destination port: required for TCP, UDP and SCTP (policies allow ports).
         #[arg(long)]
         port: Option<u16>,
         /// tcp, udp, sctp or icmp.
@@ -62,10 +72,16 @@ enum PolicyCommand {
         cluster: ClusterArgs,
     },
     /// Which policies select a pod, its isolation, what may reach it and what it may reach.
-    #[command(after_help = "Example:\n  kube-netd policy show -f examples/ default/db")]
+    #[command(
+        after_help = "Examples:\n  kube-netd policy show -f examples/ default/db\n  \
+        kube-netd policy show -f examples/ -n myproject client"
+    )]
     Show {
-        /// The pod: NS/POD.
-        pod: PodRef,
+        /// The pod: NS/POD, or POD in -n's namespace.
+        pod: String,
+        /// The namespace of a bare POD.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -77,15 +93,19 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         PolicyCommand::Check {
             from,
             to,
+            namespace,
             port,
             protocol,
             cluster,
         } => {
             let state = cluster.resolve()?;
-            print!(
-                "{}",
-                netd_policy::check(&state, &from, &to, port, protocol)?
-            );
+            let checked = netd_policy::check(&state, &from, &to, &namespace, port, protocol)?;
+            print!("{checked}");
+            if !checked.allowed {
+                // The explanation is the whole answer: no error message, only the status.
+                std::io::stdout().flush()?;
+                std::process::exit(1);
+            }
         }
         PolicyCommand::Matrix {
             port,
@@ -97,14 +117,22 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             let state = cluster.resolve()?;
             let m = netd_policy::matrix(&state, port, protocol, &namespaces);
             match output {
-                TextOrJson::Text => print!("{}", m.to_text()),
-                TextOrJson::Json => println!("{}", m.to_json()),
+                TextOrJson::Text => crate::out::stdout(&m.to_text())?,
+                TextOrJson::Json => crate::out::stdout(&format!("{}\n", m.to_json()))?,
             }
         }
-        PolicyCommand::Show { pod, cluster } => {
+        PolicyCommand::Show {
+            pod,
+            namespace,
+            cluster,
+        } => {
+            let pod = match Target::parse(&pod, &namespace)? {
+                Target::Pod(p) => p,
+                other => anyhow::bail!("{pod:?} is {}, not a pod", other.what()),
+            };
             let state = cluster.resolve()?;
             let text = netd_policy::show(&state, &pod).with_context(|| format!("pod {pod}"))?;
-            print!("{text}");
+            crate::out::stdout(&text)?;
         }
     }
     Ok(())

@@ -1,18 +1,22 @@
-//! kubectl-style output of a resolved cluster: tables (`-o wide` adds columns), YAML and JSON.
+//! kubectl-style output of a resolved cluster: tables (`-o wide` adds columns), YAML, JSON
+//! and `-o name`, for kubectl's argument forms (`KIND [NAME...]`, `KIND,KIND`, `KIND/NAME...`)
+//! and `-l` selectors.
 //!
 //! Tables follow kubectl's layout: upper-case headers, columns separated by three spaces,
 //! `<none>` for empty cells, a NAMESPACE column first with `-A`, and `kind/name` with blank
-//! lines between kinds for `get all`. The AGE column is left out: the embedded control plane
-//! has no clock, so every age would read `<unknown>`.
+//! lines between kinds when several are shown (`get all`, `get svc,po`). A listing as YAML or
+//! JSON is always a `List`; only one object asked for by name prints bare. The AGE column is
+//! left out: the embedded control plane has no clock, so every age would read `<unknown>`.
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netd_model::{ClusterState, Kind, Object};
+use netd_model::{ClusterState, Kind, LabelSelector, Labels, Object, ObjectId};
 
 /// Output format, as `-o`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,10 +25,12 @@ pub enum Format {
     Table,
     /// A table with more columns.
     Wide,
-    /// The objects as YAML (a `List` when there are several).
+    /// The objects as YAML: a `List` when a kind is listed, the object for `get KIND NAME`.
     Yaml,
-    /// The objects as JSON (a `List` when there are several).
+    /// The objects as JSON: a `List` when a kind is listed, the object for `get KIND NAME`.
     Json,
+    /// `kind/name` per object, as `kubectl get -o name` (e.g. `pod/db`).
+    Name,
 }
 
 /// Output format of commands that print a report rather than objects.
@@ -36,45 +42,61 @@ pub enum TextOrJson {
     Json,
 }
 
-/// The kinds `get` accepts, with kubectl's short names.
+/// A kind as `get` names it: kubectl's singular, plural and short names, or `all`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum KindArg {
     /// One kind.
     Kind(Kind),
     /// Pods, Services, Deployments, EndpointSlices, NetworkPolicies and Nodes.
     All,
 }
 
-impl std::str::FromStr for Target {
+impl std::str::FromStr for KindArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let kind = match s.to_ascii_lowercase().as_str() {
-            "all" => return Ok(Target::All),
+            "all" => return Ok(KindArg::All),
             "po" | "pod" | "pods" => Kind::Pod,
             "svc" | "service" | "services" => Kind::Service,
-            "endpointslice" | "endpointslices" => Kind::EndpointSlice,
+            "eps" | "endpointslice" | "endpointslices" => Kind::EndpointSlice,
             "netpol" | "networkpolicy" | "networkpolicies" => Kind::NetworkPolicy,
             "no" | "node" | "nodes" => Kind::Node,
             "deploy" | "deployment" | "deployments" => Kind::Deployment,
             "ns" | "namespace" | "namespaces" => Kind::Namespace,
+            "ep" | "endpoints" => {
+                return Err(format!(
+                    "{s:?}: kube-netd keeps a Service's endpoints only as EndpointSlices \
+                     (the v1 Endpoints API is deprecated): use `get endpointslices` (or `eps`)"
+                ));
+            }
+            "rs" | "replicaset" | "replicasets" => {
+                return Err(format!(
+                    "{s:?}: kube-netd's control plane has no ReplicaSets: a Deployment owns \
+                     its Pods directly (named <deployment>-<pod-template-hash>-<suffix>): use \
+                     `get deployments` or `get pods -l pod-template-hash=HASH`"
+                ));
+            }
             _ => {
                 return Err(format!(
-                    "unknown kind {s:?}: expected pods, services, endpointslices, \
-                     networkpolicies, nodes, deployments, namespaces or all"
+                    "unknown kind {s:?}: expected pods (po), services (svc), endpointslices \
+                     (eps), networkpolicies (netpol), nodes (no), deployments (deploy), \
+                     namespaces (ns) or all"
                 ));
             }
         };
-        Ok(Target::Kind(kind))
+        Ok(KindArg::Kind(kind))
     }
 }
 
 /// What `get` and `lab get` print, and how.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// What to print: pods, services, endpointslices, networkpolicies, nodes, deployments,
-    /// namespaces, or all (kubectl's short names work: po, svc, netpol, no, deploy, ns).
-    kind: Target,
+    /// What to print, as kubectl takes it: `KIND [NAME...]`, `KIND,KIND...`, or
+    /// `KIND/NAME...`. Kinds: pods (po), services (svc), endpointslices (eps),
+    /// networkpolicies (netpol), nodes (no), deployments (deploy), namespaces (ns), or all.
+    #[arg(value_name = "RESOURCE", required = true, num_args = 1..)]
+    resources: Vec<String>,
     /// Only this namespace.
     #[arg(
         short = 'n',
@@ -86,21 +108,249 @@ pub struct GetArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
+    /// Only objects whose labels match, in kubectl's syntax: `app=web`, `tier!=db`,
+    /// `env in (a,b)`, `env notin (c)`, `key`, `!key`; comma-separated terms all apply.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    selector: Option<LabelSelector>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Format,
 }
 
+/// What `get` found: the text for standard output, a note for standard error (kubectl's
+/// "No resources found"), and the objects asked for by name that do not exist.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Printed {
+    /// For standard output.
+    pub out: String,
+    /// For standard error, when nothing matched a listing.
+    pub note: Option<String>,
+    /// kubectl's `pods "db" not found`, one per missing object, in the order asked.
+    pub not_found: Vec<String>,
+}
+
 impl GetArgs {
-    /// Prints what was asked for from `state`. Nodes are cluster-scoped: always all of them.
-    pub fn render(&self, state: &ClusterState) -> anyhow::Result<String> {
-        let scope = if self.all_namespaces || self.kind == Target::Kind(Kind::Node) {
+    /// Prints what was asked for from `state`: objects to standard output, "No resources
+    /// found" to standard error, and an error naming every object asked for by name that is
+    /// not there (after printing the ones that are, as kubectl does).
+    pub fn print(&self, state: &ClusterState) -> anyhow::Result<()> {
+        let printed = self.render(state)?;
+        crate::out::stdout(&printed.out)?;
+        if let Some(note) = printed.note {
+            eprint!("{note}");
+        }
+        if !printed.not_found.is_empty() {
+            anyhow::bail!("{}", printed.not_found.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// What [`GetArgs::print`] prints.
+    pub fn render(&self, state: &ClusterState) -> anyhow::Result<Printed> {
+        let request = Request::parse(&self.resources)?;
+        if self.selector.is_some() && matches!(request, Request::Named { .. }) {
+            anyhow::bail!("a name cannot be given together with a selector (-l)");
+        }
+        if self.all_namespaces && matches!(request, Request::Named { .. }) {
+            anyhow::bail!(
+                "an object cannot be got by name across all namespaces (-A): name its \
+                 namespace with -n"
+            );
+        }
+        let scope = if self.all_namespaces {
             Scope::All
         } else {
             Scope::Namespace(self.namespace.clone())
         };
-        render(state, self.kind, &scope, self.output)
+        match request {
+            Request::List(kinds) => self.list(state, &kinds, &scope),
+            Request::Named { pairs, kinds } => self.named(state, &pairs, &kinds),
+        }
     }
+
+    /// Every object of `kinds` in `scope` that the selector matches.
+    fn list(&self, state: &ClusterState, kinds: &[Kind], scope: &Scope) -> anyhow::Result<Printed> {
+        let selected: Vec<&Object> = state
+            .objects()
+            .filter(|o| kinds.contains(&o.kind()))
+            .filter(|o| match scope {
+                Scope::All => true,
+                Scope::Namespace(ns) => !o.kind().is_namespaced() || o.namespace() == ns,
+            })
+            .filter(|o| {
+                self.selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(o.meta().labels.as_ref().unwrap_or(&Labels::new())))
+            })
+            .collect();
+        let mut printed = Printed::default();
+        match self.output {
+            Format::Yaml | Format::Json => printed.out = encode(&as_list(&selected)?, self.output)?,
+            Format::Table | Format::Wide | Format::Name => {
+                printed.out = self.tables(kinds, &selected, scope == &Scope::All);
+                if selected.is_empty() {
+                    printed.note = Some(match scope {
+                        Scope::Namespace(ns) if kinds.iter().any(|k| k.is_namespaced()) => {
+                            format!("No resources found in {ns} namespace.\n")
+                        }
+                        _ => "No resources found\n".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(printed)
+    }
+
+    /// The objects asked for by kind and name, in the order asked.
+    fn named(
+        &self,
+        state: &ClusterState,
+        pairs: &[(Kind, String)],
+        kinds: &[Kind],
+    ) -> anyhow::Result<Printed> {
+        let mut printed = Printed::default();
+        let mut found: Vec<&Object> = Vec::new();
+        for (kind, name) in pairs {
+            let id = ObjectId {
+                kind: *kind,
+                namespace: if kind.is_namespaced() {
+                    self.namespace.clone()
+                } else {
+                    String::new()
+                },
+                name: name.clone(),
+            };
+            match state.object(&id) {
+                // Named twice (`get pod db db`), printed once.
+                Some(o) if !found.iter().any(|f| f.id() == id) => found.push(o),
+                Some(_) => {}
+                None => printed
+                    .not_found
+                    .push(format!("{} {name:?} not found", resource_name(*kind))),
+            }
+        }
+        printed.out = match self.output {
+            Format::Yaml | Format::Json => match found.as_slice() {
+                [] => String::new(),
+                [one] if pairs.len() == 1 => encode(&serde_json::to_value(one)?, self.output)?,
+                _ => encode(&as_list(&found)?, self.output)?,
+            },
+            Format::Table | Format::Wide | Format::Name => self.tables(kinds, &found, false),
+        };
+        Ok(printed)
+    }
+
+    /// One table per kind in `kinds` order (blank lines between), `kind/name` rows when
+    /// several kinds are shown; or `-o name` lines.
+    fn tables(&self, kinds: &[Kind], objects: &[&Object], all_ns: bool) -> String {
+        let mut out = String::new();
+        for kind in kinds {
+            let of_kind: Vec<&Object> = objects
+                .iter()
+                .copied()
+                .filter(|o| o.kind() == *kind)
+                .collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            if self.output == Format::Name {
+                for o in of_kind {
+                    let _ = writeln!(out, "{}{}", kind_prefix(*kind), o.name());
+                }
+                continue;
+            }
+            let prefix = (kinds.len() > 1).then(|| kind_prefix(*kind));
+            let table = table(*kind, &of_kind, all_ns, self.output == Format::Wide, prefix);
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&table);
+        }
+        out
+    }
+}
+
+/// What the positional arguments ask for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// Every object of these kinds (in this order, `all` expanded).
+    List(Vec<Kind>),
+    /// These objects, by kind and name, in the order given; `kinds` in first-seen order.
+    Named {
+        pairs: Vec<(Kind, String)>,
+        kinds: Vec<Kind>,
+    },
+}
+
+impl Request {
+    /// kubectl's forms: `KIND[,KIND...] [NAME...]` or `KIND/NAME...`, never mixed.
+    fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let Some((first, rest)) = args.split_first() else {
+            anyhow::bail!("name a kind to get, e.g. `get pods`");
+        };
+        let one_kind = |s: &str| -> anyhow::Result<Kind> {
+            match s.parse::<KindArg>().map_err(anyhow::Error::msg)? {
+                KindArg::Kind(k) => Ok(k),
+                KindArg::All => anyhow::bail!("`all` cannot be combined with names"),
+            }
+        };
+        if args.iter().any(|a| a.contains('/')) {
+            let mut pairs = Vec::new();
+            for arg in args {
+                let Some((kind, name)) = arg.split_once('/') else {
+                    anyhow::bail!(
+                        "{arg:?}: with KIND/NAME arguments, name every object that way \
+                         (e.g. `get pods/db svc/web`, not `get pods pods/db`)"
+                    );
+                };
+                if name.is_empty() || name.contains('/') {
+                    anyhow::bail!("{arg:?} is not KIND/NAME");
+                }
+                pairs.push((one_kind(kind)?, name.to_owned()));
+            }
+            let kinds = first_seen(pairs.iter().map(|(k, _)| *k));
+            return Ok(Request::Named { pairs, kinds });
+        }
+        let mut kinds = Vec::new();
+        for part in first.split(',') {
+            match part.parse::<KindArg>().map_err(anyhow::Error::msg)? {
+                KindArg::Kind(k) => kinds.push(k),
+                KindArg::All => kinds.extend(ALL),
+            }
+        }
+        let kinds = first_seen(kinds);
+        if rest.is_empty() {
+            return Ok(Request::List(kinds));
+        }
+        if first.split(',').any(|p| p.eq_ignore_ascii_case("all")) {
+            anyhow::bail!("`all` cannot be combined with names");
+        }
+        let pairs = kinds
+            .iter()
+            .flat_map(|k| rest.iter().map(move |n| (*k, n.clone())))
+            .collect();
+        Ok(Request::Named { pairs, kinds })
+    }
+}
+
+/// What `all` stands for, in the order it prints.
+const ALL: [Kind; 6] = [
+    Kind::Pod,
+    Kind::Service,
+    Kind::Deployment,
+    Kind::EndpointSlice,
+    Kind::NetworkPolicy,
+    Kind::Node,
+];
+
+fn first_seen(kinds: impl IntoIterator<Item = Kind>) -> Vec<Kind> {
+    let mut out: Vec<Kind> = Vec::new();
+    for k in kinds {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
 }
 
 /// Which namespaces to show.
@@ -112,78 +362,40 @@ enum Scope {
     All,
 }
 
-/// Prints the objects of `target` in `scope` as `format`.
-fn render(
-    state: &ClusterState,
-    target: Target,
-    scope: &Scope,
-    format: Format,
-) -> anyhow::Result<String> {
-    let kinds: Vec<Kind> = match target {
-        Target::Kind(k) => vec![k],
-        Target::All => vec![
-            Kind::Pod,
-            Kind::Service,
-            Kind::Deployment,
-            Kind::EndpointSlice,
-            Kind::NetworkPolicy,
-            Kind::Node,
-        ],
-    };
-    let selected: Vec<&Object> = state
-        .objects()
-        .filter(|o| kinds.contains(&o.kind()))
-        .filter(|o| match scope {
-            Scope::All => true,
-            Scope::Namespace(ns) => !o.kind().is_namespaced() || o.namespace() == ns,
-        })
-        .collect();
-    match format {
-        Format::Yaml => serde_yaml_ng::to_string(&as_list(&selected)?).context("encoding YAML"),
-        Format::Json => {
-            let mut s = serde_json::to_string_pretty(&as_list(&selected)?)?;
-            s.push('\n');
-            Ok(s)
-        }
-        Format::Table | Format::Wide => {
-            let wide = format == Format::Wide;
-            let mut out = String::new();
-            for kind in kinds {
-                let objects: Vec<&Object> = selected
-                    .iter()
-                    .copied()
-                    .filter(|o| o.kind() == kind)
-                    .collect();
-                if objects.is_empty() {
-                    continue;
-                }
-                let prefix = (target == Target::All).then(|| kind_prefix(kind));
-                let table = table(kind, &objects, scope == &Scope::All, wide, prefix);
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str(&table);
-            }
-            if out.is_empty() {
-                out = match scope {
-                    Scope::Namespace(ns) => format!("No resources found in {ns} namespace.\n"),
-                    Scope::All => "No resources found\n".to_owned(),
-                };
-            }
-            Ok(out)
-        }
-    }
-}
-
+/// kubectl's `List`, whatever the number of items.
 fn as_list(objects: &[&Object]) -> anyhow::Result<serde_json::Value> {
-    if let [one] = objects {
-        return Ok(serde_json::to_value(one)?);
-    }
     let items = objects
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "items": items,
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+    }))
+}
+
+fn encode(value: &serde_json::Value, format: Format) -> anyhow::Result<String> {
+    if format == Format::Yaml {
+        return serde_yaml_ng::to_string(value).context("encoding YAML");
+    }
+    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// The resource as kubectl's errors name it: plural, with the API group.
+fn resource_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pod => "pods",
+        Kind::Service => "services",
+        Kind::Deployment => "deployments.apps",
+        Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+        Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
+        Kind::Node => "nodes",
+        Kind::Namespace => "namespaces",
+    }
 }
 
 fn kind_prefix(kind: Kind) -> &'static str {
@@ -525,12 +737,12 @@ mod tests {
 
     #[test]
     fn kinds_parse_with_short_names() {
-        assert_eq!("svc".parse::<Target>(), Ok(Target::Kind(Kind::Service)));
+        assert_eq!("svc".parse::<KindArg>(), Ok(KindArg::Kind(Kind::Service)));
         assert_eq!(
-            "netpol".parse::<Target>(),
-            Ok(Target::Kind(Kind::NetworkPolicy))
+            "netpol".parse::<KindArg>(),
+            Ok(KindArg::Kind(Kind::NetworkPolicy))
         );
-        assert_eq!("all".parse::<Target>(), Ok(Target::All));
-        assert!("configmaps".parse::<Target>().is_err());
+        assert_eq!("all".parse::<KindArg>(), Ok(KindArg::All));
+        assert!("configmaps".parse::<KindArg>().is_err());
     }
 }

@@ -5,9 +5,8 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use netd_agent::NodeProgrammer;
-use netd_model::{ClusterState, NodeName, PodRef, Protocol, ServiceRef};
-use netd_proxy::{IpFamily, ProxyOptions};
-use netd_render::{Host, Origin, Packet, RenderOptions};
+use netd_model::{ClusterState, NodeName, Protocol, Target};
+use netd_render::{Origin, Packet};
 
 use crate::cluster::ClusterArgs;
 
@@ -24,25 +23,30 @@ pub struct RenderArgs {
     /// The node whose rules to print.
     #[arg(long)]
     node: NodeName,
-    /// The rule back end (nftables arrives with its own issue).
+    /// The rule back end (only iptables so far: there is no nftables back end yet).
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
 
-/// Walk the first packet of a connection through a node's service rules.
+/// Walk the first packet of a connection through a node's rules: Services and NetworkPolicy.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The node whose rules the packet meets.
+    /// The node whose rules the packet meets first. Defaults to the node FROM runs on;
+    /// needed when FROM is an address outside the cluster. A packet from a pod or node
+    /// always starts on its own node.
     #[arg(long)]
-    node: NodeName,
-    /// Where the packet comes from: NS/POD, node/NAME (the node itself), or an IP address
-    /// (an off-cluster client).
+    node: Option<NodeName>,
+    /// Where the packet comes from: NS/POD, POD (in -n's namespace), node/NAME (the node
+    /// itself), or an IP address (an off-cluster client).
     from: String,
-    /// Where it goes, with its port: IP:PORT, svc/NS/NAME:PORT (the ClusterIP),
-    /// node/NAME:PORT (a nodePort) or NS/POD:PORT.
+    /// Where it goes, with its port: IP:PORT, svc/NS/NAME:PORT or svc/NAME:PORT (the
+    /// ClusterIP), node/NAME:PORT (a nodePort), NS/POD:PORT or POD:PORT.
     to: String,
+    /// The namespace of a bare POD or svc/NAME in FROM and TO.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// tcp, udp or sctp.
     #[arg(long, default_value = "tcp")]
     protocol: Protocol,
@@ -56,39 +60,43 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
     let rules = NodeProgrammer::default().rules(&state, &args.node)?;
-    print!("{}", rules.to_text());
+    crate::out::stdout(&rules.to_text())?;
     Ok(())
 }
 
-/// Prints every branch the packet can take: chains traversed, DNAT choices with their
-/// probabilities, masquerade, and the verdict.
+/// Prints every branch the packet can take through the node's whole rule set as `render`
+/// prints it (service and NetworkPolicy chains, in hook order): chains traversed, DNAT
+/// choices with their probabilities, masquerade, the policy rule that decided, and the
+/// verdict. A branch forwarded to a Pod or address of another node is traced on to that
+/// node's rules, as the packet meets them there.
 pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let state = args.cluster.resolve()?;
-    let node = require_node(&state, &args.node)?;
-    let (origin, src) = source(&state, &args.from)?;
-    let (dst, dport) = destination(&state, &args.to)?;
-    let family = if dst.is_ipv4() {
-        IpFamily::V4
-    } else {
-        IpFamily::V6
-    };
-    let plan = netd_proxy::plan(
-        &state,
-        &args.node,
-        family,
-        &ProxyOptions::for_node(&state, &args.node),
-    );
-    let rules = netd_render::render_services(&plan, &RenderOptions::default()).installed();
-    let host = Host {
-        local_addrs: node.internal_ips.clone(),
-        ..Host::default()
-    };
+    if let Some(node) = &args.node {
+        require_node(&state, node)?;
+    }
+    let (origin, src, home) = source(&state, &args.from, &args.namespace)?;
+    let (dst, dport) = destination(&state, &args.to, &args.namespace)?;
     let packet = Packet {
         origin,
         protocol: args.protocol,
         ..Packet::tcp(src, dst, dport)
     };
-    let trace = netd_render::trace(&rules, &host, &packet)?;
+    let start = match (args.node, home) {
+        (Some(asked), Some(home)) if asked != home => {
+            println!(
+                "note: {} is on {home}, so its packets meet {home}'s rules first, not {asked}'s",
+                args.from
+            );
+            home
+        }
+        (_, Some(home)) => home,
+        (Some(asked), None) => asked,
+        (None, None) => bail!(
+            "--node is needed: {} is outside the cluster, so the node its packets enter is unknown",
+            args.from
+        ),
+    };
+    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &start, &packet)?;
     print!("{trace}");
     Ok(())
 }
@@ -106,39 +114,44 @@ fn require_node<'a>(
     })
 }
 
-fn source(state: &ClusterState, from: &str) -> anyhow::Result<(Origin, IpAddr)> {
-    if let Some(name) = from.strip_prefix("node/") {
-        let node = require_node(state, &NodeName::new(name))?;
-        let ip = node
-            .internal_ips
-            .first()
-            .copied()
-            .with_context(|| format!("node {name} has no address"))?;
-        return Ok((Origin::Host, ip));
+/// The source's origin and address, and the node it is on (a pod's node, or the node
+/// itself); `None` for an address that is no pod's.
+fn source(
+    state: &ClusterState,
+    from: &str,
+    namespace: &str,
+) -> anyhow::Result<(Origin, IpAddr, Option<NodeName>)> {
+    match Target::parse(from, namespace)? {
+        Target::Node(name) => Ok((Origin::Host, node_ip(state, &name)?, Some(name))),
+        Target::Ip(ip) => {
+            let home = state
+                .pod_by_ip(ip)
+                .filter(|p| !p.host_network)
+                .and_then(|p| p.node.clone());
+            Ok((Origin::Network, ip, home))
+        }
+        Target::Pod(pod) => {
+            let p = state.pod(&pod).with_context(|| format!("no pod {pod}"))?;
+            let ip = p
+                .ips
+                .first()
+                .copied()
+                .with_context(|| format!("pod {pod} has no IP"))?;
+            let origin = if p.host_network {
+                Origin::Host
+            } else {
+                Origin::Network
+            };
+            Ok((origin, ip, p.node.clone()))
+        }
+        other => bail!(
+            "{from:?} is {}: a trace starts at NS/POD, POD, node/NAME or an IP",
+            other.what()
+        ),
     }
-    if let Ok(ip) = from.parse::<IpAddr>() {
-        return Ok((Origin::Network, ip));
-    }
-    let pod: PodRef = from
-        .parse()
-        .with_context(|| format!("{from:?} is not NS/POD, node/NAME or an IP"))?;
-    let p = state.pod(&pod).with_context(|| format!("no pod {pod}"))?;
-    let ip = p
-        .ips
-        .first()
-        .copied()
-        .with_context(|| format!("pod {pod} has no IP"))?;
-    Ok((
-        if p.host_network {
-            Origin::Host
-        } else {
-            Origin::Network
-        },
-        ip,
-    ))
 }
 
-fn destination(state: &ClusterState, to: &str) -> anyhow::Result<(IpAddr, u16)> {
+fn destination(state: &ClusterState, to: &str, namespace: &str) -> anyhow::Result<(IpAddr, u16)> {
     let (target, port) = to
         .rsplit_once(':')
         .with_context(|| format!("{to:?} has no :PORT"))?;
@@ -146,37 +159,36 @@ fn destination(state: &ClusterState, to: &str) -> anyhow::Result<(IpAddr, u16)> 
         .parse()
         .with_context(|| format!("{port:?} is not a port"))?;
     let target = target.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = target.parse::<IpAddr>() {
-        return Ok((ip, port));
+    match Target::parse(target, namespace)? {
+        Target::Ip(ip) => Ok((ip, port)),
+        Target::Service(key) => {
+            let s = state
+                .service(&key)
+                .with_context(|| format!("no service {key}"))?;
+            let ip = s
+                .cluster_ips
+                .first()
+                .copied()
+                .with_context(|| format!("service {key} has no ClusterIP"))?;
+            Ok((ip, port))
+        }
+        Target::Node(name) => Ok((node_ip(state, &name)?, port)),
+        Target::Pod(pod) => match state.pod(&pod).and_then(|p| p.ips.first().copied()) {
+            Some(ip) => Ok((ip, port)),
+            None => bail!("no pod {pod} with an IP"),
+        },
+        other => bail!(
+            "{target:?} is {}: a trace goes to NS/POD, POD, svc/[NS/]NAME, node/NAME or an IP, \
+             with :PORT",
+            other.what()
+        ),
     }
-    if let Some(svc) = target.strip_prefix("svc/") {
-        let key: ServiceRef = svc
-            .parse()
-            .with_context(|| format!("{svc:?} is not NS/NAME"))?;
-        let s = state
-            .service(&key)
-            .with_context(|| format!("no service {key}"))?;
-        let ip = s
-            .cluster_ips
-            .first()
-            .copied()
-            .with_context(|| format!("service {key} has no ClusterIP"))?;
-        return Ok((ip, port));
-    }
-    if let Some(name) = target.strip_prefix("node/") {
-        let node = require_node(state, &NodeName::new(name))?;
-        let ip = node
-            .internal_ips
-            .first()
-            .copied()
-            .with_context(|| format!("node {name} has no address"))?;
-        return Ok((ip, port));
-    }
-    let pod: PodRef = target
-        .parse()
-        .with_context(|| format!("{target:?} is not a destination"))?;
-    match state.pod(&pod).and_then(|p| p.ips.first().copied()) {
-        Some(ip) => Ok((ip, port)),
-        None => bail!("no pod {pod} with an IP"),
-    }
+}
+
+fn node_ip(state: &ClusterState, name: &NodeName) -> anyhow::Result<IpAddr> {
+    require_node(state, name)?
+        .internal_ips
+        .first()
+        .copied()
+        .with_context(|| format!("node {name} has no address"))
 }

@@ -130,6 +130,16 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
 
     let pods = lab.ok(&["get", "pods", "-n", "x", "-o", "json"]);
     assert!(pods.contains("\"podIP\""), "{pods}");
+    let list: serde_json::Value = serde_json::from_str(&pods).expect("JSON");
+    assert_eq!(list["kind"], "List", "a listing is a List: {pods}");
+    let one = lab.ok(&["get", "pod", "a", "-n", "x", "-o", "json"]);
+    let one: serde_json::Value = serde_json::from_str(&one).expect("JSON");
+    assert_eq!(one["kind"], "Pod", "a named object is the object");
+    let namespaces = lab.ok(&["get", "ns", "-o", "name"]);
+    assert!(
+        namespaces.contains("namespace/x\n") && namespaces.contains("namespace/kube-system\n"),
+        "{namespaces}"
+    );
 
     let probe = lab.ok(&[
         "probe", "x/a", "x/b", "--port", "80", "-o", "json", "--count", "2",
@@ -148,6 +158,11 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
             "{v}"
         );
     }
+    let bare = lab.ok(&["probe", "-n", "x", "a", "b", "--port", "80"]);
+    assert!(
+        bare.starts_with("x/a -> x/b 80/tcp: connected"),
+        "-n names the namespace of bare pods: {bare}"
+    );
     let closed = lab.ok(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
     assert!(closed.contains("\"outcome\":\"refused\""), "{closed}");
     let udp = lab.ok(&["probe", "x/a", "x/b", "--port", "53", "--protocol", "udp"]);

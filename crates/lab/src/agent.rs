@@ -179,6 +179,7 @@ impl Agent {
             return Err(LabError::UnknownTarget {
                 what: "node",
                 name: self.node.to_string(),
+                lab: self.lab.name.clone(),
             });
         };
         let desired = self.desired_pods(&state, node_addr.ip);

@@ -1,4 +1,4 @@
-//! `kube-netd lab demo`: the seed's walkthrough of Kubernetes networking, with real packets.
+//! `kube-netd lab demo`: a guided tour of Kubernetes networking, with real packets.
 //!
 //! [`run`] builds a lab of two Nodes from the examples (compiled into the binary, so the demo
 //! runs from any directory) and walks through four steps:
@@ -52,12 +52,12 @@ pub const PODS: Example = Example {
     path: "examples/networkpolicy/pods.yaml",
     text: include_str!("../../../examples/networkpolicy/pods.yaml"),
 };
-/// The seed's deny-egress policy (step 1).
+/// The deny-egress policy (step 1).
 pub const DENY_EGRESS: Example = Example {
     path: "examples/networkpolicy/deny-egress.yaml",
     text: include_str!("../../../examples/networkpolicy/deny-egress.yaml"),
 };
-/// The seed's `test-network-policy` (step 2).
+/// The `test-network-policy` guarding `role=db` (step 2).
 pub const TEST_NETWORK_POLICY: Example = Example {
     path: "examples/networkpolicy/test-network-policy.yaml",
     text: include_str!("../../../examples/networkpolicy/test-network-policy.yaml"),
@@ -414,7 +414,7 @@ impl Demo<'_> {
         Ok(())
     }
 
-    // Step 1: the seed's deny-egress-test pod pings, then cannot.
+    // Step 1: the deny-egress-test pod pings, then cannot.
     fn deny_egress(&mut self, lab: &Lab) -> Result<(), DemoError> {
         let mut step =
             self.step("NetworkPolicy: a pod that can ping, then cannot (deny-egress-test)")?;
@@ -864,14 +864,14 @@ impl Demo<'_> {
     ) -> Result<(), DemoError> {
         let state = state(lab)?;
         let (from, to) = (from.to_string(), to.to_string());
-        let text = netd_policy::check(&state, &from, &to, port, protocol).map_err(|source| {
+        let checked = netd_policy::check(&state, &from, &to, "default", port, protocol).map_err(|source| {
             DemoError::ExplainFailed {
                 from: from.clone(),
                 to: to.clone(),
                 source,
             }
         })?;
-        for verdict in text.lines() {
+        for verdict in checked.text.lines() {
             self.say(&format!("  policy engine: {verdict}"))?;
         }
         Ok(())
@@ -950,8 +950,8 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Prints the lines of `node`'s nat table that mention any of `patterns`, as the seed
-    /// shows them: `iptables-save -t nat` inside the node's namespace.
+    /// Prints the lines of `node`'s nat table that mention any of `patterns`, as
+    /// `iptables-save -t nat` inside the node's namespace shows them.
     fn nat_rules(
         &mut self,
         lab: &Lab,

@@ -36,7 +36,7 @@ pub enum LabError {
     },
     /// Only the iptables mode exists so far.
     #[error(
-        "--mode {mode} is not supported yet: the nftables back end arrives with its own issue; use --mode iptables"
+        "--mode {mode} is not available: kube-netd has no nftables back end yet; use --mode iptables"
     )]
     ModeNotSupported {
         /// The mode asked for.
@@ -213,12 +213,14 @@ pub enum LabError {
         detail: String,
     },
     /// A probe or exec source/target that does not exist in the lab.
-    #[error("{what} {name:?} is not in the lab")]
+    #[error("{what} {name:?} is not in lab {lab:?}")]
     UnknownTarget {
         /// `pod`, `node`, `service`...
         what: &'static str,
         /// What was asked for.
         name: String,
+        /// The lab it was looked for in.
+        lab: String,
     },
     /// A place or target that does not parse.
     #[error("{input:?} is not a valid {what} (expected {expected})")]

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use netd_kernel::{netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef, Protocol};
@@ -20,7 +20,7 @@ use crate::agent::{error_chain, node_records};
 use crate::error::BoxError;
 use crate::names::Names;
 use crate::probe::{self, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
-use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
+use crate::store::{ClusterRecord, DEFAULT_MODE, DEFAULT_STATE_ROOT, LabRecord, Store};
 use crate::{LabError, objects, topology};
 
 /// The embedded control plane, as the lab calls it: desired objects (and the previous
@@ -56,6 +56,9 @@ pub struct LabOptions {
     /// Deployment) where the objects do not define it, as the offline commands do (default:
     /// yes; see [`netd_controlplane::with_addons`] and [`crate::dns`]).
     pub cluster_dns: bool,
+    /// The service proxy back end the agents run, recorded for [`list`] (default
+    /// [`DEFAULT_MODE`]: the agents' programmer decides what they run).
+    pub mode: String,
 }
 
 impl LabOptions {
@@ -68,6 +71,7 @@ impl LabOptions {
             config: ClusterConfig::default(),
             converge_timeout: Duration::from_secs(60),
             cluster_dns: true,
+            mode: DEFAULT_MODE.to_owned(),
         }
     }
 }
@@ -188,6 +192,11 @@ impl Lab {
             agents: BTreeMap::new(),
             nodes: nodes.clone(),
             external_ip: Some(external_ip),
+            mode: options.mode.clone(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs()),
         };
         store.write_lab(&record)?;
         topology::build_infrastructure(&names, &store, &mut record)?;
@@ -258,6 +267,7 @@ impl Lab {
             return Err(LabError::UnknownTarget {
                 what: "node",
                 name: node.to_string(),
+                lab: self.name().to_owned(),
             });
         }
         if let Some(pid) = record.agents.get(node).copied() {
@@ -646,6 +656,7 @@ impl Lab {
                     .ok_or_else(|| LabError::UnknownTarget {
                         what: "node",
                         name: node.to_string(),
+                        lab: self.name().to_owned(),
                     })?;
                 Ok(self.names.node_ns(node))
             }
@@ -653,6 +664,7 @@ impl Lab {
                 let pod = state.pod(key).ok_or_else(|| LabError::UnknownTarget {
                     what: "pod",
                     name: key.to_string(),
+                    lab: self.name().to_owned(),
                 })?;
                 match (&pod.node, pod.host_network) {
                     (Some(node), true) => Ok(self.names.node_ns(node)),
@@ -660,6 +672,7 @@ impl Lab {
                     (None, _) => Err(LabError::UnknownTarget {
                         what: "scheduled pod",
                         name: key.to_string(),
+                        lab: self.name().to_owned(),
                     }),
                 }
             }
@@ -672,7 +685,11 @@ impl Lab {
         from_ns: &str,
         target: &Target,
     ) -> Result<IpAddr, LabError> {
-        let unknown = |what, name: String| LabError::UnknownTarget { what, name };
+        let unknown = |what, name: String| LabError::UnknownTarget {
+            what,
+            name,
+            lab: self.name().to_owned(),
+        };
         let v4 = |ips: &[IpAddr]| ips.iter().copied().find(IpAddr::is_ipv4);
         match target {
             Target::Ip(ip) => Ok(*ip),
@@ -702,6 +719,47 @@ impl Drop for Lab {
             reap(&self.agents);
         }
     }
+}
+
+/// One lab on this machine, as [`list`] finds it in its state directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabSummary {
+    /// The lab's name.
+    pub name: String,
+    /// How many Nodes it has.
+    pub nodes: usize,
+    /// How many of their agents are running.
+    pub agents_running: usize,
+    /// The service proxy back end its agents run.
+    pub mode: String,
+    /// When it was built; `None` if its record does not say.
+    pub created: Option<SystemTime>,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+/// The labs whose state is under `state_root`, by name; none if the directory does not exist.
+pub fn list(state_root: &Path) -> Result<Vec<LabSummary>, LabError> {
+    Ok(Store::all(state_root)?
+        .into_iter()
+        .map(|(store, record)| {
+            let marker = store.marker();
+            LabSummary {
+                nodes: record.nodes.len(),
+                agents_running: record
+                    .agents
+                    .values()
+                    .filter(|pid| process::is_alive(**pid) && process::is_ours(**pid, &marker))
+                    .count(),
+                mode: record.mode,
+                created: record
+                    .created
+                    .map(|secs| UNIX_EPOCH + Duration::from_secs(secs)),
+                state_dir: store.dir().to_owned(),
+                name: record.name,
+            }
+        })
+        .collect())
 }
 
 /// Removes the lab `name` (state under `state_root`): kills its agents and echo servers by

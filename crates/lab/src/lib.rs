@@ -4,7 +4,8 @@
 //! [`Lab::delete`] change it (returning once every Node has converged),
 //! [`Lab::restart_agent`] replaces one Node's agent as a crash and restart would,
 //! [`Lab::probe`] and [`Lab::matrix`] send real packets, and dropping a `Lab` that `up`
-//! returned (or calling [`down`]) removes everything it made.
+//! returned (or calling [`down`]) removes everything it made. [`list`] finds the labs on
+//! this machine.
 //!
 //! ```no_run
 //! use netd_lab::{Lab, LabOptions, Place, ProbeSpec, Target};
@@ -21,11 +22,11 @@
 //! ```
 //!
 //! Modules:
-//! - [`lab`]: the [`Lab`] value and [`down`].
+//! - [`lab`]: the [`Lab`] value, [`list`] and [`down`].
 //! - [`agent`]: each Node's level-triggered reconcile loop, and the [`Programmer`] seam through
 //!   which the service proxy and the policy enforcer supply a Node's rules.
-//! - [`demo`]: `kube-netd lab demo`, the seed's walkthrough with real packets, each step
-//!   checked against what Kubernetes specifies.
+//! - [`demo`]: `kube-netd lab demo`, a guided tour of Kubernetes networking with real
+//!   packets, each step checked against what Kubernetes specifies.
 //! - [`dns`]: cluster DNS in the lab: the DNS server that the Pods of the cluster DNS add-on
 //!   (`kube-system/kube-dns` and `coredns`, from [`netd_controlplane::addons`]) run instead of
 //!   the echo server.
@@ -57,6 +58,8 @@ mod topology;
 pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::helper_main;
-pub use lab::{Action, Change, Lab, LabOptions, Resolver, down, resolved_as_given};
+pub use lab::{
+    Action, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
+};
 pub use probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
-pub use store::DEFAULT_STATE_ROOT;
+pub use store::{DEFAULT_MODE, DEFAULT_STATE_ROOT};

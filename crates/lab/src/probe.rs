@@ -30,26 +30,30 @@ pub enum Place {
     External,
 }
 
+impl Place {
+    /// Parses a source as every command names one (see [`netd_model::target`]): `NS/POD`,
+    /// `POD` (in `namespace`), `node/NAME` or `external`.
+    pub fn parse(input: &str, namespace: &str) -> Result<Self, LabError> {
+        let bad = || LabError::BadTarget {
+            what: "source",
+            input: input.to_owned(),
+            expected: "NS/POD, POD (in -n's namespace), node/NAME or external",
+        };
+        match netd_model::Target::parse(input, namespace).map_err(|_| bad())? {
+            netd_model::Target::Pod(p) => Ok(Place::Pod(p)),
+            netd_model::Target::Node(n) => Ok(Place::Node(n)),
+            netd_model::Target::External => Ok(Place::External),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl FromStr for Place {
     type Err = LabError;
 
+    /// [`Place::parse`] in the `default` namespace.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || LabError::BadTarget {
-            what: "source",
-            input: s.to_owned(),
-            expected: "NS/POD, node/NAME or external",
-        };
-        if s == "external" {
-            return Ok(Place::External);
-        }
-        if let Some(node) = s.strip_prefix("node/") {
-            return if node.is_empty() || node.contains('/') {
-                Err(bad())
-            } else {
-                Ok(Place::Node(node.into()))
-            };
-        }
-        s.parse().map(Place::Pod).map_err(|_| bad())
+        Place::parse(s, "default")
     }
 }
 
@@ -78,40 +82,34 @@ pub enum Target {
     Name(String),
 }
 
+impl Target {
+    /// Parses a destination as every command names one (see [`netd_model::target`]):
+    /// `NS/POD`, `POD` and `svc/NAME` (in `namespace`), `svc/NS/NAME`, `node/NAME`, an IP
+    /// address, or a DNS name with a dot.
+    pub fn parse(input: &str, namespace: &str) -> Result<Self, LabError> {
+        let bad = || LabError::BadTarget {
+            what: "target",
+            input: input.to_owned(),
+            expected: "NS/POD, POD (in -n's namespace), svc/[NS/]NAME, node/NAME, an IP \
+                       address or a DNS name with a dot",
+        };
+        match netd_model::Target::parse(input, namespace).map_err(|_| bad())? {
+            netd_model::Target::Pod(p) => Ok(Target::Pod(p)),
+            netd_model::Target::Service(s) => Ok(Target::Service(s)),
+            netd_model::Target::Node(n) => Ok(Target::Node(n)),
+            netd_model::Target::Ip(ip) => Ok(Target::Ip(ip)),
+            netd_model::Target::DnsName(n) => Ok(Target::Name(n)),
+            netd_model::Target::External => Err(bad()),
+        }
+    }
+}
+
 impl FromStr for Target {
     type Err = LabError;
 
+    /// [`Target::parse`] in the `default` namespace.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || LabError::BadTarget {
-            what: "target",
-            input: s.to_owned(),
-            expected: "NS/POD, svc/NS/NAME, node/NAME, an IP address or a DNS name",
-        };
-        if let Ok(ip) = s.parse() {
-            return Ok(Target::Ip(ip));
-        }
-        if let Some(svc) = s.strip_prefix("svc/") {
-            return svc.parse().map(Target::Service).map_err(|_| bad());
-        }
-        if let Some(node) = s.strip_prefix("node/") {
-            return if node.is_empty() || node.contains('/') {
-                Err(bad())
-            } else {
-                Ok(Target::Node(node.into()))
-            };
-        }
-        if s.contains('/') {
-            return s.parse().map(Target::Pod).map_err(|_| bad());
-        }
-        let is_name = !s.is_empty()
-            && s.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if is_name {
-            Ok(Target::Name(s.to_owned()))
-        } else {
-            Err(bad())
-        }
+        Target::parse(s, "default")
     }
 }
 
@@ -428,7 +426,16 @@ mod tests {
             Target::Name("s.x.svc.cluster.local".into())
         );
         assert_eq!("x/a".parse::<Target>().expect("ok").to_string(), "x/a");
-        assert!("svc/x".parse::<Target>().is_err());
+        assert_eq!(
+            Target::parse("svc/s", "x").expect("ok"),
+            Target::Service(ServiceRef::new("x", "s"))
+        );
+        assert_eq!(
+            Place::parse("a", "x").expect("ok"),
+            Place::Pod(PodRef::new("x", "a"))
+        );
+        assert!("external".parse::<Target>().is_err());
+        assert!("svc/x/s".parse::<Place>().is_err());
         assert!("bad name!".parse::<Target>().is_err());
         assert_eq!(
             "ICMP".parse::<ProbeProtocol>().expect("ok"),

@@ -28,6 +28,9 @@ use crate::LabError;
 /// The default root of lab state directories.
 pub const DEFAULT_STATE_ROOT: &str = "/run/kube-netd/labs";
 
+/// The service proxy back end a lab runs unless told otherwise.
+pub const DEFAULT_MODE: &str = "iptables";
+
 /// One lab's state directory.
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
@@ -49,6 +52,17 @@ pub(crate) struct LabRecord {
     pub nodes: BTreeMap<NodeName, NodeAddress>,
     /// The external namespace's underlay IP.
     pub external_ip: Option<IpAddr>,
+    /// The service proxy back end the agents run, as `lab up --mode` chose it.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// When the lab was built, in seconds since the Unix epoch; `None` in a record written
+    /// before this was kept.
+    #[serde(default)]
+    pub created: Option<u64>,
+}
+
+fn default_mode() -> String {
+    DEFAULT_MODE.to_owned()
 }
 
 /// A Node's addresses in the lab.
@@ -189,6 +203,25 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LabError::io(&self.dir)(e)),
             _ => Ok(()),
         }
+    }
+
+    /// The labs under `root`: every directory with a `lab.json`, by name. A root that does
+    /// not exist holds none.
+    pub fn all(root: &Path) -> Result<Vec<(Store, LabRecord)>, LabError> {
+        let entries = match std::fs::read_dir(root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LabError::io(root)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let store = Store::at(entry.map_err(LabError::io(root))?.path());
+            if let Some(record) = store.read_lab()? {
+                out.push((store, record));
+            }
+        }
+        out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        Ok(out)
     }
 
     pub fn lab_path(&self) -> PathBuf {

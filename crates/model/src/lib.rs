@@ -8,6 +8,7 @@
 //! - [`selector`]: label selectors with Kubernetes' exact semantics.
 //! - [`view`]: validated, typed views of each object (parse once, never re-check).
 //! - [`state`]: [`ClusterState`] and its lookups by key, selector, IP and node.
+//! - [`target`]: how commands name pods, services, nodes and addresses ([`Target`]).
 //! - [`config`]: the cluster's address ranges and DNS zone ([`ClusterConfig`]).
 //! - [`field`] and [`validation`]: field paths, field errors and the primitive validators.
 //! - [`load`](mod@load): reading manifests (files, directories, stdin; YAML, JSON, `kind: List`) into
@@ -21,6 +22,7 @@ pub mod load;
 pub mod object;
 pub mod selector;
 pub mod state;
+pub mod target;
 pub mod validate;
 pub mod validation;
 pub mod view;
@@ -32,10 +34,11 @@ pub use keys::{
     ServicePortName, ServiceRef,
 };
 pub use load::{
-    FieldValidation, LoadError, LoadWarning, Loaded, Manifests, Source, load, load_str,
-    load_str_with, load_with,
+    FieldValidation, LoadError, LoadWarning, Loaded, Manifests, Reference, References, Source,
+    load, load_references, load_references_str, load_str, load_str_with, load_with,
 };
 pub use object::{Kind, Object, ObjectId};
-pub use selector::{LabelSelector, Labels};
+pub use selector::{LabelSelector, Labels, SelectorParseError};
 pub use state::{ClusterState, StateError};
+pub use target::{Target, TargetParseError};
 pub use validate::Validator;

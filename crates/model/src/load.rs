@@ -18,7 +18,12 @@
 //! policy.yaml: document 2 (NetworkPolicy default/web): spec.ingress[0].ports[0].port: "http-" is not a valid port name
 //! ```
 //!
-//! The only I/O is reading the inputs; [`load_str`] does the rest on text in memory.
+//! [`load_references`] reads the same inputs the way `kubectl delete -f` does: only what names
+//! each object (`apiVersion`, `kind`, `metadata.name`, `metadata.namespace`), so a file that
+//! would not validate can still say what to delete.
+//!
+//! The only I/O is reading the inputs; [`load_str`] and [`load_references_str`] do the rest on
+//! text in memory.
 
 // A load fails at most once per run, before anything else happens: flat variants that are
 // easy to match on are worth more here than a small `Result`.
@@ -116,11 +121,6 @@ pub enum LoadWarning {
         /// Its `kind`.
         kind: String,
     },
-    /// A directory without any `.yaml`, `.yml` or `.json` file.
-    NoManifests {
-        /// The directory, as given.
-        dir: String,
-    },
     /// Fields the object's type does not have, dropped under [`FieldValidation::Warn`].
     UnknownField {
         /// Where the object is.
@@ -144,9 +144,6 @@ impl fmt::Display for LoadWarning {
                     f,
                     "{source}: skipped {kind} ({api_version}), a kind kube-netd does not read"
                 )
-            }
-            LoadWarning::NoManifests { dir } => {
-                write!(f, "{dir}: no .yaml, .yml or .json files in this directory")
             }
             LoadWarning::UnknownField { source, id, fields } => {
                 write!(f, "{source} ({id}): ignored {}", UnknownFields(fields))
@@ -216,11 +213,28 @@ pub enum LoadError {
         /// The list's kind (`List`, `PodList`...).
         kind: String,
     },
+    /// A directory given to read holds no `.yaml`, `.yml` or `.json` file: nothing would be
+    /// read from it, which is never what was meant.
+    #[error("{dir}: no .yaml, .yml or .json files in this directory")]
+    NoManifests {
+        /// The directory, as given.
+        dir: String,
+    },
     /// A List inside a List.
     #[error("{at}: a List may not contain another List")]
     NestedList {
         /// Where the inner List is.
         at: Source,
+    },
+    /// A kind kube-netd does not read, where only known kinds make sense (deleting).
+    #[error("{at}: {kind} ({api_version}) is not a kind kube-netd knows")]
+    UnknownKind {
+        /// Where.
+        at: Source,
+        /// Its `apiVersion`.
+        api_version: String,
+        /// Its `kind`.
+        kind: String,
     },
     /// A kind kube-netd reads, at an API version it does not.
     #[error("{at}: {kind} must have apiVersion {}, not {api_version:?}", kind.api_version())]
@@ -268,6 +282,20 @@ pub enum LoadError {
         #[source]
         source: FieldError,
     },
+    /// An object in another namespace than the one the command was given, as kubectl refuses
+    /// it.
+    #[error(
+        "{at} ({id}): the object's namespace is not {namespace:?}, the namespace given; give \
+         its own namespace, or none"
+    )]
+    NamespaceMismatch {
+        /// Where.
+        at: Source,
+        /// The object, in its own namespace.
+        id: ObjectId,
+        /// The namespace given.
+        namespace: String,
+    },
     /// Two objects with the same kind, namespace and name.
     #[error("{second} ({id}): already defined in {first}")]
     DuplicateObject {
@@ -294,11 +322,10 @@ pub fn load_with(
     validation: FieldValidation,
 ) -> Result<Manifests, LoadError> {
     let mut inputs = Vec::new();
-    let mut warnings = Vec::new();
     for path in paths {
-        read_path(path, &mut inputs, &mut warnings)?;
+        read_path(path, &mut inputs)?;
     }
-    let mut loader = Loader::new(config, validation, warnings);
+    let mut loader = Loader::new(config, validation);
     for (file, text) in &inputs {
         loader.add_text(file, text)?;
     }
@@ -318,9 +345,59 @@ pub fn load_str_with(
     config: &ClusterConfig,
     validation: FieldValidation,
 ) -> Result<Manifests, LoadError> {
-    let mut loader = Loader::new(config, validation, Vec::new());
+    let mut loader = Loader::new(config, validation);
     loader.add_text(name, text)?;
     Ok(loader.finish())
+}
+
+/// An object a manifest names, as `kubectl delete -f` reads it: only `apiVersion`, `kind`,
+/// `metadata.name` and `metadata.namespace` count; the rest (a spec that would not validate)
+/// is not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// The object named; a namespaced one without a namespace is in `default`.
+    pub id: ObjectId,
+    /// Where it is named.
+    pub source: Source,
+}
+
+/// The result of [`load_references`]: the objects named, each once, in the order first named.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct References {
+    /// The references, in input order; one named twice is listed once.
+    pub references: Vec<Reference>,
+}
+
+/// Reads the objects that files, directories and `-` name, as `kubectl delete -f` does: each
+/// document needs `apiVersion`, `kind` (one kube-netd reads; any other is an error, since
+/// it cannot be deleted) and `metadata.name`; nothing else is decoded or validated.
+///
+/// `namespace` is kubectl's `-n`: the namespace of namespaced objects that name none
+/// (`default` without it); one that names another namespace is refused.
+pub fn load_references(
+    paths: &[PathBuf],
+    namespace: Option<&str>,
+) -> Result<References, LoadError> {
+    let mut inputs = Vec::new();
+    let mut references = References::default();
+    for path in paths {
+        read_path(path, &mut inputs)?;
+    }
+    for (file, text) in &inputs {
+        add_references(file, text, namespace, &mut references)?;
+    }
+    Ok(references)
+}
+
+/// [`load_references`] on text already read; `name` is how errors name it.
+pub fn load_references_str(
+    name: &str,
+    text: &str,
+    namespace: Option<&str>,
+) -> Result<References, LoadError> {
+    let mut references = References::default();
+    add_references(name, text, namespace, &mut references)?;
+    Ok(references)
 }
 
 /// Prints unknown fields as the API server lists them: `unknown field "spec.ingress[0].form"`,
@@ -353,11 +430,7 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
-fn read_path(
-    path: &Path,
-    inputs: &mut Vec<(String, String)>,
-    warnings: &mut Vec<LoadWarning>,
-) -> Result<(), LoadError> {
+fn read_path(path: &Path, inputs: &mut Vec<(String, String)>) -> Result<(), LoadError> {
     let shown = path.display().to_string();
     if path.as_os_str() == STDIN_PATH {
         let mut text = String::new();
@@ -381,7 +454,7 @@ fn read_path(
     let mut files = Vec::new();
     list_manifests(path, &mut files)?;
     if files.is_empty() {
-        warnings.push(LoadWarning::NoManifests { dir: shown });
+        return Err(LoadError::NoManifests { dir: shown });
     }
     files.sort();
     for file in files {
@@ -427,18 +500,14 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(
-        config: &'a ClusterConfig,
-        validation: FieldValidation,
-        warnings: Vec<LoadWarning>,
-    ) -> Self {
+    fn new(config: &'a ClusterConfig, validation: FieldValidation) -> Self {
         Self {
             validator: Validator::new(config),
             validation,
             seen: BTreeMap::new(),
             manifests: Manifests {
                 objects: Vec::new(),
-                warnings,
+                warnings: Vec::new(),
             },
         }
     }
@@ -448,48 +517,17 @@ impl<'a> Loader<'a> {
     }
 
     fn add_text(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
-        let at = |document| Source {
-            file: file.to_owned(),
-            document,
-            item: None,
-        };
-        // As kubectl does: a stream that starts with '{' is JSON, anything else YAML.
-        if text.trim_start().starts_with('{') {
-            let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-            for (i, document) in stream.enumerate() {
-                let value = document.map_err(|source| LoadError::InvalidJson {
-                    at: at(i + 1),
-                    source,
-                })?;
-                self.add_document(value, at(i + 1))?;
-            }
-            return Ok(());
-        }
-        for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let invalid = |source| LoadError::InvalidYaml {
-                at: at(i + 1),
-                source,
-            };
-            let mut value: Value = serde::Deserialize::deserialize(document).map_err(invalid)?;
-            value.apply_merge().map_err(invalid)?;
-            self.add_document(value, at(i + 1))?;
-        }
-        Ok(())
+        for_each_object(file, text, &mut |map, type_meta, at| {
+            self.add_document(map, type_meta, at)
+        })
     }
 
-    fn add_document(&mut self, value: Value, at: Source) -> Result<(), LoadError> {
-        let Value::Mapping(map) = value else {
-            if value.is_null() {
-                // An empty document: `---` twice, or only comments.
-                return Ok(());
-            }
-            return Err(LoadError::NotAnObject { at });
-        };
-        let api_version = type_field(&map, "apiVersion", &at)?.to_owned();
-        let kind = type_field(&map, "kind", &at)?.to_owned();
-        if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
-            return self.add_list(map, kind, at);
-        }
+    fn add_document(
+        &mut self,
+        map: Mapping,
+        TypeMeta { api_version, kind }: TypeMeta,
+        at: Source,
+    ) -> Result<(), LoadError> {
         let Some(known) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
             self.manifests.warnings.push(LoadWarning::UnknownKind {
                 source: at,
@@ -535,27 +573,6 @@ impl<'a> Loader<'a> {
         self.add_object(object, at)
     }
 
-    fn add_list(&mut self, mut map: Mapping, kind: String, at: Source) -> Result<(), LoadError> {
-        if at.item.is_some() {
-            return Err(LoadError::NestedList { at });
-        }
-        let items = match map.remove("items") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Sequence(items)) => items,
-            Some(_) => return Err(LoadError::InvalidList { at, kind }),
-        };
-        for (i, item) in items.into_iter().enumerate() {
-            self.add_document(
-                item,
-                Source {
-                    item: Some(i),
-                    ..at.clone()
-                },
-            )?;
-        }
-        Ok(())
-    }
-
     fn add_object(&mut self, object: Object, at: Source) -> Result<(), LoadError> {
         let id = object.id();
         self.validator
@@ -576,6 +593,149 @@ impl<'a> Loader<'a> {
         self.manifests.objects.push(Loaded { object, source: at });
         Ok(())
     }
+}
+
+/// An object's `apiVersion` and `kind`, as written.
+struct TypeMeta {
+    api_version: String,
+    kind: String,
+}
+
+/// Splits `text` into documents (a JSON stream if it starts with `{`, as kubectl decides,
+/// multi-document YAML otherwise), unpacks `kind: List`, and hands every object to `each`
+/// with its `apiVersion`, `kind` and place. Empty documents are skipped.
+fn for_each_object(
+    file: &str,
+    text: &str,
+    each: &mut dyn FnMut(Mapping, TypeMeta, Source) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let at = |document| Source {
+        file: file.to_owned(),
+        document,
+        item: None,
+    };
+    if text.trim_start().starts_with('{') {
+        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        for (i, document) in stream.enumerate() {
+            let value = document.map_err(|source| LoadError::InvalidJson {
+                at: at(i + 1),
+                source,
+            })?;
+            each_object(value, at(i + 1), each)?;
+        }
+        return Ok(());
+    }
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let invalid = |source| LoadError::InvalidYaml {
+            at: at(i + 1),
+            source,
+        };
+        let mut value: Value = serde::Deserialize::deserialize(document).map_err(invalid)?;
+        value.apply_merge().map_err(invalid)?;
+        each_object(value, at(i + 1), each)?;
+    }
+    Ok(())
+}
+
+/// One document (or one item of a List) of [`for_each_object`].
+fn each_object(
+    value: Value,
+    at: Source,
+    each: &mut dyn FnMut(Mapping, TypeMeta, Source) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let Value::Mapping(mut map) = value else {
+        if value.is_null() {
+            // An empty document: `---` twice, or only comments.
+            return Ok(());
+        }
+        return Err(LoadError::NotAnObject { at });
+    };
+    let api_version = type_field(&map, "apiVersion", &at)?.to_owned();
+    let kind = type_field(&map, "kind", &at)?.to_owned();
+    if kind != "List" && !(kind.ends_with("List") && map.contains_key("items")) {
+        return each(map, TypeMeta { api_version, kind }, at);
+    }
+    if at.item.is_some() {
+        return Err(LoadError::NestedList { at });
+    }
+    let items = match map.remove("items") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => return Err(LoadError::InvalidList { at, kind }),
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let at = Source {
+            item: Some(i),
+            ..at.clone()
+        };
+        each_object(item, at, each)?;
+    }
+    Ok(())
+}
+
+/// Reads the references of one text into `references`, skipping one already there.
+fn add_references(
+    file: &str,
+    text: &str,
+    namespace: Option<&str>,
+    references: &mut References,
+) -> Result<(), LoadError> {
+    for_each_object(file, text, &mut |map, type_meta, at| {
+        let reference = reference(&map, type_meta, at, namespace)?;
+        if !references.references.iter().any(|r| r.id == reference.id) {
+            references.references.push(reference);
+        }
+        Ok(())
+    })
+}
+
+/// The object one document names; see [`load_references`].
+fn reference(
+    map: &Mapping,
+    TypeMeta { api_version, kind }: TypeMeta,
+    at: Source,
+    namespace: Option<&str>,
+) -> Result<Reference, LoadError> {
+    let Some(known) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+        return Err(LoadError::UnknownKind {
+            at,
+            api_version,
+            kind,
+        });
+    };
+    if known.api_version() != api_version {
+        return Err(LoadError::UnsupportedApiVersion {
+            at,
+            kind: known,
+            api_version,
+        });
+    }
+    let mut id = id_of(known, map);
+    if id.name.is_empty() {
+        return Err(LoadError::InvalidObject {
+            at,
+            id,
+            source: FieldError::required(FieldPath::new("metadata").child("name")),
+        });
+    }
+    let written = map
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty());
+    if let (true, Some(given)) = (known.is_namespaced(), namespace) {
+        match written {
+            Some(ns) if ns != given => {
+                return Err(LoadError::NamespaceMismatch {
+                    at,
+                    id,
+                    namespace: given.to_owned(),
+                });
+            }
+            _ => id.namespace = given.to_owned(),
+        }
+    }
+    Ok(Reference { id, source: at })
 }
 
 fn type_field<'m>(

@@ -67,6 +67,35 @@ impl Kind {
     pub fn is_namespaced(self) -> bool {
         !matches!(self, Kind::Namespace | Kind::Node)
     }
+
+    /// The resource name kubectl prints in errors (`pods`, `networkpolicies`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Node => "nodes",
+            Kind::Deployment => "deployments",
+            Kind::Pod => "pods",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::NetworkPolicy => "networkpolicies",
+        }
+    }
+
+    /// The kind a kubectl resource argument names: the kind, its plural or its short name
+    /// (`po`, `svc`, `deploy`, `netpol`, `ns`, `no`), in any case. `None` for anything else.
+    pub fn from_resource(name: &str) -> Option<Kind> {
+        let kind = match name.to_ascii_lowercase().as_str() {
+            "ns" | "namespace" | "namespaces" => Kind::Namespace,
+            "no" | "node" | "nodes" => Kind::Node,
+            "deploy" | "deployment" | "deployments" => Kind::Deployment,
+            "po" | "pod" | "pods" => Kind::Pod,
+            "svc" | "service" | "services" => Kind::Service,
+            "endpointslice" | "endpointslices" => Kind::EndpointSlice,
+            "netpol" | "networkpolicy" | "networkpolicies" => Kind::NetworkPolicy,
+            _ => return None,
+        };
+        Some(kind)
+    }
 }
 
 impl fmt::Display for Kind {
@@ -180,5 +209,29 @@ impl Object {
             namespace: self.namespace().to_owned(),
             name: self.name().to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn every_kind_is_named_by_its_kind_its_resource_and_a_short_name() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_resource(kind.as_str()), Some(kind));
+            assert_eq!(Kind::from_resource(kind.resource()), Some(kind));
+        }
+        for (short, kind) in [
+            ("po", Kind::Pod),
+            ("svc", Kind::Service),
+            ("deploy", Kind::Deployment),
+            ("netpol", Kind::NetworkPolicy),
+            ("ns", Kind::Namespace),
+            ("no", Kind::Node),
+        ] {
+            assert_eq!(Kind::from_resource(short), Some(kind));
+        }
+        assert_eq!(Kind::from_resource("configmap"), None);
     }
 }

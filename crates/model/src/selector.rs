@@ -191,6 +191,147 @@ impl fmt::Display for LabelSelector {
     }
 }
 
+/// A label selector string that does not parse, as `kubectl get -l` would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid label selector {input:?}: {reason}")]
+pub struct SelectorParseError {
+    /// The whole selector, as given.
+    pub input: String,
+    /// What is wrong, naming the offending term.
+    pub reason: String,
+}
+
+impl std::str::FromStr for LabelSelector {
+    type Err = SelectorParseError;
+
+    /// Parses kubectl's selector syntax (`-l`): comma-separated requirements, each `key`,
+    /// `!key`, `key=value` (or `==`), `key!=value`, `key in (a,b)` or `key notin (a,b)`.
+    /// `!=` and `notin` also match objects without the key, as in Kubernetes. The empty
+    /// string selects everything.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let mut selector = LabelSelector::everything();
+        for term in split_terms(input) {
+            let term = term.trim();
+            let fail = |reason: String| SelectorParseError {
+                input: input.to_owned(),
+                reason,
+            };
+            if term.is_empty() {
+                if input.trim().is_empty() {
+                    continue;
+                }
+                return Err(fail("empty requirement".to_owned()));
+            }
+            let (key, operator, value) = parse_term(term).map_err(fail)?;
+            let path = FieldPath::new(term);
+            validate_label_key(key, &path).map_err(|e| fail(e.to_string()))?;
+            if let Some(v) = &value {
+                validate_label_value(v, &path).map_err(|e| fail(e.to_string()))?;
+            }
+            match (operator, value) {
+                (Operator::In(_), Some(v)) if !selector.match_labels.contains_key(key) => {
+                    selector.match_labels.insert(key.to_owned(), v);
+                }
+                (Operator::In(_), Some(v)) => selector.expressions.push(Requirement {
+                    key: key.to_owned(),
+                    operator: Operator::In(BTreeSet::from([v])),
+                }),
+                (Operator::NotIn(_), Some(v)) => selector.expressions.push(Requirement {
+                    key: key.to_owned(),
+                    operator: Operator::NotIn(BTreeSet::from([v])),
+                }),
+                (Operator::In(vs) | Operator::NotIn(vs), None) if vs.is_empty() => {
+                    return Err(fail(format!("{term:?}: a set needs at least one value")));
+                }
+                (operator, _) => {
+                    for v in match &operator {
+                        Operator::In(vs) | Operator::NotIn(vs) => vs.iter().collect(),
+                        _ => Vec::new(),
+                    } {
+                        validate_label_value(v, &path).map_err(|e| fail(e.to_string()))?;
+                    }
+                    selector.expressions.push(Requirement {
+                        key: key.to_owned(),
+                        operator,
+                    });
+                }
+            }
+        }
+        Ok(selector)
+    }
+}
+
+/// Splits a selector at the commas that are not inside a `(...)` set.
+fn split_terms(input: &str) -> Vec<&str> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in input.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                terms.push(&input[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&input[start..]);
+    terms
+}
+
+/// One requirement: the key, the operator (sets filled for `in`/`notin`), and the single
+/// value of `=`, `==` and `!=`.
+fn parse_term(term: &str) -> Result<(&str, Operator, Option<String>), String> {
+    if let Some(key) = term.strip_prefix('!') {
+        return Ok((key.trim(), Operator::DoesNotExist, None));
+    }
+    if let Some((key, value)) = term.split_once("!=") {
+        return Ok((
+            key.trim(),
+            Operator::NotIn(BTreeSet::new()),
+            Some(value.trim().to_owned()),
+        ));
+    }
+    if let Some((key, value)) = term.split_once('=') {
+        let value = value.strip_prefix('=').unwrap_or(value);
+        return Ok((
+            key.trim(),
+            Operator::In(BTreeSet::new()),
+            Some(value.trim().to_owned()),
+        ));
+    }
+    let Some((head, set)) = term.split_once('(') else {
+        if term.split_whitespace().count() > 1 {
+            return Err(format!(
+                "{term:?}: expected `key`, `!key`, `key=value`, `key!=value`, `key in (...)` \
+                 or `key notin (...)`"
+            ));
+        }
+        return Ok((term, Operator::Exists, None));
+    };
+    let set = set
+        .trim_end()
+        .strip_suffix(')')
+        .ok_or_else(|| format!("{term:?}: the set is not closed with ')'"))?;
+    let values: BTreeSet<String> = set
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let words: Vec<&str> = head.split_whitespace().collect();
+    let operator = match words.as_slice() {
+        [_, "in"] => Operator::In(values),
+        [_, "notin"] => Operator::NotIn(values),
+        _ => {
+            return Err(format!(
+                "{term:?}: expected `key in (...)` or `key notin (...)`"
+            ));
+        }
+    };
+    Ok((words[0], operator, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +555,51 @@ mod tests {
             ],
         );
         assert_eq!(s.to_string(), "app=web,tier in (a,b),!legacy");
+    }
+
+    #[test]
+    fn kubectl_selector_strings_parse_with_kubernetes_semantics() {
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        let db = labels(&[("app", "db")]);
+        let none = Labels::new();
+        let cases: [(&str, [bool; 3]); 10] = [
+            ("", [true, true, true]),
+            ("app=web", [true, false, false]),
+            ("app==web", [true, false, false]),
+            ("app!=web", [false, true, true]),
+            ("app in (web, db)", [true, true, false]),
+            ("app notin (web)", [false, true, true]),
+            ("tier", [true, false, false]),
+            ("!tier", [false, true, true]),
+            ("app=web,tier=front", [true, false, false]),
+            ("app in (web,db),!tier", [false, true, false]),
+        ];
+        for (input, want) in cases {
+            let s: LabelSelector = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            let got = [s.matches(&web), s.matches(&db), s.matches(&none)];
+            assert_eq!(got, want, "{input:?}");
+        }
+        assert_eq!(
+            "app=web,tier in (a,b)"
+                .parse::<LabelSelector>()
+                .map(|s| s.to_string()),
+            Ok("app=web,tier in (a,b)".to_owned())
+        );
+    }
+
+    #[test]
+    fn malformed_selector_strings_are_refused() {
+        for input in [
+            "app=web,",
+            "app in ()",
+            "app in (a",
+            "app ni (a)",
+            "a b",
+            "-x=1",
+            "a=b c",
+        ] {
+            let err = input.parse::<LabelSelector>().expect_err(input);
+            assert_eq!(err.input, input);
+        }
     }
 }

@@ -49,7 +49,7 @@ fn a_directory_is_read_recursively_in_sorted_order() {
 }
 
 #[test]
-fn paths_load_in_the_order_given_and_empty_directories_warn() {
+fn paths_load_in_the_order_given_and_an_empty_directory_is_an_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     fs::create_dir_all(root.join("z/deeper")).expect("mkdir");
@@ -64,7 +64,7 @@ fn paths_load_in_the_order_given_and_empty_directories_warn() {
     fs::write(root.join("z/notes.txt"), "kind: Namespace").expect("write");
     fs::write(root.join("first.yaml"), ns("first")).expect("write");
 
-    let paths = [root.join("first.yaml"), root.join("z"), root.join("empty")];
+    let paths = [root.join("first.yaml"), root.join("z")];
     let m = load(&paths, &ClusterConfig::default()).expect("loads");
     let names: Vec<String> = m
         .objects
@@ -72,12 +72,16 @@ fn paths_load_in_the_order_given_and_empty_directories_warn() {
         .map(|l| l.object.name().to_owned())
         .collect();
     assert_eq!(names, ["first", "a", "b"]);
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+    let with_empty = [root.join("first.yaml"), root.join("empty")];
+    let err = load(&with_empty, &ClusterConfig::default()).expect_err("an empty directory");
     assert_eq!(
-        warnings(&m),
-        [format!(
+        err.to_string(),
+        format!(
             "{}: no .yaml, .yml or .json files in this directory",
             root.join("empty").display()
-        )]
+        )
     );
 }
 

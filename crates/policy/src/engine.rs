@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::PolicyError;
 use crate::flow::{Endpoint, Flow, FlowProtocol};
-use crate::verdict::{Direction, Exemption, Isolation, RuleRef, SideVerdict, Verdict};
+use crate::verdict::{Direction, Exemption, Isolation, PortMiss, RuleRef, SideVerdict, Verdict};
 
 /// Judges a flow: the egress side at the source Pod and the ingress side at the destination
 /// Pod must both allow it.
@@ -361,14 +361,27 @@ fn side(
 ) -> SideVerdict {
     let mut isolated_by = Vec::new();
     let mut by = Vec::new();
+    let mut port_misses = Vec::new();
     for policy in selecting(state, pod, direction) {
         isolated_by.push(policy.key.clone());
         for (index, rule) in rules(policy, direction).iter().enumerate() {
-            if rule_matches(state, policy, rule, peer, v4, traffic) {
-                by.push(RuleRef {
-                    policy: policy.key.clone(),
-                    direction,
-                    index,
+            let Some(matched) = matching_peer(state, policy, rule, peer, v4) else {
+                continue;
+            };
+            let rule_ref = RuleRef {
+                policy: policy.key.clone(),
+                direction,
+                index,
+            };
+            if ports_match(&rule.ports, traffic) {
+                by.push(rule_ref);
+            } else {
+                port_misses.push(PortMiss {
+                    rule: rule_ref,
+                    peer: matched.cloned(),
+                    ports: rule.ports.clone(),
+                    protocol: traffic.protocol,
+                    port: traffic.port,
                 });
             }
         }
@@ -376,30 +389,38 @@ fn side(
     if isolated_by.is_empty() {
         SideVerdict::NotIsolated
     } else if by.is_empty() {
-        SideVerdict::Denied { isolated_by }
+        SideVerdict::Denied {
+            isolated_by,
+            port_misses,
+        }
     } else {
         SideVerdict::Allowed { by }
     }
 }
 
-fn rule_matches(
+/// The peer of `rule` that selects `peer`: `Some(None)` when the rule has no peers (it
+/// allows every peer), `None` when no peer selects it.
+fn matching_peer<'r>(
     state: &ClusterState,
     policy: &NetworkPolicy,
-    rule: &PolicyRule,
+    rule: &'r PolicyRule,
     peer: &Party<'_>,
     v4: bool,
-    traffic: &Traffic<'_>,
-) -> bool {
+) -> Option<Option<&'r PolicyPeer>> {
+    if rule.peers.is_empty() {
+        return Some(None);
+    }
     let ns = policy.key.namespace.as_str();
-    let peer_ok = rule.peers.is_empty()
-        || rule.peers.iter().any(|p| match (p, peer) {
+    rule.peers
+        .iter()
+        .find(|p| match (p, peer) {
             (PolicyPeer::IpBlock { cidr, except }, _) => peer
                 .address(v4)
                 .is_some_and(|ip| block_contains(cidr, except, ip)),
             (PolicyPeer::Pods { .. }, Party::Pod(pod)) => peer_selects_pod(state, ns, p, pod),
             (PolicyPeer::Pods { .. }, _) => false,
-        });
-    peer_ok && ports_match(&rule.ports, traffic)
+        })
+        .map(Some)
 }
 
 fn ports_match(ports: &[PolicyPort], traffic: &Traffic<'_>) -> bool {

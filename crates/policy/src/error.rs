@@ -1,6 +1,6 @@
 //! [`PolicyError`]: what can go wrong when a question names something the snapshot lacks.
 
-use netd_model::keys::KeyParseError;
+use netd_model::TargetParseError;
 use netd_model::{NodeName, PodRef, Protocol, ServiceRef};
 
 /// Why a policy question could not be answered.
@@ -34,14 +34,37 @@ pub enum PolicyError {
         /// Its protocol.
         protocol: Protocol,
     },
-    /// A command-line endpoint is neither an IP address nor `NS/POD`.
-    #[error("parsing endpoint {input:?} (expected NS/POD or an IP address)")]
+    /// A TCP, UDP or SCTP flow was asked about without a port: policies allow ports, so
+    /// the answer depends on it.
+    #[error(
+        "a {protocol} check needs a port (--port); NetworkPolicy rules allow ports, not whole protocols"
+    )]
+    PortNeeded {
+        /// The flow's protocol.
+        protocol: Protocol,
+    },
+    /// A command-line endpoint names nothing (see [`netd_model::target`]).
+    #[error("reading an endpoint")]
     ParseEndpoint {
+        /// Why, with the text given.
+        #[source]
+        source: TargetParseError,
+    },
+    /// A command-line endpoint names something that is not one end of a flow.
+    #[error(
+        "{input:?} is {what}, not an endpoint of a flow (NS/POD, POD, svc/[NS/]NAME, node/NAME or an IP)"
+    )]
+    NotAnEndpoint {
         /// The text given.
         input: String,
-        /// Why it is not a Pod key.
-        #[source]
-        source: KeyParseError,
+        /// What it names instead.
+        what: &'static str,
+    },
+    /// A Service named as an endpoint has no ClusterIP to send to (headless or ExternalName).
+    #[error("service {service} has no ClusterIP")]
+    NoClusterIp {
+        /// The Service.
+        service: ServiceRef,
     },
     /// A matrix was built from a grid whose shape does not match its list of Pods.
     #[error(

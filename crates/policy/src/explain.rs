@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use netd_model::view::Service;
 use netd_model::view::{Pod, PolicyPeer, PolicyPort, PolicyRule, PortSpec};
-use netd_model::{ClusterState, PodRef};
+use netd_model::{ClusterState, PodRef, Target};
 
 use crate::engine::{
     evaluate, evaluate_via_service, isolation, peer_selects_pod, rules, selecting,
@@ -17,23 +17,55 @@ use crate::verdict::Direction;
 /// The most Pods listed for one peer by [`show`] before it says how many more match.
 const LISTED_PODS: usize = 8;
 
-/// Parses a command-line endpoint: an IP address, or `NS/POD`.
-pub fn parse_endpoint(input: &str) -> Result<Endpoint, PolicyError> {
-    if let Ok(ip) = input.parse::<IpAddr>() {
-        return Ok(Endpoint::Ip(ip));
-    }
-    input
-        .parse::<PodRef>()
-        .map(Endpoint::Pod)
-        .map_err(|source| PolicyError::ParseEndpoint {
+/// Parses a command-line endpoint as every command names one ([`netd_model::target`]):
+/// `NS/POD`, `POD` (in `namespace`), `svc/[NS/]NAME` (its ClusterIP), `node/NAME`, or an IP.
+pub fn parse_endpoint(
+    state: &ClusterState,
+    input: &str,
+    namespace: &str,
+) -> Result<Endpoint, PolicyError> {
+    match Target::parse(input, namespace).map_err(|source| PolicyError::ParseEndpoint { source })? {
+        Target::Pod(p) => Ok(Endpoint::Pod(p)),
+        Target::Ip(ip) => Ok(Endpoint::Ip(ip)),
+        Target::Node(n) => Ok(Endpoint::Node(n)),
+        Target::Service(service) => {
+            let svc = state
+                .service(&service)
+                .ok_or_else(|| PolicyError::UnknownService {
+                    service: service.clone(),
+                })?;
+            svc.cluster_ips
+                .first()
+                .map(|ip| Endpoint::Ip(*ip))
+                .ok_or(PolicyError::NoClusterIp { service })
+        }
+        other @ (Target::External | Target::DnsName(_)) => Err(PolicyError::NotAnEndpoint {
             input: input.to_owned(),
-            source,
-        })
+            what: other.what(),
+        }),
+    }
+}
+
+/// What [`check`] found: the explanation, and whether the flow is allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// One line per verdict, each ending in `\n`.
+    pub text: String,
+    /// Whether the connection may be opened: through a Service, only if it has endpoints and
+    /// every one of them allows it (which one a connection gets is the proxy's choice).
+    pub allowed: bool,
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// `kube-netd policy check FROM TO [--port P] [--protocol P]`: whether FROM may connect to
-/// TO, and why. FROM and TO are `NS/POD` or an IP. When TO is a Service's ClusterIP and a
-/// port is given, the flow is judged after DNAT, once per endpoint Pod.
+/// TO, and why. FROM and TO are read by [`parse_endpoint`]; a bare `POD` is in `namespace`.
+/// A TCP, UDP or SCTP flow needs a port ([`PolicyError::PortNeeded`] otherwise). When TO
+/// is a Service's ClusterIP, the flow is judged after DNAT, once per endpoint Pod.
 ///
 /// One line per verdict, each ending in `\n`, e.g.
 /// `new-ns/a -> 8.8.8.8 ICMP: blocked: isolated for egress by new-ns/deny-egress-test; no egress rule allows it`.
@@ -41,17 +73,22 @@ pub fn check(
     state: &ClusterState,
     from: &str,
     to: &str,
+    namespace: &str,
     port: Option<u16>,
     protocol: FlowProtocol,
-) -> Result<String, PolicyError> {
-    let src = parse_endpoint(from)?;
-    let dst = parse_endpoint(to)?;
+) -> Result<Checked, PolicyError> {
+    let src = parse_endpoint(state, from, namespace)?;
+    let dst = parse_endpoint(state, to, namespace)?;
+    if let (FlowProtocol::Transport(protocol), None) = (protocol, port) {
+        return Err(PolicyError::PortNeeded { protocol });
+    }
     let mut out = String::new();
     if let (Endpoint::Ip(ip), FlowProtocol::Transport(proto), Some(port)) = (&dst, protocol, port)
         && let Some(svc) = service_with_cluster_ip(state, *ip)
     {
         let backends = evaluate_via_service(state, &src, &svc.key, port, proto)?;
         let _ = writeln!(out, "{src} -> {dst} {proto}/{port} is service {}", svc.key);
+        let allowed = !backends.is_empty() && backends.iter().all(|b| b.verdict.allowed);
         if backends.is_empty() {
             let _ = writeln!(
                 out,
@@ -61,7 +98,7 @@ pub fn check(
         for b in backends {
             let _ = writeln!(out, "  via {}:{}: {}", b.endpoint, b.target_port, b.verdict);
         }
-        return Ok(out);
+        return Ok(Checked { text: out, allowed });
     }
     let flow = Flow {
         src,
@@ -71,7 +108,10 @@ pub fn check(
     };
     let verdict = evaluate(state, &flow)?;
     let _ = writeln!(out, "{flow}: {verdict}");
-    Ok(out)
+    Ok(Checked {
+        text: out,
+        allowed: verdict.allowed,
+    })
 }
 
 /// `kube-netd policy show NS/POD`: the policies that select the Pod, its isolation, and the

@@ -30,12 +30,14 @@
 //! let verdict = evaluate(&state, &Flow::new(outside, db, Protocol::Tcp, 80)).unwrap();
 //! assert_eq!(
 //!     verdict.to_string(),
-//!     "blocked: isolated for ingress by default/db; no ingress rule allows it"
+//!     "blocked: isolated for ingress by default/db; no ingress rule allows this port: \
+//!      default/db ingress[0] allows any peer on TCP 6379; this flow is TCP 80"
 //! );
 //! ```
 //!
 //! - [`flow`]: what is asked ([`Flow`], [`Endpoint`], [`FlowProtocol`]).
-//! - [`verdict`]: the answers ([`Verdict`], [`SideVerdict`], [`RuleRef`], [`Isolation`]).
+//! - [`verdict`]: the answers ([`Verdict`], [`SideVerdict`], [`RuleRef`], [`PortMiss`],
+//!   [`Isolation`]).
 //! - [`engine`]: [`evaluate`], [`evaluate_via_service`], [`isolation`].
 //! - [`plan`]: [`compile`] and the [`PolicyPlan`] (per-Pod rules, named address sets).
 //! - [`matrix`]: the truth table ([`Matrix`]) shared with the lab's kernel probes.
@@ -61,8 +63,8 @@ pub mod verdict;
 
 pub use engine::{BackendVerdict, evaluate, evaluate_via_service, isolation};
 pub use error::PolicyError;
-pub use explain::{check, parse_endpoint, show};
+pub use explain::{Checked, check, parse_endpoint, show};
 pub use flow::{Endpoint, Flow, FlowProtocol};
 pub use matrix::{Matrix, matrix};
 pub use plan::{PolicyPlan, compile};
-pub use verdict::{Direction, Exemption, Isolation, RuleRef, SideVerdict, Verdict};
+pub use verdict::{Direction, Exemption, Isolation, PortMiss, RuleRef, SideVerdict, Verdict};

@@ -3,7 +3,10 @@
 use std::fmt;
 
 use netd_model::PolicyRef;
+use netd_model::view::{PolicyPeer, PolicyPort, PortSpec};
 use serde::Serialize;
+
+use crate::flow::FlowProtocol;
 
 /// The direction of a rule, seen from the Pod the policy selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -70,6 +73,9 @@ pub enum SideVerdict {
     Denied {
         /// The policies that select the Pod for this direction.
         isolated_by: Vec<PolicyRef>,
+        /// The rules whose peers match the flow but whose ports do not, in policy and rule
+        /// order.
+        port_misses: Vec<PortMiss>,
     },
     /// This end is not a Pod (a Node, a hostNetwork Pod or an outside address), so no policy
     /// applies to it.
@@ -89,10 +95,22 @@ impl SideVerdict {
         match self {
             SideVerdict::NotIsolated => format!("{direction} not isolated"),
             SideVerdict::Allowed { by } => format!("{direction} allowed by {}", join(by)),
-            SideVerdict::Denied { isolated_by } => {
+            SideVerdict::Denied {
+                isolated_by,
+                port_misses,
+            } => {
+                let isolated = format!("isolated for {direction} by {}", join(isolated_by));
+                let Some(first) = port_misses.first() else {
+                    return format!("{isolated}; no {direction} rule allows it");
+                };
+                let what = match first.protocol {
+                    FlowProtocol::Icmp => "ICMP",
+                    FlowProtocol::Transport(_) => "this port",
+                };
+                let misses: Vec<String> = port_misses.iter().map(ToString::to_string).collect();
                 format!(
-                    "isolated for {direction} by {}; no {direction} rule allows it",
-                    join(isolated_by)
+                    "{isolated}; no {direction} rule allows {what}: {}",
+                    misses.join("; ")
                 )
             }
             SideVerdict::NotApplicable => match direction {
@@ -106,6 +124,73 @@ impl SideVerdict {
                 format!("{direction} from the pod's own node is always allowed (kubelet probes)")
             }
         }
+    }
+}
+
+/// A rule that allows a flow's peer, but not on the flow's port or protocol.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortMiss {
+    /// The rule.
+    pub rule: RuleRef,
+    /// The peer of the rule that matches; `None` when the rule lists no peers (any peer).
+    pub peer: Option<PolicyPeer>,
+    /// The ports the rule allows (never empty: a rule without ports allows every port).
+    pub ports: Vec<PolicyPort>,
+    /// The flow's protocol.
+    pub protocol: FlowProtocol,
+    /// The flow's port, if it has one.
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for PortMiss {
+    /// `default/p ingress[0] allows pods role=frontend on TCP 6379; this flow is TCP 6380`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = match &self.peer {
+            None => "any peer".to_owned(),
+            Some(PolicyPeer::IpBlock { cidr, except }) if except.is_empty() => {
+                format!("ipBlock {cidr}")
+            }
+            Some(PolicyPeer::IpBlock { cidr, except }) => {
+                format!("ipBlock {cidr} except {}", join(except))
+            }
+            Some(PolicyPeer::Pods {
+                namespace_selector,
+                pod_selector,
+            }) => {
+                let pods = match pod_selector {
+                    Some(s) if !s.is_empty() => format!("pods {s}"),
+                    _ => "all pods".to_owned(),
+                };
+                match namespace_selector {
+                    None => pods,
+                    Some(s) if s.is_empty() => format!("{pods} in all namespaces"),
+                    Some(s) => format!("{pods} in namespaces {s}"),
+                }
+            }
+        };
+        let ports: Vec<String> = self.ports.iter().map(port_phrase).collect();
+        write!(
+            f,
+            "{} allows {peer} on {}; this flow is {}",
+            self.rule,
+            ports.join(", "),
+            self.protocol
+        )?;
+        if let Some(port) = self.port {
+            write!(f, " {port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `TCP 6379`, `TCP 8000-8080`, `UDP any` or `TCP "http"` (a named port).
+fn port_phrase(pp: &PolicyPort) -> String {
+    let proto = pp.protocol;
+    match (&pp.port, pp.end_port) {
+        (None, _) => format!("{proto} any"),
+        (Some(PortSpec::Number(n)), None) => format!("{proto} {n}"),
+        (Some(PortSpec::Number(n)), Some(end)) => format!("{proto} {n}-{end}"),
+        (Some(PortSpec::Name(name)), _) => format!("{proto} {name:?}"),
     }
 }
 

@@ -309,8 +309,25 @@ fn policies_add_up_and_both_sides_must_allow() {
                 pref("x/from-b"),
                 pref("x/from-c-80"),
                 pref("x/from-y-b")
-            ]
+            ],
+            port_misses: vec![]
         }
+    );
+    // x/c is a peer of x/from-c-80, but only on port 80: the verdict says so.
+    let v = verdict(&state, "x/c", "x/a", "tcp/81");
+    let SideVerdict::Denied { port_misses, .. } = &v.ingress else {
+        panic!("denied: {v}");
+    };
+    let misses: Vec<String> = port_misses.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        misses,
+        ["x/from-c-80 ingress[0] allows pods pod=c on TCP 80; this flow is TCP 81"]
+    );
+    assert_eq!(
+        v.to_string(),
+        "blocked: isolated for ingress by x/also-from-b-80, x/from-b, x/from-c-80, x/from-y-b; \
+         no ingress rule allows this port: x/from-c-80 ingress[0] allows pods pod=c on TCP 80; \
+         this flow is TCP 81"
     );
 }
 

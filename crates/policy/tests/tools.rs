@@ -151,20 +151,44 @@ endpoints: [{{addresses: [10.244.1.11], targetRef: {{kind: Pod, namespace: x, na
     ));
     let tcp = FlowProtocol::Transport(Protocol::Tcp);
     assert_eq!(
-        check(&state, "y/b", "x/a", Some(80), tcp).expect("check"),
+        check(&state, "y/b", "x/a", "default", Some(80), tcp).expect("check").text,
         "y/b -> x/a TCP/80: allowed: egress not isolated; ingress allowed by x/allow-from-y ingress[0]\n"
     );
     assert_eq!(
-        check(&state, "z/b", "10.244.1.11", Some(80), tcp).expect("check"),
+        check(&state, "z/b", "10.244.1.11", "default", Some(80), tcp).expect("check").text,
         "z/b -> 10.244.1.11 TCP/80: blocked: isolated for egress by z/deny-egress; no egress rule allows it; \
          isolated for ingress by x/allow-from-y; no ingress rule allows it\n"
     );
     assert_eq!(
-        check(&state, "y/a", "10.96.0.50", Some(8000), tcp).expect("check"),
+        check(&state, "y/a", "10.96.0.50", "default", Some(8000), tcp).expect("check").text,
         "y/a -> 10.96.0.50 TCP/8000 is service x/web\n  via x/a:80: allowed: egress not isolated; ingress allowed by x/allow-from-y ingress[0]\n"
     );
-    assert!(check(&state, "y", "x/a", Some(80), tcp).is_err());
-    assert!(check(&state, "y/nope", "x/a", Some(80), tcp).is_err());
+    assert_eq!(
+        check(&state, "b", "pod/x/a", "y", Some(80), tcp).expect("check").text,
+        check(&state, "y/b", "x/a", "default", Some(80), tcp).expect("check").text,
+        "a bare name is in the namespace given"
+    );
+    assert_eq!(
+        check(&state, "y/a", "svc/x/web", "default", Some(8000), tcp).expect("check").text,
+        check(&state, "y/a", "10.96.0.50", "default", Some(8000), tcp).expect("check").text,
+        "a Service stands for its ClusterIP"
+    );
+    let allowed = |from, to, port| {
+        check(&state, from, to, "default", Some(port), tcp)
+            .expect("check")
+            .allowed
+    };
+    assert_eq!(
+        [
+            allowed("y/b", "x/a", 80),
+            allowed("z/b", "10.244.1.11", 80),
+            allowed("y/a", "10.96.0.50", 8000),
+        ],
+        [true, false, true]
+    );
+    assert!(check(&state, "y", "x/a", "default", Some(80), tcp).is_err());
+    assert!(check(&state, "external", "x/a", "default", Some(80), tcp).is_err());
+    assert!(check(&state, "y/nope", "x/a", "default", Some(80), tcp).is_err());
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //!   filter chains and the ipsets they match, with a two-phase apply order.
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
 //! - [`trace`](mod@trace): a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
-//!   choice with its probability, masquerade, reject and drop.
+//!   choice with its probability, masquerade, reject and drop, the NetworkPolicy rule that
+//!   decided, and Service addresses left undnatted; set matches read the `ipset restore`
+//!   payload ([`Host::load_ipset`]).
 //!
 //! The crate is pure: it never touches the kernel.
 

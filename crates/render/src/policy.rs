@@ -47,6 +47,10 @@ pub const POLICY_FORWARD: &str = "KNP-FORWARD";
 pub const POLICY_INPUT: &str = "KNP-INPUT";
 /// The prefix of every chain and every ipset the policy back end owns.
 pub const POLICY_PREFIX: &str = "KNP-";
+/// The prefix of a Pod's ingress chain (`KNP-I-<id>`).
+pub const INGRESS_CHAIN_PREFIX: &str = "KNP-I-";
+/// The prefix of a Pod's egress chain (`KNP-E-<id>`).
+pub const EGRESS_CHAIN_PREFIX: &str = "KNP-E-";
 
 /// Suffix of the scratch set a set's new members are loaded into before the swap.
 const SCRATCH_SUFFIX: &str = "-N";
@@ -173,11 +177,11 @@ pub fn destroy_sets_input(sets: &[String]) -> String {
 
 /// The chain of one isolated direction of a Pod: `KNP-I-<id>` or `KNP-E-<id>`.
 pub fn pod_chain(pod: &PodPlan, direction: PolicyDirection) -> ChainName {
-    let d = match direction {
-        PolicyDirection::Ingress => "I",
-        PolicyDirection::Egress => "E",
+    let prefix = match direction {
+        PolicyDirection::Ingress => INGRESS_CHAIN_PREFIX,
+        PolicyDirection::Egress => EGRESS_CHAIN_PREFIX,
     };
-    ChainName::new(format!("{POLICY_PREFIX}{d}-{}", pod.id))
+    ChainName::new(format!("{prefix}{}", pod.id))
 }
 
 /// The hooks, in insertion order (each goes to the top of its chain).

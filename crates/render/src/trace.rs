@@ -6,6 +6,10 @@
 //! `-m statistic` rule splits the trace into "matched" and "not matched" with their
 //! probabilities, so the result lists every DNAT choice with its share. Session affinity
 //! (`-m recent --rcheck`) is evaluated for a client seen for the first time.
+//!
+//! Set matches (`-m set`) read the sets of an [`ipset restore` payload](Host::load_ipset), the
+//! same text `kube-netd render` prints; a verdict reached in a NetworkPolicy chain names the
+//! policy rule that decided ([`Outcome::policy`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use netd_model::Protocol;
+use netd_policy::plan::AddressPort;
 
 use crate::iptables::{ChainName, CtState, Direction, Match, Recent, Rule, Ruleset, Table, Target};
 
@@ -37,11 +42,22 @@ pub enum TraceError {
         /// The chain where the limit was hit.
         chain: ChainName,
     },
-    /// A set match names a set the trace was not given, or one with more than one dimension.
-    #[error("set match on {name:?} cannot be evaluated (unknown or multi-dimensional set)")]
+    /// A set match names a set the trace was not given, or its directions do not fit the
+    /// set's type.
+    #[error(
+        "set match on {name:?} cannot be evaluated (unknown set, or directions that do not fit its type)"
+    )]
     UnsupportedSet {
         /// The set's name.
         name: String,
+    },
+    /// A line of an `ipset restore` payload the tracer does not understand.
+    #[error("ipset restore line {line}: cannot interpret {text:?}")]
+    InvalidIpsetLine {
+        /// The 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
     },
 }
 
@@ -96,13 +112,100 @@ impl Packet {
 pub struct Host {
     /// The host's own addresses (`-m addrtype LOCAL`); loopback addresses always are.
     pub local_addrs: Vec<IpAddr>,
-    /// ipset contents by set name, for `-m set` matches on one-dimensional IP sets.
-    pub sets: BTreeMap<String, Vec<IpNet>>,
+    /// ipset contents by set name, for `-m set` matches.
+    pub sets: BTreeMap<String, IpSet>,
+    /// Addresses that exist only in DNAT rules (Service ClusterIPs): no interface owns them,
+    /// so a packet still addressed to one after the nat table is served by nobody
+    /// ([`Verdict::NoServicePort`]).
+    pub service_addrs: Vec<IpAddr>,
 }
 
 impl Host {
+    /// Loads the sets an `ipset restore -exist` payload leaves behind (`create`, `flush`,
+    /// `add`, `swap`, `destroy`; types `hash:ip`, `hash:net` and `hash:ip,port`), replacing
+    /// sets of the same names.
+    pub fn load_ipset(&mut self, input: &str) -> Result<(), TraceError> {
+        for (n, text) in input.lines().enumerate() {
+            let invalid = || TraceError::InvalidIpsetLine {
+                line: n + 1,
+                text: text.to_owned(),
+            };
+            let words: Vec<&str> = text.split_whitespace().collect();
+            match words.as_slice() {
+                [] => {}
+                [first, ..] if first.starts_with('#') => {}
+                ["create", name, kind, ..] => {
+                    let set = match *kind {
+                        "hash:ip" | "hash:net" => IpSet::Networks(Vec::new()),
+                        "hash:ip,port" => IpSet::AddressPorts(Vec::new()),
+                        _ => return Err(invalid()),
+                    };
+                    self.sets.entry((*name).to_owned()).or_insert(set);
+                }
+                ["flush", name] => self.sets.get_mut(*name).ok_or_else(invalid)?.clear(),
+                ["add", name, member, ..] => {
+                    let set = self.sets.get_mut(*name).ok_or_else(invalid)?;
+                    set.add(member).ok_or_else(invalid)?;
+                }
+                ["swap", a, b] => {
+                    let first = self.sets.remove(*a).ok_or_else(invalid)?;
+                    let Some(second) = self.sets.insert((*b).to_owned(), first) else {
+                        return Err(invalid());
+                    };
+                    self.sets.insert((*a).to_owned(), second);
+                }
+                ["destroy", name] => {
+                    self.sets.remove(*name).ok_or_else(invalid)?;
+                }
+                _ => return Err(invalid()),
+            }
+        }
+        Ok(())
+    }
+
     fn is_local(&self, ip: IpAddr) -> bool {
         ip.is_loopback() || self.local_addrs.contains(&ip)
+    }
+}
+
+/// The members of one ipset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpSet {
+    /// `hash:ip` or `hash:net`: addresses (as host networks) and networks.
+    Networks(Vec<IpNet>),
+    /// `hash:ip,port`: an address with a protocol and port.
+    AddressPorts(Vec<AddressPort>),
+}
+
+impl IpSet {
+    fn clear(&mut self) {
+        match self {
+            IpSet::Networks(v) => v.clear(),
+            IpSet::AddressPorts(v) => v.clear(),
+        }
+    }
+
+    /// Adds a member as `ipset restore` spells it; `None` when it does not parse.
+    fn add(&mut self, member: &str) -> Option<()> {
+        match self {
+            IpSet::Networks(v) => {
+                let net = match member.parse::<IpNet>() {
+                    Ok(net) => net,
+                    Err(_) => IpNet::from(member.parse::<IpAddr>().ok()?),
+                };
+                v.push(net);
+            }
+            IpSet::AddressPorts(v) => {
+                let (ip, rest) = member.split_once(',')?;
+                let (protocol, port) = rest.split_once(':')?;
+                v.push(AddressPort {
+                    ip: ip.parse().ok()?,
+                    protocol: protocol.parse().ok()?,
+                    port: port.parse().ok()?,
+                });
+            }
+        }
+        Some(())
     }
 }
 
@@ -115,6 +218,20 @@ pub enum Verdict {
     Drop,
     /// Rejected (ICMP port unreachable / connection refused).
     Reject,
+    /// Let through while still addressed to a Service address no rule DNATed it from: the
+    /// Service does not expose this port and protocol, and nothing owns the address.
+    NoServicePort,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Accept => "ACCEPT",
+            Verdict::Drop => "DROP",
+            Verdict::Reject => "REJECT",
+            Verdict::NoServicePort => "NO SERVICE PORT",
+        })
+    }
 }
 
 /// One rule that matched and acted.
@@ -156,6 +273,22 @@ impl Outcome {
         }
         out
     }
+
+    /// The comments of the NetworkPolicy rules that acted on this branch (in a per-Pod
+    /// `KNP-I-*` / `KNP-E-*` chain), in order: the allowing rule (`ns/name ingress[0]`) or
+    /// the isolating drop (`ns/pod ingress: isolated by ns/name`) of each direction judged.
+    pub fn policy(&self) -> Vec<&str> {
+        let per_pod = |c: &ChainName| {
+            let c = c.as_str();
+            c.starts_with(crate::policy::INGRESS_CHAIN_PREFIX)
+                || c.starts_with(crate::policy::EGRESS_CHAIN_PREFIX)
+        };
+        self.steps
+            .iter()
+            .filter(|s| per_pod(&s.chain))
+            .filter_map(|s| s.rule.comment_text())
+            .collect()
+    }
 }
 
 /// Every possible fate of one packet.
@@ -187,12 +320,7 @@ impl fmt::Display for Trace {
             p.protocol, p.src, p.sport, p.dst, p.dport, p.origin
         )?;
         for o in &self.outcomes {
-            let verdict = match o.verdict {
-                Verdict::Accept => "ACCEPT",
-                Verdict::Drop => "DROP",
-                Verdict::Reject => "REJECT",
-            };
-            write!(f, "  {:>6.2}% {verdict}", o.probability * 100.0)?;
+            write!(f, "  {:>6.2}% {}", o.probability * 100.0, o.verdict)?;
             if let Some(d) = o.dnat {
                 write!(f, " DNAT to {d}")?;
             }
@@ -200,6 +328,10 @@ impl fmt::Display for Trace {
                 write!(f, ", masqueraded")?;
             }
             writeln!(f)?;
+            let policy = o.policy();
+            if !policy.is_empty() {
+                writeln!(f, "    policy: {}", policy.join("; "))?;
+            }
             for s in &o.steps {
                 writeln!(
                     f,
@@ -256,7 +388,14 @@ pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, T
                 continue;
             }
             for (st, verdict) in tracer.hook(Table::Nat, "POSTROUTING", st)? {
-                outcomes.push(st.finish(verdict));
+                let unserved = verdict == Verdict::Accept
+                    && st.dnat.is_none()
+                    && host.service_addrs.contains(&st.dst);
+                outcomes.push(st.finish(if unserved {
+                    Verdict::NoServicePort
+                } else {
+                    verdict
+                }));
             }
         }
     }
@@ -474,16 +613,28 @@ impl Tracer<'_> {
                     directions,
                     negated,
                 } => {
-                    let (Some(members), [direction]) =
-                        (self.host.sets.get(name), directions.as_slice())
-                    else {
-                        return Err(TraceError::UnsupportedSet { name: name.clone() });
-                    };
-                    let ip = match direction {
+                    let ip = |d: &Direction| match d {
                         Direction::Src => pkt.src,
                         Direction::Dst => st.dst,
                     };
-                    members.iter().any(|n| n.contains(&ip)) != *negated
+                    let port = |d: &Direction| match d {
+                        Direction::Src => pkt.sport,
+                        Direction::Dst => st.dport,
+                    };
+                    let hit = match (self.host.sets.get(name), directions.as_slice()) {
+                        (Some(IpSet::Networks(nets)), [d]) => {
+                            nets.iter().any(|n| n.contains(&ip(d)))
+                        }
+                        (Some(IpSet::AddressPorts(entries)), [d_ip, d_port]) => {
+                            entries.iter().any(|e| {
+                                e.ip == ip(d_ip)
+                                    && e.protocol == pkt.protocol
+                                    && e.port == port(d_port)
+                            })
+                        }
+                        _ => return Err(TraceError::UnsupportedSet { name: name.clone() }),
+                    };
+                    hit != *negated
                 }
                 Match::InInterface { name, negated } => {
                     iface_matches(pkt.in_interface.as_deref(), name, *negated)
@@ -585,8 +736,11 @@ mod tests {
             Rule::new().with(set).target(Target::Reject),
         );
         let mut host = Host::default();
-        host.sets
-            .insert("blocked".into(), vec!["10.0.0.0/24".parse().expect("net")]);
+        host.load_ipset(
+            "create blocked hash:net family inet\ncreate blocked-N hash:net family inet\n\
+             add blocked-N 10.0.0.0/24\nswap blocked-N blocked\ndestroy blocked-N\n",
+        )
+        .expect("ipset payload");
         let t = trace(&rs, &host, &packet()).expect("trace");
         let summary: Vec<(Verdict, Option<String>, f64)> = t
             .summary()
@@ -608,5 +762,92 @@ mod tests {
             trace(&rs, &unknown, &packet()),
             Err(TraceError::UnsupportedSet { .. })
         ));
+    }
+
+    #[test]
+    fn address_port_sets_match_address_protocol_and_port() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let set = Match::Set {
+            name: "peers".into(),
+            directions: vec![Direction::Dst, Direction::Dst],
+            negated: false,
+        };
+        let forward = ChainName::from("FORWARD");
+        rs.append(
+            Table::Filter,
+            &forward,
+            Rule::new().with(set).target(Target::Accept),
+        );
+        rs.append(Table::Filter, &forward, Rule::new().target(Target::Drop));
+        let mut host = Host::default();
+        host.load_ipset("create peers hash:ip,port family inet\nadd peers 10.0.0.2,tcp:80\n")
+            .expect("ipset payload");
+        let verdict = |p: &Packet| {
+            let t = trace(&rs, &host, p).expect("trace");
+            t.outcomes.iter().map(|o| o.verdict).collect::<Vec<_>>()
+        };
+        assert_eq!(verdict(&packet()), [Verdict::Accept]);
+        let other_port = Packet {
+            dport: 81,
+            ..packet()
+        };
+        assert_eq!(verdict(&other_port), [Verdict::Drop]);
+        let udp = Packet {
+            protocol: Protocol::Udp,
+            ..packet()
+        };
+        assert_eq!(verdict(&udp), [Verdict::Drop]);
+    }
+
+    #[test]
+    fn ipset_lines_it_cannot_interpret_are_errors_naming_the_line() {
+        for bad in [
+            "create s hash:mac\n",
+            "add missing 10.0.0.1\n",
+            "create s hash:ip\nadd s not-an-ip\n",
+            "create s hash:ip\nswap s t\n",
+            "frobnicate s\n",
+        ] {
+            let err = Host::default().load_ipset(bad).expect_err(bad);
+            let lines = bad.lines().count();
+            assert_eq!(
+                err,
+                TraceError::InvalidIpsetLine {
+                    line: lines,
+                    text: bad.lines().last().unwrap_or_default().to_owned()
+                },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_service_address_left_undnatted_is_reported_as_no_service_port() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let pre = ChainName::from("PREROUTING");
+        rs.append(
+            Table::Nat,
+            &pre,
+            Rule::new()
+                .destination(packet().dst)
+                .dport(80)
+                .target(Target::Dnat("10.1.0.1:8080".parse().expect("addr"))),
+        );
+        let host = Host {
+            service_addrs: vec![packet().dst],
+            ..Host::default()
+        };
+        let served = trace(&rs, &host, &packet()).expect("trace");
+        assert_eq!(served.outcomes[0].verdict, Verdict::Accept);
+        let other = Packet {
+            dport: 81,
+            ..packet()
+        };
+        let unserved = trace(&rs, &host, &other).expect("trace");
+        assert_eq!(unserved.outcomes[0].verdict, Verdict::NoServicePort);
+        assert!(
+            unserved.to_string().contains("NO SERVICE PORT"),
+            "{unserved}"
+        );
     }
 }

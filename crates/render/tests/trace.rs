@@ -480,3 +480,108 @@ endpoints:
     let t = trace(&rules, &host, &v4).expect("trace");
     assert!(t.outcomes.iter().all(|o| o.dnat.is_none()), "{t}");
 }
+
+/// Two pods of node-1: `x/a` admits `x/b` on TCP 80 and UDP 53, and may reach only pods
+/// that declare a port named `http` on it (`x/b` declares none, `x/c` does).
+const POLICY_CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {pod: c}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.244.1.4}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}, {port: 53, protocol: UDP}]}]
+  egress: [{to: [{podSelector: {}}], ports: [{port: http}]}]
+"#;
+
+#[test]
+fn policy_chains_and_their_ipsets_decide_and_are_named() {
+    let state = netd_testkit::state(POLICY_CLUSTER);
+    let plan = netd_policy::compile(&state, &NodeName::new("node-1")).expect("plan");
+    let rules = netd_render::render_policy(&plan, IpFamily::V4);
+    let mut host = Host {
+        local_addrs: vec!["172.18.0.2".parse().expect("ip")],
+        ..Host::default()
+    };
+    host.load_ipset(&rules.ipset_input())
+        .expect("ipset payload");
+    let installed = rules.installed();
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    let (a, b, c) = (ip("10.244.1.2"), ip("10.244.1.3"), ip("10.244.1.4"));
+    let cases: [(&str, Packet, Verdict, &[&str]); 6] = [
+        (
+            "b -> a tcp/80",
+            Packet::tcp(b, a, 80),
+            Verdict::Accept,
+            &["x/p ingress[0]"],
+        ),
+        (
+            "b -> a tcp/81",
+            Packet::tcp(b, a, 81),
+            Verdict::Drop,
+            &["x/a ingress: isolated by x/p"],
+        ),
+        (
+            "b -> a udp/53",
+            Packet {
+                protocol: Protocol::Udp,
+                ..Packet::tcp(b, a, 53)
+            },
+            Verdict::Accept,
+            &["x/p ingress[0]"],
+        ),
+        (
+            "a -> c tcp/8080 (c's http)",
+            Packet::tcp(a, c, 8080),
+            Verdict::Accept,
+            &["x/p egress[0]"],
+        ),
+        (
+            "a -> b tcp/8080 (b has no http port)",
+            Packet::tcp(a, b, 8080),
+            Verdict::Drop,
+            &["x/a egress: isolated by x/p"],
+        ),
+        (
+            "b -> c: neither isolated",
+            Packet::tcp(b, c, 80),
+            Verdict::Accept,
+            &[],
+        ),
+    ];
+    for (what, packet, verdict, policy) in cases {
+        let t = trace(&installed, &host, &packet).expect("trace");
+        let [o] = t.outcomes.as_slice() else {
+            panic!("{what}: one outcome expected\n{t}");
+        };
+        assert_eq!(
+            (o.verdict, o.policy().as_slice()),
+            (verdict, policy),
+            "{what}\n{t}"
+        );
+    }
+}
