@@ -35,4 +35,4 @@ if [ -n "$seed" ]; then
 else
   export NETD_DIFF_SEEDS="$seeds"
 fi
-exec cargo test -p netd-lab --test differential -- --include-ignored
+exec cargo test -p netd-lab --test differential

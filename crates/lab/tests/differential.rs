@@ -35,12 +35,6 @@ use netd_model::{ClusterConfig, ClusterState, Kind, Object, ObjectId, PodRef, Pr
 use netd_policy::{Endpoint, evaluate_via_service};
 
 const HELPER_FLAG: &str = "--netd-helper";
-/// Why the test is skipped unless `--ignored` or `--include-ignored` is given (as
-/// `#[ignore = "..."]` would, for a harness-less test); `None` once the lab passes it.
-const IGNORED: Option<&str> = Some(
-    "needs the fixes of issue 12.1 (re-created pods unreachable) and 12.5 (matrix exactness); \
-     passes with branch h-b merged",
-);
 /// Seeds `1..=CI_SEEDS` run in CI.
 const CI_SEEDS: u64 = 5;
 /// Steps per seed in CI.
@@ -92,13 +86,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if filter.is_some_and(|f| !NAME.contains(f.as_str())) {
-        return ExitCode::SUCCESS;
-    }
-    let wanted = args
-        .iter()
-        .any(|a| a == "--ignored" || a == "--include-ignored");
-    if let (Some(reason), false) = (IGNORED, wanted) {
-        println!("test {NAME} ... ignored, {reason}");
         return ExitCode::SUCCESS;
     }
     let start = Instant::now();
@@ -173,7 +160,7 @@ fn random_changes_match_the_engine() {
             .collect();
         let positions: Vec<String> = kept.iter().map(ToString::to_string).collect();
         reports.push(format!(
-            "seed {seed} fails; shortest failing sequence found ({} steps after lab up; step: op):\n{}\n  then:\n    {}\n  replay it: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={} NETD_DIFF_ONLY={} cargo test -p netd-lab --test differential -- --include-ignored",
+            "seed {seed} fails; shortest failing sequence found ({} steps after lab up; step: op):\n{}\n  then:\n    {}\n  replay it: NETD_DIFF_SEED={seed} NETD_DIFF_STEPS={} NETD_DIFF_ONLY={} cargo test -p netd-lab --test differential",
             kept.len(),
             listed.join("\n"),
             failure.messages.join("\n    "),
