@@ -2,11 +2,12 @@
 //! Each test uses its own lab name and state root and runs `lab down` on drop.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
-const STATE_ROOT: &str = "/run/kube-netd-tests";
+mod common;
+
+use common::{BIN, STATE_ROOT, TestLab};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -31,80 +32,6 @@ kind: Pod
 metadata: {name: c, namespace: x}
 spec: {nodeName: node-2, containers: [{name: c, image: echo, ports: [{containerPort: 8080}]}]}
 "#;
-
-struct TestLab {
-    name: String,
-    dir: PathBuf,
-}
-
-impl TestLab {
-    fn new(test: &str) -> TestLab {
-        let name = format!("cli{}-{test}", std::process::id() % 100_000);
-        let dir = PathBuf::from(STATE_ROOT).join(format!("{name}-manifests"));
-        std::fs::create_dir_all(&dir).expect("manifest dir");
-        TestLab { name, dir }
-    }
-
-    fn file(&self, file: &str, text: &str) -> String {
-        let path = self.dir.join(file);
-        std::fs::write(&path, text).expect("write manifest");
-        path.to_string_lossy().into_owned()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("lab")
-            .arg(args[0])
-            .args(["--name", &self.name, "--state-root", STATE_ROOT])
-            .args(&args[1..]);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run kube-netd")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kube-netd lab {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn leftovers(&self) -> Vec<String> {
-        let prefix = format!("{}-", self.name);
-        let mut out: Vec<String> = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        let marker = format!("{STATE_ROOT}/{}", self.name);
-        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            if cmdline.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
-                out.push(format!("process {}", e.file_name().to_string_lossy()));
-            }
-        }
-        if PathBuf::from(&marker).exists() {
-            out.push(marker);
-        }
-        out
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = self.command(&["down"]).stdout(Stdio::null()).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[test]
 fn lab_commands_build_probe_change_and_remove_a_cluster() {
@@ -163,16 +90,12 @@ fn lab_commands_build_probe_change_and_remove_a_cluster() {
         bare.starts_with("x/a -> x/b 80/tcp: connected"),
         "-n names the namespace of bare pods: {bare}"
     );
-    let closed = lab.run(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
-    assert!(
-        !closed.status.success(),
-        "a refused attempt makes the probe fail"
-    );
-    let stdout = String::from_utf8_lossy(&closed.stdout);
+    // A refused attempt makes the probe fail, and says so.
+    let (stdout, stderr) = lab.fails(&["probe", "x/b", "x/a", "--port", "81", "-o", "json"]);
     assert!(stdout.contains("\"outcome\":\"refused\""), "{stdout}");
     assert!(
-        String::from_utf8_lossy(&closed.stderr).contains("1 of 1 attempts did not connect"),
-        "the failure is explained"
+        stderr.contains("1 of 1 attempts did not connect"),
+        "the failure is explained: {stderr}"
     );
     let zero = lab.run(&["probe", "x/a", "x/b", "--port", "80", "--count", "0"]);
     assert!(!zero.status.success() && zero.stdout.is_empty());

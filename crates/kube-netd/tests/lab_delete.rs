@@ -118,4 +118,6 @@ fn lab_delete_takes_references_kinds_and_names_and_reports_what_was_not_found() 
     assert!(err.contains("names a kind but no object"), "{err}");
     let (_, err) = lab.fails(&["delete", "configmap", "settings"]);
     assert!(err.contains("resource type \"configmap\""), "{err}");
+    assert!(lab.ok(&["down"]).contains("removed"));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
-const STATE_ROOT: &str = "/run/kube-netd-tests";
+// Shared by the lab tests; this one does not use `TestLab::fails`.
+#[allow(dead_code)]
+mod common;
+
+use common::TestLab;
 const DNS_SERVICE_IP: &str = "10.96.0.10";
 /// Tries of a query whose answer must follow a change (the server polls every 100 ms).
 const FOLLOW_TRIES: usize = 100;
@@ -72,53 +73,25 @@ spec:
     )
 }
 
-struct TestLab {
-    name: String,
-    dir: PathBuf,
+/// A lab of CLUSTER and the headless Deployment, with the DNS questions the tests ask.
+struct DnsLab(TestLab);
+
+impl std::ops::Deref for DnsLab {
+    type Target = TestLab;
+
+    fn deref(&self) -> &TestLab {
+        &self.0
+    }
 }
 
-impl TestLab {
+impl DnsLab {
     /// Brings up a lab of CLUSTER and the headless Deployment with three replicas.
-    fn up(test: &str) -> TestLab {
-        let name = format!("dns{}-{test}", std::process::id() % 100_000);
-        let dir = PathBuf::from(STATE_ROOT).join(format!("{name}-manifests"));
-        std::fs::create_dir_all(&dir).expect("manifest dir");
-        let lab = TestLab { name, dir };
+    fn up(test: &str) -> DnsLab {
+        let lab = TestLab::new(&format!("dns-{test}"));
         let cluster = lab.file("cluster.yaml", CLUSTER);
         let deployment = lab.file("hl.yaml", &headless_deployment(3));
         lab.ok(&["up", "-f", &cluster, "-f", &deployment]);
-        lab
-    }
-
-    fn file(&self, file: &str, text: &str) -> String {
-        let path = self.dir.join(file);
-        std::fs::write(&path, text).expect("write manifest");
-        path.to_string_lossy().into_owned()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("lab")
-            .arg(args[0])
-            .args(["--name", &self.name, "--state-root", STATE_ROOT])
-            .args(&args[1..])
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run kube-netd")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kube-netd lab {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        DnsLab(lab)
     }
 
     /// Runs `command` in the Pod `pod` (`ns/name`); its output, and whether it succeeded.
@@ -187,26 +160,6 @@ impl TestLab {
         BTreeSet::from([ip.parse().expect("an IP")])
     }
 
-    /// The lab's helper processes still running (they carry its state directory).
-    fn processes(&self) -> Vec<String> {
-        let marker = format!("{STATE_ROOT}/{}", self.name);
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if args.contains(&marker.as_bytes()) {
-                let spaced: Vec<u8> = cmdline
-                    .iter()
-                    .map(|&b| if b == 0 { b' ' } else { b })
-                    .collect();
-                out.push(String::from_utf8_lossy(&spaced).into_owned());
-            }
-        }
-        out
-    }
-
     /// The IPs of the Pods of `namespace` whose name starts with `prefix`.
     fn pod_ips(&self, namespace: &str, prefix: &str) -> BTreeSet<IpAddr> {
         self.get("pods", namespace)
@@ -227,20 +180,9 @@ impl TestLab {
     }
 }
 
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = self
-            .command(&["down"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn lab_dns_pod_answers_inside_the_lab() {
-    let lab = TestLab::up("pod");
+    let lab = DnsLab::up("pod");
     let dns = lab.pod_ips("kube-system", "coredns-");
     assert_eq!(dns.len(), 1, "one built-in DNS pod: {dns:?}");
     let server = format!("@{}", dns.first().expect("the DNS pod"));
@@ -294,12 +236,12 @@ fn lab_dns_pod_answers_inside_the_lab() {
     // The DNS server is one of the lab's processes, stopped by PID like any Pod's.
     assert!(!lab.processes().is_empty());
     assert!(lab.ok(&["down"]).contains("removed"));
-    assert_eq!(lab.processes(), Vec::<String>::new());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
 #[test]
 fn lab_dns_service_ip_answers_through_resolv_conf() {
-    let lab = TestLab::up("svc");
+    let lab = DnsLab::up("svc");
     let web = lab.cluster_ip("default", "web");
     let other_web = lab.cluster_ip("other", "web");
 

@@ -63,4 +63,5 @@ fn lab_list_shows_a_running_lab_until_it_is_down_and_errors_name_the_lab() {
     lab.ok(&["down"]);
     let after = lab.ok(&["list", "-o", "json"]);
     assert!(!after.contains(&format!("\"{}\"", lab.name)), "{after}");
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }

@@ -38,7 +38,8 @@ impl TestLab {
         cmd.arg("lab")
             .arg(args[0])
             .args(["--name", &self.name, "--state-root", STATE_ROOT])
-            .args(&args[1..]);
+            .args(&args[1..])
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -52,7 +53,8 @@ impl TestLab {
         let out = self.run(args);
         assert!(
             out.status.success(),
-            "kube-netd lab {args:?} failed: {}",
+            "kube-netd lab {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -71,6 +73,51 @@ impl TestLab {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+impl TestLab {
+    /// The lab's processes still running: those whose command line names its state
+    /// directory (every helper's does), as `PID: COMMAND LINE`.
+    pub fn processes(&self) -> Vec<String> {
+        let marker = format!("{STATE_ROOT}/{}", self.name);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline.split(|b| *b == 0).any(|a| a == marker.as_bytes()) {
+                let spaced: Vec<u8> = cmdline
+                    .iter()
+                    .map(|&b| if b == 0 { b' ' } else { b })
+                    .collect();
+                out.push(format!(
+                    "process {}: {}",
+                    e.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&spaced)
+                ));
+            }
+        }
+        out
+    }
+
+    /// What of this lab is still on the machine: its namespaces, its processes
+    /// ([`TestLab::processes`]) and its state directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        out.extend(self.processes());
+        let dir = PathBuf::from(STATE_ROOT).join(&self.name);
+        if dir.exists() {
+            out.push(dir.to_string_lossy().into_owned());
+        }
+        out
     }
 }
 
