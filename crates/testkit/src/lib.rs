@@ -105,4 +105,14 @@ impl Rng {
         // `n` fits in u64 and the remainder is below `n`, so both conversions are lossless.
         (self.next_u64() % n as u64) as usize
     }
+
+    /// One of `items` (not empty).
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
 }
