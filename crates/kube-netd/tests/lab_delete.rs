@@ -94,6 +94,31 @@ fn lab_delete_takes_references_kinds_and_names_and_reports_what_was_not_found() 
     let out = lab.ok(&["delete", "-f", &pod_a, "-n", "x"]);
     assert_eq!(out, "pod/a deleted (namespace x)\n");
 
+    let b_ip = lab.ok(&[
+        "get",
+        "pod",
+        "b",
+        "-n",
+        "x",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ]);
+    let neighbours = || {
+        lab.ok(&[
+            "exec",
+            "node/node-2",
+            "--",
+            "ip",
+            "neigh",
+            "show",
+            "dev",
+            "cni0",
+        ])
+    };
+    assert!(
+        neighbours().contains(&format!("{b_ip} ")),
+        "b's entry on its node"
+    );
     let (out, err) = lab.fails(&["delete", "po", "a", "b", "-n", "x"]);
     assert_eq!(
         out, "pod/b deleted (namespace x)\n",
@@ -104,6 +129,11 @@ fn lab_delete_takes_references_kinds_and_names_and_reports_what_was_not_found() 
         "{err}"
     );
     assert!(!pods(&lab).contains("\"b\""), "b is gone");
+    assert!(
+        !neighbours().contains(&format!("{b_ip} ")),
+        "and so is its node's neighbour entry for it: {}",
+        neighbours()
+    );
 
     let out = lab.ok(&["delete", "po/a", "po/c", "-n", "x", "--ignore-not-found"]);
     assert_eq!(out, "pod/c deleted (namespace x)\n");

@@ -207,6 +207,11 @@ impl Agent {
             } else {
                 if let Some(ns) = &have.netns {
                     topology::remove_pod(ns)?;
+                    topology::forget_pod_addresses(
+                        &self.names,
+                        &self.node,
+                        have.ip.into_iter().chain(have.second_ip),
+                    )?;
                 }
                 record.pods.remove(&key);
             }

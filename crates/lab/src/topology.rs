@@ -390,6 +390,20 @@ pub(crate) fn mac_for(ip: IpAddr) -> String {
     format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
 }
 
+/// Removes the Node's permanent neighbour entries for the addresses of a Pod that is gone
+/// (see [`build_pod`]), so its IPs are unknown on `cni0` again, as with any address no Pod holds.
+pub(crate) fn forget_pod_addresses(
+    names: &Names,
+    node: &NodeName,
+    ips: impl IntoIterator<Item = IpAddr>,
+) -> Result<(), LabError> {
+    let lines: Vec<String> = ips
+        .into_iter()
+        .map(|ip| format!("neigh flush to {ip} dev {NODE_BRIDGE} nud permanent"))
+        .collect();
+    netns::ip_batch(&names.node_ns(node), &lines).map_err(LabError::kernel(format!("node {node}")))
+}
+
 /// Removes a Pod's namespace (its veth goes with it) and its `/etc/netns` directory.
 pub(crate) fn remove_pod(netns_name: &str) -> Result<(), LabError> {
     netns::delete(netns_name).map_err(LabError::kernel(format!("namespace {netns_name}")))?;
