@@ -22,7 +22,6 @@ use netd_model::{ClusterState, Kind, NamespaceName, ObjectId, PodRef, Protocol, 
 use netd_policy::{Endpoint, evaluate_via_service};
 use netd_render::{Packet, Verdict};
 
-const HELPER_FLAG: &str = "--netd-helper";
 /// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
 const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
@@ -46,14 +45,8 @@ const TESTS: [Test; 4] = [
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
-        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("helper: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+        return status;
     }
     let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));
     let listing = args.iter().any(|a| a == "--list");
@@ -104,7 +97,10 @@ fn options(test: &str) -> LabOptions {
     let name = format!("ag{}{six}-{test}", std::process::id() % 100_000);
     let mut o = LabOptions::new(
         name,
-        vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
+        vec![
+            exe.to_string_lossy().into_owned(),
+            netd_lab::HELPER_FLAG.to_owned(),
+        ],
     );
     o.state_root = PathBuf::from("/run/kube-netd-tests");
     o.converge_timeout = Duration::from_secs(60);

@@ -28,7 +28,6 @@ use netd_lab::{
 use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
 use netd_testkit::held::{HeldConnection, in_netns};
 
-const HELPER_FLAG: &str = "--netd-helper";
 const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -100,14 +99,8 @@ const TESTS: [Test; 13] = [
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
-        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("helper: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+        return status;
     }
     let mut threads = 1usize;
     let mut filter = None;
@@ -826,7 +819,10 @@ fn up(test: &str, yaml: &str) -> Lab {
     let six = if ipv6() { "6" } else { "" };
     let mut options = LabOptions::new(
         format!("{}{six}{test}", lab_prefix()),
-        vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
+        vec![
+            exe.to_string_lossy().into_owned(),
+            netd_lab::HELPER_FLAG.to_owned(),
+        ],
     );
     options.state_root = PathBuf::from(STATE_ROOT);
     if ipv6() {

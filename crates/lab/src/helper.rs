@@ -17,6 +17,7 @@
 
 use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use netd_model::{NodeName, PodRef, Protocol};
 
@@ -27,6 +28,28 @@ use crate::echo::EchoServer;
 
 /// The agent argument by which `lab up` asks an agent to wait until its PID is recorded.
 pub const AFTER_GO: &str = "--after-go";
+
+/// The argument by which a test binary that doubles as the lab's helper knows it is being run
+/// as one: such a binary gives the lab `[its own path, HELPER_FLAG]` as its helper program
+/// ([`crate::LabOptions::program`]) and begins `main` with [`helper_if_asked`].
+pub const HELPER_FLAG: &str = "--netd-helper";
+
+/// For a test binary that is also the lab's helper: when `args` (those after the program
+/// name) begin with [`HELPER_FLAG`], runs [`helper_main`] on the rest and returns its exit
+/// status; otherwise `None`, and the binary goes on to run its tests.
+pub fn helper_if_asked(args: &[String], programmer: &dyn Programmer) -> Option<ExitCode> {
+    let (first, rest) = args.split_first()?;
+    if first != HELPER_FLAG {
+        return None;
+    }
+    Some(match helper_main(rest, programmer) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("helper: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
 
 /// Runs the helper that `args` (without the program name and leading arguments) asks for,
 /// until the lab is removed. `programmer` supplies the Nodes' rules to an agent.

@@ -62,7 +62,7 @@ mod topology;
 
 pub use agent::{NoRules, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
-pub use helper::helper_main;
+pub use helper::{HELPER_FLAG, helper_if_asked, helper_main};
 pub use lab::{
     Action, AgentStop, Change, Lab, LabOptions, LabSummary, Resolver, down, list, resolved_as_given,
 };

@@ -34,7 +34,6 @@ use netd_lab::{Lab, Outcome, Place, ProbeProtocol, ProbeSpec, Resolver, Target};
 use netd_model::{ClusterConfig, ClusterState, Kind, Object, ObjectId, PodRef, Protocol};
 use netd_policy::{Endpoint, evaluate_via_service};
 
-const HELPER_FLAG: &str = "--netd-helper";
 /// Seeds `1..=CI_SEEDS` run in CI.
 const CI_SEEDS: u64 = 5;
 /// Steps per seed in CI.
@@ -70,14 +69,8 @@ const MAX_REPLICAS: u32 = 3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
-        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("helper: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+        return status;
     }
     const NAME: &str = "random_changes_match_the_engine";
     let filter = args.iter().find(|a| !a.starts_with('-'));
@@ -398,7 +391,10 @@ fn run(label: &str, ops: &[Op]) -> Result<Tally, Failure> {
     let mut model = Model::initial();
     let mut options = common::options(&common::lab_name(&format!("diff-{label}")));
     let exe = std::env::current_exe().expect("test binary");
-    options.program = vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()];
+    options.program = vec![
+        exe.to_string_lossy().into_owned(),
+        netd_lab::HELPER_FLAG.to_owned(),
+    ];
     let config = options.config.clone();
     let lab = Lab::up(options, model.objects(), resolver()).expect("lab up");
     let mut tally = Tally::default();

@@ -16,18 +16,10 @@ use std::time::Duration;
 use netd_agent::NodeProgrammer;
 use netd_lab::{Lab, LabOptions, Place};
 
-const HELPER_FLAG: &str = "--netd-helper";
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(HELPER_FLAG) {
-        return match netd_lab::helper_main(&args[1..], &NodeProgrammer::default()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("helper: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+        return status;
     }
     let name = "health_checks_follow_local_endpoints";
     if args.iter().any(|a| a == "--list") {
@@ -135,7 +127,10 @@ fn health_checks_follow_local_endpoints() {
     let exe = std::env::current_exe().expect("test binary");
     let mut options = LabOptions::new(
         format!("hc{}", std::process::id() % 100_000),
-        vec![exe.to_string_lossy().into_owned(), HELPER_FLAG.to_owned()],
+        vec![
+            exe.to_string_lossy().into_owned(),
+            netd_lab::HELPER_FLAG.to_owned(),
+        ],
     );
     options.state_root = PathBuf::from("/run/kube-netd-tests");
     options.converge_timeout = Duration::from_secs(60);
