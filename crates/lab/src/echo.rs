@@ -37,6 +37,22 @@ pub struct EchoServer {
     udp: Vec<UdpSocket>,
 }
 
+/// Binds `port` on every address of the current namespace: one dual-stack socket, or IPv4
+/// alone where the namespace has no IPv6.
+fn bind_any<S>(
+    protocol: &'static str,
+    port: u16,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> Result<S, LabError> {
+    bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+        .or_else(|_| bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+        .map_err(|source| LabError::EchoBindFailed {
+            protocol,
+            port,
+            source,
+        })
+}
+
 impl EchoServer {
     /// Binds every port on all addresses of the current namespace, IPv6 and IPv4 (one
     /// dual-stack socket; IPv4 alone where the namespace has no IPv6). SCTP ports are skipped
@@ -48,27 +64,9 @@ impl EchoServer {
             udp: Vec::new(),
         };
         for &(protocol, port) in ports {
-            let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             match protocol {
-                Protocol::Tcp => server.tcp.push(
-                    TcpListener::bind(any6)
-                        .or_else(|_| TcpListener::bind(any4))
-                        .map_err(|source| LabError::EchoBindFailed {
-                            protocol: "tcp",
-                            port,
-                            source,
-                        })?,
-                ),
-                Protocol::Udp => server.udp.push(
-                    UdpSocket::bind(any6)
-                        .or_else(|_| UdpSocket::bind(any4))
-                        .map_err(|source| LabError::EchoBindFailed {
-                            protocol: "udp",
-                            port,
-                            source,
-                        })?,
-                ),
+                Protocol::Tcp => server.tcp.push(bind_any("tcp", port, TcpListener::bind)?),
+                Protocol::Udp => server.udp.push(bind_any("udp", port, UdpSocket::bind)?),
                 Protocol::Sctp => {
                     tracing::info!(pod = %server.pod, port, "SCTP port skipped: no SCTP in this kernel");
                 }

@@ -790,6 +790,7 @@ impl Lab {
         };
         let v6 = family == IpFamily::V6;
         let of_family = |ips: &[IpAddr]| ips.iter().copied().find(|ip| family.contains(*ip));
+        let what = |v4: &'static str, v6_what: &'static str| if v6 { v6_what } else { v4 };
         match target {
             Target::Ip(ip) => Ok(*ip),
             Target::Name(name) => probe::resolve_name(from_ns, name, family),
@@ -798,11 +799,7 @@ impl Lab {
                 .and_then(|p| of_family(&p.ips))
                 .ok_or_else(|| {
                     unknown(
-                        if v6 {
-                            "pod with an IPv6 address"
-                        } else {
-                            "pod with an IPv4 address"
-                        },
+                        what("pod with an IPv4 address", "pod with an IPv6 address"),
                         key.to_string(),
                     )
                 }),
@@ -811,11 +808,10 @@ impl Lab {
                 .and_then(|s| of_family(&s.cluster_ips))
                 .ok_or_else(|| {
                     unknown(
-                        if v6 {
-                            "service with an IPv6 ClusterIP"
-                        } else {
-                            "service with an IPv4 ClusterIP"
-                        },
+                        what(
+                            "service with an IPv4 ClusterIP",
+                            "service with an IPv6 ClusterIP",
+                        ),
                         key.to_string(),
                     )
                 }),
@@ -823,14 +819,7 @@ impl Lab {
                 .node(node.as_str())
                 .and_then(|n| of_family(&n.internal_ips))
                 .ok_or_else(|| {
-                    unknown(
-                        if v6 {
-                            "node with an IPv6 address"
-                        } else {
-                            "node"
-                        },
-                        node.to_string(),
-                    )
+                    unknown(what("node", "node with an IPv6 address"), node.to_string())
                 }),
         }
     }
