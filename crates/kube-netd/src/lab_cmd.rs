@@ -706,17 +706,16 @@ fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     if a.port.is_none() && matches!(protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         bail!("a {protocol} probe needs --port");
     }
-    let timeout = Duration::from_millis(a.timeout_ms);
-    if let Some(hold) = a.hold {
-        return probe_hold(&lab, &a, &from, &to, protocol, hold, timeout);
-    }
     let spec = ProbeSpec {
         port: a.port,
         protocol,
         count: a.count,
-        timeout,
+        timeout: Duration::from_millis(a.timeout_ms),
         family: a.ip_family,
     };
+    if let Some(hold) = a.hold {
+        return probe_hold(&lab, &a, &from, &to, &spec, hold);
+    }
     let results = lab.probe(&from, &to, &spec)?;
     for result in &results {
         match a.output {
@@ -740,15 +739,17 @@ fn probe_hold(
     a: &ProbeArgs,
     from: &Place,
     to: &Target,
-    protocol: ProbeProtocol,
+    spec: &ProbeSpec,
     hold: Duration,
-    timeout: Duration,
 ) -> anyhow::Result<()> {
-    if protocol != ProbeProtocol::Tcp {
-        bail!("--hold keeps a TCP connection open; it cannot be used with --protocol {protocol}");
+    if spec.protocol != ProbeProtocol::Tcp {
+        bail!(
+            "--hold keeps a TCP connection open; it cannot be used with --protocol {}",
+            spec.protocol
+        );
     }
-    let port = a.port.context("a tcp probe needs --port")?;
-    let results = lab.hold(from, to, port, a.count, hold, timeout, a.ip_family)?;
+    let port = spec.port.context("a tcp probe needs --port")?;
+    let results = lab.hold(from, to, port, spec, hold)?;
     for result in &results {
         match a.output {
             TextOrJson::Text => crate::out::line(result)?,

@@ -422,27 +422,26 @@ impl Lab {
             .collect()
     }
 
-    /// Opens `count` TCP connections from `from` to `to` on `port` in parallel and holds each
-    /// for `hold`, exchanging a message every [`probe::HOLD_INTERVAL`] and waiting up to
-    /// `timeout` for each echo, at `to`'s address of `family` (`None`: the cluster's first):
-    /// whether each survived, who served it, its longest stall.
-    #[allow(clippy::too_many_arguments)]
+    /// Opens `spec.count` TCP connections from `from` to `to` on `port` in parallel and holds
+    /// each for `hold`, exchanging a message every [`probe::HOLD_INTERVAL`] and waiting up to
+    /// `spec.timeout` for each echo, at `to`'s address of `spec.family` (`None`: the cluster's
+    /// first): whether each survived, who served it, its longest stall. `spec.protocol` is
+    /// not read: a held connection is TCP.
     pub fn hold(
         &self,
         from: &Place,
         to: &Target,
         port: u16,
-        count: u32,
+        spec: &ProbeSpec,
         hold: Duration,
-        timeout: Duration,
-        family: Option<IpFamily>,
     ) -> Result<Vec<HoldResult>, LabError> {
-        if count == 0 {
+        if spec.count == 0 {
             return Err(LabError::ZeroCount);
         }
+        let (count, timeout) = (spec.count, spec.timeout);
         let state = self.state()?;
         let ns = self.place_ns(&state, from)?;
-        let family = family.unwrap_or_else(|| first_family(&state));
+        let family = spec.family.unwrap_or_else(|| first_family(&state));
         let addr = std::net::SocketAddr::new(self.target_ip(&state, &ns, to, family)?, port);
         let handles: Vec<_> = (1..=count)
             .map(|connection| {
