@@ -9,6 +9,15 @@ use netd_render::TraceError;
 /// Building or applying a Node's rules failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The Node's rules could not be built.
+    #[error("cannot build the rules of node {node}")]
+    ProgramFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: crate::BoxError,
+    },
     /// The NetworkPolicy plan of the Node could not be compiled.
     #[error("cannot compile the network policy plan of node {node}")]
     CompilePolicyFailed {

@@ -53,6 +53,7 @@
 //!   node, as `kube-netd trace` prints it.
 
 pub mod apply;
+pub mod backend;
 pub mod conntrack;
 pub mod error;
 pub mod programmer;
@@ -61,8 +62,11 @@ pub mod sync;
 pub mod trace;
 
 pub use apply::{Cleanup, apply, cleanup, is_owned_chain, is_owned_set};
+pub use backend::{
+    Backend, BackendConfig, Iptables, Mode, ModeNotBuilt, UnknownMode, backend, remove_other_modes,
+};
 pub use error::AgentError;
 pub use programmer::NodeProgrammer;
-pub use rules::{BoxError, FamilyRules, Hook, NoRules, NodeRules, Programmer};
+pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};
 pub use trace::{Fate, NodesTrace, trace_nodes};

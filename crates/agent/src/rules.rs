@@ -145,13 +145,3 @@ pub trait Programmer: Send + Sync {
     /// The rules `node` needs for `state`.
     fn program(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, BoxError>;
 }
-
-/// A [`Programmer`] that programs nothing: a flat pod network without Services or policies.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoRules;
-
-impl Programmer for NoRules {
-    fn program(&self, _: &ClusterState, _: &NodeName) -> Result<NodeRules, BoxError> {
-        Ok(NodeRules::default())
-    }
-}

@@ -166,6 +166,9 @@ pub struct FamilySync {
 pub struct SyncReport {
     /// Per family written, IPv4 first.
     pub families: Vec<FamilySync>,
+    /// The health-check node ports of the plan just applied (its primary family's, as a
+    /// single-family kube-proxy counts them): Service → (port, local endpoints).
+    pub health_checks: BTreeMap<ServiceRef, (u16, usize)>,
 }
 
 /// The engine's counters, to register in a Prometheus [`Registry`] the caller owns

@@ -45,7 +45,7 @@ const TESTS: [Test; 4] = [
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+    if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
         return status;
     }
     let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));

@@ -1,6 +1,6 @@
 //! Services with real packets: each test builds a lab of two Nodes (resolved by the embedded
 //! control plane, so Deployments expand and EndpointSlices are generated) whose agents program
-//! their namespaces with [`NodeProgrammer`], and holds what the kernel does against what
+//! their namespaces with [`netd_agent::NodeProgrammer`], and holds what the kernel does against what
 //! Kubernetes specifies for Services (kube-proxy's iptables mode). Needs root.
 //!
 //! The lab runs its helpers (each Node's agent, each Pod's echo server) from a program; this
@@ -20,7 +20,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use netd_agent::NodeProgrammer;
 use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
@@ -99,7 +98,7 @@ const TESTS: [Test; 13] = [
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+    if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
         return status;
     }
     let mut threads = 1usize;

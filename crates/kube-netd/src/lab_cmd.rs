@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_agent::NodeProgrammer;
+use netd_agent::BackendConfig;
 use netd_lab::{
     Action, AgentStop, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec,
     Resolver, Target,
@@ -19,6 +19,7 @@ use netd_model::{ClusterConfig, IpFamilies, Kind, ObjectId};
 
 use crate::cluster::{NetworkArgs, ValidateArgs};
 use crate::print::{self, TextOrJson};
+use crate::render_cmd::Mode;
 
 /// Run a cluster of network namespaces on this machine and probe it with real packets.
 #[derive(Debug, clap::Args)]
@@ -130,9 +131,6 @@ enum LabCommand {
     /// The lab's own helper processes (a Node's agent, a Pod's echo or DNS server).
     #[command(hide = true)]
     Internal {
-        /// Agents render localhost nodePorts (`lab up --localhost-nodeports`).
-        #[arg(long)]
-        localhost_nodeports: bool,
         /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...` or
         /// `dns STATE_DIR NS/POD`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -156,14 +154,6 @@ impl NameArgs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// iptables (the default).
-    Iptables,
-    /// nftables (not yet available).
-    Nftables,
-}
-
 #[derive(Debug, clap::Args)]
 struct UpArgs {
     #[command(flatten)]
@@ -173,7 +163,7 @@ struct UpArgs {
     files: Vec<PathBuf>,
     #[command(flatten)]
     validate: ValidateArgs,
-    /// The service proxy back end.
+    /// The proxy mode the nodes' agents run.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     /// ipv4, ipv6 or dual (IPv4 first) [default: ipv4]. ipv6 and dual use kind's ranges:
@@ -411,8 +401,8 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
-/// Runs a `lab` subcommand. Each Node's agent (`lab internal agent ...`) gets its rules from
-/// a [`NodeProgrammer`] configured by the flags the lab was built with.
+/// Runs a `lab` subcommand. Each Node's agent (`lab internal agent ...`) builds its back end
+/// ([`netd_agent::backend`]) from the mode and options the lab was built with.
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     match args.command {
         LabCommand::Up(a) => up(a),
@@ -495,26 +485,16 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Internal {
-            localhost_nodeports,
-            args,
-        } => {
-            let programmer = NodeProgrammer {
-                localhost_nodeports,
-                ..NodeProgrammer::default()
-            };
-            Ok(netd_lab::helper_main(&args, &programmer)?)
-        }
+        LabCommand::Internal { args } => Ok(netd_lab::helper_main(&args, &netd_agent::backend)?),
     }
 }
 
 fn up(a: UpArgs) -> anyhow::Result<()> {
-    if a.mode == Mode::Nftables {
-        return Err(netd_lab::LabError::ModeNotSupported {
-            mode: "nftables".into(),
-        }
-        .into());
-    }
+    // Refused before anything is built when this build has no back end for the mode.
+    netd_agent::backend(&BackendConfig {
+        mode: a.mode.into(),
+        localhost_nodeports: a.localhost_nodeports,
+    })?;
     let started = Instant::now();
     let mut config = a.network.config();
     if let Some(families) = a.ip_family {
@@ -533,21 +513,16 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         a.validate.load(&a.files, &config)?
     };
     let exe = std::env::current_exe().context("finding the kube-netd executable")?;
-    let mut program = vec![
+    let program = vec![
         exe.to_string_lossy().into_owned(),
         "lab".into(),
         "internal".into(),
     ];
-    if a.localhost_nodeports {
-        program.push("--localhost-nodeports".into());
-    }
     let mut options = LabOptions::new(a.lab.name.clone(), program);
     options.state_root = a.lab.state_root.clone();
     options.config = config;
     options.localhost_nodeports = a.localhost_nodeports;
-    if let Some(mode) = a.mode.to_possible_value() {
-        options.mode = mode.get_name().to_owned();
-    }
+    options.mode = a.mode.into();
     let lab = Lab::up(options, objects, resolver())?;
     let state = lab.state()?;
     crate::out::line(format_args!(

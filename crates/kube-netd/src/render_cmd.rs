@@ -4,17 +4,31 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
-use netd_agent::NodeProgrammer;
+use netd_agent::{BackendConfig, NodeProgrammer};
 use netd_model::{ClusterState, NodeName, Protocol, Target};
 use netd_render::{Origin, Packet};
 
 use crate::cluster::ClusterArgs;
 
-/// The rule back end.
+/// The proxy mode: which kernel machinery a node's rules are programmed into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// iptables-restore and ipset restore input, laid out as kube-proxy lays it out.
     Iptables,
+    /// One nftables table per family with verdict maps (not available yet).
+    Nftables,
+    /// IPVS virtual servers with ipsets and a few iptables rules (not available yet).
+    Ipvs,
+}
+
+impl From<Mode> for netd_agent::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Iptables => netd_agent::Mode::Iptables,
+            Mode::Nftables => netd_agent::Mode::Nftables,
+            Mode::Ipvs => netd_agent::Mode::Ipvs,
+        }
+    }
 }
 
 /// Print exactly what would be applied to a node.
@@ -23,7 +37,7 @@ pub struct RenderArgs {
     /// The node whose rules to print.
     #[arg(long)]
     node: NodeName,
-    /// The rule back end (only iptables so far: there is no nftables back end yet).
+    /// The proxy mode whose rules to print.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     /// Render as kube-proxy's --iptables-localhost-nodeports: nodePorts also answer on
@@ -61,15 +75,13 @@ pub struct TraceArgs {
 
 /// Prints the node's `ipset restore` and `iptables-restore` input.
 pub fn render(args: RenderArgs) -> anyhow::Result<()> {
-    let Mode::Iptables = args.mode;
+    let backend = netd_agent::backend(&BackendConfig {
+        mode: args.mode.into(),
+        localhost_nodeports: args.localhost_nodeports,
+    })?;
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
-    let programmer = NodeProgrammer {
-        localhost_nodeports: args.localhost_nodeports,
-        ..NodeProgrammer::default()
-    };
-    let rules = programmer.rules(&state, &args.node)?;
-    crate::out::stdout(&rules.to_text())?;
+    crate::out::stdout(&backend.render(&state, &args.node)?)?;
     Ok(())
 }
 

@@ -4,14 +4,14 @@
 //!
 //! Each pass starts from a whole, atomically written snapshot, so nothing is programmed from a
 //! partial view. A pass builds the namespaces of new Pods, removes those of deleted or changed
-//! ones, restarts echo servers that died, then asks the [`Programmer`] for the Node's rules
-//! and hands them to the agent's [`SyncEngine`] (the [`Programmer`] seam and [`NodeRules`] are
-//! `netd-agent`'s, re-exported here). Only then is the generation recorded as converged. A
-//! failed pass is retried; after a failed restore the engine's next sync is full.
+//! ones, restarts echo servers that died, then has the Node's [`Backend`] sync the Node's
+//! rules (the back end is built from the lab's record: its mode and options, through the
+//! [`MakeBackend`] the helper program passes in). Only then is the generation recorded as
+//! converged. A failed pass is retried; after a failed apply the back end's next sync is full.
 //!
-//! The engine lives as long as the agent process: its first sync is full, later ones rewrite
-//! only the chains of Services that changed (kube-proxy's partial sync), and every hour one is
-//! full again. Nothing is flushed when an agent starts, so restarting it leaves established
+//! The back end lives as long as the agent process: its first sync is full, later ones
+//! rewrite only what changed (kube-proxy's partial sync), and every hour one is full again;
+//! at start it removes what the other modes left in the Node's namespace. Nothing is flushed when an agent starts, so restarting it leaves established
 //! connections alone. After each sync the agent logs what it did and writes its counters
 //! (OpenMetrics text: `kubeproxy_sync_proxy_rules_total{family,scope}`, ...) to
 //! `nodes/<node>.metrics` in the lab's state directory ([`metrics_path`]).
@@ -32,7 +32,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netd_agent::{InNamespace, SyncEngine, SyncKind};
+use netd_agent::{Backend, BackendConfig, SyncKind};
 use netd_healthcheck::{
     DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHZ_BIND_ADDRESS, DEFAULT_METRICS_BIND_ADDRESS,
     HealthError, HealthMetrics, HealthServers, HttpServer, ProxyHealth, SystemClock,
@@ -47,13 +47,30 @@ use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
 use crate::topology::{self, ResolvConf};
 use crate::{LabError, objects};
 
-pub use netd_agent::{NoRules, NodeRules, Programmer};
+pub use netd_agent::{NodeRules, Programmer};
+
+/// How an agent gets its back end from the lab's configuration: [`netd_agent::backend`] for
+/// kube-netd's own modes; tests may bring rules of their own.
+pub type MakeBackend =
+    dyn Fn(&BackendConfig) -> Result<Box<dyn Backend>, netd_agent::ModeNotBuilt> + Sync;
 
 /// How often a converged agent re-checks everything even without a new generation.
 const RESYNC: Duration = Duration::from_secs(30);
 /// How often a sync is full even when partial would do (kube-proxy's `FullSyncPeriod`).
 const FULL_RESYNC: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
+
+/// The back end the lab's record asks for.
+fn backend_config(lab: &LabRecord) -> Result<BackendConfig, LabError> {
+    let mode = lab
+        .mode
+        .parse()
+        .map_err(|source| LabError::UnknownMode { source })?;
+    Ok(BackendConfig {
+        mode,
+        localhost_nodeports: lab.localhost_nodeports,
+    })
+}
 
 /// Where the agent of `node` writes its counters, in the lab's state directory `state_dir`.
 pub fn metrics_path(state_dir: &Path, node: &NodeName) -> std::path::PathBuf {
@@ -65,23 +82,31 @@ pub fn metrics_path(state_dir: &Path, node: &NodeName) -> std::path::PathBuf {
 pub fn run_agent(
     state_dir: &Path,
     node: &NodeName,
-    programmer: &dyn Programmer,
+    make_backend: &MakeBackend,
 ) -> Result<(), LabError> {
     let store = Store::at(state_dir.to_owned());
     let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
         name: state_dir.to_string_lossy().into_owned(),
         dir: state_dir.to_owned(),
     })?;
-    let engine = SyncEngine::new();
+    let backend =
+        make_backend(&backend_config(&lab)?).map_err(|source| LabError::ModeNotBuilt { source })?;
     let names = Names::new(&lab.name)?;
-    let health = NodeHealth::start(&names.node_ns(node), &engine)?;
+    let node_ns = names.node_ns(node);
+    netd_agent::remove_other_modes(&node_ns, backend.mode()).map_err(|source| {
+        LabError::ApplyFailed {
+            node: node.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let health = NodeHealth::start(&node_ns, backend.as_ref())?;
     let mut agent = Agent {
         names,
         store,
         lab,
         node: node.clone(),
         children: BTreeMap::new(),
-        engine,
+        backend,
         last_full: None,
         health,
     };
@@ -99,7 +124,7 @@ pub fn run_agent(
             None => true,
         };
         if due {
-            match agent.reconcile(cluster.generation, cluster.resolved, programmer) {
+            match agent.reconcile(cluster.generation, cluster.resolved) {
                 Ok(()) => done = Some((cluster.generation, Instant::now())),
                 Err(e) => {
                     tracing::error!(node = %agent.node, error = %error_chain(&e), "reconcile failed; retrying");
@@ -134,7 +159,7 @@ struct Agent {
     /// Echo servers this agent started, to reap them.
     children: BTreeMap<String, Child>,
     /// Full and partial syncs of the Node's rules.
-    engine: SyncEngine,
+    backend: Box<dyn Backend>,
     /// When the last full sync was.
     last_full: Option<Instant>,
     /// kube-proxy's health servers in the Node's namespace.
@@ -166,7 +191,6 @@ impl Agent {
         &mut self,
         generation: u64,
         resolved: Vec<serde_json::Value>,
-        programmer: &dyn Programmer,
     ) -> Result<(), LabError> {
         let config = ClusterConfig::from(&self.lab.config);
         let state =
@@ -279,40 +303,26 @@ impl Agent {
         }
 
         let node_ns = self.names.node_ns(&self.node);
-        let rules =
-            programmer
-                .program(&state, &self.node)
-                .map_err(|source| LabError::ProgramFailed {
-                    node: self.node.clone(),
-                    source,
-                })?;
         self.health
             .proxy
             .set_node_eligible(netd_healthcheck::node_eligible(&state, &self.node));
-        self.sync(&node_ns, rules)?;
+        self.sync(&node_ns, &state)?;
         record.converged = generation;
         record.error = None;
         record.error_count = 0;
         self.store.write_node(&self.node, &record)
     }
 
-    /// Syncs `rules` into the Node's namespace, logs what was done, writes the counters and
-    /// brings the health servers in line with the plan just applied.
-    fn sync(&mut self, node_ns: &str, rules: NodeRules) -> Result<(), LabError> {
+    /// Syncs the Node's rules for `state` into its namespace, logs what was done, writes the
+    /// counters and brings the health servers in line with the plan just applied.
+    fn sync(&mut self, node_ns: &str, state: &ClusterState) -> Result<(), LabError> {
         if self.last_full.is_some_and(|at| at.elapsed() > FULL_RESYNC) {
-            self.engine.request_full_sync();
+            self.backend.request_full_sync();
         }
-        // The primary family's plan, as a single-family kube-proxy counts them.
-        let checks: BTreeMap<ServiceRef, (u16, usize)> = rules
-            .families
-            .first()
-            .map(|f| f.plan.health_checks())
-            .unwrap_or_default();
-        let families: Vec<IpFamily> = rules.families.iter().map(|f| f.family()).collect();
-        for family in &families {
-            self.health.proxy.queued_update(health_family(*family));
+        for family in netd_agent::programmer::families(state) {
+            self.health.proxy.queued_update(health_family(family));
         }
-        let result = self.engine.sync(&mut InNamespace::new(node_ns), rules);
+        let result = self.backend.sync(node_ns, state, &self.node);
         let written = self.write_metrics();
         let report = result.map_err(|source| LabError::ApplyFailed {
             node: self.node.clone(),
@@ -333,12 +343,12 @@ impl Agent {
                 "rules synced"
             );
         }
-        self.health.sync(&checks);
+        self.health.sync(&report.health_checks);
         written
     }
 
     fn write_metrics(&self) -> Result<(), LabError> {
-        let text = self.engine.metrics().encode();
+        let text = self.backend.metrics().encode();
         let path = metrics_path(self.store.dir(), &self.node);
         let tmp = path.with_extension("metrics.tmp");
         std::fs::write(&tmp, text).map_err(LabError::io(&tmp))?;
@@ -445,7 +455,7 @@ struct NodeHealth {
 impl NodeHealth {
     /// Starts `/healthz`, `/livez` and `/metrics` in the namespace `ns`. A port that cannot be
     /// bound (say, taken by a hostNetwork Pod) is logged, not fatal: the data path matters more.
-    fn start(ns: &str, engine: &SyncEngine) -> Result<NodeHealth, LabError> {
+    fn start(ns: &str, backend: &dyn Backend) -> Result<NodeHealth, LabError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("health")
@@ -457,7 +467,7 @@ impl NodeHealth {
             })?;
         let mut registry = Registry::with_prefix("kubeproxy");
         let metrics = HealthMetrics::register(&mut registry);
-        engine.register(&mut registry);
+        backend.register(&mut registry);
         let proxy = ProxyHealth::new(DEFAULT_HEALTH_TIMEOUT, Arc::new(SystemClock), metrics);
         let owned = ns.to_owned();
         let servers = HealthServers::new(

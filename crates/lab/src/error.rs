@@ -34,13 +34,19 @@ pub enum LabError {
         /// The name.
         name: String,
     },
-    /// Only the iptables mode exists so far.
-    #[error(
-        "--mode {mode} is not available: kube-netd has no nftables back end yet; use --mode iptables"
-    )]
-    ModeNotSupported {
-        /// The mode asked for.
-        mode: String,
+    /// The lab's proxy mode has no back end in this build.
+    #[error("the lab's agents cannot run")]
+    ModeNotBuilt {
+        /// The cause.
+        #[source]
+        source: netd_agent::ModeNotBuilt,
+    },
+    /// The lab's record names a proxy mode this build does not know.
+    #[error("the lab's record names an unknown proxy mode")]
+    UnknownMode {
+        /// The cause.
+        #[source]
+        source: netd_agent::UnknownMode,
     },
     /// Reading or writing the lab's state directory failed.
     #[error("cannot access lab state {}", path.display())]
@@ -185,15 +191,6 @@ pub enum LabError {
         /// The cause.
         #[source]
         source: netd_dns::DnsError,
-    },
-    /// A node's agent failed to program its rules.
-    #[error("programming rules for node {node}")]
-    ProgramFailed {
-        /// The Node.
-        node: NodeName,
-        /// The cause.
-        #[source]
-        source: BoxError,
     },
     /// A node's agent failed to apply its rules.
     #[error("applying rules of node {node}")]

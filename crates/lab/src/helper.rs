@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use netd_model::{NodeName, PodRef, Protocol};
 
 use crate::LabError;
-use crate::agent::{Programmer, run_agent};
+use crate::agent::{MakeBackend, run_agent};
 use crate::dns;
 use crate::echo::EchoServer;
 
@@ -37,12 +37,12 @@ pub const HELPER_FLAG: &str = "--netd-helper";
 /// For a test binary that is also the lab's helper: when `args` (those after the program
 /// name) begin with [`HELPER_FLAG`], runs [`helper_main`] on the rest and returns its exit
 /// status; otherwise `None`, and the binary goes on to run its tests.
-pub fn helper_if_asked(args: &[String], programmer: &dyn Programmer) -> Option<ExitCode> {
+pub fn helper_if_asked(args: &[String], make_backend: &MakeBackend) -> Option<ExitCode> {
     let (first, rest) = args.split_first()?;
     if first != HELPER_FLAG {
         return None;
     }
-    Some(match helper_main(rest, programmer) {
+    Some(match helper_main(rest, make_backend) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("helper: {e}");
@@ -52,22 +52,23 @@ pub fn helper_if_asked(args: &[String], programmer: &dyn Programmer) -> Option<E
 }
 
 /// Runs the helper that `args` (without the program name and leading arguments) asks for,
-/// until the lab is removed. `programmer` supplies the Nodes' rules to an agent.
-pub fn helper_main(args: &[String], programmer: &dyn Programmer) -> Result<(), LabError> {
+/// until the lab is removed. `make_backend` builds an agent's back end from the lab's mode
+/// and options ([`netd_agent::backend`] for kube-netd's own).
+pub fn helper_main(args: &[String], make_backend: &MakeBackend) -> Result<(), LabError> {
     let bad = |expected| LabError::BadHelperArgs {
         args: args.to_vec(),
         expected,
     };
     match args {
         [cmd, dir, node] if cmd == "agent" => {
-            run_agent(Path::new(dir), &NodeName::new(node.as_str()), programmer)
+            run_agent(Path::new(dir), &NodeName::new(node.as_str()), make_backend)
         }
         [cmd, dir, node, flag] if cmd == "agent" && flag == AFTER_GO => {
             // `lab up` writes one byte once it has recorded this process's PID. End of input
             // instead means `up` died before recording it: nothing could ever stop this agent
             // by PID, so it leaves before doing anything.
             if go_ahead() {
-                run_agent(Path::new(dir), &NodeName::new(node.as_str()), programmer)
+                run_agent(Path::new(dir), &NodeName::new(node.as_str()), make_backend)
             } else {
                 Ok(())
             }
@@ -121,7 +122,6 @@ fn parse_port(s: &str) -> Option<(Protocol, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::NoRules;
 
     #[test]
     fn malformed_helper_arguments_are_refused() {
@@ -134,7 +134,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    helper_main(&args, &NoRules),
+                    helper_main(&args, &netd_agent::backend),
                     Err(LabError::BadHelperArgs { .. })
                 ),
                 "{args:?}"

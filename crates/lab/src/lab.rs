@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use netd_agent::Mode;
 use netd_kernel::{netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef, Protocol};
 use netd_policy::Matrix;
@@ -22,7 +23,7 @@ use crate::error::BoxError;
 use crate::matrix::ProbeMatrix;
 use crate::names::Names;
 use crate::probe::{self, HoldResult, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
-use crate::store::{ClusterRecord, DEFAULT_MODE, DEFAULT_STATE_ROOT, LabRecord, Store};
+use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
 use crate::{LabError, objects, topology};
 
 /// The embedded control plane, as the lab calls it: desired objects (and the previous
@@ -58,13 +59,12 @@ pub struct LabOptions {
     /// Deployment) where the objects do not define it, as the offline commands do (default:
     /// yes; see [`netd_controlplane::with_addons`] and [`crate::dns`]).
     pub cluster_dns: bool,
-    /// The service proxy back end the agents run, recorded for [`list`] (default
-    /// [`DEFAULT_MODE`]: the agents' programmer decides what they run).
-    pub mode: String,
+    /// The proxy mode the agents run (recorded: each agent builds its back end from the
+    /// record through the helper program's [`MakeBackend`](crate::MakeBackend)).
+    pub mode: Mode,
     /// Whether the Nodes accept connections to `127.0.0.1:<nodePort>`, as kube-proxy's
-    /// `--iptables-localhost-nodeports` does: `route_localnet=1` in every Node's namespace.
-    /// The agents' rules must match (the binary runs them with `--localhost-nodeports` in
-    /// `program`); off by default (CVE-2020-8558).
+    /// `--iptables-localhost-nodeports` does: `route_localnet=1` in every Node's namespace,
+    /// and the agents' back ends built with the option; off by default (CVE-2020-8558).
     pub localhost_nodeports: bool,
 }
 
@@ -78,7 +78,7 @@ impl LabOptions {
             config: ClusterConfig::default(),
             converge_timeout: Duration::from_secs(60),
             cluster_dns: true,
-            mode: DEFAULT_MODE.to_owned(),
+            mode: Mode::default(),
             localhost_nodeports: false,
         }
     }
@@ -218,7 +218,7 @@ impl Lab {
             nodes: nodes.clone(),
             external_ip: Some(external_ip),
             external_ip6,
-            mode: options.mode.clone(),
+            mode: options.mode.to_string(),
             localhost_nodeports: options.localhost_nodeports,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

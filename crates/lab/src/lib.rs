@@ -60,7 +60,7 @@ pub mod probe;
 mod store;
 mod topology;
 
-pub use agent::{NoRules, NodeRules, Programmer};
+pub use agent::{MakeBackend, NodeRules, Programmer};
 pub use error::{BoxError, LabError};
 pub use helper::{HELPER_FLAG, helper_if_asked, helper_main};
 pub use lab::{

@@ -17,7 +17,7 @@
 //! also `scripts/lab-differential.sh`. `NETD_DIFF_ONLY=3,7,9` replays only those steps of the
 //! seed's sequence (what a failure prints).
 //!
-//! Needs root. The lab's Nodes are programmed by the real [`NodeProgrammer`]: this test binary
+//! Needs root. The lab's Nodes are programmed by the real [`netd_agent::NodeProgrammer`]: this test binary
 //! is the lab's helper program (`harness = false`); started with `--netd-helper ARGS...` it is
 //! an agent or a Pod's echo server, otherwise it runs the test.
 
@@ -29,7 +29,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use netd_agent::NodeProgrammer;
 use netd_lab::{Lab, Outcome, Place, ProbeProtocol, ProbeSpec, Resolver, Target};
 use netd_model::{ClusterConfig, ClusterState, Kind, Object, ObjectId, PodRef, Protocol};
 use netd_policy::{Endpoint, evaluate_via_service};
@@ -69,7 +68,7 @@ const MAX_REPLICAS: u32 = 3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+    if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
         return status;
     }
     const NAME: &str = "random_changes_match_the_engine";

@@ -6,19 +6,18 @@
 //!
 //! The lab runs its helpers from a program; this test binary is that program
 //! (`harness = false`): started with `--netd-helper ARGS...` it is a helper whose agents
-//! program their Nodes with [`NodeProgrammer`], otherwise it runs the test.
+//! program their Nodes with [`netd_agent::NodeProgrammer`], otherwise it runs the test.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use netd_agent::NodeProgrammer;
 use netd_lab::{Lab, LabOptions, Place};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
+    if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
         return status;
     }
     let name = "health_checks_follow_local_endpoints";

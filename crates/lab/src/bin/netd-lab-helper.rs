@@ -3,13 +3,15 @@
 //!
 //! - `netd-lab-helper agent|echo ...` runs [`netd_lab::helper_main`]. An agent's rules come
 //!   from `STATE_DIR/test-rules/<node>.rules` (an `iptables-restore` payload) when that file
-//!   exists, so that tests can drive the [`netd_lab::Programmer`] seam with rules of their own.
+//!   exists, so that tests can drive the [`netd_lab::Programmer`] seam of the iptables back
+//!   end with rules of their own.
 //! - `netd-lab-helper up NAME STATE_ROOT MANIFEST.json` builds a lab from stored objects and
 //!   leaves it running (for crash tests that kill it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use netd_agent::{Backend, Iptables};
 use netd_lab::{BoxError, Lab, LabOptions, NodeRules, Programmer};
 use netd_model::{ClusterState, NodeName};
 
@@ -38,7 +40,11 @@ fn main() -> ExitCode {
         [cmd, name, root, manifest] if cmd == "up" => up(name, root, manifest),
         _ => {
             let dir = PathBuf::from(args.get(1).cloned().unwrap_or_default()).join("test-rules");
-            netd_lab::helper_main(&args, &RulesFromFiles { dir }).map_err(BoxError::from)
+            let make = move |_: &netd_agent::BackendConfig| {
+                let programmer = Box::new(RulesFromFiles { dir: dir.clone() });
+                Ok(Box::new(Iptables::new(programmer)) as Box<dyn Backend>)
+            };
+            netd_lab::helper_main(&args, &make).map_err(BoxError::from)
         }
     };
     match result {

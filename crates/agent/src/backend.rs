@@ -1,0 +1,250 @@
+//! The back-end seam: what a Node's plans are rendered into, and who owns those kernel objects.
+//!
+//! Every back end (iptables + ipset today; nftables and IPVS behind the same trait) is a
+//! renderer from the same plans — the service plan of `netd-proxy` and the NetworkPolicy plan
+//! of `netd-policy` — and an applier that owns its kernel objects. Callers (the lab's agents,
+//! `kube-netd render`, `kube-netd cleanup`) hold a `Box<dyn Backend>` and never ask which one
+//! it is: each [`Backend::sync`] is full the first time, after a failure and when asked, and
+//! partial otherwise, as the back end decides.
+//!
+//! [`backend`] builds the back end a [`BackendConfig`] names; [`remove_other_modes`] takes out
+//! what the other modes left in a namespace, as kube-proxy does when a node switches mode.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use netd_model::{ClusterState, NodeName, ServiceRef};
+use prometheus_client::registry::Registry;
+
+use crate::error::AgentError;
+use crate::programmer::NodeProgrammer;
+use crate::rules::Programmer;
+use crate::sync::{InNamespace, SyncEngine, SyncMetrics, SyncReport};
+
+/// A proxy mode: which kernel machinery a Node's rules are programmed into (kube-proxy's
+/// `--proxy-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// `iptables-restore` chains in kube-proxy's layout, with ipsets for NetworkPolicy.
+    #[default]
+    Iptables,
+    /// One nftables table per family with verdict maps.
+    Nftables,
+    /// IPVS virtual servers, with ipsets and a fixed handful of iptables rules.
+    Ipvs,
+}
+
+impl Mode {
+    /// Every mode, in the order they are documented.
+    pub const ALL: [Mode; 3] = [Mode::Iptables, Mode::Nftables, Mode::Ipvs];
+
+    /// The mode's name, as `--proxy-mode` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode name that is not one of [`Mode::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown proxy mode {0:?}: expected iptables, nftables or ipvs")]
+pub struct UnknownMode(pub String);
+
+impl FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMode(s.to_owned()))
+    }
+}
+
+/// A proxy mode that has no back end in this build.
+#[derive(Debug, thiserror::Error)]
+#[error("proxy mode {mode} is not available yet: use iptables")]
+pub struct ModeNotBuilt {
+    /// The mode asked for.
+    pub mode: Mode,
+}
+
+/// What a back end is built from: the mode and the options every mode understands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The mode.
+    pub mode: Mode,
+    /// kube-proxy's `--iptables-localhost-nodeports` (iptables mode only).
+    pub localhost_nodeports: bool,
+}
+
+/// A Node's rules rendered into one kind of kernel machinery and kept there.
+///
+/// Implementations render from the plans alone (pure) and apply through `netd-kernel`, inside
+/// the network namespace they are given; they touch only kernel objects they own.
+pub trait Backend: Send {
+    /// Which mode this is.
+    fn mode(&self) -> Mode;
+
+    /// The rules of `node` as this back end's loaders take them: what `kube-netd render`
+    /// prints.
+    fn render(&self, state: &ClusterState, node: &NodeName) -> Result<String, AgentError>;
+
+    /// Brings namespace `netns` to the rules of `node` in `state`. On failure the kernel keeps
+    /// what it had before the failed transaction and the next sync is full.
+    fn sync(
+        &mut self,
+        netns: &str,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<SyncReport, AgentError>;
+
+    /// Makes the next sync full (kube-proxy does one periodically).
+    fn request_full_sync(&mut self);
+
+    /// Registers the back end's counters in `registry`.
+    fn register(&self, registry: &mut Registry);
+
+    /// The back end's counters.
+    fn metrics(&self) -> &SyncMetrics;
+}
+
+/// The back end `config` names. IPVS mode is not built yet.
+pub fn backend(config: &BackendConfig) -> Result<Box<dyn Backend>, ModeNotBuilt> {
+    match config.mode {
+        Mode::Iptables => Ok(Box::new(Iptables::new(Box::new(NodeProgrammer {
+            localhost_nodeports: config.localhost_nodeports,
+            ..NodeProgrammer::default()
+        })))),
+        mode @ (Mode::Nftables | Mode::Ipvs) => Err(ModeNotBuilt { mode }),
+    }
+}
+
+/// Removes from `netns` everything the modes other than `keep` own, as kube-proxy does when a
+/// node starts in a new mode. Returns how many kernel objects went.
+pub fn remove_other_modes(netns: &str, keep: Mode) -> Result<usize, AgentError> {
+    let mut removed = 0;
+    for mode in Mode::ALL.into_iter().filter(|m| *m != keep) {
+        removed += match mode {
+            Mode::Iptables => {
+                let c = crate::apply::cleanup(netns)?;
+                c.hooks + c.chains + c.sets
+            }
+            // Neither has kernel objects of its own yet.
+            Mode::Nftables | Mode::Ipvs => 0,
+        };
+    }
+    Ok(removed)
+}
+
+/// The iptables back end: a [`Programmer`]'s [`NodeRules`](crate::NodeRules) synced by a
+/// [`SyncEngine`] (`ipset restore`, then one `iptables-restore --noflush` per family).
+pub struct Iptables {
+    programmer: Box<dyn Programmer>,
+    engine: SyncEngine,
+}
+
+impl Iptables {
+    /// A back end whose rules come from `programmer` ([`NodeProgrammer`] for kube-netd's own;
+    /// tests bring rules of their own).
+    pub fn new(programmer: Box<dyn Programmer>) -> Self {
+        Self {
+            programmer,
+            engine: SyncEngine::new(),
+        }
+    }
+
+    fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<crate::NodeRules, AgentError> {
+        self.programmer
+            .program(state, node)
+            .map_err(|source| AgentError::ProgramFailed {
+                node: node.clone(),
+                source,
+            })
+    }
+}
+
+impl Backend for Iptables {
+    fn mode(&self) -> Mode {
+        Mode::Iptables
+    }
+
+    fn render(&self, state: &ClusterState, node: &NodeName) -> Result<String, AgentError> {
+        Ok(self.rules(state, node)?.to_text())
+    }
+
+    fn sync(
+        &mut self,
+        netns: &str,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<SyncReport, AgentError> {
+        let rules = self.rules(state, node)?;
+        let checks = health_checks(&rules);
+        let mut report = self.engine.sync(&mut InNamespace::new(netns), rules)?;
+        report.health_checks = checks;
+        Ok(report)
+    }
+
+    fn request_full_sync(&mut self) {
+        self.engine.request_full_sync();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        self.engine.register(registry);
+    }
+
+    fn metrics(&self) -> &SyncMetrics {
+        self.engine.metrics()
+    }
+}
+
+/// The health-check node ports of the primary family's plan, as a single-family kube-proxy
+/// counts them.
+fn health_checks(rules: &crate::NodeRules) -> BTreeMap<ServiceRef, (u16, usize)> {
+    rules
+        .families
+        .first()
+        .map(|f| f.plan.health_checks())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_as_they_print() {
+        for mode in Mode::ALL {
+            assert_eq!(mode.as_str().parse::<Mode>().expect("parses"), mode);
+        }
+        let err = "userspace".parse::<Mode>().expect_err("not a mode");
+        assert!(err.to_string().contains("\"userspace\""), "{err}");
+    }
+
+    #[test]
+    fn only_built_modes_have_a_back_end() {
+        let built = |mode| {
+            backend(&BackendConfig {
+                mode,
+                ..BackendConfig::default()
+            })
+            .map(|b| b.mode())
+        };
+        assert_eq!(built(Mode::Iptables).expect("iptables"), Mode::Iptables);
+        let Err(err) = built(Mode::Ipvs) else {
+            panic!("ipvs is not built")
+        };
+        assert!(err.to_string().contains("ipvs"), "{err}");
+    }
+}
