@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netd_kernel::{KernelError, netns, rules as kernel};
 use netd_model::{Protocol, ServiceRef};
-use netd_proxy::IpFamily;
+use netd_proxy::{IpFamily, ServicePlan};
 use netd_render::chains::is_service_chain;
 use netd_render::{ChainName, SyncScope};
 use prometheus_client::metrics::counter::Counter;
@@ -192,7 +192,7 @@ impl SyncMetrics {
         text
     }
 
-    fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "sync_proxy_rules",
             "Successful syncs of the node's rules, by IP family and scope (full or partial)",
@@ -208,6 +208,25 @@ impl SyncMetrics {
             "Stale UDP/SCTP conntrack entries deleted after syncs",
             self.conntrack_deleted.clone(),
         );
+    }
+
+    /// Counts a successful sync of `family`.
+    pub(crate) fn synced(&self, family: IpFamily, kind: SyncKind) {
+        self.syncs.get_or_create(&sync_labels(family, kind)).inc();
+    }
+
+    /// Counts a failed load of `family`'s rules.
+    pub(crate) fn restore_failed(&self, family: IpFamily, kind: SyncKind) {
+        self.restore_failures
+            .get_or_create(&sync_labels(family, kind))
+            .inc();
+    }
+
+    /// Counts stale conntrack entries deleted in `family`.
+    pub(crate) fn conntrack_deleted_add(&self, family: IpFamily, n: usize) {
+        self.conntrack_deleted
+            .get_or_create(&[("family", family_label(family))])
+            .inc_by(n as u64);
     }
 
     /// Successful syncs of `family` of this kind.
@@ -305,10 +324,7 @@ impl SyncEngine {
         // The rules are in: record them, then clean conntrack up against the new plans.
         self.full_next = false;
         for done in &report.families {
-            self.metrics
-                .syncs
-                .get_or_create(&sync_labels(done.family, done.kind))
-                .inc();
+            self.metrics.synced(done.family, done.kind);
         }
         let mut reconcile = BTreeSet::new();
         self.applied
@@ -337,10 +353,7 @@ impl SyncEngine {
                 Ok(n) => {
                     done.conntrack_deleted = n;
                     self.conntrack_pending.remove(&done.family);
-                    self.metrics
-                        .conntrack_deleted
-                        .get_or_create(&[("family", family_label(done.family))])
-                        .inc_by(n as u64);
+                    self.metrics.conntrack_deleted_add(done.family, n);
                 }
                 Err(source) => {
                     self.conntrack_pending.insert(done.family);
@@ -489,10 +502,7 @@ impl SyncEngine {
         let merged = with_extras(&payload, &extras);
         if !merged.is_empty() {
             applier.restore(family, &merged).map_err(|source| {
-                self.metrics
-                    .restore_failures
-                    .get_or_create(&sync_labels(family, kind))
-                    .inc();
+                self.metrics.restore_failed(family, kind);
                 failed(restore)(source)
             })?;
         }
@@ -527,11 +537,21 @@ fn reconcile_conntrack(
     applier: &mut dyn Applier,
     rules: &FamilyRules,
 ) -> Result<usize, KernelError> {
+    reconcile_plan(applier, rules.family(), &rules.plan)
+}
+
+/// Deletes the UDP/SCTP conntrack entries of `family` that `plan` makes stale; returns how
+/// many went.
+pub(crate) fn reconcile_plan(
+    applier: &mut dyn Applier,
+    family: IpFamily,
+    plan: &ServicePlan,
+) -> Result<usize, KernelError> {
     let mut deleted = 0;
-    for protocol in conntrack::protocols(&rules.plan) {
-        let listed = applier.list_conntrack(rules.family(), protocol)?;
+    for protocol in conntrack::protocols(plan) {
+        let listed = applier.list_conntrack(family, protocol)?;
         let entries = conntrack::parse_entries(&listed);
-        for stale in conntrack::stale_flows(&rules.plan, &entries) {
+        for stale in conntrack::stale_flows(plan, &entries) {
             deleted += applier.delete_conntrack(&stale.args())?;
         }
     }

@@ -44,6 +44,27 @@ pub fn ipset_list(ns: &str) -> Result<Vec<String>, KernelError> {
     Ok(names)
 }
 
+/// Loads an `nft -f` payload inside `ns` as one transaction: all of it or, when the kernel
+/// refuses any part, none of it.
+pub fn nft_load(ns: &str, payload: &str) -> Result<(), KernelError> {
+    restore(ns, "nft", &["-f", "-"], payload)
+}
+
+/// The nftables tables of `ns`, as (family, name): `("ip", "kube-netd")`.
+pub fn nft_tables(ns: &str) -> Result<Vec<(String, String)>, KernelError> {
+    let out = netns::exec(ns, &["nft", "list", "tables"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("table"), Some(family), Some(name)) => Some((family.into(), name.into())),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// Deletes the conntrack entries in `ns` matching `filter` (arguments of `conntrack -D`, such
 /// as `["--orig-dst", "10.96.0.10", "-p", "udp"]`). Returns how many were deleted; none
 /// matching is not an error.

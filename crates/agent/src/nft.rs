@@ -1,0 +1,242 @@
+//! The nftables back end: one table per IP family (`ip kube-netd`, `ip6 kube-netd`) rendered
+//! from the same plans as the iptables rules, and synced as one transaction per family.
+//!
+//! The first sync, the first after a failure and any sync asked to be full replace the
+//! family's table whole: `add table`, `delete table` and the new table in one `nft -f`
+//! transaction, so the kernel holds the old table or the new one and never neither. Later
+//! syncs send only the difference from what the last successful sync applied
+//! ([`netd_render::nft::diff()`]): endpoint changes are element updates in existing maps,
+//! changed chains are flushed and refilled; nothing is read back from the kernel. After the
+//! rules are in, stale UDP/SCTP conntrack entries are deleted as in iptables mode.
+//!
+//! Nothing outside its own tables is touched: other software's tables, and the iptables
+//! rules of other tools, are left alone ([`remove_tables`] takes out only ours).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netd_kernel::{KernelError, rules as kernel};
+use netd_model::{ClusterState, NodeName};
+use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
+use netd_render::RenderOptions;
+use netd_render::nft::{TABLE_NAME, Table, diff, render_services_nft};
+use prometheus_client::registry::Registry;
+
+use crate::backend::{Backend, Mode};
+use crate::error::AgentError;
+use crate::programmer::families;
+use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile_plan};
+
+/// What one family's table is rendered from and into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyTable {
+    /// The service plan of the family.
+    pub plan: ServicePlan,
+    /// The table.
+    pub table: Table,
+}
+
+/// The nftables back end of one Node.
+#[derive(Debug, Default)]
+pub struct Nftables {
+    render: RenderOptions,
+    /// What the last successful sync of each family applied.
+    applied: BTreeMap<IpFamily, FamilyTable>,
+    /// Set after a failed sync (the kernel may hold anything) or on request.
+    full_next: bool,
+    /// Families whose conntrack clean-up failed, to run again after the next sync.
+    conntrack_pending: BTreeSet<IpFamily>,
+    metrics: SyncMetrics,
+}
+
+impl Nftables {
+    /// A back end that has synced nothing yet: its first sync is full.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The tables of `node`, one per IP family the cluster has, IPv4 first.
+    pub fn tables(&self, state: &ClusterState, node: &NodeName) -> Vec<FamilyTable> {
+        // nftables mode has no localhost nodePorts (as kube-proxy's).
+        let options = ProxyOptions::for_node(state, node);
+        families(state)
+            .into_iter()
+            .map(|family| {
+                let plan = netd_proxy::plan(state, node, family, &options);
+                let table = render_services_nft(&plan, &self.render);
+                FamilyTable { plan, table }
+            })
+            .collect()
+    }
+
+    /// The `nft -f` input that syncs `next`: a whole replacement, or only what differs from
+    /// what was applied last.
+    fn payload(&self, next: &FamilyTable, kind: SyncKind) -> String {
+        match (kind, self.applied.get(&next.plan.family)) {
+            (SyncKind::Partial, Some(previous)) => diff(&previous.table, &next.table),
+            _ => replacement(&next.table),
+        }
+    }
+}
+
+impl Backend for Nftables {
+    fn mode(&self) -> Mode {
+        Mode::Nftables
+    }
+
+    fn render(&self, state: &ClusterState, node: &NodeName) -> Result<String, AgentError> {
+        Ok(self
+            .tables(state, node)
+            .iter()
+            .map(|t| t.table.to_nft())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    fn sync(
+        &mut self,
+        netns: &str,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<SyncReport, AgentError> {
+        let tables = self.tables(state, node);
+        let mut report = SyncReport {
+            health_checks: tables
+                .first()
+                .map(|t| t.plan.health_checks())
+                .unwrap_or_default(),
+            ..SyncReport::default()
+        };
+        for next in tables {
+            let family = next.plan.family;
+            let kind = if self.full_next || !self.applied.contains_key(&family) {
+                SyncKind::Full
+            } else {
+                SyncKind::Partial
+            };
+            let payload = self.payload(&next, kind);
+            if !payload.is_empty()
+                && let Err(source) = kernel::nft_load(netns, &payload)
+            {
+                self.full_next = true;
+                self.metrics.restore_failed(family, kind);
+                return Err(AgentError::ApplyFailed {
+                    namespace: netns.to_owned(),
+                    step: match family {
+                        IpFamily::V4 => "load the ip kube-netd table",
+                        IpFamily::V6 => "load the ip6 kube-netd table",
+                    },
+                    source,
+                });
+            }
+            self.metrics.synced(family, kind);
+            let services = match (kind, self.applied.get(&family)) {
+                (SyncKind::Partial, Some(previous)) => next.plan.changed_services(&previous.plan),
+                _ => next.plan.ports.keys().map(|n| n.service.clone()).collect(),
+            };
+            let due = self.conntrack_pending.contains(&family)
+                || self.applied.get(&family).is_none_or(|previous| {
+                    crate::conntrack::connectionless_changed(&previous.plan, &next.plan)
+                });
+            report.families.push(FamilySync {
+                family,
+                kind,
+                services,
+                deleted_chains: 0,
+                conntrack_deleted: 0,
+            });
+            self.applied.insert(family, next);
+            if due {
+                self.conntrack_pending.insert(family);
+            }
+        }
+        self.full_next = false;
+        self.reconcile_conntrack(netns, &mut report)?;
+        Ok(report)
+    }
+
+    fn request_full_sync(&mut self) {
+        self.full_next = true;
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+
+    fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+}
+
+impl Nftables {
+    /// Deletes the stale UDP/SCTP conntrack entries of every family whose connectionless
+    /// Services changed; a failure is returned after the rules are in and retried next time.
+    fn reconcile_conntrack(
+        &mut self,
+        netns: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), AgentError> {
+        let mut applier = InNamespace::new(netns);
+        let mut failure = None;
+        for done in &mut report.families {
+            let family = done.family;
+            let (true, Some(applied)) = (
+                self.conntrack_pending.contains(&family),
+                self.applied.get(&family),
+            ) else {
+                continue;
+            };
+            match reconcile_plan(&mut applier, family, &applied.plan) {
+                Ok(n) => {
+                    done.conntrack_deleted = n;
+                    self.conntrack_pending.remove(&family);
+                    self.metrics.conntrack_deleted_add(family, n);
+                }
+                Err(source) => {
+                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
+                        namespace: netns.to_owned(),
+                        family,
+                        source,
+                    });
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// The whole of `table`, replacing whatever table of that name the kernel holds, in one
+/// transaction (`add` first, so that `delete` never fails on a namespace without it).
+fn replacement(table: &Table) -> String {
+    let family = match table.family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    };
+    format!(
+        "add table {family} {name}\ndelete table {family} {name}\n{}",
+        table.to_nft(),
+        name = table.name
+    )
+}
+
+/// Removes kube-netd's nftables tables from `netns` (both families, in one transaction);
+/// returns how many there were.
+pub fn remove_tables(netns: &str) -> Result<usize, AgentError> {
+    let failed = |step| {
+        move |source: KernelError| AgentError::CleanupFailed {
+            namespace: netns.to_owned(),
+            step,
+            source,
+        }
+    };
+    let listed = kernel::nft_tables(netns).map_err(failed("list nftables tables"))?;
+    let ours: Vec<&(String, String)> = listed.iter().filter(|(_, n)| n == TABLE_NAME).collect();
+    if ours.is_empty() {
+        return Ok(0);
+    }
+    let payload: String = ours
+        .iter()
+        .map(|(family, name)| format!("delete table {family} {name}\n"))
+        .collect();
+    kernel::nft_load(netns, &payload).map_err(failed("delete nftables tables"))?;
+    Ok(ours.len())
+}
