@@ -19,8 +19,10 @@
 //!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
+//! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped.
 
 pub mod held;
+pub mod scratch;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 use serde::de::DeserializeOwned;

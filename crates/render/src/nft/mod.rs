@@ -1,0 +1,19 @@
+//! nftables: the typed representation ([`ast`]), its incremental update ([`diff`](mod@diff)),
+//! and kube-proxy's nftables layout for Services ([`services`]).
+//!
+//! Everything kube-netd writes for nftables is one [`Table`] per family (`ip kube-netd`,
+//! `ip6 kube-netd`), built as a value first: [`Table::to_nft`] writes a full load,
+//! [`diff()`] the commands of an incremental one. See `README.md` in this directory for the
+//! layout.
+
+pub mod ast;
+pub mod diff;
+pub mod services;
+
+pub use ast::{
+    AddrType, BaseChain, Chain, ChainType, CtState, DataType, Element, Field, Hook, IcmpReject,
+    KeyType, MapRef, MapValue, Match, Op, Priority, RejectWith, Rhs, Rule, Set, SetFlag,
+    StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict,
+};
+pub use diff::{Command, diff, diff_commands};
+pub use services::render_services_nft;
