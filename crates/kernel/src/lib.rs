@@ -16,6 +16,7 @@
 pub mod error;
 pub mod link;
 pub mod netns;
+pub mod nftnl;
 pub mod process;
 pub mod rules;
 

@@ -1,0 +1,535 @@
+//! nf_tables over netlink against the real kernel: each test creates namespaces named
+//! `nftnl-<pid>-...`, sends batches there, and reads the result back with `nft list`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use netd_kernel::netns;
+use netd_kernel::nftnl::{
+    BaseChain, Chain, ChainType, CmpOp, DynsetOp, Element, Expr, Family, FibAddr, HookPoint, Key,
+    KeyType, MetaKey, NatKind, NftError, Policy, Register, Reject, Rule, Set, SetFlags,
+    Transaction, Verdict,
+};
+
+mod common;
+
+use common::Ns;
+
+const T: &str = "kube-netd";
+const IP: Family = Family::Ip;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const MASQ_BIT: u32 = 0x4000;
+const R0: Register = Register::reg32(0);
+const R1: Register = Register::reg32(1);
+const R2: Register = Register::reg32(2);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn nft(ns: &str, args: &[&str]) -> String {
+    let out = netns::exec(ns, &[&["nft"], args].concat()).expect("nft");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn rule(exprs: Vec<Expr>) -> Rule {
+    Rule::new(exprs)
+}
+
+fn base(kind: ChainType, hook: HookPoint, priority: i32) -> BaseChain {
+    BaseChain {
+        kind,
+        hook,
+        priority,
+        policy: Policy::Accept,
+    }
+}
+
+fn jump(chain: &str) -> Expr {
+    Expr::verdict(Verdict::Jump(chain.to_owned()))
+}
+
+/// `meta mark set meta mark | bits` (or `^ bits` with `xor`).
+fn set_mark_bits(bits: u32, clear: bool) -> Vec<Expr> {
+    let (mask, xor) = if clear {
+        (u32::MAX, bits)
+    } else {
+        (!bits, bits)
+    };
+    vec![
+        Expr::Meta {
+            key: MetaKey::Mark,
+            dreg: R0,
+        },
+        Expr::Bitwise {
+            sreg: R0,
+            dreg: R0,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: xor.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            key: MetaKey::Mark,
+            sreg: R0,
+        },
+    ]
+}
+
+fn dnat_to(addr: Ipv4Addr, port: u16) -> Vec<Expr> {
+    vec![
+        Expr::l4proto(R0),
+        Expr::eq(R0, [TCP]),
+        Expr::Immediate {
+            dreg: R0,
+            data: netd_kernel::nftnl::Data::ip(IpAddr::V4(addr)),
+        },
+        Expr::Immediate {
+            dreg: R1,
+            data: netd_kernel::nftnl::Data::port(port),
+        },
+        Expr::Nat {
+            kind: NatKind::Dnat,
+            family: IP,
+            addr: Some(R0),
+            port: Some(R1),
+        },
+    ]
+}
+
+/// A kube-proxy-shaped table: hooks, a service verdict map keyed by
+/// `ipv4_addr . inet_proto . inet_service`, a per-service chain choosing an endpoint through a
+/// `numgen` map, endpoint chains with DNAT, masquerade by mark, affinity, reject, and the
+/// other expressions the back end needs.
+fn kube_proxy_like() -> Transaction {
+    let mut tx = Transaction::new();
+    tx.add_table(IP, T);
+    for (name, kind, hook, priority) in [
+        (
+            "nat-prerouting",
+            ChainType::Nat,
+            HookPoint::Prerouting,
+            -100,
+        ),
+        ("nat-output", ChainType::Nat, HookPoint::Output, -100),
+        (
+            "nat-postrouting",
+            ChainType::Nat,
+            HookPoint::Postrouting,
+            100,
+        ),
+        ("filter-input", ChainType::Filter, HookPoint::Input, 0),
+    ] {
+        tx.add_chain(IP, T, Chain::base(name, base(kind, hook, priority)));
+    }
+    for name in [
+        "services",
+        "masquerading",
+        "mark-for-masquerade",
+        "service-abc",
+        "endpoint-1",
+        "endpoint-2",
+        "firewall",
+        "reject-chain",
+    ] {
+        tx.add_chain(IP, T, Chain::regular(name));
+    }
+    tx.add_set(
+        IP,
+        T,
+        Set {
+            comment: Some("ClusterIP, ExternalIP and LoadBalancer IP traffic".into()),
+            ..Set::verdict_map(
+                "service-ips",
+                &[KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+            )
+        },
+    );
+    tx.add_set(
+        IP,
+        T,
+        Set::verdict_map("service-abc-endpoints", &[KeyType::Mark]),
+    );
+    tx.add_set(
+        IP,
+        T,
+        Set {
+            flags: SetFlags {
+                dynamic: true,
+                timeout: true,
+                ..SetFlags::default()
+            },
+            timeout: Some(Duration::from_secs(10800)),
+            ..Set::new("affinity-abc", &[KeyType::Ipv4Addr])
+        },
+    );
+    tx.add_set(
+        IP,
+        T,
+        Set {
+            flags: SetFlags {
+                interval: true,
+                ..SetFlags::default()
+            },
+            ..Set::new("blocked", &[KeyType::Ipv4Addr])
+        },
+    );
+    tx.add_elements(
+        IP,
+        T,
+        "service-ips",
+        vec![Element::verdict(
+            Key::new().ip(ip("10.96.0.10")).proto(TCP).port(80),
+            Verdict::Goto("service-abc".into()),
+        )],
+    );
+    tx.add_elements(
+        IP,
+        T,
+        "service-abc-endpoints",
+        vec![
+            Element::verdict(Key::new().mark(0), Verdict::Goto("endpoint-1".into())),
+            Element::verdict(Key::new().mark(1), Verdict::Goto("endpoint-2".into())),
+        ],
+    );
+    tx.add_elements(
+        IP,
+        T,
+        "blocked",
+        vec![
+            Element::range(
+                Key::new().ip(ip("192.0.2.0")),
+                Key::new().ip(ip("192.0.2.255")),
+            ),
+            Element::range(
+                Key::new().ip(ip("198.51.100.7")),
+                Key::new().ip(ip("198.51.100.7")),
+            ),
+        ],
+    );
+
+    tx.add_rule(IP, T, "nat-prerouting", rule(vec![jump("services")]));
+    tx.add_rule(IP, T, "nat-output", rule(vec![jump("services")]));
+    tx.add_rule(IP, T, "nat-postrouting", rule(vec![jump("masquerading")]));
+    tx.add_rule(
+        IP,
+        T,
+        "filter-input",
+        rule(vec![
+            Expr::CtState { dreg: R0 },
+            Expr::Bitwise {
+                sreg: R0,
+                dreg: R0,
+                // established | related
+                mask: (2u32 | 4).to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Cmp {
+                sreg: R0,
+                op: CmpOp::Neq,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::verdict(Verdict::Accept),
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "filter-input",
+        rule(vec![
+            Expr::FibType {
+                addr: FibAddr::Daddr,
+                dreg: R0,
+            },
+            Expr::eq(R0, 2u32.to_ne_bytes()), // local
+            jump("firewall"),
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "services",
+        rule(vec![
+            Expr::daddr(IP, R0),
+            Expr::l4proto(R1),
+            Expr::th_dport(R2),
+            Expr::Lookup {
+                set: "service-ips".into(),
+                sreg: R0,
+                dreg: Some(Register::VERDICT),
+                invert: false,
+            },
+        ])
+        .comment("service IPs"),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "mark-for-masquerade",
+        rule(set_mark_bits(MASQ_BIT, false)),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "masquerading",
+        rule(vec![
+            Expr::Meta {
+                key: MetaKey::Mark,
+                dreg: R0,
+            },
+            Expr::Bitwise {
+                sreg: R0,
+                dreg: R0,
+                mask: MASQ_BIT.to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::eq(R0, 0u32.to_ne_bytes()),
+            Expr::verdict(Verdict::Return),
+        ]),
+    );
+    tx.add_rule(IP, T, "masquerading", rule(set_mark_bits(MASQ_BIT, true)));
+    tx.add_rule(
+        IP,
+        T,
+        "masquerading",
+        rule(vec![Expr::Masquerade { fully_random: true }]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "service-abc",
+        rule(vec![
+            Expr::saddr(IP, R0),
+            Expr::Bitwise {
+                sreg: R0,
+                dreg: R0,
+                mask: vec![255, 0, 0, 0],
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: R0,
+                op: CmpOp::Neq,
+                data: vec![10, 0, 0, 0],
+            },
+            jump("mark-for-masquerade"),
+        ])
+        .comment("default/abc:http cluster IP"),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "service-abc",
+        rule(vec![
+            Expr::saddr(IP, R0),
+            Expr::Dynset {
+                set: "affinity-abc".into(),
+                op: DynsetOp::Update,
+                sreg: R0,
+                timeout: None,
+            },
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "service-abc",
+        rule(vec![
+            Expr::Numgen {
+                dreg: R0,
+                modulus: 2,
+                offset: 0,
+            },
+            Expr::Lookup {
+                set: "service-abc-endpoints".into(),
+                sreg: R0,
+                dreg: Some(Register::VERDICT),
+                invert: false,
+            },
+        ]),
+    );
+    for (chain, addr) in [
+        ("endpoint-1", Ipv4Addr::new(10, 1, 0, 1)),
+        ("endpoint-2", Ipv4Addr::new(10, 1, 0, 2)),
+    ] {
+        tx.add_rule(
+            IP,
+            T,
+            chain,
+            rule(vec![
+                Expr::saddr(IP, R0),
+                Expr::eq(R0, addr.octets()),
+                jump("mark-for-masquerade"),
+            ]),
+        );
+        tx.add_rule(IP, T, chain, rule(dnat_to(addr, 8080)));
+    }
+    tx.add_rule(
+        IP,
+        T,
+        "firewall",
+        rule(vec![
+            Expr::saddr(IP, R0),
+            Expr::Lookup {
+                set: "blocked".into(),
+                sreg: R0,
+                dreg: None,
+                invert: false,
+            },
+            Expr::Counter,
+            Expr::verdict(Verdict::Drop),
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "firewall",
+        rule(vec![
+            Expr::saddr(IP, R0),
+            Expr::Lookup {
+                set: "blocked".into(),
+                sreg: R0,
+                dreg: None,
+                invert: true,
+            },
+            Expr::th_dport(R1),
+            Expr::Range {
+                sreg: R1,
+                op: CmpOp::Eq,
+                from: 30000u16.to_be_bytes().to_vec(),
+                to: 32767u16.to_be_bytes().to_vec(),
+            },
+            jump("reject-chain"),
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "reject-chain",
+        rule(vec![
+            Expr::l4proto(R0),
+            Expr::eq(R0, [TCP]),
+            Expr::Reject(Reject::TcpReset),
+        ]),
+    );
+    tx.add_rule(
+        IP,
+        T,
+        "reject-chain",
+        rule(vec![Expr::Reject(Reject::Icmp(1))]), // host-unreachable
+    );
+    tx
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/nftnl")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).expect("read golden (UPDATE_GOLDEN=1 writes it)");
+    pretty_assertions::assert_eq!(expected, actual, "{} differs", path.display());
+}
+
+#[test]
+fn a_kube_proxy_shaped_table_loads_in_one_batch_and_reads_back_as_expected() {
+    let ns = Ns::new("nftnl", "load");
+    kube_proxy_like().commit(&ns.0).expect("commit");
+    check_golden("kube-proxy-like.nft", &nft(&ns.0, &["list", "ruleset"]));
+}
+
+#[test]
+fn a_refused_batch_names_the_message_and_changes_nothing() {
+    let ns = Ns::new("nftnl", "bad");
+    kube_proxy_like().commit(&ns.0).expect("commit");
+    let before = nft(&ns.0, &["list", "ruleset"]);
+
+    let mut tx = Transaction::new();
+    tx.add_chain(IP, T, Chain::regular("new-chain"))
+        .add_elements(
+            IP,
+            T,
+            "service-ips",
+            vec![Element::verdict(
+                Key::new().ip(ip("10.96.0.99")).proto(UDP).port(53),
+                Verdict::Goto("service-abc".into()),
+            )],
+        )
+        .add_rule(IP, T, "services", rule(vec![jump("no-such-chain")]))
+        .flush_chain(IP, T, "service-abc");
+    let err = tx
+        .commit(&ns.0)
+        .expect_err("a jump to a missing chain is refused");
+    match &err {
+        NftError::Rejected {
+            index,
+            what,
+            source,
+            ..
+        } => {
+            assert_eq!(*index, 2);
+            assert_eq!(what, "add rule to chain ip kube-netd services");
+            assert_eq!(source.raw_os_error(), Some(2), "ENOENT: {source}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(nft(&ns.0, &["list", "ruleset"]), before, "nothing applied");
+}
+
+#[test]
+fn elements_are_added_and_deleted_in_an_existing_map() {
+    let ns = Ns::new("nftnl", "elem");
+    kube_proxy_like().commit(&ns.0).expect("commit");
+    let dns = Key::new().ip(ip("10.96.0.10")).proto(UDP).port(53);
+    let web = Key::new().ip(ip("10.96.0.10")).proto(TCP).port(80);
+
+    let mut tx = Transaction::new();
+    tx.add_elements(
+        IP,
+        T,
+        "service-ips",
+        vec![Element::verdict(
+            dns.clone(),
+            Verdict::Goto("service-abc".into()),
+        )],
+    )
+    .delete_elements(IP, T, "service-ips", vec![Element::key(web)])
+    .add_elements(
+        IP,
+        T,
+        "blocked",
+        vec![Element::range(
+            Key::new().ip(ip("203.0.113.0")),
+            Key::new().ip(ip("203.0.113.127")),
+        )],
+    );
+    tx.commit(&ns.0).expect("element batch");
+    check_golden(
+        "elements-after-update.nft",
+        &[
+            nft(&ns.0, &["list", "map", "ip", T, "service-ips"]),
+            nft(&ns.0, &["list", "set", "ip", T, "blocked"]),
+        ]
+        .concat(),
+    );
+
+    // Deleting what is no longer there is refused whole: the UDP element stays.
+    let mut again = Transaction::new();
+    again
+        .delete_elements(IP, T, "service-ips", vec![Element::key(dns)])
+        .delete_elements(
+            IP,
+            T,
+            "service-ips",
+            vec![Element::key(
+                Key::new().ip(ip("10.96.0.10")).proto(TCP).port(80),
+            )],
+        );
+    let err = again.commit(&ns.0).expect_err("second element is gone");
+    assert!(
+        matches!(&err, NftError::Rejected { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(nft(&ns.0, &["list", "map", "ip", T, "service-ips"]).contains("udp . 53"));
+}
