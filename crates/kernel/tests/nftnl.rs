@@ -533,3 +533,175 @@ fn elements_are_added_and_deleted_in_an_existing_map() {
     );
     assert!(nft(&ns.0, &["list", "map", "ip", T, "service-ips"]).contains("udp . 53"));
 }
+
+/// The address of the packet test's namespace, on its loopback.
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// Serves connections on [`HOST`]:`port` inside `ns` until `stop` (at most 20 s), answering
+/// each with the port number; returns how many it served.
+fn serve(
+    ns: &str,
+    port: u16,
+    ready: std::sync::mpsc::Sender<()>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        netns::enter(&ns).expect("enter");
+        let listener = std::net::TcpListener::bind((HOST, port)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready.send(()).expect("ready");
+        let mut served = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && !stop.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.write_all(port.to_string().as_bytes());
+                    served += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        served
+    })
+}
+
+#[test]
+fn connections_to_a_service_ip_are_spread_over_endpoints_by_numgen_and_dnat() {
+    let ns = Ns::new("nftnl", "pkt");
+    // A route for the service range through loopback, with a source address that can receive
+    // replies, so the first routing decision succeeds; the DNAT in the output hook then sends
+    // the connection to a local endpoint. Nothing can leave: the namespace has no link but lo.
+    netns::ip_batch(
+        &ns.0,
+        &[
+            format!("address add {HOST}/32 dev lo"),
+            format!("route add 10.96.0.0/16 dev lo src {HOST}"),
+        ],
+    )
+    .expect("address and route");
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let mut tx = Transaction::new();
+    tx.add_table(IP, T)
+        .add_chain(
+            IP,
+            T,
+            Chain::base("nat-output", base(ChainType::Nat, HookPoint::Output, -100)),
+        )
+        .add_chain(IP, T, Chain::regular("service"))
+        .add_chain(IP, T, Chain::regular("ep-a"))
+        .add_chain(IP, T, Chain::regular("ep-b"))
+        .add_set(
+            IP,
+            T,
+            Set::verdict_map(
+                "service-ips",
+                &[KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+            ),
+        )
+        .add_set(IP, T, Set::verdict_map("endpoints", &[KeyType::Mark]))
+        .add_elements(
+            IP,
+            T,
+            "service-ips",
+            vec![Element::verdict(
+                Key::new().ip(IpAddr::V4(vip)).proto(TCP).port(80),
+                Verdict::Goto("service".into()),
+            )],
+        )
+        .add_elements(
+            IP,
+            T,
+            "endpoints",
+            vec![
+                Element::verdict(Key::new().mark(0), Verdict::Goto("ep-a".into())),
+                Element::verdict(Key::new().mark(1), Verdict::Goto("ep-b".into())),
+            ],
+        )
+        .add_rule(
+            IP,
+            T,
+            "nat-output",
+            rule(vec![
+                Expr::daddr(IP, R0),
+                Expr::l4proto(R1),
+                Expr::th_dport(R2),
+                Expr::Lookup {
+                    set: "service-ips".into(),
+                    sreg: R0,
+                    dreg: Some(Register::VERDICT),
+                    invert: false,
+                },
+            ]),
+        )
+        .add_rule(
+            IP,
+            T,
+            "service",
+            rule(vec![
+                Expr::Numgen {
+                    dreg: R0,
+                    modulus: 2,
+                    offset: 0,
+                },
+                Expr::Lookup {
+                    set: "endpoints".into(),
+                    sreg: R0,
+                    dreg: Some(Register::VERDICT),
+                    invert: false,
+                },
+            ]),
+        )
+        .add_rule(IP, T, "ep-a", rule(dnat_to(HOST, 18081)))
+        .add_rule(IP, T, "ep-b", rule(dnat_to(HOST, 18082)));
+    tx.commit(&ns.0).expect("commit");
+
+    let (ready, wait) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let servers = [
+        serve(&ns.0, 18081, ready.clone(), stop.clone()),
+        serve(&ns.0, 18082, ready, stop.clone()),
+    ];
+    for _ in 0..2 {
+        wait.recv().expect("server ready");
+    }
+    let answers: Vec<String> = {
+        let ns = ns.0.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            netns::enter(&ns).expect("enter");
+            (0..24)
+                .map(|_| {
+                    let to = std::net::SocketAddr::from((vip, 80));
+                    let mut conn =
+                        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                            .expect("connect through DNAT");
+                    conn.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("read timeout");
+                    let mut answer = String::new();
+                    conn.read_to_string(&mut answer).expect("read");
+                    answer
+                })
+                .collect()
+        })
+        .join()
+        .expect("client")
+    };
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served: Vec<usize> = servers
+        .into_iter()
+        .map(|s| s.join().expect("server"))
+        .collect();
+    assert_eq!(served.iter().sum::<usize>(), 24, "{answers:?}");
+    // 24 random picks all landing on one endpoint has probability 2^-23.
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "both endpoints chosen: {served:?}"
+    );
+}
