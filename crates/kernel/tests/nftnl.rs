@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use netd_kernel::netns;
+use netd_kernel::nftnl::conntrack::{self, FlowFilter};
 use netd_kernel::nftnl::{
     BaseChain, Chain, ChainType, CmpOp, DynsetOp, Element, Expr, Family, FibAddr, HookPoint, Key,
     KeyType, MetaKey, NatKind, NftError, Policy, Register, Reject, Rule, Set, SetFlags,
@@ -77,9 +78,14 @@ fn set_mark_bits(bits: u32, clear: bool) -> Vec<Expr> {
 }
 
 fn dnat_to(addr: Ipv4Addr, port: u16) -> Vec<Expr> {
+    dnat(TCP, addr, port)
+}
+
+/// `meta l4proto PROTO dnat to ADDR:PORT`.
+fn dnat(proto: u8, addr: Ipv4Addr, port: u16) -> Vec<Expr> {
     vec![
         Expr::l4proto(R0),
-        Expr::eq(R0, [TCP]),
+        Expr::eq(R0, [proto]),
         Expr::Immediate {
             dreg: R0,
             data: netd_kernel::nftnl::Data::ip(IpAddr::V4(addr)),
@@ -534,7 +540,22 @@ fn elements_are_added_and_deleted_in_an_existing_map() {
     assert!(nft(&ns.0, &["list", "map", "ip", T, "service-ips"]).contains("udp . 53"));
 }
 
-/// The address of the packet test's namespace, on its loopback.
+/// [`HOST`] on loopback and a route for the service range through it, with [`HOST`] as the
+/// source so replies have somewhere to go: the first routing decision succeeds, and DNAT in the
+/// output hook then sends the packet to a local endpoint. Nothing can leave: the namespace has
+/// no link but lo.
+fn service_route(ns: &str) {
+    netns::ip_batch(
+        ns,
+        &[
+            format!("address add {HOST}/32 dev lo"),
+            format!("route add 10.96.0.0/16 dev lo src {HOST}"),
+        ],
+    )
+    .expect("address and route");
+}
+
+/// The address of the packet tests' namespaces, on their loopback.
 const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// Serves connections on [`HOST`]:`port` inside `ns` until `stop` (at most 20 s), answering
@@ -575,17 +596,7 @@ fn serve(
 #[test]
 fn connections_to_a_service_ip_are_spread_over_endpoints_by_numgen_and_dnat() {
     let ns = Ns::new("nftnl", "pkt");
-    // A route for the service range through loopback, with a source address that can receive
-    // replies, so the first routing decision succeeds; the DNAT in the output hook then sends
-    // the connection to a local endpoint. Nothing can leave: the namespace has no link but lo.
-    netns::ip_batch(
-        &ns.0,
-        &[
-            format!("address add {HOST}/32 dev lo"),
-            format!("route add 10.96.0.0/16 dev lo src {HOST}"),
-        ],
-    )
-    .expect("address and route");
+    service_route(&ns.0);
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut tx = Transaction::new();
     tx.add_table(IP, T)
@@ -704,4 +715,92 @@ fn connections_to_a_service_ip_are_spread_over_endpoints_by_numgen_and_dnat() {
         served.iter().all(|&n| n > 0),
         "both endpoints chosen: {served:?}"
     );
+}
+
+fn udp_entries(ns: &str) -> Vec<String> {
+    let out = netns::exec(ns, &["conntrack", "-L", "-p", "udp"]).expect("conntrack -L");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            // Keep the tuple, drop the timer that changes from run to run.
+            l.split_whitespace()
+                .filter(|w| w.contains('='))
+                .filter(|w| !w.starts_with("mark=") && !w.starts_with("use="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
+    let ns = Ns::new("nftnl", "ct");
+    service_route(&ns.0);
+    let mut tx = Transaction::new();
+    tx.add_table(IP, T).add_chain(
+        IP,
+        T,
+        Chain::base("nat-output", base(ChainType::Nat, HookPoint::Output, -100)),
+    );
+    for (vip, endpoint_port) in [([10, 96, 0, 10], 5353), ([10, 96, 0, 11], 5354)] {
+        let mut exprs = vec![Expr::daddr(IP, R0), Expr::eq(R0, vip), Expr::th_dport(R0)];
+        exprs.push(Expr::eq(R0, 53u16.to_be_bytes()));
+        exprs.extend(dnat(UDP, HOST, endpoint_port));
+        tx.add_rule(IP, T, "nat-output", rule(exprs));
+    }
+    tx.commit(&ns.0).expect("commit");
+    {
+        let ns = ns.0.clone();
+        std::thread::spawn(move || {
+            netns::enter(&ns).expect("enter");
+            for (vip, clients) in [("10.96.0.10:53", 3), ("10.96.0.11:53", 2)] {
+                for _ in 0..clients {
+                    let socket = std::net::UdpSocket::bind((HOST, 0)).expect("bind");
+                    socket.send_to(b"q", vip).expect("send");
+                }
+            }
+        })
+        .join()
+        .expect("clients");
+    }
+    assert_eq!(udp_entries(&ns.0).len(), 5, "{:?}", udp_entries(&ns.0));
+
+    let vip_a: std::net::SocketAddr = "10.96.0.10:53".parse().expect("addr");
+    let vip_b: std::net::SocketAddr = "10.96.0.11:53".parse().expect("addr");
+    let other_endpoint = "192.0.2.1:9999".parse().expect("addr");
+    let endpoint_a = "192.0.2.1:5353".parse().expect("addr");
+    assert_eq!(
+        conntrack::delete_udp_flows(&ns.0, vip_b, Some(other_endpoint)).expect("delete"),
+        0,
+        "the reply source must match too"
+    );
+    assert_eq!(
+        conntrack::delete_udp_flows(&ns.0, vip_a, Some(endpoint_a)).expect("delete"),
+        3
+    );
+    let left = udp_entries(&ns.0);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().all(|l| l.contains("dst=10.96.0.11 ")),
+        "{left:?}"
+    );
+
+    let flows = conntrack::list(
+        &ns.0,
+        &FlowFilter {
+            protocol: conntrack::UDP,
+            orig_dst: vip_b,
+            reply_src: None,
+        },
+    )
+    .expect("list");
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert!(flows.iter().all(|f| f.orig_dst == vip_b
+        && f.reply_src == "192.0.2.1:5354".parse().expect("addr")
+        && f.orig_src.ip() == IpAddr::V4(HOST)));
+    assert_eq!(conntrack::delete(&ns.0, &flows).expect("delete"), 2);
+    assert_eq!(conntrack::delete(&ns.0, &flows).expect("gone already"), 0);
+    assert!(udp_entries(&ns.0).is_empty());
 }

@@ -10,7 +10,11 @@
 //! Every message asks for an acknowledgement and every one is read, so a refusal is always
 //! seen. The transport is `netlink-sys` (a socket, MIT licensed); the encoding is this module's
 //! own, written from the kernel's uapi headers. Nothing here knows Kubernetes.
+//!
+//! [`conntrack`] uses the same socket family for connection tracking: entries listed through
+//! a kernel-side filter and deleted by tuple, for UDP Services that lose endpoints.
 
+pub mod conntrack;
 mod expr;
 mod objects;
 mod socket;
@@ -91,6 +95,15 @@ pub enum NftError {
     MalformedReply {
         /// The length of the datagram.
         len: usize,
+    },
+    /// The kernel refused a conntrack request (a dump or a deletion).
+    #[error("kernel refused to {what}")]
+    ConntrackFailed {
+        /// The request.
+        what: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
     },
     /// Some messages were never acknowledged although the kernel reported no error.
     #[error("the kernel acknowledged {acked} of {sent} messages")]

@@ -21,10 +21,18 @@ const ACK_LEN: usize = 36;
 
 /// Sends the batch from a thread inside `netns` and reads the kernel's answer to every message.
 pub(crate) fn send_batch(netns: &str, batch: &Encoded) -> Result<(), NftError> {
+    in_netns(netns, || exchange(batch))
+}
+
+/// Runs `f` on a thread of its own that has entered `netns` (sockets it opens live there).
+pub(crate) fn in_netns<T: Send>(
+    netns: &str,
+    f: impl FnOnce() -> Result<T, NftError> + Send,
+) -> Result<T, NftError> {
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
             netns::enter(netns).map_err(NftError::Enter)?;
-            exchange(batch)
+            f()
         });
         match worker.join() {
             Ok(result) => result,
@@ -34,7 +42,9 @@ pub(crate) fn send_batch(netns: &str, batch: &Encoded) -> Result<(), NftError> {
 }
 
 fn exchange(batch: &Encoded) -> Result<(), NftError> {
-    let socket = open(batch)?;
+    let send = batch.bytes.len() + 64 * 1024;
+    let receive = (batch.what.len() + 16) * ACK_LEN + 256 * 1024;
+    let socket = open(send, receive)?;
     socket
         .send(&batch.bytes, 0)
         .map_err(io_err("send the batch"))?;
@@ -100,7 +110,8 @@ fn exchange(batch: &Encoded) -> Result<(), NftError> {
     Ok(())
 }
 
-fn open(batch: &Encoded) -> Result<Socket, NftError> {
+/// A netfilter netlink socket connected to the kernel, with buffers of at least these sizes.
+pub(crate) fn open(send: usize, receive: usize) -> Result<Socket, NftError> {
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io_err("open"))?;
     socket.bind_auto().map_err(io_err("bind"))?;
     socket
@@ -112,8 +123,8 @@ fn open(batch: &Encoded) -> Result<Socket, NftError> {
         .map_err(io_err("set NETLINK_CAP_ACK"))?;
     // A batch is one datagram: the send buffer must hold it whole, and the receive buffer
     // every acknowledgement (root may raise both past the system limits, as nft does).
-    let send = (batch.bytes.len() + 64 * 1024).min(i32::MAX as usize);
-    let receive = ((batch.what.len() + 16) * ACK_LEN + 256 * 1024).min(i32::MAX as usize);
+    let send = send.min(i32::MAX as usize);
+    let receive = receive.min(i32::MAX as usize);
     setsockopt(&socket, sockopt::SndBufForce, &send).map_err(nix_err("set SO_SNDBUFFORCE"))?;
     setsockopt(&socket, sockopt::RcvBufForce, &receive).map_err(nix_err("set SO_RCVBUFFORCE"))?;
     let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
@@ -121,7 +132,8 @@ fn open(batch: &Encoded) -> Result<Socket, NftError> {
     Ok(socket)
 }
 
-fn recv(socket: &Socket, buf: &mut Vec<u8>) -> Result<usize, NftError> {
+/// Reads one datagram into `buf`, returning its length.
+pub(crate) fn recv(socket: &Socket, buf: &mut Vec<u8>) -> Result<usize, NftError> {
     buf.clear();
     loop {
         match socket.recv(buf, 0) {
@@ -132,7 +144,7 @@ fn recv(socket: &Socket, buf: &mut Vec<u8>) -> Result<usize, NftError> {
     }
 }
 
-fn io_err(step: &'static str) -> impl Fn(io::Error) -> NftError {
+pub(crate) fn io_err(step: &'static str) -> impl Fn(io::Error) -> NftError {
     move |source| NftError::Socket { step, source }
 }
 

@@ -9,7 +9,9 @@ pub(crate) const NLM_F_REQUEST: u16 = 1;
 pub(crate) const NLM_F_ACK: u16 = 4;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_APPEND: u16 = 0x800;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_HDRLEN: usize = 16;
 const NLA_HDRLEN: usize = 4;
@@ -208,6 +210,21 @@ pub(crate) fn replies(mut data: &[u8]) -> Option<Vec<Reply<'_>>> {
     Some(out)
 }
 
+/// The attributes in `data` as (type without flag bits, payload); `None` if one is cut short.
+pub(crate) fn attributes(mut data: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    while data.len() >= NLA_HDRLEN {
+        let len = usize::from(u16::from_ne_bytes(data[0..2].try_into().ok()?));
+        let kind = u16::from_ne_bytes(data[2..4].try_into().ok()?) & 0x3fff;
+        if len < NLA_HDRLEN || len > data.len() {
+            return None;
+        }
+        out.push((kind, &data[NLA_HDRLEN..len]));
+        data = &data[align(len).min(data.len())..];
+    }
+    Some(out)
+}
+
 /// The error code of an `NLMSG_ERROR` payload: 0 for an acknowledgement, else `-errno`.
 pub(crate) fn error_code(payload: &[u8]) -> Option<i32> {
     Some(i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?))
@@ -236,6 +253,21 @@ mod tests {
                 8, 0, 2, 0, 1, 2, 3, 4, // big-endian number
             ]
         );
+    }
+
+    #[test]
+    fn attributes_read_back_what_was_written() {
+        let mut w = Writer::default();
+        w.put_str(1, "ab").expect("fits");
+        let nest = w.open(2);
+        w.put_u32(3, 7).expect("fits");
+        w.close(nest).expect("fits");
+        let bytes = w.into_bytes();
+        let attrs = attributes(&bytes).expect("well formed");
+        assert_eq!(attrs[0], (1, &b"ab\0"[..]));
+        assert_eq!(attrs[1].0, 2, "nested flag stripped");
+        assert_eq!(attributes(attrs[1].1), Some(vec![(3, &[0, 0, 0, 7][..])]));
+        assert!(attributes(&bytes[..5]).is_none());
     }
 
     #[test]
