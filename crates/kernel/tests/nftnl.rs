@@ -804,3 +804,16 @@ fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
     assert_eq!(conntrack::delete(&ns.0, &flows).expect("gone already"), 0);
     assert!(udp_entries(&ns.0).is_empty());
 }
+
+#[test]
+fn a_batch_of_many_messages_has_every_acknowledgement_read() {
+    let ns = Ns::new("nftnl", "many");
+    let mut tx = Transaction::new();
+    tx.add_table(IP, T).add_chain(IP, T, Chain::regular("many"));
+    for _ in 0..20_000 {
+        tx.add_rule(IP, T, "many", rule(vec![Expr::Counter]));
+    }
+    tx.commit(&ns.0).expect("every ack fits the receive buffer");
+    let listed = nft(&ns.0, &["list", "chain", "ip", T, "many"]);
+    assert_eq!(listed.matches("counter packets 0 bytes 0").count(), 20_000);
+}

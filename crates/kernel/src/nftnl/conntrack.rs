@@ -161,7 +161,7 @@ fn delete_here(flows: &[Flow]) -> Result<usize, NftError> {
         w.end(start);
     }
     let bytes = w.into_bytes();
-    let socket = open(bytes.len() + 64 * 1024, flows.len() * 64 + 256 * 1024)?;
+    let socket = open(bytes.len() + 64 * 1024, flows.len() * 1024 + 256 * 1024)?;
     socket
         .set_cap_ack(true)
         .map_err(io_err("set NETLINK_CAP_ACK"))?;

@@ -16,8 +16,9 @@ use crate::netns;
 
 /// How long to wait for the kernel's answer before giving up on a transaction.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// An acknowledgement with `NETLINK_CAP_ACK`: header, error, the request's header.
-const ACK_LEN: usize = 36;
+/// Receive-buffer room per acknowledgement: each is its own small socket buffer, whose kernel
+/// accounting (not its 36 bytes) is what fills the buffer; `nft` budgets the same per command.
+const ACK_ROOM: usize = 1024;
 
 /// Sends the batch from a thread inside `netns` and reads the kernel's answer to every message.
 pub(crate) fn send_batch(netns: &str, batch: &Encoded) -> Result<(), NftError> {
@@ -43,7 +44,7 @@ pub(crate) fn in_netns<T: Send>(
 
 fn exchange(batch: &Encoded) -> Result<(), NftError> {
     let send = batch.bytes.len() + 64 * 1024;
-    let receive = (batch.what.len() + 16) * ACK_LEN + 256 * 1024;
+    let receive = (batch.what.len() + 16) * ACK_ROOM + 256 * 1024;
     let socket = open(send, receive)?;
     socket
         .send(&batch.bytes, 0)
