@@ -239,11 +239,6 @@ impl Transaction {
         socket::send_batch(netns, &encoded)
     }
 
-    /// What operation `index` is, as errors name it.
-    pub fn describe(&self, index: usize) -> Option<String> {
-        self.encode(1).ok()?.what.get(index).cloned()
-    }
-
     fn push(&mut self, op: Op) -> &mut Self {
         self.ops.push(op);
         self
