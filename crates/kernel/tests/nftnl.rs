@@ -817,3 +817,91 @@ fn a_batch_of_many_messages_has_every_acknowledgement_read() {
     let listed = nft(&ns.0, &["list", "chain", "ip", T, "many"]);
     assert_eq!(listed.matches("counter packets 0 bytes 0").count(), 20_000);
 }
+
+fn v6_octets(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().expect("ipv6").octets()
+}
+
+#[test]
+fn an_ip6_table_reads_back_with_ip6_addresses_and_offsets() {
+    let ns = Ns::new("nftnl", "ip6");
+    let ip6 = Family::Ip6;
+    // An IPv6 address takes four 32-bit registers; what follows it starts at the fifth.
+    let (r4, r5) = (Register::reg32(4), Register::reg32(5));
+    let mut tx = Transaction::new();
+    tx.add_table(ip6, T)
+        .add_chain(
+            ip6,
+            T,
+            Chain::base("nat-output", base(ChainType::Nat, HookPoint::Output, -100)),
+        )
+        .add_chain(ip6, T, Chain::regular("endpoint"))
+        .add_set(
+            ip6,
+            T,
+            Set::verdict_map(
+                "service-ips",
+                &[KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
+            ),
+        )
+        .add_elements(
+            ip6,
+            T,
+            "service-ips",
+            vec![Element::verdict(
+                Key::new().ip(ip("fd00:10:96::a")).proto(TCP).port(80),
+                Verdict::Goto("endpoint".into()),
+            )],
+        )
+        .add_rule(
+            ip6,
+            T,
+            "nat-output",
+            rule(vec![
+                Expr::daddr(ip6, R0),
+                Expr::l4proto(r4),
+                Expr::th_dport(r5),
+                Expr::Lookup {
+                    set: "service-ips".into(),
+                    sreg: R0,
+                    dreg: Some(Register::VERDICT),
+                    invert: false,
+                },
+            ]),
+        )
+        .add_rule(
+            ip6,
+            T,
+            "endpoint",
+            rule(vec![
+                Expr::saddr(ip6, R0),
+                Expr::eq(R0, v6_octets("fd00:10:244::5")),
+                Expr::verdict(Verdict::Return),
+            ]),
+        )
+        .add_rule(
+            ip6,
+            T,
+            "endpoint",
+            rule(vec![
+                Expr::l4proto(R0),
+                Expr::eq(R0, [TCP]),
+                Expr::Immediate {
+                    dreg: R0,
+                    data: netd_kernel::nftnl::Data::ip(ip("fd00:10:244::5")),
+                },
+                Expr::Immediate {
+                    dreg: r4,
+                    data: netd_kernel::nftnl::Data::port(8080),
+                },
+                Expr::Nat {
+                    kind: NatKind::Dnat,
+                    family: ip6,
+                    addr: Some(R0),
+                    port: Some(r4),
+                },
+            ]),
+        );
+    tx.commit(&ns.0).expect("commit");
+    check_golden("ip6.nft", &nft(&ns.0, &["list", "ruleset"]));
+}
