@@ -905,3 +905,92 @@ fn an_ip6_table_reads_back_with_ip6_addresses_and_offsets() {
     tx.commit(&ns.0).expect("commit");
     check_golden("ip6.nft", &nft(&ns.0, &["list", "ruleset"]));
 }
+
+#[test]
+fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
+    let ns = Ns::new("nftnl", "ct6");
+    let ip6 = Family::Ip6;
+    let host = ip("fd00:192::1");
+    netns::ip_batch(
+        &ns.0,
+        &[
+            format!("address add {host}/128 dev lo nodad"),
+            format!("route add fd00:96::/64 dev lo src {host}"),
+        ],
+    )
+    .expect("address and route");
+    let mut tx = Transaction::new();
+    tx.add_table(ip6, T)
+        .add_chain(
+            ip6,
+            T,
+            Chain::base("nat-output", base(ChainType::Nat, HookPoint::Output, -100)),
+        )
+        .add_rule(
+            ip6,
+            T,
+            "nat-output",
+            rule(vec![
+                Expr::daddr(ip6, R0),
+                Expr::eq(R0, v6_octets("fd00:96::a")),
+                Expr::l4proto(R0),
+                Expr::eq(R0, [UDP]),
+                Expr::Immediate {
+                    dreg: R0,
+                    data: netd_kernel::nftnl::Data::ip(host),
+                },
+                Expr::Immediate {
+                    dreg: Register::reg32(4),
+                    data: netd_kernel::nftnl::Data::port(5353),
+                },
+                Expr::Nat {
+                    kind: NatKind::Dnat,
+                    family: ip6,
+                    addr: Some(R0),
+                    port: Some(Register::reg32(4)),
+                },
+            ]),
+        );
+    tx.commit(&ns.0).expect("commit");
+    {
+        let ns = ns.0.clone();
+        std::thread::spawn(move || {
+            netns::enter(&ns).expect("enter");
+            for _ in 0..2 {
+                let socket = std::net::UdpSocket::bind((host, 0)).expect("bind");
+                socket.send_to(b"q", "[fd00:96::a]:53").expect("send");
+            }
+        })
+        .join()
+        .expect("clients");
+    }
+    let vip: std::net::SocketAddr = "[fd00:96::a]:53".parse().expect("addr");
+    let endpoint: std::net::SocketAddr = "[fd00:192::1]:5353".parse().expect("addr");
+    let flows = conntrack::list(
+        &ns.0,
+        &FlowFilter {
+            protocol: conntrack::UDP,
+            orig_dst: vip,
+            reply_src: Some(endpoint),
+        },
+    )
+    .expect("list");
+    let listed = netns::exec(&ns.0, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
+    assert_eq!(
+        flows.len(),
+        2,
+        "{flows:?} vs {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.orig_src.ip() == host && f.reply_src == endpoint)
+    );
+    assert_eq!(
+        conntrack::delete_udp_flows(&ns.0, vip, Some(endpoint)).expect("delete"),
+        2
+    );
+    let out = netns::exec(&ns.0, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "none left");
+}
