@@ -2,7 +2,8 @@
 //! their exact tuple, without `conntrack -L` / `-D` scans from user space.
 //!
 //! The filter runs in the kernel (`CTA_FILTER`, Linux 5.8 and later): only matching entries
-//! are copied out, however large the table is. Deleting is then one message per entry, all in
+//! are copied out, however large the table is (for IPv6 the kernel filters by protocol and
+//! ports, and addresses are matched here: see `ip_flag`). Deleting is then one message per entry, all in
 //! one datagram, each acknowledged; an entry that vanished meanwhile is simply not counted.
 
 use std::net::{IpAddr, SocketAddr};
