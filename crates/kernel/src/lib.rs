@@ -8,14 +8,18 @@
 //! [`link`] (veth pairs, bridges, addresses, routes, sysctls), [`rules`] (atomic
 //! `iptables-restore` / `ipset restore`, conntrack deletion) and [`process`] (ending processes
 //! by PID). Every failure is a [`KernelError`] naming the command and carrying its stderr.
+//! [`nftnl`] speaks nf_tables over netlink directly: typed tables, chains, rules, sets and
+//! elements sent as one atomic batch, with [`nftnl::NftError`] naming a refused message.
 //!
 //! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
-//! so that what kube-netd does can be replayed by hand; only entering a namespace from a thread
-//! ([`netns::enter`]) uses `setns(2)` directly.
+//! so that what kube-netd does can be replayed by hand; entering a namespace from a thread
+//! ([`netns::enter`]) uses `setns(2)` directly, and [`nftnl`] a netlink socket opened from
+//! such a thread.
 
 pub mod error;
 pub mod link;
 pub mod netns;
+pub mod nftnl;
 pub mod process;
 pub mod rules;
 

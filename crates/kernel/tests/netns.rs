@@ -4,21 +4,9 @@ use std::net::IpAddr;
 
 use netd_kernel::{KernelError, link, netns, rules};
 
-struct Ns(String);
+mod common;
 
-impl Ns {
-    fn new(suffix: &str) -> Ns {
-        let name = format!("ktest-{}-{suffix}", std::process::id());
-        netns::add(&name).expect("add namespace");
-        Ns(name)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete(&self.0);
-    }
-}
+use common::Ns;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
@@ -26,8 +14,8 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn veth_between_namespaces_carries_pings() {
-    let a = Ns::new("a");
-    let b = Ns::new("b");
+    let a = Ns::new("ktest", "a");
+    let b = Ns::new("ktest", "b");
     link::add_veth(&a.0, "va", &b.0, "vb").expect("veth");
     link::add_address(&a.0, "va", ip("192.0.2.1"), 24).expect("addr a");
     link::add_address(&b.0, "vb", ip("192.0.2.2"), 24).expect("addr b");
@@ -39,7 +27,7 @@ fn veth_between_namespaces_carries_pings() {
 
 #[test]
 fn iptables_payload_is_applied_atomically_or_not_at_all() {
-    let a = Ns::new("ipt");
+    let a = Ns::new("ktest", "ipt");
     rules::iptables_restore(&a.0, "*filter\n:KTEST - [0:0]\n-A KTEST -j DROP\nCOMMIT\n")
         .expect("restore");
     assert!(
@@ -63,7 +51,7 @@ fn iptables_payload_is_applied_atomically_or_not_at_all() {
 
 #[test]
 fn batches_routes_and_deletion() {
-    let a = Ns::new("batch");
+    let a = Ns::new("ktest", "batch");
     netns::ip_batch(
         &a.0,
         &[
@@ -101,8 +89,8 @@ fn batches_routes_and_deletion() {
 
 #[test]
 fn conntrack_entries_are_deleted_by_destination() {
-    let a = Ns::new("ct-a");
-    let b = Ns::new("ct-b");
+    let a = Ns::new("ktest", "ct-a");
+    let b = Ns::new("ktest", "ct-b");
     link::add_veth(&a.0, "va", &b.0, "vb").expect("veth");
     link::add_address(&a.0, "va", ip("192.0.2.1"), 24).expect("addr a");
     link::add_address(&b.0, "vb", ip("192.0.2.2"), 24).expect("addr b");
