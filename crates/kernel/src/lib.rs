@@ -11,9 +11,12 @@
 //!
 //! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
 //! so that what kube-netd does can be replayed by hand; only entering a namespace from a thread
-//! ([`netns::enter`]) uses `setns(2)` directly.
+//! ([`netns::enter`]) uses `setns(2)` directly, and [`ipvs`] programs the kernel's IPVS
+//! virtual servers over generic netlink (a socket opened inside the namespace): `ipvsadm` is
+//! not on every node, and one message per change is the unit the kernel applies anyway.
 
 pub mod error;
+pub mod ipvs;
 pub mod link;
 pub mod netns;
 pub mod process;
