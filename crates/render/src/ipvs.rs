@@ -142,6 +142,17 @@ impl VirtualServer {
 pub struct RealServer {
     /// The weight: 1 for every endpoint in use, 0 while a removed one drains.
     pub weight: u32,
+    /// The connections the kernel counts for it (active and inactive); 0 in a rendered
+    /// representation, filled from a dump in the kernel's.
+    pub connections: u32,
+}
+
+impl RealServer {
+    /// A real server in use: weight 1.
+    pub const IN_USE: RealServer = RealServer {
+        weight: 1,
+        connections: 0,
+    };
 }
 
 /// The ipsets IPVS mode keeps (upstream's `ipsetInfo`), all created on every sync.
@@ -504,18 +515,23 @@ pub enum IpvsChange {
     AddReal(VirtualAddr, SocketAddr, RealServer),
     /// A real server whose weight changed (one draining at weight 0 that is wanted again).
     EditReal(VirtualAddr, SocketAddr, RealServer),
-    /// A real server no longer wanted: set to weight 0 so it gets no new connections while
-    /// its current ones finish. Deleting it once they have (or after a timeout) is the
-    /// applier's, which can see connection counts.
+    /// A real server no longer wanted that still has connections: set to weight 0 so it gets
+    /// no new ones while the current ones finish (a later diff removes it once the kernel
+    /// counts none; a deadline for stragglers needs a clock, so it is the applier's).
     QuiesceReal(VirtualAddr, SocketAddr),
+    /// A real server no longer wanted and without connections, or of a UDP or SCTP virtual
+    /// server (no graceful termination there, as upstream: with `expire_nodest_conn=1` their
+    /// flows end at their next packet).
+    RemoveReal(VirtualAddr, SocketAddr),
     /// A virtual server no longer wanted, deleted with its real servers.
     RemoveService(VirtualAddr),
 }
 
-/// The changes that turn `current` into `desired`, in the order to apply them: services
-/// added, services edited, real servers added and edited, real servers quiesced, services
-/// removed. A real server of `current` already at weight 0 and not in `desired` is draining
-/// and left alone.
+/// The changes that turn `current` (usually the kernel's, with connection counts) into
+/// `desired` (rendered), in the order to apply them: services added, services edited, real
+/// servers added and edited, real servers quiesced or removed, services removed. A TCP real
+/// server of `current` not in `desired`, already at weight 0 and with connections, is
+/// draining and left alone.
 pub fn diff(
     current: &BTreeMap<VirtualAddr, VirtualServer>,
     desired: &BTreeMap<VirtualAddr, VirtualServer>,
@@ -541,12 +557,20 @@ pub fn diff(
         for (rs, real) in &want.real_servers {
             match have_reals.get(rs) {
                 None => reals.push(IpvsChange::AddReal(*addr, *rs, *real)),
-                Some(old) if old != real => reals.push(IpvsChange::EditReal(*addr, *rs, *real)),
+                Some(old) if old.weight != real.weight => {
+                    reals.push(IpvsChange::EditReal(*addr, *rs, *real))
+                }
                 Some(_) => {}
             }
         }
+        let graceful = addr.protocol == Protocol::Tcp;
         for (rs, old) in have_reals {
-            if old.weight > 0 && !want.real_servers.contains_key(rs) {
+            if want.real_servers.contains_key(rs) {
+                continue;
+            }
+            if !graceful || old.connections == 0 {
+                quiesce.push(IpvsChange::RemoveReal(*addr, *rs));
+            } else if old.weight > 0 {
                 quiesce.push(IpvsChange::QuiesceReal(*addr, *rs));
             }
         }
@@ -562,7 +586,7 @@ pub fn diff(
     services
 }
 
-/// The changes as `ipvsadm-restore` input (`-A`, `-E`, `-a`, `-e`, `-D`).
+/// The changes as `ipvsadm-restore` input (`-A`, `-E`, `-a`, `-e`, `-d`, `-D`).
 pub fn changes_to_ipvsadm(changes: &[IpvsChange]) -> String {
     let mut out = String::new();
     for c in changes {
@@ -572,6 +596,7 @@ pub fn changes_to_ipvsadm(changes: &[IpvsChange]) -> String {
             IpvsChange::AddReal(a, rs, r) => writeln!(out, "-a {a} -r {rs} -m -w {}", r.weight),
             IpvsChange::EditReal(a, rs, r) => writeln!(out, "-e {a} -r {rs} -m -w {}", r.weight),
             IpvsChange::QuiesceReal(a, rs) => writeln!(out, "-e {a} -r {rs} -m -w 0"),
+            IpvsChange::RemoveReal(a, rs) => writeln!(out, "-d {a} -r {rs}"),
             IpvsChange::RemoveService(a) => writeln!(out, "-D {a}"),
         };
     }
@@ -809,7 +834,7 @@ impl IpvsRenderer<'_> {
                 source_hash: self.opts.scheduler == "mh",
                 real_servers: endpoints
                     .iter()
-                    .map(|e| (e.addr, RealServer { weight: 1 }))
+                    .map(|e| (e.addr, RealServer::IN_USE))
                     .collect(),
             });
     }
@@ -1288,13 +1313,20 @@ endpoints:
 
     #[test]
     fn diff_adds_edits_quiesces_and_removes() {
-        let vs = |scheduler: &str, reals: &[(&str, u32)]| VirtualServer {
+        // (address, weight, connections)
+        let vs = |scheduler: &str, reals: &[(&str, u32, u32)]| VirtualServer {
             scheduler: scheduler.to_owned(),
             persistence: None,
             source_hash: false,
             real_servers: reals
                 .iter()
-                .map(|(a, w)| (a.parse().expect("addr"), RealServer { weight: *w }))
+                .map(|(a, weight, connections)| {
+                    let real = RealServer {
+                        weight: *weight,
+                        connections: *connections,
+                    };
+                    (a.parse().expect("addr"), real)
+                })
                 .collect(),
         };
         let a = addr("10.96.0.1:80", Protocol::Tcp);
@@ -1306,27 +1338,37 @@ endpoints:
                 vs(
                     "rr",
                     &[
-                        ("10.0.0.1:80", 1),
-                        ("10.0.0.2:80", 1),
-                        ("10.0.0.3:80", 0),
-                        ("10.0.0.4:80", 0),
+                        ("10.0.0.1:80", 1, 7),
+                        ("10.0.0.2:80", 1, 3),
+                        ("10.0.0.3:80", 0, 2),
+                        ("10.0.0.4:80", 0, 5),
+                        ("10.0.0.6:80", 0, 0),
+                        ("10.0.0.7:80", 1, 0),
                     ],
                 ),
             ),
-            (b, vs("rr", &[("10.0.0.9:53", 1)])),
+            (b, vs("rr", &[("10.0.0.8:53", 1, 4), ("10.0.0.9:53", 1, 4)])),
+            (c, vs("lc", &[("10.0.0.5:80", 1, 1)])),
         ]);
         let desired = BTreeMap::from([
-            (a, vs("rr", &[("10.0.0.1:80", 1), ("10.0.0.3:80", 1)])),
-            (c, vs("lc", &[("10.0.0.5:80", 1)])),
+            (a, vs("rr", &[("10.0.0.1:80", 1, 0), ("10.0.0.3:80", 1, 0)])),
+            (b, vs("rr", &[("10.0.0.9:53", 1, 0)])),
+            (
+                addr("[fd00::1]:443", Protocol::Sctp),
+                vs("rr", &[("[fd00::2]:443", 1, 0)]),
+            ),
         ]);
         let text = changes_to_ipvsadm(&diff(&current, &desired));
         assert_eq!(
             text,
-            "-A -t 10.96.0.3:80 -s lc\n\
+            "-A --sctp-service [fd00::1]:443 -s rr\n\
              -e -t 10.96.0.1:80 -r 10.0.0.3:80 -m -w 1\n\
-             -a -t 10.96.0.3:80 -r 10.0.0.5:80 -m -w 1\n\
+             -a --sctp-service [fd00::1]:443 -r [fd00::2]:443 -m -w 1\n\
              -e -t 10.96.0.1:80 -r 10.0.0.2:80 -m -w 0\n\
-             -D -u 10.96.0.2:53\n"
+             -d -t 10.96.0.1:80 -r 10.0.0.6:80\n\
+             -d -t 10.96.0.1:80 -r 10.0.0.7:80\n\
+             -d -u 10.96.0.2:53 -r 10.0.0.8:53\n\
+             -D -t 10.96.0.3:80\n"
         );
         assert!(diff(&desired, &desired).is_empty());
         let mut edited = desired.clone();
