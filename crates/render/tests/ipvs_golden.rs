@@ -2,38 +2,24 @@
 //! equal `ipvs.rules` byte for byte. `UPDATE_GOLDEN=1 cargo test -p netd-render --test
 //! ipvs_golden` rewrites them.
 //!
-//! The options are those of `golden.rs`. NodePorts get virtual servers on the scenario's
-//! `node-ip` addresses, or on 172.18.0.2 (IPv4) / fd00:172:18::2 (IPv6) when it names none,
-//! so every nodePort scenario shows them.
+//! The options are those of `golden.rs`; nodePorts get virtual servers on
+//! [`common::ipvs_node_addresses`].
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::Path;
 
-use netd_proxy::{IpFamily, plan};
+use netd_proxy::plan;
 use netd_render::{IpvsOptions, render_ipvs};
 
-use common::{options, scenarios};
+use common::{ipvs_node_addresses, options, scenarios};
 
 fn render(dir: &Path) -> String {
     let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
     let (node, family, opts) = options(&yaml);
     let state = netd_testkit::state(&yaml);
     let p = plan(&state, &node, family, &opts);
-    let mut node_addresses: Vec<IpAddr> = opts
-        .node_ips
-        .iter()
-        .copied()
-        .filter(|ip| family.contains(*ip))
-        .collect();
-    if node_addresses.is_empty() {
-        let fallback = match family {
-            IpFamily::V4 => "172.18.0.2",
-            IpFamily::V6 => "fd00:172:18::2",
-        };
-        node_addresses.push(fallback.parse().expect("address"));
-    }
+    let node_addresses = ipvs_node_addresses(&opts, family);
     render_ipvs(
         &p,
         &IpvsOptions {

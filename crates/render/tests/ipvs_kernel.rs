@@ -42,11 +42,20 @@ fn ip(s: &str) -> IpAddr {
 /// addresses, the ipsets, the iptables rules with their hooks, the virtual servers.
 fn load(ns: &str, r: &IpvsRules) {
     netns::exec(ns, &["ip", "link", "add", "kube-ipvs0", "type", "dummy"]).expect("dummy");
+    let prefix = match r.family {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
     for a in &r.bound_addresses {
-        link::add_address(ns, "kube-ipvs0", *a, 32).expect("bind address");
+        link::add_address(ns, "kube-ipvs0", *a, prefix).expect("bind address");
     }
     rules::ipset_restore(ns, &r.ipset_input()).expect("ipset restore");
-    rules::iptables_restore(ns, &r.installed().to_restore()).expect("iptables-restore");
+    let payload = r.installed().to_restore();
+    match r.family {
+        IpFamily::V4 => rules::iptables_restore(ns, &payload),
+        IpFamily::V6 => rules::ip6tables_restore(ns, &payload),
+    }
+    .expect("iptables-restore");
     let mut child = netns::command(ns, "ipvsadm")
         .expect("command")
         .arg("-R")
@@ -66,42 +75,61 @@ fn load(ns: &str, r: &IpvsRules) {
     link::sysctl(ns, "net.ipv4.vs.conntrack", "1").expect("vs conntrack");
 }
 
-/// Every rule form of the overall scenario (external IPs, load balancers with source ranges,
-/// `-m physdev`, `-m ipvs`, bitmap and hash sets) is accepted by the kernel and the tools.
+/// Every scenario's payloads are accepted by the kernel and the tools, in both families:
+/// external IPs, load balancers with source ranges, `-m physdev`, `-m ipvs`, bitmap and hash
+/// sets, SCTP virtual servers.
 #[test]
 #[ignore = "needs IPVS: run in the VM runner"]
-fn overall_scenario_loads_into_a_kernel() {
-    let dir = common::scenarios()
-        .into_iter()
-        .find(|d| d.ends_with("overall"))
-        .expect("the overall scenario");
-    let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
-    let (node, family, opts) = common::options(&yaml);
-    let state = netd_testkit::state(&yaml);
-    let p = plan(&state, &node, family, &opts);
-    let r = render_ipvs(
-        &p,
-        &IpvsOptions {
-            node_addresses: opts.node_ips.clone(),
-            ..IpvsOptions::default()
-        },
-    );
-    let ns = Ns::new("overall");
-    load(&ns.0, &r);
-    let listed = netns::exec(&ns.0, &["ipvsadm", "-Sn"]).expect("ipvsadm -S");
-    let saved = String::from_utf8_lossy(&listed.stdout);
-    assert_eq!(
-        saved.lines().filter(|l| l.starts_with("-A")).count(),
-        r.virtual_servers.len(),
-        "{saved}"
-    );
-    let sets = rules::ipset_list(&ns.0).expect("ipset list");
-    assert_eq!(sets.len(), 17, "{sets:?}");
-    let ipt = rules::iptables_save(&ns.0).expect("iptables-save");
-    assert!(
-        ipt.contains("-A KUBE-IPVS-OUT-FILTER -s 5.6.7.8/32 -m ipvs"),
-        "{ipt}"
-    );
+fn every_scenario_loads_into_a_kernel() {
+    for dir in common::scenarios() {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
+        let (node, family, opts) = common::options(&yaml);
+        let state = netd_testkit::state(&yaml);
+        let p = plan(&state, &node, family, &opts);
+        let r = render_ipvs(
+            &p,
+            &IpvsOptions {
+                node_addresses: common::ipvs_node_addresses(&opts, family),
+                ..IpvsOptions::default()
+            },
+        );
+        let ns = Ns::new(&name);
+        load(&ns.0, &r);
+        let listed = netns::exec(&ns.0, &["ipvsadm", "-Sn"]).expect("ipvsadm -S");
+        let saved = String::from_utf8_lossy(&listed.stdout);
+        assert_eq!(
+            saved.lines().filter(|l| l.starts_with("-A")).count(),
+            r.virtual_servers.len(),
+            "{name}: {saved}"
+        );
+        let reals: usize = r
+            .virtual_servers
+            .values()
+            .map(|v| v.real_servers.len())
+            .sum();
+        assert_eq!(
+            saved.lines().filter(|l| l.starts_with("-a")).count(),
+            reals,
+            "{name}: {saved}"
+        );
+        let sets = rules::ipset_list(&ns.0).expect("ipset list");
+        assert_eq!(sets.len(), 17, "{name}: {sets:?}");
+        if name == "overall" {
+            let ipt = rules::iptables_save(&ns.0).expect("iptables-save");
+            assert!(
+                ipt.contains("-A KUBE-IPVS-OUT-FILTER -s 5.6.7.8/32 -m ipvs"),
+                "{ipt}"
+            );
+        }
+        println!(
+            "{name}: {} virtual servers, {reals} real servers",
+            r.virtual_servers.len()
+        );
+    }
 }
 
 const CLUSTER: &str = r#"
