@@ -90,4 +90,38 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    /// A netlink socket call failed (open, bind, send, receive).
+    #[error("cannot {operation} over netlink")]
+    NetlinkFailed {
+        /// What was being done.
+        operation: String,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The kernel answered a netlink request with an error.
+    #[error("the kernel refused to {operation} in namespace {namespace:?}")]
+    NetlinkRefused {
+        /// What was being done.
+        operation: String,
+        /// The namespace the socket lives in.
+        namespace: String,
+        /// The kernel's error.
+        #[source]
+        errno: nix::Error,
+    },
+    /// A netlink reply that cannot be read.
+    #[error("cannot {operation}: {reason}")]
+    NetlinkMalformed {
+        /// What was being done.
+        operation: String,
+        /// What is wrong with the reply.
+        reason: &'static str,
+    },
+    /// The kernel has no IPVS (the `ip_vs` module is missing or cannot be loaded).
+    #[error("the kernel has no IPVS for namespace {namespace:?} (is the ip_vs module available?)")]
+    IpvsUnavailable {
+        /// The namespace.
+        namespace: String,
+    },
 }

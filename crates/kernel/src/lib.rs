@@ -13,10 +13,13 @@
 //!
 //! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
 //! so that what kube-netd does can be replayed by hand; entering a namespace from a thread
-//! ([`netns::enter`]) uses `setns(2)` directly, and [`nftnl`] a netlink socket opened from
-//! such a thread.
+//! ([`netns::enter`]) uses `setns(2)` directly, [`nftnl`] a netlink socket opened from such a
+//! thread, and [`ipvs`] programs the kernel's IPVS virtual servers over generic netlink the
+//! same way (`ipvsadm` is not on every node, and one message per change is the unit the
+//! kernel applies anyway).
 
 pub mod error;
+pub mod ipvs;
 pub mod link;
 pub mod netns;
 pub mod nftnl;

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use netd_kernel::ipvs::{FLAG_PERSISTENT, Ipvs, IpvsDest, IpvsProtocol, IpvsService};
 use netd_kernel::{KernelError, link, netns, rules};
 
 mod common;
@@ -113,4 +114,99 @@ fn conntrack_entries_are_deleted_by_destination() {
         rules::conntrack_delete_udp_to(&a.0, ip("192.0.2.2")).expect("none left"),
         0
     );
+}
+
+/// Needs a kernel with IPVS (this machine's has none): run it in the VM runner,
+/// `kernel-vm.sh --modules "ip_vs ip_vs_rr" -- <this test binary> --ignored --exact
+/// ipvs_services_and_dests_round_trip_through_the_kernel`.
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn ipvs_services_and_dests_round_trip_through_the_kernel() {
+    let ns = Ns::new("ipvs");
+    let mut ipvs = Ipvs::open(&ns.0).expect("open IPVS in the namespace");
+    let svc = IpvsService {
+        addr: ip("10.96.0.10"),
+        port: 80,
+        protocol: IpvsProtocol::Tcp,
+        scheduler: "rr".to_owned(),
+        flags: FLAG_PERSISTENT,
+        timeout: 300,
+    };
+    let dest = |last: u8| IpvsDest {
+        addr: ip(&format!("10.244.1.{last}")),
+        port: 8080,
+        weight: 1,
+        upper_threshold: 0,
+        lower_threshold: 0,
+    };
+    ipvs.add_service(&svc).expect("add service");
+    ipvs.add_dest(&svc, &dest(2)).expect("add dest 2");
+    ipvs.add_dest(&svc, &dest(3)).expect("add dest 3");
+
+    let services = ipvs.services().expect("dump services");
+    assert_eq!(services.len(), 1, "{services:?}");
+    let got = &services[0];
+    assert_eq!(
+        (got.addr, got.port, got.protocol),
+        (svc.addr, 80, IpvsProtocol::Tcp)
+    );
+    assert_eq!((got.scheduler.as_str(), got.timeout), ("rr", 300));
+    assert_ne!(got.flags & FLAG_PERSISTENT, 0, "flags {:#x}", got.flags);
+    let dests: Vec<(IpAddr, u16, u32)> = ipvs
+        .dests(&svc)
+        .expect("dump dests")
+        .iter()
+        .map(|d| (d.dest.addr, d.dest.port, d.dest.weight))
+        .collect();
+    assert_eq!(
+        dests,
+        [(ip("10.244.1.2"), 8080, 1), (ip("10.244.1.3"), 8080, 1)]
+    );
+
+    // ipvsadm, where installed, sees the same table in the same namespace.
+    if let Ok(out) = netns::exec(&ns.0, &["ipvsadm", "-Ln"]) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        assert!(
+            text.contains("TCP  10.96.0.10:80 rr persistent 300"),
+            "{text}"
+        );
+        assert!(text.contains("-> 10.244.1.2:8080"), "{text}");
+        assert!(text.contains("-> 10.244.1.3:8080"), "{text}");
+    } else {
+        println!("ipvsadm not available: compared with our own dump only");
+    }
+
+    // Quiesce one real server, then remove it; then the service.
+    ipvs.update_dest(
+        &svc,
+        &IpvsDest {
+            weight: 0,
+            ..dest(3)
+        },
+    )
+    .expect("weight 0");
+    let weights: Vec<u32> = ipvs
+        .dests(&svc)
+        .expect("dump")
+        .iter()
+        .map(|d| d.dest.weight)
+        .collect();
+    assert_eq!(weights, [1, 0]);
+    ipvs.delete_dest(&svc, &dest(3)).expect("delete dest");
+    assert_eq!(ipvs.dests(&svc).expect("dump").len(), 1);
+    let err = ipvs
+        .add_service(&svc)
+        .expect_err("a duplicate service is refused");
+    assert!(matches!(err, KernelError::NetlinkRefused { .. }), "{err}");
+    ipvs.update_service(&IpvsService {
+        scheduler: "rr".to_owned(),
+        flags: 0,
+        timeout: 0,
+        ..svc.clone()
+    })
+    .expect("update service");
+    assert_eq!(ipvs.services().expect("dump")[0].flags & FLAG_PERSISTENT, 0);
+    ipvs.delete_service(&svc).expect("delete service");
+    assert!(ipvs.services().expect("dump").is_empty());
 }

@@ -59,7 +59,7 @@ impl Names {
         if readable.len() <= 120 {
             return readable;
         }
-        format!("{}-pod-{}", self.lab, short_hash(&pod.to_string(), 16))
+        format!("{}-pod-{}", self.lab, hash(&pod.to_string(), 16))
     }
 
     /// The namespace of the underlay switch.
@@ -87,19 +87,19 @@ pub(crate) fn check_node_name(node: &NodeName) -> Result<(), LabError> {
 
 /// The Node-side interface of a Pod's veth: `veth` + 8 characters of a hash of the Pod.
 pub fn pod_veth(pod: &PodRef) -> String {
-    format!("veth{}", short_hash(&pod.to_string(), 8))
+    format!("veth{}", hash(&pod.to_string(), 8))
 }
 
 /// The switch-side interface of a Node's underlay veth.
 pub fn switch_port(node: &NodeName) -> String {
-    format!("sw{}", short_hash(node.as_str(), 10))
+    format!("sw{}", hash(node.as_str(), 10))
 }
 
 /// The switch-side interface of the external namespace's underlay veth.
 pub const SWITCH_EXTERNAL_PORT: &str = "swexternal";
 
 /// `len` lower-case base32 characters of the SHA-256 of `s` (kube-proxy's chain-name scheme).
-pub fn short_hash(s: &str, len: usize) -> String {
+pub fn hash(s: &str, len: usize) -> String {
     let digest = Sha256::digest(s.as_bytes());
     let mut encoded = BASE32_NOPAD.encode(&digest).to_ascii_lowercase();
     encoded.truncate(len);

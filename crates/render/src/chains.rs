@@ -81,6 +81,7 @@ pub fn is_service_chain(chain: &str) -> bool {
     SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
 
+/// kube-proxy's content hash (`base32(sha256(s))[..16]`), for names derived from content.
 pub(crate) fn hash(s: &str) -> String {
     let digest = Sha256::digest(s.as_bytes());
     let mut encoded = BASE32.encode(&digest);

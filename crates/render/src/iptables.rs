@@ -348,6 +348,24 @@ pub enum Match {
     },
     /// `-p ipv6-icmp -m icmp6 --icmpv6-type TYPE` (ip6tables only).
     Icmpv6Type(u8),
+    /// `-p P` alone, without loading the protocol's match module (IPVS mode's nodePort rules
+    /// match ports through a set, not `--dport`).
+    ProtocolOnly(Protocol),
+    /// `-m physdev [!] --physdev-is-in`: the packet came in through a bridge port.
+    PhysDevIsIn {
+        /// `!`.
+        negated: bool,
+    },
+    /// `-m ipvs --vaddr IP --vproto P --vport PORT`: the packet belongs to that IPVS
+    /// virtual server.
+    IpvsVirtual {
+        /// The virtual server's address.
+        addr: IpAddr,
+        /// Its protocol.
+        protocol: Protocol,
+        /// Its port.
+        port: u16,
+    },
 }
 
 /// A packet-mark operation (`-j MARK`).
@@ -898,6 +916,30 @@ fn write_match(m: &Match, out: &mut dyn FnMut(Arg<'_>)) {
             out(Word("icmp6"));
             out(Word("--icmpv6-type"));
             out(Show(t));
+        }
+        Match::ProtocolOnly(p) => {
+            out(Word("-p"));
+            out(Word(p.as_lower_str()));
+        }
+        Match::PhysDevIsIn { negated } => {
+            out(Word("-m"));
+            out(Word("physdev"));
+            neg(*negated, out);
+            out(Word("--physdev-is-in"));
+        }
+        Match::IpvsVirtual {
+            addr,
+            protocol,
+            port,
+        } => {
+            out(Word("-m"));
+            out(Word("ipvs"));
+            out(Word("--vaddr"));
+            out(Show(addr));
+            out(Word("--vproto"));
+            out(Word(protocol.as_lower_str()));
+            out(Word("--vport"));
+            out(Show(port));
         }
     }
 }

@@ -16,6 +16,9 @@
 //!   incremental update between two tables ([`nft::diff()`]), and kube-proxy's nftables
 //!   layout for Services ([`nft::render_services_nft`]; `src/nft/README.md` describes it).
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
+//! - [`ipvs`]: the IPVS back end ([`render_ipvs`], [`IpvsRules`]): virtual and real servers
+//!   with their `ipvsadm-restore` text and a diff between two syncs, the `kube-ipvs0`
+//!   addresses, the ipsets and the few iptables rules IPVS mode keeps.
 //! - [`trace`](mod@trace): a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
 //!   choice with its probability, masquerade, reject and drop, the NetworkPolicy rule that
 //!   decided, and Service addresses left undnatted; set matches read the `ipset restore`
@@ -25,12 +28,14 @@
 
 pub mod chains;
 pub mod iptables;
+pub mod ipvs;
 pub mod nft;
 pub mod policy;
 pub mod services;
 pub mod trace;
 
 pub use iptables::{ChainName, HookRule, Match, Rule, Ruleset, Table, Target};
+pub use ipvs::{IpvsOptions, IpvsRules, render_ipvs};
 pub use policy::{PolicyRules, render_policy};
 pub use services::{RenderOptions, ServiceRules, SyncScope, render_services};
 pub use trace::{Host, Origin, Packet, Trace, TraceError, Verdict, trace};

@@ -51,6 +51,12 @@ pub enum TraceError {
         /// The set's name.
         name: String,
     },
+    /// A match the tracer does not model (IPVS mode's bridge-port and IPVS matches).
+    #[error("match `{args}` cannot be evaluated")]
+    UnsupportedMatch {
+        /// The match as iptables arguments.
+        args: String,
+    },
     /// A line of an `ipset restore` payload the tracer does not understand.
     #[error("ipset restore line {line}: cannot interpret {text:?}")]
     InvalidIpsetLine {
@@ -644,6 +650,11 @@ impl Tracer<'_> {
                 }
                 // A traced packet is TCP, UDP or SCTP, never ICMPv6.
                 Match::Icmpv6Type(_) => false,
+                Match::ProtocolOnly(p) => pkt.protocol == *p,
+                Match::PhysDevIsIn { .. } | Match::IpvsVirtual { .. } => {
+                    let args = Rule::new().with(m.clone()).to_string();
+                    return Err(TraceError::UnsupportedMatch { args });
+                }
             };
             if !ok {
                 return Ok(Eval::No);

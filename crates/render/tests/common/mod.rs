@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use netd_model::NodeName;
+use std::net::IpAddr;
+
 use netd_proxy::{IpFamily, ProxyOptions};
 
 /// The service scenarios: every `tests/golden/*/input.yaml`, by directory name.
@@ -58,4 +60,25 @@ pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
         opts.cluster_cidrs = cidrs;
     }
     (node, family, opts)
+}
+
+/// The addresses IPVS mode puts nodePort virtual servers on in a scenario: its `node-ip`
+/// lines of the family, or 172.18.0.2 (IPv4) / fd00:172:18::2 (IPv6) when it names none, so
+/// every nodePort scenario shows them.
+#[allow(dead_code)] // Only the IPVS tests use it.
+pub fn ipvs_node_addresses(opts: &ProxyOptions, family: IpFamily) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = opts
+        .node_ips
+        .iter()
+        .copied()
+        .filter(|ip| family.contains(*ip))
+        .collect();
+    if out.is_empty() {
+        let fallback = match family {
+            IpFamily::V4 => "172.18.0.2",
+            IpFamily::V6 => "fd00:172:18::2",
+        };
+        out.push(fallback.parse().expect("address"));
+    }
+    out
 }
