@@ -16,6 +16,7 @@
 //! - [`patch`]: merge patch, strategic merge patch, server-side apply's field sets.
 //! - [`table`]: the `Table` columns of each kind.
 //! - [`resource`]: the served resources and the discovery documents.
+//! - [`openapi`]: the OpenAPI v3 documents kubectl reads before a write.
 //! - [`error`]: [`ApiError`] and the `Status` objects it becomes; [`StorageError`].
 //!
 //! ```no_run
@@ -34,7 +35,9 @@
 //! ```
 
 pub mod error;
+pub mod openapi;
 pub mod patch;
+mod proto;
 pub mod resource;
 pub mod server;
 pub mod store;

@@ -1,4 +1,5 @@
-//! Patches: JSON merge patch (RFC 7386), strategic merge patch as kubectl sends it, and the
+//! Patches: JSON patch (RFC 6902), JSON merge patch (RFC 7386), strategic merge patch as
+//! kubectl sends it, and the
 //! merge behind server-side apply with the field sets it records in `managedFields`.
 //!
 //! Strategic merge differs from a merge patch in lists: a list whose field has
@@ -77,6 +78,100 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
         } else {
             merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
         }
+    }
+}
+
+/// Applies a JSON patch (RFC 6902: `add`, `remove`, `replace`, `move`, `copy`, `test`) to
+/// `target`; all or nothing.
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    let Value::Array(operations) = patch else {
+        return Err(ApiError::BadRequest(
+            "a JSON patch must be a list of operations".into(),
+        ));
+    };
+    let mut result = target.clone();
+    for (i, op) in operations.iter().enumerate() {
+        let bad = |what: &str| ApiError::BadRequest(format!("JSON patch operation {i}: {what}"));
+        let path = op["path"].as_str().ok_or_else(|| bad("no path"))?;
+        let from = || op["from"].as_str().ok_or_else(|| bad("no from"));
+        let value = || op.get("value").cloned().ok_or_else(|| bad("no value"));
+        match op["op"].as_str().unwrap_or("") {
+            "add" => pointer_add(&mut result, path, value()?).map_err(bad)?,
+            "remove" => {
+                pointer_remove(&mut result, path).map_err(bad)?;
+            }
+            "replace" => {
+                pointer_remove(&mut result, path).map_err(bad)?;
+                pointer_add(&mut result, path, value()?).map_err(bad)?;
+            }
+            "move" => {
+                let moved = pointer_remove(&mut result, from()?).map_err(bad)?;
+                pointer_add(&mut result, path, moved).map_err(bad)?;
+            }
+            "copy" => {
+                let copied = result
+                    .pointer(from()?)
+                    .cloned()
+                    .ok_or_else(|| bad("from does not exist"))?;
+                pointer_add(&mut result, path, copied).map_err(bad)?;
+            }
+            "test" => {
+                if result.pointer(path) != Some(&value()?) {
+                    return Err(bad("test failed"));
+                }
+            }
+            other => return Err(bad(&format!("unknown op {other:?}"))),
+        }
+    }
+    *target = result;
+    Ok(())
+}
+
+/// Splits a JSON pointer into its parent pointer and its last token, unescaped.
+fn split_pointer(path: &str) -> Result<(&str, String), &'static str> {
+    let (parent, last) = path.rsplit_once('/').ok_or("path is not a JSON pointer")?;
+    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn pointer_add(target: &mut Value, path: &str, value: Value) -> Result<(), &'static str> {
+    if path.is_empty() {
+        *target = value;
+        return Ok(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(list)) => {
+            let index = if last == "-" {
+                list.len()
+            } else {
+                last.parse().map_err(|_| "not a list index")?
+            };
+            if index > list.len() {
+                return Err("list index out of range");
+            }
+            list.insert(index, value);
+            Ok(())
+        }
+        _ => Err("parent does not exist"),
+    }
+}
+
+fn pointer_remove(target: &mut Value, path: &str) -> Result<Value, &'static str> {
+    let (parent, last) = split_pointer(path)?;
+    match target.pointer_mut(parent) {
+        Some(Value::Object(map)) => map.remove(&last).ok_or("path does not exist"),
+        Some(Value::Array(list)) => {
+            let index: usize = last.parse().map_err(|_| "not a list index")?;
+            if index >= list.len() {
+                return Err("list index out of range");
+            }
+            Ok(list.remove(index))
+        }
+        _ => Err("path does not exist"),
     }
 }
 
@@ -412,6 +507,30 @@ mod tests {
             o,
             json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [3]}})
         );
+    }
+
+    #[test]
+    fn json_patch_applies_all_operations_or_none() {
+        let mut o = json!({"metadata": {"labels": {"a/b": "1"}}, "spec": {"l": [1, 3]}});
+        let patch = json!([
+            {"op": "add", "path": "/spec/l/1", "value": 2},
+            {"op": "add", "path": "/spec/l/-", "value": 4},
+            {"op": "replace", "path": "/metadata/labels/a~1b", "value": "2"},
+            {"op": "copy", "from": "/spec/l", "path": "/spec/m"},
+            {"op": "move", "from": "/spec/m", "path": "/spec/n"},
+            {"op": "test", "path": "/spec/n/0", "value": 1},
+        ]);
+        json_patch(&mut o, &patch).expect("patch");
+        assert_eq!(
+            o,
+            json!({"metadata": {"labels": {"a/b": "2"}}, "spec": {"l": [1, 2, 3, 4], "n": [1, 2, 3, 4]}})
+        );
+        let failing = json!([
+            {"op": "remove", "path": "/spec/l"},
+            {"op": "test", "path": "/spec/n/0", "value": 9},
+        ]);
+        assert!(json_patch(&mut o, &failing).is_err());
+        assert_eq!(o["spec"]["l"], json!([1, 2, 3, 4]));
     }
 
     #[test]

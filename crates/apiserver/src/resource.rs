@@ -184,6 +184,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "kind": r.kind.as_str(),
             "verbs": VERBS,
             "shortNames": r.short_names,
+            "categories": if matches!(r.kind, Kind::Pod | Kind::Service | Kind::Deployment) {
+                vec!["all"]
+            } else {
+                Vec::new()
+            },
         }));
         if r.kind == Kind::Deployment {
             resources.push(json!({

@@ -25,10 +25,13 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{ApiError, ServeError};
-use crate::patch::{apply_merge, field_set, merge_patch, remove_dropped, strategic_merge};
+use crate::patch::{
+    apply_merge, field_set, json_patch, merge_patch, remove_dropped, strategic_merge,
+};
 use crate::resource::{self, GROUPS, Resource};
 use crate::store::{self, EventType, Registry};
 use crate::table::table;
+use crate::{openapi, proto};
 
 /// The Kubernetes version the server reports (`/version`): the kubectl it is tested with.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "32");
@@ -186,11 +189,24 @@ impl Api {
                 .to_owned()
         };
         let accept = header(ACCEPT);
-        let content_type = header(CONTENT_TYPE);
-        let body = match request.into_body().collect().await {
+        let mut content_type = header(CONTENT_TYPE);
+        let mut body = match request.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return error(&ApiError::BadRequest(format!("cannot read the body: {e}"))),
         };
+        if content_type.contains("protobuf") || content_type.contains("cbor") {
+            match proto::decode(&body) {
+                Some(object) => {
+                    body = Bytes::from(object.to_string());
+                    content_type = "application/json".to_owned();
+                }
+                None => {
+                    return error(&ApiError::UnsupportedMediaType(
+                        "application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
+            }
+        }
         tracing::debug!(%method, %path, "request");
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         if let Some(doc) = self.discovery(&segments) {
@@ -234,6 +250,8 @@ impl Api {
             ["apis", group] if GROUPS.contains(group) => resource::group(group),
             ["api", version] => resource::resource_list("", version)?,
             ["apis", group, version] => resource::resource_list(group, version)?,
+            ["openapi", "v3"] => openapi::root(),
+            ["openapi", "v3", rest @ ..] => openapi::group_version(&rest.join("/"))?,
             _ => return None,
         })
     }
@@ -373,15 +391,18 @@ impl Api {
         let kind = target.resource.kind.as_str();
         let media = call.content_type.split(';').next().unwrap_or("").trim();
         match media {
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/json-patch+json" => {
                 let patch = parse_json(&call.body)?;
-                let strategic = media == "application/strategic-merge-patch+json";
                 self.registry.modify(id, fields, false, |current| {
                     let mut object = current.cloned().unwrap_or_default();
-                    if strategic {
-                        strategic_merge(&mut object, &patch, kind)?;
-                    } else {
-                        merge_patch(&mut object, &patch);
+                    match media {
+                        "application/strategic-merge-patch+json" => {
+                            strategic_merge(&mut object, &patch, kind)?;
+                        }
+                        "application/json-patch+json" => json_patch(&mut object, &patch)?,
+                        _ => merge_patch(&mut object, &patch),
                     }
                     Ok(object)
                 })
@@ -410,7 +431,7 @@ impl Api {
                 })
             }
             _ => Err(ApiError::UnsupportedMediaType(
-                "application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
             )),
         }
     }

@@ -425,8 +425,13 @@ impl Registry {
             )));
         };
         let id = loaded.object.id();
-        let decoded = serde_json::to_value(&loaded.object)
+        let mut decoded = serde_json::to_value(&loaded.object)
             .map_err(|e| ApiError::BadRequest(format!("cannot encode the object: {e}")))?;
+        if id.kind == Kind::Namespace {
+            // Every Namespace carries its name as a label, set by the server, so policies
+            // can select namespaces by name.
+            decoded["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(id.name);
+        }
         Ok((id, decoded, warnings))
     }
 

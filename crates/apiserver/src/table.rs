@@ -517,13 +517,13 @@ fn human_duration(s: u64) -> String {
     let (m, h, d) = (s / 60, s / 3600, s / 86400);
     match s {
         0..120 => format!("{s}s"),
-        120..600 if s % 60 != 0 => format!("{m}m{}s", s % 60),
+        120..600 if !s.is_multiple_of(60) => format!("{m}m{}s", s % 60),
         120..10800 => format!("{m}m"),
-        10800..28800 if m % 60 != 0 => format!("{h}h{}m", m % 60),
+        10800..28800 if !m.is_multiple_of(60) => format!("{h}h{}m", m % 60),
         10800..172800 => format!("{h}h"),
-        172800..691200 if h % 24 != 0 => format!("{d}d{}h", h % 24),
+        172800..691200 if !h.is_multiple_of(24) => format!("{d}d{}h", h % 24),
         _ if d < 730 => format!("{d}d"),
-        _ if d < 2920 && d % 365 != 0 => format!("{}y{}d", d / 365, d % 365),
+        _ if d < 2920 && !d.is_multiple_of(365) => format!("{}y{}d", d / 365, d % 365),
         _ => format!("{}y", d / 365),
     }
 }
