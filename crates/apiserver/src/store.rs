@@ -9,7 +9,7 @@
 //! fails leaves the registry as it was.
 //!
 //! [`Storage`] is the seam to whoever owns the objects on disk. [`FileStorage`] keeps them in
-//! one JSON file; the lab implements the trait over its state directory, where its
+//! a snapshot and an append-only log; the lab implements the trait over its state directory, where its
 //! [`Storage::commit`] is also the hook that re-resolves the cluster (and may refuse the write).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -112,49 +112,205 @@ pub trait Storage: Send + Sync {
     fn commit(&self, commit: Commit<'_>) -> Result<(), StorageError>;
 }
 
-/// A [`Storage`] in one JSON file (`objects.json` in a directory), replaced on every write by
-/// writing a temporary file, syncing it, renaming it over the old one and syncing the
-/// directory, so a crash leaves either the old or the new file, never a mix.
-#[derive(Clone, Debug)]
+/// A [`Storage`] in a directory: `snapshot.json` (a [`Stored`]) and `log.jsonl`, one line per
+/// write since the snapshot.
+///
+/// A commit appends its event to the log and syncs it (`fdatasync`) before returning, so a
+/// write costs one small append whatever the number of objects. Every
+/// [`FileStorage::COMPACT_AFTER`] writes (or as [`FileStorage::compact_after`] says) the whole state is written as a new snapshot
+/// (temporary file, sync, rename, directory sync) and the log is emptied. Loading reads the
+/// snapshot and replays the log entries newer than it; a torn last line (a crash in the middle
+/// of an append, before the write was acknowledged) is ignored.
+#[derive(Debug)]
 pub struct FileStorage {
     dir: PathBuf,
+    log: Mutex<Option<fs::File>>,
+    entries: std::sync::atomic::AtomicUsize,
+    compact_after: usize,
+}
+
+/// One line of the log.
+#[derive(Serialize, Deserialize)]
+struct LogEntry {
+    #[serde(rename = "resourceVersion")]
+    resource_version: u64,
+    #[serde(rename = "type")]
+    kind: EventType,
+    object: Value,
 }
 
 impl FileStorage {
-    /// The store in `dir` (created if missing; empty if it has no `objects.json` yet).
+    /// How many writes the log holds before the state is compacted into a new snapshot.
+    pub const COMPACT_AFTER: usize = 1000;
+
+    /// The store in `dir` (created if missing; empty if nothing was written yet).
     pub fn new(dir: impl Into<PathBuf>) -> Result<FileStorage, StorageError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|source| StorageError::WriteFailed {
             path: dir.clone(),
             source,
         })?;
-        Ok(FileStorage { dir })
+        Ok(FileStorage {
+            dir,
+            log: Mutex::new(None),
+            entries: std::sync::atomic::AtomicUsize::new(0),
+            compact_after: Self::COMPACT_AFTER,
+        })
     }
 
-    /// The file the objects are in.
-    pub fn path(&self) -> PathBuf {
-        self.dir.join("objects.json")
+    /// Compacts the log into a new snapshot every `writes` writes instead (at least 1).
+    pub fn compact_after(mut self, writes: usize) -> FileStorage {
+        self.compact_after = writes.max(1);
+        self
+    }
+
+    /// The snapshot file.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.join("snapshot.json")
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log.jsonl")
+    }
+
+    fn append(&self, line: &[u8]) -> Result<(), StorageError> {
+        let path = self.log_path();
+        let failed = |source| StorageError::WriteFailed {
+            path: path.clone(),
+            source,
+        };
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.is_none() {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(failed)?;
+            *log = Some(file);
+        }
+        let Some(file) = log.as_mut() else {
+            return Ok(());
+        };
+        let before = file.metadata().map_err(failed)?.len();
+        let written = file.write_all(line).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Take back whatever part of the line was written, so the log holds only whole
+            // lines; if even that fails, loading ignores the torn tail.
+            let _ = file.set_len(before);
+            *log = None;
+            return Err(failed(e));
+        }
+        Ok(())
+    }
+
+    fn compact(&self, stored: &Stored) -> Result<(), StorageError> {
+        let text = serde_json::to_vec(stored).map_err(|source| StorageError::Corrupt {
+            path: self.snapshot_path(),
+            source,
+        })?;
+        write_durably(&self.snapshot_path(), &text)?;
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        *log = None;
+        write_durably(&self.log_path(), b"")
     }
 }
 
 impl Storage for FileStorage {
     fn load(&self) -> Result<Stored, StorageError> {
-        let path = self.path();
-        let text = match fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::default()),
-            Err(source) => return Err(StorageError::ReadFailed { path, source }),
+        let read = |path: PathBuf| match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StorageError::ReadFailed { path, source }),
         };
-        serde_json::from_slice(&text).map_err(|source| StorageError::Corrupt { path, source })
+        let mut stored = match read(self.snapshot_path())? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StorageError::Corrupt {
+                    path: self.snapshot_path(),
+                    source,
+                })?
+            }
+            None => Stored::default(),
+        };
+        let Some(log) = read(self.log_path())? else {
+            return Ok(stored);
+        };
+        let mut objects: BTreeMap<ObjectId, Value> = stored
+            .objects
+            .drain(..)
+            .filter_map(|o| object_id(&o).map(|id| (id, o)))
+            .collect();
+        let mut replayed = 0;
+        let mut offset = 0;
+        while offset < log.len() {
+            let end = log[offset..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(log.len(), |i| offset + i);
+            let line = &log[offset..end];
+            let torn = end == log.len();
+            if line.is_empty() {
+                offset = end + 1;
+                continue;
+            }
+            if torn {
+                // A last line without its newline was being appended when the process died,
+                // so its write was never acknowledged. Cut it off so the next append starts
+                // on a line of its own.
+                truncate(&self.log_path(), offset)?;
+                break;
+            }
+            let entry: LogEntry =
+                serde_json::from_slice(line).map_err(|source| StorageError::Corrupt {
+                    path: self.log_path(),
+                    source,
+                })?;
+            offset = end + 1;
+            replayed += 1;
+            if entry.resource_version <= stored.resource_version {
+                continue;
+            }
+            stored.resource_version = entry.resource_version;
+            let Some(id) = object_id(&entry.object) else {
+                continue;
+            };
+            match entry.kind {
+                EventType::Deleted => objects.remove(&id),
+                EventType::Added | EventType::Modified => objects.insert(id, entry.object),
+            };
+        }
+        self.entries
+            .store(replayed, std::sync::atomic::Ordering::Relaxed);
+        stored.objects = objects.into_values().collect();
+        Ok(stored)
     }
 
     fn commit(&self, commit: Commit<'_>) -> Result<(), StorageError> {
-        let text =
-            serde_json::to_vec(&commit.stored()).map_err(|source| StorageError::Corrupt {
-                path: self.path(),
-                source,
-            })?;
-        write_durably(&self.path(), &text)
+        let entry = LogEntry {
+            resource_version: commit.event.resource_version,
+            kind: commit.event.kind,
+            object: commit.event.object.clone(),
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|source| StorageError::Corrupt {
+            path: self.log_path(),
+            source,
+        })?;
+        line.push(b'\n');
+        self.append(&line)?;
+        let entries = self
+            .entries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if entries >= self.compact_after {
+            // The write is durable in the log already; a failed compaction only leaves a
+            // longer log, so it does not fail the write.
+            if let Err(error) = self.compact(&commit.stored()) {
+                tracing::warn!(%error, "compacting the object store failed");
+            } else {
+                self.entries.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -504,6 +660,20 @@ impl Registry {
     }
 }
 
+/// Cuts `path` to its first `len` bytes, durably.
+fn truncate(path: &Path, len: usize) -> Result<(), StorageError> {
+    let failed = |source| StorageError::WriteFailed {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(failed)?;
+    file.set_len(len as u64).map_err(failed)?;
+    file.sync_all().map_err(failed)
+}
+
 /// The identity of a stored object, if it is of a served kind with a name.
 pub fn object_id(object: &Value) -> Option<ObjectId> {
     let (kind, name) = type_of(object).ok()?;
@@ -668,6 +838,35 @@ mod tests {
         // History starts afresh after a restart: older versions are gone.
         assert!(matches!(r.events_since(2), Err(ApiError::Expired { .. })));
         assert_eq!(r.events_since(3).expect("events").len(), 1);
+    }
+
+    #[test]
+    fn the_log_is_compacted_and_a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FileStorage::new(dir.path())
+            .expect("store")
+            .compact_after(3);
+        let log = storage.log_path();
+        let r = Registry::new(Box::new(storage), ClusterConfig::default(), 10).expect("r");
+        for name in ["a", "b", "c", "d"] {
+            r.create(namespace(name), FieldValidation::Strict)
+                .expect(name);
+        }
+        drop(r);
+        // Three writes went into the snapshot, the fourth is in the log; then a crash in the
+        // middle of a fifth append.
+        let mut text = fs::read_to_string(&log).expect("log");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        text.push_str(r#"{"resourceVersion":5,"type":"ADDED","obj"#);
+        fs::write(&log, text).expect("torn");
+        let r = registry(dir.path(), 10);
+        assert_eq!(r.resource_version(), 4);
+        assert_eq!(r.list(Kind::Namespace, None).0.len(), 4);
+        r.create(namespace("e"), FieldValidation::Strict)
+            .expect("e");
+        drop(r);
+        let r = registry(dir.path(), 10);
+        assert_eq!(r.list(Kind::Namespace, None).0.len(), 5);
     }
 
     #[test]
