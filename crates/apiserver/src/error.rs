@@ -155,7 +155,12 @@ pub enum ApiError {
     )]
     Conflict(Subject),
     /// 409: server-side apply would change fields another manager owns.
-    #[error("Apply failed with {} conflicts: {}", .conflicts.len(), .conflicts.join(", "))]
+    #[error(
+        "Apply failed with {} conflict{}: {}",
+        .conflicts.len(),
+        if .conflicts.len() == 1 { "" } else { "s" },
+        .conflicts.join("\n")
+    )]
     ApplyConflict {
         /// The object.
         subject: Subject,

@@ -44,5 +44,5 @@ pub mod store;
 pub mod table;
 
 pub use error::{ApiError, ServeError, StorageError};
-pub use server::{ApiServer, write_kubeconfig};
+pub use server::{ApiServer, ServeOptions, write_kubeconfig};
 pub use store::{Commit, Event, EventType, FileStorage, Registry, Storage, Stored};

@@ -491,6 +491,94 @@ fn remove_dropped_in(live: &mut Value, old: &Value, new: &Value) {
     }
 }
 
+/// The leaf fields of a field set, each as its path of set keys (`["f:spec", "f:replicas"]`).
+pub fn leaves(set: &Value) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    collect_leaves(set, &mut path, &mut out);
+    out
+}
+
+fn collect_leaves(set: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    let Value::Object(map) = set else {
+        return;
+    };
+    let children: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| *k != ".").collect();
+    if children.is_empty() {
+        if !path.is_empty() {
+            out.push(path.clone());
+        }
+        return;
+    }
+    for (key, sub) in children {
+        path.push(key.clone());
+        collect_leaves(sub, path, out);
+        path.pop();
+    }
+}
+
+/// What `object` holds at a field-set path: the field's value, the list element a `k:` key
+/// names, or for a `v:` key whether the scalar is in the list.
+pub fn value_at<'a>(object: &'a Value, path: &[String]) -> Option<Value> {
+    let mut at: &'a Value = object;
+    for key in path {
+        if let Some(field) = key.strip_prefix("f:") {
+            at = at.get(field)?;
+        } else if let Some(k) = key.strip_prefix("k:") {
+            let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(k) else {
+                return None;
+            };
+            at = at
+                .as_array()?
+                .iter()
+                .find(|e| wanted.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))?;
+        } else if let Some(v) = key.strip_prefix("v:") {
+            let v: Value = serde_json::from_str(v).ok()?;
+            return Some(Value::Bool(at.as_array()?.contains(&v)));
+        }
+    }
+    Some(at.clone())
+}
+
+/// A field-set path as the API server writes it in conflicts (`.spec.containers[name="web"].image`).
+pub fn path_text(path: &[String]) -> String {
+    let mut out = String::new();
+    for key in path {
+        if let Some(field) = key.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(field);
+        } else if let Some(k) = key.strip_prefix("k:") {
+            let pairs: Vec<String> = serde_json::from_str::<Map<String, Value>>(k)
+                .map(|m| m.iter().map(|(a, b)| format!("{a}={b}")).collect())
+                .unwrap_or_default();
+            out.push_str(&format!("[{}]", pairs.join(",")));
+        } else if let Some(v) = key.strip_prefix("v:") {
+            out.push_str(&format!("[={v}]"));
+        }
+    }
+    out
+}
+
+/// Removes one leaf (and the parents it leaves empty) from a field set.
+pub fn remove_leaf(set: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Value::Object(map) = set else {
+        return;
+    };
+    if rest.is_empty() {
+        map.remove(first);
+        return;
+    }
+    if let Some(sub) = map.get_mut(first) {
+        remove_leaf(sub, rest);
+        if sub.as_object().is_some_and(|m| m.keys().all(|k| k == ".")) {
+            map.remove(first);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{ApiError, ServeError};
 use crate::patch::{
-    apply_merge, field_set, json_patch, merge_patch, remove_dropped, strategic_merge,
+    self, apply_merge, field_set, json_patch, merge_patch, remove_dropped, strategic_merge,
 };
 use crate::resource::{self, GROUPS, Resource};
 use crate::store::{self, EventType, Registry};
@@ -36,11 +36,25 @@ use crate::{openapi, proto};
 /// The Kubernetes version the server reports (`/version`): the kubectl it is tested with.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "32");
 
-/// How long a watch lasts when the client does not say (`timeoutSeconds`).
-const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How the server runs its watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// How long a watch lasts when the client does not say (`timeoutSeconds`).
+    pub watch_timeout: Duration,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
 
-/// How often a watch that allows bookmarks gets one.
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+impl Default for ServeOptions {
+    /// Half an hour per watch, as the API server's default `--min-request-timeout` gives
+    /// on average; a bookmark every five seconds.
+    fn default() -> Self {
+        ServeOptions {
+            watch_timeout: Duration::from_secs(1800),
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
 
 /// A running API server. Dropping it stops it; [`ApiServer::shutdown`] stops it and waits
 /// until its listener and connections are closed.
@@ -51,15 +65,28 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Serves `registry` on `addr` (port 0 for a free one). Must be called from within a
-    /// Tokio runtime.
+    /// Serves `registry` on `addr` (port 0 for a free one) with the default options. Must be
+    /// called from within a Tokio runtime.
     pub fn start(registry: Arc<Registry>, addr: SocketAddr) -> Result<ApiServer, ServeError> {
+        ApiServer::start_with(registry, addr, ServeOptions::default())
+    }
+
+    /// [`ApiServer::start`] with `options`.
+    pub fn start_with(
+        registry: Arc<Registry>,
+        addr: SocketAddr,
+        options: ServeOptions,
+    ) -> Result<ApiServer, ServeError> {
         let bind_failed = |source| ServeError::BindFailed { addr, source };
         let listener = std::net::TcpListener::bind(addr).map_err(bind_failed)?;
         listener.set_nonblocking(true).map_err(bind_failed)?;
         let addr = listener.local_addr().map_err(bind_failed)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_failed)?;
-        let api = Arc::new(Api { registry, addr });
+        let api = Arc::new(Api {
+            registry,
+            addr,
+            options,
+        });
         let task = tokio::spawn(accept_loop(listener, api));
         Ok(ApiServer { addr, task })
     }
@@ -113,6 +140,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Api {
     registry: Arc<Registry>,
     addr: SocketAddr,
+    options: ServeOptions,
 }
 
 /// Pause after a failed `accept` (out of file descriptors) so the loop does not spin.
@@ -426,8 +454,12 @@ impl Api {
                         "the name of the applied object does not match the name on the URL".into(),
                     ));
                 }
+                let apply = ApplyRequest {
+                    manager,
+                    force: call.params.get("force").is_some_and(|f| f == "true"),
+                };
                 self.registry.modify(id, fields, true, |current| {
-                    server_side_apply(current, applied, &manager, id, kind)
+                    server_side_apply(current, applied, &apply, id, kind)
                 })
             }
             _ => Err(ApiError::UnsupportedMediaType(
@@ -499,7 +531,7 @@ impl Api {
                 s.parse()
                     .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {s:?}")))?,
             ),
-            None => DEFAULT_WATCH_TIMEOUT,
+            None => self.options.watch_timeout,
         };
         let watch = Watch {
             registry: self.registry.clone(),
@@ -508,6 +540,7 @@ impl Api {
             filter,
             from,
             timeout,
+            bookmark_interval: self.options.bookmark_interval,
             bookmarks: call
                 .params
                 .get("allowWatchBookmarks")
@@ -545,6 +578,7 @@ struct Watch {
     filter: Filter,
     from: Option<u64>,
     timeout: Duration,
+    bookmark_interval: Duration,
     bookmarks: bool,
     initial_events_end: bool,
     table: bool,
@@ -573,7 +607,7 @@ impl Watch {
                 rv
             }
         };
-        let mut ticks = tokio::time::interval(BOOKMARK_INTERVAL);
+        let mut ticks = tokio::time::interval(self.bookmark_interval);
         ticks.tick().await;
         loop {
             let events = match self.registry.events_since(last) {
@@ -840,11 +874,18 @@ fn scale_of(deployment: &Value) -> Value {
 fn server_side_apply(
     current: Option<&Value>,
     applied: Value,
-    manager: &str,
+    apply: &ApplyRequest,
     id: &ObjectId,
     kind: &str,
 ) -> Result<Value, ApiError> {
+    let manager = apply.manager.as_str();
     let new_set = field_set(&applied, kind);
+    let mut others: Vec<Value> = current
+        .map(managed_entries)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !(e["manager"] == manager && e["operation"] == "Apply"))
+        .collect();
     let mut object = match current {
         None => applied.clone(),
         Some(current) => {
@@ -856,19 +897,14 @@ fn server_side_apply(
             if let Some(previous) = previous {
                 remove_dropped(&mut object, &previous["fieldsV1"], &new_set);
             }
+            take_ownership(current, &object, &new_set, &mut others, apply, id)?;
             object
         }
     };
     if id.kind.is_namespaced() {
         object["metadata"]["namespace"] = json!(id.namespace);
     }
-    let mut entries: Vec<Value> = current
-        .map(managed_entries)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| !(e["manager"] == manager && e["operation"] == "Apply"))
-        .collect();
-    entries.push(json!({
+    others.push(json!({
         "manager": manager,
         "operation": "Apply",
         "apiVersion": Resource::of(id.kind).api_version(),
@@ -876,8 +912,53 @@ fn server_side_apply(
         "fieldsType": "FieldsV1",
         "fieldsV1": new_set,
     }));
-    object["metadata"]["managedFields"] = Value::Array(entries);
+    object["metadata"]["managedFields"] = Value::Array(others);
     Ok(object)
+}
+
+/// The fields this apply sets that other appliers own: a change to one of them is a conflict
+/// unless the apply forces it, and then the field moves to this manager.
+fn take_ownership(
+    before: &Value,
+    after: &Value,
+    new_set: &Value,
+    others: &mut [Value],
+    apply: &ApplyRequest,
+    id: &ObjectId,
+) -> Result<(), ApiError> {
+    let mine = patch::leaves(new_set);
+    let mut conflicts = Vec::new();
+    for other in others.iter_mut().filter(|e| e["operation"] == "Apply") {
+        let owner = other["manager"].as_str().unwrap_or("").to_owned();
+        let theirs = patch::leaves(&other["fieldsV1"]);
+        for leaf in mine.iter().filter(|l| theirs.contains(l)) {
+            if patch::value_at(before, leaf) == patch::value_at(after, leaf) {
+                continue;
+            }
+            if apply.force {
+                patch::remove_leaf(&mut other["fieldsV1"], leaf);
+            } else {
+                let version = other["apiVersion"].as_str().unwrap_or("");
+                conflicts.push(format!(
+                    "conflict with {owner:?} using {version}: {}",
+                    patch::path_text(leaf)
+                ));
+            }
+        }
+    }
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::ApplyConflict {
+        subject: store::subject(id),
+        conflicts,
+    })
+}
+
+/// Who applies, and whether they take fields from other managers.
+struct ApplyRequest {
+    manager: String,
+    force: bool,
 }
 
 fn managed_entries(object: &Value) -> Vec<Value> {

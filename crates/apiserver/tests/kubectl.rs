@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use netd_apiserver::{ApiServer, FileStorage, Registry, write_kubeconfig};
+use netd_apiserver::{ApiServer, FileStorage, Registry, ServeOptions, write_kubeconfig};
 use netd_model::{ClusterConfig, FieldValidation, Kind, ObjectId};
 use serde_json::Value;
 
@@ -18,6 +18,9 @@ const KUBECTL: &str = "/usr/bin/kubectl";
 /// How long a test waits for a line of `kubectl get -w` before failing (a bound on failure,
 /// not a measurement).
 const WATCH_WAIT: Duration = Duration::from_secs(20);
+
+/// How often the test servers send bookmarks.
+const BOOKMARK_INTERVAL: Duration = Duration::from_millis(300);
 
 const SEED: &str = r#"
 apiVersion: v1
@@ -74,12 +77,17 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster> {
+        Cluster::with_history(1000)
+    }
+
+    /// A server whose registry keeps `history` events for watches.
+    fn with_history(history: usize) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let storage = FileStorage::new(dir.path().join("store"))?;
         let registry = Arc::new(Registry::new(
             Box::new(storage),
             ClusterConfig::default(),
-            1000,
+            history,
         )?);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -87,7 +95,11 @@ impl Cluster {
             .build()?;
         let server = {
             let _guard = runtime.enter();
-            ApiServer::start(registry.clone(), "127.0.0.1:0".parse()?)?
+            let options = ServeOptions {
+                bookmark_interval: BOOKMARK_INTERVAL,
+                ..ServeOptions::default()
+            };
+            ApiServer::start_with(registry.clone(), "127.0.0.1:0".parse()?, options)?
         };
         write_kubeconfig(&dir.path().join("kubeconfig"), "test", &server.url())?;
         Ok(Cluster {
@@ -430,6 +442,35 @@ fn server_side_apply_creates_merges_and_drops_what_it_no_longer_applies() -> Res
         "--show-managed-fields",
     ])?;
     assert!(yaml.contains("f:replicas"), "{yaml}");
+
+    // Another applier changing a field kubectl applied conflicts, unless it forces.
+    let other = c.file("other.yaml", &changed.replace("replicas: 3", "replicas: 4"))?;
+    let other = other.to_str().context("path")?;
+    let args = ["apply", "--server-side", "--field-manager=ci", "-f", other];
+    let out = c.run(&args)?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(r#"conflict with "kubectl""#) && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    assert_eq!(
+        c.object(Kind::Deployment, "default", "web")
+            .context("kept")?["spec"]["replicas"],
+        3
+    );
+    c.ok(&[&args[..], &["--force-conflicts"]].concat())?;
+    let d = c
+        .object(Kind::Deployment, "default", "web")
+        .context("forced")?;
+    assert_eq!(d["spec"]["replicas"], 4);
+    // The field moved to the new owner: kubectl may now leave it out without removing it.
+    c.file("deploy.yaml", &changed.replace("  replicas: 3\n", ""))?;
+    c.ok(&["apply", "--server-side", "-f", path])?;
+    let d = c
+        .object(Kind::Deployment, "default", "web")
+        .context("applied")?;
+    assert_eq!(d["spec"]["replicas"], 4);
     Ok(())
 }
 
@@ -642,5 +683,66 @@ fn concurrent_labels_all_succeed_or_conflict_and_none_is_lost() -> Result<()> {
             "{pod}"
         );
     }
+    Ok(())
+}
+
+/// Watch lines from `kubectl get --raw` of a watch path.
+fn watch_events(c: &Cluster, path: &str) -> Result<Vec<Value>> {
+    c.ok(&["get", "--raw", path])?
+        .lines()
+        .map(|l| serde_json::from_str(l).context("a watch line"))
+        .collect()
+}
+
+#[test]
+fn watches_resume_send_bookmarks_follow_selectors_and_expire() -> Result<()> {
+    let c = Cluster::with_history(3)?;
+    c.with_stdin(&["create", "-f", "-"], SERVICE)?;
+    let rv =
+        c.object(Kind::Service, "default", "db").context("svc")?["metadata"]["resourceVersion"]
+            .as_str()
+            .context("rv")?
+            .to_owned();
+    c.ok(&["label", "svc", "db", "app=db"])?;
+    c.ok(&["label", "svc", "db", "app-"])?;
+
+    // Resuming from the create: the label added, then removed; seen through a label
+    // selector, the Service enters and leaves the selection.
+    let from = format!(
+        "/api/v1/namespaces/default/services?watch=1&timeoutSeconds=1&resourceVersion={rv}"
+    );
+    let types: Vec<Value> = watch_events(&c, &from)?
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, ["MODIFIED", "MODIFIED"]);
+    let selected = format!("{from}&labelSelector=app%3Ddb");
+    let events = watch_events(&c, &selected)?;
+    let types: Vec<&Value> = events.iter().map(|e| &e["type"]).collect();
+    assert_eq!(types, ["ADDED", "DELETED"], "{events:?}");
+
+    // Bookmarks carry the current resourceVersion.
+    let bookmarks = format!(
+        "/api/v1/services?watch=1&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={rv}"
+    );
+    let events = watch_events(&c, &bookmarks)?;
+    let bookmark = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .context("a bookmark")?;
+    assert_eq!(bookmark["object"]["kind"], "Service");
+    assert_eq!(
+        bookmark["object"]["metadata"]["resourceVersion"],
+        c.registry.resource_version().to_string()
+    );
+
+    // Two more writes push the create out of the three-event history: 410 Gone, Expired.
+    c.ok(&["label", "svc", "db", "x=1"])?;
+    c.ok(&["label", "svc", "db", "y=1"])?;
+    let events = watch_events(&c, &from)?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
     Ok(())
 }
