@@ -433,7 +433,20 @@ impl Registry {
     }
 
     /// Creates an object; 409 AlreadyExists if it exists.
-    pub fn create(&self, object: Value, fields: FieldMode) -> Result<Written, ApiError> {
+    ///
+    /// An object with `metadata.generateName` and no name gets that prefix and five
+    /// characters, as the API server names it.
+    pub fn create(&self, mut object: Value, fields: FieldMode) -> Result<Written, ApiError> {
+        let unnamed = object["metadata"]["name"]
+            .as_str()
+            .is_none_or(str::is_empty);
+        if let Some(prefix) = object["metadata"]["generateName"]
+            .as_str()
+            .filter(|_| unnamed)
+        {
+            let name = format!("{prefix}{}", suffix(prefix, self.resource_version()));
+            object["metadata"]["name"] = json!(name);
+        }
         let (id, mut object, warnings) = self.validate(object, fields)?;
         let mut inner = self.lock();
         if inner.objects.contains_key(&id) {
@@ -756,6 +769,18 @@ fn uid(id: &ObjectId, rv: u64) -> String {
     )
 }
 
+/// Five characters for a generated name, from the letters and digits the API server uses
+/// (no vowels, no look-alikes), derived from the prefix, the resourceVersion and the time.
+fn suffix(prefix: &str, rv: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let seed = format!("{prefix}\0{rv}\0{:?}", std::time::SystemTime::now());
+    Sha256::digest(seed.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
 /// Everything but metadata and status: what a generation counts changes of.
 fn spec_of(object: &Value) -> Value {
     let mut spec = object.clone();
@@ -867,6 +892,23 @@ mod tests {
         drop(r);
         let r = registry(dir.path(), 10);
         assert_eq!(r.list(Kind::Namespace, None).0.len(), 5);
+    }
+
+    #[test]
+    fn generated_names_take_the_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path(), 10);
+        let ns =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": "t-"}});
+        let a = r.create(ns.clone(), FieldValidation::Strict).expect("a");
+        let b = r.create(ns, FieldValidation::Strict).expect("b");
+        let (a, b) = (&a.object["metadata"]["name"], &b.object["metadata"]["name"]);
+        assert!(
+            a.as_str()
+                .is_some_and(|n| n.starts_with("t-") && n.len() == 7),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 
     #[test]
