@@ -45,4 +45,4 @@ pub mod table;
 
 pub use error::{ApiError, ServeError, StorageError};
 pub use server::{ApiServer, ServeOptions, write_kubeconfig};
-pub use store::{Commit, Event, EventType, FileStorage, Registry, Storage, Stored};
+pub use store::{Commit, Event, EventType, FileStorage, Registry, Storage, Stored, WriteOptions};

@@ -117,22 +117,6 @@ impl Resource {
             format!("/apis/{}/{}", self.group, self.version)
         }
     }
-
-    /// The `selfLink`-style path of an object or, with an empty name, of the collection.
-    pub fn path(&self, namespace: &str, name: &str) -> String {
-        let mut path = self.group_path();
-        if self.namespaced() && !namespace.is_empty() {
-            path.push_str("/namespaces/");
-            path.push_str(namespace);
-        }
-        path.push('/');
-        path.push_str(self.plural);
-        if !name.is_empty() {
-            path.push('/');
-            path.push_str(name);
-        }
-        path
-    }
 }
 
 /// `/api`: the core group's versions.
@@ -218,20 +202,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_one_resource_and_paths_follow_the_scope() {
+    fn every_kind_has_one_resource_at_its_group_version() {
         for kind in Kind::ALL {
             assert_eq!(Resource::of(kind).kind, kind);
         }
-        let pods = Resource::of(Kind::Pod);
-        assert_eq!(pods.path("web", "a"), "/api/v1/namespaces/web/pods/a");
-        assert_eq!(pods.path("", ""), "/api/v1/pods");
-        let nodes = Resource::of(Kind::Node);
-        assert_eq!(nodes.path("ignored", "n1"), "/api/v1/nodes/n1");
-        let policies = Resource::of(Kind::NetworkPolicy);
+        assert_eq!(Resource::of(Kind::Pod).group_path(), "/api/v1");
         assert_eq!(
-            policies.path("x", ""),
-            "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies"
+            Resource::of(Kind::NetworkPolicy).group_path(),
+            "/apis/networking.k8s.io/v1"
         );
+        assert_eq!(Resource::of(Kind::Deployment).api_version(), "apps/v1");
         assert_eq!(
             Resource::find("apps", "v1", "deployments").map(|r| r.kind),
             Some(Kind::Deployment)

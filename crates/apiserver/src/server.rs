@@ -29,7 +29,7 @@ use crate::patch::{
     self, apply_merge, field_set, json_patch, merge_patch, remove_dropped, strategic_merge,
 };
 use crate::resource::{self, GROUPS, Resource};
-use crate::store::{self, EventType, Registry};
+use crate::store::{self, EventType, Registry, WriteOptions};
 use crate::table::table;
 use crate::{openapi, proto};
 
@@ -285,7 +285,18 @@ impl Api {
     }
 
     async fn serve(&self, target: Target, call: Call) -> Result<Response<Body>, ApiError> {
-        let fields = field_validation(&call.params);
+        let fields = WriteOptions {
+            fields: field_validation(&call.params),
+            dry_run: match call.params.get("dryRun").map(String::as_str) {
+                None | Some("") => false,
+                Some("All") => true,
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unsupported dryRun value {other:?}: only \"All\" is"
+                    )));
+                }
+            },
+        };
         match (&call.method, &target.name, target.subresource.as_deref()) {
             (&Method::GET, None, None) => {
                 if call
@@ -342,11 +353,19 @@ impl Api {
                     parse_json(&call.body)?
                 };
                 let precondition = options["preconditions"]["resourceVersion"].as_str();
-                let deleted = self.registry.delete(&id, precondition)?;
+                // A delete's options, dry run included, come in its body.
+                let dry_run = options["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|v| v == "All"));
+                let fields = WriteOptions {
+                    dry_run: fields.dry_run || dry_run,
+                    ..fields
+                };
+                let deleted = self.registry.delete(&id, precondition, fields)?;
                 Ok(json_response(StatusCode::OK, &deleted, &[]))
             }
             (_, Some(_), Some("scale")) if target.resource.kind == Kind::Deployment => {
-                self.scale(&target, &call)
+                self.scale(&target, &call, fields)
             }
             (_, _, Some(_)) => Err(ApiError::NoSuchPath),
             _ => Err(ApiError::MethodNotAllowed),
@@ -414,7 +433,7 @@ impl Api {
         target: &Target,
         id: &ObjectId,
         call: &Call,
-        fields: FieldValidation,
+        fields: WriteOptions,
     ) -> Result<store::Written, ApiError> {
         let kind = target.resource.kind.as_str();
         let media = call.content_type.split(';').next().unwrap_or("").trim();
@@ -469,9 +488,13 @@ impl Api {
     }
 
     /// `deployments/<name>/scale`: an `autoscaling/v1` Scale over the Deployment's replicas.
-    fn scale(&self, target: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
+    fn scale(
+        &self,
+        target: &Target,
+        call: &Call,
+        fields: WriteOptions,
+    ) -> Result<Response<Body>, ApiError> {
         let id = self.id(target)?;
-        let fields = FieldValidation::Strict;
         let written = match call.method {
             Method::GET => self.registry.get(&id)?,
             Method::PUT | Method::PATCH => {

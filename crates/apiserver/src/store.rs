@@ -359,9 +359,25 @@ struct Inner {
     oldest: u64,
 }
 
-/// How a write treats fields the object's type does not have (the `fieldValidation`
-/// parameter): the loader's own setting.
-pub type FieldMode = FieldValidation;
+/// How a write is made: what it does with fields the object's type does not have (the
+/// `fieldValidation` parameter, the loader's own setting), and whether it is only tried
+/// (`dryRun=All`: validated and answered, not stored).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Unknown fields: refused, warned about, or dropped silently.
+    pub fields: FieldValidation,
+    /// Validate and answer, but store nothing and make no event.
+    pub dry_run: bool,
+}
+
+impl From<FieldValidation> for WriteOptions {
+    fn from(fields: FieldValidation) -> Self {
+        WriteOptions {
+            fields,
+            dry_run: false,
+        }
+    }
+}
 
 /// What a successful write returns: the object as stored and warnings for the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -436,7 +452,12 @@ impl Registry {
     ///
     /// An object with `metadata.generateName` and no name gets that prefix and five
     /// characters, as the API server names it.
-    pub fn create(&self, mut object: Value, fields: FieldMode) -> Result<Written, ApiError> {
+    pub fn create(
+        &self,
+        mut object: Value,
+        options: impl Into<WriteOptions>,
+    ) -> Result<Written, ApiError> {
+        let options = options.into();
         let unnamed = object["metadata"]["name"]
             .as_str()
             .is_none_or(str::is_empty);
@@ -447,21 +468,33 @@ impl Registry {
             let name = format!("{prefix}{}", suffix(prefix, self.resource_version()));
             object["metadata"]["name"] = json!(name);
         }
-        let (id, mut object, warnings) = self.validate(object, fields)?;
+        let (id, mut object, warnings) = self.validate(object, options.fields)?;
         let mut inner = self.lock();
         if inner.objects.contains_key(&id) {
             return Err(ApiError::AlreadyExists(subject(&id)));
         }
         let rv = inner.resource_version + 1;
         stamp_new(&mut object, &id, rv);
-        self.commit(&mut inner, EventType::Added, id, object, None)
-            .map(|object| Written { object, warnings })
+        self.commit(
+            &mut inner,
+            options.dry_run,
+            EventType::Added,
+            id,
+            object,
+            None,
+        )
+        .map(|object| Written { object, warnings })
     }
 
     /// Replaces an object. A `metadata.resourceVersion` in `object` must be the current one
     /// (409 Conflict otherwise); none means "whatever it is now". 404 if it does not exist.
-    pub fn update(&self, object: Value, fields: FieldMode) -> Result<Written, ApiError> {
-        let (id, object, warnings) = self.validate(object, fields)?;
+    pub fn update(
+        &self,
+        object: Value,
+        options: impl Into<WriteOptions>,
+    ) -> Result<Written, ApiError> {
+        let options = options.into();
+        let (id, object, warnings) = self.validate(object, options.fields)?;
         let mut inner = self.lock();
         let current = inner
             .objects
@@ -472,7 +505,7 @@ impl Registry {
         if !asked.is_empty() && asked != current["metadata"]["resourceVersion"] {
             return Err(ApiError::Conflict(subject(&id)));
         }
-        self.replace(&mut inner, id, current, object)
+        self.replace(&mut inner, options.dry_run, id, current, object)
             .map(|object| Written { object, warnings })
     }
 
@@ -483,17 +516,18 @@ impl Registry {
     pub fn modify(
         &self,
         id: &ObjectId,
-        fields: FieldMode,
+        options: impl Into<WriteOptions>,
         create_missing: bool,
         change: impl FnOnce(Option<&Value>) -> Result<Value, ApiError>,
     ) -> Result<Written, ApiError> {
+        let options = options.into();
         let mut inner = self.lock();
         let current = inner.objects.get(id).cloned();
         if current.is_none() && !create_missing {
             return Err(not_found(id));
         }
         let changed = change(current.as_ref())?;
-        let (new_id, mut object, warnings) = self.validate(changed, fields)?;
+        let (new_id, mut object, warnings) = self.validate(changed, options.fields)?;
         if &new_id != id {
             return Err(ApiError::BadRequest(format!(
                 "the patch changes the object's identity to {new_id}"
@@ -503,20 +537,33 @@ impl Registry {
             let rv = inner.resource_version + 1;
             stamp_new(&mut object, id, rv);
             return self
-                .commit(&mut inner, EventType::Added, new_id, object, None)
+                .commit(
+                    &mut inner,
+                    options.dry_run,
+                    EventType::Added,
+                    new_id,
+                    object,
+                    None,
+                )
                 .map(|object| Written { object, warnings });
         };
         let asked = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
         if !asked.is_empty() && asked != current["metadata"]["resourceVersion"] {
             return Err(ApiError::Conflict(subject(id)));
         }
-        self.replace(&mut inner, new_id, current, object)
+        self.replace(&mut inner, options.dry_run, new_id, current, object)
             .map(|object| Written { object, warnings })
     }
 
     /// Deletes an object, returning it as it was last. With `precondition`, the object's
     /// resourceVersion must be that one (409 Conflict otherwise).
-    pub fn delete(&self, id: &ObjectId, precondition: Option<&str>) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        id: &ObjectId,
+        precondition: Option<&str>,
+        options: impl Into<WriteOptions>,
+    ) -> Result<Value, ApiError> {
+        let options = options.into();
         let mut inner = self.lock();
         let current = inner
             .objects
@@ -529,7 +576,14 @@ impl Registry {
         let mut object = current;
         let rv = inner.resource_version + 1;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.commit(&mut inner, EventType::Deleted, id.clone(), object, None)
+        self.commit(
+            &mut inner,
+            options.dry_run,
+            EventType::Deleted,
+            id.clone(),
+            object,
+            None,
+        )
     }
 
     /// The events after `resource_version`, oldest first; 410 Expired if the history no
@@ -566,7 +620,7 @@ impl Registry {
     fn validate(
         &self,
         object: Value,
-        fields: FieldMode,
+        fields: FieldValidation,
     ) -> Result<(ObjectId, Value, Vec<String>), ApiError> {
         let (kind, name) = type_of(&object)?;
         let text = serde_json::to_string(&object)
@@ -608,6 +662,7 @@ impl Registry {
     fn replace(
         &self,
         inner: &mut Inner,
+        dry_run: bool,
         id: ObjectId,
         current: Value,
         mut object: Value,
@@ -626,18 +681,29 @@ impl Registry {
             object["metadata"]["generation"] = json!(generation + 1);
         }
         object["metadata"]["resourceVersion"] = json!((inner.resource_version + 1).to_string());
-        self.commit(inner, EventType::Modified, id, object, Some(current))
+        self.commit(
+            inner,
+            dry_run,
+            EventType::Modified,
+            id,
+            object,
+            Some(current),
+        )
     }
 
-    /// Makes one change durable, then visible.
+    /// Makes one change durable, then visible; a dry run only answers with the object.
     fn commit(
         &self,
         inner: &mut Inner,
+        dry_run: bool,
         kind: EventType,
         id: ObjectId,
         object: Value,
         previous: Option<Value>,
     ) -> Result<Value, ApiError> {
+        if dry_run {
+            return Ok(object);
+        }
         let rv = inner.resource_version + 1;
         let event = Event {
             resource_version: rv,
@@ -849,7 +915,8 @@ mod tests {
         assert_eq!(a.object["metadata"]["resourceVersion"], "1");
         r.create(namespace("b"), FieldValidation::Strict)
             .expect("b");
-        r.delete(&ns_id("a"), None).expect("delete");
+        r.delete(&ns_id("a"), None, FieldValidation::Strict)
+            .expect("delete");
         drop(r);
         let r = registry(dir.path(), 10);
         assert_eq!(r.resource_version(), 3);

@@ -487,7 +487,12 @@ fn create_replace_label_and_delete() -> Result<()> {
     let c = Cluster::start()?;
     let path = c.file("svc.yaml", SERVICE)?;
     let path = path.to_str().context("path")?;
+    let dry = c.ok(&["apply", "--dry-run=server", "-f", path])?;
+    assert_eq!(dry.trim(), "service/db created (server dry run)");
+    assert!(c.object(Kind::Service, "default", "db").is_none());
     assert_eq!(c.ok(&["create", "-f", path])?.trim(), "service/db created");
+    c.ok(&["delete", "--dry-run=server", "-f", path])?;
+    assert!(c.object(Kind::Service, "default", "db").is_some());
     let out = c.run(&["create", "-f", path])?;
     assert!(!out.status.success());
     assert!(
