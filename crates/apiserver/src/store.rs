@@ -18,7 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use netd_model::{ClusterConfig, FieldValidation, Kind, LoadError, ObjectId};
+use k8s_openapi::api::core::v1::Service;
+use netd_model::{ClusterConfig, FieldValidation, Kind, LoadError, Object, ObjectId, Validator};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -691,6 +692,35 @@ impl Registry {
         )
     }
 
+    /// Refuses a Service asking for a ClusterIP or nodePort another stored Service holds, as
+    /// the API server's allocators do.
+    fn check_claims(&self, inner: &Inner, id: &ObjectId, object: &Value) -> Result<(), ApiError> {
+        let mut validator = Validator::new(&self.config);
+        for (_, other) in inner
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Service && *k != id)
+        {
+            if let Ok(service) = serde_json::from_value::<Service>(other.clone()) {
+                // Stored Services were valid when written; one that no longer checks simply
+                // holds nothing.
+                let _ = validator.check(&Object::Service(Box::new(service)));
+            }
+        }
+        let service: Service = serde_json::from_value(object.clone())
+            .map_err(|e| ApiError::BadRequest(format!("Service in body: {e}")))?;
+        validator
+            .check(&Object::Service(Box::new(service)))
+            .map_err(|e| ApiError::Invalid {
+                subject: Subject {
+                    group: String::new(),
+                    kind: Kind::Service.as_str().to_owned(),
+                    name: id.name.clone(),
+                },
+                causes: vec![Cause::from(&e)],
+            })
+    }
+
     /// Makes one change durable, then visible; a dry run only answers with the object.
     fn commit(
         &self,
@@ -701,6 +731,9 @@ impl Registry {
         object: Value,
         previous: Option<Value>,
     ) -> Result<Value, ApiError> {
+        if kind != EventType::Deleted && id.kind == Kind::Service {
+            self.check_claims(inner, &id, &object)?;
+        }
         if dry_run {
             return Ok(object);
         }
@@ -959,6 +992,42 @@ mod tests {
         drop(r);
         let r = registry(dir.path(), 10);
         assert_eq!(r.list(Kind::Namespace, None).0.len(), 5);
+    }
+
+    #[test]
+    fn a_cluster_ip_held_by_another_service_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path(), 10);
+        let service = |name: &str, ip: &str| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}})
+        };
+        r.create(service("a", "10.96.7.7"), FieldValidation::Strict)
+            .expect("a");
+        let err = r
+            .create(service("b", "10.96.7.7"), FieldValidation::Strict)
+            .expect_err("taken");
+        let status = err.status();
+        assert_eq!(status["code"], 422, "{status}");
+        assert!(
+            status["details"]["causes"][0]["field"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("spec.clusterIP")),
+            "{status}"
+        );
+        // The holder itself may be written again.
+        let mut a = r
+            .get(&ObjectId {
+                kind: Kind::Service,
+                namespace: "default".into(),
+                name: "a".into(),
+            })
+            .expect("a");
+        a["metadata"]["labels"] = json!({"x": "1"});
+        r.update(a, FieldValidation::Strict).expect("update a");
+        r.create(service("b", "10.96.7.8"), FieldValidation::Strict)
+            .expect("b");
     }
 
     #[test]
