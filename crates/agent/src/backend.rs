@@ -18,6 +18,7 @@ use netd_model::{ClusterState, NodeName, ServiceRef};
 use prometheus_client::registry::Registry;
 
 use crate::error::AgentError;
+use crate::nft::Nftables;
 use crate::programmer::NodeProgrammer;
 use crate::rules::Programmer;
 use crate::sync::{InNamespace, SyncEngine, SyncMetrics, SyncReport};
@@ -126,7 +127,8 @@ pub fn backend(config: &BackendConfig) -> Result<Box<dyn Backend>, ModeNotBuilt>
             localhost_nodeports: config.localhost_nodeports,
             ..NodeProgrammer::default()
         })))),
-        mode @ (Mode::Nftables | Mode::Ipvs) => Err(ModeNotBuilt { mode }),
+        Mode::Nftables => Ok(Box::new(Nftables::new())),
+        mode @ Mode::Ipvs => Err(ModeNotBuilt { mode }),
     }
 }
 
@@ -140,8 +142,9 @@ pub fn remove_other_modes(netns: &str, keep: Mode) -> Result<usize, AgentError> 
                 let c = crate::apply::cleanup(netns)?;
                 c.hooks + c.chains + c.sets
             }
-            // Neither has kernel objects of its own yet.
-            Mode::Nftables | Mode::Ipvs => 0,
+            Mode::Nftables => crate::nft::remove_tables(netns)?,
+            // IPVS mode has no kernel objects of its own yet.
+            Mode::Ipvs => 0,
         };
     }
     Ok(removed)
@@ -242,6 +245,7 @@ mod tests {
             .map(|b| b.mode())
         };
         assert_eq!(built(Mode::Iptables).expect("iptables"), Mode::Iptables);
+        assert_eq!(built(Mode::Nftables).expect("nftables"), Mode::Nftables);
         let Err(err) = built(Mode::Ipvs) else {
             panic!("ipvs is not built")
         };

@@ -56,6 +56,7 @@ pub mod apply;
 pub mod backend;
 pub mod conntrack;
 pub mod error;
+pub mod nft;
 pub mod programmer;
 pub mod rules;
 pub mod sync;
@@ -66,6 +67,7 @@ pub use backend::{
     Backend, BackendConfig, Iptables, Mode, ModeNotBuilt, UnknownMode, backend, remove_other_modes,
 };
 pub use error::AgentError;
+pub use nft::Nftables;
 pub use programmer::NodeProgrammer;
 pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};

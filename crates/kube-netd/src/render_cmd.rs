@@ -15,7 +15,7 @@ use crate::cluster::ClusterArgs;
 pub enum Mode {
     /// iptables-restore and ipset restore input, laid out as kube-proxy lays it out.
     Iptables,
-    /// One nftables table per family with verdict maps (not available yet).
+    /// One nftables table per family with verdict maps, as kube-proxy's nftables mode.
     Nftables,
     /// IPVS virtual servers with ipsets and a few iptables rules (not available yet).
     Ipvs,
