@@ -9,7 +9,9 @@
 //! one test with `cargo test -p netd-agent --test lab_services -- NAME`. Every lab is removed
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
 //! Every test runs again as `ipv6/NAME` on an IPv6-only lab (`lab up --ip-family ipv6`),
-//! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state.
+//! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state, and
+//! both again on labs whose agents run the nftables back end (`nftables/NAME`,
+//! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +22,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use netd_agent::Mode;
 use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
@@ -35,10 +38,16 @@ type Test = (&'static str, fn());
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
     static IPV6: Cell<bool> = const { Cell::new(false) };
+    /// The proxy mode of the test running on this thread.
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Iptables) };
 }
 
 fn ipv6() -> bool {
     IPV6.with(Cell::get)
+}
+
+fn mode() -> Mode {
+    MODE.with(Cell::get)
 }
 
 const TESTS: [Test; 13] = [
@@ -119,14 +128,23 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<(bool, String, fn())> = TESTS
+    let selected: Vec<((Mode, bool), String, fn())> = [Mode::Iptables, Mode::Nftables]
         .into_iter()
-        .map(|(name, test)| (false, name.to_owned(), test))
-        .chain(
-            TESTS
-                .into_iter()
-                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
-        )
+        .flat_map(|mode| [(mode, false), (mode, true)])
+        .flat_map(|variant| {
+            TESTS.into_iter().map(move |(name, test)| {
+                let (mode, v6) = variant;
+                let mut full = String::new();
+                if mode != Mode::Iptables {
+                    full.push_str(&format!("{mode}/"));
+                }
+                if v6 {
+                    full.push_str("ipv6/");
+                }
+                full.push_str(name);
+                (variant, full, test)
+            })
+        })
         .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
         .collect();
     if listing {
@@ -142,8 +160,11 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some((v6, name, test)) = next else { break };
+                    let Some(((mode, v6), name, test)) = next else {
+                        break;
+                    };
                     IPV6.with(|c| c.set(v6));
+                    MODE.with(|c| c.set(mode));
                     let start = Instant::now();
                     let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
                     let status = if ok { "ok" } else { "FAILED" };
@@ -595,13 +616,9 @@ fn deleting_a_service_removes_its_rules() {
     let nodes = [NodeName::new("node-1"), NodeName::new("node-2")];
     let mut chains = BTreeMap::new();
     for node in &nodes {
-        let nat = iptables_save(&lab, node, "nat");
-        let chain = service_chain(&nat, "default/doomed")
-            .unwrap_or_else(|| panic!("{node}: no KUBE-SVC chain for default/doomed:\n{nat}"));
-        assert!(
-            nat.contains(&format!(":{chain} ")),
-            "{node}: {chain} not declared"
-        );
+        let rules = kernel_rules(&lab, node);
+        let chain = service_chain(&rules, "default/doomed")
+            .unwrap_or_else(|| panic!("{node}: no service chain for default/doomed:\n{rules}"));
         chains.insert(node.clone(), chain);
     }
     for name in ["doomed", "kept"] {
@@ -616,14 +633,16 @@ fn deleting_a_service_removes_its_rules() {
     }])
     .expect("delete the service");
     for node in &nodes {
-        let all = iptables_save(&lab, node, "nat") + &iptables_save(&lab, node, "filter");
+        let all = kernel_rules(&lab, node);
         let chain = &chains[node];
         let stale: Vec<&str> = all
             .lines()
             .filter(|l| {
                 l.contains(chain.as_str())
                     || l.contains("\"default/doomed")
+                    || l.contains("-default/doomed/")
                     || l.contains(&format!("{doomed_ip}/{host_prefix} "))
+                    || l.contains(&format!("{doomed_ip} . "))
             })
             .collect();
         assert!(
@@ -816,14 +835,16 @@ fn resolver() -> Resolver {
 fn up(test: &str, yaml: &str) -> Lab {
     let exe = std::env::current_exe().expect("test binary");
     let six = if ipv6() { "6" } else { "" };
+    let nft = if mode() == Mode::Nftables { "n" } else { "" };
     let mut options = LabOptions::new(
-        format!("{}{six}{test}", lab_prefix()),
+        format!("{}{nft}{six}{test}", lab_prefix()),
         vec![
             exe.to_string_lossy().into_owned(),
             netd_lab::HELPER_FLAG.to_owned(),
         ],
     );
     options.state_root = PathBuf::from(STATE_ROOT);
+    options.mode = mode();
     if ipv6() {
         options.config = ClusterConfig::for_families(IpFamilies::Ipv6);
     }
@@ -910,6 +931,26 @@ fn node_addresses(lab: &Lab, place: &Place) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// What the test's back end holds in a Node: the nat and filter tables of `iptables-save`
+/// (`ip6tables-save` in an IPv6 test), or kube-netd's nftables table of the family.
+fn kernel_rules(lab: &Lab, node: &NodeName) -> String {
+    if mode() == Mode::Iptables {
+        return iptables_save(lab, node, "nat") + &iptables_save(lab, node, "filter");
+    }
+    let family = if ipv6() { "ip6" } else { "ip" };
+    let out = lab
+        .command(&Place::Node(node.clone()), "nft")
+        .expect("command")
+        .args(["list", "table", family, "kube-netd"])
+        .output()
+        .expect("nft list table");
+    assert!(
+        out.status.success(),
+        "nft list table {family} kube-netd on {node}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `iptables-save -t TABLE` of a Node (`ip6tables-save` in an IPv6 test).
 fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
     let program = if ipv6() {
@@ -927,9 +968,21 @@ fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The KUBE-SVC chain that nat `KUBE-SERVICES` sends `<service> cluster IP` traffic to.
-fn service_chain(nat: &str, service: &str) -> Option<String> {
-    nat.lines()
+/// The chain a Service's ClusterIP traffic is balanced in: the KUBE-SVC chain that nat
+/// `KUBE-SERVICES` sends `<service> cluster IP` traffic to, or the nftables `service-` chain.
+fn service_chain(rules: &str, service: &str) -> Option<String> {
+    if mode() == Mode::Nftables {
+        return rules.lines().find_map(|l| {
+            let name = l
+                .trim()
+                .strip_prefix("chain service-")?
+                .strip_suffix(" {")?;
+            name.contains(&format!("-{service}/"))
+                .then(|| format!("service-{name}"))
+        });
+    }
+    rules
+        .lines()
         .filter(|l| l.starts_with("-A KUBE-SERVICES "))
         .filter(|l| {
             l.contains(&format!("\"{service} cluster IP\"")) || l.contains(&format!("\"{service}:"))
