@@ -1,5 +1,6 @@
 //! Golden files of the NetworkPolicy back end: `tests/golden/policy/<scenario>/input.yaml`
-//! rendered for one node must equal `ipset.rules` and `iptables.rules` byte for byte.
+//! rendered for one node must equal `ipset.rules`, `iptables.rules` and, for the nftables
+//! mode, `nftables-policy.nft` byte for byte.
 //! `UPDATE_GOLDEN=1 cargo test -p netd-render --test policy_golden` rewrites them.
 //!
 //! The scenarios live one level down (`golden/policy/`) so that the service goldens, which
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use netd_model::NodeName;
 use netd_proxy::IpFamily;
+use netd_render::nft::policy::render_policy_nft;
 use netd_render::render_policy;
 
 fn node(yaml: &str) -> NodeName {
@@ -43,6 +45,10 @@ fn golden() {
         for (file, got) in [
             ("ipset.rules", rules.ipset_input()),
             ("iptables.rules", rules.restore_input()),
+            (
+                "nftables-policy.nft",
+                render_policy_nft(&plan, IpFamily::V4).to_nft(),
+            ),
         ] {
             let path = dir.join(file);
             if update {
