@@ -446,3 +446,237 @@ fn comment(text: impl Into<String>) -> String {
     text.push_str("...");
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netd_model::NodeName;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}, {port: 53, protocol: UDP}]}]
+  egress: [{to: [{podSelector: {}}], ports: [{port: http}]}]
+"#;
+
+    fn plan(yaml: &str) -> PolicyPlan {
+        let state = netd_testkit::state(yaml);
+        netd_policy::compile(&state, &NodeName::new("node-1")).expect("plan")
+    }
+
+    fn dual_stack() -> String {
+        CLUSTER
+            .replace(
+                "status: {podIP: 10.244.1.3}",
+                "status: {podIP: 10.244.1.3, podIPs: [{ip: 10.244.1.3}, {ip: 'fd00::3'}]}",
+            )
+            .replace(
+                "status: {podIP: 10.244.1.2}",
+                "status: {podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, {ip: 'fd00::2'}]}",
+            )
+    }
+
+    #[test]
+    fn every_rule_has_a_comment_and_pod_chains_start_with_replies_and_end_in_drop() {
+        let table = render_policy_nft(&plan(CLUSTER), IpFamily::V4);
+        let pod_chains: Vec<&Chain> = table.chains.values().filter(|c| c.base.is_none()).collect();
+        assert_eq!(pod_chains.len(), 2, "{table}");
+        for chain in table.chains.values() {
+            assert!(is_policy_object(&chain.name), "{}", chain.name);
+            for rule in &chain.rules {
+                assert!(rule.comment.is_some(), "{}: {rule:?}", chain.name);
+            }
+        }
+        for chain in pod_chains {
+            let first = chain.rules.first().expect("rules").display(IpFamily::V4);
+            assert!(
+                first.starts_with("ct state established,related accept"),
+                "{first}"
+            );
+            let last = chain.rules.last().expect("rules");
+            assert_eq!(last.statements, vec![Statement::Verdict(Verdict::Drop)]);
+            assert!(last.matches.is_empty());
+        }
+        for name in table.sets.keys() {
+            assert!(is_policy_object(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn maps_send_each_isolated_ip_to_its_chain_and_allows_return() {
+        let plan = plan(CLUSTER);
+        let table = render_policy_nft(&plan, IpFamily::V4);
+        let pod = &plan.pods[0];
+        for (map, direction) in [
+            (INGRESS_MAP, Direction::Ingress),
+            (EGRESS_MAP, Direction::Egress),
+        ] {
+            let element = table.sets[map]
+                .elements
+                .get(&vec![Value::Ip("10.244.1.2".parse().expect("ip"))])
+                .unwrap_or_else(|| panic!("{map}: {table}"));
+            let chain = pod_chain(pod, direction);
+            assert_eq!(
+                element.value,
+                Some(MapValue::Verdict(Verdict::Jump(chain.clone())))
+            );
+            assert!(table.chains.contains_key(&chain));
+        }
+        let text = table.to_nft();
+        for want in [
+            "tcp dport 80 return comment \"x/p ingress[0]\"",
+            "udp dport 53 return comment \"x/p ingress[0]\"",
+            "ip daddr . meta l4proto . th dport @KNP-",
+            "fib saddr type local return",
+            "ip saddr 10.244.1.2 return comment \"x/a ingress: itself\"",
+            "ip daddr 10.244.1.2 return comment \"x/a egress: itself\"",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+    }
+
+    #[test]
+    fn base_chains_run_before_kube_proxys_filter_chains_and_after_conntrack() {
+        let table = render_policy_nft(&plan(CLUSTER), IpFamily::V4);
+        let kube_proxy_filter = Priority::plus(StandardPriority::Dstnat, -10).value();
+        let conntrack = -200;
+        let mut hooks = Vec::new();
+        for chain in table.chains.values() {
+            let Some(base) = chain.base else { continue };
+            assert!(base.priority.value() < kube_proxy_filter, "{}", chain.name);
+            assert!(base.priority.value() > conntrack, "{}", chain.name);
+            hooks.push(base.hook);
+        }
+        hooks.sort();
+        assert_eq!(hooks, vec![Hook::Input, Hook::Forward]);
+    }
+
+    #[test]
+    fn each_family_gets_only_its_own_addresses_and_sets() {
+        let plan = plan(&dual_stack());
+        for (family, own, other) in [
+            (IpFamily::V4, "10.244.1.2", "fd00::2"),
+            (IpFamily::V6, "fd00::2", "10.244.1.2"),
+        ] {
+            let table = render_policy_nft(&plan, family);
+            let text = table.to_nft();
+            assert!(
+                text.contains(&format!("{own} comment \"x/a ingress\"")),
+                "{text}"
+            );
+            assert!(!text.contains(other), "{text}");
+            let addr = KeyType::addr(family);
+            let address_sets: Vec<&Set> = table
+                .sets
+                .values()
+                .filter(|s| s.name.starts_with(SET_PREFIX))
+                .collect();
+            assert!(!address_sets.is_empty());
+            for set in address_sets {
+                assert_eq!(set.key[0], addr, "{}", set.name);
+            }
+        }
+    }
+
+    #[test]
+    fn ip6_chains_let_neighbour_discovery_through_after_replies() {
+        let table = render_policy_nft(&plan(&dual_stack()), IpFamily::V6);
+        let text = table.to_nft();
+        for t in [135, 136] {
+            // The ingress and the egress chain of x/a.
+            assert_eq!(
+                text.matches(&format!("icmpv6 type {t} accept")).count(),
+                2,
+                "{text}"
+            );
+        }
+        let v4 = render_policy_nft(&plan(&dual_stack()), IpFamily::V4).to_nft();
+        assert!(!v4.contains("icmpv6"), "{v4}");
+    }
+
+    #[test]
+    fn ip_blocks_are_interval_sets_without_their_excepts() {
+        let yaml = format!(
+            "{CLUSTER}---\n{}",
+            r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: block, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/30, except: [10.0.0.1/32]}}]}]
+"#
+        );
+        let table = render_policy_nft(&plan(&yaml), IpFamily::V4);
+        let blocks: Vec<&Set> = table
+            .sets
+            .values()
+            .filter(|s| s.flags.contains(&SetFlag::Interval))
+            .collect();
+        assert_eq!(blocks.len(), 1, "{table}");
+        let members: Vec<String> = blocks[0].elements.keys().map(|k| k[0].display()).collect();
+        assert_eq!(members, ["10.0.0.0/32", "10.0.0.2/31"]);
+    }
+
+    #[test]
+    fn comments_fit_nft_and_long_policy_lists_are_shortened() {
+        let long = "n".repeat(300);
+        // `é` takes bytes 124 and 125: the cut moves back to before it.
+        let cut = comment(format!("{}é{long}", "x".repeat(124)));
+        assert_eq!(cut, format!("{}...", "x".repeat(124)));
+        assert_eq!(comment("x/a ingress"), "x/a ingress");
+        let plan = DirectionPlan {
+            isolated_by: (0..5)
+                .map(|i| netd_model::PolicyRef::new("x", format!("p{i}").as_str()))
+                .collect(),
+            allow_local_node: false,
+            exempt_peers: Vec::new(),
+            rules: Vec::new(),
+        };
+        assert_eq!(policies(&plan), "x/p0, x/p1, x/p2 and 2 more");
+    }
+
+    #[test]
+    fn merging_adds_everything_and_an_empty_plan_keeps_the_dispatch() {
+        let mut table = Table::new(IpFamily::V4);
+        table.add_chain(Chain::regular("services"));
+        let policy = render_policy_nft(&plan(CLUSTER), IpFamily::V4);
+        let (sets, chains) = (policy.sets.len(), policy.chains.len());
+        merge_into(&mut table, policy);
+        assert_eq!(table.sets.len(), sets);
+        assert_eq!(table.chains.len(), chains + 1);
+        let no_policy = CLUSTER
+            .split("---\napiVersion: networking.k8s.io/v1")
+            .next()
+            .expect("the pods");
+        let empty = render_policy_nft(&plan(no_policy), IpFamily::V4);
+        let names: Vec<&str> = empty
+            .chains
+            .keys()
+            .chain(empty.sets.keys())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, [FORWARD_CHAIN, INPUT_CHAIN, EGRESS_MAP, INGRESS_MAP]);
+    }
+}
