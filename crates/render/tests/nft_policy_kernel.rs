@@ -1,8 +1,8 @@
 //! Real-kernel tests of the nftables NetworkPolicy rules: a Node namespace routes three Pod
-//! namespaces (`nftp-<pid>-<case>-…`, each with a /32 behind a veth, as the lab's Pods);
-//! the Node's rendered policy table is loaded with `nft -f`, and real TCP connections and
-//! UDP exchanges between the Pods (and to the Node) must meet the fate the policy engine
-//! decides, which each case also states. Needs root.
+//! namespaces (`nftp-<pid>-<case>-…`, each with a /32 or /128 behind a veth, as the lab's
+//! Pods); the Node's rendered policy table of the family is loaded with `nft -f`, and real
+//! TCP connections and UDP exchanges between the Pods (and to the Node) must meet the fate
+//! the policy engine decides, which each case also states. Needs root.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use netd_kernel::{link, netns};
-use netd_model::{NodeName, PodRef, Protocol};
+use netd_model::{ClusterConfig, IpFamilies, NodeName, PodRef, Protocol};
 use netd_policy::{Endpoint, Flow};
 use netd_proxy::IpFamily;
 use netd_render::nft::policy::render_policy_nft;
@@ -22,18 +22,21 @@ use netd_testkit::netns::TestNamespace;
 
 /// How long a probe waits before it counts its packet as dropped.
 const WAIT: Duration = Duration::from_millis(800);
-/// The Node's address on every Pod veth: each Pod's gateway.
-const GATEWAY: &str = "10.244.1.1";
+/// The Pods' network on node-1, by family; `::1` / `.1` is the Node's address on every Pod
+/// veth (each Pod's gateway), `.2` to `.4` are Pods `a` to `c`.
+const NET4: &str = "10.244.1.";
+const NET6: &str = "fd00:10:244:1::";
 /// Ports every Pod serves: TCP 80 and 81, UDP 53. The Node serves TCP 80.
 const TCP_PORTS: [u16; 2] = [80, 81];
 const UDP_PORT: u16 = 53;
 
-/// Three Pods on node-1; `b` names port 81 `http`. The policy under test is appended.
+/// Three Pods on node-1 (`NET` is [`NET4`] or [`NET6`]); `b` names port 81 `http`. The
+/// policy under test is appended.
 const PODS: &str = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
+spec: {podCIDR: CIDR}
 status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
 ---
 apiVersion: v1
@@ -44,27 +47,23 @@ apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}
-status: {podIP: 10.244.1.2}
+status: {podIP: 'NET2'}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: x, labels: {pod: b}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 81}]}]}
-status: {podIP: 10.244.1.3}
+status: {podIP: 'NET3'}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: c, namespace: x, labels: {pod: c}}
 spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-status: {podIP: 10.244.1.4}
+status: {podIP: 'NET4'}
 "#;
 
-/// The Pods: name and IP.
-const POD_IPS: [(&str, &str); 3] = [
-    ("a", "10.244.1.2"),
-    ("b", "10.244.1.3"),
-    ("c", "10.244.1.4"),
-];
+/// The Pods and the last part of their addresses.
+const POD_HOSTS: [(&str, u8); 3] = [("a", 2), ("b", 3), ("c", 4)];
 
 #[test]
 fn ingress_from_a_label_allows_only_that_pod_and_its_ports() {
@@ -76,20 +75,23 @@ spec:
   podSelector: {matchLabels: {pod: b}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 80}, {port: 53, protocol: UDP}]}]
 "#;
-    check(
-        "label",
-        policy,
-        &[
-            ("a", "b", Protocol::Tcp, 80, true),
-            ("a", "b", Protocol::Tcp, 81, false),
-            ("a", "b", Protocol::Udp, 53, true),
-            ("c", "b", Protocol::Tcp, 80, false),
-            ("c", "b", Protocol::Udp, 53, false),
-            // b's egress is not isolated, and a's ingress not at all.
-            ("b", "a", Protocol::Tcp, 80, true),
-            ("c", "a", Protocol::Tcp, 81, true),
-        ],
-    );
+    for family in [IpFamily::V4, IpFamily::V6] {
+        check(
+            "label",
+            family,
+            policy,
+            &[
+                ("a", "b", Protocol::Tcp, 80, true),
+                ("a", "b", Protocol::Tcp, 81, false),
+                ("a", "b", Protocol::Udp, 53, true),
+                ("c", "b", Protocol::Tcp, 80, false),
+                ("c", "b", Protocol::Udp, 53, false),
+                // b's egress is not isolated, and a's ingress not at all.
+                ("b", "a", Protocol::Tcp, 80, true),
+                ("c", "a", Protocol::Tcp, 81, true),
+            ],
+        );
+    }
 }
 
 #[test]
@@ -104,6 +106,7 @@ spec:
 "#;
     check(
         "ipblock",
+        IpFamily::V4,
         policy,
         &[
             ("a", "c", Protocol::Tcp, 80, false),
@@ -125,20 +128,25 @@ spec:
   podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
 "#;
-    check(
-        "deny-egress",
-        policy,
-        &[
-            ("a", "b", Protocol::Tcp, 80, false),
-            ("a", "b", Protocol::Udp, 53, false),
-            // To the Node itself: the input hook.
-            ("a", "node", Protocol::Tcp, 80, false),
-            // Replies to a leave through a's egress chain: accepted as established.
-            ("b", "a", Protocol::Tcp, 80, true),
-            ("b", "a", Protocol::Udp, 53, true),
-            ("b", "node", Protocol::Tcp, 80, true),
-        ],
-    );
+    // In IPv6 the Node finds a's address by neighbour discovery, whose answers pass a's
+    // egress chain: they must be let through for the replies to reach b.
+    for family in [IpFamily::V4, IpFamily::V6] {
+        check(
+            "deny-egress",
+            family,
+            policy,
+            &[
+                ("a", "b", Protocol::Tcp, 80, false),
+                ("a", "b", Protocol::Udp, 53, false),
+                // To the Node itself: the input hook.
+                ("a", "node", Protocol::Tcp, 80, false),
+                // Replies to a leave through a's egress chain: accepted as established.
+                ("b", "a", Protocol::Tcp, 80, true),
+                ("b", "a", Protocol::Udp, 53, true),
+                ("b", "node", Protocol::Tcp, 80, true),
+            ],
+        );
+    }
 }
 
 #[test]
@@ -154,6 +162,7 @@ spec:
 "#;
     check(
         "named",
+        IpFamily::V4,
         policy,
         &[
             ("c", "a", Protocol::Tcp, 80, true),
@@ -168,20 +177,30 @@ spec:
 /// Builds the topology, loads the rules of `PODS` + `policy` and runs every probe `(from,
 /// to, protocol, port, allowed)`; `to` may be `node`. Each must agree with the engine and
 /// with the expectation, and every disagreement is reported at once.
-fn check(case: &str, policy: &str, probes: &[(&str, &str, Protocol, u16, bool)]) {
-    let yaml = format!("{PODS}---{policy}");
-    let state = netd_testkit::state(&yaml);
+fn check(case: &str, family: IpFamily, policy: &str, probes: &[(&str, &str, Protocol, u16, bool)]) {
+    let (net, cidr, families) = match family {
+        IpFamily::V4 => (NET4, "10.244.1.0/24", IpFamilies::Ipv4),
+        IpFamily::V6 => (NET6, "fd00:10:244:1::/64", IpFamilies::Ipv6),
+    };
+    let yaml = format!("{PODS}---{policy}")
+        .replace("CIDR", cidr)
+        .replace("NET", net);
+    let state = netd_testkit::state_with(&yaml, ClusterConfig::for_families(families));
     let plan = netd_policy::compile(&state, &NodeName::new("node-1")).expect("plan");
-    let rules = render_policy_nft(&plan, IpFamily::V4).to_nft();
-    let topology = Topology::new(case);
+    let rules = render_policy_nft(&plan, family).to_nft();
+    let case = match family {
+        IpFamily::V4 => format!("{case}-4"),
+        IpFamily::V6 => format!("{case}-6"),
+    };
+    let topology = Topology::new(&case, net);
     nft_load(topology.node.name(), &rules);
+    topology.node_pings_its_pods();
     let mut wrong = Vec::new();
     for &(from, to, protocol, port, want) in probes {
         let (dst, dst_ip) = if to == "node" {
-            let ip: IpAddr = GATEWAY.parse().expect("ip");
-            (Endpoint::Ip(ip), ip)
+            (Endpoint::Ip(topology.gateway), topology.gateway)
         } else {
-            (Endpoint::Pod(PodRef::new("x", to)), pod_ip(to))
+            (Endpoint::Pod(PodRef::new("x", to)), topology.ip(to))
         };
         let flow = Flow::new(Endpoint::Pod(PodRef::new("x", from)), dst, protocol, port);
         let engine = netd_policy::evaluate(&state, &flow)
@@ -195,14 +214,6 @@ fn check(case: &str, policy: &str, probes: &[(&str, &str, Protocol, u16, bool)])
         }
     }
     assert!(wrong.is_empty(), "{}\nrules:\n{rules}", wrong.join("\n"));
-}
-
-fn pod_ip(pod: &str) -> IpAddr {
-    POD_IPS
-        .iter()
-        .find(|(name, _)| *name == pod)
-        .map(|(_, ip)| ip.parse().expect("ip"))
-        .unwrap_or_else(|| panic!("no pod {pod}"))
 }
 
 /// Loads `rules` into the namespace `ns` in one `nft -f -` transaction.
@@ -231,7 +242,10 @@ fn nft_load(ns: &str, rules: &str) {
 /// The Node namespace, its Pods and their servers; all removed on drop.
 struct Topology {
     node: TestNamespace,
-    pods: Vec<(String, TestNamespace)>,
+    /// The Node's address on every Pod veth.
+    gateway: IpAddr,
+    /// Pod name, its namespace and its IP.
+    pods: Vec<(String, TestNamespace, IpAddr)>,
     /// Kept open: the kernel completes a handshake to a listening socket without `accept`.
     _listeners: Vec<TcpListener>,
     stop: Arc<AtomicBool>,
@@ -239,31 +253,43 @@ struct Topology {
 }
 
 impl Topology {
-    fn new(case: &str) -> Topology {
+    /// The Node and its Pods on the network `net` ([`NET4`] or [`NET6`]).
+    fn new(case: &str, net: &str) -> Topology {
         let node = TestNamespace::new("nftp", &format!("{case}-node"));
-        link::sysctl(node.name(), "net.ipv4.ip_forward", "1").expect("ip_forward");
-        let gateway: IpAddr = GATEWAY.parse().expect("ip");
+        let gateway: IpAddr = format!("{net}1").parse().expect("gateway");
+        let (forwarding, prefix, nodad) = if gateway.is_ipv4() {
+            ("net.ipv4.ip_forward", 32, "")
+        } else {
+            // No duplicate address detection: the addresses are usable at once.
+            ("net.ipv6.conf.all.forwarding", 128, " nodad")
+        };
+        link::sysctl(node.name(), forwarding, "1").expect("forwarding");
         let mut listeners = Vec::new();
         let stop = Arc::new(AtomicBool::new(false));
         let mut pods = Vec::new();
         let mut echoes = Vec::new();
-        for (name, ip) in POD_IPS {
+        for (name, host) in POD_HOSTS {
+            let ip: IpAddr = format!("{net}{host}").parse().expect("pod ip");
             let pod = TestNamespace::new("nftp", &format!("{case}-{name}"));
             let veth = format!("v-{name}");
             link::add_veth(node.name(), &veth, pod.name(), "eth0").expect("veth");
-            link::add_address(node.name(), &veth, gateway, 32).expect("gateway address");
-            netns::ip_batch(node.name(), &[format!("route add {ip}/32 dev {veth}")])
-                .expect("route to the pod");
+            netns::ip_batch(
+                node.name(),
+                &[
+                    format!("addr add {gateway}/{prefix} dev {veth}{nodad}"),
+                    format!("route add {ip}/{prefix} dev {veth}"),
+                ],
+            )
+            .expect("gateway address and route to the pod");
             netns::ip_batch(
                 pod.name(),
                 &[
-                    format!("addr add {ip}/32 dev eth0"),
-                    format!("route add {GATEWAY}/32 dev eth0"),
-                    format!("route add default via {GATEWAY} dev eth0"),
+                    format!("addr add {ip}/{prefix} dev eth0{nodad}"),
+                    format!("route add {gateway}/{prefix} dev eth0"),
+                    format!("route add default via {gateway} dev eth0"),
                 ],
             )
             .expect("pod address and routes");
-            let ip: IpAddr = ip.parse().expect("ip");
             for port in TCP_PORTS {
                 listeners.push(in_netns(pod.name(), || listen(ip, port)));
             }
@@ -271,11 +297,12 @@ impl Topology {
                 UdpSocket::bind((ip, UDP_PORT)).expect("bind the UDP echo")
             });
             echoes.push(echo(socket, Arc::clone(&stop)));
-            pods.push((name.to_owned(), pod));
+            pods.push((name.to_owned(), pod, ip));
         }
         listeners.push(in_netns(node.name(), || listen(gateway, 80)));
         Topology {
             node,
+            gateway,
             pods,
             _listeners: listeners,
             stop,
@@ -283,14 +310,37 @@ impl Topology {
         }
     }
 
+    /// The namespace and IP of Pod `pod`.
+    fn pod(&self, pod: &str) -> (&str, IpAddr) {
+        self.pods
+            .iter()
+            .find(|(name, ..)| name == pod)
+            .map(|(_, ns, ip)| (ns.name(), *ip))
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+    }
+
+    fn ip(&self, pod: &str) -> IpAddr {
+        self.pod(pod).1
+    }
+
+    /// Pings every Pod from the Node, which policy always allows (the Node sends, the Pod
+    /// replies). In IPv6 this also resolves the neighbours both ways under the loaded rules
+    /// (the Pod's advertisement passes its egress chain), so the probes after it do not wait
+    /// for neighbour discovery.
+    fn node_pings_its_pods(&self) {
+        for (name, _, ip) in &self.pods {
+            let ip = ip.to_string();
+            let out = netns::exec(self.node.name(), &["ping", "-c", "1", "-W", "3", &ip]);
+            assert!(
+                out.is_ok(),
+                "the node cannot ping pod {name} ({ip}): {out:?}"
+            );
+        }
+    }
+
     /// Whether a connection (TCP) or an exchange (UDP) from Pod `from` to `to` succeeds.
     fn probe(&self, from: &str, to: SocketAddr, protocol: Protocol) -> bool {
-        let ns = self
-            .pods
-            .iter()
-            .find(|(name, _)| name == from)
-            .map(|(_, ns)| ns.name())
-            .unwrap_or_else(|| panic!("no pod {from}"));
+        let (ns, ip) = self.pod(from);
         in_netns(ns, || match protocol {
             Protocol::Tcp => match TcpStream::connect_timeout(&to, WAIT) {
                 Ok(_) => true,
@@ -298,7 +348,7 @@ impl Topology {
                 Err(e) => panic!("connect to {to} from {from}: {e}"),
             },
             Protocol::Udp => {
-                let socket = UdpSocket::bind(("0.0.0.0", 0)).expect("bind a UDP client");
+                let socket = UdpSocket::bind((ip, 0)).expect("bind a UDP client");
                 socket.set_read_timeout(Some(WAIT)).expect("read timeout");
                 socket.send_to(b"ping", to).expect("send");
                 let mut buf = [0u8; 16];
