@@ -81,7 +81,7 @@ pub fn is_service_chain(chain: &str) -> bool {
     SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
 
-fn hash(s: &str) -> String {
+pub(crate) fn hash(s: &str) -> String {
     let digest = Sha256::digest(s.as_bytes());
     let mut encoded = BASE32.encode(&digest);
     encoded.truncate(16);

@@ -18,7 +18,7 @@ use netd_policy::{Endpoint, Flow};
 use netd_proxy::IpFamily;
 use netd_render::nft::policy::render_policy_nft;
 use netd_testkit::held::in_netns;
-use netd_testkit::netns::TestNamespace;
+use netd_testkit::scratch::ScratchNetns;
 
 /// How long a probe waits before it counts its packet as dropped.
 const WAIT: Duration = Duration::from_millis(800);
@@ -241,11 +241,11 @@ fn nft_load(ns: &str, rules: &str) {
 
 /// The Node namespace, its Pods and their servers; all removed on drop.
 struct Topology {
-    node: TestNamespace,
+    node: ScratchNetns,
     /// The Node's address on every Pod veth.
     gateway: IpAddr,
     /// Pod name, its namespace and its IP.
-    pods: Vec<(String, TestNamespace, IpAddr)>,
+    pods: Vec<(String, ScratchNetns, IpAddr)>,
     /// Kept open: the kernel completes a handshake to a listening socket without `accept`.
     _listeners: Vec<TcpListener>,
     stop: Arc<AtomicBool>,
@@ -255,7 +255,7 @@ struct Topology {
 impl Topology {
     /// The Node and its Pods on the network `net` ([`NET4`] or [`NET6`]).
     fn new(case: &str, net: &str) -> Topology {
-        let node = TestNamespace::new("nftp", &format!("{case}-node"));
+        let node = ScratchNetns::new("nftp", &format!("{case}-node"));
         let gateway: IpAddr = format!("{net}1").parse().expect("gateway");
         let (forwarding, prefix, nodad) = if gateway.is_ipv4() {
             ("net.ipv4.ip_forward", 32, "")
@@ -270,7 +270,7 @@ impl Topology {
         let mut echoes = Vec::new();
         for (name, host) in POD_HOSTS {
             let ip: IpAddr = format!("{net}{host}").parse().expect("pod ip");
-            let pod = TestNamespace::new("nftp", &format!("{case}-{name}"));
+            let pod = ScratchNetns::new("nftp", &format!("{case}-{name}"));
             let veth = format!("v-{name}");
             link::add_veth(node.name(), &veth, pod.name(), "eth0").expect("veth");
             netns::ip_batch(

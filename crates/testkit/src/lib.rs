@@ -19,10 +19,10 @@
 //!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
-//! [`netns::TestNamespace`] is a namespace a test creates and that is removed when dropped.
+//! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped.
 
 pub mod held;
-pub mod netns;
+pub mod scratch;
 
 use netd_model::{ClusterConfig, ClusterState, Object};
 use serde::de::DeserializeOwned;

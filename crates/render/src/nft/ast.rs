@@ -255,13 +255,13 @@ impl Priority {
         self.base.value() + self.offset
     }
 
-    /// The priority as `nft` accepts it on `hook`: by name where nft allows the name there
-    /// (`dstnat` only on prerouting and output, `srcnat` only on input and postrouting), as a
-    /// number elsewhere.
+    /// The priority as `nft` 1.0.6 accepts it on `hook`: by name where nft allows the name
+    /// there (`dstnat` only on prerouting, `srcnat` only on postrouting), as a number
+    /// elsewhere.
     pub fn display(self, hook: Hook) -> String {
         let named = match self.base {
-            StandardPriority::Dstnat => matches!(hook, Hook::Prerouting | Hook::Output),
-            StandardPriority::Srcnat => matches!(hook, Hook::Input | Hook::Postrouting),
+            StandardPriority::Dstnat => hook == Hook::Prerouting,
+            StandardPriority::Srcnat => hook == Hook::Postrouting,
             StandardPriority::Raw | StandardPriority::Mangle | StandardPriority::Filter => true,
         };
         if !named {

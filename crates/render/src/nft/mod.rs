@@ -9,6 +9,7 @@
 pub mod ast;
 pub mod diff;
 pub mod policy;
+pub mod services;
 
 pub use ast::{
     AddrType, BaseChain, Chain, ChainType, CtState, DataType, Element, Field, Hook, IcmpReject,
@@ -16,3 +17,4 @@ pub use ast::{
     StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict,
 };
 pub use diff::{Command, diff, diff_commands};
+pub use services::render_services_nft;
