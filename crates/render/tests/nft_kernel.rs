@@ -5,47 +5,16 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
-use netd_kernel::netns;
 use netd_proxy::plan;
 use netd_render::RenderOptions;
 use netd_render::nft::{Table, diff, render_services_nft};
+use netd_testkit::nft::{load, nft};
 use netd_testkit::scratch::ScratchNetns;
 use serde_json::Value;
 
 use common::{options, scenarios};
-
-/// Runs `nft <args>` in `ns` with `stdin` as its input; the output, or the error nft printed.
-fn nft(ns: &str, args: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = netns::command(ns, "nft")
-        .map_err(|e| e.to_string())?
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(stdin.as_bytes())
-        .map_err(|e| format!("write to nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn load(ns: &str, payload: &str) {
-    if let Err(e) = nft(ns, &["-f", "-"], payload) {
-        panic!("nft -f failed: {e}\n--- payload:\n{payload}");
-    }
-}
 
 /// The table as the kernel holds it, in a form that does not depend on how it got there:
 /// `nft -j list table` without handles, set elements sorted (nft lists hashed sets in

@@ -4,9 +4,7 @@
 //! TCP connections and UDP exchanges between the Pods (and to the Node) must meet the fate
 //! the policy engine decides, which each case also states. Needs root.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -18,6 +16,7 @@ use netd_policy::{Endpoint, Flow};
 use netd_proxy::IpFamily;
 use netd_render::nft::policy::render_policy_nft;
 use netd_testkit::held::in_netns;
+use netd_testkit::nft::load;
 use netd_testkit::scratch::ScratchNetns;
 
 /// How long a probe waits before it counts its packet as dropped.
@@ -193,7 +192,7 @@ fn check(case: &str, family: IpFamily, policy: &str, probes: &[(&str, &str, Prot
         IpFamily::V6 => format!("{case}-6"),
     };
     let topology = Topology::new(&case, net);
-    nft_load(topology.node.name(), &rules);
+    load(topology.node.name(), &rules);
     topology.node_pings_its_pods();
     let mut wrong = Vec::new();
     for &(from, to, protocol, port, want) in probes {
@@ -214,29 +213,6 @@ fn check(case: &str, family: IpFamily, policy: &str, probes: &[(&str, &str, Prot
         }
     }
     assert!(wrong.is_empty(), "{}\nrules:\n{rules}", wrong.join("\n"));
-}
-
-/// Loads `rules` into the namespace `ns` in one `nft -f -` transaction.
-fn nft_load(ns: &str, rules: &str) {
-    let mut child = netns::command(ns, "nft")
-        .expect("nft command")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(rules.as_bytes())
-        .expect("write rules");
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft -f refused the rules: {}\n{rules}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The Node namespace, its Pods and their servers; all removed on drop.
