@@ -2,7 +2,10 @@
 //! namespaces (`nftp-<pid>-<case>-…`, each with a /32 or /128 behind a veth, as the lab's
 //! Pods); the Node's rendered policy table of the family is loaded with `nft -f`, and real
 //! TCP connections and UDP exchanges between the Pods (and to the Node) must meet the fate
-//! the policy engine decides, which each case also states. Needs root.
+//! the policy engine decides, which each case also states. And the policy back end's objects
+//! share one table with the Services' and load together with them. Needs root.
+
+mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -14,7 +17,9 @@ use netd_kernel::{link, netns};
 use netd_model::{ClusterConfig, IpFamilies, NodeName, PodRef, Protocol};
 use netd_policy::{Endpoint, Flow};
 use netd_proxy::IpFamily;
-use netd_render::nft::policy::render_policy_nft;
+use netd_render::RenderOptions;
+use netd_render::nft::policy::{PRIORITY, is_policy_object, merge_into, render_policy_nft};
+use netd_render::nft::{Hook, render_services_nft};
 use netd_testkit::held::in_netns;
 use netd_testkit::nft::load;
 use netd_testkit::scratch::ScratchNetns;
@@ -171,6 +176,64 @@ spec:
             ("c", "b", Protocol::Udp, 53, false),
         ],
     );
+}
+
+/// For every Service golden scenario, the Services' table and the policy table of the same
+/// family (the seed policies, which isolate Pods in both directions) name no object alike,
+/// policy runs before the Services' filter chains on every hook they share, and the merged
+/// table loads in one transaction.
+#[test]
+fn policy_and_services_share_one_table() {
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/policy/seed/input.yaml"),
+    )
+    .expect("seed input");
+    let policy_plan =
+        netd_policy::compile(&netd_testkit::state(&seed), &NodeName::new("node-1")).expect("plan");
+    let ns = ScratchNetns::new("nftp", "merged");
+    let mut loaded = 0;
+    for dir in common::scenarios() {
+        let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
+        let (node, family, opts) = common::options(&yaml);
+        let state = netd_testkit::state(&yaml);
+        let plan = netd_proxy::plan(&state, &node, family, &opts);
+        let mut table = render_services_nft(&plan, &RenderOptions::default());
+        let policy = render_policy_nft(&policy_plan, family);
+        let what = dir.display();
+        for name in table.chains.keys().chain(table.sets.keys()) {
+            assert!(!is_policy_object(name), "{what}: services object {name}");
+        }
+        for chain in table.chains.values() {
+            let Some(base) = chain.base else { continue };
+            if matches!(base.hook, Hook::Forward | Hook::Input) {
+                assert!(
+                    PRIORITY.value() < base.priority.value(),
+                    "{what}: {} runs before policy",
+                    chain.name
+                );
+            }
+        }
+        let (services_objects, policy_objects) = (
+            table.chains.len() + table.sets.len(),
+            policy.chains.len() + policy.sets.len(),
+        );
+        merge_into(&mut table, policy);
+        assert_eq!(
+            table.chains.len() + table.sets.len(),
+            services_objects + policy_objects,
+            "{what}: a name is used by both"
+        );
+        load(ns.name(), &table.to_nft());
+        netd_testkit::nft::nft(
+            ns.name(),
+            &["delete", "table", table.family_str(), &table.name],
+            "",
+        )
+        .unwrap_or_else(|e| panic!("{what}: delete the table: {e}"));
+        loaded += 1;
+    }
+    assert!(loaded >= 20, "only {loaded} scenarios");
 }
 
 /// Builds the topology, loads the rules of `PODS` + `policy` and runs every probe `(from,
