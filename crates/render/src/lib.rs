@@ -12,8 +12,9 @@
 //! - [`chains`]: kube-proxy's chain names and hashes.
 //! - [`policy`]: the NetworkPolicy renderer ([`render_policy`], [`PolicyRules`]): per-Pod
 //!   filter chains and the ipsets they match, with a two-phase apply order.
-//! - [`nft`]: the nftables representation ([`nft::Table`]), its `nft -f` text and the
-//!   incremental update between two tables ([`nft::diff()`]).
+//! - [`nft`]: the nftables representation ([`nft::Table`]), its `nft -f` text, the
+//!   incremental update between two tables ([`nft::diff()`]), and kube-proxy's nftables
+//!   layout for Services ([`nft::render_services_nft`]; `src/nft/README.md` describes it).
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
 //! - [`trace`](mod@trace): a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
 //!   choice with its probability, masquerade, reject and drop, the NetworkPolicy rule that
