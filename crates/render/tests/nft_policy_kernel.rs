@@ -19,9 +19,9 @@ use netd_policy::{Endpoint, Flow};
 use netd_proxy::IpFamily;
 use netd_render::RenderOptions;
 use netd_render::nft::policy::{PRIORITY, is_policy_object, merge_into, render_policy_nft};
-use netd_render::nft::{Hook, render_services_nft};
+use netd_render::nft::{Hook, Table, diff, render_services_nft};
 use netd_testkit::held::in_netns;
-use netd_testkit::nft::load;
+use netd_testkit::nft::{listed, load, nft};
 use netd_testkit::scratch::ScratchNetns;
 
 /// How long a probe waits before it counts its packet as dropped.
@@ -234,6 +234,63 @@ fn policy_and_services_share_one_table() {
         loaded += 1;
     }
     assert!(loaded >= 20, "only {loaded} scenarios");
+}
+
+/// An incremental update between the policy tables of any two scenarios (and the table of
+/// a Node without policies), applied over the first, leaves what loading the second leaves:
+/// Pods isolated and released, sets replaced, chains added and deleted.
+#[test]
+fn policy_updates_end_where_a_fresh_load_does() {
+    let mut tables: Vec<(String, Table)> = common::policy_scenarios()
+        .iter()
+        .map(|(dir, plan)| {
+            (
+                dir.display().to_string(),
+                render_policy_nft(plan, IpFamily::V4),
+            )
+        })
+        .collect();
+    let no_policy = netd_testkit::state(
+        PODS.replace("CIDR", "10.244.1.0/24")
+            .replace("NET", NET4)
+            .as_str(),
+    );
+    let plan = netd_policy::compile(&no_policy, &NodeName::new("node-1")).expect("plan");
+    tables.push((
+        "no policy".to_owned(),
+        render_policy_nft(&plan, IpFamily::V4),
+    ));
+    let ns = ScratchNetns::new("nftp", "diff");
+    let drop_table = |t: &Table| {
+        nft(ns.name(), &["delete", "table", t.family_str(), &t.name], "").expect("delete table");
+    };
+    let wanted: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|(_, t)| {
+            load(ns.name(), &t.to_nft());
+            let want = listed(ns.name(), t.family_str(), &t.name);
+            drop_table(t);
+            want
+        })
+        .collect();
+    let mut pairs = 0;
+    for (i, (prev_name, prev)) in tables.iter().enumerate() {
+        for (j, ((next_name, next), want)) in tables.iter().zip(&wanted).enumerate() {
+            if i == j {
+                continue;
+            }
+            load(ns.name(), &prev.to_nft());
+            let update = diff(prev, next);
+            if let Err(e) = nft(ns.name(), &["-f", "-"], &update) {
+                panic!("{prev_name} -> {next_name}: the update fails: {e}\n{update}");
+            }
+            let got = listed(ns.name(), next.family_str(), &next.name);
+            assert_eq!(want, &got, "{prev_name} -> {next_name}\n{update}");
+            drop_table(next);
+            pairs += 1;
+        }
+    }
+    assert!(pairs >= 50, "only {pairs} pairs");
 }
 
 /// Builds the topology, loads the rules of `PODS` + `policy` and runs every probe `(from,

@@ -7,53 +7,21 @@
 //! take every `golden/*/input.yaml`, do not pick them up. An input may start with a
 //! `# node: NAME` line (default `node-1`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use netd_model::NodeName;
-use netd_policy::PolicyPlan;
+use std::collections::BTreeMap;
+
 use netd_proxy::IpFamily;
 use netd_render::iptables::{self, Direction};
 use netd_render::nft::policy::{EGRESS_MAP, INGRESS_MAP, render_policy_nft};
 use netd_render::nft::{self, Field, MapValue, Rhs, Statement, Value};
 use netd_render::{Table, Target, render_policy};
 
-fn node(yaml: &str) -> NodeName {
-    yaml.lines()
-        .map_while(|l| l.strip_prefix("# "))
-        .find_map(|l| l.strip_prefix("node: "))
-        .map_or_else(|| NodeName::new("node-1"), NodeName::new)
-}
-
-/// Every scenario directory and its plan for its node.
-fn scenarios() -> Vec<(PathBuf, PolicyPlan)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/policy");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("input.yaml").exists())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 6,
-        "expected every scenario, found {}",
-        dirs.len()
-    );
-    dirs.into_iter()
-        .map(|dir| {
-            let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
-            let state = netd_testkit::state(&yaml);
-            let plan = netd_policy::compile(&state, &node(&yaml)).expect("compile");
-            (dir, plan)
-        })
-        .collect()
-}
-
 #[test]
 fn golden() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failed = Vec::new();
-    for (dir, plan) in scenarios() {
+    for (dir, plan) in common::policy_scenarios() {
         let rules = render_policy(&plan, IpFamily::V4);
         for (file, got) in [
             ("ipset.rules", rules.ipset_input()),
@@ -90,7 +58,7 @@ fn golden() {
 #[test]
 fn nftables_rules_mirror_the_iptables_rules() {
     let mut compared = 0;
-    for (dir, plan) in scenarios() {
+    for (dir, plan) in common::policy_scenarios() {
         let ipt = render_policy(&plan, IpFamily::V4);
         let nft = render_policy_nft(&plan, IpFamily::V4);
         let mut ipt_chains = BTreeMap::new();

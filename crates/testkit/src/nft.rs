@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 
 use netd_kernel::netns;
+use serde_json::Value;
 
 /// Runs `nft <args>` in the namespace `ns` with `stdin` as its input: its output, or the
 /// error nft printed.
@@ -35,5 +36,43 @@ pub fn nft(ns: &str, args: &[&str], stdin: &str) -> Result<String, String> {
 pub fn load(ns: &str, payload: &str) {
     if let Err(e) = nft(ns, &["-f", "-"], payload) {
         panic!("nft -f failed: {e}\n--- payload:\n{payload}");
+    }
+}
+
+/// The table `family name` as the kernel of `ns` holds it, in a form that does not depend on
+/// how it got there: `nft -j list table` without handles, set elements sorted (nft lists hashed sets in
+/// bucket order), objects sorted, rules kept in order within their chain.
+pub fn listed(ns: &str, family: &str, table: &str) -> Value {
+    let json = nft(ns, &["-j", "list", "table", family, table], "")
+        .unwrap_or_else(|e| panic!("nft list table: {e}"));
+    let mut value: Value = serde_json::from_str(&json).expect("nft -j output");
+    normalise(&mut value);
+    let Value::Object(mut top) = value else {
+        panic!("nft -j output is not an object");
+    };
+    let Some(Value::Array(items)) = top.remove("nftables") else {
+        panic!("nft -j output has no nftables array");
+    };
+    let (mut rules, mut others): (Vec<Value>, Vec<Value>) =
+        items.into_iter().partition(|v| v.get("rule").is_some());
+    rules.sort_by_key(|r| r["rule"]["chain"].as_str().unwrap_or_default().to_owned());
+    others.sort_by_key(|v| v.to_string());
+    others.extend(rules);
+    Value::Array(others)
+}
+
+fn normalise(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("handle");
+            for (key, child) in map.iter_mut() {
+                normalise(child);
+                if let (true, Value::Array(elems)) = (key == "elem", child) {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalise),
+        _ => {}
     }
 }
