@@ -17,4 +17,5 @@ pub use ast::{
     StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict,
 };
 pub use diff::{Command, diff, diff_commands};
+pub use policy::render_policy_nft;
 pub use services::render_services_nft;
