@@ -69,17 +69,23 @@ fn golden_rule_sets_load_and_list() {
     assert!(checked >= 17, "only {checked} golden nftables files");
 }
 
-/// Every scenario to every other of the same family (so services appear, go away, change
-/// endpoints, policies, affinity and source ranges): the update must leave what a fresh
-/// load of the next table leaves, and an update to an equal table is empty.
+/// Every scenario to every other of the same family and to and from an empty table (so
+/// services appear, go away, change endpoints, policies, affinity and source ranges): the
+/// update must leave what a fresh load of the next table leaves, and an update to an equal
+/// table is empty.
 #[test]
 fn diff_applied_over_previous_equals_next() {
     let ns = ScratchNetns::new("nftr", "diff");
-    let tables: Vec<(String, Table)> = scenarios()
+    let mut tables: Vec<(String, Table)> = scenarios()
         .iter()
         .filter(|d| d.join("iptables.rules").exists())
         .map(|d| (name(d), render(d)))
         .collect();
+    // An empty table per family: updates that build everything and remove everything, and
+    // a partner for the single IPv6 scenario.
+    for family in netd_proxy::IpFamily::ALL {
+        tables.push((format!("empty {family}"), Table::new(family)));
+    }
     let drop_table = |t: &Table| {
         nft(ns.name(), &["delete", "table", t.family_str(), &t.name], "").expect("delete table");
     };
