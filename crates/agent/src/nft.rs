@@ -1,5 +1,7 @@
 //! The nftables back end: one table per IP family (`ip kube-netd`, `ip6 kube-netd`) rendered
-//! from the same plans as the iptables rules, and synced as one transaction per family.
+//! from the same plans as the iptables rules — the service plan in kube-proxy's nftables
+//! layout and the NetworkPolicy plan in chains that run before the Services' filter chains —
+//! and synced as one transaction per family.
 //!
 //! The first sync, the first after a failure and any sync asked to be full replace the
 //! family's table whole: `add table`, `delete table` and the new table in one `nft -f`
@@ -18,7 +20,9 @@ use netd_kernel::{KernelError, rules as kernel};
 use netd_model::{ClusterState, NodeName};
 use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
 use netd_render::RenderOptions;
-use netd_render::nft::{TABLE_NAME, Table, diff, render_services_nft};
+use netd_render::nft::{
+    TABLE_NAME, Table, diff, merge_into, render_policy_nft, render_services_nft,
+};
 use prometheus_client::registry::Registry;
 
 use crate::backend::{Backend, Mode};
@@ -54,18 +58,30 @@ impl Nftables {
         Self::default()
     }
 
-    /// The tables of `node`, one per IP family the cluster has, IPv4 first.
-    pub fn tables(&self, state: &ClusterState, node: &NodeName) -> Vec<FamilyTable> {
+    /// The tables of `node`, one per IP family the cluster has, IPv4 first: the Services in
+    /// kube-proxy's nftables layout and the NetworkPolicy chains and sets, judged first.
+    pub fn tables(
+        &self,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<Vec<FamilyTable>, AgentError> {
         // nftables mode has no localhost nodePorts (as kube-proxy's).
         let options = ProxyOptions::for_node(state, node);
-        families(state)
+        let policy = netd_policy::compile(state, node).map_err(|source| {
+            AgentError::CompilePolicyFailed {
+                node: node.clone(),
+                source,
+            }
+        })?;
+        Ok(families(state)
             .into_iter()
             .map(|family| {
                 let plan = netd_proxy::plan(state, node, family, &options);
-                let table = render_services_nft(&plan, &self.render);
+                let mut table = render_services_nft(&plan, &self.render);
+                merge_into(&mut table, render_policy_nft(&policy, family));
                 FamilyTable { plan, table }
             })
-            .collect()
+            .collect())
     }
 
     /// The `nft -f` input that syncs `next`: a whole replacement, or only what differs from
@@ -85,7 +101,7 @@ impl Backend for Nftables {
 
     fn render(&self, state: &ClusterState, node: &NodeName) -> Result<String, AgentError> {
         Ok(self
-            .tables(state, node)
+            .tables(state, node)?
             .iter()
             .map(|t| t.table.to_nft())
             .collect::<Vec<_>>()
@@ -98,7 +114,7 @@ impl Backend for Nftables {
         state: &ClusterState,
         node: &NodeName,
     ) -> Result<SyncReport, AgentError> {
-        let tables = self.tables(state, node);
+        let tables = self.tables(state, node)?;
         let mut report = SyncReport {
             health_checks: tables
                 .first()

@@ -14,7 +14,8 @@
 //!   filter chains and the ipsets they match, with a two-phase apply order.
 //! - [`nft`]: the nftables representation ([`nft::Table`]), its `nft -f` text, the
 //!   incremental update between two tables ([`nft::diff()`]), and kube-proxy's nftables
-//!   layout for Services ([`nft::render_services_nft`]; `src/nft/README.md` describes it).
+//!   layout for Services ([`nft::render_services_nft`]; `src/nft/README.md` describes it),
+//!   with NetworkPolicy in the same table ([`nft::render_policy_nft`]).
 //! - [`services`]: the service renderer ([`render_services`], [`SyncScope`]).
 //! - [`ipvs`]: the IPVS back end ([`render_ipvs`], [`IpvsRules`]): virtual and real servers
 //!   with their `ipvsadm-restore` text and a diff between two syncs, the `kube-ipvs0`
