@@ -8,7 +8,9 @@
 //! `cargo test -p netd-agent --test lab_policy -- NAME`; replay one generated cluster with
 //! `NETD_SEED=N`. Every test runs twice: over IPv4, and as `ipv6/NAME` on an IPv6-only lab
 //! whose every address is the IPv4 one embedded in `fd00::/96` ([`ipv6::embed`]), so that
-//! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4.
+//! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4. Both run
+//! again on labs whose agents run the nftables back end (`nftables/NAME`,
+//! `nftables/ipv6/NAME`), except the iptables tracer's own test.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Whether the running test's lab is the IPv6 one.
 static IPV6: AtomicBool = AtomicBool::new(false);
+/// Whether the running test's agents run the nftables back end.
+static NFT: AtomicBool = AtomicBool::new(false);
 
 type Test = (&'static str, fn());
 
@@ -55,15 +59,24 @@ fn main() -> ExitCode {
         "ipv6/embedding_keeps_prefixes_and_doubles_node_addresses",
         ipv6::embedding_keeps_prefixes_and_doubles_node_addresses,
     );
+    let nft_tests = TESTS
+        .into_iter()
+        .filter(|(name, _)| *name != "trace_agrees_with_the_kernel");
     let runs = std::iter::once(embedding)
         .chain(TESTS)
-        .map(|(name, test)| (false, name.to_owned(), test))
+        .map(|(name, test)| ((false, false), name.to_owned(), test))
         .chain(
             TESTS
                 .into_iter()
-                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
-        );
-    for (ipv6, name, test) in runs {
+                .map(|(name, test)| ((false, true), format!("ipv6/{name}"), test)),
+        )
+        .chain(
+            nft_tests
+                .clone()
+                .map(|(name, test)| ((true, false), format!("nftables/{name}"), test)),
+        )
+        .chain(nft_tests.map(|(name, test)| ((true, true), format!("nftables/ipv6/{name}"), test)));
+    for ((nft, ipv6), name, test) in runs {
         if filter.is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
@@ -72,6 +85,7 @@ fn main() -> ExitCode {
             continue;
         }
         IPV6.store(ipv6, Ordering::SeqCst);
+        NFT.store(nft, Ordering::SeqCst);
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(test));
         let status = if result.is_ok() { "ok" } else { "FAILED" };
@@ -94,7 +108,8 @@ fn main() -> ExitCode {
 fn options(test: &str) -> LabOptions {
     let exe = std::env::current_exe().expect("test binary");
     let six = if IPV6.load(Ordering::SeqCst) { "6" } else { "" };
-    let name = format!("ag{}{six}-{test}", std::process::id() % 100_000);
+    let nft = if NFT.load(Ordering::SeqCst) { "n" } else { "" };
+    let name = format!("ag{}{nft}{six}-{test}", std::process::id() % 100_000);
     let mut o = LabOptions::new(
         name,
         vec![
@@ -104,6 +119,9 @@ fn options(test: &str) -> LabOptions {
     );
     o.state_root = PathBuf::from("/run/kube-netd-tests");
     o.converge_timeout = Duration::from_secs(60);
+    if NFT.load(Ordering::SeqCst) {
+        o.mode = netd_agent::Mode::Nftables;
+    }
     if IPV6.load(Ordering::SeqCst) {
         o.config = ipv6::config();
     }
@@ -317,7 +335,9 @@ fn updates_are_reflected_after_each_step() {
             .lines()
             .filter(|l| l.starts_with("-A FORWARD ") && l.ends_with("-j KUBE-NETD-FORWARD"))
             .count();
-        assert_eq!(hooks, 1, "{node}:\n{dump}");
+        // The nftables back end keeps to its own table: no iptables hook at all.
+        let expected = usize::from(!NFT.load(Ordering::SeqCst));
+        assert_eq!(hooks, expected, "{node}:\n{dump}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
