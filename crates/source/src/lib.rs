@@ -13,7 +13,7 @@
 //! - [`runner`]: [`run`](runner::run), [`RunnerConfig`], [`SyncRequest`].
 //! - [`watch`]: [`watch_cluster`], the kube-rs watchers.
 //! - [`connect`]: [`ApiOptions`] (`--kubeconfig`, `--master`, in-cluster).
-//! - [`error`]: [`SourceError`].
+//! - [`error`]: what can fail, [`SourceError`].
 //!
 //! ```no_run
 //! # async fn agent() -> Result<(), netd_source::SourceError> {

@@ -135,7 +135,7 @@ impl Store {
                 match admitted {
                     Admitted::Keep(o) => {
                         listing.rejected.remove(&id);
-                        listing.objects.insert(id, o);
+                        listing.objects.insert(id, *o);
                     }
                     Admitted::LeftOut => {
                         listing.objects.remove(&id);
@@ -163,8 +163,8 @@ impl Store {
                 match admitted {
                     Admitted::Keep(o) => {
                         kind.rejected.remove(&id);
-                        kind.objects.get(&id) != Some(&o) && {
-                            kind.objects.insert(id, o);
+                        kind.objects.get(&id) != Some(&*o) && {
+                            kind.objects.insert(id, *o);
                             true
                         }
                     }
@@ -268,7 +268,7 @@ impl Store {
             return Admitted::LeftOut;
         };
         match ClusterState::new(vec![object.clone()], self.config.clone()) {
-            Ok(_) => Admitted::Keep(object),
+            Ok(_) => Admitted::Keep(Box::new(object)),
             Err(e) => {
                 tracing::warn!(object = %id, error = %e, "object refused; left out of the cluster state");
                 Admitted::Rejected(e)
@@ -278,7 +278,7 @@ impl Store {
 }
 
 enum Admitted {
-    Keep(Object),
+    Keep(Box<Object>),
     LeftOut,
     Rejected(StateError),
 }
@@ -322,8 +322,8 @@ impl SharedStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock leaves no half-applied event behind (`apply` mutates
-        // only after deciding), so the store is still whole.
+        // A panic while holding the lock cannot leave a kind half-replaced: a relist swaps
+        // its objects in one assignment, so the store is still consistent.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
