@@ -1,6 +1,6 @@
 //! The real kube-rs watch path against a scripted API server on 127.0.0.1: lists, a watch
 //! stream of JSON lines with a bookmark, a dropped watch resumed from the bookmark, 410 Gone,
-//! and the relist after it, into the store.
+//! the relist after it, and a list the server first refuses (503), into the store.
 
 mod common;
 
@@ -44,12 +44,15 @@ struct Script {
     requests: Mutex<Vec<Request>>,
     pod_lists: Mutex<usize>,
     pod_watches: Mutex<usize>,
+    node_lists: Mutex<usize>,
     /// Released by the test to end the first Pod watch.
     end_first_watch: Notify,
 }
 
 enum Reply {
     Body(Value),
+    /// An HTTP error with a `Status` body.
+    Failure(u16, Value),
     /// A watch: these lines, then end the response (`true`) or stay open.
     Stream(Vec<Value>, bool),
 }
@@ -65,6 +68,19 @@ fn pod_json(name: &str, ip: &str, probe: u32) -> Value {
 
 impl Script {
     async fn reply(&self, req: &Request) -> Reply {
+        if req.path == "/api/v1/nodes" && !req.is_watch() {
+            let mut n = self.node_lists.lock().expect("lock");
+            *n += 1;
+            if *n == 1 {
+                // The API server is not answering yet: the list is retried after a backoff.
+                return Reply::Failure(
+                    503,
+                    json!({"apiVersion": "v1", "kind": "Status", "metadata": {},
+                        "status": "Failure", "reason": "ServiceUnavailable", "code": 503,
+                        "message": "the server is currently unable to handle the request"}),
+                );
+            }
+        }
         if req.path != "/api/v1/pods" {
             return if req.is_watch() {
                 Reply::Stream(vec![], false)
@@ -170,6 +186,15 @@ async fn answer(socket: TcpStream, script: Arc<Script>) {
     script.requests.lock().expect("lock").push(req.clone());
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n";
     match script.reply(&req).await {
+        Reply::Failure(code, body) => {
+            let body = body.to_string();
+            let msg = format!(
+                "HTTP/1.1 {code} Service Unavailable\r\nContent-Type: application/json\r\n\
+                 Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = write.write_all(msg.as_bytes()).await;
+        }
         Reply::Body(body) => {
             let body = body.to_string();
             let msg = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
@@ -305,8 +330,12 @@ async fn the_kube_rs_watch_feeds_the_store_through_a_bookmark_a_410_and_a_relist
         "{}",
         namespaces.accept
     );
+    let node_lists = requests
+        .iter()
+        .filter(|r| r.path == "/api/v1/nodes" && !r.is_watch())
+        .count();
+    assert_eq!(node_lists, 2, "the failed Node list was retried once");
     for path in [
-        "/api/v1/nodes",
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/apis/networking.k8s.io/v1/networkpolicies",
     ] {
