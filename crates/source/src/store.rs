@@ -1,0 +1,389 @@
+//! [`Store`]: the cluster as the watches have told it, a plain synchronous value.
+//!
+//! Feed it each kind's [`watcher::Event`]s with [`Store::apply`]; ask [`Store::ready`]
+//! whether every kind has completed its first list, and [`Store::snapshot`] for the
+//! [`ClusterState`] every consumer reads. Tests feed it scripted events; the API watch
+//! ([`crate::watch`]) feeds it through a [`SharedStore`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use netd_model::{ClusterConfig, ClusterState, Kind, Object, ObjectId, StateError};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::error::SourceError;
+use crate::prune;
+
+/// The kinds the store is fed, in the order they are reported.
+pub const WATCHED_KINDS: [Kind; 6] = [
+    Kind::Namespace,
+    Kind::Node,
+    Kind::Pod,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::NetworkPolicy,
+];
+
+/// A Kubernetes type the store is fed: how to name it and what of it to keep.
+pub trait Watched:
+    kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
+{
+    /// The kind it is stored as.
+    const KIND: Kind;
+
+    /// Its metadata.
+    fn metadata(&self) -> &ObjectMeta;
+
+    /// What the store keeps of it, or `None` when it is left out (a Service another proxy
+    /// owns, a Pod that has finished).
+    fn prune(self) -> Option<Object>;
+
+    /// Its identity in the store.
+    fn id(&self) -> ObjectId {
+        let m = self.metadata();
+        ObjectId {
+            kind: Self::KIND,
+            namespace: if Self::KIND.is_namespaced() {
+                m.namespace.clone().unwrap_or_else(|| "default".to_owned())
+            } else {
+                String::new()
+            },
+            name: m.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The snapshot a [`Store`] produced, numbered by the store's generation.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The cluster.
+    pub state: ClusterState,
+    /// The store's [`Store::generation`] it was taken at.
+    pub generation: u64,
+}
+
+/// The cluster state as fed by watch events: per kind, the kept form of every object.
+///
+/// Objects are converted once, on arrival, into what `netd-model` reads ([`Watched::prune`]);
+/// an object the model refuses (a malformed IP, an unknown protocol) is held out and listed by
+/// [`Store::rejected`] instead of failing every snapshot. A change is one that alters the kept
+/// form, so status heartbeats and `managedFields` churn change nothing.
+#[derive(Debug)]
+pub struct Store {
+    config: ClusterConfig,
+    kinds: BTreeMap<Kind, KindStore>,
+    generation: u64,
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct KindStore {
+    objects: BTreeMap<ObjectId, Object>,
+    rejected: BTreeMap<ObjectId, StateError>,
+    /// Between `Init` and `InitDone`: the list being received; it replaces `objects` whole.
+    relist: Option<Listing>,
+    listed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Listing {
+    objects: BTreeMap<ObjectId, Object>,
+    rejected: BTreeMap<ObjectId, StateError>,
+}
+
+impl Store {
+    /// An empty store for a cluster with these settings (snapshots carry them).
+    pub fn new(config: ClusterConfig) -> Store {
+        Store {
+            config,
+            kinds: WATCHED_KINDS
+                .into_iter()
+                .map(|k| (k, KindStore::default()))
+                .collect(),
+            generation: 0,
+            dirty: false,
+        }
+    }
+
+    /// Applies one watch event of `K`'s kind. Returns whether the store changed: an object
+    /// kept differently, added or removed, or the store becoming [ready](Store::ready).
+    ///
+    /// `Init` starts a (re)list: until its `InitDone`, snapshots keep showing the previous
+    /// objects of the kind; at `InitDone` the listed objects replace them whole, so objects
+    /// deleted while the watch was away disappear.
+    pub fn apply<K: Watched>(&mut self, event: watcher::Event<K>) -> bool {
+        let was_ready = self.ready();
+        let changed = match event {
+            watcher::Event::Init => {
+                self.kind_mut(K::KIND).relist = Some(Listing::default());
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                let id = obj.id();
+                let admitted = self.admit(&id, obj);
+                let listing = self
+                    .kind_mut(K::KIND)
+                    .relist
+                    .get_or_insert_with(Listing::default);
+                match admitted {
+                    Admitted::Keep(o) => {
+                        listing.rejected.remove(&id);
+                        listing.objects.insert(id, *o);
+                    }
+                    Admitted::LeftOut => {
+                        listing.objects.remove(&id);
+                    }
+                    Admitted::Rejected(e) => {
+                        listing.objects.remove(&id);
+                        listing.rejected.insert(id, e);
+                    }
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                let kind = self.kind_mut(K::KIND);
+                let listing = kind.relist.take().unwrap_or_default();
+                kind.listed = true;
+                kind.rejected = listing.rejected;
+                let changed = kind.objects != listing.objects;
+                kind.objects = listing.objects;
+                changed
+            }
+            watcher::Event::Apply(obj) => {
+                let id = obj.id();
+                let admitted = self.admit(&id, obj);
+                let kind = self.kind_mut(K::KIND);
+                match admitted {
+                    Admitted::Keep(o) => {
+                        kind.rejected.remove(&id);
+                        kind.objects.get(&id) != Some(&*o) && {
+                            kind.objects.insert(id, *o);
+                            true
+                        }
+                    }
+                    Admitted::LeftOut => {
+                        kind.rejected.remove(&id);
+                        kind.objects.remove(&id).is_some()
+                    }
+                    Admitted::Rejected(e) => {
+                        kind.rejected.insert(id.clone(), e);
+                        kind.objects.remove(&id).is_some()
+                    }
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                let id = obj.id();
+                let kind = self.kind_mut(K::KIND);
+                kind.rejected.remove(&id);
+                kind.objects.remove(&id).is_some()
+            }
+        };
+        let changed = changed || (!was_ready && self.ready());
+        if changed {
+            self.generation += 1;
+            self.dirty = true;
+        }
+        changed
+    }
+
+    /// Whether every kind has completed its first list. Until then no snapshot is produced.
+    pub fn ready(&self) -> bool {
+        self.kinds.values().all(|k| k.listed)
+    }
+
+    /// The kinds whose first list has not completed yet.
+    pub fn pending(&self) -> Vec<Kind> {
+        self.kinds
+            .iter()
+            .filter(|(_, k)| !k.listed)
+            .map(|(kind, _)| *kind)
+            .collect()
+    }
+
+    /// How many changes the store has taken since it was made.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the store changed since the last [`Store::take_snapshot`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The objects of one kind the store keeps, by identity.
+    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.kinds
+            .get(&kind)
+            .into_iter()
+            .flat_map(|k| k.objects.values())
+    }
+
+    /// The objects held out because the model refused them, with why.
+    pub fn rejected(&self) -> impl Iterator<Item = (&ObjectId, &StateError)> {
+        self.kinds.values().flat_map(|k| k.rejected.iter())
+    }
+
+    /// The snapshot of everything kept, once every kind is [ready](Store::ready).
+    pub fn snapshot(&self) -> Result<Snapshot, SourceError> {
+        if !self.ready() {
+            return Err(SourceError::NotReady {
+                pending: self.pending(),
+            });
+        }
+        let objects = self
+            .kinds
+            .values()
+            .flat_map(|k| k.objects.values().cloned())
+            .collect();
+        let state = ClusterState::new(objects, self.config.clone())
+            .map_err(|source| SourceError::SnapshotFailed { source })?;
+        Ok(Snapshot {
+            state,
+            generation: self.generation,
+        })
+    }
+
+    /// [`Store::snapshot`], and the store is clean until its next change. On an error the
+    /// store stays dirty.
+    pub fn take_snapshot(&mut self) -> Result<Snapshot, SourceError> {
+        let snapshot = self.snapshot()?;
+        self.dirty = false;
+        Ok(snapshot)
+    }
+
+    fn kind_mut(&mut self, kind: Kind) -> &mut KindStore {
+        self.kinds.entry(kind).or_default()
+    }
+
+    /// Prunes `obj` and checks the model accepts it, alone, as it would in a snapshot.
+    fn admit<K: Watched>(&self, id: &ObjectId, obj: K) -> Admitted {
+        let Some(object) = obj.prune() else {
+            return Admitted::LeftOut;
+        };
+        match ClusterState::new(vec![object.clone()], self.config.clone()) {
+            Ok(_) => Admitted::Keep(Box::new(object)),
+            Err(e) => {
+                tracing::warn!(object = %id, error = %e, "object refused; left out of the cluster state");
+                Admitted::Rejected(e)
+            }
+        }
+    }
+}
+
+enum Admitted {
+    Keep(Box<Object>),
+    LeftOut,
+    Rejected(StateError),
+}
+
+/// A [`Store`] shared between the watches that feed it and the runners that read it; each
+/// change is announced to every [`SharedStore::subscribe`]r.
+#[derive(Clone, Debug)]
+pub struct SharedStore {
+    store: Arc<Mutex<Store>>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl SharedStore {
+    /// Shares `store`.
+    pub fn new(store: Store) -> SharedStore {
+        let (changes, _) = watch::channel(store.generation());
+        SharedStore {
+            store: Arc::new(Mutex::new(store)),
+            changes: Arc::new(changes),
+        }
+    }
+
+    /// [`Store::apply`], announcing the change if there was one.
+    pub fn apply<K: Watched>(&self, event: watcher::Event<K>) -> bool {
+        let mut store = self.lock();
+        let changed = store.apply(event);
+        if changed {
+            self.changes.send_replace(store.generation());
+        }
+        changed
+    }
+
+    /// Runs `f` on the store, holding it for no longer than that.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    /// A receiver that sees the store's generation each time it changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave a kind half-replaced: a relist swaps
+        // its objects in one assignment, so the store is still consistent.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Watched for PartialObjectMeta<core::Namespace> {
+    const KIND: Kind = Kind::Namespace;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::namespace(self.metadata)
+    }
+}
+
+impl Watched for core::Node {
+    const KIND: Kind = Kind::Node;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::node(self)
+    }
+}
+
+impl Watched for core::Pod {
+    const KIND: Kind = Kind::Pod;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::pod(self)
+    }
+}
+
+impl Watched for core::Service {
+    const KIND: Kind = Kind::Service;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::service(self)
+    }
+}
+
+impl Watched for discovery::EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::endpoint_slice(self)
+    }
+}
+
+impl Watched for networking::NetworkPolicy {
+    const KIND: Kind = Kind::NetworkPolicy;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn prune(self) -> Option<Object> {
+        prune::network_policy(self)
+    }
+}
