@@ -34,6 +34,8 @@ const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
+/// A test of one variant: its proxy mode and whether its lab is IPv6-only.
+type Variant = ((Mode, bool), String, fn());
 
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
@@ -128,7 +130,7 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<((Mode, bool), String, fn())> = [Mode::Iptables, Mode::Nftables]
+    let selected: Vec<Variant> = [Mode::Iptables, Mode::Nftables]
         .into_iter()
         .flat_map(|mode| [(mode, false), (mode, true)])
         .flat_map(|variant| {

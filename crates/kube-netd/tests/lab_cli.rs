@@ -1139,3 +1139,44 @@ fn localhost_nodeports_answer_only_when_the_lab_asks_for_them() {
         assert_eq!(lab.leftovers(), Vec::<String>::new());
     }
 }
+
+#[test]
+fn nftables_mode_renders_what_the_lab_runs() {
+    let lab = TestLab::new("nft");
+    lab.ok(&["up", "--mode", "nftables", "-f", EXAMPLES]);
+    let listed = lab.ok(&["list", "-o", "json"]);
+    assert!(listed.contains("\"nftables\""), "{listed}");
+
+    // `render --mode nftables` is what node-1 holds: loaded into a namespace of its own, its
+    // table lists as node-1's does; and node-1 has no iptables rules of kube-netd's.
+    let render = offline(&["render", "--mode", "nftables", "--node", "node-1"]);
+    let scratch = ScratchNetns::new(&lab, "nftrender");
+    let mut load = scratch
+        .command(&["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft -f");
+    std::io::Write::write_all(&mut load.stdin.take().expect("stdin"), render.as_bytes())
+        .expect("feed nft");
+    assert!(load.wait().expect("nft").success(), "{render}");
+    let list = ["nft", "list", "table", "ip", "kube-netd"];
+    let rendered = scratch.command(&list).output().expect("nft list");
+    assert!(rendered.status.success());
+    let node = lab.ok(&[&["exec", "node/node-1", "--"], &list[..]].concat());
+    assert_eq!(String::from_utf8_lossy(&rendered.stdout), node);
+    let save = lab.ok(&["exec", "node/node-1", "--", "iptables-save"]);
+    assert!(!save.contains("KUBE-NETD-"), "{save}");
+
+    // The Service balances and the seed's policy holds: frontend reaches db:6379, a stranger
+    // does not.
+    let served = lab.ok(&[
+        "probe",
+        "myproject/client",
+        "svc/default/hostnames",
+        "--port",
+        "80",
+    ]);
+    assert!(served.contains("hostnames-"), "{served}");
+    lab.ok(&["probe", "default/frontend", "default/db", "--port", "6379"]);
+    lab.fails(&["probe", "default/stranger", "default/db", "--port", "6379"]);
+}
