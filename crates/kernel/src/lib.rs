@@ -7,7 +7,8 @@
 //! Start with [`netns`] (create, delete, enter and run commands in a namespace), then
 //! [`link`] (veth pairs, bridges, addresses, routes, sysctls), [`rules`] (atomic
 //! `iptables-restore` / `ipset restore`, conntrack deletion) and [`process`] (ending processes
-//! by PID). Every failure is a [`KernelError`] naming the command and carrying its stderr.
+//! by PID); [`module`] loads the kernel modules a node needs (`br_netfilter`, `nf_conntrack`,
+//! `sctp`, IPVS) unless the running kernel already has them, and detects SCTP sockets. Every failure is a [`KernelError`] naming the command and carrying its stderr.
 //!
 //! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
 //! so that what kube-netd does can be replayed by hand; only entering a namespace from a thread
@@ -15,6 +16,7 @@
 
 pub mod error;
 pub mod link;
+pub mod module;
 pub mod netns;
 pub mod process;
 pub mod rules;
