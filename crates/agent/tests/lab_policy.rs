@@ -9,6 +9,8 @@
 //! `NETD_SEED=N`. Every test runs twice: over IPv4, and as `ipv6/NAME` on an IPv6-only lab
 //! whose every address is the IPv4 one embedded in `fd00::/96` ([`ipv6::embed`]), so that
 //! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4.
+//! The `sctp_` tests need SCTP sockets: where the running kernel has none they are reported
+//! ignored, and `-- --ignored` runs only them (as `.ci/run` does in `scripts/kernel-vm.sh`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -43,6 +45,14 @@ const TESTS: [Test; 4] = [
     ("trace_agrees_with_the_kernel", trace_agrees_with_the_kernel),
 ];
 
+/// The tests that need SCTP sockets: ignored (with the reason) where the running kernel has
+/// none; `--ignored` runs only them, and fails them there (`scripts/kernel-vm.sh` runs them so
+/// on Debian's stock kernel).
+const SCTP_TESTS: [Test; 1] = [(
+    "sctp_policy_opens_sctp_alone_and_still_isolates",
+    sctp_policy_opens_sctp_alone_and_still_isolates,
+)];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(status) = netd_lab::helper_if_asked(&args, &NodeProgrammer::default()) {
@@ -50,25 +60,51 @@ fn main() -> ExitCode {
     }
     let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));
     let listing = args.iter().any(|a| a == "--list");
+    let only_sctp = args.iter().any(|a| a == "--ignored");
     let mut failed = Vec::new();
     let embedding: Test = (
         "ipv6/embedding_keeps_prefixes_and_doubles_node_addresses",
         ipv6::embedding_keeps_prefixes_and_doubles_node_addresses,
     );
-    let runs = std::iter::once(embedding)
-        .chain(TESTS)
-        .map(|(name, test)| (false, name.to_owned(), test))
-        .chain(
+    let mut runs: Vec<(bool, String, fn(), bool)> = Vec::new();
+    if !only_sctp {
+        runs.push((false, embedding.0.to_owned(), embedding.1, false));
+        runs.extend(TESTS.iter().map(|&(n, t)| (false, n.to_owned(), t, false)));
+        runs.extend(
             TESTS
-                .into_iter()
-                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
+                .iter()
+                .map(|&(n, t)| (true, format!("ipv6/{n}"), t, false)),
         );
-    for (ipv6, name, test) in runs {
-        if filter.is_some_and(|f| !name.contains(f.as_str())) {
+    }
+    runs.extend(
+        SCTP_TESTS
+            .iter()
+            .map(|&(n, t)| (false, n.to_owned(), t, true)),
+    );
+    runs.extend(
+        SCTP_TESTS
+            .iter()
+            .map(|&(n, t)| (true, format!("ipv6/{n}"), t, true)),
+    );
+    runs.retain(|(_, name, ..)| filter.is_none_or(|f| name.contains(f.as_str())));
+    let sctp_missing = if runs.iter().any(|t| t.3) && !listing {
+        netd_testkit::sctp_missing()
+    } else {
+        None
+    };
+    for (ipv6, name, test, sctp) in runs {
+        if listing {
+            let kind = if sctp { "test (needs SCTP)" } else { "test" };
+            println!("{name}: {kind}");
             continue;
         }
-        if listing {
-            println!("{name}: test");
+        if let (true, Some(why)) = (sctp, &sctp_missing) {
+            if only_sctp {
+                println!("test {name} ... FAILED: {why}");
+                failed.push(name);
+            } else {
+                println!("test {name} ... ignored, {why}");
+            }
             continue;
         }
         IPV6.store(ipv6, Ordering::SeqCst);
@@ -220,6 +256,90 @@ fn compare_services(lab: &Lab, what: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// An ingress policy on SCTP 5000 alone: before it, SCTP 5000 and 5001 and TCP 5000 all
+/// reach the Pod; with it, SCTP 5000 still does, TCP on the same port number does not (an
+/// SCTP-only policy does not open TCP), nor SCTP to 5001 (the policy on SCTP still isolates).
+/// The kernel's SCTP truth table (`lab matrix --protocol sctp`) is the engine's, both times.
+fn sctp_policy_opens_sctp_alone_and_still_isolates() {
+    let lab = up("sctp", SCTP_PODS);
+    let probe = |protocol: ProbeProtocol, port: u16| {
+        let spec = ProbeSpec {
+            port: Some(port),
+            protocol,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+            family: None,
+        };
+        let from: Place = "x/client".parse().expect("place");
+        let to: Target = "x/server".parse().expect("target");
+        lab.probe(&from, &to, &spec).expect("probe")[0].outcome
+    };
+    let sctp_matrix = |what: &str| {
+        let state: ClusterState = lab.state().expect("state");
+        let want = netd_policy::matrix(&state, 5000, Protocol::Sctp, &[]);
+        let got = lab
+            .matrix(5000, Protocol::Sctp, &[], PROBE_TIMEOUT, None)
+            .expect("lab matrix over sctp");
+        let mismatches: Vec<String> = want
+            .mismatches(&got)
+            .iter()
+            .map(|m| {
+                format!(
+                    "{what}: {} -> {} 5000/sctp: engine {}, kernel {}",
+                    m.from,
+                    m.to,
+                    verdict(m.expected),
+                    verdict(m.actual)
+                )
+            })
+            .collect();
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    };
+    assert_eq!(probe(ProbeProtocol::Sctp, 5000), Outcome::Connected);
+    assert_eq!(probe(ProbeProtocol::Sctp, 5001), Outcome::Connected);
+    assert_eq!(probe(ProbeProtocol::Tcp, 5000), Outcome::Connected);
+    sctp_matrix("no policy");
+    lab.apply(objects(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sctp-only, namespace: x}\nspec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress], ingress: [{ports: [{protocol: SCTP, port: 5000}]}]}\n",
+    ))
+    .expect("apply");
+    assert_eq!(probe(ProbeProtocol::Sctp, 5000), Outcome::Connected);
+    assert_eq!(probe(ProbeProtocol::Tcp, 5000), Outcome::Timeout);
+    assert_eq!(probe(ProbeProtocol::Sctp, 5001), Outcome::Timeout);
+    sctp_matrix("sctp-only policy");
+}
+
+/// Two Pods on different Nodes: `x/server` serves SCTP 5000 and 5001 and TCP 5000.
+const SCTP_PODS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {app: server}}
+spec: {nodeName: node-2, containers: [{name: s, image: echo, ports: [{containerPort: 5000, protocol: SCTP}, {containerPort: 5001, protocol: SCTP}, {containerPort: 5000}]}]}
+status: {podIP: 10.244.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {nodeName: node-1, containers: [{name: c, image: echo}]}
+status: {podIP: 10.244.1.2}
+"#;
 
 fn verdict(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "blocked" }

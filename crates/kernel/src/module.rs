@@ -137,7 +137,10 @@ mod tests {
         };
         assert!(!missing.present());
         let err = ensure(&[missing]).expect_err("no such module");
-        assert_eq!(err.to_string(), "kernel module netd_no_such_module is missing");
+        assert_eq!(
+            err.to_string(),
+            "kernel module netd_no_such_module is missing"
+        );
         match err {
             KernelError::ModuleMissing { module, source } => {
                 assert_eq!(module, "netd_no_such_module");

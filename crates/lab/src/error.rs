@@ -240,7 +240,8 @@ pub enum LabError {
         /// Where it was resolved.
         from: String,
     },
-    /// SCTP or another protocol the kernel here cannot do.
+    /// A protocol the probes cannot speak here: SCTP where the running kernel opens no SCTP
+    /// sockets even with the `sctp` module loaded, or a truth table over ICMP.
     #[error("protocol {protocol} is not supported by this kernel")]
     ProtocolUnsupported {
         /// The protocol.
