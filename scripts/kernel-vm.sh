@@ -16,7 +16,7 @@
 #   --cpus      virtual CPUs (default 2)
 #   --timeout   seconds before the VM is stopped (default 1200)
 #
-# The command runs as root in the current directory, with this shell's PATH; its exit status
+# The command runs as root (under bash) in the current directory, with this shell's PATH; its exit status
 # is the script's. 125 means the VM could not run it (boot, mount or timeout).
 # Software emulation (TCG) by default, which works everywhere; KERNEL_VM_ACCEL=kvm asks for
 # KVM where /dev/kvm works (inside another VM it often does not: qemu aborts setting MSRs).
@@ -86,6 +86,8 @@ cat > "$initrd_root/init" <<EOF
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# The VM's own loopback, as any booted system has it (tests bind 127.0.0.1).
+ip link set lo up
 give_up() { echo "kernel-vm: \$*"; poweroff -f; }
 for m in ${boot_order[*]}; do insmod /lib/boot/\$m || give_up "insmod \$m failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 result /root || give_up "no result share"
@@ -109,7 +111,7 @@ for m in crc32c_generic $modules; do
   chroot /new /sbin/modprobe \$m || echo "kernel-vm: cannot load module \$m"
 done
 cp /command.sh /new/tmp/kernel-vm-command.sh
-chroot /new /bin/sh /tmp/kernel-vm-command.sh
+chroot /new /bin/bash /tmp/kernel-vm-command.sh
 echo \$? > /root/status
 sync
 poweroff -f

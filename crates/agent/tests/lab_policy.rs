@@ -32,6 +32,9 @@ static IPV6: AtomicBool = AtomicBool::new(false);
 
 type Test = (&'static str, fn());
 
+/// One test to run: over IPv6 or not, its name, and whether it needs SCTP sockets.
+type Run = (bool, String, fn(), bool);
+
 const TESTS: [Test; 4] = [
     (
         "generated_clusters_match_the_engine",
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
         "ipv6/embedding_keeps_prefixes_and_doubles_node_addresses",
         ipv6::embedding_keeps_prefixes_and_doubles_node_addresses,
     );
-    let mut runs: Vec<(bool, String, fn(), bool)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     if !only_sctp {
         runs.push((false, embedding.0.to_owned(), embedding.1, false));
         runs.extend(TESTS.iter().map(|&(n, t)| (false, n.to_owned(), t, false)));

@@ -35,6 +35,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
 
+/// One test to run: over IPv6 or not, its name, and whether it needs SCTP sockets.
+type Run = (bool, String, fn(), bool);
+
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
     static IPV6: Cell<bool> = const { Cell::new(false) };
@@ -131,7 +134,7 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let mut selected: Vec<(bool, String, fn(), bool)> = Vec::new();
+    let mut selected: Vec<Run> = Vec::new();
     if !only_sctp {
         selected.extend(TESTS.iter().map(|&(n, t)| (false, n.to_owned(), t, false)));
         selected.extend(
