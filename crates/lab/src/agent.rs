@@ -70,9 +70,8 @@ pub fn run_agent(
     // The rules NAT and match on connection state: conntrack must be in the kernel, as
     // kubeadm's preflight expects of a node. (`lab up` loaded it too; an agent does not rely
     // on that.)
-    module::ensure(&[module::NF_CONNTRACK]).map_err(LabError::kernel(format!(
-        "starting the agent of node {node}"
-    )))?;
+    module::ensure(&[module::NF_CONNTRACK])
+        .map_err(LabError::modules(format!("for the agent of node {node}")))?;
     let store = Store::at(state_dir.to_owned());
     let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
         name: state_dir.to_string_lossy().into_owned(),

@@ -203,8 +203,7 @@ impl Lab {
         };
         // A distribution kernel has br_netfilter and nf_conntrack as modules nobody loaded;
         // without them the bridge sysctls do not exist and NAT does not work.
-        module::ensure(&module::NODE_MODULES)
-            .map_err(LabError::kernel("loading the kernel modules a lab needs"))?;
+        module::ensure(&module::NODE_MODULES).map_err(LabError::modules("for a lab node"))?;
         store.create()?;
         let lab = Lab {
             names: names.clone(),

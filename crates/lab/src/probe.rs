@@ -464,7 +464,7 @@ pub(crate) fn check_protocol(protocol: ProbeProtocol) -> Result<(), LabError> {
     if protocol != ProbeProtocol::Sctp {
         return Ok(());
     }
-    module::ensure(&[module::SCTP]).map_err(LabError::kernel("probing over sctp"))?;
+    module::ensure(&[module::SCTP]).map_err(LabError::modules("for sctp probes"))?;
     if !module::sctp_sockets() {
         return Err(LabError::ProtocolUnsupported {
             protocol: protocol.to_string(),
