@@ -128,7 +128,7 @@ timeout --foreground "$timeout_s" qemu-system-x86_64 \
   -append "console=ttyS0 quiet loglevel=3 panic=-1" \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$run_dir/result,mount_tag=result,security_model=none" \
-  </dev/null | tr -d '\r' || status=$?
+  </dev/null | sed -u 's/\r$//' || status=$?
 if [ ! -s "$run_dir/result/status" ]; then
   [ "$status" = 124 ] && fail "timed out after ${timeout_s}s"
   fail "the VM ended before the command did (qemu status $status)"
