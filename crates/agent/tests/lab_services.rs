@@ -12,6 +12,8 @@
 //! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state, and
 //! both again on labs whose agents run the nftables back end (`nftables/NAME`,
 //! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`.
+//! The `sctp_` tests need SCTP sockets: where the running kernel has none they are reported
+//! ignored, and `-- --ignored` runs only them (as `.ci/run` does in `scripts/kernel-vm.sh`).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,8 +36,9 @@ const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
-/// A test of one variant: its proxy mode and whether its lab is IPv6-only.
-type Variant = ((Mode, bool), String, fn());
+/// One test to run: its variant (proxy mode, IPv6-only lab or not), its name, and whether it
+/// needs SCTP sockets.
+type Run = ((Mode, bool), String, fn(), bool);
 
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
@@ -107,6 +110,14 @@ const TESTS: [Test; 13] = [
     ),
 ];
 
+/// The tests that need SCTP sockets: ignored (with the reason) where the running kernel has
+/// none; `--ignored` runs only them, and fails them there (`scripts/kernel-vm.sh` runs them so
+/// on Debian's stock kernel).
+const SCTP_TESTS: [Test; 1] = [(
+    "sctp_service_reaches_its_pod_by_cluster_ip_and_node_port",
+    sctp_service_reaches_its_pod_by_cluster_ip_and_node_port,
+)];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
@@ -115,6 +126,7 @@ fn main() -> ExitCode {
     let mut threads = 1usize;
     let mut filter = None;
     let mut listing = false;
+    let only_sctp = args.iter().any(|a| a == "--ignored");
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if let Some(n) = arg.strip_prefix("--test-threads=") {
@@ -130,31 +142,45 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<Variant> = [Mode::Iptables, Mode::Nftables]
+    let variants = [Mode::Iptables, Mode::Nftables]
         .into_iter()
-        .flat_map(|mode| [(mode, false), (mode, true)])
-        .flat_map(|variant| {
-            TESTS.into_iter().map(move |(name, test)| {
-                let (mode, v6) = variant;
-                let mut full = String::new();
-                if mode != Mode::Iptables {
-                    full.push_str(&format!("{mode}/"));
-                }
-                if v6 {
-                    full.push_str("ipv6/");
-                }
-                full.push_str(name);
-                (variant, full, test)
-            })
-        })
-        .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
-        .collect();
+        .flat_map(|mode| [(mode, false), (mode, true)]);
+    let mut selected: Vec<Run> = Vec::new();
+    for variant in variants {
+        let (mode, v6) = variant;
+        let mut prefix = String::new();
+        if mode != Mode::Iptables {
+            prefix.push_str(&format!("{mode}/"));
+        }
+        if v6 {
+            prefix.push_str("ipv6/");
+        }
+        if !only_sctp {
+            selected.extend(
+                TESTS
+                    .iter()
+                    .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, false)),
+            );
+        }
+        selected.extend(
+            SCTP_TESTS
+                .iter()
+                .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, true)),
+        );
+    }
+    selected.retain(|(_, name, ..)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())));
     if listing {
-        for (_, name, _) in &selected {
-            println!("{name}: test");
+        for (_, name, _, sctp) in &selected {
+            let kind = if *sctp { "test (needs SCTP)" } else { "test" };
+            println!("{name}: {kind}");
         }
         return ExitCode::SUCCESS;
     }
+    let sctp_missing = if selected.iter().any(|t| t.3) {
+        netd_testkit::sctp_missing()
+    } else {
+        None
+    };
     let queue = Mutex::new(selected.into_iter());
     let failed = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -162,9 +188,21 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some(((mode, v6), name, test)) = next else {
+                    let Some(((mode, v6), name, test, sctp)) = next else {
                         break;
                     };
+                    if let (true, Some(why)) = (sctp, &sctp_missing) {
+                        if !only_sctp {
+                            println!("test {name} ... ignored, {why}");
+                            continue;
+                        }
+                        println!("test {name} ... FAILED: {why}");
+                        failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(name);
+                        continue;
+                    }
                     IPV6.with(|c| c.set(v6));
                     MODE.with(|c| c.set(mode));
                     let start = Instant::now();
@@ -789,6 +827,57 @@ fn agent_restart_keeps_established_connections() {
     conn.round_trip("after apply");
 }
 
+/// An SCTP Service (iptables mode): from a Pod on the other Node its ClusterIP reaches the
+/// Pod's SCTP echo server, which sees the client's own address; from outside, the nodePort of
+/// either Node does, SNATed to that Node. The Pod's TCP port of the same number is not part of
+/// the Service: TCP to the ClusterIP gets nowhere.
+fn sctp_service_reaches_its_pod_by_cluster_ip_and_node_port() {
+    let lab = up(
+        "sctp",
+        &format!(
+            "{}{}{CLIENT}",
+            pod(
+                "web",
+                "node-2",
+                "{app: web}",
+                "[{containerPort: 9376, protocol: SCTP}, {containerPort: 9376}]"
+            ),
+            service(
+                "web",
+                "type: NodePort, selector: {app: web}, ports: [{protocol: SCTP, port: 80, targetPort: 9376, nodePort: 30090}]"
+            ),
+        ),
+    );
+    let client_ips = node_addresses(&lab, &client());
+    for r in probe_over(&lab, &client(), &svc("web"), ProbeProtocol::Sctp, 80, 5) {
+        assert_eq!(r.served_by.as_deref(), Some("default/web"), "{r}");
+        assert!(
+            r.client_ip_seen.is_some_and(|ip| client_ips.contains(&ip)),
+            "{r}: expected the client's own address {client_ips:?}"
+        );
+    }
+    for node in ["node-1", "node-2"] {
+        let addresses = node_addresses(&lab, &Place::Node(node.into()));
+        let to = Target::Node(node.into());
+        for r in probe_over(&lab, &Place::External, &to, ProbeProtocol::Sctp, 30090, 3) {
+            assert_eq!(r.served_by.as_deref(), Some("default/web"), "{r}");
+            assert!(
+                r.client_ip_seen.is_some_and(|ip| addresses.contains(&ip)),
+                "{r}: expected one of {node}'s addresses {addresses:?}"
+            );
+        }
+    }
+    let tcp = ProbeSpec {
+        port: Some(80),
+        protocol: ProbeProtocol::Tcp,
+        count: 1,
+        timeout: PROBE_TIMEOUT,
+        family: None,
+    };
+    let r = &lab.probe(&client(), &svc("web"), &tcp).expect("probe")[0];
+    assert_ne!(r.outcome, Outcome::Connected, "{r}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clusters.
 
@@ -857,9 +946,21 @@ fn up(test: &str, yaml: &str) -> Lab {
 
 /// `count` TCP probes from `from` to `to`, each of which must connect.
 fn probe(lab: &Lab, from: &Place, to: &Target, port: u16, count: u32) -> Vec<ProbeResult> {
+    probe_over(lab, from, to, ProbeProtocol::Tcp, port, count)
+}
+
+/// `count` probes of `protocol` from `from` to `to`, each of which must connect.
+fn probe_over(
+    lab: &Lab,
+    from: &Place,
+    to: &Target,
+    protocol: ProbeProtocol,
+    port: u16,
+    count: u32,
+) -> Vec<ProbeResult> {
     let spec = ProbeSpec {
         port: Some(port),
-        protocol: ProbeProtocol::Tcp,
+        protocol,
         count,
         timeout: PROBE_TIMEOUT,
         family: None,

@@ -124,4 +124,14 @@ pub enum KernelError {
         /// The namespace.
         namespace: String,
     },
+    /// A kernel module the work needs is not in the running kernel and `modprobe` could not
+    /// load it.
+    #[error("kernel module {module} is missing")]
+    ModuleMissing {
+        /// The module (`br_netfilter`, `sctp`, `ip_vs`...).
+        module: String,
+        /// What `modprobe` said.
+        #[source]
+        source: Box<KernelError>,
+    },
 }

@@ -7,9 +7,11 @@
 //! Start with [`netns`] (create, delete, enter and run commands in a namespace), then
 //! [`link`] (veth pairs, bridges, addresses, routes, sysctls), [`rules`] (atomic
 //! `iptables-restore` / `ipset restore`, conntrack deletion) and [`process`] (ending processes
-//! by PID). Every failure is a [`KernelError`] naming the command and carrying its stderr.
-//! [`nftnl`] speaks nf_tables over netlink directly: typed tables, chains, rules, sets and
-//! elements sent as one atomic batch, with [`nftnl::NftError`] naming a refused message.
+//! by PID); [`module`] loads the kernel modules a node needs (`br_netfilter`, `nf_conntrack`,
+//! `sctp`, IPVS) unless the running kernel already has them, and detects SCTP sockets. Every
+//! failure is a [`KernelError`] naming the command and carrying its stderr. [`nftnl`] speaks
+//! nf_tables over netlink directly: typed tables, chains, rules, sets and elements sent as one
+//! atomic batch, with [`nftnl::NftError`] naming a refused message.
 //!
 //! The work is done with the standard tools (`ip`, `iptables-restore`, `ipset`, `conntrack`)
 //! so that what kube-netd does can be replayed by hand; entering a namespace from a thread
@@ -21,6 +23,7 @@
 pub mod error;
 pub mod ipvs;
 pub mod link;
+pub mod module;
 pub mod netns;
 pub mod nftnl;
 pub mod process;

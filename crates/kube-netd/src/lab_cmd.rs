@@ -331,7 +331,7 @@ struct MatrixArgs {
     /// Destination port (ignored for ICMP).
     #[arg(long, short = 'p', default_value_t = 80)]
     port: u16,
-    /// tcp, udp or icmp (sctp is refused: the lab's kernels have none).
+    /// tcp, udp, sctp (where the kernel has SCTP sockets) or icmp.
     #[arg(long, default_value = "tcp")]
     protocol: String,
     /// Only pods of these namespaces (comma-separated).

@@ -37,7 +37,7 @@ use netd_healthcheck::{
     DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTHZ_BIND_ADDRESS, DEFAULT_METRICS_BIND_ADDRESS,
     HealthError, HealthMetrics, HealthServers, HttpServer, ProxyHealth, SystemClock,
 };
-use netd_kernel::{netns, process};
+use netd_kernel::{module, netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef};
 use netd_proxy::IpFamily;
 use prometheus_client::registry::Registry;
@@ -84,6 +84,11 @@ pub fn run_agent(
     node: &NodeName,
     make_backend: &MakeBackend,
 ) -> Result<(), LabError> {
+    // The rules NAT and match on connection state: conntrack must be in the kernel, as
+    // kubeadm's preflight expects of a node. (`lab up` loaded it too; an agent does not rely
+    // on that.)
+    module::ensure(&[module::NF_CONNTRACK])
+        .map_err(LabError::modules(format!("for the agent of node {node}")))?;
     let store = Store::at(state_dir.to_owned());
     let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
         name: state_dir.to_string_lossy().into_owned(),

@@ -138,6 +138,15 @@ pub enum LabError {
         #[source]
         source: KernelError,
     },
+    /// A kernel module the lab needs is not in the running kernel and cannot be loaded.
+    #[error("cannot load the kernel modules {purpose}")]
+    ModulesUnavailable {
+        /// What they are for (`for a lab node`, `for sctp probes`...).
+        purpose: String,
+        /// Which module, and what `modprobe` said.
+        #[source]
+        source: KernelError,
+    },
     /// A Node's agent, sent SIGKILL to be restarted, was still running.
     #[error("the agent of node {node} (pid {pid}) did not stop")]
     AgentNotStopped {
@@ -237,7 +246,8 @@ pub enum LabError {
         /// Where it was resolved.
         from: String,
     },
-    /// SCTP or another protocol the kernel here cannot do.
+    /// A protocol the probes cannot speak here: SCTP where the running kernel opens no SCTP
+    /// sockets even with the `sctp` module loaded, or a truth table over ICMP.
     #[error("protocol {protocol} is not supported by this kernel")]
     ProtocolUnsupported {
         /// The protocol.
@@ -280,6 +290,11 @@ impl LabError {
     pub(crate) fn kernel(what: impl Into<String>) -> impl FnOnce(KernelError) -> LabError {
         let what = what.into();
         move |source| LabError::Kernel { what, source }
+    }
+
+    pub(crate) fn modules(purpose: impl Into<String>) -> impl FnOnce(KernelError) -> LabError {
+        let purpose = purpose.into();
+        move |source| LabError::ModulesUnavailable { purpose, source }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LabError {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use netd_agent::Mode;
-use netd_kernel::{netns, process};
+use netd_kernel::{module, netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef, Protocol};
 use netd_policy::Matrix;
 use netd_proxy::IpFamily;
@@ -162,7 +162,8 @@ impl fmt::Debug for Lab {
 
 impl Lab {
     /// Builds a lab from `objects` (with the cluster DNS added, if `options.cluster_dns`):
-    /// resolves them, builds the underlay, the external namespace
+    /// loads the kernel modules a Node needs (`br_netfilter`, `nf_conntrack`) unless the
+    /// kernel has them, resolves the objects, builds the underlay, the external namespace
     /// and every Node, starts one agent per Node and returns once every Node has built its Pods
     /// and programmed its rules. On failure, whatever was built is removed.
     pub fn up(
@@ -200,6 +201,9 @@ impl Lab {
             )?),
             None => None,
         };
+        // A distribution kernel has br_netfilter and nf_conntrack as modules nobody loaded;
+        // without them the bridge sysctls do not exist and NAT does not work.
+        module::ensure(&module::NODE_MODULES).map_err(LabError::modules("for a lab node"))?;
         store.create()?;
         let lab = Lab {
             names: names.clone(),
@@ -405,6 +409,7 @@ impl Lab {
         if spec.count == 0 {
             return Err(LabError::ZeroCount);
         }
+        probe::check_protocol(spec.protocol)?;
         (0..spec.count)
             .map(|_| {
                 let a = probe::attempt(&ns, ip, spec)?;
@@ -483,11 +488,7 @@ impl Lab {
         let probe_protocol = match protocol {
             Protocol::Tcp => ProbeProtocol::Tcp,
             Protocol::Udp => ProbeProtocol::Udp,
-            Protocol::Sctp => {
-                return Err(LabError::ProtocolUnsupported {
-                    protocol: "sctp".into(),
-                });
-            }
+            Protocol::Sctp => ProbeProtocol::Sctp,
         };
         let spec = ProbeSpec {
             port: Some(port),
@@ -512,11 +513,7 @@ impl Lab {
         spec: &ProbeSpec,
         namespaces: &[String],
     ) -> Result<ProbeMatrix, LabError> {
-        if spec.protocol == ProbeProtocol::Sctp {
-            return Err(LabError::ProtocolUnsupported {
-                protocol: "sctp".into(),
-            });
-        }
+        probe::check_protocol(spec.protocol)?;
         let state = self.state()?;
         let family = spec.family.unwrap_or_else(|| first_family(&state));
         let pods: Vec<(PodRef, String, IpAddr)> = state

@@ -54,6 +54,7 @@ impl ProbeMatrix {
         let (port, protocol) = match (self.port, self.protocol) {
             (Some(port), ProbeProtocol::Tcp) => (port, Protocol::Tcp),
             (Some(port), ProbeProtocol::Udp) => (port, Protocol::Udp),
+            (Some(port), ProbeProtocol::Sctp) => (port, Protocol::Sctp),
             _ => return None,
         };
         let grid = self

@@ -1,10 +1,10 @@
 //! Probes with real packets: from a Pod, a Node or the external namespace, to a Pod, a
-//! Service, a Node or an address, over TCP, UDP or ICMP.
+//! Service, a Node or an address, over TCP, UDP, SCTP or ICMP.
 //!
 //! A probe runs on a thread that enters the source namespace (`setns(2)` moves only that
 //! thread), so probes are cheap enough to run a whole matrix in parallel. The outcome is the
-//! kernel's answer: `connected`, `answered` (a DNS server answered the DNS query a probe to
-//! port 53 sends), `refused` (RST or ICMP port unreachable), `unreachable` (ICMP host or
+//! kernel's answer: `connected` (for SCTP: the association was set up), `answered` (a DNS server answered the DNS query a probe to
+//! port 53 sends), `refused` (RST, SCTP ABORT or ICMP port unreachable), `unreachable` (ICMP host or
 //! network unreachable) or `timeout` (nothing came back: a drop). A held TCP connection
 //! (`lab probe --hold`) reports a [`HoldResult`]: whether it survived, and its longest stall.
 
@@ -14,13 +14,13 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use netd_kernel::netns;
+use netd_kernel::{module, netns};
 use netd_model::{NodeName, PodRef, ServiceRef};
 use netd_proxy::IpFamily;
 use serde::Serialize;
 
 use crate::LabError;
-use crate::echo::{EchoReply, read_reply};
+use crate::echo::{EchoReply, read_reply, sctp_socket};
 
 /// Where a probe starts, or where `lab exec` runs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,7 +137,8 @@ pub enum ProbeProtocol {
     Tcp,
     /// A UDP datagram, waiting for the echo server's answer.
     Udp,
-    /// SCTP (refused: this lab's kernels have none).
+    /// An SCTP association (one-to-one style), reading the echo server's reply line. Needs
+    /// SCTP sockets in the running kernel (the `sctp` module is loaded if need be).
     Sctp,
     /// An ICMP echo request (`ping`).
     Icmp,
@@ -204,7 +205,7 @@ impl fmt::Display for Outcome {
 /// What to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
-    /// The destination port (TCP and UDP).
+    /// The destination port (TCP, UDP and SCTP).
     pub port: Option<u16>,
     /// The protocol.
     pub protocol: ProbeProtocol,
@@ -457,15 +458,34 @@ pub(crate) fn attempt(ns: &str, ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt,
     .map_err(|_| LabError::ThreadPanicked { what: "probe" })?
 }
 
-/// Sends one TCP or UDP probe from the namespace the calling thread is in.
+/// Makes sure probes of `protocol` can be sent from this kernel: for SCTP, loads the `sctp`
+/// module if need be and checks that SCTP sockets open.
+pub(crate) fn check_protocol(protocol: ProbeProtocol) -> Result<(), LabError> {
+    if protocol != ProbeProtocol::Sctp {
+        return Ok(());
+    }
+    module::ensure(&[module::SCTP]).map_err(LabError::modules("for sctp probes"))?;
+    if !module::sctp_sockets() {
+        return Err(LabError::ProtocolUnsupported {
+            protocol: protocol.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Sends one TCP, UDP or SCTP probe from the namespace the calling thread is in.
 pub(crate) fn attempt_here(ip: IpAddr, spec: &ProbeSpec) -> Result<Attempt, LabError> {
     let port_required = || LabError::PortRequired {
         protocol: spec.protocol.to_string(),
     };
     match spec.protocol {
-        ProbeProtocol::Sctp | ProbeProtocol::Icmp => Err(LabError::ProtocolUnsupported {
+        ProbeProtocol::Icmp => Err(LabError::ProtocolUnsupported {
             protocol: spec.protocol.to_string(),
         }),
+        ProbeProtocol::Sctp => Ok(sctp(
+            SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
+            spec.timeout,
+        )),
         ProbeProtocol::Tcp => Ok(tcp(
             SocketAddr::new(ip, spec.port.ok_or_else(port_required)?),
             spec.timeout,
@@ -535,6 +555,33 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Attempt {
             reply: None,
             latency: start.elapsed(),
         },
+    }
+}
+
+fn sctp(addr: SocketAddr, timeout: Duration) -> Attempt {
+    let start = Instant::now();
+    let fail = |e: &std::io::Error| Attempt {
+        outcome: classify(e),
+        reply: None,
+        latency: start.elapsed(),
+    };
+    let association = match sctp_socket(&addr) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    // An INIT nobody answers is retransmitted until the timeout: a drop. An ABORT (no
+    // listener) is ECONNREFUSED, as a TCP reset is.
+    if let Err(e) = association.connect_timeout(&addr.into(), timeout) {
+        return fail(&e);
+    }
+    let left = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(50));
+    let _ = association.set_read_timeout(Some(left));
+    Attempt {
+        outcome: Outcome::Connected,
+        reply: read_reply(&association),
+        latency: start.elapsed(),
     }
 }
 
