@@ -37,13 +37,6 @@ spec: {nodeName: node-2, containers: [{name: c, image: echo, ports: [{containerP
 fn lab_commands_build_probe_change_and_remove_a_cluster() {
     let lab = TestLab::new("cmds");
     let manifest = lab.file("cluster.yaml", CLUSTER);
-    let refused = lab.run(&["up", "-f", &manifest, "--mode", "nftables"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("nftables"),
-        "a clear refusal"
-    );
-
     let up = lab.ok(&["up", "-f", &manifest]);
     assert!(
         up.contains("2 nodes, 3 pods"),
