@@ -12,7 +12,7 @@ use std::path::Path;
 use netd_proxy::plan;
 use netd_render::{IpvsOptions, render_ipvs};
 
-use common::{ipvs_node_addresses, options, scenarios};
+use common::{check_goldens, ipvs_node_addresses, options};
 
 fn render(dir: &Path) -> String {
     let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
@@ -32,39 +32,5 @@ fn render(dir: &Path) -> String {
 
 #[test]
 fn ipvs_golden() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let dirs = scenarios();
-    assert!(
-        dirs.len() >= 17,
-        "expected every scenario, found {}",
-        dirs.len()
-    );
-    let mut failed = Vec::new();
-    for dir in dirs {
-        let got = render(&dir);
-        let file = dir.join("ipvs.rules");
-        if update {
-            std::fs::write(&file, &got).expect("write golden");
-            continue;
-        }
-        let want = std::fs::read_to_string(&file).unwrap_or_default();
-        if got != want {
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            eprintln!("=== {name}: ipvs.rules differs");
-            for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
-                if w != g {
-                    eprintln!("first difference at line {}:\n- {w}\n+ {g}", i + 1);
-                    break;
-                }
-            }
-            failed.push(name);
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "golden files differ (UPDATE_GOLDEN=1 to accept): {failed:?}"
-    );
+    check_goldens("ipvs.rules", render);
 }

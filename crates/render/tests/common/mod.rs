@@ -117,3 +117,60 @@ pub fn policy_scenarios() -> Vec<(PathBuf, PolicyPlan)> {
         })
         .collect()
 }
+
+/// Renders every service scenario with `render` and compares it with the scenario's golden
+/// file `name` (`UPDATE_GOLDEN=1` rewrites them); fails naming each scenario that differs,
+/// with the lines only one side has.
+pub fn check_goldens(name: &str, render: impl Fn(&Path) -> String) {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let dirs = scenarios();
+    assert!(
+        dirs.len() >= 17,
+        "expected every scenario, found {}",
+        dirs.len()
+    );
+    let mut failed = Vec::new();
+    for dir in dirs {
+        let got = render(&dir);
+        let file = dir.join(name);
+        if update {
+            std::fs::write(&file, &got).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_default();
+        if got != want {
+            eprintln!(
+                "=== {} {name} differs:\n{}",
+                dir.display(),
+                line_diff(&want, &got)
+            );
+            failed.push(
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "golden files differ (UPDATE_GOLDEN=1 to accept): {failed:?}"
+    );
+}
+
+/// The lines only `want` has (`- `) and only `got` has (`+ `).
+fn line_diff(want: &str, got: &str) -> String {
+    let want: Vec<&str> = want.lines().collect();
+    let got: Vec<&str> = got.lines().collect();
+    let mut out = String::new();
+    for l in &want {
+        if !got.contains(l) {
+            out.push_str(&format!("- {l}\n"));
+        }
+    }
+    for l in &got {
+        if !want.contains(l) {
+            out.push_str(&format!("+ {l}\n"));
+        }
+    }
+    out
+}
