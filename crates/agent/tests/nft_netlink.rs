@@ -1,0 +1,164 @@
+//! Real-kernel tests of the nftables back end's netlink path (need root). Every golden
+//! `nftables.nft` scenario of netd-render is lowered and committed over netlink into a scratch
+//! namespace (`nfta-<pid>-<name>`, removed on drop) and must list exactly as the same table
+//! loaded with `nft -f`; every incremental update, lowered and committed over a
+//! netlink-loaded previous table, must list as a fresh load of the next; and a batch the
+//! kernel refuses leaves the previous table as it was.
+
+#[allow(dead_code)] // The IPVS helper of the shared file is not used here.
+#[path = "../../render/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use netd_agent::nft::lower;
+use netd_kernel::nftnl::NftError;
+use netd_proxy::{IpFamily, plan};
+use netd_render::RenderOptions;
+use netd_render::nft::{Rule, Table, Verdict, render_services_nft};
+use netd_testkit::nft::{listed, load, nft};
+use netd_testkit::scratch::ScratchNetns;
+
+/// The golden scenarios of netd-render that have an `nftables.nft`, with their tables.
+fn golden_tables() -> Vec<(String, Table)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../render/tests/golden");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("render's golden dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("nftables.nft").exists() && p.join("input.yaml").exists())
+        .collect();
+    dirs.sort();
+    dirs.iter()
+        .map(|dir| {
+            let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
+            let (node, family, opts) = common::options(&yaml);
+            let state = netd_testkit::state(&yaml);
+            let table = render_services_nft(
+                &plan(&state, &node, family, &opts),
+                &RenderOptions::default(),
+            );
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, table)
+        })
+        .collect()
+}
+
+fn commit_full(ns: &str, table: &Table) {
+    lower::replacement(table)
+        .expect("lowers")
+        .commit(ns)
+        .unwrap_or_else(|e| panic!("netlink load of {}: {e:?}", table.name));
+}
+
+fn drop_table(ns: &str, table: &Table) {
+    nft(
+        ns,
+        &["delete", "table", table.family_str(), &table.name],
+        "",
+    )
+    .expect("delete table");
+}
+
+fn list(ns: &str, table: &Table) -> serde_json::Value {
+    listed(ns, table.family_str(), &table.name)
+}
+
+#[test]
+fn every_golden_table_loaded_over_netlink_lists_as_nft_f_loads_it() {
+    let ns = ScratchNetns::new("nfta", "golden");
+    let tables = golden_tables();
+    for (name, table) in &tables {
+        load(ns.name(), &table.to_nft());
+        let want = list(ns.name(), table);
+        drop_table(ns.name(), table);
+        commit_full(ns.name(), table);
+        let got = list(ns.name(), table);
+        pretty_assertions::assert_eq!(want, got, "{name}");
+        // A second replacement over the loaded table leaves the same table.
+        commit_full(ns.name(), table);
+        pretty_assertions::assert_eq!(want, list(ns.name(), table), "{name}, replaced");
+        drop_table(ns.name(), table);
+    }
+    assert!(tables.len() >= 20, "only {} golden tables", tables.len());
+}
+
+/// Every scenario to every other of its family, and to and from an empty table: the
+/// lowered update committed over the netlink-loaded previous table leaves what `nft -f`
+/// of the next table leaves.
+#[test]
+fn every_lowered_update_ends_where_a_fresh_load_does() {
+    let ns = ScratchNetns::new("nfta", "diff");
+    let mut tables = golden_tables();
+    for family in IpFamily::ALL {
+        tables.push((format!("empty {family}"), Table::new(family)));
+    }
+    let wanted: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|(_, next)| {
+            load(ns.name(), &next.to_nft());
+            let want = list(ns.name(), next);
+            drop_table(ns.name(), next);
+            want
+        })
+        .collect();
+    let mut pairs = 0;
+    for (prev_name, prev) in &tables {
+        for ((next_name, next), want) in tables.iter().zip(&wanted) {
+            if prev_name == next_name || prev.family != next.family {
+                continue;
+            }
+            commit_full(ns.name(), prev);
+            let update = lower::update(prev, next)
+                .unwrap_or_else(|e| panic!("{prev_name} -> {next_name}: {e}"));
+            if let Err(e) = update.commit(ns.name()) {
+                panic!("{prev_name} -> {next_name}: the update fails: {e:?}");
+            }
+            pretty_assertions::assert_eq!(
+                want,
+                &list(ns.name(), next),
+                "{prev_name} -> {next_name}"
+            );
+            drop_table(ns.name(), next);
+            pairs += 1;
+        }
+    }
+    assert!(pairs >= 400, "only {pairs} pairs");
+}
+
+#[test]
+fn a_refused_update_leaves_the_previous_table_in_place() {
+    let ns = ScratchNetns::new("nfta", "refused");
+    let tables = golden_tables();
+    let (_, prev) = tables
+        .iter()
+        .find(|(name, _)| name == "overall")
+        .expect("overall scenario");
+    commit_full(ns.name(), prev);
+    let before = list(ns.name(), prev);
+    // The next table's new rule jumps to a chain that does not exist: the kernel refuses
+    // that rule, after the update's other commands were accepted in the batch.
+    let mut next = prev.clone();
+    let services = next.chains.get_mut("services").expect("services chain");
+    services
+        .rules
+        .push(Rule::new().verdict(Verdict::Jump("no-such-chain".to_owned())));
+    let Err(err) = lower::update(prev, &next)
+        .expect("lowers")
+        .commit(ns.name())
+    else {
+        panic!("the kernel accepted a jump to a missing chain");
+    };
+    let NftError::Rejected { what, .. } = &err else {
+        panic!("not a refused message: {err:?}");
+    };
+    assert!(what.contains("services"), "{what}");
+    pretty_assertions::assert_eq!(before, list(ns.name(), prev));
+    // A refused full replacement leaves it too.
+    let Err(_) = lower::replacement(&next).expect("lowers").commit(ns.name()) else {
+        panic!("the kernel accepted a jump to a missing chain");
+    };
+    pretty_assertions::assert_eq!(before, list(ns.name(), prev));
+}
