@@ -3,7 +3,8 @@
 //! namespace (`nfta-<pid>-<name>`, removed on drop) and must list exactly as the same table
 //! loaded with `nft -f`; every incremental update, lowered and committed over a
 //! netlink-loaded previous table, must list as a fresh load of the next; and a batch the
-//! kernel refuses leaves the previous table as it was.
+//! kernel refuses leaves the previous table as it was. The back end itself syncs through
+//! netlink, full then partial, and a sync the kernel refuses makes the next one full.
 
 #[allow(dead_code)] // The IPVS helper of the shared file is not used here.
 #[path = "../../render/tests/common/mod.rs"]
@@ -12,7 +13,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use netd_agent::nft::lower;
+use netd_agent::{AgentError, Backend, Nftables, SyncKind};
 use netd_kernel::nftnl::NftError;
+use netd_model::NodeName;
 use netd_proxy::{IpFamily, plan};
 use netd_render::RenderOptions;
 use netd_render::nft::{Rule, Table, Verdict, render_services_nft};
@@ -161,4 +164,91 @@ fn a_refused_update_leaves_the_previous_table_in_place() {
         panic!("the kernel accepted a jump to a missing chain");
     };
     pretty_assertions::assert_eq!(before, list(ns.name(), prev));
+}
+
+/// `web` (TCP 80, ClusterIP 10.96.0.11) with the endpoints `web`, on node-1.
+fn web(endpoints: &str) -> netd_model::ClusterState {
+    netd_testkit::state(&format!(
+        r#"
+apiVersion: v1
+kind: Node
+metadata: {{name: node-1}}
+spec: {{podCIDR: 10.244.1.0/24}}
+status: {{addresses: [{{type: InternalIP, address: 172.18.0.2}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: x}}
+spec: {{clusterIP: 10.96.0.11, ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+endpoints: [{endpoints}]
+ports: [{{port: 80, protocol: TCP}}]
+"#
+    ))
+}
+
+fn endpoint(ip: &str) -> String {
+    format!("{{addresses: [{ip}], nodeName: node-1, conditions: {{ready: true}}}}")
+}
+
+/// What the back end's sync left in `ns`, next to what `nft -f` of its own rendering leaves
+/// in `reference`.
+fn synced_as_rendered(
+    backend: &Nftables,
+    ns: &str,
+    reference: &str,
+    state: &netd_model::ClusterState,
+) {
+    let node = NodeName::new("node-1");
+    let tables = backend.tables(state, &node);
+    let [t] = tables.as_slice() else {
+        panic!("one family expected");
+    };
+    load(reference, &t.table.to_nft());
+    let want = list(reference, &t.table);
+    drop_table(reference, &t.table);
+    pretty_assertions::assert_eq!(want, list(ns, &t.table));
+}
+
+#[test]
+fn the_back_end_syncs_over_netlink_and_a_failed_sync_makes_the_next_full() {
+    let ns = ScratchNetns::new("nfta", "backend");
+    let reference = ScratchNetns::new("nfta", "backend-ref");
+    let node = NodeName::new("node-1");
+    let mut backend = Nftables::new();
+    let kinds = |r: &netd_agent::SyncReport| r.families.iter().map(|f| f.kind).collect::<Vec<_>>();
+
+    let one = web(&endpoint("10.244.1.5"));
+    let report = backend.sync(ns.name(), &one, &node).expect("first sync");
+    assert_eq!(kinds(&report), [SyncKind::Full]);
+    synced_as_rendered(&backend, ns.name(), reference.name(), &one);
+
+    let two = web(&format!(
+        "{}, {}",
+        endpoint("10.244.1.5"),
+        endpoint("10.244.1.6")
+    ));
+    let report = backend
+        .sync(ns.name(), &two, &node)
+        .expect("endpoint added");
+    assert_eq!(kinds(&report), [SyncKind::Partial]);
+    synced_as_rendered(&backend, ns.name(), reference.name(), &two);
+
+    // Someone deletes the table: the partial update's commands name objects that are gone,
+    // the kernel refuses the batch, and the next sync replaces the table whole.
+    nft(ns.name(), &["delete", "table", "ip", "kube-netd"], "").expect("delete table");
+    let Err(err) = backend.sync(ns.name(), &one, &node) else {
+        panic!("an update of a missing table succeeded");
+    };
+    assert!(
+        matches!(err, AgentError::NftApplyFailed { .. }),
+        "not an apply failure: {err:?}"
+    );
+    let report = backend.sync(ns.name(), &one, &node).expect("full resync");
+    assert_eq!(kinds(&report), [SyncKind::Full]);
+    synced_as_rendered(&backend, ns.name(), reference.name(), &one);
 }
