@@ -7,6 +7,7 @@
 //! [`LowerError`] naming the chain and what it was, before anything is sent: a rule is never
 //! dropped or approximated.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -79,9 +80,13 @@ pub fn replacement(table: &Table) -> Result<Transaction, LowerError> {
     Ok(lower.tx)
 }
 
-/// The transaction that turns `previous` (as the kernel holds it) into `next`, two tables of
-/// the same family and name: the commands of [`diff_commands`], in their order.
+/// The transaction that turns `previous` (as the kernel holds it) into `next`: the commands
+/// of [`diff_commands`], in their order. A `next` of another family or name is another table,
+/// and gets its [`replacement`] (`previous` is left alone).
 pub fn update(previous: &Table, next: &Table) -> Result<Transaction, LowerError> {
+    if previous.family != next.family || previous.name != next.name {
+        return replacement(next);
+    }
     let (family, name) = (next.family, next.name.as_str());
     let commands = diff_commands(previous, next);
     let interval = |set: &str| {
@@ -94,7 +99,7 @@ pub fn update(previous: &Table, next: &Table) -> Result<Transaction, LowerError>
     let f = lower.family;
     // Rules appended to a chain in this batch are numbered from its first added rule: the
     // diff adds rules only to new or flushed chains.
-    let mut added: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut added: BTreeMap<&str, usize> = BTreeMap::new();
     for command in &commands {
         match command {
             Command::AddSet(set) => {
@@ -764,4 +769,78 @@ fn lower_statement(
         }
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_render::nft::Chain;
+
+    use super::*;
+
+    fn table_with(rule: Rule) -> Table {
+        let mut table = Table::new(IpFamily::V4);
+        let mut chain = Chain::regular("c");
+        chain.push(Rule::new().verdict(Verdict::Accept));
+        chain.push(rule);
+        table.add_chain(chain);
+        table
+    }
+
+    #[test]
+    fn what_cannot_be_lowered_is_refused_naming_chain_rule_and_construct() {
+        let cases = [
+            Rule::new().then(Statement::Vmap {
+                fields: vec![Field::MarkMasked(0x4000), Field::Daddr],
+                map: MapRef::Named("m".to_owned()),
+            }),
+            Rule::new().matching(Match::in_anon(
+                Field::FibDaddrType,
+                vec![Value::AddrType(AddrType::Local), Value::Int(1)],
+            )),
+            Rule::new().matching(Match::eq(
+                Field::ThDport,
+                Value::Net("10.0.0.0/8".parse().expect("net")),
+            )),
+            Rule::new().then(Statement::Dnat {
+                addr: "fd00::1".parse().expect("ip"),
+                port: None,
+            }),
+        ];
+        for rule in cases {
+            let shown = rule.display(IpFamily::V4);
+            let err = replacement(&table_with(rule)).expect_err(&shown);
+            let LowerError::UnsupportedRule { chain, index, what } = &err else {
+                panic!("{shown}: {err:?}");
+            };
+            assert_eq!((chain.as_str(), *index), ("c", 1), "{shown}");
+            assert!(shown.contains(what.as_str()), "{shown}: {what}");
+        }
+    }
+
+    #[test]
+    fn a_one_element_anonymous_set_is_a_plain_comparison() {
+        let net = Value::Net("10.0.0.0/8".parse().expect("net"));
+        let anon = Rule::new()
+            .matching(Match::in_anon(Field::Saddr, vec![net]).negated())
+            .verdict(Verdict::Drop);
+        let plain = Rule::new()
+            .matching(Match::ne(Field::Saddr, net))
+            .verdict(Verdict::Drop);
+        assert_eq!(
+            replacement(&table_with(anon)).expect("lowers"),
+            replacement(&table_with(plain)).expect("lowers")
+        );
+    }
+
+    #[test]
+    fn an_update_to_another_table_is_its_replacement() {
+        let v4 = table_with(Rule::new().verdict(Verdict::Drop));
+        let mut v6 = Table::new(IpFamily::V6);
+        v6.add_chain(Chain::regular("c"));
+        assert_eq!(
+            update(&v4, &v6).expect("lowers"),
+            replacement(&v6).expect("lowers")
+        );
+        assert!(update(&v4, &v4).expect("lowers").is_empty());
+    }
 }
