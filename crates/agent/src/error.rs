@@ -40,6 +40,27 @@ pub enum AgentError {
         #[source]
         source: KernelError,
     },
+    /// An nftables table (or update) could not be lowered to netlink; nothing was sent.
+    #[error("cannot lower the {family:?} nftables rules to netlink")]
+    NftLowerFailed {
+        /// The IP family of the table.
+        family: IpFamily,
+        /// The cause.
+        #[source]
+        source: crate::nft::lower::LowerError,
+    },
+    /// The kernel refused (or could not be sent) one nftables transaction; it applied
+    /// nothing of it, so the previous table is in place.
+    #[error("cannot {step} in namespace {namespace}")]
+    NftApplyFailed {
+        /// The namespace.
+        namespace: String,
+        /// The step: `load the ip kube-netd table` (`ip6` for IPv6).
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: netd_kernel::nftnl::NftError,
+    },
     /// The rules are in place, but deleting stale UDP/SCTP conntrack entries failed; it is
     /// tried again after the next sync.
     #[error("cannot delete stale {family} conntrack entries in namespace {namespace}")]

@@ -22,7 +22,7 @@
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
-//! [`nft::load`] and [`nft::nft`] run `nft` inside it.
+//! [`nft::load`] and [`nft::nft`] run `nft` inside it, [`nft::listed`] reads a table back.
 
 pub mod held;
 pub mod nft;

@@ -1,5 +1,5 @@
 //! `nft` run inside a test's network namespace: for tests that load rendered nftables rules
-//! into a kernel and read them back.
+//! into a kernel and read them back ([`listed`] compares what two loads left).
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -39,12 +39,13 @@ pub fn load(ns: &str, payload: &str) {
     }
 }
 
-/// The table `family name` as the kernel of `ns` holds it, in a form that does not depend on
-/// how it got there: `nft -j list table` without handles, set elements sorted (nft lists hashed sets in
-/// bucket order), objects sorted, rules kept in order within their chain.
-pub fn listed(ns: &str, family: &str, table: &str) -> Value {
-    let json = nft(ns, &["-j", "list", "table", family, table], "")
-        .unwrap_or_else(|e| panic!("nft list table: {e}"));
+/// The table `family name` as the kernel holds it, in a form that does not depend on how it
+/// got there (`nft -f`, netlink, an incremental update): `nft -j list table` without
+/// handles, set elements sorted (nft lists hashed sets in bucket order), objects sorted,
+/// rules kept in order within their chain. Panics when nft cannot list it.
+pub fn listed(ns: &str, family: &str, name: &str) -> Value {
+    let json = nft(ns, &["-j", "list", "table", family, name], "")
+        .unwrap_or_else(|e| panic!("nft list table {family} {name}: {e}"));
     let mut value: Value = serde_json::from_str(&json).expect("nft -j output");
     normalise(&mut value);
     let Value::Object(mut top) = value else {

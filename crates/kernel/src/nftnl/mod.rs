@@ -529,6 +529,9 @@ fn encode_set(w: &mut Writer, table: &str, set: &Set) -> Result<(), TooLong> {
     if set.flags.constant {
         flags |= NFT_SET_CONSTANT;
     }
+    if set.flags.anonymous {
+        flags |= NFT_SET_ANONYMOUS;
+    }
     w.put_u32(NFTA_SET_FLAGS, flags)?;
     w.put_u32(NFTA_SET_KEY_TYPE, set.key_type())?;
     w.put_u32(NFTA_SET_KEY_LEN, set.key_len())?;
@@ -619,6 +622,9 @@ fn encode_element(w: &mut Writer, part: &Part<'_>) -> Result<(), TooLong> {
         }
         if let Some(timeout) = part.element.timeout {
             w.put_u64(NFTA_SET_ELEM_TIMEOUT, millis(timeout))?;
+        }
+        if let Some(userdata) = part.element.userdata() {
+            w.put(NFTA_SET_ELEM_USERDATA, &userdata)?;
         }
     }
     w.close(elem)

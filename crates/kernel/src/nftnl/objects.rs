@@ -183,6 +183,8 @@ pub enum KeyType {
     InetService,
     /// `mark`, 4 bytes in host order (also what `numgen` produces).
     Mark,
+    /// `integer`, 4 bytes in host order: what `nft` declares for `typeof numgen random mod N`.
+    Integer,
 }
 
 impl KeyType {
@@ -194,19 +196,20 @@ impl KeyType {
             KeyType::InetProto => 12,
             KeyType::InetService => 13,
             KeyType::Mark => 19,
+            KeyType::Integer => 4,
         }
     }
 
     /// Whether values are in host byte order (else network order), which `nft` needs to be
     /// told to print them right.
     fn host_order(self) -> bool {
-        matches!(self, KeyType::Mark)
+        matches!(self, KeyType::Mark | KeyType::Integer)
     }
 
     /// Its length in bytes.
     pub fn size(self) -> u32 {
         match self {
-            KeyType::Ipv4Addr | KeyType::Mark => 4,
+            KeyType::Ipv4Addr | KeyType::Mark | KeyType::Integer => 4,
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
@@ -234,6 +237,9 @@ pub struct SetFlags {
     pub dynamic: bool,
     /// Nothing changes after creation (`flags constant`).
     pub constant: bool,
+    /// An anonymous set (`{ a, b }` inline in a rule): bound to the one rule that looks it
+    /// up, which it goes away with; `nft` prints it inside that rule.
+    pub anonymous: bool,
 }
 
 /// A named set, or a map when `data` is given.
@@ -405,6 +411,8 @@ pub struct Element {
     pub data: Option<Data>,
     /// The element's own timeout.
     pub timeout: Option<Duration>,
+    /// A comment (`nft` shows it).
+    pub comment: Option<String>,
 }
 
 impl Element {
@@ -415,6 +423,7 @@ impl Element {
             key_end: None,
             data: None,
             timeout: None,
+            comment: None,
         }
     }
 
@@ -432,6 +441,23 @@ impl Element {
             data: Some(Data::Verdict(verdict)),
             ..Element::key(key)
         }
+    }
+
+    /// The same element with a comment.
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Element {
+        self.comment = Some(comment.into());
+        self
+    }
+
+    /// libnftnl's element user data: the comment, as tag, length and NUL-terminated text
+    /// (cut as for set comments).
+    pub(crate) fn userdata(&self) -> Option<Vec<u8>> {
+        let comment = self.comment.as_ref()?;
+        let text = &comment.as_bytes()[..comment.len().min(254)];
+        let mut out = vec![0, text.len() as u8 + 1]; // NFTNL_UDATA_SET_ELEM_COMMENT
+        out.extend_from_slice(text);
+        out.push(0);
+        Some(out)
     }
 }
 

@@ -66,6 +66,7 @@ pub(crate) const NFTA_SET_TIMEOUT: u16 = 11;
 pub(crate) const NFTA_SET_USERDATA: u16 = 13;
 pub(crate) const NFTA_SET_DESC_CONCAT: u16 = 2;
 pub(crate) const NFTA_SET_FIELD_LEN: u16 = 1;
+pub(crate) const NFT_SET_ANONYMOUS: u32 = 1;
 pub(crate) const NFT_SET_CONSTANT: u32 = 2;
 pub(crate) const NFT_SET_INTERVAL: u32 = 4;
 pub(crate) const NFT_SET_MAP: u32 = 8;
@@ -80,6 +81,7 @@ pub(crate) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_DATA: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+pub(crate) const NFTA_SET_ELEM_USERDATA: u16 = 6;
 pub(crate) const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub(crate) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 

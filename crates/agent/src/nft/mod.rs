@@ -3,26 +3,31 @@
 //! layout and the NetworkPolicy plan in chains that run before the Services' filter chains —
 //! and synced as one transaction per family.
 //!
+//! Tables are applied over netlink ([`netd_kernel::nftnl`]), one transaction per family and
+//! sync, lowered from the typed representation by [`lower`]; no `nft` process runs on the sync
+//! path ([`Backend::render`] still prints `nft -f` text for people and for `nft -f`).
+//!
 //! The first sync, the first after a failure and any sync asked to be full replace the
-//! family's table whole: `add table`, `delete table` and the new table in one `nft -f`
-//! transaction, so the kernel holds the old table or the new one and never neither. Later
-//! syncs send only the difference from what the last successful sync applied
-//! ([`netd_render::nft::diff()`]): endpoint changes are element updates in existing maps,
-//! changed chains are flushed and refilled; nothing is read back from the kernel. After the
-//! rules are in, stale UDP/SCTP conntrack entries are deleted as in iptables mode.
+//! family's table whole: `add table`, `delete table` and the new table in one transaction,
+//! so the kernel holds the old table or the new one and never neither. Later syncs send only
+//! the difference from what the last successful sync applied
+//! ([`netd_render::nft::diff_commands()`]): endpoint changes are element updates in existing
+//! maps, changed chains are flushed and refilled; nothing is read back from the kernel. After
+//! the rules are in, stale UDP/SCTP conntrack entries are deleted as in iptables mode.
 //!
 //! Nothing outside its own tables is touched: other software's tables, and the iptables
 //! rules of other tools, are left alone ([`remove_tables`] takes out only ours).
 
+pub mod lower;
+
 use std::collections::{BTreeMap, BTreeSet};
 
+use netd_kernel::nftnl::Transaction;
 use netd_kernel::{KernelError, rules as kernel};
 use netd_model::{ClusterState, NodeName};
 use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
 use netd_render::RenderOptions;
-use netd_render::nft::{
-    TABLE_NAME, Table, diff, merge_into, render_policy_nft, render_services_nft,
-};
+use netd_render::nft::{TABLE_NAME, Table, merge_into, render_policy_nft, render_services_nft};
 use prometheus_client::registry::Registry;
 
 use crate::backend::{Backend, Mode};
@@ -84,13 +89,17 @@ impl Nftables {
             .collect())
     }
 
-    /// The `nft -f` input that syncs `next`: a whole replacement, or only what differs from
+    /// The transaction that syncs `next`: a whole replacement, or only what differs from
     /// what was applied last.
-    fn payload(&self, next: &FamilyTable, kind: SyncKind) -> String {
-        match (kind, self.applied.get(&next.plan.family)) {
-            (SyncKind::Partial, Some(previous)) => diff(&previous.table, &next.table),
-            _ => replacement(&next.table),
-        }
+    fn transaction(&self, next: &FamilyTable, kind: SyncKind) -> Result<Transaction, AgentError> {
+        let lowered = match (kind, self.applied.get(&next.plan.family)) {
+            (SyncKind::Partial, Some(previous)) => lower::update(&previous.table, &next.table),
+            _ => lower::replacement(&next.table),
+        };
+        lowered.map_err(|source| AgentError::NftLowerFailed {
+            family: next.plan.family,
+            source,
+        })
     }
 }
 
@@ -129,13 +138,20 @@ impl Backend for Nftables {
             } else {
                 SyncKind::Partial
             };
-            let payload = self.payload(&next, kind);
-            if !payload.is_empty()
-                && let Err(source) = kernel::nft_load(netns, &payload)
-            {
-                self.full_next = true;
-                self.metrics.restore_failed(family, kind);
-                return Err(AgentError::ApplyFailed {
+            let failed = |this: &mut Self| {
+                this.full_next = true;
+                this.metrics.restore_failed(family, kind);
+            };
+            let tx = match self.transaction(&next, kind) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    failed(self);
+                    return Err(e);
+                }
+            };
+            if let Err(source) = tx.commit(netns) {
+                failed(self);
+                return Err(AgentError::NftApplyFailed {
                     namespace: netns.to_owned(),
                     step: match family {
                         IpFamily::V4 => "load the ip kube-netd table",
@@ -218,20 +234,6 @@ impl Nftables {
         }
         failure.map_or(Ok(()), Err)
     }
-}
-
-/// The whole of `table`, replacing whatever table of that name the kernel holds, in one
-/// transaction (`add` first, so that `delete` never fails on a namespace without it).
-fn replacement(table: &Table) -> String {
-    let family = match table.family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    };
-    format!(
-        "add table {family} {name}\ndelete table {family} {name}\n{}",
-        table.to_nft(),
-        name = table.name
-    )
 }
 
 /// Removes kube-netd's nftables tables from `netns` (both families, in one transaction);
