@@ -5,89 +5,16 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
-use netd_kernel::netns;
 use netd_proxy::plan;
 use netd_render::RenderOptions;
 use netd_render::nft::{Table, diff, render_services_nft};
+use netd_testkit::nft::{listed, load, nft};
 use netd_testkit::scratch::ScratchNetns;
 use serde_json::Value;
 
 use common::{options, scenarios};
-
-/// Runs `nft <args>` in `ns` with `stdin` as its input; the output, or the error nft printed.
-fn nft(ns: &str, args: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = netns::command(ns, "nft")
-        .map_err(|e| e.to_string())?
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(stdin.as_bytes())
-        .map_err(|e| format!("write to nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn load(ns: &str, payload: &str) {
-    if let Err(e) = nft(ns, &["-f", "-"], payload) {
-        panic!("nft -f failed: {e}\n--- payload:\n{payload}");
-    }
-}
-
-/// The table as the kernel holds it, in a form that does not depend on how it got there:
-/// `nft -j list table` without handles, set elements sorted (nft lists hashed sets in
-/// bucket order), objects sorted, rules kept in order within their chain.
-fn listed(ns: &str, table: &Table) -> Value {
-    let json = nft(
-        ns,
-        &["-j", "list", "table", table.family_str(), &table.name],
-        "",
-    )
-    .unwrap_or_else(|e| panic!("nft list table: {e}"));
-    let mut value: Value = serde_json::from_str(&json).expect("nft -j output");
-    normalise(&mut value);
-    let Value::Object(mut top) = value else {
-        panic!("nft -j output is not an object");
-    };
-    let Some(Value::Array(items)) = top.remove("nftables") else {
-        panic!("nft -j output has no nftables array");
-    };
-    let (mut rules, mut others): (Vec<Value>, Vec<Value>) =
-        items.into_iter().partition(|v| v.get("rule").is_some());
-    rules.sort_by_key(|r| r["rule"]["chain"].as_str().unwrap_or_default().to_owned());
-    others.sort_by_key(|v| v.to_string());
-    others.extend(rules);
-    Value::Array(others)
-}
-
-fn normalise(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            map.remove("handle");
-            for (key, child) in map.iter_mut() {
-                normalise(child);
-                if let (true, Value::Array(elems)) = (key == "elem", child) {
-                    elems.sort_by_key(|e| e.to_string());
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(normalise),
-        _ => {}
-    }
-}
 
 fn render(dir: &Path) -> Table {
     let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
@@ -166,7 +93,7 @@ fn diff_applied_over_previous_equals_next() {
         .iter()
         .map(|(_, next)| {
             load(ns.name(), &next.to_nft());
-            let want = listed(ns.name(), next);
+            let want = listed(ns.name(), next.family_str(), &next.name);
             drop_table(next);
             want
         })
@@ -183,7 +110,7 @@ fn diff_applied_over_previous_equals_next() {
             if let Err(e) = nft(ns.name(), &["-f", "-"], &update) {
                 panic!("{prev_name} -> {next_name}: the update fails: {e}\n--- update:\n{update}");
             }
-            let got = listed(ns.name(), next);
+            let got = listed(ns.name(), next.family_str(), &next.name);
             pretty_assertions::assert_eq!(want, &got, "{prev_name} -> {next_name}");
             drop_table(next);
             pairs += 1;

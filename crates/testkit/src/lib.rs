@@ -19,9 +19,11 @@
 //!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
-//! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped.
+//! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
+//! [`nft::load`] and [`nft::nft`] run `nft` inside it.
 
 pub mod held;
+pub mod nft;
 pub mod scratch;
 
 use netd_model::{ClusterConfig, ClusterState, Object};

@@ -743,6 +743,8 @@ pub enum Field {
     FibDaddrType,
     /// `fib saddr type`: the type of the source address.
     FibSaddrType,
+    /// `icmpv6 type` (also matches the protocol), compared with a [`Value::Int`].
+    Icmpv6Type,
     /// `meta mark & mask`: the packet mark's bits under `mask`.
     MarkMasked(u32),
 }
@@ -771,6 +773,7 @@ impl Field {
             Field::CtState => "ct state".to_owned(),
             Field::FibDaddrType => "fib daddr type".to_owned(),
             Field::FibSaddrType => "fib saddr type".to_owned(),
+            Field::Icmpv6Type => "icmpv6 type".to_owned(),
             Field::MarkMasked(mask) => format!("meta mark & {mask:#010x}"),
         }
     }
@@ -806,6 +809,9 @@ pub enum Rhs {
     AnonSet(Vec<Vec<Value>>),
     /// A named set: `@name`.
     Set(String),
+    /// Any of these flags (`ct state established,related`): one bit test, where an
+    /// anonymous set would cost the kernel a set per rule.
+    AnyOf(Vec<Value>),
 }
 
 /// A match: fields (one, or several concatenated) compared with a value or a set.
@@ -892,6 +898,7 @@ impl Match {
                     .join(", ")
             ),
             Rhs::Set(name) => format!("@{name}"),
+            Rhs::AnyOf(vs) => vs.iter().map(Value::display).collect::<Vec<_>>().join(","),
         };
         // nft reads `ct state new` and `fib daddr type local` without an operator, and a
         // mark comparison needs `==` after the mask.

@@ -1,5 +1,5 @@
 //! nftables: the typed representation ([`ast`]), its incremental update ([`diff`](mod@diff)),
-//! and kube-proxy's nftables layout for Services ([`services`]).
+//! kube-proxy's nftables layout for Services ([`services`]) and NetworkPolicy ([`policy`]).
 //!
 //! Everything kube-netd writes for nftables is one [`Table`] per family (`ip kube-netd`,
 //! `ip6 kube-netd`), built as a value first: [`Table::to_nft`] writes a full load,
@@ -8,6 +8,7 @@
 
 pub mod ast;
 pub mod diff;
+pub mod policy;
 pub mod services;
 
 pub use ast::{

@@ -1,10 +1,14 @@
-//! Shared by the integration tests: the service golden scenarios and their options.
+//! Shared by the integration tests: the service golden scenarios and their options, and the
+//! NetworkPolicy scenarios with their plans.
 
+// Each test binary uses only some of these.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use netd_model::NodeName;
-use std::net::IpAddr;
-
+use netd_policy::PolicyPlan;
 use netd_proxy::{IpFamily, ProxyOptions};
 
 /// The service scenarios: every `tests/golden/*/input.yaml`, by directory name.
@@ -81,4 +85,36 @@ pub fn ipvs_node_addresses(opts: &ProxyOptions, family: IpFamily) -> Vec<IpAddr>
         out.push(fallback.parse().expect("address"));
     }
     out
+}
+
+fn node(yaml: &str) -> NodeName {
+    yaml.lines()
+        .map_while(|l| l.strip_prefix("# "))
+        .find_map(|l| l.strip_prefix("node: "))
+        .map_or_else(|| NodeName::new("node-1"), NodeName::new)
+}
+
+/// The NetworkPolicy scenarios (`tests/golden/policy/*/input.yaml`, an input may start with
+/// `# node: NAME`, default `node-1`), each with its plan for its node.
+pub fn policy_scenarios() -> Vec<(PathBuf, PolicyPlan)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/policy");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("input.yaml").exists())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 6,
+        "expected every scenario, found {}",
+        dirs.len()
+    );
+    dirs.into_iter()
+        .map(|dir| {
+            let yaml = std::fs::read_to_string(dir.join("input.yaml")).expect("input.yaml");
+            let state = netd_testkit::state(&yaml);
+            let plan = netd_policy::compile(&state, &node(&yaml)).expect("compile");
+            (dir, plan)
+        })
+        .collect()
 }
