@@ -41,7 +41,7 @@ pub struct Fate {
     pub verdict: Verdict,
     /// The packet's destination when its fate was decided (after DNAT).
     pub at: SocketAddr,
-    /// Whether the last node masqueraded the packet's source.
+    /// Whether a node on the branch's way masqueraded the packet's source.
     pub masqueraded: bool,
     /// The NetworkPolicy rules that acted on the last node, by their comments
     /// ([`netd_render::trace::Outcome::policy`]).
@@ -116,7 +116,7 @@ pub fn trace_nodes_in(
         },
         path: Vec::new(),
     };
-    walk.node(node, packet, 1.0)?;
+    walk.node(node, packet, 1.0, false)?;
     Ok(walk.out)
 }
 
@@ -134,6 +134,7 @@ impl Walk<'_> {
         node: &NodeName,
         packet: &Packet,
         probability: f64,
+        masqueraded: bool,
     ) -> Result<(), AgentError> {
         let state = self.state;
         let n = state
@@ -176,7 +177,7 @@ impl Walk<'_> {
                     probability: p,
                     verdict: o.verdict,
                     at,
-                    masqueraded: o.masqueraded,
+                    masqueraded: masqueraded || o.masqueraded,
                     policy: o.policy,
                 });
                 continue;
@@ -205,7 +206,7 @@ impl Walk<'_> {
                 at.ip()
             );
             self.out.hops += 1;
-            self.node(&next, &hop, p)?;
+            self.node(&next, &hop, p, masqueraded || o.masqueraded)?;
         }
         self.path.pop();
         Ok(())
