@@ -415,6 +415,10 @@ impl Tracer<'_> {
                         }),
                 };
                 let Some((verdict, via)) = hit else {
+                    // A lookup without an element: the rule did nothing, so it is no step.
+                    if from == 0 {
+                        st.steps.pop();
+                    }
                     return self.run(chain, index + 1, st, depth);
                 };
                 if let Some(step) = st.steps.last_mut() {
