@@ -4,12 +4,24 @@
 //! where the packet ends, masquerade, reject or drop — and so the two agree with each other,
 //! except where the nftables README documents a difference (a flow says so with
 //! [`Flow::nftables`]).
+//!
+//! The kernel leg loads each back end's rules for node-1 through the back-end seam into a
+//! namespace this test creates (`nfttr-<pid>-<mode>`, removed on drop, also on failure) and
+//! connects from the node itself to Services whose endpoints are addresses of that
+//! namespace: the kernel must answer as the tracer predicted. Needs root.
 
-use std::net::{IpAddr, SocketAddr};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
-use netd_agent::{Fate, Nftables, NodeProgrammer, TraceRules, trace_nodes_in};
+use netd_agent::{
+    BackendConfig, Fate, Mode, Nftables, NodeProgrammer, TraceRules, backend, trace_nodes_in,
+};
+use netd_kernel::netns;
 use netd_model::{ClusterConfig, ClusterState, NodeName, Protocol};
 use netd_render::{Origin, Packet, Verdict};
+use netd_testkit::held::in_netns;
+use netd_testkit::scratch::ScratchNetns;
 
 /// node-1 holds `client`, `web-a`, `local-a`, `term-a` and `sticky-a`; node-2 holds `web-b`
 /// and `sticky-b`.
@@ -367,4 +379,101 @@ fn a_udp_flow_meets_udp_rules_only() {
         );
         assert!(trace.fates.iter().all(|f| f.at.ip() == packet.dst));
     }
+}
+
+/// What a connection from the node itself found in the kernel.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// Accepted by the listener on this address.
+    At(SocketAddr),
+    /// Refused (a reject).
+    Refused,
+}
+
+#[test]
+fn the_kernel_answers_as_both_tracers_predict() {
+    let state = state();
+    let node = NodeName::new("node-1");
+    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    // Services whose endpoints all live on node-1, so one namespace holds them.
+    let targets: [(&str, u16); 3] = [("10.96.0.30", 80), ("10.96.0.50", 80), ("10.96.0.60", 80)];
+    let endpoints = ["10.244.1.11", "10.244.1.12"];
+    for (mode, rules) in [
+        (Mode::Iptables, TraceRules::Iptables(&programmer)),
+        (Mode::Nftables, TraceRules::Nftables(&nftables)),
+    ] {
+        let ns = ScratchNetns::new("nfttr", mode.as_str());
+        let mut lines = vec![
+            "link set lo up".to_owned(),
+            "link add n0 type veth peer name n1".to_owned(),
+            "link set n1 up".to_owned(),
+            "link set n0 up".to_owned(),
+            "addr add 172.18.0.2/24 dev n0".to_owned(),
+            "route add default via 172.18.0.1 dev n0 onlink".to_owned(),
+        ];
+        lines.extend(
+            endpoints
+                .iter()
+                .map(|ip| format!("addr add {ip}/32 dev n0")),
+        );
+        netns::ip_batch(ns.name(), &lines).expect("set up the node namespace");
+        let mut b = backend(&BackendConfig {
+            mode,
+            ..BackendConfig::default()
+        })
+        .expect("back end");
+        b.sync(ns.name(), &state, &node).expect("sync");
+        let listeners: Vec<TcpListener> = endpoints
+            .iter()
+            .map(|ip| {
+                in_netns(ns.name(), || {
+                    let l = TcpListener::bind((self::ip(ip), 8080)).expect("listen");
+                    l.set_nonblocking(true).expect("non-blocking listener");
+                    l
+                })
+            })
+            .collect();
+        for (dst, port) in targets {
+            let packet = Packet {
+                origin: Origin::Host,
+                ..tcp("172.18.0.2", dst, port)
+            };
+            let traced = trace_nodes_in(rules, &state, &node, &packet).expect("trace");
+            let [fate] = traced.fates.as_slice() else {
+                panic!("{mode} {dst}: one branch expected\n{traced}");
+            };
+            let predicted = match fate.verdict {
+                Verdict::Accept => Answer::At(fate.at),
+                Verdict::Reject => Answer::Refused,
+                other => panic!("{mode} {dst}: unexpected {other}\n{traced}"),
+            };
+            let to = SocketAddr::new(ip(dst), port);
+            let got = in_netns(ns.name(), || {
+                match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                    // The listener owns the DNATed address: the kernel delivered it there.
+                    Ok(_stream) => Answer::At(
+                        accepted_by(&listeners)
+                            .unwrap_or_else(|| panic!("{mode}: {to} connected, nobody accepted")),
+                    ),
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => Answer::Refused,
+                    Err(e) => panic!("{mode}: connect to {to}: {e}"),
+                }
+            });
+            assert_eq!(got, predicted, "{mode} {to}\n{traced}");
+        }
+    }
+}
+
+/// The listener that holds a connection waiting to be accepted: where the kernel delivered
+/// it (the client's own socket sees only the Service address, NAT being transparent).
+fn accepted_by(listeners: &[TcpListener]) -> Option<SocketAddr> {
+    for _ in 0..50 {
+        for l in listeners {
+            if l.accept().is_ok() {
+                return l.local_addr().ok();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
