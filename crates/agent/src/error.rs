@@ -5,6 +5,7 @@ use netd_model::NodeName;
 use netd_policy::PolicyError;
 use netd_proxy::IpFamily;
 use netd_render::TraceError;
+use netd_render::nft::NftTraceError;
 
 /// Building or applying a Node's rules failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,5 +107,14 @@ pub enum AgentError {
         /// The cause.
         #[source]
         source: TraceError,
+    },
+    /// The tracer could not walk the Node's nftables table.
+    #[error("cannot trace through the nftables table of node {node}")]
+    NftTraceFailed {
+        /// The Node.
+        node: NodeName,
+        /// The cause.
+        #[source]
+        source: NftTraceError,
     },
 }

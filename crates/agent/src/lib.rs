@@ -50,7 +50,7 @@
 //! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
 //! - [`trace`](mod@trace): [`trace_nodes`], a packet walked through these rules node after
-//!   node, as `kube-netd trace` prints it.
+//!   node, as `kube-netd trace` prints it; [`trace_nodes_in`] for any back end's rules.
 
 pub mod apply;
 pub mod backend;
@@ -71,4 +71,4 @@ pub use nft::Nftables;
 pub use programmer::NodeProgrammer;
 pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};
-pub use trace::{Fate, NodesTrace, trace_nodes};
+pub use trace::{Fate, NodesTrace, TraceRules, trace_nodes, trace_nodes_in};

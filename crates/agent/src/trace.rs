@@ -1,9 +1,12 @@
 //! [`trace_nodes`]: a packet walked through the rules [`NodeProgrammer`] builds, node after
-//! node, as the kernel of each node meets it (what `kube-netd trace` prints).
+//! node, as the kernel of each node meets it (what `kube-netd trace` prints);
+//! [`trace_nodes_in`] does the same through the rules of the back end [`TraceRules`] names.
 //!
-//! Each node's rules are traced as they are applied: every chain of the family with the
-//! hooks at the top of the built-in chains ([`FamilyRules::installed`](crate::FamilyRules::installed)),
-//! and the sets the `ipset restore` payload leaves ([`Host::load_ipset`]). A branch let
+//! In iptables mode each node's rules are traced as they are applied: every chain of the
+//! family with the hooks at the top of the built-in chains
+//! ([`FamilyRules::installed`](crate::FamilyRules::installed)), and the sets the
+//! `ipset restore` payload leaves ([`Host::load_ipset`]). In nftables mode the family's table
+//! ([`Nftables::tables`]) goes through [`netd_render::nft::trace_nft`]. A branch let
 //! through towards a Pod or address of another node is traced on through that node's rules,
 //! with the source masqueraded if the first node masqueraded it; no node is entered twice.
 
@@ -15,7 +18,17 @@ use netd_proxy::IpFamily;
 use netd_render::{Host, Origin, Packet, Verdict};
 
 use crate::error::AgentError;
+use crate::nft::Nftables;
 use crate::programmer::NodeProgrammer;
+
+/// Whose rules a trace walks: one of the back ends that has a tracer.
+#[derive(Clone, Copy, Debug)]
+pub enum TraceRules<'a> {
+    /// The iptables rules (and ipsets) this programmer builds.
+    Iptables(&'a NodeProgrammer),
+    /// The nftables tables this back end renders.
+    Nftables(&'a Nftables),
+}
 
 /// Where one branch of a traced packet ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +41,8 @@ pub struct Fate {
     pub verdict: Verdict,
     /// The packet's destination when its fate was decided (after DNAT).
     pub at: SocketAddr,
+    /// Whether a node on the branch's way masqueraded the packet's source.
+    pub masqueraded: bool,
     /// The NetworkPolicy rules that acted on the last node, by their comments
     /// ([`netd_render::trace::Outcome::policy`]).
     pub policy: Vec<String>,
@@ -80,8 +95,19 @@ pub fn trace_nodes(
     node: &NodeName,
     packet: &Packet,
 ) -> Result<NodesTrace, AgentError> {
+    trace_nodes_in(TraceRules::Iptables(programmer), state, node, packet)
+}
+
+/// Traces `packet` through the rules `rules` names for `node`, then on through the nodes its
+/// branches are forwarded to (every node runs the same back end).
+pub fn trace_nodes_in(
+    rules: TraceRules<'_>,
+    state: &ClusterState,
+    node: &NodeName,
+    packet: &Packet,
+) -> Result<NodesTrace, AgentError> {
     let mut walk = Walk {
-        programmer,
+        rules,
         state,
         out: NodesTrace {
             text: String::new(),
@@ -90,12 +116,12 @@ pub fn trace_nodes(
         },
         path: Vec::new(),
     };
-    walk.node(node, packet, 1.0)?;
+    walk.node(node, packet, 1.0, false)?;
     Ok(walk.out)
 }
 
 struct Walk<'a> {
-    programmer: &'a NodeProgrammer,
+    rules: TraceRules<'a>,
     state: &'a ClusterState,
     out: NodesTrace,
     /// The nodes the current branch went through.
@@ -108,6 +134,7 @@ impl Walk<'_> {
         node: &NodeName,
         packet: &Packet,
         probability: f64,
+        masqueraded: bool,
     ) -> Result<(), AgentError> {
         let state = self.state;
         let n = state
@@ -118,15 +145,7 @@ impl Walk<'_> {
         } else {
             IpFamily::V6
         };
-        let rules = self.programmer.rules(state, node)?;
-        let installed = rules
-            .family(family)
-            .ok_or_else(|| AgentError::TraceNoFamily {
-                node: node.clone(),
-                family,
-            })?
-            .installed();
-        let mut host = Host {
+        let host = Host {
             local_addrs: n.internal_ips.clone(),
             service_addrs: state
                 .services()
@@ -134,17 +153,16 @@ impl Walk<'_> {
                 .collect(),
             ..Host::default()
         };
-        let failed = |source| AgentError::TraceFailed {
-            node: node.clone(),
-            source,
+        let (text, branches) = match self.rules {
+            TraceRules::Iptables(programmer) => {
+                iptables(programmer, state, node, family, host, packet)?
+            }
+            TraceRules::Nftables(nft) => nftables(nft, state, node, family, &host, packet)?,
         };
-        host.load_ipset(rules.ipset.as_deref().unwrap_or_default())
-            .map_err(failed)?;
-        let trace = netd_render::trace(&installed, &host, packet).map_err(failed)?;
         let _ = writeln!(self.out.text, "on {node}:");
-        let _ = write!(self.out.text, "{trace}");
+        let _ = write!(self.out.text, "{text}");
         self.path.push(node.clone());
-        for (branch, o) in trace.outcomes.iter().enumerate() {
+        for (branch, o) in branches.into_iter().enumerate() {
             let p = probability * o.probability;
             if o.verdict == Verdict::NoServicePort {
                 let _ = writeln!(self.out.text, "  {}", no_service_port(state, packet));
@@ -159,7 +177,8 @@ impl Walk<'_> {
                     probability: p,
                     verdict: o.verdict,
                     at,
-                    policy: o.policy().into_iter().map(str::to_owned).collect(),
+                    masqueraded: masqueraded || o.masqueraded,
+                    policy: o.policy,
                 });
                 continue;
             };
@@ -187,11 +206,96 @@ impl Walk<'_> {
                 at.ip()
             );
             self.out.hops += 1;
-            self.node(&next, &hop, p)?;
+            self.node(&next, &hop, p, masqueraded || o.masqueraded)?;
         }
         self.path.pop();
         Ok(())
     }
+}
+
+/// What one node's tracer says of one branch, whichever back end it traced.
+struct Branch {
+    probability: f64,
+    verdict: Verdict,
+    dnat: Option<SocketAddr>,
+    masqueraded: bool,
+    policy: Vec<String>,
+}
+
+/// One node's iptables trace: its text and branches.
+fn iptables(
+    programmer: &NodeProgrammer,
+    state: &ClusterState,
+    node: &NodeName,
+    family: IpFamily,
+    mut host: Host,
+    packet: &Packet,
+) -> Result<(String, Vec<Branch>), AgentError> {
+    let rules = programmer.rules(state, node)?;
+    let installed = rules
+        .family(family)
+        .ok_or_else(|| AgentError::TraceNoFamily {
+            node: node.clone(),
+            family,
+        })?
+        .installed();
+    let failed = |source| AgentError::TraceFailed {
+        node: node.clone(),
+        source,
+    };
+    host.load_ipset(rules.ipset.as_deref().unwrap_or_default())
+        .map_err(failed)?;
+    let trace = netd_render::trace(&installed, &host, packet).map_err(failed)?;
+    let branches = trace
+        .outcomes
+        .iter()
+        .map(|o| Branch {
+            probability: o.probability,
+            verdict: o.verdict,
+            dnat: o.dnat,
+            masqueraded: o.masqueraded,
+            policy: o.policy().into_iter().map(str::to_owned).collect(),
+        })
+        .collect();
+    Ok((trace.to_string(), branches))
+}
+
+/// One node's nftables trace: its text and branches.
+fn nftables(
+    nft: &Nftables,
+    state: &ClusterState,
+    node: &NodeName,
+    family: IpFamily,
+    host: &Host,
+    packet: &Packet,
+) -> Result<(String, Vec<Branch>), AgentError> {
+    let table = nft
+        .tables(state, node)?
+        .into_iter()
+        .find(|t| t.plan.family == family)
+        .ok_or_else(|| AgentError::TraceNoFamily {
+            node: node.clone(),
+            family,
+        })?
+        .table;
+    let trace = netd_render::nft::trace_nft(&table, host, packet).map_err(|source| {
+        AgentError::NftTraceFailed {
+            node: node.clone(),
+            source,
+        }
+    })?;
+    let branches = trace
+        .outcomes
+        .iter()
+        .map(|o| Branch {
+            probability: o.probability,
+            verdict: o.verdict,
+            dnat: o.dnat,
+            masqueraded: o.masqueraded,
+            policy: o.policy().into_iter().map(str::to_owned).collect(),
+        })
+        .collect();
+    Ok((trace.to_string(), branches))
 }
 
 /// The node a packet to `ip` is routed to: the one whose pod range or address it is.

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
-use netd_agent::{BackendConfig, NodeProgrammer};
+use netd_agent::{BackendConfig, Nftables, NodeProgrammer, TraceRules};
 use netd_model::{ClusterState, NodeName, Protocol, Target};
 use netd_render::{Origin, Packet};
 
@@ -69,6 +69,9 @@ pub struct TraceArgs {
     /// tcp, udp or sctp.
     #[arg(long, default_value = "tcp")]
     protocol: Protocol,
+    /// The proxy mode whose rules to walk (iptables or nftables; IPVS has no tracer).
+    #[arg(long, value_enum, default_value = "iptables")]
+    mode: Mode,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -85,8 +88,8 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints every branch the packet can take through the node's whole rule set as `render`
-/// prints it (service and NetworkPolicy chains, in hook order): chains traversed, DNAT
+/// Prints every branch the packet can take through the node's whole rule set of `--mode` as
+/// `render` prints it (service and NetworkPolicy chains, in hook order): chains traversed, DNAT
 /// choices with their probabilities, masquerade, the policy rule that decided, and the
 /// verdict. A branch forwarded to a Pod or address of another node is traced on to that
 /// node's rules, as the packet meets them there.
@@ -117,7 +120,13 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
             args.from
         ),
     };
-    let trace = netd_agent::trace_nodes(&NodeProgrammer::default(), &state, &start, &packet)?;
+    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    let rules = match args.mode {
+        Mode::Iptables => TraceRules::Iptables(&programmer),
+        Mode::Nftables => TraceRules::Nftables(&nftables),
+        Mode::Ipvs => bail!("--mode ipvs cannot be traced: use iptables or nftables"),
+    };
+    let trace = netd_agent::trace_nodes_in(rules, &state, &start, &packet)?;
     crate::out::stdout(&trace.to_string())?;
     Ok(())
 }

@@ -169,7 +169,7 @@ impl Host {
         Ok(())
     }
 
-    fn is_local(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_local(&self, ip: IpAddr) -> bool {
         ip.is_loopback() || self.local_addrs.contains(&ip)
     }
 }

@@ -1,6 +1,7 @@
 //! The rules agree with the plan: for every golden scenario and every Service port, a
-//! packet traced through the rendered rules meets the fate the plan decided — the same
-//! endpoints with equal shares, the same masquerade, reject or drop.
+//! packet traced through the rendered rules — iptables and nftables alike — meets the fate
+//! the plan decided: the same endpoints with equal shares, the same masquerade, reject or
+//! drop.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use netd_model::ServicePortName;
 use netd_proxy::{ClusterIpMasquerade, Disposition, IpFamily, PlannedEndpoint, plan};
+use netd_render::nft::{render_services_nft, trace_nft};
 use netd_render::trace::{Host, Packet, Verdict, trace};
 use netd_render::{RenderOptions, render_services};
 
@@ -45,6 +47,7 @@ fn traces_agree_with_the_plan() {
         let state = netd_testkit::state(&yaml);
         let p = plan(&state, &node, family, &opts);
         let rules = render_services(&p, &RenderOptions::default()).installed();
+        let table = render_services_nft(&p, &RenderOptions::default());
         let node_ip: IpAddr = match family {
             IpFamily::V4 => opts
                 .node_ips
@@ -72,14 +75,19 @@ fn traces_agree_with_the_plan() {
             .expect("a pod address outside the endpoints");
         for (name, port) in &p.ports {
             let mut check = |what: &str, packet: Packet, want: Fate| {
-                let got = trace(&rules, &host, &packet).expect("trace").summary();
-                if !same(&got, &want) {
-                    failures.push(format!(
-                        "{}: {name} {what}: want {want:?}, got {got:?}",
-                        dir.display()
-                    ));
+                let iptables = trace(&rules, &host, &packet).expect("trace").summary();
+                let nftables = trace_nft(&table, &host, &packet)
+                    .expect("nft trace")
+                    .summary();
+                for (mode, got) in [("iptables", iptables), ("nftables", nftables)] {
+                    if !same(&got, &want) {
+                        failures.push(format!(
+                            "{}: {mode}: {name} {what}: want {want:?}, got {got:?}",
+                            dir.display()
+                        ));
+                    }
+                    checked += 1;
                 }
-                checked += 1;
             };
             let masq_pod = matches!(port.cluster_ip_masquerade, ClusterIpMasquerade::All);
             let want = expected(port.internal, port.endpoints_for(port.internal), masq_pod);
@@ -134,7 +142,7 @@ fn traces_agree_with_the_plan() {
             }
         }
     }
-    assert!(checked > 40, "only {checked} flows checked");
+    assert!(checked > 80, "only {checked} traces checked");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

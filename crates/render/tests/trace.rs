@@ -573,6 +573,8 @@ fn policy_chains_and_their_ipsets_decide_and_are_named() {
             &[],
         ),
     ];
+    // The same plan in nftables (policy-forward, per-Pod chains, KNP- sets) decides alike.
+    let table = netd_render::nft::policy::render_policy_nft(&plan, IpFamily::V4);
     for (what, packet, verdict, policy) in cases {
         let t = trace(&installed, &host, &packet).expect("trace");
         let [o] = t.outcomes.as_slice() else {
@@ -582,6 +584,15 @@ fn policy_chains_and_their_ipsets_decide_and_are_named() {
             (o.verdict, o.policy().as_slice()),
             (verdict, policy),
             "{what}\n{t}"
+        );
+        let t = netd_render::nft::trace_nft(&table, &host, &packet).expect("nft trace");
+        let [o] = t.outcomes.as_slice() else {
+            panic!("{what}: one nftables outcome expected\n{t}");
+        };
+        assert_eq!(
+            (o.verdict, o.policy().as_slice()),
+            (verdict, policy),
+            "nftables: {what}\n{t}"
         );
     }
 }

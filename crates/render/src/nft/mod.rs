@@ -1,5 +1,6 @@
 //! nftables: the typed representation ([`ast`]), its incremental update ([`diff`](mod@diff)),
-//! kube-proxy's nftables layout for Services ([`services`]) and NetworkPolicy ([`policy`]).
+//! kube-proxy's nftables layout for Services ([`services`]) and NetworkPolicy ([`policy`]),
+//! and a packet tracer over a table ([`trace`](mod@trace)).
 //!
 //! Everything kube-netd writes for nftables is one [`Table`] per family (`ip kube-netd`,
 //! `ip6 kube-netd`), built as a value first: [`Table::to_nft`] writes a full load,
@@ -10,6 +11,7 @@ pub mod ast;
 pub mod diff;
 pub mod policy;
 pub mod services;
+pub mod trace;
 
 pub use ast::{
     AddrType, BaseChain, Chain, ChainType, CtState, DataType, Element, Field, Hook, IcmpReject,
@@ -19,3 +21,4 @@ pub use ast::{
 pub use diff::{Command, diff, diff_commands};
 pub use policy::{merge_into, render_policy_nft};
 pub use services::render_services_nft;
+pub use trace::{NftTraceError, trace_nft};

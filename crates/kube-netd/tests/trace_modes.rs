@@ -1,0 +1,82 @@
+//! `kube-netd trace --mode`: the same packet walked through the iptables and the nftables
+//! rules of a node, through the binary as a user runs it.
+
+use std::io::Write as _;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
+
+/// One node; `app/web` has two endpoints behind ClusterIP 10.96.0.110 and nodePort 30080.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: app}
+spec: {type: NodePort, clusterIP: 10.96.0.110, ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: web-1, namespace: app, labels: {kubernetes.io/service-name: web}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-1}
+- {addresses: [10.244.1.11], nodeName: node-1}
+"#;
+
+fn trace(mode: &str, to: &str) -> Output {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(CLUSTER.as_bytes()).expect("write manifest");
+    let path = file.path().to_str().expect("UTF-8 path").to_owned();
+    Command::new(BIN)
+        .args(["trace", "-f", &path, "--node", "node-1", "--mode", mode])
+        .args(["203.0.113.7", to])
+        .output()
+        .expect("run kube-netd")
+}
+
+/// The `NN.NN% VERDICT ...` lines of a trace.
+fn branches(out: &str) -> Vec<&str> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| l.contains("% "))
+        .collect()
+}
+
+#[test]
+fn both_modes_trace_the_same_branches_through_their_own_rules() {
+    let mut seen = Vec::new();
+    for (mode, rule) in [
+        ("iptables", "nat/KUBE-NODEPORTS"),
+        ("nftables", "ip kube-netd/services"),
+    ] {
+        let out = trace(mode, "172.18.0.2:30080");
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        assert!(out.status.success(), "{mode}: {text}");
+        assert!(text.contains(rule), "{mode} names its own rules:\n{text}");
+        let b: Vec<String> = branches(&text).into_iter().map(str::to_owned).collect();
+        assert_eq!(
+            b,
+            [
+                "50.00% ACCEPT DNAT to 10.244.1.10:8080, masqueraded",
+                "50.00% ACCEPT DNAT to 10.244.1.11:8080, masqueraded",
+            ],
+            "{mode}:\n{text}"
+        );
+        seen.push(b);
+    }
+    assert_eq!(seen[0], seen[1]);
+}
+
+#[test]
+fn ipvs_mode_has_no_tracer_and_says_so() {
+    let out = trace("ipvs", "10.96.0.110:80");
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).expect("UTF-8");
+    assert!(err.contains("--mode ipvs cannot be traced"), "{err}");
+}
