@@ -10,6 +10,10 @@
 //! when its test ends, failed or not, and the run fails if any of its namespaces is left.
 //! Every test runs again as `ipv6/NAME` on an IPv6-only lab (`lab up --ip-family ipv6`),
 //! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state.
+//! The tests that hold only what a client sees run once more as `ipvs/NAME` on a lab in IPVS
+//! mode; this machine's kernel may have no IPVS, so those run only with `--ignored` (and
+//! then alone), in a VM: `kernel-vm.sh --modules "ip_vs ip_vs_rr br_netfilter" --
+//! target/debug/deps/lab_services-<hash> --ignored`.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +28,7 @@ use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
 };
+use netd_agent::Mode;
 use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
 use netd_testkit::held::{HeldConnection, in_netns};
 
@@ -39,6 +44,29 @@ thread_local! {
 
 fn ipv6() -> bool {
     IPV6.with(Cell::get)
+}
+
+thread_local! {
+    /// The proxy mode of the lab the test running on this thread builds.
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Iptables) };
+}
+
+/// The tests that run again in IPVS mode: those that assert only what clients see.
+const IPVS_TESTS: [&str; 6] = [
+    "round_robin_reaches_every_pod_evenly",
+    "service_without_endpoints_refuses_at_once",
+    "pod_reaches_itself_through_its_service",
+    "node_reaches_a_service_through_its_cluster_ip",
+    "node_port_cluster_snats_to_the_node_address",
+    "session_affinity_sticks_to_one_pod",
+];
+
+/// One test to run: its name, the lab's family and mode, and the test.
+struct Case {
+    name: String,
+    v6: bool,
+    mode: Mode,
+    test: fn(),
 }
 
 const TESTS: [Test; 13] = [
@@ -104,6 +132,7 @@ fn main() -> ExitCode {
     let mut threads = 1usize;
     let mut filter = None;
     let mut listing = false;
+    let mut ignored = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if let Some(n) = arg.strip_prefix("--test-threads=") {
@@ -115,25 +144,45 @@ fn main() -> ExitCode {
                 .expect("--test-threads N");
         } else if arg == "--list" {
             listing = true;
+        } else if arg == "--ignored" {
+            ignored = true;
         } else if !arg.starts_with('-') && filter.is_none() {
             filter = Some(arg.clone());
         }
     }
-    let selected: Vec<(bool, String, fn())> = TESTS
+    let case = |v6, mode, prefix: &'static str| {
+        move |(name, test): Test| Case {
+            name: format!("{prefix}{name}"),
+            v6,
+            mode,
+            test,
+        }
+    };
+    let (selected, skipped): (Vec<Case>, Vec<Case>) = TESTS
         .into_iter()
-        .map(|(name, test)| (false, name.to_owned(), test))
+        .map(case(false, Mode::Iptables, ""))
+        .chain(TESTS.into_iter().map(case(true, Mode::Iptables, "ipv6/")))
         .chain(
             TESTS
                 .into_iter()
-                .map(|(name, test)| (true, format!("ipv6/{name}"), test)),
+                .filter(|(name, _)| IPVS_TESTS.contains(name))
+                .map(case(false, Mode::Ipvs, "ipvs/")),
         )
-        .filter(|(_, name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
-        .collect();
+        .filter(|c| filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+        .partition(|c| (c.mode == Mode::Ipvs) == ignored);
     if listing {
-        for (_, name, _) in &selected {
-            println!("{name}: test");
+        for c in &selected {
+            println!("{}: test", c.name);
         }
         return ExitCode::SUCCESS;
+    }
+    for c in &skipped {
+        if c.mode == Mode::Ipvs {
+            println!(
+                "test {} ... ignored, needs IPVS: run in the VM runner",
+                c.name
+            );
+        }
     }
     let queue = Mutex::new(selected.into_iter());
     let failed = Mutex::new(Vec::new());
@@ -142,8 +191,17 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some((v6, name, test)) = next else { break };
+                    let Some(Case {
+                        name,
+                        v6,
+                        mode,
+                        test,
+                    }) = next
+                    else {
+                        break;
+                    };
                     IPV6.with(|c| c.set(v6));
+                    MODE.with(|c| c.set(mode));
                     let start = Instant::now();
                     let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
                     let status = if ok { "ok" } else { "FAILED" };
@@ -816,14 +874,17 @@ fn resolver() -> Resolver {
 fn up(test: &str, yaml: &str) -> Lab {
     let exe = std::env::current_exe().expect("test binary");
     let six = if ipv6() { "6" } else { "" };
+    let mode = MODE.with(Cell::get);
+    let v = if mode == Mode::Ipvs { "v" } else { "" };
     let mut options = LabOptions::new(
-        format!("{}{six}{test}", lab_prefix()),
+        format!("{}{six}{v}{test}", lab_prefix()),
         vec![
             exe.to_string_lossy().into_owned(),
             netd_lab::HELPER_FLAG.to_owned(),
         ],
     );
     options.state_root = PathBuf::from(STATE_ROOT);
+    options.mode = mode;
     if ipv6() {
         options.config = ClusterConfig::for_families(IpFamilies::Ipv6);
     }
