@@ -24,11 +24,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use netd_agent::Mode;
 use netd_lab::echo::EchoReply;
 use netd_lab::{
     Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Resolver, Target,
 };
-use netd_agent::Mode;
 use netd_model::{ClusterConfig, IpFamilies, Kind, NodeName, ObjectId, PodRef, ServiceRef};
 use netd_testkit::held::{HeldConnection, in_netns};
 

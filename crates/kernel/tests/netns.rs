@@ -122,7 +122,7 @@ fn conntrack_entries_are_deleted_by_destination() {
 #[test]
 #[ignore = "needs IPVS: run in the VM runner"]
 fn ipvs_services_and_dests_round_trip_through_the_kernel() {
-    let ns = Ns::new("ipvs");
+    let ns = Ns::new("ktest", "ipvs");
     let mut ipvs = Ipvs::open(&ns.0).expect("open IPVS in the namespace");
     let svc = IpvsService {
         addr: ip("10.96.0.10"),
