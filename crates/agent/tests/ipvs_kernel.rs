@@ -5,15 +5,20 @@
 //! Each test creates its own namespace (`nipvs-<pid>-<name>`), removed on drop. Needs root.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, TcpListener};
+use std::time::{Duration, Instant};
 
 use netd_agent::{Backend, Ipvs, IpvsConfig, Mode, SyncKind, remove_other_modes};
 use netd_kernel::ipvs::Ipvs as IpvsSocket;
 use netd_kernel::{link, rules};
 use netd_model::{ClusterState, NodeName};
+use netd_testkit::held::{HeldConnection, in_netns};
 use netd_testkit::scratch::ScratchNetns;
 
 const NODE: &str = "node-1";
+/// The drain deadline of the graceful-termination test.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// `web` (TCP 80 on 10.96.0.10, nodePort 30080) with `endpoints` on node-1, and `dns` (UDP 53
 /// on 10.96.0.20) with one endpoint when `dns` is set.
@@ -192,4 +197,75 @@ fn syncs_converge_virtual_servers_addresses_and_rules_then_cleanup_removes_them(
     assert!(sets.is_empty(), "{sets:?}");
     let saved = rules::iptables_save(ns).expect("iptables-save");
     assert!(!saved.contains("KUBE-"), "{saved}");
+}
+
+/// Serves a greeting line and then echoes, on `10.244.1.2:8080` in `pod`, one connection at
+/// a time, for as long as the test runs.
+fn echo_server(pod: &str) {
+    let listener = in_netns(pod, || {
+        TcpListener::bind("10.244.1.2:8080").expect("listen")
+    });
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().expect("clone");
+                let _ = out.write_all(b"hello\n");
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = out.write_all(format!("{line}\n").as_bytes());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn a_removed_endpoint_with_a_connection_drains_at_weight_zero_then_goes_at_its_deadline() {
+    let node_ns = ScratchNetns::new("nipvs", "gn");
+    let pod_ns = ScratchNetns::new("nipvs", "gp");
+    let (node, pod) = (node_ns.name(), pod_ns.name());
+    link::add_veth(node, "vpod", pod, "eth0").expect("veth");
+    link::add_address(node, "vpod", "10.244.1.1".parse().expect("ip"), 24).expect("address");
+    link::add_address(pod, "eth0", "10.244.1.2".parse().expect("ip"), 24).expect("address");
+    link::set_up(pod, "lo").expect("lo up");
+    echo_server(pod);
+
+    let name = NodeName::new(NODE);
+    let mut backend = Ipvs::new(IpvsConfig {
+        // Long enough for the next sync to come before it under emulation.
+        drain_timeout: DRAIN,
+        ..IpvsConfig::default()
+    });
+    backend
+        .sync(node, &cluster(&["10.244.1.2"], false), &name)
+        .expect("first sync");
+    let vip = "10.96.0.10:80".parse().expect("vip");
+    let mut held = HeldConnection::open(node, vip, Duration::from_secs(5));
+    assert_eq!(held.greeting(), "hello\n");
+
+    // The endpoint goes while a connection is open: weight 0, and the connection still works.
+    let moved = cluster(&["10.244.1.3"], false);
+    backend.sync(node, &moved, &name).expect("second sync");
+    let quiesced = Instant::now();
+    let web = "10.96.0.10:80/Tcp rr -> 10.244.1.2:8080 w0, 10.244.1.3:8080 w1";
+    assert!(
+        virtual_servers(node).contains(web),
+        "{:?}",
+        virtual_servers(node)
+    );
+    held.round_trip("still here");
+    backend.sync(node, &moved, &name).expect("third sync");
+    assert!(
+        virtual_servers(node).contains(web),
+        "draining until its deadline"
+    );
+
+    // Past the deadline it is deleted though the connection is still open.
+    std::thread::sleep((quiesced + DRAIN).saturating_duration_since(Instant::now()));
+    backend.sync(node, &moved, &name).expect("fourth sync");
+    assert!(
+        virtual_servers(node).contains("10.96.0.10:80/Tcp rr -> 10.244.1.3:8080 w1"),
+        "{:?}",
+        virtual_servers(node)
+    );
 }
