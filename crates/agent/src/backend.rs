@@ -139,6 +139,10 @@ pub fn remove_other_modes(netns: &str, keep: Mode) -> Result<usize, AgentError> 
     let mut removed = 0;
     for mode in Mode::ALL.into_iter().filter(|m| *m != keep) {
         removed += match mode {
+            // IPVS mode shares iptables mode's chain names and hooks: its first sync prunes
+            // iptables mode's other chains and sets in its own transaction, so removing them
+            // here would only open a gap in the data path on every agent restart.
+            Mode::Iptables if keep == Mode::Ipvs => 0,
             Mode::Iptables => {
                 let c = crate::apply::cleanup(netns)?;
                 c.hooks + c.chains + c.sets

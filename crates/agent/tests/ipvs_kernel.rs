@@ -269,3 +269,35 @@ fn a_removed_endpoint_with_a_connection_drains_at_weight_zero_then_goes_at_its_d
         virtual_servers(node)
     );
 }
+
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn switching_from_iptables_mode_prunes_its_chains_in_the_first_ipvs_sync() {
+    let ns = ScratchNetns::new("nipvs", "switch");
+    let ns = ns.name();
+    let node = NodeName::new(NODE);
+    let state = cluster(&["10.244.1.2"], false);
+    let mut iptables =
+        netd_agent::backend(&netd_agent::BackendConfig::default()).expect("back end");
+    iptables.sync(ns, &state, &node).expect("iptables sync");
+    assert!(
+        rules::iptables_save(ns)
+            .expect("save")
+            .contains("KUBE-SVC-")
+    );
+
+    remove_other_modes(ns, Mode::Ipvs).expect("remove other modes");
+    Ipvs::new(IpvsConfig::default())
+        .sync(ns, &state, &node)
+        .expect("ipvs sync");
+    let saved = rules::iptables_save(ns).expect("save");
+    assert!(!saved.contains("KUBE-SVC-"), "{saved}");
+    assert!(!saved.contains("KUBE-NODEPORTS"), "{saved}");
+    assert!(saved.contains("-j KUBE-IPVS-FILTER"), "{saved}");
+    assert_eq!(
+        saved.matches("-j KUBE-NETD-PREROUTING").count(),
+        1,
+        "{saved}"
+    );
+    assert_eq!(virtual_servers(ns).len(), 2, "{:?}", virtual_servers(ns));
+}
