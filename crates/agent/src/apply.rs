@@ -15,6 +15,10 @@ use netd_render::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
     KUBE_PROXY_FIREWALL, KUBE_SERVICES, is_service_chain,
 };
+use netd_render::ipvs::{
+    KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER, KUBE_LOAD_BALANCER, KUBE_NODE_PORT,
+    KUBE_SOURCE_RANGES_FIREWALL,
+};
 use netd_render::policy::{is_policy_chain, is_policy_set};
 
 use crate::error::AgentError;
@@ -22,8 +26,8 @@ use crate::programmer::DISPATCH_PREFIX;
 use crate::rules::{Hook, NodeRules};
 use crate::sync::{Applier, InNamespace, SyncEngine};
 
-/// kube-proxy's fixed chains, which kube-netd writes as the service proxy.
-const PROXY_CHAINS: [&str; 7] = [
+/// kube-proxy's fixed chains, which kube-netd writes as the service proxy (IPVS mode's too).
+const PROXY_CHAINS: [&str; 12] = [
     KUBE_SERVICES,
     KUBE_EXTERNAL_SERVICES,
     KUBE_NODEPORTS,
@@ -31,6 +35,11 @@ const PROXY_CHAINS: [&str; 7] = [
     KUBE_PROXY_FIREWALL,
     KUBE_MARK_MASQ,
     KUBE_POSTROUTING,
+    KUBE_NODE_PORT,
+    KUBE_LOAD_BALANCER,
+    KUBE_SOURCE_RANGES_FIREWALL,
+    KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
 ];
 
 /// What [`cleanup`] removed.
@@ -54,9 +63,10 @@ pub fn is_owned_chain(chain: &str) -> bool {
         || PROXY_CHAINS.contains(&chain)
 }
 
-/// Whether an ipset is kube-netd's (`KNP-*`).
+/// Whether an ipset is kube-netd's: the policy sets (`KNP-*`) and IPVS mode's
+/// ([`crate::ipvs::is_ipvs_set`]).
 pub fn is_owned_set(set: &str) -> bool {
-    is_policy_set(set)
+    is_policy_set(set) || crate::ipvs::is_ipvs_set(set)
 }
 
 /// Applies `rules` inside the namespace `ns` as a full sync, in transactions ordered so

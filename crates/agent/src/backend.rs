@@ -18,6 +18,7 @@ use netd_model::{ClusterState, NodeName, ServiceRef};
 use prometheus_client::registry::Registry;
 
 use crate::error::AgentError;
+use crate::ipvs::{Ipvs, IpvsConfig};
 use crate::nft::Nftables;
 use crate::programmer::NodeProgrammer;
 use crate::rules::Programmer;
@@ -120,7 +121,7 @@ pub trait Backend: Send {
     fn metrics(&self) -> &SyncMetrics;
 }
 
-/// The back end `config` names. IPVS mode is not built yet.
+/// The back end `config` names (IPVS mode with its default [`IpvsConfig`]).
 pub fn backend(config: &BackendConfig) -> Result<Box<dyn Backend>, ModeNotBuilt> {
     match config.mode {
         Mode::Iptables => Ok(Box::new(Iptables::new(Box::new(NodeProgrammer {
@@ -128,7 +129,7 @@ pub fn backend(config: &BackendConfig) -> Result<Box<dyn Backend>, ModeNotBuilt>
             ..NodeProgrammer::default()
         })))),
         Mode::Nftables => Ok(Box::new(Nftables::new())),
-        mode @ Mode::Ipvs => Err(ModeNotBuilt { mode }),
+        Mode::Ipvs => Ok(Box::new(Ipvs::new(IpvsConfig::default()))),
     }
 }
 
@@ -138,13 +139,18 @@ pub fn remove_other_modes(netns: &str, keep: Mode) -> Result<usize, AgentError> 
     let mut removed = 0;
     for mode in Mode::ALL.into_iter().filter(|m| *m != keep) {
         removed += match mode {
+            // IPVS mode shares iptables mode's chain names and hooks: its first sync prunes
+            // iptables mode's other chains and sets in its own transaction, so removing them
+            // here would only open a gap in the data path on every agent restart.
+            Mode::Iptables if keep == Mode::Ipvs => 0,
             Mode::Iptables => {
                 let c = crate::apply::cleanup(netns)?;
                 c.hooks + c.chains + c.sets
             }
             Mode::Nftables => crate::nft::remove_tables(netns)?,
-            // IPVS mode has no kernel objects of its own yet.
-            Mode::Ipvs => 0,
+            // Its ipsets and chains are kube-netd's and went with iptables mode's above
+            // unless the mode kept is iptables, whose syncs prune them.
+            Mode::Ipvs => crate::ipvs::remove_objects(netns)?,
         };
     }
     Ok(removed)
@@ -236,19 +242,14 @@ mod tests {
     }
 
     #[test]
-    fn only_built_modes_have_a_back_end() {
-        let built = |mode| {
-            backend(&BackendConfig {
+    fn every_mode_has_a_back_end() {
+        for mode in Mode::ALL {
+            let built = backend(&BackendConfig {
                 mode,
                 ..BackendConfig::default()
             })
-            .map(|b| b.mode())
-        };
-        assert_eq!(built(Mode::Iptables).expect("iptables"), Mode::Iptables);
-        assert_eq!(built(Mode::Nftables).expect("nftables"), Mode::Nftables);
-        let Err(err) = built(Mode::Ipvs) else {
-            panic!("ipvs is not built")
-        };
-        assert!(err.to_string().contains("ipvs"), "{err}");
+            .map(|b| b.mode());
+            assert_eq!(built.expect("built"), mode);
+        }
     }
 }

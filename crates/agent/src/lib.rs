@@ -47,6 +47,8 @@
 //! - [`programmer`](mod@programmer): [`NodeProgrammer`] (IPv4, and IPv6 for dual-stack
 //!   clusters).
 //! - [`sync`](mod@sync): [`SyncEngine`], the [`Applier`] seam and its real [`InNamespace`].
+//! - [`ipvs`](mod@ipvs): [`Ipvs`], the IPVS back end (virtual servers, `kube-ipvs0`, IPVS
+//!   mode's ipsets and iptables rules).
 //! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
 //! - [`trace`](mod@trace): [`trace_nodes`], a packet walked through these rules node after
@@ -56,6 +58,7 @@ pub mod apply;
 pub mod backend;
 pub mod conntrack;
 pub mod error;
+pub mod ipvs;
 pub mod nft;
 pub mod programmer;
 pub mod rules;
@@ -67,6 +70,7 @@ pub use backend::{
     Backend, BackendConfig, Iptables, Mode, ModeNotBuilt, UnknownMode, backend, remove_other_modes,
 };
 pub use error::AgentError;
+pub use ipvs::{Ipvs, IpvsConfig};
 pub use nft::Nftables;
 pub use programmer::NodeProgrammer;
 pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};

@@ -91,7 +91,7 @@ impl Programmer for NodeProgrammer {
 
 /// Moves `hooks` into dispatch chains of `ruleset` (in the order the hooks would end up in
 /// their built-in chains) and returns the one hook per built-in chain that jumps to each.
-fn dispatch(ruleset: &mut Ruleset, hooks: &[&HookRule]) -> Vec<Hook> {
+pub(crate) fn dispatch(ruleset: &mut Ruleset, hooks: &[&HookRule]) -> Vec<Hook> {
     let mut chains: BTreeMap<(Table, ChainName), ChainName> = BTreeMap::new();
     for hook in hooks.iter().rev() {
         let name = chains

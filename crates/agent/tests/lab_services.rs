@@ -11,9 +11,11 @@
 //! Every test runs again as `ipv6/NAME` on an IPv6-only lab (`lab up --ip-family ipv6`),
 //! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state, and
 //! both again on labs whose agents run the nftables back end (`nftables/NAME`,
-//! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`.
-//! The `sctp_` tests need SCTP sockets: where the running kernel has none they are reported
-//! ignored, and `-- --ignored` runs only them (as `.ci/run` does in `scripts/kernel-vm.sh`).
+//! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`. The tests that
+//! hold only what a client sees run once more as `ipvs/NAME` on a lab in IPVS mode.
+//! Tests that need a kernel feature (SCTP sockets for the `sctp_` tests, IPVS for `ipvs/`)
+//! are reported ignored where the running kernel lacks it, and `-- --ignored` runs only them,
+//! failing them there (as `.ci/run` does in `scripts/kernel-vm.sh`, on Debian's stock kernel).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,9 +38,23 @@ const STATE_ROOT: &str = "/run/kube-netd-tests";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Test = (&'static str, fn());
-/// One test to run: its variant (proxy mode, IPv6-only lab or not), its name, and whether it
-/// needs SCTP sockets.
-type Run = ((Mode, bool), String, fn(), bool);
+
+/// A kernel feature some tests need, which the running kernel may lack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Sctp,
+    Ipvs,
+}
+
+/// One test to run: its name, the lab's family and proxy mode, the test, and the kernel
+/// feature it needs beyond what every lab needs.
+struct Case {
+    name: String,
+    v6: bool,
+    mode: Mode,
+    test: fn(),
+    needs: Option<Needs>,
+}
 
 thread_local! {
     /// Whether the test running on this thread builds an IPv6-only lab.
@@ -118,6 +134,17 @@ const SCTP_TESTS: [Test; 1] = [(
     sctp_service_reaches_its_pod_by_cluster_ip_and_node_port,
 )];
 
+/// The tests that run again in IPVS mode: those that assert only what clients see (the
+/// others read iptables or nftables state, or need what IPVS mode does not do here).
+const IPVS_TESTS: [&str; 6] = [
+    "round_robin_reaches_every_pod_evenly",
+    "service_without_endpoints_refuses_at_once",
+    "pod_reaches_itself_through_its_service",
+    "node_reaches_a_service_through_its_cluster_ip",
+    "node_port_cluster_snats_to_the_node_address",
+    "session_affinity_sticks_to_one_pod",
+];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(status) = netd_lab::helper_if_asked(&args, &netd_agent::backend) {
@@ -126,7 +153,7 @@ fn main() -> ExitCode {
     let mut threads = 1usize;
     let mut filter = None;
     let mut listing = false;
-    let only_sctp = args.iter().any(|a| a == "--ignored");
+    let only_needing = args.iter().any(|a| a == "--ignored");
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if let Some(n) = arg.strip_prefix("--test-threads=") {
@@ -142,12 +169,15 @@ fn main() -> ExitCode {
             filter = Some(arg.clone());
         }
     }
-    let variants = [Mode::Iptables, Mode::Nftables]
-        .into_iter()
-        .flat_map(|mode| [(mode, false), (mode, true)]);
-    let mut selected: Vec<Run> = Vec::new();
-    for variant in variants {
-        let (mode, v6) = variant;
+    let variants = [
+        (Mode::Iptables, false),
+        (Mode::Iptables, true),
+        (Mode::Nftables, false),
+        (Mode::Nftables, true),
+        (Mode::Ipvs, false),
+    ];
+    let mut selected: Vec<Case> = Vec::new();
+    for (mode, v6) in variants {
         let mut prefix = String::new();
         if mode != Mode::Iptables {
             prefix.push_str(&format!("{mode}/"));
@@ -155,32 +185,51 @@ fn main() -> ExitCode {
         if v6 {
             prefix.push_str("ipv6/");
         }
-        if !only_sctp {
+        let case = |(name, test): Test, needs| Case {
+            name: format!("{prefix}{name}"),
+            v6,
+            mode,
+            test,
+            needs,
+        };
+        if mode == Mode::Ipvs {
             selected.extend(
                 TESTS
-                    .iter()
-                    .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, false)),
+                    .into_iter()
+                    .filter(|(name, _)| IPVS_TESTS.contains(name))
+                    .map(|t| case(t, Some(Needs::Ipvs))),
             );
+        } else {
+            selected.extend(TESTS.into_iter().map(|t| case(t, None)));
+            selected.extend(SCTP_TESTS.into_iter().map(|t| case(t, Some(Needs::Sctp))));
         }
-        selected.extend(
-            SCTP_TESTS
-                .iter()
-                .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, true)),
-        );
     }
-    selected.retain(|(_, name, ..)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())));
+    selected.retain(|c| {
+        filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))
+            && (!only_needing || c.needs.is_some())
+    });
     if listing {
-        for (_, name, _, sctp) in &selected {
-            let kind = if *sctp { "test (needs SCTP)" } else { "test" };
-            println!("{name}: {kind}");
+        for c in &selected {
+            let kind = match c.needs {
+                None => "test",
+                Some(Needs::Sctp) => "test (needs SCTP)",
+                Some(Needs::Ipvs) => "test (needs IPVS)",
+            };
+            println!("{}: {kind}", c.name);
         }
         return ExitCode::SUCCESS;
     }
-    let sctp_missing = if selected.iter().any(|t| t.3) {
-        netd_testkit::sctp_missing()
-    } else {
-        None
+    let missing = |needs| {
+        selected
+            .iter()
+            .any(|c| c.needs == Some(needs))
+            .then(|| match needs {
+                Needs::Sctp => netd_testkit::sctp_missing(),
+                Needs::Ipvs => netd_testkit::ipvs_missing(),
+            })
+            .flatten()
     };
+    let (sctp_missing, ipvs_missing) = (missing(Needs::Sctp), missing(Needs::Ipvs));
     let queue = Mutex::new(selected.into_iter());
     let failed = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -188,35 +237,41 @@ fn main() -> ExitCode {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some(((mode, v6), name, test, sctp)) = next else {
+                    let Some(case) = next else {
                         break;
                     };
-                    if let (true, Some(why)) = (sctp, &sctp_missing) {
-                        if !only_sctp {
-                            println!("test {name} ... ignored, {why}");
+                    let why = match case.needs {
+                        None => None,
+                        Some(Needs::Sctp) => sctp_missing.as_ref(),
+                        Some(Needs::Ipvs) => ipvs_missing.as_ref(),
+                    };
+                    if let Some(why) = why {
+                        if !only_needing {
+                            println!("test {} ... ignored, {why}", case.name);
                             continue;
                         }
-                        println!("test {name} ... FAILED: {why}");
+                        println!("test {} ... FAILED: {why}", case.name);
                         failed
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(name);
+                            .push(case.name);
                         continue;
                     }
-                    IPV6.with(|c| c.set(v6));
-                    MODE.with(|c| c.set(mode));
+                    IPV6.with(|c| c.set(case.v6));
+                    MODE.with(|c| c.set(case.mode));
                     let start = Instant::now();
-                    let ok = catch_unwind(AssertUnwindSafe(test)).is_ok();
+                    let ok = catch_unwind(AssertUnwindSafe(case.test)).is_ok();
                     let status = if ok { "ok" } else { "FAILED" };
                     println!(
-                        "test {name} ... {status} ({:.1}s)",
+                        "test {} ... {status} ({:.1}s)",
+                        case.name,
                         start.elapsed().as_secs_f64()
                     );
                     if !ok {
                         failed
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(name);
+                            .push(case.name);
                     }
                 }
             });
@@ -926,9 +981,13 @@ fn resolver() -> Resolver {
 fn up(test: &str, yaml: &str) -> Lab {
     let exe = std::env::current_exe().expect("test binary");
     let six = if ipv6() { "6" } else { "" };
-    let nft = if mode() == Mode::Nftables { "n" } else { "" };
+    let m = match mode() {
+        Mode::Iptables => "",
+        Mode::Nftables => "n",
+        Mode::Ipvs => "v",
+    };
     let mut options = LabOptions::new(
-        format!("{}{nft}{six}{test}", lab_prefix()),
+        format!("{}{m}{six}{test}", lab_prefix()),
         vec![
             exe.to_string_lossy().into_owned(),
             netd_lab::HELPER_FLAG.to_owned(),

@@ -77,6 +77,44 @@ pub fn add_address(ns: &str, dev: &str, address: IpAddr, prefix: u8) -> Result<(
     ip(&["-n", ns, "addr", "add", &cidr, "dev", dev]).map(drop)
 }
 
+/// Creates the dummy interface `name` in `ns` unless it exists, and leaves it down with ARP
+/// off: addresses on it are local to the host but never answered for on a wire.
+pub fn ensure_dummy(ns: &str, name: &str) -> Result<(), KernelError> {
+    check_ifname(name)?;
+    if ip(&["-n", ns, "link", "show", "dev", name]).is_err() {
+        ip(&["-n", ns, "link", "add", name, "type", "dummy"])?;
+    }
+    ip(&["-n", ns, "link", "set", "dev", name, "down", "arp", "off"]).map(drop)
+}
+
+/// The addresses of the link `dev` with their prefix lengths, sorted.
+pub fn addresses(ns: &str, dev: &str) -> Result<Vec<(IpAddr, u8)>, KernelError> {
+    let out = ip(&["-n", ns, "-o", "addr", "show", "dev", dev])?;
+    let mut found: Vec<(IpAddr, u8)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(parse_address_line)
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Adds and deletes addresses of the link `dev` in one `ip -batch` run.
+pub fn change_addresses(
+    ns: &str,
+    dev: &str,
+    add: &[(IpAddr, u8)],
+    delete: &[(IpAddr, u8)],
+) -> Result<(), KernelError> {
+    let line =
+        |verb: &str, (ip, prefix): &(IpAddr, u8)| format!("addr {verb} {ip}/{prefix} dev {dev}");
+    let lines: Vec<String> = add
+        .iter()
+        .map(|a| line("add", a))
+        .chain(delete.iter().map(|d| line("del", d)))
+        .collect();
+    netns::ip_batch(ns, &lines)
+}
+
 /// Adds (or replaces) a route to `destination` (a CIDR, or `default`) via `gateway`, tagged
 /// with the routing protocol number `proto` so that a caller can find its own routes again.
 pub fn replace_route(
@@ -155,6 +193,14 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), KernelError> {
         .map_err(|_| failed(std::io::Error::other("sysctl thread panicked")))?
 }
 
+/// `10.96.0.1/32` out of one line of `ip -o addr show` (`2: dev    inet 10.96.0.1/32 ...`).
+fn parse_address_line(line: &str) -> Option<(IpAddr, u8)> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "inet" || *w == "inet6")?;
+    let (ip, prefix) = words.next()?.split_once('/')?;
+    Some((ip.parse().ok()?, prefix.parse().ok()?))
+}
+
 /// Refuses interface names the kernel would refuse.
 pub fn check_ifname(name: &str) -> Result<(), KernelError> {
     if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains(['/', ' ', '\0']) {
@@ -163,4 +209,29 @@ pub fn check_ifname(name: &str) -> Result<(), KernelError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_lines_of_both_families_parse_and_others_do_not() {
+        let v4 =
+            "7: kube-ipvs0    inet 10.96.0.10/32 scope global kube-ipvs0\\       valid_lft forever";
+        let v6 = "7: kube-ipvs0    inet6 fd00:10:96::a/128 scope global \\       valid_lft forever";
+        assert_eq!(
+            parse_address_line(v4),
+            Some(("10.96.0.10".parse().expect("ip"), 32))
+        );
+        assert_eq!(
+            parse_address_line(v6),
+            Some(("fd00:10:96::a".parse().expect("ip"), 128))
+        );
+        assert_eq!(
+            parse_address_line("7: kube-ipvs0    link/ether 00:11"),
+            None
+        );
+        assert_eq!(parse_address_line("7: x    inet 10.0.0.1 scope host"), None);
+    }
 }

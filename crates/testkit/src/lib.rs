@@ -17,7 +17,8 @@
 //! test can build exactly the resolved state it needs (IPs, nodes, conditions set by hand).
 //! This is test code: it panics on malformed input, naming the document.
 //!
-//! [`sctp_missing`] tells the tests that need SCTP whether this kernel has it.
+//! [`sctp_missing`] and [`ipvs_missing`] tell the tests that need SCTP or IPVS whether this
+//! kernel has it.
 //!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
@@ -28,20 +29,34 @@ pub mod held;
 pub mod nft;
 pub mod scratch;
 
+/// How to run the tests a kernel feature is missing for.
+const VM_HINT: &str = "run them with --ignored in scripts/kernel-vm.sh";
+
 /// Why the tests that need SCTP cannot run on this machine, or `None` when they can: loads
 /// the `sctp` module if need be, then opens an SCTP socket. The lab tests' harnesses report
 /// such tests as ignored with this reason, and fail them when asked for them (`--ignored`,
 /// as `scripts/kernel-vm.sh` runs them on a kernel that has SCTP).
 pub fn sctp_missing() -> Option<String> {
     use netd_kernel::module;
-    let hint = "run them with --ignored in scripts/kernel-vm.sh (issue 14)";
     if let Err(e) = module::ensure(&[module::SCTP]) {
-        return Some(format!("{e}; {hint}"));
+        return Some(format!("{e}; {VM_HINT}"));
     }
     if !module::sctp_sockets() {
-        return Some(format!("the running kernel opens no SCTP sockets; {hint}"));
+        return Some(format!(
+            "the running kernel opens no SCTP sockets; {VM_HINT}"
+        ));
     }
     None
+}
+
+/// Why the tests that need IPVS cannot run on this machine, or `None` when they can: loads
+/// IPVS mode's modules ([`netd_kernel::module::IPVS_MODULES`]) if need be; reported and
+/// failed as [`sctp_missing`]'s are.
+pub fn ipvs_missing() -> Option<String> {
+    use netd_kernel::module;
+    module::ensure(&module::IPVS_MODULES)
+        .err()
+        .map(|e| format!("{e}; {VM_HINT}"))
 }
 
 use netd_model::{ClusterConfig, ClusterState, Object};
