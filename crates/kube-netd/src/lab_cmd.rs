@@ -488,7 +488,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             let path = lab
                 .kubeconfig()
                 .with_context(|| format!("lab {} has no API server", a.name))?;
-            crate::out::line(path.display())
+            Ok(crate::out::line(path.display())?)
         }
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {

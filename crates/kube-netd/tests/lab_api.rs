@@ -200,6 +200,14 @@ fn kubectl_changes_the_lab_and_packets_follow() {
             .then_some(())
             .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
+    let (blocked, _) = lab.fails(&[
+        "probe",
+        "default/client",
+        "svc/default/web",
+        "--port",
+        "80",
+    ]);
+    assert!(!blocked.contains("connected"), "{blocked}");
     kubectl.ok(&["delete", "networkpolicy", "deny-web"]);
 
     // Deleting through kubectl removes the Deployment's Pods from the lab.
