@@ -234,12 +234,13 @@ fn sync_until_done(
         match sync_once(registry, cluster) {
             Ok(()) => return Ok((generation, writes)),
             // The lab published another generation meanwhile: sync to that one.
-            Err(LabError::ApiSyncFailed {
-                source: ApiError::StorageFailed(StorageError::Refused { .. }),
-                ..
-            }) if store
-                .read_cluster()?
-                .is_some_and(|c| c.generation != generation) => {}
+            Err(LabError::ApiSyncFailed { source, .. })
+                if matches!(
+                    *source,
+                    ApiError::StorageFailed(StorageError::Refused { .. })
+                ) && store
+                    .read_cluster()?
+                    .is_some_and(|c| c.generation != generation) => {}
             Err(e) => return Err(e),
         }
     }
@@ -258,7 +259,10 @@ fn sync_once(registry: &Registry, cluster: ClusterRecord) -> Result<(), LabError
     let _syncing = Syncing;
     let failed = |id: &ObjectId| {
         let id = id.to_string();
-        move |source| LabError::ApiSyncFailed { id, source }
+        move |source| LabError::ApiSyncFailed {
+            id,
+            source: Box::new(source),
+        }
     };
     let mut wanted = BTreeMap::new();
     for value in cluster.resolved {

@@ -286,9 +286,9 @@ pub enum LabError {
     ApiSyncFailed {
         /// The object.
         id: String,
-        /// The cause.
+        /// The cause (boxed: it is large).
         #[source]
-        source: netd_apiserver::ApiError,
+        source: Box<netd_apiserver::ApiError>,
     },
     /// The lab's API server did not write its kubeconfig in time, or exited first.
     #[error("the lab's API server did not come up: {detail}")]
