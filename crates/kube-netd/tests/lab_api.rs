@@ -200,13 +200,7 @@ fn kubectl_changes_the_lab_and_packets_follow() {
             .then_some(())
             .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
-    let (blocked, _) = lab.fails(&[
-        "probe",
-        "default/client",
-        "svc/default/web",
-        "--port",
-        "80",
-    ]);
+    let (blocked, _) = lab.fails(&["probe", "default/client", "svc/default/web", "--port", "80"]);
     assert!(!blocked.contains("connected"), "{blocked}");
     kubectl.ok(&["delete", "networkpolicy", "deny-web"]);
 
@@ -218,6 +212,75 @@ fn kubectl_changes_the_lab_and_packets_follow() {
             .then_some(())
             .ok_or(format!("pods: {pods}"))
     });
+
+    lab.ok(&["down"]);
+    assert_eq!(
+        lab.leftovers(),
+        Vec::<String>::new(),
+        "`lab down` leaves nothing"
+    );
+}
+
+/// The API server's PID, as `lab up` recorded it.
+fn api_server_pid(lab: &TestLab) -> i32 {
+    let path = format!("{}/{}/lab.json", common::STATE_ROOT, lab.name);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("lab.json")).expect("JSON");
+    let pid = record["apiserver"]
+        .as_i64()
+        .expect("the API server's PID is recorded");
+    i32::try_from(pid).expect("a PID")
+}
+
+#[test]
+fn lab_commands_and_kubectl_see_one_cluster_and_a_killed_server_loses_nothing() {
+    let lab = TestLab::new("apikill");
+    let client = lab.file("client.yaml", CLIENT);
+    let web = lab.file("web.yaml", WEB);
+    lab.ok(&["up", "-f", &client]);
+    let kubectl = Kubectl {
+        kubeconfig: lab.ok(&["kubeconfig"]).trim().to_owned(),
+        home: format!("{}/{}-manifests", common::STATE_ROOT, lab.name),
+    };
+
+    // `lab apply` publishes a generation the API server then serves.
+    lab.ok(&["apply", "-f", &web]);
+    eventually("kubectl sees what `lab apply` made", || {
+        let pods = kubectl.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        (pods.lines().count() == 1)
+            .then_some(())
+            .ok_or(format!("pods: {pods:?}"))
+    });
+
+    // A Deployment's Pod belongs to the control plane: deleted, it is made again.
+    let pod = kubectl.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.trim();
+    kubectl.ok(&["delete", pod]);
+    eventually("the Deployment's Pod comes back", || {
+        let out = kubectl.run(&["get", pod, "-o", "jsonpath={.status.podIP}"]);
+        let ip = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !ip.is_empty())
+            .then_some(())
+            .ok_or(format!("{pod}: {ip:?}"))
+    });
+
+    // An acknowledged write survives a kill -9 of the API server: it is in the lab's state.
+    kubectl.ok(&["scale", "deploy", "web", "--replicas=2"]);
+    kubectl.ok(&["label", "svc", "web", "tier=front"]);
+    let pid = api_server_pid(&lab);
+    // By the PID this lab recorded for its API server, never by name.
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let pods = lab.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 2, "the scale was kept: {pods}");
+    let svc = lab.ok(&["get", "svc", "web", "-o", "json"]);
+    assert!(
+        svc.contains("\"tier\": \"front\""),
+        "the label was kept: {svc}"
+    );
 
     lab.ok(&["down"]);
     assert_eq!(
