@@ -42,6 +42,12 @@ spec:
   policyTypes: [Ingress]
 "#;
 
+const EXTRA_NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-9}
+"#;
+
 const BAD_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
@@ -108,6 +114,7 @@ fn kubectl_changes_the_lab_and_packets_follow() {
     let web = lab.file("web.yaml", WEB);
     let deny = lab.file("deny.yaml", DENY_WEB);
     let bad = lab.file("bad.yaml", BAD_SERVICE);
+    let node = lab.file("node.yaml", EXTRA_NODE);
 
     let up = lab.ok(&["up", "-f", &client]);
     let kubeconfig = lab.ok(&["kubeconfig"]).trim().to_owned();
@@ -191,6 +198,19 @@ fn kubectl_changes_the_lab_and_packets_follow() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("spec.ports[0].port"), "{stderr}");
     assert!(kubectl.run(&["get", "svc", "bad"]).status.code() != Some(0));
+
+    // A write the lab's control plane refuses (a lab's Nodes are fixed) is refused as
+    // Invalid, and nothing changes.
+    let refused = kubectl.run(&["apply", "-f", &node]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("is invalid") && stderr.contains("the write was refused"),
+        "{stderr}"
+    );
+    assert!(kubectl.run(&["get", "node", "node-9"]).status.code() != Some(0));
+    let nodes = lab.ok(&["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 2, "{nodes}");
 
     // A NetworkPolicy applied with kubectl blocks the packets.
     kubectl.ok(&["apply", "-f", &deny]);
