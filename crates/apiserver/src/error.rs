@@ -192,7 +192,8 @@ pub enum ApiError {
         /// The oldest one the history can still serve from.
         oldest: u64,
     },
-    /// 500: the store failed; nothing was written.
+    /// 500: the store failed; nothing was written (422 when a hook of the store refused
+    /// the write).
     #[error("storage failed: {0}")]
     StorageFailed(#[source] StorageError),
 }
@@ -221,6 +222,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired { .. } => 410,
+            // A hook that refuses a write (the lab's control plane) judged the object.
+            ApiError::StorageFailed(StorageError::Refused { .. }) => 422,
             ApiError::StorageFailed(_) => 500,
         }
     }
@@ -236,6 +239,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired { .. } => "Expired",
+            ApiError::StorageFailed(StorageError::Refused { .. }) => "Invalid",
             ApiError::StorageFailed(_) => "InternalError",
         }
     }

@@ -125,14 +125,20 @@ enum LabCommand {
         kube-netd lab restart node-1\n  \
         kube-netd lab restart node-2 --kill")]
     Restart(RestartArgs),
+    /// Print the path of the lab's kubeconfig, for kubectl (`lab up` prints it too).
+    #[command(
+        after_help = "Example:\n  export KUBECONFIG=$(kube-netd lab kubeconfig --name kube-netd)\n  \
+        kubectl get pods -A -o wide"
+    )]
+    Kubeconfig(NameArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
     /// The lab's own helper processes (a Node's agent, a Pod's echo or DNS server).
     #[command(hide = true)]
     Internal {
-        /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...` or
-        /// `dns STATE_DIR NS/POD`.
+        /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...`,
+        /// `dns STATE_DIR NS/POD` or `apiserver STATE_DIR --after-go`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -477,6 +483,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
+        LabCommand::Kubeconfig(a) => {
+            let lab = a.open()?;
+            let path = lab
+                .kubeconfig()
+                .with_context(|| format!("lab {} has no API server", a.name))?;
+            Ok(crate::out::line(path.display())?)
+        }
         LabCommand::Down(a) => {
             if netd_lab::down(&a.name, &a.state_root)? {
                 crate::out::line(format_args!("lab {} removed", a.name))?;
@@ -523,6 +536,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     options.config = config;
     options.localhost_nodeports = a.localhost_nodeports;
     options.mode = a.mode.into();
+    options.api_server = true;
     let lab = Lab::up(options, objects, resolver())?;
     let state = lab.state()?;
     crate::out::line(format_args!(
@@ -534,6 +548,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         lab.state_dir().display()
     ))?;
+    if let Some(kubeconfig) = lab.kubeconfig() {
+        crate::out::line(format_args!("export KUBECONFIG={}", kubeconfig.display()))?;
+    }
     lab.detach();
     Ok(())
 }

@@ -284,6 +284,28 @@ pub enum LabError {
         /// What was expected.
         expected: &'static str,
     },
+    /// The lab's API server could not load its objects or start serving.
+    #[error("the lab's API server cannot start")]
+    ApiStartFailed {
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The lab's API server could not bring an object in line with the resolved cluster.
+    #[error("cannot publish {id} through the lab's API server")]
+    ApiSyncFailed {
+        /// The object.
+        id: String,
+        /// The cause (boxed: it is large).
+        #[source]
+        source: Box<netd_apiserver::ApiError>,
+    },
+    /// The lab's API server did not write its kubeconfig in time, or exited first.
+    #[error("the lab's API server did not come up: {detail}")]
+    ApiNotReady {
+        /// What was seen, and where its log is.
+        detail: String,
+    },
 }
 
 impl LabError {

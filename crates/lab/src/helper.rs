@@ -10,6 +10,10 @@
 //!   `dns` below), any other the echo server on its ports.
 //! - `dns STATE_DIR NS/POD` (run inside the Pod's namespace): the cluster DNS server
 //!   ([`crate::dns`]) on port 53, serving the lab's published cluster.
+//! - `apiserver STATE_DIR --after-go` (run in this machine's namespace, listening on
+//!   `127.0.0.1` only): the lab's Kubernetes API ([`crate::api`]), with
+//!   [`netd_controlplane::resolve`] as its control plane. Like an agent, it waits for the byte
+//!   `lab up` writes once its PID is recorded.
 //!
 //! The state directory is always the second argument: it marks the process as the lab's
 //! (so `lab down` kills by PID only processes that still carry it) and the process exits on
@@ -102,10 +106,25 @@ pub fn helper_main(args: &[String], make_backend: &MakeBackend) -> Result<(), La
             let pod: PodRef = pod.parse().map_err(|_| bad("dns STATE_DIR NS/POD"))?;
             dns::serve(Path::new(dir), &pod)
         }
+        [cmd, dir, flag] if cmd == "apiserver" && flag == AFTER_GO => {
+            if go_ahead() {
+                crate::api::serve(Path::new(dir), control_plane())
+            } else {
+                Ok(())
+            }
+        }
         _ => Err(bad(
-            "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT... | dns STATE_DIR NS/POD",
+            "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT... | dns STATE_DIR NS/POD \
+             | apiserver STATE_DIR --after-go",
         )),
     }
+}
+
+/// The control plane the API server resolves writes with: the one `kube-netd lab` uses.
+fn control_plane() -> crate::Resolver {
+    std::sync::Arc::new(|objects, config, previous| {
+        Ok(netd_controlplane::resolve(objects, config, previous)?)
+    })
 }
 
 /// Waits for the one byte a parent writes once it has recorded this process's PID.
@@ -131,6 +150,7 @@ mod tests {
             vec!["echo".into(), "/x".into(), "nopod".into()],
             vec!["echo".into(), "/x".into(), "a/b".into(), "tcp:80".into()],
             vec!["dns".into(), "/x".into(), "nopod".into()],
+            vec!["apiserver".into(), "/x".into()],
         ] {
             assert!(
                 matches!(

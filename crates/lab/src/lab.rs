@@ -66,6 +66,10 @@ pub struct LabOptions {
     /// `--iptables-localhost-nodeports` does: `route_localnet=1` in every Node's namespace,
     /// and the agents' back ends built with the option; off by default (CVE-2020-8558).
     pub localhost_nodeports: bool,
+    /// Whether `up` starts the lab's Kubernetes API server (the `apiserver` helper) on a free
+    /// port of `127.0.0.1` and writes its kubeconfig ([`Lab::kubeconfig`]); off by default,
+    /// `kube-netd lab up` turns it on.
+    pub api_server: bool,
 }
 
 impl LabOptions {
@@ -80,6 +84,7 @@ impl LabOptions {
             cluster_dns: true,
             mode: Mode::default(),
             localhost_nodeports: false,
+            api_server: false,
         }
     }
 }
@@ -222,6 +227,7 @@ impl Lab {
             nodes: nodes.clone(),
             external_ip: Some(external_ip),
             external_ip6,
+            apiserver: None,
             mode: options.mode.to_string(),
             localhost_nodeports: options.localhost_nodeports,
             created: SystemTime::now()
@@ -242,7 +248,16 @@ impl Lab {
         }
         topology::sync_external_routes(&names, &state, &nodes)?;
         lab.wait_converged(1)?;
+        if options.api_server {
+            lab.start_api_server(&mut record)?;
+        }
         Ok(lab)
+    }
+
+    /// The kubeconfig of the lab's API server, if it has one (see
+    /// [`LabOptions::api_server`]).
+    pub fn kubeconfig(&self) -> Option<PathBuf> {
+        Some(self.store.kubeconfig_path()).filter(|p| p.exists())
     }
 
     /// Finds the running lab `name` (state under `state_root`). The returned value does not
@@ -584,26 +599,14 @@ impl Lab {
         {
             return Ok(());
         }
-        let config = ClusterConfig::from(&record.config);
-        let previous = self.state()?;
         let desired: Vec<Object> = desired.into_values().collect();
-        let state = (self.resolver)(desired.clone(), &config, Some(&previous))
-            .map_err(|source| LabError::ResolveFailed { source })?;
-        let nodes = topology::node_addresses(&state)?;
-        if nodes != record.nodes {
-            return Err(LabError::NodesChanged {
-                before: record.nodes.keys().cloned().collect(),
-                after: nodes.keys().cloned().collect(),
-            });
-        }
-        let generation = cluster.generation + 1;
-        let resolved: Vec<Object> = state.objects().cloned().collect();
-        self.store.write_cluster(&ClusterRecord {
-            generation,
-            desired: objects::encode_all(&desired)?,
-            resolved: objects::encode_all(&resolved)?,
-        })?;
-        topology::sync_external_routes(&self.names, &state, &nodes)?;
+        let generation = publish(
+            &self.store,
+            &self.names,
+            &self.resolver,
+            (&record, &cluster),
+            desired,
+        )?;
         self.wait_converged(generation)
     }
 
@@ -624,6 +627,44 @@ impl Lab {
                 what: format!("the agent of node {node}"),
                 source,
             })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the API server, records its PID, lets it run, and waits until it has written
+    /// its kubeconfig (it does once it listens).
+    fn start_api_server(&self, record: &mut LabRecord) -> Result<(), LabError> {
+        let log = self.store.api_log_path();
+        let mut child =
+            self.spawn_helper(&record.program, &["apiserver"], &log, "the API server")?;
+        let pid = child.id();
+        record.apiserver = Some(pid);
+        let go = child.stdin.take();
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child);
+        self.store.write_lab(record)?;
+        if let Some(mut go) = go {
+            go.write_all(b"g").map_err(|source| LabError::SpawnFailed {
+                what: "the API server".into(),
+                source,
+            })?;
+        }
+        let deadline = Instant::now() + self.converge_timeout;
+        let kubeconfig = self.store.kubeconfig_path();
+        while !kubeconfig.exists() {
+            let why = if !process::is_alive(pid) {
+                "it exited"
+            } else if Instant::now() > deadline {
+                "no kubeconfig in time"
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            return Err(LabError::ApiNotReady {
+                detail: format!("{why} (log: {})", log.display()),
+            });
         }
         Ok(())
     }
@@ -661,33 +702,49 @@ impl Lab {
     }
 
     fn spawn_agent(&self, program: &[String], node: &NodeName) -> Result<Child, LabError> {
-        let what = || format!("the agent of node {node}");
+        let log = self.store.log_path(node);
+        let what = format!("the agent of node {node}");
+        self.spawn_helper(program, &["agent", node.as_str()], &log, &what)
+    }
+
+    /// Runs the helper `program` with `args` (the state directory goes after the first, and
+    /// the go-ahead flag last), its stderr appended to `log`.
+    fn spawn_helper(
+        &self,
+        program: &[String],
+        args: &[&str],
+        log_path: &Path,
+        what: &str,
+    ) -> Result<Child, LabError> {
         let (exe, leading) = program
             .split_first()
             .ok_or_else(|| LabError::BadHelperArgs {
                 args: program.to_vec(),
                 expected: "a helper program",
             })?;
-        let log_path = self.store.log_path(node);
+        let (cmd, rest) = args.split_first().ok_or_else(|| LabError::BadHelperArgs {
+            args: Vec::new(),
+            expected: "a helper command",
+        })?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
-            .map_err(LabError::io(&log_path))?;
+            .open(log_path)
+            .map_err(LabError::io(log_path))?;
         Command::new(exe)
             .args(leading)
-            .arg("agent")
+            .arg(cmd)
             .arg(self.store.marker())
-            .arg(node.as_str())
+            .args(rest)
             .arg(crate::helper::AFTER_GO)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
-            // Its own process group: a Ctrl-C meant for `lab up` does not stop the agents.
+            // Its own process group: a Ctrl-C meant for `lab up` does not stop the helpers.
             .process_group(0)
             .spawn()
             .map_err(|source| LabError::SpawnFailed {
-                what: what(),
+                what: what.to_owned(),
                 source,
             })
     }
@@ -832,6 +889,45 @@ impl Drop for Lab {
     }
 }
 
+/// Resolves `desired` (with the published cluster as the previous state, for stable
+/// addresses) and publishes the result as the next generation, without waiting for the Nodes;
+/// returns that generation. The caller holds the change lock. Refused, with nothing written,
+/// if the control plane refuses the objects or they would change the Nodes.
+pub(crate) fn publish(
+    store: &Store,
+    names: &Names,
+    resolver: &Resolver,
+    (record, cluster): (&LabRecord, &ClusterRecord),
+    desired: Vec<Object>,
+) -> Result<u64, LabError> {
+    let config = ClusterConfig::from(&record.config);
+    let previous = ClusterState::new(
+        objects::decode_all(cluster.resolved.clone())?,
+        config.clone(),
+    )
+    .map_err(|source| LabError::InvalidState {
+        source: Box::new(source),
+    })?;
+    let state = resolver(desired.clone(), &config, Some(&previous))
+        .map_err(|source| LabError::ResolveFailed { source })?;
+    let nodes = topology::node_addresses(&state)?;
+    if nodes != record.nodes {
+        return Err(LabError::NodesChanged {
+            before: record.nodes.keys().cloned().collect(),
+            after: nodes.keys().cloned().collect(),
+        });
+    }
+    let generation = cluster.generation + 1;
+    let resolved: Vec<Object> = state.objects().cloned().collect();
+    store.write_cluster(&ClusterRecord {
+        generation,
+        desired: objects::encode_all(&desired)?,
+        resolved: objects::encode_all(&resolved)?,
+    })?;
+    topology::sync_external_routes(names, &state, &nodes)?;
+    Ok(generation)
+}
+
 /// One lab on this machine, as [`list`] finds it in its state directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabSummary {
@@ -898,7 +994,10 @@ pub fn down(name: &str, state_root: &Path) -> Result<bool, LabError> {
 fn down_store(store: &Store) -> Result<(), LabError> {
     let marker = store.marker();
     let lab = store.read_lab()?.unwrap_or_default();
-    // Agents first, so that none builds anything while we tear down.
+    // The API server and the agents first, so that nothing changes while we tear down.
+    if let Some(pid) = lab.apiserver {
+        process::kill_if_ours(pid, &marker).map_err(LabError::kernel("stopping the API server"))?;
+    }
     for pid in lab.agents.values() {
         process::kill_if_ours(*pid, &marker).map_err(LabError::kernel("stopping an agent"))?;
     }
@@ -906,6 +1005,7 @@ fn down_store(store: &Store) -> Result<(), LabError> {
     while lab
         .agents
         .values()
+        .chain(&lab.apiserver)
         .any(|pid| process::is_alive(*pid) && process::is_ours(*pid, &marker))
         && Instant::now() < deadline
     {

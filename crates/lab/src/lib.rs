@@ -24,6 +24,8 @@
 //!
 //! Modules:
 //! - [`lab`]: the [`Lab`] value, [`list`] and [`down`].
+//! - `api` (private): the lab's Kubernetes API server (for kubectl), over the state directory: writes
+//!   resolved through the control plane, reads served from the resolved cluster.
 //! - [`agent`]: each Node's level-triggered reconcile loop, and the [`Programmer`] seam through
 //!   which the service proxy and the policy enforcer supply a Node's rules.
 //! - [`demo`]: `kube-netd lab demo`, a guided tour of Kubernetes networking with real
@@ -47,6 +49,7 @@
 //! The kernel is touched only through `netd-kernel`, and only inside namespaces the lab made.
 
 pub mod agent;
+mod api;
 pub mod demo;
 pub mod dns;
 pub mod echo;

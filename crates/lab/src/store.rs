@@ -8,7 +8,10 @@
 //!   generation number; the lab's embedded "API server".
 //! - `nodes/<node>.json` ([`NodeRecord`]): written only by that Node's agent: its pods'
 //!   namespaces and echo-server PIDs, and the last generation it converged on.
-//! - `logs/<node>.log`: the agent's and its echo servers' stderr.
+//! - `logs/<node>.log`: the agent's and its echo servers' stderr; `logs/apiserver.log` the
+//!   API server's.
+//! - `api/`: the API server's store (`netd_apiserver::FileStorage`: the objects as served,
+//!   with resourceVersions and uids); `kubeconfig`: written by the API server once it listens.
 //!
 //! Every file is replaced atomically (write to a temporary file, then rename), so a reader
 //! never sees half a file.
@@ -48,6 +51,9 @@ pub(crate) struct LabRecord {
     pub namespaces: Vec<String>,
     /// Agent PIDs by Node.
     pub agents: BTreeMap<NodeName, u32>,
+    /// The API server's PID, once started (recorded before it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<u32>,
     /// Each Node's underlay IP and podCIDR.
     pub nodes: BTreeMap<NodeName, NodeAddress>,
     /// The external namespace's underlay IP.
@@ -282,6 +288,21 @@ impl Store {
 
     pub fn log_path(&self, node: &NodeName) -> PathBuf {
         self.dir.join("logs").join(format!("{node}.log"))
+    }
+
+    /// The API server's stderr.
+    pub fn api_log_path(&self) -> PathBuf {
+        self.dir.join("logs").join("apiserver.log")
+    }
+
+    /// The API server's own store: every object with its resourceVersion and uid.
+    pub fn api_dir(&self) -> PathBuf {
+        self.dir.join("api")
+    }
+
+    /// The kubeconfig the API server writes once it listens.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
     }
 
     pub fn read_lab(&self) -> Result<Option<LabRecord>, LabError> {

@@ -1,0 +1,335 @@
+//! The lab's Kubernetes API: a [`netd_apiserver`] server over the lab's state directory, run
+//! as the lab's `apiserver` helper process and listening on `127.0.0.1` of this machine.
+//!
+//! `cluster.json` stays the lab's source of truth. The server keeps its own store (`api/`,
+//! resourceVersions and uids), and the two meet in [`LabStorage`]'s commit hook:
+//!
+//! - A write to an object the user owns (anything in the desired set, and anything new)
+//!   changes the desired set, which is resolved through the control plane and published as
+//!   the next generation before the write is acknowledged. The agents program that generation
+//!   as they program `lab apply`'s. If the control plane refuses the result, the write is
+//!   refused (422) and nothing changes.
+//! - A write to an object the control plane derived (a Deployment's Pods, EndpointSlices,
+//!   generated Nodes, the cluster DNS add-on when it was not applied) is stored, and then
+//!   undone: the control plane owns these objects, as a ReplicaSet owns its Pods and the
+//!   EndpointSlice controller owns its slices. A deleted Pod of a Deployment comes back with
+//!   the same name and address (a real ReplicaSet would pick a new name).
+//!
+//! A syncer thread keeps the served objects equal to the resolved ones: after every
+//! generation (published here or by `lab apply`/`lab delete`) and every write, it creates,
+//! updates and deletes objects in the registry, so reads see Pods with their nodes and IPs,
+//! Services with their ClusterIPs and the EndpointSlices, as on a cluster.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use netd_apiserver::store::{DEFAULT_HISTORY, object_id};
+use netd_apiserver::{
+    ApiError, ApiServer, Commit, EventType, FileStorage, Registry, Storage, StorageError, Stored,
+    WriteOptions, write_kubeconfig,
+};
+use netd_model::{ClusterConfig, Kind, Object, ObjectId};
+use serde_json::Value;
+
+use crate::agent::error_chain;
+use crate::lab::{Resolver, publish};
+use crate::names::Names;
+use crate::store::{ClusterRecord, Store};
+use crate::{LabError, objects};
+
+/// Metadata the API server owns: left out of the desired objects, and out of comparisons
+/// between served and resolved objects.
+const SERVER_FIELDS: [&str; 5] = [
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+];
+
+/// How often the syncer looks for a generation published by `lab apply` or `lab delete`.
+const POLL: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Set while the syncer writes to the registry on this thread: the generation it is
+    /// bringing the registry to. The registry runs the commit hook on the writer's thread.
+    static SYNCING: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The [`Storage`] of the lab's API server: the server's own [`FileStorage`] for durability,
+/// and, for each write a user makes, the lab's control plane (see the module docs).
+pub(crate) struct LabStorage {
+    store: Store,
+    names: Names,
+    resolver: Resolver,
+    files: FileStorage,
+    writes: Arc<Writes>,
+}
+
+/// Counts the writes users made, so the syncer wakes up after each.
+#[derive(Default)]
+struct Writes {
+    count: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Writes {
+    fn bump(&self) {
+        *self.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` for the count to move past `seen`; returns the count.
+    fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
+        let count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, timeout, |c| *c == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        *count
+    }
+}
+
+impl std::fmt::Debug for LabStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabStorage")
+            .field("state", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage for LabStorage {
+    fn load(&self) -> Result<Stored, StorageError> {
+        self.files.load()
+    }
+
+    fn commit(&self, commit: Commit<'_>) -> Result<(), StorageError> {
+        if let Some(generation) = SYNCING.get() {
+            // The syncer's write: only if the lab has not moved on since it read the cluster.
+            let current = self.store.read_cluster().map_err(refused)?;
+            if current.is_none_or(|c| c.generation != generation) {
+                return Err(StorageError::Refused {
+                    reason: format!("the lab moved on from generation {generation}"),
+                });
+            }
+            return self.files.commit(commit);
+        }
+        let _lock = self.store.lock_changes().map_err(refused)?;
+        let (record, cluster) = match (self.store.read_lab(), self.store.read_cluster()) {
+            (Ok(Some(record)), Ok(Some(cluster))) => (record, cluster),
+            (Err(e), _) | (_, Err(e)) => return Err(refused(e)),
+            _ => {
+                return Err(StorageError::Refused {
+                    reason: format!("the lab's state in {} is gone", self.store.dir().display()),
+                });
+            }
+        };
+        let mut desired: BTreeMap<ObjectId, Object> = objects::decode_all(cluster.desired.clone())
+            .map_err(refused)?
+            .into_iter()
+            .map(|o| (o.id(), o))
+            .collect();
+        let id = &commit.event.id;
+        let derived = !desired.contains_key(id)
+            && cluster
+                .resolved
+                .iter()
+                .any(|v| object_id(v).as_ref() == Some(id));
+        if derived {
+            self.files.commit(commit)?;
+            self.writes.bump();
+            return Ok(());
+        }
+        match commit.event.kind {
+            EventType::Deleted => {
+                desired.remove(id);
+            }
+            EventType::Added | EventType::Modified => {
+                desired.insert(id.clone(), as_desired(&commit.event.object)?);
+            }
+        }
+        let desired: Vec<Object> = desired.into_values().collect();
+        // Resolve first (it may refuse), then make the write durable, then publish it.
+        publish(
+            &self.store,
+            &self.names,
+            &self.resolver,
+            (&record, &cluster),
+            desired,
+        )
+        .map_err(refused)?;
+        self.files.commit(commit)?;
+        self.writes.bump();
+        Ok(())
+    }
+}
+
+/// Runs the lab's API server for the lab in `dir` until that directory is removed: loads the
+/// server's store, brings it in line with the published cluster, listens on a free port of
+/// `127.0.0.1` and only then writes the kubeconfig ([`Store::kubeconfig_path`]).
+pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
+    let store = Store::at(dir.to_owned());
+    let record = store.read_lab()?.ok_or_else(|| LabError::NotFound {
+        name: dir.display().to_string(),
+        dir: dir.to_owned(),
+    })?;
+    let names = Names::new(&record.name)?;
+    let config = ClusterConfig::from(&record.config);
+    let start =
+        |e: Box<dyn std::error::Error + Send + Sync>| LabError::ApiStartFailed { source: e };
+    let writes = Arc::new(Writes::default());
+    let storage = LabStorage {
+        store: store.clone(),
+        names,
+        resolver,
+        files: FileStorage::new(store.api_dir()).map_err(|e| start(e.into()))?,
+        writes: writes.clone(),
+    };
+    let registry = Arc::new(
+        Registry::new(Box::new(storage), config, DEFAULT_HISTORY).map_err(|e| start(e.into()))?,
+    );
+    let mut synced = sync_until_done(&registry, &store, 0)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| start(e.into()))?;
+    let server = runtime.block_on(async {
+        ApiServer::start(registry.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    });
+    let server = server.map_err(|e| start(e.into()))?;
+    write_kubeconfig(&store.kubeconfig_path(), &record.name, &server.url())
+        .map_err(|e| start(e.into()))?;
+    let mut seen = 0;
+    while store.exists() {
+        seen = writes.wait_past(seen, POLL);
+        let generation = store.read_cluster().ok().flatten().map(|c| c.generation);
+        if generation.is_some_and(|g| g != synced.0) || seen != synced.1 {
+            match sync_until_done(&registry, &store, seen) {
+                Ok(done) => synced = done,
+                Err(e) => tracing::warn!(error = %error_chain(&e), "syncing the API server failed"),
+            }
+        }
+    }
+    runtime.block_on(server.shutdown());
+    Ok(())
+}
+
+/// Brings the registry to the published cluster, again while the lab moves on under it.
+/// Returns the generation reached and `writes`.
+fn sync_until_done(
+    registry: &Registry,
+    store: &Store,
+    writes: u64,
+) -> Result<(u64, u64), LabError> {
+    loop {
+        let Some(cluster) = store.read_cluster()? else {
+            return Ok((0, writes));
+        };
+        let generation = cluster.generation;
+        match sync_once(registry, cluster) {
+            Ok(()) => return Ok((generation, writes)),
+            // The lab published another generation meanwhile: sync to that one.
+            Err(LabError::ApiSyncFailed { source, .. })
+                if matches!(
+                    *source,
+                    ApiError::StorageFailed(StorageError::Refused { .. })
+                ) && store
+                    .read_cluster()?
+                    .is_some_and(|c| c.generation != generation) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One pass: every resolved object created or updated in the registry where it differs, and
+/// every other object deleted.
+fn sync_once(registry: &Registry, cluster: ClusterRecord) -> Result<(), LabError> {
+    struct Syncing;
+    impl Drop for Syncing {
+        fn drop(&mut self) {
+            SYNCING.set(None);
+        }
+    }
+    SYNCING.set(Some(cluster.generation));
+    let _syncing = Syncing;
+    let failed = |id: &ObjectId| {
+        let id = id.to_string();
+        move |source| LabError::ApiSyncFailed {
+            id,
+            source: Box::new(source),
+        }
+    };
+    let mut wanted = BTreeMap::new();
+    for value in cluster.resolved {
+        if let Some(id) = object_id(&value) {
+            wanted.insert(id, value);
+        }
+    }
+    for (id, value) in &wanted {
+        match registry.get(id) {
+            Ok(current) if without_server_fields(&current) == without_server_fields(value) => {}
+            Ok(_) => {
+                registry
+                    .update(value.clone(), WriteOptions::default())
+                    .map_err(failed(id))?;
+            }
+            Err(ApiError::NotFound(_)) => {
+                registry
+                    .create(value.clone(), WriteOptions::default())
+                    .map_err(failed(id))?;
+            }
+            Err(e) => return Err(failed(id)(e)),
+        }
+    }
+    let served: BTreeSet<ObjectId> = Kind::ALL
+        .into_iter()
+        .flat_map(|kind| registry.list(kind, None).0)
+        .filter_map(|v| object_id(&v))
+        .collect();
+    for id in served.iter().filter(|id| !wanted.contains_key(*id)) {
+        match registry.delete(id, None, WriteOptions::default()) {
+            Ok(_) | Err(ApiError::NotFound(_)) => {}
+            Err(e) => return Err(failed(id)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The object as the lab keeps it desired: without what the API server stamps on it.
+fn as_desired(value: &Value) -> Result<Object, StorageError> {
+    objects::decode(0, without_server_fields(value))
+        .map_err(refused)?
+        .ok_or_else(|| StorageError::Refused {
+            reason: format!("the lab does not run {:?} objects", value["kind"]),
+        })
+}
+
+/// `value` without [`SERVER_FIELDS`] and the namespace-name label the server adds, so that a
+/// served object compares equal to the resolved object it was made from.
+fn without_server_fields(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in SERVER_FIELDS {
+            meta.remove(field);
+        }
+        let labels = meta.get_mut("labels").and_then(Value::as_object_mut);
+        if let Some(labels) = labels {
+            labels.remove("kubernetes.io/metadata.name");
+            if labels.is_empty() {
+                meta.remove("labels");
+            }
+        }
+    }
+    value
+}
+
+fn refused(e: LabError) -> StorageError {
+    StorageError::Refused {
+        reason: error_chain(&e),
+    }
+}
