@@ -242,7 +242,9 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
                     if full {
                         backend.request_full_sync();
                     }
-                    backend.sync(netns::CURRENT, &request.state, &node)
+                    backend
+                        .sync(netns::CURRENT, &request.state, &node)
+                        .map_err(Box::new)
                 });
                 let report = report?;
                 metrics.observe(full, started.elapsed());
@@ -254,7 +256,7 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
                     tracing::warn!(%service, %error, "health check server not started; retried next sync");
                 }
                 tracing::info!(generation = request.generation, reason = %request.reason, "synced");
-                Ok::<(), netd_agent::AgentError>(())
+                Ok::<(), Box<netd_agent::AgentError>>(())
             }
         },
         shutdown(),
