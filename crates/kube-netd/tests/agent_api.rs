@@ -122,6 +122,15 @@ fn wait_for(ns: &str, what: &str) {
 
 /// `GET path` on 127.0.0.1:port inside `ns`: the status line.
 fn http_status(ns: &str, port: u16, path: &str) -> String {
+    http_get(ns, port, path)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `GET path` on 127.0.0.1:port inside `ns`: the whole answer.
+fn http_get(ns: &str, port: u16, path: &str) -> String {
     let ns = ns.to_owned();
     let path = path.to_owned();
     std::thread::spawn(move || {
@@ -130,7 +139,7 @@ fn http_status(ns: &str, port: u16, path: &str) -> String {
         write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
         let mut answer = String::new();
         stream.read_to_string(&mut answer).expect("read");
-        answer.lines().next().unwrap_or_default().to_owned()
+        answer
     })
     .join()
     .expect("http thread")
