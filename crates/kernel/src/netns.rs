@@ -12,6 +12,12 @@ use crate::cmd::{ip, run};
 /// Where `ip netns` keeps its namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// The name that means "the namespace this process runs in" to [`command`], [`exec`],
+/// [`ip_batch`] and [`enter`]: what `kube-netd agent` programs (the host's on a real Node, a
+/// lab Node's when started by `ip netns exec`). `.` can never name an `ip netns` namespace,
+/// so no real name is taken; [`add`], [`delete`] and [`exists`] still refuse it.
+pub const CURRENT: &str = ".";
+
 /// Creates the namespace `name` with its loopback up.
 pub fn add(name: &str) -> Result<(), KernelError> {
     check_name(name)?;
@@ -54,6 +60,9 @@ pub fn list() -> Result<Vec<String>, KernelError> {
 /// bind-mounts `/etc/netns/NAME/*` over `/etc`). `ip` execs the program, so the child's PID is
 /// the program's.
 pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, KernelError> {
+    if name == CURRENT {
+        return Ok(Command::new(program));
+    }
     check_name(name)?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", name]).arg(program);
@@ -73,22 +82,28 @@ pub fn exec(name: &str, argv: &[&str]) -> Result<Output, KernelError> {
 /// Runs many `ip` commands (one per line, without the leading `ip`) inside the namespace `name`
 /// in one process (`ip -n NAME -batch -`): the fast way to build a topology.
 pub fn ip_batch(name: &str, lines: &[String]) -> Result<(), KernelError> {
-    check_name(name)?;
+    if name != CURRENT {
+        check_name(name)?;
+    }
     if lines.is_empty() {
         return Ok(());
     }
     let mut script = lines.join("\n");
     script.push('\n');
-    run(
-        Command::new("ip").args(["-n", name, "-batch", "-"]),
-        Some(script.as_bytes()),
-    )
-    .map(drop)
+    let mut cmd = Command::new("ip");
+    if name != CURRENT {
+        cmd.args(["-n", name]);
+    }
+    run(cmd.args(["-batch", "-"]), Some(script.as_bytes())).map(drop)
 }
 
 /// Moves the calling thread into the namespace `name`. Only the calling thread moves: sockets
 /// it opens afterwards live in that namespace. Use a thread of its own for this.
 pub fn enter(name: &str) -> Result<(), KernelError> {
+    if name == CURRENT {
+        // Already there.
+        return Ok(());
+    }
     check_name(name)?;
     let file = File::open(path(name)).map_err(|source| KernelError::NamespaceOpenFailed {
         name: name.to_owned(),
@@ -124,6 +139,20 @@ fn check_name(name: &str) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_current_namespace_runs_without_ip_netns() {
+        let cmd = command(CURRENT, "true").expect("current namespace");
+        assert_eq!(cmd.get_program(), "true");
+        assert_eq!(cmd.get_args().count(), 0);
+        let named = command("kube-netd-x", "true").expect("named");
+        assert_eq!(named.get_program(), "ip");
+        assert!(!exists(CURRENT));
+        assert!(matches!(
+            add(CURRENT),
+            Err(KernelError::InvalidNamespaceName { .. })
+        ));
+    }
 
     #[test]
     fn names_that_are_not_file_names_are_refused() {

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; `main` parses flags, sets up logging and hands
 //! over. See docs/ARCHITECTURE.md for how the crates fit together.
 
+mod agent_cmd;
 mod cluster;
 mod dns_cmd;
 mod jsonpath;
@@ -37,6 +38,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Program this Node's Services and NetworkPolicy from the API server, as kube-proxy
+    /// does, in the network namespace the agent runs in.
+    #[command(after_help = "Examples:\n  \
+        kube-netd agent --kubeconfig /var/lib/kube-proxy/kubeconfig.conf --proxy-mode nftables\n  \
+        kube-netd agent --config /var/lib/kube-proxy/config.conf --hostname-override $(NODE_NAME)\n  \
+        kube-netd agent --cleanup")]
+    Agent(agent_cmd::AgentArgs),
     /// Print the cluster the manifests resolve to, the way kubectl prints it.
     #[command(after_help = "Examples:\n  \
         kube-netd get all -f examples/\n  \
@@ -139,6 +147,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lab(args) => lab_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args),
     }
 }
 

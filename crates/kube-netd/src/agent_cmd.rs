@@ -1,0 +1,872 @@
+//! `kube-netd agent`: kube-proxy (and NetworkPolicy) for the Node this process runs on, fed
+//! by the API server.
+//!
+//! Flags and the `--config` file use kube-proxy's names. As kube-proxy does, when `--config`
+//! is given the file is the whole configuration and the flags it covers are ignored (a
+//! warning names each one that was set); only `--hostname-override` still overrides the
+//! file. Flags that are not part of `KubeProxyConfiguration` (`--master`, `--cleanup`,
+//! `--config`, `--network-policy`) always count.
+//!
+//! The agent programs the network namespace it runs in ([`netns::CURRENT`]): the host's on a
+//! real Node, a scratch one under `ip netns exec` in tests. Nothing is programmed before
+//! every watched kind has been listed, nothing is flushed at start or exit, and a failed sync
+//! makes the next one full.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use ipnet::IpNet;
+use netd_agent::{Backend, BackendConfig, Mode};
+use netd_healthcheck::{
+    CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
+};
+use netd_kernel::netns;
+use netd_model::{ClusterConfig, NodeName};
+use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+/// `kube-netd agent` flags (kube-proxy's names).
+#[derive(Debug, Default, clap::Args)]
+pub struct AgentArgs {
+    /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1). When given, the
+    /// flags it covers are ignored, as in kube-proxy; --hostname-override still applies.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The kubeconfig file with the API server's address and credentials (default: the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The API server's URL; overrides the kubeconfig's server.
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+    /// The Node's name, instead of this machine's hostname.
+    #[arg(long, value_name = "NAME")]
+    hostname_override: Option<String>,
+    /// iptables or nftables (ipvs is refused until its back end is built).
+    #[arg(long, value_name = "MODE")]
+    proxy_mode: Option<String>,
+    /// The pod ranges (comma-separated, one per family) that tell pod traffic from
+    /// off-cluster traffic.
+    #[arg(long, value_name = "CIDRS")]
+    cluster_cidr: Option<String>,
+    /// How local traffic is detected: ClusterCIDR (from --cluster-cidr).
+    #[arg(long, value_name = "MODE")]
+    detect_local_mode: Option<String>,
+    /// Addresses nodePorts answer on (not supported yet: every local address).
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    nodeport_addresses: Option<Vec<String>>,
+    /// SNAT every packet sent to a ClusterIP (not supported yet).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    masquerade_all: Option<bool>,
+    /// The least time between two syncs (Go duration, default 1s).
+    #[arg(long, value_name = "DURATION")]
+    min_sync_period: Option<String>,
+    /// The most time between two syncs, and the retry delay after a failed one (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    sync_period: Option<String>,
+    /// Where /healthz and /livez are served (default 0.0.0.0:10256).
+    #[arg(long, value_name = "ADDR:PORT")]
+    healthz_bind_address: Option<String>,
+    /// Where /metrics is served (default 127.0.0.1:10249).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_bind_address: Option<String>,
+    /// Remove everything kube-netd owns in this network namespace, in every mode, and exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Enforce NetworkPolicy (only true is supported: the back ends always program it).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    network_policy: bool,
+}
+
+/// What the agent runs with, once flags and file are merged and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the API server is.
+    pub api: ApiOptions,
+    /// The Node programmed.
+    pub node: String,
+    /// The proxy mode.
+    pub mode: Mode,
+    /// The pod ranges of the local-traffic detector.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--min-sync-period` and `--sync-period`.
+    pub runner: RunnerConfig,
+    /// `/healthz` and `/livez`.
+    pub healthz_bind_address: SocketAddr,
+    /// `/metrics`.
+    pub metrics_bind_address: SocketAddr,
+    /// `--cleanup`.
+    pub cleanup: bool,
+}
+
+/// Runs `kube-netd agent`.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let settings = resolve(args)?;
+    if settings.cleanup {
+        return cleanup(netns::CURRENT);
+    }
+    let backend = netd_agent::backend(&BackendConfig {
+        mode: settings.mode,
+        ..BackendConfig::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")?;
+    runtime.block_on(serve(settings, backend))
+}
+
+/// Merges `args` with the `--config` file (if any) as kube-proxy does, and checks the result.
+pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
+    let from_file = match &args.config {
+        Some(path) => Some(read_config(path)?),
+        None => None,
+    };
+    let raw = match from_file {
+        Some(file) => {
+            warn_ignored(&args);
+            file.into_raw(args.hostname_override.clone())
+        }
+        None => Raw {
+            kubeconfig: args.kubeconfig.clone(),
+            hostname_override: args.hostname_override.clone(),
+            mode: args.proxy_mode.clone(),
+            cluster_cidr: args.cluster_cidr.clone(),
+            detect_local_mode: args.detect_local_mode.clone(),
+            nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
+            masquerade_all: args.masquerade_all.unwrap_or(false),
+            min_sync_period: args.min_sync_period.clone(),
+            sync_period: args.sync_period.clone(),
+            healthz_bind_address: args.healthz_bind_address.clone(),
+            metrics_bind_address: args.metrics_bind_address.clone(),
+        },
+    };
+    if !args.network_policy {
+        bail!(
+            "--network-policy=false is not supported yet: both back ends always program NetworkPolicy"
+        );
+    }
+    raw.check(args.master, args.cleanup)
+}
+
+/// Removes from `ns` what every mode of kube-netd owns there.
+fn cleanup(ns: &str) -> anyhow::Result<()> {
+    // Keeping iptables here removes nftables and IPVS; iptables' own goes next.
+    let others = netd_agent::remove_other_modes(ns, Mode::Iptables)?;
+    let own = netd_agent::cleanup(ns)?;
+    tracing::info!(
+        others,
+        hooks = own.hooks,
+        chains = own.chains,
+        sets = own.sets,
+        "cleaned up"
+    );
+    crate::out::line(format_args!(
+        "removed: {} hooks, {} chains, {} ipsets (iptables); {} objects of other modes",
+        own.hooks, own.chains, own.sets, others
+    ))?;
+    Ok(())
+}
+
+/// The agent proper: health and metrics servers, the watches, the sync loop, until SIGTERM or
+/// Ctrl-C. Rules stay in the kernel when it ends.
+async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<()> {
+    let node = NodeName::new(settings.node.clone());
+    let mut registry = Registry::with_prefix("kubeproxy");
+    let health_metrics = HealthMetrics::register(&mut registry);
+    backend.register(&mut registry);
+    let sync_metrics = AgentMetrics::register(&mut registry);
+    // kube-proxy's /healthz turns unhealthy when a queued change waits 2 × syncPeriod.
+    let health = ProxyHealth::new(
+        settings.runner.sync_period * 2,
+        Arc::new(SystemClock),
+        health_metrics,
+    );
+    let _servers: Vec<HttpServer> = vec![
+        health.serve(netd_healthcheck::bind(settings.healthz_bind_address)?)?,
+        netd_healthcheck::serve_metrics(
+            netd_healthcheck::bind(settings.metrics_bind_address)?,
+            Arc::new(registry),
+        )?,
+    ];
+    let services = Arc::new(tokio::sync::Mutex::new(HealthServers::new(
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+        health.clone(),
+        Arc::new(CurrentNamespace),
+    )));
+
+    let removed = netd_agent::remove_other_modes(netns::CURRENT, settings.mode)?;
+    if removed > 0 {
+        tracing::info!(removed, mode = %settings.mode, "removed the rules of other proxy modes");
+    }
+
+    let client = settings.api.client().await?;
+    let store = SharedStore::new(Store::new(ClusterConfig {
+        cluster_cidrs: settings.cluster_cidrs.clone(),
+        ..ClusterConfig::default()
+    }));
+    let watches = tokio::spawn(netd_source::watch_cluster(client, store.clone()));
+    let queued = tokio::spawn(track_queued(
+        store.clone(),
+        health.clone(),
+        sync_metrics.clone(),
+    ));
+
+    let backend = Arc::new(Mutex::new(backend));
+    tracing::info!(node = %node, mode = %settings.mode, "agent started");
+    netd_source::runner::run(
+        store,
+        settings.runner,
+        |request| {
+            let backend = backend.clone();
+            let node = node.clone();
+            let health = health.clone();
+            let metrics = sync_metrics.clone();
+            let services = services.clone();
+            async move {
+                let families = families(&request);
+                let full = request.full();
+                let started = Instant::now();
+                let report = tokio::task::block_in_place(|| {
+                    // A poisoned lock means a sync panicked; the back end's own state then
+                    // asks for a full sync, which the next request brings.
+                    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
+                    if full {
+                        backend.request_full_sync();
+                    }
+                    backend
+                        .sync(netns::CURRENT, &request.state, &node)
+                        .map_err(Box::new)
+                });
+                let report = report?;
+                metrics.observe(full, started.elapsed());
+                for family in families {
+                    health.updated(family);
+                }
+                health.set_node_eligible(netd_healthcheck::node_eligible(&request.state, &node));
+                for (service, error) in services.lock().await.sync(&report.health_checks).await {
+                    tracing::warn!(%service, %error, "health check server not started; retried next sync");
+                }
+                tracing::info!(generation = request.generation, reason = %request.reason, "synced");
+                Ok::<(), Box<netd_agent::AgentError>>(())
+            }
+        },
+        shutdown(),
+    )
+    .await;
+    watches.abort();
+    queued.abort();
+    tracing::info!("agent stopped; rules left in place");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        // Without a SIGTERM handler, Ctrl-C alone ends the agent.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Marks an update queued (for `/healthz`) each time the store changes.
+async fn track_queued(store: SharedStore, health: ProxyHealth, metrics: AgentMetrics) {
+    let mut changes = store.subscribe();
+    while changes.changed().await.is_ok() {
+        health.queued_update(IpFamily::V4);
+        metrics.queued();
+    }
+}
+
+/// The families a sync programs, as `/healthz` reports them.
+fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
+    request
+        .state
+        .config()
+        .service_cidrs
+        .iter()
+        .map(|net| IpFamily::of(net.addr()))
+        .chain([IpFamily::V4])
+        .collect()
+}
+
+/// kube-proxy's sync metrics (names as `pkg/proxy/metrics`), with the prefix `kubeproxy`.
+#[derive(Clone, Debug)]
+struct AgentMetrics {
+    duration: Histogram,
+    full: Histogram,
+    partial: Histogram,
+    last: Gauge<f64, std::sync::atomic::AtomicU64>,
+    last_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl AgentMetrics {
+    fn register(registry: &mut Registry) -> AgentMetrics {
+        // kube-proxy's buckets: 1 ms doubling 15 times.
+        let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let metrics = AgentMetrics {
+            duration: buckets(),
+            full: buckets(),
+            partial: buckets(),
+            last: Gauge::default(),
+            last_queued: Gauge::default(),
+        };
+        registry.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            metrics.full.clone(),
+        );
+        registry.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            metrics.partial.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            metrics.last.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            metrics.last_queued.clone(),
+        );
+        metrics
+    }
+
+    fn observe(&self, full: bool, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.duration.observe(seconds);
+        if full {
+            self.full.observe(seconds);
+        } else {
+            self.partial.observe(seconds);
+        }
+        self.last.set(unix_now());
+    }
+
+    fn queued(&self) {
+        self.last_queued.set(unix_now());
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// The settings as text, from flags or the file, before they are checked.
+#[derive(Debug, Default)]
+struct Raw {
+    kubeconfig: Option<PathBuf>,
+    hostname_override: Option<String>,
+    mode: Option<String>,
+    cluster_cidr: Option<String>,
+    detect_local_mode: Option<String>,
+    nodeport_addresses: Vec<String>,
+    masquerade_all: bool,
+    min_sync_period: Option<String>,
+    sync_period: Option<String>,
+    healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
+}
+
+impl Raw {
+    fn check(self, master: Option<String>, cleanup: bool) -> anyhow::Result<Settings> {
+        let mode = match self.mode.as_deref().filter(|m| !m.is_empty()) {
+            None => Mode::Iptables,
+            Some(m) => m.parse::<Mode>().context("--proxy-mode (mode)")?,
+        };
+        if mode == Mode::Ipvs && !cleanup {
+            bail!("--proxy-mode (mode): ipvs is not available yet; use iptables or nftables");
+        }
+        let cluster_cidrs = match self.cluster_cidr.as_deref().filter(|c| !c.is_empty()) {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<IpNet>()
+                        .with_context(|| format!("--cluster-cidr (clusterCIDR): {c:?}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        match self.detect_local_mode.as_deref() {
+            None | Some("") | Some("ClusterCIDR") => {}
+            Some(other) => bail!(
+                "--detect-local-mode (detectLocalMode): {other:?} is not supported; only ClusterCIDR is"
+            ),
+        }
+        if !self.nodeport_addresses.is_empty() {
+            bail!(
+                "--nodeport-addresses (nodePortAddresses): not supported yet; nodePorts answer on every local address"
+            );
+        }
+        if self.masquerade_all {
+            bail!("--masquerade-all (masqueradeAll): not supported yet");
+        }
+        let runner = RunnerConfig {
+            min_sync_period: duration(
+                self.min_sync_period.as_deref(),
+                "1s",
+                "--min-sync-period (minSyncPeriod)",
+            )?,
+            sync_period: duration(
+                self.sync_period.as_deref(),
+                "30s",
+                "--sync-period (syncPeriod)",
+            )?,
+        };
+        if runner.sync_period.is_zero() {
+            bail!("--sync-period (syncPeriod): must be more than 0");
+        }
+        let node = match self.hostname_override.filter(|h| !h.is_empty()) {
+            Some(name) => name.to_lowercase(),
+            None => hostname()?,
+        };
+        Ok(Settings {
+            api: ApiOptions {
+                kubeconfig: self.kubeconfig,
+                master: master.filter(|m| !m.is_empty()),
+            },
+            node,
+            mode,
+            cluster_cidrs,
+            runner,
+            healthz_bind_address: address(
+                self.healthz_bind_address.as_deref(),
+                "0.0.0.0:10256",
+                "--healthz-bind-address (healthzBindAddress)",
+            )?,
+            metrics_bind_address: address(
+                self.metrics_bind_address.as_deref(),
+                "127.0.0.1:10249",
+                "--metrics-bind-address (metricsBindAddress)",
+            )?,
+            cleanup,
+        })
+    }
+}
+
+/// `KubeProxyConfiguration` (kubeproxy.config.k8s.io/v1alpha1): the fields kube-netd reads,
+/// under kube-proxy's names. Any other key is refused by name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KubeProxyConfiguration {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    client_connection: ClientConnection,
+    #[serde(default)]
+    hostname_override: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default, rename = "clusterCIDR")]
+    cluster_cidr: Option<String>,
+    #[serde(default)]
+    detect_local_mode: Option<String>,
+    #[serde(default)]
+    node_port_addresses: Vec<String>,
+    #[serde(default)]
+    healthz_bind_address: Option<String>,
+    #[serde(default)]
+    metrics_bind_address: Option<String>,
+    /// kube-proxy ≥ 1.33: one sync period for every mode.
+    #[serde(default)]
+    sync_period: Option<String>,
+    /// kube-proxy ≥ 1.33: one min sync period for every mode.
+    #[serde(default)]
+    min_sync_period: Option<String>,
+    #[serde(default)]
+    iptables: ModeSection,
+    #[serde(default)]
+    nftables: ModeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClientConnection {
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// `iptables:` and `nftables:` (the fields kube-netd reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ModeSection {
+    #[serde(default)]
+    masquerade_all: Option<bool>,
+    #[serde(default)]
+    sync_period: Option<String>,
+    #[serde(default)]
+    min_sync_period: Option<String>,
+}
+
+impl KubeProxyConfiguration {
+    fn into_raw(self, hostname_flag: Option<String>) -> Raw {
+        let section = match self.mode.as_deref() {
+            Some("nftables") => self.nftables,
+            _ => self.iptables,
+        };
+        Raw {
+            kubeconfig: self
+                .client_connection
+                .kubeconfig
+                .filter(|k| !k.as_os_str().is_empty()),
+            // As kube-proxy: the flag wins over the file.
+            hostname_override: hostname_flag.or(self.hostname_override),
+            mode: self.mode,
+            cluster_cidr: self.cluster_cidr,
+            detect_local_mode: self.detect_local_mode,
+            nodeport_addresses: self.node_port_addresses,
+            masquerade_all: section.masquerade_all.unwrap_or(false),
+            min_sync_period: self.min_sync_period.or(section.min_sync_period),
+            sync_period: self.sync_period.or(section.sync_period),
+            healthz_bind_address: self.healthz_bind_address,
+            metrics_bind_address: self.metrics_bind_address,
+        }
+    }
+}
+
+fn read_config(path: &Path) -> anyhow::Result<KubeProxyConfiguration> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: reading {}", path.display()))?;
+    let config: KubeProxyConfiguration =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("--config {}", path.display()))?;
+    if config.api_version != "kubeproxy.config.k8s.io/v1alpha1" {
+        bail!(
+            "--config {}: apiVersion {:?}: expected kubeproxy.config.k8s.io/v1alpha1",
+            path.display(),
+            config.api_version
+        );
+    }
+    if config.kind != "KubeProxyConfiguration" {
+        bail!(
+            "--config {}: kind {:?}: expected KubeProxyConfiguration",
+            path.display(),
+            config.kind
+        );
+    }
+    Ok(config)
+}
+
+/// Logs each flag that `--config` makes kube-proxy ignore.
+fn warn_ignored(args: &AgentArgs) {
+    let set = [
+        ("--kubeconfig", args.kubeconfig.is_some()),
+        ("--proxy-mode", args.proxy_mode.is_some()),
+        ("--cluster-cidr", args.cluster_cidr.is_some()),
+        ("--detect-local-mode", args.detect_local_mode.is_some()),
+        ("--nodeport-addresses", args.nodeport_addresses.is_some()),
+        ("--masquerade-all", args.masquerade_all.is_some()),
+        ("--min-sync-period", args.min_sync_period.is_some()),
+        ("--sync-period", args.sync_period.is_some()),
+        (
+            "--healthz-bind-address",
+            args.healthz_bind_address.is_some(),
+        ),
+        (
+            "--metrics-bind-address",
+            args.metrics_bind_address.is_some(),
+        ),
+    ];
+    for (flag, _) in set.into_iter().filter(|(_, set)| *set) {
+        tracing::warn!(
+            flag,
+            "ignored: --config is given, and the file wins as in kube-proxy"
+        );
+    }
+}
+
+/// A Go duration (`1s`, `500ms`, `1m30s`, `0`) or `default` when absent.
+fn duration(text: Option<&str>, default: &str, what: &str) -> anyhow::Result<Duration> {
+    let text = text.filter(|t| !t.is_empty()).unwrap_or(default);
+    parse_go_duration(text)
+        .with_context(|| format!("{what}: {text:?} is not a duration like 1s or 500ms"))
+}
+
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * scale).ok()?;
+    }
+    (!text.is_empty()).then_some(total)
+}
+
+/// `host:port`, or the default when absent. An address without a port is refused by name.
+fn address(text: Option<&str>, default: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    let text = text.filter(|t| !t.is_empty()).unwrap_or(default);
+    text.parse()
+        .with_context(|| format!("{what}: {text:?} is not an address:port"))
+}
+
+/// This machine's hostname, lower-cased as kube-proxy does.
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname (give --hostname-override)")?;
+    Ok(name.trim().to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let cli = Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))?;
+        resolve(cli.agent)
+    }
+
+    fn error(args: &[&str]) -> String {
+        format!("{:#}", settings(args).expect_err("refused"))
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write config");
+        file
+    }
+
+    #[test]
+    fn defaults_are_kube_proxys() {
+        let s = settings(&["--hostname-override", "Node-1"]).expect("settings");
+        assert_eq!(s.node, "node-1");
+        assert_eq!(s.mode, Mode::Iptables);
+        assert_eq!(s.runner, RunnerConfig::default());
+        assert_eq!(s.healthz_bind_address.to_string(), "0.0.0.0:10256");
+        assert_eq!(s.metrics_bind_address.to_string(), "127.0.0.1:10249");
+        assert!(s.cluster_cidrs.is_empty());
+        assert_eq!(s.api, ApiOptions::default());
+        assert!(!s.cleanup);
+    }
+
+    #[test]
+    fn flags_are_read() {
+        let s = settings(&[
+            "--kubeconfig=/k",
+            "--master=http://10.0.0.1:6443",
+            "--hostname-override=n2",
+            "--proxy-mode=nftables",
+            "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
+            "--detect-local-mode=ClusterCIDR",
+            "--min-sync-period=500ms",
+            "--sync-period=1m30s",
+            "--healthz-bind-address=127.0.0.1:20256",
+            "--metrics-bind-address=[::1]:20249",
+            "--network-policy=true",
+        ])
+        .expect("settings");
+        assert_eq!(s.api.kubeconfig.as_deref(), Some(Path::new("/k")));
+        assert_eq!(s.api.master.as_deref(), Some("http://10.0.0.1:6443"));
+        assert_eq!(s.mode, Mode::Nftables);
+        assert_eq!(
+            s.cluster_cidrs,
+            vec![
+                "10.244.0.0/16".parse::<IpNet>().expect("net"),
+                "fd00:10:244::/56".parse::<IpNet>().expect("net"),
+            ]
+        );
+        assert_eq!(s.runner.min_sync_period, Duration::from_millis(500));
+        assert_eq!(s.runner.sync_period, Duration::from_secs(90));
+        assert_eq!(s.healthz_bind_address.to_string(), "127.0.0.1:20256");
+        assert_eq!(s.metrics_bind_address.to_string(), "[::1]:20249");
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        for (args, want) in [
+            (&["--proxy-mode=userspace"][..], "--proxy-mode"),
+            (&["--proxy-mode=ipvs"], "ipvs is not available"),
+            (&["--cluster-cidr=10.244.0.0/33"], "--cluster-cidr"),
+            (
+                &["--detect-local-mode=BridgeInterface"],
+                "--detect-local-mode",
+            ),
+            (&["--nodeport-addresses=10.0.0.0/8"], "--nodeport-addresses"),
+            (&["--masquerade-all"], "--masquerade-all"),
+            (&["--sync-period=30"], "--sync-period"),
+            (&["--sync-period=0"], "--sync-period"),
+            (&["--min-sync-period=1x"], "--min-sync-period"),
+            (
+                &["--healthz-bind-address=0.0.0.0"],
+                "--healthz-bind-address",
+            ),
+            (
+                &["--metrics-bind-address=nowhere:1"],
+                "--metrics-bind-address",
+            ),
+            (&["--network-policy=false"], "--network-policy"),
+        ] {
+            let mut all = vec!["--hostname-override=n"];
+            all.extend_from_slice(args);
+            let err = error(&all);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cleanup_takes_any_mode() {
+        let s = settings(&["--hostname-override=n", "--proxy-mode=ipvs", "--cleanup"])
+            .expect("cleanup in ipvs mode");
+        assert!(s.cleanup);
+        assert_eq!(s.mode, Mode::Ipvs);
+    }
+
+    #[test]
+    fn go_durations() {
+        for (text, want) in [
+            ("0", Some(Duration::ZERO)),
+            ("1s", Some(Duration::from_secs(1))),
+            ("1m0s", Some(Duration::from_secs(60))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("2h45m", Some(Duration::from_secs(2 * 3600 + 45 * 60))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("", None),
+            ("s", None),
+            ("10", None),
+            ("5d", None),
+        ] {
+            assert_eq!(parse_go_duration(text), want, "{text:?}");
+        }
+    }
+
+    const CONFIG: &str = "\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+hostnameOverride: from-file
+mode: nftables
+clusterCIDR: 10.244.0.0/16
+detectLocalMode: ClusterCIDR
+healthzBindAddress: 0.0.0.0:10256
+metricsBindAddress: 127.0.0.1:10249
+nftables:
+  masqueradeAll: false
+  syncPeriod: 20s
+  minSyncPeriod: 2s
+iptables:
+  syncPeriod: 1h
+";
+
+    #[test]
+    fn the_config_file_is_read_with_kube_proxys_names() {
+        let file = config_file(CONFIG);
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path]).expect("settings");
+        assert_eq!(
+            s.api.kubeconfig.as_deref(),
+            Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+        );
+        assert_eq!(s.node, "from-file");
+        assert_eq!(s.mode, Mode::Nftables);
+        assert_eq!(
+            s.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().expect("net")]
+        );
+        // The nftables section, as the mode is nftables.
+        assert_eq!(s.runner.sync_period, Duration::from_secs(20));
+        assert_eq!(s.runner.min_sync_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn with_config_the_file_wins_except_hostname_override_and_master() {
+        let file = config_file(CONFIG);
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&[
+            "--config",
+            path,
+            "--proxy-mode=iptables",
+            "--sync-period=5s",
+            "--kubeconfig=/ignored",
+            "--hostname-override=from-flag",
+            "--master=http://10.1.2.3:6443",
+        ])
+        .expect("settings");
+        assert_eq!(s.mode, Mode::Nftables);
+        assert_eq!(s.runner.sync_period, Duration::from_secs(20));
+        assert_eq!(
+            s.api.kubeconfig.as_deref(),
+            Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+        );
+        assert_eq!(s.node, "from-flag");
+        assert_eq!(s.api.master.as_deref(), Some("http://10.1.2.3:6443"));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused_by_name() {
+        let file = config_file(&format!("{CONFIG}conntrackMaxPerCore: 1\n"));
+        let path = file.path().to_str().expect("utf-8 path");
+        let err = error(&["--config", path]);
+        assert!(err.contains("conntrackMaxPerCore"), "{err}");
+
+        let nested = CONFIG.replace("  minSyncPeriod: 2s", "  minSyncPeriodd: 2s");
+        let file = config_file(&nested);
+        let path = file.path().to_str().expect("utf-8 path");
+        let err = error(&["--config", path]);
+        assert!(err.contains("minSyncPeriodd"), "{err}");
+    }
+
+    #[test]
+    fn a_config_of_another_kind_is_refused() {
+        let file = config_file(
+            &CONFIG.replace("kind: KubeProxyConfiguration", "kind: KubeletConfiguration"),
+        );
+        let path = file.path().to_str().expect("utf-8 path");
+        let err = error(&["--config", path]);
+        assert!(err.contains("KubeletConfiguration"), "{err}");
+        let file = config_file("kind: KubeProxyConfiguration\nmode: bogus\n");
+        let path = file.path().to_str().expect("utf-8 path");
+        let err = error(&["--config", path]);
+        assert!(err.contains("apiVersion"), "{err}");
+    }
+}

@@ -1,0 +1,225 @@
+//! `kube-netd agent` end to end against a real API server, without touching the host's
+//! namespace: the API server (netd-apiserver, on 127.0.0.1) and the agent run inside the same
+//! scratch network namespace, so the agent reaches the server only there and programs only
+//! that namespace.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netd_apiserver::{ApiServer, FileStorage, Registry, store::DEFAULT_HISTORY};
+use netd_kernel::netns;
+use netd_model::ClusterConfig;
+use netd_testkit::scratch::ScratchNetns;
+use serde_json::json;
+
+/// An API server serving from a thread that lives in a scratch namespace; stopped on drop.
+struct Server {
+    registry: Arc<Registry>,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &str, dir: &std::path::Path) -> Server {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ns = ns.to_owned();
+        let dir = dir.to_owned();
+        let thread = std::thread::spawn(move || {
+            netns::enter(&ns).expect("enter the namespace");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let storage = FileStorage::new(dir).expect("storage");
+                let registry = Arc::new(
+                    Registry::new(Box::new(storage), ClusterConfig::default(), DEFAULT_HISTORY)
+                        .expect("registry"),
+                );
+                let server =
+                    ApiServer::start(registry.clone(), "127.0.0.1:0".parse().expect("addr"))
+                        .expect("start the API server");
+                tx.send((registry, server.url())).expect("send");
+                let _ = stopped.await;
+                server.shutdown().await;
+            });
+        });
+        let (registry, url) = rx.recv().expect("the API server started");
+        Server {
+            registry,
+            url,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("API server thread");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The agent process, killed by PID on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slice(addresses: &[&str], rv: Option<&str>) -> serde_json::Value {
+    let mut slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": addresses, "conditions": {"ready": true}, "nodeName": "node-1"}],
+    });
+    if let Some(rv) = rv {
+        slice["metadata"]["resourceVersion"] = json!(rv);
+    }
+    slice
+}
+
+/// Every rule of the namespace, iptables and nftables together.
+fn rules(ns: &str) -> String {
+    let mut out = netd_kernel::rules::iptables_save(ns).expect("iptables-save");
+    let nft = netns::exec(ns, &["nft", "list", "ruleset"]).expect("nft list ruleset");
+    out.push_str(&String::from_utf8_lossy(&nft.stdout));
+    out
+}
+
+fn wait_for(ns: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rules(ns).contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never programmed:\n{}",
+            rules(ns)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `GET path` on 127.0.0.1:port inside `ns`: the status line.
+fn http_status(ns: &str, port: u16, path: &str) -> String {
+    http_get(ns, port, path)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `GET path` on 127.0.0.1:port inside `ns`: the whole answer.
+fn http_get(ns: &str, port: u16, path: &str) -> String {
+    let ns = ns.to_owned();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter");
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    })
+    .join()
+    .expect("http thread")
+}
+
+fn agent_follows_the_api_server(mode: &str) {
+    let ns = ScratchNetns::new("agt", mode);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(ns.name(), &dir.path().join("api"));
+    let api = &server.registry;
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
+        slice(&["10.244.1.5"], None),
+    ] {
+        api.create(object, netd_apiserver::WriteOptions::default())
+            .expect("create");
+    }
+    let kubeconfig = dir.path().join("kubeconfig");
+    netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
+
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kube-netd")])
+        .arg("agent")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args([
+            "--hostname-override=node-1",
+            &format!("--proxy-mode={mode}"),
+            "--min-sync-period=100ms",
+            "--healthz-bind-address=127.0.0.1:10256",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let mut agent = Agent(child);
+
+    wait_for(ns.name(), "10.244.1.5");
+    wait_for(ns.name(), "10.96.0.20");
+
+    // A change through the API server is programmed.
+    let current = api
+        .get(&netd_apiserver::store::object_id(&slice(&[], None)).expect("id"))
+        .expect("the slice");
+    let rv = current["metadata"]["resourceVersion"].as_str().expect("rv");
+    api.update(
+        slice(&["10.244.1.6"], Some(rv)),
+        netd_apiserver::WriteOptions::default(),
+    )
+    .expect("update");
+    wait_for(ns.name(), "10.244.1.6");
+    assert!(
+        !rules(ns.name()).contains("10.244.1.5"),
+        "old endpoint left"
+    );
+
+    // Without the API server the rules stay and /healthz still answers.
+    server.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rules(ns.name()).contains("10.244.1.6"));
+    assert_eq!(http_status(ns.name(), 10256, "/healthz"), "HTTP/1.0 200 OK");
+    assert!(
+        agent.0.try_wait().expect("agent status").is_none(),
+        "agent exited"
+    );
+
+    // Stopping the agent flushes nothing.
+    agent.0.kill().expect("kill the agent");
+    agent.0.wait().expect("wait");
+    assert!(rules(ns.name()).contains("10.244.1.6"));
+}
+
+#[test]
+fn nftables_agent_follows_the_api_server() {
+    agent_follows_the_api_server("nftables");
+}
+
+#[test]
+fn iptables_agent_follows_the_api_server() {
+    agent_follows_the_api_server("iptables");
+}
