@@ -420,8 +420,7 @@ fn the_kernel_answers_as_both_tracers_predict() {
         let mut b = backend(&BackendConfig {
             mode,
             ..BackendConfig::default()
-        })
-        .expect("back end");
+        });
         b.sync(ns.name(), &state, &node).expect("sync");
         let listeners: Vec<TcpListener> = endpoints
             .iter()

@@ -277,8 +277,7 @@ fn switching_from_iptables_mode_prunes_its_chains_in_the_first_ipvs_sync() {
     let ns = ns.name();
     let node = NodeName::new(NODE);
     let state = cluster(&["10.244.1.2"], false);
-    let mut iptables =
-        netd_agent::backend(&netd_agent::BackendConfig::default()).expect("back end");
+    let mut iptables = netd_agent::backend(&netd_agent::BackendConfig::default());
     iptables.sync(ns, &state, &node).expect("iptables sync");
     assert!(
         rules::iptables_save(ns)

@@ -115,7 +115,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let backend = netd_agent::backend(&BackendConfig {
         mode: settings.mode,
         ..BackendConfig::default()
-    })?;
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
-use netd_agent::BackendConfig;
 use netd_lab::{
     Action, AgentStop, IpFamily, Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec,
     Resolver, Target,
@@ -503,11 +502,6 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
 }
 
 fn up(a: UpArgs) -> anyhow::Result<()> {
-    // Refused before anything is built when this build has no back end for the mode.
-    netd_agent::backend(&BackendConfig {
-        mode: a.mode.into(),
-        localhost_nodeports: a.localhost_nodeports,
-    })?;
     let started = Instant::now();
     let mut config = a.network.config();
     if let Some(families) = a.ip_family {

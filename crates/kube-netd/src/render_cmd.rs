@@ -81,7 +81,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let backend = netd_agent::backend(&BackendConfig {
         mode: args.mode.into(),
         localhost_nodeports: args.localhost_nodeports,
-    })?;
+    });
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
     crate::out::stdout(&backend.render(&state, &args.node)?)?;

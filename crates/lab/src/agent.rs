@@ -51,8 +51,7 @@ pub use netd_agent::{NodeRules, Programmer};
 
 /// How an agent gets its back end from the lab's configuration: [`netd_agent::backend`] for
 /// kube-netd's own modes; tests may bring rules of their own.
-pub type MakeBackend =
-    dyn Fn(&BackendConfig) -> Result<Box<dyn Backend>, netd_agent::ModeNotBuilt> + Sync;
+pub type MakeBackend = dyn Fn(&BackendConfig) -> Box<dyn Backend> + Sync;
 
 /// How often a converged agent re-checks everything even without a new generation.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -94,8 +93,7 @@ pub fn run_agent(
         name: state_dir.to_string_lossy().into_owned(),
         dir: state_dir.to_owned(),
     })?;
-    let backend =
-        make_backend(&backend_config(&lab)?).map_err(|source| LabError::ModeNotBuilt { source })?;
+    let backend = make_backend(&backend_config(&lab)?);
     let names = Names::new(&lab.name)?;
     let node_ns = names.node_ns(node);
     netd_agent::remove_other_modes(&node_ns, backend.mode()).map_err(|source| {

@@ -34,13 +34,6 @@ pub enum LabError {
         /// The name.
         name: String,
     },
-    /// The lab's proxy mode has no back end in this build.
-    #[error("the lab's agents cannot run")]
-    ModeNotBuilt {
-        /// The cause.
-        #[source]
-        source: netd_agent::ModeNotBuilt,
-    },
     /// The lab's record names a proxy mode this build does not know.
     #[error("the lab's record names an unknown proxy mode")]
     UnknownMode {

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             let dir = PathBuf::from(args.get(1).cloned().unwrap_or_default()).join("test-rules");
             let make = move |_: &netd_agent::BackendConfig| {
                 let programmer = Box::new(RulesFromFiles { dir: dir.clone() });
-                Ok(Box::new(Iptables::new(programmer)) as Box<dyn Backend>)
+                Box::new(Iptables::new(programmer)) as Box<dyn Backend>
             };
             netd_lab::helper_main(&args, &make).map_err(BoxError::from)
         }
