@@ -6,7 +6,6 @@
 //! kernel refuses leaves the previous table as it was. The back end itself syncs through
 //! netlink, full then partial, and a sync the kernel refuses makes the next one full.
 
-#[allow(dead_code)] // The IPVS helper of the shared file is not used here.
 #[path = "../../render/tests/common/mod.rs"]
 mod common;
 
