@@ -68,6 +68,23 @@ fn list(ns: &str, table: &Table) -> serde_json::Value {
     listed(ns, table.family_str(), &table.name)
 }
 
+/// The declarations `nft list table` prints for `table` in `ns` (sets, maps and chains, with
+/// their `type`/`typeof`, `flags` and hook lines): what a person reads, and what `nft -f`
+/// must read back. Elements are left out: plain `nft list` prints hashed sets in bucket order.
+fn declarations(ns: &str, table: &Table) -> Vec<String> {
+    let text = nft(ns, &["list", "table", table.family_str(), &table.name], "")
+        .unwrap_or_else(|e| panic!("nft list table: {e}"));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            ["set ", "map ", "chain ", "type ", "typeof ", "flags "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn every_golden_table_loaded_over_netlink_lists_as_nft_f_loads_it() {
     let ns = ScratchNetns::new("nfta", "golden");
@@ -75,10 +92,12 @@ fn every_golden_table_loaded_over_netlink_lists_as_nft_f_loads_it() {
     for (name, table) in &tables {
         load(ns.name(), &table.to_nft());
         let want = list(ns.name(), table);
+        let declared = declarations(ns.name(), table);
         drop_table(ns.name(), table);
         commit_full(ns.name(), table);
         let got = list(ns.name(), table);
         pretty_assertions::assert_eq!(want, got, "{name}");
+        pretty_assertions::assert_eq!(declared, declarations(ns.name(), table), "{name}");
         // A second replacement over the loaded table leaves the same table.
         commit_full(ns.name(), table);
         pretty_assertions::assert_eq!(want, list(ns.name(), table), "{name}, replaced");

@@ -238,7 +238,7 @@ impl<'a> Lowering<'a> {
                 Statement::NumgenVmap {
                     map: MapRef::Anon(entries),
                     ..
-                } => Some((Some(vec![nftnl::KeyType::Integer]), entries)),
+                } => Some((Some(vec![nftnl::KeyType::Numgen]), entries)),
                 _ => None,
             };
             let map_name = match anon_map {
@@ -314,7 +314,7 @@ fn key_type(k: KeyType) -> nftnl::KeyType {
         KeyType::InetProto => nftnl::KeyType::InetProto,
         KeyType::InetService => nftnl::KeyType::InetService,
         KeyType::Mark => nftnl::KeyType::Mark,
-        KeyType::Numgen => nftnl::KeyType::Integer,
+        KeyType::Numgen => nftnl::KeyType::Numgen,
     }
 }
 

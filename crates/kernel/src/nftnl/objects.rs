@@ -183,8 +183,10 @@ pub enum KeyType {
     InetService,
     /// `mark`, 4 bytes in host order (also what `numgen` produces).
     Mark,
-    /// `integer`, 4 bytes in host order: what `nft` declares for `typeof numgen random mod N`.
-    Integer,
+    /// The output of `numgen random mod N`: an `integer`, 4 bytes in host order, declared
+    /// (in the set's user data) as `typeof numgen random mod 1`, as `nft -f` declares it, so
+    /// `nft list` prints the declaration `nft -f` reads back (any modulus is the same key).
+    Numgen,
 }
 
 impl KeyType {
@@ -196,20 +198,20 @@ impl KeyType {
             KeyType::InetProto => 12,
             KeyType::InetService => 13,
             KeyType::Mark => 19,
-            KeyType::Integer => 4,
+            KeyType::Numgen => 4,
         }
     }
 
     /// Whether values are in host byte order (else network order), which `nft` needs to be
     /// told to print them right.
     fn host_order(self) -> bool {
-        matches!(self, KeyType::Mark | KeyType::Integer)
+        matches!(self, KeyType::Mark | KeyType::Numgen)
     }
 
     /// Its length in bytes.
     pub fn size(self) -> u32 {
         match self {
-            KeyType::Ipv4Addr | KeyType::Mark | KeyType::Integer => 4,
+            KeyType::Ipv4Addr | KeyType::Mark | KeyType::Numgen => 4,
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
@@ -320,6 +322,12 @@ impl Set {
             out.push(1); // NFTNL_UDATA_SET_DATABYTEORDER
             out.push(4);
             out.extend_from_slice(&order(kind).to_ne_bytes());
+        }
+        if self.key == [KeyType::Numgen] && !self.flags.anonymous {
+            out.extend_from_slice(&NUMGEN_TYPEOF);
+            if self.data == Some(MapData::Verdict) {
+                out.extend_from_slice(&VERDICT_TYPEOF);
+            }
         }
         if let Some(comment) = &self.comment {
             // Longer comments are cut: nft itself refuses more than 128 bytes.
@@ -460,6 +468,30 @@ impl Element {
         Some(out)
     }
 }
+
+/// `NFTNL_UDATA_SET_KEY_TYPEOF` for `numgen random mod 1`, laid out as `nft` writes it: the
+/// expression kind (`EXPR_NUMGEN`, 23) and a nest of its attributes (type `NFT_NG_RANDOM`,
+/// modulus 1, offset 0), every number 4 bytes in host order.
+const NUMGEN_TYPEOF: [u8; 28] = {
+    let one = 1u32.to_ne_bytes();
+    let kind = 23u32.to_ne_bytes();
+    [
+        3, 26, // KEY_TYPEOF, 26 bytes
+        0, 4, kind[0], kind[1], kind[2], kind[3], // TYPEOF_EXPR
+        1, 18, // TYPEOF_DATA, 18 bytes
+        0, 4, one[0], one[1], one[2], one[3], // NUMGEN_TYPE: random
+        1, 4, one[0], one[1], one[2], one[3], // NUMGEN_MOD
+        2, 4, 0, 0, 0, 0, // NUMGEN_OFFSET
+    ]
+};
+
+/// `NFTNL_UDATA_SET_DATA_TYPEOF` for verdicts, which `nft` writes beside a `typeof` key and
+/// reads the key's declaration only with: the expression kind (`EXPR_VERDICT`, 1) and an
+/// empty nest of attributes.
+const VERDICT_TYPEOF: [u8; 10] = {
+    let kind = 1u32.to_ne_bytes();
+    [4, 8, 0, 4, kind[0], kind[1], kind[2], kind[3], 1, 0]
+};
 
 fn padded(len: u32) -> u32 {
     (len + 3) & !3
