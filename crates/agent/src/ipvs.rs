@@ -123,6 +123,11 @@ impl Ipvs {
     }
 
     fn rendered(&self, state: &ClusterState, node: &NodeName) -> Result<Rendered, AgentError> {
+        // IPv6 Services and NetworkPolicy would go unprogrammed: refused rather than left
+        // open.
+        if crate::programmer::families(state).contains(&IpFamily::V6) {
+            return Err(AgentError::IpvsIpv6Unsupported);
+        }
         let options = ProxyOptions::for_node(state, node);
         let family = IpFamily::V4;
         let plan = netd_proxy::plan(state, node, family, &options);
@@ -848,6 +853,27 @@ endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true
         assert!(strict.contains(&"net.ipv4.conf.all.arp_announce"));
         assert_eq!(parse_release("4.19.0-27-amd64"), Some((4, 19)));
         assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn a_cluster_with_ipv6_services_is_refused_not_half_programmed() {
+        use netd_model::{ClusterConfig, IpFamilies};
+        let node = NodeName::new("node-1");
+        for families in [IpFamilies::Ipv6, IpFamilies::Dual] {
+            let state = netd_testkit::state_with(
+                "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n",
+                ClusterConfig::for_families(families),
+            );
+            let err = Ipvs::default()
+                .render(&state, &node)
+                .expect_err("IPv6 Services in IPVS mode");
+            assert!(
+                matches!(err, AgentError::IpvsIpv6Unsupported),
+                "{families}: {err}"
+            );
+        }
+        let state = netd_testkit::state(CLUSTER);
+        assert!(Ipvs::default().render(&state, &node).is_ok());
     }
 
     #[test]

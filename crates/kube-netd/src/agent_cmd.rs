@@ -49,7 +49,7 @@ pub struct AgentArgs {
     /// The Node's name, instead of this machine's hostname.
     #[arg(long, value_name = "NAME")]
     hostname_override: Option<String>,
-    /// iptables or nftables (ipvs is refused until its back end is built).
+    /// iptables (the default), nftables or ipvs (IPv4 clusters only).
     #[arg(long, value_name = "MODE")]
     proxy_mode: Option<String>,
     /// The pod ranges (comma-separated, one per family) that tell pod traffic from
@@ -397,9 +397,6 @@ impl Raw {
             None => Mode::Iptables,
             Some(m) => m.parse::<Mode>().context("--proxy-mode (mode)")?,
         };
-        if mode == Mode::Ipvs && !cleanup {
-            bail!("--proxy-mode (mode): ipvs is not available yet; use iptables or nftables");
-        }
         let cluster_cidrs = match self.cluster_cidr.as_deref().filter(|c| !c.is_empty()) {
             None => Vec::new(),
             Some(list) => list
@@ -725,7 +722,6 @@ mod tests {
     fn bad_flags_are_refused_by_name() {
         for (args, want) in [
             (&["--proxy-mode=userspace"][..], "--proxy-mode"),
-            (&["--proxy-mode=ipvs"], "ipvs is not available"),
             (&["--cluster-cidr=10.244.0.0/33"], "--cluster-cidr"),
             (
                 &["--detect-local-mode=BridgeInterface"],
@@ -750,6 +746,15 @@ mod tests {
             all.extend_from_slice(args);
             let err = error(&all);
             assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_mode_is_taken() {
+        for mode in Mode::ALL {
+            let flag = format!("--proxy-mode={mode}");
+            let s = settings(&["--hostname-override=n", &flag]).expect("settings");
+            assert_eq!(s.mode, mode);
         }
     }
 
