@@ -46,4 +46,6 @@ if [ "$kernel" = 1 ]; then
   cargo bench -q -p netd-lab --bench lab 2>/dev/null
   echo
   cargo bench -q -p netd-agent --bench apply 2>/dev/null
+  echo
+  cargo bench -q -p netd-kernel --bench conntrack 2>/dev/null
 fi

@@ -14,9 +14,11 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use netd_agent::conntrack::Selection;
 use netd_agent::{Applier, InNamespace, NodeProgrammer, SyncEngine, SyncReport};
+use netd_kernel::nftnl::conntrack::Flow;
 use netd_kernel::{KernelError, netns};
-use netd_model::{ClusterState, NodeName, Protocol};
+use netd_model::{ClusterState, NodeName};
 use netd_proxy::IpFamily;
 
 const SERVICES: usize = 10_000;
@@ -136,13 +138,13 @@ impl Applier for Measured {
     fn list_conntrack(
         &mut self,
         family: IpFamily,
-        protocol: Protocol,
-    ) -> Result<String, KernelError> {
-        self.inner.list_conntrack(family, protocol)
+        selection: Selection,
+    ) -> Result<Vec<Flow>, KernelError> {
+        self.inner.list_conntrack(family, selection)
     }
 
-    fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
-        self.inner.delete_conntrack(args)
+    fn delete_conntrack(&mut self, flows: &[Flow]) -> Result<usize, KernelError> {
+        self.inner.delete_conntrack(flows)
     }
 }
 

@@ -12,65 +12,118 @@
 //! nothing that works, unlike upstream bug #122740), and TCP is never looked at.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use netd_kernel::nftnl::conntrack::Flow;
 use netd_model::{Protocol, ServicePortName};
-use netd_proxy::{IpFamily, ServicePlan, ServicePortPlan};
+use netd_proxy::{ServicePlan, ServicePortPlan};
 
-/// One conntrack entry, as `conntrack -L` prints it: the original and the reply direction.
+/// Where clients of a UDP/SCTP Service port send to: an address and the Service port, or a
+/// nodePort on any address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Entry {
+pub struct Frontend {
     /// The protocol.
     pub protocol: Protocol,
-    /// The original direction's source.
-    pub orig_src: SocketAddr,
-    /// The original direction's destination (what the client sent to).
-    pub orig_dst: SocketAddr,
-    /// The reply direction's source (the endpoint, after DNAT).
-    pub reply_src: SocketAddr,
+    /// The address; `None` for a nodePort (any local address).
+    pub ip: Option<IpAddr>,
+    /// The port.
+    pub port: u16,
 }
 
-/// A `conntrack -D` filter that deletes the stale entries from one frontend to one former
-/// backend (every client of that pair at once).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StaleFlow {
-    /// The family (`-f ipv6` for IPv6).
-    pub family: IpFamily,
-    /// The protocol.
-    pub protocol: Protocol,
-    /// The frontend the client sent to.
-    pub orig_dst: SocketAddr,
-    /// Where the replies come from: not a serving endpoint.
-    pub reply_src: SocketAddr,
+/// Which conntrack entries of a family to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Selection {
+    /// Every entry of the protocol.
+    Protocol(Protocol),
+    /// The entries sent to the frontend.
+    To(Frontend),
 }
 
-impl StaleFlow {
-    /// The arguments after `conntrack -D`.
-    pub fn args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if self.family == IpFamily::V6 {
-            args.extend(["-f".to_owned(), "ipv6".to_owned()]);
+impl Selection {
+    /// Whether `flow` is one this selection names (what the kernel's filters select; the
+    /// tests' kernels filter with it).
+    #[cfg(test)]
+    pub(crate) fn selects(&self, flow: &Flow) -> bool {
+        match self {
+            Selection::Protocol(p) => flow.protocol == protocol_number(*p),
+            Selection::To(f) => {
+                flow.protocol == protocol_number(f.protocol)
+                    && flow.orig_dst.port() == f.port
+                    && f.ip.is_none_or(|ip| flow.orig_dst.ip() == ip)
+            }
         }
-        args.extend([
-            "-p".to_owned(),
-            self.protocol.as_lower_str().to_owned(),
-            "--orig-dst".to_owned(),
-            self.orig_dst.ip().to_string(),
-            "--orig-port-dst".to_owned(),
-            self.orig_dst.port().to_string(),
-            "--reply-src".to_owned(),
-            self.reply_src.ip().to_string(),
-            "--reply-port-src".to_owned(),
-            self.reply_src.port().to_string(),
-        ]);
-        args
     }
 }
 
-impl fmt::Display for StaleFlow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conntrack -D {}", self.args().join(" "))
+/// Which entries the next reconcile of a family looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pending {
+    /// None: nothing connectionless changed since the last reconcile.
+    #[default]
+    Nothing,
+    /// Those sent to these frontends (listed with kernel-side filters).
+    Frontends(BTreeSet<Frontend>),
+    /// Every UDP/SCTP entry (the first sync, or too many frontends to filter one by one).
+    All,
+}
+
+/// Above this many frontends one dump of every entry is cheaper than a filtered dump per
+/// frontend: the kernel walks its whole table for each dump, filtered or not, and at 100,000
+/// entries a filtered dump costs about a tenth of a full one (`cargo bench -p netd-kernel
+/// --bench conntrack`).
+pub const FILTERED_DUMPS_MAX: usize = 8;
+
+impl Pending {
+    /// Adds what a sync from `previous` (none: nothing is known of the kernel) to `current`
+    /// leaves to reconcile.
+    pub fn add(&mut self, previous: Option<&ServicePlan>, current: &ServicePlan) {
+        let changed = match previous {
+            Some(previous) if previous.family == current.family => {
+                changed_frontends(previous, current)
+            }
+            _ => {
+                *self = Pending::All;
+                return;
+            }
+        };
+        match self {
+            Pending::All => {}
+            _ if changed.is_empty() => {}
+            Pending::Nothing => *self = Pending::Frontends(changed),
+            Pending::Frontends(set) => set.extend(changed),
+        }
+        if matches!(self, Pending::Frontends(set) if set.len() > FILTERED_DUMPS_MAX) {
+            *self = Pending::All;
+        }
+    }
+
+    /// Whether nothing is left to reconcile.
+    pub fn is_nothing(&self) -> bool {
+        *self == Pending::Nothing
+    }
+}
+
+/// The frontends of the UDP/SCTP ports that differ between two plans of one family (added,
+/// removed, or with other endpoints), both the old and the new ones.
+pub fn changed_frontends(previous: &ServicePlan, current: &ServicePlan) -> BTreeSet<Frontend> {
+    let mut out = BTreeSet::new();
+    let names: BTreeSet<&ServicePortName> =
+        previous.ports.keys().chain(current.ports.keys()).collect();
+    for name in names.into_iter().filter(|n| is_connectionless(n.protocol)) {
+        let (old, new) = (previous.ports.get(name), current.ports.get(name));
+        if old != new {
+            out.extend(old.into_iter().chain(new).flat_map(frontends));
+        }
+    }
+    out
+}
+
+/// The protocol number conntrack entries of `protocol` carry.
+pub fn protocol_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
     }
 }
 
@@ -83,102 +136,98 @@ pub fn protocols(plan: &ServicePlan) -> BTreeSet<Protocol> {
         .collect()
 }
 
-/// Whether the UDP/SCTP part of two plans differs (a port added, removed or changed): only
-/// then can entries have gone stale.
-pub fn connectionless_changed(previous: &ServicePlan, current: &ServicePlan) -> bool {
-    fn part(plan: &ServicePlan) -> impl Iterator<Item = (&ServicePortName, &ServicePortPlan)> {
-        plan.ports
-            .iter()
-            .filter(|(n, _)| is_connectionless(n.protocol))
-    }
-    previous.family != current.family || !part(previous).eq(part(current))
-}
-
-/// The stale flows among `entries` for `plan`, one filter per (frontend, former backend), in
-/// a stable order.
-pub fn stale_flows(plan: &ServicePlan, entries: &[Entry]) -> Vec<StaleFlow> {
-    // Frontend (protocol, address or none for nodePorts, port) → serving endpoints.
-    let mut frontends: BTreeMap<(Protocol, Option<IpAddr>, u16), BTreeSet<SocketAddr>> =
+/// The stale entries among `entries` (as the kernel lists them) for `plan`, in their order.
+pub fn stale_entries(plan: &ServicePlan, entries: &[Flow]) -> Vec<Flow> {
+    // Frontend (protocol number, address or none for nodePorts, port) → serving endpoints.
+    let mut by_frontend: BTreeMap<(u8, Option<IpAddr>, u16), BTreeSet<SocketAddr>> =
         BTreeMap::new();
     for port in plan.ports.values() {
         if !is_connectionless(port.protocol()) || port.serving_endpoints.is_empty() {
             continue;
         }
         let serving: BTreeSet<SocketAddr> = port.serving_endpoints.iter().copied().collect();
-        for key in frontend_keys(port) {
-            frontends.entry(key).or_default().extend(&serving);
+        for f in frontends(port) {
+            by_frontend
+                .entry((protocol_number(f.protocol), f.ip, f.port))
+                .or_default()
+                .extend(&serving);
         }
     }
-    let mut out = BTreeSet::new();
-    for e in entries {
-        let by_ip = frontends.get(&(e.protocol, Some(e.orig_dst.ip()), e.orig_dst.port()));
-        let by_node_port = frontends.get(&(e.protocol, None, e.orig_dst.port()));
-        let Some(serving) = by_ip.or(by_node_port) else {
-            continue;
-        };
-        if !serving.contains(&e.reply_src) {
-            out.insert(StaleFlow {
-                family: plan.family,
-                protocol: e.protocol,
-                orig_dst: e.orig_dst,
-                reply_src: e.reply_src,
-            });
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// Parses `conntrack -L` output (one entry per line; the first `src=`/`dst=`/`sport=`/`dport=`
-/// are the original direction, the second the reply). Lines it cannot read are skipped.
-pub fn parse_entries(text: &str) -> Vec<Entry> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<Entry> {
-    let mut words = line.split_whitespace();
-    let protocol: Protocol = words.next()?.parse().ok()?;
-    let mut fields: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for word in words {
-        if let Some((k, v)) = word.split_once('=') {
-            fields.entry(k).or_default().push(v);
-        }
-    }
-    let field = |key: &str, n: usize| fields.get(key).and_then(|v| v.get(n)).copied();
-    let addr = |ip: &str, port: &str, n: usize| -> Option<SocketAddr> {
-        Some(SocketAddr::new(
-            field(ip, n)?.parse().ok()?,
-            field(port, n)?.parse().ok()?,
-        ))
-    };
-    Some(Entry {
-        protocol,
-        orig_src: addr("src", "sport", 0)?,
-        orig_dst: addr("dst", "dport", 0)?,
-        reply_src: addr("src", "sport", 1)?,
-    })
+    entries
+        .iter()
+        .filter(|e| {
+            let by_ip = by_frontend.get(&(e.protocol, Some(e.orig_dst.ip()), e.orig_dst.port()));
+            let by_node_port = by_frontend.get(&(e.protocol, None, e.orig_dst.port()));
+            by_ip
+                .or(by_node_port)
+                .is_some_and(|serving| !serving.contains(&e.reply_src))
+        })
+        .copied()
+        .collect()
 }
 
 fn is_connectionless(protocol: Protocol) -> bool {
     matches!(protocol, Protocol::Udp | Protocol::Sctp)
 }
 
-fn frontend_keys(port: &ServicePortPlan) -> Vec<(Protocol, Option<IpAddr>, u16)> {
+fn frontends(port: &ServicePortPlan) -> Vec<Frontend> {
     let protocol = port.protocol();
-    let mut keys: Vec<_> = std::iter::once(port.cluster_ip)
+    let mut out: Vec<_> = std::iter::once(port.cluster_ip)
         .chain(port.external_ips.iter().copied())
         .chain(port.load_balancer_ips.iter().copied())
-        .map(|ip| (protocol, Some(ip), port.port))
+        .map(|ip| Frontend {
+            protocol,
+            ip: Some(ip),
+            port: port.port,
+        })
         .collect();
     if let Some(node_port) = port.node_port {
-        keys.push((protocol, None, node_port));
+        out.push(Frontend {
+            protocol,
+            ip: None,
+            port: node_port,
+        });
     }
-    keys
+    out
+}
+
+/// Reads `conntrack -L` output (the first `src=`/`dst=`/`sport=`/`dport=` are the original
+/// direction, the second the reply), so tests can write tables as the tool prints them.
+#[cfg(test)]
+pub(crate) fn parse_listing(text: &str) -> Vec<Flow> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let protocol: Protocol = words.next()?.parse().ok()?;
+            let mut fields: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for word in words {
+                if let Some((k, v)) = word.split_once('=') {
+                    fields.entry(k).or_default().push(v);
+                }
+            }
+            let addr = |ip: &str, port: &str, n: usize| -> Option<SocketAddr> {
+                let field = |key: &str| fields.get(key).and_then(|v| v.get(n)).copied();
+                Some(SocketAddr::new(
+                    field(ip)?.parse().ok()?,
+                    field(port)?.parse().ok()?,
+                ))
+            };
+            Some(Flow {
+                protocol: protocol_number(protocol),
+                orig_src: addr("src", "sport", 0)?,
+                orig_dst: addr("dst", "dport", 0)?,
+                reply_src: addr("src", "sport", 1)?,
+                reply_dst: addr("dst", "dport", 1)?,
+                zone: 0,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use netd_model::NodeName;
-    use netd_proxy::ProxyOptions;
+    use netd_proxy::{IpFamily, ProxyOptions};
 
     use super::*;
 
@@ -210,52 +259,86 @@ udp      17 29 src=10.244.1.9 dst=10.96.0.10 sport=40003 dport=53 [UNREPLIED] sr
 udp      17 29 src=172.18.0.9 dst=172.18.0.2 sport=40004 dport=30053 src=10.244.1.6 dst=172.18.0.2 sport=53 dport=40004 mark=0 use=1
 udp      17 29 src=10.244.1.9 dst=10.96.0.99 sport=40005 dport=53 src=10.244.1.6 dst=10.244.1.9 sport=53 dport=40005 mark=0 use=1
 tcp      6 431999 ESTABLISHED src=10.244.1.9 dst=10.96.0.10 sport=40006 dport=53 src=10.244.1.6 dst=10.244.1.9 sport=53 dport=40006 [ASSURED] mark=0 use=1
-conntrack v1.4.7 (conntrack-tools): 6 flow entries have been shown.
 ";
 
     #[test]
-    fn entries_are_read_in_both_directions() {
-        let entries = parse_entries(LISTED);
+    fn listings_are_read_in_both_directions() {
+        let entries = parse_listing(LISTED);
         assert_eq!(entries.len(), 6);
-        assert_eq!(entries[0].protocol, Protocol::Udp);
+        assert_eq!(entries[0].protocol, 17);
         assert_eq!(entries[0].orig_src.to_string(), "10.244.1.9:40001");
         assert_eq!(entries[0].orig_dst.to_string(), "10.96.0.10:53");
         assert_eq!(entries[0].reply_src.to_string(), "10.244.1.5:53");
-        assert_eq!(entries[5].protocol, Protocol::Tcp);
+        assert_eq!(entries[0].reply_dst.to_string(), "10.244.1.9:40001");
+        assert_eq!(entries[5].protocol, 6);
     }
 
     #[test]
     fn flows_to_a_gone_endpoint_or_never_dnated_are_stale_and_tcp_is_not_looked_at() {
         let plan = dns(&[("10.244.1.5", true), ("10.244.1.6", false)]);
-        let shown: Vec<String> = stale_flows(&plan, &parse_entries(LISTED))
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let entries = parse_listing(LISTED);
         assert_eq!(
-            shown,
-            [
-                "conntrack -D -p udp --orig-dst 10.96.0.10 --orig-port-dst 53 --reply-src 10.96.0.10 --reply-port-src 53",
-                "conntrack -D -p udp --orig-dst 10.96.0.10 --orig-port-dst 53 --reply-src 10.244.1.6 --reply-port-src 53",
-                "conntrack -D -p udp --orig-dst 172.18.0.2 --orig-port-dst 30053 --reply-src 10.244.1.6 --reply-port-src 53",
-            ]
+            stale_entries(&plan, &entries),
+            [entries[1], entries[2], entries[3]]
         );
     }
 
     #[test]
     fn a_port_without_endpoints_and_a_baseline_with_every_endpoint_serving_delete_nothing() {
-        let entries = parse_entries(LISTED);
-        assert!(stale_flows(&dns(&[]), &entries).is_empty());
+        let entries = parse_listing(LISTED);
+        assert!(stale_entries(&dns(&[]), &entries).is_empty());
         let both = dns(&[("10.244.1.5", true), ("10.244.1.6", true)]);
-        let stale = stale_flows(&both, &entries);
-        assert_eq!(stale.len(), 1, "only the never-DNATed flow: {stale:?}");
+        assert_eq!(
+            stale_entries(&both, &entries),
+            [entries[2]],
+            "only the never-DNATed flow"
+        );
         assert_eq!(protocols(&both), [Protocol::Udp].into());
     }
 
     #[test]
-    fn only_connectionless_changes_call_for_a_reconcile() {
+    fn a_reconcile_looks_at_the_frontends_of_changed_connectionless_ports_only() {
         let a = dns(&[("10.244.1.5", true)]);
         let b = dns(&[("10.244.1.5", true), ("10.244.1.6", true)]);
-        assert!(!connectionless_changed(&a, &a));
-        assert!(connectionless_changed(&a, &b));
+        assert!(changed_frontends(&a, &a).is_empty());
+        let frontend = |ip: Option<&str>, port| Frontend {
+            protocol: Protocol::Udp,
+            ip: ip.map(|ip| ip.parse().expect("ip")),
+            port,
+        };
+        // The UDP port's ClusterIP and nodePort; the TCP port (same endpoints) is not looked at.
+        let changed = BTreeSet::from([frontend(Some("10.96.0.10"), 53), frontend(None, 30053)]);
+        assert_eq!(changed_frontends(&a, &b), changed);
+
+        let mut pending = Pending::default();
+        pending.add(Some(&a), &a);
+        assert!(pending.is_nothing());
+        pending.add(Some(&a), &b);
+        assert_eq!(pending, Pending::Frontends(changed.clone()));
+        // A failed reconcile keeps what it had and adds the next change.
+        pending.add(Some(&b), &a);
+        assert_eq!(pending, Pending::Frontends(changed));
+        pending.add(None, &a);
+        assert_eq!(pending, Pending::All, "nothing known of the kernel");
+        pending.add(Some(&a), &a);
+        assert_eq!(pending, Pending::All);
+    }
+
+    #[test]
+    fn many_changed_frontends_make_one_full_listing() {
+        let mut pending = Pending::Frontends(
+            (0..FILTERED_DUMPS_MAX as u16)
+                .map(|port| Frontend {
+                    protocol: Protocol::Udp,
+                    ip: None,
+                    port: 31000 + port,
+                })
+                .collect(),
+        );
+        pending.add(
+            Some(&dns(&[("10.244.1.5", true)])),
+            &dns(&[("10.244.1.6", true)]),
+        );
+        assert_eq!(pending, Pending::All);
     }
 }

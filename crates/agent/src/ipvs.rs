@@ -101,8 +101,8 @@ pub struct Ipvs {
     draining: BTreeMap<(VirtualAddr, SocketAddr), Instant>,
     /// Set after a failed sync (the kernel may hold anything) or on request.
     full_next: bool,
-    /// Set when a conntrack clean-up failed, to run again after the next sync.
-    conntrack_pending: bool,
+    /// What the next conntrack reconcile looks at (kept after a failed one).
+    conntrack_pending: crate::conntrack::Pending,
     metrics: SyncMetrics,
 }
 
@@ -232,13 +232,8 @@ impl Ipvs {
             (SyncKind::Partial, Some(previous)) => next.plan.changed_services(previous),
             _ => next.plan.ports.keys().map(|n| n.service.clone()).collect(),
         };
-        if self
-            .applied_plan
-            .as_ref()
-            .is_none_or(|previous| crate::conntrack::connectionless_changed(previous, &next.plan))
-        {
-            self.conntrack_pending = true;
-        }
+        self.conntrack_pending
+            .add(self.applied_plan.as_ref(), &next.plan);
         self.applied_plan = Some(next.plan);
         Ok(FamilySync {
             family: IpFamily::V4,
@@ -290,16 +285,25 @@ impl Ipvs {
         netns: &str,
         done: &mut FamilySync,
     ) -> Result<(), AgentError> {
-        let (true, Some(plan)) = (self.conntrack_pending, &self.applied_plan) else {
+        let Some(plan) = self
+            .applied_plan
+            .as_ref()
+            .filter(|_| !self.conntrack_pending.is_nothing())
+        else {
             return Ok(());
         };
-        let deleted = crate::sync::reconcile_plan(&mut InNamespace::new(netns), done.family, plan)
-            .map_err(|source| AgentError::ConntrackCleanupFailed {
-                namespace: netns.to_owned(),
-                family: done.family,
-                source,
-            })?;
-        self.conntrack_pending = false;
+        let deleted = crate::sync::reconcile(
+            &mut InNamespace::new(netns),
+            done.family,
+            plan,
+            &self.conntrack_pending,
+        )
+        .map_err(|source| AgentError::ConntrackCleanupFailed {
+            namespace: netns.to_owned(),
+            family: done.family,
+            source,
+        })?;
+        self.conntrack_pending = crate::conntrack::Pending::Nothing;
         done.conntrack_deleted = deleted;
         self.metrics.conntrack_deleted_add(done.family, deleted);
         Ok(())

@@ -30,7 +30,9 @@
 //!    have (so a hook is never duplicated);
 //! 3. `ipset destroy` of our sets that are no longer used (nothing refers to them any more);
 //! 4. the conntrack reconciler ([`conntrack`]): stale UDP/SCTP entries of Services whose
-//!    endpoints changed are deleted (never TCP).
+//!    endpoints changed are deleted (never TCP) over ctnetlink: after the first sync only the
+//!    entries sent to changed frontends are dumped (filtered in the kernel), then deleted by
+//!    exact tuple in one datagram.
 //!
 //! The first sync, and the first after a failed one, is **full**: every chain is written.
 //! Later syncs are **partial**, as kube-proxy's (KEP-3453): the filter table, the top-level

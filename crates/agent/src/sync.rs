@@ -18,8 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use netd_kernel::{KernelError, netns, rules as kernel};
-use netd_model::{Protocol, ServiceRef};
+use netd_kernel::nftnl::conntrack::Flow;
+use netd_kernel::{KernelError, netns, nftnl, rules as kernel};
+use netd_model::ServiceRef;
 use netd_proxy::{IpFamily, ServicePlan};
 use netd_render::chains::is_service_chain;
 use netd_render::{ChainName, SyncScope};
@@ -28,7 +29,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::apply::{Extras, Saved, declared_chains, hook_lines, with_extras};
-use crate::conntrack;
+use crate::conntrack::{self, Frontend, Selection};
 use crate::error::AgentError;
 use crate::rules::{FamilyRules, Hook, NodeRules};
 use crate::{is_owned_chain, is_owned_set};
@@ -45,14 +46,14 @@ pub trait Applier {
     fn save(&mut self, family: IpFamily) -> Result<String, KernelError>;
     /// `iptables-restore --noflush` (`ip6tables-restore` for IPv6) of `payload`, atomically.
     fn restore(&mut self, family: IpFamily, payload: &str) -> Result<(), KernelError>;
-    /// `conntrack -L` of one family and protocol.
+    /// The conntrack entries of one family that `selection` names (filtered in the kernel).
     fn list_conntrack(
         &mut self,
         family: IpFamily,
-        protocol: Protocol,
-    ) -> Result<String, KernelError>;
-    /// `conntrack -D` with these arguments; returns how many entries were deleted.
-    fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError>;
+        selection: Selection,
+    ) -> Result<Vec<Flow>, KernelError>;
+    /// Deletes these conntrack entries; returns how many the kernel deleted.
+    fn delete_conntrack(&mut self, flows: &[Flow]) -> Result<usize, KernelError>;
 }
 
 /// The real [`Applier`]: the standard tools, run inside a named network namespace.
@@ -65,6 +66,13 @@ impl InNamespace {
     /// The namespace `name` (`/run/netns/NAME`).
     pub fn new(name: impl Into<String>) -> Self {
         Self { name: name.into() }
+    }
+
+    fn conntrack_failed(&self, source: nftnl::NftError) -> KernelError {
+        KernelError::ConntrackFailed {
+            namespace: self.name.clone(),
+            source: Box::new(source),
+        }
     }
 }
 
@@ -101,29 +109,47 @@ impl Applier for InNamespace {
     fn list_conntrack(
         &mut self,
         family: IpFamily,
-        protocol: Protocol,
-    ) -> Result<String, KernelError> {
+        selection: Selection,
+    ) -> Result<Vec<Flow>, KernelError> {
         let family = match family {
-            IpFamily::V4 => "ipv4",
-            IpFamily::V6 => "ipv6",
+            IpFamily::V4 => nftnl::Family::Ip,
+            IpFamily::V6 => nftnl::Family::Ip6,
         };
-        let out = netns::exec(
-            &self.name,
-            &[
-                "conntrack",
-                "-L",
-                "-f",
+        let listed = match selection {
+            Selection::Protocol(protocol) => nftnl::conntrack::list_protocol(
+                &self.name,
                 family,
-                "-p",
-                protocol.as_lower_str(),
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                conntrack::protocol_number(protocol),
+                None,
+            ),
+            Selection::To(Frontend {
+                protocol,
+                ip: None,
+                port,
+            }) => nftnl::conntrack::list_protocol(
+                &self.name,
+                family,
+                conntrack::protocol_number(protocol),
+                Some(port),
+            ),
+            Selection::To(Frontend {
+                protocol,
+                ip: Some(ip),
+                port,
+            }) => nftnl::conntrack::list(
+                &self.name,
+                &nftnl::conntrack::FlowFilter {
+                    protocol: conntrack::protocol_number(protocol),
+                    orig_dst: std::net::SocketAddr::new(ip, port),
+                    reply_src: None,
+                },
+            ),
+        };
+        listed.map_err(|e| self.conntrack_failed(e))
     }
 
-    fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kernel::conntrack_delete(&self.name, &args)
+    fn delete_conntrack(&mut self, flows: &[Flow]) -> Result<usize, KernelError> {
+        nftnl::conntrack::delete(&self.name, flows).map_err(|e| self.conntrack_failed(e))
     }
 }
 
@@ -260,8 +286,8 @@ pub struct SyncEngine {
     kernel: BTreeMap<IpFamily, String>,
     /// Set after a failed sync (the kernel may hold anything) or on request: write everything.
     full_next: bool,
-    /// Families whose conntrack reconcile failed, to run again after the next sync.
-    conntrack_pending: BTreeSet<IpFamily>,
+    /// What each family's next conntrack reconcile looks at (kept after a failed one).
+    conntrack_pending: BTreeMap<IpFamily, conntrack::Pending>,
     metrics: SyncMetrics,
 }
 
@@ -326,37 +352,37 @@ impl SyncEngine {
         for done in &report.families {
             self.metrics.synced(done.family, done.kind);
         }
-        let mut reconcile = BTreeSet::new();
         self.applied
+            .retain(|family, _| rules.family(*family).is_some());
+        self.conntrack_pending
             .retain(|family, _| rules.family(*family).is_some());
         for family in rules.families {
             let key = family.family();
-            let due = self.conntrack_pending.contains(&key)
-                || self
-                    .applied
-                    .get(&key)
-                    .is_none_or(|prev| conntrack::connectionless_changed(&prev.plan, &family.plan));
-            if due {
-                reconcile.insert(key);
-            }
+            let previous = self.applied.get(&key).map(|p| &p.plan);
+            self.conntrack_pending
+                .entry(key)
+                .or_default()
+                .add(previous, &family.plan);
             self.applied.insert(key, family);
         }
         let mut failure = None;
         for done in &mut report.families {
-            let Some(applied) = self.applied.get(&done.family) else {
+            let (Some(applied), Some(pending)) = (
+                self.applied.get(&done.family),
+                self.conntrack_pending.get(&done.family),
+            ) else {
                 continue;
             };
-            if !reconcile.contains(&done.family) {
+            if pending.is_nothing() {
                 continue;
             }
-            match reconcile_conntrack(applier, applied) {
+            match reconcile(applier, done.family, &applied.plan, pending) {
                 Ok(n) => {
                     done.conntrack_deleted = n;
                     self.conntrack_pending.remove(&done.family);
                     self.metrics.conntrack_deleted_add(done.family, n);
                 }
                 Err(source) => {
-                    self.conntrack_pending.insert(done.family);
                     failure.get_or_insert(AgentError::ConntrackCleanupFailed {
                         namespace: applier.namespace().to_owned(),
                         family: done.family,
@@ -532,30 +558,33 @@ fn changed_chains(previous: &FamilyRules, current: &FamilyRules) -> BTreeSet<Ser
     changed
 }
 
-/// Lists the family's UDP/SCTP entries and deletes the stale ones; returns how many.
-fn reconcile_conntrack(
-    applier: &mut dyn Applier,
-    rules: &FamilyRules,
-) -> Result<usize, KernelError> {
-    reconcile_plan(applier, rules.family(), &rules.plan)
-}
-
-/// Deletes the UDP/SCTP conntrack entries of `family` that `plan` makes stale; returns how
-/// many went.
-pub(crate) fn reconcile_plan(
+/// Deletes the UDP/SCTP conntrack entries of `family` that `plan` makes stale among those
+/// `pending` names; returns how many went.
+pub(crate) fn reconcile(
     applier: &mut dyn Applier,
     family: IpFamily,
     plan: &ServicePlan,
+    pending: &conntrack::Pending,
 ) -> Result<usize, KernelError> {
-    let mut deleted = 0;
-    for protocol in conntrack::protocols(plan) {
-        let listed = applier.list_conntrack(family, protocol)?;
-        let entries = conntrack::parse_entries(&listed);
-        for stale in conntrack::stale_flows(plan, &entries) {
-            deleted += applier.delete_conntrack(&stale.args())?;
+    let mut listed = Vec::new();
+    match pending {
+        conntrack::Pending::Nothing => return Ok(0),
+        conntrack::Pending::All => {
+            for protocol in conntrack::protocols(plan) {
+                listed.extend(applier.list_conntrack(family, Selection::Protocol(protocol))?);
+            }
+        }
+        conntrack::Pending::Frontends(frontends) => {
+            for frontend in frontends {
+                listed.extend(applier.list_conntrack(family, Selection::To(*frontend))?);
+            }
+            // A nodePort's listing can hold entries another frontend's holds too.
+            listed.sort();
+            listed.dedup();
         }
     }
-    Ok(deleted)
+    // One datagram of exact-tuple deletions for every stale entry of the family.
+    applier.delete_conntrack(&conntrack::stale_entries(plan, &listed))
 }
 
 fn family_label(family: IpFamily) -> &'static str {
@@ -573,7 +602,7 @@ fn sync_labels(family: IpFamily, kind: SyncKind) -> [(&'static str, &'static str
 mod tests {
     use std::collections::BTreeMap;
 
-    use netd_model::{ClusterConfig, ClusterState, NodeName};
+    use netd_model::{ClusterConfig, ClusterState, NodeName, Protocol};
     use pretty_assertions::assert_eq;
 
     use netd_render::chains::ServiceChains;
@@ -588,10 +617,11 @@ mod tests {
         tables: BTreeMap<(IpFamily, String), BTreeMap<String, Vec<String>>>,
         restores: Vec<(IpFamily, String)>,
         fail_next_restore: bool,
-        conntrack: String,
+        conntrack: Vec<Flow>,
         conntrack_lists: usize,
+        selections: Vec<Selection>,
         fail_next_conntrack: bool,
-        deleted: Vec<String>,
+        deleted: Vec<Flow>,
         saves: usize,
     }
 
@@ -695,18 +725,28 @@ mod tests {
             self.tables.retain(|(_, t), _| !t.is_empty());
             Ok(())
         }
-        fn list_conntrack(&mut self, _: IpFamily, _: Protocol) -> Result<String, KernelError> {
+        fn list_conntrack(
+            &mut self,
+            _: IpFamily,
+            selection: Selection,
+        ) -> Result<Vec<Flow>, KernelError> {
+            self.selections.push(selection);
             self.conntrack_lists += 1;
             if std::mem::take(&mut self.fail_next_conntrack) {
                 return Err(KernelError::EmptyCommand {
                     namespace: "fake".into(),
                 });
             }
-            Ok(self.conntrack.clone())
+            Ok(self
+                .conntrack
+                .iter()
+                .filter(|f| selection.selects(f))
+                .copied()
+                .collect())
         }
-        fn delete_conntrack(&mut self, args: &[String]) -> Result<usize, KernelError> {
-            self.deleted.push(args.join(" "));
-            Ok(1)
+        fn delete_conntrack(&mut self, flows: &[Flow]) -> Result<usize, KernelError> {
+            self.deleted.extend(flows);
+            Ok(flows.len())
         }
     }
 
@@ -954,7 +994,7 @@ udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst
     #[test]
     fn conntrack_is_reconciled_on_start_and_after_udp_changes_only() {
         let mut k = FakeKernel {
-            conntrack: DNS_FLOWS.to_owned(),
+            conntrack: conntrack::parse_listing(DNS_FLOWS),
             ..FakeKernel::default()
         };
         let mut engine = SyncEngine::new();
@@ -968,12 +1008,7 @@ udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst
         // Restart: the flow to the serving endpoint .53 survives; the one to .54 is stale.
         let first = engine.sync(&mut k, dns("10.244.1.53")).expect("first");
         assert_eq!(k.conntrack_lists, 1);
-        assert_eq!(
-            k.deleted,
-            [
-                "-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.54 --reply-port-src 53"
-            ]
-        );
+        assert_eq!(k.deleted, [k.conntrack[1]], "the flow to .54");
         assert_eq!(first.families[0].conntrack_deleted, 1);
         // A TCP change does not list conntrack at all.
         let tcp = rules(&cluster(
@@ -987,19 +1022,27 @@ udp 17 29 src=10.244.1.9 dst=10.96.0.12 sport=40002 dport=53 src=10.244.1.54 dst
         k.deleted.clear();
         engine.sync(&mut k, dns("10.244.1.54")).expect("moved");
         assert_eq!(k.conntrack_lists, 2);
+        // The first reconcile reads every UDP entry, the next only those sent to the Service
+        // that changed.
         assert_eq!(
-            k.deleted,
+            k.selections,
             [
-                "-p udp --orig-dst 10.96.0.12 --orig-port-dst 53 --reply-src 10.244.1.53 --reply-port-src 53"
+                Selection::Protocol(Protocol::Udp),
+                Selection::To(Frontend {
+                    protocol: Protocol::Udp,
+                    ip: Some("10.96.0.12".parse().expect("ip")),
+                    port: 53
+                })
             ]
         );
+        assert_eq!(k.deleted, [k.conntrack[0]], "the flow to .53");
         assert_eq!(engine.metrics().conntrack_deleted(IpFamily::V4), 2);
     }
 
     #[test]
     fn a_failed_conntrack_cleanup_keeps_the_rules_and_is_retried_after_the_next_sync() {
         let mut k = FakeKernel {
-            conntrack: DNS_FLOWS.to_owned(),
+            conntrack: conntrack::parse_listing(DNS_FLOWS),
             fail_next_conntrack: true,
             ..FakeKernel::default()
         };

@@ -118,6 +118,15 @@ pub enum KernelError {
         /// What is wrong with the reply.
         reason: &'static str,
     },
+    /// Listing or deleting conntrack entries over ctnetlink failed.
+    #[error("conntrack clean-up failed in namespace {namespace:?}")]
+    ConntrackFailed {
+        /// The namespace.
+        namespace: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::nftnl::NftError>,
+    },
     /// The kernel has no IPVS (the `ip_vs` module is missing or cannot be loaded).
     #[error("the kernel has no IPVS for namespace {namespace:?} (is the ip_vs module available?)")]
     IpvsUnavailable {

@@ -1,4 +1,4 @@
-//! Rule sets applied atomically into a namespace, and conntrack clean-up.
+//! Rule sets applied atomically into a namespace.
 
 use std::process::Command;
 
@@ -65,51 +65,8 @@ pub fn nft_tables(ns: &str) -> Result<Vec<(String, String)>, KernelError> {
         .collect())
 }
 
-/// Deletes the conntrack entries in `ns` matching `filter` (arguments of `conntrack -D`, such
-/// as `["--orig-dst", "10.96.0.10", "-p", "udp"]`). Returns how many were deleted; none
-/// matching is not an error.
-pub fn conntrack_delete(ns: &str, filter: &[&str]) -> Result<usize, KernelError> {
-    let mut cmd = netns::command(ns, "conntrack")?;
-    cmd.arg("-D").args(filter);
-    match run(&mut cmd, None) {
-        Ok(out) => Ok(deleted_count(&String::from_utf8_lossy(&out.stderr))),
-        // conntrack exits 1 when nothing matched, with "0 flow entries have been deleted".
-        Err(KernelError::CommandFailed { stderr, .. }) if stderr.contains(" 0 flow entries") => {
-            Ok(0)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Deletes the UDP conntrack entries in `ns` whose original destination is `ip`, as kube-proxy
-/// does when a UDP Service loses its endpoints (stale entries would blackhole the flow).
-pub fn conntrack_delete_udp_to(ns: &str, ip: std::net::IpAddr) -> Result<usize, KernelError> {
-    let ip = ip.to_string();
-    conntrack_delete(ns, &["--orig-dst", &ip, "-p", "udp"])
-}
-
 fn restore(ns: &str, program: &str, args: &[&str], payload: &str) -> Result<(), KernelError> {
     let mut cmd: Command = netns::command(ns, program)?;
     cmd.args(args);
     run(&mut cmd, Some(payload.as_bytes())).map(drop)
-}
-
-fn deleted_count(stderr: &str) -> usize {
-    stderr
-        .lines()
-        .find(|l| l.contains("flow entries have been deleted"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conntrack_counts_are_read_from_its_summary() {
-        let stderr = "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n";
-        assert_eq!(deleted_count(stderr), 3);
-        assert_eq!(deleted_count(""), 0);
-    }
 }

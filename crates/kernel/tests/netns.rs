@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 
 use netd_kernel::ipvs::{FLAG_PERSISTENT, Ipvs, IpvsDest, IpvsProtocol, IpvsService};
+use netd_kernel::nftnl::Family;
+use netd_kernel::nftnl::conntrack;
 use netd_kernel::{KernelError, link, netns, rules};
 
 mod common;
@@ -89,30 +91,52 @@ fn batches_routes_and_deletion() {
 }
 
 #[test]
-fn conntrack_entries_are_deleted_by_destination() {
-    let a = Ns::new("ktest", "ct-a");
-    let b = Ns::new("ktest", "ct-b");
-    link::add_veth(&a.0, "va", &b.0, "vb").expect("veth");
-    link::add_address(&a.0, "va", ip("192.0.2.1"), 24).expect("addr a");
-    link::add_address(&b.0, "vb", ip("192.0.2.2"), 24).expect("addr b");
-    // A conntrack match makes the kernel track this namespace's flows.
-    rules::iptables_restore(
-        &a.0,
-        "*filter\n-A OUTPUT -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n",
-    )
-    .expect("rules");
-    let a_name = a.0.clone();
+fn conntrack_entries_are_listed_by_family_and_protocol_and_deleted_by_tuple() {
+    let a = Ns::new("ktest", "ct");
+    // A conntrack match makes the kernel track this namespace's flows, per family.
+    let track = "*filter\n-A OUTPUT -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n";
+    rules::iptables_restore(&a.0, track).expect("ipv4 rules");
+    rules::ip6tables_restore(&a.0, track).expect("ipv6 rules");
+    let name = a.0.clone();
     std::thread::spawn(move || {
-        netns::enter(&a_name).expect("enter");
-        let socket = std::net::UdpSocket::bind("192.0.2.1:0").expect("bind");
-        socket.send_to(b"x", "192.0.2.2:9").expect("send");
+        netns::enter(&name).expect("enter");
+        for (from, to) in [("127.0.0.1:0", "127.0.0.1:9"), ("[::1]:0", "[::1]:9")] {
+            let socket = std::net::UdpSocket::bind(from).expect("bind");
+            socket.send_to(b"x", to).expect("send");
+        }
+        // A connection that closes stays tracked (TIME_WAIT).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let _server = listener.accept().expect("accept");
     })
     .join()
     .expect("sender");
-    assert!(rules::conntrack_delete_udp_to(&a.0, ip("192.0.2.2")).expect("delete") >= 1);
+    let udp_v4 = conntrack::list_protocol(&a.0, Family::Ip, conntrack::UDP, None).expect("list");
+    assert_eq!(udp_v4.len(), 1, "{udp_v4:?}");
+    assert_eq!(udp_v4[0].orig_dst.to_string(), "127.0.0.1:9");
+    let tcp = conntrack::list_protocol(&a.0, Family::Ip, 6, None).expect("list tcp");
+    assert!(
+        tcp.iter().all(|f| f.protocol == 6) && !tcp.is_empty(),
+        "{tcp:?}"
+    );
+    let udp =
+        conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, None).expect("list both");
+    assert_eq!(udp.len(), 2, "{udp:?}");
+    assert_eq!(udp[1].orig_dst.to_string(), "[::1]:9");
+    let to_port = |port| conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, Some(port));
+    assert_eq!(to_port(9).expect("to port 9"), udp);
+    assert!(to_port(10).expect("to port 10").is_empty());
+    assert_eq!(conntrack::delete(&a.0, &udp).expect("delete"), 2);
+    assert_eq!(conntrack::delete(&a.0, &udp).expect("gone already"), 0);
+    assert!(
+        conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, None)
+            .expect("list again")
+            .is_empty()
+    );
     assert_eq!(
-        rules::conntrack_delete_udp_to(&a.0, ip("192.0.2.2")).expect("none left"),
-        0
+        conntrack::list_protocol(&a.0, Family::Ip, 6, None).expect("tcp kept"),
+        tcp
     );
 }
 

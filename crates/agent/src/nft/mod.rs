@@ -20,7 +20,7 @@
 
 pub mod lower;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use netd_kernel::nftnl::Transaction;
 use netd_kernel::{KernelError, rules as kernel};
@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use crate::backend::{Backend, Mode};
 use crate::error::AgentError;
 use crate::programmer::families;
-use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile_plan};
+use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile};
 
 /// What one family's table is rendered from and into.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +52,8 @@ pub struct Nftables {
     applied: BTreeMap<IpFamily, FamilyTable>,
     /// Set after a failed sync (the kernel may hold anything) or on request.
     full_next: bool,
-    /// Families whose conntrack clean-up failed, to run again after the next sync.
-    conntrack_pending: BTreeSet<IpFamily>,
+    /// What each family's next conntrack reconcile looks at (kept after a failed one).
+    conntrack_pending: BTreeMap<IpFamily, crate::conntrack::Pending>,
     metrics: SyncMetrics,
 }
 
@@ -165,10 +165,10 @@ impl Backend for Nftables {
                 (SyncKind::Partial, Some(previous)) => next.plan.changed_services(&previous.plan),
                 _ => next.plan.ports.keys().map(|n| n.service.clone()).collect(),
             };
-            let due = self.conntrack_pending.contains(&family)
-                || self.applied.get(&family).is_none_or(|previous| {
-                    crate::conntrack::connectionless_changed(&previous.plan, &next.plan)
-                });
+            self.conntrack_pending
+                .entry(family)
+                .or_default()
+                .add(self.applied.get(&family).map(|p| &p.plan), &next.plan);
             report.families.push(FamilySync {
                 family,
                 kind,
@@ -177,9 +177,6 @@ impl Backend for Nftables {
                 conntrack_deleted: 0,
             });
             self.applied.insert(family, next);
-            if due {
-                self.conntrack_pending.insert(family);
-            }
         }
         self.full_next = false;
         self.reconcile_conntrack(netns, &mut report)?;
@@ -211,13 +208,16 @@ impl Nftables {
         let mut failure = None;
         for done in &mut report.families {
             let family = done.family;
-            let (true, Some(applied)) = (
-                self.conntrack_pending.contains(&family),
+            let (Some(pending), Some(applied)) = (
+                self.conntrack_pending.get(&family),
                 self.applied.get(&family),
             ) else {
                 continue;
             };
-            match reconcile_plan(&mut applier, family, &applied.plan) {
+            if pending.is_nothing() {
+                continue;
+            }
+            match reconcile(&mut applier, family, &applied.plan, pending) {
                 Ok(n) => {
                     done.conntrack_deleted = n;
                     self.conntrack_pending.remove(&family);

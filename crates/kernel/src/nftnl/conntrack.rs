@@ -8,11 +8,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::NftError;
 use super::socket::{in_netns, io_err, open, recv};
 use super::wire::{
     self, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, Reply, TooLong, Writer,
 };
+use super::{Family, NftError};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -73,7 +73,34 @@ pub struct FlowFilter {
 
 /// The entries in `netns` that `filter` selects, sorted.
 pub fn list(netns: &str, filter: &FlowFilter) -> Result<Vec<Flow>, NftError> {
-    in_netns(netns, || dump(filter))
+    in_netns(netns, || dump(&Select::To(filter)))
+}
+
+/// Every entry of `protocol` in `netns`, of `family` ([`Family::Inet`]: both), sorted, and
+/// with `dst_port` only those sent to that port on any address (a nodePort). The kernel
+/// filters by protocol and port, so other entries are not copied out.
+pub fn list_protocol(
+    netns: &str,
+    family: Family,
+    protocol: u8,
+    dst_port: Option<u16>,
+) -> Result<Vec<Flow>, NftError> {
+    in_netns(netns, || {
+        let mut flows = Vec::new();
+        for v6 in match family {
+            Family::Ip => &[false][..],
+            Family::Ip6 => &[true][..],
+            Family::Inet => &[false, true][..],
+        } {
+            flows.extend(dump(&Select::Protocol {
+                v6: *v6,
+                protocol,
+                dst_port,
+            })?);
+        }
+        flows.sort();
+        Ok(flows)
+    })
 }
 
 /// Deletes these entries (by their exact original tuple) in `netns`; returns how many the
@@ -99,7 +126,7 @@ pub fn delete_udp_flows(
         reply_src,
     };
     in_netns(netns, || {
-        let flows = dump(&filter)?;
+        let flows = dump(&Select::To(&filter))?;
         if flows.is_empty() {
             return Ok(0);
         }
@@ -107,17 +134,82 @@ pub fn delete_udp_flows(
     })
 }
 
-fn dump(filter: &FlowFilter) -> Result<Vec<Flow>, NftError> {
-    let what = || format!("list conntrack entries to {}", filter.orig_dst);
+/// What a dump selects.
+enum Select<'a> {
+    /// The entries a [`FlowFilter`] matches.
+    To(&'a FlowFilter),
+    /// Every entry of one family and protocol (sent to one port, if given).
+    Protocol {
+        v6: bool,
+        protocol: u8,
+        dst_port: Option<u16>,
+    },
+}
+
+impl Select<'_> {
+    fn nfproto(&self) -> u8 {
+        match self {
+            Select::To(filter) => family(filter.orig_dst.ip()),
+            Select::Protocol { v6: false, .. } => 2,
+            Select::Protocol { v6: true, .. } => 10,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Select::To(filter) => format!("list conntrack entries to {}", filter.orig_dst),
+            Select::Protocol {
+                protocol,
+                dst_port: None,
+                ..
+            } => format!("list conntrack entries of protocol {protocol}"),
+            Select::Protocol {
+                protocol,
+                dst_port: Some(port),
+                ..
+            } => format!("list conntrack entries of protocol {protocol} to port {port}"),
+        }
+    }
+
+    /// Whether `flow` is selected (applied to what the kernel returned, so a kernel that
+    /// filters less than asked still gives the right answer).
+    fn selects(&self, flow: &Flow) -> bool {
+        match self {
+            Select::To(filter) => {
+                flow.protocol == filter.protocol
+                    && flow.orig_dst == filter.orig_dst
+                    && filter.reply_src.is_none_or(|src| flow.reply_src == src)
+            }
+            Select::Protocol {
+                v6,
+                protocol,
+                dst_port,
+            } => {
+                flow.protocol == *protocol
+                    && flow.orig_dst.is_ipv6() == *v6
+                    && dst_port.is_none_or(|port| flow.orig_dst.port() == port)
+            }
+        }
+    }
+}
+
+fn dump(select: &Select<'_>) -> Result<Vec<Flow>, NftError> {
+    let what = || select.describe();
     let mut w = Writer::default();
     let start = w.begin(
         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
-        family(filter.orig_dst.ip()),
+        select.nfproto(),
         0,
     );
-    encode_filter(&mut w, filter).map_err(|TooLong| NftError::TooLarge { what: what() })?;
+    let encoded = match select {
+        Select::To(filter) => encode_filter(&mut w, filter),
+        Select::Protocol {
+            protocol, dst_port, ..
+        } => encode_protocol_filter(&mut w, *protocol, *dst_port),
+    };
+    encoded.map_err(|TooLong| NftError::TooLarge { what: what() })?;
     w.end(start);
     let socket = open(64 * 1024, 4 << 20)?;
     socket
@@ -136,7 +228,7 @@ fn dump(filter: &FlowFilter) -> Result<Vec<Flow>, NftError> {
                 NLMSG_ERROR => check_ack(&reply, len, &what)?,
                 _ => {
                     let flow = parse_flow(reply.payload).ok_or(NftError::MalformedReply { len })?;
-                    if selects(filter, &flow) {
+                    if select.selects(&flow) {
                         flows.push(flow);
                     }
                 }
@@ -280,12 +372,27 @@ fn ip_flag(flag: u32, v6: bool) -> u32 {
     if v6 { 0 } else { flag }
 }
 
-/// Whether `flow` is one `filter` selects (applied to what the kernel returned, so a kernel
-/// that filters less than asked still gives the right answer).
-fn selects(filter: &FlowFilter, flow: &Flow) -> bool {
-    flow.protocol == filter.protocol
-        && flow.orig_dst == filter.orig_dst
-        && filter.reply_src.is_none_or(|src| flow.reply_src == src)
+/// The dump's kernel-side filter for one protocol: the original tuple's protocol number, and
+/// its destination port when given.
+fn encode_protocol_filter(
+    w: &mut Writer,
+    protocol: u8,
+    dst_port: Option<u16>,
+) -> Result<(), TooLong> {
+    let tuple = w.open(CTA_TUPLE_ORIG);
+    let proto = w.open(CTA_TUPLE_PROTO);
+    w.put(CTA_PROTO_NUM, &[protocol])?;
+    let mut flags = FILTER_PROTO_NUM;
+    if let Some(port) = dst_port {
+        w.put(CTA_PROTO_DST_PORT, &port.to_be_bytes())?;
+        flags |= FILTER_PROTO_DST_PORT;
+    }
+    w.close(proto)?;
+    w.close(tuple)?;
+    let nest = w.open(CTA_FILTER);
+    w.put(CTA_FILTER_ORIG_FLAGS, &flags.to_ne_bytes())?;
+    w.put(CTA_FILTER_REPLY_FLAGS, &0u32.to_ne_bytes())?;
+    w.close(nest)
 }
 
 fn encode_tuple(w: &mut Writer, kind: u16, flow: &Flow) -> Result<(), TooLong> {
