@@ -2,8 +2,9 @@
 # Runs every benchmark and prints one table of medians.
 #
 # Criterion benches (pure: control plane, policy, render, DNS zone) are run with --quick and
-# read back from target/criterion/**/new/estimates.json; the kernel benches (lab, agent apply:
-# real namespaces, need root) print their own tables, which are passed through.
+# read back from target/criterion/**/new/estimates.json; the kernel benches (lab, agent apply,
+# conntrack: real namespaces, need root) and the API server's list with the real kubectl print
+# their own tables, which are passed through.
 # Usage: scripts/bench.sh [--no-kernel]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +49,8 @@ if [ "$kernel" = 1 ]; then
   cargo bench -q -p netd-agent --bench apply 2>/dev/null
   echo
   cargo bench -q -p netd-kernel --bench conntrack 2>/dev/null
+  if [ -x /usr/bin/kubectl ]; then
+    echo
+    cargo bench -q -p netd-apiserver --bench list 2>/dev/null
+  fi
 fi
