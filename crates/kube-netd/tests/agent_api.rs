@@ -77,6 +77,36 @@ impl Drop for Server {
 /// The agent process, killed by PID on drop.
 struct Agent(Child);
 
+/// The argument that marks our agent processes (checked before signalling one by PID).
+const AGENT_MARKER: &str = "--hostname-override=node-1";
+
+impl Agent {
+    /// `kube-netd agent` for node-1 inside `ns`, against the API server of `kubeconfig`.
+    fn start(ns: &str, kubeconfig: &std::path::Path, mode: &str) -> Agent {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_kube-netd")])
+            .arg("agent")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                AGENT_MARKER,
+                &format!("--proxy-mode={mode}"),
+                "--min-sync-period=100ms",
+                "--healthz-bind-address=127.0.0.1:10256",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        Agent(child)
+    }
+
+    /// Stops the agent with `signal` and waits for it to exit.
+    fn stop(&mut self, signal: netd_kernel::process::Signal) {
+        netd_kernel::process::signal_if_ours(self.0.id(), AGENT_MARKER, signal)
+            .expect("signal the agent");
+        self.0.wait().expect("wait for the agent");
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -122,28 +152,26 @@ fn wait_for(ns: &str, what: &str) {
 
 /// `GET path` on 127.0.0.1:port inside `ns`: the status line.
 fn http_status(ns: &str, port: u16, path: &str) -> String {
-    http_get(ns, port, path)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    try_http_status(ns, port, path).unwrap_or_else(|| panic!("nothing answers on :{port}"))
 }
 
-/// `GET path` on 127.0.0.1:port inside `ns`: the whole answer.
-fn http_get(ns: &str, port: u16, path: &str) -> String {
+/// The status line of `GET path` on 127.0.0.1:port inside `ns`, or `None` if nothing
+/// answers (yet).
+fn try_http_status(ns: &str, port: u16, path: &str) -> Option<String> {
     let ns = ns.to_owned();
     let path = path.to_owned();
     std::thread::spawn(move || {
         netns::enter(&ns).expect("enter");
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
         let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        answer
+        stream.read_to_string(&mut answer).ok()?;
+        answer.lines().next().map(str::to_owned)
     })
     .join()
     .expect("http thread")
 }
+
 
 fn agent_follows_the_api_server(mode: &str) {
     let ns = ScratchNetns::new("agt", mode);
@@ -164,20 +192,7 @@ fn agent_follows_the_api_server(mode: &str) {
     let kubeconfig = dir.path().join("kubeconfig");
     netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
 
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kube-netd")])
-        .arg("agent")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args([
-            "--hostname-override=node-1",
-            &format!("--proxy-mode={mode}"),
-            "--min-sync-period=100ms",
-            "--healthz-bind-address=127.0.0.1:10256",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the agent");
-    let mut agent = Agent(child);
+    let mut agent = Agent::start(ns.name(), &kubeconfig, mode);
 
     wait_for(ns.name(), "10.244.1.5");
     wait_for(ns.name(), "10.96.0.20");
@@ -209,9 +224,122 @@ fn agent_follows_the_api_server(mode: &str) {
     );
 
     // Stopping the agent flushes nothing.
-    agent.0.kill().expect("kill the agent");
-    agent.0.wait().expect("wait");
+    agent.stop(netd_kernel::process::Signal::SIGKILL);
     assert!(rules(ns.name()).contains("10.244.1.6"));
+}
+
+/// The Service of [`agent_follows_the_api_server`] in front of a real echo server in a pod
+/// namespace behind a veth; clients in the node connect to it without pause while the agent
+/// is stopped (SIGTERM, then SIGKILL) and started again, and one connection is held open
+/// throughout. Not one connection may fail, and the held one keeps echoing.
+fn agent_restarts_under_traffic_fail_no_connection(mode: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use netd_kernel::process::Signal;
+    use netd_testkit::held::{HeldConnection, in_netns};
+
+    let node = ScratchNetns::new("agt", &format!("rs-{mode}"));
+    let pod = ScratchNetns::new("agt", &format!("rp-{mode}"));
+    netd_kernel::link::add_veth(node.name(), "vpod", pod.name(), "eth0").expect("veth");
+    netd_kernel::link::add_address(node.name(), "vpod", "10.244.1.1".parse().expect("ip"), 24)
+        .expect("node address");
+    netd_kernel::link::add_address(pod.name(), "eth0", "10.244.1.5".parse().expect("ip"), 24)
+        .expect("pod address");
+    netd_kernel::link::replace_route(pod.name(), "default", "10.244.1.1".parse().expect("ip"), 4)
+        .expect("pod route");
+    // Connecting to a ClusterIP needs a route before the DNAT picks the endpoint.
+    netd_kernel::link::replace_route(node.name(), "default", "10.244.1.5".parse().expect("ip"), 4)
+        .expect("node route");
+    let serving = Arc::new(AtomicBool::new(true));
+    let echo = in_netns(pod.name(), || {
+        netd_lab::echo::EchoServer::bind(
+            netd_model::PodRef::new("default", "web-a"),
+            &[(netd_model::Protocol::Tcp, 8080)],
+        )
+        .expect("bind the echo server")
+    });
+    {
+        let serving = serving.clone();
+        std::thread::spawn(move || echo.serve(|| serving.load(Ordering::Relaxed)));
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(node.name(), &dir.path().join("api"));
+    for object in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
+        slice(&["10.244.1.5"], None),
+    ] {
+        server
+            .registry
+            .create(object, netd_apiserver::WriteOptions::default())
+            .expect("create");
+    }
+    let kubeconfig = dir.path().join("kubeconfig");
+    netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
+    let mut agent = Agent::start(node.name(), &kubeconfig, mode);
+    wait_for(node.name(), "10.96.0.20");
+    let vip: std::net::SocketAddr = "10.96.0.20:80".parse().expect("vip");
+    let mut held = HeldConnection::open(node.name(), vip, Duration::from_secs(5));
+
+    let running = Arc::new(AtomicBool::new(true));
+    let (connected, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients = {
+        let (ns, running) = (node.name().to_owned(), running.clone());
+        let (connected, failed) = (connected.clone(), failed.clone());
+        std::thread::spawn(move || {
+            netns::enter(&ns).expect("enter the node");
+            while running.load(Ordering::Relaxed) {
+                let greeted = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(
+                    |mut stream| {
+                        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        let mut first = [0u8; 1];
+                        stream.read_exact(&mut first)
+                    },
+                );
+                match greeted {
+                    Ok(()) => connected.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    for signal in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGTERM] {
+        std::thread::sleep(Duration::from_millis(500));
+        agent.stop(signal);
+        std::thread::sleep(Duration::from_millis(300));
+        agent = Agent::start(node.name(), &kubeconfig, mode);
+        // Up again once it serves /healthz; then traffic flows past its first sync.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !try_http_status(node.name(), 10256, "/healthz").is_some_and(|s| s.contains("200")) {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted agent never served /healthz"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        held.round_trip(&format!("after {signal:?}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    running.store(false, Ordering::Relaxed);
+    clients.join().expect("clients");
+    serving.store(false, Ordering::Relaxed);
+    let (connected, failed) = (
+        connected.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections failed",
+        connected + failed
+    );
+    assert!(connected > 0, "no connection was made");
+    held.round_trip("at the end");
 }
 
 #[test]
@@ -222,4 +350,14 @@ fn nftables_agent_follows_the_api_server() {
 #[test]
 fn iptables_agent_follows_the_api_server() {
     agent_follows_the_api_server("iptables");
+}
+
+#[test]
+fn iptables_agent_restarts_under_traffic_fail_no_connection() {
+    agent_restarts_under_traffic_fail_no_connection("iptables");
+}
+
+#[test]
+fn nftables_agent_restarts_under_traffic_fail_no_connection() {
+    agent_restarts_under_traffic_fail_no_connection("nftables");
 }
