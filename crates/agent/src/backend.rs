@@ -15,6 +15,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use netd_model::{ClusterState, NodeName, ServiceRef};
+use netd_policy::PolicyPlan;
+use netd_proxy::{ProxyOptions, ProxySettings};
 use prometheus_client::registry::Registry;
 
 use crate::error::AgentError;
@@ -73,13 +75,59 @@ impl FromStr for Mode {
     }
 }
 
-/// What a back end is built from: the mode and the options every mode understands.
+/// What a back end is built from: the mode and the settings every mode honours.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendConfig {
     /// The mode.
     pub mode: Mode,
-    /// kube-proxy's `--iptables-localhost-nodeports` (iptables mode only).
-    pub localhost_nodeports: bool,
+    /// What every mode programs from.
+    pub program: ProgramConfig,
+}
+
+/// The settings every back end honours, whatever its mode: kube-proxy's proxy settings and
+/// whether NetworkPolicy is enforced. Each back end's plans come from here, through
+/// [`ProgramConfig::proxy_options`] and [`ProgramConfig::policy_plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramConfig {
+    /// `--masquerade-all`, `--nodeport-addresses`, `--detect-local-mode`,
+    /// `--iptables-localhost-nodeports` (the last in iptables mode only).
+    pub proxy: ProxySettings,
+    /// `--network-policy` (default true): when false, a back end programs Services only, with
+    /// no policy chain, set or hook.
+    pub network_policy: bool,
+}
+
+impl Default for ProgramConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxySettings::default(),
+            network_policy: true,
+        }
+    }
+}
+
+impl ProgramConfig {
+    /// The service planner's options for `node`: the one place every back end's come from.
+    pub fn proxy_options(&self, state: &ClusterState, node: &NodeName) -> ProxyOptions {
+        ProxyOptions::for_node(state, node, &self.proxy)
+    }
+
+    /// The NetworkPolicy plan of `node`, or `None` when NetworkPolicy is off.
+    pub fn policy_plan(
+        &self,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<Option<PolicyPlan>, AgentError> {
+        if !self.network_policy {
+            return Ok(None);
+        }
+        netd_policy::compile(state, node)
+            .map(Some)
+            .map_err(|source| AgentError::CompilePolicyFailed {
+                node: node.clone(),
+                source,
+            })
+    }
 }
 
 /// A Node's rules rendered into one kind of kernel machinery and kept there.
@@ -115,13 +163,14 @@ pub trait Backend: Send {
 
 /// The back end `config` names (IPVS mode with its default [`IpvsConfig`]).
 pub fn backend(config: &BackendConfig) -> Box<dyn Backend> {
+    let program = config.program.clone();
     match config.mode {
         Mode::Iptables => Box::new(Iptables::new(Box::new(NodeProgrammer {
-            localhost_nodeports: config.localhost_nodeports,
+            program,
             ..NodeProgrammer::default()
         }))),
-        Mode::Nftables => Box::new(Nftables::new()),
-        Mode::Ipvs => Box::new(Ipvs::new(IpvsConfig::default())),
+        Mode::Nftables => Box::new(Nftables::new().with_program(program)),
+        Mode::Ipvs => Box::new(Ipvs::new(IpvsConfig::default()).with_program(program)),
     }
 }
 
