@@ -282,6 +282,154 @@ mod tests {
         assert!(err.to_string().contains("\"userspace\""), "{err}");
     }
 
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {type: NodePort, clusterIP: 10.96.0.5, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: web-a, namespace: x, labels: {kubernetes.io/service-name: web}}
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-1}
+"#;
+
+    fn rendered(mode: Mode, program: ProgramConfig) -> String {
+        let state = netd_testkit::state(CLUSTER);
+        backend(&BackendConfig { mode, program })
+            .render(&state, &NodeName::new("node-1"))
+            .expect("renders")
+    }
+
+    /// The marks of NetworkPolicy in each mode's rules: `KNP-` chains and sets (iptables,
+    /// IPVS), `policy-` chains and maps (nftables).
+    fn has_policy(mode: Mode, text: &str) -> bool {
+        match mode {
+            Mode::Iptables | Mode::Ipvs => text.contains("KNP-"),
+            Mode::Nftables => text.contains("policy-"),
+        }
+    }
+
+    #[test]
+    fn network_policy_off_programs_services_only() {
+        for mode in Mode::ALL {
+            let on = rendered(mode, ProgramConfig::default());
+            assert!(has_policy(mode, &on), "{mode}: {on}");
+            let off = rendered(
+                mode,
+                ProgramConfig {
+                    network_policy: false,
+                    ..ProgramConfig::default()
+                },
+            );
+            assert!(!has_policy(mode, &off), "{mode}: {off}");
+            assert!(off.contains("10.96.0.5"), "{mode}: Services stay: {off}");
+        }
+    }
+
+    #[test]
+    fn proxy_settings_reach_every_mode() {
+        let with = |proxy: ProxySettings| ProgramConfig {
+            proxy,
+            ..ProgramConfig::default()
+        };
+        // The ClusterIP masquerade rule: off-cluster senders only, then every sender.
+        for (mode, detector_only, all) in [
+            (
+                Mode::Iptables,
+                "--dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "--dport 80 -j KUBE-MARK-MASQ",
+            ),
+            (
+                Mode::Nftables,
+                "tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+                "tcp dport 80 jump mark-for-masquerade",
+            ),
+            (
+                Mode::Ipvs,
+                "KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ",
+            ),
+        ] {
+            let default = rendered(mode, ProgramConfig::default());
+            assert!(default.contains(detector_only), "{mode}: {default}");
+            assert!(!default.contains(all), "{mode}: {default}");
+            let masquerade_all = rendered(
+                mode,
+                with(ProxySettings {
+                    masquerade_all: true,
+                    ..ProxySettings::default()
+                }),
+            );
+            assert!(masquerade_all.contains(all), "{mode}: {masquerade_all}");
+
+            let node_cidr = rendered(
+                mode,
+                with(ProxySettings {
+                    detect_local: netd_proxy::DetectLocal::NodeCidr,
+                    ..ProxySettings::default()
+                }),
+            );
+            let node_range = detector_only.replace("10.244.0.0/16", "10.244.1.0/24");
+            assert!(node_cidr.contains(&node_range), "{mode}: {node_cidr}");
+        }
+        // nodePorts on the Node's address only, in each mode's own way.
+        let primary = with(ProxySettings {
+            nodeport_addresses: netd_proxy::NodePortAddresses::Primary,
+            ..ProxySettings::default()
+        });
+        // A range without any of the Node's addresses: nodePorts answer nowhere.
+        let nowhere = with(ProxySettings {
+            nodeport_addresses: netd_proxy::NodePortAddresses::Cidrs(vec![
+                "192.168.0.0/16".parse().expect("cidr"),
+            ]),
+            ..ProxySettings::default()
+        });
+        for (mode, primary_has, nowhere_lacks) in [
+            (
+                Mode::Iptables,
+                "this chain\" -d 172.18.0.2 -j KUBE-NODEPORTS",
+                "must be the last rule in this chain",
+            ),
+            (Mode::Ipvs, "-A -t 172.18.0.2:30080", "172.18.0.2:30080"),
+        ] {
+            let text = rendered(mode, primary.clone());
+            assert!(text.contains(primary_has), "{mode}: {text}");
+            let text = rendered(mode, nowhere.clone());
+            assert!(!text.contains(nowhere_lacks), "{mode}: {text}");
+        }
+        let nft = rendered(Mode::Nftables, primary);
+        assert!(
+            nft.contains("ip daddr @nodeport-ips") && nft.contains("elements = { 172.18.0.2 }"),
+            "{nft}"
+        );
+        let nft = rendered(Mode::Nftables, nowhere);
+        assert!(
+            nft.contains("ip daddr @nodeport-ips") && !nft.contains("elements = { 172.18.0.2 }"),
+            "{nft}"
+        );
+    }
+
     #[test]
     fn every_mode_has_a_back_end() {
         for mode in Mode::ALL {
