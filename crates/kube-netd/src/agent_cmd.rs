@@ -20,12 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
-use netd_agent::{Backend, BackendConfig, Mode};
+use netd_agent::{Backend, BackendConfig, Mode, ProgramConfig};
 use netd_healthcheck::{
     CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
 };
 use netd_kernel::netns;
 use netd_model::{ClusterConfig, NodeName};
+use netd_proxy::{DetectLocal, NodePortAddresses, ProxySettings};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -56,13 +57,24 @@ pub struct AgentArgs {
     /// off-cluster traffic.
     #[arg(long, value_name = "CIDRS")]
     cluster_cidr: Option<String>,
-    /// How local traffic is detected: ClusterCIDR (from --cluster-cidr).
+    /// How pod traffic is told from other traffic: ClusterCIDR (the default: from
+    /// --cluster-cidr), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface (arriving on
+    /// --pod-bridge-interface) or InterfaceNamePrefix (arriving on an interface named
+    /// --pod-interface-name-prefix...).
     #[arg(long, value_name = "MODE")]
     detect_local_mode: Option<String>,
-    /// Addresses nodePorts answer on (not supported yet: every local address).
+    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
+    #[arg(long, value_name = "NAME")]
+    pod_bridge_interface: Option<String>,
+    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pod_interface_name_prefix: Option<String>,
+    /// The Node's addresses nodePorts answer on: CIDRs (comma-separated; the Node's
+    /// addresses inside them), or primary (the Node's primary address of each family).
+    /// Default: every local address.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     nodeport_addresses: Option<Vec<String>>,
-    /// SNAT every packet sent to a ClusterIP (not supported yet).
+    /// SNAT every packet sent to a ClusterIP, from pods too.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     masquerade_all: Option<bool>,
     /// The least time between two syncs (Go duration, default 1s).
@@ -80,7 +92,7 @@ pub struct AgentArgs {
     /// Remove everything kube-netd owns in this network namespace, in every mode, and exit.
     #[arg(long)]
     cleanup: bool,
-    /// Enforce NetworkPolicy (only true is supported: the back ends always program it).
+    /// Enforce NetworkPolicy; false programs Services only (no policy chains or sets).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     network_policy: bool,
 }
@@ -94,8 +106,11 @@ pub struct Settings {
     pub node: String,
     /// The proxy mode.
     pub mode: Mode,
-    /// The pod ranges of the local-traffic detector.
+    /// The pod ranges of the ClusterCIDR local-traffic detector.
     pub cluster_cidrs: Vec<IpNet>,
+    /// What every back end programs from: masquerade-all, nodePort addresses, the
+    /// local-traffic detector, NetworkPolicy on or off.
+    pub program: ProgramConfig,
     /// `--min-sync-period` and `--sync-period`.
     pub runner: RunnerConfig,
     /// `/healthz` and `/livez`.
@@ -114,7 +129,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let backend = netd_agent::backend(&BackendConfig {
         mode: settings.mode,
-        ..BackendConfig::default()
+        program: settings.program.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,6 +156,8 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             mode: args.proxy_mode.clone(),
             cluster_cidr: args.cluster_cidr.clone(),
             detect_local_mode: args.detect_local_mode.clone(),
+            pod_bridge_interface: args.pod_bridge_interface.clone(),
+            pod_interface_name_prefix: args.pod_interface_name_prefix.clone(),
             nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
             masquerade_all: args.masquerade_all.unwrap_or(false),
             min_sync_period: args.min_sync_period.clone(),
@@ -149,12 +166,7 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             metrics_bind_address: args.metrics_bind_address.clone(),
         },
     };
-    if !args.network_policy {
-        bail!(
-            "--network-policy=false is not supported yet: both back ends always program NetworkPolicy"
-        );
-    }
-    raw.check(args.master, args.cleanup)
+    raw.check(args.master, args.cleanup, args.network_policy)
 }
 
 /// Removes from `ns` what every mode of kube-netd owns there.
@@ -383,6 +395,8 @@ struct Raw {
     mode: Option<String>,
     cluster_cidr: Option<String>,
     detect_local_mode: Option<String>,
+    pod_bridge_interface: Option<String>,
+    pod_interface_name_prefix: Option<String>,
     nodeport_addresses: Vec<String>,
     masquerade_all: bool,
     min_sync_period: Option<String>,
@@ -392,7 +406,12 @@ struct Raw {
 }
 
 impl Raw {
-    fn check(self, master: Option<String>, cleanup: bool) -> anyhow::Result<Settings> {
+    fn check(
+        self,
+        master: Option<String>,
+        cleanup: bool,
+        network_policy: bool,
+    ) -> anyhow::Result<Settings> {
         let mode = match self.mode.as_deref().filter(|m| !m.is_empty()) {
             None => Mode::Iptables,
             Some(m) => m.parse::<Mode>().context("--proxy-mode (mode)")?,
@@ -408,20 +427,26 @@ impl Raw {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
-        match self.detect_local_mode.as_deref() {
-            None | Some("") | Some("ClusterCIDR") => {}
-            Some(other) => bail!(
-                "--detect-local-mode (detectLocalMode): {other:?} is not supported; only ClusterCIDR is"
-            ),
-        }
-        if !self.nodeport_addresses.is_empty() {
-            bail!(
-                "--nodeport-addresses (nodePortAddresses): not supported yet; nodePorts answer on every local address"
-            );
-        }
-        if self.masquerade_all {
-            bail!("--masquerade-all (masqueradeAll): not supported yet");
-        }
+        let detect_local = DetectLocal::parse(
+            self.detect_local_mode.as_deref().unwrap_or_default(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+        .context(
+            "--detect-local-mode (detectLocalMode, with detectLocal.bridgeInterface or \
+             detectLocal.interfaceNamePrefix)",
+        )?;
+        let nodeport_addresses = NodePortAddresses::parse(&self.nodeport_addresses)
+            .context("--nodeport-addresses (nodePortAddresses)")?;
+        let program = ProgramConfig {
+            proxy: ProxySettings {
+                masquerade_all: self.masquerade_all,
+                nodeport_addresses,
+                detect_local,
+                localhost_nodeports: false,
+            },
+            network_policy,
+        };
         let runner = RunnerConfig {
             min_sync_period: duration(
                 self.min_sync_period.as_deref(),
@@ -449,6 +474,7 @@ impl Raw {
             node,
             mode,
             cluster_cidrs,
+            program,
             runner,
             healthz_bind_address: address(
                 self.healthz_bind_address.as_deref(),
@@ -483,6 +509,8 @@ struct KubeProxyConfiguration {
     #[serde(default)]
     detect_local_mode: Option<String>,
     #[serde(default)]
+    detect_local: DetectLocalSection,
+    #[serde(default)]
     node_port_addresses: Vec<String>,
     #[serde(default)]
     healthz_bind_address: Option<String>,
@@ -505,6 +533,16 @@ struct KubeProxyConfiguration {
 struct ClientConnection {
     #[serde(default)]
     kubeconfig: Option<PathBuf>,
+}
+
+/// `detectLocal:`, the interfaces of the interface detectors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DetectLocalSection {
+    #[serde(default)]
+    bridge_interface: Option<String>,
+    #[serde(default)]
+    interface_name_prefix: Option<String>,
 }
 
 /// `iptables:` and `nftables:` (the fields kube-netd reads).
@@ -535,6 +573,8 @@ impl KubeProxyConfiguration {
             mode: self.mode,
             cluster_cidr: self.cluster_cidr,
             detect_local_mode: self.detect_local_mode,
+            pod_bridge_interface: self.detect_local.bridge_interface,
+            pod_interface_name_prefix: self.detect_local.interface_name_prefix,
             nodeport_addresses: self.node_port_addresses,
             masquerade_all: section.masquerade_all.unwrap_or(false),
             min_sync_period: self.min_sync_period.or(section.min_sync_period),
@@ -574,6 +614,14 @@ fn warn_ignored(args: &AgentArgs) {
         ("--proxy-mode", args.proxy_mode.is_some()),
         ("--cluster-cidr", args.cluster_cidr.is_some()),
         ("--detect-local-mode", args.detect_local_mode.is_some()),
+        (
+            "--pod-bridge-interface",
+            args.pod_bridge_interface.is_some(),
+        ),
+        (
+            "--pod-interface-name-prefix",
+            args.pod_interface_name_prefix.is_some(),
+        ),
         ("--nodeport-addresses", args.nodeport_addresses.is_some()),
         ("--masquerade-all", args.masquerade_all.is_some()),
         ("--min-sync-period", args.min_sync_period.is_some()),
@@ -683,7 +731,73 @@ mod tests {
         assert_eq!(s.metrics_bind_address.to_string(), "127.0.0.1:10249");
         assert!(s.cluster_cidrs.is_empty());
         assert_eq!(s.api, ApiOptions::default());
+        assert_eq!(s.program, ProgramConfig::default());
+        assert!(s.program.network_policy);
         assert!(!s.cleanup);
+    }
+
+    #[test]
+    fn proxy_flags_reach_the_back_ends_config() {
+        let s = settings(&[
+            "--hostname-override=n",
+            "--masquerade-all",
+            "--nodeport-addresses=10.0.0.0/8,fd00::/64",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface=cni0",
+            "--network-policy=false",
+        ])
+        .expect("settings");
+        let want = ProgramConfig {
+            proxy: ProxySettings {
+                masquerade_all: true,
+                nodeport_addresses: NodePortAddresses::Cidrs(vec![
+                    "10.0.0.0/8".parse().expect("net"),
+                    "fd00::/64".parse().expect("net"),
+                ]),
+                detect_local: DetectLocal::BridgeInterface("cni0".parse().expect("name")),
+                localhost_nodeports: false,
+            },
+            network_policy: false,
+        };
+        assert_eq!(s.program, want);
+        for (args, want) in [
+            (
+                &["--detect-local-mode=NodeCIDR"][..],
+                ProxySettings {
+                    detect_local: DetectLocal::NodeCidr,
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=veth",
+                ],
+                ProxySettings {
+                    detect_local: DetectLocal::InterfaceNamePrefix("veth".parse().expect("name")),
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &["--nodeport-addresses=primary"],
+                ProxySettings {
+                    nodeport_addresses: NodePortAddresses::Primary,
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &["--masquerade-all=false", "--detect-local-mode=ClusterCIDR"],
+                ProxySettings::default(),
+            ),
+        ] {
+            let mut all = vec!["--hostname-override=n"];
+            all.extend_from_slice(args);
+            assert_eq!(
+                settings(&all).expect("settings").program.proxy,
+                want,
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
@@ -727,8 +841,24 @@ mod tests {
                 &["--detect-local-mode=BridgeInterface"],
                 "--detect-local-mode",
             ),
-            (&["--nodeport-addresses=10.0.0.0/8"], "--nodeport-addresses"),
-            (&["--masquerade-all"], "--masquerade-all"),
+            (&["--detect-local-mode=LinkLocal"], "--detect-local-mode"),
+            (
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=veth+",
+                ],
+                "--pod-interface-name-prefix",
+            ),
+            (
+                &["--nodeport-addresses=10.0.0.0/33"],
+                "--nodeport-addresses",
+            ),
+            (&["--nodeport-addresses=10.0.0.1"], "--nodeport-addresses"),
+            (
+                &["--nodeport-addresses=primary,10.0.0.0/8"],
+                "--nodeport-addresses",
+            ),
+            (&["--masquerade-all=maybe"], "--masquerade-all"),
             (&["--sync-period=30"], "--sync-period"),
             (&["--sync-period=0"], "--sync-period"),
             (&["--min-sync-period=1x"], "--min-sync-period"),
@@ -740,7 +870,7 @@ mod tests {
                 &["--metrics-bind-address=nowhere:1"],
                 "--metrics-bind-address",
             ),
-            (&["--network-policy=false"], "--network-policy"),
+            (&["--network-policy=no"], "--network-policy"),
         ] {
             let mut all = vec!["--hostname-override=n"];
             all.extend_from_slice(args);
@@ -845,6 +975,79 @@ iptables:
         );
         assert_eq!(s.node, "from-flag");
         assert_eq!(s.api.master.as_deref(), Some("http://10.1.2.3:6443"));
+    }
+
+    #[test]
+    fn the_config_file_sets_the_proxy_settings() {
+        let file = config_file(&format!(
+            "{}detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: veth\n\
+             nodePortAddresses: [primary]\n",
+            CONFIG
+                .replace("detectLocalMode: ClusterCIDR\n", "")
+                .replace("  masqueradeAll: false", "  masqueradeAll: true")
+        ));
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path, "--network-policy=false"]).expect("settings");
+        assert_eq!(
+            s.program,
+            ProgramConfig {
+                proxy: ProxySettings {
+                    masquerade_all: true,
+                    nodeport_addresses: NodePortAddresses::Primary,
+                    detect_local: DetectLocal::InterfaceNamePrefix("veth".parse().expect("name")),
+                    localhost_nodeports: false,
+                },
+                network_policy: false,
+            }
+        );
+        // The mode's section: iptables' masqueradeAll in IPVS mode, as kube-proxy.
+        let file = config_file(&format!(
+            "{}detectLocal:\n  bridgeInterface: cni0\n",
+            CONFIG
+                .replace("mode: nftables", "mode: ipvs")
+                .replace(
+                    "detectLocalMode: ClusterCIDR",
+                    "detectLocalMode: BridgeInterface"
+                )
+                .replace("iptables:\n", "iptables:\n  masqueradeAll: true\n")
+        ));
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path]).expect("settings");
+        assert!(s.program.proxy.masquerade_all);
+        assert_eq!(
+            s.program.proxy.detect_local,
+            DetectLocal::BridgeInterface("cni0".parse().expect("name"))
+        );
+    }
+
+    #[test]
+    fn bad_proxy_settings_in_the_file_are_refused_by_name() {
+        for (extra, want) in [
+            (
+                "nodePortAddresses: [10.0.0.0/40]\ndetectLocal:\n  bridgeInterface: cni0\n",
+                "nodePortAddresses",
+            ),
+            (
+                "detectLocal:\n  bridgeInterface: a very long name\n",
+                "detectLocalMode",
+            ),
+            (
+                "detectLocal:\n  bridgeInterfaces: cni0\n",
+                "bridgeInterfaces",
+            ),
+        ] {
+            let text = format!(
+                "{}{extra}",
+                CONFIG.replace(
+                    "detectLocalMode: ClusterCIDR",
+                    "detectLocalMode: BridgeInterface"
+                )
+            );
+            let file = config_file(&text);
+            let path = file.path().to_str().expect("utf-8 path");
+            let err = error(&["--config", path]);
+            assert!(err.contains(want), "{extra}: {err}");
+        }
     }
 
     #[test]
