@@ -85,6 +85,15 @@ impl Drop for Agent {
 }
 
 fn slice(addresses: &[&str], rv: Option<&str>) -> serde_json::Value {
+    slice_triggered(addresses, rv, None)
+}
+
+/// The EndpointSlice, with the EndpointSlice controller's last-change-trigger-time when given.
+fn slice_triggered(
+    addresses: &[&str],
+    rv: Option<&str>,
+    trigger: Option<&str>,
+) -> serde_json::Value {
     let mut slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -97,7 +106,31 @@ fn slice(addresses: &[&str], rv: Option<&str>) -> serde_json::Value {
     if let Some(rv) = rv {
         slice["metadata"]["resourceVersion"] = json!(rv);
     }
+    if let Some(at) = trigger {
+        slice["metadata"]["annotations"] =
+            json!({"endpoints.kubernetes.io/last-change-trigger-time": at});
+    }
     slice
+}
+
+/// The value of the sample `name` on the agent's `/metrics` (127.0.0.1:10249 in `ns`), once
+/// it is at least `at_least`.
+fn wait_for_metric(ns: &str, name: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(ns, 10249, "/metrics");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+        if let Some(v) = value.filter(|v| *v >= at_least) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {at_least}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every rule of the namespace, iptables and nftables together.
@@ -146,9 +179,75 @@ fn http_get(ns: &str, port: u16, path: &str) -> String {
 }
 
 fn agent_follows_the_api_server(mode: &str) {
-    let ns = ScratchNetns::new("agt", mode);
+    let (ns, mut server, _dir, mut agent) = start("agt", mode, &[]);
+    let ns = &ns;
+    let api = &server.registry;
+    wait_for(ns.name(), "10.244.1.5");
+    wait_for(ns.name(), "10.96.0.20");
+    // NetworkPolicy's chains are there (the options test expects them gone).
+    let policy = if mode == "iptables" {
+        "KNP-"
+    } else {
+        "policy-"
+    };
+    assert!(rules(ns.name()).contains(policy), "{}", rules(ns.name()));
+    let endpoint_changes = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
+    let first = wait_for_metric(ns.name(), endpoint_changes, 1.0);
+    wait_for_metric(
+        ns.name(),
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+        1.0,
+    );
+
+    // A change through the API server is programmed, and measured from its trigger time.
+    let current = api
+        .get(&netd_apiserver::store::object_id(&slice(&[], None)).expect("id"))
+        .expect("the slice");
+    let rv = current["metadata"]["resourceVersion"].as_str().expect("rv");
+    let now = jiff::Timestamp::now().to_string();
+    api.update(
+        slice_triggered(&["10.244.1.6"], Some(rv), Some(&now)),
+        netd_apiserver::WriteOptions::default(),
+    )
+    .expect("update");
+    wait_for(ns.name(), "10.244.1.6");
+    assert!(
+        !rules(ns.name()).contains("10.244.1.5"),
+        "old endpoint left"
+    );
+    wait_for_metric(ns.name(), endpoint_changes, first + 1.0);
+    wait_for_metric(
+        ns.name(),
+        "kubeproxy_network_programming_duration_seconds_count",
+        1.0,
+    );
+
+    // Without the API server the rules stay and /healthz still answers.
+    server.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rules(ns.name()).contains("10.244.1.6"));
+    assert_eq!(http_status(ns.name(), 10256, "/healthz"), "HTTP/1.0 200 OK");
+    assert!(
+        agent.0.try_wait().expect("agent status").is_none(),
+        "agent exited"
+    );
+
+    // Stopping the agent flushes nothing.
+    agent.0.kill().expect("kill the agent");
+    agent.0.wait().expect("wait");
+    assert!(rules(ns.name()).contains("10.244.1.6"));
+}
+
+/// A scratch namespace (`prefix`) with an API server holding one Service and its EndpointSlice, and
+/// the agent in `mode` with `extra` flags programming the namespace.
+fn start(
+    prefix: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (ScratchNetns, Server, tempfile::TempDir, Agent) {
+    let ns = ScratchNetns::new(prefix, mode);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = Server::start(ns.name(), &dir.path().join("api"));
+    let server = Server::start(ns.name(), &dir.path().join("api"));
     let api = &server.registry;
     for object in [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
@@ -174,44 +273,12 @@ fn agent_follows_the_api_server(mode: &str) {
             "--min-sync-period=100ms",
             "--healthz-bind-address=127.0.0.1:10256",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("start the agent");
-    let mut agent = Agent(child);
-
-    wait_for(ns.name(), "10.244.1.5");
-    wait_for(ns.name(), "10.96.0.20");
-
-    // A change through the API server is programmed.
-    let current = api
-        .get(&netd_apiserver::store::object_id(&slice(&[], None)).expect("id"))
-        .expect("the slice");
-    let rv = current["metadata"]["resourceVersion"].as_str().expect("rv");
-    api.update(
-        slice(&["10.244.1.6"], Some(rv)),
-        netd_apiserver::WriteOptions::default(),
-    )
-    .expect("update");
-    wait_for(ns.name(), "10.244.1.6");
-    assert!(
-        !rules(ns.name()).contains("10.244.1.5"),
-        "old endpoint left"
-    );
-
-    // Without the API server the rules stay and /healthz still answers.
-    server.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(rules(ns.name()).contains("10.244.1.6"));
-    assert_eq!(http_status(ns.name(), 10256, "/healthz"), "HTTP/1.0 200 OK");
-    assert!(
-        agent.0.try_wait().expect("agent status").is_none(),
-        "agent exited"
-    );
-
-    // Stopping the agent flushes nothing.
-    agent.0.kill().expect("kill the agent");
-    agent.0.wait().expect("wait");
-    assert!(rules(ns.name()).contains("10.244.1.6"));
+    let agent = Agent(child);
+    (ns, server, dir, agent)
 }
 
 #[test]
@@ -222,4 +289,33 @@ fn nftables_agent_follows_the_api_server() {
 #[test]
 fn iptables_agent_follows_the_api_server() {
     agent_follows_the_api_server("iptables");
+}
+
+#[test]
+fn the_agent_takes_kube_proxys_options() {
+    for mode in ["iptables", "nftables"] {
+        let (ns, _server, _dir, _agent) = start(
+            "agto",
+            mode,
+            &[
+                "--network-policy=false",
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cni0",
+            ],
+        );
+        wait_for(ns.name(), "10.244.1.5");
+        let rules = rules(ns.name());
+        // The ClusterIP's masquerade rule skips what arrives on the bridge.
+        let (detector, masquerade, policy) = match mode {
+            "iptables" => ("! -i cni0", "-j KUBE-MARK-MASQ", "KNP-"),
+            _ => ("iifname != \"cni0\"", "jump mark-for-masquerade", "policy-"),
+        };
+        assert!(
+            rules.lines().any(|l| l.contains("10.96.0.20")
+                && l.contains(detector)
+                && l.contains(masquerade)),
+            "{mode}: {rules}"
+        );
+        assert!(!rules.contains(policy), "{mode}: {rules}");
+    }
 }
