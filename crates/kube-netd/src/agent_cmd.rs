@@ -13,7 +13,7 @@
 //! makes the next one full.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +26,7 @@ use netd_healthcheck::{
 };
 use netd_kernel::netns;
 use netd_model::{ClusterConfig, ClusterState, Kind, NodeName, Object, ObjectId};
-use netd_proxy::{DetectLocal, NodePortAddresses, ProxySettings};
+use netd_proxy::{DetectLocal, NodePortAddresses, NodePortIps, ProxySettings};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -248,6 +248,7 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
             let metrics = sync_metrics.clone();
             let services = services.clone();
             let synced = synced.clone();
+            let program = settings.program.clone();
             async move {
                 let families = families(&request);
                 let full = request.full();
@@ -276,7 +277,11 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
                     health.updated(family);
                 }
                 health.set_node_eligible(netd_healthcheck::node_eligible(&request.state, &node));
-                for (service, error) in services.lock().await.sync(&report.health_checks).await {
+                let mut services = services.lock().await;
+                services
+                    .set_addresses(health_check_addresses(&program, &request.state, &node))
+                    .await;
+                for (service, error) in services.sync(&report.health_checks).await {
                     tracing::warn!(%service, %error, "health check server not started; retried next sync");
                 }
                 tracing::info!(generation = request.generation, reason = %request.reason, "synced");
@@ -290,6 +295,30 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
     queued.abort();
     tracing::info!("agent stopped; rules left in place");
     Ok(())
+}
+
+/// Where health-check node ports listen, as kube-proxy's: the `--nodeport-addresses` of the
+/// cluster's primary family (the unspecified address when that is every local address).
+fn health_check_addresses(
+    program: &ProgramConfig,
+    state: &ClusterState,
+    node: &NodeName,
+) -> Vec<IpAddr> {
+    let ipv6_only = !state.config().service_cidrs.is_empty()
+        && state
+            .config()
+            .service_cidrs
+            .iter()
+            .all(|c| c.addr().is_ipv6());
+    let (family, any) = if ipv6_only {
+        (netd_proxy::IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (netd_proxy::IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    match program.proxy_options(state, node).nodeport_ips(family) {
+        NodePortIps::Local => vec![any],
+        NodePortIps::Only(ips) => ips,
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -1297,6 +1326,37 @@ endpoints: [{addresses: [10.244.1.3]}]
             "kubeproxy_network_programming_duration_seconds_bucket{le=\"300.0\"} 2",
         ] {
             assert!(text.contains(want), "{want}: {text}");
+        }
+    }
+
+    #[test]
+    fn health_checks_listen_on_the_nodeport_addresses() {
+        let state = netd_testkit::state(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+             status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n",
+        );
+        let node = NodeName::new("node-1");
+        let with = |nodeport_addresses| ProgramConfig {
+            proxy: ProxySettings {
+                nodeport_addresses,
+                ..ProxySettings::default()
+            },
+            ..ProgramConfig::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        for (addresses, want) in [
+            (NodePortAddresses::All, vec![ip("0.0.0.0")]),
+            (NodePortAddresses::Primary, vec![ip("172.18.0.2")]),
+            (
+                NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().expect("cidr")]),
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                health_check_addresses(&with(addresses.clone()), &state, &node),
+                want,
+                "{addresses:?}"
+            );
         }
     }
 
