@@ -116,6 +116,19 @@ fn traces_agree_with_the_plan() {
                 from_pod(tcp_or(name, pod, port.cluster_ip, port.port)),
                 want,
             );
+            // An off-cluster client routed to the ClusterIP (it arrives on no pod interface):
+            // SNATed whenever the plan masquerades anyone.
+            let masq_external = port.cluster_ip_masquerade != ClusterIpMasquerade::Never;
+            let want = expected(
+                port.internal,
+                port.endpoints_for(port.internal),
+                masq_external,
+            );
+            check(
+                "off-cluster to ClusterIP",
+                tcp_or(name, external, port.cluster_ip, port.port),
+                want,
+            );
             let Some(ext) = port.external else { continue };
             let want = expected(
                 ext.disposition,
