@@ -9,6 +9,8 @@
 //!
 //! [`backend`] builds the back end a [`BackendConfig`] names; [`remove_other_modes`] takes out
 //! what the other modes left in a namespace, as kube-proxy does when a node switches mode.
+//! What every mode honours — kube-proxy's settings and NetworkPolicy on or off — is one
+//! [`ProgramConfig`], from which each back end takes its service and policy plans.
 
 use std::collections::BTreeMap;
 use std::fmt;
