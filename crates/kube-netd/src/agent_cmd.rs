@@ -72,7 +72,7 @@ pub struct AgentArgs {
     pod_interface_name_prefix: Option<String>,
     /// The Node's addresses nodePorts answer on: CIDRs (comma-separated; the Node's
     /// addresses inside them), or primary (the Node's primary address of each family).
-    /// Default: every local address.
+    /// Default: every local address; primary in nftables mode, as kube-proxy's.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     nodeport_addresses: Option<Vec<String>>,
     /// SNAT every packet sent to a ClusterIP, from pods too.
@@ -582,8 +582,13 @@ impl Raw {
             "--detect-local-mode (detectLocalMode, with detectLocal.bridgeInterface or \
              detectLocal.interfaceNamePrefix)",
         )?;
-        let nodeport_addresses = NodePortAddresses::parse(&self.nodeport_addresses)
-            .context("--nodeport-addresses (nodePortAddresses)")?;
+        let nodeport_addresses = match NodePortAddresses::parse(&self.nodeport_addresses)
+            .context("--nodeport-addresses (nodePortAddresses)")?
+        {
+            // As kube-proxy: nftables mode answers on the primary addresses unless told.
+            NodePortAddresses::All if mode == Mode::Nftables => NodePortAddresses::Primary,
+            other => other,
+        };
         let program = ProgramConfig {
             proxy: ProxySettings {
                 masquerade_all: self.masquerade_all,
@@ -880,6 +885,24 @@ mod tests {
         assert_eq!(s.program, ProgramConfig::default());
         assert!(s.program.network_policy);
         assert!(!s.cleanup);
+    }
+
+    #[test]
+    fn nftables_mode_defaults_to_the_primary_nodeport_addresses() {
+        for (args, want) in [
+            (&["--proxy-mode=nftables"][..], NodePortAddresses::Primary),
+            (&["--proxy-mode=iptables"], NodePortAddresses::All),
+            (&["--proxy-mode=ipvs"], NodePortAddresses::All),
+            (
+                &["--proxy-mode=nftables", "--nodeport-addresses=0.0.0.0/0"],
+                NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().expect("net")]),
+            ),
+        ] {
+            let mut all = vec!["--hostname-override=n"];
+            all.extend_from_slice(args);
+            let s = settings(&all).expect("settings");
+            assert_eq!(s.program.proxy.nodeport_addresses, want, "{args:?}");
+        }
     }
 
     #[test]
