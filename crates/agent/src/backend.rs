@@ -9,12 +9,16 @@
 //!
 //! [`backend`] builds the back end a [`BackendConfig`] names; [`remove_other_modes`] takes out
 //! what the other modes left in a namespace, as kube-proxy does when a node switches mode.
+//! What every mode honours — kube-proxy's settings and NetworkPolicy on or off — is one
+//! [`ProgramConfig`], from which each back end takes its service and policy plans.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use netd_model::{ClusterState, NodeName, ServiceRef};
+use netd_policy::PolicyPlan;
+use netd_proxy::{ProxyOptions, ProxySettings};
 use prometheus_client::registry::Registry;
 
 use crate::error::AgentError;
@@ -73,13 +77,59 @@ impl FromStr for Mode {
     }
 }
 
-/// What a back end is built from: the mode and the options every mode understands.
+/// What a back end is built from: the mode and the settings every mode honours.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendConfig {
     /// The mode.
     pub mode: Mode,
-    /// kube-proxy's `--iptables-localhost-nodeports` (iptables mode only).
-    pub localhost_nodeports: bool,
+    /// What every mode programs from.
+    pub program: ProgramConfig,
+}
+
+/// The settings every back end honours, whatever its mode: kube-proxy's proxy settings and
+/// whether NetworkPolicy is enforced. Each back end's plans come from here, through
+/// [`ProgramConfig::proxy_options`] and [`ProgramConfig::policy_plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramConfig {
+    /// `--masquerade-all`, `--nodeport-addresses`, `--detect-local-mode`,
+    /// `--iptables-localhost-nodeports` (the last in iptables mode only).
+    pub proxy: ProxySettings,
+    /// `--network-policy` (default true): when false, a back end programs Services only, with
+    /// no policy chain, set or hook.
+    pub network_policy: bool,
+}
+
+impl Default for ProgramConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxySettings::default(),
+            network_policy: true,
+        }
+    }
+}
+
+impl ProgramConfig {
+    /// The service planner's options for `node`: the one place every back end's come from.
+    pub fn proxy_options(&self, state: &ClusterState, node: &NodeName) -> ProxyOptions {
+        ProxyOptions::for_node(state, node, &self.proxy)
+    }
+
+    /// The NetworkPolicy plan of `node`, or `None` when NetworkPolicy is off.
+    pub fn policy_plan(
+        &self,
+        state: &ClusterState,
+        node: &NodeName,
+    ) -> Result<Option<PolicyPlan>, AgentError> {
+        if !self.network_policy {
+            return Ok(None);
+        }
+        netd_policy::compile(state, node)
+            .map(Some)
+            .map_err(|source| AgentError::CompilePolicyFailed {
+                node: node.clone(),
+                source,
+            })
+    }
 }
 
 /// A Node's rules rendered into one kind of kernel machinery and kept there.
@@ -115,13 +165,14 @@ pub trait Backend: Send {
 
 /// The back end `config` names (IPVS mode with its default [`IpvsConfig`]).
 pub fn backend(config: &BackendConfig) -> Box<dyn Backend> {
+    let program = config.program.clone();
     match config.mode {
         Mode::Iptables => Box::new(Iptables::new(Box::new(NodeProgrammer {
-            localhost_nodeports: config.localhost_nodeports,
+            program,
             ..NodeProgrammer::default()
         }))),
-        Mode::Nftables => Box::new(Nftables::new()),
-        Mode::Ipvs => Box::new(Ipvs::new(IpvsConfig::default())),
+        Mode::Nftables => Box::new(Nftables::new().with_program(program)),
+        Mode::Ipvs => Box::new(Ipvs::new(IpvsConfig::default()).with_program(program)),
     }
 }
 
@@ -231,6 +282,154 @@ mod tests {
         }
         let err = "userspace".parse::<Mode>().expect_err("not a mode");
         assert!(err.to_string().contains("\"userspace\""), "{err}");
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {type: NodePort, clusterIP: 10.96.0.5, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: web-a, namespace: x, labels: {kubernetes.io/service-name: web}}
+ports: [{port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-1}
+"#;
+
+    fn rendered(mode: Mode, program: ProgramConfig) -> String {
+        let state = netd_testkit::state(CLUSTER);
+        backend(&BackendConfig { mode, program })
+            .render(&state, &NodeName::new("node-1"))
+            .expect("renders")
+    }
+
+    /// The marks of NetworkPolicy in each mode's rules: `KNP-` chains and sets (iptables,
+    /// IPVS), `policy-` chains and maps (nftables).
+    fn has_policy(mode: Mode, text: &str) -> bool {
+        match mode {
+            Mode::Iptables | Mode::Ipvs => text.contains("KNP-"),
+            Mode::Nftables => text.contains("policy-"),
+        }
+    }
+
+    #[test]
+    fn network_policy_off_programs_services_only() {
+        for mode in Mode::ALL {
+            let on = rendered(mode, ProgramConfig::default());
+            assert!(has_policy(mode, &on), "{mode}: {on}");
+            let off = rendered(
+                mode,
+                ProgramConfig {
+                    network_policy: false,
+                    ..ProgramConfig::default()
+                },
+            );
+            assert!(!has_policy(mode, &off), "{mode}: {off}");
+            assert!(off.contains("10.96.0.5"), "{mode}: Services stay: {off}");
+        }
+    }
+
+    #[test]
+    fn proxy_settings_reach_every_mode() {
+        let with = |proxy: ProxySettings| ProgramConfig {
+            proxy,
+            ..ProgramConfig::default()
+        };
+        // The ClusterIP masquerade rule: off-cluster senders only, then every sender.
+        for (mode, detector_only, all) in [
+            (
+                Mode::Iptables,
+                "--dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "--dport 80 -j KUBE-MARK-MASQ",
+            ),
+            (
+                Mode::Nftables,
+                "tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+                "tcp dport 80 jump mark-for-masquerade",
+            ),
+            (
+                Mode::Ipvs,
+                "KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ",
+            ),
+        ] {
+            let default = rendered(mode, ProgramConfig::default());
+            assert!(default.contains(detector_only), "{mode}: {default}");
+            assert!(!default.contains(all), "{mode}: {default}");
+            let masquerade_all = rendered(
+                mode,
+                with(ProxySettings {
+                    masquerade_all: true,
+                    ..ProxySettings::default()
+                }),
+            );
+            assert!(masquerade_all.contains(all), "{mode}: {masquerade_all}");
+
+            let node_cidr = rendered(
+                mode,
+                with(ProxySettings {
+                    detect_local: netd_proxy::DetectLocal::NodeCidr,
+                    ..ProxySettings::default()
+                }),
+            );
+            let node_range = detector_only.replace("10.244.0.0/16", "10.244.1.0/24");
+            assert!(node_cidr.contains(&node_range), "{mode}: {node_cidr}");
+        }
+        // nodePorts on the Node's address only, in each mode's own way.
+        let primary = with(ProxySettings {
+            nodeport_addresses: netd_proxy::NodePortAddresses::Primary,
+            ..ProxySettings::default()
+        });
+        // A range without any of the Node's addresses: nodePorts answer nowhere.
+        let nowhere = with(ProxySettings {
+            nodeport_addresses: netd_proxy::NodePortAddresses::Cidrs(vec![
+                "192.168.0.0/16".parse().expect("cidr"),
+            ]),
+            ..ProxySettings::default()
+        });
+        for (mode, primary_has, nowhere_lacks) in [
+            (
+                Mode::Iptables,
+                "this chain\" -d 172.18.0.2 -j KUBE-NODEPORTS",
+                "must be the last rule in this chain",
+            ),
+            (Mode::Ipvs, "-A -t 172.18.0.2:30080", "172.18.0.2:30080"),
+        ] {
+            let text = rendered(mode, primary.clone());
+            assert!(text.contains(primary_has), "{mode}: {text}");
+            let text = rendered(mode, nowhere.clone());
+            assert!(!text.contains(nowhere_lacks), "{mode}: {text}");
+        }
+        let nft = rendered(Mode::Nftables, primary);
+        assert!(
+            nft.contains("ip daddr @nodeport-ips") && nft.contains("elements = { 172.18.0.2 }"),
+            "{nft}"
+        );
+        let nft = rendered(Mode::Nftables, nowhere);
+        assert!(
+            nft.contains("ip daddr @nodeport-ips") && !nft.contains("elements = { 172.18.0.2 }"),
+            "{nft}"
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use netd_render::ipvs::{
 use netd_render::{HookRule, render_policy};
 use prometheus_client::registry::Registry;
 
-use crate::backend::{Backend, Mode};
+use crate::backend::{Backend, Mode, ProgramConfig};
 use crate::error::AgentError;
 use crate::programmer::dispatch;
 use crate::rules::NodeRules;
@@ -89,6 +89,7 @@ impl Default for IpvsConfig {
 #[derive(Debug, Default)]
 pub struct Ipvs {
     config: IpvsConfig,
+    program: ProgramConfig,
     /// Writes the ipsets and iptables rules (hooks idempotent, stale chains and sets pruned).
     engine: SyncEngine,
     /// The virtual servers the last successful sync applied.
@@ -122,13 +123,22 @@ impl Ipvs {
         }
     }
 
+    /// The same back end, programming from `program` instead of the defaults.
+    pub fn with_program(self, program: ProgramConfig) -> Self {
+        Self { program, ..self }
+    }
+
     fn rendered(&self, state: &ClusterState, node: &NodeName) -> Result<Rendered, AgentError> {
         // IPv6 Services and NetworkPolicy would go unprogrammed: refused rather than left
         // open.
         if crate::programmer::families(state).contains(&IpFamily::V6) {
             return Err(AgentError::IpvsIpv6Unsupported);
         }
-        let options = ProxyOptions::for_node(state, node);
+        // IPVS mode has no localhost nodePorts (as kube-proxy's).
+        let options = ProxyOptions {
+            localhost_nodeports: false,
+            ..self.program.proxy_options(state, node)
+        };
         let family = IpFamily::V4;
         let plan = netd_proxy::plan(state, node, family, &options);
         let ipvs = render_ipvs(
@@ -144,21 +154,23 @@ impl Ipvs {
                 masquerade_random_fully: false,
             },
         );
-        let policy_plan = netd_policy::compile(state, node).map_err(|source| {
-            AgentError::CompilePolicyFailed {
-                node: node.clone(),
-                source,
-            }
-        })?;
-        let policy = render_policy(&policy_plan, family);
+        let policy = self
+            .program
+            .policy_plan(state, node)?
+            .map(|p| render_policy(&p, family));
         let mut ruleset = ipvs.ruleset.clone();
-        ruleset.extend(&policy.ruleset);
-        // As in iptables mode: hooks inserted last end up first, so policy comes first.
-        let hooks: Vec<&HookRule> = ipvs.hooks.iter().chain(&policy.hooks).collect();
-        let hooks = dispatch(&mut ruleset, &hooks);
         let mut ipset = ipvs.ipset_input();
-        ipset.push_str(&policy.ipset_input());
-        let mut sets = policy.set_names();
+        let mut sets = BTreeSet::new();
+        let mut policy_hooks: &[HookRule] = &[];
+        if let Some(policy) = &policy {
+            ruleset.extend(&policy.ruleset);
+            ipset.push_str(&policy.ipset_input());
+            sets = policy.set_names();
+            policy_hooks = &policy.hooks;
+        }
+        // As in iptables mode: hooks inserted last end up first, so policy comes first.
+        let hooks: Vec<&HookRule> = ipvs.hooks.iter().chain(policy_hooks).collect();
+        let hooks = dispatch(&mut ruleset, &hooks);
         sets.extend(IpvsSet::ALL.iter().map(|s| s.name(family)));
         let rules = NodeRules {
             ipset: Some(ipset),

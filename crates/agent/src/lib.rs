@@ -69,7 +69,7 @@ pub mod trace;
 
 pub use apply::{Cleanup, apply, cleanup, is_owned_chain, is_owned_set};
 pub use backend::{
-    Backend, BackendConfig, Iptables, Mode, UnknownMode, backend, remove_other_modes,
+    Backend, BackendConfig, Iptables, Mode, ProgramConfig, UnknownMode, backend, remove_other_modes,
 };
 pub use error::AgentError;
 pub use ipvs::{Ipvs, IpvsConfig};

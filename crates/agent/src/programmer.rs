@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use netd_model::{ClusterState, NodeName};
-use netd_proxy::{IpFamily, ProxyOptions};
+use netd_proxy::IpFamily;
 use netd_render::{
     ChainName, HookRule, RenderOptions, Ruleset, Table, render_policy, render_services,
 };
 
+use crate::backend::ProgramConfig;
 use crate::error::AgentError;
 use crate::rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 
@@ -24,24 +25,15 @@ pub const DISPATCH_PREFIX: &str = "KUBE-NETD-";
 pub struct NodeProgrammer {
     /// How service rules are rendered.
     pub render: RenderOptions,
-    /// kube-proxy's `--iptables-localhost-nodeports` (see
-    /// [`ProxyOptions::localhost_nodeports`]); off by default.
-    pub localhost_nodeports: bool,
+    /// What the plans are made from (proxy settings, NetworkPolicy on or off).
+    pub program: ProgramConfig,
 }
 
 impl NodeProgrammer {
     /// The rules of `node`.
     pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
-        let options = ProxyOptions {
-            localhost_nodeports: self.localhost_nodeports,
-            ..ProxyOptions::for_node(state, node)
-        };
-        let plan = netd_policy::compile(state, node).map_err(|source| {
-            AgentError::CompilePolicyFailed {
-                node: node.clone(),
-                source,
-            }
-        })?;
+        let options = self.program.proxy_options(state, node);
+        let plan = self.program.policy_plan(state, node)?;
         let mut out = NodeRules {
             prune: true,
             ..NodeRules::default()
@@ -50,14 +42,18 @@ impl NodeProgrammer {
         for family in families(state) {
             let service_plan = netd_proxy::plan(state, node, family, &options);
             let mut rules = render_services(&service_plan, &self.render);
-            let policy = render_policy(&plan, family);
-            rules.ruleset.extend(&policy.ruleset);
+            let policy = plan.as_ref().map(|p| render_policy(p, family));
+            let mut policy_hooks: &[HookRule] = &[];
+            if let Some(policy) = &policy {
+                rules.ruleset.extend(&policy.ruleset);
+                ipset.push_str(&policy.ipset_input());
+                out.sets.extend(policy.set_names());
+                policy_hooks = &policy.hooks;
+            }
             // Each hook list is in insertion order (the last ends up first), so the policy
             // hooks, inserted last, come first in every dispatch chain.
-            let all: Vec<&HookRule> = rules.hooks.iter().chain(&policy.hooks).collect();
+            let all: Vec<&HookRule> = rules.hooks.iter().chain(policy_hooks).collect();
             let hooks = dispatch(&mut rules.ruleset, &all);
-            ipset.push_str(&policy.ipset_input());
-            out.sets.extend(policy.set_names());
             out.families.push(FamilyRules {
                 plan: service_plan,
                 rules,

@@ -101,6 +101,19 @@ impl HealthServers {
         failed
     }
 
+    /// Moves the servers to `addresses` (when `--nodeport-addresses` resolves to other
+    /// addresses than before): if they differ, every server is closed, and the next
+    /// [`HealthServers::sync`] opens each Service's on the new addresses.
+    pub async fn set_addresses(&mut self, addresses: Vec<IpAddr>) {
+        if addresses == self.addresses {
+            return;
+        }
+        for (_, instance) in std::mem::take(&mut self.services) {
+            close(instance.servers).await;
+        }
+        self.addresses = addresses;
+    }
+
     /// The addresses each Service's health check listens on.
     pub fn listening(&self) -> BTreeMap<ServiceRef, Vec<SocketAddr>> {
         self.services

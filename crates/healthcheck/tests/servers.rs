@@ -152,6 +152,34 @@ fn servers(health: &ProxyHealth) -> HealthServers {
 }
 
 #[tokio::test]
+async fn servers_move_when_the_addresses_change() {
+    let clock = FakeClock::new();
+    let health = proxy_health(&clock, &mut Registry::default());
+    let mut hcs = servers(&health);
+    let svc = ServiceRef::new("ns1", "web");
+    let port = free_port();
+    let services = BTreeMap::from([(svc.clone(), (port, 1))]);
+    assert!(hcs.sync(&services).await.is_empty());
+
+    // The same addresses: the server stays.
+    hcs.set_addresses(vec![Ipv4Addr::LOCALHOST.into()]).await;
+    assert_eq!(
+        hcs.listening(),
+        BTreeMap::from([(svc.clone(), vec![localhost(port)])])
+    );
+
+    // Other addresses: closed now, opened there by the next sync.
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    hcs.set_addresses(vec![other.into()]).await;
+    assert!(hcs.listening().is_empty());
+    assert!(TcpStream::connect(localhost(port)).await.is_err());
+    assert!(hcs.sync(&services).await.is_empty());
+    let moved = SocketAddr::new(other.into(), port);
+    assert_eq!(hcs.listening(), BTreeMap::from([(svc, vec![moved])]));
+    assert_eq!(get(moved, "/").await.status, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
 async fn service_health_answers_like_kube_proxy() {
     let clock = FakeClock::new();
     let health = proxy_health(&clock, &mut Registry::default());

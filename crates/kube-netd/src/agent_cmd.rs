@@ -12,21 +12,23 @@
 //! every watched kind has been listed, nothing is flushed at start or exit, and a failed sync
 //! makes the next one full.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
-use netd_agent::{Backend, BackendConfig, Mode};
+use netd_agent::{Backend, BackendConfig, Mode, ProgramConfig};
 use netd_healthcheck::{
     CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
 };
 use netd_kernel::netns;
-use netd_model::{ClusterConfig, NodeName};
+use netd_model::{ClusterConfig, ClusterState, Kind, NodeName, Object, ObjectId};
+use netd_proxy::{DetectLocal, NodePortAddresses, NodePortIps, ProxySettings};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -56,13 +58,24 @@ pub struct AgentArgs {
     /// off-cluster traffic.
     #[arg(long, value_name = "CIDRS")]
     cluster_cidr: Option<String>,
-    /// How local traffic is detected: ClusterCIDR (from --cluster-cidr).
+    /// How pod traffic is told from other traffic: ClusterCIDR (the default: from
+    /// --cluster-cidr), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface (arriving on
+    /// --pod-bridge-interface) or InterfaceNamePrefix (arriving on an interface named
+    /// --pod-interface-name-prefix...).
     #[arg(long, value_name = "MODE")]
     detect_local_mode: Option<String>,
-    /// Addresses nodePorts answer on (not supported yet: every local address).
+    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
+    #[arg(long, value_name = "NAME")]
+    pod_bridge_interface: Option<String>,
+    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pod_interface_name_prefix: Option<String>,
+    /// The Node's addresses nodePorts answer on: CIDRs (comma-separated; the Node's
+    /// addresses inside them), or primary (the Node's primary address of each family).
+    /// Default: every local address; primary in nftables mode, as kube-proxy's.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     nodeport_addresses: Option<Vec<String>>,
-    /// SNAT every packet sent to a ClusterIP (not supported yet).
+    /// SNAT every packet sent to a ClusterIP, from pods too.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     masquerade_all: Option<bool>,
     /// The least time between two syncs (Go duration, default 1s).
@@ -80,7 +93,7 @@ pub struct AgentArgs {
     /// Remove everything kube-netd owns in this network namespace, in every mode, and exit.
     #[arg(long)]
     cleanup: bool,
-    /// Enforce NetworkPolicy (only true is supported: the back ends always program it).
+    /// Enforce NetworkPolicy; false programs Services only (no policy chains or sets).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     network_policy: bool,
 }
@@ -94,8 +107,11 @@ pub struct Settings {
     pub node: String,
     /// The proxy mode.
     pub mode: Mode,
-    /// The pod ranges of the local-traffic detector.
+    /// The pod ranges of the ClusterCIDR local-traffic detector.
     pub cluster_cidrs: Vec<IpNet>,
+    /// What every back end programs from: masquerade-all, nodePort addresses, the
+    /// local-traffic detector, NetworkPolicy on or off.
+    pub program: ProgramConfig,
     /// `--min-sync-period` and `--sync-period`.
     pub runner: RunnerConfig,
     /// `/healthz` and `/livez`.
@@ -114,7 +130,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let backend = netd_agent::backend(&BackendConfig {
         mode: settings.mode,
-        ..BackendConfig::default()
+        program: settings.program.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,6 +157,8 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             mode: args.proxy_mode.clone(),
             cluster_cidr: args.cluster_cidr.clone(),
             detect_local_mode: args.detect_local_mode.clone(),
+            pod_bridge_interface: args.pod_bridge_interface.clone(),
+            pod_interface_name_prefix: args.pod_interface_name_prefix.clone(),
             nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
             masquerade_all: args.masquerade_all.unwrap_or(false),
             min_sync_period: args.min_sync_period.clone(),
@@ -149,12 +167,7 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             metrics_bind_address: args.metrics_bind_address.clone(),
         },
     };
-    if !args.network_policy {
-        bail!(
-            "--network-policy=false is not supported yet: both back ends always program NetworkPolicy"
-        );
-    }
-    raw.check(args.master, args.cleanup)
+    raw.check(args.master, args.cleanup, args.network_policy)
 }
 
 /// Removes from `ns` what every mode of kube-netd owns there.
@@ -221,6 +234,9 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
     ));
 
     let backend = Arc::new(Mutex::new(backend));
+    // The last state a sync programmed, which the next sync's changes are counted from.
+    let synced: Arc<Mutex<Option<Arc<ClusterState>>>> = Arc::default();
+    let started_at = SystemTime::now();
     tracing::info!(node = %node, mode = %settings.mode, "agent started");
     netd_source::runner::run(
         store,
@@ -231,6 +247,8 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
             let health = health.clone();
             let metrics = sync_metrics.clone();
             let services = services.clone();
+            let synced = synced.clone();
+            let program = settings.program.clone();
             async move {
                 let families = families(&request);
                 let full = request.full();
@@ -248,11 +266,22 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
                 });
                 let report = report?;
                 metrics.observe(full, started.elapsed());
+                {
+                    // Poisoned only if a panic held it; the value is still a whole state.
+                    let mut synced = synced.lock().unwrap_or_else(|p| p.into_inner());
+                    let changes = Changes::between(synced.as_deref(), &request.state, started_at);
+                    metrics.programmed(&changes, SystemTime::now());
+                    *synced = Some(request.state.clone());
+                }
                 for family in families {
                     health.updated(family);
                 }
                 health.set_node_eligible(netd_healthcheck::node_eligible(&request.state, &node));
-                for (service, error) in services.lock().await.sync(&report.health_checks).await {
+                let mut services = services.lock().await;
+                services
+                    .set_addresses(health_check_addresses(&program, &request.state, &node))
+                    .await;
+                for (service, error) in services.sync(&report.health_checks).await {
                     tracing::warn!(%service, %error, "health check server not started; retried next sync");
                 }
                 tracing::info!(generation = request.generation, reason = %request.reason, "synced");
@@ -266,6 +295,30 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
     queued.abort();
     tracing::info!("agent stopped; rules left in place");
     Ok(())
+}
+
+/// Where health-check node ports listen, as kube-proxy's: the `--nodeport-addresses` of the
+/// cluster's primary family (the unspecified address when that is every local address).
+fn health_check_addresses(
+    program: &ProgramConfig,
+    state: &ClusterState,
+    node: &NodeName,
+) -> Vec<IpAddr> {
+    let ipv6_only = !state.config().service_cidrs.is_empty()
+        && state
+            .config()
+            .service_cidrs
+            .iter()
+            .all(|c| c.addr().is_ipv6());
+    let (family, any) = if ipv6_only {
+        (netd_proxy::IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (netd_proxy::IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    match program.proxy_options(state, node).nodeport_ips(family) {
+        NodePortIps::Local => vec![any],
+        NodePortIps::Only(ips) => ips,
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -311,6 +364,81 @@ struct AgentMetrics {
     partial: Histogram,
     last: Gauge<f64, std::sync::atomic::AtomicU64>,
     last_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
+    programming: Histogram,
+    endpoint_changes: Counter,
+    service_changes: Counter,
+}
+
+/// kube-proxy's buckets of `network_programming_duration_seconds`: 0, 0.25 s and 0.5 s, each
+/// second to 59 s, every 5 s to 115 s, every 30 s from 2 to 5 minutes.
+fn programming_buckets() -> Vec<f64> {
+    let mut buckets = vec![0.0, 0.25, 0.5];
+    buckets.extend((1..=59).map(f64::from));
+    buckets.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    buckets.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    buckets
+}
+
+/// What changed between two consecutive synced states: kube-proxy's change counters, and
+/// the trigger times network programming latency is measured from.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Changes {
+    /// Services added, changed or removed.
+    services: u64,
+    /// EndpointSlices added, changed or removed.
+    endpoint_slices: u64,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` of each EndpointSlice added or
+    /// changed, when it is not before the agent started (as kube-proxy, which measures
+    /// nothing from before it ran; a removed slice's time is that of its last update, so
+    /// it is not counted either).
+    triggers: Vec<SystemTime>,
+}
+
+impl Changes {
+    /// The changes from `previous` (nothing before the first sync) to `next`.
+    fn between(previous: Option<&ClusterState>, next: &ClusterState, since: SystemTime) -> Self {
+        fn objects(state: Option<&ClusterState>, kind: Kind) -> BTreeMap<ObjectId, &Object> {
+            state
+                .into_iter()
+                .flat_map(|s| s.objects())
+                .filter(|o| o.kind() == kind)
+                .map(|o| (o.id(), o))
+                .collect()
+        }
+        let mut out = Changes::default();
+        for kind in [Kind::Service, Kind::EndpointSlice] {
+            let (before, after) = (objects(previous, kind), objects(Some(next), kind));
+            let changed: Vec<&Object> = after
+                .iter()
+                .filter(|(id, o)| before.get(*id) != Some(*o))
+                .map(|(_, o)| *o)
+                .collect();
+            let removed = before.keys().filter(|id| !after.contains_key(*id)).count();
+            let count = (changed.len() + removed) as u64;
+            if kind == Kind::Service {
+                out.services = count;
+                continue;
+            }
+            out.endpoint_slices = count;
+            out.triggers = changed
+                .iter()
+                .filter_map(|o| trigger_time(o))
+                .filter(|t| *t >= since)
+                .collect();
+        }
+        out
+    }
+}
+
+/// An EndpointSlice's `last-change-trigger-time` (RFC 3339), if it has a valid one.
+fn trigger_time(object: &Object) -> Option<SystemTime> {
+    let text = object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(netd_source::prune::LAST_CHANGE_TRIGGER_TIME)?;
+    let at: jiff::Timestamp = text.parse().ok()?;
+    Some(SystemTime::from(at))
 }
 
 impl AgentMetrics {
@@ -323,6 +451,9 @@ impl AgentMetrics {
             partial: buckets(),
             last: Gauge::default(),
             last_queued: Gauge::default(),
+            programming: Histogram::new(programming_buckets()),
+            endpoint_changes: Counter::default(),
+            service_changes: Counter::default(),
         };
         registry.register(
             "sync_proxy_rules_duration_seconds",
@@ -349,7 +480,34 @@ impl AgentMetrics {
             "The last time a sync of proxy rules was queued",
             metrics.last_queued.clone(),
         );
+        registry.register(
+            "network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            metrics.programming.clone(),
+        );
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            metrics.endpoint_changes.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            metrics.service_changes.clone(),
+        );
         metrics
+    }
+
+    /// Counts what a successful sync that ended at `now` programmed.
+    fn programmed(&self, changes: &Changes, now: SystemTime) {
+        self.service_changes.inc_by(changes.services);
+        self.endpoint_changes.inc_by(changes.endpoint_slices);
+        for trigger in &changes.triggers {
+            // A trigger time ahead of this clock (skew with the control plane) counts as 0.
+            let took = now.duration_since(*trigger).unwrap_or_default();
+            self.programming.observe(took.as_secs_f64());
+        }
     }
 
     fn observe(&self, full: bool, took: Duration) {
@@ -383,6 +541,8 @@ struct Raw {
     mode: Option<String>,
     cluster_cidr: Option<String>,
     detect_local_mode: Option<String>,
+    pod_bridge_interface: Option<String>,
+    pod_interface_name_prefix: Option<String>,
     nodeport_addresses: Vec<String>,
     masquerade_all: bool,
     min_sync_period: Option<String>,
@@ -392,7 +552,12 @@ struct Raw {
 }
 
 impl Raw {
-    fn check(self, master: Option<String>, cleanup: bool) -> anyhow::Result<Settings> {
+    fn check(
+        self,
+        master: Option<String>,
+        cleanup: bool,
+        network_policy: bool,
+    ) -> anyhow::Result<Settings> {
         let mode = match self.mode.as_deref().filter(|m| !m.is_empty()) {
             None => Mode::Iptables,
             Some(m) => m.parse::<Mode>().context("--proxy-mode (mode)")?,
@@ -408,20 +573,31 @@ impl Raw {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
-        match self.detect_local_mode.as_deref() {
-            None | Some("") | Some("ClusterCIDR") => {}
-            Some(other) => bail!(
-                "--detect-local-mode (detectLocalMode): {other:?} is not supported; only ClusterCIDR is"
-            ),
-        }
-        if !self.nodeport_addresses.is_empty() {
-            bail!(
-                "--nodeport-addresses (nodePortAddresses): not supported yet; nodePorts answer on every local address"
-            );
-        }
-        if self.masquerade_all {
-            bail!("--masquerade-all (masqueradeAll): not supported yet");
-        }
+        let detect_local = DetectLocal::parse(
+            self.detect_local_mode.as_deref().unwrap_or_default(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+        .context(
+            "--detect-local-mode (detectLocalMode, with detectLocal.bridgeInterface or \
+             detectLocal.interfaceNamePrefix)",
+        )?;
+        let nodeport_addresses = match NodePortAddresses::parse(&self.nodeport_addresses)
+            .context("--nodeport-addresses (nodePortAddresses)")?
+        {
+            // As kube-proxy: nftables mode answers on the primary addresses unless told.
+            NodePortAddresses::All if mode == Mode::Nftables => NodePortAddresses::Primary,
+            other => other,
+        };
+        let program = ProgramConfig {
+            proxy: ProxySettings {
+                masquerade_all: self.masquerade_all,
+                nodeport_addresses,
+                detect_local,
+                localhost_nodeports: false,
+            },
+            network_policy,
+        };
         let runner = RunnerConfig {
             min_sync_period: duration(
                 self.min_sync_period.as_deref(),
@@ -449,6 +625,7 @@ impl Raw {
             node,
             mode,
             cluster_cidrs,
+            program,
             runner,
             healthz_bind_address: address(
                 self.healthz_bind_address.as_deref(),
@@ -483,6 +660,8 @@ struct KubeProxyConfiguration {
     #[serde(default)]
     detect_local_mode: Option<String>,
     #[serde(default)]
+    detect_local: DetectLocalSection,
+    #[serde(default)]
     node_port_addresses: Vec<String>,
     #[serde(default)]
     healthz_bind_address: Option<String>,
@@ -505,6 +684,16 @@ struct KubeProxyConfiguration {
 struct ClientConnection {
     #[serde(default)]
     kubeconfig: Option<PathBuf>,
+}
+
+/// `detectLocal:`, the interfaces of the interface detectors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DetectLocalSection {
+    #[serde(default)]
+    bridge_interface: Option<String>,
+    #[serde(default)]
+    interface_name_prefix: Option<String>,
 }
 
 /// `iptables:` and `nftables:` (the fields kube-netd reads).
@@ -535,6 +724,8 @@ impl KubeProxyConfiguration {
             mode: self.mode,
             cluster_cidr: self.cluster_cidr,
             detect_local_mode: self.detect_local_mode,
+            pod_bridge_interface: self.detect_local.bridge_interface,
+            pod_interface_name_prefix: self.detect_local.interface_name_prefix,
             nodeport_addresses: self.node_port_addresses,
             masquerade_all: section.masquerade_all.unwrap_or(false),
             min_sync_period: self.min_sync_period.or(section.min_sync_period),
@@ -574,6 +765,14 @@ fn warn_ignored(args: &AgentArgs) {
         ("--proxy-mode", args.proxy_mode.is_some()),
         ("--cluster-cidr", args.cluster_cidr.is_some()),
         ("--detect-local-mode", args.detect_local_mode.is_some()),
+        (
+            "--pod-bridge-interface",
+            args.pod_bridge_interface.is_some(),
+        ),
+        (
+            "--pod-interface-name-prefix",
+            args.pod_interface_name_prefix.is_some(),
+        ),
         ("--nodeport-addresses", args.nodeport_addresses.is_some()),
         ("--masquerade-all", args.masquerade_all.is_some()),
         ("--min-sync-period", args.min_sync_period.is_some()),
@@ -683,7 +882,91 @@ mod tests {
         assert_eq!(s.metrics_bind_address.to_string(), "127.0.0.1:10249");
         assert!(s.cluster_cidrs.is_empty());
         assert_eq!(s.api, ApiOptions::default());
+        assert_eq!(s.program, ProgramConfig::default());
+        assert!(s.program.network_policy);
         assert!(!s.cleanup);
+    }
+
+    #[test]
+    fn nftables_mode_defaults_to_the_primary_nodeport_addresses() {
+        for (args, want) in [
+            (&["--proxy-mode=nftables"][..], NodePortAddresses::Primary),
+            (&["--proxy-mode=iptables"], NodePortAddresses::All),
+            (&["--proxy-mode=ipvs"], NodePortAddresses::All),
+            (
+                &["--proxy-mode=nftables", "--nodeport-addresses=0.0.0.0/0"],
+                NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().expect("net")]),
+            ),
+        ] {
+            let mut all = vec!["--hostname-override=n"];
+            all.extend_from_slice(args);
+            let s = settings(&all).expect("settings");
+            assert_eq!(s.program.proxy.nodeport_addresses, want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_flags_reach_the_back_ends_config() {
+        let s = settings(&[
+            "--hostname-override=n",
+            "--masquerade-all",
+            "--nodeport-addresses=10.0.0.0/8,fd00::/64",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface=cni0",
+            "--network-policy=false",
+        ])
+        .expect("settings");
+        let want = ProgramConfig {
+            proxy: ProxySettings {
+                masquerade_all: true,
+                nodeport_addresses: NodePortAddresses::Cidrs(vec![
+                    "10.0.0.0/8".parse().expect("net"),
+                    "fd00::/64".parse().expect("net"),
+                ]),
+                detect_local: DetectLocal::BridgeInterface("cni0".parse().expect("name")),
+                localhost_nodeports: false,
+            },
+            network_policy: false,
+        };
+        assert_eq!(s.program, want);
+        for (args, want) in [
+            (
+                &["--detect-local-mode=NodeCIDR"][..],
+                ProxySettings {
+                    detect_local: DetectLocal::NodeCidr,
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=veth",
+                ],
+                ProxySettings {
+                    detect_local: DetectLocal::InterfaceNamePrefix("veth".parse().expect("name")),
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &["--nodeport-addresses=primary"],
+                ProxySettings {
+                    nodeport_addresses: NodePortAddresses::Primary,
+                    ..ProxySettings::default()
+                },
+            ),
+            (
+                &["--masquerade-all=false", "--detect-local-mode=ClusterCIDR"],
+                ProxySettings::default(),
+            ),
+        ] {
+            let mut all = vec!["--hostname-override=n"];
+            all.extend_from_slice(args);
+            assert_eq!(
+                settings(&all).expect("settings").program.proxy,
+                want,
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
@@ -727,8 +1010,24 @@ mod tests {
                 &["--detect-local-mode=BridgeInterface"],
                 "--detect-local-mode",
             ),
-            (&["--nodeport-addresses=10.0.0.0/8"], "--nodeport-addresses"),
-            (&["--masquerade-all"], "--masquerade-all"),
+            (&["--detect-local-mode=LinkLocal"], "--detect-local-mode"),
+            (
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=veth+",
+                ],
+                "--pod-interface-name-prefix",
+            ),
+            (
+                &["--nodeport-addresses=10.0.0.0/33"],
+                "--nodeport-addresses",
+            ),
+            (&["--nodeport-addresses=10.0.0.1"], "--nodeport-addresses"),
+            (
+                &["--nodeport-addresses=primary,10.0.0.0/8"],
+                "--nodeport-addresses",
+            ),
+            (&["--masquerade-all=maybe"], "--masquerade-all"),
             (&["--sync-period=30"], "--sync-period"),
             (&["--sync-period=0"], "--sync-period"),
             (&["--min-sync-period=1x"], "--min-sync-period"),
@@ -740,7 +1039,7 @@ mod tests {
                 &["--metrics-bind-address=nowhere:1"],
                 "--metrics-bind-address",
             ),
-            (&["--network-policy=false"], "--network-policy"),
+            (&["--network-policy=no"], "--network-policy"),
         ] {
             let mut all = vec!["--hostname-override=n"];
             all.extend_from_slice(args);
@@ -848,6 +1147,79 @@ iptables:
     }
 
     #[test]
+    fn the_config_file_sets_the_proxy_settings() {
+        let file = config_file(&format!(
+            "{}detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: veth\n\
+             nodePortAddresses: [primary]\n",
+            CONFIG
+                .replace("detectLocalMode: ClusterCIDR\n", "")
+                .replace("  masqueradeAll: false", "  masqueradeAll: true")
+        ));
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path, "--network-policy=false"]).expect("settings");
+        assert_eq!(
+            s.program,
+            ProgramConfig {
+                proxy: ProxySettings {
+                    masquerade_all: true,
+                    nodeport_addresses: NodePortAddresses::Primary,
+                    detect_local: DetectLocal::InterfaceNamePrefix("veth".parse().expect("name")),
+                    localhost_nodeports: false,
+                },
+                network_policy: false,
+            }
+        );
+        // The mode's section: iptables' masqueradeAll in IPVS mode, as kube-proxy.
+        let file = config_file(&format!(
+            "{}detectLocal:\n  bridgeInterface: cni0\n",
+            CONFIG
+                .replace("mode: nftables", "mode: ipvs")
+                .replace(
+                    "detectLocalMode: ClusterCIDR",
+                    "detectLocalMode: BridgeInterface"
+                )
+                .replace("iptables:\n", "iptables:\n  masqueradeAll: true\n")
+        ));
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path]).expect("settings");
+        assert!(s.program.proxy.masquerade_all);
+        assert_eq!(
+            s.program.proxy.detect_local,
+            DetectLocal::BridgeInterface("cni0".parse().expect("name"))
+        );
+    }
+
+    #[test]
+    fn bad_proxy_settings_in_the_file_are_refused_by_name() {
+        for (extra, want) in [
+            (
+                "nodePortAddresses: [10.0.0.0/40]\ndetectLocal:\n  bridgeInterface: cni0\n",
+                "nodePortAddresses",
+            ),
+            (
+                "detectLocal:\n  bridgeInterface: a very long name\n",
+                "detectLocalMode",
+            ),
+            (
+                "detectLocal:\n  bridgeInterfaces: cni0\n",
+                "bridgeInterfaces",
+            ),
+        ] {
+            let text = format!(
+                "{}{extra}",
+                CONFIG.replace(
+                    "detectLocalMode: ClusterCIDR",
+                    "detectLocalMode: BridgeInterface"
+                )
+            );
+            let file = config_file(&text);
+            let path = file.path().to_str().expect("utf-8 path");
+            let err = error(&["--config", path]);
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_config_keys_are_refused_by_name() {
         let file = config_file(&format!("{CONFIG}conntrackMaxPerCore: 1\n"));
         let path = file.path().to_str().expect("utf-8 path");
@@ -873,5 +1245,153 @@ iptables:
         let path = file.path().to_str().expect("utf-8 path");
         let err = error(&["--config", path]);
         assert!(err.contains("apiVersion"), "{err}");
+    }
+
+    const SLICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: x}
+spec: {clusterIP: 10.96.0.6, ports: [{port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata:
+  name: web-a
+  namespace: x
+  labels: {kubernetes.io/service-name: web}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-12-03T10:00:01Z"}
+ports: [{port: 80, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.2]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: db-a, namespace: x, labels: {kubernetes.io/service-name: db}}
+ports: [{port: 5432, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.3]}]
+"#;
+
+    fn at(text: &str) -> SystemTime {
+        SystemTime::from(text.parse::<jiff::Timestamp>().expect("timestamp"))
+    }
+
+    #[test]
+    fn changes_count_services_and_slices_between_synced_states() {
+        let first = netd_testkit::state(SLICES);
+        let since = at("2026-12-03T10:00:00Z");
+        // The first sync: everything is new; the annotated slice brings its trigger time.
+        assert_eq!(
+            Changes::between(None, &first, since),
+            Changes {
+                services: 2,
+                endpoint_slices: 2,
+                triggers: vec![at("2026-12-03T10:00:01Z")],
+            }
+        );
+        // Nothing changed: nothing counted, and the old trigger time is not measured again.
+        assert_eq!(
+            Changes::between(Some(&first), &first, since),
+            Changes::default()
+        );
+        // web-a gets a new endpoint and trigger time, db goes with its slice.
+        let next = netd_testkit::state(
+            &SLICES
+                .replace("10.244.1.2]", "10.244.1.2, 10.244.1.4]")
+                .replace("10:00:01Z", "10:00:07.5Z")
+                .split("---")
+                .filter(|doc| !doc.contains("name: db"))
+                .collect::<Vec<_>>()
+                .join("---"),
+        );
+        assert_eq!(
+            Changes::between(Some(&first), &next, since),
+            Changes {
+                services: 1,
+                endpoint_slices: 2,
+                triggers: vec![at("2026-12-03T10:00:07.5Z")],
+            }
+        );
+        // Trigger times from before the agent started are not measured.
+        assert!(
+            Changes::between(None, &first, at("2026-12-03T10:00:02Z"))
+                .triggers
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn programmed_changes_are_exported_with_kube_proxys_names() {
+        let mut registry = Registry::with_prefix("kubeproxy");
+        let metrics = AgentMetrics::register(&mut registry);
+        let changes = Changes {
+            services: 2,
+            endpoint_slices: 3,
+            triggers: vec![at("2026-12-03T10:00:00Z"), at("2026-12-03T10:00:10Z")],
+        };
+        metrics.programmed(&changes, at("2026-12-03T10:00:01.2Z"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for want in [
+            "kubeproxy_sync_proxy_rules_service_changes_total 2",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 3",
+            "kubeproxy_network_programming_duration_seconds_count 2",
+            // 1.2 s after the first trigger; the second, ahead of the clock, counts as 0.
+            "kubeproxy_network_programming_duration_seconds_sum 1.2",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.0\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"1.0\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"2.0\"} 2",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"300.0\"} 2",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+    }
+
+    #[test]
+    fn health_checks_listen_on_the_nodeport_addresses() {
+        let state = netd_testkit::state(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+             status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n",
+        );
+        let node = NodeName::new("node-1");
+        let with = |nodeport_addresses| ProgramConfig {
+            proxy: ProxySettings {
+                nodeport_addresses,
+                ..ProxySettings::default()
+            },
+            ..ProgramConfig::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        for (addresses, want) in [
+            (NodePortAddresses::All, vec![ip("0.0.0.0")]),
+            (NodePortAddresses::Primary, vec![ip("172.18.0.2")]),
+            (
+                NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().expect("cidr")]),
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                health_check_addresses(&with(addresses.clone()), &state, &node),
+                want,
+                "{addresses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn programming_buckets_are_kube_proxys() {
+        let buckets = programming_buckets();
+        assert_eq!(buckets.len(), 81);
+        assert_eq!(&buckets[..5], &[0.0, 0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(&buckets[61..64], &[59.0, 60.0, 65.0]);
+        assert_eq!(
+            &buckets[73..],
+            &[115.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 300.0]
+        );
     }
 }

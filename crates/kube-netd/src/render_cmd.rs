@@ -78,10 +78,12 @@ pub struct TraceArgs {
 
 /// Prints the node's `ipset restore` and `iptables-restore` input.
 pub fn render(args: RenderArgs) -> anyhow::Result<()> {
-    let backend = netd_agent::backend(&BackendConfig {
+    let mut config = BackendConfig {
         mode: args.mode.into(),
-        localhost_nodeports: args.localhost_nodeports,
-    });
+        ..BackendConfig::default()
+    };
+    config.program.proxy.localhost_nodeports = args.localhost_nodeports;
+    let backend = netd_agent::backend(&config);
     let state = args.cluster.resolve()?;
     require_node(&state, &args.node)?;
     crate::out::stdout(&backend.render(&state, &args.node)?)?;

@@ -130,6 +130,102 @@ fn slice(addresses: &[&str], rv: Option<&str>) -> serde_json::Value {
     slice
 }
 
+/// `slice` with the EndpointSlice controller's last-change-trigger-time `at`.
+fn triggered(mut slice: serde_json::Value, at: &str) -> serde_json::Value {
+    slice["metadata"]["annotations"] =
+        json!({"endpoints.kubernetes.io/last-change-trigger-time": at});
+    slice
+}
+
+/// The value of the sample `name` on the agent's `/metrics` (127.0.0.1:10249 in `ns`), once
+/// it is at least `at_least`.
+fn wait_for_metric(ns: &str, name: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = {
+            let ns = ns.to_owned();
+            std::thread::spawn(move || {
+                netns::enter(&ns).expect("enter");
+                let mut stream = TcpStream::connect(("127.0.0.1", 10249)).expect("connect");
+                write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).expect("read");
+                answer
+            })
+            .join()
+            .expect("metrics thread")
+        };
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+        if let Some(v) = value.filter(|v| *v >= at_least) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {at_least}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// kube-proxy's options end to end: `--network-policy=false` programs no policy chain, and
+/// `--detect-local-mode=BridgeInterface` exempts what arrives on the bridge from the
+/// ClusterIP's masquerade rule, in iptables and nftables mode.
+#[test]
+fn the_agent_takes_kube_proxys_options() {
+    for mode in ["iptables", "nftables"] {
+        let ns = ScratchNetns::new("agto", mode);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = Server::start(ns.name(), &dir.path().join("api"));
+        for object in [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "default"},
+                   "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
+            slice(&["10.244.1.5"], None),
+        ] {
+            server
+                .registry
+                .create(object, netd_apiserver::WriteOptions::default())
+                .expect("create");
+        }
+        let kubeconfig = dir.path().join("kubeconfig");
+        netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kube-netd")])
+            .arg("agent")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "--hostname-override=node-1",
+                &format!("--proxy-mode={mode}"),
+                "--min-sync-period=100ms",
+                "--healthz-bind-address=127.0.0.1:10256",
+                "--network-policy=false",
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cni0",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        let _agent = Agent(child);
+        wait_for(ns.name(), "10.244.1.5");
+        let rules = rules(ns.name());
+        let (detector, masquerade, policy) = match mode {
+            "iptables" => ("! -i cni0", "-j KUBE-MARK-MASQ", "KNP-"),
+            _ => ("iifname != \"cni0\"", "jump mark-for-masquerade", "policy-"),
+        };
+        assert!(
+            rules.lines().any(|l| l.contains("10.96.0.20")
+                && l.contains(detector)
+                && l.contains(masquerade)),
+            "{mode}: {rules}"
+        );
+        assert!(!rules.contains(policy), "{mode}: {rules}");
+    }
+}
+
 /// Every rule of the namespace, iptables and nftables together.
 fn rules(ns: &str) -> String {
     let mut out = netd_kernel::rules::iptables_save(ns).expect("iptables-save");
@@ -202,8 +298,23 @@ fn agent_follows_the_api_server(mode: &str) {
         .get(&netd_apiserver::store::object_id(&slice(&[], None)).expect("id"))
         .expect("the slice");
     let rv = current["metadata"]["resourceVersion"].as_str().expect("rv");
+    // The first sync counted what it programmed; NetworkPolicy's chains are there.
+    let policy = if mode == "iptables" {
+        "KNP-"
+    } else {
+        "policy-"
+    };
+    assert!(rules(ns.name()).contains(policy), "{}", rules(ns.name()));
+    let endpoint_changes = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
+    let first = wait_for_metric(ns.name(), endpoint_changes, 1.0);
+    wait_for_metric(
+        ns.name(),
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+        1.0,
+    );
+    let now = jiff::Timestamp::now().to_string();
     api.update(
-        slice(&["10.244.1.6"], Some(rv)),
+        triggered(slice(&["10.244.1.6"], Some(rv)), &now),
         netd_apiserver::WriteOptions::default(),
     )
     .expect("update");
@@ -211,6 +322,13 @@ fn agent_follows_the_api_server(mode: &str) {
     assert!(
         !rules(ns.name()).contains("10.244.1.5"),
         "old endpoint left"
+    );
+    // Counted, and measured from the slice's trigger time.
+    wait_for_metric(ns.name(), endpoint_changes, first + 1.0);
+    wait_for_metric(
+        ns.name(),
+        "kubeproxy_network_programming_duration_seconds_count",
+        1.0,
     );
 
     // Without the API server the rules stay and /healthz still answers.

@@ -65,10 +65,12 @@ fn backend_config(lab: &LabRecord) -> Result<BackendConfig, LabError> {
         .mode
         .parse()
         .map_err(|source| LabError::UnknownMode { source })?;
-    Ok(BackendConfig {
+    let mut config = BackendConfig {
         mode,
-        localhost_nodeports: lab.localhost_nodeports,
-    })
+        ..BackendConfig::default()
+    };
+    config.program.proxy.localhost_nodeports = lab.localhost_nodeports;
+    Ok(config)
 }
 
 /// Where the agent of `node` writes its counters, in the lab's state directory `state_dir`.

@@ -9,7 +9,9 @@
 //! drop), and where traffic is masqueraded. The back ends (iptables, nftables, IPVS) only render
 //! a [`ServicePlan`].
 //!
-//! - [`options`]: [`ProxyOptions`] (masquerade bit, local-traffic detector, node zone and IPs).
+//! - [`options`]: [`ProxySettings`] (kube-proxy's flags every back end honours) and
+//!   [`ProxyOptions`] (those settings met with one Node: masquerade, the local-traffic
+//!   detector, nodePort addresses, zone and IPs).
 //! - [`plan`](mod@plan): [`ServicePlan`], [`ServicePortPlan`] and the decisions they carry.
 //! - [`topology`]: endpoint categorisation, exactly as upstream's `topology.go`.
 //! - Partial syncs: [`ServicePlan::changed_services`] compares two plans.
@@ -20,7 +22,10 @@ pub mod options;
 pub mod plan;
 pub mod topology;
 
-pub use options::{IpFamily, ProxyOptions};
+pub use options::{
+    BadInterfaceName, BadSetting, DetectLocal, InterfaceName, IpFamily, LocalDetector,
+    NodePortAddresses, NodePortIps, ProxyOptions, ProxySettings,
+};
 pub use plan::{
     ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, ServicePlan, ServicePortPlan,
     plan,

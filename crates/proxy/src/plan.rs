@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use netd_model::view::{AddressType, Service, ServicePort, ServiceType, TrafficPolicy};
 use netd_model::{ClusterState, NodeName, Protocol, ServicePortName, ServiceRef};
 
-use crate::options::{IpFamily, ProxyOptions};
+use crate::options::{IpFamily, LocalDetector, NodePortIps, ProxyOptions};
 use crate::topology::{Categorized, Usage, categorize};
 
 pub use crate::topology::PlannedEndpoint;
@@ -21,10 +21,10 @@ pub struct ServicePlan {
     pub family: IpFamily,
     /// The fwmark that asks for SNAT (`1 << masquerade_bit`, 0x4000 by default).
     pub masquerade_mark: u32,
-    /// The local-traffic detector: the pod range of this family, when configured.
-    pub local_detector: Option<IpNet>,
-    /// `--nodeport-addresses` of this family; empty means "every local address".
-    pub nodeport_addresses: Vec<IpAddr>,
+    /// The local-traffic detector (`--detect-local-mode`), when configured for this family.
+    pub local_detector: Option<LocalDetector>,
+    /// Where nodePorts answer (`--nodeport-addresses` resolved for this family).
+    pub nodeport_addresses: NodePortIps,
     /// Whether nodePorts also answer on `127.0.0.0/8` (`--iptables-localhost-nodeports`, IPv4
     /// plans only).
     pub localhost_nodeports: bool,
@@ -58,9 +58,9 @@ impl Disposition {
 pub enum ClusterIpMasquerade {
     /// `--masquerade-all`: every sender.
     All,
-    /// Senders outside the pod range (off-cluster clients routing the service range to a
-    /// node), so replies come back through this node.
-    OffCluster(IpNet),
+    /// Senders the plan's [`ServicePlan::local_detector`] does not match (off-cluster
+    /// clients routing the service range to a node), so replies come back through this node.
+    OffCluster,
     /// Nobody (no local-traffic detector configured).
     Never,
 }
@@ -227,7 +227,7 @@ pub fn plan(
     family: IpFamily,
     opts: &ProxyOptions,
 ) -> ServicePlan {
-    let local_detector = opts.cluster_cidr(family);
+    let local_detector = opts.local_detector(family);
     let node_ips: Vec<IpAddr> = opts
         .node_ips
         .iter()
@@ -255,7 +255,7 @@ pub fn plan(
                 node,
                 family,
                 opts,
-                local_detector,
+                has_local_detector: local_detector.is_some(),
                 node_ips: &node_ips,
             };
             let p = ctx.plan_port(sp, cluster_ip);
@@ -267,12 +267,7 @@ pub fn plan(
         family,
         masquerade_mark: opts.masquerade_mark(),
         local_detector,
-        nodeport_addresses: opts
-            .nodeport_addresses
-            .iter()
-            .copied()
-            .filter(|ip| family.contains(*ip))
-            .collect(),
+        nodeport_addresses: opts.nodeport_ips(family),
         localhost_nodeports: opts.localhost_nodeports && family == IpFamily::V4,
         ports,
     }
@@ -284,7 +279,7 @@ struct PortContext<'a> {
     node: &'a NodeName,
     family: IpFamily,
     opts: &'a ProxyOptions,
-    local_detector: Option<IpNet>,
+    has_local_detector: bool,
     node_ips: &'a [IpAddr],
 }
 
@@ -342,13 +337,13 @@ impl PortContext<'_> {
             policy: etp,
             disposition: policy_disposition(etp),
             masquerade_all: etp == TrafficPolicy::Cluster,
-            pods_short_circuit: etp == TrafficPolicy::Local && self.local_detector.is_some(),
+            pods_short_circuit: etp == TrafficPolicy::Local && self.has_local_detector,
             host_short_circuit: etp == TrafficPolicy::Local,
         });
-        let cluster_ip_masquerade = match (self.opts.masquerade_all, self.local_detector) {
+        let cluster_ip_masquerade = match (self.opts.masquerade_all, self.has_local_detector) {
             (true, _) => ClusterIpMasquerade::All,
-            (false, Some(cidr)) => ClusterIpMasquerade::OffCluster(cidr),
-            (false, None) => ClusterIpMasquerade::Never,
+            (false, true) => ClusterIpMasquerade::OffCluster,
+            (false, false) => ClusterIpMasquerade::Never,
         };
         let load_balancer_admits_node = load_balancer_source_ranges
             .iter()
@@ -538,10 +533,7 @@ spec: {internalTrafficPolicy: Local, clusterIP: 10.96.0.7, ports: [{port: 80}]}
         let ext = http.external.expect("externally accessible");
         assert_eq!(ext.disposition, Disposition::Local);
         assert!(!ext.masquerade_all && ext.pods_short_circuit && ext.host_short_circuit);
-        assert_eq!(
-            http.cluster_ip_masquerade,
-            ClusterIpMasquerade::OffCluster("10.244.0.0/16".parse().expect("cidr"))
-        );
+        assert_eq!(http.cluster_ip_masquerade, ClusterIpMasquerade::OffCluster);
         assert!(
             http.uses_cluster_endpoints()
                 && http.uses_local_endpoints()

@@ -14,7 +14,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use netd_model::{NodeName, ServiceRef};
-use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, plan};
+use netd_proxy::{IpFamily, ProxyOptions, ProxySettings, ServicePlan, plan};
 use netd_render::nft::{diff, render_services_nft};
 use netd_render::{RenderOptions, SyncScope, render_services};
 
@@ -51,7 +51,7 @@ fn cluster_yaml() -> String {
 fn bench(c: &mut Criterion) {
     let state = netd_testkit::state(&cluster_yaml());
     let node = NodeName::new("node-0");
-    let opts = ProxyOptions::for_node(&state, &node);
+    let opts = ProxyOptions::for_node(&state, &node, &ProxySettings::default());
     let ropts = RenderOptions::default();
     let mut g = c.benchmark_group("services_10k_x_10");
     g.sample_size(10);

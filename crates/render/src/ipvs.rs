@@ -34,7 +34,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use netd_model::Protocol;
 use netd_model::view::TrafficPolicy;
-use netd_proxy::{ClusterIpMasquerade, Disposition, IpFamily, ServicePlan, ServicePortPlan};
+use netd_proxy::{
+    ClusterIpMasquerade, Disposition, IpFamily, NodePortIps, ServicePlan, ServicePortPlan,
+};
 
 use crate::chains::{
     KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
@@ -42,6 +44,7 @@ use crate::chains::{
 use crate::iptables::{
     ChainName, CtState, Direction, HookRule, MarkOp, Match, Rule, Ruleset, Table, Target,
 };
+use crate::services::local_traffic;
 
 /// The dummy interface that holds the Service addresses.
 pub const DUMMY_INTERFACE: &str = "kube-ipvs0";
@@ -661,10 +664,9 @@ fn hooks() -> Vec<HookRule> {
 
 /// The addresses nodePorts get virtual servers on.
 fn nodeport_addresses(plan: &ServicePlan, opts: &IpvsOptions) -> Vec<IpAddr> {
-    let source = if plan.nodeport_addresses.is_empty() {
-        &opts.node_addresses
-    } else {
-        &plan.nodeport_addresses
+    let source = match &plan.nodeport_addresses {
+        NodePortIps::Local => &opts.node_addresses,
+        NodePortIps::Only(ips) => ips,
     };
     let set: BTreeSet<IpAddr> = source
         .iter()
@@ -1020,12 +1022,14 @@ impl IpvsRenderer<'_> {
 
         if self.has(IpvsSet::ClusterIp) {
             let base = self.commented_set_rule(IpvsSet::ClusterIp, &dd, None);
-            let rule = match self.cluster_ip_masquerade() {
-                ClusterIpMasquerade::All => base,
-                ClusterIpMasquerade::OffCluster(cidr) => base.not_source(cidr),
+            let rule = match (self.cluster_ip_masquerade(), &self.plan.local_detector) {
+                (ClusterIpMasquerade::All, _) => base,
+                (ClusterIpMasquerade::OffCluster, Some(detector)) => {
+                    base.with(local_traffic(detector, true))
+                }
                 // Without a detector upstream masquerades the host's own connections from a
                 // VIP (the dummy interface makes a VIP the chosen source for another VIP).
-                ClusterIpMasquerade::Never => {
+                (ClusterIpMasquerade::OffCluster | ClusterIpMasquerade::Never, _) => {
                     self.commented_set_rule(IpvsSet::ClusterIp, &[Src, Dst], None)
                 }
             };

@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use netd_model::view::TrafficPolicy;
 use netd_model::{Protocol, ServiceRef};
-use netd_proxy::{ClusterIpMasquerade, Disposition, PlannedEndpoint, ServicePlan, ServicePortPlan};
+use netd_proxy::{
+    ClusterIpMasquerade, Disposition, LocalDetector, NodePortIps, PlannedEndpoint, ServicePlan,
+    ServicePortPlan,
+};
 
 use crate::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
@@ -366,7 +369,7 @@ impl Renderer<'_> {
             "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
         let services = self.names.services.clone();
         let localhost = self.plan.localhost_nodeports;
-        if self.plan.nodeport_addresses.is_empty() {
+        let NodePortIps::Only(ips) = &self.plan.nodeport_addresses else {
             // Without localhost nodePorts (the default here; kube-proxy's with
             // --iptables-localhost-nodeports=false, and always for IPv6) loopback
             // destinations are left out: they would need route_localnet.
@@ -377,13 +380,8 @@ impl Renderer<'_> {
             self.rs
                 .append(Table::Nat, &services, rule.jump(&self.names.nodeports));
             return;
-        }
-        for ip in self
-            .plan
-            .nodeport_addresses
-            .iter()
-            .filter(|ip| localhost || !ip.is_loopback())
-        {
+        };
+        for ip in ips.iter().filter(|ip| localhost || !ip.is_loopback()) {
             let rule = Rule::new()
                 .comment(COMMENT)
                 .destination(*ip)
@@ -572,10 +570,12 @@ impl Renderer<'_> {
                 port.cluster_ip,
                 port.port,
             );
-            let masq = match port.cluster_ip_masquerade {
-                ClusterIpMasquerade::All => Some(base),
-                ClusterIpMasquerade::OffCluster(cidr) => Some(base.not_source(cidr)),
-                ClusterIpMasquerade::Never => None,
+            let masq = match (port.cluster_ip_masquerade, &self.plan.local_detector) {
+                (ClusterIpMasquerade::All, _) => Some(base),
+                (ClusterIpMasquerade::OffCluster, Some(detector)) => {
+                    Some(base.with(local_traffic(detector, true)))
+                }
+                (ClusterIpMasquerade::OffCluster | ClusterIpMasquerade::Never, _) => None,
             };
             if let Some(rule) = masq {
                 self.rs
@@ -594,10 +594,10 @@ impl Renderer<'_> {
                     .jump(&mark_masq);
                 self.rs.append(Table::Nat, ext, rule);
             }
-            if let (true, Some(cidr)) = (e.pods_short_circuit, self.plan.local_detector) {
+            if let (true, Some(detector)) = (e.pods_short_circuit, &self.plan.local_detector) {
                 let rule = Rule::new()
                     .comment(format!("pod traffic for {name} external destinations"))
-                    .source(cidr)
+                    .with(local_traffic(detector, false))
                     .jump(&chains.cluster);
                 self.rs.append(Table::Nat, ext, rule);
             }
@@ -749,10 +749,29 @@ impl Renderer<'_> {
     }
 }
 
+/// The match of the local-traffic detector (kube-proxy's `IFLOCAL`, or `IFNOTLOCAL` when
+/// `negated`): `-s RANGE`, `-i BRIDGE` or `-i PREFIX+`.
+pub(crate) fn local_traffic(detector: &LocalDetector, negated: bool) -> Match {
+    match detector {
+        LocalDetector::Cidr(cidr) => Match::Source {
+            addr: (*cidr).into(),
+            negated,
+        },
+        LocalDetector::Interface(name) => Match::InInterface {
+            name: name.to_string(),
+            negated,
+        },
+        LocalDetector::InterfacePrefix(prefix) => Match::InInterface {
+            name: format!("{prefix}+"),
+            negated,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use netd_model::NodeName;
-    use netd_proxy::{IpFamily, ProxyOptions, plan};
+    use netd_proxy::{IpFamily, NodePortAddresses, ProxyOptions, plan};
 
     use super::*;
 
@@ -962,10 +981,11 @@ endpoints:
     fn nodeport_addresses_replace_the_local_match() {
         let state = netd_testkit::state(TWO_SERVICES);
         let opts = ProxyOptions {
-            nodeport_addresses: vec![
-                "172.18.0.2".parse().expect("ip"),
-                "127.0.0.1".parse().expect("ip"),
-            ],
+            node_ips: vec!["172.18.0.2".parse().expect("ip")],
+            nodeport_addresses: NodePortAddresses::Cidrs(vec![
+                "172.18.0.0/24".parse().expect("cidr"),
+                "127.0.0.0/8".parse().expect("cidr"),
+            ]),
             ..ProxyOptions::default()
         };
         let p = plan(&state, &NodeName::new("node-1"), IpFamily::V4, &opts);

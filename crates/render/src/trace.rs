@@ -91,9 +91,10 @@ pub struct Packet {
     pub dport: u16,
     /// The protocol.
     pub protocol: Protocol,
-    /// The interface it arrives on, if known (rules matching `-i` never match otherwise).
+    /// The interface it arrives on, if known (otherwise none a rule names: `-i X` does not
+    /// match, `! -i X` does).
     pub in_interface: Option<String>,
-    /// The interface it leaves by, if known (rules matching `-o` never match otherwise).
+    /// The interface it leaves by, if known (otherwise none a rule names, as for `-i`).
     pub out_interface: Option<String>,
 }
 
@@ -667,8 +668,11 @@ impl Tracer<'_> {
     }
 }
 
+/// `[!] -i/-o PATTERN` against the packet's interface. An unknown interface is no interface
+/// the rules name (as the kernel sees a locally sent packet's empty input interface): `-i X`
+/// does not match it, `! -i X` does.
 fn iface_matches(actual: Option<&str>, pattern: &str, negated: bool) -> bool {
-    let Some(actual) = actual else { return false };
+    let actual = actual.unwrap_or_default();
     let hit = match pattern.strip_suffix('+') {
         Some(prefix) => actual.starts_with(prefix),
         None => actual == pattern,

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use netd_model::ServicePortName;
-use netd_proxy::{ClusterIpMasquerade, Disposition, IpFamily, PlannedEndpoint, plan};
+use netd_proxy::{
+    ClusterIpMasquerade, Disposition, IpFamily, LocalDetector, PlannedEndpoint, plan,
+};
 use netd_render::nft::{render_services_nft, trace_nft};
 use netd_render::trace::{Host, Packet, Verdict, trace};
 use netd_render::{RenderOptions, render_services};
@@ -69,10 +71,28 @@ fn traces_agree_with_the_plan() {
             .values()
             .flat_map(|x| x.serving_endpoints.iter().map(|a| a.ip()))
             .collect();
-        let pod = p
-            .local_detector
+        // A pod's packet, as the detector knows it: from inside the range, or arriving on
+        // the pod interface (from a cluster address either way).
+        let cluster_range = opts
+            .cluster_cidrs
+            .iter()
+            .copied()
+            .find(|c| family.contains_net(c));
+        let (range, pod_interface) = match &p.local_detector {
+            Some(LocalDetector::Cidr(cidr)) => (Some(*cidr), None),
+            Some(LocalDetector::Interface(name)) => (cluster_range, Some(name.to_string())),
+            Some(LocalDetector::InterfacePrefix(prefix)) => {
+                (cluster_range, Some(format!("{prefix}0")))
+            }
+            None => (None, None),
+        };
+        let pod = range
             .and_then(|cidr| cidr.hosts().find(|ip| !endpoint_ips.contains(ip)))
             .expect("a pod address outside the endpoints");
+        let from_pod = |packet: Packet| Packet {
+            in_interface: pod_interface.clone(),
+            ..packet
+        };
         for (name, port) in &p.ports {
             let mut check = |what: &str, packet: Packet, want: Fate| {
                 let iptables = trace(&rules, &host, &packet).expect("trace").summary();
@@ -93,7 +113,20 @@ fn traces_agree_with_the_plan() {
             let want = expected(port.internal, port.endpoints_for(port.internal), masq_pod);
             check(
                 "pod to ClusterIP",
-                tcp_or(name, pod, port.cluster_ip, port.port),
+                from_pod(tcp_or(name, pod, port.cluster_ip, port.port)),
+                want,
+            );
+            // An off-cluster client routed to the ClusterIP (it arrives on no pod interface):
+            // SNATed whenever the plan masquerades anyone.
+            let masq_external = port.cluster_ip_masquerade != ClusterIpMasquerade::Never;
+            let want = expected(
+                port.internal,
+                port.endpoints_for(port.internal),
+                masq_external,
+            );
+            check(
+                "off-cluster to ClusterIP",
+                tcp_or(name, external, port.cluster_ip, port.port),
                 want,
             );
             let Some(ext) = port.external else { continue };

@@ -4,7 +4,9 @@
 //! An input may start with `# key: value` lines that set the proxy options:
 //! `node` (default `node-1`), `family` (`IPv4`/`IPv6`), `cluster-cidr` (repeatable; default
 //! the cluster's pod ranges), `node-ip` (repeatable), `zone`, `masquerade-all` (`true`),
-//! `nodeport-address` (repeatable), `localhost-nodeports` (`true`).
+//! `nodeport-address` (repeatable: a CIDR, or `primary`), `localhost-nodeports` (`true`),
+//! `detect-local-mode` (kube-proxy's names), `pod-bridge-interface`,
+//! `pod-interface-name-prefix`, `node-pod-cidr` (repeatable: the Node's podCIDRs).
 
 mod common;
 

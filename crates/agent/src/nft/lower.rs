@@ -410,6 +410,13 @@ fn value_bytes(value: &Value) -> Option<Vec<u8>> {
         Value::Int(n) => n.to_ne_bytes().to_vec(),
         Value::CtState(s) => ct_bit(*s).to_ne_bytes().to_vec(),
         Value::AddrType(t) => addr_type(*t).to_ne_bytes().to_vec(),
+        // As nft: a whole name is compared NUL-padded to IFNAMSIZ, a prefix by its bytes.
+        Value::Ifname(name) if name.is_prefix() => name.name().to_vec(),
+        Value::Ifname(name) => {
+            let mut bytes = name.name().to_vec();
+            bytes.resize(IFNAMSIZ as usize, 0);
+            bytes
+        }
         Value::Net(_) | Value::IpRange(..) | Value::PortRange(..) => return None,
     })
 }
@@ -421,6 +428,9 @@ fn bytes_of(data: Data) -> Vec<u8> {
         Data::Verdict(_) => Vec::new(),
     }
 }
+
+/// The kernel's interface name size, with the terminating NUL.
+const IFNAMSIZ: u32 = 16;
 
 /// `IPPROTO_ICMPV6`, which `icmpv6 type` implies.
 const IPPROTO_ICMPV6: u8 = 58;
@@ -476,7 +486,11 @@ fn key_types(ip: IpFamily, fields: &[Field]) -> Option<Vec<nftnl::KeyType>> {
                     nftnl::KeyType::InetService
                 }
                 Field::MarkMasked(_) => nftnl::KeyType::Mark,
-                Field::CtState | Field::FibDaddrType | Field::FibSaddrType | Field::Icmpv6Type => {
+                Field::CtState
+                | Field::FibDaddrType
+                | Field::FibSaddrType
+                | Field::Icmpv6Type
+                | Field::Iifname => {
                     return None;
                 }
             })
@@ -494,6 +508,7 @@ fn field_len(ip: IpFamily, field: Field) -> u32 {
         Field::L4Proto | Field::Icmpv6Type => 1,
         Field::ThDport | Field::TcpDport | Field::UdpDport | Field::SctpDport => 2,
         Field::CtState | Field::FibDaddrType | Field::FibSaddrType | Field::MarkMasked(_) => 4,
+        Field::Iifname => IFNAMSIZ,
     }
 }
 
@@ -542,6 +557,10 @@ fn load_fields(ip: IpFamily, fields: &[Field], exprs: &mut Vec<Expr>) -> Option<
             },
             Field::MarkMasked(_) => Expr::Meta {
                 key: MetaKey::Mark,
+                dreg,
+            },
+            Field::Iifname => Expr::Meta {
+                key: MetaKey::Iifname,
                 dreg,
             },
         };

@@ -30,7 +30,7 @@ use netd_render::RenderOptions;
 use netd_render::nft::{TABLE_NAME, Table, merge_into, render_policy_nft, render_services_nft};
 use prometheus_client::registry::Registry;
 
-use crate::backend::{Backend, Mode};
+use crate::backend::{Backend, Mode, ProgramConfig};
 use crate::error::AgentError;
 use crate::programmer::families;
 use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile};
@@ -48,6 +48,7 @@ pub struct FamilyTable {
 #[derive(Debug, Default)]
 pub struct Nftables {
     render: RenderOptions,
+    program: ProgramConfig,
     /// What the last successful sync of each family applied.
     applied: BTreeMap<IpFamily, FamilyTable>,
     /// Set after a failed sync (the kernel may hold anything) or on request.
@@ -63,6 +64,11 @@ impl Nftables {
         Self::default()
     }
 
+    /// The same back end, programming from `program` instead of the defaults.
+    pub fn with_program(self, program: ProgramConfig) -> Self {
+        Self { program, ..self }
+    }
+
     /// The tables of `node`, one per IP family the cluster has, IPv4 first: the Services in
     /// kube-proxy's nftables layout and the NetworkPolicy chains and sets, judged first.
     pub fn tables(
@@ -71,19 +77,19 @@ impl Nftables {
         node: &NodeName,
     ) -> Result<Vec<FamilyTable>, AgentError> {
         // nftables mode has no localhost nodePorts (as kube-proxy's).
-        let options = ProxyOptions::for_node(state, node);
-        let policy = netd_policy::compile(state, node).map_err(|source| {
-            AgentError::CompilePolicyFailed {
-                node: node.clone(),
-                source,
-            }
-        })?;
+        let options = ProxyOptions {
+            localhost_nodeports: false,
+            ..self.program.proxy_options(state, node)
+        };
+        let policy = self.program.policy_plan(state, node)?;
         Ok(families(state)
             .into_iter()
             .map(|family| {
                 let plan = netd_proxy::plan(state, node, family, &options);
                 let mut table = render_services_nft(&plan, &self.render);
-                merge_into(&mut table, render_policy_nft(&policy, family));
+                if let Some(policy) = &policy {
+                    merge_into(&mut table, render_policy_nft(policy, family));
+                }
                 FamilyTable { plan, table }
             })
             .collect())

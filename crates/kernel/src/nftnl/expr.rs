@@ -108,6 +108,9 @@ pub enum MetaKey {
     Nfproto,
     /// The layer-4 protocol (`meta l4proto`), 1 byte.
     L4proto,
+    /// The name of the interface the packet arrived on (`meta iifname`), 16 bytes
+    /// (`IFNAMSIZ`, NUL-padded).
+    Iifname,
 }
 
 impl MetaKey {
@@ -116,6 +119,7 @@ impl MetaKey {
             MetaKey::Mark => 3,
             MetaKey::Nfproto => 15,
             MetaKey::L4proto => 16,
+            MetaKey::Iifname => 6,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netd_model::Protocol;
-use netd_proxy::IpFamily;
+use netd_proxy::{InterfaceName, IpFamily};
 
 /// The name of the table kube-netd owns in each family (`ip kube-netd`, `ip6 kube-netd`).
 pub const TABLE_NAME: &str = "kube-netd";
@@ -652,6 +652,70 @@ pub enum Value {
     AddrType(AddrType),
     /// A number (marks, `numgen` results).
     Int(u32),
+    /// An interface name, or a name prefix (`iifname`).
+    Ifname(IfName),
+}
+
+/// An interface name as `iifname` compares it: a whole name, or a prefix (`"veth*"`). Held
+/// inline, as the kernel does (`IFNAMSIZ`, 16 bytes with the terminating NUL), so a
+/// [`Value`] stays `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfName {
+    bytes: [u8; 15],
+    len: u8,
+    prefix: bool,
+}
+
+impl IfName {
+    /// The interface `name` exactly.
+    pub fn exact(name: &InterfaceName) -> Self {
+        Self::new(name, false)
+    }
+
+    /// Any interface whose name starts with `prefix`.
+    pub fn prefix(prefix: &InterfaceName) -> Self {
+        Self::new(prefix, true)
+    }
+
+    fn new(name: &InterfaceName, prefix: bool) -> Self {
+        let name = name.as_str().as_bytes();
+        let mut bytes = [0; 15];
+        // An `InterfaceName` has 1 to 15 bytes: both fit.
+        let len = name.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&name[..len]);
+        Self {
+            bytes,
+            len: u8::try_from(len).unwrap_or(15),
+            prefix,
+        }
+    }
+
+    /// The name (or prefix) without the wildcard.
+    pub fn name(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Whether this is a prefix.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+
+    /// Whether the interface `actual` (a whole name) matches.
+    pub fn matches(&self, actual: &IfName) -> bool {
+        if self.prefix {
+            actual.name().starts_with(self.name())
+        } else {
+            actual.name() == self.name()
+        }
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = String::from_utf8_lossy(self.name());
+        let star = if self.prefix { "*" } else { "" };
+        write!(f, "\"{name}{star}\"")
+    }
 }
 
 impl Value {
@@ -667,6 +731,7 @@ impl Value {
             Value::CtState(s) => s.as_str().to_owned(),
             Value::AddrType(t) => t.as_str().to_owned(),
             Value::Int(n) => n.to_string(),
+            Value::Ifname(name) => name.to_string(),
         }
     }
 }
@@ -747,6 +812,9 @@ pub enum Field {
     Icmpv6Type,
     /// `meta mark & mask`: the packet mark's bits under `mask`.
     MarkMasked(u32),
+    /// `iifname`: the name of the interface the packet arrived on, compared with a
+    /// [`Value::Ifname`].
+    Iifname,
 }
 
 impl Field {
@@ -775,6 +843,7 @@ impl Field {
             Field::FibSaddrType => "fib saddr type".to_owned(),
             Field::Icmpv6Type => "icmpv6 type".to_owned(),
             Field::MarkMasked(mask) => format!("meta mark & {mask:#010x}"),
+            Field::Iifname => "iifname".to_owned(),
         }
     }
 

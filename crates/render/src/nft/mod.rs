@@ -15,7 +15,7 @@ pub mod trace;
 
 pub use ast::{
     AddrType, BaseChain, Chain, ChainType, CtState, DataType, Element, Field, Hook, IcmpReject,
-    KeyType, MapRef, MapValue, Match, Op, Priority, RejectWith, Rhs, Rule, Set, SetFlag,
+    IfName, KeyType, MapRef, MapValue, Match, Op, Priority, RejectWith, Rhs, Rule, Set, SetFlag,
     StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict,
 };
 pub use diff::{Command, diff, diff_commands};

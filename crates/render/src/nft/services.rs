@@ -16,11 +16,12 @@ use ipnet::IpNet;
 use netd_model::view::TrafficPolicy;
 use netd_model::{Protocol, ServicePortName};
 use netd_proxy::{
-    ClusterIpMasquerade, Disposition, IpFamily, PlannedEndpoint, ServicePlan, ServicePortPlan,
+    ClusterIpMasquerade, Disposition, IpFamily, LocalDetector, NodePortIps, PlannedEndpoint,
+    ServicePlan, ServicePortPlan,
 };
 
 use super::ast::{
-    AddrType, BaseChain, Chain, ChainType, CtState, DataType, Field, Hook, KeyType, MapRef,
+    AddrType, BaseChain, Chain, ChainType, CtState, DataType, Field, Hook, IfName, KeyType, MapRef,
     MapValue, Match, Priority, RejectWith, Rule, Set, SetFlag, StandardPriority, Statement, Table,
     Value, Verdict,
 };
@@ -314,23 +315,17 @@ impl Renderer<'_> {
         }
 
         // Where nodePorts answer: every local address but loopback, or the listed ones.
-        let nodeport_ips: Vec<IpAddr> = self
-            .plan
-            .nodeport_addresses
-            .iter()
-            .copied()
-            .filter(|ip| !ip.is_loopback())
-            .collect();
-        let nodeport_dest: Vec<Match> = if self.plan.nodeport_addresses.is_empty() {
-            vec![Match::ne(Field::Daddr, loopback(family))]
-        } else {
-            let mut set =
-                Set::new(NODEPORT_IPS, vec![addr]).with_comment("IPs that accept NodePort traffic");
-            for ip in nodeport_ips {
-                set.insert(vec![Value::Ip(ip)], None);
+        let nodeport_dest: Vec<Match> = match &self.plan.nodeport_addresses {
+            NodePortIps::Local => vec![Match::ne(Field::Daddr, loopback(family))],
+            NodePortIps::Only(ips) => {
+                let mut set = Set::new(NODEPORT_IPS, vec![addr])
+                    .with_comment("IPs that accept NodePort traffic");
+                for ip in ips.iter().filter(|ip| !ip.is_loopback()) {
+                    set.insert(vec![Value::Ip(*ip)], None);
+                }
+                self.table.add_set(set);
+                vec![Match::in_set(vec![Field::Daddr], NODEPORT_IPS)]
             }
-            self.table.add_set(set);
-            vec![Match::in_set(vec![Field::Daddr], NODEPORT_IPS)]
         };
         let port_fields = vec![Field::L4Proto, Field::ThDport];
 
@@ -340,7 +335,7 @@ impl Renderer<'_> {
             map: MapRef::Named(SERVICE_IPS.to_owned()),
         }));
         let mut nodeports = Rule::new();
-        if self.plan.nodeport_addresses.is_empty() {
+        if self.plan.nodeport_addresses == NodePortIps::Local {
             nodeports = nodeports.matching(Match::eq(
                 Field::FibDaddrType,
                 Value::AddrType(AddrType::Local),
@@ -490,12 +485,12 @@ impl Renderer<'_> {
             let base = Rule::new()
                 .matching(Match::eq(Field::Daddr, Value::Ip(port.cluster_ip)))
                 .matching(Match::eq(Field::dport(proto), Value::Port(port.port)));
-            let masq = match port.cluster_ip_masquerade {
-                ClusterIpMasquerade::All => Some(base),
-                ClusterIpMasquerade::OffCluster(cidr) => {
-                    Some(base.matching(Match::ne(Field::Saddr, Value::Net(cidr))))
+            let masq = match (port.cluster_ip_masquerade, &self.plan.local_detector) {
+                (ClusterIpMasquerade::All, _) => Some(base),
+                (ClusterIpMasquerade::OffCluster, Some(detector)) => {
+                    Some(base.matching(local_traffic(detector).negated()))
                 }
-                ClusterIpMasquerade::Never => None,
+                (ClusterIpMasquerade::OffCluster | ClusterIpMasquerade::Never, _) => None,
             };
             if let Some(rule) = masq {
                 let rule = rule.verdict(jump(MARK_FOR_MASQUERADE));
@@ -507,11 +502,12 @@ impl Renderer<'_> {
             if e.masquerade_all {
                 ext.push(Rule::new().verdict(jump(MARK_FOR_MASQUERADE)));
             }
-            if let (true, Some(cidr)) = (e.pods_short_circuit, self.plan.local_detector) {
+            if let (true, Some(detector)) = (e.pods_short_circuit, &self.plan.local_detector) {
+                let local = local_traffic(detector);
                 let ext = self.chain(&chains.external);
                 ext.push(
                     Rule::new()
-                        .matching(Match::eq(Field::Saddr, Value::Net(cidr)))
+                        .matching(local)
                         .verdict(goto(&chains.cluster))
                         .comment("short-circuit pod traffic"),
                 );
@@ -648,6 +644,20 @@ impl Renderer<'_> {
                 }),
         );
         self.chain(&chain).rules.extend(rules);
+    }
+}
+
+/// The match of the local-traffic detector: `saddr RANGE`, `iifname "BRIDGE"` or
+/// `iifname "PREFIX*"`.
+fn local_traffic(detector: &LocalDetector) -> Match {
+    match detector {
+        LocalDetector::Cidr(cidr) => Match::eq(Field::Saddr, Value::Net(*cidr)),
+        LocalDetector::Interface(name) => {
+            Match::eq(Field::Iifname, Value::Ifname(IfName::exact(name)))
+        }
+        LocalDetector::InterfacePrefix(prefix) => {
+            Match::eq(Field::Iifname, Value::Ifname(IfName::prefix(prefix)))
+        }
     }
 }
 

@@ -18,10 +18,11 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use netd_model::Protocol;
+use netd_proxy::InterfaceName;
 
 use super::ast::{
-    AddrType, Chain, ChainType, CtState, Field, Hook, MapRef, MapValue, Match, Op, Rhs, Rule, Set,
-    SetFlag, Statement, Table, Value, Verdict as NftVerdict,
+    AddrType, Chain, ChainType, CtState, Field, Hook, IfName, MapRef, MapValue, Match, Op, Rhs,
+    Rule, Set, SetFlag, Statement, Table, Value, Verdict as NftVerdict,
 };
 use super::policy::{EGRESS_CHAIN_PREFIX, INGRESS_CHAIN_PREFIX};
 use crate::trace::{Host, Origin, Packet, Verdict};
@@ -550,6 +551,11 @@ impl Tracer<'_> {
                 Field::FibSaddrType => local(pkt.src),
                 Field::Icmpv6Type => None,
                 Field::MarkMasked(mask) => Some(Value::Int(st.mark & mask)),
+                Field::Iifname => pkt
+                    .in_interface
+                    .as_deref()
+                    .and_then(|name| name.parse::<InterfaceName>().ok())
+                    .map(|name| Value::Ifname(IfName::exact(&name))),
             })
             .collect()
     }
@@ -573,6 +579,7 @@ fn value_matches(actual: Option<Value>, pattern: &Value) -> bool {
             a.is_ipv4() == lo.is_ipv4() && *lo <= a && a <= *hi
         }
         (Value::Port(p), Value::PortRange(lo, hi)) => (*lo..=*hi).contains(&p),
+        (Value::Ifname(name), Value::Ifname(pattern)) => pattern.matches(&name),
         (a, p) => a == *p,
     }
 }

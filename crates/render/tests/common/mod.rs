@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use netd_model::NodeName;
 use netd_policy::PolicyPlan;
-use netd_proxy::{IpFamily, ProxyOptions};
+use netd_proxy::{DetectLocal, IpFamily, NodePortAddresses, ProxyOptions};
 
 /// The service scenarios: every `tests/golden/*/input.yaml`, by directory name.
 pub fn scenarios() -> Vec<PathBuf> {
@@ -32,6 +32,8 @@ pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
         ..ProxyOptions::default()
     };
     let mut cidrs = Vec::new();
+    let mut nodeport_addresses: Vec<String> = Vec::new();
+    let (mut detect_local, mut bridge, mut prefix) = (String::new(), None, None);
     for line in yaml.lines().map_while(|l| l.strip_prefix("# ")) {
         // Other comment lines describe the scenario.
         let Some((key, value)) = line.split_once(": ") else {
@@ -51,9 +53,13 @@ pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
             }
             "cluster-cidr" => cidrs.push(value.parse().expect("cluster-cidr")),
             "node-ip" => opts.node_ips.push(value.parse().expect("node-ip")),
-            "nodeport-address" => opts
-                .nodeport_addresses
-                .push(value.parse().expect("nodeport-address")),
+            "nodeport-address" => nodeport_addresses.push(value.to_owned()),
+            "node-pod-cidr" => opts
+                .node_pod_cidrs
+                .push(value.parse().expect("node-pod-cidr")),
+            "detect-local-mode" => detect_local = value.to_owned(),
+            "pod-bridge-interface" => bridge = Some(value.to_owned()),
+            "pod-interface-name-prefix" => prefix = Some(value.to_owned()),
             "zone" => opts.node_zone = Some(value.to_owned()),
             "masquerade-all" => opts.masquerade_all = value == "true",
             "localhost-nodeports" => opts.localhost_nodeports = value == "true",
@@ -63,6 +69,10 @@ pub fn options(yaml: &str) -> (NodeName, IpFamily, ProxyOptions) {
     if !cidrs.is_empty() {
         opts.cluster_cidrs = cidrs;
     }
+    opts.nodeport_addresses =
+        NodePortAddresses::parse(&nodeport_addresses).expect("nodeport-address");
+    opts.detect_local = DetectLocal::parse(&detect_local, bridge.as_deref(), prefix.as_deref())
+        .expect("detect-local-mode");
     (node, family, opts)
 }
 
