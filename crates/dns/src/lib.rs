@@ -26,15 +26,17 @@
 //! ```
 
 pub mod adapter;
+pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod serve;
 pub mod upstream;
 pub mod zone;
 
-pub use adapter::{ForwardConfig, Handler, Transport};
+pub use adapter::{CacheConfig, ForwardConfig, Handler, Transport};
+pub use config::{ConfigError, DnsConfig, Listeners, Upstreams};
 pub use error::DnsError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, RequestSample};
 pub use serve::{DnsServer, ServeConfig, serve};
 pub use upstream::{parse_resolv_conf, read_resolv_conf};
 pub use zone::{

@@ -153,11 +153,15 @@ async fn answers_from_the_zone_with_the_aa_bit() {
     assert_eq!(srv.additionals.len(), 3, "A records of the SRV targets");
     let text = metrics.encode();
     assert!(
-        text.contains(r#"netd_dns_requests_total{type="A",rcode="NOERROR"} 2"#),
+        text.contains(
+            r#"coredns_dns_requests_total{server="",zone="cluster.local.",proto="udp",family="1",type="A"} 3"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"netd_dns_requests_total{type="A",rcode="NXDOMAIN"} 1"#),
+        text.contains(
+            r#"coredns_dns_responses_total{server="",zone="cluster.local.",rcode="NXDOMAIN"} 1"#
+        ),
         "{text}"
     );
 }
@@ -295,11 +299,15 @@ async fn forwards_other_names_and_caches_them() {
         1,
         "answered from the cache after the first"
     );
-    assert!(
-        metrics
-            .encode()
-            .contains("netd_dns_forward_cache_hits_total 2")
-    );
+    let text = metrics.encode();
+    for want in [
+        r#"coredns_cache_hits_total{server="",type="success",zones="."} 2"#,
+        r#"coredns_cache_misses_total{server="",zones="."} 1"#,
+        r#"coredns_cache_entries{server="",type="success",zones="."} 1"#,
+        r#"coredns_forward_requests_total{to="#,
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
     // An ExternalName alias leaving the zone is chased upstream.
     let m = ask(&h, "ext.default.svc.cluster.local.", RecordType::A).await;
     assert_eq!(
