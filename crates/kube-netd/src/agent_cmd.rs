@@ -269,7 +269,7 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
         // Without a SIGTERM handler, Ctrl-C alone ends the agent.
