@@ -154,10 +154,13 @@ impl DnsConfig {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = e.path().to_string();
-            ConfigError::Syntax {
-                field,
-                message: e.into_inner().to_string(),
-            }
+            let message = e.into_inner().to_string();
+            // The YAML parser names nested fields itself; say it once.
+            let message = match message.strip_prefix(&format!("{field}: ")) {
+                Some(rest) => rest.to_owned(),
+                None => message,
+            };
+            ConfigError::Syntax { field, message }
         })?;
         raw.check()
     }
@@ -417,7 +420,7 @@ mod tests {
         let cases = [
             ("zone: cluster.local\nzoen: x\n", "zoen"),
             ("cache: {size: 10, maxTtl: 5}\n", "maxTtl"),
-            ("cache: {size: lots}\n", "cache.size"),
+            ("cache: {size: lots}\n", "cache.size: invalid type"),
             ("ttl: -1\n", "ttl"),
             ("pods: sometimes\n", "pods: \"sometimes\""),
             ("zone: 'bad zone'\n", "zone: \"bad zone\""),

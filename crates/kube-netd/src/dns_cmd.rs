@@ -334,3 +334,132 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::watcher::Event;
+    use netd_source::Watched;
+    use serde_json::json;
+
+    fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("test object")
+    }
+
+    fn service(name: &str, ip: &str) -> core::Service {
+        object(json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80}]},
+        }))
+    }
+
+    fn list<K: Watched>(store: &SharedStore, objects: Vec<K>) {
+        store.apply(Event::<K>::Init);
+        for o in objects {
+            store.apply(Event::InitApply(o));
+        }
+        store.apply(Event::<K>::InitDone);
+    }
+
+    /// `dig` at the server: the status and the short answers.
+    async fn dig(server: SocketAddr, name: &str) -> (String, Vec<String>) {
+        let out = tokio::process::Command::new("dig")
+            .arg(format!("@{}", server.ip()))
+            .args([
+                "-p",
+                &server.port().to_string(),
+                "+time=2",
+                "+tries=1",
+                name,
+            ])
+            .output()
+            .await
+            .expect("dig is installed (dnsutils)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or_default()
+            .to_owned();
+        let answers = text
+            .lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        (status, answers)
+    }
+
+    /// Asks until the status is `status` (the zone is rebuilt in the background).
+    async fn wait_for(server: SocketAddr, name: &str, status: &str) -> Vec<String> {
+        let mut last = (String::new(), Vec::new());
+        for _ in 0..200 {
+            last = dig(server, name).await;
+            if last.0 == status {
+                return last.1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name}: {status} never came, last {last:?}");
+    }
+
+    #[tokio::test]
+    async fn scripted_watch_events_change_the_answers() {
+        let store = SharedStore::new(Store::for_dns(ClusterConfig::default(), false));
+        let server = DnsServer::bind(ServeConfig::new("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind")
+            .awaiting_sync();
+        let dns = server.local_addr();
+        let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+        let feed = tokio::spawn(feed_snapshots(store.clone(), tx));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(rx, async {
+            let _ = stopped.await;
+        }));
+        let web = "web.default.svc.cluster.local";
+
+        // Lists under way: nothing about the cluster is answered yet.
+        list(
+            &store,
+            vec![object::<PartialObjectMeta<core::Namespace>>(
+                json!({"metadata": {"name": "default"}}),
+            )],
+        );
+        list(&store, vec![service("web", "10.96.0.20")]);
+        assert_eq!(dig(dns, web).await.0, "SERVFAIL");
+
+        // The last first list completes: answers.
+        list::<discovery::EndpointSlice>(&store, vec![]);
+        assert_eq!(wait_for(dns, web, "NOERROR").await, ["10.96.0.20"]);
+
+        // An update moves the answer; another Service appears beside it.
+        store.apply(Event::Apply(service("web", "10.96.0.21")));
+        store.apply(Event::Apply(service("db", "10.96.0.30")));
+        let db = "db.default.svc.cluster.local";
+        for _ in 0..200 {
+            if dig(dns, web).await.1 == ["10.96.0.21"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dig(dns, web).await.1, ["10.96.0.21"]);
+        assert_eq!(wait_for(dns, db, "NOERROR").await, ["10.96.0.30"]);
+
+        // A delete: NXDOMAIN, and nothing else changes.
+        store.apply(Event::Delete(service("web", "10.96.0.21")));
+        wait_for(dns, web, "NXDOMAIN").await;
+        assert_eq!(dig(dns, db).await.1, ["10.96.0.30"]);
+
+        // A relist without db (deleted while the watch was away): gone too.
+        list::<core::Service>(&store, vec![]);
+        wait_for(dns, db, "NXDOMAIN").await;
+
+        let _ = stop.send(());
+        serving.await.expect("join").expect("clean shutdown");
+        feed.abort();
+    }
+}
