@@ -138,7 +138,7 @@ impl DnsConfig {
         })?;
         DnsConfig::parse(&text).map_err(|source| DnsError::ConfigInvalid {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })
     }
 

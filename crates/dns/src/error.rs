@@ -78,8 +78,8 @@ pub enum DnsError {
     ConfigInvalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong, with the field named.
+        /// What is wrong, with the field named (boxed: it is large and rare).
         #[source]
-        source: crate::config::ConfigError,
+        source: Box<crate::config::ConfigError>,
     },
 }

@@ -35,8 +35,9 @@ const RELOAD_POLL: Duration = Duration::from_secs(1);
 pub struct DnsArgs {
     #[command(subcommand)]
     command: Option<DnsCommand>,
+    // Boxed: the flags of `dns` outweigh every other command's.
     #[command(flatten)]
-    watch: WatchArgs,
+    watch: Box<WatchArgs>,
 }
 
 /// `kube-netd dns` without a subcommand: every flag overrides the configuration file.
@@ -135,7 +136,7 @@ pub fn run(args: DnsArgs) -> anyhow::Result<()> {
         Some(DnsCommand::Serve(serve_args)) => runtime.block_on(serve(serve_args)),
         None => {
             let config = args.watch.config()?;
-            runtime.block_on(watch(args.watch, config))
+            runtime.block_on(watch(*args.watch, config))
         }
     }
 }
