@@ -158,10 +158,11 @@ impl DnsServer {
         })
     }
 
-    /// Marks the first snapshot [`DnsServer::run`] gets as a stand-in: until the channel
-    /// carries another one and its zone is built, cluster names get SERVFAIL (other names
-    /// are still forwarded) and `/ready` 503. For a server fed by API watches whose first
-    /// lists are not complete yet.
+    /// Marks the channel's initial value as a stand-in: until [`DnsServer::run`]'s receiver
+    /// sees a value sent after it (before or after `run` starts) and its zone is built,
+    /// cluster names get SERVFAIL (other names are still forwarded) and `/ready` 503. For a
+    /// server fed by API watches whose first lists are not complete yet; the receiver must
+    /// be the one `watch::channel` returned with the stand-in, not a later `subscribe`.
     pub fn awaiting_sync(mut self) -> Self {
         self.awaiting_sync = true;
         self
@@ -221,7 +222,13 @@ impl DnsServer {
                 readiness.clone(),
             ));
         }
-        let first = state.borrow_and_update().clone();
+        // A stand-in is read without being marked seen: a real snapshot sent before this
+        // point still counts as the change that opens the gate.
+        let first = if awaiting_sync {
+            state.borrow().clone()
+        } else {
+            state.borrow_and_update().clone()
+        };
         let zone = build_zone(first, config.zone.clone()).await?;
         metrics.zone_built(zone.record_count());
         let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));

@@ -360,3 +360,32 @@ async fn an_upstream_answering_nxdomain_is_no_loop() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_sent_before_run_starts_still_ends_the_stand_in() {
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.ready_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = DnsServer::bind(config).await.expect("bind").awaiting_sync();
+    let dns = server.local_addr();
+    let ready = server.ready_addr().expect("ready listener");
+    let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+    // The first complete snapshot arrives before the server reads the channel.
+    tx.send_replace(Arc::new(common::cluster()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(rx, async {
+        let _ = stopped.await;
+    }));
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = short(dns, &["web.default.svc.cluster.local"]).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, ["10.96.0.20"]);
+    assert!(http_get(ready, "/ready").await.starts_with("HTTP/1.1 200"));
+    let _ = stop.send(());
+    task.await.expect("join").expect("clean shutdown");
+    drop(tx);
+}

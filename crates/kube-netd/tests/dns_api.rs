@@ -119,6 +119,17 @@ impl Dns {
         }
     }
 
+    /// The process's resident set size, as /proc reports it.
+    fn rss(&self) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
     fn ready_status(&self) -> String {
         let mut stream = TcpStream::connect(self.ready).expect("connect");
         write!(stream, "GET /ready HTTP/1.0\r\n\r\n").expect("write");
@@ -217,10 +228,18 @@ fn services_written_with_kubectl_resolve_and_deleted_ones_go_nxdomain() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    let applied = Instant::now();
     kubectl(&kubeconfig, dir.path(), &["apply", "-f", "-"], SERVICES);
+    let written = applied.elapsed();
     dns.wait_for(
         &["+short", "web.default.svc.cluster.local", "A"],
         "10.96.0.50",
+    );
+    // Measured, not asserted: printed for the notes (`--nocapture`).
+    eprintln!(
+        "kubectl apply took {written:?}; answered {:?} after it returned; RSS {}",
+        applied.elapsed() - written,
+        dns.rss()
     );
     // A Service another proxy routes still has its name: DNS watches every Service.
     dns.wait_for(
