@@ -413,3 +413,38 @@ async fn dashed_ipv6_pod_names_answer() {
         [r"\--1.default.pod.cluster.local. AAAA ::1"]
     );
 }
+
+#[tokio::test]
+async fn stub_domains_go_to_their_own_resolvers() {
+    let (upstream, upstream_count) = common::fake_upstream().await;
+    let (stub, stub_count) = common::fake_upstream().await;
+    let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
+    let (_tx, rx) = watch::channel(Arc::new(zone));
+    let forward = ForwardConfig {
+        upstreams: vec![upstream],
+        stub_domains: [("corp.example".parse().expect("suffix"), vec![stub])].into(),
+        ..ForwardConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let h = Handler::new(rx, forward, metrics.clone());
+    let m = ask(&h, "db.eu.CORP.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(stub_count.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream_count.load(Ordering::SeqCst), 0);
+    ask(&h, "www.example.org.", RecordType::A).await;
+    assert_eq!(upstream_count.load(Ordering::SeqCst), 1);
+    assert_eq!(stub_count.load(Ordering::SeqCst), 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains(&format!(
+            r#"coredns_forward_requests_total{{to="{stub}"}} 1"#
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"coredns_forward_responses_total{{to="{upstream}",rcode="NOERROR"}} 1"#
+        )),
+        "{text}"
+    );
+}
