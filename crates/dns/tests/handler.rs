@@ -448,3 +448,71 @@ async fn stub_domains_go_to_their_own_resolvers() {
         "{text}"
     );
 }
+
+/// An upstream answering NXDOMAIN with an SOA whose minimum is 60 s (so the denial may be
+/// cached, RFC 2308), counting the questions it gets.
+async fn denying_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.response_code = ResponseCode::NXDomain;
+            r.add_queries(q.queries.clone());
+            let origin = Name::from_ascii("example.").expect("name");
+            r.add_authority(Record::from_rdata(
+                origin.clone(),
+                60,
+                RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                    origin.clone(),
+                    origin,
+                    1,
+                    3600,
+                    600,
+                    86400,
+                    60,
+                )),
+            ));
+            let _ = socket.send_to(&r.to_vec().expect("encode"), peer).await;
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn denials_are_cached_unless_denial_caching_is_off() {
+    for (denial_ttl, asked) in [(Duration::from_secs(30), 1), (Duration::ZERO, 3)] {
+        let (upstream, count) = denying_upstream().await;
+        let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
+        let (_tx, rx) = watch::channel(Arc::new(zone));
+        let forward = ForwardConfig {
+            upstreams: vec![upstream],
+            cache: netd_dns::CacheConfig {
+                denial_ttl,
+                ..netd_dns::CacheConfig::default()
+            },
+            ..ForwardConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let h = Handler::new(rx, forward, metrics.clone());
+        for _ in 0..3 {
+            let m = ask(&h, "nope.example.", RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        }
+        assert_eq!(count.load(Ordering::SeqCst), asked, "{denial_ttl:?}");
+        if asked == 1 {
+            let text = metrics.encode();
+            assert!(
+                text.contains(r#"coredns_cache_hits_total{server="",type="denial",zones="."} 2"#),
+                "{text}"
+            );
+        }
+    }
+}

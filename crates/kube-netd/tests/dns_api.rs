@@ -269,3 +269,33 @@ fn before_the_first_lists_cluster_names_get_servfail_and_ready_is_503() {
     assert!(out.contains("status: SERVFAIL"), "{out}");
     assert_eq!(dns.ready_status(), "HTTP/1.1 503 Service Unavailable");
 }
+
+#[test]
+fn an_upstream_that_is_the_server_itself_stops_it_naming_the_upstream() {
+    // A port free for UDP and TCP, so the server can be told its own address as upstream.
+    let addr = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = udp.local_addr().expect("addr");
+        if std::net::TcpListener::bind(addr).is_ok() {
+            break addr;
+        }
+    };
+    let out = Command::new(BIN)
+        .args(["dns", "--master", "http://127.0.0.1:9"])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--upstream",
+            &addr.to_string(),
+        ])
+        .args(["--health", "", "--ready", "", "--metrics", ""])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kube-netd dns");
+    assert!(!out.status.success(), "a forwarding loop must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("forwarding loop detected") && stderr.contains(&format!("upstream {addr}")),
+        "{stderr}"
+    );
+}
