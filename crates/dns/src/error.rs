@@ -47,4 +47,39 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    /// A loop probe sent to an upstream came back to this server: forwarding would loop.
+    #[error(
+        "forwarding loop detected: the probe {probe:?} sent to upstream {upstream} came back to this server; give upstreams (or a resolv.conf) that do not forward to this server"
+    )]
+    ForwardingLoop {
+        /// The upstream the probe was sent to.
+        upstream: SocketAddr,
+        /// The probe question.
+        probe: String,
+    },
+    /// A loop probe name could not be made.
+    #[error("making a loop probe name")]
+    LoopProbeFailed {
+        /// The cause.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// The configuration file could not be read.
+    #[error("reading the configuration file {path}")]
+    ConfigReadFailed {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not a valid configuration.
+    #[error("invalid configuration file {path}")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the field named (boxed: it is large and rare).
+        #[source]
+        source: Box<crate::config::ConfigError>,
+    },
 }

@@ -9,11 +9,14 @@
 //! It does no I/O. Then:
 //!
 //! - [`adapter`]: [`Handler`], hickory-server's request handler over the zone; forwards other
-//!   names upstream through a TTL cache; the only module that sees hickory's types.
+//!   names upstream (or to a stub domain's resolvers) through a cache of answers and denials,
+//!   and checks for a forwarding loop at start; the only module that sees hickory's types.
 //! - [`mod@serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone rebuilt on each
-//!   new snapshot from a `watch` channel, and `/metrics`, `/health`, `/ready` over HTTP.
+//!   new snapshot from a `watch` channel ([`DnsServer::awaiting_sync`] for a first snapshot
+//!   that only stands in), and `/health`, `/ready`, `/metrics` over HTTP.
+//! - [`config`]: [`DnsConfig`], the `kube-netd dns` configuration file (YAML).
 //! - [`upstream`]: upstream resolvers from a resolv.conf.
-//! - [`metrics`]: the Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics, under CoreDNS's names.
 //!
 //! ```no_run
 //! # async fn run(state: netd_model::ClusterState) -> Result<(), netd_dns::DnsError> {
@@ -26,15 +29,17 @@
 //! ```
 
 pub mod adapter;
+pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod serve;
 pub mod upstream;
 pub mod zone;
 
-pub use adapter::{ForwardConfig, Handler, Transport};
+pub use adapter::{CacheConfig, ForwardConfig, Handler, Transport};
+pub use config::{ConfigError, DnsConfig, Listeners, Upstreams};
 pub use error::DnsError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, RequestSample};
 pub use serve::{DnsServer, ServeConfig, serve};
 pub use upstream::{parse_resolv_conf, read_resolv_conf};
 pub use zone::{

@@ -1,5 +1,11 @@
-//! Serving: DNS over UDP and TCP, the zone rebuilt on every new snapshot, and a small HTTP
-//! listener for `/metrics`, `/health` and `/ready`.
+//! Serving: DNS over UDP and TCP, the zone rebuilt on every new snapshot, and small HTTP
+//! listeners for `/health`, `/ready` and `/metrics` (CoreDNS's `:8080`, `:8181` and `:9153`
+//! in [`crate::DnsConfig`]'s defaults; several may share one address).
+//!
+//! At start the server checks for a forwarding loop ([`DnsError::ForwardingLoop`]) as
+//! CoreDNS's `loop` plugin does. A server made [`DnsServer::awaiting_sync`] answers cluster
+//! names with SERVFAIL, and `/ready` with 503, until it has built a zone from a second
+//! snapshot: the first one stands in until the API server's first lists are complete.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,8 +33,13 @@ pub struct ServeConfig {
     pub zone: ZoneConfig,
     /// Forwarding of names outside the zone.
     pub forward: ForwardConfig,
-    /// Where `/metrics`, `/health` and `/ready` are served over HTTP, if anywhere.
+    /// Where `/metrics` is served over HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where `/health` is served over HTTP, if anywhere: 200 while the process serves.
+    pub health_listen: Option<SocketAddr>,
+    /// Where `/ready` is served over HTTP, if anywhere: 200 once the zone reflects a complete
+    /// view of the cluster and no forwarding loop was found, 503 before.
+    pub ready_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -40,7 +51,74 @@ impl ServeConfig {
             zone: ZoneConfig::default(),
             forward: ForwardConfig::default(),
             metrics_listen: None,
+            health_listen: None,
+            ready_listen: None,
         }
+    }
+
+    /// The HTTP listeners to bind: each distinct address once, with what it serves.
+    fn http_listeners(&self) -> Vec<(SocketAddr, Routes)> {
+        let mut out: Vec<(SocketAddr, Routes)> = Vec::new();
+        for (addr, route) in [
+            (self.health_listen, Routes::HEALTH),
+            (self.ready_listen, Routes::READY),
+            (self.metrics_listen, Routes::METRICS),
+        ] {
+            let Some(addr) = addr else { continue };
+            match out.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, routes)) => *routes = routes.with(route),
+                None => out.push((addr, route)),
+            }
+        }
+        out
+    }
+}
+
+/// The paths one HTTP listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Routes {
+    health: bool,
+    ready: bool,
+    metrics: bool,
+}
+
+impl Routes {
+    const HEALTH: Routes = Routes {
+        health: true,
+        ready: false,
+        metrics: false,
+    };
+    const READY: Routes = Routes {
+        health: false,
+        ready: true,
+        metrics: false,
+    };
+    const METRICS: Routes = Routes {
+        health: false,
+        ready: false,
+        metrics: true,
+    };
+
+    fn with(self, other: Routes) -> Routes {
+        Routes {
+            health: self.health || other.health,
+            ready: self.ready || other.ready,
+            metrics: self.metrics || other.metrics,
+        }
+    }
+}
+
+/// What `/ready` reports: the zone is built from a complete view (`synced`, which also lets
+/// the handler answer cluster names) and the loop check passed (`started`).
+#[derive(Debug, Default)]
+struct Readiness {
+    synced: Arc<AtomicBool>,
+    started: AtomicBool,
+}
+
+impl Readiness {
+    fn ready(&self) -> bool {
+        self.started.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire)
     }
 }
 
@@ -49,32 +127,45 @@ pub struct DnsServer {
     config: ServeConfig,
     udp: UdpSocket,
     tcp: TcpListener,
-    http: Option<TcpListener>,
+    http: Vec<(TcpListener, Routes)>,
     metrics: Arc<Metrics>,
+    awaiting_sync: bool,
 }
 
 /// Tries at finding one ephemeral port free for both UDP and TCP.
 const EPHEMERAL_TRIES: usize = 16;
 
 impl DnsServer {
-    /// Binds the DNS sockets (UDP and TCP on one port) and the metrics listener.
+    /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners.
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_dns(config.listen).await?;
-        let http = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| DnsError::MetricsBindFailed { addr, source })?,
-            ),
-            None => None,
-        };
+        let mut http = Vec::new();
+        for (addr, routes) in config.http_listeners() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DnsError::MetricsBindFailed { addr, source })?;
+            http.push((listener, routes));
+        }
+        let listen = tcp.local_addr().unwrap_or(config.listen);
+        let metrics = Arc::new(Metrics::for_listener(listen, &config.zone.origin));
         Ok(Self {
             config,
             udp,
             tcp,
             http,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            awaiting_sync: false,
         })
+    }
+
+    /// Marks the channel's initial value as a stand-in: until [`DnsServer::run`]'s receiver
+    /// sees a value sent after it (before or after `run` starts) and its zone is built,
+    /// cluster names get SERVFAIL (other names are still forwarded) and `/ready` 503. For a
+    /// server fed by API watches whose first lists are not complete yet; the receiver must
+    /// be the one `watch::channel` returned with the stand-in, not a later `subscribe`.
+    pub fn awaiting_sync(mut self) -> Self {
+        self.awaiting_sync = true;
+        self
     }
 
     /// The address DNS is served on (UDP and TCP).
@@ -84,7 +175,24 @@ impl DnsServer {
 
     /// The address of the metrics listener, if one is configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.http_addr(|r| r.metrics)
+    }
+
+    /// The address of the health listener, if one is configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.http_addr(|r| r.health)
+    }
+
+    /// The address of the readiness listener, if one is configured.
+    pub fn ready_addr(&self) -> Option<SocketAddr> {
+        self.http_addr(|r| r.ready)
+    }
+
+    fn http_addr(&self, serves: impl Fn(&Routes) -> bool) -> Option<SocketAddr> {
+        self.http
+            .iter()
+            .find(|(_, routes)| serves(routes))
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes. The zone is built from the snapshot in `state`
@@ -101,19 +209,33 @@ impl DnsServer {
             tcp,
             http,
             metrics,
+            awaiting_sync,
         } = self;
-        let ready = Arc::new(AtomicBool::new(false));
+        let readiness = Arc::new(Readiness::default());
+        readiness.synced.store(!awaiting_sync, Ordering::Release);
         let mut tasks = JoinSet::new();
-        if let Some(http) = http {
-            tasks.spawn(serve_http(http, metrics.clone(), ready.clone()));
+        for (listener, routes) in http {
+            tasks.spawn(serve_http(
+                listener,
+                routes,
+                metrics.clone(),
+                readiness.clone(),
+            ));
         }
-        let first = state.borrow_and_update().clone();
+        // A stand-in is read without being marked seen: a real snapshot sent before this
+        // point still counts as the change that opens the gate.
+        let first = if awaiting_sync {
+            state.borrow().clone()
+        } else {
+            state.borrow_and_update().clone()
+        };
         let zone = build_zone(first, config.zone.clone()).await?;
         metrics.zone_built(zone.record_count());
         let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
         {
             let metrics = metrics.clone();
             let zone_config = config.zone.clone();
+            let synced = readiness.synced.clone();
             tasks.spawn(async move {
                 while state.changed().await.is_ok() {
                     let snapshot = state.borrow_and_update().clone();
@@ -121,6 +243,7 @@ impl DnsServer {
                         Ok(zone) => {
                             metrics.zone_built(zone.record_count());
                             zone_tx.send_replace(Arc::new(zone));
+                            synced.store(true, Ordering::Release);
                         }
                         // The previous zone keeps being served.
                         Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
@@ -128,13 +251,18 @@ impl DnsServer {
                 }
             });
         }
-        let mut forward = config.forward.clone();
-        // Forwarding to ourselves would loop until the client gives up.
-        let local = tcp.local_addr().ok();
-        forward.upstreams.retain(|u| Some(*u) != local);
-        let handler = Handler::new(zone_rx, forward, metrics);
+        let handler =
+            Handler::new(zone_rx, config.forward.clone(), metrics).gated(readiness.synced.clone());
+        let forwarder = handler.forwarder();
         let mut frontend = Frontend::start(handler, udp, tcp);
-        ready.store(true, Ordering::Release);
+        // The listeners are up, so a probe that loops back through an upstream reaches us.
+        if let Err(e) = forwarder.detect_loop().await {
+            tasks.abort_all();
+            // The loop is the error to report; a failed shutdown adds nothing to it.
+            let _ = frontend.shutdown().await;
+            return Err(e);
+        }
+        readiness.started.store(true, Ordering::Release);
         tracing::info!(listen = %config.listen, zone = %config.zone.origin, "serving cluster DNS");
         let result = tokio::select! {
             () = shutdown => frontend.shutdown().await.map_err(|source| DnsError::ServeFailed { source }),
@@ -186,15 +314,20 @@ async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErr
 /// How long an HTTP client may take to send its request.
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+async fn serve_http(
+    listener: TcpListener,
+    routes: Routes,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
-        let ready = ready.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
-            if let Err(e) = http_exchange(stream, &metrics, &ready).await {
+            if let Err(e) = http_exchange(stream, routes, &metrics, &readiness).await {
                 tracing::debug!(error = %e, "metrics request failed");
             }
         });
@@ -203,8 +336,9 @@ async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Ato
 
 async fn http_exchange(
     mut stream: TcpStream,
+    routes: Routes,
     metrics: &Metrics,
-    ready: &AtomicBool,
+    readiness: &Readiness,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -219,8 +353,12 @@ async fn http_exchange(
         buf.extend_from_slice(&chunk[..n]);
     }
     let head = String::from_utf8_lossy(&buf);
-    let (status, content_type, body) =
-        http_route(head.lines().next().unwrap_or_default(), metrics, ready);
+    let (status, content_type, body) = http_route(
+        head.lines().next().unwrap_or_default(),
+        routes,
+        metrics,
+        readiness.ready(),
+    );
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -231,8 +369,9 @@ async fn http_exchange(
 
 fn http_route(
     request_line: &str,
+    routes: Routes,
     metrics: &Metrics,
-    ready: &AtomicBool,
+    ready: bool,
 ) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let mut parts = request_line.split_whitespace();
@@ -243,17 +382,17 @@ fn http_route(
         return ("405 Method Not Allowed", TEXT, "only GET\n".to_owned());
     }
     match path.split('?').next().unwrap_or_default() {
-        "/metrics" => (
+        "/metrics" if routes.metrics => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.encode(),
         ),
-        "/health" => ("200 OK", TEXT, "ok\n".to_owned()),
-        "/ready" if ready.load(Ordering::Acquire) => ("200 OK", TEXT, "ready\n".to_owned()),
-        "/ready" => (
+        "/health" if routes.health => ("200 OK", TEXT, "OK\n".to_owned()),
+        "/ready" if routes.ready && ready => ("200 OK", TEXT, "OK\n".to_owned()),
+        "/ready" if routes.ready => (
             "503 Service Unavailable",
             TEXT,
-            "zone not built yet\n".to_owned(),
+            "the cluster zone is not synced yet\n".to_owned(),
         ),
         _ => ("404 Not Found", TEXT, "not found\n".to_owned()),
     }
@@ -263,34 +402,56 @@ fn http_route(
 mod tests {
     use super::*;
 
+    const ALL: Routes = Routes {
+        health: true,
+        ready: true,
+        metrics: true,
+    };
+
     #[test]
     fn routes_health_ready_and_metrics() {
         let metrics = Metrics::new();
-        let ready = AtomicBool::new(false);
+        let route = |line, routes, ready| http_route(line, routes, &metrics, ready).0;
+        assert_eq!(route("GET /health HTTP/1.1", ALL, false), "200 OK");
         assert_eq!(
-            http_route("GET /health HTTP/1.1", &metrics, &ready).0,
-            "200 OK"
-        );
-        assert_eq!(
-            http_route("GET /ready HTTP/1.1", &metrics, &ready).0,
+            route("GET /ready HTTP/1.1", ALL, false),
             "503 Service Unavailable"
         );
-        ready.store(true, Ordering::Release);
-        assert_eq!(
-            http_route("GET /ready HTTP/1.1", &metrics, &ready).0,
-            "200 OK"
-        );
-        let (status, _, body) = http_route("GET /metrics HTTP/1.1", &metrics, &ready);
+        assert_eq!(route("GET /ready HTTP/1.1", ALL, true), "200 OK");
+        let (status, _, body) = http_route("GET /metrics HTTP/1.1", ALL, &metrics, true);
         assert_eq!(status, "200 OK");
         assert!(body.contains("netd_dns_zone_builds_total"), "{body}");
         assert_eq!(
-            http_route("POST /metrics HTTP/1.1", &metrics, &ready).0,
+            route("POST /metrics HTTP/1.1", ALL, true),
             "405 Method Not Allowed"
         );
+        assert_eq!(route("GET /nope HTTP/1.1", ALL, true), "404 Not Found");
+        assert_eq!(route("", ALL, true), "400 Bad Request");
+        // A listener serves only its own paths.
         assert_eq!(
-            http_route("GET /nope HTTP/1.1", &metrics, &ready).0,
+            route("GET /metrics HTTP/1.1", Routes::READY, true),
             "404 Not Found"
         );
-        assert_eq!(http_route("", &metrics, &ready).0, "400 Bad Request");
+        assert_eq!(
+            route("GET /ready HTTP/1.1", Routes::HEALTH, true),
+            "404 Not Found"
+        );
+    }
+
+    #[test]
+    fn listeners_sharing_an_address_are_bound_once() {
+        let a: SocketAddr = "127.0.0.1:9153".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let mut config = ServeConfig::new("127.0.0.1:53".parse().expect("addr"));
+        config.metrics_listen = Some(a);
+        config.ready_listen = Some(a);
+        config.health_listen = Some(b);
+        assert_eq!(
+            config.http_listeners(),
+            vec![
+                (b, Routes::HEALTH),
+                (a, Routes::READY.with(Routes::METRICS))
+            ]
+        );
     }
 }

@@ -153,11 +153,15 @@ async fn answers_from_the_zone_with_the_aa_bit() {
     assert_eq!(srv.additionals.len(), 3, "A records of the SRV targets");
     let text = metrics.encode();
     assert!(
-        text.contains(r#"netd_dns_requests_total{type="A",rcode="NOERROR"} 2"#),
+        text.contains(
+            r#"coredns_dns_requests_total{server="",zone="cluster.local.",proto="udp",family="1",type="A"} 3"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"netd_dns_requests_total{type="A",rcode="NXDOMAIN"} 1"#),
+        text.contains(
+            r#"coredns_dns_responses_total{server="",zone="cluster.local.",rcode="NXDOMAIN"} 1"#
+        ),
         "{text}"
     );
 }
@@ -295,11 +299,15 @@ async fn forwards_other_names_and_caches_them() {
         1,
         "answered from the cache after the first"
     );
-    assert!(
-        metrics
-            .encode()
-            .contains("netd_dns_forward_cache_hits_total 2")
-    );
+    let text = metrics.encode();
+    for want in [
+        r#"coredns_cache_hits_total{server="",type="success",zones="."} 2"#,
+        r#"coredns_cache_misses_total{server="",zones="."} 1"#,
+        r#"coredns_cache_entries{server="",type="success",zones="."} 1"#,
+        r#"coredns_forward_requests_total{to="#,
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
     // An ExternalName alias leaving the zone is chased upstream.
     let m = ask(&h, "ext.default.svc.cluster.local.", RecordType::A).await;
     assert_eq!(
@@ -404,4 +412,107 @@ async fn dashed_ipv6_pod_names_answer() {
         data(&r.answers),
         [r"\--1.default.pod.cluster.local. AAAA ::1"]
     );
+}
+
+#[tokio::test]
+async fn stub_domains_go_to_their_own_resolvers() {
+    let (upstream, upstream_count) = common::fake_upstream().await;
+    let (stub, stub_count) = common::fake_upstream().await;
+    let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
+    let (_tx, rx) = watch::channel(Arc::new(zone));
+    let forward = ForwardConfig {
+        upstreams: vec![upstream],
+        stub_domains: [("corp.example".parse().expect("suffix"), vec![stub])].into(),
+        ..ForwardConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let h = Handler::new(rx, forward, metrics.clone());
+    let m = ask(&h, "db.eu.CORP.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(stub_count.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream_count.load(Ordering::SeqCst), 0);
+    ask(&h, "www.example.org.", RecordType::A).await;
+    assert_eq!(upstream_count.load(Ordering::SeqCst), 1);
+    assert_eq!(stub_count.load(Ordering::SeqCst), 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains(&format!(
+            r#"coredns_forward_requests_total{{to="{stub}"}} 1"#
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"coredns_forward_responses_total{{to="{upstream}",rcode="NOERROR"}} 1"#
+        )),
+        "{text}"
+    );
+}
+
+/// An upstream answering NXDOMAIN with an SOA whose minimum is 60 s (so the denial may be
+/// cached, RFC 2308), counting the questions it gets.
+async fn denying_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.response_code = ResponseCode::NXDomain;
+            r.add_queries(q.queries.clone());
+            let origin = Name::from_ascii("example.").expect("name");
+            r.add_authority(Record::from_rdata(
+                origin.clone(),
+                60,
+                RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                    origin.clone(),
+                    origin,
+                    1,
+                    3600,
+                    600,
+                    86400,
+                    60,
+                )),
+            ));
+            let _ = socket.send_to(&r.to_vec().expect("encode"), peer).await;
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn denials_are_cached_unless_denial_caching_is_off() {
+    for (denial_ttl, asked) in [(Duration::from_secs(30), 1), (Duration::ZERO, 3)] {
+        let (upstream, count) = denying_upstream().await;
+        let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
+        let (_tx, rx) = watch::channel(Arc::new(zone));
+        let forward = ForwardConfig {
+            upstreams: vec![upstream],
+            cache: netd_dns::CacheConfig {
+                denial_ttl,
+                ..netd_dns::CacheConfig::default()
+            },
+            ..ForwardConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let h = Handler::new(rx, forward, metrics.clone());
+        for _ in 0..3 {
+            let m = ask(&h, "nope.example.", RecordType::A).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        }
+        assert_eq!(count.load(Ordering::SeqCst), asked, "{denial_ttl:?}");
+        if asked == 1 {
+            let text = metrics.encode();
+            assert!(
+                text.contains(r#"coredns_cache_hits_total{server="",type="denial",zones="."} 2"#),
+                "{text}"
+            );
+        }
+    }
 }

@@ -24,12 +24,33 @@ struct Running {
 }
 
 async fn start(state: ClusterState, upstreams: Vec<SocketAddr>) -> Running {
+    start_with(state, upstreams, false).await
+}
+
+/// A server with `/health`, `/ready` and `/metrics` on one ephemeral port; `awaiting_sync`:
+/// `state` only stands in until the next snapshot.
+async fn start_with(
+    state: ClusterState,
+    upstreams: Vec<SocketAddr>,
+    awaiting_sync: bool,
+) -> Running {
     let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
     config.forward.upstreams = upstreams;
-    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let server = DnsServer::bind(config).await.expect("bind");
+    let http = Some("127.0.0.1:0".parse().expect("addr"));
+    config.metrics_listen = http;
+    config.health_listen = http;
+    config.ready_listen = http;
+    let mut server = DnsServer::bind(config).await.expect("bind");
+    if awaiting_sync {
+        server = server.awaiting_sync();
+    }
     let dns = server.local_addr();
     let metrics = server.metrics_addr().expect("metrics listener");
+    assert_eq!(
+        server.ready_addr(),
+        Some(metrics),
+        "one listener for all three"
+    );
     let (tx, rx) = watch::channel(Arc::new(state));
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.run(rx, async {
@@ -181,8 +202,8 @@ async fn forwards_to_an_upstream() {
     );
     assert_eq!(
         count.load(Ordering::SeqCst),
-        1,
-        "the second answer came from the cache"
+        2,
+        "the loop probe and the first question: the second answer came from the cache"
     );
     assert_eq!(
         short(s.dns, &["ext.default.svc.cluster.local", "A"]).await,
@@ -223,11 +244,12 @@ async fn follows_new_snapshots_and_serves_metrics() {
     );
     let metrics = http_get(s.metrics, "/metrics").await;
     assert!(
-        metrics.contains(r#"netd_dns_requests_total{type="A",rcode="NOERROR"}"#),
+        metrics.contains(r#"coredns_dns_responses_total{server="dns://127.0.0.1:"#)
+            && metrics.contains(r#"zone="cluster.local.",rcode="NOERROR"}"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains("netd_dns_request_duration_seconds_bucket"),
+        metrics.contains("coredns_dns_request_duration_seconds_bucket"),
         "{metrics}"
     );
     assert!(
@@ -246,4 +268,124 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     stream.read_to_string(&mut out).await.expect("read");
     out
+}
+
+#[tokio::test]
+async fn cluster_names_get_servfail_until_the_first_synced_snapshot() {
+    let (upstream, _) = common::fake_upstream().await;
+    let s = start_with(ClusterState::default(), vec![upstream], true).await;
+    let early = dig(s.dns, &["web.default.svc.cluster.local", "A"]).await;
+    assert!(early.contains("status: SERVFAIL"), "{early}");
+    let reverse = dig(s.dns, &["-x", "10.96.0.20"]).await;
+    assert!(reverse.contains("status: SERVFAIL"), "{reverse}");
+    // Names outside the zone are forwarded meanwhile.
+    assert_eq!(short(s.dns, &["www.example.org", "A"]).await, ["192.0.2.1"]);
+    assert!(
+        http_get(s.metrics, "/ready")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+    assert!(
+        http_get(s.metrics, "/health")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    s.state.send_replace(Arc::new(common::cluster()));
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = short(s.dns, &["web.default.svc.cluster.local"]).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(seen, ["10.96.0.20"]);
+    assert!(
+        http_get(s.metrics, "/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    s.stop().await;
+}
+
+/// A port free for UDP and TCP on 127.0.0.1 when asked (for a server that must know its own
+/// address before it binds).
+async fn free_port() -> SocketAddr {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = udp.local_addr().expect("addr");
+        if tokio::net::TcpListener::bind(addr).await.is_ok() {
+            return addr;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_the_server_itself_is_a_forwarding_loop() {
+    let addr = free_port().await;
+    let mut config = ServeConfig::new(addr);
+    config.forward.upstreams = vec![addr];
+    let server = DnsServer::bind(config).await.expect("bind");
+    let (_tx, rx) = watch::channel(Arc::new(common::cluster()));
+    let err = server
+        .run(rx, std::future::pending())
+        .await
+        .expect_err("a loop refuses to start");
+    assert!(
+        matches!(err, DnsError::ForwardingLoop { upstream, .. } if upstream == addr),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("upstream {addr}")) && message.contains("loop-probe.invalid."),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answering_nxdomain_is_no_loop() {
+    let upstream = common::nxdomain_upstream().await;
+    let s = start(common::cluster(), vec![upstream]).await;
+    let out = dig(s.dns, &["www.example.org", "A"]).await;
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    let mut ready = String::new();
+    // The loop check runs beside the first answers; /ready waits for it.
+    for _ in 0..100 {
+        ready = http_get(s.metrics, "/ready").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_sent_before_run_starts_still_ends_the_stand_in() {
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.ready_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = DnsServer::bind(config).await.expect("bind").awaiting_sync();
+    let dns = server.local_addr();
+    let ready = server.ready_addr().expect("ready listener");
+    let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+    // The first complete snapshot arrives before the server reads the channel.
+    tx.send_replace(Arc::new(common::cluster()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(rx, async {
+        let _ = stopped.await;
+    }));
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = short(dns, &["web.default.svc.cluster.local"]).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, ["10.96.0.20"]);
+    assert!(http_get(ready, "/ready").await.starts_with("HTTP/1.1 200"));
+    let _ = stop.send(());
+    task.await.expect("join").expect("clean shutdown");
+    drop(tx);
 }

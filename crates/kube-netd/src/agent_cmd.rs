@@ -322,7 +322,7 @@ fn health_check_addresses(
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
         // Without a SIGTERM handler, Ctrl-C alone ends the agent.

@@ -1,6 +1,8 @@
-//! `kube-netd dns serve`: the cluster DNS zone of a set of manifests, served over UDP and TCP,
-//! reloaded when the files change.
+//! `kube-netd dns`: cluster DNS for a real cluster, fed by watches of the API server, with
+//! CoreDNS's ports and metric names (the Deployment in `deploy/dns/` runs it); and
+//! `kube-netd dns serve`: the zone of a set of manifests, reloaded when the files change.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use netd_dns::{DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, ZoneConfig};
-use netd_model::ClusterState;
+use netd_dns::{
+    DnsConfig, DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, Upstreams, ZoneConfig,
+};
+use netd_model::{ClusterConfig, ClusterState};
+use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use tokio::sync::watch;
 
 use crate::cluster::ClusterArgs;
@@ -17,11 +22,75 @@ use crate::cluster::ClusterArgs;
 /// How often the manifest files are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
 
-/// Serve cluster DNS.
+/// Serve cluster DNS: by default for the cluster the API server describes, as CoreDNS does.
 #[derive(Debug, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+        kube-netd dns --kubeconfig ~/.kube/config --listen 127.0.0.1:5353 --health '' \
+        --ready 127.0.0.1:8181 --metrics 127.0.0.1:9153\n  \
+        kube-netd dns --config /etc/kube-netd/dns.yaml\n  \
+        kube-netd dns serve -f examples/ --listen 127.0.0.1:5353"
+)]
 pub struct DnsArgs {
     #[command(subcommand)]
-    command: DnsCommand,
+    command: Option<DnsCommand>,
+    // Boxed: the flags of `dns` outweigh every other command's.
+    #[command(flatten)]
+    watch: Box<WatchArgs>,
+}
+
+/// `kube-netd dns` without a subcommand: every flag overrides the configuration file.
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// A configuration file (YAML: zone, ttl, pods, listen, upstreams or resolvConf, cache,
+    /// stubDomains); unknown keys are refused.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The kubeconfig file with the API server's address and credentials (default: the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The API server's URL; overrides the kubeconfig's server.
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+    /// Address and port to serve DNS on, UDP and TCP (default 0.0.0.0:53).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// The cluster zone (default cluster.local).
+    #[arg(long)]
+    zone: Option<DomainName>,
+    /// Resolvers for names outside the zone, IP or IP:PORT (default: /etc/resolv.conf's).
+    #[arg(long = "upstream", value_name = "ADDR", value_parser = netd_dns::config::parse_upstream)]
+    upstreams: Vec<SocketAddr>,
+    /// Pod records: insecure, verified (watches Pods) or disabled (default insecure).
+    #[arg(long)]
+    pods: Option<PodMode>,
+    /// TTL of answers, and of negative answers, in seconds (default 5).
+    #[arg(long)]
+    ttl: Option<u32>,
+    /// Where to serve /health (default 0.0.0.0:8080; '' for nowhere).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = http_listen)]
+    health: Option<Listen>,
+    /// Where to serve /ready (default 0.0.0.0:8181; '' for nowhere).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = http_listen)]
+    ready: Option<Listen>,
+    /// Where to serve /metrics (default 0.0.0.0:9153; '' for nowhere).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = http_listen)]
+    metrics: Option<Listen>,
+}
+
+/// An HTTP listener flag: an address, or nowhere (`''`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listen(Option<SocketAddr>);
+
+fn http_listen(text: &str) -> Result<Listen, String> {
+    if text.is_empty() {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|_| format!("{text:?} is not an address:port (or '' for nowhere)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,11 +129,120 @@ struct ServeArgs {
     cluster: ClusterArgs,
 }
 
-/// Runs a `dns` subcommand.
+/// Runs `dns` or one of its subcommands.
 pub fn run(args: DnsArgs) -> anyhow::Result<()> {
-    let DnsCommand::Serve(args) = args.command;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(args))
+    match args.command {
+        Some(DnsCommand::Serve(serve_args)) => runtime.block_on(serve(serve_args)),
+        None => {
+            let config = args.watch.config()?;
+            runtime.block_on(watch(*args.watch, config))
+        }
+    }
+}
+
+impl WatchArgs {
+    /// The configuration file's values (or the defaults), with the flags over them.
+    fn config(&self) -> anyhow::Result<DnsConfig> {
+        let mut config = match &self.config {
+            Some(path) => DnsConfig::read(path)?,
+            None => DnsConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen.dns = listen;
+        }
+        if let Some(zone) = &self.zone {
+            config.zone.origin = zone.clone();
+        }
+        if !self.upstreams.is_empty() {
+            config.upstreams = Upstreams::Addresses(self.upstreams.clone());
+        }
+        if let Some(pods) = self.pods {
+            config.zone.pods = pods;
+        }
+        if let Some(ttl) = self.ttl {
+            config.zone.ttl = ttl;
+        }
+        for (flag, slot) in [
+            (self.health, &mut config.listen.health),
+            (self.ready, &mut config.listen.ready),
+            (self.metrics, &mut config.listen.metrics),
+        ] {
+            if let Some(Listen(addr)) = flag {
+                *slot = addr;
+            }
+        }
+        Ok(config)
+    }
+
+    fn api(&self) -> ApiOptions {
+        ApiOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            master: self.master.clone().filter(|m| !m.is_empty()),
+        }
+    }
+}
+
+/// `kube-netd dns`: binds everything, then serves while the watches fill the store. Cluster
+/// names get SERVFAIL until every kind's first list is complete; after that the store keeps
+/// its objects through API outages, so the last zone keeps answering.
+async fn watch(args: WatchArgs, config: DnsConfig) -> anyhow::Result<()> {
+    let serve_config = config.serve_config()?;
+    let client = args.api().client().await?;
+    let pods = config.zone.pods == PodMode::Verified;
+    let store = SharedStore::new(Store::for_dns(ClusterConfig::default(), pods));
+    let server = DnsServer::bind(serve_config).await?.awaiting_sync();
+    announce(&server, &config.zone.origin);
+    // Until the first lists are complete, an empty cluster stands in (the server answers
+    // cluster names with SERVFAIL meanwhile).
+    let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+    let watches = tokio::spawn(netd_source::watch_dns(client, store.clone(), pods));
+    let feed = tokio::spawn(feed_snapshots(store, tx));
+    let result = server.run(rx, crate::agent_cmd::shutdown()).await;
+    watches.abort();
+    feed.abort();
+    Ok(result?)
+}
+
+/// Publishes each new snapshot of `store`, from its first complete list on, to the server.
+async fn feed_snapshots(store: SharedStore, tx: watch::Sender<Arc<ClusterState>>) {
+    let config = RunnerConfig {
+        // The zone rebuild is the only cost; every change is published as it comes.
+        min_sync_period: Duration::ZERO,
+        ..RunnerConfig::default()
+    };
+    let mut published = None;
+    netd_source::runner::run(
+        store,
+        config,
+        |request: SyncRequest| {
+            // A periodic sync of an unchanged store would only rebuild the same zone.
+            if published != Some(request.generation) {
+                published = Some(request.generation);
+                tracing::debug!(generation = request.generation, reason = %request.reason, "cluster changed: zone rebuilt");
+                tx.send_replace(request.state);
+            }
+            std::future::ready(Ok::<(), Infallible>(()))
+        },
+        tx.closed(),
+    )
+    .await;
+}
+
+fn announce(server: &DnsServer, zone: &DomainName) {
+    eprintln!(
+        "serving DNS for {zone} on {} (UDP and TCP)",
+        server.local_addr()
+    );
+    for (what, addr) in [
+        ("health", server.health_addr()),
+        ("ready", server.ready_addr()),
+        ("metrics", server.metrics_addr()),
+    ] {
+        if let Some(addr) = addr {
+            eprintln!("{what} on http://{addr}/{what}");
+        }
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -87,7 +265,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             upstreams,
             ..ForwardConfig::default()
         },
+        // `dns serve` keeps one HTTP port for all three paths.
         metrics_listen: args.metrics,
+        health_listen: args.metrics,
+        ready_listen: args.metrics,
     };
     let state = args.cluster.resolve()?;
     let (tx, rx) = watch::channel(Arc::new(state));
@@ -153,4 +334,133 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::watcher::Event;
+    use netd_source::Watched;
+    use serde_json::json;
+
+    fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("test object")
+    }
+
+    fn service(name: &str, ip: &str) -> core::Service {
+        object(json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80}]},
+        }))
+    }
+
+    fn list<K: Watched>(store: &SharedStore, objects: Vec<K>) {
+        store.apply(Event::<K>::Init);
+        for o in objects {
+            store.apply(Event::InitApply(o));
+        }
+        store.apply(Event::<K>::InitDone);
+    }
+
+    /// `dig` at the server: the status and the short answers.
+    async fn dig(server: SocketAddr, name: &str) -> (String, Vec<String>) {
+        let out = tokio::process::Command::new("dig")
+            .arg(format!("@{}", server.ip()))
+            .args([
+                "-p",
+                &server.port().to_string(),
+                "+time=2",
+                "+tries=1",
+                name,
+            ])
+            .output()
+            .await
+            .expect("dig is installed (dnsutils)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or_default()
+            .to_owned();
+        let answers = text
+            .lines()
+            .filter(|l| !l.starts_with(';') && l.contains("\tA\t"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        (status, answers)
+    }
+
+    /// Asks until the status is `status` (the zone is rebuilt in the background).
+    async fn wait_for(server: SocketAddr, name: &str, status: &str) -> Vec<String> {
+        let mut last = (String::new(), Vec::new());
+        for _ in 0..200 {
+            last = dig(server, name).await;
+            if last.0 == status {
+                return last.1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name}: {status} never came, last {last:?}");
+    }
+
+    #[tokio::test]
+    async fn scripted_watch_events_change_the_answers() {
+        let store = SharedStore::new(Store::for_dns(ClusterConfig::default(), false));
+        let server = DnsServer::bind(ServeConfig::new("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind")
+            .awaiting_sync();
+        let dns = server.local_addr();
+        let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+        let feed = tokio::spawn(feed_snapshots(store.clone(), tx));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(rx, async {
+            let _ = stopped.await;
+        }));
+        let web = "web.default.svc.cluster.local";
+
+        // Lists under way: nothing about the cluster is answered yet.
+        list(
+            &store,
+            vec![object::<PartialObjectMeta<core::Namespace>>(
+                json!({"metadata": {"name": "default"}}),
+            )],
+        );
+        list(&store, vec![service("web", "10.96.0.20")]);
+        assert_eq!(dig(dns, web).await.0, "SERVFAIL");
+
+        // The last first list completes: answers.
+        list::<discovery::EndpointSlice>(&store, vec![]);
+        assert_eq!(wait_for(dns, web, "NOERROR").await, ["10.96.0.20"]);
+
+        // An update moves the answer; another Service appears beside it.
+        store.apply(Event::Apply(service("web", "10.96.0.21")));
+        store.apply(Event::Apply(service("db", "10.96.0.30")));
+        let db = "db.default.svc.cluster.local";
+        for _ in 0..200 {
+            if dig(dns, web).await.1 == ["10.96.0.21"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dig(dns, web).await.1, ["10.96.0.21"]);
+        assert_eq!(wait_for(dns, db, "NOERROR").await, ["10.96.0.30"]);
+
+        // A delete: NXDOMAIN, and nothing else changes.
+        store.apply(Event::Delete(service("web", "10.96.0.21")));
+        wait_for(dns, web, "NXDOMAIN").await;
+        assert_eq!(dig(dns, db).await.1, ["10.96.0.30"]);
+
+        // A relist without db (deleted while the watch was away): gone too.
+        list::<core::Service>(&store, vec![]);
+        wait_for(dns, db, "NXDOMAIN").await;
+
+        let _ = stop.send(());
+        serving.await.expect("join").expect("clean shutdown");
+        feed.abort();
+    }
 }

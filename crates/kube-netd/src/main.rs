@@ -61,7 +61,7 @@ enum Command {
     Lab(lab_cmd::LabArgs),
     /// Ask the NetworkPolicy engine whether flows are allowed, and why.
     Policy(policy_cmd::PolicyArgs),
-    /// Serve cluster DNS for the Services and Pods of a set of manifests.
+    /// Serve cluster DNS for the cluster the API server describes, or for a set of manifests.
     Dns(dns_cmd::DnsArgs),
     /// Print exactly what would be applied to a node: ipset and iptables-restore input.
     #[command(after_help = "Examples:\n  \

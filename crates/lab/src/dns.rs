@@ -76,6 +76,9 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
         // No upstream: outside names get SERVFAIL at once and nothing leaves the machine.
         forward: ForwardConfig::default(),
         metrics_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
+        // The lab serves all three paths on its one metrics port.
+        health_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
+        ready_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
     };
     let failed = |source| LabError::DnsServeFailed {
         pod: pod.clone(),

@@ -8,10 +8,11 @@
 //! Start with [`Store`]: a plain synchronous value (tests feed it scripted
 //! [`kube::runtime::watcher::Event`]s), then [`run`](runner::run), then [`watch_cluster`].
 //!
-//! - [`store`]: [`Store`], [`SharedStore`], [`Watched`] (the six kinds it is fed).
-//! - [`prune`]: what is kept of each object, and what is left out.
+//! - [`store`]: [`Store`], [`SharedStore`], [`Watched`] (the six kinds it is fed; the
+//!   fewer of [`Store::for_dns`] for cluster DNS).
+//! - [`prune`]: what is kept of each object, and what is left out ([`Purpose`]).
 //! - [`runner`]: [`run`](runner::run), [`RunnerConfig`], [`SyncRequest`].
-//! - [`watch`]: [`watch_cluster`], the kube-rs watchers.
+//! - [`watch`]: [`watch_cluster`], the kube-rs watchers; [`watch_dns`] for cluster DNS.
 //! - [`connect`]: [`ApiOptions`] (`--kubeconfig`, `--master`, in-cluster).
 //! - [`error`]: what can fail, [`SourceError`].
 //!
@@ -45,6 +46,7 @@ pub mod watch;
 
 pub use connect::ApiOptions;
 pub use error::SourceError;
+pub use prune::Purpose;
 pub use runner::{RunnerConfig, SyncReason, SyncRequest};
-pub use store::{SharedStore, Snapshot, Store, WATCHED_KINDS, Watched};
-pub use watch::watch_cluster;
+pub use store::{SharedStore, Snapshot, Store, WATCHED_KINDS, Watched, dns_kinds};
+pub use watch::{watch_cluster, watch_dns};

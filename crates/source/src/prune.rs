@@ -2,7 +2,9 @@
 //! that churn in anything else (status heartbeats, `managedFields`, `resourceVersion`,
 //! annotations) compares equal and does not make the store dirty.
 //!
-//! Each function returns `None` for an object that is left out altogether.
+//! Each function returns `None` for an object that is left out altogether. What is left out
+//! depends on who reads the store ([`Purpose`]): the proxy leaves out what another proxy owns,
+//! cluster DNS names every Service.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +34,19 @@ fn meta(m: ObjectMeta, keep_annotation: Option<&str>) -> ObjectMeta {
         annotations,
         ..ObjectMeta::default()
     }
+}
+
+/// Who reads a store, which decides what it leaves out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// The service proxy and NetworkPolicy (`kube-netd agent`): Services and EndpointSlices
+    /// labelled `service.kubernetes.io/service-proxy-name` belong to another proxy and are
+    /// left out, as kube-proxy leaves them.
+    #[default]
+    Proxy,
+    /// Cluster DNS (`kube-netd dns`): every Service gets its names, whichever proxy routes it,
+    /// as CoreDNS answers them.
+    Dns,
 }
 
 fn proxied_elsewhere(m: &ObjectMeta) -> bool {
@@ -129,6 +144,15 @@ pub fn service(s: core::Service) -> Option<Object> {
     if proxied_elsewhere(&s.metadata) {
         return None;
     }
+    Some(kept_service(s))
+}
+
+/// A Service as [`service`] keeps it, whichever proxy owns it (for [`Purpose::Dns`]).
+pub fn service_for_dns(s: core::Service) -> Option<Object> {
+    Some(kept_service(s))
+}
+
+fn kept_service(s: core::Service) -> Object {
     let spec = s.spec.map(|s| core::ServiceSpec {
         type_: s.type_,
         cluster_ip: s.cluster_ip,
@@ -181,11 +205,11 @@ pub fn service(s: core::Service) -> Option<Object> {
             }),
             ..core::ServiceStatus::default()
         });
-    Some(Object::Service(Box::new(core::Service {
+    Object::Service(Box::new(core::Service {
         metadata: meta(s.metadata, None),
         spec,
         status,
-    })))
+    }))
 }
 
 /// An EndpointSlice: address type, ports and endpoints (addresses, conditions, node, zone,
@@ -195,6 +219,16 @@ pub fn endpoint_slice(s: discovery::EndpointSlice) -> Option<Object> {
     if proxied_elsewhere(&s.metadata) {
         return None;
     }
+    Some(kept_endpoint_slice(s))
+}
+
+/// An EndpointSlice as [`endpoint_slice`] keeps it, whichever proxy owns its Service (for
+/// [`Purpose::Dns`]).
+pub fn endpoint_slice_for_dns(s: discovery::EndpointSlice) -> Option<Object> {
+    Some(kept_endpoint_slice(s))
+}
+
+fn kept_endpoint_slice(s: discovery::EndpointSlice) -> Object {
     let endpoints = s
         .endpoints
         .into_iter()
@@ -214,12 +248,12 @@ pub fn endpoint_slice(s: discovery::EndpointSlice) -> Option<Object> {
             ..discovery::Endpoint::default()
         })
         .collect();
-    Some(Object::EndpointSlice(discovery::EndpointSlice {
+    Object::EndpointSlice(discovery::EndpointSlice {
         metadata: meta(s.metadata, Some(LAST_CHANGE_TRIGGER_TIME)),
         address_type: s.address_type,
         endpoints,
         ports: s.ports,
-    }))
+    })
 }
 
 /// A NetworkPolicy: its whole spec (all of it is semantics).

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::error::SourceError;
-use crate::prune;
+use crate::prune::{self, Purpose};
 
 /// The kinds the store is fed, in the order they are reported.
 pub const WATCHED_KINDS: [Kind; 6] = [
@@ -30,6 +30,16 @@ pub const WATCHED_KINDS: [Kind; 6] = [
     Kind::EndpointSlice,
     Kind::NetworkPolicy,
 ];
+
+/// The kinds cluster DNS reads: Pods only when pod names are verified against them
+/// (`pods verified`), since the other modes never look at a Pod.
+pub fn dns_kinds(pods: bool) -> Vec<Kind> {
+    let mut kinds = vec![Kind::Namespace, Kind::Service, Kind::EndpointSlice];
+    if pods {
+        kinds.insert(1, Kind::Pod);
+    }
+    kinds
+}
 
 /// A Kubernetes type the store is fed: how to name it and what of it to keep.
 pub trait Watched:
@@ -44,6 +54,13 @@ pub trait Watched:
     /// What the store keeps of it, or `None` when it is left out (a Service another proxy
     /// owns, a Pod that has finished).
     fn prune(self) -> Option<Object>;
+
+    /// What a store read for `purpose` keeps of it: [`Watched::prune`] unless the purpose
+    /// keeps more.
+    fn prune_for(self, purpose: Purpose) -> Option<Object> {
+        let _ = purpose;
+        self.prune()
+    }
 
     /// Its identity in the store.
     fn id(&self) -> ObjectId {
@@ -78,6 +95,7 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Store {
     config: ClusterConfig,
+    purpose: Purpose,
     kinds: BTreeMap<Kind, KindStore>,
     generation: u64,
     dirty: bool,
@@ -99,14 +117,26 @@ struct Listing {
 }
 
 impl Store {
-    /// An empty store for a cluster with these settings (snapshots carry them).
+    /// An empty store for a cluster with these settings (snapshots carry them), fed the
+    /// [`WATCHED_KINDS`] for the proxy.
     pub fn new(config: ClusterConfig) -> Store {
+        Store::with_kinds(config, &WATCHED_KINDS, Purpose::Proxy)
+    }
+
+    /// An empty store for cluster DNS: the [`dns_kinds`], nothing left out for belonging
+    /// to another proxy ([`Purpose::Dns`]).
+    pub fn for_dns(config: ClusterConfig, pods: bool) -> Store {
+        Store::with_kinds(config, &dns_kinds(pods), Purpose::Dns)
+    }
+
+    /// An empty store fed only `kinds`, keeping what `purpose` reads. It is
+    /// [ready](Store::ready) once each of these kinds has been listed; events of other
+    /// kinds change nothing.
+    pub fn with_kinds(config: ClusterConfig, kinds: &[Kind], purpose: Purpose) -> Store {
         Store {
             config,
-            kinds: WATCHED_KINDS
-                .into_iter()
-                .map(|k| (k, KindStore::default()))
-                .collect(),
+            purpose,
+            kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
             generation: 0,
             dirty: false,
         }
@@ -119,6 +149,9 @@ impl Store {
     /// objects of the kind; at `InitDone` the listed objects replace them whole, so objects
     /// deleted while the watch was away disappear.
     pub fn apply<K: Watched>(&mut self, event: watcher::Event<K>) -> bool {
+        if !self.kinds.contains_key(&K::KIND) {
+            return false;
+        }
         let was_ready = self.ready();
         let changed = match event {
             watcher::Event::Init => {
@@ -264,7 +297,7 @@ impl Store {
 
     /// Prunes `obj` and checks the model accepts it, alone, as it would in a snapshot.
     fn admit<K: Watched>(&self, id: &ObjectId, obj: K) -> Admitted {
-        let Some(object) = obj.prune() else {
+        let Some(object) = obj.prune_for(self.purpose) else {
             return Admitted::LeftOut;
         };
         match ClusterState::new(vec![object.clone()], self.config.clone()) {
@@ -366,6 +399,12 @@ impl Watched for core::Service {
     fn prune(self) -> Option<Object> {
         prune::service(self)
     }
+    fn prune_for(self, purpose: Purpose) -> Option<Object> {
+        match purpose {
+            Purpose::Proxy => prune::service(self),
+            Purpose::Dns => prune::service_for_dns(self),
+        }
+    }
 }
 
 impl Watched for discovery::EndpointSlice {
@@ -375,6 +414,12 @@ impl Watched for discovery::EndpointSlice {
     }
     fn prune(self) -> Option<Object> {
         prune::endpoint_slice(self)
+    }
+    fn prune_for(self, purpose: Purpose) -> Option<Object> {
+        match purpose {
+            Purpose::Proxy => prune::endpoint_slice(self),
+            Purpose::Dns => prune::endpoint_slice_for_dns(self),
+        }
     }
 }
 

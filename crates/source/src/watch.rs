@@ -1,4 +1,5 @@
-//! [`watch_cluster`]: kube-rs watches of the six kinds, feeding a [`SharedStore`].
+//! [`watch_cluster`]: kube-rs watches of the six kinds, feeding a [`SharedStore`]; and
+//! [`watch_dns`], the fewer kinds cluster DNS reads.
 //!
 //! Each kind has its own `watcher` stream with kube-rs's default backoff: a failed list or
 //! watch is retried, a dropped watch resumes from the last resourceVersion (bookmarks keep it
@@ -19,6 +20,9 @@ use kube::{Api, Client};
 use netd_model::view::SERVICE_PROXY_NAME_LABEL;
 
 use crate::store::{SharedStore, Watched};
+
+/// Pods that have finished hold no addresses: they are not even sent.
+const RUNNING_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Watches Namespaces, Nodes, Pods, Services, EndpointSlices and NetworkPolicies in every
 /// namespace through `client`, applying each event to `store`, until the returned future is
@@ -41,9 +45,7 @@ pub async fn watch_cluster(client: Client, store: SharedStore) {
         feed(
             watcher(
                 Api::<core::Pod>::all(client.clone()),
-                plain
-                    .clone()
-                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
+                plain.clone().fields(RUNNING_PODS),
             ),
             &store,
         ),
@@ -65,6 +67,49 @@ pub async fn watch_cluster(client: Client, store: SharedStore) {
             watcher(Api::<networking::NetworkPolicy>::all(client), plain),
             &store,
         ),
+    );
+}
+
+/// Watches what cluster DNS reads ([`crate::store::dns_kinds`]): Namespaces (metadata only),
+/// Services and EndpointSlices, every one of them (a Service another proxy routes still has
+/// its names), and running Pods when `pods` (for `pods verified`), applying each event to
+/// `store` (made with [`crate::Store::for_dns`]) until the returned future is dropped.
+/// Errors are logged and retried with kube-rs's backoff; the store keeps what it had, so a
+/// DNS server fed from it goes on answering from the last zone during an API outage.
+pub async fn watch_dns(client: Client, store: SharedStore, pods: bool) {
+    let plain = watcher::Config::default();
+    let pod_watch = async {
+        if pods {
+            feed(
+                watcher(
+                    Api::<core::Pod>::all(client.clone()),
+                    plain.clone().fields(RUNNING_PODS),
+                ),
+                &store,
+            )
+            .await;
+        }
+    };
+    futures::join!(
+        feed(
+            watcher(
+                Api::<PartialObjectMeta<core::Namespace>>::all(client.clone()),
+                plain.clone(),
+            ),
+            &store,
+        ),
+        feed(
+            watcher(Api::<core::Service>::all(client.clone()), plain.clone()),
+            &store,
+        ),
+        feed(
+            watcher(
+                Api::<discovery::EndpointSlice>::all(client.clone()),
+                plain.clone(),
+            ),
+            &store,
+        ),
+        pod_watch,
     );
 }
 

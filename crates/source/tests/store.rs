@@ -441,3 +441,72 @@ fn kept_objects_carry_no_managed_fields_resource_version_or_status_noise() {
             "metadata": {"name": "web", "labels": {"team": "a"}}}])
     );
 }
+
+#[test]
+fn a_dns_store_waits_for_its_own_kinds_and_keeps_every_service() {
+    let mut s = Store::for_dns(ClusterConfig::default(), false);
+    assert_eq!(
+        s.pending(),
+        vec![Kind::Namespace, Kind::Service, Kind::EndpointSlice]
+    );
+    list(&mut s, vec![namespace("default", json!({}))]);
+    let other_proxy = json!({"service.kubernetes.io/service-proxy-name": "other-proxy"});
+    list(
+        &mut s,
+        vec![
+            service("default", "web", "10.96.0.20", "web", json!({})),
+            service(
+                "default",
+                "elsewhere",
+                "10.96.0.30",
+                "x",
+                other_proxy.clone(),
+            ),
+        ],
+    );
+    assert!(!s.ready());
+    list(
+        &mut s,
+        vec![slice(
+            "default",
+            "elsewhere",
+            &[("10.244.1.9", "x-1")],
+            other_proxy,
+        )],
+    );
+    assert!(
+        s.ready(),
+        "no Nodes, Pods or NetworkPolicies are waited for"
+    );
+    // Events of kinds it is not fed change nothing.
+    assert!(!s.apply(Event::Apply(pod("default", "a", "10.244.1.2", "web", 1))));
+    assert!(!s.apply(Event::Apply(node(
+        "node-1",
+        "172.18.0.2",
+        "10.244.1.0/24",
+        1
+    ))));
+    let snap = s.snapshot().expect("ready");
+    assert_eq!(
+        services(&snap.state),
+        vec!["default/elsewhere", "default/web"]
+    );
+    assert_eq!(snap.state.pods().count(), 0);
+    assert_eq!(
+        snap.state.endpoint_slices().count(),
+        1,
+        "the slices of another proxy's Service are kept too"
+    );
+
+    // With verified pod names it waits for Pods as well.
+    let s = Store::for_dns(ClusterConfig::default(), true);
+    assert_eq!(
+        s.pending(),
+        vec![
+            Kind::Namespace,
+            Kind::Pod,
+            Kind::Service,
+            Kind::EndpointSlice
+        ]
+    );
+}

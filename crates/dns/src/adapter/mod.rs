@@ -9,6 +9,7 @@
 mod forward;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,12 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
-pub use forward::ForwardConfig;
+pub use forward::{CacheConfig, ForwardConfig};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSample, rcode_str};
 use crate::zone::{self, Question, Rcode, RecordData, RecordType, Zone};
-use forward::{ForwardError, Forwarder, Upstream};
+pub(crate) use forward::Forwarder;
+use forward::{ForwardError, Upstream};
 
 /// The transport a message arrived on: it decides whether responses are truncated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,8 +50,11 @@ const MAX_UDP_PAYLOAD: u16 = 4096;
 /// Answers DNS requests: from the current zone, or forwarded upstream.
 pub struct Handler {
     zone: watch::Receiver<Arc<Zone>>,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     metrics: Arc<Metrics>,
+    /// False until the zone reflects a complete view of the cluster: cluster names get
+    /// SERVFAIL until then.
+    synced: Arc<AtomicBool>,
 }
 
 impl Handler {
@@ -61,9 +66,22 @@ impl Handler {
     ) -> Self {
         Self {
             zone,
-            forwarder: Forwarder::new(forward),
+            forwarder: Arc::new(Forwarder::new(forward, metrics.clone())),
             metrics,
+            synced: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Answers cluster names only while `synced` holds, SERVFAIL otherwise (forwarding goes
+    /// on): for a server whose zone is not built from a complete view yet.
+    pub(crate) fn gated(mut self, synced: Arc<AtomicBool>) -> Self {
+        self.synced = synced;
+        self
+    }
+
+    /// The forwarder, for the loop check at start.
+    pub(crate) fn forwarder(&self) -> Arc<Forwarder> {
+        self.forwarder.clone()
     }
 
     /// Answers one DNS message given as bytes, exactly as the server would on `transport`:
@@ -111,6 +129,10 @@ impl Handler {
         let qtype = RecordType::from_code(u16::from(query.query_type()));
         let qname = zone_text(query.original().name());
         let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+        reply.authoritative = answer.authoritative;
+        if answer.authoritative && !self.synced.load(Ordering::Acquire) {
+            return reply.error(ResponseCode::ServFail);
+        }
         if !answer.authoritative {
             return match self.forward(query.original()).await {
                 Ok(upstream) => reply.upstream(upstream),
@@ -181,11 +203,7 @@ impl Handler {
     }
 
     async fn forward(&self, query: &Query) -> Result<Upstream, ForwardError> {
-        let (upstream, cached) = self.forwarder.resolve(query).await?;
-        if cached {
-            self.metrics.cache_hit();
-        }
-        Ok(upstream)
+        self.forwarder.resolve(query).await
     }
 }
 
@@ -227,8 +245,14 @@ impl RequestHandler for Handler {
                 })
             }
         };
-        self.metrics
-            .observe_request(qtype, rcode_str(info.response_code), started.elapsed());
+        self.metrics.observe_request(&RequestSample {
+            authoritative: reply.authoritative,
+            tcp: request.protocol() == Protocol::Tcp,
+            ipv6: request.src().is_ipv6(),
+            qtype,
+            rcode: rcode_str(info.response_code),
+            elapsed: started.elapsed(),
+        });
         info
     }
 }
@@ -237,6 +261,8 @@ impl RequestHandler for Handler {
 struct Reply {
     metadata: Metadata,
     qtype: &'static str,
+    /// Whether the name is in a zone the server is authoritative for.
+    authoritative: bool,
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
@@ -249,6 +275,7 @@ impl Reply {
         Self {
             metadata,
             qtype: "other",
+            authoritative: false,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
@@ -383,19 +410,6 @@ fn to_record(record: &zone::Record, owner: Option<&Name>) -> Option<Record> {
         )),
     };
     Some(Record::from_rdata(name, record.ttl, data))
-}
-
-fn rcode_str(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "other",
-    }
 }
 
 /// The running UDP and TCP front end.

@@ -191,3 +191,24 @@ pub async fn fake_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     });
     (addr, count)
 }
+
+/// A UDP upstream on 127.0.0.1 that answers every question NXDOMAIN, as a resolver answers
+/// names under `.invalid`.
+pub async fn nxdomain_upstream() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.recursion_available = true;
+            r.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+            r.add_queries(q.queries.clone());
+            let _ = socket.send_to(&r.to_vec().expect("encode"), peer).await;
+        }
+    });
+    addr
+}
