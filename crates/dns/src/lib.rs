@@ -38,5 +38,6 @@ pub use metrics::Metrics;
 pub use serve::{DnsServer, ServeConfig, serve};
 pub use upstream::{parse_resolv_conf, read_resolv_conf};
 pub use zone::{
-    Answer, DomainName, PodMode, Question, Rcode, Record, RecordData, RecordType, Zone, ZoneConfig,
+    Answer, DomainName, PodMode, Question, Rcode, Record, RecordData, RecordType, Serial, Zone,
+    ZoneChange, ZoneConfig, ZoneError, ZoneStats,
 };
