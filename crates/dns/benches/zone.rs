@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_main};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType as WireType};
 use netd_dns::{
-    ForwardConfig, Handler, Metrics, Question, RecordType, Transport, Zone, ZoneConfig,
+    ForwardConfig, Handler, Metrics, Question, RecordType, SharedZone, Transport, Zone, ZoneConfig,
 };
 use netd_model::ClusterState;
 
@@ -154,8 +154,11 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(zone));
-    let handler = Handler::new(rx, ForwardConfig::default(), Arc::new(Metrics::new()));
+    let handler = Handler::new(
+        SharedZone::new(zone),
+        ForwardConfig::default(),
+        Arc::new(Metrics::new()),
+    );
     let mut group = c.benchmark_group("wire");
     for (label, name, qtype) in [
         (

@@ -32,10 +32,10 @@ pub mod serve;
 pub mod upstream;
 pub mod zone;
 
-pub use adapter::{ForwardConfig, Handler, Transport};
+pub use adapter::{ForwardConfig, Handler, SharedZone, Transport};
 pub use error::DnsError;
 pub use metrics::Metrics;
-pub use serve::{DnsServer, ServeConfig, serve};
+pub use serve::{DnsServer, ServeConfig, ZoneUpdate, serve};
 pub use upstream::{parse_resolv_conf, read_resolv_conf};
 pub use zone::{
     Answer, DomainName, PodMode, Question, Rcode, Record, RecordData, RecordType, Serial, Zone,

@@ -1,22 +1,36 @@
-//! Serving: DNS over UDP and TCP, the zone rebuilt on every new snapshot, and a small HTTP
-//! listener for `/metrics`, `/health` and `/ready`.
+//! Serving: DNS over UDP and TCP, the zone fed by snapshots or by one change at a time,
+//! and a small HTTP listener for `/metrics`, `/health` and `/ready`.
+//!
+//! # Feeding the zone
+//!
+//! [`DnsServer::run_updates`] is the seam for sources of cluster state: it takes a first
+//! snapshot, builds the zone from it and drops it, then applies [`ZoneUpdate`]s from an
+//! `mpsc` channel as they come: [`ZoneUpdate::Upsert`] / [`ZoneUpdate::Delete`] of one
+//! object ([`Zone::apply`], answered from the next query on), or a whole
+//! [`ZoneUpdate::Snapshot`] (rebuilt off the async workers, then swapped in). The server
+//! keeps no snapshot: a watch-driven source sends each event as it arrives, a file source
+//! sends a snapshot per reload. [`DnsServer::run`] is the same over a `watch` channel of
+//! snapshots, whose sender keeps the latest one alive.
+//!
+//! Every change that alters an answer advances the SOA serial to the time of the change
+//! ([`Serial::next_at`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use netd_model::ClusterState;
+use netd_model::{ClusterState, Object, ObjectId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::DnsError;
-use crate::adapter::{ForwardConfig, Frontend, Handler};
+use crate::adapter::{ForwardConfig, Frontend, Handler, SharedZone};
 use crate::metrics::Metrics;
-use crate::zone::{Zone, ZoneConfig};
+use crate::zone::{Serial, Zone, ZoneChange, ZoneConfig, ZoneError};
 
 /// Everything `kube-netd dns serve` configures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +56,18 @@ impl ServeConfig {
             metrics_listen: None,
         }
     }
+}
+
+/// One update to the served zone, sent to [`DnsServer::run_updates`].
+#[derive(Clone, Debug)]
+pub enum ZoneUpdate {
+    /// A complete snapshot: the zone is rebuilt from it, and the snapshot is dropped.
+    Snapshot(Arc<ClusterState>),
+    /// An object added or replaced (the kept form `netd-source` produces), boxed: objects
+    /// are large.
+    Upsert(Box<Object>),
+    /// An object removed.
+    Delete(ObjectId),
 }
 
 /// A DNS server with its sockets bound, not yet serving.
@@ -89,10 +115,36 @@ impl DnsServer {
 
     /// Serves until `shutdown` completes. The zone is built from the snapshot in `state`
     /// and rebuilt whenever the channel sees a new one; if the sender goes away, the last
-    /// zone keeps being served.
+    /// zone keeps being served. The channel keeps the latest snapshot alive:
+    /// [`DnsServer::run_updates`] does not.
     pub async fn run(
         self,
         mut state: watch::Receiver<Arc<ClusterState>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DnsError> {
+        let first = state.borrow_and_update().clone();
+        let (tx, rx) = mpsc::channel(1);
+        let relay = tokio::spawn(async move {
+            while state.changed().await.is_ok() {
+                let snapshot = state.borrow_and_update().clone();
+                if tx.send(ZoneUpdate::Snapshot(snapshot)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = self.run_updates(first, rx, shutdown).await;
+        relay.abort();
+        result
+    }
+
+    /// Serves until `shutdown` completes: the zone is built from `first` (then dropped) and
+    /// follows `updates` (see the [module docs](self)). If the sender goes away, the last
+    /// zone keeps being served. A change the zone refuses (an invalid object) is logged and
+    /// the zone is left as it was.
+    pub async fn run_updates(
+        self,
+        first: Arc<ClusterState>,
+        updates: mpsc::Receiver<ZoneUpdate>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DnsError> {
         let DnsServer {
@@ -107,32 +159,21 @@ impl DnsServer {
         if let Some(http) = http {
             tasks.spawn(serve_http(http, metrics.clone(), ready.clone()));
         }
-        let first = state.borrow_and_update().clone();
-        let zone = build_zone(first, config.zone.clone()).await?;
+        let mut zone = build_zone(first, config.zone.clone()).await?;
+        zone.set_serial(Serial::default().next_at(unix_now()));
         metrics.zone_built(zone.record_count());
-        let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
-        {
-            let metrics = metrics.clone();
-            let zone_config = config.zone.clone();
-            tasks.spawn(async move {
-                while state.changed().await.is_ok() {
-                    let snapshot = state.borrow_and_update().clone();
-                    match build_zone(snapshot, zone_config.clone()).await {
-                        Ok(zone) => {
-                            metrics.zone_built(zone.record_count());
-                            zone_tx.send_replace(Arc::new(zone));
-                        }
-                        // The previous zone keeps being served.
-                        Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
-                    }
-                }
-            });
-        }
+        let zone = SharedZone::new(zone);
+        tasks.spawn(feed_zone(
+            zone.clone(),
+            updates,
+            config.zone.clone(),
+            metrics.clone(),
+        ));
         let mut forward = config.forward.clone();
         // Forwarding to ourselves would loop until the client gives up.
         let local = tcp.local_addr().ok();
         forward.upstreams.retain(|u| Some(*u) != local);
-        let handler = Handler::new(zone_rx, forward, metrics);
+        let handler = Handler::new(zone, forward, metrics);
         let mut frontend = Frontend::start(handler, udp, tcp);
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %config.listen, zone = %config.zone.origin, "serving cluster DNS");
@@ -143,6 +184,56 @@ impl DnsServer {
         tasks.abort_all();
         result
     }
+}
+
+/// Applies updates to the served zone until the sender goes away.
+async fn feed_zone(
+    zone: SharedZone,
+    mut updates: mpsc::Receiver<ZoneUpdate>,
+    config: ZoneConfig,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(update) = updates.recv().await {
+        let change = match &update {
+            ZoneUpdate::Snapshot(state) => {
+                match build_zone(state.clone(), config.clone()).await {
+                    Ok(mut rebuilt) => {
+                        let previous = zone.read(Zone::serial);
+                        rebuilt.set_serial(previous.next_at(unix_now()));
+                        metrics.zone_built(rebuilt.record_count());
+                        drop(zone.replace(rebuilt));
+                    }
+                    // The previous zone keeps being served.
+                    Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
+                }
+                continue;
+            }
+            ZoneUpdate::Upsert(object) => ZoneChange::Upsert(object),
+            ZoneUpdate::Delete(id) => ZoneChange::Delete(id),
+        };
+        let applied = zone.update(|zone| {
+            let changed = zone.apply(change)?;
+            if changed {
+                zone.set_serial(zone.serial().next_at(unix_now()));
+            }
+            Ok::<_, ZoneError>(changed.then(|| zone.record_count()))
+        });
+        match applied {
+            Ok(Some(records)) => metrics.zone_built(records),
+            Ok(None) => {}
+            Err(e) => {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                tracing::warn!(error = %e, cause, "a change was not applied to the zone");
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch; 0 if the clock is before it.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Binds and serves until `shutdown`: [`DnsServer::bind`] then [`DnsServer::run`].

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use netd_dns::{DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, ZoneConfig};
-use netd_model::ClusterState;
-use tokio::sync::watch;
+use netd_dns::{
+    DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, ZoneConfig, ZoneUpdate,
+};
+use tokio::sync::mpsc;
 
 use crate::cluster::ClusterArgs;
 
@@ -89,8 +90,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics_listen: args.metrics,
     };
-    let state = args.cluster.resolve()?;
-    let (tx, rx) = watch::channel(Arc::new(state));
+    let state = Arc::new(args.cluster.resolve()?);
+    // The server drops each snapshot once its zone is built: nothing here keeps one.
+    let (tx, rx) = mpsc::channel(1);
     let server = DnsServer::bind(config).await?;
     eprintln!(
         "serving DNS for {} on {} (UDP and TCP)",
@@ -104,14 +106,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let result = server.run(rx, shutdown).await;
+    let result = server.run_updates(state, rx, shutdown).await;
     reload.abort();
     Ok(result?)
 }
 
 /// Re-resolves the manifests whenever a file under them changes; a bad edit is logged and the
 /// last good zone keeps answering.
-async fn reload_on_change(cluster: ClusterArgs, tx: watch::Sender<Arc<ClusterState>>) {
+async fn reload_on_change(cluster: ClusterArgs, tx: mpsc::Sender<ZoneUpdate>) {
     let mut seen = fingerprint(&cluster.files);
     loop {
         tokio::time::sleep(RELOAD_POLL).await;
@@ -124,7 +126,11 @@ async fn reload_on_change(cluster: ClusterArgs, tx: watch::Sender<Arc<ClusterSta
         match tokio::task::spawn_blocking(move || args.resolve()).await {
             Ok(Ok(state)) => {
                 tracing::info!("manifests changed: zone reloaded");
-                if tx.send(Arc::new(state)).is_err() {
+                if tx
+                    .send(ZoneUpdate::Snapshot(Arc::new(state)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -9,7 +9,7 @@
 mod forward;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{
@@ -25,12 +25,11 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
 
 pub use forward::ForwardConfig;
 
 use crate::metrics::Metrics;
-use crate::zone::{self, Question, Rcode, RecordData, RecordType, Zone};
+use crate::zone::{self, DomainName, Question, Rcode, RecordData, RecordType, Zone};
 use forward::{ForwardError, Forwarder, Upstream};
 
 /// The transport a message arrived on: it decides whether responses are truncated.
@@ -45,20 +44,50 @@ pub enum Transport {
 /// The largest UDP payload we answer with, whatever the client offers.
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
+/// The zone being served, shared by the request handler (readers) and whatever updates it
+/// (one writer: a change is applied in place, a rebuilt zone replaces the old one).
+///
+/// Answers are computed under a read lock held for the lookup only, never across an
+/// `await`; a change takes the write lock for the microseconds [`Zone::apply`] takes.
+#[derive(Clone, Debug)]
+pub struct SharedZone(Arc<RwLock<Zone>>);
+
+impl SharedZone {
+    /// Shares `zone`.
+    pub fn new(zone: Zone) -> Self {
+        SharedZone(Arc::new(RwLock::new(zone)))
+    }
+
+    /// Runs `f` on the current zone.
+    pub fn read<R>(&self, f: impl FnOnce(&Zone) -> R) -> R {
+        // A panic while writing leaves a zone that was valid before or after the change
+        // (every change is applied whole or not at all), so a poisoned lock is still read.
+        let zone = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        f(&zone)
+    }
+
+    /// Runs `f` on the zone, exclusively.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Zone) -> R) -> R {
+        let mut zone = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        f(&mut zone)
+    }
+
+    /// Replaces the zone; the old one is dropped outside the lock.
+    pub fn replace(&self, zone: Zone) -> Zone {
+        self.update(|current| std::mem::replace(current, zone))
+    }
+}
+
 /// Answers DNS requests: from the current zone, or forwarded upstream.
 pub struct Handler {
-    zone: watch::Receiver<Arc<Zone>>,
+    zone: SharedZone,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
 }
 
 impl Handler {
     /// A handler answering from whatever zone `zone` holds at each request.
-    pub fn new(
-        zone: watch::Receiver<Arc<Zone>>,
-        forward: ForwardConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(zone: SharedZone, forward: ForwardConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             zone,
             forwarder: Forwarder::new(forward),
@@ -107,10 +136,13 @@ impl Handler {
         if query.query_class() != DNSClass::IN {
             return reply.error(ResponseCode::Refused);
         }
-        let zone = self.zone.borrow().clone();
         let qtype = RecordType::from_code(u16::from(query.query_type()));
         let qname = zone_text(query.original().name());
-        let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+        let (answer, alias) = self.zone.read(|zone| {
+            let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+            let alias = alias_out_of_zone(zone, &answer);
+            (answer, alias)
+        });
         if !answer.authoritative {
             return match self.forward(query.original()).await {
                 Ok(upstream) => reply.upstream(upstream),
@@ -145,30 +177,16 @@ impl Handler {
         reply.answers = answers;
         reply.authorities = authorities;
         reply.additionals = additionals;
-        self.chase_alias(&zone, query.original(), &answer, &mut reply)
-            .await;
+        if let Some(target) = alias {
+            self.chase_alias(&target, query.original(), &mut reply)
+                .await;
+        }
         reply
     }
 
     /// An answer ending in an alias out of the zone (an ExternalName Service) gets the
     /// target's records from upstream appended, as CoreDNS does.
-    async fn chase_alias(
-        &self,
-        zone: &Zone,
-        query: &Query,
-        answer: &zone::Answer,
-        reply: &mut Reply,
-    ) {
-        let Some(zone::Record {
-            data: RecordData::Cname(target),
-            ..
-        }) = answer.answers.last()
-        else {
-            return;
-        };
-        if answer.rcode != Rcode::NoError || zone.is_authoritative(target.as_str()) {
-            return;
-        }
+    async fn chase_alias(&self, target: &DomainName, query: &Query, reply: &mut Reply) {
         let Ok(target) = to_name(target) else { return };
         let chased = Query::query(target, query.query_type());
         match self.forward(&chased).await {
@@ -231,6 +249,19 @@ impl RequestHandler for Handler {
             .observe_request(qtype, rcode_str(info.response_code), started.elapsed());
         info
     }
+}
+
+/// The target of the alias an answer ends in, when the zone does not answer for it.
+fn alias_out_of_zone(zone: &Zone, answer: &zone::Answer) -> Option<DomainName> {
+    let Some(zone::Record {
+        data: RecordData::Cname(target),
+        ..
+    }) = answer.answers.last()
+    else {
+        return None;
+    };
+    (answer.rcode == Rcode::NoError && !zone.is_authoritative(target.as_str()))
+        .then(|| target.clone())
 }
 
 /// A response being put together.
