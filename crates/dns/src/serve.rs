@@ -73,7 +73,8 @@ pub enum ZoneUpdate {
 /// A DNS server with its sockets bound, not yet serving.
 pub struct DnsServer {
     config: ServeConfig,
-    udp: UdpSocket,
+    /// One per UDP worker, sharing the port.
+    udp: Vec<UdpSocket>,
     tcp: TcpListener,
     http: Option<TcpListener>,
     metrics: Arc<Metrics>,
@@ -82,8 +83,12 @@ pub struct DnsServer {
 /// Tries at finding one ephemeral port free for both UDP and TCP.
 const EPHEMERAL_TRIES: usize = 16;
 
+/// At most this many UDP workers (one per CPU below that).
+const MAX_UDP_WORKERS: usize = 8;
+
 impl DnsServer {
     /// Binds the DNS sockets (UDP and TCP on one port) and the metrics listener.
+    /// UDP is bound once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker.
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_dns(config.listen).await?;
         let http = match config.metrics_listen {
@@ -252,26 +257,51 @@ async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Result<Zone
         .map_err(|source| DnsError::ZoneBuildFailed { source })
 }
 
-async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+async fn bind_dns(listen: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), DnsError> {
     let fail = |source| DnsError::BindFailed {
         addr: listen,
         source,
     };
-    if listen.port() != 0 {
-        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
+    let (first, tcp) = if listen.port() != 0 {
+        let udp = udp_socket(listen).map_err(fail)?;
         let tcp = TcpListener::bind(listen).await.map_err(fail)?;
-        return Ok((udp, tcp));
-    }
-    let mut last = std::io::Error::other("no free port");
-    for _ in 0..EPHEMERAL_TRIES {
-        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
-        let addr = udp.local_addr().map_err(fail)?;
-        match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last = e,
+        (udp, tcp)
+    } else {
+        let mut bound = None;
+        let mut last = std::io::Error::other("no free port");
+        for _ in 0..EPHEMERAL_TRIES {
+            let udp = udp_socket(listen).map_err(fail)?;
+            let addr = udp.local_addr().map_err(fail)?;
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => {
+                    bound = Some((udp, tcp));
+                    break;
+                }
+                Err(e) => last = e,
+            }
         }
+        bound.ok_or_else(|| fail(last))?
+    };
+    let addr = first.local_addr().map_err(fail)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_UDP_WORKERS);
+    let mut udp = vec![first];
+    for _ in 1..workers {
+        udp.push(udp_socket(addr).map_err(fail)?);
     }
-    Err(fail(last))
+    Ok((udp, tcp))
+}
+
+/// A UDP socket bound with `SO_REUSEPORT`, so that each worker has its own socket on the
+/// port and the kernel spreads clients among them.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// How long an HTTP client may take to send its request.

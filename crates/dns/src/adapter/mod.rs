@@ -25,6 +25,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
 
 pub use forward::ForwardConfig;
 
@@ -78,10 +79,12 @@ impl SharedZone {
     }
 }
 
-/// Answers DNS requests: from the current zone, or forwarded upstream.
+/// Answers DNS requests: from the current zone, or forwarded upstream. Clones share the
+/// zone, the forwarder's cache and the metrics.
+#[derive(Clone)]
 pub struct Handler {
     zone: SharedZone,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,7 +93,7 @@ impl Handler {
     pub fn new(zone: SharedZone, forward: ForwardConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             zone,
-            forwarder: Forwarder::new(forward),
+            forwarder: Arc::new(Forwarder::new(forward)),
             metrics,
         }
     }
@@ -122,19 +125,46 @@ impl Handler {
     }
 
     async fn reply(&self, request: &Request) -> Reply {
+        match self.local_reply(request) {
+            Local::Done(reply) => reply,
+            Local::Forward(reply) => {
+                let [query] = request.queries.queries() else {
+                    return reply.error(ResponseCode::FormErr);
+                };
+                match self.forward(query.original()).await {
+                    Ok(upstream) => reply.upstream(upstream),
+                    Err(e) => {
+                        tracing::debug!(name = %query.name(), error = %e, "forwarding failed");
+                        reply.error(ResponseCode::ServFail)
+                    }
+                }
+            }
+            Local::Chase(mut reply, target) => {
+                if let [query] = request.queries.queries() {
+                    self.chase_alias(&target, query.original(), &mut reply)
+                        .await;
+                }
+                reply
+            }
+        }
+    }
+
+    /// What can be answered without waiting: everything from the zone; for the rest, what
+    /// is still to be asked upstream.
+    fn local_reply(&self, request: &Request) -> Local {
         let mut reply = Reply::new(request);
         if request.metadata.op_code != OpCode::Query {
-            return reply.error(ResponseCode::NotImp);
+            return Local::Done(reply.error(ResponseCode::NotImp));
         }
         let [query] = request.queries.queries() else {
-            return reply.error(ResponseCode::FormErr);
+            return Local::Done(reply.error(ResponseCode::FormErr));
         };
         reply.qtype = RecordType::from_code(u16::from(query.query_type())).as_str();
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return reply.error(ResponseCode::BADVERS);
+            return Local::Done(reply.error(ResponseCode::BADVERS));
         }
         if query.query_class() != DNSClass::IN {
-            return reply.error(ResponseCode::Refused);
+            return Local::Done(reply.error(ResponseCode::Refused));
         }
         let qtype = RecordType::from_code(u16::from(query.query_type()));
         let qname = zone_text(query.original().name());
@@ -144,13 +174,7 @@ impl Handler {
             (answer, alias)
         });
         if !answer.authoritative {
-            return match self.forward(query.original()).await {
-                Ok(upstream) => reply.upstream(upstream),
-                Err(e) => {
-                    tracing::debug!(name = %qname, error = %e, "forwarding failed");
-                    reply.error(ResponseCode::ServFail)
-                }
-            };
+            return Local::Forward(reply);
         }
         reply.metadata.authoritative = true;
         reply.metadata.response_code = match answer.rcode {
@@ -172,16 +196,56 @@ impl Handler {
             convert(&answer.authority),
             convert(&answer.additional),
         ) else {
-            return reply.error(ResponseCode::ServFail);
+            return Local::Done(reply.error(ResponseCode::ServFail));
         };
         reply.answers = answers;
         reply.authorities = authorities;
         reply.additionals = additionals;
-        if let Some(target) = alias {
-            self.chase_alias(&target, query.original(), &mut reply)
-                .await;
+        match alias {
+            Some(target) => Local::Chase(reply, target),
+            None => Local::Done(reply),
         }
-        reply
+    }
+
+    /// Answers a UDP message without waiting when the zone answers it (the fast path of
+    /// the UDP workers): `Ready` with the response bytes, `Ignore` for what gets no answer,
+    /// `Wait` with the parsed request when it must go upstream.
+    fn answer_udp_now(&self, message: &[u8], src: SocketAddr) -> UdpAnswer {
+        let started = Instant::now();
+        let request = match Request::from_bytes(message.to_vec(), src, Protocol::Udp) {
+            Ok(request) => request,
+            Err(_) => return formerr(message).map_or(UdpAnswer::Ignore, UdpAnswer::Ready),
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return UdpAnswer::Ignore;
+        }
+        let reply = match self.local_reply(&request) {
+            Local::Done(reply) => reply,
+            Local::Forward(_) | Local::Chase(..) => return UdpAnswer::Wait(Box::new(request)),
+        };
+        let qtype = reply.qtype;
+        match encode(&request, &reply, Transport::Udp) {
+            Ok((bytes, code)) => {
+                self.metrics
+                    .observe_request(qtype, rcode_str(code), started.elapsed());
+                UdpAnswer::Ready(bytes)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "encoding a response failed");
+                UdpAnswer::Ignore
+            }
+        }
+    }
+
+    /// Answers a UDP request that waits for upstream, as [`Handler::answer_bytes`] would.
+    async fn answer_udp_later(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = Capture {
+            transport: Transport::Udp,
+            out: Arc::new(Mutex::new(None)),
+        };
+        self.handle_request::<_, TokioTime>(request, capture.clone())
+            .await;
+        capture.out.lock().ok()?.take()
     }
 
     /// An answer ending in an alias out of the zone (an ExternalName Service) gets the
@@ -217,11 +281,7 @@ impl RequestHandler for Handler {
         let started = Instant::now();
         let reply = self.reply(request).await;
         let qtype = reply.qtype;
-        let edns = request.edns.as_ref().map(|asked| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns
-        });
+        let edns = response_edns(request);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
@@ -323,20 +383,87 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        // The same limit hickory's server applies when it encodes for a transport.
-        let max = match self.transport {
-            Transport::Udp => response.edns().map_or(512, Edns::max_payload),
-            Transport::Tcp => u16::MAX,
-        };
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response.destructive_emit(&mut encoder)?;
+        let (bytes, info) = emit(response, self.transport)?;
         if let Ok(mut out) = self.out.lock() {
             *out = Some(bytes);
         }
         Ok(info)
     }
+}
+
+/// What the UDP fast path does with a message.
+enum UdpAnswer {
+    /// Send these bytes.
+    Ready(Vec<u8>),
+    /// Send nothing.
+    Ignore,
+    /// Answer once upstream has.
+    Wait(Box<Request>),
+}
+
+/// A reply as far as it can be made without waiting.
+enum Local {
+    /// Complete.
+    Done(Reply),
+    /// To be forwarded upstream.
+    Forward(Reply),
+    /// From the zone, ending in an alias whose target upstream must resolve.
+    Chase(Reply, DomainName),
+}
+
+/// Encodes a reply to `request` as hickory's server would on `transport` (EDNS echoed,
+/// truncated to the client's payload size over UDP).
+fn encode(
+    request: &Request,
+    reply: &Reply,
+    transport: Transport,
+) -> Result<(Vec<u8>, ResponseCode), NetError> {
+    let edns = response_edns(request);
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(edns) = &edns {
+        builder.edns(edns);
+    }
+    let message = builder.build(
+        reply.metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        std::iter::empty(),
+        reply.additionals.iter(),
+    );
+    let (bytes, info) = emit(message, transport)?;
+    Ok((bytes, info.response_code))
+}
+
+/// The EDNS of a response: the client's payload size, within bounds.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|asked| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns
+    })
+}
+
+/// Emits a response with the size limit hickory's server applies for the transport.
+fn emit<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    transport: Transport,
+) -> Result<(Vec<u8>, ResponseInfo), NetError> {
+    let max = match transport {
+        Transport::Udp => response.edns().map_or(512, Edns::max_payload),
+        Transport::Tcp => u16::MAX,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    let info = response.destructive_emit(&mut encoder)?;
+    Ok((bytes, info))
 }
 
 /// FORMERR for a message whose header parses but whose body does not, as hickory's server
@@ -429,36 +556,103 @@ fn rcode_str(code: ResponseCode) -> &'static str {
     }
 }
 
-/// The running UDP and TCP front end.
+/// The running UDP and TCP front end: UDP workers of our own (one per socket, answering
+/// from the zone without a task per query), TCP through hickory's server.
 pub(crate) struct Frontend {
     server: Server<Handler>,
+    udp: JoinSet<std::io::Error>,
 }
 
 /// How long a TCP connection may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// The largest UDP message read; longer ones are cut there and answered FORMERR.
+const UDP_RECEIVE: usize = 4096;
+
 impl Frontend {
-    /// Starts serving `handler` on bound sockets.
-    pub(crate) fn start(handler: Handler, udp: UdpSocket, tcp: TcpListener) -> Self {
+    /// Starts serving `handler` on bound sockets: one UDP worker per socket (sockets
+    /// sharing a port with `SO_REUSEPORT`, among which the kernel spreads clients).
+    pub(crate) fn start(handler: Handler, udp: Vec<UdpSocket>, tcp: TcpListener) -> Self {
+        let mut workers = JoinSet::new();
+        for socket in udp {
+            workers.spawn(serve_udp(Arc::new(socket), handler.clone()));
+        }
         let mut server = Server::new(handler);
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, 64);
-        Self { server }
+        Self {
+            server,
+            udp: workers,
+        }
     }
 
     /// Runs until the sockets fail; an error says why.
     pub(crate) async fn wait(&mut self) -> std::io::Error {
-        match self.server.block_until_done().await {
-            Ok(()) => std::io::Error::other("the DNS listeners closed"),
-            Err(e) => std::io::Error::other(e),
+        tokio::select! {
+            done = self.server.block_until_done() => match done {
+                Ok(()) => std::io::Error::other("the DNS listeners closed"),
+                Err(e) => std::io::Error::other(e),
+            },
+            Some(worker) = self.udp.join_next() => match worker {
+                Ok(e) => e,
+                Err(e) => std::io::Error::other(e),
+            },
         }
     }
 
-    /// Stops accepting requests and waits for the running ones.
+    /// Stops accepting requests and waits for the running TCP ones; UDP queries in flight
+    /// are dropped (clients retry).
     pub(crate) async fn shutdown(mut self) -> std::io::Result<()> {
+        self.udp.abort_all();
         self.server
             .shutdown_gracefully()
             .await
             .map_err(std::io::Error::other)
+    }
+}
+
+/// One UDP worker: answers from the zone inline, and spawns a task only for questions that
+/// go upstream. Returns when the socket fails.
+async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler) -> std::io::Error {
+    let mut buf = vec![0u8; UDP_RECEIVE];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            // An ICMP error for an earlier response, or a signal: the socket is fine.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return e,
+        };
+        // No answer can reach port 0, and answering it would be a reflection vector.
+        if peer.port() == 0 {
+            continue;
+        }
+        match handler.answer_udp_now(&buf[..n], peer) {
+            UdpAnswer::Ready(bytes) => {
+                if let Err(e) = socket.send_to(&bytes, peer).await {
+                    tracing::debug!(%peer, error = %e, "sending a response failed");
+                }
+            }
+            UdpAnswer::Ignore => {}
+            UdpAnswer::Wait(request) => {
+                let socket = socket.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let Some(bytes) = handler.answer_udp_later(&request).await else {
+                        return;
+                    };
+                    if let Err(e) = socket.send_to(&bytes, peer).await {
+                        tracing::debug!(%peer, error = %e, "sending a response failed");
+                    }
+                });
+            }
+        }
     }
 }
