@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use netd_model::{ClusterState, Object, ObjectId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -73,8 +73,8 @@ pub enum ZoneUpdate {
 /// A DNS server with its sockets bound, not yet serving.
 pub struct DnsServer {
     config: ServeConfig,
-    /// One per UDP worker, sharing the port.
-    udp: Vec<UdpSocket>,
+    /// One per UDP worker, sharing the port (blocking sockets: each worker is a thread).
+    udp: Vec<std::net::UdpSocket>,
     tcp: TcpListener,
     http: Option<TcpListener>,
     metrics: Arc<Metrics>,
@@ -88,7 +88,8 @@ const MAX_UDP_WORKERS: usize = 8;
 
 impl DnsServer {
     /// Binds the DNS sockets (UDP and TCP on one port) and the metrics listener.
-    /// UDP is bound once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker.
+    /// UDP is bound once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker
+    /// thread.
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_dns(config.listen).await?;
         let http = match config.metrics_listen {
@@ -179,7 +180,8 @@ impl DnsServer {
         let local = tcp.local_addr().ok();
         forward.upstreams.retain(|u| Some(*u) != local);
         let handler = Handler::new(zone, forward, metrics);
-        let mut frontend = Frontend::start(handler, udp, tcp);
+        let mut frontend = Frontend::start(handler, udp, tcp)
+            .map_err(|source| DnsError::ServeFailed { source })?;
         ready.store(true, Ordering::Release);
         tracing::info!(listen = %config.listen, zone = %config.zone.origin, "serving cluster DNS");
         let result = tokio::select! {
@@ -257,7 +259,7 @@ async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Result<Zone
         .map_err(|source| DnsError::ZoneBuildFailed { source })
 }
 
-async fn bind_dns(listen: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), DnsError> {
+async fn bind_dns(listen: SocketAddr) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let fail = |source| DnsError::BindFailed {
         addr: listen,
         source,
@@ -295,13 +297,12 @@ async fn bind_dns(listen: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), D
 
 /// A UDP socket bound with `SO_REUSEPORT`, so that each worker has its own socket on the
 /// port and the kernel spreads clients among them.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// How long an HTTP client may take to send its request.

@@ -9,6 +9,7 @@
 mod forward;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,7 @@ use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 pub use forward::ForwardConfig;
 
@@ -556,11 +556,14 @@ fn rcode_str(code: ResponseCode) -> &'static str {
     }
 }
 
-/// The running UDP and TCP front end: UDP workers of our own (one per socket, answering
-/// from the zone without a task per query), TCP through hickory's server.
+/// The running UDP and TCP front end: UDP worker threads of our own (one per socket,
+/// answering from the zone in a blocking receive loop, without a task or a reactor wake-up
+/// per query), TCP through hickory's server.
 pub(crate) struct Frontend {
     server: Server<Handler>,
-    udp: JoinSet<std::io::Error>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    failed: tokio::sync::mpsc::UnboundedReceiver<std::io::Error>,
 }
 
 /// How long a TCP connection may stay idle between queries.
@@ -569,20 +572,49 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The largest UDP message read; longer ones are cut there and answered FORMERR.
 const UDP_RECEIVE: usize = 4096;
 
+/// How often a UDP worker waiting for a query checks whether to stop.
+const UDP_STOP_CHECK: Duration = Duration::from_millis(100);
+
 impl Frontend {
-    /// Starts serving `handler` on bound sockets: one UDP worker per socket (sockets
-    /// sharing a port with `SO_REUSEPORT`, among which the kernel spreads clients).
-    pub(crate) fn start(handler: Handler, udp: Vec<UdpSocket>, tcp: TcpListener) -> Self {
-        let mut workers = JoinSet::new();
-        for socket in udp {
-            workers.spawn(serve_udp(Arc::new(socket), handler.clone()));
+    /// Starts serving `handler` on bound sockets: one UDP worker thread per socket (sockets
+    /// sharing a port with `SO_REUSEPORT`, among which the kernel spreads clients). Called
+    /// within a tokio runtime, which runs TCP and the questions that go upstream.
+    pub(crate) fn start(
+        handler: Handler,
+        udp: Vec<std::net::UdpSocket>,
+        tcp: TcpListener,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (report, failed) = tokio::sync::mpsc::unbounded_channel();
+        let mut workers = Vec::new();
+        for (i, socket) in udp.into_iter().enumerate() {
+            socket.set_read_timeout(Some(UDP_STOP_CHECK))?;
+            let worker = UdpWorker {
+                socket: Arc::new(socket),
+                handler: handler.clone(),
+                runtime: runtime.clone(),
+                stop: stop.clone(),
+            };
+            let report = report.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || {
+                        if let Some(e) = worker.run() {
+                            let _ = report.send(e);
+                        }
+                    })?,
+            );
         }
         let mut server = Server::new(handler);
         server.register_listener(tcp, TCP_IDLE, 64);
-        Self {
+        Ok(Self {
             server,
-            udp: workers,
-        }
+            workers,
+            stop,
+            failed,
+        })
     }
 
     /// Runs until the sockets fail; an error says why.
@@ -592,67 +624,90 @@ impl Frontend {
                 Ok(()) => std::io::Error::other("the DNS listeners closed"),
                 Err(e) => std::io::Error::other(e),
             },
-            Some(worker) = self.udp.join_next() => match worker {
-                Ok(e) => e,
-                Err(e) => std::io::Error::other(e),
-            },
+            Some(e) = self.failed.recv() => e,
         }
     }
 
-    /// Stops accepting requests and waits for the running TCP ones; UDP queries in flight
-    /// are dropped (clients retry).
+    /// Stops accepting requests and waits for the running TCP ones and the UDP workers;
+    /// UDP questions waiting for upstream are dropped (clients retry).
     pub(crate) async fn shutdown(mut self) -> std::io::Result<()> {
-        self.udp.abort_all();
-        self.server
+        self.stop.store(true, Ordering::Release);
+        let workers = std::mem::take(&mut self.workers);
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                // A worker that panicked has nothing left to stop.
+                let _ = worker.join();
+            }
+        });
+        let served = self
+            .server
             .shutdown_gracefully()
             .await
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other);
+        joined.await.map_err(std::io::Error::other)?;
+        served
     }
 }
 
-/// One UDP worker: answers from the zone inline, and spawns a task only for questions that
-/// go upstream. Returns when the socket fails.
-async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler) -> std::io::Error {
-    let mut buf = vec![0u8; UDP_RECEIVE];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            // An ICMP error for an earlier response, or a signal: the socket is fine.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
+/// One UDP worker thread and what it answers with.
+struct UdpWorker {
+    socket: Arc<std::net::UdpSocket>,
+    handler: Handler,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpWorker {
+    /// Answers from the zone inline, and spawns a task only for questions that go
+    /// upstream. Returns when told to stop, or the error the socket failed with.
+    fn run(self) -> Option<std::io::Error> {
+        use std::io::ErrorKind;
+        let mut buf = vec![0u8; UDP_RECEIVE];
+        while !self.stop.load(Ordering::Acquire) {
+            let (n, peer) = match self.socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                // The stop check's timeout; an ICMP error for an earlier response, or a
+                // signal: the socket is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock
+                            | ErrorKind::TimedOut
+                            | ErrorKind::ConnectionRefused
+                            | ErrorKind::ConnectionReset
+                            | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Some(e),
+            };
+            // No answer can reach port 0, and answering it would be a reflection vector.
+            if peer.port() == 0 {
                 continue;
             }
-            Err(e) => return e,
-        };
-        // No answer can reach port 0, and answering it would be a reflection vector.
-        if peer.port() == 0 {
-            continue;
-        }
-        match handler.answer_udp_now(&buf[..n], peer) {
-            UdpAnswer::Ready(bytes) => {
-                if let Err(e) = socket.send_to(&bytes, peer).await {
-                    tracing::debug!(%peer, error = %e, "sending a response failed");
+            match self.handler.answer_udp_now(&buf[..n], peer) {
+                UdpAnswer::Ready(bytes) => send(&self.socket, &bytes, peer),
+                UdpAnswer::Ignore => {}
+                UdpAnswer::Wait(request) => {
+                    let socket = self.socket.clone();
+                    let handler = self.handler.clone();
+                    self.runtime.spawn(async move {
+                        if let Some(bytes) = handler.answer_udp_later(&request).await {
+                            // A UDP send does not wait for the peer; it blocks only while
+                            // the socket's send buffer is full.
+                            send(&socket, &bytes, peer);
+                        }
+                    });
                 }
             }
-            UdpAnswer::Ignore => {}
-            UdpAnswer::Wait(request) => {
-                let socket = socket.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let Some(bytes) = handler.answer_udp_later(&request).await else {
-                        return;
-                    };
-                    if let Err(e) = socket.send_to(&bytes, peer).await {
-                        tracing::debug!(%peer, error = %e, "sending a response failed");
-                    }
-                });
-            }
         }
+        None
+    }
+}
+
+fn send(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, peer) {
+        tracing::debug!(%peer, error = %e, "sending a response failed");
     }
 }
