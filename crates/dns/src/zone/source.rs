@@ -135,7 +135,7 @@ impl Sources {
         }
     }
 
-    /// Replaces (or with `None`, removes) a Service; says whether it existed.
+    /// Replaces (or with `None`, removes) a Service.
     pub(super) fn set_service(&mut self, key: &ServiceRef, source: Option<ServiceSource>) {
         let existed = match source {
             Some(source) => self.services.insert(key.clone(), source).is_some(),
