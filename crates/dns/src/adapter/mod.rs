@@ -168,11 +168,13 @@ impl Handler {
         }
         let qtype = RecordType::from_code(u16::from(query.query_type()));
         let qname = zone_text(query.original().name());
+        let question = Question::new(qname, qtype);
         let (answer, alias) = self.zone.read(|zone| {
-            let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+            let answer = zone.answer(&question);
             let alias = alias_out_of_zone(zone, &answer);
             (answer, alias)
         });
+        let qname = question.name;
         if !answer.authoritative {
             return Local::Forward(reply);
         }
@@ -497,11 +499,15 @@ fn zone_text(name: &Name) -> String {
     if !name.iter().all(plain) {
         return name.to_string();
     }
-    let labels: Vec<String> = name
-        .iter()
-        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
-        .collect();
-    labels.join(".")
+    // One allocation: this runs for every query.
+    let mut text = String::with_capacity(name.len());
+    for label in name.iter() {
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    text
 }
 
 /// The wire name of a zone name. Raw labels: hickory's text parser refuses labels starting

@@ -515,7 +515,7 @@ impl Zone {
                 if !target.is_within(&self.config.origin) {
                     return answer;
                 }
-                current = target.as_str().to_owned();
+                current = Cow::Owned(target.as_str().to_owned());
                 continue;
             }
             let mut matching: Vec<Record> = records
@@ -815,7 +815,11 @@ fn namespace_id(name: &str) -> ObjectId {
 }
 
 /// Lower-case, without the trailing dot.
-fn normalize(name: &str) -> String {
+fn normalize(name: &str) -> Cow<'_, str> {
     let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
