@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Cluster DNS under load: `kube-netd dns serve` for a zone of 10,000 Services and 50,000 Pods,
-# queried with dnsperf on loopback. Prints a table of queries per second, latency (average
-# from dnsperf; p50 and p99 from its per-query log) and the server's memory (VmRSS once the
-# zone is loaded, and VmRSS/VmHWM after the load), for UDP and for TCP.
+# queried with dnsperf on loopback, and Debian's `knot` (an authoritative server) serving the
+# same records from a zone file, one after the other in the same run. Prints a table of
+# queries per second, latency (average from dnsperf; p50 and p99 from its per-query log at
+# half the flat-out rate) and each server's memory (VmRSS after the load), for UDP and TCP.
 #
 # Usage: scripts/bench-dns.sh [--services N] [--pods N] [--duration SECONDS] [--port PORT]
 #                             [--clients N] [--outstanding N]
 # The binary is $KUBE_NETD if set, else target/release/kube-netd (built if missing).
-# Installs dnsperf (Debian package) with apt-get when it is missing. Nothing leaves the
-# machine: every query is for a name inside the cluster zone and the server listens on
-# 127.0.0.1 only.
+# Installs dnsperf and knot (Debian packages) with apt-get when missing. Nothing leaves the
+# machine: every query is for a name inside the cluster zone and both servers listen on
+# 127.0.0.1 only (knot on PORT+1, with its own configuration and directories under a
+# temporary directory; it is stopped by PID at exit).
 set -euo pipefail
 
 services=10000
@@ -35,12 +37,13 @@ done
 
 cd "$(dirname "$0")/.."
 
-if ! command -v dnsperf >/dev/null 2>&1; then
+knotd=/usr/sbin/knotd
+if ! command -v dnsperf >/dev/null 2>&1 || [ ! -x "$knotd" ]; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends dnsperf >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends dnsperf knot >/dev/null
 fi
 
 bin="${KUBE_NETD:-}"
@@ -53,11 +56,16 @@ fi
 
 tmp="$(mktemp -d)"
 server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
+knot_pid=""
+stop() {
+  if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
+    kill "$1"
+    wait "$1" 2>/dev/null || true
   fi
+}
+cleanup() {
+  stop "$server_pid"
+  stop "$knot_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -66,12 +74,20 @@ trap cleanup EXIT
 # Nodes with /22 podCIDRs (1,000 Pods each) in 10.128.0.0/9, Services `svc-<i>` spread over
 # `ns-<i % 100>` with ClusterIPs 10.100.<i/250>.<i%250+1>, every tenth headless, and five
 # Pods `svc-<i>-<k>` per Service (the rest of the Pods, if any, belong to no Service).
-mkdir -p "$tmp/manifests"
+# The same awk writes knot's zone files with the records our server derives for them:
+# `cluster.local` (A, SRV and the headless Services' per-Pod names) and `10.in-addr.arpa`.
+mkdir -p "$tmp/manifests" "$tmp/knot/zones" "$tmp/knot/db" "$tmp/knot/run"
 awk -v services="$services" -v pods="$pods" -v nsc="$namespaces" -v per_node="$pods_per_node" \
-  -v out="$tmp/manifests" '
+  -v out="$tmp/manifests" -v zones="$tmp/knot/zones" '
 function node_of(p) { return int(p / per_node) }
 function cidr_base(n,   o2, o3) { o2 = 128 + int(n / 64); o3 = (n % 64) * 4; return o2 "." o3 }
+function rev(ip,   o) { split(ip, o, "."); return o[4] "." o[3] "." o[2] ".10.in-addr.arpa." }
 BEGIN {
+  fwd = zones "/cluster.local.zone"; rz = zones "/10.in-addr.arpa.zone"
+  soa = "SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
+  print "$TTL 5\ncluster.local. " soa "\ncluster.local. NS ns.dns.cluster.local.\nns.dns.cluster.local. A 10.96.0.10" > fwd
+  print "dns-version.cluster.local. TXT \"1.1.0\"" > fwd
+  print "$TTL 5\n10.in-addr.arpa. " soa "\n10.in-addr.arpa. NS ns.dns.cluster.local." > rz
   nodes = int((pods + per_node - 1) / per_node); if (nodes < 1) nodes = 1
   for (n = 0; n < nodes; n++) {
     split(cidr_base(n), b, ".")
@@ -84,6 +100,11 @@ BEGIN {
     ip = (i % 10 == 9) ? "None" : sprintf("10.100.%d.%d", int(i / 250), i % 250 + 1)
     printf "apiVersion: v1\nkind: Service\nmetadata: {name: svc-%d, namespace: ns-%d}\nspec: {clusterIP: %s, selector: {app: svc-%d}, ports: [{name: http, port: 80}]}\n---\n", \
       i, i % nsc, ip, i > (out "/services.yaml")
+    if (ip != "None") {
+      base = sprintf("svc-%d.ns-%d.svc.cluster.local.", i, i % nsc)
+      print base " A " ip "\n_http._tcp." base " SRV 0 100 80 " base > fwd
+      print rev(ip) " PTR " base > rz
+    }
   }
   for (p = 0; p < pods; p++) {
     n = node_of(p); o = p % per_node + 2
@@ -91,8 +112,16 @@ BEGIN {
     s = int(p / 5)
     if (s < services) { name = sprintf("svc-%d-%d", s, p % 5); ns = s % nsc; app = "svc-" s }
     else { name = sprintf("pod-%d", p); ns = p % nsc; app = "none" }
-    printf "apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: ns-%d, labels: {app: %s}}\nspec: {nodeName: node-%d, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIP: 10.%d.%d.%d, conditions: [{type: Ready, status: \"True\"}]}\n---\n", \
-      name, ns, app, n + 1, b[1], b[2] + int(o / 256), o % 256 > (out "/pods.yaml")
+    pip = sprintf("10.%d.%d.%d", b[1], b[2] + int(o / 256), o % 256)
+    printf "apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: ns-%d, labels: {app: %s}}\nspec: {nodeName: node-%d, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIP: %s, conditions: [{type: Ready, status: \"True\"}]}\n---\n", \
+      name, ns, app, n + 1, pip > (out "/pods.yaml")
+    if (s < services && s % 10 == 9) {
+      base = sprintf("svc-%d.ns-%d.svc.cluster.local.", s, ns)
+      host = pip; gsub(/\./, "-", host); host = host "." base
+      count = pods - 5 * s; if (count > 5) count = 5
+      print base " A " pip "\n" host " A " pip "\n_http._tcp." base " SRV 0 " int(100 / count) " 80 " host > fwd
+      print rev(pip) " PTR " host > rz
+    }
   }
 }' </dev/null
 
@@ -159,48 +188,108 @@ check -x 10.100.0.1
 dig -p "$port" @127.0.0.1 missing-1.ns-1.svc.cluster.local | grep -q 'status: NXDOMAIN' \
   || { echo "no NXDOMAIN for a missing name" >&2; exit 1; }
 
-kib() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$server_pid/status"; }
-rss_loaded=$(kib VmRSS)
+kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
+# The allocator returns what loading the manifests used within its decay time (10 s).
+rss_ready=$(kib "$server_pid" VmRSS)
+sleep 11
+rss_loaded=$(kib "$server_pid" VmRSS)
 
-# Two passes per protocol: flat out, for queries per second and dnsperf's average latency;
-# then at half that rate with a per-query log, for latency percentiles of a server that is
-# not saturated (logging every query costs the client time).
+# Two passes per server and protocol: flat out, for queries per second and dnsperf's average
+# latency; then at half that rate with a per-query log, for latency percentiles of a server
+# that is not saturated (logging every query costs the client time).
+rows=""
+declare -A qps_of
 run() {
-  local mode="$1" out="$tmp/dnsperf-$1.txt" log="$tmp/dnsperf-$1-v.txt"
-  dnsperf -s 127.0.0.1 -p "$port" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
+  local name="$1" pid="$2" at="$3" mode="$4"
+  local out="$tmp/dnsperf-$name-$mode.txt" log="$tmp/dnsperf-$name-$mode-v.txt"
+  dnsperf -s 127.0.0.1 -p "$at" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
     -c "$clients" -q "$outstanding" >"$out" 2>&1 || true
   local qps avg lost rss p50="n/a" p99="n/a"
   qps=$(awk '/Queries per second:/ { printf "%.0f", $4 }' "$out")
   # The first average is the queries'; TCP runs add one for connections.
   avg=$(awk '/Average Latency \(s\):/ && !seen { printf "%.3f", $4 * 1000; seen = 1 }' "$out")
   lost=$(awk '/Queries lost:/ { print $3 }' "$out")
-  rss=$(( $(kib VmRSS) / 1024 ))
+  rss=$(( $(kib "$pid" VmRSS) / 1024 ))
   if [ -n "$qps" ] && [ "$qps" -gt 1 ]; then
-    dnsperf -s 127.0.0.1 -p "$port" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
+    dnsperf -s 127.0.0.1 -p "$at" -m "$mode" -d "$tmp/queries.txt" -l "$duration" \
       -c "$clients" -q "$outstanding" -Q $(( qps / 2 )) -v >"$log" 2>&1 || true
     # Verbose lines: `> RCODE NAME TYPE LATENCY-SECONDS`.
-    awk '$1 == ">" && NF >= 5 { print $NF * 1000 }' "$log" | sort -n >"$tmp/lat-$mode.txt"
+    awk '$1 == ">" && NF >= 5 { print $NF * 1000 }' "$log" | sort -n >"$tmp/lat.txt"
     local n
-    n=$(wc -l <"$tmp/lat-$mode.txt")
+    n=$(wc -l <"$tmp/lat.txt")
     if [ "$n" -gt 0 ]; then
-      p50=$(printf "%.3f" "$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$tmp/lat-$mode.txt")")
-      p99=$(printf "%.3f" "$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$tmp/lat-$mode.txt")")
+      p50=$(printf "%.3f" "$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$tmp/lat.txt")")
+      p99=$(printf "%.3f" "$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$tmp/lat.txt")")
     fi
   fi
-  printf "| %-5s | %8s | %8s | %8s | %14s | %14s | %7s |\n" \
-    "$mode" "${qps:-0}" "${lost:-?}" "${avg:-?}" "$p50" "$p99" "$rss"
+  rows+=$(printf "| %-9s | %-5s | %8s | %8s | %8s | %14s | %14s | %7s |" \
+    "$name" "$mode" "${qps:-0}" "${lost:-?}" "${avg:-?}" "$p50" "$p99" "$rss")$'\n'
+  echo "$name $mode answers:$(awk -F: '/Response codes:/ { print $2 }' "$out")" >&2
+  qps_of[$name-$mode]=${qps:-0}
 }
 
-echo
-echo "kube-netd dns serve: $services Services, $pods Pods; dnsperf ${duration}s per protocol, $clients clients, $outstanding outstanding; $(nproc) CPUs"
-echo "zone loaded and answering after $(( load_ms / 1000 )).$(( load_ms % 1000 / 100 )) s (read, resolve, build the zone); RSS then: $(( rss_loaded / 1024 )) MiB"
-echo
-printf "| %-5s | %8s | %8s | %8s | %14s | %14s | %7s |\n" proto QPS lost "avg ms" "p50 ms (½ QPS)" "p99 ms (½ QPS)" "RSS MiB"
-printf "|-------|----------|----------|----------|----------------|----------------|---------|\n"
-run udp
-run tcp
-echo
-echo "peak RSS (VmHWM): $(( $(kib VmHWM) / 1024 )) MiB"
-for mode in udp tcp; do
-  echo "$mode answers:$(awk -F: '/Response codes:/ { print $2 }' "$tmp/dnsperf-$mode.txt")"
+run kube-netd "$server_pid" "$port" udp
+run kube-netd "$server_pid" "$port" tcp
+ours_hwm=$(( $(kib "$server_pid" VmHWM) / 1024 ))
+stop "$server_pid"
+server_pid=""
+
+# knot, from the zone files, with its own configuration, database and run directories.
+knot_port=$(( port + 1 ))
+cat >"$tmp/knot/knot.conf" <<EOF
+server:
+    rundir: "$tmp/knot/run"
+    listen: 127.0.0.1@$knot_port
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$tmp/knot/db"
+template:
+  - id: default
+    storage: "$tmp/knot/zones"
+    file: "%s.zone"
+    semantic-checks: off
+    journal-content: none
+    zonefile-sync: -1
+zone:
+  - domain: cluster.local
+  - domain: 10.in-addr.arpa
+EOF
+"$knotd" -c "$tmp/knot/knot.conf" 2>"$tmp/knot.log" &
+knot_pid=$!
+ready=""
+for _ in $(seq 1 600); do
+  if ! kill -0 "$knot_pid" 2>/dev/null; then
+    echo "knot exited:" >&2
+    cat "$tmp/knot.log" >&2
+    exit 1
+  fi
+  if dig +short +time=1 +tries=1 -p "$knot_port" @127.0.0.1 svc-0.ns-0.svc.cluster.local 2>/dev/null | grep -q '^10\.'; then
+    ready=1
+    break
+  fi
+  sleep 0.5
 done
+if [ -z "$ready" ]; then
+  echo "knot did not answer within 5 minutes" >&2
+  exit 1
+fi
+port="$knot_port" check _http._tcp.svc-0.ns-0.svc.cluster.local SRV
+run knot "$knot_pid" "$knot_port" udp
+run knot "$knot_pid" "$knot_port" tcp
+knot_hwm=$(( $(kib "$knot_pid" VmHWM) / 1024 ))
+
+echo
+echo "$services Services, $pods Pods; dnsperf ${duration}s per protocol and server, $clients clients, $outstanding outstanding; $(nproc) CPUs"
+echo "kube-netd dns serve: zone loaded and answering after $(( load_ms / 1000 )).$(( load_ms % 1000 / 100 )) s (read, resolve, build the zone); RSS then: $(( rss_ready / 1024 )) MiB, 11 s later: $(( rss_loaded / 1024 )) MiB; peak (VmHWM): $ours_hwm MiB"
+echo "knot $("$knotd" --version 2>/dev/null | awk '{ print $NF }'), from zone files; peak (VmHWM): $knot_hwm MiB"
+echo
+printf "| %-9s | %-5s | %8s | %8s | %8s | %14s | %14s | %7s |\n" server proto QPS lost "avg ms" "p50 ms (½ QPS)" "p99 ms (½ QPS)" "RSS MiB"
+printf "|-----------|-------|----------|----------|----------|----------------|----------------|---------|\n"
+printf "%s" "$rows"
+if [ "${qps_of[knot-udp]}" -gt 0 ]; then
+  echo
+  awk -v a="${qps_of[kube-netd-udp]}" -v b="${qps_of[knot-udp]}" \
+    'BEGIN { printf "UDP queries/s: kube-netd at %.2f x knot\n", a / b }'
+fi

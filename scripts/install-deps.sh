@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools kube-netd drives and its tests use (Debian packages), and a
-# current kubectl (the lab serves the Kubernetes API; its tests drive it with kubectl).
+# current kubectl (the lab serves the Kubernetes API; its tests drive it with kubectl), and `make`
+# (jemalloc, the binary's allocator, is built from source).
 # Idempotent: does nothing when everything is already there.
 #   --vm  also what scripts/kernel-vm.sh needs: qemu, Debian's stock kernel and a static busybox
 #         (and kmod, whose modprobe the lab and the agent run to load modules).
@@ -10,8 +11,8 @@
 # the Kubernetes project's apt repository (pkgs.k8s.io, v1.32) and its signing key, once.
 set -euo pipefail
 
-packages=(iptables ipset nftables conntrack dnsutils iproute2 iputils-ping procps kmod)
-tools=(iptables-restore ipset nft conntrack dig ip ping pgrep modprobe)
+packages=(iptables ipset nftables conntrack dnsutils iproute2 iputils-ping procps kmod make)
+tools=(iptables-restore ipset nft conntrack dig ip ping pgrep modprobe make)
 # The oldest kubectl minor version the tests are known to work with.
 kubectl_min_minor=28
 k8s_minor=v1.32

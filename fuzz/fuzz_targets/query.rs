@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use netd_dns::{ForwardConfig, Handler, Metrics, Transport, Zone, ZoneConfig};
+use netd_dns::{ForwardConfig, Handler, Metrics, SharedZone, Transport, Zone, ZoneConfig};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -46,9 +46,12 @@ fn target() -> &'static Target {
     static TARGET: OnceLock<Target> = OnceLock::new();
     TARGET.get_or_init(|| {
         let zone = Zone::build(&netd_testkit::state(CLUSTER), &ZoneConfig::default());
-        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(zone));
         // No upstream: questions outside the zone get SERVFAIL without any network I/O.
-        let handler = Handler::new(rx, ForwardConfig::default(), Arc::new(Metrics::new()));
+        let handler = Handler::new(
+            SharedZone::new(zone),
+            ForwardConfig::default(),
+            Arc::new(Metrics::new()),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

@@ -1,5 +1,5 @@
-//! Zone build and lookup at scale: 10,000 Services (9,000 ClusterIP, 1,000 headless with 5
-//! endpoints each) and 50,000 Pods in 100 namespaces.
+//! Zone build, lookup and one-object changes at scale: 10,000 Services (9,000 ClusterIP,
+//! 1,000 headless with 5 endpoints each) and 50,000 Pods in 100 namespaces.
 //!
 //! `cargo bench -p netd-dns --bench zone`
 
@@ -12,7 +12,8 @@ use criterion::{Criterion, criterion_main};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType as WireType};
 use netd_dns::{
-    ForwardConfig, Handler, Metrics, Question, RecordType, Transport, Zone, ZoneConfig,
+    ForwardConfig, Handler, Metrics, Question, RecordType, SharedZone, Transport, Zone, ZoneChange,
+    ZoneConfig,
 };
 use netd_model::ClusterState;
 
@@ -111,6 +112,30 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // One Service added and answered, then removed again so every iteration starts from
+    // the same zone: the cost of an event, to its answer, at this size.
+    let added = netd_testkit::objects(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: added, namespace: ns-7}\n\
+         spec: {clusterIP: 10.96.200.1, ports: [{name: http, port: 80}]}\n",
+    )
+    .remove(0);
+    let added_id = added.id();
+    let asked = Question::new("added.ns-7.svc.cluster.local.", RecordType::A);
+    let mut changing = zone.clone();
+    let mut group = c.benchmark_group("change");
+    group.bench_function("service added, answered, deleted", |b| {
+        b.iter(|| {
+            changing
+                .apply(ZoneChange::Upsert(black_box(&added)))
+                .expect("valid");
+            assert_eq!(changing.answer(&asked).answers.len(), 1);
+            changing
+                .apply(ZoneChange::Delete(&added_id))
+                .expect("delete")
+        })
+    });
+    group.finish();
+
     let questions = [
         (
             "A clusterip",
@@ -154,8 +179,12 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(zone));
-    let handler = Handler::new(rx, ForwardConfig::default(), Arc::new(Metrics::new()));
+    let shared = SharedZone::new(zone);
+    let handler = Handler::new(
+        shared.clone(),
+        ForwardConfig::default(),
+        Arc::new(Metrics::new()),
+    );
     let mut group = c.benchmark_group("wire");
     for (label, name, qtype) in [
         (
@@ -175,6 +204,16 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rt.block_on(handler.answer_bytes(black_box(&bytes), Transport::Udp)))
         });
     }
+    // As the server does it: the change under the zone's write lock, then a wire query.
+    let bytes = wire_query("added.ns-7.svc.cluster.local.", WireType::A);
+    group.bench_function("service added, to answered over the handler", |b| {
+        b.iter(|| {
+            shared.update(|z| z.apply(ZoneChange::Upsert(&added)).expect("valid"));
+            let answer = rt.block_on(handler.answer_bytes(black_box(&bytes), Transport::Udp));
+            shared.update(|z| z.apply(ZoneChange::Delete(&added_id)).expect("delete"));
+            answer
+        })
+    });
     group.finish();
 }
 

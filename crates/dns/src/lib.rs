@@ -4,27 +4,46 @@
 //! plugin, fed from the same [`netd_model::ClusterState`] as the service proxy, following the
 //! Kubernetes DNS-Based Service Discovery specification, schema 1.1.0.
 //!
-//! Start with [`zone`]: [`Zone::build`] computes every record from a snapshot as plain data,
-//! and [`Zone::answer`] answers a [`Question`] (records, rcode, SOA for negative answers).
-//! It does no I/O. Then:
+//! Start with [`zone`]: [`Zone::build`] computes every record from a snapshot as plain data
+//! and keeps nothing of the snapshot; [`Zone::apply`] applies one object change
+//! ([`ZoneChange::Upsert`] / [`ZoneChange::Delete`] of a Service, EndpointSlice, Namespace
+//! or Pod) with the same result as a rebuild; [`Zone::answer`] answers a [`Question`]
+//! (records, rcode, SOA for negative answers). It does no I/O. Then:
 //!
-//! - [`adapter`]: [`Handler`], hickory-server's request handler over the zone; forwards other
-//!   names upstream (or to a stub domain's resolvers) through a cache of answers and denials,
-//!   and checks for a forwarding loop at start; the only module that sees hickory's types.
-//! - [`mod@serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone rebuilt on each
-//!   new snapshot from a `watch` channel ([`DnsServer::awaiting_sync`] for a first snapshot
-//!   that only stands in), and `/health`, `/ready`, `/metrics` over HTTP.
+//! - [`adapter`]: [`Handler`], hickory-server's request handler over the [`SharedZone`];
+//!   forwards other names upstream (or to a stub domain's resolvers) through a cache of
+//!   answers and denials, and checks for a forwarding loop at start; the UDP workers; the only
+//!   module that sees hickory's types.
+//! - [`mod@serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone fed by
+//!   snapshots or by changes ([`DnsServer::awaiting_sync`] for a first snapshot that only
+//!   stands in), and `/health`, `/ready`, `/metrics` over HTTP.
 //! - [`config`]: [`DnsConfig`], the `kube-netd dns` configuration file (YAML).
 //! - [`upstream`]: upstream resolvers from a resolv.conf.
 //! - [`metrics`]: the Prometheus metrics, under CoreDNS's names.
+//!
+//! ## Feeding a server from a watch
+//!
+//! [`DnsServer::run_updates`] is the seam for sources of cluster state: give it the first
+//! complete snapshot, then send [`ZoneUpdate::Upsert`] / [`ZoneUpdate::Delete`] per watch
+//! event (the kept objects `netd-source` produces) and [`ZoneUpdate::Snapshot`] after a
+//! relist. Each change is answered from the next query on and advances the SOA serial
+//! ([`Serial`]: the time of the change, as CoreDNS). The server holds no snapshot, only the
+//! zone. [`DnsServer::run`] takes a `watch` channel of snapshots instead.
 //!
 //! ```no_run
 //! # async fn run(state: netd_model::ClusterState) -> Result<(), netd_dns::DnsError> {
 //! use std::sync::Arc;
 //! let mut config = netd_dns::ServeConfig::new("127.0.0.1:5353".parse().expect("addr"));
 //! config.forward.upstreams = netd_dns::read_resolv_conf("/etc/resolv.conf".as_ref())?;
-//! let (_tx, rx) = tokio::sync::watch::channel(Arc::new(state));
-//! netd_dns::serve(config, rx, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let (updates, rx) = tokio::sync::mpsc::channel(1024);
+//! let server = netd_dns::DnsServer::bind(config).await?;
+//! tokio::spawn(async move {
+//!     // For each watch event: `updates.send(ZoneUpdate::Upsert(Box::new(object))).await`.
+//!     # drop(updates);
+//! });
+//! server
+//!     .run_updates(Arc::new(state), rx, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await
 //! # }
 //! ```
 
@@ -36,12 +55,13 @@ pub mod serve;
 pub mod upstream;
 pub mod zone;
 
-pub use adapter::{CacheConfig, ForwardConfig, Handler, Transport};
+pub use adapter::{CacheConfig, ForwardConfig, Handler, SharedZone, Transport};
 pub use config::{ConfigError, DnsConfig, Listeners, Upstreams};
 pub use error::DnsError;
 pub use metrics::{Metrics, RequestSample};
-pub use serve::{DnsServer, ServeConfig, serve};
+pub use serve::{DnsServer, ServeConfig, ZoneUpdate, serve};
 pub use upstream::{parse_resolv_conf, read_resolv_conf};
 pub use zone::{
-    Answer, DomainName, PodMode, Question, Rcode, Record, RecordData, RecordType, Zone, ZoneConfig,
+    Answer, DomainName, PodMode, Question, Rcode, Record, RecordData, RecordType, Serial, Zone,
+    ZoneChange, ZoneConfig, ZoneError, ZoneStats,
 };

@@ -1,28 +1,42 @@
-//! Serving: DNS over UDP and TCP, the zone rebuilt on every new snapshot, and small HTTP
-//! listeners for `/health`, `/ready` and `/metrics` (CoreDNS's `:8080`, `:8181` and `:9153`
-//! in [`crate::DnsConfig`]'s defaults; several may share one address).
+//! Serving: DNS over UDP and TCP, the zone fed by snapshots or by one change at a time,
+//! and small HTTP listeners for `/health`, `/ready` and `/metrics` (CoreDNS's `:8080`,
+//! `:8181` and `:9153` in [`crate::DnsConfig`]'s defaults; several may share one address).
 //!
 //! At start the server checks for a forwarding loop ([`DnsError::ForwardingLoop`]) as
 //! CoreDNS's `loop` plugin does. A server made [`DnsServer::awaiting_sync`] answers cluster
 //! names with SERVFAIL, and `/ready` with 503, until it has built a zone from a second
 //! snapshot: the first one stands in until the API server's first lists are complete.
+//!
+//! # Feeding the zone
+//!
+//! [`DnsServer::run_updates`] is the seam for sources of cluster state: it takes a first
+//! snapshot, builds the zone from it and drops it, then applies [`ZoneUpdate`]s from an
+//! `mpsc` channel as they come: [`ZoneUpdate::Upsert`] / [`ZoneUpdate::Delete`] of one
+//! object ([`Zone::apply`], answered from the next query on), or a whole
+//! [`ZoneUpdate::Snapshot`] (rebuilt off the async workers, then swapped in). The server
+//! keeps no snapshot: a watch-driven source sends each event as it arrives, a file source
+//! sends a snapshot per reload. [`DnsServer::run`] is the same over a `watch` channel of
+//! snapshots, whose sender keeps the latest one alive.
+//!
+//! Every change that alters an answer advances the SOA serial to the time of the change
+//! ([`Serial::next_at`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use netd_model::ClusterState;
+use netd_model::{ClusterState, Object, ObjectId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::DnsError;
-use crate::adapter::{ForwardConfig, Frontend, Handler};
+use crate::adapter::{ForwardConfig, Frontend, Handler, SharedZone};
 use crate::metrics::Metrics;
-use crate::zone::{Zone, ZoneConfig};
+use crate::zone::{Serial, Zone, ZoneChange, ZoneConfig, ZoneError};
 
 /// Everything `kube-netd dns serve` configures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,10 +136,23 @@ impl Readiness {
     }
 }
 
+/// One update to the served zone, sent to [`DnsServer::run_updates`].
+#[derive(Clone, Debug)]
+pub enum ZoneUpdate {
+    /// A complete snapshot: the zone is rebuilt from it, and the snapshot is dropped.
+    Snapshot(Arc<ClusterState>),
+    /// An object added or replaced (the kept form `netd-source` produces), boxed: objects
+    /// are large.
+    Upsert(Box<Object>),
+    /// An object removed.
+    Delete(ObjectId),
+}
+
 /// A DNS server with its sockets bound, not yet serving.
 pub struct DnsServer {
     config: ServeConfig,
-    udp: UdpSocket,
+    /// One per UDP worker, sharing the port (blocking sockets: each worker is a thread).
+    udp: Vec<std::net::UdpSocket>,
     tcp: TcpListener,
     http: Vec<(TcpListener, Routes)>,
     metrics: Arc<Metrics>,
@@ -135,8 +162,12 @@ pub struct DnsServer {
 /// Tries at finding one ephemeral port free for both UDP and TCP.
 const EPHEMERAL_TRIES: usize = 16;
 
+/// At most this many UDP workers (one per CPU below that).
+const MAX_UDP_WORKERS: usize = 8;
+
 impl DnsServer {
-    /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners.
+    /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners. UDP is bound
+    /// once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker thread.
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_dns(config.listen).await?;
         let mut http = Vec::new();
@@ -197,10 +228,42 @@ impl DnsServer {
 
     /// Serves until `shutdown` completes. The zone is built from the snapshot in `state`
     /// and rebuilt whenever the channel sees a new one; if the sender goes away, the last
-    /// zone keeps being served.
+    /// zone keeps being served. The channel keeps the latest snapshot alive:
+    /// [`DnsServer::run_updates`] does not.
     pub async fn run(
         self,
         mut state: watch::Receiver<Arc<ClusterState>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DnsError> {
+        // A stand-in is read without being marked seen: a real snapshot sent before this
+        // point still counts as the change that opens the gate.
+        let first = if self.awaiting_sync {
+            state.borrow().clone()
+        } else {
+            state.borrow_and_update().clone()
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let relay = tokio::spawn(async move {
+            while state.changed().await.is_ok() {
+                let snapshot = state.borrow_and_update().clone();
+                if tx.send(ZoneUpdate::Snapshot(snapshot)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = self.run_updates(first, rx, shutdown).await;
+        relay.abort();
+        result
+    }
+
+    /// Serves until `shutdown` completes: the zone is built from `first` (then dropped) and
+    /// follows `updates` (see the [module docs](self)). If the sender goes away, the last
+    /// zone keeps being served. A change the zone refuses (an invalid object) is logged and
+    /// the zone is left as it was.
+    pub async fn run_updates(
+        self,
+        first: Arc<ClusterState>,
+        updates: mpsc::Receiver<ZoneUpdate>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DnsError> {
         let DnsServer {
@@ -222,39 +285,22 @@ impl DnsServer {
                 readiness.clone(),
             ));
         }
-        // A stand-in is read without being marked seen: a real snapshot sent before this
-        // point still counts as the change that opens the gate.
-        let first = if awaiting_sync {
-            state.borrow().clone()
-        } else {
-            state.borrow_and_update().clone()
-        };
-        let zone = build_zone(first, config.zone.clone()).await?;
+        let mut zone = build_zone(first, config.zone.clone()).await?;
+        zone.set_serial(Serial::default().next_at(unix_now()));
         metrics.zone_built(zone.record_count());
-        let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
-        {
-            let metrics = metrics.clone();
-            let zone_config = config.zone.clone();
-            let synced = readiness.synced.clone();
-            tasks.spawn(async move {
-                while state.changed().await.is_ok() {
-                    let snapshot = state.borrow_and_update().clone();
-                    match build_zone(snapshot, zone_config.clone()).await {
-                        Ok(zone) => {
-                            metrics.zone_built(zone.record_count());
-                            zone_tx.send_replace(Arc::new(zone));
-                            synced.store(true, Ordering::Release);
-                        }
-                        // The previous zone keeps being served.
-                        Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
-                    }
-                }
-            });
-        }
+        let zone = SharedZone::new(zone);
+        tasks.spawn(feed_zone(
+            zone.clone(),
+            updates,
+            config.zone.clone(),
+            metrics.clone(),
+            readiness.synced.clone(),
+        ));
         let handler =
-            Handler::new(zone_rx, config.forward.clone(), metrics).gated(readiness.synced.clone());
+            Handler::new(zone, config.forward.clone(), metrics).gated(readiness.synced.clone());
         let forwarder = handler.forwarder();
-        let mut frontend = Frontend::start(handler, udp, tcp);
+        let mut frontend = Frontend::start(handler, udp, tcp)
+            .map_err(|source| DnsError::ServeFailed { source })?;
         // The listeners are up, so a probe that loops back through an upstream reaches us.
         if let Err(e) = forwarder.detect_loop().await {
             tasks.abort_all();
@@ -273,6 +319,59 @@ impl DnsServer {
     }
 }
 
+/// Applies updates to the served zone until the sender goes away; a snapshot built into the
+/// zone marks it `synced`.
+async fn feed_zone(
+    zone: SharedZone,
+    mut updates: mpsc::Receiver<ZoneUpdate>,
+    config: ZoneConfig,
+    metrics: Arc<Metrics>,
+    synced: Arc<AtomicBool>,
+) {
+    while let Some(update) = updates.recv().await {
+        let change = match &update {
+            ZoneUpdate::Snapshot(state) => {
+                match build_zone(state.clone(), config.clone()).await {
+                    Ok(mut rebuilt) => {
+                        let previous = zone.read(Zone::serial);
+                        rebuilt.set_serial(previous.next_at(unix_now()));
+                        metrics.zone_built(rebuilt.record_count());
+                        drop(zone.replace(rebuilt));
+                        synced.store(true, Ordering::Release);
+                    }
+                    // The previous zone keeps being served.
+                    Err(e) => tracing::error!(error = %e, "rebuilding the zone failed"),
+                }
+                continue;
+            }
+            ZoneUpdate::Upsert(object) => ZoneChange::Upsert(object),
+            ZoneUpdate::Delete(id) => ZoneChange::Delete(id),
+        };
+        let applied = zone.update(|zone| {
+            let changed = zone.apply(change)?;
+            if changed {
+                zone.set_serial(zone.serial().next_at(unix_now()));
+            }
+            Ok::<_, ZoneError>(changed.then(|| zone.record_count()))
+        });
+        match applied {
+            Ok(Some(records)) => metrics.zone_built(records),
+            Ok(None) => {}
+            Err(e) => {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                tracing::warn!(error = %e, cause, "a change was not applied to the zone");
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch; 0 if the clock is before it.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Binds and serves until `shutdown`: [`DnsServer::bind`] then [`DnsServer::run`].
 pub async fn serve(
     config: ServeConfig,
@@ -289,26 +388,50 @@ async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Result<Zone
         .map_err(|source| DnsError::ZoneBuildFailed { source })
 }
 
-async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+async fn bind_dns(listen: SocketAddr) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let fail = |source| DnsError::BindFailed {
         addr: listen,
         source,
     };
-    if listen.port() != 0 {
-        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
+    let (first, tcp) = if listen.port() != 0 {
+        let udp = udp_socket(listen).map_err(fail)?;
         let tcp = TcpListener::bind(listen).await.map_err(fail)?;
-        return Ok((udp, tcp));
-    }
-    let mut last = std::io::Error::other("no free port");
-    for _ in 0..EPHEMERAL_TRIES {
-        let udp = UdpSocket::bind(listen).await.map_err(fail)?;
-        let addr = udp.local_addr().map_err(fail)?;
-        match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last = e,
+        (udp, tcp)
+    } else {
+        let mut bound = None;
+        let mut last = std::io::Error::other("no free port");
+        for _ in 0..EPHEMERAL_TRIES {
+            let udp = udp_socket(listen).map_err(fail)?;
+            let addr = udp.local_addr().map_err(fail)?;
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => {
+                    bound = Some((udp, tcp));
+                    break;
+                }
+                Err(e) => last = e,
+            }
         }
+        bound.ok_or_else(|| fail(last))?
+    };
+    let addr = first.local_addr().map_err(fail)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_UDP_WORKERS);
+    let mut udp = vec![first];
+    for _ in 1..workers {
+        udp.push(udp_socket(addr).map_err(fail)?);
     }
-    Err(fail(last))
+    Ok((udp, tcp))
+}
+
+/// A UDP socket bound with `SO_REUSEPORT`, so that each worker has its own socket on the
+/// port and the kernel spreads clients among them.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// How long an HTTP client may take to send its request.

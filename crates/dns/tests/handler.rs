@@ -9,26 +9,25 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use netd_dns::{ForwardConfig, Handler, Metrics, Transport, Zone, ZoneConfig};
+use netd_dns::{ForwardConfig, Handler, Metrics, SharedZone, Transport, Zone, ZoneConfig};
 use proptest::prelude::*;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
 fn handler_for(
     state: &netd_model::ClusterState,
     upstreams: Vec<SocketAddr>,
 ) -> (Handler, Arc<Metrics>) {
     let zone = Zone::build(state, &ZoneConfig::default());
-    let (tx, rx) = watch::channel(Arc::new(zone));
-    // The receiver outlives the sender here: the handler keeps the last zone.
-    drop(tx);
     let metrics = Arc::new(Metrics::new());
     let forward = ForwardConfig {
         upstreams,
         timeout: Duration::from_secs(2),
         ..ForwardConfig::default()
     };
-    (Handler::new(rx, forward, metrics.clone()), metrics)
+    (
+        Handler::new(SharedZone::new(zone), forward, metrics.clone()),
+        metrics,
+    )
 }
 
 fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -328,13 +327,12 @@ async fn a_silent_upstream_gives_servfail() {
     let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let addr = silent.local_addr().expect("addr");
     let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
-    let (_tx, rx) = watch::channel(Arc::new(zone));
     let forward = ForwardConfig {
         upstreams: vec![addr],
         timeout: Duration::from_millis(200),
         ..ForwardConfig::default()
     };
-    let h = Handler::new(rx, forward, Arc::new(Metrics::new()));
+    let h = Handler::new(SharedZone::new(zone), forward, Arc::new(Metrics::new()));
     let m = ask(&h, "www.example.org.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
@@ -342,8 +340,12 @@ async fn a_silent_upstream_gives_servfail() {
 #[tokio::test]
 async fn follows_zone_updates() {
     let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
-    let (tx, rx) = watch::channel(Arc::new(zone));
-    let h = Handler::new(rx, ForwardConfig::default(), Arc::new(Metrics::new()));
+    let shared = SharedZone::new(zone);
+    let h = Handler::new(
+        shared.clone(),
+        ForwardConfig::default(),
+        Arc::new(Metrics::new()),
+    );
     assert_eq!(
         ask(&h, "web.default.svc.cluster.local.", RecordType::A)
             .await
@@ -352,7 +354,7 @@ async fn follows_zone_updates() {
         1
     );
     let moved = netd_testkit::state(&common::CLUSTER.replace("name: web,", "name: web2,"));
-    tx.send_replace(Arc::new(Zone::build(&moved, &ZoneConfig::default())));
+    shared.replace(Zone::build(&moved, &ZoneConfig::default()));
     let m = ask(&h, "web.default.svc.cluster.local.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(
@@ -419,14 +421,13 @@ async fn stub_domains_go_to_their_own_resolvers() {
     let (upstream, upstream_count) = common::fake_upstream().await;
     let (stub, stub_count) = common::fake_upstream().await;
     let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
-    let (_tx, rx) = watch::channel(Arc::new(zone));
     let forward = ForwardConfig {
         upstreams: vec![upstream],
         stub_domains: [("corp.example".parse().expect("suffix"), vec![stub])].into(),
         ..ForwardConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
-    let h = Handler::new(rx, forward, metrics.clone());
+    let h = Handler::new(SharedZone::new(zone), forward, metrics.clone());
     let m = ask(&h, "db.eu.CORP.example.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(stub_count.load(Ordering::SeqCst), 1);
@@ -491,7 +492,6 @@ async fn denials_are_cached_unless_denial_caching_is_off() {
     for (denial_ttl, asked) in [(Duration::from_secs(30), 1), (Duration::ZERO, 3)] {
         let (upstream, count) = denying_upstream().await;
         let zone = Zone::build(&common::cluster(), &ZoneConfig::default());
-        let (_tx, rx) = watch::channel(Arc::new(zone));
         let forward = ForwardConfig {
             upstreams: vec![upstream],
             cache: netd_dns::CacheConfig {
@@ -501,7 +501,7 @@ async fn denials_are_cached_unless_denial_caching_is_off() {
             ..ForwardConfig::default()
         };
         let metrics = Arc::new(Metrics::new());
-        let h = Handler::new(rx, forward, metrics.clone());
+        let h = Handler::new(SharedZone::new(zone), forward, metrics.clone());
         for _ in 0..3 {
             let m = ask(&h, "nope.example.", RecordType::A).await;
             assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hickory_proto::op::{Message, ResponseCode};
-use netd_dns::{DnsError, DnsServer, ServeConfig};
+use netd_dns::{DnsError, DnsServer, ServeConfig, ZoneUpdate};
 use netd_model::ClusterState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -388,4 +388,87 @@ async fn a_snapshot_sent_before_run_starts_still_ends_the_stand_in() {
     let _ = stop.send(());
     task.await.expect("join").expect("clean shutdown");
     drop(tx);
+}
+
+/// The SOA serial in `dig` output for the zone's SOA.
+async fn soa_serial(server: SocketAddr) -> u32 {
+    let out = short(server, &["cluster.local", "SOA"]).await;
+    out.first()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no SOA serial in {out:?}"))
+}
+
+#[tokio::test]
+async fn applies_object_changes_from_the_update_channel() {
+    let config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let server = DnsServer::bind(config).await.expect("bind");
+    let dns = server.local_addr();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_updates(Arc::new(common::cluster()), rx, async {
+        let _ = stopped.await;
+    }));
+    let first = soa_serial(dns).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // The first zone is stamped with the time it was built.
+    assert!(
+        u64::from(first) + 60 > now && u64::from(first) <= now,
+        "{first} vs {now}"
+    );
+    let added = netd_testkit::objects(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.99, ports: [{port: 80}]}\n",
+    );
+    tx.send(ZoneUpdate::Upsert(Box::new(added[0].clone())))
+        .await
+        .expect("send");
+    let mut answered = Vec::new();
+    for _ in 0..50 {
+        answered = short(dns, &["new.default.svc.cluster.local", "A"]).await;
+        if !answered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(answered, ["10.96.0.99"]);
+    let second = soa_serial(dns).await;
+    assert!(
+        netd_dns::Serial::new(second).is_after(netd_dns::Serial::new(first)),
+        "{second} after {first}"
+    );
+    // An invalid object is refused; the zone keeps answering as before.
+    let bad = netd_testkit::objects(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n",
+    );
+    tx.send(ZoneUpdate::Upsert(Box::new(bad[0].clone())))
+        .await
+        .expect("send");
+    tx.send(ZoneUpdate::Delete(netd_model::ObjectId {
+        kind: netd_model::Kind::Service,
+        namespace: "default".to_owned(),
+        name: "web".to_owned(),
+    }))
+    .await
+    .expect("send");
+    let mut gone = dig(dns, &["web.default.svc.cluster.local", "A"]).await;
+    for _ in 0..50 {
+        if gone.contains("NXDOMAIN") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        gone = dig(dns, &["web.default.svc.cluster.local", "A"]).await;
+    }
+    assert!(gone.contains("status: NXDOMAIN"), "{gone}");
+    assert_eq!(
+        short(dns, &["new.default.svc.cluster.local", "A"]).await,
+        ["10.96.0.99"]
+    );
+    assert!(netd_dns::Serial::new(soa_serial(dns).await).is_after(netd_dns::Serial::new(second)));
+    let _ = stop.send(());
+    task.await.expect("join").expect("clean shutdown");
 }

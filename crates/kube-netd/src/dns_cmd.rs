@@ -12,10 +12,11 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use netd_dns::{
     DnsConfig, DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, Upstreams, ZoneConfig,
+    ZoneUpdate,
 };
 use netd_model::{ClusterConfig, ClusterState};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cluster::ClusterArgs;
 
@@ -270,8 +271,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         health_listen: args.metrics,
         ready_listen: args.metrics,
     };
-    let state = args.cluster.resolve()?;
-    let (tx, rx) = watch::channel(Arc::new(state));
+    let state = Arc::new(args.cluster.resolve()?);
+    // The server drops each snapshot once its zone is built: nothing here keeps one.
+    let (tx, rx) = mpsc::channel(1);
     let server = DnsServer::bind(config).await?;
     eprintln!(
         "serving DNS for {} on {} (UDP and TCP)",
@@ -285,14 +287,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let result = server.run(rx, shutdown).await;
+    let result = server.run_updates(state, rx, shutdown).await;
     reload.abort();
     Ok(result?)
 }
 
 /// Re-resolves the manifests whenever a file under them changes; a bad edit is logged and the
 /// last good zone keeps answering.
-async fn reload_on_change(cluster: ClusterArgs, tx: watch::Sender<Arc<ClusterState>>) {
+async fn reload_on_change(cluster: ClusterArgs, tx: mpsc::Sender<ZoneUpdate>) {
     let mut seen = fingerprint(&cluster.files);
     loop {
         tokio::time::sleep(RELOAD_POLL).await;
@@ -305,7 +307,11 @@ async fn reload_on_change(cluster: ClusterArgs, tx: watch::Sender<Arc<ClusterSta
         match tokio::task::spawn_blocking(move || args.resolve()).await {
             Ok(Ok(state)) => {
                 tracing::info!("manifests changed: zone reloaded");
-                if tx.send(Arc::new(state)).is_err() {
+                if tx
+                    .send(ZoneUpdate::Snapshot(Arc::new(state)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

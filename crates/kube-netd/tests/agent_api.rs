@@ -268,7 +268,6 @@ fn try_http_status(ns: &str, port: u16, path: &str) -> Option<String> {
     .expect("http thread")
 }
 
-
 fn agent_follows_the_api_server(mode: &str) {
     let ns = ScratchNetns::new("agt", mode);
     let dir = tempfile::tempdir().expect("temp dir");

@@ -10,7 +10,7 @@ mod forward;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{
@@ -25,13 +25,12 @@ use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
 
 pub use forward::{CacheConfig, ForwardConfig};
 
 use crate::metrics::{Metrics, RequestSample, rcode_str};
-use crate::zone::{self, Question, Rcode, RecordData, RecordType, Zone};
+use crate::zone::{self, DomainName, Question, Rcode, RecordData, RecordType, Zone};
 pub(crate) use forward::Forwarder;
 use forward::{ForwardError, Upstream};
 
@@ -47,9 +46,45 @@ pub enum Transport {
 /// The largest UDP payload we answer with, whatever the client offers.
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
-/// Answers DNS requests: from the current zone, or forwarded upstream.
+/// The zone being served, shared by the request handler (readers) and whatever updates it
+/// (one writer: a change is applied in place, a rebuilt zone replaces the old one).
+///
+/// Answers are computed under a read lock held for the lookup only, never across an
+/// `await`; a change takes the write lock for the microseconds [`Zone::apply`] takes.
+#[derive(Clone, Debug)]
+pub struct SharedZone(Arc<RwLock<Zone>>);
+
+impl SharedZone {
+    /// Shares `zone`.
+    pub fn new(zone: Zone) -> Self {
+        SharedZone(Arc::new(RwLock::new(zone)))
+    }
+
+    /// Runs `f` on the current zone.
+    pub fn read<R>(&self, f: impl FnOnce(&Zone) -> R) -> R {
+        // A panic while writing leaves a zone that was valid before or after the change
+        // (every change is applied whole or not at all), so a poisoned lock is still read.
+        let zone = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        f(&zone)
+    }
+
+    /// Runs `f` on the zone, exclusively.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Zone) -> R) -> R {
+        let mut zone = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        f(&mut zone)
+    }
+
+    /// Replaces the zone; the old one is dropped outside the lock.
+    pub fn replace(&self, zone: Zone) -> Zone {
+        self.update(|current| std::mem::replace(current, zone))
+    }
+}
+
+/// Answers DNS requests: from the current zone, or forwarded upstream. Clones share the
+/// zone, the forwarder's cache and the metrics.
+#[derive(Clone)]
 pub struct Handler {
-    zone: watch::Receiver<Arc<Zone>>,
+    zone: SharedZone,
     forwarder: Arc<Forwarder>,
     metrics: Arc<Metrics>,
     /// False until the zone reflects a complete view of the cluster: cluster names get
@@ -59,11 +94,7 @@ pub struct Handler {
 
 impl Handler {
     /// A handler answering from whatever zone `zone` holds at each request.
-    pub fn new(
-        zone: watch::Receiver<Arc<Zone>>,
-        forward: ForwardConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(zone: SharedZone, forward: ForwardConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             zone,
             forwarder: Arc::new(Forwarder::new(forward, metrics.clone())),
@@ -111,36 +142,62 @@ impl Handler {
     }
 
     async fn reply(&self, request: &Request) -> Reply {
+        match self.local_reply(request) {
+            Local::Done(reply) => reply,
+            Local::Forward(reply) => {
+                let [query] = request.queries.queries() else {
+                    return reply.error(ResponseCode::FormErr);
+                };
+                match self.forward(query.original()).await {
+                    Ok(upstream) => reply.upstream(upstream),
+                    Err(e) => {
+                        tracing::debug!(name = %query.name(), error = %e, "forwarding failed");
+                        reply.error(ResponseCode::ServFail)
+                    }
+                }
+            }
+            Local::Chase(mut reply, target) => {
+                if let [query] = request.queries.queries() {
+                    self.chase_alias(&target, query.original(), &mut reply)
+                        .await;
+                }
+                reply
+            }
+        }
+    }
+
+    /// What can be answered without waiting: everything from the zone; for the rest, what
+    /// is still to be asked upstream.
+    fn local_reply(&self, request: &Request) -> Local {
         let mut reply = Reply::new(request);
         if request.metadata.op_code != OpCode::Query {
-            return reply.error(ResponseCode::NotImp);
+            return Local::Done(reply.error(ResponseCode::NotImp));
         }
         let [query] = request.queries.queries() else {
-            return reply.error(ResponseCode::FormErr);
+            return Local::Done(reply.error(ResponseCode::FormErr));
         };
         reply.qtype = RecordType::from_code(u16::from(query.query_type())).as_str();
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return reply.error(ResponseCode::BADVERS);
+            return Local::Done(reply.error(ResponseCode::BADVERS));
         }
         if query.query_class() != DNSClass::IN {
-            return reply.error(ResponseCode::Refused);
+            return Local::Done(reply.error(ResponseCode::Refused));
         }
-        let zone = self.zone.borrow().clone();
         let qtype = RecordType::from_code(u16::from(query.query_type()));
         let qname = zone_text(query.original().name());
-        let answer = zone.answer(&Question::new(qname.as_str(), qtype));
+        let question = Question::new(qname, qtype);
+        let (answer, alias) = self.zone.read(|zone| {
+            let answer = zone.answer(&question);
+            let alias = alias_out_of_zone(zone, &answer);
+            (answer, alias)
+        });
+        let qname = question.name;
         reply.authoritative = answer.authoritative;
         if answer.authoritative && !self.synced.load(Ordering::Acquire) {
-            return reply.error(ResponseCode::ServFail);
+            return Local::Done(reply.error(ResponseCode::ServFail));
         }
         if !answer.authoritative {
-            return match self.forward(query.original()).await {
-                Ok(upstream) => reply.upstream(upstream),
-                Err(e) => {
-                    tracing::debug!(name = %qname, error = %e, "forwarding failed");
-                    reply.error(ResponseCode::ServFail)
-                }
-            };
+            return Local::Forward(reply);
         }
         reply.metadata.authoritative = true;
         reply.metadata.response_code = match answer.rcode {
@@ -162,35 +219,66 @@ impl Handler {
             convert(&answer.authority),
             convert(&answer.additional),
         ) else {
-            return reply.error(ResponseCode::ServFail);
+            return Local::Done(reply.error(ResponseCode::ServFail));
         };
         reply.answers = answers;
         reply.authorities = authorities;
         reply.additionals = additionals;
-        self.chase_alias(&zone, query.original(), &answer, &mut reply)
+        match alias {
+            Some(target) => Local::Chase(reply, target),
+            None => Local::Done(reply),
+        }
+    }
+
+    /// Answers a UDP message without waiting when the zone answers it (the fast path of
+    /// the UDP workers): `Ready` with the response bytes, `Ignore` for what gets no answer,
+    /// `Wait` with the parsed request when it must go upstream.
+    fn answer_udp_now(&self, message: &[u8], src: SocketAddr) -> UdpAnswer {
+        let started = Instant::now();
+        let request = match Request::from_bytes(message.to_vec(), src, Protocol::Udp) {
+            Ok(request) => request,
+            Err(_) => return formerr(message).map_or(UdpAnswer::Ignore, UdpAnswer::Ready),
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return UdpAnswer::Ignore;
+        }
+        let reply = match self.local_reply(&request) {
+            Local::Done(reply) => reply,
+            Local::Forward(_) | Local::Chase(..) => return UdpAnswer::Wait(Box::new(request)),
+        };
+        match encode(&request, &reply, Transport::Udp) {
+            Ok((bytes, code)) => {
+                self.metrics.observe_request(&RequestSample {
+                    authoritative: reply.authoritative,
+                    tcp: false,
+                    ipv6: src.is_ipv6(),
+                    qtype: reply.qtype,
+                    rcode: rcode_str(code),
+                    elapsed: started.elapsed(),
+                });
+                UdpAnswer::Ready(bytes)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "encoding a response failed");
+                UdpAnswer::Ignore
+            }
+        }
+    }
+
+    /// Answers a UDP request that waits for upstream, as [`Handler::answer_bytes`] would.
+    async fn answer_udp_later(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = Capture {
+            transport: Transport::Udp,
+            out: Arc::new(Mutex::new(None)),
+        };
+        self.handle_request::<_, TokioTime>(request, capture.clone())
             .await;
-        reply
+        capture.out.lock().ok()?.take()
     }
 
     /// An answer ending in an alias out of the zone (an ExternalName Service) gets the
     /// target's records from upstream appended, as CoreDNS does.
-    async fn chase_alias(
-        &self,
-        zone: &Zone,
-        query: &Query,
-        answer: &zone::Answer,
-        reply: &mut Reply,
-    ) {
-        let Some(zone::Record {
-            data: RecordData::Cname(target),
-            ..
-        }) = answer.answers.last()
-        else {
-            return;
-        };
-        if answer.rcode != Rcode::NoError || zone.is_authoritative(target.as_str()) {
-            return;
-        }
+    async fn chase_alias(&self, target: &DomainName, query: &Query, reply: &mut Reply) {
         let Ok(target) = to_name(target) else { return };
         let chased = Query::query(target, query.query_type());
         match self.forward(&chased).await {
@@ -217,11 +305,7 @@ impl RequestHandler for Handler {
         let started = Instant::now();
         let reply = self.reply(request).await;
         let qtype = reply.qtype;
-        let edns = request.edns.as_ref().map(|asked| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns
-        });
+        let edns = response_edns(request);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
@@ -255,6 +339,19 @@ impl RequestHandler for Handler {
         });
         info
     }
+}
+
+/// The target of the alias an answer ends in, when the zone does not answer for it.
+fn alias_out_of_zone(zone: &Zone, answer: &zone::Answer) -> Option<DomainName> {
+    let Some(zone::Record {
+        data: RecordData::Cname(target),
+        ..
+    }) = answer.answers.last()
+    else {
+        return None;
+    };
+    (answer.rcode == Rcode::NoError && !zone.is_authoritative(target.as_str()))
+        .then(|| target.clone())
 }
 
 /// A response being put together.
@@ -319,20 +416,87 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        // The same limit hickory's server applies when it encodes for a transport.
-        let max = match self.transport {
-            Transport::Udp => response.edns().map_or(512, Edns::max_payload),
-            Transport::Tcp => u16::MAX,
-        };
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response.destructive_emit(&mut encoder)?;
+        let (bytes, info) = emit(response, self.transport)?;
         if let Ok(mut out) = self.out.lock() {
             *out = Some(bytes);
         }
         Ok(info)
     }
+}
+
+/// What the UDP fast path does with a message.
+enum UdpAnswer {
+    /// Send these bytes.
+    Ready(Vec<u8>),
+    /// Send nothing.
+    Ignore,
+    /// Answer once upstream has.
+    Wait(Box<Request>),
+}
+
+/// A reply as far as it can be made without waiting.
+enum Local {
+    /// Complete.
+    Done(Reply),
+    /// To be forwarded upstream.
+    Forward(Reply),
+    /// From the zone, ending in an alias whose target upstream must resolve.
+    Chase(Reply, DomainName),
+}
+
+/// Encodes a reply to `request` as hickory's server would on `transport` (EDNS echoed,
+/// truncated to the client's payload size over UDP).
+fn encode(
+    request: &Request,
+    reply: &Reply,
+    transport: Transport,
+) -> Result<(Vec<u8>, ResponseCode), NetError> {
+    let edns = response_edns(request);
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(edns) = &edns {
+        builder.edns(edns);
+    }
+    let message = builder.build(
+        reply.metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        std::iter::empty(),
+        reply.additionals.iter(),
+    );
+    let (bytes, info) = emit(message, transport)?;
+    Ok((bytes, info.response_code))
+}
+
+/// The EDNS of a response: the client's payload size, within bounds.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|asked| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns
+    })
+}
+
+/// Emits a response with the size limit hickory's server applies for the transport.
+fn emit<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    transport: Transport,
+) -> Result<(Vec<u8>, ResponseInfo), NetError> {
+    let max = match transport {
+        Transport::Udp => response.edns().map_or(512, Edns::max_payload),
+        Transport::Tcp => u16::MAX,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    let info = response.destructive_emit(&mut encoder)?;
+    Ok((bytes, info))
 }
 
 /// FORMERR for a message whose header parses but whose body does not, as hickory's server
@@ -366,11 +530,15 @@ fn zone_text(name: &Name) -> String {
     if !name.iter().all(plain) {
         return name.to_string();
     }
-    let labels: Vec<String> = name
-        .iter()
-        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
-        .collect();
-    labels.join(".")
+    // One allocation: this runs for every query.
+    let mut text = String::with_capacity(name.len());
+    for label in name.iter() {
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    text
 }
 
 /// The wire name of a zone name. Raw labels: hickory's text parser refuses labels starting
@@ -412,36 +580,158 @@ fn to_record(record: &zone::Record, owner: Option<&Name>) -> Option<Record> {
     Some(Record::from_rdata(name, record.ttl, data))
 }
 
-/// The running UDP and TCP front end.
+/// The running UDP and TCP front end: UDP worker threads of our own (one per socket,
+/// answering from the zone in a blocking receive loop, without a task or a reactor wake-up
+/// per query), TCP through hickory's server.
 pub(crate) struct Frontend {
     server: Server<Handler>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    failed: tokio::sync::mpsc::UnboundedReceiver<std::io::Error>,
 }
 
 /// How long a TCP connection may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// The largest UDP message read; longer ones are cut there and answered FORMERR.
+const UDP_RECEIVE: usize = 4096;
+
+/// How often a UDP worker waiting for a query checks whether to stop.
+const UDP_STOP_CHECK: Duration = Duration::from_millis(100);
+
 impl Frontend {
-    /// Starts serving `handler` on bound sockets.
-    pub(crate) fn start(handler: Handler, udp: UdpSocket, tcp: TcpListener) -> Self {
+    /// Starts serving `handler` on bound sockets: one UDP worker thread per socket (sockets
+    /// sharing a port with `SO_REUSEPORT`, among which the kernel spreads clients). Called
+    /// within a tokio runtime, which runs TCP and the questions that go upstream.
+    pub(crate) fn start(
+        handler: Handler,
+        udp: Vec<std::net::UdpSocket>,
+        tcp: TcpListener,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (report, failed) = tokio::sync::mpsc::unbounded_channel();
+        let mut workers = Vec::new();
+        for (i, socket) in udp.into_iter().enumerate() {
+            socket.set_read_timeout(Some(UDP_STOP_CHECK))?;
+            let worker = UdpWorker {
+                socket: Arc::new(socket),
+                handler: handler.clone(),
+                runtime: runtime.clone(),
+                stop: stop.clone(),
+            };
+            let report = report.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || {
+                        if let Some(e) = worker.run() {
+                            let _ = report.send(e);
+                        }
+                    })?,
+            );
+        }
         let mut server = Server::new(handler);
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, 64);
-        Self { server }
+        Ok(Self {
+            server,
+            workers,
+            stop,
+            failed,
+        })
     }
 
     /// Runs until the sockets fail; an error says why.
     pub(crate) async fn wait(&mut self) -> std::io::Error {
-        match self.server.block_until_done().await {
-            Ok(()) => std::io::Error::other("the DNS listeners closed"),
-            Err(e) => std::io::Error::other(e),
+        tokio::select! {
+            done = self.server.block_until_done() => match done {
+                Ok(()) => std::io::Error::other("the DNS listeners closed"),
+                Err(e) => std::io::Error::other(e),
+            },
+            Some(e) = self.failed.recv() => e,
         }
     }
 
-    /// Stops accepting requests and waits for the running ones.
+    /// Stops accepting requests and waits for the running TCP ones and the UDP workers;
+    /// UDP questions waiting for upstream are dropped (clients retry).
     pub(crate) async fn shutdown(mut self) -> std::io::Result<()> {
-        self.server
+        self.stop.store(true, Ordering::Release);
+        let workers = std::mem::take(&mut self.workers);
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                // A worker that panicked has nothing left to stop.
+                let _ = worker.join();
+            }
+        });
+        let served = self
+            .server
             .shutdown_gracefully()
             .await
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other);
+        joined.await.map_err(std::io::Error::other)?;
+        served
+    }
+}
+
+/// One UDP worker thread and what it answers with.
+struct UdpWorker {
+    socket: Arc<std::net::UdpSocket>,
+    handler: Handler,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpWorker {
+    /// Answers from the zone inline, and spawns a task only for questions that go
+    /// upstream. Returns when told to stop, or the error the socket failed with.
+    fn run(self) -> Option<std::io::Error> {
+        use std::io::ErrorKind;
+        let mut buf = vec![0u8; UDP_RECEIVE];
+        while !self.stop.load(Ordering::Acquire) {
+            let (n, peer) = match self.socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                // The stop check's timeout; an ICMP error for an earlier response, or a
+                // signal: the socket is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock
+                            | ErrorKind::TimedOut
+                            | ErrorKind::ConnectionRefused
+                            | ErrorKind::ConnectionReset
+                            | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Some(e),
+            };
+            // No answer can reach port 0, and answering it would be a reflection vector.
+            if peer.port() == 0 {
+                continue;
+            }
+            match self.handler.answer_udp_now(&buf[..n], peer) {
+                UdpAnswer::Ready(bytes) => send(&self.socket, &bytes, peer),
+                UdpAnswer::Ignore => {}
+                UdpAnswer::Wait(request) => {
+                    let socket = self.socket.clone();
+                    let handler = self.handler.clone();
+                    self.runtime.spawn(async move {
+                        if let Some(bytes) = handler.answer_udp_later(&request).await {
+                            // A UDP send does not wait for the peer; it blocks only while
+                            // the socket's send buffer is full.
+                            send(&socket, &bytes, peer);
+                        }
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+fn send(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, peer) {
+        tracing::debug!(%peer, error = %e, "sending a response failed");
     }
 }

@@ -1,8 +1,10 @@
 //! [`DomainName`]: a validated, lower-case DNS name, and the names the zone derives.
 
+use std::borrow::Borrow;
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Why a text is not a domain name the zone can hold.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,8 +36,10 @@ pub enum NameError {
 ///
 /// Labels hold letters, digits, `-` and `_` only (Kubernetes names, hostnames and the `_port`
 /// labels of SRV names), so every `DomainName` converts to a wire name without escaping.
+/// The text is shared: clones are cheap, and the zone stores each name once (a record's
+/// target is the same allocation as the owner name it points to).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DomainName(String);
+pub struct DomainName(Arc<str>);
 
 impl DomainName {
     /// The name as text, without the trailing dot.
@@ -50,12 +54,18 @@ impl DomainName {
 
     /// `cluster.local`, the default zone.
     pub(crate) fn cluster_local() -> DomainName {
-        DomainName("cluster.local".to_owned())
+        DomainName(Arc::from("cluster.local"))
     }
 
     /// `in-addr.arpa`, or `ip6.arpa` for IPv6.
     pub(crate) fn reverse_zone(v6: bool) -> DomainName {
-        DomainName(if v6 { IP6_ARPA } else { IN_ADDR_ARPA }.to_owned())
+        DomainName(Arc::from(if v6 { IP6_ARPA } else { IN_ADDR_ARPA }))
+    }
+
+    /// A name from text the zone already holds as a name (a suffix of a stored name):
+    /// lower-case and valid, so not checked again.
+    pub(crate) fn from_zone_text(text: &str) -> DomainName {
+        DomainName(Arc::from(text))
     }
 
     /// `label.self`, validated (only the new label needs checking).
@@ -75,7 +85,7 @@ impl DomainName {
         name.extend(label.chars().map(|c| c.to_ascii_lowercase()));
         name.push('.');
         name.push_str(&self.0);
-        Ok(DomainName(name))
+        Ok(DomainName(name.into()))
     }
 
     /// The reverse-lookup name of an address (`4.3.2.1.in-addr.arpa`, nibbles in `ip6.arpa`).
@@ -99,7 +109,7 @@ impl DomainName {
                 s.push_str(IP6_ARPA);
             }
         }
-        DomainName(s)
+        DomainName(s.into())
     }
 }
 
@@ -126,7 +136,14 @@ impl FromStr for DomainName {
                 return Err(NameError::BadCharacter { name: s.to_owned() });
             }
         }
-        Ok(DomainName(s.to_ascii_lowercase()))
+        Ok(DomainName(s.to_ascii_lowercase().into()))
+    }
+}
+
+/// Names hash and compare as their text, so maps keyed by names are looked up by `&str`.
+impl Borrow<str> for DomainName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
