@@ -2,7 +2,6 @@
 //! CoreDNS's ports and metric names (the Deployment in `deploy/dns/` runs it); and
 //! `kube-netd dns serve`: the zone of a set of manifests, reloaded when the files change.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +14,8 @@ use netd_dns::{
     ZoneUpdate,
 };
 use netd_model::{ClusterConfig, ClusterState};
-use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
-use tokio::sync::{mpsc, watch};
+use netd_source::{ApiOptions, SharedStore, Store};
+use tokio::sync::mpsc;
 
 use crate::cluster::ClusterArgs;
 
@@ -185,8 +184,9 @@ impl WatchArgs {
 }
 
 /// `kube-netd dns`: binds everything, then serves while the watches fill the store. Cluster
-/// names get SERVFAIL until every kind's first list is complete; after that the store keeps
-/// its objects through API outages, so the last zone keeps answering.
+/// names get SERVFAIL until every kind's first list is complete; then the zone is built once
+/// and follows each changed object ([`feed_changes`]); the store keeps its objects through
+/// API outages, so the last zone keeps answering.
 async fn watch(args: WatchArgs, config: DnsConfig) -> anyhow::Result<()> {
     let serve_config = config.serve_config()?;
     let client = args.api().client().await?;
@@ -196,38 +196,60 @@ async fn watch(args: WatchArgs, config: DnsConfig) -> anyhow::Result<()> {
     announce(&server, &config.zone.origin);
     // Until the first lists are complete, an empty cluster stands in (the server answers
     // cluster names with SERVFAIL meanwhile).
-    let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+    let (tx, rx) = mpsc::channel(FEED_QUEUE);
     let watches = tokio::spawn(netd_source::watch_dns(client, store.clone(), pods));
-    let feed = tokio::spawn(feed_snapshots(store, tx));
-    let result = server.run(rx, crate::agent_cmd::shutdown()).await;
+    let feed = tokio::spawn(feed_changes(store, tx));
+    let stand_in = Arc::new(ClusterState::default());
+    let result = server
+        .run_updates(stand_in, rx, crate::agent_cmd::shutdown())
+        .await;
     watches.abort();
     feed.abort();
     Ok(result?)
 }
 
-/// Publishes each new snapshot of `store`, from its first complete list on, to the server.
-async fn feed_snapshots(store: SharedStore, tx: watch::Sender<Arc<ClusterState>>) {
-    let config = RunnerConfig {
-        // The zone rebuild is the only cost; every change is published as it comes.
-        min_sync_period: Duration::ZERO,
-        ..RunnerConfig::default()
-    };
-    let mut published = None;
-    netd_source::runner::run(
-        store,
-        config,
-        |request: SyncRequest| {
-            // A periodic sync of an unchanged store would only rebuild the same zone.
-            if published != Some(request.generation) {
-                published = Some(request.generation);
-                tracing::debug!(generation = request.generation, reason = %request.reason, "cluster changed: zone rebuilt");
-                tx.send_replace(request.state);
+/// How many zone updates may wait for the server: a burst beyond it waits in the store.
+const FEED_QUEUE: usize = 1024;
+
+/// Feeds the server from `store`: once every first list is complete, one snapshot (the
+/// zone is built from it and cluster names are answered from then on); after that, each
+/// object whose kept form changed, as an upsert or a delete the zone applies alone.
+async fn feed_changes(store: SharedStore, tx: mpsc::Sender<ZoneUpdate>) {
+    let mut changed = store.subscribe();
+    let mut synced = false;
+    loop {
+        let updates = store.with(|s| {
+            if !s.ready() {
+                return Vec::new();
             }
-            std::future::ready(Ok::<(), Infallible>(()))
-        },
-        tx.closed(),
-    )
-    .await;
+            if !synced {
+                // The snapshot covers every change so far (taking it clears the log).
+                return match s.take_snapshot() {
+                    Ok(snapshot) => vec![ZoneUpdate::Snapshot(Arc::new(snapshot.state))],
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no snapshot of a ready store");
+                        Vec::new()
+                    }
+                };
+            }
+            s.take_changes()
+                .into_iter()
+                .map(|(id, now)| match now {
+                    Some(object) => ZoneUpdate::Upsert(Box::new(object)),
+                    None => ZoneUpdate::Delete(id),
+                })
+                .collect()
+        });
+        for update in updates {
+            synced |= matches!(update, ZoneUpdate::Snapshot(_));
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn announce(server: &DnsServer, zone: &DomainName) {
@@ -421,12 +443,15 @@ mod tests {
             .expect("bind")
             .awaiting_sync();
         let dns = server.local_addr();
-        let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
-        let feed = tokio::spawn(feed_snapshots(store.clone(), tx));
+        let (tx, rx) = mpsc::channel(FEED_QUEUE);
+        let feed = tokio::spawn(feed_changes(store.clone(), tx));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(rx, async {
-            let _ = stopped.await;
-        }));
+        let serving =
+            tokio::spawn(
+                server.run_updates(Arc::new(ClusterState::default()), rx, async {
+                    let _ = stopped.await;
+                }),
+            );
         let web = "web.default.svc.cluster.local";
 
         // Lists under way: nothing about the cluster is answered yet.

@@ -5,7 +5,7 @@
 //! [`ClusterState`] every consumer reads. Tests feed it scripted events; the API watch
 //! ([`crate::watch`]) feeds it through a [`SharedStore`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1 as core;
@@ -99,6 +99,9 @@ pub struct Store {
     kinds: BTreeMap<Kind, KindStore>,
     generation: u64,
     dirty: bool,
+    /// The objects whose kept form changed (added, altered, removed) since the last
+    /// [`Store::take_changes`] or [`Store::take_snapshot`].
+    changed: BTreeSet<ObjectId>,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +142,7 @@ impl Store {
             kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
             generation: 0,
             dirty: false,
+            changed: BTreeSet::new(),
         }
     }
 
@@ -181,23 +185,29 @@ impl Store {
                 false
             }
             watcher::Event::InitDone => {
-                let kind = self.kind_mut(K::KIND);
+                let kind = self.kinds.entry(K::KIND).or_default();
                 let listing = kind.relist.take().unwrap_or_default();
                 kind.listed = true;
                 kind.rejected = listing.rejected;
-                let changed = kind.objects != listing.objects;
-                kind.objects = listing.objects;
+                let before = std::mem::replace(&mut kind.objects, listing.objects);
+                let mut changed = false;
+                for id in before.keys().chain(kind.objects.keys()) {
+                    if before.get(id) != kind.objects.get(id) {
+                        self.changed.insert(id.clone());
+                        changed = true;
+                    }
+                }
                 changed
             }
             watcher::Event::Apply(obj) => {
                 let id = obj.id();
                 let admitted = self.admit(&id, obj);
-                let kind = self.kind_mut(K::KIND);
-                match admitted {
+                let kind = self.kinds.entry(K::KIND).or_default();
+                let changed = match admitted {
                     Admitted::Keep(o) => {
                         kind.rejected.remove(&id);
                         kind.objects.get(&id) != Some(&*o) && {
-                            kind.objects.insert(id, *o);
+                            kind.objects.insert(id.clone(), *o);
                             true
                         }
                     }
@@ -209,13 +219,21 @@ impl Store {
                         kind.rejected.insert(id.clone(), e);
                         kind.objects.remove(&id).is_some()
                     }
+                };
+                if changed {
+                    self.changed.insert(id);
                 }
+                changed
             }
             watcher::Event::Delete(obj) => {
                 let id = obj.id();
-                let kind = self.kind_mut(K::KIND);
+                let kind = self.kinds.entry(K::KIND).or_default();
                 kind.rejected.remove(&id);
-                kind.objects.remove(&id).is_some()
+                let changed = kind.objects.remove(&id).is_some();
+                if changed {
+                    self.changed.insert(id);
+                }
+                changed
             }
         };
         let changed = changed || (!was_ready && self.ready());
@@ -288,7 +306,26 @@ impl Store {
     pub fn take_snapshot(&mut self) -> Result<Snapshot, SourceError> {
         let snapshot = self.snapshot()?;
         self.dirty = false;
+        self.changed.clear();
         Ok(snapshot)
+    }
+
+    /// The objects whose kept form changed since the last call (or the last
+    /// [`Store::take_snapshot`]), in key order, each with what is kept of it now (`None`: it
+    /// is gone): what a consumer that follows the store one object at a time applies. A
+    /// relist reports the objects it added, altered or removed.
+    pub fn take_changes(&mut self) -> Vec<(ObjectId, Option<Object>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|id| {
+                let now = self
+                    .kinds
+                    .get(&id.kind)
+                    .and_then(|k| k.objects.get(&id))
+                    .cloned();
+                (id, now)
+            })
+            .collect()
     }
 
     fn kind_mut(&mut self, kind: Kind) -> &mut KindStore {

@@ -86,6 +86,42 @@ fn adds_updates_and_deletes_change_the_snapshot() {
 }
 
 #[test]
+fn changes_are_reported_one_object_at_a_time_relists_included() {
+    let mut s = store();
+    list_all_empty(&mut s);
+    s.take_snapshot().expect("ready");
+    assert!(s.take_changes().is_empty(), "a snapshot clears the log");
+    s.apply(Event::Apply(pod("web", "a", "10.244.1.2", "front", 1)));
+    s.apply(Event::Apply(pod("web", "b", "10.244.1.3", "front", 1)));
+    s.apply(Event::Apply(pod("web", "b", "10.244.1.3", "front", 2)));
+    s.apply(Event::Delete(pod("web", "a", "10.244.1.2", "front", 3)));
+    let shown = |changes: Vec<(netd_model::ObjectId, Option<netd_model::Object>)>| {
+        changes
+            .into_iter()
+            .map(|(id, now)| format!("{id} {}", if now.is_some() { "kept" } else { "gone" }))
+            .collect::<Vec<_>>()
+    };
+    // A probe-time change is no change; a or b added, a then deleted: a is gone.
+    assert_eq!(
+        shown(s.take_changes()),
+        ["Pod web/a gone", "Pod web/b kept"]
+    );
+    assert!(s.take_changes().is_empty(), "taken once");
+    // A relist without b and with c: both reported.
+    s.apply(Event::<core::Pod>::Init);
+    s.apply(Event::InitApply(pod("web", "c", "10.244.1.4", "front", 1)));
+    assert!(
+        s.take_changes().is_empty(),
+        "a list under way changes nothing yet"
+    );
+    s.apply(Event::<core::Pod>::InitDone);
+    assert_eq!(
+        shown(s.take_changes()),
+        ["Pod web/b gone", "Pod web/c kept"]
+    );
+}
+
+#[test]
 fn status_only_and_managed_fields_only_updates_do_not_make_the_store_dirty() {
     let mut s = store();
     list_all_empty(&mut s);
