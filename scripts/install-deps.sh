@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the system tools kube-netd drives and its tests use (Debian packages), and a
-# current kubectl (the lab serves the Kubernetes API; its tests drive it with kubectl), and `make`
-# (jemalloc, the binary's allocator, is built from source).
+# Installs the system tools kube-netd drives and its tests use (Debian packages: ipvsadm for
+# the IPVS golden files loaded into a kernel, `make` for jemalloc, the binary's allocator,
+# which is built from source), and a current kubectl (the lab serves the Kubernetes API; its
+# tests drive it with kubectl).
 # Idempotent: does nothing when everything is already there.
 #   --vm  also what scripts/kernel-vm.sh needs: qemu, Debian's stock kernel and a static busybox
 #         (and kmod, whose modprobe the lab and the agent run to load modules).
@@ -11,8 +12,8 @@
 # the Kubernetes project's apt repository (pkgs.k8s.io, v1.32) and its signing key, once.
 set -euo pipefail
 
-packages=(iptables ipset nftables conntrack dnsutils iproute2 iputils-ping procps kmod make)
-tools=(iptables-restore ipset nft conntrack dig ip ping pgrep modprobe make)
+packages=(iptables ipset nftables conntrack dnsutils iproute2 iputils-ping procps kmod make ipvsadm)
+tools=(iptables-restore ipset nft conntrack dig ip ping pgrep modprobe make ipvsadm)
 # The oldest kubectl minor version the tests are known to work with.
 kubectl_min_minor=28
 k8s_minor=v1.32
