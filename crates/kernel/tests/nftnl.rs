@@ -906,6 +906,28 @@ fn an_ip6_table_reads_back_with_ip6_addresses_and_offsets() {
     check_golden("ip6.nft", &nft(&ns.0, &["list", "ruleset"]));
 }
 
+/// Waits until `addr`, just added in `ns`, is a local address the kernel routes to: IPv6
+/// installs an address's local route after `ip address add` has returned (addrconf's work
+/// queue, even with `nodad`), and until then a packet sent to it finds no route
+/// (`Ip6OutNoRoutes`) and its conntrack entry is never confirmed.
+fn wait_until_local(ns: &str, addr: std::net::IpAddr) {
+    const TRIES: usize = 500;
+    let family = if addr.is_ipv6() { "-6" } else { "-4" };
+    let addr = addr.to_string();
+    for _ in 0..TRIES {
+        let out = netns::exec(
+            ns,
+            &["ip", family, "route", "show", "table", "local", &addr],
+        )
+        .expect("ip route show table local");
+        if !out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{addr} never became a local address of {ns}");
+}
+
 #[test]
 fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
     let ns = Ns::new("nftnl", "ct6");
@@ -919,6 +941,7 @@ fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
         ],
     )
     .expect("address and route");
+    wait_until_local(&ns.0, host);
     let mut tx = Transaction::new();
     tx.add_table(ip6, T)
         .add_chain(
