@@ -9,70 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netd_apiserver::{ApiServer, FileStorage, Registry, store::DEFAULT_HISTORY};
 use netd_kernel::netns;
-use netd_model::ClusterConfig;
+use netd_testkit::api::TestApiServer;
 use netd_testkit::scratch::ScratchNetns;
 use serde_json::json;
-
-/// An API server serving from a thread that lives in a scratch namespace; stopped on drop.
-struct Server {
-    registry: Arc<Registry>,
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &str, dir: &std::path::Path) -> Server {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let ns = ns.to_owned();
-        let dir = dir.to_owned();
-        let thread = std::thread::spawn(move || {
-            netns::enter(&ns).expect("enter the namespace");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let storage = FileStorage::new(dir).expect("storage");
-                let registry = Arc::new(
-                    Registry::new(Box::new(storage), ClusterConfig::default(), DEFAULT_HISTORY)
-                        .expect("registry"),
-                );
-                let server =
-                    ApiServer::start(registry.clone(), "127.0.0.1:0".parse().expect("addr"))
-                        .expect("start the API server");
-                tx.send((registry, server.url())).expect("send");
-                let _ = stopped.await;
-                server.shutdown().await;
-            });
-        });
-        let (registry, url) = rx.recv().expect("the API server started");
-        Server {
-            registry,
-            url,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("API server thread");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The agent process, killed by PID on drop.
 struct Agent(Child);
@@ -81,8 +21,9 @@ struct Agent(Child);
 const AGENT_MARKER: &str = "--hostname-override=node-1";
 
 impl Agent {
-    /// `kube-netd agent` for node-1 inside `ns`, against the API server of `kubeconfig`.
-    fn start(ns: &str, kubeconfig: &std::path::Path, mode: &str) -> Agent {
+    /// `kube-netd agent` for node-1 inside `ns`, against the API server of `kubeconfig`, with
+    /// `flags` after the ones every test gives.
+    fn start(ns: &str, kubeconfig: &std::path::Path, mode: &str, flags: &[&str]) -> Agent {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_kube-netd")])
             .arg("agent")
@@ -93,6 +34,7 @@ impl Agent {
                 "--min-sync-period=100ms",
                 "--healthz-bind-address=127.0.0.1:10256",
             ])
+            .args(flags)
             .stdout(Stdio::null())
             .spawn()
             .expect("start the agent");
@@ -112,6 +54,24 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An API server in `ns` storing under `dir`, holding the `default` Namespace, Node
+/// `node-1` and the Service `web` (10.96.0.20:80 to 8080) with one endpoint, 10.244.1.5; and
+/// the path of a kubeconfig for it.
+fn seeded(ns: &str, dir: &std::path::Path) -> (TestApiServer, std::path::PathBuf) {
+    let server = TestApiServer::start(Some(ns), &dir.join("api"));
+    server.create([
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
+        slice(&["10.244.1.5"], None),
+    ]);
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    (server, kubeconfig)
 }
 
 fn slice(addresses: &[&str], rv: Option<&str>) -> serde_json::Value {
@@ -177,39 +137,17 @@ fn the_agent_takes_kube_proxys_options() {
     for mode in ["iptables", "nftables"] {
         let ns = ScratchNetns::new("agto", mode);
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = Server::start(ns.name(), &dir.path().join("api"));
-        for object in [
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
-            json!({"apiVersion": "v1", "kind": "Service",
-                   "metadata": {"name": "web", "namespace": "default"},
-                   "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
-            slice(&["10.244.1.5"], None),
-        ] {
-            server
-                .registry
-                .create(object, netd_apiserver::WriteOptions::default())
-                .expect("create");
-        }
-        let kubeconfig = dir.path().join("kubeconfig");
-        netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kube-netd")])
-            .arg("agent")
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .args([
-                "--hostname-override=node-1",
-                &format!("--proxy-mode={mode}"),
-                "--min-sync-period=100ms",
-                "--healthz-bind-address=127.0.0.1:10256",
+        let (_server, kubeconfig) = seeded(ns.name(), dir.path());
+        let _agent = Agent::start(
+            ns.name(),
+            &kubeconfig,
+            mode,
+            &[
                 "--network-policy=false",
                 "--detect-local-mode=BridgeInterface",
                 "--pod-bridge-interface=cni0",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the agent");
-        let _agent = Agent(child);
+            ],
+        );
         wait_for(ns.name(), "10.244.1.5");
         let rules = rules(ns.name());
         let (detector, masquerade, policy) = match mode {
@@ -271,23 +209,9 @@ fn try_http_status(ns: &str, port: u16, path: &str) -> Option<String> {
 fn agent_follows_the_api_server(mode: &str) {
     let ns = ScratchNetns::new("agt", mode);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = Server::start(ns.name(), &dir.path().join("api"));
-    let api = &server.registry;
-    for object in [
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
-        json!({"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "web", "namespace": "default"},
-               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
-        slice(&["10.244.1.5"], None),
-    ] {
-        api.create(object, netd_apiserver::WriteOptions::default())
-            .expect("create");
-    }
-    let kubeconfig = dir.path().join("kubeconfig");
-    netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
-
-    let mut agent = Agent::start(ns.name(), &kubeconfig, mode);
+    let (mut server, kubeconfig) = seeded(ns.name(), dir.path());
+    let api = server.registry();
+    let mut agent = Agent::start(ns.name(), &kubeconfig, mode, &[]);
 
     wait_for(ns.name(), "10.244.1.5");
     wait_for(ns.name(), "10.96.0.20");
@@ -381,23 +305,8 @@ fn agent_restarts_under_traffic_fail_no_connection(mode: &str) {
     }
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(node.name(), &dir.path().join("api"));
-    for object in [
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}),
-        json!({"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "web", "namespace": "default"},
-               "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "targetPort": 8080}]}}),
-        slice(&["10.244.1.5"], None),
-    ] {
-        server
-            .registry
-            .create(object, netd_apiserver::WriteOptions::default())
-            .expect("create");
-    }
-    let kubeconfig = dir.path().join("kubeconfig");
-    netd_apiserver::write_kubeconfig(&kubeconfig, "test", &server.url).expect("kubeconfig");
-    let mut agent = Agent::start(node.name(), &kubeconfig, mode);
+    let (_server, kubeconfig) = seeded(node.name(), dir.path());
+    let mut agent = Agent::start(node.name(), &kubeconfig, mode, &[]);
     wait_for(node.name(), "10.96.0.20");
     let vip: std::net::SocketAddr = "10.96.0.20:80".parse().expect("vip");
     let mut held = HeldConnection::open(node.name(), vip, Duration::from_secs(5));
@@ -429,7 +338,7 @@ fn agent_restarts_under_traffic_fail_no_connection(mode: &str) {
         std::thread::sleep(Duration::from_millis(500));
         agent.stop(signal);
         std::thread::sleep(Duration::from_millis(300));
-        agent = Agent::start(node.name(), &kubeconfig, mode);
+        agent = Agent::start(node.name(), &kubeconfig, mode, &[]);
         // Up again once it serves /healthz; then traffic flows past its first sync.
         let deadline = Instant::now() + Duration::from_secs(30);
         while !try_http_status(node.name(), 10256, "/healthz").is_some_and(|s| s.contains("200")) {

@@ -7,66 +7,11 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netd_apiserver::{ApiServer, FileStorage, Registry, store::DEFAULT_HISTORY};
-use netd_model::ClusterConfig;
+use netd_testkit::api::TestApiServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
-
-/// An API server on 127.0.0.1, served from its own thread; stopped by `stop` or on drop.
-struct Api {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Api {
-    fn start(dir: &std::path::Path) -> Api {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let dir = dir.to_owned();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let storage = FileStorage::new(dir).expect("storage");
-                let registry = Arc::new(
-                    Registry::new(Box::new(storage), ClusterConfig::default(), DEFAULT_HISTORY)
-                        .expect("registry"),
-                );
-                let server = ApiServer::start(registry, "127.0.0.1:0".parse().expect("addr"))
-                    .expect("start the API server");
-                tx.send(server.url()).expect("send");
-                let _ = stopped.await;
-                server.shutdown().await;
-            });
-        });
-        Api {
-            url: rx.recv().expect("the API server started"),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("API server thread");
-        }
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `kube-netd dns`, killed by PID on drop, with the addresses it printed.
 struct Dns {
@@ -214,9 +159,9 @@ spec:
 #[test]
 fn services_written_with_kubectl_resolve_and_deleted_ones_go_nxdomain() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut api = Api::start(&dir.path().join("api"));
+    let mut api = TestApiServer::start(None, &dir.path().join("api"));
     let kubeconfig = dir.path().join("kubeconfig");
-    netd_apiserver::write_kubeconfig(&kubeconfig, "test", &api.url).expect("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
     let dns = Dns::start(&[&format!("--kubeconfig={}", kubeconfig.display())]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while dns.ready_status() != "HTTP/1.1 200 OK" {

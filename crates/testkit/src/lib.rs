@@ -24,7 +24,10 @@
 //! network namespace, for tests that check a connection survives a change.
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
 //! [`nft::load`] and [`nft::nft`] run `nft` inside it, [`nft::listed`] reads a table back.
+//! [`api::TestApiServer`] is a Kubernetes API server for one test, for clients such as
+//! kubectl and `kube-netd agent`.
 
+pub mod api;
 pub mod held;
 pub mod nft;
 pub mod scratch;
