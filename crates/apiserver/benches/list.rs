@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netd_testkit::bench::median;
+
 use netd_apiserver::{ApiServer, FileStorage, Registry, ServeOptions, write_kubeconfig};
 use netd_model::{ClusterConfig, FieldValidation};
 use serde_json::json;
@@ -72,16 +74,16 @@ fn main() {
     };
     // Discovery is cached under $HOME/.kube after the first call, as for a user.
     kubectl(&["get", "pods", "-A", "--no-headers"]);
-    let table = median(|| {
+    let table = median(RUNS, || {
         kubectl(&["get", "pods", "-A"]);
     });
-    let json = median(|| {
+    let json = median(RUNS, || {
         kubectl(&["get", "pods", "-A", "-o", "json"]);
     });
-    let server_table = median(|| {
+    let server_table = median(RUNS, || {
         get(&addr, "/api/v1/pods", TABLE);
     });
-    let server_json = median(|| {
+    let server_json = median(RUNS, || {
         get(&addr, "/api/v1/pods", "application/json");
     });
     runtime.block_on(server.shutdown());
@@ -135,18 +137,6 @@ fn get(addr: &str, path: &str, accept: &str) -> usize {
     stream.read_to_end(&mut response).expect("response");
     assert!(response.starts_with(b"HTTP/1.1 200"), "not a 200");
     response.len()
-}
-
-fn median(mut step: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            step();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[RUNS / 2]
 }
 
 fn secs(d: Duration) -> String {

@@ -6,7 +6,9 @@
 //! Each step runs a few times and the median is printed.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use netd_testkit::bench::median;
 
 use netd_kernel::nftnl::{Family, conntrack};
 use netd_kernel::{link, netns, rules};
@@ -51,10 +53,10 @@ fn run(ns: &str, entries: u32) {
 
     // A destination none of the others has: each step tracks one entry to it and removes it.
     let victim = target(entries);
-    let netlink_list = median(|| {
+    let netlink_list = median(RUNS, || {
         conntrack::list_protocol(ns, Family::Ip, conntrack::UDP, None).expect("list");
     });
-    let filtered_delete = median(|| {
+    let filtered_delete = median(RUNS, || {
         send(ns, vec![victim]);
         let filter = conntrack::FlowFilter {
             protocol: conntrack::UDP,
@@ -64,11 +66,11 @@ fn run(ns: &str, entries: u32) {
         let stale = conntrack::list(ns, &filter).expect("list");
         assert_eq!(conntrack::delete(ns, &stale).expect("delete"), 1);
     });
-    let tool_list = median(|| {
+    let tool_list = median(RUNS, || {
         netns::exec(ns, &["conntrack", "-L", "-p", "udp"]).expect("conntrack -L");
     });
     let (ip, port) = (victim.ip().to_string(), victim.port().to_string());
-    let tool_delete = median(|| {
+    let tool_delete = median(RUNS, || {
         send(ns, vec![victim]);
         netns::exec(
             ns,
@@ -123,18 +125,6 @@ fn send(ns: &str, to: Vec<SocketAddr>) {
     })
     .join()
     .expect("sender");
-}
-
-fn median(mut step: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            step();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[RUNS / 2]
 }
 
 fn ms(d: Duration) -> String {

@@ -25,9 +25,11 @@
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
 //! [`nft::load`] and [`nft::nft`] run `nft` inside it, [`nft::listed`] reads a table back.
 //! [`api::TestApiServer`] is a Kubernetes API server for one test, for clients such as
-//! kubectl and `kube-netd agent`.
+//! kubectl and `kube-netd agent`. [`bench::median`] times the benchmarks that print their own
+//! tables.
 
 pub mod api;
+pub mod bench;
 pub mod held;
 pub mod nft;
 pub mod scratch;
