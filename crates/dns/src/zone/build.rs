@@ -111,9 +111,7 @@ impl Names {
     /// Adds one contribution; says whether a name or a distinct record appeared.
     fn insert(&mut self, name: DomainName, data: Option<RecordData>) -> bool {
         let mut changed = false;
-        let within_origin = within(name.as_str(), self.origin.as_str());
-        let mut current = name.as_str();
-        loop {
+        for current in self.names_up_from(name.as_str()) {
             match self.map.get_mut(current) {
                 Some(node) => node.refs += 1,
                 None => {
@@ -131,13 +129,6 @@ impl Names {
                     );
                     changed = true;
                 }
-            }
-            if !within_origin || current.len() <= self.origin.as_str().len() {
-                break;
-            }
-            match current.split_once('.') {
-                Some((_, parent)) => current = parent,
-                None => break,
             }
         }
         let Some(data) = data else { return changed };
@@ -173,9 +164,7 @@ impl Names {
                 node.records = Vec::new();
             }
         }
-        let within_origin = within(name.as_str(), self.origin.as_str());
-        let mut current = name.as_str();
-        loop {
+        for current in self.names_up_from(name.as_str()) {
             if let Some(node) = self.map.get_mut(current) {
                 node.refs -= 1;
                 if node.refs == 0 {
@@ -183,15 +172,21 @@ impl Names {
                     changed = true;
                 }
             }
-            if !within_origin || current.len() <= self.origin.as_str().len() {
-                break;
-            }
-            match current.split_once('.') {
-                Some((_, parent)) => current = parent,
-                None => break,
-            }
         }
         changed
+    }
+
+    /// The names a contribution to `name` counts for: `name` itself and, inside the origin,
+    /// each parent up to the origin (empty non-terminals exist while something is below them).
+    fn names_up_from<'n>(&self, name: &'n str) -> impl Iterator<Item = &'n str> + use<'n> {
+        let origin_len = self.origin.as_str().len();
+        let walk_up = within(name, self.origin.as_str());
+        std::iter::successors(Some(name), move |current| {
+            if !walk_up || current.len() <= origin_len {
+                return None;
+            }
+            current.split_once('.').map(|(_, parent)| parent)
+        })
     }
 
     /// The record with its target names shared with the owner names already stored.

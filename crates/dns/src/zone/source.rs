@@ -36,6 +36,18 @@ pub(super) struct NamedPort {
     pub(super) port: u16,
 }
 
+/// The named ones of `(name, protocol, port)` (SRV records exist only for named ports).
+fn named_ports<'a>(ports: impl Iterator<Item = (&'a String, Protocol, u16)>) -> Box<[NamedPort]> {
+    ports
+        .filter(|(name, ..)| !name.is_empty())
+        .map(|(name, protocol, port)| NamedPort {
+            name: name.as_str().into(),
+            protocol,
+            port,
+        })
+        .collect()
+}
+
 /// An EndpointSlice, as far as DNS cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SliceSource {
@@ -260,16 +272,7 @@ impl ServiceSource {
         }
         ServiceSource::ClusterIp {
             ips: service.cluster_ips.clone().into_boxed_slice(),
-            ports: service
-                .ports
-                .iter()
-                .filter(|p| !p.name.is_empty())
-                .map(|p| NamedPort {
-                    name: p.name.as_str().into(),
-                    protocol: p.protocol,
-                    port: p.port,
-                })
-                .collect(),
+            ports: named_ports(service.ports.iter().map(|p| (&p.name, p.protocol, p.port))),
         }
     }
 }
@@ -279,16 +282,7 @@ impl SliceSource {
         let fqdn = slice.address_type == AddressType::Fqdn;
         SliceSource {
             service: slice.service.clone(),
-            ports: slice
-                .ports
-                .iter()
-                .filter(|p| !p.name.is_empty())
-                .map(|p| NamedPort {
-                    name: p.name.as_str().into(),
-                    protocol: p.protocol,
-                    port: p.port,
-                })
-                .collect(),
+            ports: named_ports(slice.ports.iter().map(|p| (&p.name, p.protocol, p.port))),
             endpoints: slice
                 .endpoints
                 .iter()
