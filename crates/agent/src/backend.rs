@@ -284,24 +284,13 @@ mod tests {
         assert!(err.to_string().contains("\"userspace\""), "{err}");
     }
 
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
-status: {podIP: 10.244.1.2}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
----
+    /// [`crate::programmer::tests::CLUSTER`] and a NodePort Service `x/web` (10.96.0.5:80,
+    /// nodePort 30080) with the Pod as its endpoint.
+    fn cluster() -> String {
+        format!("{}{}", crate::programmer::tests::CLUSTER, SERVICE)
+    }
+
+    const SERVICE: &str = r#"---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
@@ -317,7 +306,7 @@ endpoints:
 "#;
 
     fn rendered(mode: Mode, program: ProgramConfig) -> String {
-        let state = netd_testkit::state(CLUSTER);
+        let state = netd_testkit::state(&cluster());
         backend(&BackendConfig { mode, program })
             .render(&state, &NodeName::new("node-1"))
             .expect("renders")

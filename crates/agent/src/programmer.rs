@@ -108,10 +108,12 @@ pub(crate) fn dispatch(ruleset: &mut Ruleset, hooks: &[&HookRule]) -> Vec<Hook> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const CLUSTER: &str = r#"
+    /// Node `node-1`, Pod `x/a` on it (10.244.1.2, port 80) and a NetworkPolicy `x/p`
+    /// selecting every Pod of `x`, allowing ingress from `x`.
+    pub(crate) const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: node-1}
