@@ -85,6 +85,21 @@ pub enum AgentError {
         #[source]
         source: KernelError,
     },
+    /// Pods on this Node share a bridge whose traffic NetworkPolicy cannot see
+    /// (`br_netfilter` missing, or its sysctls cannot be turned on): policy between them is
+    /// not enforced.
+    #[error(
+        "NetworkPolicy is not enforced between the pods on bridge(s) {bridges} in namespace {namespace}: bridged traffic does not reach the policy rules"
+    )]
+    PolicyNotEnforced {
+        /// The namespace.
+        namespace: String,
+        /// The bridges with pod ports, comma-separated (empty if they could not be listed).
+        bridges: String,
+        /// The cause.
+        #[source]
+        source: Box<KernelError>,
+    },
     /// A packet was traced to a Node the cluster does not have.
     #[error("cannot trace through node {node}: no such node")]
     TraceUnknownNode {

@@ -52,6 +52,8 @@
 //! - [`ipvs`](mod@ipvs): [`Ipvs`], the IPVS back end (virtual servers, `kube-ipvs0`, IPVS
 //!   mode's ipsets and iptables rules).
 //! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
+//! - [`enforcement`]: whether NetworkPolicy sees the traffic between a Node's Pods (bridged
+//!   Pods need `br_netfilter`), and turning that on.
 //! - [`apply`](mod@apply): [`apply()`], [`cleanup`], and which chains and sets are kube-netd's.
 //! - [`trace`](mod@trace): [`trace_nodes`], a packet walked through these rules node after
 //!   node, as `kube-netd trace` prints it; [`trace_nodes_in`] for any back end's rules.
@@ -59,6 +61,7 @@
 pub mod apply;
 pub mod backend;
 pub mod conntrack;
+pub mod enforcement;
 pub mod error;
 pub mod ipvs;
 pub mod nft;

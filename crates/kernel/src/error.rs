@@ -74,6 +74,17 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    /// A sysctl could not be read.
+    #[error("cannot read sysctl {key} in namespace {namespace:?}")]
+    SysctlReadFailed {
+        /// The namespace.
+        namespace: String,
+        /// The sysctl, dotted (`net.bridge.bridge-nf-call-iptables`).
+        key: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A signal could not be delivered to a process.
     #[error("cannot signal process {pid}")]
     KillFailed {

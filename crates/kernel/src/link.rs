@@ -3,6 +3,7 @@
 //! Interface names are limited by the kernel to 15 bytes (`IFNAMSIZ`); callers derive short
 //! names, and [`check_ifname`] refuses longer ones before the kernel does, with a clearer error.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -193,6 +194,69 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), KernelError> {
         .map_err(|_| failed(std::io::Error::other("sysctl thread panicked")))?
 }
 
+/// Reads a sysctl (dotted) inside `ns`, without its trailing newline; `None` when the
+/// kernel has no such sysctl (the module that brings it is not loaded).
+pub fn read_sysctl(ns: &str, key: &str) -> Result<Option<String>, KernelError> {
+    let ns_owned = ns.to_owned();
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let failed = |source| KernelError::SysctlReadFailed {
+        namespace: ns.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    let read = std::thread::spawn(move || -> Result<std::io::Result<String>, KernelError> {
+        netns::enter(&ns_owned)?;
+        Ok(std::fs::read_to_string(&path))
+    })
+    .join()
+    .map_err(|_| failed(std::io::Error::other("sysctl thread panicked")))??;
+    match read {
+        Ok(value) => Ok(Some(value.trim_end().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// The Linux bridges of `ns` that have veth ports (the Pods' links of a bridge CNI), each
+/// with those ports, sorted.
+pub fn bridge_veth_ports(ns: &str) -> Result<BTreeMap<String, Vec<String>>, KernelError> {
+    let listed = |kind: &str| -> Result<Vec<(String, Option<String>)>, KernelError> {
+        let out = netns::exec(ns, &["ip", "-o", "link", "show", "type", kind])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(parse_link_line)
+            .collect())
+    };
+    let bridges: Vec<String> = listed("bridge")?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (veth, master) in listed("veth")? {
+        if let Some(master) = master.filter(|m| bridges.contains(m)) {
+            ports.entry(master).or_default().push(veth);
+        }
+    }
+    for veths in ports.values_mut() {
+        veths.sort();
+    }
+    Ok(ports)
+}
+
+/// The name and the master (if any) out of one line of `ip -o link show`
+/// (`7: veth1@if2: <BROADCAST,...> mtu 1500 qdisc noqueue master cni0 state UP ...`).
+fn parse_link_line(line: &str) -> Option<(String, Option<String>)> {
+    let mut words = line.split_whitespace();
+    words.next()?;
+    let name = words.next()?.trim_end_matches(':');
+    let name = name.split_once('@').map_or(name, |(name, _)| name);
+    let master = words
+        .skip_while(|w| *w != "master")
+        .nth(1)
+        .map(str::to_owned);
+    Some((name.to_owned(), master))
+}
+
 /// `10.96.0.1/32` out of one line of `ip -o addr show` (`2: dev    inet 10.96.0.1/32 ...`).
 fn parse_address_line(line: &str) -> Option<(IpAddr, u8)> {
     let mut words = line.split_whitespace();
@@ -233,5 +297,18 @@ mod tests {
             None
         );
         assert_eq!(parse_address_line("7: x    inet 10.0.0.1 scope host"), None);
+    }
+
+    #[test]
+    fn link_lines_give_the_name_without_the_peer_and_the_master() {
+        let port = "9: vethab12@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue \
+                    master cni0 state UP mode DEFAULT group default qlen 1000";
+        assert_eq!(
+            parse_link_line(port),
+            Some(("vethab12".to_owned(), Some("cni0".to_owned())))
+        );
+        let routed = "4: cali1@if3: <BROADCAST,UP> mtu 1500 qdisc noqueue state UP mode DEFAULT";
+        assert_eq!(parse_link_line(routed), Some(("cali1".to_owned(), None)));
+        assert_eq!(parse_link_line(""), None);
     }
 }
