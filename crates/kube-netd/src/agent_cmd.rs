@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
+use netd_agent::enforcement::Enforcement;
 use netd_agent::{Backend, BackendConfig, Mode, ProgramConfig};
 use netd_healthcheck::{
     CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
@@ -234,6 +235,7 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
     ));
 
     let backend = Arc::new(Mutex::new(backend));
+    let enforcement = Arc::new(Mutex::new(EnforcementCheck::default()));
     // The last state a sync programmed, which the next sync's changes are counted from.
     let synced: Arc<Mutex<Option<Arc<ClusterState>>>> = Arc::default();
     let started_at = SystemTime::now();
@@ -249,10 +251,24 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
             let services = services.clone();
             let synced = synced.clone();
             let program = settings.program.clone();
+            let enforcement = enforcement.clone();
             async move {
                 let families = families(&request);
                 let full = request.full();
                 let started = Instant::now();
+                if full && program.network_policy {
+                    // Poisoned only if a check panicked; it only remembers what was logged.
+                    let mut enforcement = enforcement.lock().unwrap_or_else(|p| p.into_inner());
+                    let families = request
+                        .state
+                        .config()
+                        .service_cidrs
+                        .iter()
+                        .map(|net| netd_proxy::IpFamily::of(net.addr()))
+                        .chain([netd_proxy::IpFamily::V4])
+                        .collect();
+                    tokio::task::block_in_place(|| enforcement.run(&families, &metrics));
+                }
                 let report = tokio::task::block_in_place(|| {
                     // A poisoned lock means a sync panicked; the back end's own state then
                     // asks for a full sync, which the next request brings.
@@ -344,6 +360,49 @@ async fn track_queued(store: SharedStore, health: ProxyHealth, metrics: AgentMet
     }
 }
 
+/// NetworkPolicy's enforcement on this node, checked on every full sync (a bridge CNI
+/// creates its bridge with the node's first Pod): see [`netd_agent::enforcement`]. Logs
+/// when the outcome changes and keeps `network_policy_enforced` true to it.
+#[derive(Debug, Default)]
+struct EnforcementCheck {
+    /// The last outcome logged: what was found, or why policy is not enforced.
+    last: Option<Result<Enforcement, String>>,
+}
+
+impl EnforcementCheck {
+    fn run(&mut self, families: &BTreeSet<netd_proxy::IpFamily>, metrics: &AgentMetrics) {
+        let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families).map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        });
+        metrics.policy_enforced.set(i64::from(outcome.is_ok()));
+        if self.last.as_ref() == Some(&outcome) {
+            return;
+        }
+        match &outcome {
+            Ok(Enforcement::Routed) => {
+                tracing::info!("NetworkPolicy enforced: no pods share a bridge on this node");
+            }
+            Ok(Enforcement::Bridged { bridges, turned_on }) => tracing::info!(
+                ?bridges,
+                ?turned_on,
+                "NetworkPolicy enforced: bridged pod traffic goes through netfilter (br_netfilter)"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "NetworkPolicy is NOT enforced between pods that share a bridge on this node; load br_netfilter and set its sysctls to 1"
+            ),
+        }
+        self.last = Some(outcome);
+    }
+}
+
 /// The families a sync programs, as `/healthz` reports them.
 fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
     request
@@ -367,6 +426,7 @@ struct AgentMetrics {
     programming: Histogram,
     endpoint_changes: Counter,
     service_changes: Counter,
+    policy_enforced: Gauge,
 }
 
 /// kube-proxy's buckets of `network_programming_duration_seconds`: 0, 0.25 s and 0.5 s, each
@@ -454,6 +514,7 @@ impl AgentMetrics {
             programming: Histogram::new(programming_buckets()),
             endpoint_changes: Counter::default(),
             service_changes: Counter::default(),
+            policy_enforced: Gauge::default(),
         };
         registry.register(
             "sync_proxy_rules_duration_seconds",
@@ -495,6 +556,11 @@ impl AgentMetrics {
             "sync_proxy_rules_service_changes",
             "Cumulative proxy rules Service changes",
             metrics.service_changes.clone(),
+        );
+        registry.register(
+            "network_policy_enforced",
+            "1 when NetworkPolicy sees the traffic between this node's pods, 0 when it is off or cannot (the log says why)",
+            metrics.policy_enforced.clone(),
         );
         metrics
     }

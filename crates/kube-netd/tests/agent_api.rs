@@ -208,6 +208,13 @@ fn try_http_status(ns: &str, port: u16, path: &str) -> Option<String> {
 
 fn agent_follows_the_api_server(mode: &str) {
     let ns = ScratchNetns::new("agt", mode);
+    // A Pod on a bridge, as a bridge CNI makes them, on a node that bridges past netfilter.
+    let pod = ScratchNetns::new("agt", &format!("{mode}-pod"));
+    netd_kernel::link::add_bridge(ns.name(), "cni0").expect("bridge");
+    netd_kernel::link::add_veth(ns.name(), "veth0", pod.name(), "eth0").expect("veth");
+    netd_kernel::link::set_master(ns.name(), "veth0", "cni0").expect("bridge port");
+    let bridged = "net.bridge.bridge-nf-call-iptables";
+    netd_kernel::link::sysctl(ns.name(), bridged, "0").expect("sysctl");
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut server, kubeconfig) = seeded(ns.name(), dir.path());
     let api = server.registry();
@@ -215,6 +222,12 @@ fn agent_follows_the_api_server(mode: &str) {
 
     wait_for(ns.name(), "10.244.1.5");
     wait_for(ns.name(), "10.96.0.20");
+    // The agent made bridged traffic meet the policy rules, and says so.
+    wait_for_metric(ns.name(), "kubeproxy_network_policy_enforced", 1.0);
+    assert_eq!(
+        netd_kernel::link::read_sysctl(ns.name(), bridged).expect("read"),
+        Some("1".to_owned())
+    );
 
     // A change through the API server is programmed.
     let current = api
