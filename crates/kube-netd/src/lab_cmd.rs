@@ -137,7 +137,7 @@ enum LabCommand {
     #[command(hide = true)]
     Internal {
         /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...`,
-        /// `dns STATE_DIR NS/POD` or `apiserver STATE_DIR --after-go`.
+        /// `dns STATE_DIR NS/POD NETNS` or `apiserver STATE_DIR --after-go`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -332,6 +332,32 @@ fn lab_dns_pod_answers_inside_the_lab() {
     );
     assert_eq!(lab.dig("default/client", &full), Ok(web));
 
+    // What it served came from the watch, one change at a time: two whole zones (the empty
+    // stand-in, then the first complete lists) and every later change applied alone. Its
+    // build is named as CoreDNS names its own.
+    let url = format!("http://{}:9153/metrics", dns.first().expect("the DNS pod"));
+    let (ok, metrics) = lab.exec("default/client", &["curl", "-s", "--max-time", "5", &url]);
+    assert!(ok, "{metrics}");
+    assert!(
+        metrics.contains("netd_dns_zone_builds_total 2\n"),
+        "{metrics}"
+    );
+    let changes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("netd_dns_zone_changes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no netd_dns_zone_changes_total in {metrics}"));
+    // Two scales (slices), a new Service and its slice, a deleted Service and its slice.
+    assert!(changes >= 4, "{changes} changes applied:\n{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("coredns_build_info{goversion=\"")
+                && l.contains(",version=\"")
+                && l.ends_with("} 1")),
+        "{metrics}"
+    );
+
     // The DNS server is one of the lab's processes, stopped by PID like any Pod's.
     assert!(!lab.processes().is_empty());
     assert!(lab.ok(&["down"]).contains("removed"));
