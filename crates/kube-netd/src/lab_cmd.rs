@@ -673,6 +673,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     ];
     let mut lab = LabOptions::new(a.lab.name.clone(), program);
     lab.state_root = a.lab.state_root.clone();
+    // As `lab up`: the cluster DNS Pod watches the lab's API (a `--keep` lab answers names).
+    lab.api_server = true;
     let mut options = DemoOptions::new(lab);
     options.keep = a.keep;
     options.connections = a.connections;
