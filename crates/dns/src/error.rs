@@ -15,6 +15,14 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    /// The thread that binds the listeners could not be prepared (see
+    /// [`crate::DnsServer::bind_with`]).
+    #[error("preparing the thread that binds the listeners")]
+    BindPrepareFailed {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The metrics and health listener could not be bound.
     #[error("binding the metrics listener on {addr}")]
     MetricsBindFailed {

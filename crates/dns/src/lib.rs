@@ -16,7 +16,9 @@
 //!   module that sees hickory's types.
 //! - [`mod@serve`]: [`serve()`] / [`DnsServer`]: UDP and TCP listeners, the zone fed by
 //!   snapshots or by changes ([`DnsServer::awaiting_sync`] for a first snapshot that only
-//!   stands in), and `/health`, `/ready`, `/metrics` over HTTP.
+//!   stands in), and `/health`, `/ready`, `/metrics` over HTTP; [`DnsServer::bind_with`]
+//!   opens the sockets from a thread prepared first (one that entered a network namespace).
+//!   `netd-source`'s `serve_dns` feeds a server from the API server's watches.
 //! - [`config`]: [`DnsConfig`], the `kube-netd dns` configuration file (YAML).
 //! - [`upstream`]: upstream resolvers from a resolv.conf.
 //! - [`metrics`]: the Prometheus metrics, under CoreDNS's names.

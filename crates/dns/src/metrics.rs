@@ -11,12 +11,18 @@
 //! | `coredns_cache_hits_total` | `server`, `type`, `zones` |
 //! | `coredns_forward_requests_total` | `to` |
 //! | `coredns_forward_responses_total` | `to`, `rcode` |
+//! | `coredns_build_info` (always 1) | `goversion`, `revision`, `version` |
 //!
 //! `server` is `dns://` and the listen address; `zone` is the cluster zone (with its trailing
 //! dot) for names the server is authoritative for and `.` for the rest; `family` is `1` (IPv4)
 //! or `2` (IPv6), `proto` `udp` or `tcp`. CoreDNS's `view` and `plugin` labels are left out:
-//! there are no views, and one server answers everything. What is ours alone is under
-//! `netd_dns_`: `netd_dns_zone_records` and `netd_dns_zone_builds_total`.
+//! there are no views, and one server answers everything. `coredns_build_info` says what was
+//! built: `version` is this crate's version, `revision` the git commit it was built from
+//! (`unknown` when that was not known at build time), and `goversion`, which CoreDNS fills
+//! with its Go release, holds the Rust compiler's version (`rust` when unknown). What is ours
+//! alone is under `netd_dns_`: `netd_dns_zone_records`, `netd_dns_zone_builds_total` (whole
+//! zones built: the first, and one per snapshot) and `netd_dns_zone_changes_total` (single
+//! object changes applied to the zone that altered it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,6 +111,26 @@ struct CacheZoneLabels {
     zones: &'static str,
 }
 
+/// CoreDNS's build labels, in the order its exposition prints them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    goversion: &'static str,
+    revision: &'static str,
+    version: &'static str,
+}
+
+/// The git commit this crate was built from, if the build saw one (see `build.rs`).
+const REVISION: &str = match option_env!("NETD_DNS_GIT_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
+
+/// The compiler this crate was built with (see `build.rs`).
+const RUSTC_VERSION: &str = match option_env!("NETD_DNS_RUSTC_VERSION") {
+    Some(version) => version,
+    None => "rust",
+};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToLabels {
     to: String,
@@ -137,6 +163,7 @@ pub struct Metrics {
     forward_responses: Family<ToRcodeLabels, Counter>,
     zone_records: Gauge,
     zone_builds: Counter,
+    zone_changes: Counter,
 }
 
 impl Default for Metrics {
@@ -218,6 +245,19 @@ impl Metrics {
             "Responses received from each upstream, by rcode",
             forward_responses.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                goversion: RUSTC_VERSION,
+                revision: REVISION,
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        coredns.register(
+            "build_info",
+            "Always 1, labelled by the version, git revision and compiler it was built from",
+            build_info,
+        );
         let ours = registry.sub_registry_with_prefix("netd_dns");
         let zone_records = Gauge::default();
         ours.register(
@@ -228,8 +268,14 @@ impl Metrics {
         let zone_builds = Counter::default();
         ours.register(
             "zone_builds",
-            "Cluster zones built from a new snapshot",
+            "Whole cluster zones built: the first, and one per snapshot",
             zone_builds.clone(),
+        );
+        let zone_changes = Counter::default();
+        ours.register(
+            "zone_changes",
+            "Single object changes applied to the cluster zone that altered it",
+            zone_changes.clone(),
         );
         Self {
             registry,
@@ -247,6 +293,7 @@ impl Metrics {
             forward_responses,
             zone_records,
             zone_builds,
+            zone_changes,
         }
     }
 
@@ -332,9 +379,19 @@ impl Metrics {
             .inc();
     }
 
-    /// Records that a zone of `records` records was built.
+    /// Records that a whole zone of `records` records was built.
     pub(crate) fn zone_built(&self, records: usize) {
         self.zone_builds.inc();
+        self.set_zone_records(records);
+    }
+
+    /// Records that one object change altered the zone, which now has `records` records.
+    pub(crate) fn zone_changed(&self, records: usize) {
+        self.zone_changes.inc();
+        self.set_zone_records(records);
+    }
+
+    fn set_zone_records(&self, records: usize) {
         self.zone_records
             .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
@@ -406,7 +463,9 @@ mod tests {
             "192.0.2.53:53".parse().expect("addr"),
             ResponseCode::NXDomain,
         );
-        m.zone_built(42);
+        m.zone_built(40);
+        m.zone_changed(41);
+        m.zone_changed(42);
         let text = m.encode();
         for want in [
             r#"coredns_dns_requests_total{server="dns://10.96.0.10:53",zone="cluster.local.",proto="udp",family="1",type="A"} 2"#,
@@ -420,8 +479,32 @@ mod tests {
             r#"coredns_forward_responses_total{to="192.0.2.53:53",rcode="NXDOMAIN"} 1"#,
             "netd_dns_zone_records 42",
             "netd_dns_zone_builds_total 1",
+            "netd_dns_zone_changes_total 2",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn build_info_names_version_revision_and_compiler() {
+        let text = Metrics::new().encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("coredns_build_info{"))
+            .unwrap_or_else(|| panic!("no coredns_build_info in:\n{text}"));
+        let want = format!(
+            r#"coredns_build_info{{goversion="{RUSTC_VERSION}",revision="{REVISION}",version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(line, want);
+        assert!(
+            RUSTC_VERSION.starts_with("rustc ") || RUSTC_VERSION == "rust",
+            "{RUSTC_VERSION}"
+        );
+        assert!(
+            REVISION == "unknown"
+                || (REVISION.len() >= 7 && REVISION.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{REVISION}"
+        );
     }
 }

@@ -169,15 +169,50 @@ impl DnsServer {
     /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners. UDP is bound
     /// once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker thread.
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
-        let (udp, tcp) = bind_dns(config.listen).await?;
-        let mut http = Vec::new();
-        for (addr, routes) in config.http_listeners() {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| DnsError::MetricsBindFailed { addr, source })?;
-            http.push((listener, routes));
-        }
+        let sockets = Sockets::bind(&config)?;
+        Self::with_sockets(config, sockets)
+    }
+
+    /// [`DnsServer::bind`], with the sockets opened on a thread of their own that first runs
+    /// `prepare`: for a server whose listeners belong elsewhere than the process, such as a
+    /// network namespace the thread enters (`setns(2)` changes only the calling thread, and a
+    /// socket stays in the namespace it was opened in, whichever thread serves it). An error
+    /// of `prepare` is returned as [`DnsError::BindPrepareFailed`].
+    pub async fn bind_with(
+        config: ServeConfig,
+        prepare: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    ) -> Result<Self, DnsError> {
+        let for_thread = config.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let bound = prepare()
+                .map_err(|source| DnsError::BindPrepareFailed { source })
+                .and_then(|()| Sockets::bind(&for_thread));
+            // The receiver waits below; if it is gone, so is the server.
+            let _ = tx.send(bound);
+        });
+        let sockets = rx.await.map_err(|_| DnsError::BindPrepareFailed {
+            source: std::io::Error::other("the thread binding the sockets ended without them"),
+        })??;
+        Self::with_sockets(config, sockets)
+    }
+
+    /// The server over sockets already bound; they join the current Tokio runtime.
+    fn with_sockets(config: ServeConfig, sockets: Sockets) -> Result<Self, DnsError> {
+        let Sockets { udp, tcp, http } = sockets;
         let listen = tcp.local_addr().unwrap_or(config.listen);
+        let tcp = TcpListener::from_std(tcp).map_err(|source| DnsError::BindFailed {
+            addr: listen,
+            source,
+        })?;
+        let http = http
+            .into_iter()
+            .map(|(addr, listener, routes)| {
+                TcpListener::from_std(listener)
+                    .map(|l| (l, routes))
+                    .map_err(|source| DnsError::MetricsBindFailed { addr, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(Metrics::for_listener(listen, &config.zone.origin));
         Ok(Self {
             config,
@@ -355,7 +390,7 @@ async fn feed_zone(
             Ok::<_, ZoneError>(changed.then(|| zone.record_count()))
         });
         match applied {
-            Ok(Some(records)) => metrics.zone_built(records),
+            Ok(Some(records)) => metrics.zone_changed(records),
             Ok(None) => {}
             Err(e) => {
                 let cause = std::error::Error::source(&e).map(ToString::to_string);
@@ -388,14 +423,45 @@ async fn build_zone(state: Arc<ClusterState>, config: ZoneConfig) -> Result<Zone
         .map_err(|source| DnsError::ZoneBuildFailed { source })
 }
 
-async fn bind_dns(listen: SocketAddr) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
+/// The sockets of a server, bound but not yet part of any runtime.
+struct Sockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: std::net::TcpListener,
+    http: Vec<(SocketAddr, std::net::TcpListener, Routes)>,
+}
+
+impl Sockets {
+    /// Binds DNS on `config.listen` and every HTTP listener of `config`, in the calling
+    /// thread's network namespace.
+    fn bind(config: &ServeConfig) -> Result<Sockets, DnsError> {
+        let (udp, tcp) = bind_dns(config.listen)?;
+        let mut http = Vec::new();
+        for (addr, routes) in config.http_listeners() {
+            let listener = tcp_listener(addr)
+                .map_err(|source| DnsError::MetricsBindFailed { addr, source })?;
+            http.push((addr, listener, routes));
+        }
+        Ok(Sockets { udp, tcp, http })
+    }
+}
+
+/// A non-blocking TCP listener on `addr`, ready for [`TcpListener::from_std`].
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn bind_dns(
+    listen: SocketAddr,
+) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), DnsError> {
     let fail = |source| DnsError::BindFailed {
         addr: listen,
         source,
     };
     let (first, tcp) = if listen.port() != 0 {
         let udp = udp_socket(listen).map_err(fail)?;
-        let tcp = TcpListener::bind(listen).await.map_err(fail)?;
+        let tcp = tcp_listener(listen).map_err(fail)?;
         (udp, tcp)
     } else {
         let mut bound = None;
@@ -403,7 +469,7 @@ async fn bind_dns(listen: SocketAddr) -> Result<(Vec<std::net::UdpSocket>, TcpLi
         for _ in 0..EPHEMERAL_TRIES {
             let udp = udp_socket(listen).map_err(fail)?;
             let addr = udp.local_addr().map_err(fail)?;
-            match TcpListener::bind(addr).await {
+            match tcp_listener(addr) {
                 Ok(tcp) => {
                     bound = Some((udp, tcp));
                     break;

@@ -401,9 +401,11 @@ async fn soa_serial(server: SocketAddr) -> u32 {
 
 #[tokio::test]
 async fn applies_object_changes_from_the_update_channel() {
-    let config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     let server = DnsServer::bind(config).await.expect("bind");
     let dns = server.local_addr();
+    let metrics = server.metrics_addr().expect("metrics listener");
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run_updates(Arc::new(common::cluster()), rx, async {
@@ -469,6 +471,53 @@ async fn applies_object_changes_from_the_update_channel() {
         ["10.96.0.99"]
     );
     assert!(netd_dns::Serial::new(soa_serial(dns).await).is_after(netd_dns::Serial::new(second)));
+    // One whole build (the first zone); two changes applied, the refused one not counted.
+    let body = http_get(metrics, "/metrics").await;
+    for want in [
+        "netd_dns_zone_builds_total 1",
+        "netd_dns_zone_changes_total 2",
+    ] {
+        assert!(body.contains(want), "{want} missing from:\n{body}");
+    }
+    let _ = stop.send(());
+    task.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn binding_from_a_prepared_thread_serves_and_reports_a_failed_preparation() {
+    let config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let refused = DnsServer::bind_with(config.clone(), || {
+        Err(std::io::Error::other("no such namespace"))
+    })
+    .await;
+    assert!(
+        matches!(refused, Err(DnsError::BindPrepareFailed { .. })),
+        "{:?}",
+        refused.err()
+    );
+    let prepared = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = prepared.clone();
+    let server = DnsServer::bind_with(config, move || {
+        flag.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .await
+    .expect("bind");
+    assert!(prepared.load(Ordering::SeqCst));
+    let dns = server.local_addr();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_updates(Arc::new(common::cluster()), rx, async {
+        let _ = stopped.await;
+    }));
+    assert_eq!(
+        short(dns, &["+tcp", "web.default.svc.cluster.local"]).await,
+        ["10.96.0.20"]
+    );
+    assert_eq!(
+        short(dns, &["web.default.svc.cluster.local"]).await,
+        ["10.96.0.20"]
+    );
     let _ = stop.send(());
     task.await.expect("join").expect("clean shutdown");
 }

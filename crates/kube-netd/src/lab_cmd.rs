@@ -137,7 +137,7 @@ enum LabCommand {
     #[command(hide = true)]
     Internal {
         /// `agent STATE_DIR NODE`, `echo STATE_DIR NS/POD PROTO/PORT...`,
-        /// `dns STATE_DIR NS/POD` or `apiserver STATE_DIR --after-go`.
+        /// `dns STATE_DIR NS/POD NETNS` or `apiserver STATE_DIR --after-go`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -673,6 +673,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     ];
     let mut lab = LabOptions::new(a.lab.name.clone(), program);
     lab.state_root = a.lab.state_root.clone();
+    // As `lab up`: the cluster DNS Pod watches the lab's API (a `--keep` lab answers names).
+    lab.api_server = true;
     let mut options = DemoOptions::new(lab);
     options.keep = a.keep;
     options.connections = a.connections;

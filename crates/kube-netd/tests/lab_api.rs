@@ -6,8 +6,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/kubectl.rs"]
+mod kubectl;
 
 use common::TestLab;
+use kubectl::Kubectl;
 
 const CLIENT: &str = r#"
 apiVersion: v1
@@ -55,34 +58,6 @@ metadata: {name: bad, namespace: default}
 spec: {selector: {app: web}, ports: [{port: 0}]}
 "#;
 
-/// kubectl against one lab, with its own HOME so its discovery cache stays in the test's files.
-struct Kubectl {
-    kubeconfig: String,
-    home: String,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.home)
-            .output()
-            .expect("run kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
 /// Waits (up to 60 s) until `check` holds; the last answer is in the failure message.
 fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -117,13 +92,11 @@ fn kubectl_changes_the_lab_and_packets_follow() {
     let node = lab.file("node.yaml", EXTRA_NODE);
 
     let up = lab.ok(&["up", "-f", &client]);
-    let kubeconfig = lab.ok(&["kubeconfig"]).trim().to_owned();
+    let kubectl = Kubectl::for_lab(&lab);
     assert!(
-        up.contains(&format!("export KUBECONFIG={kubeconfig}")),
+        up.contains(&format!("export KUBECONFIG={}", kubectl.kubeconfig)),
         "`up` prints the kubeconfig: {up}"
     );
-    let home = format!("{}/{}-manifests", common::STATE_ROOT, lab.name);
-    let kubectl = Kubectl { kubeconfig, home };
 
     // Reads serve the resolved cluster: Nodes, the scheduled client with its IP, the DNS add-on.
     let all = kubectl.ok(&[
@@ -258,10 +231,7 @@ fn lab_commands_and_kubectl_see_one_cluster_and_a_killed_server_loses_nothing() 
     let client = lab.file("client.yaml", CLIENT);
     let web = lab.file("web.yaml", WEB);
     lab.ok(&["up", "-f", &client]);
-    let kubectl = Kubectl {
-        kubeconfig: lab.ok(&["kubeconfig"]).trim().to_owned(),
-        home: format!("{}/{}-manifests", common::STATE_ROOT, lab.name),
-    };
+    let kubectl = Kubectl::for_lab(&lab);
 
     // `lab apply` publishes a generation the API server then serves.
     lab.ok(&["apply", "-f", &web]);

@@ -28,7 +28,7 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ use prometheus_client::registry::Registry;
 use crate::names::Names;
 use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
 use crate::topology::{self, ResolvConf};
-use crate::{LabError, objects};
+use crate::{LabError, dns, objects};
 
 pub use netd_agent::{NodeRules, Programmer};
 
@@ -278,7 +278,12 @@ impl Agent {
                 }
                 self.store.write_node(&self.node, &record)?;
             }
-            let mut child = self.spawn_echo(key, want)?;
+            let workload = if state.pod(pod).is_some_and(dns::runs_dns) {
+                Workload::Dns
+            } else {
+                Workload::Echo
+            };
+            let mut child = self.spawn_workload(key, want, workload)?;
             if let Some(p) = record.pods.get_mut(key) {
                 p.pid = Some(child.id());
             }
@@ -397,7 +402,15 @@ impl Agent {
         out
     }
 
-    fn spawn_echo(&self, key: &str, pod: &PodRecord) -> Result<Child, LabError> {
+    /// Starts the workload of the Pod `key`: the echo server inside the Pod's namespace, or
+    /// the DNS server in this process's namespace (where the lab's API on `127.0.0.1` is
+    /// reachable), opening its listeners in the Pod's (see [`crate::dns`]).
+    fn spawn_workload(
+        &self,
+        key: &str,
+        pod: &PodRecord,
+        workload: Workload,
+    ) -> Result<Child, LabError> {
         let ns = pod
             .netns
             .clone()
@@ -410,15 +423,26 @@ impl Agent {
                     args: self.lab.program.clone(),
                     expected: "a helper program",
                 })?;
-        let what = || format!("echo server of {key}");
-        let mut cmd =
-            netd_kernel::netns::command(&ns, program).map_err(LabError::kernel(what()))?;
+        let what = || format!("{} of {key}", workload.what());
+        let mut cmd = match workload {
+            Workload::Echo => {
+                netd_kernel::netns::command(&ns, program).map_err(LabError::kernel(what()))?
+            }
+            Workload::Dns => Command::new(program),
+        };
         cmd.args(leading)
-            .arg("echo")
+            .arg(workload.helper_command())
             .arg(self.store.marker())
             .arg(key);
-        for (protocol, port) in &pod.ports {
-            cmd.arg(format!("{}/{port}", protocol.as_lower_str()));
+        match workload {
+            Workload::Echo => {
+                for (protocol, port) in &pod.ports {
+                    cmd.arg(format!("{}/{port}", protocol.as_lower_str()));
+                }
+            }
+            Workload::Dns => {
+                cmd.arg(&ns);
+            }
         }
         let log_path = self.store.log_path(&self.node);
         let log = OpenOptions::new()
@@ -443,6 +467,33 @@ impl Agent {
             let _ = child.wait();
         }
         Ok(())
+    }
+}
+
+/// What a Pod runs (see [`crate::helper`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// The echo server on the Pod's ports.
+    Echo,
+    /// The cluster DNS server.
+    Dns,
+}
+
+impl Workload {
+    /// The helper command that runs it.
+    fn helper_command(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo",
+            Workload::Dns => "dns",
+        }
+    }
+
+    /// How errors name it.
+    fn what(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo server",
+            Workload::Dns => "DNS server",
+        }
     }
 }
 

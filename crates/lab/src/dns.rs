@@ -3,32 +3,44 @@
 //! which every lab gets unless its manifests bring their own) run instead of the echo server.
 //!
 //! A Pod runs the DNS server when it carries the label [`WORKLOAD_LABEL`]` = `[`DNS_WORKLOAD`]
-//! (the built-in Deployment's Pods do). The server is `netd-dns`, listening on UDP and TCP 53
-//! (and `/metrics`, `/health`, `/ready` on TCP 9153) inside the Pod's namespace, serving the
-//! zone of the lab's published cluster (`cluster.json`) and rebuilding it whenever the
-//! generation changes. It has no upstream: a name outside the cluster zone gets SERVFAIL at
-//! once, so no query leaves the machine. Pods reach it as they reach any Service, through the
-//! Service rules for `10.96.0.10`.
+//! (the built-in Deployment's Pods do). The server is the one `kube-netd dns` runs on a
+//! cluster ([`netd_source::serve_dns`]): it watches the lab's Kubernetes API (the lab's
+//! kubeconfig, [`crate::Lab::kubeconfig`]) and follows each change of a Service,
+//! EndpointSlice or Namespace as it is written, with no zone rebuild per change.
+//!
+//! The API listens on this machine's `127.0.0.1`, which a Pod's namespace cannot reach, so
+//! the process starts in the namespace the agent runs in and keeps its API client there; only
+//! its listeners are opened inside the Pod's namespace, from a thread that enters it
+//! ([`netd_dns::DnsServer::bind_with`]): UDP and TCP 53, and `/metrics`, `/health`, `/ready`
+//! on TCP 9153. It has no upstream: a name outside the cluster zone gets SERVFAIL at once, so
+//! no query leaves the machine. Pods reach it as they reach any Service, through the Service
+//! rules for `10.96.0.10`.
+//!
+//! `lab up` starts the lab's API server before the agents, so a DNS Pod finds the kubeconfig
+//! when it starts. In a lab without an API server ([`crate::LabOptions::api_server`] off) a
+//! DNS Pod waits for one, answering SERVFAIL for cluster names and `/ready` 503 meanwhile,
+//! as `kube-netd dns` does before its first lists are complete.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use netd_dns::{DnsServer, DomainName, ForwardConfig, ServeConfig, ZoneConfig};
-use netd_model::{ClusterConfig, ClusterState, PodRef, view};
-use tokio::sync::watch;
+use netd_dns::{DnsServer, DomainName, ForwardConfig, PodMode, ServeConfig, ZoneConfig};
+use netd_kernel::netns;
+use netd_model::{ClusterConfig, view};
+use netd_source::ApiOptions;
 
+use crate::LabError;
 use crate::store::Store;
-use crate::{LabError, objects};
 
 pub use netd_controlplane::addons::{
     DNS_APP_LABEL, DNS_DEPLOYMENT, DNS_METRICS_PORT as METRICS_PORT, DNS_NAMESPACE, DNS_SERVICE,
     DNS_WORKLOAD, WORKLOAD_LABEL,
 };
 
-/// How often the DNS server looks for a new generation of the cluster.
+/// How often the server looks for the lab's kubeconfig (before the API server has written
+/// it) and for the lab's state directory (gone: the lab is down, and the server stops).
 const POLL: Duration = Duration::from_millis(100);
 
 /// Whether `pod` runs the cluster DNS server rather than the echo server.
@@ -36,22 +48,14 @@ pub fn runs_dns(pod: &view::Pod) -> bool {
     pod.labels.get(WORKLOAD_LABEL).map(String::as_str) == Some(DNS_WORKLOAD)
 }
 
-/// Whether the Pod `pod` of the lab whose state is in `state_dir` runs the DNS server, by
-/// its labels in the published cluster (false for a Pod no longer there).
-pub(crate) fn pod_runs_dns(state_dir: &Path, pod: &PodRef) -> Result<bool, LabError> {
-    let store = Store::at(state_dir.to_owned());
-    let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
-        name: state_dir.to_string_lossy().into_owned(),
-        dir: state_dir.to_owned(),
-    })?;
-    let (_, state) = published(&store, &ClusterConfig::from(&lab.config))?;
-    Ok(state.pod(pod).is_some_and(runs_dns))
-}
-
-/// Runs the cluster DNS server of the Pod `pod` of the lab whose state is in `state_dir`, in
-/// the current network namespace, until that directory disappears. Writes `ready` to stdout
-/// once its sockets are bound, as the echo server does.
-pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
+/// Runs the cluster DNS server of the Pod `pod` of the lab whose state is in `state_dir`,
+/// with its listeners in the network namespace `pod_netns`, until that directory disappears.
+/// Writes `ready` to stdout once its sockets are bound, as the echo server does.
+pub(crate) fn serve(
+    state_dir: &Path,
+    pod: &netd_model::PodRef,
+    pod_netns: &str,
+) -> Result<(), LabError> {
     let store = Store::at(state_dir.to_owned());
     let lab = store.read_lab()?.ok_or_else(|| LabError::NotFound {
         name: state_dir.to_string_lossy().into_owned(),
@@ -80,6 +84,7 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
         health_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
         ready_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
     };
+    let pods = serve_config.zone.pods == PodMode::Verified;
     let failed = |source| LabError::DnsServeFailed {
         pod: pod.clone(),
         source,
@@ -93,17 +98,42 @@ pub(crate) fn serve(state_dir: &Path, pod: &PodRef) -> Result<(), LabError> {
             source,
         })?;
     runtime.block_on(async {
-        let (generation, state) = published(&store, &config)?;
-        let server = DnsServer::bind(serve_config).await.map_err(failed)?;
+        let ns = pod_netns.to_owned();
+        let server = DnsServer::bind_with(serve_config, move || {
+            netns::enter(&ns).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(failed)?;
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "ready");
         let _ = stdout.flush();
-        let (tx, rx) = watch::channel(Arc::new(state));
-        server
-            .run(rx, follow(store, config, generation, tx))
+        let kubeconfig = store.kubeconfig_path();
+        tokio::select! {
+            () = until(|| kubeconfig.exists()) => {}
+            // Down before it had an API server: nothing to serve.
+            () = until(|| !store.exists()) => return Ok(()),
+        }
+        let client = ApiOptions {
+            kubeconfig: Some(kubeconfig),
+            master: None,
+        }
+        .client()
+        .await
+        .map_err(|source| LabError::DnsApiFailed {
+            pod: pod.clone(),
+            source: Box::new(source),
+        })?;
+        netd_source::serve_dns(server, client, config, pods, until(|| !store.exists()))
             .await
             .map_err(failed)
     })
+}
+
+/// Completes once `done` holds, looking every [`POLL`].
+async fn until(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Where the DNS pod listens: every IPv4 address, or every address of both families (one
@@ -116,62 +146,10 @@ fn dns_listen_ip(config: &ClusterConfig) -> IpAddr {
     }
 }
 
-/// The published cluster and its generation (generation 0 and an empty cluster before the
-/// first is published).
-fn published(store: &Store, config: &ClusterConfig) -> Result<(u64, ClusterState), LabError> {
-    let (generation, resolved) = match store.read_cluster()? {
-        Some(c) => (c.generation, c.resolved),
-        None => (0, Vec::new()),
-    };
-    let state =
-        ClusterState::new(objects::decode_all(resolved)?, config.clone()).map_err(|source| {
-            LabError::InvalidState {
-                source: Box::new(source),
-            }
-        })?;
-    Ok((generation, state))
-}
-
-/// Publishes every new generation of the cluster to the server; completes when the lab's
-/// state directory is gone (`lab down`), which stops the server.
-async fn follow(
-    store: Store,
-    config: ClusterConfig,
-    mut seen: u64,
-    tx: watch::Sender<Arc<ClusterState>>,
-) {
-    let path = store.cluster_path();
-    // `cluster.json` is replaced (written aside, then renamed) on every change, so an unchanged
-    // modification time means nothing to parse. None: load once to compare generations.
-    let mut loaded: Option<SystemTime> = None;
-    loop {
-        tokio::time::sleep(POLL).await;
-        if !store.exists() {
-            return;
-        }
-        let stamp = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if stamp.is_none() || stamp == loaded {
-            continue;
-        }
-        let (store, config) = (store.clone(), config.clone());
-        match tokio::task::spawn_blocking(move || published(&store, &config)).await {
-            Ok(Ok((generation, state))) => {
-                loaded = stamp;
-                if generation != seen {
-                    seen = generation;
-                    tx.send_replace(Arc::new(state));
-                }
-            }
-            // The last good zone keeps being served; the next poll tries again.
-            Ok(Err(e)) => tracing::error!(error = %e, "loading the published cluster failed"),
-            Err(e) => tracing::error!(error = %e, "loading the published cluster failed"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netd_model::ClusterState;
 
     #[test]
     fn the_workload_label_picks_the_dns_server() {

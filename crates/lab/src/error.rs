@@ -194,6 +194,15 @@ pub enum LabError {
         #[source]
         source: netd_dns::DnsError,
     },
+    /// A Pod's cluster DNS server could not make a client of the lab's API.
+    #[error("the DNS server of {pod} cannot reach the lab's API")]
+    DnsApiFailed {
+        /// The Pod.
+        pod: netd_model::PodRef,
+        /// The cause (boxed: it is large and rare).
+        #[source]
+        source: Box<netd_source::SourceError>,
+    },
     /// A node's agent failed to apply its rules.
     #[error("applying rules of node {node}")]
     ApplyFailed {

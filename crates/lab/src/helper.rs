@@ -5,11 +5,12 @@
 //! - `agent STATE_DIR NODE [--after-go]`: with `--after-go`, the agent first waits for one
 //!   byte on standard input, which `lab up` writes once the agent's PID is recorded.
 //! - `echo STATE_DIR NS/POD PROTO/PORT...` (run inside the Pod's namespace; it too waits for
-//!   the agent's byte on standard input): the Pod's
-//!   workload. A Pod labelled [`crate::dns::WORKLOAD_LABEL`]` = dns` runs the DNS server (as
-//!   `dns` below), any other the echo server on its ports.
-//! - `dns STATE_DIR NS/POD` (run inside the Pod's namespace): the cluster DNS server
-//!   ([`crate::dns`]) on port 53, serving the lab's published cluster.
+//!   the agent's byte on standard input): the echo server on the Pod's ports, the workload
+//!   of every Pod but the DNS Pods.
+//! - `dns STATE_DIR NS/POD NETNS` (run in the agent's namespace, waiting for the agent's byte
+//!   like `echo`): the workload of a Pod labelled [`crate::dns::WORKLOAD_LABEL`]` = dns`, the
+//!   cluster DNS server ([`crate::dns`]), watching the lab's API from here and listening on
+//!   port 53 in the Pod's namespace `NETNS`.
 //! - `apiserver STATE_DIR --after-go` (run in this machine's namespace, listening on
 //!   `127.0.0.1` only): the lab's Kubernetes API ([`crate::api`]), with
 //!   [`netd_controlplane::resolve`] as its control plane. Like an agent, it waits for the byte
@@ -91,10 +92,6 @@ pub fn helper_main(args: &[String], make_backend: &MakeBackend) -> Result<(), La
             if !go_ahead() {
                 return Ok(());
             }
-            // Agents start every Pod's workload this way; the Pod's labels say which it is.
-            if dns::pod_runs_dns(&dir, &pod)? {
-                return dns::serve(&dir, &pod);
-            }
             let server = EchoServer::bind(pod, &ports)?;
             let mut stdout = std::io::stdout();
             let _ = writeln!(stdout, "ready");
@@ -102,9 +99,13 @@ pub fn helper_main(args: &[String], make_backend: &MakeBackend) -> Result<(), La
             server.serve(move || dir.exists());
             Ok(())
         }
-        [cmd, dir, pod] if cmd == "dns" => {
-            let pod: PodRef = pod.parse().map_err(|_| bad("dns STATE_DIR NS/POD"))?;
-            dns::serve(Path::new(dir), &pod)
+        [cmd, dir, pod, pod_netns] if cmd == "dns" => {
+            let pod: PodRef = pod.parse().map_err(|_| bad("dns STATE_DIR NS/POD NETNS"))?;
+            // As for `echo`: no byte, no recorded PID, so the process does not start.
+            if !go_ahead() {
+                return Ok(());
+            }
+            dns::serve(Path::new(dir), &pod, pod_netns)
         }
         [cmd, dir, flag] if cmd == "apiserver" && flag == AFTER_GO => {
             if go_ahead() {
@@ -115,7 +116,7 @@ pub fn helper_main(args: &[String], make_backend: &MakeBackend) -> Result<(), La
         }
         _ => Err(bad(
             "agent STATE_DIR NODE | echo STATE_DIR NS/POD PROTO/PORT... | dns STATE_DIR NS/POD \
-             | apiserver STATE_DIR --after-go",
+             NETNS | apiserver STATE_DIR --after-go",
         )),
     }
 }
@@ -149,7 +150,8 @@ mod tests {
             vec!["agent".to_owned()],
             vec!["echo".into(), "/x".into(), "nopod".into()],
             vec!["echo".into(), "/x".into(), "a/b".into(), "tcp:80".into()],
-            vec!["dns".into(), "/x".into(), "nopod".into()],
+            vec!["dns".into(), "/x".into(), "nopod".into(), "ns".into()],
+            vec!["dns".into(), "/x".into(), "a/b".into()],
             vec!["apiserver".into(), "/x".into()],
         ] {
             assert!(

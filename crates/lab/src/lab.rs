@@ -68,7 +68,8 @@ pub struct LabOptions {
     pub localhost_nodeports: bool,
     /// Whether `up` starts the lab's Kubernetes API server (the `apiserver` helper) on a free
     /// port of `127.0.0.1` and writes its kubeconfig ([`Lab::kubeconfig`]); off by default,
-    /// `kube-netd lab up` turns it on.
+    /// `kube-netd lab up` turns it on. The cluster DNS Pods watch it: without it they answer
+    /// SERVFAIL for cluster names (see [`crate::dns`]).
     pub api_server: bool,
 }
 
@@ -169,8 +170,9 @@ impl Lab {
     /// Builds a lab from `objects` (with the cluster DNS added, if `options.cluster_dns`):
     /// loads the kernel modules a Node needs (`br_netfilter`, `nf_conntrack`) unless the
     /// kernel has them, resolves the objects, builds the underlay, the external namespace
-    /// and every Node, starts one agent per Node and returns once every Node has built its Pods
-    /// and programmed its rules. On failure, whatever was built is removed.
+    /// and every Node, starts the API server (if `options.api_server`) and then one agent per
+    /// Node, and returns once every Node has built its Pods and programmed its rules. On
+    /// failure, whatever was built is removed.
     pub fn up(
         options: LabOptions,
         objects: Vec<Object>,
@@ -243,14 +245,15 @@ impl Lab {
             desired: objects::encode_all(&objects)?,
             resolved: objects::encode_all(&resolved)?,
         })?;
+        // The API first: the cluster DNS Pods the agents start watch it.
+        if options.api_server {
+            lab.start_api_server(&mut record)?;
+        }
         for node in nodes.keys() {
             lab.start_agent(&mut record, node)?;
         }
         topology::sync_external_routes(&names, &state, &nodes)?;
         lab.wait_converged(1)?;
-        if options.api_server {
-            lab.start_api_server(&mut record)?;
-        }
         Ok(lab)
     }
 

@@ -32,7 +32,8 @@
 //!   packets, each step checked against what Kubernetes specifies.
 //! - [`dns`]: cluster DNS in the lab: the DNS server that the Pods of the cluster DNS add-on
 //!   (`kube-system/kube-dns` and `coredns`, from [`netd_controlplane::addons`]) run instead of
-//!   the echo server.
+//!   the echo server, watching the lab's Kubernetes API as `kube-netd dns` watches a
+//!   cluster's, with its listeners in the Pod's namespace.
 //! - [`echo`]: the echo server every other Pod runs on its container ports.
 //! - [`matrix`]: [`ProbeMatrix`], every Pod probed from every Pod, each cell the kernel's
 //!   answer.

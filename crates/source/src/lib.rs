@@ -13,6 +13,8 @@
 //! - [`prune`]: what is kept of each object, and what is left out ([`Purpose`]).
 //! - [`runner`]: [`run`](runner::run), [`RunnerConfig`], [`SyncRequest`].
 //! - [`watch`]: [`watch_cluster`], the kube-rs watchers; [`watch_dns`] for cluster DNS.
+//! - [`dns`]: [`serve_dns`], cluster DNS from the API server (`kube-netd dns`, and the lab's
+//!   DNS Pods): the watches feeding a [`netd_dns::DnsServer`] one changed object at a time.
 //! - [`connect`]: [`ApiOptions`] (`--kubeconfig`, `--master`, in-cluster).
 //! - [`error`]: what can fail, [`SourceError`].
 //!
@@ -38,6 +40,7 @@
 //! ```
 
 pub mod connect;
+pub mod dns;
 pub mod error;
 pub mod prune;
 pub mod runner;
@@ -45,6 +48,7 @@ pub mod store;
 pub mod watch;
 
 pub use connect::ApiOptions;
+pub use dns::serve_dns;
 pub use error::SourceError;
 pub use prune::Purpose;
 pub use runner::{RunnerConfig, SyncReason, SyncRequest};
