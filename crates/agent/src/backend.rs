@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use netd_model::{ClusterState, NodeName, ServiceRef};
 use netd_policy::PolicyPlan;
-use netd_proxy::{ProxyOptions, ProxySettings};
+use netd_proxy::{NodePortAddresses, ProxyOptions, ProxySettings};
 use prometheus_client::registry::Registry;
 
 use crate::error::AgentError;
@@ -51,6 +51,15 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
             Mode::Ipvs => "ipvs",
+        }
+    }
+
+    /// The nodePort addresses this mode programs when `--nodeport-addresses` gave `given`:
+    /// as kube-proxy, nftables mode answers on the Node's primary addresses unless told.
+    pub fn nodeport_addresses(self, given: NodePortAddresses) -> NodePortAddresses {
+        match given {
+            NodePortAddresses::All if self == Mode::Nftables => NodePortAddresses::Primary,
+            other => other,
         }
     }
 }

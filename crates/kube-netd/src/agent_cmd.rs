@@ -648,13 +648,10 @@ impl Raw {
             "--detect-local-mode (detectLocalMode, with detectLocal.bridgeInterface or \
              detectLocal.interfaceNamePrefix)",
         )?;
-        let nodeport_addresses = match NodePortAddresses::parse(&self.nodeport_addresses)
-            .context("--nodeport-addresses (nodePortAddresses)")?
-        {
-            // As kube-proxy: nftables mode answers on the primary addresses unless told.
-            NodePortAddresses::All if mode == Mode::Nftables => NodePortAddresses::Primary,
-            other => other,
-        };
+        let nodeport_addresses = mode.nodeport_addresses(
+            NodePortAddresses::parse(&self.nodeport_addresses)
+                .context("--nodeport-addresses (nodePortAddresses)")?,
+        );
         let program = ProgramConfig {
             proxy: ProxySettings {
                 masquerade_all: self.masquerade_all,

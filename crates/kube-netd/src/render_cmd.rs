@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
-use netd_agent::{BackendConfig, Nftables, NodeProgrammer, TraceRules};
+use netd_agent::{BackendConfig, Nftables, NodeProgrammer, ProgramConfig, TraceRules};
 use netd_model::{ClusterState, NodeName, Protocol, Target};
+use netd_proxy::{DetectLocal, NodePortAddresses, ProxySettings};
 use netd_render::{Origin, Packet};
 
 use crate::cluster::ClusterArgs;
@@ -46,7 +47,62 @@ pub struct RenderArgs {
     #[arg(long)]
     localhost_nodeports: bool,
     #[command(flatten)]
+    proxy: ProxyFlags,
+    #[command(flatten)]
     cluster: ClusterArgs,
+}
+
+/// The flags of `kube-netd agent` (kube-proxy's) that change a node's rules, so `render`
+/// prints what an agent started with them programs.
+#[derive(Debug, clap::Args)]
+pub struct ProxyFlags {
+    /// SNAT every packet sent to a ClusterIP, from pods too.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// How pod traffic is told from other traffic: ClusterCIDR (the default: the cluster's
+    /// pod ranges), NodeCIDR, BridgeInterface or InterfaceNamePrefix.
+    #[arg(long, value_name = "MODE")]
+    detect_local_mode: Option<String>,
+    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
+    #[arg(long, value_name = "NAME")]
+    pod_bridge_interface: Option<String>,
+    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pod_interface_name_prefix: Option<String>,
+    /// The Node's addresses nodePorts answer on: CIDRs (comma-separated) or primary.
+    /// Default: every local address; primary in nftables mode, as kube-proxy's.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// Render NetworkPolicy; false renders Services only.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    network_policy: bool,
+}
+
+impl ProxyFlags {
+    /// The back end's configuration for `mode` with these flags.
+    fn config(&self, mode: netd_agent::Mode) -> anyhow::Result<BackendConfig> {
+        let detect_local = DetectLocal::parse(
+            self.detect_local_mode.as_deref().unwrap_or_default(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+        .context("--detect-local-mode")?;
+        let nodeport_addresses = mode.nodeport_addresses(
+            NodePortAddresses::parse(&self.nodeport_addresses).context("--nodeport-addresses")?,
+        );
+        Ok(BackendConfig {
+            mode,
+            program: ProgramConfig {
+                proxy: ProxySettings {
+                    masquerade_all: self.masquerade_all,
+                    nodeport_addresses,
+                    detect_local,
+                    localhost_nodeports: false,
+                },
+                network_policy: self.network_policy,
+            },
+        })
+    }
 }
 
 /// Walk the first packet of a connection through a node's rules: Services and NetworkPolicy.
@@ -78,10 +134,7 @@ pub struct TraceArgs {
 
 /// Prints the node's `ipset restore` and `iptables-restore` input.
 pub fn render(args: RenderArgs) -> anyhow::Result<()> {
-    let mut config = BackendConfig {
-        mode: args.mode.into(),
-        ..BackendConfig::default()
-    };
+    let mut config = args.proxy.config(args.mode.into())?;
     config.program.proxy.localhost_nodeports = args.localhost_nodeports;
     let backend = netd_agent::backend(&config);
     let state = args.cluster.resolve()?;

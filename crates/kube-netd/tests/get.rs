@@ -520,3 +520,50 @@ fn replica_sets_and_endpoints_are_shown_as_their_controllers_keep_them() {
         "{table}"
     );
 }
+
+#[test]
+fn render_takes_the_agents_proxy_flags() {
+    let c = Cluster::new();
+    let render = |flags: &[&str]| c.ok(&[&["render", "--node", "node-1"][..], flags].concat());
+    let masquerade = |rules: &str| -> Vec<String> {
+        rules
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-MARK-MASQ"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let default = render(&[]);
+    assert!(default.contains("KNP-"), "{default}");
+    let by_cidr = masquerade(&default);
+    assert!(
+        !by_cidr.is_empty() && by_cidr.iter().all(|l| l.contains("! -s 10.244.0.0/16")),
+        "{by_cidr:?}"
+    );
+
+    let services_only = render(&["--network-policy=false"]);
+    assert!(!services_only.contains("KNP-"), "{services_only}");
+    let by_bridge = masquerade(&render(&[
+        "--detect-local-mode=BridgeInterface",
+        "--pod-bridge-interface=cni0",
+    ]));
+    assert!(
+        !by_bridge.is_empty() && by_bridge.iter().all(|l| l.contains("! -i cni0")),
+        "{by_bridge:?}"
+    );
+    let all = masquerade(&render(&["--masquerade-all"]));
+    assert!(
+        !all.is_empty()
+            && all
+                .iter()
+                .all(|l| !l.contains("! -s") && !l.contains("! -i")),
+        "{all:?}"
+    );
+
+    let err = c.fails(&[
+        "render",
+        "--node",
+        "node-1",
+        "--detect-local-mode=BridgeInterface",
+    ]);
+    assert!(err.contains("--detect-local-mode"), "{err}");
+}
