@@ -2,24 +2,9 @@
 //! (`nat-<pid>-<name>`), applies rules inside it and removes it on drop. Needs root.
 
 use netd_agent::{NodeProgrammer, apply, cleanup};
-use netd_kernel::{netns, rules};
+use netd_kernel::rules;
 use netd_model::NodeName;
-
-struct Ns(String);
-
-impl Ns {
-    fn new(suffix: &str) -> Ns {
-        let name = format!("nat-{}-{suffix}", std::process::id());
-        netns::add(&name).expect("add namespace");
-        Ns(name)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete(&self.0);
-    }
-}
+use netd_testkit::scratch::ScratchNetns;
 
 /// The seed's pods and two policies, with a Service in front of db.
 const CLUSTER: &str = r#"
@@ -90,10 +75,10 @@ fn count(dump: &str, needle: &str) -> usize {
 
 #[test]
 fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
-    let ns = Ns::new("sync");
-    rules::iptables_restore(&ns.0, FOREIGN).expect("foreign rules");
+    let ns = ScratchNetns::new("nat", "sync");
+    rules::iptables_restore(ns.name(), FOREIGN).expect("foreign rules");
     rules::ipset_restore(
-        &ns.0,
+        ns.name(),
         "create foreign hash:ip family inet\nadd foreign 192.0.2.9\n",
     )
     .expect("foreign set");
@@ -103,12 +88,12 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
         .rules(&state, &node)
         .expect("rules");
 
-    apply(&ns.0, &node_rules).expect("first sync");
-    let first = save(&ns.0);
+    apply(ns.name(), &node_rules).expect("first sync");
+    let first = save(ns.name());
     for _ in 0..99 {
-        apply(&ns.0, &node_rules).expect("resync");
+        apply(ns.name(), &node_rules).expect("resync");
     }
-    let last = save(&ns.0);
+    let last = save(ns.name());
     assert_eq!(
         rule_lines(&first),
         rule_lines(&last),
@@ -157,7 +142,7 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
     assert!(last.contains("--match-set KNP-"), "{last}");
 
     // Deleting the policy removes its chains and, after the swap, its sets.
-    let sets_before = rules::ipset_list(&ns.0).expect("ipsets");
+    let sets_before = rules::ipset_list(ns.name()).expect("ipsets");
     assert!(
         sets_before.iter().any(|s| s.starts_with("KNP-")),
         "{sets_before:?}"
@@ -169,23 +154,23 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
     let fewer = NodeProgrammer::default()
         .rules(&without, &node)
         .expect("rules");
-    apply(&ns.0, &fewer).expect("sync without the policy");
-    let after = save(&ns.0);
+    apply(ns.name(), &fewer).expect("sync without the policy");
+    let after = save(ns.name());
     assert!(
         !after.contains(":KNP-I-") && !after.contains(":KNP-E-"),
         "{after}"
     );
     assert_eq!(
-        rules::ipset_list(&ns.0).expect("ipsets"),
+        rules::ipset_list(ns.name()).expect("ipsets"),
         vec!["foreign".to_owned()]
     );
 
     // Back again, then clean up: everything of ours goes, everything foreign stays.
-    apply(&ns.0, &node_rules).expect("sync with the policy");
-    let removed = cleanup(&ns.0).expect("cleanup");
+    apply(ns.name(), &node_rules).expect("sync with the policy");
+    let removed = cleanup(ns.name()).expect("cleanup");
     assert_eq!(removed.hooks, 6, "{removed:?}");
     assert!(removed.chains > 10 && removed.sets > 0, "{removed:?}");
-    let clean = save(&ns.0);
+    let clean = save(ns.name());
     for ours in [
         "KUBE-NETD",
         "KNP-",
@@ -205,8 +190,11 @@ fn a_hundred_syncs_keep_one_hook_per_chain_and_cleanup_spares_other_rules() {
         assert_eq!(count(&clean, foreign), 1, "{foreign} kept in:\n{clean}");
     }
     assert_eq!(
-        rules::ipset_list(&ns.0).expect("ipsets"),
+        rules::ipset_list(ns.name()).expect("ipsets"),
         vec!["foreign".to_owned()]
     );
-    assert_eq!(cleanup(&ns.0).expect("second cleanup"), Default::default());
+    assert_eq!(
+        cleanup(ns.name()).expect("second cleanup"),
+        Default::default()
+    );
 }

@@ -8,22 +8,7 @@ use netd_agent::{InNamespace, NodeProgrammer, NodeRules, SyncEngine, SyncKind, a
 use netd_kernel::{netns, rules};
 use netd_model::{ClusterConfig, NodeName, ServiceRef};
 use netd_proxy::IpFamily;
-
-struct Ns(String);
-
-impl Ns {
-    fn new(suffix: &str) -> Ns {
-        let name = format!("nsync-{}-{suffix}", std::process::id());
-        netns::add(&name).expect("add namespace");
-        Ns(name)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = netns::delete(&self.0);
-    }
-}
+use netd_testkit::scratch::ScratchNetns;
 
 /// `web` (TCP 80, ClusterIP 10.96.0.11) with the given endpoint and `dns` (UDP 53, ClusterIP
 /// 10.96.0.12) with the given endpoint, both on node-1.
@@ -99,14 +84,14 @@ fn save6(ns: &str) -> String {
 
 #[test]
 fn a_partial_sync_rewrites_the_changed_service_and_ends_where_a_full_sync_would() {
-    let ns = Ns::new("part");
+    let ns = ScratchNetns::new("nsync", "part");
     let mut engine = SyncEngine::new();
-    let mut kernel = InNamespace::new(&ns.0);
+    let mut kernel = InNamespace::new(ns.name());
     let first = engine
         .sync(&mut kernel, cluster("10.244.1.2", "10.244.1.53"))
         .expect("full sync");
     assert_eq!(first.families[0].kind, SyncKind::Full);
-    let dump = save(&ns.0);
+    let dump = save(ns.name());
     assert!(dump.contains("--to-destination 10.244.1.2:80"), "{dump}");
     assert!(dump.contains("--to-destination 10.244.1.53:53"), "{dump}");
 
@@ -119,7 +104,7 @@ fn a_partial_sync_rewrites_the_changed_service_and_ends_where_a_full_sync_would(
         [ServiceRef::new("x", "web")].into()
     );
     assert_eq!(second.families[0].deleted_chains, 1, "the old KUBE-SEP");
-    let dump = save(&ns.0);
+    let dump = save(ns.name());
     assert!(dump.contains("--to-destination 10.244.1.3:80"), "{dump}");
     assert!(!dump.contains("10.244.1.2:80"), "{dump}");
     assert!(
@@ -133,9 +118,9 @@ fn a_partial_sync_rewrites_the_changed_service_and_ends_where_a_full_sync_would(
         1
     );
 
-    let fresh = Ns::new("fresh");
-    apply(&fresh.0, &cluster("10.244.1.3", "10.244.1.53")).expect("full sync elsewhere");
-    assert_eq!(by_chain(&dump), by_chain(&save(&fresh.0)));
+    let fresh = ScratchNetns::new("nsync", "fresh");
+    apply(fresh.name(), &cluster("10.244.1.3", "10.244.1.53")).expect("full sync elsewhere");
+    assert_eq!(by_chain(&dump), by_chain(&save(fresh.name())));
     assert_eq!(engine.metrics().syncs(IpFamily::V4, SyncKind::Partial), 1);
 }
 
@@ -188,9 +173,9 @@ fn dual_stack(ep6: &str) -> NodeRules {
 
 #[test]
 fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
-    let ns = Ns::new("v6");
+    let ns = ScratchNetns::new("nsync", "v6");
     let mut engine = SyncEngine::new();
-    let mut kernel = InNamespace::new(&ns.0);
+    let mut kernel = InNamespace::new(ns.name());
     let first = engine
         .sync(&mut kernel, dual_stack("fd00:10:244:1::2"))
         .expect("dual-stack sync");
@@ -203,7 +188,7 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
             (IpFamily::V6, SyncKind::Full)
         ]
     );
-    let v6 = save6(&ns.0);
+    let v6 = save6(ns.name());
     assert!(v6.contains("-d fd00:10:96::11/128"), "{v6}");
     assert!(
         v6.contains("--to-destination [fd00:10:244:1::2]:80"),
@@ -213,7 +198,7 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
         v6.contains("-A FORWARD -m comment --comment kube-netd -j KUBE-NETD-FORWARD"),
         "{v6}"
     );
-    let v4 = save(&ns.0);
+    let v4 = save(ns.name());
     assert!(
         v4.contains("--to-destination 10.244.1.2:80") && !v4.contains("fd00:"),
         "{v4}"
@@ -234,16 +219,16 @@ fn ipv6_rules_go_through_ip6tables_restore_and_are_cleaned_up() {
             (IpFamily::V6, SyncKind::Partial, 1)
         ]
     );
-    let v6 = save6(&ns.0);
+    let v6 = save6(ns.name());
     assert!(
         v6.contains("[fd00:10:244:1::3]:80") && !v6.contains("[fd00:10:244:1::2]:80"),
         "{v6}"
     );
 
-    let removed = cleanup(&ns.0).expect("cleanup");
+    let removed = cleanup(ns.name()).expect("cleanup");
     assert!(removed.chains > 0);
-    assert!(!save6(&ns.0).contains("KUBE-"), "{}", save6(&ns.0));
-    assert!(!save(&ns.0).contains("KUBE-"), "{}", save(&ns.0));
+    assert!(!save6(ns.name()).contains("KUBE-"), "{}", save6(ns.name()));
+    assert!(!save(ns.name()).contains("KUBE-"), "{}", save(ns.name()));
 }
 
 fn conntrack(ns: &str, args: &[&str]) -> String {
@@ -288,36 +273,36 @@ fn flow(ns: &str, protocol: &str, sport: u16, dst: &str, dport: u16, backend: &s
 
 #[test]
 fn udp_flows_to_a_removed_endpoint_are_deleted_tcp_and_live_flows_are_kept() {
-    let ns = Ns::new("ct");
+    let ns = ScratchNetns::new("nsync", "ct");
     let mut engine = SyncEngine::new();
-    let mut kernel = InNamespace::new(&ns.0);
+    let mut kernel = InNamespace::new(ns.name());
     engine
         .sync(&mut kernel, cluster("10.244.1.2", "10.244.1.53"))
         .expect("first sync");
-    flow(&ns.0, "udp", 40001, "10.96.0.12", 53, "10.244.1.53");
-    flow(&ns.0, "tcp", 40002, "10.96.0.11", 80, "10.244.1.2");
+    flow(ns.name(), "udp", 40001, "10.96.0.12", 53, "10.244.1.53");
+    flow(ns.name(), "tcp", 40002, "10.96.0.11", 80, "10.244.1.2");
 
     // Both backends move: the UDP flow to the old one goes, the TCP connection stays.
     let moved = engine
         .sync(&mut kernel, cluster("10.244.1.3", "10.244.1.54"))
         .expect("sync");
     assert_eq!(moved.families[0].conntrack_deleted, 1);
-    let udp = conntrack(&ns.0, &["-L", "-p", "udp"]);
+    let udp = conntrack(ns.name(), &["-L", "-p", "udp"]);
     assert!(!udp.contains("sport=40001"), "{udp}");
-    let tcp = conntrack(&ns.0, &["-L", "-p", "tcp"]);
+    let tcp = conntrack(ns.name(), &["-L", "-p", "tcp"]);
     assert!(tcp.contains("sport=40002"), "TCP is never flushed: {tcp}");
 
     // An agent restart (a new engine) keeps flows to serving endpoints.
-    flow(&ns.0, "udp", 40003, "10.96.0.12", 53, "10.244.1.54");
+    flow(ns.name(), "udp", 40003, "10.96.0.12", 53, "10.244.1.54");
     let restarted = SyncEngine::new()
         .sync(&mut kernel, cluster("10.244.1.3", "10.244.1.54"))
         .expect("sync after restart");
     assert_eq!(restarted.families[0].kind, SyncKind::Full);
     assert_eq!(restarted.families[0].conntrack_deleted, 0);
-    let udp = conntrack(&ns.0, &["-L", "-p", "udp"]);
+    let udp = conntrack(ns.name(), &["-L", "-p", "udp"]);
     assert!(udp.contains("sport=40003"), "{udp}");
     assert!(
-        conntrack(&ns.0, &["-L", "-p", "tcp"]).contains("sport=40002"),
+        conntrack(ns.name(), &["-L", "-p", "tcp"]).contains("sport=40002"),
         "TCP survives the restart"
     );
 }

@@ -7,9 +7,7 @@ use netd_kernel::nftnl::Family;
 use netd_kernel::nftnl::conntrack;
 use netd_kernel::{KernelError, link, netns, rules};
 
-mod common;
-
-use common::Ns;
+use netd_testkit::scratch::ScratchNetns;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
@@ -17,29 +15,32 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn veth_between_namespaces_carries_pings() {
-    let a = Ns::new("ktest", "a");
-    let b = Ns::new("ktest", "b");
-    link::add_veth(&a.0, "va", &b.0, "vb").expect("veth");
-    link::add_address(&a.0, "va", ip("192.0.2.1"), 24).expect("addr a");
-    link::add_address(&b.0, "vb", ip("192.0.2.2"), 24).expect("addr b");
-    netns::exec(&a.0, &["ping", "-c1", "-W1", "192.0.2.2"]).expect("ping across the veth");
-    link::sysctl(&a.0, "net.ipv4.ip_forward", "1").expect("sysctl");
-    let fwd = netns::exec(&a.0, &["cat", "/proc/sys/net/ipv4/ip_forward"]).expect("read");
+    let a = ScratchNetns::new("ktest", "a");
+    let b = ScratchNetns::new("ktest", "b");
+    link::add_veth(a.name(), "va", b.name(), "vb").expect("veth");
+    link::add_address(a.name(), "va", ip("192.0.2.1"), 24).expect("addr a");
+    link::add_address(b.name(), "vb", ip("192.0.2.2"), 24).expect("addr b");
+    netns::exec(a.name(), &["ping", "-c1", "-W1", "192.0.2.2"]).expect("ping across the veth");
+    link::sysctl(a.name(), "net.ipv4.ip_forward", "1").expect("sysctl");
+    let fwd = netns::exec(a.name(), &["cat", "/proc/sys/net/ipv4/ip_forward"]).expect("read");
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
 }
 
 #[test]
 fn iptables_payload_is_applied_atomically_or_not_at_all() {
-    let a = Ns::new("ktest", "ipt");
-    rules::iptables_restore(&a.0, "*filter\n:KTEST - [0:0]\n-A KTEST -j DROP\nCOMMIT\n")
-        .expect("restore");
+    let a = ScratchNetns::new("ktest", "ipt");
+    rules::iptables_restore(
+        a.name(),
+        "*filter\n:KTEST - [0:0]\n-A KTEST -j DROP\nCOMMIT\n",
+    )
+    .expect("restore");
     assert!(
-        rules::iptables_save(&a.0)
+        rules::iptables_save(a.name())
             .expect("save")
             .contains("-A KTEST -j DROP")
     );
     let err = rules::iptables_restore(
-        &a.0,
+        a.name(),
         "*filter\n:KTEST2 - [0:0]\n-A KTEST2 -j NOPE\nCOMMIT\n",
     )
     .expect_err("bad target");
@@ -47,16 +48,18 @@ fn iptables_payload_is_applied_atomically_or_not_at_all() {
         matches!(&err, KernelError::CommandFailed { command, .. } if command.contains("iptables-restore"))
     );
     assert!(
-        !rules::iptables_save(&a.0).expect("save").contains("KTEST2"),
+        !rules::iptables_save(a.name())
+            .expect("save")
+            .contains("KTEST2"),
         "nothing half-applied"
     );
 }
 
 #[test]
 fn batches_routes_and_deletion() {
-    let a = Ns::new("ktest", "batch");
+    let a = ScratchNetns::new("ktest", "batch");
     netns::ip_batch(
-        &a.0,
+        a.name(),
         &[
             "link add br0 type bridge".into(),
             "link set br0 up".into(),
@@ -64,27 +67,27 @@ fn batches_routes_and_deletion() {
         ],
     )
     .expect("batch");
-    link::replace_route(&a.0, "203.0.113.7", ip("198.51.100.2"), 99).expect("route");
+    link::replace_route(a.name(), "203.0.113.7", ip("198.51.100.2"), 99).expect("route");
     assert_eq!(
-        link::routes_with_proto(&a.0, 99).expect("routes"),
+        link::routes_with_proto(a.name(), 99).expect("routes"),
         vec!["203.0.113.7"]
     );
-    link::delete_route(&a.0, "203.0.113.7").expect("del");
-    link::delete_route(&a.0, "203.0.113.7").expect("del again is fine");
+    link::delete_route(a.name(), "203.0.113.7").expect("del");
+    link::delete_route(a.name(), "203.0.113.7").expect("del again is fine");
     assert!(
-        link::routes_with_proto(&a.0, 99)
+        link::routes_with_proto(a.name(), 99)
             .expect("routes")
             .is_empty()
     );
     assert!(matches!(
-        link::add_bridge(&a.0, "a-name-longer-than-15"),
+        link::add_bridge(a.name(), "a-name-longer-than-15"),
         Err(KernelError::InvalidInterfaceName { .. })
     ));
     assert!(matches!(
-        netns::exec(&a.0, &[]),
+        netns::exec(a.name(), &[]),
         Err(KernelError::EmptyCommand { .. })
     ));
-    let name = a.0.clone();
+    let name = a.name().to_owned();
     drop(a);
     assert!(!netns::exists(&name));
     netns::delete(&name).expect("deleting a missing namespace is fine");
@@ -92,12 +95,12 @@ fn batches_routes_and_deletion() {
 
 #[test]
 fn conntrack_entries_are_listed_by_family_and_protocol_and_deleted_by_tuple() {
-    let a = Ns::new("ktest", "ct");
+    let a = ScratchNetns::new("ktest", "ct");
     // A conntrack match makes the kernel track this namespace's flows, per family.
     let track = "*filter\n-A OUTPUT -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n";
-    rules::iptables_restore(&a.0, track).expect("ipv4 rules");
-    rules::ip6tables_restore(&a.0, track).expect("ipv6 rules");
-    let name = a.0.clone();
+    rules::iptables_restore(a.name(), track).expect("ipv4 rules");
+    rules::ip6tables_restore(a.name(), track).expect("ipv6 rules");
+    let name = a.name().to_owned();
     std::thread::spawn(move || {
         netns::enter(&name).expect("enter");
         for (from, to) in [("127.0.0.1:0", "127.0.0.1:9"), ("[::1]:0", "[::1]:9")] {
@@ -112,30 +115,32 @@ fn conntrack_entries_are_listed_by_family_and_protocol_and_deleted_by_tuple() {
     })
     .join()
     .expect("sender");
-    let udp_v4 = conntrack::list_protocol(&a.0, Family::Ip, conntrack::UDP, None).expect("list");
+    let udp_v4 =
+        conntrack::list_protocol(a.name(), Family::Ip, conntrack::UDP, None).expect("list");
     assert_eq!(udp_v4.len(), 1, "{udp_v4:?}");
     assert_eq!(udp_v4[0].orig_dst.to_string(), "127.0.0.1:9");
-    let tcp = conntrack::list_protocol(&a.0, Family::Ip, 6, None).expect("list tcp");
+    let tcp = conntrack::list_protocol(a.name(), Family::Ip, 6, None).expect("list tcp");
     assert!(
         tcp.iter().all(|f| f.protocol == 6) && !tcp.is_empty(),
         "{tcp:?}"
     );
     let udp =
-        conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, None).expect("list both");
+        conntrack::list_protocol(a.name(), Family::Inet, conntrack::UDP, None).expect("list both");
     assert_eq!(udp.len(), 2, "{udp:?}");
     assert_eq!(udp[1].orig_dst.to_string(), "[::1]:9");
-    let to_port = |port| conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, Some(port));
+    let to_port =
+        |port| conntrack::list_protocol(a.name(), Family::Inet, conntrack::UDP, Some(port));
     assert_eq!(to_port(9).expect("to port 9"), udp);
     assert!(to_port(10).expect("to port 10").is_empty());
-    assert_eq!(conntrack::delete(&a.0, &udp).expect("delete"), 2);
-    assert_eq!(conntrack::delete(&a.0, &udp).expect("gone already"), 0);
+    assert_eq!(conntrack::delete(a.name(), &udp).expect("delete"), 2);
+    assert_eq!(conntrack::delete(a.name(), &udp).expect("gone already"), 0);
     assert!(
-        conntrack::list_protocol(&a.0, Family::Inet, conntrack::UDP, None)
+        conntrack::list_protocol(a.name(), Family::Inet, conntrack::UDP, None)
             .expect("list again")
             .is_empty()
     );
     assert_eq!(
-        conntrack::list_protocol(&a.0, Family::Ip, 6, None).expect("tcp kept"),
+        conntrack::list_protocol(a.name(), Family::Ip, 6, None).expect("tcp kept"),
         tcp
     );
 }
@@ -146,8 +151,8 @@ fn conntrack_entries_are_listed_by_family_and_protocol_and_deleted_by_tuple() {
 #[test]
 #[ignore = "needs IPVS: run in the VM runner"]
 fn ipvs_services_and_dests_round_trip_through_the_kernel() {
-    let ns = Ns::new("ktest", "ipvs");
-    let mut ipvs = Ipvs::open(&ns.0).expect("open IPVS in the namespace");
+    let ns = ScratchNetns::new("ktest", "ipvs");
+    let mut ipvs = Ipvs::open(ns.name()).expect("open IPVS in the namespace");
     let svc = IpvsService {
         addr: ip("10.96.0.10"),
         port: 80,
@@ -188,7 +193,7 @@ fn ipvs_services_and_dests_round_trip_through_the_kernel() {
     );
 
     // ipvsadm, where installed, sees the same table in the same namespace.
-    if let Ok(out) = netns::exec(&ns.0, &["ipvsadm", "-Ln"]) {
+    if let Ok(out) = netns::exec(ns.name(), &["ipvsadm", "-Ln"]) {
         let text = String::from_utf8_lossy(&out.stdout);
         println!("{text}");
         assert!(

@@ -13,9 +13,7 @@ use netd_kernel::nftnl::{
     Transaction, Verdict,
 };
 
-mod common;
-
-use common::Ns;
+use netd_testkit::scratch::ScratchNetns;
 
 const T: &str = "kube-netd";
 const IP: Family = Family::Ip;
@@ -440,16 +438,16 @@ fn check_golden(name: &str, actual: &str) {
 
 #[test]
 fn a_kube_proxy_shaped_table_loads_in_one_batch_and_reads_back_as_expected() {
-    let ns = Ns::new("nftnl", "load");
-    kube_proxy_like().commit(&ns.0).expect("commit");
-    check_golden("kube-proxy-like.nft", &nft(&ns.0, &["list", "ruleset"]));
+    let ns = ScratchNetns::new("nftnl", "load");
+    kube_proxy_like().commit(ns.name()).expect("commit");
+    check_golden("kube-proxy-like.nft", &nft(ns.name(), &["list", "ruleset"]));
 }
 
 #[test]
 fn a_refused_batch_names_the_message_and_changes_nothing() {
-    let ns = Ns::new("nftnl", "bad");
-    kube_proxy_like().commit(&ns.0).expect("commit");
-    let before = nft(&ns.0, &["list", "ruleset"]);
+    let ns = ScratchNetns::new("nftnl", "bad");
+    kube_proxy_like().commit(ns.name()).expect("commit");
+    let before = nft(ns.name(), &["list", "ruleset"]);
 
     let mut tx = Transaction::new();
     tx.add_chain(IP, T, Chain::regular("new-chain"))
@@ -465,7 +463,7 @@ fn a_refused_batch_names_the_message_and_changes_nothing() {
         .add_rule(IP, T, "services", rule(vec![jump("no-such-chain")]))
         .flush_chain(IP, T, "service-abc");
     let err = tx
-        .commit(&ns.0)
+        .commit(ns.name())
         .expect_err("a jump to a missing chain is refused");
     match &err {
         NftError::Rejected {
@@ -480,13 +478,17 @@ fn a_refused_batch_names_the_message_and_changes_nothing() {
         }
         other => panic!("unexpected error {other:?}"),
     }
-    assert_eq!(nft(&ns.0, &["list", "ruleset"]), before, "nothing applied");
+    assert_eq!(
+        nft(ns.name(), &["list", "ruleset"]),
+        before,
+        "nothing applied"
+    );
 }
 
 #[test]
 fn elements_are_added_and_deleted_in_an_existing_map() {
-    let ns = Ns::new("nftnl", "elem");
-    kube_proxy_like().commit(&ns.0).expect("commit");
+    let ns = ScratchNetns::new("nftnl", "elem");
+    kube_proxy_like().commit(ns.name()).expect("commit");
     let dns = Key::new().ip(ip("10.96.0.10")).proto(UDP).port(53);
     let web = Key::new().ip(ip("10.96.0.10")).proto(TCP).port(80);
 
@@ -510,12 +512,12 @@ fn elements_are_added_and_deleted_in_an_existing_map() {
             Key::new().ip(ip("203.0.113.127")),
         )],
     );
-    tx.commit(&ns.0).expect("element batch");
+    tx.commit(ns.name()).expect("element batch");
     check_golden(
         "elements-after-update.nft",
         &[
-            nft(&ns.0, &["list", "map", "ip", T, "service-ips"]),
-            nft(&ns.0, &["list", "set", "ip", T, "blocked"]),
+            nft(ns.name(), &["list", "map", "ip", T, "service-ips"]),
+            nft(ns.name(), &["list", "set", "ip", T, "blocked"]),
         ]
         .concat(),
     );
@@ -532,12 +534,12 @@ fn elements_are_added_and_deleted_in_an_existing_map() {
                 Key::new().ip(ip("10.96.0.10")).proto(TCP).port(80),
             )],
         );
-    let err = again.commit(&ns.0).expect_err("second element is gone");
+    let err = again.commit(ns.name()).expect_err("second element is gone");
     assert!(
         matches!(&err, NftError::Rejected { index: 1, .. }),
         "{err:?}"
     );
-    assert!(nft(&ns.0, &["list", "map", "ip", T, "service-ips"]).contains("udp . 53"));
+    assert!(nft(ns.name(), &["list", "map", "ip", T, "service-ips"]).contains("udp . 53"));
 }
 
 /// [`HOST`] on loopback and a route for the service range through it, with [`HOST`] as the
@@ -595,8 +597,8 @@ fn serve(
 
 #[test]
 fn connections_to_a_service_ip_are_spread_over_endpoints_by_numgen_and_dnat() {
-    let ns = Ns::new("nftnl", "pkt");
-    service_route(&ns.0);
+    let ns = ScratchNetns::new("nftnl", "pkt");
+    service_route(ns.name());
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut tx = Transaction::new();
     tx.add_table(IP, T)
@@ -671,19 +673,19 @@ fn connections_to_a_service_ip_are_spread_over_endpoints_by_numgen_and_dnat() {
         )
         .add_rule(IP, T, "ep-a", rule(dnat_to(HOST, 18081)))
         .add_rule(IP, T, "ep-b", rule(dnat_to(HOST, 18082)));
-    tx.commit(&ns.0).expect("commit");
+    tx.commit(ns.name()).expect("commit");
 
     let (ready, wait) = std::sync::mpsc::channel();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let servers = [
-        serve(&ns.0, 18081, ready.clone(), stop.clone()),
-        serve(&ns.0, 18082, ready, stop.clone()),
+        serve(ns.name(), 18081, ready.clone(), stop.clone()),
+        serve(ns.name(), 18082, ready, stop.clone()),
     ];
     for _ in 0..2 {
         wait.recv().expect("server ready");
     }
     let answers: Vec<String> = {
-        let ns = ns.0.clone();
+        let ns = ns.name().to_owned();
         std::thread::spawn(move || {
             use std::io::Read;
             netns::enter(&ns).expect("enter");
@@ -736,8 +738,8 @@ fn udp_entries(ns: &str) -> Vec<String> {
 
 #[test]
 fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
-    let ns = Ns::new("nftnl", "ct");
-    service_route(&ns.0);
+    let ns = ScratchNetns::new("nftnl", "ct");
+    service_route(ns.name());
     let mut tx = Transaction::new();
     tx.add_table(IP, T).add_chain(
         IP,
@@ -750,9 +752,9 @@ fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
         exprs.extend(dnat(UDP, HOST, endpoint_port));
         tx.add_rule(IP, T, "nat-output", rule(exprs));
     }
-    tx.commit(&ns.0).expect("commit");
+    tx.commit(ns.name()).expect("commit");
     {
-        let ns = ns.0.clone();
+        let ns = ns.name().to_owned();
         std::thread::spawn(move || {
             netns::enter(&ns).expect("enter");
             for (vip, clients) in [("10.96.0.10:53", 3), ("10.96.0.11:53", 2)] {
@@ -765,22 +767,27 @@ fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
         .join()
         .expect("clients");
     }
-    assert_eq!(udp_entries(&ns.0).len(), 5, "{:?}", udp_entries(&ns.0));
+    assert_eq!(
+        udp_entries(ns.name()).len(),
+        5,
+        "{:?}",
+        udp_entries(ns.name())
+    );
 
     let vip_a: std::net::SocketAddr = "10.96.0.10:53".parse().expect("addr");
     let vip_b: std::net::SocketAddr = "10.96.0.11:53".parse().expect("addr");
     let other_endpoint = "192.0.2.1:9999".parse().expect("addr");
     let endpoint_a = "192.0.2.1:5353".parse().expect("addr");
     assert_eq!(
-        conntrack::delete_udp_flows(&ns.0, vip_b, Some(other_endpoint)).expect("delete"),
+        conntrack::delete_udp_flows(ns.name(), vip_b, Some(other_endpoint)).expect("delete"),
         0,
         "the reply source must match too"
     );
     assert_eq!(
-        conntrack::delete_udp_flows(&ns.0, vip_a, Some(endpoint_a)).expect("delete"),
+        conntrack::delete_udp_flows(ns.name(), vip_a, Some(endpoint_a)).expect("delete"),
         3
     );
-    let left = udp_entries(&ns.0);
+    let left = udp_entries(ns.name());
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(
         left.iter().all(|l| l.contains("dst=10.96.0.11 ")),
@@ -788,7 +795,7 @@ fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
     );
 
     let flows = conntrack::list(
-        &ns.0,
+        ns.name(),
         &FlowFilter {
             protocol: conntrack::UDP,
             orig_dst: vip_b,
@@ -800,21 +807,25 @@ fn udp_conntrack_entries_are_deleted_by_kernel_filter_and_tuple() {
     assert!(flows.iter().all(|f| f.orig_dst == vip_b
         && f.reply_src == "192.0.2.1:5354".parse().expect("addr")
         && f.orig_src.ip() == IpAddr::V4(HOST)));
-    assert_eq!(conntrack::delete(&ns.0, &flows).expect("delete"), 2);
-    assert_eq!(conntrack::delete(&ns.0, &flows).expect("gone already"), 0);
-    assert!(udp_entries(&ns.0).is_empty());
+    assert_eq!(conntrack::delete(ns.name(), &flows).expect("delete"), 2);
+    assert_eq!(
+        conntrack::delete(ns.name(), &flows).expect("gone already"),
+        0
+    );
+    assert!(udp_entries(ns.name()).is_empty());
 }
 
 #[test]
 fn a_batch_of_many_messages_has_every_acknowledgement_read() {
-    let ns = Ns::new("nftnl", "many");
+    let ns = ScratchNetns::new("nftnl", "many");
     let mut tx = Transaction::new();
     tx.add_table(IP, T).add_chain(IP, T, Chain::regular("many"));
     for _ in 0..20_000 {
         tx.add_rule(IP, T, "many", rule(vec![Expr::Counter]));
     }
-    tx.commit(&ns.0).expect("every ack fits the receive buffer");
-    let listed = nft(&ns.0, &["list", "chain", "ip", T, "many"]);
+    tx.commit(ns.name())
+        .expect("every ack fits the receive buffer");
+    let listed = nft(ns.name(), &["list", "chain", "ip", T, "many"]);
     assert_eq!(listed.matches("counter packets 0 bytes 0").count(), 20_000);
 }
 
@@ -824,7 +835,7 @@ fn v6_octets(s: &str) -> [u8; 16] {
 
 #[test]
 fn an_ip6_table_reads_back_with_ip6_addresses_and_offsets() {
-    let ns = Ns::new("nftnl", "ip6");
+    let ns = ScratchNetns::new("nftnl", "ip6");
     let ip6 = Family::Ip6;
     // An IPv6 address takes four 32-bit registers; what follows it starts at the fifth.
     let (r4, r5) = (Register::reg32(4), Register::reg32(5));
@@ -902,8 +913,8 @@ fn an_ip6_table_reads_back_with_ip6_addresses_and_offsets() {
                 },
             ]),
         );
-    tx.commit(&ns.0).expect("commit");
-    check_golden("ip6.nft", &nft(&ns.0, &["list", "ruleset"]));
+    tx.commit(ns.name()).expect("commit");
+    check_golden("ip6.nft", &nft(ns.name(), &["list", "ruleset"]));
 }
 
 /// Waits until `addr`, just added in `ns`, is a local address the kernel routes to: IPv6
@@ -930,18 +941,18 @@ fn wait_until_local(ns: &str, addr: std::net::IpAddr) {
 
 #[test]
 fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
-    let ns = Ns::new("nftnl", "ct6");
+    let ns = ScratchNetns::new("nftnl", "ct6");
     let ip6 = Family::Ip6;
     let host = ip("fd00:192::1");
     netns::ip_batch(
-        &ns.0,
+        ns.name(),
         &[
             format!("address add {host}/128 dev lo nodad"),
             format!("route add fd00:96::/64 dev lo src {host}"),
         ],
     )
     .expect("address and route");
-    wait_until_local(&ns.0, host);
+    wait_until_local(ns.name(), host);
     let mut tx = Transaction::new();
     tx.add_table(ip6, T)
         .add_chain(
@@ -974,9 +985,9 @@ fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
                 },
             ]),
         );
-    tx.commit(&ns.0).expect("commit");
+    tx.commit(ns.name()).expect("commit");
     {
-        let ns = ns.0.clone();
+        let ns = ns.name().to_owned();
         std::thread::spawn(move || {
             netns::enter(&ns).expect("enter");
             for _ in 0..2 {
@@ -990,7 +1001,7 @@ fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
     let vip: std::net::SocketAddr = "[fd00:96::a]:53".parse().expect("addr");
     let endpoint: std::net::SocketAddr = "[fd00:192::1]:5353".parse().expect("addr");
     let flows = conntrack::list(
-        &ns.0,
+        ns.name(),
         &FlowFilter {
             protocol: conntrack::UDP,
             orig_dst: vip,
@@ -998,7 +1009,8 @@ fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
         },
     )
     .expect("list");
-    let listed = netns::exec(&ns.0, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
+    let listed =
+        netns::exec(ns.name(), &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
     assert_eq!(
         flows.len(),
         2,
@@ -1011,9 +1023,9 @@ fn ipv6_udp_conntrack_entries_are_listed_and_deleted() {
             .all(|f| f.orig_src.ip() == host && f.reply_src == endpoint)
     );
     assert_eq!(
-        conntrack::delete_udp_flows(&ns.0, vip, Some(endpoint)).expect("delete"),
+        conntrack::delete_udp_flows(ns.name(), vip, Some(endpoint)).expect("delete"),
         2
     );
-    let out = netns::exec(&ns.0, &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
+    let out = netns::exec(ns.name(), &["conntrack", "-L", "-f", "ipv6", "-p", "udp"]).expect("-L");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "none left");
 }

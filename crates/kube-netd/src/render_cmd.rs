@@ -70,7 +70,8 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "PREFIX")]
     pod_interface_name_prefix: Option<String>,
     /// The Node's addresses nodePorts answer on: CIDRs (comma-separated) or primary.
-    /// Default: every local address; primary in nftables mode, as kube-proxy's.
+    /// Default: every local address, in every mode, as the lab's nodes have it (`kube-netd
+    /// agent` defaults to primary in nftables mode, as kube-proxy: give it here too).
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
     /// Render NetworkPolicy; false renders Services only.
@@ -87,9 +88,8 @@ impl ProxyFlags {
             self.pod_interface_name_prefix.as_deref(),
         )
         .context("--detect-local-mode")?;
-        let nodeport_addresses = mode.nodeport_addresses(
-            NodePortAddresses::parse(&self.nodeport_addresses).context("--nodeport-addresses")?,
-        );
+        let nodeport_addresses =
+            NodePortAddresses::parse(&self.nodeport_addresses).context("--nodeport-addresses")?;
         Ok(BackendConfig {
             mode,
             program: ProgramConfig {

@@ -559,6 +559,16 @@ fn render_takes_the_agents_proxy_flags() {
         "{all:?}"
     );
 
+    let nft = |flags: &[&str]| render(&[&["--mode", "nftables"][..], flags].concat());
+    assert!(
+        !nft(&[]).contains("set nodeport-ips"),
+        "every local address"
+    );
+    assert!(
+        nft(&["--nodeport-addresses", "primary"]).contains("set nodeport-ips"),
+        "the Node's primary address only"
+    );
+
     let err = c.fails(&[
         "render",
         "--node",

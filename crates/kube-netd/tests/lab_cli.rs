@@ -8,6 +8,7 @@ use std::time::Duration;
 mod common;
 
 use common::{BIN, STATE_ROOT, TestLab};
+use netd_testkit::scratch::ScratchNetns;
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -159,40 +160,6 @@ fn down_after_a_killed_up_leaves_nothing() {
     }
 }
 
-/// A network namespace of the test's own (`<lab>-<what>`), removed on drop.
-struct ScratchNetns(String);
-
-impl ScratchNetns {
-    fn new(lab: &TestLab, what: &str) -> ScratchNetns {
-        let name = format!("{}-{what}", lab.name);
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(ok.success(), "creating {name}");
-        let ns = ScratchNetns(name);
-        assert!(
-            ns.command(&["ip", "link", "set", "lo", "up"])
-                .status()
-                .expect("ip")
-                .success()
-        );
-        ns
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0]).args(args);
-        cmd
-    }
-}
-
-impl Drop for ScratchNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// `iptables-save` output without its comments and the counters of chains, which depend on
 /// the traffic seen, not on the rules.
 fn rules_only(save: &str) -> String {
@@ -267,7 +234,7 @@ fn offline_commands_describe_the_cluster_the_lab_runs() {
     // `render --node node-1` is what node-1 has: loaded into a namespace of its own, it reads
     // back as node-1's rules do.
     let render = offline(&["render", "--node", "node-1"]);
-    let scratch = ScratchNetns::new(&lab, "render");
+    let scratch = ScratchNetns::new(&lab.name, "render");
     let mut restore = scratch
         .command(&["iptables-restore", "--noflush"])
         .stdin(Stdio::piped())
@@ -1156,7 +1123,7 @@ fn nftables_mode_renders_what_the_lab_runs() {
     // `render --mode nftables` is what node-1 holds: loaded into a namespace of its own, its
     // table lists as node-1's does; and node-1 has no iptables rules of kube-netd's.
     let render = offline(&["render", "--mode", "nftables", "--node", "node-1"]);
-    let scratch = ScratchNetns::new(&lab, "nftrender");
+    let scratch = ScratchNetns::new(&lab.name, "nftrender");
     let mut load = scratch
         .command(&["nft", "-f", "-"])
         .stdin(Stdio::piped())

@@ -25,6 +25,14 @@ impl ScratchNetns {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// `argv` (a program and its arguments) to run inside the namespace.
+    pub fn command(&self, argv: &[&str]) -> std::process::Command {
+        let (program, args) = argv.split_first().expect("a program to run");
+        let mut command = netns::command(&self.name, program).expect("the namespace's name");
+        command.args(args);
+        command
+    }
 }
 
 impl Drop for ScratchNetns {
