@@ -24,9 +24,13 @@
 //! network namespace, for tests that check a connection survives a change.
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
 //! [`nft::load`] and [`nft::nft`] run `nft` inside it, [`nft::listed`] reads a table back.
+//!
+//! [`scale`] writes the clusters the benchmarks measure (such as 10,000 Pods and 1,000
+//! NetworkPolicies), so that every bench of a size describes the same objects.
 
 pub mod held;
 pub mod nft;
+pub mod scale;
 pub mod scratch;
 
 /// How to run the tests a kernel feature is missing for.
