@@ -46,6 +46,11 @@ const MAX_SERVICES: usize = 250 * 256 - 1;
 /// The endpoints' port.
 const TARGET_PORT: u16 = 8080;
 
+/// `--help`.
+const USAGE: &str = "usage: nft_sync [--services N (10000)] [--endpoints K (10)] [--reps R (5)] \
+[--connections C (1000)] [--rounds R (3)] [--prefix P (nftb)] [--no-policy]
+  Needs root. Namespaces are named <prefix>-<pid>-<role> and removed on exit.";
+
 /// What the command line asked for.
 struct Options {
     services: usize,
@@ -70,6 +75,10 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             if arg == "--no-policy" {
                 o.policy = false;
                 continue;
