@@ -212,7 +212,7 @@ def nft_f(case):
     w, s = kp(case), kp(case, "sys")
     return "%s wall (%s kernel)" % (t(w * 1000), t(s * 1000)) if w is not None else "–"
 
-missing = note or "–"
+missing = "not measured" if note else "–"
 n, k = int(ours["services"]), int(ours["endpoints"])
 print("| at %s Services × %d endpoints | goal (at 10,000) | kube-netd nftables (netlink) | kube-proxy shape (`nft -f`) |" % (format(n, ","), k))
 print("|---|---|---|---|")
@@ -233,4 +233,7 @@ if "policy_commit_ms" in ours:
     pol = ours["policy_commit_ms"] + ours["policy_lower_ms"] + ours["policy_render_ms"]
     print("| NetworkPolicy: 1,000 policies, 1,000 pods on the node, first apply | ≤ 1 s | %s (commit %s, lowering %s, compile + render %s) | – (the tools have no NetworkPolicy) |" % (
         t(pol), t(o("policy")), t(ours["policy_lower_ms"]), t(ours["policy_render_ms"])))
+if note:
+    print()
+    print("kube-proxy shape " + note + ".")
 PY
