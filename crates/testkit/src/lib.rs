@@ -20,13 +20,13 @@
 //! [`sctp_missing`] and [`ipvs_missing`] tell the tests that need SCTP or IPVS whether this
 //! kernel has it.
 //!
+//! [`scale`] writes the clusters the benchmarks measure (such as 10,000 Pods and 1,000
+//! NetworkPolicies), so that every bench of a size describes the same objects.
+//!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
 //! [`nft::load`] and [`nft::nft`] run `nft` inside it, [`nft::listed`] reads a table back.
-//!
-//! [`scale`] writes the clusters the benchmarks measure (such as 10,000 Pods and 1,000
-//! NetworkPolicies), so that every bench of a size describes the same objects.
 
 pub mod held;
 pub mod nft;
