@@ -20,6 +20,9 @@
 //! [`sctp_missing`] and [`ipvs_missing`] tell the tests that need SCTP or IPVS whether this
 //! kernel has it.
 //!
+//! [`scale`] writes the clusters the benchmarks measure (such as 10,000 Pods and 1,000
+//! NetworkPolicies), so that every bench of a size describes the same objects.
+//!
 //! [`held::HeldConnection`] keeps a TCP connection to a lab echo server open from inside a
 //! network namespace, for tests that check a connection survives a change.
 //! [`scratch::ScratchNetns`] is a network namespace for one test, deleted when dropped;
@@ -32,6 +35,7 @@ pub mod api;
 pub mod bench;
 pub mod held;
 pub mod nft;
+pub mod scale;
 pub mod scratch;
 
 /// How to run the tests a kernel feature is missing for.
