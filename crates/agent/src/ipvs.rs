@@ -3,8 +3,9 @@
 //!
 //! Each sync, in this order:
 //! 1. on a full sync, the sysctls IPVS mode needs ([`SYSCTLS`], `conn_reuse_mode=0` on kernels
-//!    older than 5.9, and with [`IpvsConfig::strict_arp`] `arp_ignore=1`/`arp_announce=2`) and
-//!    the dummy interface [`DUMMY_INTERFACE`] (down, ARP off);
+//!    older than 5.9, and with [`IpvsConfig::strict_arp`] `arp_ignore=1`/`arp_announce=2`), the
+//!    connection timeouts of [`IpvsConfig::timeouts`] if any is set, and the dummy interface
+//!    [`DUMMY_INTERFACE`] (down, ARP off);
 //! 2. the ipsets and iptables rules through the [`SyncEngine`]: one `ipset restore`, one
 //!    `iptables-restore --noflush` with the hooks dispatched through `KUBE-NETD-*` chains as
 //!    in iptables mode (so they are inserted once and policy is judged first), stale sets of
@@ -29,9 +30,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use netd_kernel::ipvs::{
     DestStatus, FLAG_PERSISTENT, FLAG_SOURCE_PORT_HASH, Ipvs as IpvsSocket, IpvsDest, IpvsProtocol,
-    IpvsService,
+    IpvsService, IpvsTimeouts,
 };
 use netd_kernel::{KernelError, link};
 use netd_model::{ClusterState, NodeName, Protocol};
@@ -62,10 +64,16 @@ pub const SYSCTLS: [(&str, &str); 3] = [
 /// connection (what `--ipvs-tcp-timeout 0` leaves), after which an idle one is gone anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// The schedulers `--ipvs-scheduler` accepts: kube-proxy's (`rr`, the default, through `nq`),
+/// and `mh`, which its validation lacks but its proxier and the kernel support.
+pub const SCHEDULERS: [&str; 11] = [
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh",
+];
+
 /// IPVS mode's options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpvsConfig {
-    /// `--ipvs-scheduler`: the scheduler of every virtual server.
+    /// `--ipvs-scheduler`: the scheduler of every virtual server (one of [`SCHEDULERS`]).
     pub scheduler: String,
     /// `--ipvs-strict-arp`: `arp_ignore=1` and `arp_announce=2`, so the node does not answer
     /// ARP for the Service addresses on its other interfaces.
@@ -73,6 +81,39 @@ pub struct IpvsConfig {
     /// How long a removed TCP real server with connections may drain at weight 0 before it
     /// is deleted anyway.
     pub drain_timeout: Duration,
+    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`: the kernel's IPVS
+    /// connection timeouts, set on every full sync when one is not zero (a zero one keeps the
+    /// kernel's value), as `ipvsadm --set` does. Whole seconds; a fraction is dropped.
+    pub timeouts: Timeouts,
+    /// `--ipvs-exclude-cidrs`: virtual servers with an address in these ranges are not ours
+    /// to remove when a full sync finds them in the kernel (another program's), unless the
+    /// plan has them.
+    pub exclude_cidrs: Vec<IpNet>,
+}
+
+/// IPVS mode's connection timeouts ([`IpvsConfig::timeouts`]); zero keeps the kernel's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Idle established TCP connections.
+    pub tcp: Duration,
+    /// TCP connections after a FIN.
+    pub tcp_fin: Duration,
+    /// UDP flows.
+    pub udp: Duration,
+}
+
+impl Timeouts {
+    /// The kernel's form, in whole seconds (saturating); `None` when every one is zero, so
+    /// nothing is to be set.
+    pub fn to_kernel(self) -> Option<IpvsTimeouts> {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let out = IpvsTimeouts {
+            tcp: secs(self.tcp),
+            tcp_fin: secs(self.tcp_fin),
+            udp: secs(self.udp),
+        };
+        (out != IpvsTimeouts::default()).then_some(out)
+    }
 }
 
 impl Default for IpvsConfig {
@@ -81,6 +122,8 @@ impl Default for IpvsConfig {
             scheduler: DEFAULT_SCHEDULER.to_owned(),
             strict_arp: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            timeouts: Timeouts::default(),
+            exclude_cidrs: Vec::new(),
         }
     }
 }
@@ -201,6 +244,11 @@ impl Ipvs {
             for (key, value) in sysctls(&kernel_release(), self.config.strict_arp) {
                 link::sysctl(netns, key, value).map_err(failed("set IPVS sysctls"))?;
             }
+            if let Some(timeouts) = self.config.timeouts.to_kernel() {
+                socket
+                    .set_timeouts(&timeouts)
+                    .map_err(failed("set IPVS timeouts"))?;
+            }
             link::ensure_dummy(netns, DUMMY_INTERFACE)
                 .map_err(failed("create the kube-ipvs0 interface"))?;
             self.bound = link::addresses(netns, DUMMY_INTERFACE)
@@ -271,6 +319,9 @@ impl Ipvs {
                 let mut out = BTreeMap::new();
                 for service in socket.services()? {
                     let (addr, mut vs) = virtual_server(&service);
+                    if !desired.contains_key(&addr) && self.excluded(addr.ip) {
+                        continue;
+                    }
                     vs.real_servers = real_servers(&socket.dests(&service)?);
                     out.insert(addr, vs);
                 }
@@ -290,6 +341,14 @@ impl Ipvs {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `ip` is in one of [`IpvsConfig::exclude_cidrs`].
+    fn excluded(&self, ip: IpAddr) -> bool {
+        self.config
+            .exclude_cidrs
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     fn reconcile_conntrack(

@@ -9,8 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+use netd_agent::ipvs::Timeouts;
 use netd_agent::{Backend, Ipvs, IpvsConfig, Mode, SyncKind, remove_other_modes};
-use netd_kernel::ipvs::Ipvs as IpvsSocket;
+use netd_kernel::ipvs::{Ipvs as IpvsSocket, IpvsProtocol, IpvsService, IpvsTimeouts};
 use netd_kernel::{link, rules};
 use netd_model::{ClusterState, NodeName};
 use netd_testkit::held::{HeldConnection, in_netns};
@@ -299,4 +300,60 @@ fn switching_from_iptables_mode_prunes_its_chains_in_the_first_ipvs_sync() {
         "{saved}"
     );
     assert_eq!(virtual_servers(ns).len(), 2, "{:?}", virtual_servers(ns));
+}
+
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn kube_proxys_ipvs_options_reach_the_kernel_and_excluded_servers_stay() {
+    let ns = ScratchNetns::new("nipvs", "opts");
+    let ns = ns.name();
+    let node = NodeName::new(NODE);
+    // Another program's virtual servers: one in an excluded range, one not.
+    let mut socket = IpvsSocket::open(ns).expect("IPVS socket");
+    let foreign = |addr: &str| IpvsService {
+        addr: addr.parse().expect("ip"),
+        port: 443,
+        protocol: IpvsProtocol::Tcp,
+        scheduler: "rr".to_owned(),
+        flags: 0,
+        timeout: 0,
+    };
+    socket
+        .add_service(&foreign("10.200.0.1"))
+        .expect("excluded virtual server");
+    socket
+        .add_service(&foreign("10.201.0.1"))
+        .expect("stray virtual server");
+
+    let mut backend = Ipvs::new(IpvsConfig {
+        scheduler: "wlc".to_owned(),
+        timeouts: Timeouts {
+            tcp: Duration::from_secs(600),
+            tcp_fin: Duration::ZERO,
+            udp: Duration::from_secs(30),
+        },
+        exclude_cidrs: vec!["10.200.0.0/16".parse().expect("net")],
+        ..IpvsConfig::default()
+    });
+    backend
+        .sync(ns, &cluster(&["10.244.1.2"], false), &node)
+        .expect("sync");
+    assert_eq!(
+        virtual_servers(ns),
+        set(&[
+            "10.200.0.1:443/Tcp rr -> ",
+            "10.96.0.10:80/Tcp wlc -> 10.244.1.2:8080 w1",
+            "172.18.0.2:30080/Tcp wlc -> 10.244.1.2:8080 w1",
+        ]),
+        "the excluded server stays, the stray one goes"
+    );
+    // A zero timeout keeps the kernel's (TCP FIN: 120 s).
+    assert_eq!(
+        socket.timeouts().expect("timeouts"),
+        IpvsTimeouts {
+            tcp: 600,
+            tcp_fin: 120,
+            udp: 30,
+        }
+    );
 }
