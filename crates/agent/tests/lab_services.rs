@@ -12,7 +12,8 @@
 //! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state, and
 //! both again on labs whose agents run the nftables back end (`nftables/NAME`,
 //! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`. The tests that
-//! hold only what a client sees run once more as `ipvs/NAME` on a lab in IPVS mode.
+//! hold only what a client sees run once more as `ipvs/NAME` and `ipvs/ipv6/NAME` on labs in
+//! IPVS mode.
 //! Tests that need a kernel feature (SCTP sockets for the `sctp_` tests, IPVS for `ipvs/`)
 //! are reported ignored where the running kernel lacks it, and `-- --ignored` runs only them,
 //! failing them there (as `.ci/run` does in `scripts/kernel-vm.sh`, on Debian's stock kernel).
@@ -175,6 +176,7 @@ fn main() -> ExitCode {
         (Mode::Nftables, false),
         (Mode::Nftables, true),
         (Mode::Ipvs, false),
+        (Mode::Ipvs, true),
     ];
     let mut selected: Vec<Case> = Vec::new();
     for (mode, v6) in variants {

@@ -17,7 +17,7 @@ pub enum Mode {
     Iptables,
     /// One nftables table per family with verdict maps, as kube-proxy's nftables mode.
     Nftables,
-    /// IPVS virtual servers with ipsets and a few iptables rules (IPv4).
+    /// IPVS virtual servers with ipsets and a few iptables rules.
     Ipvs,
 }
 
