@@ -255,6 +255,11 @@ impl Ipvs {
             }
             families.push((plan, ipvs));
         }
+        // IPv6 synced before but no longer the cluster's: an empty payload has the engine
+        // visit it once more and prune its chains and hooks (IPv4 is always visited).
+        if rules.ip6tables.is_none() && self.applied_plans.contains_key(&IpFamily::V6) {
+            rules.ip6tables = Some(String::new());
+        }
         rules.ipset = Some(ipset);
         Ok(Rendered { families, rules })
     }
@@ -1156,6 +1161,31 @@ spec:
             2,
             "one INPUT hook per family:\n{text}"
         );
+    }
+
+    #[test]
+    fn a_family_the_cluster_no_longer_has_is_pruned_once() {
+        use netd_model::{ClusterConfig, IpFamilies};
+        let node = NodeName::new("node-1");
+        let dual = netd_testkit::state_with(DUAL, ClusterConfig::for_families(IpFamilies::Dual));
+        let v4 = netd_testkit::state(CLUSTER);
+        let mut backend = Ipvs::default();
+        assert_eq!(
+            backend
+                .rendered(&v4, &node)
+                .expect("render")
+                .rules
+                .ip6tables,
+            None
+        );
+        let synced = backend.rendered(&dual, &node).expect("render");
+        for (plan, _) in synced.families {
+            backend.applied_plans.insert(plan.family, plan);
+        }
+        let next = backend.rendered(&v4, &node).expect("render");
+        assert_eq!(next.rules.ip6tables.as_deref(), Some(""));
+        assert!(next.rules.hooks6.is_empty());
+        assert_eq!(next.families.len(), 1);
     }
 
     #[test]

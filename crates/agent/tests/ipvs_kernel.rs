@@ -394,7 +394,7 @@ endpoints: [{addresses: ["fd00:10:244:1::2"], nodeName: node-1, conditions: {rea
 #[test]
 #[ignore = "needs IPVS: run in the VM runner"]
 fn a_dual_stack_service_is_reached_through_ipvs_in_both_families() {
-    use netd_model::{ClusterConfig, IpFamilies};
+    use netd_model::IpFamilies;
     let node_ns = ScratchNetns::new("nipvs", "dn");
     let pod_ns = ScratchNetns::new("nipvs", "dp");
     let (node, pod) = (node_ns.name(), pod_ns.name());
@@ -412,7 +412,7 @@ fn a_dual_stack_service_is_reached_through_ipvs_in_both_families() {
     echo_server(pod, "10.244.1.2:8080");
     echo_server(pod, "[fd00:10:244:1::2]:8080");
 
-    let state = netd_testkit::state_with(DUAL_STACK, ClusterConfig::for_families(IpFamilies::Dual));
+    let state = state_with_families(IpFamilies::Dual);
     let name = NodeName::new(NODE);
     let mut backend = Ipvs::new(IpvsConfig::default());
     let report = backend.sync(node, &state, &name).expect("first sync");
@@ -455,7 +455,45 @@ fn a_dual_stack_service_is_reached_through_ipvs_in_both_families() {
     assert_eq!(saved.matches("-j KUBE-NETD-INPUT").count(), 1, "{saved}");
     assert!(saved.contains("KUBE-6-CLUSTER-IP"), "{saved}");
 
-    // Leaving IPVS mode removes the virtual servers of both families.
+    // The cluster loses IPv6: its servers, addresses, chains and hooks go in the next sync.
+    let v4_only = state_with_families(IpFamilies::Ipv4);
+    backend.sync(node, &v4_only, &name).expect("IPv4-only sync");
+    assert_eq!(
+        virtual_servers(node),
+        set(&["10.96.0.10:80/Tcp rr -> 10.244.1.2:8080 w1"])
+    );
+    assert_eq!(bound(node), ips(&["10.96.0.10"]));
+    let saved = String::from_utf8_lossy(
+        &netd_kernel::netns::exec(node, &["ip6tables-save"])
+            .expect("ip6tables-save")
+            .stdout,
+    )
+    .into_owned();
+    assert!(!saved.contains("KUBE-"), "{saved}");
+
+    // Leaving IPVS mode removes the virtual servers.
     remove_other_modes(node, Mode::Nftables).expect("cleanup");
     assert_eq!(virtual_servers(node), BTreeSet::new());
+}
+
+/// [`DUAL_STACK`] in a cluster of `families` (its IPv6 objects dropped for IPv4 only).
+fn state_with_families(families: netd_model::IpFamilies) -> ClusterState {
+    use netd_model::{ClusterConfig, IpFamilies};
+    let yaml = match families {
+        IpFamilies::Ipv4 => DUAL_STACK
+            .replace(
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n",
+                "",
+            )
+            .replace(
+                "clusterIPs: [10.96.0.10, \"fd00:10:96::10\"]",
+                "clusterIPs: [10.96.0.10]",
+            )
+            .split("---\n")
+            .filter(|doc| !doc.contains("addressType: IPv6"))
+            .collect::<Vec<_>>()
+            .join("---\n"),
+        _ => DUAL_STACK.to_owned(),
+    };
+    netd_testkit::state_with(&yaml, ClusterConfig::for_families(families))
 }
