@@ -86,13 +86,16 @@ impl FromStr for Mode {
     }
 }
 
-/// What a back end is built from: the mode and the settings every mode honours.
+/// What a back end is built from: the mode, the settings every mode honours, and IPVS mode's
+/// own (read in that mode only).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendConfig {
     /// The mode.
     pub mode: Mode,
     /// What every mode programs from.
     pub program: ProgramConfig,
+    /// `--ipvs-*`: the scheduler, strict ARP, timeouts and excluded ranges of IPVS mode.
+    pub ipvs: IpvsConfig,
 }
 
 /// The settings every back end honours, whatever its mode: kube-proxy's proxy settings and
@@ -172,7 +175,7 @@ pub trait Backend: Send {
     fn metrics(&self) -> &SyncMetrics;
 }
 
-/// The back end `config` names (IPVS mode with its default [`IpvsConfig`]).
+/// The back end `config` names.
 pub fn backend(config: &BackendConfig) -> Box<dyn Backend> {
     let program = config.program.clone();
     match config.mode {
@@ -181,7 +184,7 @@ pub fn backend(config: &BackendConfig) -> Box<dyn Backend> {
             ..NodeProgrammer::default()
         }))),
         Mode::Nftables => Box::new(Nftables::new().with_program(program)),
-        Mode::Ipvs => Box::new(Ipvs::new(IpvsConfig::default()).with_program(program)),
+        Mode::Ipvs => Box::new(Ipvs::new(config.ipvs.clone()).with_program(program)),
     }
 }
 
@@ -316,9 +319,13 @@ endpoints:
 
     fn rendered(mode: Mode, program: ProgramConfig) -> String {
         let state = netd_testkit::state(&cluster());
-        backend(&BackendConfig { mode, program })
-            .render(&state, &NodeName::new("node-1"))
-            .expect("renders")
+        backend(&BackendConfig {
+            mode,
+            program,
+            ..BackendConfig::default()
+        })
+        .render(&state, &NodeName::new("node-1"))
+        .expect("renders")
     }
 
     /// The marks of NetworkPolicy in each mode's rules: `KNP-` chains and sets (iptables,

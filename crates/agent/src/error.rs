@@ -106,12 +106,6 @@ pub enum AgentError {
         /// The Node.
         node: NodeName,
     },
-    /// IPVS mode was asked to program a cluster with IPv6 Services, which it cannot do yet:
-    /// nothing is programmed, so IPv6 traffic is neither proxied nor let past policy.
-    #[error(
-        "IPVS mode programs IPv4 only, and this cluster has IPv6 Services: use --proxy-mode iptables or nftables"
-    )]
-    IpvsIpv6Unsupported,
     /// A packet of an IP family the Node does not program was traced.
     #[error("cannot trace an {family:?} packet through node {node}: it has no {family:?} rules")]
     TraceNoFamily {

@@ -3,8 +3,9 @@
 //!
 //! Each sync, in this order:
 //! 1. on a full sync, the sysctls IPVS mode needs ([`SYSCTLS`], `conn_reuse_mode=0` on kernels
-//!    older than 5.9, and with [`IpvsConfig::strict_arp`] `arp_ignore=1`/`arp_announce=2`) and
-//!    the dummy interface [`DUMMY_INTERFACE`] (down, ARP off);
+//!    older than 5.9, and with [`IpvsConfig::strict_arp`] `arp_ignore=1`/`arp_announce=2`), the
+//!    connection timeouts of [`IpvsConfig::timeouts`] if any is set, and the dummy interface
+//!    [`DUMMY_INTERFACE`] (down, ARP off);
 //! 2. the ipsets and iptables rules through the [`SyncEngine`]: one `ipset restore`, one
 //!    `iptables-restore --noflush` with the hooks dispatched through `KUBE-NETD-*` chains as
 //!    in iptables mode (so they are inserted once and policy is judged first), stale sets of
@@ -22,16 +23,24 @@
 //!
 //! Steps 2 and 4 are not one transaction: the kernel's IPVS tables take one change per
 //! message. A failure leaves whatever was done and makes the next sync full, which reads the
-//! kernel back and converges. IPv4 only: a dual-stack cluster gets its IPv4 Services.
+//! kernel back and converges.
+//!
+//! Each IP family of the cluster is rendered on its own, as in iptables mode: its plan, its
+//! virtual servers (IPv6 ones with IPv6 real servers), its `KUBE-6-*` sets for IPv6, its
+//! fixed rules through `ip6tables-restore`, and its conntrack reconcile; one netlink socket
+//! and one `kube-ipvs0` (with `/128` IPv6 addresses) serve both. kube-proxy sets no
+//! `net.ipv6` sysctl in IPVS mode (the `net.ipv4.vs` ones cover IPVS in both families), and
+//! neither does this back end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use netd_kernel::ipvs::{
     DestStatus, FLAG_PERSISTENT, FLAG_SOURCE_PORT_HASH, Ipvs as IpvsSocket, IpvsDest, IpvsProtocol,
-    IpvsService,
+    IpvsService, IpvsTimeouts,
 };
 use netd_kernel::{KernelError, link};
 use netd_model::{ClusterState, NodeName, Protocol};
@@ -62,10 +71,16 @@ pub const SYSCTLS: [(&str, &str); 3] = [
 /// connection (what `--ipvs-tcp-timeout 0` leaves), after which an idle one is gone anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// The schedulers `--ipvs-scheduler` accepts: kube-proxy's (`rr`, the default, through `nq`),
+/// and `mh`, which its validation lacks but its proxier and the kernel support.
+pub const SCHEDULERS: [&str; 11] = [
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh",
+];
+
 /// IPVS mode's options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpvsConfig {
-    /// `--ipvs-scheduler`: the scheduler of every virtual server.
+    /// `--ipvs-scheduler`: the scheduler of every virtual server (one of [`SCHEDULERS`]).
     pub scheduler: String,
     /// `--ipvs-strict-arp`: `arp_ignore=1` and `arp_announce=2`, so the node does not answer
     /// ARP for the Service addresses on its other interfaces.
@@ -73,6 +88,39 @@ pub struct IpvsConfig {
     /// How long a removed TCP real server with connections may drain at weight 0 before it
     /// is deleted anyway.
     pub drain_timeout: Duration,
+    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`: the kernel's IPVS
+    /// connection timeouts, set on every full sync when one is not zero (a zero one keeps the
+    /// kernel's value), as `ipvsadm --set` does. Whole seconds; a fraction is dropped.
+    pub timeouts: Timeouts,
+    /// `--ipvs-exclude-cidrs`: virtual servers with an address in these ranges are not ours
+    /// to remove when a full sync finds them in the kernel (another program's), unless the
+    /// plan has them.
+    pub exclude_cidrs: Vec<IpNet>,
+}
+
+/// IPVS mode's connection timeouts ([`IpvsConfig::timeouts`]); zero keeps the kernel's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Idle established TCP connections.
+    pub tcp: Duration,
+    /// TCP connections after a FIN.
+    pub tcp_fin: Duration,
+    /// UDP flows.
+    pub udp: Duration,
+}
+
+impl Timeouts {
+    /// The kernel's form, in whole seconds (saturating); `None` when every one is zero, so
+    /// nothing is to be set.
+    pub fn to_kernel(self) -> Option<IpvsTimeouts> {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let out = IpvsTimeouts {
+            tcp: secs(self.tcp),
+            tcp_fin: secs(self.tcp_fin),
+            udp: secs(self.udp),
+        };
+        (out != IpvsTimeouts::default()).then_some(out)
+    }
 }
 
 impl Default for IpvsConfig {
@@ -81,6 +129,8 @@ impl Default for IpvsConfig {
             scheduler: DEFAULT_SCHEDULER.to_owned(),
             strict_arp: false,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            timeouts: Timeouts::default(),
+            exclude_cidrs: Vec::new(),
         }
     }
 }
@@ -92,26 +142,45 @@ pub struct Ipvs {
     program: ProgramConfig,
     /// Writes the ipsets and iptables rules (hooks idempotent, stale chains and sets pruned).
     engine: SyncEngine,
-    /// The virtual servers the last successful sync applied.
+    /// The virtual servers (of every family) the last successful sync applied.
     applied: Option<BTreeMap<VirtualAddr, VirtualServer>>,
-    /// The plan the last successful sync applied (for the conntrack reconciler).
-    applied_plan: Option<ServicePlan>,
+    /// The plan of each family the last successful sync applied (for the conntrack
+    /// reconciler).
+    applied_plans: BTreeMap<IpFamily, ServicePlan>,
     /// The addresses the last successful sync left on the dummy interface.
     bound: BTreeSet<IpAddr>,
     /// Real servers no longer wanted that drain at weight 0, since when.
     draining: BTreeMap<(VirtualAddr, SocketAddr), Instant>,
     /// Set after a failed sync (the kernel may hold anything) or on request.
     full_next: bool,
-    /// What the next conntrack reconcile looks at (kept after a failed one).
-    conntrack_pending: crate::conntrack::Pending,
+    /// What each family's next conntrack reconcile looks at (kept after a failed one).
+    conntrack_pending: BTreeMap<IpFamily, crate::conntrack::Pending>,
     metrics: SyncMetrics,
 }
 
-/// What one sync of the IPVS back end applies.
+/// What one sync of the IPVS back end applies: per family of the cluster, IPv4 first, its
+/// plan and rendering; and the ipsets and iptables rules of them all.
 struct Rendered {
-    plan: ServicePlan,
-    ipvs: IpvsRules,
+    families: Vec<(ServicePlan, IpvsRules)>,
     rules: NodeRules,
+}
+
+impl Rendered {
+    /// The virtual servers of every family.
+    fn virtual_servers(&self) -> BTreeMap<VirtualAddr, VirtualServer> {
+        self.families
+            .iter()
+            .flat_map(|(_, ipvs)| ipvs.virtual_servers.clone())
+            .collect()
+    }
+
+    /// The addresses of every family the dummy interface holds.
+    fn bound_addresses(&self) -> BTreeSet<IpAddr> {
+        self.families
+            .iter()
+            .flat_map(|(_, ipvs)| ipvs.bound_addresses.iter().copied())
+            .collect()
+    }
 }
 
 impl Ipvs {
@@ -128,59 +197,71 @@ impl Ipvs {
         Self { program, ..self }
     }
 
+    /// One family sync per IP family of the cluster, as iptables mode: each family's plan,
+    /// virtual servers, sets and fixed rules (`iptables` or `ip6tables`), and its policy.
     fn rendered(&self, state: &ClusterState, node: &NodeName) -> Result<Rendered, AgentError> {
-        // IPv6 Services and NetworkPolicy would go unprogrammed: refused rather than left
-        // open.
-        if crate::programmer::families(state).contains(&IpFamily::V6) {
-            return Err(AgentError::IpvsIpv6Unsupported);
-        }
         // IPVS mode has no localhost nodePorts (as kube-proxy's).
         let options = ProxyOptions {
             localhost_nodeports: false,
             ..self.program.proxy_options(state, node)
         };
-        let family = IpFamily::V4;
-        let plan = netd_proxy::plan(state, node, family, &options);
-        let ipvs = render_ipvs(
-            &plan,
-            &IpvsOptions {
-                scheduler: self.config.scheduler.clone(),
-                node_addresses: options
-                    .node_ips
-                    .iter()
-                    .copied()
-                    .filter(|ip| family.contains(*ip))
-                    .collect(),
-                masquerade_random_fully: false,
-            },
-        );
-        let policy = self
-            .program
-            .policy_plan(state, node)?
-            .map(|p| render_policy(&p, family));
-        let mut ruleset = ipvs.ruleset.clone();
-        let mut ipset = ipvs.ipset_input();
-        let mut sets = BTreeSet::new();
-        let mut policy_hooks: &[HookRule] = &[];
-        if let Some(policy) = &policy {
-            ruleset.extend(&policy.ruleset);
-            ipset.push_str(&policy.ipset_input());
-            sets = policy.set_names();
-            policy_hooks = &policy.hooks;
-        }
-        // As in iptables mode: hooks inserted last end up first, so policy comes first.
-        let hooks: Vec<&HookRule> = ipvs.hooks.iter().chain(policy_hooks).collect();
-        let hooks = dispatch(&mut ruleset, &hooks);
-        sets.extend(IpvsSet::ALL.iter().map(|s| s.name(family)));
-        let rules = NodeRules {
-            ipset: Some(ipset),
-            iptables: Some(ruleset.to_restore()),
-            hooks,
-            families: Vec::new(),
+        let policy_plan = self.program.policy_plan(state, node)?;
+        let mut rules = NodeRules {
             prune: true,
-            sets,
+            ..NodeRules::default()
         };
-        Ok(Rendered { plan, ipvs, rules })
+        let mut ipset = String::new();
+        let mut families = Vec::new();
+        for family in crate::programmer::families(state) {
+            let plan = netd_proxy::plan(state, node, family, &options);
+            let ipvs = render_ipvs(
+                &plan,
+                &IpvsOptions {
+                    scheduler: self.config.scheduler.clone(),
+                    node_addresses: options
+                        .node_ips
+                        .iter()
+                        .copied()
+                        .filter(|ip| family.contains(*ip))
+                        .collect(),
+                    masquerade_random_fully: false,
+                },
+            );
+            let policy = policy_plan.as_ref().map(|p| render_policy(p, family));
+            let mut ruleset = ipvs.ruleset.clone();
+            ipset.push_str(&ipvs.ipset_input());
+            let mut policy_hooks: &[HookRule] = &[];
+            if let Some(policy) = &policy {
+                ruleset.extend(&policy.ruleset);
+                ipset.push_str(&policy.ipset_input());
+                rules.sets.extend(policy.set_names());
+                policy_hooks = &policy.hooks;
+            }
+            // As in iptables mode: hooks inserted last end up first, so policy comes first.
+            let hooks: Vec<&HookRule> = ipvs.hooks.iter().chain(policy_hooks).collect();
+            let hooks = dispatch(&mut ruleset, &hooks);
+            rules
+                .sets
+                .extend(IpvsSet::ALL.iter().map(|s| s.name(family)));
+            match family {
+                IpFamily::V4 => {
+                    rules.iptables = Some(ruleset.to_restore());
+                    rules.hooks = hooks;
+                }
+                IpFamily::V6 => {
+                    rules.ip6tables = Some(ruleset.to_restore());
+                    rules.hooks6 = hooks;
+                }
+            }
+            families.push((plan, ipvs));
+        }
+        // IPv6 synced before but no longer the cluster's: an empty payload has the engine
+        // visit it once more and prune its chains and hooks (IPv4 is always visited).
+        if rules.ip6tables.is_none() && self.applied_plans.contains_key(&IpFamily::V6) {
+            rules.ip6tables = Some(String::new());
+        }
+        rules.ipset = Some(ipset);
+        Ok(Rendered { families, rules })
     }
 
     fn apply(
@@ -188,7 +269,7 @@ impl Ipvs {
         netns: &str,
         next: Rendered,
         kind: SyncKind,
-    ) -> Result<FamilySync, AgentError> {
+    ) -> Result<Vec<FamilySync>, AgentError> {
         let failed = |step: &'static str| {
             move |source: KernelError| AgentError::ApplyFailed {
                 namespace: netns.to_owned(),
@@ -201,6 +282,11 @@ impl Ipvs {
             for (key, value) in sysctls(&kernel_release(), self.config.strict_arp) {
                 link::sysctl(netns, key, value).map_err(failed("set IPVS sysctls"))?;
             }
+            if let Some(timeouts) = self.config.timeouts.to_kernel() {
+                socket
+                    .set_timeouts(&timeouts)
+                    .map_err(failed("set IPVS timeouts"))?;
+            }
             link::ensure_dummy(netns, DUMMY_INTERFACE)
                 .map_err(failed("create the kube-ipvs0 interface"))?;
             self.bound = link::addresses(netns, DUMMY_INTERFACE)
@@ -209,56 +295,69 @@ impl Ipvs {
                 .map(|(ip, _)| ip)
                 .collect();
         }
+        let desired = next.virtual_servers();
+        let want = next.bound_addresses();
         self.engine.sync(&mut InNamespace::new(netns), next.rules)?;
 
-        let want = &next.ipvs.bound_addresses;
         let add: Vec<(IpAddr, u8)> = want.difference(&self.bound).map(|ip| host(*ip)).collect();
         link::change_addresses(netns, DUMMY_INTERFACE, &add, &[])
             .map_err(failed("add kube-ipvs0 addresses"))?;
-        self.bound.extend(want);
+        self.bound.extend(&want);
 
-        let desired = &next.ipvs.virtual_servers;
         let current = self
-            .current(&mut socket, kind, desired)
+            .current(&mut socket, kind, &desired)
             .map_err(failed("read IPVS virtual servers"))?;
         let now = Instant::now();
         let changes = changes(
             &current,
-            desired,
+            &desired,
             &self.draining,
             now,
             self.config.drain_timeout,
         );
         for change in &changes {
-            program(&mut socket, desired, change).map_err(failed("change IPVS virtual servers"))?;
+            program(&mut socket, &desired, change)
+                .map_err(failed("change IPVS virtual servers"))?;
         }
-        track_draining(&mut self.draining, &current, &changes, desired, now);
-        self.applied = Some(desired.clone());
+        track_draining(&mut self.draining, &current, &changes, &desired, now);
+        self.applied = Some(desired);
 
-        let stale: Vec<(IpAddr, u8)> = self.bound.difference(want).map(|ip| host(*ip)).collect();
+        let stale: Vec<(IpAddr, u8)> = self.bound.difference(&want).map(|ip| host(*ip)).collect();
         link::change_addresses(netns, DUMMY_INTERFACE, &[], &stale)
             .map_err(failed("remove kube-ipvs0 addresses"))?;
-        self.bound = want.clone();
+        self.bound = want;
 
-        let services = match (kind, &self.applied_plan) {
-            (SyncKind::Partial, Some(previous)) => next.plan.changed_services(previous),
-            _ => next.plan.ports.keys().map(|n| n.service.clone()).collect(),
-        };
-        self.conntrack_pending
-            .add(self.applied_plan.as_ref(), &next.plan);
-        self.applied_plan = Some(next.plan);
-        Ok(FamilySync {
-            family: IpFamily::V4,
-            kind,
-            services,
-            deleted_chains: 0,
-            conntrack_deleted: 0,
-        })
+        let mut done = Vec::new();
+        let families: BTreeSet<IpFamily> = next.families.iter().map(|(p, _)| p.family).collect();
+        self.applied_plans.retain(|f, _| families.contains(f));
+        self.conntrack_pending.retain(|f, _| families.contains(f));
+        for (plan, _) in next.families {
+            let family = plan.family;
+            let previous = self.applied_plans.get(&family);
+            let services = match (kind, previous) {
+                (SyncKind::Partial, Some(previous)) => plan.changed_services(previous),
+                _ => plan.ports.keys().map(|n| n.service.clone()).collect(),
+            };
+            self.conntrack_pending
+                .entry(family)
+                .or_default()
+                .add(previous, &plan);
+            self.applied_plans.insert(family, plan);
+            done.push(FamilySync {
+                family,
+                kind,
+                services,
+                deleted_chains: 0,
+                conntrack_deleted: 0,
+            });
+        }
+        Ok(done)
     }
 
-    /// The virtual servers the kernel holds: all read back on a full sync; on a partial one
-    /// the last applied, with the real servers (and so the connection counts) read back of
-    /// each one that loses a real server now or still has one draining.
+    /// The virtual servers the kernel holds: all read back on a full sync (but those of
+    /// excluded ranges the plan does not have); on a partial one the last applied, with the
+    /// real servers (and so the connection counts) read back of each one that loses a real
+    /// server now or still has one draining.
     fn current(
         &self,
         socket: &mut IpvsSocket,
@@ -271,6 +370,9 @@ impl Ipvs {
                 let mut out = BTreeMap::new();
                 for service in socket.services()? {
                     let (addr, mut vs) = virtual_server(&service);
+                    if !desired.contains_key(&addr) && self.excluded(addr.ip) {
+                        continue;
+                    }
                     vs.real_servers = real_servers(&socket.dests(&service)?);
                     out.insert(addr, vs);
                 }
@@ -292,33 +394,50 @@ impl Ipvs {
         Ok(out)
     }
 
+    /// Whether `ip` is in one of [`IpvsConfig::exclude_cidrs`].
+    fn excluded(&self, ip: IpAddr) -> bool {
+        self.config
+            .exclude_cidrs
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
+    /// Deletes each family's stale UDP/SCTP conntrack entries once its virtual servers are
+    /// in place. Every family is tried; the first failure is returned, and that family's
+    /// pending work is kept for the next sync.
     fn reconcile_conntrack(
         &mut self,
         netns: &str,
-        done: &mut FamilySync,
+        done: &mut [FamilySync],
     ) -> Result<(), AgentError> {
-        let Some(plan) = self
-            .applied_plan
-            .as_ref()
-            .filter(|_| !self.conntrack_pending.is_nothing())
-        else {
-            return Ok(());
-        };
-        let deleted = crate::sync::reconcile(
-            &mut InNamespace::new(netns),
-            done.family,
-            plan,
-            &self.conntrack_pending,
-        )
-        .map_err(|source| AgentError::ConntrackCleanupFailed {
-            namespace: netns.to_owned(),
-            family: done.family,
-            source,
-        })?;
-        self.conntrack_pending = crate::conntrack::Pending::Nothing;
-        done.conntrack_deleted = deleted;
-        self.metrics.conntrack_deleted_add(done.family, deleted);
-        Ok(())
+        let mut failure = None;
+        for sync in done {
+            let family = sync.family;
+            let (Some(plan), Some(pending)) = (
+                self.applied_plans.get(&family),
+                self.conntrack_pending.get(&family),
+            ) else {
+                continue;
+            };
+            if pending.is_nothing() {
+                continue;
+            }
+            match crate::sync::reconcile(&mut InNamespace::new(netns), family, plan, pending) {
+                Ok(deleted) => {
+                    self.conntrack_pending.remove(&family);
+                    sync.conntrack_deleted = deleted;
+                    self.metrics.conntrack_deleted_add(family, deleted);
+                }
+                Err(source) => {
+                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
+                        namespace: netns.to_owned(),
+                        family,
+                        source,
+                    });
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -330,12 +449,14 @@ impl Backend for Ipvs {
     fn render(&self, state: &ClusterState, node: &NodeName) -> Result<String, AgentError> {
         let next = self.rendered(state, node)?;
         let mut out = format!("# {DUMMY_INTERFACE} addresses\n");
-        for ip in &next.ipvs.bound_addresses {
+        for ip in &next.bound_addresses() {
             let (ip, prefix) = host(*ip);
             let _ = writeln!(out, "{ip}/{prefix}");
         }
         out.push_str("# ipvsadm-restore\n");
-        out.push_str(&next.ipvs.ipvsadm_input());
+        for (_, ipvs) in &next.families {
+            out.push_str(&ipvs.ipvsadm_input());
+        }
         out.push_str(&next.rules.to_text());
         Ok(out)
     }
@@ -347,7 +468,13 @@ impl Backend for Ipvs {
         node: &NodeName,
     ) -> Result<SyncReport, AgentError> {
         let next = self.rendered(state, node)?;
-        let health_checks = next.plan.health_checks();
+        // The primary family's, as a single-family kube-proxy counts them.
+        let health_checks = next
+            .families
+            .first()
+            .map(|(plan, _)| plan.health_checks())
+            .unwrap_or_default();
+        let families: Vec<IpFamily> = next.families.iter().map(|(p, _)| p.family).collect();
         let kind = if self.full_next || self.applied.is_none() {
             SyncKind::Full
         } else {
@@ -357,15 +484,19 @@ impl Backend for Ipvs {
             Ok(done) => done,
             Err(e) => {
                 self.full_next = true;
-                self.metrics.restore_failed(IpFamily::V4, kind);
+                for family in families {
+                    self.metrics.restore_failed(family, kind);
+                }
                 return Err(e);
             }
         };
         self.full_next = false;
-        self.metrics.synced(IpFamily::V4, kind);
+        for sync in &done {
+            self.metrics.synced(sync.family, kind);
+        }
         self.reconcile_conntrack(netns, &mut done)?;
         Ok(SyncReport {
-            families: vec![done],
+            families: done,
             health_checks,
         })
     }
@@ -871,25 +1002,190 @@ endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true
         assert_eq!(parse_release("garbage"), None);
     }
 
+    /// A dual-stack Node: a NodePort Service of both families (its IPv6 endpoint on the
+    /// Node), a UDP Service of IPv6 only, and a NetworkPolicy.
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: InternalIP, address: "fd00:172:18::2"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00:10:96::10"]
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns6, namespace: x}
+spec:
+  ipFamilies: [IPv6]
+  clusterIP: "fd00:10:96::20"
+  clusterIPs: ["fd00:10:96::20"]
+  ports: [{port: 53, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata: {name: web-4, namespace: x, labels: {kubernetes.io/service-name: web}}
+ports: [{port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv6
+metadata: {name: web-6, namespace: x, labels: {kubernetes.io/service-name: web}}
+ports: [{port: 8080, protocol: TCP}]
+endpoints: [{addresses: ["fd00:10:244:1::2"], nodeName: node-1, conditions: {ready: true}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv6
+metadata: {name: dns6-1, namespace: x, labels: {kubernetes.io/service-name: dns6}}
+ports: [{port: 53, protocol: UDP}]
+endpoints: [{addresses: ["fd00:10:244:1::9"], nodeName: node-1, conditions: {ready: true}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: web, image: echo}]}
+status: {podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, {ip: "fd00:10:244:1::2"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-x, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {}}]}]
+"#;
+
+    /// `kube-netd render --mode ipvs` of an IPv6-only and a dual-stack cluster:
+    /// `tests/golden/ipvs/<cluster>.rules`, rewritten by `UPDATE_GOLDEN=1`.
     #[test]
-    fn a_cluster_with_ipv6_services_is_refused_not_half_programmed() {
+    fn ipv6_and_dual_stack_renders_match_their_goldens() {
         use netd_model::{ClusterConfig, IpFamilies};
         let node = NodeName::new("node-1");
-        for families in [IpFamilies::Ipv6, IpFamilies::Dual] {
-            let state = netd_testkit::state_with(
-                "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n",
-                ClusterConfig::for_families(families),
+        let v6_only = DUAL
+            .replace(
+                "podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, ",
+                "podCIDRs: [",
+            )
+            .replace("{type: InternalIP, address: 172.18.0.2}, ", "")
+            .replace(
+                "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n",
+                "  ipFamilies: [IPv6]\n",
+            )
+            .replace(
+                "  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:10:96::10\"]",
+                "  clusterIP: \"fd00:10:96::10\"\n  clusterIPs: [\"fd00:10:96::10\"]",
+            )
+            .replace(
+                "status: {podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}, ",
+                "status: {podIP: \"fd00:10:244:1::2\", podIPs: [",
             );
-            let err = Ipvs::default()
-                .render(&state, &node)
-                .expect_err("IPv6 Services in IPVS mode");
-            assert!(
-                matches!(err, AgentError::IpvsIpv6Unsupported),
-                "{families}: {err}"
-            );
+        let v6_only: String = v6_only
+            .split("---\n")
+            .filter(|doc| !doc.contains("addressType: IPv4"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ipvs");
+        for (name, yaml, families) in [
+            ("ipv6", v6_only.as_str(), IpFamilies::Ipv6),
+            ("dual", DUAL, IpFamilies::Dual),
+        ] {
+            let state = netd_testkit::state_with(yaml, ClusterConfig::for_families(families));
+            let got = Ipvs::default().render(&state, &node).expect("render");
+            let file = dir.join(format!("{name}.rules"));
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::create_dir_all(&dir).expect("golden dir");
+                std::fs::write(&file, &got).expect("write golden");
+                continue;
+            }
+            let want = std::fs::read_to_string(&file).unwrap_or_default();
+            assert_eq!(got, want, "{name}: UPDATE_GOLDEN=1 to accept");
         }
-        let state = netd_testkit::state(CLUSTER);
-        assert!(Ipvs::default().render(&state, &node).is_ok());
+    }
+
+    #[test]
+    fn every_family_of_the_cluster_gets_its_servers_sets_and_rules() {
+        use netd_model::{ClusterConfig, IpFamilies};
+        let state = netd_testkit::state_with(DUAL, ClusterConfig::for_families(IpFamilies::Dual));
+        let next = Ipvs::default()
+            .rendered(&state, &NodeName::new("node-1"))
+            .expect("render");
+        let families: Vec<IpFamily> = next.families.iter().map(|(p, _)| p.family).collect();
+        assert_eq!(families, [IpFamily::V4, IpFamily::V6]);
+        let servers: Vec<String> = next
+            .virtual_servers()
+            .iter()
+            .map(|(addr, vs)| {
+                let reals: Vec<String> = vs.real_servers.keys().map(|r| r.to_string()).collect();
+                format!("{addr} -> {}", reals.join(","))
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                "-t 10.96.0.10:80 -> 10.244.1.2:8080",
+                "-t 172.18.0.2:30080 -> 10.244.1.2:8080",
+                "-t [fd00:10:96::10]:80 -> [fd00:10:244:1::2]:8080",
+                "-u [fd00:10:96::20]:53 -> [fd00:10:244:1::9]:53",
+                "-t [fd00:172:18::2]:30080 -> [fd00:10:244:1::2]:8080",
+            ]
+        );
+        let bound: Vec<String> = next
+            .bound_addresses()
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(bound, ["10.96.0.10", "fd00:10:96::10", "fd00:10:96::20"]);
+        assert!(next.rules.sets.contains("KUBE-CLUSTER-IP"));
+        assert!(next.rules.sets.contains("KUBE-6-CLUSTER-IP"));
+        let v6 = next.rules.ip6tables.as_deref().expect("ip6tables payload");
+        assert!(v6.contains("KUBE-6-CLUSTER-IP"), "{v6}");
+        assert!(v6.contains("KNP-"), "the IPv6 policy chains: {v6}");
+        assert!(!v6.contains("10.96.0.10"), "{v6}");
+        assert_eq!(next.rules.hooks6.len(), next.rules.hooks.len());
+        let text = next.rules.to_text();
+        assert!(text.contains("# ip6tables-restore --noflush\n"), "{text}");
+        assert_eq!(
+            text.matches("-I INPUT 1 -m comment --comment \"kube-netd\" -j KUBE-NETD-INPUT")
+                .count(),
+            2,
+            "one INPUT hook per family:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_family_the_cluster_no_longer_has_is_pruned_once() {
+        use netd_model::{ClusterConfig, IpFamilies};
+        let node = NodeName::new("node-1");
+        let dual = netd_testkit::state_with(DUAL, ClusterConfig::for_families(IpFamilies::Dual));
+        let v4 = netd_testkit::state(CLUSTER);
+        let mut backend = Ipvs::default();
+        assert_eq!(
+            backend
+                .rendered(&v4, &node)
+                .expect("render")
+                .rules
+                .ip6tables,
+            None
+        );
+        let synced = backend.rendered(&dual, &node).expect("render");
+        for (plan, _) in synced.families {
+            backend.applied_plans.insert(plan.family, plan);
+        }
+        let next = backend.rendered(&v4, &node).expect("render");
+        assert_eq!(next.rules.ip6tables.as_deref(), Some(""));
+        assert!(next.rules.hooks6.is_empty());
+        assert_eq!(next.families.len(), 1);
     }
 
     #[test]

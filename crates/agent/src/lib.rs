@@ -50,7 +50,9 @@
 //!   clusters).
 //! - [`sync`](mod@sync): [`SyncEngine`], the [`Applier`] seam and its real [`InNamespace`].
 //! - [`ipvs`](mod@ipvs): [`Ipvs`], the IPVS back end (virtual servers, `kube-ipvs0`, IPVS
-//!   mode's ipsets and iptables rules).
+//!   mode's ipsets and iptables rules; IPv4, and IPv6 for IPv6 and dual-stack clusters) and
+//!   its kube-proxy options ([`IpvsConfig`]: scheduler, strict ARP, timeouts, excluded
+//!   ranges).
 //! - [`conntrack`]: the UDP/SCTP conntrack reconciler's decisions.
 //! - [`enforcement`]: whether NetworkPolicy sees the traffic between a Node's Pods (bridged
 //!   Pods need `br_netfilter`), and turning that on.

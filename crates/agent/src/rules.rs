@@ -14,8 +14,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Two kinds of content, which may be combined: kube-netd's own rules per IP family
 /// ([`families`](Self::families): the service plan and its rendered chains, which allow
-/// partial syncs), and an opaque IPv4 payload ([`iptables`](Self::iptables) with its
-/// [`hooks`](Self::hooks)), written in full on every sync.
+/// partial syncs), and an opaque payload per family ([`iptables`](Self::iptables) with its
+/// [`hooks`](Self::hooks), [`ip6tables`](Self::ip6tables) with [`hooks6`](Self::hooks6)),
+/// written in full on every sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeRules {
     /// An `ipset restore -exist` payload, applied first (rules may reference its sets).
@@ -26,6 +27,11 @@ pub struct NodeRules {
     /// Jumps from built-in chains into the chains of `iptables`: each is inserted at the top
     /// of its chain, in the same transaction, unless the kernel already has it.
     pub hooks: Vec<Hook>,
+    /// An IPv6 `ip6tables-restore --noflush` payload, as `iptables` is for IPv4 (in the IPv6
+    /// family's transaction).
+    pub ip6tables: Option<String>,
+    /// Jumps from built-in chains into the chains of `ip6tables`, as `hooks`.
+    pub hooks6: Vec<Hook>,
     /// kube-netd's rules of each IP family it programs, IPv4 first.
     pub families: Vec<FamilyRules>,
     /// Remove what is kube-netd's ([`is_owned_chain`](crate::is_owned_chain),
@@ -92,10 +98,9 @@ impl NodeRules {
                 payload.push_str(&f.rules.restore_input(&SyncScope::Full, &none));
                 hooks.extend(&f.hooks);
             }
-            if family == IpFamily::V4 {
-                payload.push_str(self.iptables.as_deref().unwrap_or_default());
-                hooks.extend(&self.hooks);
-            }
+            let (opaque, opaque_hooks) = self.opaque(family);
+            payload.push_str(opaque.unwrap_or_default());
+            hooks.extend(opaque_hooks);
             let text = crate::apply::with_extras(&payload, &crate::apply::hook_lines(&hooks));
             if !text.is_empty() {
                 out.push_str(match family {
@@ -106,6 +111,16 @@ impl NodeRules {
             }
         }
         out
+    }
+
+    /// The opaque payload of `family` and its hooks ([`iptables`](Self::iptables) and
+    /// [`hooks`](Self::hooks) for IPv4, [`ip6tables`](Self::ip6tables) and
+    /// [`hooks6`](Self::hooks6) for IPv6).
+    pub fn opaque(&self, family: IpFamily) -> (Option<&str>, &[Hook]) {
+        match family {
+            IpFamily::V4 => (self.iptables.as_deref(), &self.hooks),
+            IpFamily::V6 => (self.ip6tables.as_deref(), &self.hooks6),
+        }
     }
 
     /// kube-netd's rules of `family`, if it programs that family.

@@ -420,8 +420,10 @@ impl SyncEngine {
         let mut kernel = BTreeMap::new();
         for family in IpFamily::ALL {
             let ours = rules.family(family);
-            let opaque = family == IpFamily::V4
-                && (rules.iptables.is_some() || !rules.hooks.is_empty() || rules.prune);
+            let (payload, hooks) = rules.opaque(family);
+            // Pruning always visits IPv4, whose chains every mode has.
+            let opaque =
+                payload.is_some() || !hooks.is_empty() || (family == IpFamily::V4 && rules.prune);
             if ours.is_none() && !opaque && !self.applied.contains_key(&family) {
                 continue;
             }
@@ -502,10 +504,9 @@ impl SyncEngine {
             hooks.extend(&f.hooks);
             deleted = f.rules.stale_chains(&existing).len();
         }
-        if family == IpFamily::V4 {
-            payload.push_str(rules.iptables.as_deref().unwrap_or_default());
-            hooks.extend(&rules.hooks);
-        }
+        let (opaque, opaque_hooks) = rules.opaque(family);
+        payload.push_str(opaque.unwrap_or_default());
+        hooks.extend(opaque_hooks);
         let mut extras = Extras::new();
         if rules.prune {
             // Our chains nothing declares any more. Unused service chains are deleted by

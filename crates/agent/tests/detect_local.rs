@@ -149,6 +149,7 @@ fn only_traffic_the_detector_matches_keeps_the_pod_address() {
                     },
                     network_policy: false,
                 },
+                ..BackendConfig::default()
             };
             backend(&config)
                 .sync(t.node.name(), &state, &node)

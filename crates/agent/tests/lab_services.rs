@@ -12,7 +12,8 @@
 //! reading `ip6tables-save` and IPv6 conntrack entries where it reads the kernel's state, and
 //! both again on labs whose agents run the nftables back end (`nftables/NAME`,
 //! `nftables/ipv6/NAME`), reading `nft list table` instead of `iptables-save`. The tests that
-//! hold only what a client sees run once more as `ipvs/NAME` on a lab in IPVS mode.
+//! do not read per-Service chains run once more as `ipvs/NAME` and `ipvs/ipv6/NAME` on labs
+//! in IPVS mode.
 //! Tests that need a kernel feature (SCTP sockets for the `sctp_` tests, IPVS for `ipvs/`)
 //! are reported ignored where the running kernel lacks it, and `-- --ignored` runs only them,
 //! failing them there (as `.ci/run` does in `scripts/kernel-vm.sh`, on Debian's stock kernel).
@@ -134,15 +135,22 @@ const SCTP_TESTS: [Test; 1] = [(
     sctp_service_reaches_its_pod_by_cluster_ip_and_node_port,
 )];
 
-/// The tests that run again in IPVS mode: those that assert only what clients see (the
-/// others read iptables or nftables state, or need what IPVS mode does not do here).
-const IPVS_TESTS: [&str; 6] = [
+/// The tests that run again in IPVS mode: every one but `deleting_a_service_removes_its_rules`,
+/// which reads the per-Service chains that IPVS mode does not have (its virtual servers are
+/// held by `crates/agent/tests/ipvs_kernel.rs`).
+const IPVS_TESTS: [&str; 12] = [
     "round_robin_reaches_every_pod_evenly",
+    "port_maps_to_numeric_and_named_target_ports",
     "service_without_endpoints_refuses_at_once",
     "pod_reaches_itself_through_its_service",
     "node_reaches_a_service_through_its_cluster_ip",
     "node_port_cluster_snats_to_the_node_address",
+    "node_port_local_keeps_the_client_address",
     "session_affinity_sticks_to_one_pod",
+    "udp_service_answers_once_it_gains_an_endpoint",
+    "udp_service_answers_after_its_serving_pod_is_deleted",
+    "scaling_a_deployment_changes_the_serving_pods",
+    "agent_restart_keeps_established_connections",
 ];
 
 fn main() -> ExitCode {
@@ -175,6 +183,7 @@ fn main() -> ExitCode {
         (Mode::Nftables, false),
         (Mode::Nftables, true),
         (Mode::Ipvs, false),
+        (Mode::Ipvs, true),
     ];
     let mut selected: Vec<Case> = Vec::new();
     for (mode, v6) in variants {

@@ -1,8 +1,10 @@
-//! The kernel's IPVS virtual servers, programmed through its generic-netlink family `IPVS`.
+//! The kernel's IPVS virtual servers and connection timeouts, programmed through its
+//! generic-netlink family `IPVS`.
 //!
 //! Two layers:
 //! - pure encoding and decoding ([`encode`], [`encode_family_request`], [`decode_services`],
-//!   [`decode_dests`]): byte-exact messages, golden-tested without a kernel;
+//!   [`decode_dests`], [`decode_timeouts`]): byte-exact messages, golden-tested without a
+//!   kernel;
 //! - [`Ipvs`], a netlink socket opened inside one network namespace (from a thread that entered
 //!   it, so the socket belongs to that namespace for its whole life), which resolves the family
 //!   through the generic-netlink controller and sends one request at a time, waiting for the
@@ -65,9 +67,14 @@ const CMD_NEW_DEST: u8 = 5;
 const CMD_SET_DEST: u8 = 6;
 const CMD_DEL_DEST: u8 = 7;
 const CMD_GET_DEST: u8 = 8;
+const CMD_SET_CONFIG: u8 = 12;
+const CMD_GET_CONFIG: u8 = 13;
 
 const CMD_ATTR_SERVICE: u16 = 1;
 const CMD_ATTR_DEST: u16 = 2;
+const CMD_ATTR_TIMEOUT_TCP: u16 = 4;
+const CMD_ATTR_TIMEOUT_TCP_FIN: u16 = 5;
+const CMD_ATTR_TIMEOUT_UDP: u16 = 6;
 
 const SVC_ATTR_AF: u16 = 1;
 const SVC_ATTR_PROTOCOL: u16 = 2;
@@ -173,6 +180,19 @@ pub struct DestStatus {
     pub inactive_connections: u32,
 }
 
+/// The kernel's IPVS connection timeouts, in seconds (`ipvsadm --set TCP TCPFIN UDP`): how
+/// long an established TCP connection, a TCP connection after its FIN, and a UDP flow stay
+/// in the connection table without a packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpvsTimeouts {
+    /// Established TCP connections. In a request, 0 leaves the kernel's value.
+    pub tcp: u32,
+    /// TCP connections after a FIN. In a request, 0 leaves the kernel's value.
+    pub tcp_fin: u32,
+    /// UDP flows. In a request, 0 leaves the kernel's value.
+    pub udp: u32,
+}
+
 /// One IPVS request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -192,6 +212,10 @@ pub enum Request<'a> {
     GetServices,
     /// `IPVS_CMD_GET_DEST` as a dump of one service's destinations.
     GetDests(&'a IpvsService),
+    /// `IPVS_CMD_SET_CONFIG`: new connection timeouts (each 0 left as the kernel has it).
+    SetConfig(&'a IpvsTimeouts),
+    /// `IPVS_CMD_GET_CONFIG`: the connection timeouts.
+    GetConfig,
 }
 
 /// The bytes of `request` for the IPVS family `family_id`, sequence number `seq`. Changes ask
@@ -206,6 +230,8 @@ pub fn encode(request: &Request<'_>, family_id: u16, seq: u32) -> Vec<u8> {
         Request::DelDest(..) => (CMD_DEL_DEST, false),
         Request::GetServices => (CMD_GET_SERVICE, true),
         Request::GetDests(_) => (CMD_GET_DEST, true),
+        Request::SetConfig(_) => (CMD_SET_CONFIG, false),
+        Request::GetConfig => (CMD_GET_CONFIG, false),
     };
     let flags = if dump {
         NLM_F_REQUEST | NLM_F_DUMP
@@ -224,7 +250,12 @@ pub fn encode(request: &Request<'_>, family_id: u16, seq: u32) -> Vec<u8> {
             service_attr(&mut m, s, false);
             dest_attr(&mut m, d, false);
         }
-        Request::GetServices => {}
+        Request::SetConfig(t) => {
+            m.u32(CMD_ATTR_TIMEOUT_TCP, t.tcp);
+            m.u32(CMD_ATTR_TIMEOUT_TCP_FIN, t.tcp_fin);
+            m.u32(CMD_ATTR_TIMEOUT_UDP, t.udp);
+        }
+        Request::GetServices | Request::GetConfig => {}
     }
     m.finish()
 }
@@ -266,6 +297,26 @@ pub fn decode_dests(
             parse_dest(nested, af_of(service.addr))
         })
         .collect()
+}
+
+/// The timeouts in the payload (generic-netlink header onwards) of a `GET_CONFIG` reply.
+pub fn decode_timeouts(payload: &[u8]) -> Result<IpvsTimeouts, KernelError> {
+    let mut out = IpvsTimeouts::default();
+    let mut seen = 0;
+    for (kind, v) in attrs(payload.get(GENL_HDRLEN..).unwrap_or_default()) {
+        let slot = match kind {
+            CMD_ATTR_TIMEOUT_TCP => &mut out.tcp,
+            CMD_ATTR_TIMEOUT_TCP_FIN => &mut out.tcp_fin,
+            CMD_ATTR_TIMEOUT_UDP => &mut out.udp,
+            _ => continue,
+        };
+        *slot = u32_of(v).ok_or_else(|| malformed("decode IPVS timeouts", "short timeout"))?;
+        seen += 1;
+    }
+    if seen == 0 {
+        return Err(malformed("decode IPVS timeouts", "reply without timeouts"));
+    }
+    Ok(out)
 }
 
 /// A netlink socket for IPVS inside one network namespace.
@@ -409,6 +460,23 @@ impl Ipvs {
         let mut dests = decode_dests(&payloads, service)?;
         dests.sort_by_key(|d| (d.dest.addr, d.dest.port));
         Ok(dests)
+    }
+
+    /// Sets the connection timeouts (`ipvsadm --set`); a 0 leaves that one as it is.
+    pub fn set_timeouts(&mut self, timeouts: &IpvsTimeouts) -> Result<(), KernelError> {
+        self.change(&Request::SetConfig(timeouts), "set IPVS timeouts")
+    }
+
+    /// The connection timeouts (`ipvsadm -L --timeout`).
+    pub fn timeouts(&mut self) -> Result<IpvsTimeouts, KernelError> {
+        const OP: &str = "read IPVS timeouts";
+        let seq = self.next_seq();
+        let msg = encode(&Request::GetConfig, self.family_id, seq);
+        let payloads = self.exchange(&msg, seq, false, OP)?;
+        let reply = payloads
+            .first()
+            .ok_or_else(|| malformed(OP, "no reply before the acknowledgement"))?;
+        decode_timeouts(reply)
     }
 
     fn change(&mut self, request: &Request<'_>, operation: &str) -> Result<(), KernelError> {
@@ -813,7 +881,12 @@ mod tests {
             flags: FLAG_SOURCE_PORT_HASH,
             timeout: 0,
         };
-        let cases: [(&str, Vec<u8>); 10] = [
+        let timeouts = IpvsTimeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 0,
+        };
+        let cases: [(&str, Vec<u8>); 12] = [
             ("ctrl getfamily IPVS", encode_family_request(7)),
             ("new service", encode(&Request::NewService(&s), 0x24, 7)),
             (
@@ -830,6 +903,11 @@ mod tests {
                 encode(&Request::GetServices, 0x24, 7),
             ),
             ("get dests (dump)", encode(&Request::GetDests(&s), 0x24, 7)),
+            (
+                "set config (timeouts)",
+                encode(&Request::SetConfig(&timeouts), 0x24, 7),
+            ),
+            ("get config", encode(&Request::GetConfig, 0x24, 7)),
         ];
         let mut got = String::new();
         for (name, bytes) in &cases {
@@ -876,6 +954,26 @@ mod tests {
         assert_eq!(dests[0].forward_method, FWD_MASQ);
         assert!(matches!(
             decode_services(&[vec![0, 0, 0, 0]]),
+            Err(KernelError::NetlinkMalformed { .. })
+        ));
+    }
+
+    /// A `GET_CONFIG` reply carries the three attributes a `SET_CONFIG` sends.
+    #[test]
+    fn timeouts_decode_from_a_config_reply() {
+        let t = IpvsTimeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300,
+        };
+        let reply = encode(&Request::SetConfig(&t), 0x24, 1);
+        assert_eq!(
+            decode_timeouts(&reply[NLMSG_HDRLEN..]).expect("timeouts"),
+            t
+        );
+        let empty = encode(&Request::GetConfig, 0x24, 1);
+        assert!(matches!(
+            decode_timeouts(&empty[NLMSG_HDRLEN..]),
             Err(KernelError::NetlinkMalformed { .. })
         ));
     }

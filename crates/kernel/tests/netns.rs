@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use netd_kernel::ipvs::{FLAG_PERSISTENT, Ipvs, IpvsDest, IpvsProtocol, IpvsService};
+use netd_kernel::ipvs::{FLAG_PERSISTENT, Ipvs, IpvsDest, IpvsProtocol, IpvsService, IpvsTimeouts};
 use netd_kernel::nftnl::Family;
 use netd_kernel::nftnl::conntrack;
 use netd_kernel::{KernelError, link, netns, rules};
@@ -238,4 +238,39 @@ fn ipvs_services_and_dests_round_trip_through_the_kernel() {
     assert_eq!(ipvs.services().expect("dump")[0].flags & FLAG_PERSISTENT, 0);
     ipvs.delete_service(&svc).expect("delete service");
     assert!(ipvs.services().expect("dump").is_empty());
+}
+
+/// Needs a kernel with IPVS: run it in the VM runner, as the test above. The timeouts are the
+/// namespace's own: a new namespace starts at the kernel's defaults, and a 0 in a request
+/// leaves that timeout alone.
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn ipvs_timeouts_are_set_and_read_back_per_namespace() {
+    let ns = ScratchNetns::new("ktest", "ipvs-timeouts");
+    let mut ipvs = Ipvs::open(ns.name()).expect("open IPVS in the namespace");
+    let defaults = IpvsTimeouts {
+        tcp: 900,
+        tcp_fin: 120,
+        udp: 300,
+    };
+    assert_eq!(ipvs.timeouts().expect("read timeouts"), defaults);
+    ipvs.set_timeouts(&IpvsTimeouts {
+        tcp: 600,
+        tcp_fin: 0,
+        udp: 30,
+    })
+    .expect("set timeouts");
+    let set = IpvsTimeouts {
+        tcp: 600,
+        tcp_fin: 120,
+        udp: 30,
+    };
+    assert_eq!(ipvs.timeouts().expect("read timeouts"), set);
+    if let Ok(out) = netns::exec(ns.name(), &["ipvsadm", "-L", "--timeout"]) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("(tcp tcpfin udp): 600 120 30"), "{text}");
+    }
+    let other = ScratchNetns::new("ktest", "ipvs-timeouts-other");
+    let mut fresh = Ipvs::open(other.name()).expect("open IPVS in the other namespace");
+    assert_eq!(fresh.timeouts().expect("read timeouts"), defaults);
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use netd_agent::enforcement::Enforcement;
-use netd_agent::{Backend, BackendConfig, Mode, ProgramConfig};
+use netd_agent::ipvs::{DEFAULT_DRAIN_TIMEOUT, SCHEDULERS, Timeouts};
+use netd_agent::{Backend, BackendConfig, IpvsConfig, Mode, ProgramConfig};
 use netd_healthcheck::{
     CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
 };
@@ -52,7 +53,7 @@ pub struct AgentArgs {
     /// The Node's name, instead of this machine's hostname.
     #[arg(long, value_name = "NAME")]
     hostname_override: Option<String>,
-    /// iptables (the default), nftables or ipvs (IPv4 clusters only).
+    /// iptables (the default), nftables or ipvs.
     #[arg(long, value_name = "MODE")]
     proxy_mode: Option<String>,
     /// The pod ranges (comma-separated, one per family) that tell pod traffic from
@@ -91,6 +92,28 @@ pub struct AgentArgs {
     /// Where /metrics is served (default 127.0.0.1:10249).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_bind_address: Option<String>,
+    /// IPVS mode's scheduler: rr (the default), wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq
+    /// or mh.
+    #[arg(long, value_name = "NAME")]
+    ipvs_scheduler: Option<String>,
+    /// IPVS mode: arp_ignore=1 and arp_announce=2, so the Node answers no ARP request for
+    /// the Service addresses on kube-ipvs0.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    ipvs_strict_arp: Option<bool>,
+    /// IPVS mode: the idle timeout of established TCP connections (Go duration; 0, the
+    /// default, keeps the kernel's).
+    #[arg(long, value_name = "DURATION")]
+    ipvs_tcp_timeout: Option<String>,
+    /// IPVS mode: the timeout of TCP connections after a FIN (0 keeps the kernel's).
+    #[arg(long, value_name = "DURATION")]
+    ipvs_tcpfin_timeout: Option<String>,
+    /// IPVS mode: the timeout of UDP flows (0 keeps the kernel's).
+    #[arg(long, value_name = "DURATION")]
+    ipvs_udp_timeout: Option<String>,
+    /// IPVS mode: ranges (comma-separated) whose virtual servers are left alone when stale
+    /// ones are removed.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    ipvs_exclude_cidrs: Option<Vec<String>>,
     /// Remove everything kube-netd owns in this network namespace, in every mode, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -113,6 +136,8 @@ pub struct Settings {
     /// What every back end programs from: masquerade-all, nodePort addresses, the
     /// local-traffic detector, NetworkPolicy on or off.
     pub program: ProgramConfig,
+    /// IPVS mode's scheduler, strict ARP, timeouts and excluded ranges.
+    pub ipvs: IpvsConfig,
     /// `--min-sync-period` and `--sync-period`.
     pub runner: RunnerConfig,
     /// `/healthz` and `/livez`.
@@ -132,6 +157,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let backend = netd_agent::backend(&BackendConfig {
         mode: settings.mode,
         program: settings.program.clone(),
+        ipvs: settings.ipvs.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,6 +192,12 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             sync_period: args.sync_period.clone(),
             healthz_bind_address: args.healthz_bind_address.clone(),
             metrics_bind_address: args.metrics_bind_address.clone(),
+            ipvs_scheduler: args.ipvs_scheduler.clone(),
+            ipvs_strict_arp: args.ipvs_strict_arp.unwrap_or(false),
+            ipvs_tcp_timeout: args.ipvs_tcp_timeout.clone(),
+            ipvs_tcpfin_timeout: args.ipvs_tcpfin_timeout.clone(),
+            ipvs_udp_timeout: args.ipvs_udp_timeout.clone(),
+            ipvs_exclude_cidrs: args.ipvs_exclude_cidrs.clone().unwrap_or_default(),
         },
     };
     raw.check(args.master, args.cleanup, args.network_policy)
@@ -615,6 +647,12 @@ struct Raw {
     sync_period: Option<String>,
     healthz_bind_address: Option<String>,
     metrics_bind_address: Option<String>,
+    ipvs_scheduler: Option<String>,
+    ipvs_strict_arp: bool,
+    ipvs_tcp_timeout: Option<String>,
+    ipvs_tcpfin_timeout: Option<String>,
+    ipvs_udp_timeout: Option<String>,
+    ipvs_exclude_cidrs: Vec<String>,
 }
 
 impl Raw {
@@ -676,6 +714,7 @@ impl Raw {
         if runner.sync_period.is_zero() {
             bail!("--sync-period (syncPeriod): must be more than 0");
         }
+        let ipvs = self.ipvs()?;
         let node = match self.hostname_override.filter(|h| !h.is_empty()) {
             Some(name) => name.to_lowercase(),
             None => hostname()?,
@@ -689,6 +728,7 @@ impl Raw {
             mode,
             cluster_cidrs,
             program,
+            ipvs,
             runner,
             healthz_bind_address: address(
                 self.healthz_bind_address.as_deref(),
@@ -704,6 +744,71 @@ impl Raw {
         })
     }
 }
+
+impl Raw {
+    /// IPVS mode's options, checked in every mode (a bad value is refused even where it is
+    /// not used).
+    fn ipvs(&self) -> anyhow::Result<IpvsConfig> {
+        let scheduler = match self.ipvs_scheduler.as_deref().filter(|s| !s.is_empty()) {
+            None => IpvsConfig::default().scheduler,
+            Some(name) if SCHEDULERS.contains(&name) => name.to_owned(),
+            Some(name) => bail!(
+                "--ipvs-scheduler (ipvs.scheduler): unknown scheduler {name:?}: expected one of {}",
+                SCHEDULERS.join(", ")
+            ),
+        };
+        let timeout = |text: &Option<String>, what: &str| -> anyhow::Result<Duration> {
+            let d = duration(text.as_deref(), "0", what)?;
+            if d > MAX_IPVS_TIMEOUT {
+                bail!(
+                    "{what}: {:?} is more than the kernel takes ({}s)",
+                    text.as_deref().unwrap_or_default(),
+                    MAX_IPVS_TIMEOUT.as_secs()
+                );
+            }
+            Ok(d)
+        };
+        let timeouts = Timeouts {
+            tcp: timeout(
+                &self.ipvs_tcp_timeout,
+                "--ipvs-tcp-timeout (ipvs.tcpTimeout)",
+            )?,
+            tcp_fin: timeout(
+                &self.ipvs_tcpfin_timeout,
+                "--ipvs-tcpfin-timeout (ipvs.tcpFinTimeout)",
+            )?,
+            udp: timeout(
+                &self.ipvs_udp_timeout,
+                "--ipvs-udp-timeout (ipvs.udpTimeout)",
+            )?,
+        };
+        let exclude_cidrs = self
+            .ipvs_exclude_cidrs
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                c.trim()
+                    .parse::<IpNet>()
+                    .with_context(|| format!("--ipvs-exclude-cidrs (ipvs.excludeCIDRs): {c:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(IpvsConfig {
+            scheduler,
+            strict_arp: self.ipvs_strict_arp,
+            // A real server drains until its connections would have expired anyway.
+            drain_timeout: if timeouts.tcp.is_zero() {
+                DEFAULT_DRAIN_TIMEOUT
+            } else {
+                timeouts.tcp
+            },
+            timeouts,
+            exclude_cidrs,
+        })
+    }
+}
+
+/// The longest IPVS timeout every kernel takes: `INT_MAX / HZ` seconds with the largest HZ.
+const MAX_IPVS_TIMEOUT: Duration = Duration::from_secs(i32::MAX as u64 / 1000);
 
 /// `KubeProxyConfiguration` (kubeproxy.config.k8s.io/v1alpha1): the fields kube-netd reads,
 /// under kube-proxy's names. Any other key is refused by name.
@@ -740,6 +845,8 @@ struct KubeProxyConfiguration {
     iptables: ModeSection,
     #[serde(default)]
     nftables: ModeSection,
+    #[serde(default)]
+    ipvs: IpvsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -771,12 +878,42 @@ struct ModeSection {
     min_sync_period: Option<String>,
 }
 
+/// `ipvs:` (the fields kube-netd reads; all of kube-proxy's but none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IpvsSection {
+    #[serde(default)]
+    sync_period: Option<String>,
+    #[serde(default)]
+    min_sync_period: Option<String>,
+    #[serde(default)]
+    scheduler: Option<String>,
+    #[serde(default, rename = "excludeCIDRs")]
+    exclude_cidrs: Vec<String>,
+    #[serde(default, rename = "strictARP")]
+    strict_arp: Option<bool>,
+    #[serde(default)]
+    tcp_timeout: Option<String>,
+    #[serde(default)]
+    tcp_fin_timeout: Option<String>,
+    #[serde(default)]
+    udp_timeout: Option<String>,
+}
+
 impl KubeProxyConfiguration {
     fn into_raw(self, hostname_flag: Option<String>) -> Raw {
-        let section = match self.mode.as_deref() {
+        let ipvs_mode = self.mode.as_deref() == Some("ipvs");
+        // IPVS mode takes masqueradeAll from iptables:, as kube-proxy, and its sync periods
+        // from ipvs:.
+        let mut section = match self.mode.as_deref() {
             Some("nftables") => self.nftables,
             _ => self.iptables,
         };
+        let ipvs = self.ipvs;
+        if ipvs_mode {
+            section.sync_period = ipvs.sync_period;
+            section.min_sync_period = ipvs.min_sync_period;
+        }
         Raw {
             kubeconfig: self
                 .client_connection
@@ -795,6 +932,12 @@ impl KubeProxyConfiguration {
             sync_period: self.sync_period.or(section.sync_period),
             healthz_bind_address: self.healthz_bind_address,
             metrics_bind_address: self.metrics_bind_address,
+            ipvs_scheduler: ipvs.scheduler,
+            ipvs_strict_arp: ipvs.strict_arp.unwrap_or(false),
+            ipvs_tcp_timeout: ipvs.tcp_timeout,
+            ipvs_tcpfin_timeout: ipvs.tcp_fin_timeout,
+            ipvs_udp_timeout: ipvs.udp_timeout,
+            ipvs_exclude_cidrs: ipvs.exclude_cidrs,
         }
     }
 }
@@ -848,6 +991,12 @@ fn warn_ignored(args: &AgentArgs) {
             "--metrics-bind-address",
             args.metrics_bind_address.is_some(),
         ),
+        ("--ipvs-scheduler", args.ipvs_scheduler.is_some()),
+        ("--ipvs-strict-arp", args.ipvs_strict_arp.is_some()),
+        ("--ipvs-tcp-timeout", args.ipvs_tcp_timeout.is_some()),
+        ("--ipvs-tcpfin-timeout", args.ipvs_tcpfin_timeout.is_some()),
+        ("--ipvs-udp-timeout", args.ipvs_udp_timeout.is_some()),
+        ("--ipvs-exclude-cidrs", args.ipvs_exclude_cidrs.is_some()),
     ];
     for (flag, _) in set.into_iter().filter(|(_, set)| *set) {
         tracing::warn!(
@@ -947,7 +1096,87 @@ mod tests {
         assert_eq!(s.api, ApiOptions::default());
         assert_eq!(s.program, ProgramConfig::default());
         assert!(s.program.network_policy);
+        assert_eq!(s.ipvs, IpvsConfig::default());
+        assert_eq!(s.ipvs.scheduler, "rr");
+        assert_eq!(s.ipvs.timeouts.to_kernel(), None, "0 keeps the kernel's");
         assert!(!s.cleanup);
+    }
+
+    #[test]
+    fn ipvs_flags_are_kube_proxys() {
+        let s = settings(&[
+            "--hostname-override=n",
+            "--proxy-mode=ipvs",
+            "--ipvs-scheduler=wlc",
+            "--ipvs-strict-arp",
+            "--ipvs-tcp-timeout=10m",
+            "--ipvs-tcpfin-timeout=30s",
+            "--ipvs-udp-timeout=1.5s",
+            "--ipvs-exclude-cidrs=10.200.0.0/16,fd00:200::/64",
+        ])
+        .expect("settings");
+        assert_eq!(
+            s.ipvs,
+            IpvsConfig {
+                scheduler: "wlc".to_owned(),
+                strict_arp: true,
+                drain_timeout: Duration::from_secs(600),
+                timeouts: Timeouts {
+                    tcp: Duration::from_secs(600),
+                    tcp_fin: Duration::from_secs(30),
+                    udp: Duration::from_millis(1500),
+                },
+                exclude_cidrs: vec![
+                    "10.200.0.0/16".parse().expect("net"),
+                    "fd00:200::/64".parse().expect("net"),
+                ],
+            }
+        );
+        let kernel = s.ipvs.timeouts.to_kernel().expect("timeouts to set");
+        assert_eq!((kernel.tcp, kernel.tcp_fin, kernel.udp), (600, 30, 1));
+        for scheduler in SCHEDULERS {
+            let flag = format!("--ipvs-scheduler={scheduler}");
+            let s = settings(&["--hostname-override=n", &flag]).expect(scheduler);
+            assert_eq!(s.ipvs.scheduler, scheduler);
+        }
+        let s = settings(&["--hostname-override=n", "--ipvs-udp-timeout=0"]).expect("settings");
+        assert_eq!(s.ipvs.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let timeouts = Timeouts {
+            udp: Duration::from_secs(5),
+            ..Timeouts::default()
+        };
+        let kernel = timeouts.to_kernel().expect("one timeout set");
+        assert_eq!((kernel.tcp, kernel.tcp_fin, kernel.udp), (0, 0, 5));
+    }
+
+    #[test]
+    fn bad_ipvs_flags_are_refused_by_name() {
+        for (arg, want) in [
+            (
+                "--ipvs-scheduler=fair",
+                "--ipvs-scheduler (ipvs.scheduler): unknown scheduler \"fair\": expected one of rr, wrr",
+            ),
+            (
+                "--ipvs-tcp-timeout=-1s",
+                "--ipvs-tcp-timeout (ipvs.tcpTimeout)",
+            ),
+            (
+                "--ipvs-tcpfin-timeout=5",
+                "--ipvs-tcpfin-timeout (ipvs.tcpFinTimeout)",
+            ),
+            (
+                "--ipvs-udp-timeout=1000h",
+                "more than the kernel takes (2147483s)",
+            ),
+            (
+                "--ipvs-exclude-cidrs=10.0.0.0/8,bogus",
+                "--ipvs-exclude-cidrs (ipvs.excludeCIDRs): \"bogus\"",
+            ),
+            ("--ipvs-strict-arp=maybe", "--ipvs-strict-arp"),
+        ] {
+            let err = error(&["--hostname-override=n", "--proxy-mode=ipvs", arg]);
+            assert!(err.contains(want), "{arg}: {err}");
+        }
     }
 
     #[test]
@@ -1250,6 +1479,53 @@ iptables:
             s.program.proxy.detect_local,
             DetectLocal::BridgeInterface("cni0".parse().expect("name"))
         );
+    }
+
+    #[test]
+    fn the_ipvs_section_is_read_with_kube_proxys_names() {
+        let text = format!(
+            "{}ipvs:\n  scheduler: sh\n  strictARP: true\n  tcpTimeout: 900s\n  \
+             tcpFinTimeout: 2m0s\n  udpTimeout: 0s\n  excludeCIDRs: [10.200.0.0/16]\n  \
+             syncPeriod: 45s\n  minSyncPeriod: 3s\n",
+            CONFIG.replace("mode: nftables", "mode: ipvs")
+        );
+        let file = config_file(&text);
+        let path = file.path().to_str().expect("utf-8 path");
+        let s = settings(&["--config", path, "--ipvs-scheduler=rr"]).expect("settings");
+        assert_eq!(s.mode, Mode::Ipvs);
+        assert_eq!(
+            s.ipvs,
+            IpvsConfig {
+                scheduler: "sh".to_owned(),
+                strict_arp: true,
+                drain_timeout: Duration::from_secs(900),
+                timeouts: Timeouts {
+                    tcp: Duration::from_secs(900),
+                    tcp_fin: Duration::from_secs(120),
+                    udp: Duration::ZERO,
+                },
+                exclude_cidrs: vec!["10.200.0.0/16".parse().expect("net")],
+            },
+            "the file wins over --ipvs-scheduler"
+        );
+        // IPVS mode's sync periods are the ipvs section's.
+        assert_eq!(s.runner.sync_period, Duration::from_secs(45));
+        assert_eq!(s.runner.min_sync_period, Duration::from_secs(3));
+
+        for (section, want) in [
+            ("ipvs:\n  scheduler: fair\n", "ipvs.scheduler"),
+            ("ipvs:\n  tcpTimeout: 15\n", "ipvs.tcpTimeout"),
+            (
+                "ipvs:\n  excludeCIDRs: [10.0.0.0/33]\n",
+                "ipvs.excludeCIDRs",
+            ),
+            ("ipvs:\n  strictArp: true\n", "strictArp"),
+        ] {
+            let file = config_file(&format!("{CONFIG}{section}"));
+            let path = file.path().to_str().expect("utf-8 path");
+            let err = error(&["--config", path]);
+            assert!(err.contains(want), "{section}: {err}");
+        }
     }
 
     #[test]

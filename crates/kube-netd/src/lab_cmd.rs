@@ -514,13 +514,6 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         // IPv6 pod ranges given by hand: the nodes need IPv6 addresses to route them.
         config.node_network_v6 = ClusterConfig::for_families(IpFamilies::Dual).node_network_v6;
     }
-    if matches!(a.mode, crate::render_cmd::Mode::Ipvs)
-        && config.service_cidrs.iter().any(|c| c.addr().is_ipv6())
-    {
-        bail!(
-            "--mode ipvs programs IPv4 only: use --ip-family ipv4, or --mode iptables or nftables"
-        );
-    }
     let objects = if a.files.is_empty() {
         Vec::new()
     } else {

@@ -18,7 +18,7 @@ pub enum Mode {
     Iptables,
     /// One nftables table per family with verdict maps, as kube-proxy's nftables mode.
     Nftables,
-    /// IPVS virtual servers with ipsets and a few iptables rules (IPv4).
+    /// IPVS virtual servers with ipsets and a few iptables rules.
     Ipvs,
 }
 
@@ -101,6 +101,7 @@ impl ProxyFlags {
                 },
                 network_policy: self.network_policy,
             },
+            ..BackendConfig::default()
         })
     }
 }

@@ -89,25 +89,3 @@ fn policy_check_exits_1_when_the_flow_is_blocked_and_0_when_allowed() {
         "the exit status is documented"
     );
 }
-
-/// IPVS mode programs IPv4 only: an IPv6 or dual-stack lab in IPVS mode is refused before
-/// anything is built (it would leave IPv6 traffic unproxied and past NetworkPolicy).
-#[test]
-fn lab_up_in_ipvs_mode_refuses_ipv6_before_building_anything() {
-    let state_root = tempfile::tempdir().expect("state root");
-    for family in ["ipv6", "dual"] {
-        let out = Command::new(BIN)
-            .args(["lab", "up", "--mode", "ipvs", "--ip-family", family])
-            .args(["--name", "ipvs-v6-refused", "--state-root"])
-            .arg(state_root.path())
-            .output()
-            .expect("run kube-netd");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{family}: {stderr}");
-        assert!(stderr.contains("IPv4 only"), "{family}: {stderr}");
-        let left: Vec<_> = std::fs::read_dir(state_root.path())
-            .expect("state root")
-            .collect();
-        assert!(left.is_empty(), "{family}: the refused lab left {left:?}");
-    }
-}
