@@ -15,6 +15,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 
+RUSTC_BOOTSTRAP=1 cargo fuzz build query
 start=$(date +%s)
 RUSTC_BOOTSTRAP=1 cargo fuzz run query -- -max_total_time="$seconds" -print_final_stats=1
 echo "query: no crash in $(($(date +%s) - start)) s of fuzzing"
