@@ -60,18 +60,8 @@ pub struct AgentArgs {
     /// off-cluster traffic.
     #[arg(long, value_name = "CIDRS")]
     cluster_cidr: Option<String>,
-    /// How pod traffic is told from other traffic: ClusterCIDR (the default: from
-    /// --cluster-cidr), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface (arriving on
-    /// --pod-bridge-interface) or InterfaceNamePrefix (arriving on an interface named
-    /// --pod-interface-name-prefix...).
-    #[arg(long, value_name = "MODE")]
-    detect_local_mode: Option<String>,
-    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
-    #[arg(long, value_name = "NAME")]
-    pod_bridge_interface: Option<String>,
-    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
-    #[arg(long, value_name = "PREFIX")]
-    pod_interface_name_prefix: Option<String>,
+    #[command(flatten)]
+    detect_local: DetectLocalArgs,
     /// The Node's addresses nodePorts answer on: CIDRs (comma-separated; the Node's
     /// addresses inside them), or primary (the Node's primary address of each family).
     /// Default: every local address; primary in nftables mode, as kube-proxy's.
@@ -120,6 +110,35 @@ pub struct AgentArgs {
     /// Enforce NetworkPolicy; false programs Services only (no policy chains or sets).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     network_policy: bool,
+}
+
+/// kube-proxy's flags that say how pod traffic is told from other traffic (for `kube-netd
+/// agent` and `render`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DetectLocalArgs {
+    /// How pod traffic is told from other traffic: ClusterCIDR (the default: from the
+    /// cluster's pod ranges, --cluster-cidr), NodeCIDR (the Node's spec.podCIDRs),
+    /// BridgeInterface (arriving on --pod-bridge-interface) or InterfaceNamePrefix
+    /// (arriving on an interface named --pod-interface-name-prefix...).
+    #[arg(long, value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
+    #[arg(long, value_name = "NAME")]
+    pub pod_bridge_interface: Option<String>,
+    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+}
+
+impl DetectLocalArgs {
+    /// The detector these name (none given: ClusterCIDR).
+    pub fn parse(&self) -> Result<DetectLocal, netd_proxy::BadSetting> {
+        DetectLocal::parse(
+            self.detect_local_mode.as_deref().unwrap_or_default(),
+            self.pod_bridge_interface.as_deref(),
+            self.pod_interface_name_prefix.as_deref(),
+        )
+    }
 }
 
 /// What the agent runs with, once flags and file are merged and checked.
@@ -183,9 +202,7 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             hostname_override: args.hostname_override.clone(),
             mode: args.proxy_mode.clone(),
             cluster_cidr: args.cluster_cidr.clone(),
-            detect_local_mode: args.detect_local_mode.clone(),
-            pod_bridge_interface: args.pod_bridge_interface.clone(),
-            pod_interface_name_prefix: args.pod_interface_name_prefix.clone(),
+            detect_local: args.detect_local.clone(),
             nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
             masquerade_all: args.masquerade_all.unwrap_or(false),
             min_sync_period: args.min_sync_period.clone(),
@@ -638,9 +655,7 @@ struct Raw {
     hostname_override: Option<String>,
     mode: Option<String>,
     cluster_cidr: Option<String>,
-    detect_local_mode: Option<String>,
-    pod_bridge_interface: Option<String>,
-    pod_interface_name_prefix: Option<String>,
+    detect_local: DetectLocalArgs,
     nodeport_addresses: Vec<String>,
     masquerade_all: bool,
     min_sync_period: Option<String>,
@@ -677,12 +692,7 @@ impl Raw {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
-        let detect_local = DetectLocal::parse(
-            self.detect_local_mode.as_deref().unwrap_or_default(),
-            self.pod_bridge_interface.as_deref(),
-            self.pod_interface_name_prefix.as_deref(),
-        )
-        .context(
+        let detect_local = self.detect_local.parse().context(
             "--detect-local-mode (detectLocalMode, with detectLocal.bridgeInterface or \
              detectLocal.interfaceNamePrefix)",
         )?;
@@ -923,9 +933,11 @@ impl KubeProxyConfiguration {
             hostname_override: hostname_flag.or(self.hostname_override),
             mode: self.mode,
             cluster_cidr: self.cluster_cidr,
-            detect_local_mode: self.detect_local_mode,
-            pod_bridge_interface: self.detect_local.bridge_interface,
-            pod_interface_name_prefix: self.detect_local.interface_name_prefix,
+            detect_local: DetectLocalArgs {
+                detect_local_mode: self.detect_local_mode,
+                pod_bridge_interface: self.detect_local.bridge_interface,
+                pod_interface_name_prefix: self.detect_local.interface_name_prefix,
+            },
             nodeport_addresses: self.node_port_addresses,
             masquerade_all: section.masquerade_all.unwrap_or(false),
             min_sync_period: self.min_sync_period.or(section.min_sync_period),
@@ -970,14 +982,17 @@ fn warn_ignored(args: &AgentArgs) {
         ("--kubeconfig", args.kubeconfig.is_some()),
         ("--proxy-mode", args.proxy_mode.is_some()),
         ("--cluster-cidr", args.cluster_cidr.is_some()),
-        ("--detect-local-mode", args.detect_local_mode.is_some()),
+        (
+            "--detect-local-mode",
+            args.detect_local.detect_local_mode.is_some(),
+        ),
         (
             "--pod-bridge-interface",
-            args.pod_bridge_interface.is_some(),
+            args.detect_local.pod_bridge_interface.is_some(),
         ),
         (
             "--pod-interface-name-prefix",
-            args.pod_interface_name_prefix.is_some(),
+            args.detect_local.pod_interface_name_prefix.is_some(),
         ),
         ("--nodeport-addresses", args.nodeport_addresses.is_some()),
         ("--masquerade-all", args.masquerade_all.is_some()),

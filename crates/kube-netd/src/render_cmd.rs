@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use anyhow::{Context as _, bail};
 use netd_agent::{BackendConfig, Nftables, NodeProgrammer, ProgramConfig, TraceRules};
 use netd_model::{ClusterState, NodeName, Protocol, Target};
-use netd_proxy::{DetectLocal, NodePortAddresses, ProxySettings};
+use netd_proxy::{NodePortAddresses, ProxySettings};
 use netd_render::{Origin, Packet};
 
+use crate::agent_cmd::DetectLocalArgs;
 use crate::cluster::ClusterArgs;
 
 /// The proxy mode: which kernel machinery a node's rules are programmed into.
@@ -59,16 +60,8 @@ pub struct ProxyFlags {
     /// SNAT every packet sent to a ClusterIP, from pods too.
     #[arg(long)]
     masquerade_all: bool,
-    /// How pod traffic is told from other traffic: ClusterCIDR (the default: the cluster's
-    /// pod ranges), NodeCIDR, BridgeInterface or InterfaceNamePrefix.
-    #[arg(long, value_name = "MODE")]
-    detect_local_mode: Option<String>,
-    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
-    #[arg(long, value_name = "NAME")]
-    pod_bridge_interface: Option<String>,
-    /// The prefix of the pods' interface names, for --detect-local-mode=InterfaceNamePrefix.
-    #[arg(long, value_name = "PREFIX")]
-    pod_interface_name_prefix: Option<String>,
+    #[command(flatten)]
+    detect_local: DetectLocalArgs,
     /// The Node's addresses nodePorts answer on: CIDRs (comma-separated) or primary.
     /// Default: every local address, in every mode, as the lab's nodes have it (`kube-netd
     /// agent` defaults to primary in nftables mode, as kube-proxy: give it here too).
@@ -82,12 +75,7 @@ pub struct ProxyFlags {
 impl ProxyFlags {
     /// The back end's configuration for `mode` with these flags.
     fn config(&self, mode: netd_agent::Mode) -> anyhow::Result<BackendConfig> {
-        let detect_local = DetectLocal::parse(
-            self.detect_local_mode.as_deref().unwrap_or_default(),
-            self.pod_bridge_interface.as_deref(),
-            self.pod_interface_name_prefix.as_deref(),
-        )
-        .context("--detect-local-mode")?;
+        let detect_local = self.detect_local.parse().context("--detect-local-mode")?;
         let nodeport_addresses =
             NodePortAddresses::parse(&self.nodeport_addresses).context("--nodeport-addresses")?;
         Ok(BackendConfig {
