@@ -410,34 +410,13 @@ impl Ipvs {
         netns: &str,
         done: &mut [FamilySync],
     ) -> Result<(), AgentError> {
-        let mut failure = None;
-        for sync in done {
-            let family = sync.family;
-            let (Some(plan), Some(pending)) = (
-                self.applied_plans.get(&family),
-                self.conntrack_pending.get(&family),
-            ) else {
-                continue;
-            };
-            if pending.is_nothing() {
-                continue;
-            }
-            match crate::sync::reconcile(&mut InNamespace::new(netns), family, plan, pending) {
-                Ok(deleted) => {
-                    self.conntrack_pending.remove(&family);
-                    sync.conntrack_deleted = deleted;
-                    self.metrics.conntrack_deleted_add(family, deleted);
-                }
-                Err(source) => {
-                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
-                        namespace: netns.to_owned(),
-                        family,
-                        source,
-                    });
-                }
-            }
-        }
-        failure.map_or(Ok(()), Err)
+        crate::sync::reconcile_families(
+            &mut InNamespace::new(netns),
+            done,
+            |family| self.applied_plans.get(&family),
+            &mut self.conntrack_pending,
+            &self.metrics,
+        )
     }
 }
 

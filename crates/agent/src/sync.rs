@@ -365,36 +365,14 @@ impl SyncEngine {
                 .add(previous, &family.plan);
             self.applied.insert(key, family);
         }
-        let mut failure = None;
-        for done in &mut report.families {
-            let (Some(applied), Some(pending)) = (
-                self.applied.get(&done.family),
-                self.conntrack_pending.get(&done.family),
-            ) else {
-                continue;
-            };
-            if pending.is_nothing() {
-                continue;
-            }
-            match reconcile(applier, done.family, &applied.plan, pending) {
-                Ok(n) => {
-                    done.conntrack_deleted = n;
-                    self.conntrack_pending.remove(&done.family);
-                    self.metrics.conntrack_deleted_add(done.family, n);
-                }
-                Err(source) => {
-                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
-                        namespace: applier.namespace().to_owned(),
-                        family: done.family,
-                        source,
-                    });
-                }
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        reconcile_families(
+            applier,
+            &mut report.families,
+            |family| self.applied.get(&family).map(|applied| &applied.plan),
+            &mut self.conntrack_pending,
+            &self.metrics,
+        )?;
+        Ok(report)
     }
 
     /// The kernel part of a sync: sets, one restore per family, stale sets. Returns what was
@@ -557,6 +535,44 @@ fn changed_chains(previous: &FamilyRules, current: &FamilyRules) -> BTreeSet<Ser
         }
     }
     changed
+}
+
+/// Deletes the stale UDP/SCTP conntrack entries of each family in `done` that has work in
+/// `pending`, against that family's applied plan (`plans`). Every family is tried; one that
+/// succeeds has its work cleared, and its count in `conntrack_deleted` and the metrics; the
+/// first failure is returned, and that family's work stays pending for the next sync.
+pub(crate) fn reconcile_families<'p>(
+    applier: &mut dyn Applier,
+    done: &mut [FamilySync],
+    plans: impl Fn(IpFamily) -> Option<&'p ServicePlan>,
+    pending: &mut BTreeMap<IpFamily, conntrack::Pending>,
+    metrics: &SyncMetrics,
+) -> Result<(), AgentError> {
+    let mut failure = None;
+    for sync in done {
+        let family = sync.family;
+        let (Some(plan), Some(work)) = (plans(family), pending.get(&family)) else {
+            continue;
+        };
+        if work.is_nothing() {
+            continue;
+        }
+        match reconcile(applier, family, plan, work) {
+            Ok(deleted) => {
+                sync.conntrack_deleted = deleted;
+                pending.remove(&family);
+                metrics.conntrack_deleted_add(family, deleted);
+            }
+            Err(source) => {
+                failure.get_or_insert(AgentError::ConntrackCleanupFailed {
+                    namespace: applier.namespace().to_owned(),
+                    family,
+                    source,
+                });
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// Deletes the UDP/SCTP conntrack entries of `family` that `plan` makes stale among those

@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use crate::backend::{Backend, Mode, ProgramConfig};
 use crate::error::AgentError;
 use crate::programmer::families;
-use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile};
+use crate::sync::{FamilySync, InNamespace, SyncKind, SyncMetrics, SyncReport, reconcile_families};
 
 /// What one family's table is rendered from and into.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,35 +210,13 @@ impl Nftables {
         netns: &str,
         report: &mut SyncReport,
     ) -> Result<(), AgentError> {
-        let mut applier = InNamespace::new(netns);
-        let mut failure = None;
-        for done in &mut report.families {
-            let family = done.family;
-            let (Some(pending), Some(applied)) = (
-                self.conntrack_pending.get(&family),
-                self.applied.get(&family),
-            ) else {
-                continue;
-            };
-            if pending.is_nothing() {
-                continue;
-            }
-            match reconcile(&mut applier, family, &applied.plan, pending) {
-                Ok(n) => {
-                    done.conntrack_deleted = n;
-                    self.conntrack_pending.remove(&family);
-                    self.metrics.conntrack_deleted_add(family, n);
-                }
-                Err(source) => {
-                    failure.get_or_insert(AgentError::ConntrackCleanupFailed {
-                        namespace: netns.to_owned(),
-                        family,
-                        source,
-                    });
-                }
-            }
-        }
-        failure.map_or(Ok(()), Err)
+        reconcile_families(
+            &mut InNamespace::new(netns),
+            &mut report.families,
+            |family| self.applied.get(&family).map(|applied| &applied.plan),
+            &mut self.conntrack_pending,
+            &self.metrics,
+        )
     }
 }
 
