@@ -9,13 +9,14 @@
 //! of `externalTrafficPolicy: Cluster` Services stop sending to it.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
+pub use netd_model::IpFamily;
 use netd_model::{ClusterState, Kind, NodeName, Object, ObjectId};
 use serde::Serialize;
 
@@ -36,28 +37,6 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2 * 30);
 
 /// The taint the Cluster Autoscaler puts on a Node it is about to delete.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
-
-/// An IP family, as the API spells it (`IPv4`, `IPv6`) in kube-proxy's health JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum IpFamily {
-    /// IPv4.
-    #[serde(rename = "IPv4")]
-    V4,
-    /// IPv6.
-    #[serde(rename = "IPv6")]
-    V6,
-}
-
-impl IpFamily {
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            IpFamily::V4
-        } else {
-            IpFamily::V6
-        }
-    }
-}
 
 /// The health of the proxier of one IP family (`ProxierHealth`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

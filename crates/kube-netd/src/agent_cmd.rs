@@ -308,14 +308,6 @@ async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<
                 if full && program.network_policy {
                     // Poisoned only if a check panicked; it only remembers what was logged.
                     let mut enforcement = enforcement.lock().unwrap_or_else(|p| p.into_inner());
-                    let families = request
-                        .state
-                        .config()
-                        .service_cidrs
-                        .iter()
-                        .map(|net| netd_proxy::IpFamily::of(net.addr()))
-                        .chain([netd_proxy::IpFamily::V4])
-                        .collect();
                     tokio::task::block_in_place(|| enforcement.run(&families, &metrics));
                 }
                 let report = tokio::task::block_in_place(|| {
@@ -419,7 +411,7 @@ struct EnforcementCheck {
 }
 
 impl EnforcementCheck {
-    fn run(&mut self, families: &BTreeSet<netd_proxy::IpFamily>, metrics: &AgentMetrics) {
+    fn run(&mut self, families: &BTreeSet<IpFamily>, metrics: &AgentMetrics) {
         let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families).map_err(|e| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);

@@ -39,7 +39,6 @@ use netd_healthcheck::{
 };
 use netd_kernel::{module, netns, process};
 use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef};
-use netd_proxy::IpFamily;
 use prometheus_client::registry::Registry;
 
 use crate::names::Names;
@@ -330,7 +329,7 @@ impl Agent {
             self.backend.request_full_sync();
         }
         for family in netd_agent::programmer::families(state) {
-            self.health.proxy.queued_update(health_family(family));
+            self.health.proxy.queued_update(family);
         }
         let result = self.backend.sync(node_ns, state, &self.node);
         let written = self.write_metrics();
@@ -339,7 +338,7 @@ impl Agent {
             source: Box::new(source),
         })?;
         for done in &report.families {
-            self.health.proxy.updated(health_family(done.family));
+            self.health.proxy.updated(done.family);
             if done.kind == SyncKind::Full {
                 self.last_full = Some(Instant::now());
             }
@@ -582,13 +581,6 @@ fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
     })
     .join()
     .map_err(|_| std::io::Error::other("the thread binding a health server panicked"))?
-}
-
-fn health_family(family: IpFamily) -> netd_healthcheck::IpFamily {
-    match family {
-        IpFamily::V4 => netd_healthcheck::IpFamily::V4,
-        IpFamily::V6 => netd_healthcheck::IpFamily::V6,
-    }
 }
 
 /// Reads every Node's record, for waiting on convergence.

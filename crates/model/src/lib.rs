@@ -16,6 +16,7 @@
 //! - [`validate`]: what the API server would reject, object by object ([`Validator`]).
 
 pub mod config;
+pub mod family;
 pub mod field;
 pub mod keys;
 pub mod load;
@@ -28,6 +29,7 @@ pub mod validation;
 pub mod view;
 
 pub use config::{ClusterConfig, IpFamilies, UnknownIpFamilies};
+pub use family::IpFamily;
 pub use field::{FieldError, FieldPath};
 pub use keys::{
     DeploymentRef, EndpointSliceRef, NamespaceName, NodeName, PodRef, PolicyRef, Protocol,

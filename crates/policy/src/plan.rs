@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use data_encoding::BASE32;
 use ipnet::IpNet;
+pub use netd_model::IpFamily;
 use netd_model::view::{Pod, PolicyPeer, PolicyRule, PortSpec};
 use netd_model::{ClusterState, NodeName, PodRef, PolicyRef, Protocol};
 use serde::Serialize;
@@ -177,26 +178,6 @@ impl SetName {
 impl fmt::Display for SetName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// An IP family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum IpFamily {
-    /// IPv4 (ipset `family inet`, nftables `ipv4_addr`).
-    V4,
-    /// IPv6 (ipset `family inet6`, nftables `ipv6_addr`).
-    V6,
-}
-
-impl IpFamily {
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            IpFamily::V4
-        } else {
-            IpFamily::V6
-        }
     }
 }
 

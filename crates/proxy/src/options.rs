@@ -5,61 +5,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
+pub use netd_model::IpFamily;
 use netd_model::{ClusterState, NodeName};
-
-/// An IP family. Each plan (like each kube-proxy proxier) covers exactly one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IpFamily {
-    /// IPv4 (`iptables`).
-    V4,
-    /// IPv6 (`ip6tables`).
-    V6,
-}
-
-impl IpFamily {
-    /// Both families, IPv4 first.
-    pub const ALL: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
-
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> IpFamily {
-        if ip.is_ipv4() {
-            IpFamily::V4
-        } else {
-            IpFamily::V6
-        }
-    }
-
-    /// Whether `ip` belongs to this family.
-    pub fn contains(self, ip: IpAddr) -> bool {
-        IpFamily::of(ip) == self
-    }
-
-    /// Whether `net` belongs to this family.
-    pub fn contains_net(self, net: &IpNet) -> bool {
-        self.contains(net.addr())
-    }
-
-    /// The loopback range of the family: `127.0.0.0/8` or `::1/128`.
-    pub fn loopback(self) -> IpNet {
-        // Both literals are valid prefixes; `new` fails only for a prefix longer than the address.
-        match self {
-            IpFamily::V4 => {
-                IpNet::V4(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default())
-            }
-            IpFamily::V6 => IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).unwrap_or_default()),
-        }
-    }
-}
-
-impl fmt::Display for IpFamily {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        })
-    }
-}
 
 /// kube-proxy's `--detect-local-mode`: how traffic from this cluster's pods is told from
 /// other traffic (off-cluster clients, the host itself).

@@ -30,8 +30,7 @@ use std::net::IpAddr;
 
 use netd_model::PodRef;
 use netd_policy::plan::{
-    AddressSet, DirectionPlan, IpFamily as SetFamily, PlanMatch, PodPlan, PortMatch, SetMembers,
-    SetName,
+    AddressSet, DirectionPlan, PlanMatch, PodPlan, PortMatch, SetMembers, SetName,
 };
 use netd_policy::{Direction as PolicyDirection, PolicyPlan};
 use netd_proxy::IpFamily;
@@ -78,15 +77,10 @@ pub struct PolicyRules {
 
 /// Renders the plan's rules for `family` (sets and matches of the other family are left out).
 pub fn render_policy(plan: &PolicyPlan, family: IpFamily) -> PolicyRules {
-    let set_family = match family {
-        IpFamily::V4 => SetFamily::V4,
-        IpFamily::V6 => SetFamily::V6,
-    };
     let mut r = Renderer {
         rs: Ruleset::new(family),
         plan,
         family,
-        set_family,
         used: BTreeSet::new(),
         forward: ChainName::from(POLICY_FORWARD),
         input: ChainName::from(POLICY_INPUT),
@@ -204,7 +198,6 @@ struct Renderer<'a> {
     rs: Ruleset,
     plan: &'a PolicyPlan,
     family: IpFamily,
-    set_family: SetFamily,
     used: BTreeSet<SetName>,
     forward: ChainName,
     input: ChainName,
@@ -353,10 +346,7 @@ impl Renderer<'_> {
 
     /// Records that a set is referred to; false when it is of the other family (or unknown).
     fn use_set(&mut self, set: &SetName) -> bool {
-        let ok = self
-            .plan
-            .set(set)
-            .is_some_and(|s| s.family == self.set_family);
+        let ok = self.plan.set(set).is_some_and(|s| s.family == self.family);
         if ok {
             self.used.insert(set.clone());
         }
@@ -410,8 +400,8 @@ fn set_type(set: &AddressSet) -> (&'static str, &'static str) {
         SetMembers::AddressPorts(_) => "hash:ip,port",
     };
     let family = match set.family {
-        SetFamily::V4 => "inet",
-        SetFamily::V6 => "inet6",
+        IpFamily::V4 => "inet",
+        IpFamily::V6 => "inet6",
     };
     (kind, family)
 }

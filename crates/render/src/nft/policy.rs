@@ -49,8 +49,7 @@ use std::net::IpAddr;
 
 use netd_model::PodRef;
 use netd_policy::plan::{
-    AddressSet, DirectionPlan, IpFamily as SetFamily, PlanMatch, PodPlan, PortMatch, SetMembers,
-    SetName,
+    AddressSet, DirectionPlan, PlanMatch, PodPlan, PortMatch, SetMembers, SetName,
 };
 use netd_policy::{Direction, PolicyPlan};
 use netd_proxy::IpFamily;
@@ -95,15 +94,10 @@ const NEIGHBOUR_DISCOVERY: [(&str, u32); 2] = [("solicitation", 135), ("advertis
 /// the table the Services renderer produces with [`merge_into`]; its names never collide
 /// with the Services' (they start with [`CHAIN_PREFIX`] or [`SET_PREFIX`]).
 pub fn render_policy_nft(plan: &PolicyPlan, family: IpFamily) -> Table {
-    let set_family = match family {
-        IpFamily::V4 => SetFamily::V4,
-        IpFamily::V6 => SetFamily::V6,
-    };
     let mut r = Renderer {
         table: Table::new(family),
         plan,
         family,
-        set_family,
         used: BTreeSet::new(),
         ingress: Set::map(INGRESS_MAP, vec![KeyType::addr(family)], DataType::Verdict)
             .with_comment("isolated pods' ingress chains, by destination"),
@@ -195,7 +189,6 @@ struct Renderer<'a> {
     table: Table,
     plan: &'a PolicyPlan,
     family: IpFamily,
-    set_family: SetFamily,
     used: BTreeSet<SetName>,
     ingress: Set,
     egress: Set,
@@ -340,10 +333,7 @@ impl Renderer<'_> {
 
     /// Records that a set is referred to; false when it is of the other family (or unknown).
     fn use_set(&mut self, set: &SetName) -> bool {
-        let ok = self
-            .plan
-            .set(set)
-            .is_some_and(|s| s.family == self.set_family);
+        let ok = self.plan.set(set).is_some_and(|s| s.family == self.family);
         if ok {
             self.used.insert(set.clone());
         }
