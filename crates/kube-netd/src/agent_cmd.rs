@@ -412,16 +412,9 @@ struct EnforcementCheck {
 
 impl EnforcementCheck {
     fn run(&mut self, families: &BTreeSet<IpFamily>, metrics: &AgentMetrics) {
-        let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families).map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        });
+        // The whole chain of causes, as the binary prints every error.
+        let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families)
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
         metrics.policy_enforced.set(i64::from(outcome.is_ok()));
         if self.last.as_ref() == Some(&outcome) {
             return;
