@@ -4,18 +4,41 @@
 
 use std::fmt::Write as _;
 
-/// Namespaces of [`policy_cluster`].
-const NAMESPACES: usize = 100;
-/// Pods per namespace of [`policy_cluster`].
-const PODS_PER_NS: usize = 100;
-/// NetworkPolicies per namespace of [`policy_cluster`].
-const POLICIES_PER_NS: usize = 10;
+/// The shape of a [`policy_cluster_of`]: how many of each object.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyScale {
+    /// Nodes `node-0` …; Pods are spread over them in turn.
+    pub nodes: usize,
+    /// Namespaces `ns-0` …, labelled `team: t<n mod 5>`.
+    pub namespaces: usize,
+    /// Pods per namespace.
+    pub pods_per_ns: usize,
+    /// NetworkPolicies per namespace.
+    pub policies_per_ns: usize,
+}
 
 /// 10,000 Pods in 100 namespaces spread over `nodes` Nodes (`node-0` …, so `node-0` runs
-/// 10,000 / `nodes` of them) and 1,000 NetworkPolicies: ingress from pod and namespace
-/// selectors with numbered, ranged and named ports; egress to an ipBlock with an except and
-/// to pods on a named port.
+/// 10,000 / `nodes` of them) and 1,000 NetworkPolicies: the issues' NetworkPolicy size, as
+/// [`policy_cluster_of`] writes it.
 pub fn policy_cluster(nodes: usize) -> String {
+    policy_cluster_of(PolicyScale {
+        nodes,
+        namespaces: 100,
+        pods_per_ns: 100,
+        policies_per_ns: 10,
+    })
+}
+
+/// Pods with `app`, `tier` labels and a named container port, and NetworkPolicies drawn from
+/// the whole API surface: ingress from pod and namespace selectors with numbered, ranged and
+/// named ports; egress to an ipBlock with an except and to pods on a named port.
+pub fn policy_cluster_of(scale: PolicyScale) -> String {
+    let PolicyScale {
+        nodes,
+        namespaces,
+        pods_per_ns,
+        policies_per_ns,
+    } = scale;
     let mut y = String::new();
     for n in 0..nodes {
         let _ = write!(
@@ -26,13 +49,13 @@ pub fn policy_cluster(nodes: usize) -> String {
         );
     }
     let mut k = 0usize;
-    for ns in 0..NAMESPACES {
+    for ns in 0..namespaces {
         let _ = write!(
             y,
             "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{ns}, labels: {{team: t{}}}}}\n",
             ns % 5
         );
-        for p in 0..PODS_PER_NS {
+        for p in 0..pods_per_ns {
             let tier = if p % 2 == 0 { "front" } else { "back" };
             let _ = write!(
                 y,
@@ -46,7 +69,7 @@ pub fn policy_cluster(nodes: usize) -> String {
             );
             k += 1;
         }
-        for i in 0..POLICIES_PER_NS {
+        for i in 0..policies_per_ns {
             let _ = write!(
                 y,
                 "---
