@@ -771,6 +771,17 @@ impl Lab {
             })
     }
 
+    /// Whether every Node's agent has programmed the cluster's latest published generation
+    /// (what `apply` and `delete` wait for; a write through the lab's API publishes its
+    /// generation before it is acknowledged).
+    pub fn converged(&self) -> Result<bool, LabError> {
+        let (record, cluster) = self.records()?;
+        let nodes: Vec<NodeName> = record.nodes.keys().cloned().collect();
+        Ok(node_records(&self.store, &nodes)?
+            .iter()
+            .all(|(_, r)| r.converged >= cluster.generation))
+    }
+
     /// Waits until every Node's agent has converged on `generation`.
     fn wait_converged(&self, generation: u64) -> Result<(), LabError> {
         let (record, _) = self.records()?;
