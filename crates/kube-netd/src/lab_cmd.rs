@@ -386,8 +386,9 @@ struct DemoArgs {
 struct KubeconfigArgs {
     #[command(flatten)]
     lab: NameArgs,
-    /// The kubeconfig for clients inside the lab's network (run in a Node's, a Pod's or the
-    /// external namespace): the API server at its address on the lab's underlay, port 6443.
+    /// The kubeconfig for clients inside the lab's network (run in a Node's namespace, the
+    /// external one or an IPv4 Pod's): the API server at its address on the lab's underlay,
+    /// port 6443.
     #[arg(long)]
     in_lab: bool,
 }

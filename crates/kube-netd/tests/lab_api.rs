@@ -158,6 +158,20 @@ fn kubectl_changes_the_lab_and_packets_follow() {
         String::from_utf8_lossy(&nodes.stdout),
         "node/node-1\nnode/node-2\n"
     );
+    // A Pod reaches it too, with its own address (the underlay routes the replies back).
+    let from_pod = kubectl_in(
+        &lab,
+        &kubectl,
+        "default/client",
+        &in_lab,
+        &["get", "nodes", "-o", "name"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&from_pod.stdout),
+        "node/node-1\nnode/node-2\n",
+        "kubectl in default/client: {}",
+        String::from_utf8_lossy(&from_pod.stderr)
+    );
     let host = kubectl_in(
         &lab,
         &kubectl,

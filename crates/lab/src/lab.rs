@@ -274,9 +274,9 @@ impl Lab {
         Some(self.store.kubeconfig_path()).filter(|p| p.exists())
     }
 
-    /// The kubeconfig for clients inside the lab's network (a Node's namespace, a Pod's, the
-    /// external one), if the lab has an API server: it reaches the server at its address on
-    /// the underlay switch, as a control-plane node's address would be.
+    /// The kubeconfig for clients inside the lab's network (a Node's namespace, the external
+    /// one, a Pod's with an IPv4 address), if the lab has an API server: it reaches the server
+    /// at its address on the underlay switch, as a control-plane node's address would be.
     pub fn in_lab_kubeconfig(&self) -> Option<PathBuf> {
         Some(self.store.in_lab_kubeconfig_path()).filter(|p| p.exists())
     }

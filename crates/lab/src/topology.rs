@@ -160,6 +160,15 @@ pub(crate) fn build_infrastructure(
         }
         switch.extend(attach_to_switch(&names::switch_port(node), &ns));
     }
+    if record.api_ip.is_some() {
+        // Pods reach the API server with their own addresses (nothing masquerades them): its
+        // replies go back through the Pod's Node, as the Nodes route each other's podCIDRs.
+        for addr in nodes.values() {
+            for cidr in addr.pod_cidrs().filter(|c| c.addr().is_ipv4()) {
+                switch.push(format!("route add {cidr} via {}", addr.ip));
+            }
+        }
+    }
     netns::ip_batch(&underlay, &switch).map_err(LabError::kernel("the underlay switch"))?;
 
     if let Some(ip) = record.external_ip {
