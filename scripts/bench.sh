@@ -3,8 +3,8 @@
 #
 # Criterion benches (pure: control plane, policy, render, DNS zone) are run with --quick and
 # read back from target/criterion/**/new/estimates.json; the kernel benches (lab, agent apply,
-# conntrack: real namespaces, need root) and the API server's list with the real kubectl print
-# their own tables, which are passed through.
+# conntrack: real namespaces, need root) and the API server's list and a lab's apply latency
+# with the real kubectl print their own tables, which are passed through.
 # Usage: scripts/bench.sh [--no-kernel]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,5 +52,7 @@ if [ "$kernel" = 1 ]; then
   if [ -x /usr/bin/kubectl ]; then
     echo
     cargo bench -q -p netd-apiserver --bench list 2>/dev/null
+    echo
+    cargo bench -q -p kube-netd --bench lab_apply 2>/dev/null
   fi
 fi

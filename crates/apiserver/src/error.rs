@@ -59,6 +59,13 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// A listening socket handed to the server could not be served.
+    #[error("cannot serve on the listening socket given")]
+    ListenerUnusable {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The kubeconfig file could not be written.
     #[error("cannot write kubeconfig {path}")]
     KubeconfigFailed {

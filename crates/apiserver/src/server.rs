@@ -77,11 +77,23 @@ impl ApiServer {
         addr: SocketAddr,
         options: ServeOptions,
     ) -> Result<ApiServer, ServeError> {
-        let bind_failed = |source| ServeError::BindFailed { addr, source };
-        let listener = std::net::TcpListener::bind(addr).map_err(bind_failed)?;
-        listener.set_nonblocking(true).map_err(bind_failed)?;
-        let addr = listener.local_addr().map_err(bind_failed)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_failed)?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| ServeError::BindFailed { addr, source })?;
+        ApiServer::start_on(registry, listener, options)
+    }
+
+    /// Serves `registry` on `listener`, already bound (say, from a thread inside another
+    /// network namespace: the socket stays there), with `options`. Must be called from
+    /// within a Tokio runtime.
+    pub fn start_on(
+        registry: Arc<Registry>,
+        listener: std::net::TcpListener,
+        options: ServeOptions,
+    ) -> Result<ApiServer, ServeError> {
+        let unusable = |source| ServeError::ListenerUnusable { source };
+        listener.set_nonblocking(true).map_err(unusable)?;
+        let addr = listener.local_addr().map_err(unusable)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(unusable)?;
         let api = Arc::new(Api {
             registry,
             addr,

@@ -126,10 +126,11 @@ enum LabCommand {
     Restart(RestartArgs),
     /// Print the path of the lab's kubeconfig, for kubectl (`lab up` prints it too).
     #[command(
-        after_help = "Example:\n  export KUBECONFIG=$(kube-netd lab kubeconfig --name kube-netd)\n  \
-        kubectl get pods -A -o wide"
+        after_help = "Examples:\n  export KUBECONFIG=$(kube-netd lab kubeconfig --name kube-netd)\n  \
+        kubectl get pods -A -o wide\n  \
+        kube-netd lab exec node/node-1 -- kubectl --kubeconfig $(kube-netd lab kubeconfig --in-lab) get nodes"
     )]
-    Kubeconfig(NameArgs),
+    Kubeconfig(KubeconfigArgs),
     /// Remove every namespace, process and file of a lab (idempotent; works after a crash).
     #[command(after_help = "Example:\n  kube-netd lab down --name kube-netd")]
     Down(NameArgs),
@@ -382,6 +383,17 @@ struct DemoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct KubeconfigArgs {
+    #[command(flatten)]
+    lab: NameArgs,
+    /// The kubeconfig for clients inside the lab's network (run in a Node's namespace, the
+    /// external one or an IPv4 Pod's): the API server at its address on the lab's underlay,
+    /// port 6443.
+    #[arg(long)]
+    in_lab: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct RestartArgs {
     #[command(flatten)]
     lab: NameArgs,
@@ -483,10 +495,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Kubeconfig(a) => {
-            let lab = a.open()?;
-            let path = lab
-                .kubeconfig()
-                .with_context(|| format!("lab {} has no API server", a.name))?;
+            let lab = a.lab.open()?;
+            let path = if a.in_lab {
+                lab.in_lab_kubeconfig()
+            } else {
+                lab.kubeconfig()
+            };
+            let path = path.with_context(|| format!("lab {} has no API server", a.lab.name))?;
             Ok(crate::out::line(path.display())?)
         }
         LabCommand::Down(a) => {

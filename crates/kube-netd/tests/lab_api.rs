@@ -70,6 +70,22 @@ fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
     }
 }
 
+/// Runs `kubectl --kubeconfig KUBECONFIG ARGS` inside the lab's `place` (`lab exec`'s
+/// target), as a client in the lab's network would.
+fn kubectl_in(
+    lab: &TestLab,
+    kubectl: &Kubectl,
+    place: &str,
+    kubeconfig: &str,
+    args: &[&str],
+) -> Output {
+    lab.command(&["exec", place, "--", "kubectl", "--kubeconfig", kubeconfig])
+        .args(args)
+        .env("HOME", &kubectl.home)
+        .output()
+        .expect("run kubectl in the lab")
+}
+
 fn probe_web(lab: &TestLab) -> Output {
     lab.run(&[
         "probe",
@@ -116,6 +132,58 @@ fn kubectl_changes_the_lab_and_packets_follow() {
     }
     let ip = kubectl.ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
     assert!(ip.starts_with("10."), "the client has its lab IP: {ip:?}");
+
+    // Inside the lab's network, where a Node's agent runs: the in-lab kubeconfig reaches the
+    // API server on the underlay, as a control-plane node's address; the host's 127.0.0.1
+    // listener is not there.
+    let in_lab = lab.ok(&["kubeconfig", "--in-lab"]).trim().to_owned();
+    let config = std::fs::read_to_string(&in_lab).expect("the in-lab kubeconfig");
+    assert!(
+        config.contains("server: http://172.18.0.254:6443"),
+        "the API server's underlay address: {config}"
+    );
+    let nodes = kubectl_in(
+        &lab,
+        &kubectl,
+        "node/node-1",
+        &in_lab,
+        &["get", "nodes", "-o", "name"],
+    );
+    assert!(
+        nodes.status.success(),
+        "kubectl in node-1: {}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&nodes.stdout),
+        "node/node-1\nnode/node-2\n"
+    );
+    // A Pod reaches it too, with its own address (the underlay routes the replies back).
+    let from_pod = kubectl_in(
+        &lab,
+        &kubectl,
+        "default/client",
+        &in_lab,
+        &["get", "nodes", "-o", "name"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&from_pod.stdout),
+        "node/node-1\nnode/node-2\n",
+        "kubectl in default/client: {}",
+        String::from_utf8_lossy(&from_pod.stderr)
+    );
+    let host = kubectl_in(
+        &lab,
+        &kubectl,
+        "node/node-1",
+        &kubectl.kubeconfig,
+        &["get", "nodes", "--request-timeout=2s"],
+    );
+    assert!(
+        !host.status.success(),
+        "the host's listener is not in the Node's namespace: {}",
+        String::from_utf8_lossy(&host.stdout)
+    );
 
     // A Deployment and its Service, applied with kubectl, answer with real packets.
     let applied = kubectl.ok(&["apply", "-f", &web]);

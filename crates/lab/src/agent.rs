@@ -573,7 +573,7 @@ impl NodeHealth {
 
 /// A listening socket on `addr` in the namespace `ns` (bound from a thread that enters it:
 /// the socket stays in that namespace whoever serves it).
-fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
         netns::enter(&ns).map_err(std::io::Error::other)?;

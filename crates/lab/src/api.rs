@@ -1,5 +1,9 @@
 //! The lab's Kubernetes API: a [`netd_apiserver`] server over the lab's state directory, run
-//! as the lab's `apiserver` helper process and listening on `127.0.0.1` of this machine.
+//! as the lab's `apiserver` helper process. It listens on `127.0.0.1` of this machine, for
+//! kubectl (`kubeconfig`), and inside the lab's network on the underlay switch's bridge,
+//! `<api_ip>:6443` as a control-plane node's address would be, for clients in the lab's
+//! namespaces (`kubeconfig-in-lab`). The second socket is bound from a thread inside the
+//! underlay namespace: nothing is added to the host's network but the `127.0.0.1` listener.
 //!
 //! `cluster.json` stays the lab's source of truth. The server keeps its own store (`api/`,
 //! resourceVersions and uids), and the two meet in [`LabStorage`]'s commit hook:
@@ -29,13 +33,13 @@ use std::time::Duration;
 
 use netd_apiserver::store::{DEFAULT_HISTORY, object_id};
 use netd_apiserver::{
-    ApiError, ApiServer, Commit, EventType, FileStorage, Registry, Storage, StorageError, Stored,
-    WriteOptions, write_kubeconfig,
+    ApiError, ApiServer, Commit, EventType, FileStorage, Registry, ServeError, ServeOptions,
+    Storage, StorageError, Stored, WriteOptions, write_kubeconfig,
 };
 use netd_model::{ClusterConfig, Kind, Object, ObjectId};
 use serde_json::Value;
 
-use crate::agent::error_chain;
+use crate::agent::{bind_in, error_chain};
 use crate::lab::{Resolver, publish};
 use crate::names::Names;
 use crate::store::{ClusterRecord, Store};
@@ -50,6 +54,10 @@ const SERVER_FIELDS: [&str; 5] = [
     "generation",
     "managedFields",
 ];
+
+/// The port the API server listens on inside the lab's network (kube-apiserver's
+/// `--secure-port` default; the lab's API speaks plain HTTP on it).
+pub const IN_LAB_PORT: u16 = 6443;
 
 /// How often the syncer looks for a generation published by `lab apply` or `lab delete`.
 const POLL: Duration = Duration::from_millis(100);
@@ -169,8 +177,11 @@ impl Storage for LabStorage {
 }
 
 /// Runs the lab's API server for the lab in `dir` until that directory is removed: loads the
-/// server's store, brings it in line with the published cluster, listens on a free port of
-/// `127.0.0.1` and only then writes the kubeconfig ([`Store::kubeconfig_path`]).
+/// server's store, brings it in line with the published cluster, listens on the lab's
+/// [`IN_LAB_PORT`] in its underlay namespace (if the lab recorded an address for it) and on a
+/// free port of `127.0.0.1`, and only then writes the kubeconfigs: the in-lab one
+/// ([`Store::in_lab_kubeconfig_path`]) first, then [`Store::kubeconfig_path`], which `lab up`
+/// waits for.
 pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
     let store = Store::at(dir.to_owned());
     let record = store.read_lab()?.ok_or_else(|| LabError::NotFound {
@@ -184,7 +195,7 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
     let writes = Arc::new(Writes::default());
     let storage = LabStorage {
         store: store.clone(),
-        names,
+        names: names.clone(),
         resolver,
         files: FileStorage::new(store.api_dir()).map_err(|e| start(e.into()))?,
         writes: writes.clone(),
@@ -198,6 +209,21 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
         .enable_all()
         .build()
         .map_err(|e| start(e.into()))?;
+    let in_lab = match record.api_ip {
+        Some(ip) => {
+            let addr = SocketAddr::new(ip, IN_LAB_PORT);
+            let listener = bind_in(&names.underlay_ns(), addr)
+                .map_err(|source| start(ServeError::BindFailed { addr, source }.into()))?;
+            let server = runtime.block_on(async {
+                ApiServer::start_on(registry.clone(), listener, ServeOptions::default())
+            });
+            let server = server.map_err(|e| start(e.into()))?;
+            write_kubeconfig(&store.in_lab_kubeconfig_path(), &record.name, &server.url())
+                .map_err(|e| start(e.into()))?;
+            Some(server)
+        }
+        None => None,
+    };
     let server = runtime.block_on(async {
         ApiServer::start(registry.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
     });
@@ -215,7 +241,12 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
             }
         }
     }
-    runtime.block_on(server.shutdown());
+    runtime.block_on(async {
+        server.shutdown().await;
+        if let Some(in_lab) = in_lab {
+            in_lab.shutdown().await;
+        }
+    });
     Ok(())
 }
 

@@ -12,7 +12,8 @@
 //!   cluster DNS server ([`crate::dns`]), watching the lab's API from here and listening on
 //!   port 53 in the Pod's namespace `NETNS`.
 //! - `apiserver STATE_DIR --after-go` (run in this machine's namespace, listening on
-//!   `127.0.0.1` only): the lab's Kubernetes API ([`crate::api`]), with
+//!   `127.0.0.1` and, from inside the underlay namespace, on the lab's in-lab address): the
+//!   lab's Kubernetes API ([`crate::api`]), with
 //!   [`netd_controlplane::resolve`] as its control plane. Like an agent, it waits for the byte
 //!   `lab up` writes once its PID is recorded.
 //!

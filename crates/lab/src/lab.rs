@@ -208,6 +208,16 @@ impl Lab {
             )?),
             None => None,
         };
+        let api_ip = match options.api_server {
+            true => Some(
+                topology::api_ip(config.node_network, &nodes, external_ip).ok_or(
+                    LabError::NodeNetworkFull {
+                        network: config.node_network.to_string(),
+                    },
+                )?,
+            ),
+            false => None,
+        };
         // A distribution kernel has br_netfilter and nf_conntrack as modules nobody loaded;
         // without them the bridge sysctls do not exist and NAT does not work.
         module::ensure(&module::NODE_MODULES).map_err(LabError::modules("for a lab node"))?;
@@ -229,6 +239,7 @@ impl Lab {
             nodes: nodes.clone(),
             external_ip: Some(external_ip),
             external_ip6,
+            api_ip,
             apiserver: None,
             mode: options.mode.to_string(),
             localhost_nodeports: options.localhost_nodeports,
@@ -261,6 +272,13 @@ impl Lab {
     /// [`LabOptions::api_server`]).
     pub fn kubeconfig(&self) -> Option<PathBuf> {
         Some(self.store.kubeconfig_path()).filter(|p| p.exists())
+    }
+
+    /// The kubeconfig for clients inside the lab's network (a Node's namespace, the external
+    /// one, a Pod's with an IPv4 address), if the lab has an API server: it reaches the server
+    /// at its address on the underlay switch, as a control-plane node's address would be.
+    pub fn in_lab_kubeconfig(&self) -> Option<PathBuf> {
+        Some(self.store.in_lab_kubeconfig_path()).filter(|p| p.exists())
     }
 
     /// Finds the running lab `name` (state under `state_root`). The returned value does not
@@ -635,7 +653,8 @@ impl Lab {
     }
 
     /// Starts the API server, records its PID, lets it run, and waits until it has written
-    /// its kubeconfig (it does once it listens).
+    /// its kubeconfig (it does once it listens, in the host's namespace and in the lab's
+    /// network).
     fn start_api_server(&self, record: &mut LabRecord) -> Result<(), LabError> {
         let log = self.store.api_log_path();
         let mut child =
@@ -750,6 +769,17 @@ impl Lab {
                 what: what.to_owned(),
                 source,
             })
+    }
+
+    /// Whether every Node's agent has programmed the cluster's latest published generation
+    /// (what `apply` and `delete` wait for; a write through the lab's API publishes its
+    /// generation before it is acknowledged).
+    pub fn converged(&self) -> Result<bool, LabError> {
+        let (record, cluster) = self.records()?;
+        let nodes: Vec<NodeName> = record.nodes.keys().cloned().collect();
+        Ok(node_records(&self.store, &nodes)?
+            .iter()
+            .all(|(_, r)| r.converged >= cluster.generation))
     }
 
     /// Waits until every Node's agent has converged on `generation`.

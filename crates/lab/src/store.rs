@@ -11,7 +11,9 @@
 //! - `logs/<node>.log`: the agent's and its echo servers' stderr; `logs/apiserver.log` the
 //!   API server's.
 //! - `api/`: the API server's store (`netd_apiserver::FileStorage`: the objects as served,
-//!   with resourceVersions and uids); `kubeconfig`: written by the API server once it listens.
+//!   with resourceVersions and uids); `kubeconfig`: written by the API server once it listens
+//!   (its `127.0.0.1` address), after `kubeconfig-in-lab` (its address on the underlay, for
+//!   clients inside the lab's network).
 //!
 //! Every file is replaced atomically (write to a temporary file, then rename), so a reader
 //! never sees half a file.
@@ -61,6 +63,10 @@ pub(crate) struct LabRecord {
     /// The external namespace's IPv6 underlay IP, on a lab with an IPv6 node network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ip6: Option<IpAddr>,
+    /// The API server's address inside the lab's network (on the underlay switch's bridge,
+    /// port [`crate::api::IN_LAB_PORT`]), on a lab with an API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ip: Option<IpAddr>,
     /// The service proxy back end the agents run, as `lab up --mode` chose it.
     #[serde(default = "default_mode")]
     pub mode: String,
@@ -303,6 +309,12 @@ impl Store {
     /// The kubeconfig the API server writes once it listens.
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.join("kubeconfig")
+    }
+
+    /// The kubeconfig for clients inside the lab's network (the API server's address on the
+    /// underlay), written by the API server before [`Store::kubeconfig_path`].
+    pub fn in_lab_kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig-in-lab")
     }
 
     pub fn read_lab(&self) -> Result<Option<LabRecord>, LabError> {

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   external (172.18.0.1) ──┐
-//!   node-1 eth0 (172.18.0.x)─┼─ br0 in <lab>-underlay
-//!   node-2 eth0 (172.18.0.y)─┘
+//!   node-1 eth0 (172.18.0.x)─┼─ br0 in <lab>-underlay (172.18.0.254: the API server's
+//!   node-2 eth0 (172.18.0.y)─┘      in-lab listener, port 6443, on a lab with one)
 //!   node-N: cni0 (first host of its podCIDR) ── vethXXXX ── eth0 of each Pod
 //!           routes: every other podCIDR via that Node's IP (flat, no NAT)
 //! ```
@@ -101,6 +101,21 @@ pub(crate) fn external_ip(
         .find(|ip| nodes.values().all(|n| n.ip != *ip && n.ip6 != Some(*ip)))
 }
 
+/// The API server's address inside the lab: the last host of the node network that neither
+/// a Node nor the external namespace uses (172.18.0.254 unless one does), held by the
+/// underlay switch's bridge so that every Node and the external namespace reach it on-link.
+pub(crate) fn api_ip(
+    network: IpNet,
+    nodes: &BTreeMap<NodeName, NodeAddress>,
+    external: IpAddr,
+) -> Option<IpAddr> {
+    network
+        .hosts()
+        .rev()
+        .filter(|ip| *ip != network.network() && *ip != external)
+        .find(|ip| nodes.values().all(|n| n.ip != *ip))
+}
+
 /// The gateway of a podCIDR: its first host, held by the Node's bridge (the address after
 /// the network address in both families, as the control plane's IPAM leaves it out).
 pub(crate) fn gateway(pod_cidr: IpNet) -> Option<IpAddr> {
@@ -126,6 +141,10 @@ pub(crate) fn build_infrastructure(
         format!("link add {SWITCH_BRIDGE} type bridge"),
         format!("link set {SWITCH_BRIDGE} up"),
     ];
+    if let Some(ip) = record.api_ip {
+        // Where the API server listens for the lab's own clients (see `crate::api`).
+        switch.push(format!("addr add {ip}/{prefix} dev {SWITCH_BRIDGE}"));
+    }
     let external = names.external_ns();
     create_recorded(store, record, &external)?;
     if prefix6.is_some() {
@@ -140,6 +159,15 @@ pub(crate) fn build_infrastructure(
             without_dad(&ns)?;
         }
         switch.extend(attach_to_switch(&names::switch_port(node), &ns));
+    }
+    if record.api_ip.is_some() {
+        // Pods reach the API server with their own addresses (nothing masquerades them): its
+        // replies go back through the Pod's Node, as the Nodes route each other's podCIDRs.
+        for addr in nodes.values() {
+            for cidr in addr.pod_cidrs().filter(|c| c.addr().is_ipv4()) {
+                switch.push(format!("route add {cidr} via {}", addr.ip));
+            }
+        }
     }
     netns::ip_batch(&underlay, &switch).map_err(LabError::kernel("the underlay switch"))?;
 

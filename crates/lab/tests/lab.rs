@@ -455,11 +455,16 @@ fn a_programmer_fault_fails_the_change_quickly_and_names_the_node() {
         "{text}"
     );
     assert!(!text.contains("node-1:"), "node-1 converged: {text}");
+    assert!(
+        !lab.converged().expect("records"),
+        "node-2 has not programmed the latest generation"
+    );
 
     // Fixing the rules lets the agent converge on the next change.
     std::fs::remove_file(dir.join("node-2.rules")).expect("remove");
     let ns2 = "apiVersion: v1\nkind: Namespace\nmetadata: {name: trigger2}\n";
     lab.apply(objects(ns2)).expect("converges again");
+    assert!(lab.converged().expect("records"), "every Node converged");
 }
 
 #[test]

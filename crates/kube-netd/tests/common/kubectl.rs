@@ -9,7 +9,8 @@ use crate::common::{STATE_ROOT, TestLab};
 pub struct Kubectl {
     /// The lab's kubeconfig, as `lab kubeconfig` prints it.
     pub kubeconfig: String,
-    home: String,
+    /// Its HOME (for its discovery cache).
+    pub home: String,
 }
 
 impl Kubectl {
