@@ -42,7 +42,7 @@ use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef};
 use prometheus_client::registry::Registry;
 
 use crate::names::Names;
-use crate::store::{LabRecord, NodeRecord, PodRecord, Store};
+use crate::store::{ClusterWatch, LabRecord, NodeRecord, PodRecord, Store};
 use crate::topology::{self, ResolvConf};
 use crate::{LabError, dns, objects};
 
@@ -56,6 +56,8 @@ pub type MakeBackend = dyn Fn(&BackendConfig) -> Box<dyn Backend> + Sync;
 const RESYNC: Duration = Duration::from_secs(30);
 /// How often a sync is full even when partial would do (kube-proxy's `FullSyncPeriod`).
 const FULL_RESYNC: Duration = Duration::from_secs(3600);
+/// The longest an agent waits between passes when nothing is published (it wakes at once
+/// when `cluster.json` is: [`ClusterWatch`]), to reap echo servers that died.
 const POLL: Duration = Duration::from_millis(100);
 
 /// The back end the lab's record asks for.
@@ -114,11 +116,12 @@ pub fn run_agent(
         last_full: None,
         health,
     };
+    let published = ClusterWatch::new(&agent.store)?;
     let mut done: Option<(u64, Instant)> = None;
     while agent.store.exists() {
         let echo_died = agent.reap();
         let Some(cluster) = agent.store.read_cluster()? else {
-            std::thread::sleep(POLL);
+            published.wait(POLL);
             continue;
         };
         let due = match done {
@@ -138,7 +141,7 @@ pub fn run_agent(
                 }
             }
         }
-        std::thread::sleep(POLL);
+        published.wait(POLL);
     }
     Ok(())
 }

@@ -19,16 +19,24 @@
 //! never sees half a file.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::IpAddr;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use netd_model::{ClusterConfig, NodeName, Protocol};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::LabError;
+
+/// The name of the cluster record in the state directory.
+const CLUSTER_FILE: &str = "cluster.json";
 
 /// The default root of lab state directories.
 pub const DEFAULT_STATE_ROOT: &str = "/run/kube-netd/labs";
@@ -285,7 +293,7 @@ impl Store {
     }
 
     pub fn cluster_path(&self) -> PathBuf {
-        self.dir.join("cluster.json")
+        self.dir.join(CLUSTER_FILE)
     }
 
     pub fn node_path(&self, node: &NodeName) -> PathBuf {
@@ -403,6 +411,45 @@ impl Store {
 impl Drop for ChangeLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Wakes a reader of `cluster.json` as soon as a new one is published, rather than at its
+/// next poll: an inotify watch on the state directory, where [`write_json`]'s rename into
+/// place is an `IN_MOVED_TO` of that name.
+pub(crate) struct ClusterWatch {
+    inotify: Inotify,
+}
+
+impl ClusterWatch {
+    pub(crate) fn new(store: &Store) -> Result<ClusterWatch, LabError> {
+        let failed = |e: nix::Error| LabError::io(&store.dir)(e.into());
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(failed)?;
+        inotify
+            .add_watch(&store.dir, AddWatchFlags::IN_MOVED_TO)
+            .map_err(failed)?;
+        Ok(ClusterWatch { inotify })
+    }
+
+    /// Waits until `cluster.json` is replaced or `timeout` has passed, and says which.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let published = self.inotify.read_events().is_ok_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e.name.as_deref() == Some(OsStr::new(CLUSTER_FILE)))
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if published || left.is_zero() {
+                return published;
+            }
+            let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+            let left = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            // Interrupted or failed: the loop reads (nothing) and waits out the rest.
+            let _ = poll(&mut fds, left);
+        }
     }
 }
 
