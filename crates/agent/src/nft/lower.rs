@@ -3,7 +3,10 @@
 //! [`Command`]s of an incremental update into one transaction of exactly those operations.
 //!
 //! Every rule becomes the expressions `nft` itself compiles it into, so `nft list` shows the
-//! same rules after either load. A construct the lowering cannot express is refused with
+//! same rules after either load — but for the plain Services' endpoint maps and the `lb-<i>`
+//! rules that look them up: their key is declared as one field of raw bytes, so that the
+//! kernel keeps the intervals in its rbtree (`nft -f` makes a concatenation, the much slower
+//! pipapo, and converts the numgen value's byte order). A construct the lowering cannot express is refused with
 //! [`LowerError`] naming the chain and what it was, before anything is sent: a rule is never
 //! dropped or approximated.
 
