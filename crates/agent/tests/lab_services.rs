@@ -1140,16 +1140,27 @@ fn iptables_save(lab: &Lab, node: &NodeName, table: &str) -> String {
 }
 
 /// The chain a Service's ClusterIP traffic is balanced in: the KUBE-SVC chain that nat
-/// `KUBE-SERVICES` sends `<service> cluster IP` traffic to, or the nftables `service-` chain.
+/// `KUBE-SERVICES` sends `<service> cluster IP` traffic to, or the nftables `service-` chain;
+/// for a plain nftables Service (ClusterIP only, no affinity), which has no chain, the
+/// comment of its `plain-services` element.
 fn service_chain(rules: &str, service: &str) -> Option<String> {
     if mode() == Mode::Nftables {
-        return rules.lines().find_map(|l| {
+        let chain = rules.lines().find_map(|l| {
             let name = l
                 .trim()
                 .strip_prefix("chain service-")?
                 .strip_suffix(" {")?;
             name.contains(&format!("-{service}/"))
                 .then(|| format!("service-{name}"))
+        });
+        // `ns/name` for an unnamed port, `ns/name:port` for a named one.
+        let comment = format!("comment \"{service}");
+        let commented = [format!("{comment}\""), format!("{comment}:")];
+        return chain.or_else(|| {
+            commented
+                .iter()
+                .any(|c| rules.contains(c.as_str()))
+                .then_some(comment)
         });
     }
     rules

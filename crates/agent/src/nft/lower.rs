@@ -3,7 +3,10 @@
 //! [`Command`]s of an incremental update into one transaction of exactly those operations.
 //!
 //! Every rule becomes the expressions `nft` itself compiles it into, so `nft list` shows the
-//! same rules after either load. A construct the lowering cannot express is refused with
+//! same rules after either load — but for the plain Services' endpoint maps and the `lb-<i>`
+//! rules that look them up: their key is declared as one field of raw bytes, so that the
+//! kernel keeps the intervals in its rbtree (`nft -f` makes a concatenation, the much slower
+//! pipapo, and converts the numgen value's byte order). A construct the lowering cannot express is refused with
 //! [`LowerError`] naming the chain and what it was, before anything is sent: a rule is never
 //! dropped or approximated.
 
@@ -18,9 +21,9 @@ use netd_kernel::nftnl::{
 use netd_model::Protocol;
 use netd_proxy::IpFamily;
 use netd_render::nft::{
-    AddrType, BaseChain, ChainType, Command, CtState, DataType, Element, Field, Hook, IcmpReject,
-    KeyType, MapRef, MapValue, Match, Op, RejectWith, Rhs, Rule, Set, SetFlag, Statement, Table,
-    Value, Verdict, diff_commands,
+    AddrType, BaseChain, ChainType, Command, CtState, CtStatus, DataType, Element, Field, Hook,
+    IcmpReject, KeyType, MapRef, MapValue, Match, Op, RejectWith, Rhs, Rule, SHARES, Set, SetFlag,
+    Statement, Table, Value, Verdict, diff_commands, low_bits,
 };
 
 /// A part of the representation that has no netlink lowering.
@@ -315,17 +318,30 @@ fn key_type(k: KeyType) -> nftnl::KeyType {
         KeyType::InetService => nftnl::KeyType::InetService,
         KeyType::Mark => nftnl::KeyType::Mark,
         KeyType::Numgen => nftnl::KeyType::Numgen,
+        // Only the last field of an endpoint map's key, which `set_of` declares whole.
+        KeyType::NumgenShare => nftnl::KeyType::Mark,
     }
+}
+
+/// Whether `key` is an endpoint map's (`… . numgen random mod 65536`): declared to the kernel
+/// as one field of raw bytes, so its intervals go to the rbtree, compared byte by byte.
+fn is_share_key(key: &[KeyType]) -> bool {
+    key.last() == Some(&KeyType::NumgenShare)
 }
 
 /// The set without its elements.
 fn set_of(set: &Set) -> nftnl::Set {
-    let key: Vec<nftnl::KeyType> = set.key.iter().copied().map(key_type).collect();
+    let mut key: Vec<nftnl::KeyType> = set.key.iter().copied().map(key_type).collect();
+    if is_share_key(&set.key) {
+        let len = key.iter().map(|k| k.size().next_multiple_of(4)).sum();
+        key = vec![nftnl::KeyType::Bytes(len)];
+    }
     let has = |flag| set.flags.contains(&flag);
     nftnl::Set {
         data: set.data.map(|d| match d {
             DataType::Verdict => MapData::Verdict,
             DataType::Value(k) => MapData::Value(key_type(k)),
+            DataType::AddrPort(k) => MapData::Pair(key_type(k), nftnl::KeyType::InetService),
         }),
         flags: SetFlags {
             interval: has(SetFlag::Interval),
@@ -348,6 +364,12 @@ fn element_of(set: &str, element: &Element, interval: bool) -> Result<nftnl::Ele
         Some(MapValue::Value(v)) => Some(Data::Value(
             value_bytes(v).ok_or_else(|| unsupported_element(set, &element.key))?,
         )),
+        Some(MapValue::Endpoint(ep)) => {
+            let mut bytes = bytes_of(Data::ip(ep.ip()));
+            bytes.extend_from_slice(&ep.port().to_be_bytes());
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            Some(Data::Value(bytes))
+        }
     };
     lowered.comment.clone_from(&element.comment);
     Ok(lowered)
@@ -356,6 +378,9 @@ fn element_of(set: &str, element: &Element, interval: bool) -> Result<nftnl::Ele
 /// An element with only its key; in an interval set a range (a single value is the range
 /// of itself, as `nft` stores it).
 fn element_key(set: &str, key: &[Value], interval: bool) -> Result<nftnl::Element, LowerError> {
+    if let Some(Value::ShareRange(..)) = key.last() {
+        return share_element_key(set, key);
+    }
     let (mut first, mut last) = (Key::new(), Key::new());
     for value in key {
         let (a, b) = value_range(value).ok_or_else(|| unsupported_element(set, key))?;
@@ -367,6 +392,39 @@ fn element_key(set: &str, key: &[Value], interval: bool) -> Result<nftnl::Elemen
     } else {
         nftnl::Element::key(first)
     })
+}
+
+/// An endpoint map's element: the fields as the rule's registers hold them (each padded to
+/// 4 bytes) and the share range over the two bytes where the numgen value's low 16 bits lie,
+/// as one field of raw bytes. The kernel compares keys byte by byte, so the shares are
+/// ordered by those bytes (on a little-endian machine, low byte first); a contiguous range
+/// in that order still holds as many of the equally likely values as it is long.
+fn share_element_key(set: &str, key: &[Value]) -> Result<nftnl::Element, LowerError> {
+    let Some((Value::ShareRange(a, b), fields)) = key.split_last() else {
+        return Err(unsupported_element(set, key));
+    };
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    for value in fields {
+        let (from, to) = value_range(value).ok_or_else(|| unsupported_element(set, key))?;
+        if from != to {
+            return Err(unsupported_element(set, key));
+        }
+        first.extend_from_slice(&from);
+        first.resize(first.len().next_multiple_of(4), 0);
+    }
+    last.clone_from(&first);
+    first.extend_from_slice(&share_bytes(*a));
+    last.extend_from_slice(&share_bytes(*b));
+    Ok(nftnl::Element::range(
+        Key::new().field(first),
+        Key::new().field(last),
+    ))
+}
+
+/// The register bytes of a numgen value whose two low bytes, read in memory order, are the
+/// big-endian `share`.
+fn share_bytes(share: u16) -> [u8; 4] {
+    u32::from(u16::from_be(share)).to_ne_bytes()
 }
 
 fn unsupported_element(set: &str, key: &[Value]) -> LowerError {
@@ -417,7 +475,10 @@ fn value_bytes(value: &Value) -> Option<Vec<u8>> {
             bytes.resize(IFNAMSIZ as usize, 0);
             bytes
         }
-        Value::Net(_) | Value::IpRange(..) | Value::PortRange(..) => return None,
+        Value::CtStatus(CtStatus::Dnat) => IPS_DST_NAT.to_ne_bytes().to_vec(),
+        Value::Net(_) | Value::IpRange(..) | Value::PortRange(..) | Value::ShareRange(..) => {
+            return None;
+        }
     })
 }
 
@@ -428,6 +489,9 @@ fn bytes_of(data: Data) -> Vec<u8> {
         Data::Verdict(_) => Vec::new(),
     }
 }
+
+/// `IPS_DST_NAT`, the conntrack status bit of a DNATed connection.
+const IPS_DST_NAT: u32 = 1 << 5;
 
 /// The kernel's interface name size, with the terminating NUL.
 const IFNAMSIZ: u32 = 16;
@@ -480,13 +544,14 @@ fn key_types(ip: IpFamily, fields: &[Field]) -> Option<Vec<nftnl::KeyType>> {
         .iter()
         .map(|f| {
             Some(match f {
-                Field::Saddr | Field::Daddr => key_type(KeyType::addr(ip)),
+                Field::Saddr | Field::Daddr | Field::DaddrLowBits(_) => key_type(KeyType::addr(ip)),
                 Field::L4Proto => nftnl::KeyType::InetProto,
                 Field::ThDport | Field::TcpDport | Field::UdpDport | Field::SctpDport => {
                     nftnl::KeyType::InetService
                 }
                 Field::MarkMasked(_) => nftnl::KeyType::Mark,
                 Field::CtState
+                | Field::CtStatus
                 | Field::FibDaddrType
                 | Field::FibSaddrType
                 | Field::Icmpv6Type
@@ -501,13 +566,17 @@ fn key_types(ip: IpFamily, fields: &[Field]) -> Option<Vec<nftnl::KeyType>> {
 /// How many bytes a field loads.
 fn field_len(ip: IpFamily, field: Field) -> u32 {
     match field {
-        Field::Saddr | Field::Daddr => match ip {
+        Field::Saddr | Field::Daddr | Field::DaddrLowBits(_) => match ip {
             IpFamily::V4 => 4,
             IpFamily::V6 => 16,
         },
         Field::L4Proto | Field::Icmpv6Type => 1,
         Field::ThDport | Field::TcpDport | Field::UdpDport | Field::SctpDport => 2,
-        Field::CtState | Field::FibDaddrType | Field::FibSaddrType | Field::MarkMasked(_) => 4,
+        Field::CtState
+        | Field::CtStatus
+        | Field::FibDaddrType
+        | Field::FibSaddrType
+        | Field::MarkMasked(_) => 4,
         Field::Iifname => IFNAMSIZ,
     }
 }
@@ -535,7 +604,7 @@ fn load_fields(ip: IpFamily, fields: &[Field], exprs: &mut Vec<Expr>) -> Option<
         let dreg = Register::reg32(slot);
         let load = match field {
             Field::Saddr => Expr::saddr(family, dreg),
-            Field::Daddr => Expr::daddr(family, dreg),
+            Field::Daddr | Field::DaddrLowBits(_) => Expr::daddr(family, dreg),
             Field::L4Proto => Expr::l4proto(dreg),
             Field::ThDport | Field::TcpDport | Field::UdpDport | Field::SctpDport => {
                 Expr::th_dport(dreg)
@@ -547,6 +616,7 @@ fn load_fields(ip: IpFamily, fields: &[Field], exprs: &mut Vec<Expr>) -> Option<
                 dreg,
             },
             Field::CtState => Expr::CtState { dreg },
+            Field::CtStatus => Expr::CtStatus { dreg },
             Field::FibDaddrType => Expr::FibType {
                 addr: FibAddr::Daddr,
                 dreg,
@@ -565,6 +635,14 @@ fn load_fields(ip: IpFamily, fields: &[Field], exprs: &mut Vec<Expr>) -> Option<
             },
         };
         exprs.push(load);
+        if let Field::DaddrLowBits(bits) = field {
+            exprs.push(Expr::Bitwise {
+                sreg: dreg,
+                dreg,
+                mask: bytes_of(Data::ip(low_bits(ip, *bits))),
+                xor: vec![0; field_len(ip, *field) as usize],
+            });
+        }
         if let Field::MarkMasked(mask) = field {
             if fields.len() > 1 {
                 // A masked mark inside a concatenation has no single load.
@@ -618,6 +696,29 @@ fn lower_match(ip: IpFamily, m: &Match, exprs: &mut Vec<Expr>) -> Option<()> {
             xor: vec![0; 4],
         });
         // `ct state new` holds when the bit is set; `!=` when it is not.
+        exprs.push(Expr::Cmp {
+            sreg: REG,
+            op: match m.op {
+                Op::Eq => CmpOp::Neq,
+                Op::Ne => CmpOp::Eq,
+            },
+            data: vec![0; 4],
+        });
+        return Some(());
+    }
+    if m.fields == [Field::CtStatus] {
+        // `ct status dnat`: the bit is set (`!=`: it is not).
+        let Rhs::Value(v) = &m.rhs else { return None };
+        let [Value::CtStatus(CtStatus::Dnat)] = v.as_slice() else {
+            return None;
+        };
+        exprs.push(Expr::CtStatus { dreg: REG });
+        exprs.push(Expr::Bitwise {
+            sreg: REG,
+            dreg: REG,
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        });
         exprs.push(Expr::Cmp {
             sreg: REG,
             op: match m.op {
@@ -798,6 +899,36 @@ fn lower_statement(
                 invert: false,
             });
         }
+        Statement::DnatShare { map } => {
+            // The key: address . proto . port . numgen, each from its own register.
+            load_fields(ip, &[Field::Daddr, Field::L4Proto, Field::ThDport], exprs)?;
+            let numgen = match ip {
+                IpFamily::V4 => Register::reg32(3),
+                IpFamily::V6 => Register::reg32(6),
+            };
+            exprs.push(Expr::Numgen {
+                dreg: numgen,
+                modulus: SHARES,
+                offset: 0,
+            });
+            // The value: the address, then the port in the register after it.
+            exprs.push(Expr::Lookup {
+                set: map.clone(),
+                sreg: REG,
+                dreg: Some(REG),
+                invert: false,
+            });
+            let port = match ip {
+                IpFamily::V4 => Register::reg32(1),
+                IpFamily::V6 => Register::reg32(4),
+            };
+            exprs.push(Expr::Nat {
+                kind: NatKind::Dnat,
+                family,
+                addr: Some(REG),
+                port: Some(port),
+            });
+        }
         Statement::UpdateSet { set, fields } => {
             load_fields(ip, fields, exprs)?;
             exprs.push(Expr::Dynset {
@@ -855,6 +986,33 @@ mod tests {
             assert_eq!((chain.as_str(), *index), ("c", 1), "{shown}");
             assert!(shown.contains(what.as_str()), "{shown}: {what}");
         }
+    }
+
+    #[test]
+    fn share_ranges_are_one_field_ordered_by_the_register_bytes() {
+        // Every share is a value numgen can produce, and byte order is share order.
+        let shares = [0u16, 1, 255, 256, 0x0102, 0x8000, u16::MAX];
+        for pair in shares.windows(2) {
+            assert!(share_bytes(pair[0]) < share_bytes(pair[1]), "{pair:?}");
+        }
+        for share in shares {
+            assert!(u32::from_ne_bytes(share_bytes(share)) < SHARES, "{share}");
+        }
+        let key = [
+            Value::Ip("10.96.0.10".parse().expect("ip")),
+            Value::Proto(Protocol::Tcp),
+            Value::Port(80),
+            Value::ShareRange(0x0102, 0x0304),
+        ];
+        let head = [10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0];
+        let with = |share| [&head[..], &share_bytes(share)[..]].concat();
+        assert_eq!(
+            element_key("m", &key, true).expect("lowers"),
+            nftnl::Element::range(
+                Key::new().field(with(0x0102)),
+                Key::new().field(with(0x0304))
+            )
+        );
     }
 
     #[test]

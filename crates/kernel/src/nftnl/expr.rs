@@ -284,6 +284,12 @@ pub enum Expr {
         /// Where to.
         dreg: Register,
     },
+    /// Loads the connection's status bits (`ct status`: `IPS_*`) into `dreg`, 4 bytes in host
+    /// order.
+    CtStatus {
+        /// Where to.
+        dreg: Register,
+    },
     /// Loads the routing type of an address (`fib daddr type`) into `dreg` (4 bytes, host
     /// order: 2 is local).
     FibType {
@@ -401,7 +407,7 @@ impl Expr {
             Expr::Nat { .. } => "nat",
             Expr::Masquerade { .. } => "masq",
             Expr::Reject(_) => "reject",
-            Expr::CtState { .. } => "ct",
+            Expr::CtState { .. } | Expr::CtStatus { .. } => "ct",
             Expr::FibType { .. } => "fib",
             Expr::Dynset { .. } => "dynset",
             Expr::Counter => "counter",
@@ -533,6 +539,10 @@ impl Expr {
             Expr::CtState { dreg } => {
                 w.put_u32(1, dreg.id())?;
                 w.put_u32(2, 0) // NFT_CT_STATE
+            }
+            Expr::CtStatus { dreg } => {
+                w.put_u32(1, dreg.id())?;
+                w.put_u32(2, 2) // NFT_CT_STATUS
             }
             Expr::FibType { addr, dreg } => {
                 w.put_u32(1, dreg.id())?;

@@ -187,6 +187,10 @@ pub enum KeyType {
     /// (in the set's user data) as `typeof numgen random mod 1`, as `nft -f` declares it, so
     /// `nft list` prints the declaration `nft -f` reads back (any modulus is the same key).
     Numgen,
+    /// An `integer` of this many bytes, compared byte by byte: a key built from several
+    /// registers' worth of fields but declared as one, so that an interval set of it is the
+    /// kernel's rbtree (a concatenation would be its much slower pipapo).
+    Bytes(u32),
 }
 
 impl KeyType {
@@ -198,7 +202,7 @@ impl KeyType {
             KeyType::InetProto => 12,
             KeyType::InetService => 13,
             KeyType::Mark => 19,
-            KeyType::Numgen => 4,
+            KeyType::Numgen | KeyType::Bytes(_) => 4,
         }
     }
 
@@ -215,6 +219,7 @@ impl KeyType {
             KeyType::Ipv6Addr => 16,
             KeyType::InetProto => 1,
             KeyType::InetService => 2,
+            KeyType::Bytes(len) => len,
         }
     }
 }
@@ -226,6 +231,8 @@ pub enum MapData {
     Verdict,
     /// A value of this type.
     Value(KeyType),
+    /// Two values concatenated (`ipv4_addr . inet_service`), each padded to 4 bytes.
+    Pair(KeyType, KeyType),
 }
 
 /// Set flags beyond those the key and data imply.
@@ -345,6 +352,10 @@ impl Set {
             // The kernel sizes verdict data itself; nft sends 0 as the length.
             MapData::Verdict => (super::wire::NFT_DATA_VERDICT, 0),
             MapData::Value(kind) => (kind.datatype(), kind.size()),
+            MapData::Pair(a, b) => (
+                (a.datatype() << 6) | b.datatype(),
+                padded(a.size()) + padded(b.size()),
+            ),
         })
     }
 }

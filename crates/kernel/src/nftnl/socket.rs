@@ -46,6 +46,19 @@ fn exchange(batch: &Encoded) -> Result<(), NftError> {
     let send = batch.bytes.len() + 64 * 1024;
     let receive = (batch.what.len() + 16) * ACK_ROOM + 256 * 1024;
     let socket = open(send, receive)?;
+    let answer = send_and_read(&socket, batch);
+    // Closing an nf_tables socket after a commit that deleted anything takes the kernel
+    // 10-15 ms (it waits out the transaction's deferred destruction under the commit mutex),
+    // and the rules are in effect once the answers are read: so the socket is closed on a
+    // thread of its own, off the caller's path. If no thread can be started, the closure
+    // (and the socket with it) is dropped here instead.
+    let _ = std::thread::Builder::new()
+        .name("nftnl-close".to_owned())
+        .spawn(move || drop(socket));
+    answer
+}
+
+fn send_and_read(socket: &Socket, batch: &Encoded) -> Result<(), NftError> {
     socket
         .send(&batch.bytes, 0)
         .map_err(io_err("send the batch"))?;
@@ -69,7 +82,7 @@ fn exchange(batch: &Encoded) -> Result<(), NftError> {
     let mut acked = 0;
     let mut buf = vec![0u8; 1 << 20];
     'read: loop {
-        let len = recv(&socket, &mut buf)?;
+        let len = recv(socket, &mut buf)?;
         let replies = wire::replies(&buf[..len]).ok_or(NftError::MalformedReply { len })?;
         for reply in replies {
             if reply.kind != NLMSG_ERROR {

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use netd_model::Protocol;
@@ -443,16 +443,22 @@ impl Set {
     }
 
     fn type_str(&self) -> String {
+        let typeof_ = self.is_typeof();
         let key = self
             .key
             .iter()
-            .map(|k| k.as_str())
+            .map(|k| if typeof_ { k.typeof_str() } else { k.as_str() })
             .collect::<Vec<_>>()
             .join(" . ");
         match &self.data {
             None => key,
+            Some(d) if typeof_ => format!("{key} : {}", d.typeof_str()),
             Some(d) => format!("{key} : {}", d.as_str()),
         }
+    }
+
+    fn is_typeof(&self) -> bool {
+        self.key.iter().any(|k| k.is_typeof())
     }
 
     fn flags_str(&self) -> String {
@@ -464,11 +470,7 @@ impl Set {
     }
 
     fn type_keyword(&self) -> &'static str {
-        if self.key.iter().any(|k| k.is_typeof()) {
-            "typeof"
-        } else {
-            "type"
-        }
+        if self.is_typeof() { "typeof" } else { "type" }
     }
 
     fn write_block(&self, out: &mut String) {
@@ -518,7 +520,15 @@ pub enum KeyType {
     /// The output of `numgen random mod N` (declared with `typeof`, since nftables has no
     /// plain type that matches it): the keys of a map chosen among by a random number.
     Numgen,
+    /// The output of `numgen random mod 65536` ([`SHARES`]), last in the key of an endpoint
+    /// map ([`Statement::DnatShare`]): which of 65,536 equally likely shares a new
+    /// connection falls in. A map with it is declared with `typeof`.
+    NumgenShare,
 }
+
+/// How many equally likely shares [`Statement::DnatShare`] splits a Service's connections
+/// into (each endpoint gets a contiguous range of them).
+pub const SHARES: u32 = 65_536;
 
 impl KeyType {
     /// The address type of `family`.
@@ -539,11 +549,25 @@ impl KeyType {
             KeyType::Mark => "mark",
             // Any modulus declares the same 32-bit integer key.
             KeyType::Numgen => "numgen random mod 1",
+            KeyType::NumgenShare => "numgen random mod 65536",
+        }
+    }
+
+    /// The expression a `typeof` declaration names for this type (the packet fields the
+    /// endpoint maps are looked up with).
+    pub fn typeof_str(self) -> &'static str {
+        match self {
+            KeyType::Ipv4Addr => "ip daddr",
+            KeyType::Ipv6Addr => "ip6 daddr",
+            KeyType::InetProto => "meta l4proto",
+            KeyType::InetService => "th dport",
+            KeyType::Mark => "meta mark",
+            KeyType::Numgen | KeyType::NumgenShare => self.as_str(),
         }
     }
 
     fn is_typeof(self) -> bool {
-        self == KeyType::Numgen
+        matches!(self, KeyType::Numgen | KeyType::NumgenShare)
     }
 }
 
@@ -554,14 +578,26 @@ pub enum DataType {
     Verdict,
     /// A value of a key type (used with `dnat to … map`, `mark set … map`).
     Value(KeyType),
+    /// An address of this type and a port: where [`Statement::DnatShare`] sends a share.
+    AddrPort(KeyType),
 }
 
 impl DataType {
     /// The type as nftables spells it.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> String {
         match self {
-            DataType::Verdict => "verdict",
-            DataType::Value(k) => k.as_str(),
+            DataType::Verdict => "verdict".to_owned(),
+            DataType::Value(k) => k.as_str().to_owned(),
+            DataType::AddrPort(addr) => format!("{} . inet_service", addr.as_str()),
+        }
+    }
+
+    /// The type as a `typeof` declaration names it.
+    pub fn typeof_str(self) -> String {
+        match self {
+            DataType::Verdict => "verdict".to_owned(),
+            DataType::Value(k) => k.typeof_str().to_owned(),
+            DataType::AddrPort(addr) => format!("{} . th dport", addr.typeof_str()),
         }
     }
 }
@@ -617,6 +653,9 @@ impl Element {
             Some(MapValue::Value(v)) => {
                 let _ = write!(s, " : {}", v.display());
             }
+            Some(MapValue::Endpoint(ep)) => {
+                let _ = write!(s, " : {} . {}", ep.ip(), ep.port());
+            }
         }
         s
     }
@@ -629,6 +668,8 @@ pub enum MapValue {
     Verdict(Verdict),
     /// A plain value.
     Value(Value),
+    /// An address and a port (`addr . inet_service`).
+    Endpoint(SocketAddr),
 }
 
 /// A constant: one component of a set key, or the right-hand side of a match.
@@ -652,6 +693,11 @@ pub enum Value {
     AddrType(AddrType),
     /// A number (marks, `numgen` results).
     Int(u32),
+    /// A range of [`SHARES`], both ends included (the last key component of an endpoint
+    /// map).
+    ShareRange(u16, u16),
+    /// A connection-tracking status bit.
+    CtStatus(CtStatus),
     /// An interface name, or a name prefix (`iifname`).
     Ifname(IfName),
 }
@@ -731,6 +777,8 @@ impl Value {
             Value::CtState(s) => s.as_str().to_owned(),
             Value::AddrType(t) => t.as_str().to_owned(),
             Value::Int(n) => n.to_string(),
+            Value::ShareRange(a, b) => format!("{a}-{b}"),
+            Value::CtStatus(s) => s.as_str().to_owned(),
             Value::Ifname(name) => name.to_string(),
         }
     }
@@ -765,6 +813,22 @@ impl CtState {
             CtState::Established => "established",
             CtState::Related => "related",
             CtState::Invalid => "invalid",
+        }
+    }
+}
+
+/// A connection-tracking status bit (`ct status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtStatus {
+    /// The connection's destination was rewritten (`IPS_DST_NAT`).
+    Dnat,
+}
+
+impl CtStatus {
+    /// The status as nftables spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtStatus::Dnat => "dnat",
         }
     }
 }
@@ -804,6 +868,11 @@ pub enum Field {
     SctpDport,
     /// `ct state`.
     CtState,
+    /// `ct status`, compared with [`Value::CtStatus`] (a bit test).
+    CtStatus,
+    /// The destination address's low bits: `ip daddr & 0.0.0.63` for 6 bits (compared with
+    /// an address holding only those bits).
+    DaddrLowBits(u8),
     /// `fib daddr type`: the type of the destination address.
     FibDaddrType,
     /// `fib saddr type`: the type of the source address.
@@ -839,6 +908,8 @@ impl Field {
             Field::UdpDport => "udp dport".to_owned(),
             Field::SctpDport => "sctp dport".to_owned(),
             Field::CtState => "ct state".to_owned(),
+            Field::CtStatus => "ct status".to_owned(),
+            Field::DaddrLowBits(bits) => format!("{ip} daddr & {}", low_bits(family, bits)),
             Field::FibDaddrType => "fib daddr type".to_owned(),
             Field::FibSaddrType => "fib saddr type".to_owned(),
             Field::Icmpv6Type => "icmpv6 type".to_owned(),
@@ -849,6 +920,19 @@ impl Field {
 
     fn is_mark(self) -> bool {
         matches!(self, Field::MarkMasked(_))
+    }
+}
+
+/// The address of `family` with only its low `bits` bits set (`0.0.0.63`, `::3f`).
+pub fn low_bits(family: IpFamily, bits: u8) -> IpAddr {
+    let mask = 1u128
+        .checked_shl(u32::from(bits))
+        .map_or(u128::MAX, |v| v - 1);
+    match family {
+        IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::try_from(mask & u128::from(u32::MAX)).unwrap_or(u32::MAX),
+        )),
+        IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::from(mask)),
     }
 }
 
@@ -1087,6 +1171,13 @@ pub enum Statement {
         /// The map from choice to verdict.
         map: MapRef,
     },
+    /// `dnat to ip daddr . meta l4proto . th dport . numgen random mod 65536 map @map`: the
+    /// destination and a random share ([`SHARES`]) looked up in an interval map whose value
+    /// is the endpoint (`addr . port`). No element, no DNAT: the rule does nothing.
+    DnatShare {
+        /// The endpoint map ([`KeyType::NumgenShare`] key, [`DataType::AddrPort`] data).
+        map: String,
+    },
     /// `update @set { fields }`: add the packet's key to a dynamic set (or refresh its
     /// timeout).
     UpdateSet {
@@ -1138,6 +1229,13 @@ impl Statement {
             Statement::NumgenVmap { modulus, map } => {
                 format!("numgen random mod {modulus} vmap {}", map_ref_str(map))
             }
+            Statement::DnatShare { map } => {
+                let ip = family_str(family);
+                format!(
+                    "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod \
+                     {SHARES} map @{map}"
+                )
+            }
             Statement::UpdateSet { set, fields } => {
                 format!("update @{set} {{ {} }}", concat_fields(fields, family))
             }
@@ -1171,7 +1269,8 @@ impl Statement {
                 map: MapRef::Named(n),
                 ..
             }
-            | Statement::UpdateSet { set: n, .. } => Some(n),
+            | Statement::UpdateSet { set: n, .. }
+            | Statement::DnatShare { map: n } => Some(n),
             _ => None,
         }
     }

@@ -14,9 +14,9 @@ pub mod services;
 pub mod trace;
 
 pub use ast::{
-    AddrType, BaseChain, Chain, ChainType, CtState, DataType, Element, Field, Hook, IcmpReject,
-    IfName, KeyType, MapRef, MapValue, Match, Op, Priority, RejectWith, Rhs, Rule, Set, SetFlag,
-    StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict,
+    AddrType, BaseChain, Chain, ChainType, CtState, CtStatus, DataType, Element, Field, Hook,
+    IcmpReject, IfName, KeyType, MapRef, MapValue, Match, Op, Priority, RejectWith, Rhs, Rule,
+    SHARES, Set, SetFlag, StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict, low_bits,
 };
 pub use diff::{Command, diff, diff_commands};
 pub use policy::{merge_into, render_policy_nft};

@@ -3,11 +3,14 @@
 //!
 //! Dispatch is by verdict maps (`service-ips`, `service-nodeports`, `no-endpoint-services`,
 //! `no-endpoint-nodeports`, `firewall-ips`), so a packet costs one hashed lookup whatever the
-//! number of Services. Each load-balancing chain chooses its endpoint through a named map of
-//! its own (`numgen random mod N vmap @<chain>/endpoints`) rather than an anonymous one, so an
-//! endpoint change is an element update and loading 10,000 Services does not pay the kernel's
-//! quadratic cost for anonymous sets. The renderer decides nothing: every choice was made in
-//! the plan.
+//! number of Services. A *plain* Service port (ClusterIP only, no session affinity) has no
+//! chains at all: its frontend is an element of `plain-services`, and its endpoints are
+//! ranges of 65,536 random shares in one of [`SHARD_COUNT`] interval data maps
+//! (`endpoints-<i>`, chosen by the ClusterIP's low bits through the constant `shards` vmap),
+//! so adding, changing or removing it changes elements only and the kernel never
+//! re-validates the table. Other ports keep per-Service chains choosing their endpoint
+//! through a named map of their own (`numgen random mod N vmap @<chain>/endpoints`). The
+//! renderer decides nothing: every choice was made in the plan.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -21,9 +24,9 @@ use netd_proxy::{
 };
 
 use super::ast::{
-    AddrType, BaseChain, Chain, ChainType, CtState, DataType, Field, Hook, IfName, KeyType, MapRef,
-    MapValue, Match, Priority, RejectWith, Rule, Set, SetFlag, StandardPriority, Statement, Table,
-    Value, Verdict,
+    AddrType, BaseChain, Chain, ChainType, CtState, CtStatus, DataType, Field, Hook, IfName,
+    KeyType, MapRef, MapValue, Match, Priority, RejectWith, Rule, SHARES, Set, SetFlag,
+    StandardPriority, Statement, Table, Value, Verdict,
 };
 use crate::chains::hash;
 use crate::services::RenderOptions;
@@ -59,6 +62,18 @@ pub const REJECT_CHAIN: &str = "reject-chain";
 pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 /// nat: masquerades marked packets (jumped to from `nat-postrouting`).
 pub const MASQUERADING: &str = "masquerading";
+/// Set: the frontends (`addr . proto . port`) of plain Service ports, which have no chains.
+pub const PLAIN_SERVICES: &str = "plain-services";
+/// Verdict map: the low bits of a plain frontend's address to its `lb-<i>` chain (constant).
+pub const SHARDS: &str = "shards";
+/// Set: `endpoint . endpoint` pairs of plain Services' endpoints, masqueraded when a Pod
+/// reaches itself through its Service (hairpin).
+pub const HAIRPIN: &str = "hairpin";
+/// How many `lb-<i>` chains and `endpoints-<i>` maps share the plain Services: the kernel's
+/// interval maps cost a commit time linear in their size, so each stays small.
+pub const SHARD_COUNT: u8 = 64;
+/// The address bits that choose a shard (`SHARD_COUNT` is `1 << SHARD_BITS`).
+const SHARD_BITS: u8 = 6;
 
 /// Renders a service plan into kube-proxy's nftables layout: the whole `kube-netd` table of
 /// the plan's family, as far as Services go (NetworkPolicy adds its own chains and sets to
@@ -130,6 +145,50 @@ pub fn affinity_set(port: &ServicePortName, endpoint: &SocketAddr) -> String {
         "affinity-{}",
         hash_and_truncate(&endpoint_base(port, endpoint))
     )
+}
+
+/// The `lb-<i>` chain of shard `i`: DNATs plain frontends to an endpoint of `endpoints-<i>`.
+pub fn shard_chain(shard: u8) -> String {
+    format!("lb-{shard}")
+}
+
+/// The `endpoints-<i>` interval map of shard `i`: `addr . proto . port . share range` to
+/// the endpoint the shares go to.
+pub fn shard_map(shard: u8) -> String {
+    format!("endpoints-{shard}")
+}
+
+/// The shard of a plain frontend: its address's low [`SHARD_BITS`] bits.
+pub fn shard_of(ip: IpAddr) -> u8 {
+    let last = match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    last & (SHARD_COUNT - 1)
+}
+
+/// Whether `port` is rendered without chains: a ClusterIP that forwards, with no external
+/// entry and no session affinity (which needs per-endpoint sets and rules).
+pub fn is_plain(port: &ServicePortPlan) -> bool {
+    port.internal.forwards() && port.external.is_none() && port.session_affinity.is_none()
+}
+
+/// Splits the shares among `count` endpoints: contiguous ranges covering them all, sizes
+/// differing by at most one.
+pub fn share_ranges(count: usize) -> Vec<(u16, u16)> {
+    let total = u64::from(SHARES);
+    let count = u64::try_from(count.max(1)).unwrap_or(u64::MAX).min(total);
+    (0..count)
+        .map(|i| {
+            let first = i * total / count;
+            let last = (i + 1) * total / count - 1;
+            // Both are below SHARES = 65,536.
+            (
+                u16::try_from(first).unwrap_or(u16::MAX),
+                u16::try_from(last).unwrap_or(u16::MAX),
+            )
+        })
+        .collect()
 }
 
 /// The named map a load-balancing chain chooses its endpoint in: the chain's name with
@@ -284,7 +343,14 @@ impl Renderer<'_> {
             (
                 "nat-postrouting",
                 nat(Hook::Postrouting, StandardPriority::Srcnat),
-                vec![Rule::new().verdict(jump(MASQUERADING))],
+                vec![
+                    // Hairpin for plain Services: a DNATed Pod reaching itself.
+                    Rule::new()
+                        .matching(Match::eq(Field::CtStatus, Value::CtStatus(CtStatus::Dnat)))
+                        .matching(Match::in_set(vec![Field::Saddr, Field::Daddr], HAIRPIN))
+                        .verdict(jump(MARK_FOR_MASQUERADE)),
+                    Rule::new().verdict(jump(MASQUERADING)),
+                ],
             ),
         ];
         for (name, base, rules) in bases {
@@ -306,13 +372,53 @@ impl Renderer<'_> {
             Set::map(NO_ENDPOINT_NODEPORTS, port_key, DataType::Verdict).with_comment(
                 "vmap to drop or reject packets to service nodeports with no endpoints",
             ),
-            Set::map(FIREWALL_IPS, frontend, DataType::Verdict)
+            Set::map(FIREWALL_IPS, frontend.clone(), DataType::Verdict)
                 .with_comment("destinations that are subject to LoadBalancerSourceRanges"),
             Set::new(CLUSTER_IPS, vec![addr]).with_comment("Active ClusterIPs"),
+            Set::new(PLAIN_SERVICES, frontend.clone())
+                .with_comment("ClusterIP traffic of Services without chains"),
+            Set::new(HAIRPIN, vec![addr, addr])
+                .with_comment("endpoints of plain Services reaching themselves"),
         ];
         for map in maps {
             self.table.add_set(map);
         }
+        let mut shards = Set::map(SHARDS, vec![addr], DataType::Verdict)
+            .with_flag(SetFlag::Constant)
+            .with_comment("plain Service frontends by the low bits of their address");
+        for shard in 0..SHARD_COUNT {
+            shards.insert_mapping(
+                vec![Value::Ip(low_bits_value(family, shard))],
+                MapValue::Verdict(goto(&shard_chain(shard))),
+                None,
+            );
+            let map_key = vec![
+                addr,
+                KeyType::InetProto,
+                KeyType::InetService,
+                KeyType::NumgenShare,
+            ];
+            self.table.add_set(
+                Set::map(shard_map(shard), map_key, DataType::AddrPort(addr))
+                    .with_flag(SetFlag::Interval),
+            );
+            let mut lb = Chain::regular(shard_chain(shard));
+            lb.push(
+                Rule::new()
+                    .matching(Match::in_anon(
+                        Field::L4Proto,
+                        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                            .into_iter()
+                            .map(Value::Proto)
+                            .collect(),
+                    ))
+                    .then(Statement::DnatShare {
+                        map: shard_map(shard),
+                    }),
+            );
+            self.table.add_chain(lb);
+        }
+        self.table.add_set(shards);
 
         // Where nodePorts answer: every local address but loopback, or the listed ones.
         let nodeport_dest: Vec<Match> = match &self.plan.nodeport_addresses {
@@ -333,6 +439,29 @@ impl Renderer<'_> {
         services.push(Rule::new().then(Statement::Vmap {
             fields: frontend_fields(),
             map: MapRef::Named(SERVICE_IPS.to_owned()),
+        }));
+        let plain = || Rule::new().matching(Match::in_set(frontend_fields(), PLAIN_SERVICES));
+        // Every port has the same ClusterIP masquerade mode (kube-proxy's flags decide it),
+        // so one rule serves every plain port.
+        let masquerade = self
+            .plan
+            .ports
+            .values()
+            .next()
+            .map(|p| p.cluster_ip_masquerade);
+        let masq = match (masquerade, &self.plan.local_detector) {
+            (Some(ClusterIpMasquerade::All), _) => Some(plain()),
+            (Some(ClusterIpMasquerade::OffCluster), Some(detector)) => {
+                Some(plain().matching(local_traffic(detector).negated()))
+            }
+            _ => None,
+        };
+        if let Some(rule) = masq {
+            services.push(rule.verdict(jump(MARK_FOR_MASQUERADE)));
+        }
+        services.push(plain().then(Statement::Vmap {
+            fields: vec![Field::DaddrLowBits(SHARD_BITS)],
+            map: MapRef::Named(SHARDS.to_owned()),
         }));
         let mut nodeports = Rule::new();
         if self.plan.nodeport_addresses == NodePortIps::Local {
@@ -422,6 +551,10 @@ impl Renderer<'_> {
 
         self.map_mut(CLUSTER_IPS)
             .insert(vec![Value::Ip(port.cluster_ip)], None);
+        if is_plain(port) {
+            self.plain_port(port, &name);
+            return;
+        }
 
         // ClusterIP.
         let key = frontend_key(port.cluster_ip, proto, port.port);
@@ -552,6 +685,31 @@ impl Renderer<'_> {
         }
     }
 
+    /// A plain port: its frontend in `plain-services`, its endpoints' share ranges in its
+    /// shard's map, and their hairpin pairs.
+    fn plain_port(&mut self, port: &ServicePortPlan, name: &str) {
+        let proto = port.protocol();
+        let key = frontend_key(port.cluster_ip, proto, port.port);
+        self.map_mut(PLAIN_SERVICES)
+            .insert(key.clone(), Some(name.to_owned()));
+        let endpoints = match port.internal {
+            Disposition::Local => &port.endpoints.local,
+            _ => &port.endpoints.cluster,
+        };
+        let map = shard_map(shard_of(port.cluster_ip));
+        for (ep, (first, last)) in endpoints.iter().zip(share_ranges(endpoints.len())) {
+            let mut element = key.clone();
+            element.push(Value::ShareRange(first, last));
+            let comment = self
+                .endpoint_comments
+                .then(|| format!("{name} -> {}", ep.key()));
+            self.map_mut(&map)
+                .insert_mapping(element, MapValue::Endpoint(ep.addr), comment);
+            self.map_mut(HAIRPIN)
+                .insert(vec![Value::Ip(ep.ip()), Value::Ip(ep.ip())], None);
+        }
+    }
+
     /// `ip saddr != { ranges… } drop`: load-balancer traffic from outside the source ranges
     /// (the LB IPs themselves count as allowed when a range admits this node, for traffic
     /// looped back by the load balancer with its own IP as the source).
@@ -647,6 +805,14 @@ impl Renderer<'_> {
     }
 }
 
+/// Shard `shard` as the address `ip daddr & <low bits>` yields for it.
+fn low_bits_value(family: IpFamily, shard: u8) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::new(0, 0, 0, shard)),
+        IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(shard))),
+    }
+}
+
 /// The match of the local-traffic detector: `saddr RANGE`, `iifname "BRIDGE"` or
 /// `iifname "PREFIX*"`.
 fn local_traffic(detector: &LocalDetector) -> Match {
@@ -690,6 +856,25 @@ mod tests {
         );
         let v6: SocketAddr = "[fd00:10::1]:80".parse().expect("addr");
         assert!(endpoint_chain(&port, &v6).ends_with("-ns1/svc1/tcp/p80__fd00.10..1/80"));
+    }
+
+    #[test]
+    fn share_ranges_cover_every_share_evenly() {
+        for count in [1, 2, 3, 10, 7_000] {
+            let ranges = share_ranges(count);
+            assert_eq!(ranges.len(), count);
+            assert_eq!(ranges.first().map(|r| r.0), Some(0));
+            assert_eq!(ranges.last().map(|r| r.1), Some(u16::MAX));
+            for pair in ranges.windows(2) {
+                assert_eq!(u32::from(pair[0].1) + 1, u32::from(pair[1].0), "{count}");
+            }
+            let sizes: BTreeSet<u32> = ranges
+                .iter()
+                .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
+                .collect();
+            let (min, max) = (sizes.first().copied(), sizes.last().copied());
+            assert!(max.zip(min).is_some_and(|(hi, lo)| hi - lo <= 1), "{count}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! input / forward, postrouting — and, within a hook, in priority order whatever their type,
 //! as netfilter does. Verdict maps and sets are looked up with the packet's fields (single
 //! values, concatenations, prefixes and ranges); `numgen random mod N vmap` splits the trace
-//! into N branches of probability 1/N each. `accept` ends a base chain, `drop` and `reject`
+//! into N branches of probability 1/N each, and a `dnat … numgen random mod 65536 map` into
+//! one branch per share range of the packet's destination, of probability range / 65,536. `accept` ends a base chain, `drop` and `reject`
 //! the packet; `dnat` and `masquerade` are final in their chain, as in the kernel.
 //!
 //! It takes the same [`Packet`] and [`Host`] as the iptables tracer and ends in the same
@@ -21,8 +22,8 @@ use netd_model::Protocol;
 use netd_proxy::InterfaceName;
 
 use super::ast::{
-    AddrType, Chain, ChainType, CtState, Field, Hook, IfName, MapRef, MapValue, Match, Op, Rhs,
-    Rule, Set, SetFlag, Statement, Table, Value, Verdict as NftVerdict,
+    AddrType, Chain, ChainType, CtState, CtStatus, Field, Hook, IfName, MapRef, MapValue, Match,
+    Op, Rhs, Rule, SHARES, Set, SetFlag, Statement, Table, Value, Verdict as NftVerdict,
 };
 use super::policy::{EGRESS_CHAIN_PREFIX, INGRESS_CHAIN_PREFIX};
 use crate::trace::{Host, Origin, Packet, Verdict};
@@ -392,6 +393,39 @@ impl Tracer<'_> {
                 done(st, Verdict::Accept)
             }
             Statement::Verdict(v) => self.verdict(chain, index, v, st, depth),
+            Statement::DnatShare { map } => {
+                let set = self.set(chain, map)?;
+                let key = self.key(&[Field::Daddr, Field::L4Proto, Field::ThDport], &st);
+                let mut out = Vec::new();
+                for e in set.elements.values() {
+                    let (Some(MapValue::Endpoint(to)), Some((Value::ShareRange(a, b), head))) =
+                        (&e.value, e.key.split_last())
+                    else {
+                        continue;
+                    };
+                    if !key_matches(&key, head) {
+                        continue;
+                    }
+                    let mut branch = st.clone();
+                    branch.probability *=
+                        f64::from(u32::from(*b) - u32::from(*a) + 1) / f64::from(SHARES);
+                    if let Some(step) = branch.steps.last_mut() {
+                        step.via = Some(e.display());
+                    }
+                    branch.dst = to.ip();
+                    branch.dport = to.port();
+                    branch.dnat = Some(*to);
+                    out.push((branch, Flow::Verdict(Verdict::Accept)));
+                }
+                if out.is_empty() {
+                    // No element: no DNAT, the rule did nothing.
+                    if from == 0 {
+                        st.steps.pop();
+                    }
+                    return self.run(chain, index + 1, st, depth);
+                }
+                Ok(out)
+            }
             Statement::Vmap { fields, map } => {
                 let key = self.key(fields, &st);
                 let hit = match map {
@@ -547,6 +581,8 @@ impl Tracer<'_> {
                 Field::SctpDport => dport(Protocol::Sctp),
                 // Only the first packet of a connection is traced.
                 Field::CtState => Some(Value::CtState(CtState::New)),
+                Field::CtStatus => st.dnat.map(|_| Value::CtStatus(CtStatus::Dnat)),
+                Field::DaddrLowBits(bits) => Some(Value::Ip(masked(st.dst, *bits))),
                 Field::FibDaddrType => local(st.dst),
                 Field::FibSaddrType => local(pkt.src),
                 Field::Icmpv6Type => None,
@@ -558,6 +594,19 @@ impl Tracer<'_> {
                     .map(|name| Value::Ifname(IfName::exact(&name))),
             })
             .collect()
+    }
+}
+
+/// `ip` keeps only the low `bits` bits of its address.
+fn masked(ip: IpAddr, bits: u8) -> IpAddr {
+    let mask = 1u128
+        .checked_shl(u32::from(bits))
+        .map_or(u128::MAX, |v| v - 1);
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v4) & u32::try_from(mask & u128::from(u32::MAX)).unwrap_or(u32::MAX),
+        )),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask)),
     }
 }
 
@@ -702,6 +751,59 @@ mod tests {
         assert_eq!(
             outcomes(&t, &Host::default(), &udp),
             [(Verdict::Accept, None, 1.0)]
+        );
+    }
+
+    #[test]
+    fn a_share_map_branches_once_per_range_of_the_destination() {
+        let mut t = Table::new(IpFamily::V4);
+        let mut nat = base("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100);
+        nat.push(Rule::new().then(Statement::DnatShare { map: "eps".into() }));
+        nat.push(Rule::new().verdict(NftVerdict::Drop));
+        t.add_chain(nat);
+        let mut eps = Set::map(
+            "eps",
+            vec![
+                KeyType::Ipv4Addr,
+                KeyType::InetProto,
+                KeyType::InetService,
+                KeyType::NumgenShare,
+            ],
+            DataType::AddrPort(KeyType::Ipv4Addr),
+        )
+        .with_flag(SetFlag::Interval);
+        let frontend = |addr: &str| {
+            vec![
+                Value::Ip(ip(addr)),
+                Value::Proto(Protocol::Tcp),
+                Value::Port(80),
+            ]
+        };
+        for (addr, (a, b), ep) in [
+            ("10.96.0.10", (0, 16_383), "10.1.0.1:8080"),
+            ("10.96.0.10", (16_384, 65_535), "10.1.0.2:8080"),
+            ("10.96.0.11", (0, 65_535), "10.1.0.3:8080"),
+        ] {
+            let mut key = frontend(addr);
+            key.push(Value::ShareRange(a, b));
+            eps.insert_mapping(key, MapValue::Endpoint(ep.parse().expect("ep")), None);
+        }
+        t.add_set(eps);
+        assert_eq!(
+            outcomes(&t, &Host::default(), &packet()),
+            [
+                (Verdict::Accept, Some("10.1.0.1:8080".into()), 0.25),
+                (Verdict::Accept, Some("10.1.0.2:8080".into()), 0.75),
+            ]
+        );
+        // A destination without elements is not DNATed: the next rule drops it.
+        let other = Packet {
+            dport: 81,
+            ..packet()
+        };
+        assert_eq!(
+            outcomes(&t, &Host::default(), &other),
+            [(Verdict::Drop, None, 1.0)]
         );
     }
 
