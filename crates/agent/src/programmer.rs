@@ -82,8 +82,9 @@ impl NodeProgrammer {
 /// ([`netd_proxy::replan`]), and the NetworkPolicy plan only when Namespaces, Nodes, Pods or
 /// NetworkPolicies changed. Everything is planned afresh for another Node, other proxy
 /// options or other cluster settings. Its rules are the [`NodeProgrammer`]'s for the same
-/// state; the saving is in time, between states one was changed from (as a
-/// [`netd_source`-style store's snapshots are](netd_model::ClusterState::changed_objects)).
+/// state; the saving is in time, between states one was changed from, as a store's
+/// successive snapshots are ([`ClusterState::changed_objects`] finds their differences
+/// without reading the rest).
 #[derive(Debug)]
 pub struct IncrementalProgrammer {
     programmer: NodeProgrammer,
