@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::error::AgentError;
 use crate::ipvs::{Ipvs, IpvsConfig};
 use crate::nft::Nftables;
-use crate::programmer::NodeProgrammer;
+use crate::programmer::{IncrementalProgrammer, NodeProgrammer};
 use crate::rules::Programmer;
 use crate::sync::{InNamespace, SyncEngine, SyncMetrics, SyncReport};
 
@@ -179,10 +179,12 @@ pub trait Backend: Send {
 pub fn backend(config: &BackendConfig) -> Box<dyn Backend> {
     let program = config.program.clone();
     match config.mode {
-        Mode::Iptables => Box::new(Iptables::new(Box::new(NodeProgrammer {
-            program,
-            ..NodeProgrammer::default()
-        }))),
+        Mode::Iptables => Box::new(Iptables::new(Box::new(IncrementalProgrammer::new(
+            NodeProgrammer {
+                program,
+                ..NodeProgrammer::default()
+            },
+        )))),
         Mode::Nftables => Box::new(Nftables::new().with_program(program)),
         Mode::Ipvs => Box::new(Ipvs::new(config.ipvs.clone()).with_program(program)),
     }

@@ -47,7 +47,8 @@
 //! - [`rules`]: [`NodeRules`], [`FamilyRules`], [`Hook`], and the [`Programmer`] seam (the
 //!   lab's agents call it).
 //! - [`programmer`](mod@programmer): [`NodeProgrammer`] (IPv4, and IPv6 for dual-stack
-//!   clusters).
+//!   clusters) and [`IncrementalProgrammer`], the same rules planned again only where the
+//!   cluster changed (what iptables mode runs).
 //! - [`sync`](mod@sync): [`SyncEngine`], the [`Applier`] seam and its real [`InNamespace`].
 //! - [`ipvs`](mod@ipvs): [`Ipvs`], the IPVS back end (virtual servers, `kube-ipvs0`, IPVS
 //!   mode's ipsets and iptables rules; IPv4, and IPv6 for IPv6 and dual-stack clusters) and
@@ -79,7 +80,7 @@ pub use backend::{
 pub use error::AgentError;
 pub use ipvs::{Ipvs, IpvsConfig};
 pub use nft::Nftables;
-pub use programmer::NodeProgrammer;
+pub use programmer::{IncrementalProgrammer, NodeProgrammer};
 pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};
 pub use trace::{Fate, NodesTrace, TraceRules, trace_nodes, trace_nodes_in};

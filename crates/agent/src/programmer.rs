@@ -1,10 +1,13 @@
 //! [`NodeProgrammer`]: the service proxy and the NetworkPolicy enforcer of one Node, as one
-//! rule set.
+//! rule set; [`IncrementalProgrammer`], the same rules planned again only where the cluster
+//! changed.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
-use netd_model::{ClusterState, NodeName};
-use netd_proxy::IpFamily;
+use netd_model::{ClusterState, Kind, NodeName};
+use netd_policy::PolicyPlan;
+use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
 use netd_render::{
     ChainName, HookRule, RenderOptions, Ruleset, Table, render_policy, render_services,
 };
@@ -33,14 +36,23 @@ impl NodeProgrammer {
     /// The rules of `node`.
     pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
         let options = self.program.proxy_options(state, node);
-        let plan = self.program.policy_plan(state, node)?;
+        let policy = self.program.policy_plan(state, node)?;
+        let plans = families(state)
+            .into_iter()
+            .map(|family| netd_proxy::plan(state, node, family, &options))
+            .collect();
+        Ok(self.render_plans(plans, policy.as_ref()))
+    }
+
+    /// The rules of a Node's service plans (one per family, IPv4 first) and policy plan.
+    fn render_plans(&self, plans: Vec<ServicePlan>, plan: Option<&PolicyPlan>) -> NodeRules {
         let mut out = NodeRules {
             prune: true,
             ..NodeRules::default()
         };
         let mut ipset = String::new();
-        for family in families(state) {
-            let service_plan = netd_proxy::plan(state, node, family, &options);
+        for service_plan in plans {
+            let family = service_plan.family;
             let mut rules = render_services(&service_plan, &self.render);
             let policy = plan.as_ref().map(|p| render_policy(p, family));
             let mut policy_hooks: &[HookRule] = &[];
@@ -61,7 +73,94 @@ impl NodeProgrammer {
             });
         }
         out.ipset = Some(ipset);
-        Ok(out)
+        out
+    }
+}
+
+/// A [`NodeProgrammer`] that keeps what it planned last and, for the next state, plans again
+/// only what changed: the Services whose Service or EndpointSlices differ
+/// ([`netd_proxy::replan`]), and the NetworkPolicy plan only when Namespaces, Nodes, Pods or
+/// NetworkPolicies changed. Everything is planned afresh for another Node, other proxy
+/// options or other cluster settings. Its rules are the [`NodeProgrammer`]'s for the same
+/// state; the saving is in time, between states one was changed from, as a store's
+/// successive snapshots are ([`ClusterState::changed_objects`] finds their differences
+/// without reading the rest).
+#[derive(Debug)]
+pub struct IncrementalProgrammer {
+    programmer: NodeProgrammer,
+    last: Mutex<Option<Planned>>,
+}
+
+/// What an [`IncrementalProgrammer`] planned last, and from what.
+#[derive(Debug)]
+struct Planned {
+    node: NodeName,
+    state: ClusterState,
+    options: ProxyOptions,
+    policy: Option<PolicyPlan>,
+    plans: Vec<ServicePlan>,
+}
+
+impl IncrementalProgrammer {
+    /// Programs as `programmer` does, remembering its last plans.
+    pub fn new(programmer: NodeProgrammer) -> Self {
+        Self {
+            programmer,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The rules of `node`, equal to [`NodeProgrammer::rules`].
+    pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
+        // Plans are only ever replaced whole, so a panic elsewhere cannot leave half of one.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let program = &self.programmer.program;
+        let options = program.proxy_options(state, node);
+        let previous = last.take().filter(|l| {
+            l.node == *node && l.options == options && l.state.config() == state.config()
+        });
+        let (policy, plans): (_, Vec<ServicePlan>) = match previous {
+            Some(l) => {
+                let policy_inputs = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
+                let policy = if policy_inputs
+                    .iter()
+                    .all(|k| state.shares_kind(&l.state, *k))
+                {
+                    l.policy
+                } else {
+                    program.policy_plan(state, node)?
+                };
+                let plans = l
+                    .plans
+                    .into_iter()
+                    .map(|p| netd_proxy::replan(p, &l.state, state, &options))
+                    .collect();
+                (policy, plans)
+            }
+            None => {
+                let policy = program.policy_plan(state, node)?;
+                let plans = families(state)
+                    .into_iter()
+                    .map(|family| netd_proxy::plan(state, node, family, &options))
+                    .collect();
+                (policy, plans)
+            }
+        };
+        let rules = self.programmer.render_plans(plans.clone(), policy.as_ref());
+        *last = Some(Planned {
+            node: node.clone(),
+            state: state.clone(),
+            options,
+            policy,
+            plans,
+        });
+        Ok(rules)
+    }
+}
+
+impl Programmer for IncrementalProgrammer {
+    fn program(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, BoxError> {
+        Ok(self.rules(state, node)?)
     }
 }
 
@@ -131,6 +230,87 @@ kind: NetworkPolicy
 metadata: {name: p, namespace: x}
 spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
 "#;
+
+    mod incremental {
+        use netd_model::Object;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One object of a small pool: Services and their slices (moved between Services,
+        /// endpoints here or elsewhere), Pods (labels, node, IP), a NetworkPolicy selecting
+        /// by label, a Namespace's labels, and the Node itself.
+        fn object() -> impl Strategy<Value = Object> {
+            let name = || prop_oneof![Just("a"), Just("b"), Just("c")];
+            prop_oneof![
+                (name(), 1u16..4, any::<bool>()).prop_map(|(name, port, node_port)| {
+                    let spec = if node_port {
+                        format!("{{type: NodePort, clusterIP: 10.96.1.{port}, ports: [{{name: p, port: 80, nodePort: 3000{port}}}]}}")
+                    } else {
+                        format!("{{clusterIP: 10.96.0.{port}, ports: [{{name: p, port: {port}}}]}}")
+                    };
+                    one(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {spec}\n"))
+                }),
+                (name(), name(), any::<bool>(), 1u8..4).prop_map(|(slice, svc, here, ip)| {
+                    let node = if here { "node-1" } else { "node-2" };
+                    one(&format!(
+                        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+                         metadata: {{name: s-{slice}, namespace: x, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+                         ports: [{{name: p, port: 8080, protocol: TCP}}]\n\
+                         endpoints: [{{addresses: [10.244.1.{ip}], nodeName: {node}}}]\n"
+                    ))
+                }),
+                (name(), name(), any::<bool>(), 1u8..4).prop_map(|(name, app, here, ip)| {
+                    let node = if here { "node-1" } else { "node-2" };
+                    one(&format!(
+                        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {app}}}}}\n\
+                         spec: {{nodeName: {node}, containers: [{{name: c, image: i, ports: [{{containerPort: 80}}]}}]}}\n\
+                         status: {{podIP: 10.244.1.{ip}}}\n"
+                    ))
+                }),
+                (name(), name()).prop_map(|(name, app)| one(&format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+                     spec: {{podSelector: {{matchLabels: {{app: {app}}}}}, ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{team: t}}}}}}]}}]}}\n"
+                ))),
+                any::<bool>().prop_map(|team| one(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: x, labels: {{team: {}}}}}\n",
+                    if team { "t" } else { "u" }
+                ))),
+                (1u8..3).prop_map(|ip| one(&format!(
+                    "apiVersion: v1\nkind: Node\nmetadata: {{name: node-1}}\nspec: {{podCIDR: 10.244.1.0/24}}\n\
+                     status: {{addresses: [{{type: InternalIP, address: 172.18.0.{ip}}}]}}\n"
+                ))),
+            ]
+        }
+
+        fn one(yaml: &str) -> Object {
+            netd_testkit::objects(yaml).remove(0)
+        }
+
+        proptest! {
+            /// After any sequence of changes the incremental programmer's rules are the
+            /// whole programmer's for the same state.
+            #[test]
+            fn equals_programming_from_scratch(
+                changes in proptest::collection::vec((object(), any::<bool>()), 1..16),
+            ) {
+                let node = NodeName::new("node-1");
+                let whole = NodeProgrammer::default();
+                let incremental = IncrementalProgrammer::new(NodeProgrammer::default());
+                let mut state = netd_testkit::state(CLUSTER);
+                for (object, remove) in changes {
+                    if remove {
+                        state.remove(&object.id());
+                    } else {
+                        state.insert(object).expect("valid object");
+                    }
+                    // Without its Node the policy plan fails in both.
+                    let expected = whole.rules(&state, &node).ok();
+                    prop_assert_eq!(incremental.rules(&state, &node).ok(), expected);
+                }
+            }
+        }
+    }
 
     #[test]
     fn policy_is_dispatched_before_kube_forward_and_each_builtin_has_one_hook() {

@@ -22,8 +22,8 @@ use netd_kernel::nftnl::conntrack::Flow;
 use netd_kernel::{KernelError, netns, nftnl, rules as kernel};
 use netd_model::ServiceRef;
 use netd_proxy::{IpFamily, ServicePlan};
+use netd_render::SyncScope;
 use netd_render::chains::is_service_chain;
-use netd_render::{ChainName, SyncScope};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -520,17 +520,18 @@ impl SyncEngine {
 /// a change of rendering options.
 fn changed_chains(previous: &FamilyRules, current: &FamilyRules) -> BTreeSet<ServiceRef> {
     let nat = netd_render::Table::Nat;
+    // Unordered, by hashed lookups: the result is a set, and at 10,000 Services sorting
+    // the 130,000 chain names (scattered strings) cost more than comparing the rules.
     let mut changed = BTreeSet::new();
-    for (chain, owner) in current.rules.service_chains() {
+    for (chain, owner) in current.rules.service_chains_unordered() {
         if previous.rules.ruleset.chain(nat, chain.as_str())
             != current.rules.ruleset.chain(nat, chain.as_str())
         {
             changed.insert(owner.clone());
         }
     }
-    let now: BTreeSet<&ChainName> = current.rules.service_chains().map(|(c, _)| c).collect();
-    for (chain, owner) in previous.rules.service_chains() {
-        if !now.contains(chain) {
+    for (chain, owner) in previous.rules.service_chains_unordered() {
+        if current.rules.owner(chain.as_str()).is_none() {
             changed.insert(owner.clone());
         }
     }
@@ -878,6 +879,40 @@ mod tests {
             port: String::new(),
             protocol,
         }
+    }
+
+    #[test]
+    fn chains_rendered_otherwise_from_the_same_plan_rewrite_their_service() {
+        let state = cluster(
+            &["10.244.1.2"],
+            Some("10.244.1.53"),
+            ClusterConfig::default(),
+        );
+        let node = NodeName::new("node-1");
+        let with_comments = rules(&state);
+        // Past the large-cluster threshold the endpoint chains lose their comments.
+        let without = NodeProgrammer {
+            render: netd_render::RenderOptions {
+                large_cluster_endpoints: 0,
+                ..netd_render::RenderOptions::default()
+            },
+            ..NodeProgrammer::default()
+        }
+        .rules(&state, &node)
+        .expect("rules");
+        let (before, after) = (&with_comments.families[0], &without.families[0]);
+        assert_eq!(before.plan, after.plan);
+        assert_eq!(
+            changed_chains(before, after),
+            BTreeSet::from([svc("dns"), svc("web")])
+        );
+        assert_eq!(changed_chains(before, before), BTreeSet::new());
+        // A Service whose chains are gone counts as changed too.
+        let fewer = rules(&cluster(&["10.244.1.2"], None, ClusterConfig::default()));
+        assert_eq!(
+            changed_chains(before, &fewer.families[0]),
+            BTreeSet::from([svc("dns")])
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`ClusterState`]: an immutable, indexed snapshot of the cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -10,6 +10,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use self::map::SharedMap;
 use crate::config::ClusterConfig;
 use crate::field::{FieldError, FieldPath};
 use crate::keys::{
@@ -24,6 +25,8 @@ use crate::view::{
     SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceType, TargetPort,
     TrafficPolicy,
 };
+
+mod map;
 
 /// Why a snapshot could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -48,21 +51,61 @@ pub enum StateError {
 /// An immutable snapshot of the cluster: every object, its typed view, and indexes.
 ///
 /// Built once from the resolved objects (after the embedded control plane or an API-server
-/// sync); every lookup is a map access. Collections iterate in key order, so everything
-/// derived from a snapshot is deterministic.
-#[derive(Clone, Debug, Default)]
+/// sync), or changed one object at a time ([`ClusterState::insert`], [`ClusterState::remove`])
+/// as watch events arrive; every lookup is a map access. Collections iterate in key order, so
+/// everything derived from a snapshot is deterministic.
+///
+/// Cloning is cheap and so is a change: each map shares its untouched parts with the
+/// snapshots it was cloned from, so a store that keeps one state and hands out clones does
+/// work proportional to what changed, and [`ClusterState::changed_objects`] finds what
+/// differs between two such snapshots without reading the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterState {
     config: ClusterConfig,
-    objects: BTreeMap<ObjectId, Object>,
-    namespaces: BTreeMap<NamespaceName, Namespace>,
-    nodes: BTreeMap<NodeName, Node>,
-    pods: BTreeMap<PodRef, Pod>,
-    services: BTreeMap<ServiceRef, Service>,
-    slices: BTreeMap<EndpointSliceRef, EndpointSlice>,
-    policies: BTreeMap<PolicyRef, NetworkPolicy>,
-    pods_by_ip: HashMap<IpAddr, PodRef>,
-    pods_by_node: BTreeMap<NodeName, Vec<PodRef>>,
-    slices_by_service: BTreeMap<ServiceRef, Vec<EndpointSliceRef>>,
+    objects: SharedMap<ObjectId, Object>,
+    namespaces: SharedMap<NamespaceName, Namespace>,
+    nodes: SharedMap<NodeName, Node>,
+    pods: SharedMap<PodRef, Pod>,
+    services: SharedMap<ServiceRef, Service>,
+    slices: SharedMap<EndpointSliceRef, EndpointSlice>,
+    policies: SharedMap<PolicyRef, NetworkPolicy>,
+    /// The Pods (not hostNetwork) holding each IP; the last in key order owns it.
+    pods_by_ip: SharedMap<(IpAddr, PodRef), ()>,
+    pods_by_node: SharedMap<(NodeName, PodRef), ()>,
+    slices_by_service: SharedMap<(ServiceRef, EndpointSliceRef), ()>,
+    /// How many objects live in each namespace: those with none and no Namespace object are
+    /// not implied any more.
+    namespace_use: SharedMap<String, usize>,
+}
+
+/// The namespaces that always exist, as the API server's do.
+const ALWAYS: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// The typed view of one object, checked.
+enum View {
+    Namespace,
+    Node(Node),
+    Pod(Pod),
+    Service(Service),
+    Slice(EndpointSlice),
+    Policy(NetworkPolicy),
+    Deployment,
+}
+
+fn view_of(id: &ObjectId, object: &Object) -> Result<View, StateError> {
+    let err = |source| StateError::InvalidObject {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    Ok(match object {
+        Object::Namespace(_) => View::Namespace,
+        Object::Node(n) => View::Node(node_view(id, n).map_err(err)?),
+        Object::Pod(p) => View::Pod(pod_view(id, p).map_err(err)?),
+        Object::Service(s) => View::Service(service_view(id, s).map_err(err)?),
+        Object::EndpointSlice(s) => View::Slice(slice_view(id, s).map_err(err)?),
+        Object::NetworkPolicy(p) => View::Policy(policy_view(id, p).map_err(err)?),
+        Object::Deployment(_) => View::Deployment,
+    })
 }
 
 impl ClusterState {
@@ -70,88 +113,243 @@ impl ClusterState {
     /// not declared are created, as the API server's `default`, `kube-system` and
     /// `kube-public` always exist.
     pub fn new(objects: Vec<Object>, config: ClusterConfig) -> Result<Self, StateError> {
-        let mut state = ClusterState {
-            config,
-            ..Default::default()
-        };
+        let mut sorted = BTreeMap::new();
         for object in objects {
             let id = object.id();
-            if state.objects.insert(id.clone(), object).is_some() {
+            if sorted.insert(id.clone(), object).is_some() {
                 return Err(StateError::DuplicateObject { id });
             }
         }
-        for (id, object) in &state.objects {
-            let err = |source| StateError::InvalidObject {
-                id: id.clone(),
-                source: Box::new(source),
-            };
-            match object {
-                Object::Namespace(ns) => {
-                    let view = namespace_view(id, ns.metadata.labels.as_ref());
-                    state.namespaces.insert(view.name.clone(), view);
+        let mut views = Vec::with_capacity(sorted.len());
+        for (id, object) in &sorted {
+            views.push(view_of(id, object)?);
+        }
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        let mut policies = Vec::new();
+        let mut declared = BTreeMap::new();
+        let mut namespace_use: BTreeMap<String, usize> = BTreeMap::new();
+        for ((id, object), view) in sorted.iter().zip(views) {
+            if !id.namespace.is_empty() {
+                *namespace_use.entry(id.namespace.clone()).or_default() += 1;
+            }
+            match view {
+                View::Namespace => {
+                    let labels = match object {
+                        Object::Namespace(ns) => ns.metadata.labels.as_ref(),
+                        _ => None,
+                    };
+                    let view = namespace_view(id, labels);
+                    declared.insert(view.name.clone(), view);
                 }
-                Object::Node(n) => {
-                    let view = node_view(id, n).map_err(err)?;
-                    state.nodes.insert(view.name.clone(), view);
-                }
-                Object::Pod(p) => {
-                    let view = pod_view(id, p).map_err(err)?;
-                    state.pods.insert(view.key.clone(), view);
-                }
-                Object::Service(s) => {
-                    let view = service_view(id, s).map_err(err)?;
-                    state.services.insert(view.key.clone(), view);
-                }
-                Object::EndpointSlice(s) => {
-                    let view = slice_view(id, s).map_err(err)?;
-                    state.slices.insert(view.key.clone(), view);
-                }
-                Object::NetworkPolicy(p) => {
-                    let view = policy_view(id, p).map_err(err)?;
-                    state.policies.insert(view.key.clone(), view);
-                }
-                Object::Deployment(_) => {}
+                View::Node(v) => nodes.push((v.name.clone(), v)),
+                View::Pod(v) => pods.push((v.key.clone(), v)),
+                View::Service(v) => services.push((v.key.clone(), v)),
+                View::Slice(v) => slices.push((v.key.clone(), v)),
+                View::Policy(v) => policies.push((v.key.clone(), v)),
+                View::Deployment => {}
             }
         }
-        let implied: Vec<ObjectId> = ["default", "kube-system", "kube-public"]
+        let implied: Vec<Namespace> = ALWAYS
             .into_iter()
-            .map(str::to_owned)
-            .chain(state.objects.keys().map(|id| id.namespace.clone()))
-            .filter(|ns| !ns.is_empty() && !state.namespaces.contains_key(ns.as_str()))
-            .map(|ns| ObjectId {
-                kind: crate::object::Kind::Namespace,
-                namespace: String::new(),
-                name: ns,
-            })
+            .chain(namespace_use.keys().map(String::as_str))
+            .filter(|ns| !declared.contains_key(*ns))
+            .map(|ns| namespace_view(&namespace_id(ns), None))
             .collect();
-        for id in implied {
-            let view = namespace_view(&id, None);
-            state.namespaces.insert(view.name.clone(), view);
+        for view in implied {
+            declared.insert(view.name.clone(), view);
         }
-        state.index();
-        Ok(state)
+        let pods_by_ip = pods
+            .iter()
+            .filter(|(_, p)| !p.host_network)
+            .flat_map(|(k, p)| p.ips.iter().map(move |ip| ((*ip, k.clone()), ())))
+            .collect();
+        let pods_by_node = pods
+            .iter()
+            .filter_map(|(k, p)| Some(((p.node.clone()?, k.clone()), ())))
+            .collect();
+        let slices_by_service = slices
+            .iter()
+            .filter_map(|(k, s)| Some(((s.service.clone()?, k.clone()), ())))
+            .collect();
+        Ok(ClusterState {
+            config,
+            objects: sorted.into_iter().collect(),
+            namespaces: declared.into_iter().collect(),
+            nodes: nodes.into_iter().collect(),
+            pods: pods.into_iter().collect(),
+            services: services.into_iter().collect(),
+            slices: slices.into_iter().collect(),
+            policies: policies.into_iter().collect(),
+            pods_by_ip,
+            pods_by_node,
+            slices_by_service,
+            namespace_use: namespace_use.into_iter().collect(),
+        })
     }
 
-    fn index(&mut self) {
-        for pod in self.pods.values() {
-            if let Some(node) = &pod.node {
-                self.pods_by_node
-                    .entry(node.clone())
-                    .or_default()
-                    .push(pod.key.clone());
+    /// Adds `object`, or replaces the object of its identity: the state is then what
+    /// [`ClusterState::new`] builds from the objects it had with this one in place. An object
+    /// whose view fails is refused and nothing changes.
+    pub fn insert(&mut self, object: Object) -> Result<(), StateError> {
+        let id = object.id();
+        let view = view_of(&id, &object)?;
+        self.remove(&id);
+        if !id.namespace.is_empty() {
+            let n = self.namespace_use.get(id.namespace.as_str()).copied();
+            self.namespace_use
+                .insert(id.namespace.clone(), n.unwrap_or(0) + 1);
+        }
+        match view {
+            View::Namespace | View::Deployment => {}
+            View::Node(v) => {
+                self.nodes.insert(v.name.clone(), v);
             }
-            if !pod.host_network {
-                for ip in &pod.ips {
-                    self.pods_by_ip.insert(*ip, pod.key.clone());
+            View::Pod(v) => {
+                if let Some(node) = &v.node {
+                    self.pods_by_node.insert((node.clone(), v.key.clone()), ());
+                }
+                if !v.host_network {
+                    for ip in &v.ips {
+                        self.pods_by_ip.insert((*ip, v.key.clone()), ());
+                    }
+                }
+                self.pods.insert(v.key.clone(), v);
+            }
+            View::Service(v) => {
+                self.services.insert(v.key.clone(), v);
+            }
+            View::Slice(v) => {
+                if let Some(svc) = &v.service {
+                    self.slices_by_service
+                        .insert((svc.clone(), v.key.clone()), ());
+                }
+                self.slices.insert(v.key.clone(), v);
+            }
+            View::Policy(v) => {
+                self.policies.insert(v.key.clone(), v);
+            }
+        }
+        let namespace = match id.kind {
+            crate::object::Kind::Namespace => id.name.clone(),
+            _ => id.namespace.clone(),
+        };
+        self.objects.insert(id, object);
+        self.settle_namespace(&namespace);
+        Ok(())
+    }
+
+    /// Removes the object `id`; returns whether there was one. The state is then what
+    /// [`ClusterState::new`] builds from the objects it had without this one.
+    pub fn remove(&mut self, id: &ObjectId) -> bool {
+        if self.objects.remove(id).is_none() {
+            return false;
+        }
+        let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        match id.kind {
+            crate::object::Kind::Namespace | crate::object::Kind::Deployment => {}
+            crate::object::Kind::Node => {
+                self.nodes.remove(name);
+            }
+            crate::object::Kind::Pod => {
+                if let Some(v) = self.pods.remove(&PodRef::new(ns, name)) {
+                    if let Some(node) = v.node {
+                        self.pods_by_node.remove(&(node, v.key.clone()));
+                    }
+                    for ip in &v.ips {
+                        self.pods_by_ip.remove(&(*ip, v.key.clone()));
+                    }
+                }
+            }
+            crate::object::Kind::Service => {
+                self.services.remove(&ServiceRef::new(ns, name));
+            }
+            crate::object::Kind::EndpointSlice => {
+                if let Some(v) = self.slices.remove(&EndpointSliceRef::new(ns, name))
+                    && let Some(svc) = v.service
+                {
+                    self.slices_by_service.remove(&(svc, v.key));
+                }
+            }
+            crate::object::Kind::NetworkPolicy => {
+                self.policies.remove(&PolicyRef::new(ns, name));
+            }
+        }
+        if !ns.is_empty() {
+            match self.namespace_use.get(ns).copied() {
+                Some(n) if n > 1 => {
+                    self.namespace_use.insert(ns.to_owned(), n - 1);
+                }
+                _ => {
+                    self.namespace_use.remove(ns);
                 }
             }
         }
-        for slice in self.slices.values() {
-            if let Some(svc) = &slice.service {
-                self.slices_by_service
-                    .entry(svc.clone())
-                    .or_default()
-                    .push(slice.key.clone());
+        let namespace = match id.kind {
+            crate::object::Kind::Namespace => name,
+            _ => ns,
+        };
+        self.settle_namespace(namespace);
+        true
+    }
+
+    /// Whether `object` would be accepted by [`ClusterState::insert`] (its typed view
+    /// converts), without a state to insert it into.
+    pub fn check(object: &Object) -> Result<(), StateError> {
+        view_of(&object.id(), object).map(|_| ())
+    }
+
+    /// The objects that differ between `earlier` and this state (added, removed or
+    /// changed), in canonical order. Between a state and one it was changed from, the time
+    /// taken is proportional to the changes; between states built apart it reads both.
+    pub fn changed_objects(&self, earlier: &ClusterState) -> Vec<ObjectId> {
+        self.objects
+            .diff(&earlier.objects)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the objects of `kind` are certainly the same in `earlier` and this state (it
+    /// was cloned from the other and none of them has been touched since). `false` says
+    /// nothing: they may still be equal.
+    pub fn shares_kind(&self, earlier: &ClusterState, kind: crate::object::Kind) -> bool {
+        use crate::object::Kind;
+        match kind {
+            Kind::Namespace => self.namespaces.same(&earlier.namespaces),
+            Kind::Node => self.nodes.same(&earlier.nodes),
+            Kind::Pod => self.pods.same(&earlier.pods),
+            Kind::Service => self.services.same(&earlier.services),
+            Kind::EndpointSlice => self.slices.same(&earlier.slices),
+            Kind::NetworkPolicy => self.policies.same(&earlier.policies),
+            Kind::Deployment => false,
+        }
+    }
+
+    /// Brings the Namespace view of `name` in line with the objects: declared, implied by
+    /// objects in it (or always there), or gone.
+    fn settle_namespace(&mut self, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        let id = namespace_id(name);
+        let view = match self.objects.get(&id) {
+            Some(Object::Namespace(ns)) => Some(namespace_view(&id, ns.metadata.labels.as_ref())),
+            _ if ALWAYS.contains(&name) || self.namespace_use.contains_key(name) => {
+                Some(namespace_view(&id, None))
+            }
+            _ => None,
+        };
+        match view {
+            Some(view) => {
+                if self.namespaces.get(name) != Some(&view) {
+                    self.namespaces.insert(view.name.clone(), view);
+                }
+            }
+            None => {
+                self.namespaces.remove(name);
             }
         }
     }
@@ -165,6 +363,19 @@ impl ClusterState {
     /// implicitly have no object here.
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
         self.objects.values()
+    }
+
+    /// The objects of one kind, in canonical order.
+    pub fn objects_of(&self, kind: crate::object::Kind) -> impl Iterator<Item = &Object> {
+        let start = ObjectId {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range_from(&start)
+            .take_while(move |(id, _)| id.kind == kind)
+            .map(|(_, o)| o)
     }
 
     /// One object by identity.
@@ -221,23 +432,27 @@ impl ClusterState {
     pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         let start = PodRef::new(namespace, "");
         self.pods
-            .range(start..)
+            .range_from(&start)
             .map(|(_, p)| p)
             .take_while(move |p| p.key.namespace.as_str() == namespace)
     }
 
     /// The Pods scheduled on a Node.
     pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        let node = NodeName::new(node);
         self.pods_by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.pods.get(k))
+            .range_from(&(node.clone(), PodRef::new("", "")))
+            .take_while(move |((n, _), _)| *n == node)
+            .filter_map(|((_, k), _)| self.pods.get(k))
     }
 
     /// The Pod (not hostNetwork) that owns `ip`.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pods_by_ip.get(&ip).and_then(|k| self.pods.get(k))
+        self.pods_by_ip
+            .range_from(&(ip, PodRef::new("", "")))
+            .take_while(|((owned, _), _)| *owned == ip)
+            .last()
+            .and_then(|((_, k), _)| self.pods.get(k))
     }
 
     /// The Pods of `namespace` whose labels match `selector`.
@@ -275,11 +490,11 @@ impl ClusterState {
         &'a self,
         service: &ServiceRef,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let service = service.clone();
         self.slices_by_service
-            .get(service)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .range_from(&(service.clone(), EndpointSliceRef::new("", "")))
+            .take_while(move |((s, _), _)| *s == service)
+            .filter_map(|((_, k), _)| self.slices.get(k))
     }
 
     /// A NetworkPolicy by key.
@@ -300,6 +515,14 @@ impl ClusterState {
         self.policies
             .values()
             .filter(move |p| p.key.namespace.as_str() == namespace)
+    }
+}
+
+fn namespace_id(name: &str) -> ObjectId {
+    ObjectId {
+        kind: crate::object::Kind::Namespace,
+        namespace: String::new(),
+        name: name.to_owned(),
     }
 }
 
@@ -842,5 +1065,144 @@ impl FieldError {
             self.path,
             "must specify a peer: podSelector, namespaceSelector or ipBlock",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// One of a few objects of every kind the state indexes, drawn from small name and
+    /// address pools so that changes collide: the same Pod moved to another node or IP, a
+    /// slice relabelled to another Service, an implied namespace declared, one bad object.
+    fn object() -> impl Strategy<Value = Object> {
+        let ns = || prop_oneof![Just("a"), Just("b"), Just("default")];
+        let name = || prop_oneof![Just("x"), Just("y"), Just("z")];
+        prop_oneof![
+            (name(), any::<bool>()).prop_map(|(name, label)| {
+                let labels = if label { json!({"team": "t"}) } else { json!({}) };
+                let ns = ["a", "b", "c"][name.len() % 3 + usize::from(label)];
+                parse(json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": labels}}))
+            }),
+            (name(), 1u8..3).prop_map(|(name, ip)| parse(json!({"apiVersion": "v1",
+                "kind": "Node", "metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": format!("172.18.0.{ip}")}]}}))),
+            (ns(), name(), name(), 1u8..4, any::<bool>(), any::<bool>()).prop_map(
+                |(ns, name, node, ip, host, bad)| {
+                    let ip = if bad { "not-an-ip".to_owned() } else { format!("10.0.0.{ip}") };
+                    parse(json!({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": name, "namespace": ns, "labels": {"app": node}},
+                        "spec": {"nodeName": node, "hostNetwork": host, "containers": []},
+                        "status": {"podIP": ip}}))
+                }
+            ),
+            (ns(), name(), 1u8..9).prop_map(|(ns, name, port)| parse(json!({"apiVersion": "v1",
+                "kind": "Service", "metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": port}]}}))),
+            (ns(), name(), name(), any::<bool>()).prop_map(|(ns, name, svc, ready)| parse(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": ns,
+                    "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": ready}}]}))),
+            (ns(), name(), name()).prop_map(|(ns, name, app)| parse(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"podSelector": {"matchLabels": {"app": app}}}}))),
+        ]
+    }
+
+    fn parse(value: serde_json::Value) -> Object {
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        let parsed = match kind.as_str() {
+            "Namespace" => serde_json::from_value(value).map(Object::Namespace),
+            "Node" => serde_json::from_value(value).map(|o| Object::Node(Box::new(o))),
+            "Pod" => serde_json::from_value(value).map(|o| Object::Pod(Box::new(o))),
+            "Service" => serde_json::from_value(value).map(|o| Object::Service(Box::new(o))),
+            "EndpointSlice" => serde_json::from_value(value).map(Object::EndpointSlice),
+            _ => serde_json::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
+        };
+        parsed.expect("a valid object")
+    }
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        Insert(Object),
+        Remove(Object),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            3 => object().prop_map(Change::Insert),
+            1 => object().prop_map(Change::Remove),
+        ]
+    }
+
+    proptest! {
+        /// A state changed one object at a time is the state built from scratch of the
+        /// objects it ends with, every lookup included; a refused object changes nothing,
+        /// and the snapshot taken before the changes is untouched.
+        #[test]
+        fn changes_equal_a_rebuild(
+            start in proptest::collection::vec(object(), 0..12),
+            changes in proptest::collection::vec(change(), 1..20),
+        ) {
+            let config = ClusterConfig::default();
+            let mut objects: BTreeMap<ObjectId, Object> = BTreeMap::new();
+            let mut state = ClusterState::new(Vec::new(), config.clone()).expect("empty");
+            for o in start {
+                if state.insert(o.clone()).is_ok() {
+                    objects.insert(o.id(), o);
+                }
+            }
+            let first = ClusterState::new(objects.values().cloned().collect(), config.clone())
+                .expect("admitted objects build");
+            prop_assert_eq!(&state, &first);
+            let before = state.clone();
+            for c in changes {
+                match c {
+                    Change::Insert(o) => {
+                        let refused = ClusterState::new(vec![o.clone()], config.clone()).is_err();
+                        let kept = state.clone();
+                        prop_assert_eq!(state.insert(o.clone()).is_err(), refused);
+                        if refused {
+                            prop_assert_eq!(&state, &kept);
+                        } else {
+                            objects.insert(o.id(), o);
+                        }
+                    }
+                    Change::Remove(o) => {
+                        prop_assert_eq!(state.remove(&o.id()), objects.remove(&o.id()).is_some());
+                    }
+                }
+                let rebuilt =
+                    ClusterState::new(objects.values().cloned().collect(), config.clone())
+                        .expect("admitted objects build");
+                prop_assert_eq!(&state, &rebuilt);
+                for ip in 1..4 {
+                    let ip: IpAddr = format!("10.0.0.{ip}").parse().expect("ip");
+                    prop_assert_eq!(
+                        state.pod_by_ip(ip).map(|p| &p.key),
+                        rebuilt.pod_by_ip(ip).map(|p| &p.key)
+                    );
+                }
+            }
+            prop_assert_eq!(&before, &first);
+            let mut changed = state.changed_objects(&before);
+            changed.sort();
+            let expected: Vec<ObjectId> = before
+                .objects()
+                .chain(state.objects())
+                .map(Object::id)
+                .filter(|id| before.object(id) != state.object(id))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            prop_assert_eq!(changed, expected);
+        }
     }
 }

@@ -236,31 +236,7 @@ pub fn plan(
         .collect();
     let mut ports = BTreeMap::new();
     for svc in state.services() {
-        if svc.headless || svc.service_type == ServiceType::ExternalName || svc.proxy_name.is_some()
-        {
-            continue;
-        }
-        let Some(cluster_ip) = svc
-            .cluster_ips
-            .iter()
-            .copied()
-            .find(|ip| family.contains(*ip))
-        else {
-            continue;
-        };
-        for sp in &svc.ports {
-            let ctx = PortContext {
-                state,
-                svc,
-                node,
-                family,
-                opts,
-                has_local_detector: local_detector.is_some(),
-                node_ips: &node_ips,
-            };
-            let p = ctx.plan_port(sp, cluster_ip);
-            ports.insert(p.name.clone(), p);
-        }
+        plan_service(state, svc, node, family, opts, &node_ips, &mut ports);
     }
     ServicePlan {
         node: node.clone(),
@@ -270,6 +246,114 @@ pub fn plan(
         nodeport_addresses: opts.nodeport_ips(family),
         localhost_nodeports: opts.localhost_nodeports && family == IpFamily::V4,
         ports,
+    }
+}
+
+/// `previous`, planned by [`plan()`] from `previous_state` for the same Node, family and
+/// `opts`, brought to `state`: only the Services whose inputs differ between the two states
+/// (the Service itself, or an EndpointSlice naming it before or after) are planned again;
+/// every other port plan is kept. The result equals `plan(state, ..)`.
+///
+/// Between states one was changed from ([`ClusterState::changed_objects`]), the work is
+/// proportional to the changes. When the Node itself changed, or the cluster's settings,
+/// every Service is planned again, since the options come from them.
+pub fn replan(
+    mut previous: ServicePlan,
+    previous_state: &ClusterState,
+    state: &ClusterState,
+    opts: &ProxyOptions,
+) -> ServicePlan {
+    let node = previous.node.clone();
+    let family = previous.family;
+    if previous_state.config() != state.config()
+        || previous_state.node(node.as_str()) != state.node(node.as_str())
+    {
+        return plan(state, &node, family, opts);
+    }
+    let changed = changed_services(previous_state, state);
+    previous
+        .ports
+        .retain(|name, _| !changed.contains(&name.service));
+    let node_ips: Vec<IpAddr> = opts
+        .node_ips
+        .iter()
+        .copied()
+        .filter(|ip| family.contains(*ip))
+        .collect();
+    for key in &changed {
+        if let Some(svc) = state.service(key) {
+            plan_service(
+                state,
+                svc,
+                &node,
+                family,
+                opts,
+                &node_ips,
+                &mut previous.ports,
+            );
+        }
+    }
+    previous
+}
+
+/// The Services whose plan inputs differ between two states: changed Services, and the
+/// Services changed EndpointSlices name (before and after the change).
+pub fn changed_services(previous: &ClusterState, state: &ClusterState) -> BTreeSet<ServiceRef> {
+    let mut changed = BTreeSet::new();
+    for id in state.changed_objects(previous) {
+        match id.kind {
+            netd_model::Kind::Service => {
+                changed.insert(ServiceRef::new(&id.namespace, &id.name));
+            }
+            netd_model::Kind::EndpointSlice => {
+                let key = netd_model::EndpointSliceRef::new(&id.namespace, &id.name);
+                for s in [previous.endpoint_slice(&key), state.endpoint_slice(&key)]
+                    .into_iter()
+                    .flatten()
+                {
+                    changed.extend(s.service.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+/// Plans every port of `svc` into `ports`, unless kube-proxy skips the Service (headless,
+/// ExternalName, another proxy's, or without a ClusterIP of the family).
+fn plan_service(
+    state: &ClusterState,
+    svc: &Service,
+    node: &NodeName,
+    family: IpFamily,
+    opts: &ProxyOptions,
+    node_ips: &[IpAddr],
+    ports: &mut BTreeMap<ServicePortName, ServicePortPlan>,
+) {
+    if svc.headless || svc.service_type == ServiceType::ExternalName || svc.proxy_name.is_some() {
+        return;
+    }
+    let Some(cluster_ip) = svc
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|ip| family.contains(*ip))
+    else {
+        return;
+    };
+    let ctx = PortContext {
+        state,
+        svc,
+        node,
+        family,
+        opts,
+        has_local_detector: opts.local_detector(family).is_some(),
+        node_ips,
+    };
+    for sp in &svc.ports {
+        let p = ctx.plan_port(sp, cluster_ip);
+        ports.insert(p.name.clone(), p);
     }
 }
 
@@ -421,6 +505,84 @@ impl PortContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod incremental {
+        use netd_model::Object;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One object of a small pool: Services `a`–`c` (ClusterIP, NodePort with eTP Local,
+        /// headless), their slices (moved between Services, endpoints on this node or not,
+        /// ready or not), the Node itself (another address) and a Pod the plan ignores.
+        fn object() -> impl Strategy<Value = Object> {
+            let name = || prop_oneof![Just("a"), Just("b"), Just("c")];
+            prop_oneof![
+                (name(), 0u8..3, 1u16..4).prop_map(|(name, kind, port)| {
+                    let spec = match kind {
+                        0 => format!("{{clusterIP: 10.96.0.{port}, ports: [{{name: p, port: {port}}}]}}"),
+                        1 => format!("{{type: NodePort, externalTrafficPolicy: Local, clusterIP: 10.96.1.{port}, ports: [{{name: p, port: 80, nodePort: 3000{port}}}]}}"),
+                        _ => "{clusterIP: None, ports: [{name: p, port: 80}]}".to_owned(),
+                    };
+                    one(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n"))
+                }),
+                (name(), name(), any::<bool>(), any::<bool>(), 1u8..4).prop_map(
+                    |(slice, svc, ready, here, ip)| {
+                        let node = if here { "node-1" } else { "node-2" };
+                        one(&format!(
+                            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+                             metadata: {{name: s-{slice}, namespace: ns, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+                             ports: [{{name: p, port: 8080, protocol: TCP}}]\n\
+                             endpoints: [{{addresses: [10.244.1.{ip}], nodeName: {node}, conditions: {{ready: {ready}}}}}]\n"
+                        ))
+                    }
+                ),
+                (1u8..3).prop_map(|ip| one(&format!(
+                    "apiVersion: v1\nkind: Node\nmetadata: {{name: node-1}}\n\
+                     status: {{addresses: [{{type: InternalIP, address: 172.18.0.{ip}}}]}}\n"
+                ))),
+                name().prop_map(|name| one(&format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ns}}\n\
+                     spec: {{nodeName: node-1, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: 10.244.1.9}}\n"
+                ))),
+            ]
+        }
+
+        fn one(yaml: &str) -> Object {
+            netd_testkit::objects(yaml).remove(0)
+        }
+
+        proptest! {
+            /// After any sequence of changes, each plan brought forward by `replan` equals
+            /// the plan made from scratch of the same state.
+            #[test]
+            fn replan_equals_a_fresh_plan(
+                changes in proptest::collection::vec((object(), any::<bool>()), 1..16),
+            ) {
+                let node = NodeName::new("node-1");
+                let mut state = netd_testkit::state("");
+                let opts = ProxyOptions::for_node(&state, &node, &Default::default());
+                let mut current = plan(&state, &node, IpFamily::V4, &opts);
+                for (object, remove) in changes {
+                    let before = state.clone();
+                    if remove {
+                        state.remove(&object.id());
+                    } else {
+                        state.insert(object).expect("valid object");
+                    }
+                    let opts = ProxyOptions::for_node(&state, &node, &Default::default());
+                    let previous_opts = ProxyOptions::for_node(&before, &node, &Default::default());
+                    if opts != previous_opts {
+                        // The caller plans afresh when the options change.
+                        current = plan(&state, &node, IpFamily::V4, &opts);
+                        continue;
+                    }
+                    current = replan(current, &before, &state, &opts);
+                    prop_assert_eq!(&current, &plan(&state, &node, IpFamily::V4, &opts));
+                }
+            }
+        }
+    }
 
     const CLUSTER: &str = r#"
 apiVersion: v1

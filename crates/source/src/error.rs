@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use netd_model::{Kind, StateError};
+use netd_model::Kind;
 
 /// Reaching the API server or producing a snapshot failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,13 +12,6 @@ pub enum SourceError {
     NotReady {
         /// The kinds whose first list has not completed.
         pending: Vec<Kind>,
-    },
-    /// The stored objects did not make a snapshot.
-    #[error("cannot build a snapshot of the cluster")]
-    SnapshotFailed {
-        /// The cause.
-        #[source]
-        source: StateError,
     },
     /// Neither `--kubeconfig` nor `--master` was given and the in-cluster configuration
     /// (service account token, `KUBERNETES_SERVICE_HOST`) is not there.

@@ -92,10 +92,15 @@ pub struct Snapshot {
 /// an object the model refuses (a malformed IP, an unknown protocol) is held out and listed by
 /// [`Store::rejected`] instead of failing every snapshot. A change is one that alters the kept
 /// form, so status heartbeats and `managedFields` churn change nothing.
+///
+/// The store keeps one [`ClusterState`] and changes it object by object
+/// ([`ClusterState::insert`], [`ClusterState::remove`]); a snapshot is a clone of it, which
+/// shares everything with the store until the store changes, so one change costs work in
+/// proportion to itself and not to the cluster.
 #[derive(Debug)]
 pub struct Store {
-    config: ClusterConfig,
     purpose: Purpose,
+    state: ClusterState,
     kinds: BTreeMap<Kind, KindStore>,
     generation: u64,
     dirty: bool,
@@ -106,7 +111,6 @@ pub struct Store {
 
 #[derive(Debug, Default)]
 struct KindStore {
-    objects: BTreeMap<ObjectId, Object>,
     rejected: BTreeMap<ObjectId, StateError>,
     /// Between `Init` and `InitDone`: the list being received; it replaces `objects` whole.
     relist: Option<Listing>,
@@ -137,7 +141,8 @@ impl Store {
     /// kinds change nothing.
     pub fn with_kinds(config: ClusterConfig, kinds: &[Kind], purpose: Purpose) -> Store {
         Store {
-            config,
+            // An empty state always builds: it has no object to refuse.
+            state: ClusterState::new(Vec::new(), config).unwrap_or_default(),
             purpose,
             kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
             generation: 0,
@@ -186,16 +191,23 @@ impl Store {
             }
             watcher::Event::InitDone => {
                 let kind = self.kinds.entry(K::KIND).or_default();
-                let listing = kind.relist.take().unwrap_or_default();
+                let mut listing = kind.relist.take().unwrap_or_default();
                 kind.listed = true;
                 kind.rejected = listing.rejected;
-                let before = std::mem::replace(&mut kind.objects, listing.objects);
+                let gone: Vec<ObjectId> = self
+                    .state
+                    .objects_of(K::KIND)
+                    .map(Object::id)
+                    .filter(|id| !listing.objects.contains_key(id))
+                    .collect();
                 let mut changed = false;
-                for id in before.keys().chain(kind.objects.keys()) {
-                    if before.get(id) != kind.objects.get(id) {
-                        self.changed.insert(id.clone());
-                        changed = true;
-                    }
+                for id in gone {
+                    self.state.remove(&id);
+                    self.changed.insert(id);
+                    changed = true;
+                }
+                for (id, object) in std::mem::take(&mut listing.objects) {
+                    changed |= self.put(id, object);
                 }
                 changed
             }
@@ -203,37 +215,26 @@ impl Store {
                 let id = obj.id();
                 let admitted = self.admit(&id, obj);
                 let kind = self.kinds.entry(K::KIND).or_default();
-                let changed = match admitted {
+                match admitted {
                     Admitted::Keep(o) => {
                         kind.rejected.remove(&id);
-                        kind.objects.get(&id) != Some(&*o) && {
-                            kind.objects.insert(id.clone(), *o);
-                            true
-                        }
+                        self.put(id, *o)
                     }
                     Admitted::LeftOut => {
                         kind.rejected.remove(&id);
-                        kind.objects.remove(&id).is_some()
+                        self.take(id)
                     }
                     Admitted::Rejected(e) => {
                         kind.rejected.insert(id.clone(), e);
-                        kind.objects.remove(&id).is_some()
+                        self.take(id)
                     }
-                };
-                if changed {
-                    self.changed.insert(id);
                 }
-                changed
             }
             watcher::Event::Delete(obj) => {
                 let id = obj.id();
                 let kind = self.kinds.entry(K::KIND).or_default();
                 kind.rejected.remove(&id);
-                let changed = kind.objects.remove(&id).is_some();
-                if changed {
-                    self.changed.insert(id);
-                }
-                changed
+                self.take(id)
             }
         };
         let changed = changed || (!was_ready && self.ready());
@@ -270,10 +271,7 @@ impl Store {
 
     /// The objects of one kind the store keeps, by identity.
     pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.kinds
-            .get(&kind)
-            .into_iter()
-            .flat_map(|k| k.objects.values())
+        self.state.objects_of(kind)
     }
 
     /// The objects held out because the model refused them, with why.
@@ -288,15 +286,8 @@ impl Store {
                 pending: self.pending(),
             });
         }
-        let objects = self
-            .kinds
-            .values()
-            .flat_map(|k| k.objects.values().cloned())
-            .collect();
-        let state = ClusterState::new(objects, self.config.clone())
-            .map_err(|source| SourceError::SnapshotFailed { source })?;
         Ok(Snapshot {
-            state,
+            state: self.state.clone(),
             generation: self.generation,
         })
     }
@@ -318,11 +309,7 @@ impl Store {
         std::mem::take(&mut self.changed)
             .into_iter()
             .map(|id| {
-                let now = self
-                    .kinds
-                    .get(&id.kind)
-                    .and_then(|k| k.objects.get(&id))
-                    .cloned();
+                let now = self.state.object(&id).cloned();
                 (id, now)
             })
             .collect()
@@ -332,13 +319,36 @@ impl Store {
         self.kinds.entry(kind).or_default()
     }
 
+    /// Keeps `object` (admitted) as `id`; returns whether that changed the state.
+    fn put(&mut self, id: ObjectId, object: Object) -> bool {
+        if self.state.object(&id) == Some(&object) {
+            return false;
+        }
+        // Admitted objects convert (`admit` checked), so the insert cannot be refused; if it
+        // were, the state would keep what it had.
+        if self.state.insert(object).is_err() {
+            return false;
+        }
+        self.changed.insert(id);
+        true
+    }
+
+    /// Drops the object `id`; returns whether the state had it.
+    fn take(&mut self, id: ObjectId) -> bool {
+        let had = self.state.remove(&id);
+        if had {
+            self.changed.insert(id);
+        }
+        had
+    }
+
     /// Prunes `obj` and checks the model accepts it, alone, as it would in a snapshot.
     fn admit<K: Watched>(&self, id: &ObjectId, obj: K) -> Admitted {
         let Some(object) = obj.prune_for(self.purpose) else {
             return Admitted::LeftOut;
         };
-        match ClusterState::new(vec![object.clone()], self.config.clone()) {
-            Ok(_) => Admitted::Keep(Box::new(object)),
+        match ClusterState::check(&object) {
+            Ok(()) => Admitted::Keep(Box::new(object)),
             Err(e) => {
                 tracing::warn!(object = %id, error = %e, "object refused; left out of the cluster state");
                 Admitted::Rejected(e)
