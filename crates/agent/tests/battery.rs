@@ -8,7 +8,8 @@
 //! The kernel leg loads each back end's rules for node-1 through the back-end seam into a
 //! namespace this test creates (`nfttr-<pid>-<mode>`, removed on drop, also on failure) and
 //! connects from the node itself to Services whose endpoints are addresses of that
-//! namespace: the kernel must answer as the tracer predicted. Needs root.
+//! namespace: the kernel must answer as the tracer predicted. Needs root; IPVS mode's leg
+//! needs IPVS too (ignored here, run with `--ignored` in the VM runner by `.ci/run`).
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -410,16 +411,31 @@ enum Answer {
 
 #[test]
 fn the_kernel_answers_as_both_tracers_predict() {
+    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    the_kernel_answers_as_traced(Mode::Iptables, TraceRules::Iptables(&programmer));
+    the_kernel_answers_as_traced(Mode::Nftables, TraceRules::Nftables(&nftables));
+}
+
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn the_kernel_answers_in_ipvs_mode_as_its_tracer_predicts() {
+    if let Some(missing) = netd_testkit::ipvs_missing() {
+        panic!("{missing}");
+    }
+    let ipvs = Ipvs::new(IpvsConfig::default());
+    the_kernel_answers_as_traced(Mode::Ipvs, TraceRules::Ipvs(&ipvs));
+}
+
+/// Loads `mode`'s rules for node-1 into a namespace of this test and connects from the node
+/// itself to Services whose endpoints are addresses of that namespace: each must be answered
+/// where `rules`' tracer says (the endpoint that accepts, or a refusal).
+fn the_kernel_answers_as_traced(mode: Mode, rules: TraceRules<'_>) {
     let state = state();
     let node = NodeName::new("node-1");
-    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
     // Services whose endpoints all live on node-1, so one namespace holds them.
     let targets: [(&str, u16); 3] = [("10.96.0.30", 80), ("10.96.0.50", 80), ("10.96.0.60", 80)];
     let endpoints = ["10.244.1.11", "10.244.1.12"];
-    for (mode, rules) in [
-        (Mode::Iptables, TraceRules::Iptables(&programmer)),
-        (Mode::Nftables, TraceRules::Nftables(&nftables)),
-    ] {
+    {
         let ns = ScratchNetns::new("nfttr", mode.as_str());
         let mut lines = vec![
             "link set lo up".to_owned(),
