@@ -49,7 +49,7 @@ use netd_render::ipvs::{
     DEFAULT_SCHEDULER, DUMMY_INTERFACE, IpvsChange, IpvsOptions, IpvsRules, IpvsSet, RealServer,
     VirtualAddr, VirtualServer, diff, render_ipvs,
 };
-use netd_render::{HookRule, render_policy};
+use netd_render::{HookRule, Ruleset, render_policy};
 use prometheus_client::registry::Registry;
 
 use crate::backend::{Backend, Mode, ProgramConfig};
@@ -163,6 +163,18 @@ pub struct Ipvs {
 struct Rendered {
     families: Vec<(ServicePlan, IpvsRules)>,
     rules: NodeRules,
+    /// Each family's iptables rules as written (IPVS mode's, NetworkPolicy's and the
+    /// dispatch chains), without the hooks.
+    rulesets: BTreeMap<IpFamily, Ruleset>,
+}
+
+/// What the tracer walks of one family: the iptables rules as the kernel holds them (hooks
+/// included), the virtual servers and bound addresses, and the `ipset restore` payload of
+/// every family.
+pub(crate) struct Traced {
+    pub(crate) installed: Ruleset,
+    pub(crate) rules: IpvsRules,
+    pub(crate) ipset: String,
 }
 
 impl Rendered {
@@ -197,6 +209,33 @@ impl Ipvs {
         Self { program, ..self }
     }
 
+    /// What a sync would leave in the kernel for `family` of `node`, for the tracer; `None`
+    /// when the cluster does not have the family.
+    pub(crate) fn traced(
+        &self,
+        state: &ClusterState,
+        node: &NodeName,
+        family: IpFamily,
+    ) -> Result<Option<Traced>, AgentError> {
+        let mut next = self.rendered(state, node)?;
+        let (Some(ruleset), Some(i)) = (
+            next.rulesets.remove(&family),
+            next.families.iter().position(|(p, _)| p.family == family),
+        ) else {
+            return Ok(None);
+        };
+        let (_, rules) = next.families.swap_remove(i);
+        let hooks = match family {
+            IpFamily::V4 => &next.rules.hooks,
+            IpFamily::V6 => &next.rules.hooks6,
+        };
+        Ok(Some(Traced {
+            installed: crate::rules::with_hooks(ruleset, hooks),
+            rules,
+            ipset: next.rules.ipset.unwrap_or_default(),
+        }))
+    }
+
     /// One family sync per IP family of the cluster, as iptables mode: each family's plan,
     /// virtual servers, sets and fixed rules (`iptables` or `ip6tables`), and its policy.
     fn rendered(&self, state: &ClusterState, node: &NodeName) -> Result<Rendered, AgentError> {
@@ -212,6 +251,7 @@ impl Ipvs {
         };
         let mut ipset = String::new();
         let mut families = Vec::new();
+        let mut rulesets = BTreeMap::new();
         for family in crate::programmer::families(state) {
             let plan = netd_proxy::plan(state, node, family, &options);
             let ipvs = render_ipvs(
@@ -253,6 +293,7 @@ impl Ipvs {
                     rules.hooks6 = hooks;
                 }
             }
+            rulesets.insert(family, ruleset);
             families.push((plan, ipvs));
         }
         // IPv6 synced before but no longer the cluster's: an empty payload has the engine
@@ -261,7 +302,11 @@ impl Ipvs {
             rules.ip6tables = Some(String::new());
         }
         rules.ipset = Some(ipset);
-        Ok(Rendered { families, rules })
+        Ok(Rendered {
+            families,
+            rules,
+            rulesets,
+        })
     }
 
     fn apply(

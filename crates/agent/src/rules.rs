@@ -68,15 +68,19 @@ impl FamilyRules {
     /// set a namespace holds after these rules are applied to it, for the
     /// [tracer](netd_render::trace()).
     pub fn installed(&self) -> Ruleset {
-        let mut rs = self.rules.ruleset.clone();
-        for hook in &self.hooks {
-            let rule = Rule::new()
-                .comment(hook.comment.as_str())
-                .jump(&ChainName::new(hook.target.as_str()));
-            rs.prepend(hook.table, &ChainName::new(hook.chain.as_str()), rule);
-        }
-        rs
+        with_hooks(self.rules.ruleset.clone(), &self.hooks)
     }
+}
+
+/// `rs` with each of `hooks` at the top of its built-in chain.
+pub(crate) fn with_hooks(mut rs: Ruleset, hooks: &[Hook]) -> Ruleset {
+    for hook in hooks {
+        let rule = Rule::new()
+            .comment(hook.comment.as_str())
+            .jump(&ChainName::new(hook.target.as_str()));
+        rs.prepend(hook.table, &ChainName::new(hook.chain.as_str()), rule);
+    }
+    rs
 }
 
 impl NodeRules {

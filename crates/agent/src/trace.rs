@@ -6,7 +6,10 @@
 //! family with the hooks at the top of the built-in chains
 //! ([`FamilyRules::installed`](crate::FamilyRules::installed)), and the sets the
 //! `ipset restore` payload leaves ([`Host::load_ipset`]). In nftables mode the family's table
-//! ([`Nftables::tables`]) goes through [`netd_render::nft::trace_nft`]. A branch let
+//! ([`Nftables::tables`]) goes through [`netd_render::nft::trace_nft`]. In IPVS mode the
+//! family's fixed chains (with NetworkPolicy's and the hooks), its ipsets and its virtual
+//! servers go through [`netd_render::trace_ipvs`], the node's local addresses including those
+//! of `kube-ipvs0`. A branch let
 //! through towards a Pod or address of another node is traced on through that node's rules,
 //! with the source masqueraded if the first node masqueraded it; no node is entered twice.
 
@@ -18,6 +21,7 @@ use netd_proxy::IpFamily;
 use netd_render::{Host, Origin, Packet, Verdict};
 
 use crate::error::AgentError;
+use crate::ipvs::Ipvs;
 use crate::nft::Nftables;
 use crate::programmer::NodeProgrammer;
 
@@ -28,6 +32,8 @@ pub enum TraceRules<'a> {
     Iptables(&'a NodeProgrammer),
     /// The nftables tables this back end renders.
     Nftables(&'a Nftables),
+    /// The virtual servers, ipsets and iptables rules this back end renders.
+    Ipvs(&'a Ipvs),
 }
 
 /// Where one branch of a traced packet ended.
@@ -151,6 +157,8 @@ impl Walk<'_> {
                 .services()
                 .flat_map(|s| s.cluster_ips.iter().copied())
                 .collect(),
+            // The node's Pods hang off its bridge.
+            bridge_sources: n.pod_cidrs.clone(),
             ..Host::default()
         };
         let (text, branches) = match self.rules {
@@ -158,6 +166,7 @@ impl Walk<'_> {
                 iptables(programmer, state, node, family, host, packet)?
             }
             TraceRules::Nftables(nft) => nftables(nft, state, node, family, &host, packet)?,
+            TraceRules::Ipvs(ipvs) => self::ipvs(ipvs, state, node, family, host, packet)?,
         };
         let _ = writeln!(self.out.text, "on {node}:");
         let _ = write!(self.out.text, "{text}");
@@ -246,7 +255,44 @@ fn iptables(
     host.load_ipset(rules.ipset.as_deref().unwrap_or_default())
         .map_err(failed)?;
     let trace = netd_render::trace(&installed, &host, packet).map_err(failed)?;
-    let branches = trace
+    Ok((trace.to_string(), branches(&trace)))
+}
+
+/// One node's IPVS trace: its text and branches.
+fn ipvs(
+    ipvs: &Ipvs,
+    state: &ClusterState,
+    node: &NodeName,
+    family: IpFamily,
+    mut host: Host,
+    packet: &Packet,
+) -> Result<(String, Vec<Branch>), AgentError> {
+    let traced = ipvs
+        .traced(state, node, family)?
+        .ok_or_else(|| AgentError::TraceNoFamily {
+            node: node.clone(),
+            family,
+        })?;
+    let failed = |source| AgentError::TraceFailed {
+        node: node.clone(),
+        source,
+    };
+    host.local_addrs
+        .extend(traced.rules.bound_addresses.iter().copied());
+    host.load_ipset(&traced.ipset).map_err(failed)?;
+    let trace = netd_render::trace_ipvs(
+        &traced.installed,
+        &traced.rules.virtual_servers,
+        &host,
+        packet,
+    )
+    .map_err(failed)?;
+    Ok((trace.to_string(), branches(&trace)))
+}
+
+/// The branches of an iptables or IPVS trace.
+fn branches(trace: &netd_render::Trace) -> Vec<Branch> {
+    trace
         .outcomes
         .iter()
         .map(|o| Branch {
@@ -256,8 +302,7 @@ fn iptables(
             masqueraded: o.masqueraded,
             policy: o.policy().into_iter().map(str::to_owned).collect(),
         })
-        .collect();
-    Ok((trace.to_string(), branches))
+        .collect()
 }
 
 /// One node's nftables trace: its text and branches.

@@ -1,21 +1,23 @@
 //! The flow battery: one table of flows over one two-node, dual-stack cluster, traced through
-//! every back end that has a tracer (iptables and nftables) node after node. Each back end
-//! must meet the expected fate of every flow — the endpoints with their shares, the node
-//! where the packet ends, masquerade, reject or drop — and so the two agree with each other,
-//! except where the nftables README documents a difference (a flow says so with
-//! [`Flow::nftables`]).
+//! every back end (iptables, nftables and IPVS) node after node. Each back end must meet the
+//! expected fate of every flow — the endpoints with their shares, the node where the packet
+//! ends, masquerade, reject or drop — and so they agree with each other, except where the
+//! nftables README or IPVS mode's upstream behaviour documents a difference (a flow says so
+//! with [`Flow::nftables`] or [`Flow::ipvs`]).
 //!
 //! The kernel leg loads each back end's rules for node-1 through the back-end seam into a
 //! namespace this test creates (`nfttr-<pid>-<mode>`, removed on drop, also on failure) and
 //! connects from the node itself to Services whose endpoints are addresses of that
-//! namespace: the kernel must answer as the tracer predicted. Needs root.
+//! namespace: the kernel must answer as the tracer predicted. Needs root; IPVS mode's leg
+//! needs IPVS too (ignored here, run with `--ignored` in the VM runner by `.ci/run`).
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use netd_agent::{
-    BackendConfig, Fate, Mode, Nftables, NodeProgrammer, TraceRules, backend, trace_nodes_in,
+    BackendConfig, Fate, Ipvs, IpvsConfig, Mode, Nftables, NodeProgrammer, TraceRules, backend,
+    trace_nodes_in,
 };
 use netd_kernel::netns;
 use netd_model::{ClusterConfig, ClusterState, NodeName, Protocol};
@@ -134,6 +136,8 @@ struct Flow {
     want: Vec<Want>,
     /// What nftables mode does instead, where its README documents a difference.
     nftables: Option<Vec<Want>>,
+    /// What IPVS mode does instead, as kube-proxy's IPVS mode does.
+    ipvs: Option<Vec<Want>>,
 }
 
 type Want = (&'static str, Verdict, &'static str, bool, f64);
@@ -153,6 +157,7 @@ fn flow(name: &'static str, node: &'static str, packet: Packet, want: Vec<Want>)
         packet,
         want,
         nftables: None,
+        ipvs: None,
     }
 }
 
@@ -201,12 +206,17 @@ fn flows() -> Vec<Flow> {
             tcp(OUTSIDE, "172.18.0.2", 30030),
             vec![("node-1", Accept, "10.244.1.11:8080", false, 1.0)],
         ),
-        flow(
-            "eTP Local NodePort on a node without local endpoints",
-            "node-2",
-            tcp(OUTSIDE, "172.18.0.3", 30030),
-            vec![("node-2", Drop, "172.18.0.3:30030", false, 1.0)],
-        ),
+        Flow {
+            // kubernetes#97081: the virtual server cannot tell pods from outside clients, so
+            // it keeps the cluster endpoints (src/ipvs.rs of netd-render).
+            ipvs: Some(vec![("node-1", Accept, "10.244.1.11:8080", false, 1.0)]),
+            ..flow(
+                "eTP Local NodePort on a node without local endpoints",
+                "node-2",
+                tcp(OUTSIDE, "172.18.0.3", 30030),
+                vec![("node-2", Drop, "172.18.0.3:30030", false, 1.0)],
+            )
+        },
         flow(
             "eTP Local ClusterIP from a pod of the other node",
             "node-2",
@@ -265,6 +275,9 @@ fn flows() -> Vec<Flow> {
         ),
         Flow {
             nftables: Some(vec![("node-1", Reject, "10.96.0.10:81", false, 1.0)]),
+            // KUBE-IPVS-FILTER rejects a new connection to a bound address on a port that is
+            // no Service's (kubernetes#72236).
+            ipvs: Some(vec![("node-1", Reject, "10.96.0.10:81", false, 1.0)]),
             ..flow(
                 "a ClusterIP on a port its Service does not have",
                 "node-1",
@@ -322,6 +335,7 @@ fn want_rows(want: &[Want]) -> Vec<(String, Verdict, SocketAddr, bool, i64)> {
 fn every_back_end_meets_the_expected_fate_of_every_flow() {
     let state = state();
     let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    let ipvs = Ipvs::new(IpvsConfig::default());
     let mut failures = Vec::new();
     let flows = flows();
     for f in &flows {
@@ -330,14 +344,16 @@ fn every_back_end_meets_the_expected_fate_of_every_flow() {
             .expect("iptables trace");
         let nft = trace_nodes_in(TraceRules::Nftables(&nftables), &state, &node, &f.packet)
             .expect("nftables trace");
+        let ipvs_trace =
+            trace_nodes_in(TraceRules::Ipvs(&ipvs), &state, &node, &f.packet).expect("IPVS trace");
         let want = want_rows(&f.want);
-        let want_nft = f
-            .nftables
-            .as_deref()
-            .map_or_else(|| want.clone(), want_rows);
+        let instead =
+            |other: &Option<Vec<Want>>| other.as_deref().map_or_else(|| want.clone(), want_rows);
+        let (want_nft, want_ipvs) = (instead(&f.nftables), instead(&f.ipvs));
         for (mode, trace, want) in [
             ("iptables", &iptables, &want),
             ("nftables", &nft, &want_nft),
+            ("ipvs", &ipvs_trace, &want_ipvs),
         ] {
             let got = rows(&trace.fates);
             if &got != want {
@@ -360,6 +376,7 @@ fn every_back_end_meets_the_expected_fate_of_every_flow() {
 fn a_udp_flow_meets_udp_rules_only() {
     let state = state();
     let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    let ipvs = Ipvs::new(IpvsConfig::default());
     let packet = Packet {
         protocol: Protocol::Udp,
         ..tcp(CLIENT, "10.96.0.10", 80)
@@ -368,11 +385,13 @@ fn a_udp_flow_meets_udp_rules_only() {
     for rules in [
         TraceRules::Iptables(&programmer),
         TraceRules::Nftables(&nftables),
+        TraceRules::Ipvs(&ipvs),
     ] {
         let trace = trace_nodes_in(rules, &state, &node, &packet).expect("trace");
         let verdicts: Vec<Verdict> = trace.fates.iter().map(|f| f.verdict).collect();
         // The Service has only TCP/80: iptables lets the packet through to nobody,
-        // nftables rejects it (cluster-ips-check); neither DNATs it.
+        // nftables rejects it (cluster-ips-check), IPVS mode too (KUBE-IPVS-FILTER); none
+        // DNATs it.
         assert!(
             verdicts == [Verdict::NoServicePort] || verdicts == [Verdict::Reject],
             "{rules:?}: {trace}"
@@ -392,16 +411,31 @@ enum Answer {
 
 #[test]
 fn the_kernel_answers_as_both_tracers_predict() {
+    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    the_kernel_answers_as_traced(Mode::Iptables, TraceRules::Iptables(&programmer));
+    the_kernel_answers_as_traced(Mode::Nftables, TraceRules::Nftables(&nftables));
+}
+
+#[test]
+#[ignore = "needs IPVS: run in the VM runner"]
+fn the_kernel_answers_in_ipvs_mode_as_its_tracer_predicts() {
+    if let Some(missing) = netd_testkit::ipvs_missing() {
+        panic!("{missing}");
+    }
+    let ipvs = Ipvs::new(IpvsConfig::default());
+    the_kernel_answers_as_traced(Mode::Ipvs, TraceRules::Ipvs(&ipvs));
+}
+
+/// Loads `mode`'s rules for node-1 into a namespace of this test and connects from the node
+/// itself to Services whose endpoints are addresses of that namespace: each must be answered
+/// where `rules`' tracer says (the endpoint that accepts, or a refusal).
+fn the_kernel_answers_as_traced(mode: Mode, rules: TraceRules<'_>) {
     let state = state();
     let node = NodeName::new("node-1");
-    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
     // Services whose endpoints all live on node-1, so one namespace holds them.
     let targets: [(&str, u16); 3] = [("10.96.0.30", 80), ("10.96.0.50", 80), ("10.96.0.60", 80)];
     let endpoints = ["10.244.1.11", "10.244.1.12"];
-    for (mode, rules) in [
-        (Mode::Iptables, TraceRules::Iptables(&programmer)),
-        (Mode::Nftables, TraceRules::Nftables(&nftables)),
-    ] {
+    {
         let ns = ScratchNetns::new("nfttr", mode.as_str());
         let mut lines = vec![
             "link set lo up".to_owned(),

@@ -104,6 +104,14 @@ pub struct AgentArgs {
     /// ones are removed.
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     ipvs_exclude_cidrs: Option<Vec<String>>,
+    /// IPVS mode: --sync-period, as kube-proxy's older flag (wins over --sync-period in IPVS
+    /// mode; ignored in the other modes).
+    #[arg(long, value_name = "DURATION")]
+    ipvs_sync_period: Option<String>,
+    /// IPVS mode: --min-sync-period, as kube-proxy's older flag (wins over
+    /// --min-sync-period in IPVS mode; ignored in the other modes).
+    #[arg(long, value_name = "DURATION")]
+    ipvs_min_sync_period: Option<String>,
     /// Remove everything kube-netd owns in this network namespace, in every mode, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -205,8 +213,7 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             detect_local: args.detect_local.clone(),
             nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
             masquerade_all: args.masquerade_all.unwrap_or(false),
-            min_sync_period: args.min_sync_period.clone(),
-            sync_period: args.sync_period.clone(),
+            periods: SyncPeriods::from_flags(&args),
             healthz_bind_address: args.healthz_bind_address.clone(),
             metrics_bind_address: args.metrics_bind_address.clone(),
             ipvs_scheduler: args.ipvs_scheduler.clone(),
@@ -633,6 +640,50 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
+/// `--sync-period` and `--min-sync-period` as text, and the names an error calls them by.
+#[derive(Debug)]
+struct SyncPeriods {
+    sync_period: Option<String>,
+    sync_name: &'static str,
+    min_sync_period: Option<String>,
+    min_sync_name: &'static str,
+}
+
+impl Default for SyncPeriods {
+    fn default() -> Self {
+        Self {
+            sync_period: None,
+            sync_name: "--sync-period (syncPeriod)",
+            min_sync_period: None,
+            min_sync_name: "--min-sync-period (minSyncPeriod)",
+        }
+    }
+}
+
+impl SyncPeriods {
+    /// From the flags: in IPVS mode `--ipvs-sync-period` and `--ipvs-min-sync-period` win
+    /// over the generic ones, as kube-proxy's older flags do; the other modes ignore them.
+    fn from_flags(args: &AgentArgs) -> Self {
+        let mut p = Self {
+            sync_period: args.sync_period.clone(),
+            min_sync_period: args.min_sync_period.clone(),
+            ..Self::default()
+        };
+        if args.proxy_mode.as_deref() != Some("ipvs") {
+            return p;
+        }
+        if let Some(v) = &args.ipvs_sync_period {
+            p.sync_period = Some(v.clone());
+            p.sync_name = "--ipvs-sync-period";
+        }
+        if let Some(v) = &args.ipvs_min_sync_period {
+            p.min_sync_period = Some(v.clone());
+            p.min_sync_name = "--ipvs-min-sync-period";
+        }
+        p
+    }
+}
+
 /// The settings as text, from flags or the file, before they are checked.
 #[derive(Debug, Default)]
 struct Raw {
@@ -643,8 +694,7 @@ struct Raw {
     detect_local: DetectLocalArgs,
     nodeport_addresses: Vec<String>,
     masquerade_all: bool,
-    min_sync_period: Option<String>,
-    sync_period: Option<String>,
+    periods: SyncPeriods,
     healthz_bind_address: Option<String>,
     metrics_bind_address: Option<String>,
     ipvs_scheduler: Option<String>,
@@ -694,20 +744,13 @@ impl Raw {
             },
             network_policy,
         };
+        let p = &self.periods;
         let runner = RunnerConfig {
-            min_sync_period: duration(
-                self.min_sync_period.as_deref(),
-                "1s",
-                "--min-sync-period (minSyncPeriod)",
-            )?,
-            sync_period: duration(
-                self.sync_period.as_deref(),
-                "30s",
-                "--sync-period (syncPeriod)",
-            )?,
+            min_sync_period: duration(p.min_sync_period.as_deref(), "1s", p.min_sync_name)?,
+            sync_period: duration(p.sync_period.as_deref(), "30s", p.sync_name)?,
         };
         if runner.sync_period.is_zero() {
-            bail!("--sync-period (syncPeriod): must be more than 0");
+            bail!("{}: must be more than 0", p.sync_name);
         }
         let ipvs = self.ipvs()?;
         let node = match self.hostname_override.filter(|h| !h.is_empty()) {
@@ -925,8 +968,11 @@ impl KubeProxyConfiguration {
             },
             nodeport_addresses: self.node_port_addresses,
             masquerade_all: section.masquerade_all.unwrap_or(false),
-            min_sync_period: self.min_sync_period.or(section.min_sync_period),
-            sync_period: self.sync_period.or(section.sync_period),
+            periods: SyncPeriods {
+                min_sync_period: self.min_sync_period.or(section.min_sync_period),
+                sync_period: self.sync_period.or(section.sync_period),
+                ..SyncPeriods::default()
+            },
             healthz_bind_address: self.healthz_bind_address,
             metrics_bind_address: self.metrics_bind_address,
             ipvs_scheduler: ipvs.scheduler,
@@ -997,6 +1043,11 @@ fn warn_ignored(args: &AgentArgs) {
         ("--ipvs-tcpfin-timeout", args.ipvs_tcpfin_timeout.is_some()),
         ("--ipvs-udp-timeout", args.ipvs_udp_timeout.is_some()),
         ("--ipvs-exclude-cidrs", args.ipvs_exclude_cidrs.is_some()),
+        ("--ipvs-sync-period", args.ipvs_sync_period.is_some()),
+        (
+            "--ipvs-min-sync-period",
+            args.ipvs_min_sync_period.is_some(),
+        ),
     ];
     for (flag, _) in set.into_iter().filter(|(_, set)| *set) {
         tracing::warn!(
@@ -1291,6 +1342,53 @@ mod tests {
         assert_eq!(s.runner.sync_period, Duration::from_secs(90));
         assert_eq!(s.healthz_bind_address.to_string(), "127.0.0.1:20256");
         assert_eq!(s.metrics_bind_address.to_string(), "[::1]:20249");
+    }
+
+    #[test]
+    fn ipvs_sync_period_flags_set_the_periods_in_ipvs_mode_only() {
+        let periods = |args: &[&str]| {
+            let mut all = vec!["--hostname-override=node-1"];
+            all.extend_from_slice(args);
+            let s = settings(&all).expect("settings");
+            (s.runner.sync_period, s.runner.min_sync_period)
+        };
+        let ipvs = [
+            "--ipvs-sync-period=45s",
+            "--ipvs-min-sync-period=2s",
+            "--sync-period=1m",
+            "--min-sync-period=500ms",
+        ];
+        let mut in_ipvs = vec!["--proxy-mode=ipvs"];
+        in_ipvs.extend_from_slice(&ipvs);
+        assert_eq!(
+            periods(&in_ipvs),
+            (Duration::from_secs(45), Duration::from_secs(2))
+        );
+        let mut in_iptables = vec!["--proxy-mode=iptables"];
+        in_iptables.extend_from_slice(&ipvs);
+        assert_eq!(
+            periods(&in_iptables),
+            (Duration::from_secs(60), Duration::from_millis(500))
+        );
+        assert_eq!(
+            periods(&["--proxy-mode=ipvs", "--ipvs-sync-period=10s"]),
+            (Duration::from_secs(10), Duration::from_secs(1))
+        );
+        for (args, want) in [
+            (
+                &["--proxy-mode=ipvs", "--ipvs-sync-period=0"][..],
+                "--ipvs-sync-period: must be more than 0",
+            ),
+            (
+                &["--proxy-mode=ipvs", "--ipvs-min-sync-period=soon"],
+                "--ipvs-min-sync-period",
+            ),
+        ] {
+            let mut all = vec!["--hostname-override=node-1"];
+            all.extend_from_slice(args);
+            let err = error(&all);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

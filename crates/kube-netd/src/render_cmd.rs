@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
-use netd_agent::{BackendConfig, Nftables, NodeProgrammer, ProgramConfig, TraceRules};
+use netd_agent::{
+    BackendConfig, Ipvs, IpvsConfig, Nftables, NodeProgrammer, ProgramConfig, TraceRules,
+};
 use netd_model::{ClusterState, NodeName, Protocol, Target};
 use netd_proxy::{NodePortAddresses, ProxySettings};
 use netd_render::{Origin, Packet};
@@ -114,7 +116,7 @@ pub struct TraceArgs {
     /// tcp, udp or sctp.
     #[arg(long, default_value = "tcp")]
     protocol: Protocol,
-    /// The proxy mode whose rules to walk (iptables or nftables; IPVS has no tracer).
+    /// The proxy mode whose rules to walk.
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     #[command(flatten)]
@@ -165,10 +167,11 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
         ),
     };
     let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
+    let ipvs = Ipvs::new(IpvsConfig::default());
     let rules = match args.mode {
         Mode::Iptables => TraceRules::Iptables(&programmer),
         Mode::Nftables => TraceRules::Nftables(&nftables),
-        Mode::Ipvs => bail!("--mode ipvs cannot be traced: use iptables or nftables"),
+        Mode::Ipvs => TraceRules::Ipvs(&ipvs),
     };
     let trace = netd_agent::trace_nodes_in(rules, &state, &start, &packet)?;
     crate::out::stdout(&trace.to_string())?;

@@ -1,4 +1,4 @@
-//! `kube-netd trace --mode`: the same packet walked through the iptables and the nftables
+//! `kube-netd trace --mode`: the same packet walked through the iptables, nftables and IPVS
 //! rules of a node, through the binary as a user runs it.
 
 use std::io::Write as _;
@@ -49,11 +49,15 @@ fn branches(out: &str) -> Vec<&str> {
 }
 
 #[test]
-fn both_modes_trace_the_same_branches_through_their_own_rules() {
+fn every_mode_traces_the_same_branches_through_its_own_rules() {
     let mut seen = Vec::new();
     for (mode, rule) in [
         ("iptables", "nat/KUBE-NODEPORTS"),
         ("nftables", "ip kube-netd/services"),
+        (
+            "ipvs",
+            "ipvs -t 172.18.0.2:30080 -s rr: real server 10.244.1.10:8080",
+        ),
     ] {
         let out = trace(mode, "172.18.0.2:30080");
         let text = String::from_utf8(out.stdout).expect("UTF-8");
@@ -71,12 +75,60 @@ fn both_modes_trace_the_same_branches_through_their_own_rules() {
         seen.push(b);
     }
     assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0], seen[2]);
 }
 
 #[test]
-fn ipvs_mode_has_no_tracer_and_says_so() {
-    let out = trace("ipvs", "10.96.0.110:80");
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).expect("UTF-8");
-    assert!(err.contains("--mode ipvs cannot be traced"), "{err}");
+fn ipvs_mode_gives_each_hostnames_pod_a_third() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let run = |mode: &str| {
+        let out = Command::new(BIN)
+            .args(["trace", "-f", examples, "--mode", mode])
+            .args(["default/frontend", "svc/default/hostnames:80"])
+            .output()
+            .expect("run kube-netd");
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        assert!(out.status.success(), "{mode}: {text}");
+        text
+    };
+    let ipvs = run("ipvs");
+    let first_node: Vec<&str> = ipvs
+        .split("branch ")
+        .next()
+        .map(branches)
+        .unwrap_or_default();
+    assert_eq!(
+        first_node,
+        [
+            "33.33% ACCEPT DNAT to 10.244.0.3:9376",
+            "33.33% ACCEPT DNAT to 10.244.1.3:9376",
+            "33.33% ACCEPT DNAT to 10.244.1.4:9376",
+        ],
+        "{ipvs}"
+    );
+    assert_eq!(
+        ipvs.matches("ipvs -t 10.108.229.168:80 -s rr: real server ")
+            .count(),
+        3,
+        "{ipvs}"
+    );
+    assert!(
+        ipvs.contains("nat/KUBE-SERVICES #4: -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"),
+        "the ClusterIP set lets the packet through nat to the virtual server:\n{ipvs}"
+    );
+    // The branches forwarded to node-2 end there as in iptables mode.
+    let result = |text: &str| -> Vec<String> {
+        let mut r: Vec<String> = text
+            .split("result:")
+            .nth(1)
+            .map(branches)
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(result(&ipvs), result(&run("iptables")), "{ipvs}");
+    assert_eq!(result(&ipvs).len(), 3, "{ipvs}");
 }

@@ -23,7 +23,8 @@
 //! - [`trace`](mod@trace): a packet tracer over a [`Ruleset`] ([`trace()`]): chains traversed, every DNAT
 //!   choice with its probability, masquerade, reject and drop, the NetworkPolicy rule that
 //!   decided, and Service addresses left undnatted; set matches read the `ipset restore`
-//!   payload ([`Host::load_ipset`]).
+//!   payload ([`Host::load_ipset`]). [`trace_ipvs`] walks IPVS mode: the fixed chains and
+//!   the virtual server a packet meets, each real server a branch with its share.
 //!
 //! The crate is pure: it never touches the kernel.
 
@@ -39,4 +40,4 @@ pub use iptables::{ChainName, HookRule, Match, Rule, Ruleset, Table, Target};
 pub use ipvs::{IpvsOptions, IpvsRules, render_ipvs};
 pub use policy::{PolicyRules, render_policy};
 pub use services::{RenderOptions, ServiceRules, SyncScope, render_services};
-pub use trace::{Host, Origin, Packet, Trace, TraceError, Verdict, trace};
+pub use trace::{Host, IpvsStep, Origin, Packet, Trace, TraceError, Verdict, trace, trace_ipvs};

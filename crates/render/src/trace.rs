@@ -10,6 +10,12 @@
 //! Set matches (`-m set`) read the sets of an [`ipset restore` payload](Host::load_ipset), the
 //! same text `kube-netd render` prints; a verdict reached in a NetworkPolicy chain names the
 //! policy rule that decided ([`Outcome::policy`]).
+//!
+//! [`trace_ipvs`] walks IPVS mode: the same hooks around the kernel's virtual servers, which
+//! take a new connection to a virtual address where netfilter's `LOCAL_IN` (after filter
+//! `INPUT`) or, for the host's own, `LOCAL_OUT` (after nat `OUTPUT`) meet it; each real server
+//! is a branch with its share by scheduler and weight ([`IpvsStep`]), forwarded through filter
+//! `OUTPUT` and nat `POSTROUTING` as the kernel sends it on.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +26,7 @@ use netd_model::Protocol;
 use netd_policy::plan::AddressPort;
 
 use crate::iptables::{ChainName, CtState, Direction, Match, Recent, Rule, Ruleset, Table, Target};
+use crate::ipvs::{VirtualAddr, VirtualServer};
 
 /// Why a trace could not be completed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,12 +57,6 @@ pub enum TraceError {
     UnsupportedSet {
         /// The set's name.
         name: String,
-    },
-    /// A match the tracer does not model (IPVS mode's bridge-port and IPVS matches).
-    #[error("match `{args}` cannot be evaluated")]
-    UnsupportedMatch {
-        /// The match as iptables arguments.
-        args: String,
     },
     /// A line of an `ipset restore` payload the tracer does not understand.
     #[error("ipset restore line {line}: cannot interpret {text:?}")]
@@ -125,12 +126,16 @@ pub struct Host {
     /// so a packet still addressed to one after the nat table is served by nobody
     /// ([`Verdict::NoServicePort`]).
     pub service_addrs: Vec<IpAddr>,
+    /// Sources whose packets reach the host through a bridge port (`-m physdev
+    /// --physdev-is-in`): the range of the host's Pods when they hang off a bridge.
+    pub bridge_sources: Vec<IpNet>,
 }
 
 impl Host {
     /// Loads the sets an `ipset restore -exist` payload leaves behind (`create`, `flush`,
-    /// `add`, `swap`, `destroy`; types `hash:ip`, `hash:net` and `hash:ip,port`), replacing
-    /// sets of the same names.
+    /// `add`, `swap`, `destroy`; types `hash:ip`, `hash:net`, `hash:ip,port`,
+    /// `hash:ip,port,ip`, `hash:ip,port,net` and `bitmap:port`), replacing sets of the same
+    /// names.
     pub fn load_ipset(&mut self, input: &str) -> Result<(), TraceError> {
         for (n, text) in input.lines().enumerate() {
             let invalid = || TraceError::InvalidIpsetLine {
@@ -145,6 +150,10 @@ impl Host {
                     let set = match *kind {
                         "hash:ip" | "hash:net" => IpSet::Networks(Vec::new()),
                         "hash:ip,port" => IpSet::AddressPorts(Vec::new()),
+                        "hash:ip,port,ip" | "hash:ip,port,net" => {
+                            IpSet::AddressPortNets(Vec::new())
+                        }
+                        "bitmap:port" => IpSet::Ports(Vec::new()),
                         _ => return Err(invalid()),
                     };
                     self.sets.entry((*name).to_owned()).or_insert(set);
@@ -182,6 +191,11 @@ pub enum IpSet {
     Networks(Vec<IpNet>),
     /// `hash:ip,port`: an address with a protocol and port.
     AddressPorts(Vec<AddressPort>),
+    /// `hash:ip,port,ip` and `hash:ip,port,net`: an address with a protocol and port, and a
+    /// second address (as a host network) or network.
+    AddressPortNets(Vec<(AddressPort, IpNet)>),
+    /// `bitmap:port`: ports.
+    Ports(Vec<u16>),
 }
 
 impl IpSet {
@@ -189,31 +203,42 @@ impl IpSet {
         match self {
             IpSet::Networks(v) => v.clear(),
             IpSet::AddressPorts(v) => v.clear(),
+            IpSet::AddressPortNets(v) => v.clear(),
+            IpSet::Ports(v) => v.clear(),
         }
     }
 
     /// Adds a member as `ipset restore` spells it; `None` when it does not parse.
     fn add(&mut self, member: &str) -> Option<()> {
         match self {
-            IpSet::Networks(v) => {
-                let net = match member.parse::<IpNet>() {
-                    Ok(net) => net,
-                    Err(_) => IpNet::from(member.parse::<IpAddr>().ok()?),
-                };
-                v.push(net);
+            IpSet::Networks(v) => v.push(network(member)?),
+            IpSet::AddressPorts(v) => v.push(address_port(member)?),
+            IpSet::AddressPortNets(v) => {
+                let (first, net) = member.rsplit_once(',')?;
+                v.push((address_port(first)?, network(net)?));
             }
-            IpSet::AddressPorts(v) => {
-                let (ip, rest) = member.split_once(',')?;
-                let (protocol, port) = rest.split_once(':')?;
-                v.push(AddressPort {
-                    ip: ip.parse().ok()?,
-                    protocol: protocol.parse().ok()?,
-                    port: port.parse().ok()?,
-                });
-            }
+            IpSet::Ports(v) => v.push(member.parse().ok()?),
         }
         Some(())
     }
+}
+
+/// `10.0.0.1,tcp:80`.
+fn address_port(member: &str) -> Option<AddressPort> {
+    let (ip, rest) = member.split_once(',')?;
+    let (protocol, port) = rest.split_once(':')?;
+    Some(AddressPort {
+        ip: ip.parse().ok()?,
+        protocol: protocol.parse().ok()?,
+        port: port.parse().ok()?,
+    })
+}
+
+/// `10.0.0.0/24`, or an address as its host network.
+fn network(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// The final fate of a packet.
@@ -267,6 +292,48 @@ pub struct Outcome {
     pub masqueraded: bool,
     /// The verdict.
     pub verdict: Verdict,
+    /// The IPVS virtual server that took the packet, in IPVS mode ([`trace_ipvs`]).
+    pub ipvs: Option<IpvsStep>,
+}
+
+/// What an IPVS virtual server did with a branch's packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpvsStep {
+    /// How many of the branch's [`Outcome::steps`] came before (the rest ran on the packet
+    /// IPVS sent on).
+    pub after: usize,
+    /// The virtual server's address.
+    pub service: VirtualAddr,
+    /// Its scheduler.
+    pub scheduler: String,
+    /// Its persistence timeout (session affinity), seconds.
+    pub persistence: Option<u32>,
+    /// The real server chosen and its weight; `None` when the virtual server has no real
+    /// server in use (the kernel answers ICMP port unreachable).
+    pub real_server: Option<(SocketAddr, u32)>,
+    /// The real servers in use (weight above 0), and their weights' sum.
+    pub in_use: (usize, u32),
+}
+
+impl fmt::Display for IpvsStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ipvs {} -s {}", self.service, self.scheduler)?;
+        if let Some(t) = self.persistence {
+            write!(f, " -p {t}")?;
+        }
+        let (count, total) = self.in_use;
+        match self.real_server {
+            Some((rs, weight)) => write!(
+                f,
+                ": real server {rs}, weight {weight} of {total} ({count} in use)"
+            )?,
+            None => f.write_str(": no real server in use, rejected")?,
+        }
+        if self.persistence.is_some() && self.real_server.is_some() {
+            f.write_str("; the client's next connections within the timeout go there too")?;
+        }
+        Ok(())
+    }
 }
 
 impl Outcome {
@@ -339,7 +406,12 @@ impl fmt::Display for Trace {
             if !policy.is_empty() {
                 writeln!(f, "    policy: {}", policy.join("; "))?;
             }
-            for s in &o.steps {
+            let before = o
+                .ipvs
+                .as_ref()
+                .map_or(o.steps.len(), |i| i.after.min(o.steps.len()));
+            let (pre, post) = o.steps.split_at(before);
+            let step = |f: &mut fmt::Formatter<'_>, s: &Step| {
                 writeln!(
                     f,
                     "      {}/{} #{}: {}",
@@ -347,7 +419,16 @@ impl fmt::Display for Trace {
                     s.chain,
                     s.index + 1,
                     s.rule
-                )?;
+                )
+            };
+            for s in pre {
+                step(f, s)?;
+            }
+            if let Some(ipvs) = &o.ipvs {
+                writeln!(f, "      {ipvs}")?;
+            }
+            for s in post {
+                step(f, s)?;
             }
         }
         Ok(())
@@ -359,6 +440,27 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Traces the first packet of a new connection through `ruleset` on `host`.
 pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, TraceError> {
+    trace_with(ruleset, None, host, packet)
+}
+
+/// Traces the first packet of a new connection through IPVS mode on `host`: `ruleset` (the
+/// fixed chains, with their hooks) and the kernel's `virtual_servers`. The host's local
+/// addresses must include those bound to the dummy interface, as the kernel's do.
+pub fn trace_ipvs(
+    ruleset: &Ruleset,
+    virtual_servers: &BTreeMap<VirtualAddr, VirtualServer>,
+    host: &Host,
+    packet: &Packet,
+) -> Result<Trace, TraceError> {
+    trace_with(ruleset, Some(virtual_servers), host, packet)
+}
+
+fn trace_with(
+    ruleset: &Ruleset,
+    ipvs: Option<&BTreeMap<VirtualAddr, VirtualServer>>,
+    host: &Host,
+    packet: &Packet,
+) -> Result<Trace, TraceError> {
     let start = State {
         dst: packet.dst,
         dport: packet.dport,
@@ -367,11 +469,13 @@ pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, T
         masqueraded: false,
         probability: 1.0,
         steps: Vec::new(),
+        ipvs: None,
     };
     let tracer = Tracer {
         rs: ruleset,
         host,
         packet,
+        ipvs,
     };
     let first = match packet.origin {
         Origin::Network => "PREROUTING",
@@ -383,6 +487,15 @@ pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, T
             outcomes.push(st.finish(verdict));
             continue;
         }
+        // IPVS meets the host's own packets in LOCAL_OUT, right after nat OUTPUT.
+        if packet.origin == Origin::Host
+            && let Some(scheduled) = tracer.virtual_server(&st)
+        {
+            for st in scheduled {
+                tracer.sent_on(st, &mut outcomes)?;
+            }
+            continue;
+        }
         let local = host.is_local(st.dst);
         let filter = match (packet.origin, local) {
             (Origin::Host, _) => "OUTPUT",
@@ -390,20 +503,23 @@ pub fn trace(ruleset: &Ruleset, host: &Host, packet: &Packet) -> Result<Trace, T
             (Origin::Network, false) => "FORWARD",
         };
         for (st, verdict) in tracer.hook(Table::Filter, filter, st)? {
-            if verdict != Verdict::Accept || (local && packet.origin == Origin::Network) {
+            if verdict != Verdict::Accept {
                 outcomes.push(st.finish(verdict));
                 continue;
             }
-            for (st, verdict) in tracer.hook(Table::Nat, "POSTROUTING", st)? {
-                let unserved = verdict == Verdict::Accept
-                    && st.dnat.is_none()
-                    && host.service_addrs.contains(&st.dst);
-                outcomes.push(st.finish(if unserved {
-                    Verdict::NoServicePort
-                } else {
-                    verdict
-                }));
+            if local && packet.origin == Origin::Network {
+                // IPVS meets packets for the host in LOCAL_IN, after filter INPUT.
+                match tracer.virtual_server(&st) {
+                    Some(scheduled) => {
+                        for st in scheduled {
+                            tracer.sent_on(st, &mut outcomes)?;
+                        }
+                    }
+                    None => outcomes.push(st.finish(verdict)),
+                }
+                continue;
             }
+            tracer.postrouting(st, &mut outcomes)?;
         }
     }
     Ok(Trace {
@@ -421,6 +537,8 @@ struct State {
     masqueraded: bool,
     probability: f64,
     steps: Vec<Step>,
+    /// The IPVS virtual server that took the packet.
+    ipvs: Option<IpvsStep>,
 }
 
 impl State {
@@ -431,9 +549,13 @@ impl State {
             dnat: self.dnat,
             masqueraded: self.masqueraded,
             verdict,
+            ipvs: self.ipvs,
         }
     }
 }
+
+/// The schedulers that weigh their real servers (the others only skip weight 0).
+const WEIGHTED_SCHEDULERS: [&str; 7] = ["wrr", "wlc", "sed", "sh", "mh", "lblc", "lblcr"];
 
 /// How a chain was left.
 enum Flow {
@@ -455,9 +577,94 @@ struct Tracer<'a> {
     rs: &'a Ruleset,
     host: &'a Host,
     packet: &'a Packet,
+    ipvs: Option<&'a BTreeMap<VirtualAddr, VirtualServer>>,
 }
 
 impl Tracer<'_> {
+    /// The branches IPVS makes of `st` when its destination is a virtual server's: one per
+    /// real server in use, with its share of new connections (by weight for the weighted
+    /// schedulers, else equal), DNATed to it; or one rejected branch when none is in use.
+    /// `None` when no virtual server has the address (or there is no IPVS).
+    fn virtual_server(&self, st: &State) -> Option<Vec<State>> {
+        let service = VirtualAddr {
+            ip: st.dst,
+            port: st.dport,
+            protocol: self.packet.protocol,
+        };
+        let vs = self.ipvs?.get(&service)?;
+        let in_use: Vec<(SocketAddr, u32)> = vs
+            .real_servers
+            .iter()
+            .filter(|(_, r)| r.weight > 0)
+            .map(|(a, r)| (*a, r.weight))
+            .collect();
+        let total: u32 = in_use.iter().map(|(_, w)| w).sum();
+        let step = |real_server| IpvsStep {
+            after: st.steps.len(),
+            service,
+            scheduler: vs.scheduler.clone(),
+            persistence: vs.persistence,
+            real_server,
+            in_use: (in_use.len(), total),
+        };
+        if in_use.is_empty() {
+            let mut rejected = st.clone();
+            rejected.ipvs = Some(step(None));
+            return Some(vec![rejected]);
+        }
+        let weighted = WEIGHTED_SCHEDULERS.contains(&vs.scheduler.as_str());
+        Some(
+            in_use
+                .iter()
+                .map(|&(to, weight)| {
+                    let share = if weighted {
+                        f64::from(weight) / f64::from(total)
+                    } else {
+                        1.0 / in_use.len() as f64
+                    };
+                    let mut next = st.clone();
+                    next.probability *= share;
+                    next.dst = to.ip();
+                    next.dport = to.port();
+                    next.dnat = Some(to);
+                    next.ipvs = Some(step(Some((to, weight))));
+                    next
+                })
+                .collect(),
+        )
+    }
+
+    /// A packet IPVS forwards (or rejects): filter `OUTPUT`, then nat `POSTROUTING`.
+    fn sent_on(&self, st: State, outcomes: &mut Vec<Outcome>) -> Result<(), TraceError> {
+        if st.dnat.is_none() {
+            outcomes.push(st.finish(Verdict::Reject));
+            return Ok(());
+        }
+        for (st, verdict) in self.hook(Table::Filter, "OUTPUT", st)? {
+            if verdict != Verdict::Accept {
+                outcomes.push(st.finish(verdict));
+                continue;
+            }
+            self.postrouting(st, outcomes)?;
+        }
+        Ok(())
+    }
+
+    /// nat `POSTROUTING`, the last hook of a packet that leaves the host.
+    fn postrouting(&self, st: State, outcomes: &mut Vec<Outcome>) -> Result<(), TraceError> {
+        for (st, verdict) in self.hook(Table::Nat, "POSTROUTING", st)? {
+            let unserved = verdict == Verdict::Accept
+                && st.dnat.is_none()
+                && self.host.service_addrs.contains(&st.dst);
+            outcomes.push(st.finish(if unserved {
+                Verdict::NoServicePort
+            } else {
+                verdict
+            }));
+        }
+        Ok(())
+    }
+
     /// Runs a built-in chain; falling off its end applies its policy (ACCEPT).
     fn hook(
         &self,
@@ -639,6 +846,15 @@ impl Tracer<'_> {
                                     && e.port == port(d_port)
                             })
                         }
+                        (Some(IpSet::AddressPortNets(entries)), [d_ip, d_port, d_net]) => {
+                            entries.iter().any(|(e, net)| {
+                                e.ip == ip(d_ip)
+                                    && e.protocol == pkt.protocol
+                                    && e.port == port(d_port)
+                                    && net.contains(&ip(d_net))
+                            })
+                        }
+                        (Some(IpSet::Ports(ports)), [d]) => ports.contains(&port(d)),
                         _ => return Err(TraceError::UnsupportedSet { name: name.clone() }),
                     };
                     hit != *negated
@@ -652,10 +868,27 @@ impl Tracer<'_> {
                 // A traced packet is TCP, UDP or SCTP, never ICMPv6.
                 Match::Icmpv6Type(_) => false,
                 Match::ProtocolOnly(p) => pkt.protocol == *p,
-                Match::PhysDevIsIn { .. } | Match::IpvsVirtual { .. } => {
-                    let args = Rule::new().with(m.clone()).to_string();
-                    return Err(TraceError::UnsupportedMatch { args });
+                Match::PhysDevIsIn { negated } => {
+                    let bridged = pkt.origin == Origin::Network
+                        && self
+                            .host
+                            .bridge_sources
+                            .iter()
+                            .any(|n| n.contains(&pkt.src));
+                    bridged != *negated
                 }
+                Match::IpvsVirtual {
+                    addr,
+                    protocol,
+                    port,
+                } => st.ipvs.as_ref().is_some_and(|i| {
+                    i.service
+                        == VirtualAddr {
+                            ip: *addr,
+                            protocol: *protocol,
+                            port: *port,
+                        }
+                }),
             };
             if !ok {
                 return Ok(Eval::No);
@@ -866,5 +1099,203 @@ mod tests {
             unserved.to_string().contains("NO SERVICE PORT"),
             "{unserved}"
         );
+    }
+
+    fn virtual_servers(
+        scheduler: &str,
+        persistence: Option<u32>,
+        weights: &[u32],
+    ) -> BTreeMap<VirtualAddr, VirtualServer> {
+        use crate::ipvs::RealServer;
+        let real_servers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let addr: SocketAddr = format!("10.1.0.{}:8080", i + 1).parse().expect("addr");
+                let real = RealServer {
+                    weight: *w,
+                    connections: 0,
+                };
+                (addr, real)
+            })
+            .collect();
+        BTreeMap::from([(
+            VirtualAddr {
+                ip: packet().dst,
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            VirtualServer {
+                scheduler: scheduler.to_owned(),
+                persistence,
+                source_hash: false,
+                real_servers,
+            },
+        )])
+    }
+
+    fn ipvs_summary(t: &Trace) -> Vec<(Verdict, Option<String>, f64)> {
+        t.summary()
+            .into_iter()
+            .map(|((v, d, _), p)| (v, d.map(|d| d.to_string()), p))
+            .collect()
+    }
+
+    #[test]
+    fn ipvs_splits_by_scheduler_and_weight_and_rejects_without_real_servers() {
+        let rs = Ruleset::new(IpFamily::V4);
+        let host = Host {
+            local_addrs: vec![packet().dst],
+            ..Host::default()
+        };
+        // rr: every real server in use alike; a draining one (weight 0) gets none.
+        let rr = trace_ipvs(
+            &rs,
+            &virtual_servers("rr", None, &[1, 1, 0]),
+            &host,
+            &packet(),
+        )
+        .expect("trace");
+        assert_eq!(
+            ipvs_summary(&rr),
+            [
+                (Verdict::Accept, Some("10.1.0.1:8080".into()), 0.5),
+                (Verdict::Accept, Some("10.1.0.2:8080".into()), 0.5),
+            ]
+        );
+        // wrr: by weight; rr ignores weights but 0.
+        let weights = [3, 1];
+        let wrr = trace_ipvs(
+            &rs,
+            &virtual_servers("wrr", Some(300), &weights),
+            &host,
+            &packet(),
+        )
+        .expect("trace");
+        assert_eq!(
+            ipvs_summary(&wrr),
+            [
+                (Verdict::Accept, Some("10.1.0.1:8080".into()), 0.75),
+                (Verdict::Accept, Some("10.1.0.2:8080".into()), 0.25),
+            ]
+        );
+        let text = wrr.to_string();
+        assert!(
+            text.contains(
+                "ipvs -t 10.0.0.2:80 -s wrr -p 300: real server 10.1.0.1:8080, weight 3 of 4 (2 in use); \
+                 the client's next connections within the timeout go there too"
+            ),
+            "{text}"
+        );
+        let rr_weighted = trace_ipvs(
+            &rs,
+            &virtual_servers("rr", None, &weights),
+            &host,
+            &packet(),
+        )
+        .expect("trace");
+        assert!(ipvs_summary(&rr_weighted).iter().all(|(_, _, p)| *p == 0.5));
+
+        let empty =
+            trace_ipvs(&rs, &virtual_servers("rr", None, &[0]), &host, &packet()).expect("trace");
+        assert_eq!(ipvs_summary(&empty), [(Verdict::Reject, None, 1.0)]);
+        assert!(
+            empty
+                .to_string()
+                .contains("no real server in use, rejected"),
+            "{empty}"
+        );
+        // Not a local address: routed on, IPVS never sees it.
+        let routed = trace_ipvs(
+            &rs,
+            &virtual_servers("rr", None, &[1]),
+            &Host::default(),
+            &packet(),
+        )
+        .expect("trace");
+        assert_eq!(ipvs_summary(&routed), [(Verdict::Accept, None, 1.0)]);
+    }
+
+    #[test]
+    fn the_hosts_own_packets_meet_ipvs_before_filter_output() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let vip = packet().dst;
+        rs.append(
+            Table::Filter,
+            &ChainName::from("OUTPUT"),
+            Rule::new()
+                .with(Match::IpvsVirtual {
+                    addr: vip,
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                })
+                .target(Target::Drop),
+        );
+        let from_host = Packet {
+            origin: Origin::Host,
+            ..packet()
+        };
+        let vs = virtual_servers("rr", None, &[1]);
+        let t = trace_ipvs(&rs, &vs, &Host::default(), &from_host).expect("trace");
+        assert_eq!(
+            ipvs_summary(&t),
+            [(Verdict::Drop, Some("10.1.0.1:8080".into()), 1.0)]
+        );
+        let other = Packet {
+            dport: 81,
+            ..from_host
+        };
+        let t = trace_ipvs(&rs, &vs, &Host::default(), &other).expect("trace");
+        assert_eq!(ipvs_summary(&t), [(Verdict::Accept, None, 1.0)]);
+    }
+
+    #[test]
+    fn ipvs_modes_sets_and_bridge_ports_match() {
+        let mut rs = Ruleset::new(IpFamily::V4);
+        let forward = ChainName::from("FORWARD");
+        let set = |name: &str, directions: Vec<Direction>| Match::Set {
+            name: name.into(),
+            directions,
+            negated: false,
+        };
+        use Direction::{Dst, Src};
+        for m in [
+            set("ports", vec![Dst]),
+            set("loop", vec![Dst, Dst, Src]),
+            set("ranges", vec![Dst, Dst, Src]),
+            Match::PhysDevIsIn { negated: false },
+        ] {
+            rs.append(
+                Table::Filter,
+                &forward,
+                Rule::new().with(m).target(Target::Accept),
+            );
+        }
+        rs.append(Table::Filter, &forward, Rule::new().target(Target::Drop));
+        let mut host = Host {
+            bridge_sources: vec!["10.9.0.0/24".parse().expect("cidr")],
+            ..Host::default()
+        };
+        host.load_ipset(
+            "create ports bitmap:port range 0-65535
+add ports 30080
+             create loop hash:ip,port,ip family inet
+add loop 10.0.0.2,tcp:80,10.0.0.1
+             create ranges hash:ip,port,net family inet
+add ranges 10.0.0.3,tcp:80,10.8.0.0/16
+",
+        )
+        .expect("ipset payload");
+        let verdict = |src: &str, dst: &str, dport: u16| {
+            let p = Packet::tcp(src.parse().expect("ip"), dst.parse().expect("ip"), dport);
+            let t = trace(&rs, &host, &p).expect("trace");
+            t.outcomes.iter().map(|o| o.verdict).collect::<Vec<_>>()
+        };
+        assert_eq!(verdict("10.7.0.1", "10.0.0.9", 30080), [Verdict::Accept]);
+        assert_eq!(verdict("10.0.0.1", "10.0.0.2", 80), [Verdict::Accept]);
+        assert_eq!(verdict("10.0.0.5", "10.0.0.2", 80), [Verdict::Drop]);
+        assert_eq!(verdict("10.8.1.1", "10.0.0.3", 80), [Verdict::Accept]);
+        assert_eq!(verdict("10.7.1.1", "10.0.0.3", 80), [Verdict::Drop]);
+        assert_eq!(verdict("10.9.0.7", "10.0.0.3", 81), [Verdict::Accept]);
     }
 }
