@@ -20,7 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use netd_lab::Lab;
-use netd_testkit::bench::{median, median_of};
+use netd_testkit::bench::{median, median_duration};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
 const STATE_ROOT: &str = "/run/kube-netd-bench";
@@ -158,19 +158,19 @@ fn main() {
     println!("|---|---|");
     println!(
         "| `kubectl apply -f` → every Node's rules applied | {} |",
-        ms(median_of(total))
+        ms(median_duration(total))
     );
     println!(
         "| of which: kubectl, until the API acknowledged the write | {} |",
-        ms(median_of(kubectl_runs))
+        ms(median_duration(kubectl_runs))
     );
     println!(
         "| of which: after that, until the last Node converged | {} |",
-        ms(median_of(agents))
+        ms(median_duration(agents))
     );
     println!(
         "| `kube-netd lab apply -f` (returns once every Node converged) | {} |",
-        ms(median_of(lab_apply))
+        ms(median_duration(lab_apply))
     );
     println!(
         "| for scale: `kubectl get svc web` (kubectl's start-up and one request) | {} |",

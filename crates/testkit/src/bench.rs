@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error>;
 
 /// The median wall-clock time of `runs` calls of `step` (at least one).
 pub fn median(runs: usize, mut step: impl FnMut()) -> Duration {
-    median_of(
+    median_duration(
         (0..runs.max(1))
             .map(|_| {
                 let start = Instant::now();
@@ -29,7 +29,7 @@ pub fn median(runs: usize, mut step: impl FnMut()) -> Duration {
 
 /// The median of `times` timed by the caller (a benchmark timing several steps of one run);
 /// zero for none.
-pub fn median_of(mut times: Vec<Duration>) -> Duration {
+pub fn median_duration(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times.get(times.len() / 2).copied().unwrap_or_default()
 }
