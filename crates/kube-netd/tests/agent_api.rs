@@ -150,16 +150,31 @@ fn the_agent_takes_kube_proxys_options() {
         );
         wait_for(ns.name(), "10.244.1.5");
         let rules = rules(ns.name());
-        let (detector, masquerade, policy) = match mode {
-            "iptables" => ("! -i cni0", "-j KUBE-MARK-MASQ", "KNP-"),
-            _ => ("iifname != \"cni0\"", "jump mark-for-masquerade", "policy-"),
+        // In nftables mode a plain ClusterIP port (no affinity, no node ports) has no rule of
+        // its own: one masquerade rule serves every port in the `plain-services` set.
+        let (service, detector, masquerade, policy) = match mode {
+            "iptables" => ("10.96.0.20", "! -i cni0", "-j KUBE-MARK-MASQ", "KNP-"),
+            _ => (
+                "@plain-services",
+                "iifname != \"cni0\"",
+                "jump mark-for-masquerade",
+                "policy-",
+            ),
         };
         assert!(
-            rules.lines().any(|l| l.contains("10.96.0.20")
-                && l.contains(detector)
-                && l.contains(masquerade)),
+            rules
+                .lines()
+                .any(|l| l.contains(service) && l.contains(detector) && l.contains(masquerade)),
             "{mode}: {rules}"
         );
+        if mode == "nftables" {
+            let plain = rules
+                .split("set plain-services {")
+                .nth(1)
+                .and_then(|set| set.split("\n\t}").next())
+                .unwrap_or_default();
+            assert!(plain.contains("10.96.0.20"), "{mode}: {rules}");
+        }
         assert!(!rules.contains(policy), "{mode}: {rules}");
     }
 }
