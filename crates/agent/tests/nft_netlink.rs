@@ -26,7 +26,7 @@ use netd_proxy::{IpFamily, plan};
 use netd_render::RenderOptions;
 use netd_render::nft::services::{SHARD_COUNT, shard_chain, shard_map};
 use netd_render::nft::{Rule, Table, Verdict, render_services_nft};
-use netd_testkit::nft::{listed, load, nft};
+use netd_testkit::nft::{listed, load, nft, without};
 use netd_testkit::scratch::ScratchNetns;
 
 /// The golden scenarios of netd-render that have an `nftables.nft`, with their tables.
@@ -73,26 +73,13 @@ fn drop_table(ns: &str, table: &Table) {
 }
 
 fn list(ns: &str, table: &Table) -> serde_json::Value {
-    let serde_json::Value::Array(items) = listed(ns, table.family_str(), &table.name) else {
-        panic!("listed gives an array");
-    };
     let share_maps: Vec<String> = (0..SHARD_COUNT).map(shard_map).collect();
     let lb_chains: Vec<String> = (0..SHARD_COUNT).map(shard_chain).collect();
-    let named = |v: &serde_json::Value, names: &[String]| {
-        v.as_str().is_some_and(|n| names.iter().any(|m| m == n))
-    };
-    items
-        .into_iter()
-        .filter(|item| !named(&item["rule"]["chain"], &lb_chains))
-        .map(|item| {
-            let map = &item["map"];
-            if !named(&map["name"], &share_maps) {
-                return item;
-            }
-            let count = map["elem"].as_array().map_or(0, Vec::len);
-            serde_json::json!({ "share map": map["name"], "elements": count })
-        })
-        .collect()
+    without(
+        listed(ns, table.family_str(), &table.name),
+        &share_maps,
+        &lb_chains,
+    )
 }
 
 /// The declarations `nft list table` prints for `table` in `ns` (sets, maps and chains, with

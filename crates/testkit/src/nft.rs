@@ -46,7 +46,12 @@ pub fn load(ns: &str, payload: &str) {
 pub fn listed(ns: &str, family: &str, name: &str) -> Value {
     let json = nft(ns, &["-j", "list", "table", family, name], "")
         .unwrap_or_else(|e| panic!("nft list table {family} {name}: {e}"));
-    let mut value: Value = serde_json::from_str(&json).expect("nft -j output");
+    normalised(&json)
+}
+
+/// `nft -j list table` output (read wherever it was run) in [`listed`]'s form.
+pub fn normalised(json: &str) -> Value {
+    let mut value: Value = serde_json::from_str(json).expect("nft -j output");
     normalise(&mut value);
     let Value::Object(mut top) = value else {
         panic!("nft -j output is not an object");
@@ -60,6 +65,30 @@ pub fn listed(ns: &str, family: &str, name: &str) -> Value {
     others.sort_by_key(|v| v.to_string());
     others.extend(rules);
     Value::Array(others)
+}
+
+/// A [`listed`] table with the maps named in `maps` reduced to their element counts and the
+/// rules of the chains in `chains` left out: for data maps whose declaration depends on how
+/// they were loaded (`nft -f` declares a concatenated interval map, netlink one raw field),
+/// which tests then compare by packets instead.
+pub fn without(listed: Value, maps: &[String], chains: &[String]) -> Value {
+    let Value::Array(items) = listed else {
+        panic!("a listed table is an array");
+    };
+    let named =
+        |v: &Value, names: &[String]| v.as_str().is_some_and(|n| names.iter().any(|m| m == n));
+    items
+        .into_iter()
+        .filter(|item| !named(&item["rule"]["chain"], chains))
+        .map(|item| {
+            let map = &item["map"];
+            if !named(&map["name"], maps) {
+                return item;
+            }
+            let count = map["elem"].as_array().map_or(0, Vec::len);
+            serde_json::json!({ "map": map["name"], "elements": count })
+        })
+        .collect()
 }
 
 fn normalise(v: &mut Value) {
