@@ -271,11 +271,13 @@ impl Ipvs {
             let mut ruleset = ipvs.ruleset.clone();
             ipset.push_str(&ipvs.ipset_input());
             let mut policy_hooks: &[HookRule] = &[];
+            let ipvs_policy_hooks;
             if let Some(policy) = &policy {
                 ruleset.extend(&policy.ruleset);
                 ipset.push_str(&policy.ipset_input());
                 rules.sets.extend(policy.set_names());
-                policy_hooks = &policy.hooks;
+                ipvs_policy_hooks = netd_render::ipvs::policy_hooks(family, &mut ruleset);
+                policy_hooks = &ipvs_policy_hooks;
             }
             // As in iptables mode: hooks inserted last end up first, so policy comes first.
             let hooks: Vec<&HookRule> = ipvs.hooks.iter().chain(policy_hooks).collect();

@@ -10,17 +10,21 @@
 //! whose every address is the IPv4 one embedded in `fd00::/96` ([`ipv6::embed`]), so that
 //! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4. Both run
 //! again on labs whose agents run the nftables back end (`nftables/NAME`,
-//! `nftables/ipv6/NAME`), except the iptables tracer's own test.
-//! The `sctp_` tests need SCTP sockets: where the running kernel has none they are reported
-//! ignored, and `-- --ignored` runs only them (as `.ci/run` does in `scripts/kernel-vm.sh`).
+//! `nftables/ipv6/NAME`), except the iptables tracer's own test, and the comparisons with the
+//! engine on labs in IPVS mode (`ipvs/NAME`, `ipvs/ipv6/NAME`: IPVS sends a Service's packets
+//! on through `OUTPUT`, not `FORWARD`, so policy must be judged there too).
+//! The `sctp_` tests need SCTP sockets and the `ipvs/` ones IPVS: where the running kernel
+//! lacks them they are reported ignored, and `-- --ignored` runs only them (as `.ci/run` does
+//! in `scripts/kernel-vm.sh`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netd_agent::{NodeProgrammer, trace_nodes};
+use netd_agent::{Mode, NodeProgrammer, trace_nodes};
 use netd_lab::{Lab, LabOptions, Outcome, Place, ProbeProtocol, ProbeSpec, Target};
 use netd_model::{ClusterState, Kind, NamespaceName, ObjectId, PodRef, Protocol, ServiceRef};
 use netd_policy::{Endpoint, evaluate_via_service};
@@ -31,14 +35,22 @@ const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Whether the running test's lab is the IPv6 one.
 static IPV6: AtomicBool = AtomicBool::new(false);
-/// Whether the running test's agents run the nftables back end.
-static NFT: AtomicBool = AtomicBool::new(false);
+/// The running test's proxy mode.
+static MODE: Mutex<Mode> = Mutex::new(Mode::Iptables);
 
 type Test = (&'static str, fn());
 
-/// One test to run: its variant (nftables back end or not, IPv6-only lab or not), its name,
-/// and whether it needs SCTP sockets.
-type Run = ((bool, bool), String, fn(), bool);
+/// What a test needs of the kernel beyond this machine's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    Sctp,
+    Ipvs,
+}
+
+/// One test to run: its variant (the agents' mode, IPv6-only lab or not), its name, and what
+/// it needs.
+type Run = ((Mode, bool), String, fn(), Needs);
 
 const TESTS: [Test; 4] = [
     (
@@ -53,9 +65,15 @@ const TESTS: [Test; 4] = [
     ("trace_agrees_with_the_kernel", trace_agrees_with_the_kernel),
 ];
 
+/// The tests that also run in IPVS mode: those that hold the kernel to the engine.
+const IPVS_TESTS: [&str; 2] = [
+    "generated_clusters_match_the_engine",
+    "updates_are_reflected_after_each_step",
+];
+
 /// The tests that need SCTP sockets: ignored (with the reason) where the running kernel has
-/// none; `--ignored` runs only them, and fails them there (`scripts/kernel-vm.sh` runs them so
-/// on Debian's stock kernel).
+/// none; `--ignored` runs only them (and the IPVS ones), and fails them there
+/// (`scripts/kernel-vm.sh` runs them so on Debian's stock kernel).
 const SCTP_TESTS: [Test; 1] = [(
     "sctp_policy_opens_sctp_alone_and_still_isolates",
     sctp_policy_opens_sctp_alone_and_still_isolates,
@@ -68,52 +86,92 @@ fn main() -> ExitCode {
     }
     let filter: Option<&String> = args.iter().find(|a| !a.starts_with('-'));
     let listing = args.iter().any(|a| a == "--list");
-    let only_sctp = args.iter().any(|a| a == "--ignored");
+    let only_needy = args.iter().any(|a| a == "--ignored");
     let mut failed = Vec::new();
     let embedding: Test = (
         "ipv6/embedding_keeps_prefixes_and_doubles_node_addresses",
         ipv6::embedding_keeps_prefixes_and_doubles_node_addresses,
     );
     let mut runs: Vec<Run> = Vec::new();
-    for variant in [(false, false), (false, true), (true, false), (true, true)] {
-        let (nft, v6) = variant;
-        let prefix = format!(
-            "{}{}",
-            if nft { "nftables/" } else { "" },
-            if v6 { "ipv6/" } else { "" }
-        );
-        if !only_sctp {
-            if variant == (false, false) {
-                runs.push((variant, embedding.0.to_owned(), embedding.1, false));
-            }
-            runs.extend(
-                TESTS
-                    .iter()
-                    // The iptables tracer's own test has no nftables counterpart yet.
-                    .filter(|(n, _)| !nft || *n != "trace_agrees_with_the_kernel")
-                    .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, false)),
+    for mode in [Mode::Iptables, Mode::Nftables, Mode::Ipvs] {
+        for v6 in [false, true] {
+            let variant = (mode, v6);
+            let prefix = format!(
+                "{}{}",
+                match mode {
+                    Mode::Iptables => "",
+                    Mode::Nftables => "nftables/",
+                    Mode::Ipvs => "ipvs/",
+                },
+                if v6 { "ipv6/" } else { "" }
             );
+            if variant == (Mode::Iptables, false) {
+                runs.push((variant, embedding.0.to_owned(), embedding.1, Needs::Nothing));
+            }
+            let (tests, needs): (Vec<Test>, Needs) = match mode {
+                Mode::Iptables => (TESTS.to_vec(), Needs::Nothing),
+                // The iptables tracer's own test has no nftables counterpart yet.
+                Mode::Nftables => (
+                    TESTS
+                        .into_iter()
+                        .filter(|(n, _)| *n != "trace_agrees_with_the_kernel")
+                        .collect(),
+                    Needs::Nothing,
+                ),
+                Mode::Ipvs => (
+                    TESTS
+                        .into_iter()
+                        .filter(|(n, _)| IPVS_TESTS.contains(n))
+                        .collect(),
+                    Needs::Ipvs,
+                ),
+            };
+            runs.extend(
+                tests
+                    .into_iter()
+                    .map(|(n, t)| (variant, format!("{prefix}{n}"), t, needs)),
+            );
+            if mode != Mode::Ipvs {
+                runs.extend(
+                    SCTP_TESTS
+                        .iter()
+                        .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, Needs::Sctp)),
+                );
+            }
         }
-        runs.extend(
-            SCTP_TESTS
-                .iter()
-                .map(|&(n, t)| (variant, format!("{prefix}{n}"), t, true)),
-        );
     }
-    runs.retain(|(_, name, ..)| filter.is_none_or(|f| name.contains(f.as_str())));
-    let sctp_missing = if runs.iter().any(|t| t.3) && !listing {
-        netd_testkit::sctp_missing()
-    } else {
-        None
+    runs.retain(|(_, name, _, needs)| {
+        filter.is_none_or(|f| name.contains(f.as_str()))
+            && (!only_needy || *needs != Needs::Nothing)
+    });
+    let missing = |needs: Needs| {
+        if listing || !runs.iter().any(|t| t.3 == needs) {
+            return None;
+        }
+        match needs {
+            Needs::Nothing => None,
+            Needs::Sctp => netd_testkit::sctp_missing(),
+            Needs::Ipvs => netd_testkit::ipvs_missing(),
+        }
     };
-    for ((nft, ipv6), name, test, sctp) in runs {
+    let (sctp_missing, ipvs_missing) = (missing(Needs::Sctp), missing(Needs::Ipvs));
+    for ((mode, ipv6), name, test, needs) in runs {
         if listing {
-            let kind = if sctp { "test (needs SCTP)" } else { "test" };
+            let kind = match needs {
+                Needs::Nothing => "test",
+                Needs::Sctp => "test (needs SCTP)",
+                Needs::Ipvs => "test (needs IPVS)",
+            };
             println!("{name}: {kind}");
             continue;
         }
-        if let (true, Some(why)) = (sctp, &sctp_missing) {
-            if only_sctp {
+        let lacking = match needs {
+            Needs::Nothing => None,
+            Needs::Sctp => sctp_missing.as_ref(),
+            Needs::Ipvs => ipvs_missing.as_ref(),
+        };
+        if let Some(why) = lacking {
+            if only_needy {
                 println!("test {name} ... FAILED: {why}");
                 failed.push(name);
             } else {
@@ -122,7 +180,7 @@ fn main() -> ExitCode {
             continue;
         }
         IPV6.store(ipv6, Ordering::SeqCst);
-        NFT.store(nft, Ordering::SeqCst);
+        *MODE.lock().unwrap_or_else(|e| e.into_inner()) = mode;
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(test));
         let status = if result.is_ok() { "ok" } else { "FAILED" };
@@ -142,10 +200,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The running test's proxy mode.
+fn mode() -> Mode {
+    *MODE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn options(test: &str) -> LabOptions {
     let exe = std::env::current_exe().expect("test binary");
     let six = if IPV6.load(Ordering::SeqCst) { "6" } else { "" };
-    let nft = if NFT.load(Ordering::SeqCst) { "n" } else { "" };
+    let mode = mode();
+    let nft = match mode {
+        Mode::Iptables => "",
+        Mode::Nftables => "n",
+        Mode::Ipvs => "v",
+    };
     let name = format!("ag{}{nft}{six}-{test}", std::process::id() % 100_000);
     let mut o = LabOptions::new(
         name,
@@ -156,9 +224,7 @@ fn options(test: &str) -> LabOptions {
     );
     o.state_root = PathBuf::from("/run/kube-netd-tests");
     o.converge_timeout = Duration::from_secs(60);
-    if NFT.load(Ordering::SeqCst) {
-        o.mode = netd_agent::Mode::Nftables;
-    }
+    o.mode = mode;
     if IPV6.load(Ordering::SeqCst) {
         o.config = ipv6::config();
     }
@@ -471,7 +537,7 @@ fn updates_are_reflected_after_each_step() {
             .filter(|l| l.starts_with("-A FORWARD ") && l.ends_with("-j KUBE-NETD-FORWARD"))
             .count();
         // The nftables back end keeps to its own table: no iptables hook at all.
-        let expected = usize::from(!NFT.load(Ordering::SeqCst));
+        let expected = usize::from(mode() != Mode::Nftables);
         assert_eq!(hooks, expected, "{node}:\n{dump}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

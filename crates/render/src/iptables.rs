@@ -356,6 +356,9 @@ pub enum Match {
         /// `!`.
         negated: bool,
     },
+    /// `-m ipvs --ipvs --vdir ORIGINAL`: a request IPVS has forwarded (seen in `OUTPUT`,
+    /// which IPVS sends it through once a real server is chosen).
+    IpvsForwarded,
     /// `-m ipvs --vaddr IP --vproto P --vport PORT`: the packet belongs to that IPVS
     /// virtual server.
     IpvsVirtual {
@@ -926,6 +929,13 @@ fn write_match(m: &Match, out: &mut dyn FnMut(Arg<'_>)) {
             out(Word("physdev"));
             neg(*negated, out);
             out(Word("--physdev-is-in"));
+        }
+        Match::IpvsForwarded => {
+            out(Word("-m"));
+            out(Word("ipvs"));
+            out(Word("--ipvs"));
+            out(Word("--vdir"));
+            out(Word("ORIGINAL"));
         }
         Match::IpvsVirtual {
             addr,

@@ -662,6 +662,53 @@ fn hooks() -> Vec<HookRule> {
     .collect()
 }
 
+/// The chain NetworkPolicy's `INPUT` hook goes through in IPVS mode (see [`policy_hooks`]).
+pub const POLICY_IPVS_INPUT: &str = "KNP-IPVS-INPUT";
+
+/// NetworkPolicy's hooks in IPVS mode, in place of [`PolicyRules::hooks`](crate::PolicyRules),
+/// with the chain they need added to `ruleset`. IPVS takes a packet to a virtual server in
+/// `INPUT` (its address is the node's own, on [`DUMMY_INTERFACE`]) and sends it on to the
+/// real server it picks through `OUTPUT`, not `FORWARD`. So a Pod's egress would be judged
+/// against the virtual address, and the chosen Pod's ingress not at all. Instead:
+/// - `INPUT` → [`POLICY_IPVS_INPUT`]: what is addressed to the IPVS interface returns (it is
+///   judged after IPVS), the rest goes on to `KNP-INPUT` (Pods reaching the node itself);
+/// - `OUTPUT`, for requests IPVS forwarded (`-m ipvs --ipvs --vdir ORIGINAL`) → `KNP-FORWARD`,
+///   with the real server's address, as the packet would have been judged in iptables mode;
+/// - `FORWARD` → `KNP-FORWARD`, as in every mode.
+pub fn policy_hooks(family: IpFamily, ruleset: &mut Ruleset) -> Vec<HookRule> {
+    let input = ChainName::from(POLICY_IPVS_INPUT);
+    let forward = ChainName::from(crate::policy::POLICY_FORWARD);
+    ruleset.declare(Table::Filter, &input);
+    ruleset.append(
+        Table::Filter,
+        &input,
+        Rule::new()
+            .comment("to a virtual server: judged in OUTPUT once IPVS picked a real server")
+            .with(Match::Set {
+                name: IpvsSet::IpvsIps.name(family),
+                directions: vec![Direction::Dst],
+                negated: false,
+            })
+            .target(Target::Return),
+    );
+    ruleset.append(
+        Table::Filter,
+        &input,
+        Rule::new().jump(&ChainName::from(crate::policy::POLICY_INPUT)),
+    );
+    let policy = || Rule::new().comment("kube-netd network policy");
+    let hook = |chain: &str, rule: Rule| HookRule {
+        table: Table::Filter,
+        chain: ChainName::from(chain),
+        rule,
+    };
+    vec![
+        hook("OUTPUT", policy().with(Match::IpvsForwarded).jump(&forward)),
+        hook("INPUT", policy().jump(&input)),
+        hook("FORWARD", policy().jump(&forward)),
+    ]
+}
+
 /// The addresses nodePorts get virtual servers on.
 fn nodeport_addresses(plan: &ServicePlan, opts: &IpvsOptions) -> Vec<IpAddr> {
     let source = match &plan.nodeport_addresses {

@@ -877,6 +877,7 @@ impl Tracer<'_> {
                             .any(|n| n.contains(&pkt.src));
                     bridged != *negated
                 }
+                Match::IpvsForwarded => st.ipvs.is_some(),
                 Match::IpvsVirtual {
                     addr,
                     protocol,
