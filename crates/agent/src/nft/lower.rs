@@ -673,6 +673,25 @@ fn cmp_op(op: Op) -> CmpOp {
 
 /// A match against a value, a one-element anonymous set (which `nft` also compiles to a
 /// plain comparison), a named set, or a `ct state` set of states.
+/// Tests the 32-bit word in the register for any of `bits` (`Op::Eq`) or none of them
+/// (`Op::Ne`): a mask, then a compare with zero, as nft lowers `ct state` and `ct status`.
+fn bits_set(bits: u32, op: Op, exprs: &mut Vec<Expr>) {
+    exprs.push(Expr::Bitwise {
+        sreg: REG,
+        dreg: REG,
+        mask: bits.to_ne_bytes().to_vec(),
+        xor: vec![0; 4],
+    });
+    exprs.push(Expr::Cmp {
+        sreg: REG,
+        op: match op {
+            Op::Eq => CmpOp::Neq,
+            Op::Ne => CmpOp::Eq,
+        },
+        data: vec![0; 4],
+    });
+}
+
 fn lower_match(ip: IpFamily, m: &Match, exprs: &mut Vec<Expr>) -> Option<()> {
     if is_ct_state(m) {
         let states: Vec<&Value> = match &m.rhs {
@@ -689,21 +708,8 @@ fn lower_match(ip: IpFamily, m: &Match, exprs: &mut Vec<Expr>) -> Option<()> {
             bits |= ct_bit(*s);
         }
         exprs.push(Expr::CtState { dreg: REG });
-        exprs.push(Expr::Bitwise {
-            sreg: REG,
-            dreg: REG,
-            mask: bits.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        });
         // `ct state new` holds when the bit is set; `!=` when it is not.
-        exprs.push(Expr::Cmp {
-            sreg: REG,
-            op: match m.op {
-                Op::Eq => CmpOp::Neq,
-                Op::Ne => CmpOp::Eq,
-            },
-            data: vec![0; 4],
-        });
+        bits_set(bits, m.op, exprs);
         return Some(());
     }
     if m.fields == [Field::CtStatus] {
@@ -713,20 +719,7 @@ fn lower_match(ip: IpFamily, m: &Match, exprs: &mut Vec<Expr>) -> Option<()> {
             return None;
         };
         exprs.push(Expr::CtStatus { dreg: REG });
-        exprs.push(Expr::Bitwise {
-            sreg: REG,
-            dreg: REG,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        });
-        exprs.push(Expr::Cmp {
-            sreg: REG,
-            op: match m.op {
-                Op::Eq => CmpOp::Neq,
-                Op::Ne => CmpOp::Eq,
-            },
-            data: vec![0; 4],
-        });
+        bits_set(IPS_DST_NAT, m.op, exprs);
         return Some(());
     }
     let values: &[Value] = match &m.rhs {
