@@ -20,49 +20,14 @@ use netd_kernel::nftnl::conntrack::Flow;
 use netd_kernel::{KernelError, netns};
 use netd_model::{ClusterState, NodeName};
 use netd_proxy::IpFamily;
+use netd_testkit::scale::{ScaleChange, ServiceScale};
+use netd_testkit::scratch::ScratchNetns;
 
+/// Reference D10's size: 10,000 Services of 10 endpoints each.
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
-/// The Service whose first endpoint moves between the full and the partial sync.
-const CHANGED: usize = 42;
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// Three Nodes and 10,000 ClusterIP Services of 10 endpoints each, spread over the Nodes;
-/// with `moved`, Service [`CHANGED`]'s first endpoint has another address.
-fn cluster(moved: bool) -> ClusterState {
-    let mut y = String::new();
-    for n in 0..3 {
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}}}\n\
-             spec: {{podCIDR: 10.244.{n}.0/24}}\n\
-             status: {{addresses: [{{type: InternalIP, address: 172.18.0.{}}}]}}\n",
-            n + 2
-        );
-    }
-    for s in 0..SERVICES {
-        let (hi, lo) = (s / 250, s % 250 + 1);
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: bench}}\n\
-             spec: {{clusterIP: 10.96.{hi}.{lo}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-             metadata: {{name: svc{s}-x, namespace: bench, labels: {{kubernetes.io/service-name: svc{s}}}}}\n\
-             ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
-        );
-        for e in 0..ENDPOINTS {
-            let n = s * ENDPOINTS + e;
-            let address = if moved && s == CHANGED && e == 0 {
-                "10.200.0.1".to_owned()
-            } else {
-                format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256)
-            };
-            let _ = writeln!(y, "- {{addresses: [{address}], nodeName: node-{}}}", e % 3);
-        }
-    }
-    netd_testkit::state(&y)
-}
 
 /// The real applier, with the size and duration of each save and restore recorded.
 struct Measured {
@@ -223,9 +188,10 @@ fn timed_sync(
 
 fn run(ns: &str, legacy: bool) -> Result<(), BoxError> {
     let node = NodeName::new("node-0");
+    let scale = ServiceScale::new(SERVICES, ENDPOINTS)?;
     let t = Instant::now();
-    let before = cluster(false);
-    let after = cluster(true);
+    let before = netd_testkit::state(&scale.cluster(ScaleChange::None));
+    let after = netd_testkit::state(&scale.cluster(ScaleChange::Endpoint));
     println!(
         "== {SERVICES} Services x {ENDPOINTS} endpoints, {} (two cluster snapshots built in {})",
         if legacy {
@@ -259,25 +225,6 @@ fn run(ns: &str, legacy: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The benchmark's namespace, deleted when dropped (also when a step fails or panics).
-struct Namespace(String);
-
-impl Namespace {
-    fn create() -> Result<Namespace, KernelError> {
-        let name = format!("netd-bench-sync-{}", std::process::id());
-        netns::add(&name)?;
-        Ok(Namespace(name))
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete(&self.0) {
-            eprintln!("removing namespace {} failed: {e}", self.0);
-        }
-    }
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; anything else (such as `cargo test --benches`) only
     // checks that the benchmark builds.
@@ -286,9 +233,10 @@ fn main() {
     }
     // `cargo bench -p netd-agent --bench sync -- --legacy`: iptables-legacy instead.
     let legacy = std::env::args().any(|a| a == "--legacy");
-    let result = Namespace::create()
-        .map_err(BoxError::from)
-        .and_then(|ns| run(&ns.0, legacy));
+    let ns = ScratchNetns::new("netd-bench", "sync");
+    let result = run(ns.name(), legacy);
+    // The namespace goes before the process can exit.
+    drop(ns);
     if let Err(e) = result {
         let mut chain = e.to_string();
         let mut source = e.source();
