@@ -27,7 +27,7 @@ fn scenario(nodes: usize) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let node_rules = NodeProgrammer::default().rules(&state, &node)?;
     println!("compile + render (services and policy)  {}", ms(t));
-    let ipset = node_rules.ipset.clone().unwrap_or_default();
+    let ipset = node_rules.ipset.full_input();
     let text = node_rules.to_text();
     let iptables = &text[text.find("*filter").unwrap_or(0)..];
     println!(

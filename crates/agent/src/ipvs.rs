@@ -6,7 +6,8 @@
 //!    older than 5.9, and with [`IpvsConfig::strict_arp`] `arp_ignore=1`/`arp_announce=2`), the
 //!    connection timeouts of [`IpvsConfig::timeouts`] if any is set, and the dummy interface
 //!    [`DUMMY_INTERFACE`] (down, ARP off);
-//! 2. the ipsets and iptables rules through the [`SyncEngine`]: one `ipset restore`, one
+//! 2. the ipsets and iptables rules through the [`SyncEngine`]: one `ipset restore` (every
+//!    set whole on a full sync, only the members that changed on a partial one), one
 //!    `iptables-restore --noflush` with the hooks dispatched through `KUBE-NETD-*` chains as
 //!    in iptables mode (so they are inserted once and policy is judged first), stale sets of
 //!    ours destroyed;
@@ -232,7 +233,7 @@ impl Ipvs {
         Ok(Some(Traced {
             installed: crate::rules::with_hooks(ruleset, hooks),
             rules,
-            ipset: next.rules.ipset.unwrap_or_default(),
+            ipset: next.rules.ipset.full_input(),
         }))
     }
 
@@ -249,7 +250,6 @@ impl Ipvs {
             prune: true,
             ..NodeRules::default()
         };
-        let mut ipset = String::new();
         let mut families = Vec::new();
         let mut rulesets = BTreeMap::new();
         for family in crate::programmer::families(state) {
@@ -269,12 +269,12 @@ impl Ipvs {
             );
             let policy = policy_plan.as_ref().map(|p| render_policy(p, family));
             let mut ruleset = ipvs.ruleset.clone();
-            ipset.push_str(&ipvs.ipset_input());
+            rules.ipset.append(ipvs.ipsets());
             let mut policy_hooks: &[HookRule] = &[];
             let ipvs_policy_hooks;
             if let Some(policy) = &policy {
                 ruleset.extend(&policy.ruleset);
-                ipset.push_str(&policy.ipset_input());
+                rules.ipset.append(policy.ipsets());
                 rules.sets.extend(policy.set_names());
                 ipvs_policy_hooks = netd_render::ipvs::policy_hooks(family, &mut ruleset);
                 policy_hooks = &ipvs_policy_hooks;
@@ -303,7 +303,6 @@ impl Ipvs {
         if rules.ip6tables.is_none() && self.applied_plans.contains_key(&IpFamily::V6) {
             rules.ip6tables = Some(String::new());
         }
-        rules.ipset = Some(ipset);
         Ok(Rendered {
             families,
             rules,
@@ -344,6 +343,11 @@ impl Ipvs {
         }
         let desired = next.virtual_servers();
         let want = next.bound_addresses();
+        if kind == SyncKind::Full {
+            // The engine's own last sync may have succeeded where a later step failed: this
+            // one writes the sets whole too.
+            self.engine.request_full_sync();
+        }
         self.engine.sync(&mut InNamespace::new(netns), next.rules)?;
 
         let add: Vec<(IpAddr, u8)> = want.difference(&self.bound).map(|ip| host(*ip)).collect();

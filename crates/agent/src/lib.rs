@@ -4,7 +4,7 @@
 //! Node it builds the Node's whole rule set — the service proxy's chains
 //! ([`netd_proxy::plan()`] rendered by [`netd_render::render_services`]) and the NetworkPolicy
 //! chains and ipsets ([`netd_policy::compile`] rendered by [`netd_render::render_policy`]) —
-//! as [`NodeRules`]: one `ipset restore` payload and, per IP family, the service plan and every
+//! as [`NodeRules`]: the ipsets ([`netd_render::IpSets`]) and, per IP family, the service plan and every
 //! chain (filter and nat together), plus the [`Hook`]s that jump into them. Then a
 //! [`SyncEngine`] puts them into a network namespace, full or partial, and [`cleanup`] takes
 //! everything out again.
@@ -23,7 +23,10 @@
 //! An agent keeps one [`SyncEngine`] per Node and hands it the [`NodeRules`] of each pass.
 //! Each sync is
 //!
-//! 1. `ipset restore`: every set in use is created if missing and refilled through a swap;
+//! 1. `ipset restore`: on a full sync every set in use is created if missing and refilled
+//!    through a swap; on a partial one only the change from the sets last applied (a new or
+//!    redefined set as on a full sync, an existing one's new members added, then its old
+//!    ones deleted);
 //! 2. per IP family, `iptables-save` (`ip6tables-save`), then one `iptables-restore
 //!    --noflush` (`ip6tables-restore`): our chains written, our chains that are no longer used
 //!    flushed and deleted, and a `-I CHAIN 1` line for each hook the kernel does not already

@@ -50,7 +50,6 @@ impl NodeProgrammer {
             prune: true,
             ..NodeRules::default()
         };
-        let mut ipset = String::new();
         for service_plan in plans {
             let family = service_plan.family;
             let mut rules = render_services(&service_plan, &self.render);
@@ -58,7 +57,7 @@ impl NodeProgrammer {
             let mut policy_hooks: &[HookRule] = &[];
             if let Some(policy) = &policy {
                 rules.ruleset.extend(&policy.ruleset);
-                ipset.push_str(&policy.ipset_input());
+                out.ipset.append(policy.ipsets());
                 out.sets.extend(policy.set_names());
                 policy_hooks = &policy.hooks;
             }
@@ -72,7 +71,6 @@ impl NodeProgrammer {
                 hooks,
             });
         }
-        out.ipset = Some(ipset);
         out
     }
 }

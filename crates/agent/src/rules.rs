@@ -5,7 +5,7 @@ use std::fmt;
 
 use netd_model::{ClusterState, NodeName};
 use netd_proxy::{IpFamily, ServicePlan};
-use netd_render::{ChainName, Rule, Ruleset, ServiceRules, SyncScope, Table};
+use netd_render::{ChainName, IpSets, Rule, Ruleset, ServiceRules, SyncScope, Table};
 
 /// A boxed error from a pluggable part (a rule programmer).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -19,8 +19,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// written in full on every sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeRules {
-    /// An `ipset restore -exist` payload, applied first (rules may reference its sets).
-    pub ipset: Option<String>,
+    /// The ipsets, written first (rules may reference them): whole on a full sync, as the
+    /// change from those last applied on a partial one ([`IpSets`]).
+    pub ipset: IpSets,
     /// An IPv4 `iptables-restore --noflush` payload: the chains it declares are flushed and
     /// refilled in one transaction (the same one as the IPv4 family's rules).
     pub iptables: Option<String>,
@@ -39,7 +40,8 @@ pub struct NodeRules {
     /// (in the same transaction; unused service chains are always removed) and sets not in
     /// `sets` (after it).
     pub prune: bool,
-    /// The sets the rules refer to (kept when pruning).
+    /// The sets the rules refer to (kept when pruning); every set of [`ipset`](Self::ipset)
+    /// is among them.
     pub sets: BTreeSet<String>,
 }
 
@@ -90,9 +92,9 @@ impl NodeRules {
     /// `kube-netd render` prints).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        if let Some(ipset) = self.ipset.as_deref().filter(|s| !s.is_empty()) {
+        if !self.ipset.is_empty() {
             out.push_str("# ipset restore -exist\n");
-            out.push_str(ipset);
+            out.push_str(&self.ipset.full_input());
         }
         let none = BTreeSet::new();
         for family in IpFamily::ALL {

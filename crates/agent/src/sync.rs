@@ -12,7 +12,11 @@
 //! entries.
 //!
 //! Each sync is one `ipset restore`, then one `iptables-restore --noflush` per IP family
-//! (`ip6tables-restore` for IPv6), then the removal of stale sets. All kernel work goes
+//! (`ip6tables-restore` for IPv6), then the removal of stale sets. The engine also remembers
+//! the [`IpSets`] it last applied: a full sync writes every set whole (refilled through a
+//! scratch set swapped in); a partial one only the change from those — a new or redefined
+//! set whole, an existing one's new members added and then its old ones deleted, an
+//! unchanged one not at all. All kernel work goes
 //! through an [`Applier`], so the decisions can be tested without a kernel; [`InNamespace`]
 //! is the real one.
 
@@ -22,8 +26,8 @@ use netd_kernel::nftnl::conntrack::Flow;
 use netd_kernel::{KernelError, netns, nftnl, rules as kernel};
 use netd_model::ServiceRef;
 use netd_proxy::{IpFamily, ServicePlan};
-use netd_render::SyncScope;
 use netd_render::chains::is_service_chain;
+use netd_render::{IpSets, SyncScope};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -284,6 +288,9 @@ pub struct SyncEngine {
     /// What of ours the kernel held after the last successful sync, per family, as
     /// `iptables-save` text: what a partial sync reads instead of the kernel.
     kernel: BTreeMap<IpFamily, String>,
+    /// The ipsets the last successful sync left: what a partial sync's `ipset restore` is
+    /// the change from.
+    sets: Option<IpSets>,
     /// Set after a failed sync (the kernel may hold anything) or on request: write everything.
     full_next: bool,
     /// What each family's next conntrack reconcile looks at (kept after a failed one).
@@ -356,6 +363,7 @@ impl SyncEngine {
             .retain(|family, _| rules.family(*family).is_some());
         self.conntrack_pending
             .retain(|family, _| rules.family(*family).is_some());
+        self.sets = Some(rules.ipset);
         for family in rules.families {
             let key = family.family();
             let previous = self.applied.get(&key).map(|p| &p.plan);
@@ -391,8 +399,12 @@ impl SyncEngine {
                 source,
             }
         };
-        if let Some(ipset) = rules.ipset.as_deref().filter(|p| !p.is_empty()) {
-            applier.restore_sets(ipset).map_err(failed("load ipsets"))?;
+        let sets = match self.sets.as_ref().filter(|_| !self.full_next) {
+            Some(applied) => rules.ipset.delta_input(applied),
+            None => rules.ipset.full_input(),
+        };
+        if !sets.is_empty() {
+            applier.restore_sets(&sets).map_err(failed("load ipsets"))?;
         }
         let mut report = SyncReport::default();
         let mut kernel = BTreeMap::new();
@@ -624,17 +636,21 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     use netd_render::chains::ServiceChains;
+    use netd_render::{IpSet, SetDefinition};
 
     use super::*;
     use crate::NodeProgrammer;
 
     /// A kernel in memory: iptables tables per family, as `iptables-restore --noflush`
-    /// changes them, plus a conntrack table and a switch to make the next restore fail.
+    /// changes them, the `ipset restore` payloads it was given, a conntrack table, and
+    /// switches to make the next restore of either kind fail.
     #[derive(Default)]
     struct FakeKernel {
         tables: BTreeMap<(IpFamily, String), BTreeMap<String, Vec<String>>>,
         restores: Vec<(IpFamily, String)>,
         fail_next_restore: bool,
+        set_restores: Vec<String>,
+        fail_next_set_restore: bool,
         conntrack: Vec<Flow>,
         conntrack_lists: usize,
         selections: Vec<Selection>,
@@ -667,7 +683,13 @@ mod tests {
         fn namespace(&self) -> &str {
             "fake"
         }
-        fn restore_sets(&mut self, _: &str) -> Result<(), KernelError> {
+        fn restore_sets(&mut self, payload: &str) -> Result<(), KernelError> {
+            self.set_restores.push(payload.to_owned());
+            if std::mem::take(&mut self.fail_next_set_restore) {
+                return Err(KernelError::EmptyCommand {
+                    namespace: "fake".into(),
+                });
+            }
             Ok(())
         }
         fn list_sets(&mut self) -> Result<Vec<String>, KernelError> {
@@ -1014,6 +1036,106 @@ mod tests {
             text.contains("sync_proxy_rules_total{family=\"ipv4\",scope=\"full\"} 2"),
             "{text}"
         );
+    }
+
+    const HASH_IP: SetDefinition = SetDefinition {
+        kind: "hash:ip",
+        family: Some(IpFamily::V4),
+        options: "hashsize 1024 maxelem 1048576",
+    };
+
+    /// `web`'s rules with one `hash:ip` set `KNP-A` of `members`, defined as `definition`.
+    fn with_set(definition: SetDefinition, members: &[&str]) -> NodeRules {
+        let mut rules = web(&["10.244.1.2"]);
+        rules.ipset.push(IpSet {
+            name: "KNP-A".to_owned(),
+            scratch: "KNP-A-N".to_owned(),
+            definition,
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        });
+        rules.sets.insert("KNP-A".to_owned());
+        rules
+    }
+
+    #[test]
+    fn sets_are_written_whole_first_then_only_what_changed() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        let first = with_set(HASH_IP, &["10.244.1.2", "10.244.1.3"]);
+        engine.sync(&mut k, first.clone()).expect("first");
+        assert_eq!(k.set_restores, [first.ipset.full_input()]);
+        assert!(k.set_restores[0].contains(
+            "swap KNP-A-N KNP-A
+"
+        ));
+
+        engine
+            .sync(&mut k, with_set(HASH_IP, &["10.244.1.3", "10.244.1.4"]))
+            .expect("one member changed");
+        assert_eq!(
+            k.set_restores[1],
+            "add KNP-A 10.244.1.4
+del KNP-A 10.244.1.2
+"
+        );
+
+        engine
+            .sync(&mut k, with_set(HASH_IP, &["10.244.1.3", "10.244.1.4"]))
+            .expect("unchanged");
+        assert_eq!(k.set_restores.len(), 2, "no ipset restore for no change");
+
+        let bigger = SetDefinition {
+            options: "hashsize 1024 maxelem 65536",
+            ..HASH_IP
+        };
+        let redefined = with_set(bigger, &["10.244.1.3", "10.244.1.4"]);
+        engine.sync(&mut k, redefined.clone()).expect("redefined");
+        assert_eq!(k.set_restores[2], redefined.ipset.full_input());
+
+        engine.request_full_sync();
+        engine
+            .sync(&mut k, redefined.clone())
+            .expect("requested full");
+        assert_eq!(k.set_restores[3], redefined.ipset.full_input());
+    }
+
+    #[test]
+    fn a_failed_restore_of_sets_or_rules_has_the_next_sync_write_sets_whole() {
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        engine
+            .sync(&mut k, with_set(HASH_IP, &["10.244.1.2"]))
+            .expect("first");
+        k.fail_next_set_restore = true;
+        let err = engine
+            .sync(&mut k, with_set(HASH_IP, &["10.244.1.3"]))
+            .expect_err("ipset restore fails");
+        assert!(
+            matches!(
+                err,
+                AgentError::ApplyFailed {
+                    step: "load ipsets",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let retry = with_set(HASH_IP, &["10.244.1.3"]);
+        engine.sync(&mut k, retry.clone()).expect("retry");
+        assert_eq!(k.set_restores.last(), Some(&retry.ipset.full_input()));
+
+        k.fail_next_restore = true;
+        let after = with_set(HASH_IP, &["10.244.1.4"]);
+        engine
+            .sync(&mut k, after.clone())
+            .expect_err("iptables-restore fails");
+        assert_eq!(
+            k.set_restores.last().map(String::as_str),
+            Some("add KNP-A 10.244.1.4\ndel KNP-A 10.244.1.3\n"),
+            "the sets went in before the rules failed"
+        );
+        engine.sync(&mut k, after.clone()).expect("retry");
+        assert_eq!(k.set_restores.last(), Some(&after.ipset.full_input()));
     }
 
     #[test]

@@ -252,8 +252,7 @@ fn iptables(
         node: node.clone(),
         source,
     };
-    host.load_ipset(rules.ipset.as_deref().unwrap_or_default())
-        .map_err(failed)?;
+    host.load_ipset(&rules.ipset.full_input()).map_err(failed)?;
     let trace = netd_render::trace(&installed, &host, packet).map_err(failed)?;
     Ok((trace.to_string(), branches(&trace)))
 }

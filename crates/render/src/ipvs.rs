@@ -41,6 +41,7 @@ use netd_proxy::{
 use crate::chains::{
     KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
 };
+use crate::ipset::{IpSet, IpSets, SetDefinition};
 use crate::iptables::{
     ChainName, CtState, Direction, HookRule, MarkOp, Match, Rule, Ruleset, Table, Target,
 };
@@ -448,25 +449,27 @@ impl IpvsRules {
         out
     }
 
+    /// Every set with its definition and members, in upstream's order.
+    pub fn ipsets(&self) -> IpSets {
+        self.sets
+            .iter()
+            .map(|(set, entries)| {
+                let name = set.name(self.family);
+                IpSet {
+                    scratch: scratch_name(&name),
+                    name,
+                    definition: definition(set.kind(), self.family),
+                    members: entries.iter().map(SetEntry::to_string).collect(),
+                }
+            })
+            .collect()
+    }
+
     /// The `ipset restore -exist` payload: every set created if missing, then refilled through
-    /// a scratch set swapped in, so no set the kernel matches against is seen half-filled.
+    /// a scratch set swapped in, so no set the kernel matches against is seen half-filled
+    /// ([`IpSets::full_input`]).
     pub fn ipset_input(&self) -> String {
-        let mut out = String::new();
-        for (set, entries) in &self.sets {
-            let name = set.name(self.family);
-            let scratch = scratch_name(&name);
-            let create = create_args(set.kind(), self.family);
-            for n in [&name, &scratch] {
-                let _ = writeln!(out, "create {n} {create}");
-            }
-            let _ = writeln!(out, "flush {scratch}");
-            for e in entries {
-                let _ = writeln!(out, "add {scratch} {e}");
-            }
-            let _ = writeln!(out, "swap {scratch} {name}");
-            let _ = writeln!(out, "destroy {scratch}");
-        }
-        out
+        self.ipsets().full_input()
     }
 
     /// The `iptables-restore --noflush` payload (or `ip6tables-restore` for an IPv6 plan):
@@ -728,19 +731,18 @@ fn scratch_name(name: &str) -> String {
     format!("KUBE-TMP-{}", crate::chains::hash(name))
 }
 
-fn create_args(kind: SetKind, family: IpFamily) -> String {
+fn definition(kind: SetKind, family: IpFamily) -> SetDefinition {
     match kind {
-        SetKind::BitmapPort => format!("{} range 0-65535", kind.as_str()),
-        _ => {
-            let family = match family {
-                IpFamily::V4 => "inet",
-                IpFamily::V6 => "inet6",
-            };
-            format!(
-                "{} family {family} hashsize 1024 maxelem 65536",
-                kind.as_str()
-            )
-        }
+        SetKind::BitmapPort => SetDefinition {
+            kind: kind.as_str(),
+            family: None,
+            options: "range 0-65535",
+        },
+        _ => SetDefinition {
+            kind: kind.as_str(),
+            family: Some(family),
+            options: "hashsize 1024 maxelem 65536",
+        },
     }
 }
 

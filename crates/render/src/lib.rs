@@ -10,6 +10,8 @@
 //!   its byte-deterministic `iptables-restore` rendering. Matches stay structured so the
 //!   tracer can evaluate them and other renderers (NetworkPolicy, ipset matches) can reuse them.
 //! - [`chains`]: kube-proxy's chain names and hashes.
+//! - [`ipset`](mod@ipset): ipsets as data ([`IpSets`]: each set's definition and members),
+//!   written as `ipset restore` input in full or as the change from what was applied last.
 //! - [`policy`]: the NetworkPolicy renderer ([`render_policy`], [`PolicyRules`]): per-Pod
 //!   filter chains and the ipsets they match, with a two-phase apply order.
 //! - [`nft`]: the nftables representation ([`nft::Table`]), its `nft -f` text, the
@@ -29,6 +31,7 @@
 //! The crate is pure: it never touches the kernel.
 
 pub mod chains;
+pub mod ipset;
 pub mod iptables;
 pub mod ipvs;
 pub mod nft;
@@ -36,6 +39,7 @@ pub mod policy;
 pub mod services;
 pub mod trace;
 
+pub use ipset::{IpSet, IpSets, SetDefinition};
 pub use iptables::{ChainName, HookRule, Match, Rule, Ruleset, Table, Target};
 pub use ipvs::{IpvsOptions, IpvsRules, render_ipvs};
 pub use policy::{PolicyRules, render_policy};

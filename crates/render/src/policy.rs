@@ -35,6 +35,7 @@ use netd_policy::plan::{
 use netd_policy::{Direction as PolicyDirection, PolicyPlan};
 use netd_proxy::IpFamily;
 
+use crate::ipset::{IpSet, IpSets, SetDefinition};
 use crate::iptables::{
     ChainName, CtState, Direction, HookRule, Match, PortRange, Rule, Ruleset, Table, Target,
 };
@@ -109,23 +110,25 @@ impl PolicyRules {
         self.ruleset.to_restore()
     }
 
+    /// The sets the rules match against, with their definitions and members, by name.
+    pub fn ipsets(&self) -> IpSets {
+        self.sets
+            .iter()
+            .map(|(name, set)| IpSet {
+                name: name.as_str().to_owned(),
+                scratch: format!("{name}{SCRATCH_SUFFIX}"),
+                definition: definition(set),
+                members: members(&set.members),
+            })
+            .collect()
+    }
+
     /// The `ipset restore -exist` payload run before the rules: each set is created if
     /// missing, its members are loaded into a scratch set, and the two are swapped, so a set
-    /// the kernel already matches against is never seen empty or half-filled.
+    /// the kernel already matches against is never seen empty or half-filled
+    /// ([`IpSets::full_input`]).
     pub fn ipset_input(&self) -> String {
-        let mut out = String::new();
-        for (name, set) in &self.sets {
-            let (kind, family) = set_type(set);
-            let scratch = format!("{name}{SCRATCH_SUFFIX}");
-            for n in [name.as_str(), scratch.as_str()] {
-                let _ = writeln!(out, "create {n} {kind} family {family} {SET_OPTIONS}");
-            }
-            let _ = writeln!(out, "flush {scratch}");
-            write_members(&mut out, &scratch, &set.members);
-            let _ = writeln!(out, "swap {scratch} {name}");
-            let _ = writeln!(out, "destroy {scratch}");
-        }
-        out
+        self.ipsets().full_input()
     }
 
     /// The names of the sets in use.
@@ -393,42 +396,27 @@ fn policies(plan: &DirectionPlan) -> String {
 }
 
 /// The ipset type and family of a set.
-fn set_type(set: &AddressSet) -> (&'static str, &'static str) {
+fn definition(set: &AddressSet) -> SetDefinition {
     let kind = match set.members {
         SetMembers::Addresses(_) => "hash:ip",
         SetMembers::Networks(_) => "hash:net",
         SetMembers::AddressPorts(_) => "hash:ip,port",
     };
-    let family = match set.family {
-        IpFamily::V4 => "inet",
-        IpFamily::V6 => "inet6",
-    };
-    (kind, family)
+    SetDefinition {
+        kind,
+        family: Some(set.family),
+        options: SET_OPTIONS,
+    }
 }
 
-fn write_members(out: &mut String, set: &str, members: &SetMembers) {
+fn members(members: &SetMembers) -> Vec<String> {
     match members {
-        SetMembers::Addresses(ips) => {
-            for ip in ips {
-                let _ = writeln!(out, "add {set} {ip}");
-            }
-        }
-        SetMembers::Networks(nets) => {
-            for net in nets {
-                let _ = writeln!(out, "add {set} {net}");
-            }
-        }
-        SetMembers::AddressPorts(entries) => {
-            for e in entries {
-                let _ = writeln!(
-                    out,
-                    "add {set} {},{}:{}",
-                    e.ip,
-                    e.protocol.as_lower_str(),
-                    e.port
-                );
-            }
-        }
+        SetMembers::Addresses(ips) => ips.iter().map(IpAddr::to_string).collect(),
+        SetMembers::Networks(nets) => nets.iter().map(ToString::to_string).collect(),
+        SetMembers::AddressPorts(entries) => entries
+            .iter()
+            .map(|e| format!("{},{}:{}", e.ip, e.protocol.as_lower_str(), e.port))
+            .collect(),
     }
 }
 
@@ -573,14 +561,8 @@ spec:
             let text = r.restore_input();
             assert!(text.contains(&format!("-d {own} -j KNP-I-")), "{text}");
             assert!(!text.contains(other), "{text}");
-            let want = if family == IpFamily::V4 {
-                "inet"
-            } else {
-                "inet6"
-            };
-            for set in r.sets.values() {
-                let (_, f) = set_type(set);
-                assert_eq!(f, want);
+            for set in r.ipsets().iter() {
+                assert_eq!(set.definition.family, Some(family), "{}", set.name);
             }
             assert!(!r.sets.is_empty());
         }
