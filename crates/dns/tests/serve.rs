@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 use netd_dns::{DnsError, DnsServer, ServeConfig, ZoneUpdate};
 use netd_model::ClusterState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -187,6 +190,110 @@ async fn garbage_over_udp_gets_formerr_and_the_server_lives_on() {
     assert_eq!(
         short(s.dns, &["web.default.svc.cluster.local"]).await,
         ["10.96.0.20"]
+    );
+    s.stop().await;
+}
+
+/// A query for `name`'s A records with message ID `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    m.to_vec().expect("encode")
+}
+
+/// Reads `count` responses sent to `client` by `server`, by message ID.
+async fn responses(client: &UdpSocket, server: SocketAddr, count: usize) -> BTreeMap<u16, Message> {
+    let mut got = BTreeMap::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < count {
+        // A guard against a lost answer hanging the test, not a measurement.
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {count} answered", got.len()))
+            .expect("receive");
+        assert_eq!(from, server);
+        let m = Message::from_vec(&buf[..n]).expect("a valid response");
+        assert!(
+            got.insert(m.metadata.id, m).is_none(),
+            "one answer per query"
+        );
+    }
+    got
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    let mut ips: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+    ips.sort();
+    ips
+}
+
+#[tokio::test]
+async fn a_burst_of_queries_is_answered_each_to_its_own_sender() {
+    let s = start(common::cluster(), vec![]).await;
+    let first = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let second = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    // More than a worker reads at once, sent before any is answered: well-formed queries
+    // for two names and one missing, malformed ones, and ones longer than the server reads.
+    let burst = 100u16;
+    for id in 0..burst {
+        let message = match id % 10 {
+            3 => vec![
+                (id >> 8) as u8,
+                id as u8,
+                0x01,
+                0x00,
+                0x00,
+                0x01,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0xc0,
+                0xff,
+            ],
+            7 => {
+                let mut long = a_query(id, "web.default.svc.cluster.local");
+                long.resize(5000, 0);
+                long
+            }
+            5 => a_query(id, "missing.default.svc.cluster.local"),
+            n if n % 2 == 0 => a_query(id, "web.default.svc.cluster.local"),
+            _ => a_query(id, "db.default.svc.cluster.local"),
+        };
+        first.send_to(&message, s.dns).await.expect("send");
+        if id == burst / 2 {
+            second
+                .send_to(&a_query(id, "db.default.svc.cluster.local"), s.dns)
+                .await
+                .expect("send");
+        }
+    }
+    let answers = responses(&first, s.dns, usize::from(burst)).await;
+    for (id, m) in &answers {
+        let (rcode, ips): (ResponseCode, &[&str]) = match id % 10 {
+            3 | 7 => (ResponseCode::FormErr, &[]),
+            5 => (ResponseCode::NXDomain, &[]),
+            n if n % 2 == 0 => (ResponseCode::NoError, &["10.96.0.20"]),
+            _ => (
+                ResponseCode::NoError,
+                &["10.244.1.5", "10.244.2.6", "10.244.2.8"],
+            ),
+        };
+        assert_eq!(m.metadata.response_code, rcode, "query {id}");
+        assert_eq!(addresses(m), ips, "query {id}");
+    }
+    let other = responses(&second, s.dns, 1).await;
+    let m = &other[&(burst / 2)];
+    assert_eq!(
+        addresses(m),
+        ["10.244.1.5", "10.244.2.6", "10.244.2.8"],
+        "the second client's own question"
     );
     s.stop().await;
 }

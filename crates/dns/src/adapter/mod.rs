@@ -8,7 +8,9 @@
 
 mod forward;
 
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -25,6 +27,9 @@ use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use tokio::net::TcpListener;
 
 pub use forward::{CacheConfig, ForwardConfig};
@@ -684,11 +689,16 @@ struct UdpWorker {
 impl UdpWorker {
     /// Answers from the zone inline, and spawns a task only for questions that go
     /// upstream. Returns when told to stop, or the error the socket failed with.
+    ///
+    /// Queries are read [`UDP_BATCH`] at a time with `recvmmsg` (waiting for the first
+    /// only, so a lone query is answered at once) and the answers to one batch written
+    /// with one `sendmmsg`: two system calls per batch instead of two per query.
     fn run(self) -> Option<std::io::Error> {
         use std::io::ErrorKind;
-        let mut buf = vec![0u8; UDP_RECEIVE];
+        let mut batch = Batch::new();
+        let mut answers = Vec::with_capacity(UDP_BATCH);
         while !self.stop.load(Ordering::Acquire) {
-            let (n, peer) = match self.socket.recv_from(&mut buf) {
+            let received = match batch.receive(&self.socket) {
                 Ok(received) => received,
                 // The stop check's timeout; an ICMP error for an earlier response, or a
                 // signal: the socket is fine.
@@ -706,32 +716,139 @@ impl UdpWorker {
                 }
                 Err(e) => return Some(e),
             };
-            // No answer can reach port 0, and answering it would be a reflection vector.
-            if peer.port() == 0 {
-                continue;
-            }
-            match self.handler.answer_udp_now(&buf[..n], peer) {
-                UdpAnswer::Ready(bytes) => send(&self.socket, &bytes, peer),
-                UdpAnswer::Ignore => {}
-                UdpAnswer::Wait(request) => {
-                    let socket = self.socket.clone();
-                    let handler = self.handler.clone();
-                    self.runtime.spawn(async move {
-                        if let Some(bytes) = handler.answer_udp_later(&request).await {
-                            // A UDP send does not wait for the peer; it blocks only while
-                            // the socket's send buffer is full.
-                            send(&socket, &bytes, peer);
-                        }
-                    });
+            for (message, datagram) in batch.buffers.iter().zip(&batch.received[..received]) {
+                // No answer can reach port 0, and answering it would be a reflection
+                // vector; a datagram without a sender has no one to answer.
+                let Some(peer) = datagram.peer.filter(|peer| peer.port() != 0) else {
+                    continue;
+                };
+                let message = &message[..datagram.len];
+                // Cut at UDP_RECEIVE: what is left cannot be the message the client sent.
+                let answer = if datagram.truncated {
+                    formerr(message).map_or(UdpAnswer::Ignore, UdpAnswer::Ready)
+                } else {
+                    self.handler.answer_udp_now(message, peer)
+                };
+                match answer {
+                    UdpAnswer::Ready(bytes) => answers.push((bytes, SockaddrStorage::from(peer))),
+                    UdpAnswer::Ignore => {}
+                    UdpAnswer::Wait(request) => self.answer_later(request, peer),
                 }
             }
+            batch.send(&self.socket, &answers);
+            answers.clear();
         }
         None
     }
+
+    /// Answers a question that goes upstream from a task on the runtime.
+    fn answer_later(&self, request: Box<Request>, peer: SocketAddr) {
+        let socket = self.socket.clone();
+        let handler = self.handler.clone();
+        self.runtime.spawn(async move {
+            if let Some(bytes) = handler.answer_udp_later(&request).await {
+                // A UDP send does not wait for the peer; it blocks only while the
+                // socket's send buffer is full.
+                if let Err(e) = socket.send_to(&bytes, peer) {
+                    tracing::debug!(%peer, error = %e, "sending a response failed");
+                }
+            }
+        });
+    }
 }
 
-fn send(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketAddr) {
-    if let Err(e) = socket.send_to(bytes, peer) {
-        tracing::debug!(%peer, error = %e, "sending a response failed");
+/// The most UDP messages read, and answers written, per system call.
+const UDP_BATCH: usize = 32;
+
+/// A UDP worker's buffers and message headers for `recvmmsg` and `sendmmsg`, allocated once.
+struct Batch {
+    buffers: Vec<[u8; UDP_RECEIVE]>,
+    /// What the last [`Batch::receive`] read into the buffers of the same index.
+    received: Vec<Datagram>,
+    receive_headers: MultiHeaders<SockaddrStorage>,
+    send_headers: MultiHeaders<SockaddrStorage>,
+}
+
+/// One message read into a [`Batch`] buffer.
+#[derive(Clone, Copy)]
+struct Datagram {
+    len: usize,
+    peer: Option<SocketAddr>,
+    /// Longer than [`UDP_RECEIVE`]: the buffer holds its start only.
+    truncated: bool,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            buffers: vec![[0; UDP_RECEIVE]; UDP_BATCH],
+            received: Vec::with_capacity(UDP_BATCH),
+            receive_headers: MultiHeaders::preallocate(UDP_BATCH, None),
+            send_headers: MultiHeaders::preallocate(UDP_BATCH, None),
+        }
     }
+
+    /// Waits for a message (as long as the socket's read timeout), then reads it and those
+    /// already queued behind it, up to [`UDP_BATCH`]; returns how many were read.
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+        self.received.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .buffers
+            .iter_mut()
+            .map(|buffer| [IoSliceMut::new(buffer)])
+            .collect();
+        let messages = recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.receive_headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        self.received.extend(messages.map(|message| Datagram {
+            len: message.bytes,
+            peer: message.address.as_ref().and_then(socket_addr),
+            truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+        }));
+        Ok(self.received.len())
+    }
+
+    /// Writes `answers` (at most [`UDP_BATCH`]), each to its peer; one that cannot be sent
+    /// is skipped.
+    fn send(&mut self, socket: &std::net::UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) {
+        let mut next = 0;
+        while next < answers.len() {
+            let rest = &answers[next..];
+            let slices: Vec<[IoSlice<'_>; 1]> = rest
+                .iter()
+                .map(|(bytes, _)| [IoSlice::new(bytes)])
+                .collect();
+            let peers: Vec<Option<SockaddrStorage>> =
+                rest.iter().map(|(_, peer)| Some(*peer)).collect();
+            let no_control: [ControlMessage<'_>; 0] = [];
+            match sendmmsg(
+                socket.as_raw_fd(),
+                &mut self.send_headers,
+                &slices,
+                &peers,
+                no_control,
+                MsgFlags::empty(),
+            ) {
+                // The kernel sends at least one message or fails with the first.
+                Ok(sent) => next += sent.count().max(1),
+                Err(e) => {
+                    tracing::debug!(peer = %rest[0].1, error = %e, "sending a response failed");
+                    next += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The address of an IPv4 or IPv6 peer.
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
