@@ -149,6 +149,19 @@ impl DetectLocalArgs {
     }
 }
 
+/// The IPVS scheduler `name` asks for (unset or empty: the default, `rr`), checked against
+/// [`SCHEDULERS`]; `what` names the flag (and file field) in the error.
+pub fn ipvs_scheduler(name: Option<&str>, what: &str) -> anyhow::Result<String> {
+    match name.filter(|s| !s.is_empty()) {
+        None => Ok(IpvsConfig::default().scheduler),
+        Some(name) if SCHEDULERS.contains(&name) => Ok(name.to_owned()),
+        Some(name) => bail!(
+            "{what}: unknown scheduler {name:?}: expected one of {}",
+            SCHEDULERS.join(", ")
+        ),
+    }
+}
+
 /// What the agent runs with, once flags and file are merged and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -787,14 +800,10 @@ impl Raw {
     /// IPVS mode's options, checked in every mode (a bad value is refused even where it is
     /// not used).
     fn ipvs(&self) -> anyhow::Result<IpvsConfig> {
-        let scheduler = match self.ipvs_scheduler.as_deref().filter(|s| !s.is_empty()) {
-            None => IpvsConfig::default().scheduler,
-            Some(name) if SCHEDULERS.contains(&name) => name.to_owned(),
-            Some(name) => bail!(
-                "--ipvs-scheduler (ipvs.scheduler): unknown scheduler {name:?}: expected one of {}",
-                SCHEDULERS.join(", ")
-            ),
-        };
+        let scheduler = ipvs_scheduler(
+            self.ipvs_scheduler.as_deref(),
+            "--ipvs-scheduler (ipvs.scheduler)",
+        )?;
         let timeout = |text: &Option<String>, what: &str| -> anyhow::Result<Duration> {
             let d = duration(text.as_deref(), "0", what)?;
             if d > MAX_IPVS_TIMEOUT {

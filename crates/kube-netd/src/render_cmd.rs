@@ -11,7 +11,7 @@ use netd_model::{ClusterState, NodeName, Protocol, Target};
 use netd_proxy::{NodePortAddresses, ProxySettings};
 use netd_render::{Origin, Packet};
 
-use crate::agent_cmd::DetectLocalArgs;
+use crate::agent_cmd::{DetectLocalArgs, ipvs_scheduler};
 use crate::cluster::ClusterArgs;
 
 /// The proxy mode: which kernel machinery a node's rules are programmed into.
@@ -72,6 +72,10 @@ pub struct ProxyFlags {
     /// Render NetworkPolicy; false renders Services only.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     network_policy: bool,
+    /// IPVS mode: the scheduler of every virtual server (rr, wrr, lc, wlc, lblc, lblcr, sh,
+    /// dh, sed, nq, mh). Default: rr.
+    #[arg(long, value_name = "NAME")]
+    ipvs_scheduler: Option<String>,
 }
 
 impl ProxyFlags {
@@ -91,7 +95,10 @@ impl ProxyFlags {
                 },
                 network_policy: self.network_policy,
             },
-            ..BackendConfig::default()
+            ipvs: IpvsConfig {
+                scheduler: ipvs_scheduler(self.ipvs_scheduler.as_deref(), "--ipvs-scheduler")?,
+                ..IpvsConfig::default()
+            },
         })
     }
 }
@@ -120,6 +127,8 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
     #[command(flatten)]
+    proxy: ProxyFlags,
+    #[command(flatten)]
     cluster: ClusterArgs,
 }
 
@@ -140,6 +149,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
 /// verdict. A branch forwarded to a Pod or address of another node is traced on to that
 /// node's rules, as the packet meets them there.
 pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let config = args.proxy.config(args.mode.into())?;
     let state = args.cluster.resolve()?;
     if let Some(node) = &args.node {
         require_node(&state, node)?;
@@ -166,8 +176,12 @@ pub fn trace(args: TraceArgs) -> anyhow::Result<()> {
             args.from
         ),
     };
-    let (programmer, nftables) = (NodeProgrammer::default(), Nftables::new());
-    let ipvs = Ipvs::new(IpvsConfig::default());
+    let programmer = NodeProgrammer {
+        program: config.program.clone(),
+        ..NodeProgrammer::default()
+    };
+    let nftables = Nftables::new().with_program(config.program.clone());
+    let ipvs = Ipvs::new(config.ipvs).with_program(config.program);
     let rules = match args.mode {
         Mode::Iptables => TraceRules::Iptables(&programmer),
         Mode::Nftables => TraceRules::Nftables(&nftables),

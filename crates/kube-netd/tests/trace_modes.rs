@@ -29,15 +29,28 @@ endpoints:
 - {addresses: [10.244.1.11], nodeName: node-1}
 "#;
 
-fn trace(mode: &str, to: &str) -> Output {
+/// `kube-netd ARGS -f CLUSTER`.
+fn on_cluster(args: &[&str]) -> Output {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(CLUSTER.as_bytes()).expect("write manifest");
     let path = file.path().to_str().expect("UTF-8 path").to_owned();
     Command::new(BIN)
-        .args(["trace", "-f", &path, "--node", "node-1", "--mode", mode])
-        .args(["203.0.113.7", to])
+        .args(args)
+        .args(["-f", &path])
         .output()
         .expect("run kube-netd")
+}
+
+fn trace(mode: &str, to: &str) -> Output {
+    on_cluster(&[
+        "trace",
+        "--node",
+        "node-1",
+        "--mode",
+        mode,
+        "203.0.113.7",
+        to,
+    ])
 }
 
 /// The `NN.NN% VERDICT ...` lines of a trace.
@@ -131,4 +144,64 @@ fn ipvs_mode_gives_each_hostnames_pod_a_third() {
     };
     assert_eq!(result(&ipvs), result(&run("iptables")), "{ipvs}");
     assert_eq!(result(&ipvs).len(), 3, "{ipvs}");
+}
+
+#[test]
+fn render_and_trace_take_the_agents_ipvs_scheduler() {
+    let rendered = on_cluster(&[
+        "render",
+        "--node",
+        "node-1",
+        "--mode",
+        "ipvs",
+        "--ipvs-scheduler",
+        "wrr",
+    ]);
+    let text = String::from_utf8(rendered.stdout).expect("UTF-8");
+    assert!(rendered.status.success(), "{text}");
+    assert!(text.contains("-A -t 10.96.0.110:80 -s wrr"), "{text}");
+    assert!(
+        !text.contains("-s rr"),
+        "every virtual server has the scheduler:\n{text}"
+    );
+
+    let traced = on_cluster(&[
+        "trace",
+        "--node",
+        "node-1",
+        "--mode",
+        "ipvs",
+        "--ipvs-scheduler",
+        "sh",
+        "203.0.113.7",
+        "172.18.0.2:30080",
+    ]);
+    let text = String::from_utf8(traced.stdout).expect("UTF-8");
+    assert!(traced.status.success(), "{text}");
+    assert!(
+        text.contains("ipvs -t 172.18.0.2:30080 -s sh: real server 10.244.1.10:8080"),
+        "{text}"
+    );
+
+    let flags = [
+        "--node",
+        "node-1",
+        "--mode",
+        "ipvs",
+        "--ipvs-scheduler",
+        "fair",
+    ];
+    let packet = ["203.0.113.7", "172.18.0.2:30080"];
+    for command in [vec!["render"], vec!["trace"]] {
+        let extra: &[&str] = if command[0] == "trace" { &packet } else { &[] };
+        let args: Vec<&str> = command.iter().chain(&flags).chain(extra).copied().collect();
+        let refused = on_cluster(&args);
+        let stderr = String::from_utf8(refused.stderr).expect("UTF-8");
+        assert!(!refused.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .contains("--ipvs-scheduler: unknown scheduler \"fair\": expected one of rr, wrr"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
