@@ -7,13 +7,14 @@
 # mode) and its RESULT lines.
 #
 # Usage: scripts/bench-ipvs.sh [--size NxK[:MODES]]... [--reps R] [--connections C]
-#                              [--rounds R] [--mem MB] [--timeout S] [--host]
+#                              [--rounds R] [--mem MB] [--cpus N] [--timeout S] [--host]
 # Each --size is one run of the example in the same VM boot: N Services x K endpoints, in
 # MODES (comma-separated; default every mode), e.g. --size 1000x10 --size 10000x10:nftables,ipvs
 # when iptables mode at the full size takes too long. Defaults: one size, 10000x10, 5
 # repetitions of the endpoint change, 1,000 connections per target and round, 3 rounds, a VM
-# of 4096 MB stopped after 7200 s. --host runs on this machine's kernel instead (it must have
-# IPVS for IPVS mode).
+# of 4096 MB with 2 virtual CPUs stopped after 7200 s (--cpus 1 leaves a core of a 2-core
+# machine to other work; each sync runs on one CPU anyway). --host runs on this machine's
+# kernel instead (it must have IPVS for IPVS mode).
 # The VM emulates its CPU in software (TCG) unless KERNEL_VM_ACCEL=kvm: its times are many
 # times a real machine's; compare the modes with each other, in the same run.
 # Needs root, cargo, and for the VM scripts/install-deps.sh --vm.
@@ -22,6 +23,7 @@ set -euo pipefail
 args=()
 sizes=()
 mem=4096
+cpus=2
 timeout_s=7200
 host=0
 while [ $# -gt 0 ]; do
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --size) sizes+=("$2"); shift 2 ;;
     --reps|--connections|--rounds) args+=("$1" "$2"); shift 2 ;;
     --mem) mem="$2"; shift 2 ;;
+    --cpus) cpus="$2"; shift 2 ;;
     --timeout) timeout_s="$2"; shift 2 ;;
     --host) host=1; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -70,6 +73,7 @@ EOF'
 if [ "$host" = 1 ]; then
   exec bash -c "$runner" "$example"
 fi
-echo "== running it in scripts/kernel-vm.sh (--mem $mem, --timeout $timeout_s)" >&2
-exec ./scripts/kernel-vm.sh --modules "ip_vs ip_vs_rr" --mem "$mem" --timeout "$timeout_s" \
+echo "== running it in scripts/kernel-vm.sh (--mem $mem, --cpus $cpus, --timeout $timeout_s)" >&2
+exec ./scripts/kernel-vm.sh --modules "ip_vs ip_vs_rr" --mem "$mem" --cpus "$cpus" \
+  --timeout "$timeout_s" \
   -- bash -c "$runner" "$example"
