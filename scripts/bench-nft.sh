@@ -202,12 +202,13 @@ for r in records("dataplane.jsonl"):
 kp_first, kp_last = median(lat.get("first", [])), median(lat.get("last", []))
 
 def t(ms):
-    return "%.2f s" % (ms / 1000) if ms >= 1000 else "%.1f ms" % ms
+    return "%.2f s" % (ms / 1000) if ms >= 1000 else "%.2f ms" % ms
 def o(key):
     return ours[key + "_commit_ms"]
 def applied(key):
-    return "%s commit (%s with diff + lowering; plan + render %s)" % (
-        t(o(key)), t(o(key) + ours[key + "_lower_ms"]), t(ours[key + "_render_ms"]))
+    s = lambda part: t(ours[key + "_sync_" + part + "_ms"])
+    return "%s end to end (`Nftables::sync`; plan %s, render + table update %s, lowering %s, commit %s)" % (
+        t(ours[key + "_sync_ms"]), s("plan"), s("update"), s("lower"), s("commit"))
 def nft_f(case):
     w, s = kp(case), kp(case, "sys")
     return "%s wall (%s kernel)" % (t(w * 1000), t(s * 1000)) if w is not None else "–"

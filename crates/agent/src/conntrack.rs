@@ -79,13 +79,27 @@ impl Pending {
     pub fn add(&mut self, previous: Option<&ServicePlan>, current: &ServicePlan) {
         let changed = match previous {
             Some(previous) if previous.family == current.family => {
-                changed_frontends(previous, current)
+                changed_frontends(&previous.ports, &current.ports)
             }
             _ => {
                 *self = Pending::All;
                 return;
             }
         };
+        self.extend(changed);
+    }
+
+    /// Adds what a sync leaves to reconcile that replaced the ports `replaced` of some
+    /// Services with their ports `current` (every other port unchanged).
+    pub fn add_replaced(
+        &mut self,
+        replaced: &BTreeMap<ServicePortName, ServicePortPlan>,
+        current: &BTreeMap<ServicePortName, ServicePortPlan>,
+    ) {
+        self.extend(changed_frontends(replaced, current));
+    }
+
+    fn extend(&mut self, changed: BTreeSet<Frontend>) {
         match self {
             Pending::All => {}
             _ if changed.is_empty() => {}
@@ -103,14 +117,16 @@ impl Pending {
     }
 }
 
-/// The frontends of the UDP/SCTP ports that differ between two plans of one family (added,
-/// removed, or with other endpoints), both the old and the new ones.
-pub fn changed_frontends(previous: &ServicePlan, current: &ServicePlan) -> BTreeSet<Frontend> {
+/// The frontends of the UDP/SCTP ports that differ between two plans' ports of one family
+/// (added, removed, or with other endpoints), both the old and the new ones.
+pub fn changed_frontends(
+    previous: &BTreeMap<ServicePortName, ServicePortPlan>,
+    current: &BTreeMap<ServicePortName, ServicePortPlan>,
+) -> BTreeSet<Frontend> {
     let mut out = BTreeSet::new();
-    let names: BTreeSet<&ServicePortName> =
-        previous.ports.keys().chain(current.ports.keys()).collect();
+    let names: BTreeSet<&ServicePortName> = previous.keys().chain(current.keys()).collect();
     for name in names.into_iter().filter(|n| is_connectionless(n.protocol)) {
-        let (old, new) = (previous.ports.get(name), current.ports.get(name));
+        let (old, new) = (previous.get(name), current.get(name));
         if old != new {
             out.extend(old.into_iter().chain(new).flat_map(frontends));
         }
@@ -300,7 +316,7 @@ tcp      6 431999 ESTABLISHED src=10.244.1.9 dst=10.96.0.10 sport=40006 dport=53
     fn a_reconcile_looks_at_the_frontends_of_changed_connectionless_ports_only() {
         let a = dns(&[("10.244.1.5", true)]);
         let b = dns(&[("10.244.1.5", true), ("10.244.1.6", true)]);
-        assert!(changed_frontends(&a, &a).is_empty());
+        assert!(changed_frontends(&a.ports, &a.ports).is_empty());
         let frontend = |ip: Option<&str>, port| Frontend {
             protocol: Protocol::Udp,
             ip: ip.map(|ip| ip.parse().expect("ip")),
@@ -308,7 +324,7 @@ tcp      6 431999 ESTABLISHED src=10.244.1.9 dst=10.96.0.10 sport=40006 dport=53
         };
         // The UDP port's ClusterIP and nodePort; the TCP port (same endpoints) is not looked at.
         let changed = BTreeSet::from([frontend(Some("10.96.0.10"), 53), frontend(None, 30053)]);
-        assert_eq!(changed_frontends(&a, &b), changed);
+        assert_eq!(changed_frontends(&a.ports, &b.ports), changed);
 
         let mut pending = Pending::default();
         pending.add(Some(&a), &a);

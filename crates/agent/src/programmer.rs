@@ -2,12 +2,12 @@
 //! rule set; [`IncrementalProgrammer`], the same rules planned again only where the cluster
 //! changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
-use netd_model::{ClusterState, Kind, NodeName};
+use netd_model::{ClusterState, Kind, NodeName, ServicePortName, ServiceRef};
 use netd_policy::PolicyPlan;
-use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
+use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, ServicePortPlan};
 use netd_render::{
     ChainName, HookRule, RenderOptions, Ruleset, Table, render_policy, render_services,
 };
@@ -76,20 +76,48 @@ impl NodeProgrammer {
 }
 
 /// A [`NodeProgrammer`] that keeps what it planned last and, for the next state, plans again
-/// only what changed: the Services whose Service or EndpointSlices differ
-/// ([`netd_proxy::replan`]), and the NetworkPolicy plan only when Namespaces, Nodes, Pods or
-/// NetworkPolicies changed. Everything is planned afresh for another Node, other proxy
-/// options or other cluster settings. Its rules are the [`NodeProgrammer`]'s for the same
+/// only what changed ([`Replanner`]). Its rules are the [`NodeProgrammer`]'s for the same
 /// state; the saving is in time, between states one was changed from, as a store's
 /// successive snapshots are ([`ClusterState::changed_objects`] finds their differences
 /// without reading the rest).
 #[derive(Debug)]
 pub struct IncrementalProgrammer {
     programmer: NodeProgrammer,
-    last: Mutex<Option<Planned>>,
+    last: Mutex<Replanner>,
 }
 
-/// What an [`IncrementalProgrammer`] planned last, and from what.
+impl IncrementalProgrammer {
+    /// Programs as `programmer` does, remembering its last plans.
+    pub fn new(programmer: NodeProgrammer) -> Self {
+        Self {
+            programmer,
+            last: Mutex::new(Replanner::default()),
+        }
+    }
+
+    /// The rules of `node`, equal to [`NodeProgrammer::rules`].
+    pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
+        // Plans are only ever replaced whole, so a panic elsewhere cannot leave half of one.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let program = &self.programmer.program;
+        last.plan(program, state, node, program.proxy_options(state, node))?;
+        Ok(self
+            .programmer
+            .render_plans(last.plans().to_vec(), last.policy()))
+    }
+}
+
+/// What was planned last and from what, so that the next state is planned again only where
+/// it changed: the Services whose Service or EndpointSlices differ ([`netd_proxy::replan`]),
+/// and the NetworkPolicy plan only when Namespaces, Nodes, Pods or NetworkPolicies changed.
+/// Everything is planned afresh for another Node, other proxy options or other cluster
+/// settings. Used by [`IncrementalProgrammer`] and the nftables back end.
+#[derive(Debug, Default)]
+pub struct Replanner {
+    last: Option<Planned>,
+}
+
+/// What a [`Replanner`] planned last, and from what.
 #[derive(Debug)]
 struct Planned {
     node: NodeName,
@@ -99,60 +127,116 @@ struct Planned {
     plans: Vec<ServicePlan>,
 }
 
-impl IncrementalProgrammer {
-    /// Programs as `programmer` does, remembering its last plans.
-    pub fn new(programmer: NodeProgrammer) -> Self {
-        Self {
-            programmer,
-            last: Mutex::new(None),
-        }
-    }
+/// What one [`Replanner::plan`] changed.
+#[derive(Debug)]
+pub struct Replan {
+    /// Per family, in the order of [`Replanner::plans`]: what the new plan replaced (every
+    /// port, when the family was planned from scratch for another Node, other options or
+    /// settings), or `None` when nothing was planned for the family before.
+    pub families: Vec<Option<Replaced>>,
+    /// Whether the policy plan was made again (it may still equal the last one).
+    pub policy_replanned: bool,
+}
 
-    /// The rules of `node`, equal to [`NodeProgrammer::rules`].
-    pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
-        // Plans are only ever replaced whole, so a panic elsewhere cannot leave half of one.
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let program = &self.programmer.program;
-        let options = program.proxy_options(state, node);
-        let previous = last.take().filter(|l| {
-            l.node == *node && l.options == options && l.state.config() == state.config()
-        });
-        let (policy, plans): (_, Vec<ServicePlan>) = match previous {
-            Some(l) => {
+/// What a family's new plan replaced: [`netd_proxy::Replanned`] without the plan.
+#[derive(Debug)]
+pub struct Replaced {
+    /// The Services planned again; `None` when all were.
+    pub changed: Option<BTreeSet<ServiceRef>>,
+    /// Their ports in the previous plan.
+    pub ports: BTreeMap<ServicePortName, ServicePortPlan>,
+}
+
+impl Replanner {
+    /// Plans `node` in `state` with `options`, again only where `state` differs from the last
+    /// state planned. On an error nothing is remembered, so the next call plans afresh.
+    pub fn plan(
+        &mut self,
+        program: &ProgramConfig,
+        state: &ClusterState,
+        node: &NodeName,
+        options: ProxyOptions,
+    ) -> Result<Replan, AgentError> {
+        let last = self.last.take();
+        let (policy, plans, replan) = match last {
+            Some(l)
+                if l.node == *node
+                    && l.options == options
+                    && l.state.config() == state.config() =>
+            {
                 let policy_inputs = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
-                let policy = if policy_inputs
+                let (policy, policy_replanned) = if policy_inputs
                     .iter()
                     .all(|k| state.shares_kind(&l.state, *k))
                 {
-                    l.policy
+                    (l.policy, false)
                 } else {
-                    program.policy_plan(state, node)?
+                    (program.policy_plan(state, node)?, true)
                 };
+                let mut families = Vec::new();
                 let plans = l
                     .plans
                     .into_iter()
-                    .map(|p| netd_proxy::replan(p, &l.state, state, &options))
+                    .map(|p| {
+                        let r = netd_proxy::replan(p, &l.state, state, &options);
+                        families.push(Some(Replaced {
+                            changed: r.changed,
+                            ports: r.replaced,
+                        }));
+                        r.plan
+                    })
                     .collect();
-                (policy, plans)
+                let replan = Replan {
+                    families,
+                    policy_replanned,
+                };
+                (policy, plans, replan)
             }
-            None => {
+            last => {
                 let policy = program.policy_plan(state, node)?;
-                let plans = families(state)
+                let plans: Vec<ServicePlan> = families(state)
                     .into_iter()
                     .map(|family| netd_proxy::plan(state, node, family, &options))
                     .collect();
-                (policy, plans)
+                let mut before: BTreeMap<IpFamily, _> = last
+                    .into_iter()
+                    .flat_map(|l| l.plans)
+                    .map(|p| (p.family, p.ports))
+                    .collect();
+                let replan = Replan {
+                    families: plans
+                        .iter()
+                        .map(|p| {
+                            let ports = before.remove(&p.family)?;
+                            Some(Replaced {
+                                changed: None,
+                                ports,
+                            })
+                        })
+                        .collect(),
+                    policy_replanned: true,
+                };
+                (policy, plans, replan)
             }
         };
-        let rules = self.programmer.render_plans(plans.clone(), policy.as_ref());
-        *last = Some(Planned {
+        self.last = Some(Planned {
             node: node.clone(),
             state: state.clone(),
             options,
             policy,
             plans,
         });
-        Ok(rules)
+        Ok(replan)
+    }
+
+    /// The service plans of the last [`plan`](Self::plan), one per family, IPv4 first.
+    pub fn plans(&self) -> &[ServicePlan] {
+        self.last.as_ref().map_or(&[], |l| &l.plans)
+    }
+
+    /// The policy plan of the last [`plan`](Self::plan) (`None`: NetworkPolicy is off).
+    pub fn policy(&self) -> Option<&PolicyPlan> {
+        self.last.as_ref().and_then(|l| l.policy.as_ref())
     }
 }
 
@@ -229,33 +313,41 @@ metadata: {name: p, namespace: x}
 spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
 "#;
 
-    mod incremental {
+    pub(crate) mod incremental {
         use netd_model::Object;
         use proptest::prelude::*;
 
         use super::*;
 
-        /// One object of a small pool: Services and their slices (moved between Services,
-        /// endpoints here or elsewhere), Pods (labels, node, IP), a NetworkPolicy selecting
-        /// by label, a Namespace's labels, and the Node itself.
-        fn object() -> impl Strategy<Value = Object> {
+        /// One object of a small pool: Services (ClusterIP, NodePort, with external IPs,
+        /// with ClientIP affinity, with a UDP port) and their slices (moved between Services,
+        /// endpoints here or elsewhere, ready or terminating), Pods (labels, node, IP), a
+        /// NetworkPolicy selecting by label, a Namespace's labels, and the Node itself.
+        pub(crate) fn object() -> impl Strategy<Value = Object> {
             let name = || prop_oneof![Just("a"), Just("b"), Just("c")];
             prop_oneof![
-                (name(), 1u16..4, any::<bool>()).prop_map(|(name, port, node_port)| {
-                    let spec = if node_port {
-                        format!("{{type: NodePort, clusterIP: 10.96.1.{port}, ports: [{{name: p, port: 80, nodePort: 3000{port}}}]}}")
-                    } else {
-                        format!("{{clusterIP: 10.96.0.{port}, ports: [{{name: p, port: {port}}}]}}")
+                (name(), 1u16..4, 0u8..5).prop_map(|(name, port, kind)| {
+                    let spec = match kind {
+                        0 => format!("{{type: NodePort, clusterIP: 10.96.1.{port}, ports: [{{name: p, port: 80, nodePort: 3000{port}}}]}}"),
+                        1 => format!("{{clusterIP: 10.96.2.{port}, externalIPs: [192.168.9.{port}], ports: [{{name: p, port: 80}}]}}"),
+                        2 => format!("{{clusterIP: 10.96.3.{port}, sessionAffinity: ClientIP, ports: [{{name: p, port: 80}}]}}"),
+                        3 => format!("{{clusterIP: 10.96.4.{port}, ports: [{{name: p, port: 53}}, {{name: u, port: 53, protocol: UDP}}]}}"),
+                        _ => format!("{{clusterIP: 10.96.0.{port}, ports: [{{name: p, port: {port}}}]}}"),
                     };
                     one(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {spec}\n"))
                 }),
-                (name(), name(), any::<bool>(), 1u8..4).prop_map(|(slice, svc, here, ip)| {
+                (name(), name(), any::<bool>(), 1u8..4, any::<bool>()).prop_map(|(slice, svc, here, ip, terminating)| {
                     let node = if here { "node-1" } else { "node-2" };
+                    let conditions = if terminating {
+                        "{ready: false, serving: true, terminating: true}"
+                    } else {
+                        "{ready: true}"
+                    };
                     one(&format!(
                         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
                          metadata: {{name: s-{slice}, namespace: x, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
-                         ports: [{{name: p, port: 8080, protocol: TCP}}]\n\
-                         endpoints: [{{addresses: [10.244.1.{ip}], nodeName: {node}}}]\n"
+                         ports: [{{name: p, port: 8080, protocol: TCP}}, {{name: u, port: 5353, protocol: UDP}}]\n\
+                         endpoints: [{{addresses: [10.244.1.{ip}], nodeName: {node}, conditions: {conditions}}}]\n"
                     ))
                 }),
                 (name(), name(), any::<bool>(), 1u8..4).prop_map(|(name, app, here, ip)| {
@@ -281,7 +373,7 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
             ]
         }
 
-        fn one(yaml: &str) -> Object {
+        pub(crate) fn one(yaml: &str) -> Object {
             netd_testkit::objects(yaml).remove(0)
         }
 

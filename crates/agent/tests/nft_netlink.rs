@@ -292,3 +292,79 @@ fn the_back_end_syncs_over_netlink_and_a_failed_sync_makes_the_next_full() {
     assert_eq!(kinds(&report), [SyncKind::Full]);
     synced_as_rendered(&backend, ns.name(), reference.name(), &one);
 }
+
+#[test]
+fn partial_syncs_of_services_and_policy_leave_the_table_a_full_render_gives() {
+    let ns = ScratchNetns::new("nfta", "steps");
+    let reference = ScratchNetns::new("nfta", "steps-ref");
+    let node = NodeName::new("node-1");
+    let mut backend = Nftables::new();
+    let mut state = web(&endpoint("10.244.1.5"));
+    backend.sync(ns.name(), &state, &node).expect("first sync");
+    // Each step changes the state as a store does and is synced as an update: plain
+    // Services sharing an endpoint (its hairpin pair) and a ClusterIP's port, a Service with
+    // chains (NodePort, affinity), one removed, endpoints moved, NetworkPolicy and its Pods.
+    let api = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n";
+    let steps = [
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: x}}\n\
+             spec: {{clusterIP: 10.96.0.12, ports: [{{port: 80}}, {{name: dns, port: 53, protocol: UDP}}]}}\n\
+             {api}metadata: {{name: api-1, namespace: x, labels: {{kubernetes.io/service-name: api}}}}\n\
+             ports: [{{port: 80, protocol: TCP}}, {{name: dns, port: 53, protocol: UDP}}]\n\
+             endpoints: [{}, {}]\n",
+            endpoint("10.244.1.5"),
+            endpoint("10.244.1.7")
+        ),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: x}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.13, sessionAffinity: ClientIP, \
+         ports: [{port: 80, nodePort: 30080}]}\n"
+            .to_owned(),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+             metadata: {{name: sticky-1, namespace: x, labels: {{kubernetes.io/service-name: sticky}}}}\n\
+             ports: [{{port: 80, protocol: TCP}}]\nendpoints: [{}]\n",
+            endpoint("10.244.1.7")
+        ),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+             metadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\n\
+             ports: [{{port: 80, protocol: TCP}}]\nendpoints: [{}, {}]\n",
+            endpoint("10.244.1.6"),
+            endpoint("10.244.1.7")
+        ),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.5}\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+         spec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {}}]}]}\n"
+            .to_owned(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.1.6}\n"
+            .to_owned(),
+    ];
+    let check = |backend: &Nftables, state: &netd_model::ClusterState, step: &str| {
+        let tables = backend.tables(state, &node).expect("tables");
+        assert_eq!(
+            backend.applied(IpFamily::V4),
+            Some(&tables[0].table),
+            "{step}"
+        );
+        synced_as_rendered(backend, ns.name(), reference.name(), state);
+    };
+    for (i, step) in steps.iter().enumerate() {
+        for object in netd_testkit::objects(step) {
+            state.insert(object).expect("valid object");
+        }
+        let report = backend.sync(ns.name(), &state, &node).expect("update");
+        assert_eq!(report.families[0].kind, SyncKind::Partial, "step {i}");
+        check(&backend, &state, &format!("step {i}"));
+    }
+    // Taken out again one by one, the first ones first.
+    for (i, step) in steps.iter().enumerate() {
+        for object in netd_testkit::objects(step) {
+            state.remove(&object.id());
+        }
+        let report = backend.sync(ns.name(), &state, &node).expect("update");
+        assert_eq!(report.families[0].kind, SyncKind::Partial, "removal {i}");
+        check(&backend, &state, &format!("removal {i}"));
+    }
+}

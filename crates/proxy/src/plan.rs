@@ -185,6 +185,18 @@ impl ServicePlan {
             .filter(move |p| &p.name.service == service)
     }
 
+    /// The ports of `services`, in order, found without going through the others.
+    pub fn ports_of_services<'a>(
+        &'a self,
+        services: &'a BTreeSet<ServiceRef>,
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a ServicePortPlan)> + Clone + 'a {
+        services.iter().flat_map(|service| {
+            self.ports
+                .range(first_port(service)..)
+                .take_while(move |(name, _)| name.service == *service)
+        })
+    }
+
     /// The Services whose port plans differ from `previous` (added, removed or changed in
     /// any way, endpoints included): what a partial sync must rewrite. Comparing snapshots
     /// keeps the sync level-triggered — no event bookkeeping to get wrong.
@@ -249,10 +261,24 @@ pub fn plan(
     }
 }
 
+/// A plan brought forward by [`replan()`], and what of the previous plan it replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replanned {
+    /// The new plan, equal to [`plan()`] of the new state.
+    pub plan: ServicePlan,
+    /// The Services planned again; `None` when every Service was (the Node or the cluster's
+    /// settings changed).
+    pub changed: Option<BTreeSet<ServiceRef>>,
+    /// The previous plan's ports of the Services planned again (every port when `changed`
+    /// is `None`), as they were.
+    pub replaced: BTreeMap<ServicePortName, ServicePortPlan>,
+}
+
 /// `previous`, planned by [`plan()`] from `previous_state` for the same Node, family and
 /// `opts`, brought to `state`: only the Services whose inputs differ between the two states
 /// (the Service itself, or an EndpointSlice naming it before or after) are planned again;
-/// every other port plan is kept. The result equals `plan(state, ..)`.
+/// every other port plan is kept. The new plan equals `plan(state, ..)`; the result also says
+/// which Services were planned again and what their ports were.
 ///
 /// Between states one was changed from ([`ClusterState::changed_objects`]), the work is
 /// proportional to the changes. When the Node itself changed, or the cluster's settings,
@@ -262,18 +288,33 @@ pub fn replan(
     previous_state: &ClusterState,
     state: &ClusterState,
     opts: &ProxyOptions,
-) -> ServicePlan {
+) -> Replanned {
     let node = previous.node.clone();
     let family = previous.family;
     if previous_state.config() != state.config()
         || previous_state.node(node.as_str()) != state.node(node.as_str())
     {
-        return plan(state, &node, family, opts);
+        return Replanned {
+            plan: plan(state, &node, family, opts),
+            changed: None,
+            replaced: previous.ports,
+        };
     }
     let changed = changed_services(previous_state, state);
-    previous
-        .ports
-        .retain(|name, _| !changed.contains(&name.service));
+    let mut replaced = BTreeMap::new();
+    for service in &changed {
+        let names: Vec<ServicePortName> = previous
+            .ports
+            .range(first_port(service)..)
+            .take_while(|(name, _)| name.service == *service)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            if let Some(port) = previous.ports.remove(&name) {
+                replaced.insert(name, port);
+            }
+        }
+    }
     let node_ips: Vec<IpAddr> = opts
         .node_ips
         .iter()
@@ -293,7 +334,20 @@ pub fn replan(
             );
         }
     }
-    previous
+    Replanned {
+        plan: previous,
+        changed: Some(changed),
+        replaced,
+    }
+}
+
+/// The smallest port name of `service`: every port of it sorts at or after this one.
+fn first_port(service: &ServiceRef) -> ServicePortName {
+    ServicePortName {
+        service: service.clone(),
+        port: String::new(),
+        protocol: Protocol::Tcp,
+    }
 }
 
 /// The Services whose plan inputs differ between two states: changed Services, and the
@@ -577,8 +631,25 @@ mod tests {
                         current = plan(&state, &node, IpFamily::V4, &opts);
                         continue;
                     }
-                    current = replan(current, &before, &state, &opts);
+                    let kept = current.clone();
+                    let replanned = replan(current, &before, &state, &opts);
+                    current = replanned.plan.clone();
                     prop_assert_eq!(&current, &plan(&state, &node, IpFamily::V4, &opts));
+                    // What was replaced and what is new are the changed Services' ports
+                    // (every port when all were planned again).
+                    let changed = |n: &ServicePortName| {
+                        replanned.changed.as_ref().is_none_or(|c| c.contains(&n.service))
+                    };
+                    let was: BTreeMap<_, _> =
+                        kept.ports.into_iter().filter(|(n, _)| changed(n)).collect();
+                    prop_assert_eq!(&replanned.replaced, &was);
+                    let now: Vec<_> = match &replanned.changed {
+                        Some(c) => current.ports_of_services(c).map(|(n, _)| n.clone()).collect(),
+                        None => current.ports.keys().cloned().collect(),
+                    };
+                    let expected: Vec<_> =
+                        current.ports.keys().filter(|n| changed(n)).cloned().collect();
+                    prop_assert_eq!(now, expected);
                 }
             }
         }

@@ -334,6 +334,20 @@ pub struct Set {
 }
 
 impl Set {
+    /// The set's definition alone: the same set with no elements, made without copying them
+    /// (a shared map of a large node holds tens of thousands).
+    pub fn without_elements(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            data: self.data,
+            flags: self.flags.clone(),
+            timeout_secs: self.timeout_secs,
+            comment: self.comment.clone(),
+            elements: BTreeMap::new(),
+        }
+    }
+
     /// An empty set with key `key`.
     pub fn new(name: impl Into<String>, key: Vec<KeyType>) -> Self {
         Self {

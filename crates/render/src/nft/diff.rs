@@ -165,7 +165,7 @@ pub fn diff_commands(previous: &Table, next: &Table) -> Vec<Command> {
     // 1. New sets and chains.
     for set in next.sets.values() {
         if !previous.sets.contains_key(&set.name) {
-            commands.push(Command::AddSet(without_elements(set)));
+            commands.push(Command::AddSet(set.without_elements()));
         }
     }
     for chain in next.chains.values() {
@@ -229,7 +229,7 @@ pub fn diff_commands(previous: &Table, next: &Table) -> Vec<Command> {
             name: set.name.clone(),
             map: previous.sets.get(*name).is_some_and(Set::is_map),
         });
-        commands.push(Command::AddSet(without_elements(set)));
+        commands.push(Command::AddSet(set.without_elements()));
     }
 
     // 4. New and changed elements, then rules.
@@ -280,13 +280,6 @@ pub fn diff_commands(previous: &Table, next: &Table) -> Vec<Command> {
         }
     }
     commands
-}
-
-fn without_elements(set: &Set) -> Set {
-    Set {
-        elements: Default::default(),
-        ..set.clone()
-    }
 }
 
 #[cfg(test)]

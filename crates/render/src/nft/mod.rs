@@ -9,6 +9,7 @@
 
 pub mod ast;
 pub mod diff;
+pub mod incremental;
 pub mod policy;
 pub mod services;
 pub mod trace;
@@ -19,6 +20,7 @@ pub use ast::{
     SHARES, Set, SetFlag, StandardPriority, Statement, TABLE_NAME, Table, Value, Verdict, low_bits,
 };
 pub use diff::{Command, diff, diff_commands};
+pub use incremental::{Delta, NodeTable};
 pub use policy::{merge_into, render_policy_nft};
-pub use services::render_services_nft;
+pub use services::{render_port_nft, render_services_nft, render_top_level_nft};
 pub use trace::{NftTraceError, trace_nft};

@@ -85,22 +85,50 @@ const SHARD_BITS: u8 = 6;
 /// are not supported, as in kube-proxy's nftables mode: nodePorts never answer on loopback
 /// addresses. Per-endpoint comments are left out above `large_cluster_endpoints`.
 pub fn render_services_nft(plan: &ServicePlan, options: &RenderOptions) -> Table {
-    let total_endpoints: usize = plan
-        .ports
-        .values()
-        .map(|p| p.endpoints.all_reachable.len())
-        .sum();
-    let mut r = Renderer {
-        table: Table::new(plan.family),
-        plan,
-        mark: plan.masquerade_mark,
-        endpoint_comments: total_endpoints <= options.large_cluster_endpoints,
-    };
+    let total = endpoint_count(plan.ports.values());
+    let mut r = Renderer::new(plan, endpoint_comments(total, options));
     r.top_level();
     for port in plan.ports.values() {
         r.service_port(port);
     }
     r.table
+}
+
+/// What [`render_services_nft`] renders whatever the ports are: the base chains, the sets
+/// and maps the ports share (empty), the shard chains, and the chains they jump to. It
+/// depends on the plan's settings and on its first port's masquerade mode only.
+pub fn render_top_level_nft(plan: &ServicePlan) -> Table {
+    let mut r = Renderer::new(plan, false);
+    r.top_level();
+    r.table
+}
+
+/// What [`render_services_nft`] adds to [`render_top_level_nft`] for one port of `plan` (or
+/// of a plan with the same settings): its chains and its own sets, and its elements of the
+/// shared sets and maps, which appear here under their names with no definition.
+/// `endpoint_comments` is whether the whole plan's endpoints are few enough for comments
+/// ([`endpoint_comments`]).
+pub fn render_port_nft(
+    plan: &ServicePlan,
+    port: &ServicePortPlan,
+    endpoint_comments: bool,
+) -> Table {
+    let mut r = Renderer::new(plan, endpoint_comments);
+    r.service_port(port);
+    r.table
+}
+
+/// The number of endpoints [`endpoint_comments`] counts in `ports`.
+pub fn endpoint_count<'a>(ports: impl IntoIterator<Item = &'a ServicePortPlan>) -> usize {
+    ports
+        .into_iter()
+        .map(|p| p.endpoints.all_reachable.len())
+        .sum()
+}
+
+/// Whether endpoints carry comments: only up to `large_cluster_endpoints` of them in all.
+pub fn endpoint_comments(endpoints: usize, options: &RenderOptions) -> bool {
+    endpoints <= options.large_cluster_endpoints
 }
 
 /// The names of one Service port's chains: `service-`, `local-`, `external-` and `firewall-`
@@ -262,7 +290,16 @@ fn loopback(family: IpFamily) -> Value {
     }
 }
 
-impl Renderer<'_> {
+impl<'a> Renderer<'a> {
+    fn new(plan: &'a ServicePlan, endpoint_comments: bool) -> Self {
+        Self {
+            table: Table::new(plan.family),
+            plan,
+            mark: plan.masquerade_mark,
+            endpoint_comments,
+        }
+    }
+
     fn family(&self) -> IpFamily {
         self.plan.family
     }
