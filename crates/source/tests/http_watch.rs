@@ -244,6 +244,19 @@ async fn until(store: &SharedStore, what: &str, done: impl Fn(&SharedStore) -> b
     }
 }
 
+/// The Pod requests the server was sent, in order: `list RV` or `watch RV` (`-` for none).
+fn pod_requests(script: &Script) -> Vec<String> {
+    let requests = script.requests.lock().expect("lock");
+    requests
+        .iter()
+        .filter(|r| r.path == "/api/v1/pods")
+        .map(|r| {
+            let kind = if r.is_watch() { "watch" } else { "list" };
+            format!("{kind} {}", r.resource_version().unwrap_or("-"))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_kube_rs_watch_feeds_the_store_through_a_bookmark_a_410_and_a_relist() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -283,17 +296,15 @@ async fn the_kube_rs_watch_feeds_the_store_through_a_bookmark_a_410_and_a_relist
         .collect();
     assert_eq!(ips, vec!["web/a [10.244.1.2]", "web/e [10.244.1.6]"]);
 
+    // The store has the relist's objects before the watch that follows it is opened.
+    until(&store, "the watch after the relist", |_| {
+        pod_requests(&script).len() >= 5
+    })
+    .await;
     watch.abort();
     server.abort();
     let requests = script.requests.lock().expect("lock").clone();
-    let pods: Vec<String> = requests
-        .iter()
-        .filter(|r| r.path == "/api/v1/pods")
-        .map(|r| {
-            let kind = if r.is_watch() { "watch" } else { "list" };
-            format!("{kind} {}", r.resource_version().unwrap_or("-"))
-        })
-        .collect();
+    let pods = pod_requests(&script);
     assert_eq!(
         pods[..5],
         ["list -", "watch 100", "watch 110", "list -", "watch 200"],
