@@ -14,9 +14,9 @@
 //!   detector, nodePort addresses, zone and IPs).
 //! - [`plan`](mod@plan): [`ServicePlan`], [`ServicePortPlan`] and the decisions they carry.
 //! - [`topology`]: endpoint categorisation, exactly as upstream's `topology.go`.
-//! - Partial syncs: [`ServicePlan::changed_services`] compares two plans; [`replan()`] brings
-//!   a plan to a changed state, planning again only the Services whose inputs changed
-//!   ([`changed_services()`]).
+//! - Partial syncs: [`ServicePlan::changed_services`] compares two plans (their port maps:
+//!   [`differing_services`]); [`replan()`] brings a plan to a changed state, planning again
+//!   only the Services whose inputs changed ([`changed_services()`]).
 //!
 //! The crate is pure: no I/O, no clock; the same snapshot gives the same plan.
 
@@ -30,6 +30,6 @@ pub use options::{
 };
 pub use plan::{
     ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, Replanned, ServicePlan,
-    ServicePortPlan, changed_services, plan, replan,
+    ServicePortPlan, changed_services, differing_services, plan, replan,
 };
 pub use topology::{Categorized, categorize};

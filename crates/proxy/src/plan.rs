@@ -201,18 +201,7 @@ impl ServicePlan {
     /// any way, endpoints included): what a partial sync must rewrite. Comparing snapshots
     /// keeps the sync level-triggered — no event bookkeeping to get wrong.
     pub fn changed_services(&self, previous: &ServicePlan) -> BTreeSet<ServiceRef> {
-        let mut changed = BTreeSet::new();
-        for (name, port) in &self.ports {
-            if previous.ports.get(name) != Some(port) {
-                changed.insert(name.service.clone());
-            }
-        }
-        for name in previous.ports.keys() {
-            if !self.ports.contains_key(name) {
-                changed.insert(name.service.clone());
-            }
-        }
-        changed
+        differing_services(&previous.ports, &self.ports)
     }
 
     /// For each Service with a health-check node port: its node port and this node's ready
@@ -228,6 +217,17 @@ impl ServicePlan {
     }
 }
 
+/// The Services with a port in `before` or `after` that is not the same in the other
+/// (added, removed or changed in any way, endpoints included).
+pub fn differing_services(
+    before: &BTreeMap<ServicePortName, ServicePortPlan>,
+    after: &BTreeMap<ServicePortName, ServicePortPlan>,
+) -> BTreeSet<ServiceRef> {
+    let gone = before.iter().filter(|(n, p)| after.get(*n) != Some(*p));
+    let new = after.iter().filter(|(n, p)| before.get(*n) != Some(*p));
+    gone.chain(new).map(|(n, _)| n.service.clone()).collect()
+}
+
 /// Plans every proxied Service port of `state` for `node` and `family`.
 ///
 /// Skipped, as kube-proxy skips them: headless and ExternalName Services, Services labelled
@@ -240,12 +240,7 @@ pub fn plan(
     opts: &ProxyOptions,
 ) -> ServicePlan {
     let local_detector = opts.local_detector(family);
-    let node_ips: Vec<IpAddr> = opts
-        .node_ips
-        .iter()
-        .copied()
-        .filter(|ip| family.contains(*ip))
-        .collect();
+    let node_ips = family_node_ips(opts, family);
     let mut ports = BTreeMap::new();
     for svc in state.services() {
         plan_service(state, svc, node, family, opts, &node_ips, &mut ports);
@@ -315,12 +310,7 @@ pub fn replan(
             }
         }
     }
-    let node_ips: Vec<IpAddr> = opts
-        .node_ips
-        .iter()
-        .copied()
-        .filter(|ip| family.contains(*ip))
-        .collect();
+    let node_ips = family_node_ips(opts, family);
     for key in &changed {
         if let Some(svc) = state.service(key) {
             plan_service(
@@ -339,6 +329,15 @@ pub fn replan(
         changed: Some(changed),
         replaced,
     }
+}
+
+/// The Node's IPs of `family`.
+fn family_node_ips(opts: &ProxyOptions, family: IpFamily) -> Vec<IpAddr> {
+    opts.node_ips
+        .iter()
+        .copied()
+        .filter(|ip| family.contains(*ip))
+        .collect()
 }
 
 /// The smallest port name of `service`: every port of it sorts at or after this one.

@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netd_kernel::nftnl::Transaction;
 use netd_kernel::{KernelError, rules as kernel};
-use netd_model::{ClusterState, NodeName, ServicePortName, ServiceRef};
-use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, ServicePortPlan};
+use netd_model::{ClusterState, NodeName, ServiceRef};
+use netd_proxy::{IpFamily, ProxyOptions, ServicePlan};
 use netd_render::RenderOptions;
 use netd_render::nft::{
     Delta, NodeTable, TABLE_NAME, Table, merge_into, render_policy_nft, render_services_nft,
@@ -171,9 +171,11 @@ impl Nftables {
         let mut out = Vec::new();
         for (plan, replaced) in self.planner.plans().iter().zip(replan.families) {
             let family = plan.family;
-            // The Services whose ports differ from the last plan; `None`: planned afresh.
+            // The Services whose ports differ from the last plan (`None`: planned afresh),
+            // and, when only some Services were planned again, the ports they replaced with
+            // the ports those Services have now: what the kept table is updated by.
             let pending = self.conntrack_pending.entry(family).or_default();
-            let rewritten = match &replaced {
+            let (rewritten, partial) = match &replaced {
                 Some(Replaced {
                     changed: Some(changed),
                     ports,
@@ -183,19 +185,23 @@ impl Nftables {
                         .map(|(n, p)| (n.clone(), p.clone()))
                         .collect();
                     pending.add_replaced(ports, &current);
-                    Some(differing(ports, &current))
+                    let rewritten = netd_proxy::differing_services(ports, &current);
+                    (Some(rewritten), Some((ports, current)))
                 }
                 Some(Replaced {
                     changed: None,
                     ports,
                 }) => {
                     pending.add_replaced(ports, &plan.ports);
-                    Some(differing(ports, &plan.ports))
+                    (
+                        Some(netd_proxy::differing_services(ports, &plan.ports)),
+                        None,
+                    )
                 }
                 None => {
                     // Nothing is known of what was planned before.
                     pending.add(None, plan);
-                    None
+                    (None, None)
                 }
             };
             let every_service = || plan.ports.keys().map(|n| n.service.clone()).collect();
@@ -209,19 +215,12 @@ impl Nftables {
                 });
                 continue;
             };
-            let delta = match &replaced {
-                Some(Replaced {
-                    changed: Some(changed),
-                    ports,
-                }) => {
-                    let policy = replan
-                        .policy_replanned
-                        .then(|| policy_table(family).unwrap_or_else(|| Table::new(family)));
-                    let current = plan.ports_of_services(changed);
-                    table.update(plan, ports, current, policy, &self.render)
-                }
-                _ => None,
-            };
+            let delta = partial.and_then(|(ports, current)| {
+                let policy = replan
+                    .policy_replanned
+                    .then(|| policy_table(family).unwrap_or_else(|| Table::new(family)));
+                table.update(plan, ports, current.iter(), policy, &self.render)
+            });
             let (update, table) = match delta {
                 Some(delta) => (Update::Delta(delta), table),
                 None => (
@@ -238,17 +237,6 @@ impl Nftables {
         }
         Ok(out)
     }
-}
-
-/// The Services with a port in `before` or `after` that is not the same in the other (added,
-/// removed or changed): what a partial sync rewrites.
-fn differing(
-    before: &BTreeMap<ServicePortName, ServicePortPlan>,
-    after: &BTreeMap<ServicePortName, ServicePortPlan>,
-) -> BTreeSet<ServiceRef> {
-    let gone = before.iter().filter(|(n, p)| after.get(*n) != Some(*p));
-    let new = after.iter().filter(|(n, p)| before.get(*n) != Some(*p));
-    gone.chain(new).map(|(n, _)| n.service.clone()).collect()
 }
 
 impl Backend for Nftables {
