@@ -276,7 +276,7 @@ impl Ipvs {
                 ruleset.extend(&policy.ruleset);
                 rules.ipset.append(policy.ipsets());
                 rules.sets.extend(policy.set_names());
-                ipvs_policy_hooks = netd_render::ipvs::policy_hooks(family, &mut ruleset);
+                ipvs_policy_hooks = netd_render::ipvs::policy_hooks(&ipvs, &mut ruleset);
                 policy_hooks = &ipvs_policy_hooks;
             }
             // As in iptables mode: hooks inserted last end up first, so policy comes first.

@@ -11,8 +11,9 @@
 //! ipBlocks, Services and NetworkPolicies mean exactly what they mean over IPv4. Both run
 //! again on labs whose agents run the nftables back end (`nftables/NAME`,
 //! `nftables/ipv6/NAME`), except the iptables tracer's own test, and the comparisons with the
-//! engine on labs in IPVS mode (`ipvs/NAME`, `ipvs/ipv6/NAME`: IPVS sends a Service's packets
-//! on through `OUTPUT`, not `FORWARD`, so policy must be judged there too).
+//! engine and the own-node nodePort test on labs in IPVS mode (`ipvs/NAME`, `ipvs/ipv6/NAME`:
+//! IPVS sends a Service's packets on through `OUTPUT`, not `FORWARD`, so policy must be judged
+//! there too).
 //! The `sctp_` tests need SCTP sockets and the `ipvs/` ones IPVS: where the running kernel
 //! lacks them they are reported ignored, and `-- --ignored` runs only them (as `.ci/run` does
 //! in `scripts/kernel-vm.sh`).
@@ -52,7 +53,7 @@ enum Needs {
 /// it needs.
 type Run = ((Mode, bool), String, fn(), Needs);
 
-const TESTS: [Test; 4] = [
+const TESTS: [Test; 5] = [
     (
         "generated_clusters_match_the_engine",
         generated_clusters_match_the_engine,
@@ -63,12 +64,18 @@ const TESTS: [Test; 4] = [
     ),
     ("seed_deny_egress_stops_ping", seed_deny_egress_stops_ping),
     ("trace_agrees_with_the_kernel", trace_agrees_with_the_kernel),
+    (
+        "own_node_port_is_judged_by_its_endpoint",
+        own_node_port_is_judged_by_its_endpoint,
+    ),
 ];
 
-/// The tests that also run in IPVS mode: those that hold the kernel to the engine.
-const IPVS_TESTS: [&str; 2] = [
+/// The tests that also run in IPVS mode: those that hold the kernel to the engine, and the
+/// own-node nodePort one.
+const IPVS_TESTS: [&str; 3] = [
     "generated_clusters_match_the_engine",
     "updates_are_reflected_after_each_step",
+    "own_node_port_is_judged_by_its_endpoint",
 ];
 
 /// The tests that need SCTP sockets: ignored (with the reason) where the running kernel has
@@ -583,6 +590,61 @@ fn seed_deny_egress_stops_ping() {
     assert_eq!(tcp("new-ns/deny-egress-test"), Outcome::Timeout);
 }
 
+/// A Pod whose egress is limited reaches a nodePort of its own Node as it reaches the
+/// Service's endpoint: the packet is judged after the Service picked the endpoint, as in
+/// iptables mode (DNAT in `PREROUTING`) — also in IPVS mode, where the virtual server is the
+/// Node's own address and the real server is chosen after `INPUT`. The Node itself stays
+/// subject to the Pod's egress policy.
+fn own_node_port_is_judged_by_its_endpoint() {
+    let lab = up("nodeport", generate::NODE_PORT);
+    let tcp = |node: &str, port: u16| {
+        let spec = ProbeSpec {
+            port: Some(port),
+            protocol: ProbeProtocol::Tcp,
+            count: 1,
+            timeout: PROBE_TIMEOUT,
+            family: None,
+        };
+        let from: Place = "ns-a/client".parse().expect("place");
+        let to = Target::Node(netd_model::NodeName::new(node));
+        lab.probe(&from, &to, &spec).expect("probe")[0].outcome
+    };
+    let egress = |to: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: out, namespace: ns-a}}\nspec: {{podSelector: {{matchLabels: {{app: client}}}}, policyTypes: [Egress], egress: [{{to: [{to}]}}]}}\n"
+        )
+    };
+    // The kube-proxy health port of the Node (10256, IPv4 only: refused over IPv6).
+    let to_node = tcp("node-1", 10256);
+    assert_ne!(to_node, Outcome::Timeout, "the Node's own port, no policy");
+    assert_eq!(tcp("node-1", 30080), Outcome::Connected, "no policy");
+
+    lab.apply(objects(&egress(
+        "{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns-b}}, podSelector: {matchLabels: {app: web}}}",
+    )))
+    .expect("apply");
+    assert_eq!(
+        tcp("node-1", 30080),
+        Outcome::Connected,
+        "egress to the Service's endpoint allowed"
+    );
+    assert_eq!(
+        tcp("node-1", 10256),
+        Outcome::Timeout,
+        "egress to the Node itself not allowed"
+    );
+
+    lab.apply(objects(&egress(
+        "{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns-c}}}",
+    )))
+    .expect("apply");
+    assert_eq!(
+        tcp("node-1", 30080),
+        Outcome::Timeout,
+        "egress to the Service's endpoint not allowed"
+    );
+}
+
 /// `kube-netd trace`'s walk through the rendered rules of the nodes, held against real
 /// packets for flows the seed's policies allow and drop, to pods on the same node and on the
 /// other one, directly and through a Service, and to a port the Service does not expose.
@@ -669,6 +731,54 @@ mod generate {
     use std::fmt::Write as _;
 
     /// The seed's pods (examples/networkpolicy/pods.yaml), placed and addressed.
+    /// Two Nodes; a client Pod and a web Pod on node-1, in two namespaces; the web Pod
+    /// behind a NodePort Service (30080 -> 80).
+    pub const NODE_PORT: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns-a}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns-b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: ns-a, labels: {app: client}}
+spec: {nodeName: node-1, containers: [{name: c, image: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: ns-b, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, image: c, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.244.1.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns-b}
+spec: {type: NodePort, clusterIP: 10.96.1.20, ports: [{port: 8080, targetPort: 80, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: ns-b, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}, targetRef: {kind: Pod, namespace: ns-b, name: web}}]
+ports: [{port: 80, protocol: TCP}]
+"#;
+
     pub const SEED_PODS: &str = r#"
 apiVersion: v1
 kind: Node

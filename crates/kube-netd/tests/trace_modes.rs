@@ -31,8 +31,13 @@ endpoints:
 
 /// `kube-netd ARGS -f CLUSTER`.
 fn on_cluster(args: &[&str]) -> Output {
+    on_manifest(CLUSTER, args)
+}
+
+/// `kube-netd ARGS -f MANIFEST`.
+fn on_manifest(manifest: &str, args: &[&str]) -> Output {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(CLUSTER.as_bytes()).expect("write manifest");
+    file.write_all(manifest.as_bytes()).expect("write manifest");
     let path = file.path().to_str().expect("UTF-8 path").to_owned();
     Command::new(BIN)
         .args(args)
@@ -89,6 +94,61 @@ fn every_mode_traces_the_same_branches_through_its_own_rules() {
     }
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0], seen[2]);
+}
+
+/// A Pod of node-1 whose egress is limited to the endpoints' port 8080 reaches nodePort
+/// 30080 of its own node, judged by the endpoint it is sent to, in every mode (in IPVS mode
+/// the virtual server is the node's own address: the packet is judged once IPVS picked the
+/// real server, not at `INPUT`); the node's other ports stay closed to it.
+#[test]
+fn every_mode_judges_a_pods_own_node_port_by_its_endpoint() {
+    let manifest = format!(
+        "{CLUSTER}---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: app, labels: {{role: client}}}}
+spec: {{nodeName: node-1, containers: [{{name: c, image: i}}]}}
+status: {{podIP: 10.244.1.30}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-egress, namespace: app}}
+spec:
+  podSelector: {{matchLabels: {{role: client}}}}
+  policyTypes: [Egress]
+  egress: [{{to: [{{ipBlock: {{cidr: 10.244.1.0/24}}}}], ports: [{{port: 8080}}]}}]
+"
+    );
+    for mode in ["iptables", "nftables", "ipvs"] {
+        let trace = |to: &str| {
+            let out = on_manifest(
+                &manifest,
+                &[
+                    "trace",
+                    "--node",
+                    "node-1",
+                    "--mode",
+                    mode,
+                    "app/client",
+                    to,
+                ],
+            );
+            let text = String::from_utf8(out.stdout).expect("UTF-8");
+            assert!(out.status.success(), "{mode}: {text}");
+            text
+        };
+        let text = trace("172.18.0.2:30080");
+        assert_eq!(
+            branches(&text),
+            [
+                "50.00% ACCEPT DNAT to 10.244.1.10:8080, masqueraded",
+                "50.00% ACCEPT DNAT to 10.244.1.11:8080, masqueraded",
+            ],
+            "{mode}:\n{text}"
+        );
+        let text = trace("172.18.0.2:10256");
+        assert_eq!(branches(&text), ["100.00% DROP"], "{mode}:\n{text}");
+    }
 }
 
 #[test]

@@ -398,6 +398,8 @@ pub struct IpvsRules {
     pub virtual_servers: BTreeMap<VirtualAddr, VirtualServer>,
     /// The addresses bound to [`DUMMY_INTERFACE`] (as /32 or /128).
     pub bound_addresses: BTreeSet<IpAddr>,
+    /// The node addresses every nodePort has a virtual server on.
+    pub nodeport_addresses: Vec<IpAddr>,
     /// Every set and its members (empty sets included: the rules refer to them).
     pub sets: BTreeMap<IpvsSet, BTreeSet<SetEntry>>,
     /// The iptables rules (nat and filter).
@@ -429,6 +431,7 @@ pub fn render_ipvs(plan: &ServicePlan, opts: &IpvsOptions) -> IpvsRules {
         family: plan.family,
         virtual_servers: r.virtual_servers,
         bound_addresses: r.bound,
+        nodeport_addresses: r.node_ips,
         sets: r.sets,
         ruleset,
         hooks: hooks(),
@@ -670,23 +673,29 @@ pub const POLICY_IPVS_INPUT: &str = "KNP-IPVS-INPUT";
 
 /// NetworkPolicy's hooks in IPVS mode, in place of [`PolicyRules::hooks`](crate::PolicyRules),
 /// with the chain they need added to `ruleset`. IPVS takes a packet to a virtual server in
-/// `INPUT` (its address is the node's own, on [`DUMMY_INTERFACE`]) and sends it on to the
-/// real server it picks through `OUTPUT`, not `FORWARD`. So a Pod's egress would be judged
-/// against the virtual address, and the chosen Pod's ingress not at all. Instead:
-/// - `INPUT` → [`POLICY_IPVS_INPUT`]: what is addressed to the IPVS interface returns (it is
-///   judged after IPVS), the rest goes on to `KNP-INPUT` (Pods reaching the node itself);
+/// `INPUT` (its address is the node's own: on [`DUMMY_INTERFACE`], or a node address for a
+/// nodePort) and sends it on to the real server it picks through `OUTPUT`, not `FORWARD`. So
+/// a Pod's egress would be judged against the virtual address, and the chosen Pod's ingress
+/// not at all. Instead:
+/// - `INPUT` → [`POLICY_IPVS_INPUT`]: what is addressed to a virtual server returns (it is
+///   judged after IPVS): an address on the IPVS interface, or a nodePort on one of the node
+///   addresses nodePorts have virtual servers on (a port without endpoints has a virtual
+///   server too, which refuses the packet: nothing behind it is reached); the rest goes on to
+///   `KNP-INPUT` (Pods reaching the node itself, its health-check node ports included);
 /// - `OUTPUT`, for requests IPVS forwarded (`-m ipvs --ipvs --vdir ORIGINAL`) → `KNP-FORWARD`,
 ///   with the real server's address, as the packet would have been judged in iptables mode;
 /// - `FORWARD` → `KNP-FORWARD`, as in every mode.
-pub fn policy_hooks(family: IpFamily, ruleset: &mut Ruleset) -> Vec<HookRule> {
+pub fn policy_hooks(ipvs: &IpvsRules, ruleset: &mut Ruleset) -> Vec<HookRule> {
+    let family = ipvs.family;
     let input = ChainName::from(POLICY_IPVS_INPUT);
     let forward = ChainName::from(crate::policy::POLICY_FORWARD);
+    let after_ipvs = "to a virtual server: judged in OUTPUT once IPVS picked a real server";
     ruleset.declare(Table::Filter, &input);
     ruleset.append(
         Table::Filter,
         &input,
         Rule::new()
-            .comment("to a virtual server: judged in OUTPUT once IPVS picked a real server")
+            .comment(after_ipvs)
             .with(Match::Set {
                 name: IpvsSet::IpvsIps.name(family),
                 directions: vec![Direction::Dst],
@@ -694,6 +703,35 @@ pub fn policy_hooks(family: IpFamily, ruleset: &mut Ruleset) -> Vec<HookRule> {
             })
             .target(Target::Return),
     );
+    // The nodePort sets hold ports (TCP, UDP) or node address and port (SCTP), as the nat
+    // table's nodePort rules read them.
+    let node_ports = [
+        (Protocol::Tcp, IpvsSet::NodePortTcp, vec![Direction::Dst]),
+        (Protocol::Udp, IpvsSet::NodePortUdp, vec![Direction::Dst]),
+        (
+            Protocol::Sctp,
+            IpvsSet::NodePortSctp,
+            vec![Direction::Dst, Direction::Dst],
+        ),
+    ];
+    for ip in &ipvs.nodeport_addresses {
+        for (protocol, set, directions) in &node_ports {
+            ruleset.append(
+                Table::Filter,
+                &input,
+                Rule::new()
+                    .comment(after_ipvs)
+                    .destination(*ip)
+                    .with(Match::ProtocolOnly(*protocol))
+                    .with(Match::Set {
+                        name: set.name(family),
+                        directions: directions.clone(),
+                        negated: false,
+                    })
+                    .target(Target::Return),
+            );
+        }
+    }
     ruleset.append(
         Table::Filter,
         &input,
