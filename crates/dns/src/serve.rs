@@ -166,8 +166,8 @@ const EPHEMERAL_TRIES: usize = 16;
 const MAX_UDP_WORKERS: usize = 8;
 
 impl DnsServer {
-    /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners. UDP is bound
-    /// once per CPU (up to 8) with `SO_REUSEPORT`, one socket per worker thread.
+    /// Binds the DNS sockets (UDP and TCP on one port) and the HTTP listeners. The UDP
+    /// socket is shared by one worker thread per CPU (up to 8).
     pub async fn bind(config: ServeConfig) -> Result<Self, DnsError> {
         let sockets = Sockets::bind(&config)?;
         Self::with_sockets(config, sockets)
@@ -479,19 +479,21 @@ fn bind_dns(
         }
         bound.ok_or_else(|| fail(last))?
     };
-    let addr = first.local_addr().map_err(fail)?;
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_UDP_WORKERS);
-    let mut udp = vec![first];
+    // One socket shared by every worker: whichever is idle reads the next queries, so a
+    // burst from one client is served by all of them (with a socket per worker, the kernel
+    // would hash each client to one worker, however busy).
+    let mut udp = Vec::with_capacity(workers);
     for _ in 1..workers {
-        udp.push(udp_socket(addr).map_err(fail)?);
+        udp.push(first.try_clone().map_err(fail)?);
     }
+    udp.push(first);
     Ok((udp, tcp))
 }
 
-/// A UDP socket bound with `SO_REUSEPORT`, so that each worker has its own socket on the
-/// port and the kernel spreads clients among them.
+/// A UDP socket on `addr`, bound with `SO_REUSEPORT`.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

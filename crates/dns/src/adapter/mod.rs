@@ -605,8 +605,8 @@ const UDP_RECEIVE: usize = 4096;
 const UDP_STOP_CHECK: Duration = Duration::from_millis(100);
 
 impl Frontend {
-    /// Starts serving `handler` on bound sockets: one UDP worker thread per socket (sockets
-    /// sharing a port with `SO_REUSEPORT`, among which the kernel spreads clients). Called
+    /// Starts serving `handler` on bound sockets: one UDP worker thread per socket (handles
+    /// of one socket, so that whichever worker is idle reads the next queries). Called
     /// within a tokio runtime, which runs TCP and the questions that go upstream.
     pub(crate) fn start(
         handler: Handler,
