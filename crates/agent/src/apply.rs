@@ -7,7 +7,6 @@
 //! to. Re-running a sync any number of times leaves exactly one hook per built-in chain.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use netd_proxy::IpFamily;
 use netd_render::ChainName;
@@ -194,17 +193,39 @@ pub(crate) fn declared_chains(payload: &str) -> BTreeSet<(String, String)> {
 }
 
 /// What `iptables-save` printed, by table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Saved {
     tables: BTreeMap<String, SavedTable>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct SavedTable {
     /// Chain name → whether it is built in (has a policy).
     chains: BTreeMap<String, bool>,
     /// `(chain, rule text after "-A CHAIN ")`, in order.
     rules: Vec<(String, String)>,
+}
+
+impl SavedTable {
+    /// Records `builtin`'s jump to `target` (as [`Saved::ours`] keeps jumps: sorted, once).
+    fn add_jump(&mut self, builtin: &str, target: &str) {
+        let jump = (builtin.to_owned(), format!("-j {target}"));
+        if let Err(at) = self.rules.binary_search(&jump) {
+            self.rules.insert(at, jump);
+        }
+        self.chains.insert(builtin.to_owned(), true);
+    }
+
+    /// Forgets `builtin`'s jump to `target`, and `builtin` with its last jump.
+    fn remove_jump(&mut self, builtin: &str, target: &str) {
+        let jump = (builtin.to_owned(), format!("-j {target}"));
+        if let Ok(at) = self.rules.binary_search(&jump) {
+            self.rules.remove(at);
+        }
+        if !self.rules.iter().any(|(c, _)| c == builtin) {
+            self.chains.remove(builtin);
+        }
+    }
 }
 
 impl Saved {
@@ -244,76 +265,67 @@ impl Saved {
             .collect()
     }
 
-    /// What of kube-netd's the kernel holds once `payload` has been restored on top of this
-    /// dump, as `iptables-save` would print it: our chains, and the rules of built-in chains
-    /// that jump into them. A partial sync parses this instead of reading the kernel back,
-    /// which at 10,000 Services costs seconds (and makes iptables-nft's save crash); the
-    /// kernel is read again on every full sync.
-    pub(crate) fn ours_after(&self, payload: &str) -> String {
-        let mut chains: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut jumps: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    /// What of kube-netd's this dump holds, as [`Saved::apply_ours`] keeps it: our chains,
+    /// and the rules of built-in chains that jump into them (as `-j TARGET`, sorted), with
+    /// those built-in chains. A partial sync works on this instead of reading the kernel
+    /// back, which at 10,000 Services costs seconds (and makes iptables-nft's save crash);
+    /// the kernel is read again on every full sync.
+    pub(crate) fn ours(&self) -> Saved {
+        let mut out = Saved::default();
         for (table, t) in &self.tables {
-            let ours = chains.entry(table.clone()).or_default();
-            ours.extend(
+            let ours = out.tables.entry(table.clone()).or_default();
+            ours.chains.extend(
                 t.chains
                     .iter()
                     .filter(|(c, builtin)| !**builtin && is_owned_chain(c))
-                    .map(|(c, _)| c.clone()),
+                    .map(|(c, _)| (c.clone(), false)),
             );
             for (chain, rule) in &t.rules {
                 if t.chains.get(chain) == Some(&true)
                     && let Some(target) = jump_target(rule).filter(|t| is_owned_chain(t))
                 {
-                    let jump = (chain.clone(), target.to_owned());
-                    jumps.entry(table.clone()).or_default().insert(jump);
+                    ours.add_jump(chain, target);
                 }
             }
         }
-        let mut table = String::new();
+        out
+    }
+
+    /// Brings what [`Saved::ours`] returned to what the kernel holds of ours once `payload`
+    /// has been restored on top: in time proportional to the payload, not to the tables.
+    pub(crate) fn apply_ours(&mut self, payload: &str) {
+        let mut table: Option<&mut SavedTable> = None;
         for line in payload.lines() {
             if let Some(name) = line.strip_prefix('*') {
-                table = name.trim().to_owned();
-            } else if let Some(decl) = line.strip_prefix(':') {
-                if let Some(c) = decl.split_whitespace().next().filter(|c| is_owned_chain(c)) {
-                    chains
-                        .entry(table.clone())
-                        .or_default()
-                        .insert(c.to_owned());
+                table = Some(self.tables.entry(name.trim().to_owned()).or_default());
+                continue;
+            }
+            let Some(t) = table.as_deref_mut() else {
+                continue;
+            };
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(c) = decl.split_whitespace().next().filter(|c| is_owned_chain(c))
+                    && !t.chains.contains_key(c)
+                {
+                    t.chains.insert(c.to_owned(), false);
                 }
             } else if let Some(c) = line.strip_prefix("-X ") {
-                chains.entry(table.clone()).or_default().remove(c.trim());
+                let c = c.trim();
+                if t.chains.get(c) == Some(&false) {
+                    t.chains.remove(c);
+                }
             } else if let Some((op, rest)) = line.split_once(' ')
                 && matches!(op, "-A" | "-I" | "-D")
                 && let Some(chain) = rest.split_whitespace().next().filter(|c| is_builtin(c))
                 && let Some(target) = jump_target(rest).filter(|t| is_owned_chain(t))
             {
-                let jump = (chain.to_owned(), target.to_owned());
-                let set = jumps.entry(table.clone()).or_default();
                 if op == "-D" {
-                    set.remove(&jump);
+                    t.remove_jump(chain, target);
                 } else {
-                    set.insert(jump);
+                    t.add_jump(chain, target);
                 }
             }
         }
-        let mut out = String::new();
-        let tables: BTreeSet<&String> = chains.keys().chain(jumps.keys()).collect();
-        for table in tables {
-            let _ = writeln!(out, "*{table}");
-            let table_jumps = jumps.get(table.as_str()).cloned().unwrap_or_default();
-            let builtins: BTreeSet<&String> = table_jumps.iter().map(|(c, _)| c).collect();
-            for builtin in builtins {
-                let _ = writeln!(out, ":{builtin} ACCEPT [0:0]");
-            }
-            for chain in chains.get(table.as_str()).into_iter().flatten() {
-                let _ = writeln!(out, ":{chain} - [0:0]");
-            }
-            for (builtin, target) in &table_jumps {
-                let _ = writeln!(out, "-A {builtin} -j {target}");
-            }
-            out.push_str("COMMIT\n");
-        }
-        out
     }
 
     /// Whether `chain` of `table` has a rule jumping to `target`.

@@ -84,6 +84,6 @@ pub use error::AgentError;
 pub use ipvs::{Ipvs, IpvsConfig};
 pub use nft::Nftables;
 pub use programmer::{IncrementalProgrammer, NodeProgrammer};
-pub use rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
+pub use rules::{BoxError, FamilyRules, Hook, Lineage, NodeRules, Programmer};
 pub use sync::{Applier, FamilySync, InNamespace, SyncEngine, SyncKind, SyncMetrics, SyncReport};
 pub use trace::{Fate, NodesTrace, TraceRules, trace_nodes, trace_nodes_in};

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
-use netd_model::{ClusterState, Kind, NodeName, ServicePortName, ServiceRef};
+use netd_model::{ClusterState, Kind, NodeName, Protocol, ServicePortName, ServiceRef};
 use netd_policy::PolicyPlan;
 use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, ServicePortPlan};
 use netd_render::{
@@ -14,7 +14,7 @@ use netd_render::{
 
 use crate::backend::ProgramConfig;
 use crate::error::AgentError;
-use crate::rules::{BoxError, FamilyRules, Hook, NodeRules, Programmer};
+use crate::rules::{BoxError, FamilyRules, Hook, Lineage, NodeRules, Programmer};
 
 /// The prefix of the dispatch chains: `KUBE-NETD-` + the built-in chain's name.
 pub const DISPATCH_PREFIX: &str = "KUBE-NETD-";
@@ -75,15 +75,26 @@ impl NodeProgrammer {
     }
 }
 
-/// A [`NodeProgrammer`] that keeps what it planned last and, for the next state, plans again
-/// only what changed ([`Replanner`]). Its rules are the [`NodeProgrammer`]'s for the same
-/// state; the saving is in time, between states one was changed from, as a store's
-/// successive snapshots are ([`ClusterState::changed_objects`] finds their differences
-/// without reading the rest).
+/// A [`NodeProgrammer`] that keeps what it planned and rendered last and, for the next
+/// state, plans again only what changed ([`Replanner`]) and renders again only the Services
+/// planned again ([`ServiceRules::rerender`](netd_render::ServiceRules::rerender); everything when the policy plan was made
+/// again). Its rules are the [`NodeProgrammer`]'s for the same state, with a [`Lineage`]
+/// naming the Services that changed since its last rules, which spares the
+/// [`SyncEngine`](crate::SyncEngine) comparing every plan and chain. The saving is in time,
+/// between states one was changed from, as a store's successive snapshots are
+/// ([`ClusterState::changed_objects`] finds their differences without reading the rest).
 #[derive(Debug)]
 pub struct IncrementalProgrammer {
     programmer: NodeProgrammer,
-    last: Mutex<Replanner>,
+    last: Mutex<Last>,
+}
+
+/// What an [`IncrementalProgrammer`] planned and returned last.
+#[derive(Debug, Default)]
+struct Last {
+    replanner: Replanner,
+    /// The rules returned last; `None` after an error.
+    rules: Option<NodeRules>,
 }
 
 impl IncrementalProgrammer {
@@ -91,20 +102,98 @@ impl IncrementalProgrammer {
     pub fn new(programmer: NodeProgrammer) -> Self {
         Self {
             programmer,
-            last: Mutex::new(Replanner::default()),
+            last: Mutex::new(Last::default()),
         }
     }
 
-    /// The rules of `node`, equal to [`NodeProgrammer::rules`].
+    /// The rules of `node`, equal to [`NodeProgrammer::rules`] but for their
+    /// [`lineage`](NodeRules::lineage).
     pub fn rules(&self, state: &ClusterState, node: &NodeName) -> Result<NodeRules, AgentError> {
-        // Plans are only ever replaced whole, so a panic elsewhere cannot leave half of one.
+        // Plans and rules are only ever replaced whole (the rules are taken out while being
+        // changed), so a panic elsewhere cannot leave half of one.
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let Last { replanner, rules } = &mut *last;
+        let previous = rules.take();
         let program = &self.programmer.program;
-        last.plan(program, state, node, program.proxy_options(state, node))?;
-        Ok(self
-            .programmer
-            .render_plans(last.plans().to_vec(), last.policy()))
+        let replan = replanner.plan(program, state, node, program.proxy_options(state, node))?;
+        let next = match previous.and_then(|p| self.rerender(p, &replan, replanner.plans())) {
+            Some(next) => next,
+            None => {
+                let mut next = self
+                    .programmer
+                    .render_plans(replanner.plans().to_vec(), replanner.policy());
+                next.lineage = Some(Lineage {
+                    id: Lineage::next_id(),
+                    since: None,
+                });
+                next
+            }
+        };
+        *rules = Some(next.clone());
+        Ok(next)
     }
+
+    /// `previous` brought to `plans` by rendering again the Services `replan` planned
+    /// again; `None` when everything must be rendered (the policy plan was made again, a
+    /// family planned from scratch, or [`ServiceRules::rerender`](netd_render::ServiceRules::rerender) declined).
+    fn rerender(
+        &self,
+        previous: NodeRules,
+        replan: &Replan,
+        plans: &[ServicePlan],
+    ) -> Option<NodeRules> {
+        if replan.policy_replanned || previous.families.len() != plans.len() {
+            return None;
+        }
+        let base = previous.lineage.as_ref()?.id;
+        let mut next = previous;
+        let mut changed = BTreeMap::new();
+        for ((rules, plan), replaced) in next.families.iter_mut().zip(plans).zip(&replan.families) {
+            let Some(Replaced {
+                changed: Some(replanned),
+                ..
+            }) = replaced
+            else {
+                return None;
+            };
+            if rules.family() != plan.family
+                || !rules
+                    .rules
+                    .rerender(&rules.plan, plan, replanned, &self.programmer.render)
+            {
+                return None;
+            }
+            // Planned again is not changed: an update may leave a Service's plan as it was.
+            let differ = replanned
+                .iter()
+                .filter(|s| service_ports(&rules.plan, s).ne(service_ports(plan, s)))
+                .cloned()
+                .collect();
+            changed.insert(plan.family, differ);
+            rules.plan = plan.clone();
+        }
+        next.lineage = Some(Lineage {
+            id: Lineage::next_id(),
+            since: Some((base, changed)),
+        });
+        Some(next)
+    }
+}
+
+/// The ports of `service` in `plan` (a Service's ports sort together, from its unnamed TCP
+/// port on).
+fn service_ports<'p>(
+    plan: &'p ServicePlan,
+    service: &ServiceRef,
+) -> impl Iterator<Item = (&'p ServicePortName, &'p ServicePortPlan)> {
+    let first = ServicePortName {
+        service: service.clone(),
+        port: String::new(),
+        protocol: Protocol::Tcp,
+    };
+    plan.ports
+        .range(first..)
+        .take_while(move |(name, _)| name.service == *service)
 }
 
 /// What was planned last and from what, so that the next state is planned again only where
@@ -377,17 +466,40 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
             netd_testkit::objects(yaml).remove(0)
         }
 
+        /// Rendering options with endpoint comments dropped from `endpoints` endpoints on,
+        /// so that a sequence of changes crosses the threshold both ways.
+        pub(crate) fn programmer(endpoints: usize) -> NodeProgrammer {
+            NodeProgrammer {
+                render: RenderOptions {
+                    large_cluster_endpoints: endpoints,
+                    ..RenderOptions::default()
+                },
+                ..NodeProgrammer::default()
+            }
+        }
+
+        /// `rules` without their lineage, as the whole programmer makes them.
+        pub(crate) fn unrelated(rules: NodeRules) -> NodeRules {
+            NodeRules {
+                lineage: None,
+                ..rules
+            }
+        }
+
         proptest! {
-            /// After any sequence of changes the incremental programmer's rules are the
-            /// whole programmer's for the same state.
+            /// After any sequence of changes the incremental programmer's rules (plans and
+            /// rendered chains) are the whole programmer's for the same state, and each
+            /// names as changed exactly the Services a comparison with the previous finds.
             #[test]
             fn equals_programming_from_scratch(
                 changes in proptest::collection::vec((object(), any::<bool>()), 1..16),
+                endpoints in prop_oneof![Just(1000usize), 1usize..4],
             ) {
                 let node = NodeName::new("node-1");
-                let whole = NodeProgrammer::default();
-                let incremental = IncrementalProgrammer::new(NodeProgrammer::default());
+                let whole = programmer(endpoints);
+                let incremental = IncrementalProgrammer::new(programmer(endpoints));
                 let mut state = netd_testkit::state(CLUSTER);
+                let mut previous: Option<NodeRules> = None;
                 for (object, remove) in changes {
                     if remove {
                         state.remove(&object.id());
@@ -396,7 +508,21 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
                     }
                     // Without its Node the policy plan fails in both.
                     let expected = whole.rules(&state, &node).ok();
-                    prop_assert_eq!(incremental.rules(&state, &node).ok(), expected);
+                    let rules = incremental.rules(&state, &node).ok();
+                    let lineage = rules.as_ref().and_then(|r| r.lineage.clone());
+                    prop_assert_eq!(rules.clone().map(unrelated), expected);
+                    let since = lineage.as_ref().and_then(|l| l.since.as_ref());
+                    if let (Some((base, changed)), Some(before), Some(now)) =
+                        (since, &previous, &rules)
+                    {
+                        prop_assert_eq!(Some(*base), before.lineage.as_ref().map(|l| l.id));
+                        for (b, n) in before.families.iter().zip(&now.families) {
+                            let mut compared = n.plan.changed_services(&b.plan);
+                            compared.extend(crate::sync::changed_chains(b, n));
+                            prop_assert_eq!(changed.get(&n.family()), Some(&compared));
+                        }
+                    }
+                    previous = rules;
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! What a Node's rules are, as the applier takes them, and the seam that produces them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use netd_model::{ClusterState, NodeName};
+use netd_model::{ClusterState, NodeName, ServiceRef};
 use netd_proxy::{IpFamily, ServicePlan};
 use netd_render::{ChainName, IpSets, Rule, Ruleset, ServiceRules, SyncScope, Table};
 
@@ -43,6 +44,36 @@ pub struct NodeRules {
     /// The sets the rules refer to (kept when pruning); every set of [`ipset`](Self::ipset)
     /// is among them.
     pub sets: BTreeSet<String>,
+    /// Where these rules come from, when an incremental programmer made them: lets a partial
+    /// sync take the changed Services from it instead of comparing every plan and chain.
+    /// Without it (or when it is not about the rules last applied) the engine compares; the
+    /// payload is the same either way.
+    pub lineage: Option<Lineage>,
+}
+
+/// Which rules a [`NodeRules`] was made from, and what of [`FamilyRules`] changed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// These rules' identity, unique in the process ([`Lineage::next_id`]).
+    pub id: u64,
+    /// The rules these were made from, and per family the Services whose port plans or
+    /// per-service chains differ from theirs (exactly those: every other Service's are
+    /// equal). `None`: not known.
+    pub since: Option<(u64, BTreeMap<IpFamily, BTreeSet<ServiceRef>>)>,
+}
+
+impl Lineage {
+    /// A fresh identity.
+    pub fn next_id() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The Services of `family` that changed since the rules `applied` identifies, if known.
+    pub fn changed_since(&self, applied: u64, family: IpFamily) -> Option<&BTreeSet<ServiceRef>> {
+        let (base, changed) = self.since.as_ref()?;
+        changed.get(&family).filter(|_| *base == applied)
+    }
 }
 
 /// kube-netd's rules of one IP family: the service plan they were rendered from (what a

@@ -27,7 +27,7 @@ use netd_kernel::{KernelError, netns, nftnl, rules as kernel};
 use netd_model::ServiceRef;
 use netd_proxy::{IpFamily, ServicePlan};
 use netd_render::chains::is_service_chain;
-use netd_render::{IpSets, SyncScope};
+use netd_render::{ChainName, IpSets, SyncScope};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -35,7 +35,7 @@ use prometheus_client::registry::Registry;
 use crate::apply::{Extras, Saved, declared_chains, hook_lines, with_extras};
 use crate::conntrack::{self, Frontend, Selection};
 use crate::error::AgentError;
-use crate::rules::{FamilyRules, Hook, NodeRules};
+use crate::rules::{FamilyRules, Hook, Lineage, NodeRules};
 use crate::{is_owned_chain, is_owned_set};
 
 /// The kernel operations a sync needs, inside one network namespace.
@@ -285,9 +285,12 @@ impl SyncMetrics {
 pub struct SyncEngine {
     /// What the last successful sync applied, per family.
     applied: BTreeMap<IpFamily, FamilyRules>,
-    /// What of ours the kernel held after the last successful sync, per family, as
-    /// `iptables-save` text: what a partial sync reads instead of the kernel.
-    kernel: BTreeMap<IpFamily, String>,
+    /// What of ours the kernel held after the last successful sync, per family
+    /// ([`Saved::ours`]): what a partial sync reads instead of the kernel, and updates.
+    kernel: BTreeMap<IpFamily, Saved>,
+    /// The [`Lineage::id`] of the rules last applied: a partial sync of rules made from
+    /// them takes the changed Services from their lineage.
+    applied_id: Option<u64>,
     /// The ipsets the last successful sync left: what a partial sync's `ipset restore` is
     /// the change from.
     sets: Option<IpSets>,
@@ -322,8 +325,9 @@ impl SyncEngine {
     }
 
     /// What the next sync of `current`'s family writes: everything, or the Services whose
-    /// plan or rendered chains differ from those last applied.
-    pub fn scope(&self, current: &FamilyRules) -> SyncScope {
+    /// plan or rendered chains differ from those last applied — as `lineage` says when it
+    /// is about the rules last applied, else by comparing every plan and chain.
+    pub fn scope(&self, current: &FamilyRules, lineage: Option<&Lineage>) -> SyncScope {
         let Some(previous) = self
             .applied
             .get(&current.family())
@@ -331,9 +335,21 @@ impl SyncEngine {
         else {
             return SyncScope::Full;
         };
+        if let Some(changed) = self.known_changes(lineage, current.family()) {
+            return SyncScope::Partial(changed.clone());
+        }
         let mut changed = current.plan.changed_services(&previous.plan);
         changed.extend(changed_chains(previous, current));
         SyncScope::Partial(changed)
+    }
+
+    /// The Services of `family` that `lineage` says changed since the rules last applied.
+    fn known_changes<'l>(
+        &self,
+        lineage: Option<&'l Lineage>,
+        family: IpFamily,
+    ) -> Option<&'l BTreeSet<ServiceRef>> {
+        lineage?.changed_since(self.applied_id?, family)
     }
 
     /// Applies `rules` through `applier`. On a failed restore the error is returned and the
@@ -344,7 +360,8 @@ impl SyncEngine {
         applier: &mut dyn Applier,
         rules: NodeRules,
     ) -> Result<SyncReport, AgentError> {
-        let (mut report, kernel) = match self.write(applier, &rules) {
+        let kept = std::mem::take(&mut self.kernel);
+        let (mut report, kernel) = match self.write(applier, &rules, kept) {
             Ok(done) => done,
             Err(e) => {
                 // The kernel may hold anything now: write everything next time.
@@ -353,6 +370,7 @@ impl SyncEngine {
             }
         };
         self.kernel = kernel;
+        self.applied_id = rules.lineage.as_ref().map(|l| l.id);
 
         // The rules are in: record them, then clean conntrack up against the new plans.
         self.full_next = false;
@@ -389,7 +407,8 @@ impl SyncEngine {
         &self,
         applier: &mut dyn Applier,
         rules: &NodeRules,
-    ) -> Result<(SyncReport, BTreeMap<IpFamily, String>), AgentError> {
+        mut kept: BTreeMap<IpFamily, Saved>,
+    ) -> Result<(SyncReport, BTreeMap<IpFamily, Saved>), AgentError> {
         let ns = applier.namespace().to_owned();
         let failed = |step: &'static str| {
             let ns = ns.clone();
@@ -417,12 +436,14 @@ impl SyncEngine {
             if ours.is_none() && !opaque && !self.applied.contains_key(&family) {
                 continue;
             }
-            let scope = ours.map_or(SyncScope::Full, |f| self.scope(f));
+            let scope = ours.map_or(SyncScope::Full, |f| self.scope(f, rules.lineage.as_ref()));
             let kind = match scope {
                 SyncScope::Full => SyncKind::Full,
                 SyncScope::Partial(_) => SyncKind::Partial,
             };
-            let (deleted_chains, held) = self.write_family(applier, rules, family, &scope, kind)?;
+            let known = kept.remove(&family).filter(|_| kind == SyncKind::Partial);
+            let (deleted_chains, held) =
+                self.write_family(applier, rules, family, &scope, known)?;
             kernel.insert(family, held);
             report.families.push(FamilySync {
                 family,
@@ -455,16 +476,21 @@ impl SyncEngine {
         Ok((report, kernel))
     }
 
-    /// Writes one family's chains in one restore; returns how many service chains it
-    /// deleted and what of ours the family's tables hold afterwards.
+    /// Writes one family's chains in one restore, on top of what of ours the kernel holds
+    /// (`known`, for a partial sync; else read); returns how many service chains it deleted
+    /// and what of ours the family's tables hold afterwards.
     fn write_family(
         &self,
         applier: &mut dyn Applier,
         rules: &NodeRules,
         family: IpFamily,
         scope: &SyncScope,
-        kind: SyncKind,
-    ) -> Result<(usize, String), AgentError> {
+        known: Option<Saved>,
+    ) -> Result<(usize, Saved), AgentError> {
+        let kind = match scope {
+            SyncScope::Full => SyncKind::Full,
+            SyncScope::Partial(_) => SyncKind::Partial,
+        };
         let ns = applier.namespace().to_owned();
         let (read, restore) = match family {
             IpFamily::V4 => ("read iptables", "restore iptables"),
@@ -480,19 +506,24 @@ impl SyncEngine {
         };
         // A full sync reads the kernel; a partial one trusts what the last sync left there
         // (kube-proxy, at scale, likewise reads the tables back only now and then).
-        let saved = match (kind, self.kernel.get(&family)) {
-            (SyncKind::Partial, Some(known)) => Saved::parse(known),
-            _ => Saved::parse(&applier.save(family).map_err(failed(read))?),
+        let (saved, mut after) = match known {
+            Some(known) => (None, known),
+            None => {
+                let saved = Saved::parse(&applier.save(family).map_err(failed(read))?);
+                let ours = saved.ours();
+                (Some(saved), ours)
+            }
         };
+        let saved = saved.as_ref().unwrap_or(&after);
         let ours = rules.family(family);
-        let existing = saved.service_chains();
         let mut payload = String::new();
         let mut hooks: Vec<&Hook> = Vec::new();
         let mut deleted = 0;
         if let Some(f) = ours {
-            payload.push_str(&f.rules.restore_input(scope, &existing));
+            let stale = self.stale_chains(f, rules.lineage.as_ref(), saved);
+            deleted = stale.len();
+            payload.push_str(&f.rules.restore_deleting(scope, stale));
             hooks.extend(&f.hooks);
-            deleted = f.rules.stale_chains(&existing).len();
         }
         let (opaque, opaque_hooks) = rules.opaque(family);
         payload.push_str(opaque.unwrap_or_default());
@@ -505,8 +536,8 @@ impl SyncEngine {
             let services_handled = ours.is_some();
             saved.remove_chains(&mut extras, |table, chain| {
                 is_owned_chain(chain)
-                    && !declared.contains(&(table.to_owned(), chain.to_owned()))
                     && !(services_handled && is_service_chain(chain))
+                    && !declared.contains(&(table.to_owned(), chain.to_owned()))
             });
         }
         let missing: Vec<&Hook> = hooks
@@ -523,14 +554,43 @@ impl SyncEngine {
                 failed(restore)(source)
             })?;
         }
-        Ok((deleted, saved.ours_after(&merged)))
+        after.apply_ours(&merged);
+        Ok((deleted, after))
+    }
+
+    /// The service chains of `current` the kernel (`saved`) has and `current` no longer
+    /// uses. When `lineage` names the changed Services since the rules last applied, only
+    /// their chains in those rules are looked at: after every sync the kernel's service
+    /// chains are exactly the applied rules' (a sync writes the chains of the Services it
+    /// writes and deletes the unused ones), so the result is the same.
+    fn stale_chains(
+        &self,
+        current: &FamilyRules,
+        lineage: Option<&Lineage>,
+        saved: &Saved,
+    ) -> BTreeSet<ChainName> {
+        let family = current.family();
+        let known = self
+            .known_changes(lineage, family)
+            .filter(|_| !self.full_next);
+        let (Some(changed), Some(previous)) = (known, self.applied.get(&family)) else {
+            return current.rules.stale_chains(&saved.service_chains());
+        };
+        changed
+            .iter()
+            .flat_map(|s| previous.rules.chains_of(&previous.plan, s))
+            .filter(|c| current.rules.owner(c.as_str()).is_none())
+            .collect()
     }
 }
 
 /// The Services whose rendered per-service chains differ between two rule sets (a chain
 /// added, removed or with other rules): catches what a plan comparison cannot see, such as
 /// a change of rendering options.
-fn changed_chains(previous: &FamilyRules, current: &FamilyRules) -> BTreeSet<ServiceRef> {
+pub(crate) fn changed_chains(
+    previous: &FamilyRules,
+    current: &FamilyRules,
+) -> BTreeSet<ServiceRef> {
     let nat = netd_render::Table::Nat;
     // Unordered, by hashed lookups: the result is a set, and at 10,000 Services sorting
     // the 130,000 chain names (scattered strings) cost more than comparing the rules.
@@ -852,6 +912,86 @@ mod tests {
             .sync(&mut k, rules)
             .expect("fresh full sync");
         k
+    }
+
+    proptest::proptest! {
+        /// Fed an incremental programmer's rules, an engine that takes the changed Services
+        /// from their lineage writes byte for byte what one comparing every plan and chain
+        /// writes, and leaves the same kernel — also when some rules are never synced (the
+        /// lineage is then about other rules) or a full sync is requested.
+        #[test]
+        fn the_lineage_changes_no_payload(
+            changes in proptest::collection::vec(
+                (crate::programmer::tests::incremental::object(), proptest::bool::ANY, 0u8..8),
+                1..16,
+            ),
+            endpoints in proptest::prop_oneof![proptest::strategy::Just(1000usize), 1usize..4],
+        ) {
+            use crate::programmer::tests::incremental::{programmer, unrelated};
+            let node = NodeName::new("node-1");
+            let incremental = crate::IncrementalProgrammer::new(programmer(endpoints));
+            let mut state = netd_testkit::state(crate::programmer::tests::CLUSTER);
+            let (mut hinted, mut compared) = (SyncEngine::new(), SyncEngine::new());
+            let (mut hk, mut ck) = (FakeKernel::default(), FakeKernel::default());
+            for (object, remove, what) in changes {
+                if remove {
+                    state.remove(&object.id());
+                } else {
+                    state.insert(object).expect("valid object");
+                }
+                let Ok(rules) = incremental.rules(&state, &node) else {
+                    continue;
+                };
+                match what {
+                    // Made, never synced.
+                    0 => continue,
+                    1 => {
+                        hinted.request_full_sync();
+                        compared.request_full_sync();
+                    }
+                    _ => {}
+                }
+                let with = hinted.sync(&mut hk, rules.clone()).expect("sync");
+                let without = compared.sync(&mut ck, unrelated(rules)).expect("sync");
+                proptest::prop_assert_eq!(with, without);
+                proptest::prop_assert_eq!(&hk.restores, &ck.restores);
+                proptest::prop_assert_eq!(&hk.set_restores, &ck.set_restores);
+                proptest::prop_assert_eq!(hk.state(), ck.state());
+            }
+        }
+    }
+
+    #[test]
+    fn a_lineage_about_the_applied_rules_decides_the_scope_and_another_does_not() {
+        let claim = |id, base| Lineage {
+            id,
+            since: Some((base, [(IpFamily::V4, [svc("web")].into())].into())),
+        };
+        let mut k = FakeKernel::default();
+        let mut engine = SyncEngine::new();
+        let first = NodeRules {
+            lineage: Some(claim(10, 9)),
+            ..web(&["10.244.1.2"])
+        };
+        assert_eq!(
+            engine.sync(&mut k, first).expect("first").families[0].kind,
+            SyncKind::Full
+        );
+        // Nothing changed, but the lineage says `web` did: it is believed...
+        let believed = NodeRules {
+            lineage: Some(claim(11, 10)),
+            ..web(&["10.244.1.2"])
+        };
+        let report = engine.sync(&mut k, believed).expect("believed");
+        assert_eq!(report.families[0].services, [svc("web")].into());
+        // ...unless it is about other rules than those applied.
+        let other = NodeRules {
+            lineage: Some(claim(12, 10)),
+            ..web(&["10.244.1.2"])
+        };
+        let report = engine.sync(&mut k, other).expect("other");
+        assert_eq!(report.families[0].kind, SyncKind::Partial);
+        assert!(report.families[0].services.is_empty());
     }
 
     #[test]

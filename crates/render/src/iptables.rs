@@ -627,6 +627,11 @@ impl Ruleset {
         self.chain_mut(table, chain).push(rule);
     }
 
+    /// Removes a chain, returning its rules.
+    pub fn remove(&mut self, table: Table, chain: &str) -> Option<Vec<Rule>> {
+        self.tables.get_mut(&table)?.remove(chain)
+    }
+
     /// Inserts a rule at the top of a chain (how hook rules are installed).
     pub fn prepend(&mut self, table: Table, chain: &ChainName, rule: Rule) {
         self.chain_mut(table, chain).insert(0, rule);

@@ -9,12 +9,12 @@
 //! `KUBE-FIREWALL` (with localhost nodePorts only).
 //! The renderer decides nothing: every choice was made in the plan.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use netd_model::view::TrafficPolicy;
-use netd_model::{Protocol, ServiceRef};
+use netd_model::{Protocol, ServicePortName, ServiceRef};
 use netd_proxy::{
     ClusterIpMasquerade, Disposition, LocalDetector, NodePortIps, PlannedEndpoint, ServicePlan,
     ServicePortPlan,
@@ -41,6 +41,20 @@ pub struct RenderOptions {
     /// Above this many endpoints in total, per-endpoint comments are left out (kube-proxy's
     /// large-cluster mode: the payload shrinks by 40% or more).
     pub large_cluster_endpoints: usize,
+}
+
+impl RenderOptions {
+    /// Whether `plan`'s rules carry per-endpoint comments (not above
+    /// [`large_cluster_endpoints`](Self::large_cluster_endpoints)): the one choice that
+    /// makes every Service's chains depend on the others'.
+    pub fn endpoint_comments(&self, plan: &ServicePlan) -> bool {
+        let total: usize = plan
+            .ports
+            .values()
+            .map(|p| p.endpoints.all_reachable.len())
+            .sum();
+        total <= self.large_cluster_endpoints
+    }
 }
 
 impl Default for RenderOptions {
@@ -74,26 +88,27 @@ pub struct ServiceRules {
     /// `KUBE-EXTERNAL-SERVICES`).
     pub hooks: Vec<HookRule>,
     owners: HashMap<ChainName, Arc<ServiceRef>>,
+    /// Per service port, how many rules it has in each [`Shared`] chain (in that order):
+    /// where [`ServiceRules::rerender`] finds a port's rules among the others'.
+    frontends: BTreeMap<ServicePortName, [u32; SHARED]>,
 }
 
 /// Renders a service plan into kube-proxy's iptables layout.
 pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules {
-    let total_endpoints: usize = plan
-        .ports
-        .values()
-        .map(|p| p.endpoints.all_reachable.len())
-        .sum();
     let mut r = Renderer {
         rs: Ruleset::new(plan.family),
         owners: HashMap::new(),
         names: Names::new(),
         mark: plan.masquerade_mark,
-        endpoint_comments: total_endpoints <= opts.large_cluster_endpoints,
+        endpoint_comments: opts.endpoint_comments(plan),
         plan,
+        counts: [0; SHARED],
     };
     r.top_level(opts);
+    let mut frontends = BTreeMap::new();
     for port in plan.ports.values() {
         r.service_port(port);
+        frontends.insert(port.name.clone(), std::mem::take(&mut r.counts));
     }
     r.nodeports_last_rule();
     r.localhost_firewall();
@@ -101,10 +116,107 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
         ruleset: r.rs,
         hooks: hooks(plan),
         owners: r.owners,
+        frontends,
     }
 }
 
 impl ServiceRules {
+    /// Brings rules rendered from `previous` (by [`render_services`] with `opts`, or by this
+    /// function) to those of `plan`, rendering again only the ports of the Services in
+    /// `changed`: `plan` must differ from `previous` in those Services' ports alone. The
+    /// other Services' chains are kept, and their rules in the shared top-level chains.
+    /// Returns `false`, having changed nothing, when every Service's rules would change:
+    /// other plan settings, or the total number of endpoints crossing
+    /// [`RenderOptions::large_cluster_endpoints`].
+    pub fn rerender(
+        &mut self,
+        previous: &ServicePlan,
+        plan: &ServicePlan,
+        changed: &BTreeSet<ServiceRef>,
+        opts: &RenderOptions,
+    ) -> bool {
+        let endpoint_comments = opts.endpoint_comments(plan);
+        if !same_settings(previous, plan) || opts.endpoint_comments(previous) != endpoint_comments {
+            return false;
+        }
+        for service in changed {
+            for port in service_ports(previous, service) {
+                self.remove_port(port);
+            }
+        }
+        let mut r = Renderer {
+            rs: Ruleset::new(plan.family),
+            owners: HashMap::new(),
+            names: Names::new(),
+            mark: plan.masquerade_mark,
+            endpoint_comments,
+            plan,
+            counts: [0; SHARED],
+        };
+        for service in changed {
+            for port in service_ports(plan, service) {
+                r.service_port(port);
+                let counts = std::mem::take(&mut r.counts);
+                let at = self.offsets(&port.name);
+                for (slot, shared) in Shared::ALL.into_iter().enumerate() {
+                    let (table, chain) = r.names.shared(shared);
+                    let Some(rules) = r.rs.remove(table, chain.as_str()) else {
+                        continue;
+                    };
+                    let chain = self.ruleset.chain_mut(table, chain);
+                    chain.splice(at[slot]..at[slot], rules);
+                }
+                self.frontends.insert(port.name.clone(), counts);
+            }
+        }
+        for (chain, owner) in r.owners {
+            if let Some(rules) = r.rs.remove(Table::Nat, chain.as_str()) {
+                *self.ruleset.chain_mut(Table::Nat, &chain) = rules;
+            }
+            self.owners.insert(chain, owner);
+        }
+        true
+    }
+
+    /// Takes out one port's rules: its chains and its rules in the shared chains.
+    fn remove_port(&mut self, port: &ServicePortPlan) {
+        let Some(counts) = self.frontends.remove(&port.name) else {
+            return;
+        };
+        let at = self.offsets(&port.name);
+        let names = Names::new();
+        for (slot, shared) in Shared::ALL.into_iter().enumerate() {
+            if counts[slot] == 0 {
+                continue;
+            }
+            let (table, chain) = names.shared(shared);
+            let rules = self.ruleset.chain_mut(table, chain);
+            rules.drain(at[slot]..at[slot] + counts[slot] as usize);
+        }
+        for chain in port_chains(port) {
+            if self
+                .owners
+                .get(&chain)
+                .is_some_and(|o| **o == port.name.service)
+            {
+                self.owners.remove(&chain);
+                self.ruleset.remove(Table::Nat, chain.as_str());
+            }
+        }
+    }
+
+    /// Where the rules of the port `name` start in each shared chain: after those of the
+    /// ports before it.
+    fn offsets(&self, name: &ServicePortName) -> [usize; SHARED] {
+        let mut at = [0; SHARED];
+        for counts in self.frontends.range(..name).map(|(_, c)| c) {
+            for (a, c) in at.iter_mut().zip(counts) {
+                *a += *c as usize;
+            }
+        }
+        at
+    }
+
     /// The per-service nat chains in use and the Service each belongs to, by chain name.
     pub fn service_chains(&self) -> impl Iterator<Item = (&ChainName, &ServiceRef)> {
         let mut chains: Vec<(&ChainName, &ServiceRef)> =
@@ -124,6 +236,15 @@ impl ServiceRules {
         self.owners.get(chain).map(Arc::as_ref)
     }
 
+    /// The per-service nat chains of `service` in use, these rules being rendered from
+    /// `plan`: found from the Service's ports alone, without visiting every chain.
+    pub fn chains_of(&self, plan: &ServicePlan, service: &ServiceRef) -> Vec<ChainName> {
+        service_ports(plan, service)
+            .flat_map(port_chains)
+            .filter(|c| self.owners.get(c).is_some_and(|o| **o == *service))
+            .collect()
+    }
+
     /// Of the nat chains the kernel has (`existing`), those that are ours and no longer used.
     pub fn stale_chains(&self, existing: &BTreeSet<ChainName>) -> BTreeSet<ChainName> {
         existing
@@ -141,11 +262,14 @@ impl ServiceRules {
         scope: &SyncScope,
         existing_nat_chains: &BTreeSet<ChainName>,
     ) -> String {
-        let delete: BTreeSet<(Table, ChainName)> = self
-            .stale_chains(existing_nat_chains)
-            .into_iter()
-            .map(|c| (Table::Nat, c))
-            .collect();
+        self.restore_deleting(scope, self.stale_chains(existing_nat_chains))
+    }
+
+    /// [`restore_input`](Self::restore_input) for a caller that knows the stale nat chains
+    /// (`stale`: flushed and deleted) without listing every chain the kernel has.
+    pub fn restore_deleting(&self, scope: &SyncScope, stale: BTreeSet<ChainName>) -> String {
+        let delete: BTreeSet<(Table, ChainName)> =
+            stale.into_iter().map(|c| (Table::Nat, c)).collect();
         let include = |table: Table, chain: &ChainName| match (scope, self.owners.get(chain)) {
             (SyncScope::Full, _) | (_, None) => true,
             (SyncScope::Partial(changed), Some(owner)) => {
@@ -167,6 +291,50 @@ impl ServiceRules {
         }
         rs
     }
+}
+
+/// The ports of `service` in `plan`: a Service's ports sort together, from its unnamed TCP
+/// port on.
+fn service_ports<'p>(
+    plan: &'p ServicePlan,
+    service: &ServiceRef,
+) -> impl Iterator<Item = &'p ServicePortPlan> {
+    let first = ServicePortName {
+        service: service.clone(),
+        port: String::new(),
+        protocol: Protocol::Tcp,
+    };
+    let ports = plan.ports.range(first..).map(|(_, p)| p);
+    ports.take_while(move |p| p.name.service == *service)
+}
+
+/// Every per-service chain `port` may have (its four hashed chains and one per reachable
+/// endpoint), used or not.
+fn port_chains(port: &ServicePortPlan) -> impl Iterator<Item = ChainName> + '_ {
+    let chains = ServiceChains::of(&port.name);
+    let seps = port
+        .endpoints
+        .all_reachable
+        .iter()
+        .map(|ep| endpoint_chain(&port.name, &ep.addr));
+    [
+        chains.cluster,
+        chains.local,
+        chains.external,
+        chains.firewall,
+    ]
+    .into_iter()
+    .chain(seps)
+}
+
+/// Whether two plans agree in everything but their ports.
+fn same_settings(a: &ServicePlan, b: &ServicePlan) -> bool {
+    a.node == b.node
+        && a.family == b.family
+        && a.masquerade_mark == b.masquerade_mark
+        && a.local_detector == b.local_detector
+        && a.nodeport_addresses == b.nodeport_addresses
+        && a.localhost_nodeports == b.localhost_nodeports
 }
 
 /// The hook rules of reference A.1, in kube-proxy's order (`KUBE-FIREWALL`'s last, so first in
@@ -255,6 +423,31 @@ fn hooks(plan: &ServicePlan) -> Vec<HookRule> {
     hooks
 }
 
+/// The shared chains service ports add rules to, in [`ServiceRules`]' count order.
+#[derive(Clone, Copy)]
+enum Shared {
+    NatServices,
+    NatNodePorts,
+    FilterServices,
+    FilterExternal,
+    FilterFirewall,
+    FilterNodePorts,
+}
+
+/// How many [`Shared`] chains there are.
+const SHARED: usize = 6;
+
+impl Shared {
+    const ALL: [Shared; SHARED] = [
+        Shared::NatServices,
+        Shared::NatNodePorts,
+        Shared::FilterServices,
+        Shared::FilterExternal,
+        Shared::FilterFirewall,
+        Shared::FilterNodePorts,
+    ];
+}
+
 struct Names {
     services: ChainName,
     external_services: ChainName,
@@ -266,6 +459,17 @@ struct Names {
 }
 
 impl Names {
+    fn shared(&self, shared: Shared) -> (Table, &ChainName) {
+        match shared {
+            Shared::NatServices => (Table::Nat, &self.services),
+            Shared::NatNodePorts => (Table::Nat, &self.nodeports),
+            Shared::FilterServices => (Table::Filter, &self.services),
+            Shared::FilterExternal => (Table::Filter, &self.external_services),
+            Shared::FilterFirewall => (Table::Filter, &self.firewall),
+            Shared::FilterNodePorts => (Table::Filter, &self.nodeports),
+        }
+    }
+
     fn new() -> Self {
         Self {
             services: ChainName::from(KUBE_SERVICES),
@@ -296,6 +500,8 @@ struct Renderer<'a> {
     mark: u32,
     endpoint_comments: bool,
     plan: &'a ServicePlan,
+    /// The current port's rules so far in each [`Shared`] chain.
+    counts: [u32; SHARED],
 }
 
 /// The start of every rule matching one frontend: `-m P -p P -d IP --dport PORT`.
@@ -422,6 +628,13 @@ impl Renderer<'_> {
             .append(Table::Filter, &ChainName::from(KUBE_FIREWALL), rule);
     }
 
+    /// Appends a rule of the current port to a shared chain.
+    fn shared(&mut self, shared: Shared, rule: Rule) {
+        let (table, chain) = self.names.shared(shared);
+        self.rs.append(table, chain, rule);
+        self.counts[shared as usize] += 1;
+    }
+
     /// Declares a per-service chain and returns its rules.
     fn own(&mut self, chain: &ChainName, service: &Arc<ServiceRef>) -> &mut Vec<Rule> {
         self.owners.insert(chain.clone(), Arc::clone(service));
@@ -458,8 +671,6 @@ impl Renderer<'_> {
         } else {
             &chains.external
         };
-        let services = self.names.services.clone();
-        let external_services = self.names.external_services.clone();
 
         // ClusterIP.
         if port.internal.forwards() {
@@ -470,7 +681,7 @@ impl Renderer<'_> {
                 port.port,
             )
             .jump(policy_chain(port.internal));
-            self.rs.append(Table::Nat, &services, rule);
+            self.shared(Shared::NatServices, rule);
         } else {
             let (comment, target) = filter_verdict(port.internal);
             let rule = frontend(
@@ -480,7 +691,7 @@ impl Renderer<'_> {
                 port.port,
             )
             .target(target);
-            self.rs.append(Table::Filter, &services, rule);
+            self.shared(Shared::FilterServices, rule);
         }
         // External IPs.
         for ip in &port.external_ips {
@@ -492,13 +703,13 @@ impl Renderer<'_> {
                     port.port,
                 )
                 .jump(&chains.external);
-                self.rs.append(Table::Nat, &services, rule);
+                self.shared(Shared::NatServices, rule);
             }
             if let Some(e) = external.filter(|_| !ext_forwards) {
                 let (comment, target) = filter_verdict(e.disposition);
                 let rule =
                     frontend(Rule::new().comment(comment), proto, *ip, port.port).target(target);
-                self.rs.append(Table::Filter, &external_services, rule);
+                self.shared(Shared::FilterExternal, rule);
             }
         }
         // Load-balancer IPs.
@@ -511,14 +722,13 @@ impl Renderer<'_> {
                     port.port,
                 )
                 .jump(lb_chain);
-                self.rs.append(Table::Nat, &services, rule);
+                self.shared(Shared::NatServices, rule);
             }
             if port.uses_source_ranges() {
                 let comment = format!("{name} traffic not accepted by {}", chains.firewall);
                 let rule = frontend(Rule::new().comment(comment), proto, *ip, port.port)
                     .target(Target::Drop);
-                self.rs
-                    .append(Table::Filter, &self.names.firewall.clone(), rule);
+                self.shared(Shared::FilterFirewall, rule);
             }
         }
         if let Some(e) = external.filter(|_| !ext_forwards) {
@@ -526,7 +736,7 @@ impl Renderer<'_> {
                 let (comment, target) = filter_verdict(e.disposition);
                 let rule =
                     frontend(Rule::new().comment(comment), proto, *ip, port.port).target(target);
-                self.rs.append(Table::Filter, &external_services, rule);
+                self.shared(Shared::FilterExternal, rule);
             }
         }
         // NodePort (not subject to source ranges, as upstream).
@@ -537,8 +747,7 @@ impl Renderer<'_> {
                     .protocol(proto)
                     .dport(node_port)
                     .jump(&chains.external);
-                self.rs
-                    .append(Table::Nat, &self.names.nodeports.clone(), rule);
+                self.shared(Shared::NatNodePorts, rule);
             }
             if let Some(e) = external.filter(|_| !ext_forwards) {
                 let (comment, target) = filter_verdict(e.disposition);
@@ -548,7 +757,7 @@ impl Renderer<'_> {
                     .protocol(proto)
                     .dport(node_port)
                     .target(target);
-                self.rs.append(Table::Filter, &external_services, rule);
+                self.shared(Shared::FilterExternal, rule);
             }
         }
         // Health-check node port: always accepted, even with no local endpoint (it answers 503).
@@ -558,8 +767,7 @@ impl Renderer<'_> {
                 .protocol(Protocol::Tcp)
                 .dport(hc)
                 .target(Target::Accept);
-            self.rs
-                .append(Table::Filter, &self.names.nodeports.clone(), rule);
+            self.shared(Shared::FilterNodePorts, rule);
         }
     }
 

@@ -348,7 +348,7 @@ fn agent_path(store: &mut Store) {
         let t2 = Instant::now();
         let rules = programmer.rules(&state, &node).expect("rules");
         let t3 = Instant::now();
-        black_box(engine.scope(&rules.families[0]));
+        black_box(engine.scope(&rules.families[0], rules.lineage.as_ref()));
         let scoped = t3.elapsed();
         let t3 = Instant::now();
         let report = engine.sync(&mut kernel, rules).expect("partial sync");
