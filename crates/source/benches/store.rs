@@ -328,7 +328,7 @@ fn agent_path(store: &mut Store) {
     let mut stage: Vec<(&str, Vec<Duration>)> = [
         "watch event into the store",
         "snapshot",
-        "programmer: changed Services planned again, policy plan kept, everything rendered",
+        "programmer: changed Services planned and rendered again, policy plan kept",
         "partial sync: scope + iptables-restore payload",
         "of which: the scope (which Services' chains to write)",
         "total: change → payload",
