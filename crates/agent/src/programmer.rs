@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
-use netd_model::{ClusterState, Kind, NodeName, Protocol, ServicePortName, ServiceRef};
+use netd_model::{ClusterState, Kind, NodeName, ServicePortName, ServiceRef};
 use netd_policy::PolicyPlan;
 use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, ServicePortPlan};
 use netd_render::{
@@ -166,7 +166,13 @@ impl IncrementalProgrammer {
             // Planned again is not changed: an update may leave a Service's plan as it was.
             let differ = replanned
                 .iter()
-                .filter(|s| service_ports(&rules.plan, s).ne(service_ports(plan, s)))
+                .filter(|s| {
+                    let one = BTreeSet::from([(*s).clone()]);
+                    rules
+                        .plan
+                        .ports_of_services(&one)
+                        .ne(plan.ports_of_services(&one))
+                })
                 .cloned()
                 .collect();
             changed.insert(plan.family, differ);
@@ -178,22 +184,6 @@ impl IncrementalProgrammer {
         });
         Some(next)
     }
-}
-
-/// The ports of `service` in `plan` (a Service's ports sort together, from its unnamed TCP
-/// port on).
-fn service_ports<'p>(
-    plan: &'p ServicePlan,
-    service: &ServiceRef,
-) -> impl Iterator<Item = (&'p ServicePortName, &'p ServicePortPlan)> {
-    let first = ServicePortName {
-        service: service.clone(),
-        port: String::new(),
-        protocol: Protocol::Tcp,
-    };
-    plan.ports
-        .range(first..)
-        .take_while(move |(name, _)| name.service == *service)
 }
 
 /// What was planned last and from what, so that the next state is planned again only where

@@ -370,6 +370,7 @@ impl SyncEngine {
             }
         };
         self.kernel = kernel;
+        let applied_before = self.applied_id;
         self.applied_id = rules.lineage.as_ref().map(|l| l.id);
 
         // The rules are in: record them, then clean conntrack up against the new plans.
@@ -385,10 +386,21 @@ impl SyncEngine {
         for family in rules.families {
             let key = family.family();
             let previous = self.applied.get(&key).map(|p| &p.plan);
-            self.conntrack_pending
-                .entry(key)
-                .or_default()
-                .add(previous, &family.plan);
+            let pending = self.conntrack_pending.entry(key).or_default();
+            // The lineage says which Services' ports differ: look at theirs alone.
+            let known =
+                applied_before.and_then(|base| rules.lineage.as_ref()?.changed_since(base, key));
+            match (previous, known) {
+                (Some(previous), Some(changed)) => {
+                    let ports = |plan: &ServicePlan| {
+                        plan.ports_of_services(changed)
+                            .map(|(n, p)| (n.clone(), p.clone()))
+                            .collect()
+                    };
+                    pending.add_replaced(&ports(previous), &ports(&family.plan));
+                }
+                _ => pending.add(previous, &family.plan),
+            }
             self.applied.insert(key, family);
         }
         reconcile_families(
@@ -576,9 +588,9 @@ impl SyncEngine {
         let (Some(changed), Some(previous)) = (known, self.applied.get(&family)) else {
             return current.rules.stale_chains(&saved.service_chains());
         };
-        changed
-            .iter()
-            .flat_map(|s| previous.rules.chains_of(&previous.plan, s))
+        let chains = previous.rules.chains_of(&previous.plan, changed);
+        chains
+            .into_iter()
             .filter(|c| current.rules.owner(c.as_str()).is_none())
             .collect()
     }
@@ -917,7 +929,7 @@ mod tests {
     proptest::proptest! {
         /// Fed an incremental programmer's rules, an engine that takes the changed Services
         /// from their lineage writes byte for byte what one comparing every plan and chain
-        /// writes, and leaves the same kernel — also when some rules are never synced (the
+        /// writes, leaves the same kernel and reconciles the same conntrack entries — also when some rules are never synced (the
         /// lineage is then about other rules) or a full sync is requested.
         #[test]
         fn the_lineage_changes_no_payload(
@@ -957,6 +969,8 @@ mod tests {
                 proptest::prop_assert_eq!(&hk.restores, &ck.restores);
                 proptest::prop_assert_eq!(&hk.set_restores, &ck.set_restores);
                 proptest::prop_assert_eq!(hk.state(), ck.state());
+                // The same conntrack entries looked at after each sync.
+                proptest::prop_assert_eq!(&hk.selections, &ck.selections);
             }
         }
     }

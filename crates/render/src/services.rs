@@ -139,10 +139,8 @@ impl ServiceRules {
         if !same_settings(previous, plan) || opts.endpoint_comments(previous) != endpoint_comments {
             return false;
         }
-        for service in changed {
-            for port in service_ports(previous, service) {
-                self.remove_port(port);
-            }
+        for (_, port) in previous.ports_of_services(changed) {
+            self.remove_port(port);
         }
         let mut r = Renderer {
             rs: Ruleset::new(plan.family),
@@ -153,21 +151,19 @@ impl ServiceRules {
             plan,
             counts: [0; SHARED],
         };
-        for service in changed {
-            for port in service_ports(plan, service) {
-                r.service_port(port);
-                let counts = std::mem::take(&mut r.counts);
-                let at = self.offsets(&port.name);
-                for (slot, shared) in Shared::ALL.into_iter().enumerate() {
-                    let (table, chain) = r.names.shared(shared);
-                    let Some(rules) = r.rs.remove(table, chain.as_str()) else {
-                        continue;
-                    };
-                    let chain = self.ruleset.chain_mut(table, chain);
-                    chain.splice(at[slot]..at[slot], rules);
-                }
-                self.frontends.insert(port.name.clone(), counts);
+        for (_, port) in plan.ports_of_services(changed) {
+            r.service_port(port);
+            let counts = std::mem::take(&mut r.counts);
+            let at = self.offsets(&port.name);
+            for (slot, shared) in Shared::ALL.into_iter().enumerate() {
+                let (table, chain) = r.names.shared(shared);
+                let Some(rules) = r.rs.remove(table, chain.as_str()) else {
+                    continue;
+                };
+                let chain = self.ruleset.chain_mut(table, chain);
+                chain.splice(at[slot]..at[slot], rules);
             }
+            self.frontends.insert(port.name.clone(), counts);
         }
         for (chain, owner) in r.owners {
             if let Some(rules) = r.rs.remove(Table::Nat, chain.as_str()) {
@@ -236,12 +232,14 @@ impl ServiceRules {
         self.owners.get(chain).map(Arc::as_ref)
     }
 
-    /// The per-service nat chains of `service` in use, these rules being rendered from
-    /// `plan`: found from the Service's ports alone, without visiting every chain.
-    pub fn chains_of(&self, plan: &ServicePlan, service: &ServiceRef) -> Vec<ChainName> {
-        service_ports(plan, service)
-            .flat_map(port_chains)
-            .filter(|c| self.owners.get(c).is_some_and(|o| **o == *service))
+    /// The per-service nat chains of `services` in use, these rules being rendered from
+    /// `plan`: found from those Services' ports alone, without visiting every chain.
+    pub fn chains_of(&self, plan: &ServicePlan, services: &BTreeSet<ServiceRef>) -> Vec<ChainName> {
+        plan.ports_of_services(services)
+            .flat_map(|(name, port)| {
+                port_chains(port)
+                    .filter(|c| self.owners.get(c).is_some_and(|o| **o == name.service))
+            })
             .collect()
     }
 
@@ -291,21 +289,6 @@ impl ServiceRules {
         }
         rs
     }
-}
-
-/// The ports of `service` in `plan`: a Service's ports sort together, from its unnamed TCP
-/// port on.
-fn service_ports<'p>(
-    plan: &'p ServicePlan,
-    service: &ServiceRef,
-) -> impl Iterator<Item = &'p ServicePortPlan> {
-    let first = ServicePortName {
-        service: service.clone(),
-        port: String::new(),
-        protocol: Protocol::Tcp,
-    };
-    let ports = plan.ports.range(first..).map(|(_, p)| p);
-    ports.take_while(move |p| p.name.service == *service)
 }
 
 /// Every per-service chain `port` may have (its four hashed chains and one per reachable
