@@ -460,14 +460,14 @@ fn bind_dns(
         source,
     };
     let (first, tcp) = if listen.port() != 0 {
-        let udp = udp_socket(listen).map_err(fail)?;
+        let udp = std::net::UdpSocket::bind(listen).map_err(fail)?;
         let tcp = tcp_listener(listen).map_err(fail)?;
         (udp, tcp)
     } else {
         let mut bound = None;
         let mut last = std::io::Error::other("no free port");
         for _ in 0..EPHEMERAL_TRIES {
-            let udp = udp_socket(listen).map_err(fail)?;
+            let udp = std::net::UdpSocket::bind(listen).map_err(fail)?;
             let addr = udp.local_addr().map_err(fail)?;
             match tcp_listener(addr) {
                 Ok(tcp) => {
@@ -491,15 +491,6 @@ fn bind_dns(
     }
     udp.push(first);
     Ok((udp, tcp))
-}
-
-/// A UDP socket on `addr`, bound with `SO_REUSEPORT`.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
 }
 
 /// How long an HTTP client may take to send its request.
@@ -627,6 +618,20 @@ mod tests {
             route("GET /ready HTTP/1.1", Routes::HEALTH, true),
             "404 Not Found"
         );
+    }
+
+    #[test]
+    fn a_dns_address_already_served_is_refused() {
+        let (udp, _tcp) = bind_dns("127.0.0.1:0".parse().expect("addr")).expect("first bind");
+        let taken = udp[0].local_addr().expect("local address");
+        assert!(udp.iter().all(|s| s.local_addr().ok() == Some(taken)));
+        match bind_dns(taken) {
+            Err(DnsError::BindFailed { addr, source }) => {
+                assert_eq!(addr, taken);
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+            }
+            other => panic!("a second server on {taken} was not refused: {other:?}"),
+        }
     }
 
     #[test]
