@@ -32,6 +32,27 @@ use netd_policy::{Endpoint, evaluate_via_service};
 use netd_render::{Packet, Verdict};
 
 /// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
+/// The two Nodes every cluster of these tests starts with: node-1 (Pods in 10.244.1.0/24,
+/// 172.18.0.2) and node-2 (10.244.2.0/24, 172.18.0.3). A macro, so the clusters written as
+/// constants can `concat!` it.
+macro_rules! two_nodes {
+    () => {
+        r#"apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+---
+"#
+    };
+}
+
 const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Whether the running test's lab is the IPv6 one.
@@ -417,19 +438,9 @@ fn sctp_policy_opens_sctp_alone_and_still_isolates() {
 }
 
 /// Two Pods on different Nodes: `x/server` serves SCTP 5000 and 5001 and TCP 5000.
-const SCTP_PODS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
+const SCTP_PODS: &str = concat!(
+    two_nodes!(),
+    r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: x}
@@ -445,7 +456,8 @@ kind: Pod
 metadata: {name: client, namespace: x, labels: {app: client}}
 spec: {nodeName: node-1, containers: [{name: c, image: echo}]}
 status: {podIP: 10.244.1.2}
-"#;
+"#
+);
 
 fn verdict(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "blocked" }
@@ -733,19 +745,9 @@ mod generate {
     /// The seed's pods (examples/networkpolicy/pods.yaml), placed and addressed.
     /// Two Nodes; a client Pod and a web Pod on node-1, in two namespaces; the web Pod
     /// behind a NodePort Service (30080 -> 80).
-    pub const NODE_PORT: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
+    pub const NODE_PORT: &str = concat!(
+        two_nodes!(),
+        r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: ns-a}
@@ -777,21 +779,12 @@ metadata: {name: web-1, namespace: ns-b, labels: {kubernetes.io/service-name: we
 addressType: IPv4
 endpoints: [{addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}, targetRef: {kind: Pod, namespace: ns-b, name: web}}]
 ports: [{port: 80, protocol: TCP}]
-"#;
+"#
+    );
 
-    pub const SEED_PODS: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
+    pub const SEED_PODS: &str = concat!(
+        two_nodes!(),
+        r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: myproject, labels: {project: myproject}}
@@ -833,7 +826,8 @@ kind: Pod
 metadata: {name: deny-egress-test, namespace: new-ns, labels: {app: deny-egress-test}}
 spec: {nodeName: node-1, containers: [{name: n, image: n}]}
 status: {podIP: 10.244.1.4}
-"#;
+"#
+    );
 
     use netd_testkit::Rng;
 
@@ -843,14 +837,7 @@ status: {podIP: 10.244.1.4}
     /// Nodes, namespaces and Pods (no policies).
     pub fn base(seed: u64) -> String {
         let mut rng = Rng::new(seed);
-        let mut out = String::new();
-        for n in 1..=2 {
-            let _ = write!(
-                out,
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDR: 10.244.{n}.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: 172.18.0.{}}}]}}\n---\n",
-                n + 1
-            );
-        }
+        let mut out = String::from(two_nodes!());
         for (i, ns) in NAMESPACES.iter().enumerate() {
             let team = ["red", "blue", "red"][i];
             let env = if rng.chance(50) { ", env: prod" } else { "" };
