@@ -7,33 +7,21 @@
 //! file. Flags that are not part of `KubeProxyConfiguration` (`--master`, `--cleanup`,
 //! `--config`, `--network-policy`) always count.
 //!
-//! The agent programs the network namespace it runs in ([`netns::CURRENT`]): the host's on a
-//! real Node, a scratch one under `ip netns exec` in tests. Nothing is programmed before
-//! every watched kind has been listed, nothing is flushed at start or exit, and a failed sync
-//! makes the next one full.
+//! The loop itself, once these are read, is [`netd_daemon::serve`].
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
-use netd_agent::enforcement::Enforcement;
 use netd_agent::ipvs::{DEFAULT_DRAIN_TIMEOUT, SCHEDULERS, Timeouts};
-use netd_agent::{Backend, BackendConfig, IpvsConfig, Mode, ProgramConfig};
-use netd_healthcheck::{
-    CurrentNamespace, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth, SystemClock,
-};
+use netd_agent::{BackendConfig, IpvsConfig, Mode, ProgramConfig};
+use netd_daemon::AgentConfig;
 use netd_kernel::netns;
-use netd_model::{ClusterConfig, ClusterState, Kind, NodeName, Object, ObjectId};
-use netd_proxy::{DetectLocal, NodePortAddresses, NodePortIps, ProxySettings};
-use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use netd_model::NodeName;
+use netd_proxy::{DetectLocal, NodePortAddresses, ProxySettings};
+use netd_source::{ApiOptions, RunnerConfig};
 use serde::Deserialize;
 
 /// `kube-netd agent` flags (kube-proxy's names).
@@ -165,25 +153,10 @@ pub fn ipvs_scheduler(name: Option<&str>, what: &str) -> anyhow::Result<String> 
 /// What the agent runs with, once flags and file are merged and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Where the API server is.
-    pub api: ApiOptions,
-    /// The Node programmed.
-    pub node: String,
-    /// The proxy mode.
-    pub mode: Mode,
-    /// The pod ranges of the ClusterCIDR local-traffic detector.
-    pub cluster_cidrs: Vec<IpNet>,
-    /// What every back end programs from: masquerade-all, nodePort addresses, the
-    /// local-traffic detector, NetworkPolicy on or off.
-    pub program: ProgramConfig,
+    /// What the agent loop runs with.
+    pub agent: AgentConfig,
     /// IPVS mode's scheduler, strict ARP, timeouts and excluded ranges.
     pub ipvs: IpvsConfig,
-    /// `--min-sync-period` and `--sync-period`.
-    pub runner: RunnerConfig,
-    /// `/healthz` and `/livez`.
-    pub healthz_bind_address: SocketAddr,
-    /// `/metrics`.
-    pub metrics_bind_address: SocketAddr,
     /// `--cleanup`.
     pub cleanup: bool,
 }
@@ -195,16 +168,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         return cleanup(netns::CURRENT);
     }
     let backend = netd_agent::backend(&BackendConfig {
-        mode: settings.mode,
-        program: settings.program.clone(),
-        ipvs: settings.ipvs.clone(),
+        mode: settings.agent.mode,
+        program: settings.agent.program.clone(),
+        ipvs: settings.ipvs,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the agent's runtime")?;
-    runtime.block_on(serve(settings, backend))
+    runtime.block_on(netd_daemon::serve(settings.agent, backend, shutdown()))?;
+    Ok(())
 }
 
 /// Merges `args` with the `--config` file (if any) as kube-proxy does, and checks the result.
@@ -259,145 +233,6 @@ fn cleanup(ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent proper: health and metrics servers, the watches, the sync loop, until SIGTERM or
-/// Ctrl-C. Rules stay in the kernel when it ends.
-async fn serve(settings: Settings, backend: Box<dyn Backend>) -> anyhow::Result<()> {
-    let node = NodeName::new(settings.node.clone());
-    let mut registry = Registry::with_prefix("kubeproxy");
-    let health_metrics = HealthMetrics::register(&mut registry);
-    backend.register(&mut registry);
-    let sync_metrics = AgentMetrics::register(&mut registry);
-    // kube-proxy's /healthz turns unhealthy when a queued change waits 2 × syncPeriod.
-    let health = ProxyHealth::new(
-        settings.runner.sync_period * 2,
-        Arc::new(SystemClock),
-        health_metrics,
-    );
-    let _servers: Vec<HttpServer> = vec![
-        health.serve(netd_healthcheck::bind(settings.healthz_bind_address)?)?,
-        netd_healthcheck::serve_metrics(
-            netd_healthcheck::bind(settings.metrics_bind_address)?,
-            Arc::new(registry),
-        )?,
-    ];
-    let services = Arc::new(tokio::sync::Mutex::new(HealthServers::new(
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
-        health.clone(),
-        Arc::new(CurrentNamespace),
-    )));
-
-    let removed = netd_agent::remove_other_modes(netns::CURRENT, settings.mode)?;
-    if removed > 0 {
-        tracing::info!(removed, mode = %settings.mode, "removed the rules of other proxy modes");
-    }
-
-    let client = settings.api.client().await?;
-    let store = SharedStore::new(Store::new(ClusterConfig {
-        cluster_cidrs: settings.cluster_cidrs.clone(),
-        ..ClusterConfig::default()
-    }));
-    let watches = tokio::spawn(netd_source::watch_cluster(client, store.clone()));
-    let queued = tokio::spawn(track_queued(
-        store.clone(),
-        health.clone(),
-        sync_metrics.clone(),
-    ));
-
-    let backend = Arc::new(Mutex::new(backend));
-    let enforcement = Arc::new(Mutex::new(EnforcementCheck::default()));
-    // The last state a sync programmed, which the next sync's changes are counted from.
-    let synced: Arc<Mutex<Option<Arc<ClusterState>>>> = Arc::default();
-    let started_at = SystemTime::now();
-    tracing::info!(node = %node, mode = %settings.mode, "agent started");
-    netd_source::runner::run(
-        store,
-        settings.runner,
-        |request| {
-            let backend = backend.clone();
-            let node = node.clone();
-            let health = health.clone();
-            let metrics = sync_metrics.clone();
-            let services = services.clone();
-            let synced = synced.clone();
-            let program = settings.program.clone();
-            let enforcement = enforcement.clone();
-            async move {
-                let families = families(&request);
-                let full = request.full();
-                let started = Instant::now();
-                if full && program.network_policy {
-                    // Poisoned only if a check panicked; it only remembers what was logged.
-                    let mut enforcement = enforcement.lock().unwrap_or_else(|p| p.into_inner());
-                    tokio::task::block_in_place(|| enforcement.run(&families, &metrics));
-                }
-                let report = tokio::task::block_in_place(|| {
-                    // A poisoned lock means a sync panicked; the back end's own state then
-                    // asks for a full sync, which the next request brings.
-                    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
-                    if full {
-                        backend.request_full_sync();
-                    }
-                    backend
-                        .sync(netns::CURRENT, &request.state, &node)
-                        .map_err(Box::new)
-                });
-                let report = report?;
-                metrics.observe(full, started.elapsed());
-                {
-                    // Poisoned only if a panic held it; the value is still a whole state.
-                    let mut synced = synced.lock().unwrap_or_else(|p| p.into_inner());
-                    let changes = Changes::between(synced.as_deref(), &request.state, started_at);
-                    metrics.programmed(&changes, SystemTime::now());
-                    *synced = Some(request.state.clone());
-                }
-                for family in families {
-                    health.updated(family);
-                }
-                health.set_node_eligible(netd_healthcheck::node_eligible(&request.state, &node));
-                let mut services = services.lock().await;
-                services
-                    .set_addresses(health_check_addresses(&program, &request.state, &node))
-                    .await;
-                for (service, error) in services.sync(&report.health_checks).await {
-                    tracing::warn!(%service, %error, "health check server not started; retried next sync");
-                }
-                tracing::info!(generation = request.generation, reason = %request.reason, "synced");
-                Ok::<(), Box<netd_agent::AgentError>>(())
-            }
-        },
-        shutdown(),
-    )
-    .await;
-    watches.abort();
-    queued.abort();
-    tracing::info!("agent stopped; rules left in place");
-    Ok(())
-}
-
-/// Where health-check node ports listen, as kube-proxy's: the `--nodeport-addresses` of the
-/// cluster's primary family (the unspecified address when that is every local address).
-fn health_check_addresses(
-    program: &ProgramConfig,
-    state: &ClusterState,
-    node: &NodeName,
-) -> Vec<IpAddr> {
-    let ipv6_only = !state.config().service_cidrs.is_empty()
-        && state
-            .config()
-            .service_cidrs
-            .iter()
-            .all(|c| c.addr().is_ipv6());
-    let (family, any) = if ipv6_only {
-        (netd_proxy::IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
-    } else {
-        (netd_proxy::IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-    };
-    match program.proxy_options(state, node).nodeport_ips(family) {
-        NodePortIps::Local => vec![any],
-        NodePortIps::Only(ips) => ips,
-    }
-}
-
 /// Completes on SIGTERM or SIGINT.
 pub(crate) async fn shutdown() {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -410,247 +245,6 @@ pub(crate) async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-/// Marks an update queued (for `/healthz`) each time the store changes.
-async fn track_queued(store: SharedStore, health: ProxyHealth, metrics: AgentMetrics) {
-    let mut changes = store.subscribe();
-    while changes.changed().await.is_ok() {
-        health.queued_update(IpFamily::V4);
-        metrics.queued();
-    }
-}
-
-/// NetworkPolicy's enforcement on this node, checked on every full sync (a bridge CNI
-/// creates its bridge with the node's first Pod): see [`netd_agent::enforcement`]. Logs
-/// when the outcome changes and keeps `network_policy_enforced` true to it.
-#[derive(Debug, Default)]
-struct EnforcementCheck {
-    /// The last outcome logged: what was found, or why policy is not enforced.
-    last: Option<Result<Enforcement, String>>,
-}
-
-impl EnforcementCheck {
-    fn run(&mut self, families: &BTreeSet<IpFamily>, metrics: &AgentMetrics) {
-        // The whole chain of causes, as the binary prints every error.
-        let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families)
-            .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
-        metrics.policy_enforced.set(i64::from(outcome.is_ok()));
-        if self.last.as_ref() == Some(&outcome) {
-            return;
-        }
-        match &outcome {
-            Ok(Enforcement::Routed) => {
-                tracing::info!("NetworkPolicy enforced: no pods share a bridge on this node");
-            }
-            Ok(Enforcement::Bridged { bridges, turned_on }) => tracing::info!(
-                ?bridges,
-                ?turned_on,
-                "NetworkPolicy enforced: bridged pod traffic goes through netfilter (br_netfilter)"
-            ),
-            Err(error) => tracing::error!(
-                %error,
-                "NetworkPolicy is NOT enforced between pods that share a bridge on this node; load br_netfilter and set its sysctls to 1"
-            ),
-        }
-        self.last = Some(outcome);
-    }
-}
-
-/// The families a sync programs, as `/healthz` reports them.
-fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
-    request
-        .state
-        .config()
-        .service_cidrs
-        .iter()
-        .map(|net| IpFamily::of(net.addr()))
-        .chain([IpFamily::V4])
-        .collect()
-}
-
-/// kube-proxy's sync metrics (names as `pkg/proxy/metrics`), with the prefix `kubeproxy`.
-#[derive(Clone, Debug)]
-struct AgentMetrics {
-    duration: Histogram,
-    full: Histogram,
-    partial: Histogram,
-    last: Gauge<f64, std::sync::atomic::AtomicU64>,
-    last_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
-    programming: Histogram,
-    endpoint_changes: Counter,
-    service_changes: Counter,
-    policy_enforced: Gauge,
-}
-
-/// kube-proxy's buckets of `network_programming_duration_seconds`: 0, 0.25 s and 0.5 s, each
-/// second to 59 s, every 5 s to 115 s, every 30 s from 2 to 5 minutes.
-fn programming_buckets() -> Vec<f64> {
-    let mut buckets = vec![0.0, 0.25, 0.5];
-    buckets.extend((1..=59).map(f64::from));
-    buckets.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
-    buckets.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
-    buckets
-}
-
-/// What changed between two consecutive synced states: kube-proxy's change counters, and
-/// the trigger times network programming latency is measured from.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Changes {
-    /// Services added, changed or removed.
-    services: u64,
-    /// EndpointSlices added, changed or removed.
-    endpoint_slices: u64,
-    /// The `endpoints.kubernetes.io/last-change-trigger-time` of each EndpointSlice added or
-    /// changed, when it is not before the agent started (as kube-proxy, which measures
-    /// nothing from before it ran; a removed slice's time is that of its last update, so
-    /// it is not counted either).
-    triggers: Vec<SystemTime>,
-}
-
-impl Changes {
-    /// The changes from `previous` (nothing before the first sync) to `next`.
-    fn between(previous: Option<&ClusterState>, next: &ClusterState, since: SystemTime) -> Self {
-        fn objects(state: Option<&ClusterState>, kind: Kind) -> BTreeMap<ObjectId, &Object> {
-            state
-                .into_iter()
-                .flat_map(|s| s.objects())
-                .filter(|o| o.kind() == kind)
-                .map(|o| (o.id(), o))
-                .collect()
-        }
-        let mut out = Changes::default();
-        for kind in [Kind::Service, Kind::EndpointSlice] {
-            let (before, after) = (objects(previous, kind), objects(Some(next), kind));
-            let changed: Vec<&Object> = after
-                .iter()
-                .filter(|(id, o)| before.get(*id) != Some(*o))
-                .map(|(_, o)| *o)
-                .collect();
-            let removed = before.keys().filter(|id| !after.contains_key(*id)).count();
-            let count = (changed.len() + removed) as u64;
-            if kind == Kind::Service {
-                out.services = count;
-                continue;
-            }
-            out.endpoint_slices = count;
-            out.triggers = changed
-                .iter()
-                .filter_map(|o| trigger_time(o))
-                .filter(|t| *t >= since)
-                .collect();
-        }
-        out
-    }
-}
-
-/// An EndpointSlice's `last-change-trigger-time` (RFC 3339), if it has a valid one.
-fn trigger_time(object: &Object) -> Option<SystemTime> {
-    let text = object
-        .meta()
-        .annotations
-        .as_ref()?
-        .get(netd_source::prune::LAST_CHANGE_TRIGGER_TIME)?;
-    let at: jiff::Timestamp = text.parse().ok()?;
-    Some(SystemTime::from(at))
-}
-
-impl AgentMetrics {
-    fn register(registry: &mut Registry) -> AgentMetrics {
-        // kube-proxy's buckets: 1 ms doubling 15 times.
-        let buckets = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        let metrics = AgentMetrics {
-            duration: buckets(),
-            full: buckets(),
-            partial: buckets(),
-            last: Gauge::default(),
-            last_queued: Gauge::default(),
-            programming: Histogram::new(programming_buckets()),
-            endpoint_changes: Counter::default(),
-            service_changes: Counter::default(),
-            policy_enforced: Gauge::default(),
-        };
-        registry.register(
-            "sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            metrics.duration.clone(),
-        );
-        registry.register(
-            "sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            metrics.full.clone(),
-        );
-        registry.register(
-            "sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            metrics.partial.clone(),
-        );
-        registry.register(
-            "sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            metrics.last.clone(),
-        );
-        registry.register(
-            "sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            metrics.last_queued.clone(),
-        );
-        registry.register(
-            "network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            metrics.programming.clone(),
-        );
-        // prometheus-client appends `_total` to counters.
-        registry.register(
-            "sync_proxy_rules_endpoint_changes",
-            "Cumulative proxy rules Endpoint changes",
-            metrics.endpoint_changes.clone(),
-        );
-        registry.register(
-            "sync_proxy_rules_service_changes",
-            "Cumulative proxy rules Service changes",
-            metrics.service_changes.clone(),
-        );
-        registry.register(
-            "network_policy_enforced",
-            "1 when NetworkPolicy sees the traffic between this node's pods, 0 when it is off or cannot (the log says why)",
-            metrics.policy_enforced.clone(),
-        );
-        metrics
-    }
-
-    /// Counts what a successful sync that ended at `now` programmed.
-    fn programmed(&self, changes: &Changes, now: SystemTime) {
-        self.service_changes.inc_by(changes.services);
-        self.endpoint_changes.inc_by(changes.endpoint_slices);
-        for trigger in &changes.triggers {
-            // A trigger time ahead of this clock (skew with the control plane) counts as 0.
-            let took = now.duration_since(*trigger).unwrap_or_default();
-            self.programming.observe(took.as_secs_f64());
-        }
-    }
-
-    fn observe(&self, full: bool, took: Duration) {
-        let seconds = took.as_secs_f64();
-        self.duration.observe(seconds);
-        if full {
-            self.full.observe(seconds);
-        } else {
-            self.partial.observe(seconds);
-        }
-        self.last.set(unix_now());
-    }
-
-    fn queued(&self) {
-        self.last_queued.set(unix_now());
-    }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 /// `--sync-period` and `--min-sync-period` as text, and the names an error calls them by.
@@ -771,26 +365,28 @@ impl Raw {
             None => hostname()?,
         };
         Ok(Settings {
-            api: ApiOptions {
-                kubeconfig: self.kubeconfig,
-                master: master.filter(|m| !m.is_empty()),
+            agent: AgentConfig {
+                api: ApiOptions {
+                    kubeconfig: self.kubeconfig,
+                    master: master.filter(|m| !m.is_empty()),
+                },
+                node: NodeName::new(node),
+                mode,
+                cluster_cidrs,
+                program,
+                runner,
+                healthz_bind_address: address(
+                    self.healthz_bind_address.as_deref(),
+                    "0.0.0.0:10256",
+                    "--healthz-bind-address (healthzBindAddress)",
+                )?,
+                metrics_bind_address: address(
+                    self.metrics_bind_address.as_deref(),
+                    "127.0.0.1:10249",
+                    "--metrics-bind-address (metricsBindAddress)",
+                )?,
             },
-            node,
-            mode,
-            cluster_cidrs,
-            program,
             ipvs,
-            runner,
-            healthz_bind_address: address(
-                self.healthz_bind_address.as_deref(),
-                "0.0.0.0:10256",
-                "--healthz-bind-address (healthzBindAddress)",
-            )?,
-            metrics_bind_address: address(
-                self.metrics_bind_address.as_deref(),
-                "127.0.0.1:10249",
-                "--metrics-bind-address (metricsBindAddress)",
-            )?,
             cleanup,
         })
     }
@@ -1147,15 +743,15 @@ mod tests {
     #[test]
     fn defaults_are_kube_proxys() {
         let s = settings(&["--hostname-override", "Node-1"]).expect("settings");
-        assert_eq!(s.node, "node-1");
-        assert_eq!(s.mode, Mode::Iptables);
-        assert_eq!(s.runner, RunnerConfig::default());
-        assert_eq!(s.healthz_bind_address.to_string(), "0.0.0.0:10256");
-        assert_eq!(s.metrics_bind_address.to_string(), "127.0.0.1:10249");
-        assert!(s.cluster_cidrs.is_empty());
-        assert_eq!(s.api, ApiOptions::default());
-        assert_eq!(s.program, ProgramConfig::default());
-        assert!(s.program.network_policy);
+        assert_eq!(s.agent.node.as_str(), "node-1");
+        assert_eq!(s.agent.mode, Mode::Iptables);
+        assert_eq!(s.agent.runner, RunnerConfig::default());
+        assert_eq!(s.agent.healthz_bind_address.to_string(), "0.0.0.0:10256");
+        assert_eq!(s.agent.metrics_bind_address.to_string(), "127.0.0.1:10249");
+        assert!(s.agent.cluster_cidrs.is_empty());
+        assert_eq!(s.agent.api, ApiOptions::default());
+        assert_eq!(s.agent.program, ProgramConfig::default());
+        assert!(s.agent.program.network_policy);
         assert_eq!(s.ipvs, IpvsConfig::default());
         assert_eq!(s.ipvs.scheduler, "rr");
         assert_eq!(s.ipvs.timeouts.to_kernel(), None, "0 keeps the kernel's");
@@ -1253,7 +849,7 @@ mod tests {
             let mut all = vec!["--hostname-override=n"];
             all.extend_from_slice(args);
             let s = settings(&all).expect("settings");
-            assert_eq!(s.program.proxy.nodeport_addresses, want, "{args:?}");
+            assert_eq!(s.agent.program.proxy.nodeport_addresses, want, "{args:?}");
         }
     }
 
@@ -1280,7 +876,7 @@ mod tests {
             },
             network_policy: false,
         };
-        assert_eq!(s.program, want);
+        assert_eq!(s.agent.program, want);
         for (args, want) in [
             (
                 &["--detect-local-mode=NodeCIDR"][..],
@@ -1314,7 +910,7 @@ mod tests {
             let mut all = vec!["--hostname-override=n"];
             all.extend_from_slice(args);
             assert_eq!(
-                settings(&all).expect("settings").program.proxy,
+                settings(&all).expect("settings").agent.program.proxy,
                 want,
                 "{args:?}"
             );
@@ -1337,20 +933,20 @@ mod tests {
             "--network-policy=true",
         ])
         .expect("settings");
-        assert_eq!(s.api.kubeconfig.as_deref(), Some(Path::new("/k")));
-        assert_eq!(s.api.master.as_deref(), Some("http://10.0.0.1:6443"));
-        assert_eq!(s.mode, Mode::Nftables);
+        assert_eq!(s.agent.api.kubeconfig.as_deref(), Some(Path::new("/k")));
+        assert_eq!(s.agent.api.master.as_deref(), Some("http://10.0.0.1:6443"));
+        assert_eq!(s.agent.mode, Mode::Nftables);
         assert_eq!(
-            s.cluster_cidrs,
+            s.agent.cluster_cidrs,
             vec![
                 "10.244.0.0/16".parse::<IpNet>().expect("net"),
                 "fd00:10:244::/56".parse::<IpNet>().expect("net"),
             ]
         );
-        assert_eq!(s.runner.min_sync_period, Duration::from_millis(500));
-        assert_eq!(s.runner.sync_period, Duration::from_secs(90));
-        assert_eq!(s.healthz_bind_address.to_string(), "127.0.0.1:20256");
-        assert_eq!(s.metrics_bind_address.to_string(), "[::1]:20249");
+        assert_eq!(s.agent.runner.min_sync_period, Duration::from_millis(500));
+        assert_eq!(s.agent.runner.sync_period, Duration::from_secs(90));
+        assert_eq!(s.agent.healthz_bind_address.to_string(), "127.0.0.1:20256");
+        assert_eq!(s.agent.metrics_bind_address.to_string(), "[::1]:20249");
     }
 
     #[test]
@@ -1359,7 +955,7 @@ mod tests {
             let mut all = vec!["--hostname-override=node-1"];
             all.extend_from_slice(args);
             let s = settings(&all).expect("settings");
-            (s.runner.sync_period, s.runner.min_sync_period)
+            (s.agent.runner.sync_period, s.agent.runner.min_sync_period)
         };
         let ipvs = [
             "--ipvs-sync-period=45s",
@@ -1452,7 +1048,7 @@ mod tests {
         for mode in Mode::ALL {
             let flag = format!("--proxy-mode={mode}");
             let s = settings(&["--hostname-override=n", &flag]).expect("settings");
-            assert_eq!(s.mode, mode);
+            assert_eq!(s.agent.mode, mode);
         }
     }
 
@@ -1461,7 +1057,7 @@ mod tests {
         let s = settings(&["--hostname-override=n", "--proxy-mode=ipvs", "--cleanup"])
             .expect("cleanup in ipvs mode");
         assert!(s.cleanup);
-        assert_eq!(s.mode, Mode::Ipvs);
+        assert_eq!(s.agent.mode, Mode::Ipvs);
     }
 
     #[test]
@@ -1507,18 +1103,18 @@ iptables:
         let path = file.path().to_str().expect("utf-8 path");
         let s = settings(&["--config", path]).expect("settings");
         assert_eq!(
-            s.api.kubeconfig.as_deref(),
+            s.agent.api.kubeconfig.as_deref(),
             Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
         );
-        assert_eq!(s.node, "from-file");
-        assert_eq!(s.mode, Mode::Nftables);
+        assert_eq!(s.agent.node.as_str(), "from-file");
+        assert_eq!(s.agent.mode, Mode::Nftables);
         assert_eq!(
-            s.cluster_cidrs,
+            s.agent.cluster_cidrs,
             vec!["10.244.0.0/16".parse::<IpNet>().expect("net")]
         );
         // The nftables section, as the mode is nftables.
-        assert_eq!(s.runner.sync_period, Duration::from_secs(20));
-        assert_eq!(s.runner.min_sync_period, Duration::from_secs(2));
+        assert_eq!(s.agent.runner.sync_period, Duration::from_secs(20));
+        assert_eq!(s.agent.runner.min_sync_period, Duration::from_secs(2));
     }
 
     #[test]
@@ -1535,14 +1131,14 @@ iptables:
             "--master=http://10.1.2.3:6443",
         ])
         .expect("settings");
-        assert_eq!(s.mode, Mode::Nftables);
-        assert_eq!(s.runner.sync_period, Duration::from_secs(20));
+        assert_eq!(s.agent.mode, Mode::Nftables);
+        assert_eq!(s.agent.runner.sync_period, Duration::from_secs(20));
         assert_eq!(
-            s.api.kubeconfig.as_deref(),
+            s.agent.api.kubeconfig.as_deref(),
             Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
         );
-        assert_eq!(s.node, "from-flag");
-        assert_eq!(s.api.master.as_deref(), Some("http://10.1.2.3:6443"));
+        assert_eq!(s.agent.node.as_str(), "from-flag");
+        assert_eq!(s.agent.api.master.as_deref(), Some("http://10.1.2.3:6443"));
     }
 
     #[test]
@@ -1557,7 +1153,7 @@ iptables:
         let path = file.path().to_str().expect("utf-8 path");
         let s = settings(&["--config", path, "--network-policy=false"]).expect("settings");
         assert_eq!(
-            s.program,
+            s.agent.program,
             ProgramConfig {
                 proxy: ProxySettings {
                     masquerade_all: true,
@@ -1581,9 +1177,9 @@ iptables:
         ));
         let path = file.path().to_str().expect("utf-8 path");
         let s = settings(&["--config", path]).expect("settings");
-        assert!(s.program.proxy.masquerade_all);
+        assert!(s.agent.program.proxy.masquerade_all);
         assert_eq!(
-            s.program.proxy.detect_local,
+            s.agent.program.proxy.detect_local,
             DetectLocal::BridgeInterface("cni0".parse().expect("name"))
         );
     }
@@ -1599,7 +1195,7 @@ iptables:
         let file = config_file(&text);
         let path = file.path().to_str().expect("utf-8 path");
         let s = settings(&["--config", path, "--ipvs-scheduler=rr"]).expect("settings");
-        assert_eq!(s.mode, Mode::Ipvs);
+        assert_eq!(s.agent.mode, Mode::Ipvs);
         assert_eq!(
             s.ipvs,
             IpvsConfig {
@@ -1616,8 +1212,8 @@ iptables:
             "the file wins over --ipvs-scheduler"
         );
         // IPVS mode's sync periods are the ipvs section's.
-        assert_eq!(s.runner.sync_period, Duration::from_secs(45));
-        assert_eq!(s.runner.min_sync_period, Duration::from_secs(3));
+        assert_eq!(s.agent.runner.sync_period, Duration::from_secs(45));
+        assert_eq!(s.agent.runner.min_sync_period, Duration::from_secs(3));
 
         for (section, want) in [
             ("ipvs:\n  scheduler: fair\n", "ipvs.scheduler"),
@@ -1691,153 +1287,5 @@ iptables:
         let path = file.path().to_str().expect("utf-8 path");
         let err = error(&["--config", path]);
         assert!(err.contains("apiVersion"), "{err}");
-    }
-
-    const SLICES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: x}
-spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: x}
-spec: {clusterIP: 10.96.0.6, ports: [{port: 5432}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-addressType: IPv4
-metadata:
-  name: web-a
-  namespace: x
-  labels: {kubernetes.io/service-name: web}
-  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-12-03T10:00:01Z"}
-ports: [{port: 80, protocol: TCP}]
-endpoints: [{addresses: [10.244.1.2]}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-addressType: IPv4
-metadata: {name: db-a, namespace: x, labels: {kubernetes.io/service-name: db}}
-ports: [{port: 5432, protocol: TCP}]
-endpoints: [{addresses: [10.244.1.3]}]
-"#;
-
-    fn at(text: &str) -> SystemTime {
-        SystemTime::from(text.parse::<jiff::Timestamp>().expect("timestamp"))
-    }
-
-    #[test]
-    fn changes_count_services_and_slices_between_synced_states() {
-        let first = netd_testkit::state(SLICES);
-        let since = at("2026-12-03T10:00:00Z");
-        // The first sync: everything is new; the annotated slice brings its trigger time.
-        assert_eq!(
-            Changes::between(None, &first, since),
-            Changes {
-                services: 2,
-                endpoint_slices: 2,
-                triggers: vec![at("2026-12-03T10:00:01Z")],
-            }
-        );
-        // Nothing changed: nothing counted, and the old trigger time is not measured again.
-        assert_eq!(
-            Changes::between(Some(&first), &first, since),
-            Changes::default()
-        );
-        // web-a gets a new endpoint and trigger time, db goes with its slice.
-        let next = netd_testkit::state(
-            &SLICES
-                .replace("10.244.1.2]", "10.244.1.2, 10.244.1.4]")
-                .replace("10:00:01Z", "10:00:07.5Z")
-                .split("---")
-                .filter(|doc| !doc.contains("name: db"))
-                .collect::<Vec<_>>()
-                .join("---"),
-        );
-        assert_eq!(
-            Changes::between(Some(&first), &next, since),
-            Changes {
-                services: 1,
-                endpoint_slices: 2,
-                triggers: vec![at("2026-12-03T10:00:07.5Z")],
-            }
-        );
-        // Trigger times from before the agent started are not measured.
-        assert!(
-            Changes::between(None, &first, at("2026-12-03T10:00:02Z"))
-                .triggers
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn programmed_changes_are_exported_with_kube_proxys_names() {
-        let mut registry = Registry::with_prefix("kubeproxy");
-        let metrics = AgentMetrics::register(&mut registry);
-        let changes = Changes {
-            services: 2,
-            endpoint_slices: 3,
-            triggers: vec![at("2026-12-03T10:00:00Z"), at("2026-12-03T10:00:10Z")],
-        };
-        metrics.programmed(&changes, at("2026-12-03T10:00:01.2Z"));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-        for want in [
-            "kubeproxy_sync_proxy_rules_service_changes_total 2",
-            "kubeproxy_sync_proxy_rules_endpoint_changes_total 3",
-            "kubeproxy_network_programming_duration_seconds_count 2",
-            // 1.2 s after the first trigger; the second, ahead of the clock, counts as 0.
-            "kubeproxy_network_programming_duration_seconds_sum 1.2",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.0\"} 1",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"1.0\"} 1",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"2.0\"} 2",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"300.0\"} 2",
-        ] {
-            assert!(text.contains(want), "{want}: {text}");
-        }
-    }
-
-    #[test]
-    fn health_checks_listen_on_the_nodeport_addresses() {
-        let state = netd_testkit::state(
-            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
-             status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n",
-        );
-        let node = NodeName::new("node-1");
-        let with = |nodeport_addresses| ProgramConfig {
-            proxy: ProxySettings {
-                nodeport_addresses,
-                ..ProxySettings::default()
-            },
-            ..ProgramConfig::default()
-        };
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        for (addresses, want) in [
-            (NodePortAddresses::All, vec![ip("0.0.0.0")]),
-            (NodePortAddresses::Primary, vec![ip("172.18.0.2")]),
-            (
-                NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().expect("cidr")]),
-                vec![],
-            ),
-        ] {
-            assert_eq!(
-                health_check_addresses(&with(addresses.clone()), &state, &node),
-                want,
-                "{addresses:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn programming_buckets_are_kube_proxys() {
-        let buckets = programming_buckets();
-        assert_eq!(buckets.len(), 81);
-        assert_eq!(&buckets[..5], &[0.0, 0.25, 0.5, 1.0, 2.0]);
-        assert_eq!(&buckets[61..64], &[59.0, 60.0, 65.0]);
-        assert_eq!(
-            &buckets[73..],
-            &[115.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 300.0]
-        );
     }
 }

@@ -1,0 +1,317 @@
+//! [`serve`]: the agent loop, from [`AgentConfig`] to a programmed Node.
+//!
+//! The agent programs the network namespace it runs in ([`netns::CURRENT`]): the host's on a
+//! real Node, a Node's namespace in the lab, a scratch one in tests. Nothing is programmed
+//! before every watched kind has been listed, nothing is flushed at start or exit, and a
+//! failed sync makes the next one full.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use ipnet::IpNet;
+use netd_agent::enforcement::Enforcement;
+use netd_agent::{Backend, Mode, ProgramConfig};
+use netd_healthcheck::{
+    CurrentNamespace, HealthError, HealthMetrics, HealthServers, HttpServer, IpFamily, ProxyHealth,
+    SystemClock,
+};
+use netd_kernel::netns;
+use netd_model::{ClusterConfig, ClusterState, NodeName};
+use netd_proxy::NodePortIps;
+use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
+use prometheus_client::registry::Registry;
+
+use crate::error::DaemonError;
+use crate::metrics::{AgentMetrics, Changes};
+
+/// What the agent loop runs with: `kube-netd agent`'s flags, once read and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Where the API server is.
+    pub api: ApiOptions,
+    /// The Node programmed.
+    pub node: NodeName,
+    /// The proxy mode (the back end passed to [`serve`] is of this mode; the rules of the
+    /// others are removed at start).
+    pub mode: Mode,
+    /// The pod ranges of the ClusterCIDR local-traffic detector.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// What every back end programs from: masquerade-all, nodePort addresses, the
+    /// local-traffic detector, NetworkPolicy on or off.
+    pub program: ProgramConfig,
+    /// `--min-sync-period` and `--sync-period`.
+    pub runner: RunnerConfig,
+    /// `/healthz` and `/livez`.
+    pub healthz_bind_address: SocketAddr,
+    /// `/metrics`.
+    pub metrics_bind_address: SocketAddr,
+}
+
+/// Runs the agent until `shutdown` completes: health and metrics servers, the watches, the
+/// sync loop through `backend`. Rules stay in the kernel when it ends.
+pub async fn serve(
+    config: AgentConfig,
+    backend: Box<dyn Backend>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let node = config.node.clone();
+    let mut registry = Registry::with_prefix("kubeproxy");
+    let health_metrics = HealthMetrics::register(&mut registry);
+    backend.register(&mut registry);
+    let sync_metrics = AgentMetrics::register(&mut registry);
+    // kube-proxy's /healthz turns unhealthy when a queued change waits 2 × syncPeriod.
+    let health = ProxyHealth::new(
+        config.runner.sync_period * 2,
+        Arc::new(SystemClock),
+        health_metrics,
+    );
+    let _servers: Vec<HttpServer> = vec![
+        health
+            .serve(
+                netd_healthcheck::bind(config.healthz_bind_address)
+                    .map_err(serve_failed("/healthz"))?,
+            )
+            .map_err(serve_failed("/healthz"))?,
+        netd_healthcheck::serve_metrics(
+            netd_healthcheck::bind(config.metrics_bind_address)
+                .map_err(serve_failed("/metrics"))?,
+            Arc::new(registry),
+        )
+        .map_err(serve_failed("/metrics"))?,
+    ];
+    let services = Arc::new(tokio::sync::Mutex::new(HealthServers::new(
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+        health.clone(),
+        Arc::new(CurrentNamespace),
+    )));
+
+    let removed = netd_agent::remove_other_modes(netns::CURRENT, config.mode)
+        .map_err(DaemonError::RemoveOtherModesFailed)?;
+    if removed > 0 {
+        tracing::info!(removed, mode = %config.mode, "removed the rules of other proxy modes");
+    }
+
+    let client = config
+        .api
+        .client()
+        .await
+        .map_err(DaemonError::ConnectFailed)?;
+    let store = SharedStore::new(Store::new(ClusterConfig {
+        cluster_cidrs: config.cluster_cidrs.clone(),
+        ..ClusterConfig::default()
+    }));
+    let watches = tokio::spawn(netd_source::watch_cluster(client, store.clone()));
+    let queued = tokio::spawn(track_queued(
+        store.clone(),
+        health.clone(),
+        sync_metrics.clone(),
+    ));
+
+    let backend = Arc::new(Mutex::new(backend));
+    let enforcement = Arc::new(Mutex::new(EnforcementCheck::default()));
+    // The last state a sync programmed, which the next sync's changes are counted from.
+    let synced: Arc<Mutex<Option<Arc<ClusterState>>>> = Arc::default();
+    let started_at = SystemTime::now();
+    tracing::info!(node = %node, mode = %config.mode, "agent started");
+    netd_source::runner::run(
+        store,
+        config.runner,
+        |request| {
+            let backend = backend.clone();
+            let node = node.clone();
+            let health = health.clone();
+            let metrics = sync_metrics.clone();
+            let services = services.clone();
+            let synced = synced.clone();
+            let program = config.program.clone();
+            let enforcement = enforcement.clone();
+            async move {
+                let families = families(&request);
+                let full = request.full();
+                let started = Instant::now();
+                if full && program.network_policy {
+                    // Poisoned only if a check panicked; it only remembers what was logged.
+                    let mut enforcement = enforcement.lock().unwrap_or_else(|p| p.into_inner());
+                    tokio::task::block_in_place(|| enforcement.run(&families, &metrics));
+                }
+                let report = tokio::task::block_in_place(|| {
+                    // A poisoned lock means a sync panicked; the back end's own state then
+                    // asks for a full sync, which the next request brings.
+                    let mut backend = backend.lock().unwrap_or_else(|p| p.into_inner());
+                    if full {
+                        backend.request_full_sync();
+                    }
+                    backend
+                        .sync(netns::CURRENT, &request.state, &node)
+                        .map_err(Box::new)
+                });
+                let report = report?;
+                metrics.observe(full, started.elapsed());
+                {
+                    // Poisoned only if a panic held it; the value is still a whole state.
+                    let mut synced = synced.lock().unwrap_or_else(|p| p.into_inner());
+                    let changes = Changes::between(synced.as_deref(), &request.state, started_at);
+                    metrics.programmed(&changes, SystemTime::now());
+                    *synced = Some(request.state.clone());
+                }
+                for family in families {
+                    health.updated(family);
+                }
+                health.set_node_eligible(netd_healthcheck::node_eligible(&request.state, &node));
+                let mut services = services.lock().await;
+                services
+                    .set_addresses(health_check_addresses(&program, &request.state, &node))
+                    .await;
+                for (service, error) in services.sync(&report.health_checks).await {
+                    tracing::warn!(%service, %error, "health check server not started; retried next sync");
+                }
+                tracing::info!(generation = request.generation, reason = %request.reason, "synced");
+                Ok::<(), Box<netd_agent::AgentError>>(())
+            }
+        },
+        shutdown,
+    )
+    .await;
+    watches.abort();
+    queued.abort();
+    tracing::info!("agent stopped; rules left in place");
+    Ok(())
+}
+
+/// Where health-check node ports listen, as kube-proxy's: the `--nodeport-addresses` of the
+/// cluster's primary family (the unspecified address when that is every local address).
+fn health_check_addresses(
+    program: &ProgramConfig,
+    state: &ClusterState,
+    node: &NodeName,
+) -> Vec<IpAddr> {
+    let ipv6_only = !state.config().service_cidrs.is_empty()
+        && state
+            .config()
+            .service_cidrs
+            .iter()
+            .all(|c| c.addr().is_ipv6());
+    let (family, any) = if ipv6_only {
+        (netd_proxy::IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (netd_proxy::IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    match program.proxy_options(state, node).nodeport_ips(family) {
+        NodePortIps::Local => vec![any],
+        NodePortIps::Only(ips) => ips,
+    }
+}
+
+fn serve_failed(what: &'static str) -> impl Fn(HealthError) -> DaemonError {
+    move |source| DaemonError::ServeFailed { what, source }
+}
+
+/// Marks an update queued (for `/healthz`) each time the store changes.
+async fn track_queued(store: SharedStore, health: ProxyHealth, metrics: AgentMetrics) {
+    let mut changes = store.subscribe();
+    while changes.changed().await.is_ok() {
+        health.queued_update(IpFamily::V4);
+        metrics.queued();
+    }
+}
+
+/// NetworkPolicy's enforcement on this node, checked on every full sync (a bridge CNI
+/// creates its bridge with the node's first Pod): see [`netd_agent::enforcement`]. Logs
+/// when the outcome changes and keeps `network_policy_enforced` true to it.
+#[derive(Debug, Default)]
+struct EnforcementCheck {
+    /// The last outcome logged: what was found, or why policy is not enforced.
+    last: Option<Result<Enforcement, String>>,
+}
+
+impl EnforcementCheck {
+    fn run(&mut self, families: &BTreeSet<IpFamily>, metrics: &AgentMetrics) {
+        // The whole chain of causes, as the binary prints every error.
+        let outcome =
+            netd_agent::enforcement::ensure(netns::CURRENT, families).map_err(|e| causes(&e));
+        metrics.policy_enforced.set(i64::from(outcome.is_ok()));
+        if self.last.as_ref() == Some(&outcome) {
+            return;
+        }
+        match &outcome {
+            Ok(Enforcement::Routed) => {
+                tracing::info!("NetworkPolicy enforced: no pods share a bridge on this node");
+            }
+            Ok(Enforcement::Bridged { bridges, turned_on }) => tracing::info!(
+                ?bridges,
+                ?turned_on,
+                "NetworkPolicy enforced: bridged pod traffic goes through netfilter (br_netfilter)"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "NetworkPolicy is NOT enforced between pods that share a bridge on this node; load br_netfilter and set its sysctls to 1"
+            ),
+        }
+        self.last = Some(outcome);
+    }
+}
+
+/// The families a sync programs, as `/healthz` reports them.
+fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
+    request
+        .state
+        .config()
+        .service_cidrs
+        .iter()
+        .map(|net| IpFamily::of(net.addr()))
+        .chain([IpFamily::V4])
+        .collect()
+}
+
+/// An error and its sources, joined as `{:#}` of an `anyhow::Error` prints them.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_proxy::{NodePortAddresses, ProxySettings};
+
+    use super::*;
+
+    #[test]
+    fn health_checks_listen_on_the_nodeport_addresses() {
+        let state = netd_testkit::state(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+             status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n",
+        );
+        let node = NodeName::new("node-1");
+        let with = |nodeport_addresses| ProgramConfig {
+            proxy: ProxySettings {
+                nodeport_addresses,
+                ..ProxySettings::default()
+            },
+            ..ProgramConfig::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        for (addresses, want) in [
+            (NodePortAddresses::All, vec![ip("0.0.0.0")]),
+            (NodePortAddresses::Primary, vec![ip("172.18.0.2")]),
+            (
+                NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().expect("cidr")]),
+                vec![],
+            ),
+        ] {
+            assert_eq!(
+                health_check_addresses(&with(addresses.clone()), &state, &node),
+                want,
+                "{addresses:?}"
+            );
+        }
+    }
+}
