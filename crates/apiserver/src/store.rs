@@ -939,6 +939,25 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_event_carries_the_deletions_resource_version() {
+        // As kube-apiserver: a watcher that has seen the delete has seen that
+        // resourceVersion, which is how an agent tells it has programmed the deletion.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path(), 10);
+        r.create(namespace("a"), FieldValidation::Strict)
+            .expect("a");
+        let deleted = r
+            .delete(&ns_id("a"), None, FieldValidation::Strict)
+            .expect("delete");
+        assert_eq!(deleted["metadata"]["resourceVersion"], "2");
+        let events = r.events_since(1).expect("events");
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, EventType::Deleted);
+        assert_eq!(events[0].resource_version, 2);
+        assert_eq!(events[0].object["metadata"]["resourceVersion"], "2");
+    }
+
+    #[test]
     fn writes_survive_a_restart_and_resource_versions_keep_growing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = registry(dir.path(), 10);
