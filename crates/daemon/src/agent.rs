@@ -25,7 +25,7 @@ use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use prometheus_client::registry::Registry;
 
 use crate::error::DaemonError;
-use crate::metrics::{AgentMetrics, Changes};
+use crate::metrics::{AgentMetrics, Changes, ProgrammedVersions};
 
 /// What the agent loop runs with: `kube-netd agent`'s flags, once read and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,10 +58,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let node = config.node.clone();
-    let mut registry = Registry::with_prefix("kubeproxy");
-    let health_metrics = HealthMetrics::register(&mut registry);
-    backend.register(&mut registry);
-    let sync_metrics = AgentMetrics::register(&mut registry);
+    let mut registry = Registry::default();
+    let programmed = ProgrammedVersions::register(registry.sub_registry_with_prefix("netd_agent"));
+    let kube_proxy = registry.sub_registry_with_prefix("kubeproxy");
+    let health_metrics = HealthMetrics::register(kube_proxy);
+    backend.register(kube_proxy);
+    let sync_metrics = AgentMetrics::register(kube_proxy);
     // kube-proxy's /healthz turns unhealthy when a queued change waits 2 × syncPeriod.
     let health = ProxyHealth::new(
         config.runner.sync_period * 2,
@@ -128,6 +130,7 @@ pub async fn serve(
             let synced = synced.clone();
             let program = config.program.clone();
             let enforcement = enforcement.clone();
+            let programmed = programmed.clone();
             async move {
                 let families = families(&request);
                 let full = request.full();
@@ -168,6 +171,7 @@ pub async fn serve(
                 for (service, error) in services.sync(&report.health_checks).await {
                     tracing::warn!(%service, %error, "health check server not started; retried next sync");
                 }
+                programmed.programmed(&request.versions);
                 tracing::info!(generation = request.generation, reason = %request.reason, "synced");
                 Ok::<(), Box<netd_agent::AgentError>>(())
             }

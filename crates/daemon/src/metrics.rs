@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use netd_model::{ClusterState, Kind, Object, ObjectId};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -197,6 +198,43 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
+/// The `kind` label of [`ProgrammedVersions`].
+type KindLabel = [(&'static str, &'static str); 1];
+
+/// What the agent has programmed of the API's state, so that whoever wrote to the API can
+/// tell when a Node has caught up: per watched kind, the highest resourceVersion among the
+/// events of the last snapshot applied successfully
+/// (`netd_agent_programmed_resource_version{kind="Service"}`). A kind appears once its
+/// first snapshot is programmed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProgrammedVersions {
+    versions: Family<KindLabel, Gauge>,
+}
+
+impl ProgrammedVersions {
+    /// Registers the gauge in `registry`, which gives it its prefix (`netd_agent`).
+    pub(crate) fn register(registry: &mut Registry) -> ProgrammedVersions {
+        let metrics = ProgrammedVersions::default();
+        registry.register(
+            "programmed_resource_version",
+            "Per watched kind, the highest resourceVersion among the events of the last snapshot programmed successfully",
+            metrics.versions.clone(),
+        );
+        metrics
+    }
+
+    /// Records that the state up to `versions` is programmed.
+    pub(crate) fn programmed(&self, versions: &BTreeMap<Kind, u64>) {
+        for (kind, version) in versions {
+            // resourceVersions are etcd revisions, far below i64::MAX.
+            let version = i64::try_from(*version).unwrap_or(i64::MAX);
+            self.versions
+                .get_or_create(&[("kind", kind.as_str())])
+                .set(version);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +354,21 @@ endpoints: [{addresses: [10.244.1.3]}]
             &buckets[73..],
             &[115.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 300.0]
         );
+    }
+
+    #[test]
+    fn programmed_versions_are_exported_per_kind() {
+        let mut registry = Registry::with_prefix("netd_agent");
+        let programmed = ProgrammedVersions::register(&mut registry);
+        programmed.programmed(&BTreeMap::from([(Kind::Service, 7), (Kind::Pod, 12)]));
+        programmed.programmed(&BTreeMap::from([(Kind::Service, 9)]));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for want in [
+            "netd_agent_programmed_resource_version{kind=\"Service\"} 9",
+            "netd_agent_programmed_resource_version{kind=\"Pod\"} 12",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
     }
 }

@@ -102,23 +102,8 @@ fn triggered(mut slice: serde_json::Value, at: &str) -> serde_json::Value {
 fn wait_for_metric(ns: &str, name: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = {
-            let ns = ns.to_owned();
-            std::thread::spawn(move || {
-                netns::enter(&ns).expect("enter");
-                let mut stream = TcpStream::connect(("127.0.0.1", 10249)).expect("connect");
-                write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
-                let mut answer = String::new();
-                stream.read_to_string(&mut answer).expect("read");
-                answer
-            })
-            .join()
-            .expect("metrics thread")
-        };
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
-        if let Some(v) = value.filter(|v| *v >= at_least) {
+        let text = metrics(ns);
+        if let Some(v) = sample(&text, name).filter(|v| *v >= at_least) {
             return v;
         }
         assert!(
@@ -127,6 +112,27 @@ fn wait_for_metric(ns: &str, name: &str, at_least: f64) -> f64 {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The agent's `/metrics` text (127.0.0.1:10249 in `ns`).
+fn metrics(ns: &str) -> String {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter");
+        let mut stream = TcpStream::connect(("127.0.0.1", 10249)).expect("connect");
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    })
+    .join()
+    .expect("metrics thread")
+}
+
+/// The value of the sample `name` (labels included) in metrics `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
 }
 
 /// kube-proxy's options end to end: `--network-policy=false` programs no policy chain, and
@@ -295,6 +301,91 @@ fn agent_follows_the_api_server(mode: &str) {
     // Stopping the agent flushes nothing.
     agent.stop(netd_kernel::process::Signal::SIGKILL);
     assert!(rules(ns.name()).contains("10.244.1.6"));
+}
+
+/// The agent says which API state it has programmed: per kind, the highest resourceVersion
+/// among the events of the last snapshot it applied, a delete's included. While the rules
+/// of a write cannot be applied (a chain the agent must remove is held by a jump from a
+/// chain of the test's), the metric stays below the write's resourceVersion.
+#[test]
+fn the_agent_exports_the_resource_versions_it_has_programmed() {
+    let ns = ScratchNetns::new("agt", "rv");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, kubeconfig) = seeded(ns.name(), dir.path());
+    // Failed syncs are retried every sync period.
+    let _agent = Agent::start(ns.name(), &kubeconfig, "iptables", &["--sync-period=1s"]);
+    let api = server.registry();
+    let slices = r#"netd_agent_programmed_resource_version{kind="EndpointSlice"}"#;
+    wait_for(ns.name(), "10.244.1.5");
+    let seeded = wait_for_metric(ns.name(), slices, 1.0);
+
+    // The endpoint's chain, which the next change removes, is held.
+    let saved = rules(ns.name());
+    let endpoint_chain = saved
+        .lines()
+        .filter(|l| l.contains("10.244.1.5"))
+        .find_map(|l| {
+            l.strip_prefix("-A ")?
+                .split(' ')
+                .next()?
+                .strip_prefix("KUBE-SEP-")
+        })
+        .map(|hash| format!("KUBE-SEP-{hash}"))
+        .unwrap_or_else(|| panic!("no endpoint chain for 10.244.1.5:\n{saved}"));
+    let iptables = |args: &[&str]| {
+        let out = netns::exec(
+            ns.name(),
+            &[&["iptables", "-w", "-t", "nat"], args].concat(),
+        )
+        .expect("iptables");
+        assert!(out.status.success(), "iptables {args:?}: {out:?}");
+    };
+    iptables(&["-N", "TEST-HOLD"]);
+    iptables(&["-A", "TEST-HOLD", "-j", &endpoint_chain]);
+
+    let id = netd_apiserver::store::object_id(&slice(&[], None)).expect("id");
+    let current = api.get(&id).expect("the slice");
+    let rv = current["metadata"]["resourceVersion"].as_str().expect("rv");
+    let written = api
+        .update(
+            slice(&["10.244.1.6"], Some(rv)),
+            netd_apiserver::WriteOptions::default(),
+        )
+        .expect("update");
+    let updated = resource_version(&written.object);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failures = "kubeproxy_sync_proxy_rules_restore_failures_total{";
+    let text = loop {
+        let text = metrics(ns.name());
+        if text.lines().any(|l| l.starts_with(failures)) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no restore failed:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sample(&text, slices), Some(seeded), "{text}");
+    assert!((seeded as u64) < updated);
+    assert!(!rules(ns.name()).contains("10.244.1.6"));
+
+    // Released, the change is programmed, and then said to be.
+    iptables(&["-F", "TEST-HOLD"]);
+    iptables(&["-X", "TEST-HOLD"]);
+    wait_for_metric(ns.name(), slices, updated as f64);
+    assert!(rules(ns.name()).contains("10.244.1.6"));
+
+    // A delete's resourceVersion is the deletion's.
+    let deleted = api
+        .delete(&id, None, netd_apiserver::WriteOptions::default())
+        .expect("delete");
+    wait_for_metric(ns.name(), slices, resource_version(&deleted) as f64);
+    assert!(!rules(ns.name()).contains("10.244.1.6"));
+}
+
+fn resource_version(object: &serde_json::Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a numeric resourceVersion")
 }
 
 /// The Service of [`agent_follows_the_api_server`] in front of a real echo server in a pod

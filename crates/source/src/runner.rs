@@ -7,12 +7,13 @@
 //! defaults: 1 s and 30 s). After a failed sync the next one, at the latest `sync_period`
 //! later, is full. Nothing is synced before every kind has completed its first list.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netd_model::ClusterState;
+use netd_model::{ClusterState, Kind};
 use tokio::time::{Instant, sleep_until};
 
 use crate::store::SharedStore;
@@ -75,6 +76,9 @@ pub struct SyncRequest {
     pub state: Arc<ClusterState>,
     /// The store's generation the snapshot was taken at.
     pub generation: u64,
+    /// Per kind, the highest resourceVersion among the events the snapshot includes: what
+    /// a successful sync has programmed up to.
+    pub versions: BTreeMap<Kind, u64>,
     /// Why it runs.
     pub reason: SyncReason,
 }
@@ -143,6 +147,7 @@ pub async fn run<F, Fut, E>(
                 let request = SyncRequest {
                     state: Arc::new(snapshot.state),
                     generation: snapshot.generation,
+                    versions: snapshot.versions,
                     reason,
                 };
                 match sync(request).await {

@@ -84,6 +84,9 @@ pub struct Snapshot {
     pub state: ClusterState,
     /// The store's [`Store::generation`] it was taken at.
     pub generation: u64,
+    /// Per kind, the highest resourceVersion among the events it includes
+    /// ([`Store::versions`]).
+    pub versions: BTreeMap<Kind, u64>,
 }
 
 /// The cluster state as fed by watch events: per kind, the kept form of every object.
@@ -107,6 +110,9 @@ pub struct Store {
     /// The objects whose kept form changed (added, altered, removed) since the last
     /// [`Store::take_changes`] or [`Store::take_snapshot`].
     changed: BTreeSet<ObjectId>,
+    /// Per kind, the highest resourceVersion among the events applied (a relist's once it
+    /// is done), whether or not they changed what is kept.
+    versions: BTreeMap<Kind, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +127,8 @@ struct KindStore {
 struct Listing {
     objects: BTreeMap<ObjectId, Object>,
     rejected: BTreeMap<ObjectId, StateError>,
+    /// The highest resourceVersion among the listed objects.
+    version: u64,
 }
 
 impl Store {
@@ -148,6 +156,7 @@ impl Store {
             generation: 0,
             dirty: false,
             changed: BTreeSet::new(),
+            versions: BTreeMap::new(),
         }
     }
 
@@ -169,11 +178,13 @@ impl Store {
             }
             watcher::Event::InitApply(obj) => {
                 let id = obj.id();
+                let version = resource_version(obj.metadata());
                 let admitted = self.admit(&id, obj);
                 let listing = self
                     .kind_mut(K::KIND)
                     .relist
                     .get_or_insert_with(Listing::default);
+                listing.version = listing.version.max(version);
                 match admitted {
                     Admitted::Keep(o) => {
                         listing.rejected.remove(&id);
@@ -194,6 +205,7 @@ impl Store {
                 let mut listing = kind.relist.take().unwrap_or_default();
                 kind.listed = true;
                 kind.rejected = listing.rejected;
+                self.saw(K::KIND, listing.version);
                 let gone: Vec<ObjectId> = self
                     .state
                     .objects_of(K::KIND)
@@ -212,6 +224,7 @@ impl Store {
                 changed
             }
             watcher::Event::Apply(obj) => {
+                self.saw(K::KIND, resource_version(obj.metadata()));
                 let id = obj.id();
                 let admitted = self.admit(&id, obj);
                 let kind = self.kinds.entry(K::KIND).or_default();
@@ -231,6 +244,8 @@ impl Store {
                 }
             }
             watcher::Event::Delete(obj) => {
+                // kube-apiserver gives a delete event the deletion's resourceVersion.
+                self.saw(K::KIND, resource_version(obj.metadata()));
                 let id = obj.id();
                 let kind = self.kinds.entry(K::KIND).or_default();
                 kind.rejected.remove(&id);
@@ -243,6 +258,14 @@ impl Store {
             self.dirty = true;
         }
         changed
+    }
+
+    /// Per kind, the highest resourceVersion among the events applied so far (a relist's
+    /// from its end), changes or not: once a snapshot of this store's current
+    /// [generation](Store::generation) is programmed, so is the API state up to these.
+    /// resourceVersions that are not numbers (kube-apiserver's and the lab's are) count as 0.
+    pub fn versions(&self) -> &BTreeMap<Kind, u64> {
+        &self.versions
     }
 
     /// Whether every kind has completed its first list. Until then no snapshot is produced.
@@ -289,6 +312,7 @@ impl Store {
         Ok(Snapshot {
             state: self.state.clone(),
             generation: self.generation,
+            versions: self.versions.clone(),
         })
     }
 
@@ -317,6 +341,12 @@ impl Store {
 
     fn kind_mut(&mut self, kind: Kind) -> &mut KindStore {
         self.kinds.entry(kind).or_default()
+    }
+
+    /// Counts an event of `kind` at resourceVersion `version` into [`Store::versions`].
+    fn saw(&mut self, kind: Kind, version: u64) {
+        let seen = self.versions.entry(kind).or_default();
+        *seen = (*seen).max(version);
     }
 
     /// Keeps `object` (admitted) as `id`; returns whether that changed the state.
@@ -361,6 +391,14 @@ enum Admitted {
     Keep(Box<Object>),
     LeftOut,
     Rejected(StateError),
+}
+
+/// An object's resourceVersion as a number (0 when it is not one).
+fn resource_version(meta: &ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
 }
 
 /// A [`Store`] shared between the watches that feed it and the runners that read it; each

@@ -546,3 +546,35 @@ fn a_dns_store_waits_for_its_own_kinds_and_keeps_every_service() {
         ]
     );
 }
+
+#[test]
+fn versions_are_each_kinds_highest_resource_version_applied() {
+    let mut s = store();
+    list_all_empty(&mut s);
+    assert_eq!(
+        s.versions().get(&Kind::Service),
+        Some(&0),
+        "listed, nothing in it"
+    );
+    list(
+        &mut s,
+        vec![
+            pod("web", "a", "10.244.1.2", "front", 4),
+            pod("web", "b", "10.244.1.3", "front", 2),
+        ],
+    );
+    assert_eq!(s.versions().get(&Kind::Pod), Some(&4));
+    // An update that changes nothing kept still counts: the store holds that state.
+    assert!(!s.apply(Event::Apply(pod("web", "a", "10.244.1.2", "front", 6))));
+    assert_eq!(s.versions().get(&Kind::Pod), Some(&6));
+    // A delete's resourceVersion is the deletion's.
+    assert!(s.apply(Event::Delete(pod("web", "b", "10.244.1.3", "front", 8))));
+    let snapshot = s.take_snapshot().expect("ready");
+    assert_eq!(snapshot.versions.get(&Kind::Pod), Some(&8));
+    // A relist counts once it is done, when its objects are in the snapshot.
+    s.apply(Event::<core::Pod>::Init);
+    s.apply(Event::InitApply(pod("web", "a", "10.244.1.2", "front", 12)));
+    assert_eq!(s.versions().get(&Kind::Pod), Some(&8));
+    s.apply(Event::<core::Pod>::InitDone);
+    assert_eq!(s.versions().get(&Kind::Pod), Some(&12));
+}
