@@ -300,6 +300,35 @@ fn compare(lab: &Lab, what: &str) -> Vec<String> {
             ));
         }
     }
+    if !out.is_empty() {
+        out.push(kernel_state(lab, &state));
+    }
+    out
+}
+
+/// What a mismatch is judged against: every Node's rules and connection-tracking entries
+/// as the kernel holds them, with the Pods each Node runs.
+fn kernel_state(lab: &Lab, state: &ClusterState) -> String {
+    let mut out = String::new();
+    for node in state.nodes() {
+        let ns = lab.names().node_ns(&node.name);
+        let pods: Vec<String> = state
+            .pods()
+            .filter(|p| p.node.as_ref() == Some(&node.name))
+            .map(|p| format!("{} {:?}", p.key, p.ips))
+            .collect();
+        out.push_str(&format!("--- {} ({ns}): pods {pods:?}\n", node.name));
+        let listings: &[&[&str]] = match mode() {
+            Mode::Nftables => &[&["nft", "list", "ruleset"]],
+            _ => &[&["iptables-save"], &["ip6tables-save"], &["ipset", "list"]],
+        };
+        for command in listings.iter().chain(&[&["conntrack", "-L"][..]]) {
+            match netd_kernel::netns::exec(&ns, command) {
+                Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+                Err(e) => out.push_str(&format!("{command:?}: {e}\n")),
+            }
+        }
+    }
     out
 }
 
