@@ -58,6 +58,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let node = config.node.clone();
+    // The kubeconfig (or in-cluster configuration) is read before anything is served or
+    // touched: configuration that cannot be used stops the agent with every rule in place.
+    // Building the client does not reach the server; an unreachable one is retried by the
+    // watches, rules left alone.
+    let client = config
+        .api
+        .client()
+        .await
+        .map_err(DaemonError::ConnectFailed)?;
     let mut registry = Registry::default();
     let programmed = ProgrammedVersions::register(registry.sub_registry_with_prefix("netd_agent"));
     let kube_proxy = registry.sub_registry_with_prefix("kubeproxy");
@@ -96,11 +105,6 @@ pub async fn serve(
         tracing::info!(removed, mode = %config.mode, "removed the rules of other proxy modes");
     }
 
-    let client = config
-        .api
-        .client()
-        .await
-        .map_err(DaemonError::ConnectFailed)?;
     let store = SharedStore::new(Store::new(ClusterConfig {
         cluster_cidrs: config.cluster_cidrs.clone(),
         ..ClusterConfig::default()

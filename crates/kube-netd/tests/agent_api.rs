@@ -185,6 +185,23 @@ fn the_agent_takes_kube_proxys_options() {
     }
 }
 
+/// A kubeconfig that cannot be read stops the agent before it touches the kernel: the rules
+/// another proxy mode left (which a starting agent removes) are still there.
+#[test]
+fn an_unreadable_kubeconfig_changes_no_rule() {
+    let ns = ScratchNetns::new("agt", "nokc");
+    netns::exec(ns.name(), &["nft", "add", "table", "ip", "kube-netd"]).expect("nft add table");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut agent = Agent::start(ns.name(), &dir.path().join("missing"), "iptables", &[]);
+    let status = agent.0.wait().expect("wait for the agent");
+    assert!(!status.success(), "{status}");
+    assert!(
+        rules(ns.name()).contains("table ip kube-netd"),
+        "{}",
+        rules(ns.name())
+    );
+}
+
 /// Every rule of the namespace, iptables and nftables together.
 fn rules(ns: &str) -> String {
     let mut out = netd_kernel::rules::iptables_save(ns).expect("iptables-save");

@@ -46,11 +46,19 @@ impl ApiOptions {
             return kube::Config::incluster()
                 .map_err(|source| SourceError::InClusterConfigFailed { source });
         };
-        let file =
-            Kubeconfig::read_from(path).map_err(|source| SourceError::KubeconfigReadFailed {
+        let file = Kubeconfig::read_from(path).map_err(|source| match source {
+            // kube's message repeats the path and the cause; the cause alone says it.
+            kube::config::KubeconfigError::ReadConfig(source, _) => {
+                SourceError::KubeconfigOpenFailed {
+                    path: path.clone(),
+                    source,
+                }
+            }
+            source => SourceError::KubeconfigReadFailed {
                 path: path.clone(),
                 source,
-            })?;
+            },
+        })?;
         let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
             .await
             .map_err(|source| SourceError::KubeconfigInvalid {

@@ -23,7 +23,16 @@ pub enum SourceError {
         #[source]
         source: kube::config::InClusterError,
     },
-    /// The kubeconfig file could not be read or parsed.
+    /// The kubeconfig file could not be opened or read.
+    #[error("cannot read kubeconfig {}", .path.display())]
+    KubeconfigOpenFailed {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kubeconfig file could not be parsed.
     #[error("cannot read kubeconfig {}", .path.display())]
     KubeconfigReadFailed {
         /// The file.

@@ -80,6 +80,10 @@ async fn bad_options_are_refused_naming_what_is_wrong() {
         err.to_string(),
         "cannot read kubeconfig /nonexistent/kubeconfig"
     );
+    // The cause is the file system's alone: it does not name the path again.
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert_eq!(cause.to_string(), "No such file or directory (os error 2)");
+    assert!(cause.source().is_none());
 }
 
 #[tokio::test]
