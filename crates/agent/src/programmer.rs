@@ -176,7 +176,20 @@ impl IncrementalProgrammer {
                 .cloned()
                 .collect();
             changed.insert(plan.family, differ);
-            rules.plan = plan.clone();
+            // The plans differ in the replanned Services' ports alone (and `rerender` found
+            // their settings equal): bring those over rather than copying every port.
+            let before: Vec<ServicePortName> = rules
+                .plan
+                .ports_of_services(replanned)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &before {
+                rules.plan.ports.remove(name);
+            }
+            rules.plan.ports.extend(
+                plan.ports_of_services(replanned)
+                    .map(|(name, port)| (name.clone(), port.clone())),
+            );
         }
         next.lineage = Some(Lineage {
             id: Lineage::next_id(),

@@ -132,7 +132,7 @@ impl NodeRules {
             let mut payload = String::new();
             let mut hooks: Vec<&Hook> = Vec::new();
             if let Some(f) = self.family(family) {
-                payload.push_str(&f.rules.restore_input(&SyncScope::Full, &none));
+                payload.push_str(&f.rules.restore_input(&f.plan, &SyncScope::Full, &none));
                 hooks.extend(&f.hooks);
             }
             let (opaque, opaque_hooks) = self.opaque(family);

@@ -534,7 +534,7 @@ impl SyncEngine {
         if let Some(f) = ours {
             let stale = self.stale_chains(f, rules.lineage.as_ref(), saved);
             deleted = stale.len();
-            payload.push_str(&f.rules.restore_deleting(scope, stale));
+            payload.push_str(&f.rules.restore_deleting(&f.plan, scope, stale));
             hooks.extend(&f.hooks);
         }
         let (opaque, opaque_hooks) = rules.opaque(family);

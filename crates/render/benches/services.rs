@@ -64,8 +64,9 @@ fn bench(c: &mut Criterion) {
     });
     let rules = render_services(&p, &ropts);
     let none = BTreeSet::new();
-    let full = rules.restore_input(&SyncScope::Full, &none);
+    let full = rules.restore_input(&p, &SyncScope::Full, &none);
     let partial = rules.restore_input(
+        &p,
         &SyncScope::Partial([ServiceRef::new("bench", "svc42")].into()),
         &none,
     );
@@ -78,16 +79,16 @@ fn bench(c: &mut Criterion) {
         rules.ruleset.rule_count(netd_render::Table::Nat),
     );
     g.bench_function("restore_full", |b| {
-        b.iter(|| black_box(rules.restore_input(&SyncScope::Full, &none)))
+        b.iter(|| black_box(rules.restore_input(&p, &SyncScope::Full, &none)))
     });
     let changed = SyncScope::Partial([ServiceRef::new("bench", "svc42")].into());
     g.bench_function("restore_partial", |b| {
-        b.iter(|| black_box(rules.restore_input(&changed, &none)))
+        b.iter(|| black_box(rules.restore_input(&p, &changed, &none)))
     });
     g.bench_function("plan_render_full", |b| {
         b.iter(|| {
             let p = plan(&state, &node, IpFamily::V4, &opts);
-            black_box(render_services(&p, &ropts).restore_input(&SyncScope::Full, &none))
+            black_box(render_services(&p, &ropts).restore_input(&p, &SyncScope::Full, &none))
         })
     });
     g.finish();

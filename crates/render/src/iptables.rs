@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use netd_model::Protocol;
 use netd_proxy::IpFamily;
 
+use crate::chains::is_service_chain;
+
 /// An iptables table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
@@ -581,12 +583,46 @@ pub struct HookRule {
 /// A whole rule set of one IP family: per table, chains and their rules.
 ///
 /// Chains are kept hashed (building a rule set touches each chain many times) and sorted
-/// whenever they are listed or rendered, so every output is deterministic.
+/// whenever they are listed or rendered, so every output is deterministic. Each chain's
+/// rules are shared between clones and copied only when one of them changes the chain: a
+/// clone of a Node's rules (which an incremental programmer keeps while the sync engine
+/// keeps those it applied) copies no rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruleset {
     /// `iptables` (IPv4) or `ip6tables` (IPv6).
     pub family: IpFamily,
-    tables: BTreeMap<Table, HashMap<ChainName, Vec<Rule>>>,
+    tables: BTreeMap<Table, Chains>,
+}
+
+/// The chains of one table, the per-service ones ([`is_service_chain`]) apart: at 10,000
+/// Services they are nearly all of them, and a partial restore names the few it writes
+/// ([`RestoreSelection::service_chains`]) instead of visiting every one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Chains {
+    service: HashMap<ChainName, Arc<Vec<Rule>>>,
+    other: HashMap<ChainName, Arc<Vec<Rule>>>,
+}
+
+impl Chains {
+    fn of(&self, chain: &str) -> &HashMap<ChainName, Arc<Vec<Rule>>> {
+        if is_service_chain(chain) {
+            &self.service
+        } else {
+            &self.other
+        }
+    }
+
+    fn of_mut(&mut self, chain: &str) -> &mut HashMap<ChainName, Arc<Vec<Rule>>> {
+        if is_service_chain(chain) {
+            &mut self.service
+        } else {
+            &mut self.other
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ChainName, &Arc<Vec<Rule>>)> {
+        self.other.iter().chain(&self.service)
+    }
 }
 
 /// Which chains of a [`Ruleset`] one `iptables-restore` payload rewrites, and which it
@@ -597,6 +633,10 @@ pub struct RestoreSelection<'a> {
     pub include: &'a dyn Fn(Table, &ChainName) -> bool,
     /// Chains to flush and delete (`:CHAIN` then `-X CHAIN`).
     pub delete: &'a BTreeSet<(Table, ChainName)>,
+    /// When set, the only per-service chains ([`is_service_chain`]) looked at (`include`
+    /// still decides): a partial sync writes a few Services' chains of 100,000s and need
+    /// not visit the others. `None`: every chain.
+    pub service_chains: Option<&'a [ChainName]>,
 }
 
 impl Ruleset {
@@ -610,16 +650,29 @@ impl Ruleset {
 
     /// The rules of a chain, creating the (empty) chain if needed.
     pub fn chain_mut(&mut self, table: Table, chain: &ChainName) -> &mut Vec<Rule> {
-        self.tables
+        let rules = self
+            .tables
             .entry(table)
             .or_default()
+            .of_mut(chain.as_str())
             .entry(chain.clone())
-            .or_default()
+            .or_default();
+        Arc::make_mut(rules)
     }
 
     /// Declares a chain (empty if new).
     pub fn declare(&mut self, table: Table, chain: &ChainName) {
         self.chain_mut(table, chain);
+    }
+
+    /// Sets the rules of a chain, creating the chain if needed (what it shared with clones
+    /// is left to them, not copied).
+    pub fn replace(&mut self, table: Table, chain: &ChainName, rules: Vec<Rule>) {
+        self.tables
+            .entry(table)
+            .or_default()
+            .of_mut(chain.as_str())
+            .insert(chain.clone(), Arc::new(rules));
     }
 
     /// Appends a rule to a chain, creating the chain if needed.
@@ -629,7 +682,11 @@ impl Ruleset {
 
     /// Removes a chain, returning its rules.
     pub fn remove(&mut self, table: Table, chain: &str) -> Option<Vec<Rule>> {
-        self.tables.get_mut(&table)?.remove(chain)
+        self.tables
+            .get_mut(&table)?
+            .of_mut(chain)
+            .remove(chain)
+            .map(Arc::unwrap_or_clone)
     }
 
     /// Inserts a rule at the top of a chain (how hook rules are installed).
@@ -639,7 +696,11 @@ impl Ruleset {
 
     /// The rules of a chain, if it exists.
     pub fn chain(&self, table: Table, chain: &str) -> Option<&[Rule]> {
-        self.tables.get(&table)?.get(chain).map(Vec::as_slice)
+        self.tables
+            .get(&table)?
+            .of(chain)
+            .get(chain)
+            .map(|r| r.as_slice())
     }
 
     /// The chains of a table, by name.
@@ -648,7 +709,7 @@ impl Ruleset {
             .tables
             .get(&table)
             .into_iter()
-            .flatten()
+            .flat_map(Chains::iter)
             .map(|(n, r)| (n, r.as_slice()))
             .collect();
         chains.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -682,6 +743,7 @@ impl Ruleset {
         self.restore_selected(&RestoreSelection {
             include: &|_, _| true,
             delete: &none,
+            service_chains: None,
         })
     }
 
@@ -691,14 +753,24 @@ impl Ruleset {
         let mut tables: BTreeSet<Table> = self.tables.keys().copied().collect();
         tables.extend(selection.delete.iter().map(|(t, _)| *t));
         for table in tables {
-            let mut chains: Vec<(&ChainName, &[Rule])> = self
-                .tables
-                .get(&table)
-                .into_iter()
-                .flatten()
-                .filter(|(name, _)| (selection.include)(table, name))
-                .map(|(n, r)| (n, r.as_slice()))
-                .collect();
+            let mut chains: Vec<(&ChainName, &[Rule])> = Vec::new();
+            if let Some(all) = self.tables.get(&table) {
+                let service: Box<dyn Iterator<Item = _>> = match selection.service_chains {
+                    Some(names) => Box::new(
+                        names
+                            .iter()
+                            .filter_map(|n| all.service.get_key_value(n.as_str())),
+                    ),
+                    None => Box::new(all.service.iter()),
+                };
+                chains.extend(
+                    all.other
+                        .iter()
+                        .chain(service)
+                        .filter(|(name, _)| (selection.include)(table, name))
+                        .map(|(n, r)| (n, r.as_slice())),
+                );
+            }
             let deleted: Vec<&ChainName> = selection
                 .delete
                 .iter()
@@ -709,6 +781,8 @@ impl Ruleset {
                 continue;
             }
             chains.sort_unstable_by(|a, b| a.0.write_order().cmp(&b.0.write_order()));
+            // A chain named twice in `service_chains` is written once.
+            chains.dedup_by(|a, b| a.0 == b.0);
             let mut declared: Vec<(&ChainName, bool)> =
                 chains.iter().map(|(n, _)| (*n, n.is_builtin())).collect();
             declared.extend(deleted.iter().map(|n| (*n, false)));
@@ -1104,8 +1178,20 @@ mod tests {
         let text = rs.restore_selected(&RestoreSelection {
             include: &|_, c| c.as_str() != "OTHER",
             delete: &deleted,
+            service_chains: None,
         });
         let want = "*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n:KUBE-NODEPORTS - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-EXT-A - [0:0]\n:KUBE-SEP-OLD - [0:0]\n:KUBE-SVC-B - [0:0]\n-A KUBE-NODEPORTS -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n-A KUBE-EXT-A -j ACCEPT\n-A KUBE-SVC-B -j ACCEPT\n-X KUBE-SEP-OLD\nCOMMIT\n";
+        assert_eq!(text, want);
+
+        // Naming the per-service chains: the others are not written, a name given twice is
+        // written once, a name the rule set lacks not at all; other chains as before.
+        let named = ["KUBE-SVC-B", "KUBE-SEP-NONE", "KUBE-SVC-B"].map(ChainName::from);
+        let text = rs.restore_selected(&RestoreSelection {
+            include: &|_, c| c.as_str() != "OTHER",
+            delete: &deleted,
+            service_chains: Some(&named),
+        });
+        let want = "*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n:KUBE-NODEPORTS - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-OLD - [0:0]\n:KUBE-SVC-B - [0:0]\n-A KUBE-NODEPORTS -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n-A KUBE-SVC-B -j ACCEPT\n-X KUBE-SEP-OLD\nCOMMIT\n";
         assert_eq!(text, want);
     }
 

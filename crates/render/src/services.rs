@@ -167,7 +167,7 @@ impl ServiceRules {
         }
         for (chain, owner) in r.owners {
             if let Some(rules) = r.rs.remove(Table::Nat, chain.as_str()) {
-                *self.ruleset.chain_mut(Table::Nat, &chain) = rules;
+                self.ruleset.replace(Table::Nat, &chain, rules);
             }
             self.owners.insert(chain, owner);
         }
@@ -252,22 +252,35 @@ impl ServiceRules {
             .collect()
     }
 
-    /// The `iptables-restore --noflush` payload of one sync: the filter table and the nat
-    /// top-level chains always; the per-service chains all (full) or of the changed Services
-    /// (partial); and the stale chains among `existing_nat_chains` flushed and deleted.
+    /// The `iptables-restore --noflush` payload of one sync of these rules, rendered from
+    /// `plan`: the filter table and the nat top-level chains always; the per-service chains
+    /// all (full) or of the changed Services (partial); and the stale chains among
+    /// `existing_nat_chains` flushed and deleted.
     pub fn restore_input(
         &self,
+        plan: &ServicePlan,
         scope: &SyncScope,
         existing_nat_chains: &BTreeSet<ChainName>,
     ) -> String {
-        self.restore_deleting(scope, self.stale_chains(existing_nat_chains))
+        self.restore_deleting(plan, scope, self.stale_chains(existing_nat_chains))
     }
 
     /// [`restore_input`](Self::restore_input) for a caller that knows the stale nat chains
-    /// (`stale`: flushed and deleted) without listing every chain the kernel has.
-    pub fn restore_deleting(&self, scope: &SyncScope, stale: BTreeSet<ChainName>) -> String {
+    /// (`stale`: flushed and deleted) without listing every chain the kernel has. A partial
+    /// one looks at the changed Services' chains alone ([`chains_of`](Self::chains_of)):
+    /// every per-service chain of these rules has an owner.
+    pub fn restore_deleting(
+        &self,
+        plan: &ServicePlan,
+        scope: &SyncScope,
+        stale: BTreeSet<ChainName>,
+    ) -> String {
         let delete: BTreeSet<(Table, ChainName)> =
             stale.into_iter().map(|c| (Table::Nat, c)).collect();
+        let changed_chains = match scope {
+            SyncScope::Full => None,
+            SyncScope::Partial(changed) => Some(self.chains_of(plan, changed)),
+        };
         let include = |table: Table, chain: &ChainName| match (scope, self.owners.get(chain)) {
             (SyncScope::Full, _) | (_, None) => true,
             (SyncScope::Partial(changed), Some(owner)) => {
@@ -277,6 +290,7 @@ impl ServiceRules {
         self.ruleset.restore_selected(&RestoreSelection {
             include: &include,
             delete: &delete,
+            service_chains: changed_chains.as_deref(),
         })
     }
 
@@ -1006,15 +1020,18 @@ endpoints:
 - {addresses: [10.244.1.3], nodeName: node-1}
 "#;
 
-    fn rules(yaml: &str, opts: &RenderOptions) -> ServiceRules {
+    fn node_plan(yaml: &str) -> ServicePlan {
         let state = netd_testkit::state(yaml);
-        let p = plan(
+        plan(
             &state,
             &NodeName::new("node-1"),
             IpFamily::V4,
             &ProxyOptions::default(),
-        );
-        render_services(&p, opts)
+        )
+    }
+
+    fn rules(yaml: &str, opts: &RenderOptions) -> ServiceRules {
+        render_services(&node_plan(yaml), opts)
     }
 
     fn chains_declared(text: &str) -> Vec<&str> {
@@ -1025,8 +1042,31 @@ endpoints:
     }
 
     #[test]
+    fn a_partial_restore_names_the_chains_a_walk_of_every_chain_finds() {
+        let p = node_plan(TWO_SERVICES);
+        let r = render_services(&p, &RenderOptions::default());
+        let (a, b) = (ServiceRef::new("ns", "a"), ServiceRef::new("ns", "b"));
+        let gone = BTreeSet::from([ChainName::from("KUBE-SEP-GONEGONEGONEGONE")]);
+        for changed in [vec![], vec![a.clone()], vec![b.clone()], vec![a, b]] {
+            let changed: BTreeSet<ServiceRef> = changed.into_iter().collect();
+            let delete = gone.iter().map(|c| (Table::Nat, c.clone())).collect();
+            let walked = r.ruleset.restore_selected(&RestoreSelection {
+                include: &|table, chain| match r.owner(chain.as_str()) {
+                    Some(owner) => table != Table::Nat || changed.contains(owner),
+                    None => true,
+                },
+                delete: &delete,
+                service_chains: None,
+            });
+            let named = r.restore_deleting(&p, &SyncScope::Partial(changed), gone.clone());
+            assert_eq!(named, walked);
+        }
+    }
+
+    #[test]
     fn partial_sync_writes_only_changed_services_and_deletes_stale_chains() {
-        let r = rules(TWO_SERVICES, &RenderOptions::default());
+        let p = node_plan(TWO_SERVICES);
+        let r = render_services(&p, &RenderOptions::default());
         let b_chains: Vec<&ChainName> = r
             .service_chains()
             .filter(|(_, s)| s.name == "b")
@@ -1054,6 +1094,7 @@ endpoints:
         );
 
         let partial = r.restore_input(
+            &p,
             &SyncScope::Partial([ServiceRef::new("ns", "b")].into()),
             &existing,
         );
@@ -1090,7 +1131,7 @@ endpoints:
         // rewritten in full every sync).
         assert!(partial.contains("-d 10.96.0.1 --dport 80"), "{partial}");
 
-        let full = r.restore_input(&SyncScope::Full, &BTreeSet::new());
+        let full = r.restore_input(&p, &SyncScope::Full, &BTreeSet::new());
         assert_eq!(full, r.ruleset.to_restore());
         assert!(chains_declared(&full).len() > declared.len());
     }

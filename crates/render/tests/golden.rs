@@ -23,7 +23,11 @@ fn render(dir: &Path) -> String {
     let (node, family, opts) = options(&yaml);
     let state = netd_testkit::state(&yaml);
     let p = plan(&state, &node, family, &opts);
-    render_services(&p, &RenderOptions::default()).restore_input(&SyncScope::Full, &BTreeSet::new())
+    render_services(&p, &RenderOptions::default()).restore_input(
+        &p,
+        &SyncScope::Full,
+        &BTreeSet::new(),
+    )
 }
 
 #[test]
