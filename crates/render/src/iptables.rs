@@ -9,6 +9,7 @@
 //! Arguments are written in the order they are pushed, which lets renderers reproduce
 //! kube-proxy's exact argument order (`-m comment --comment … -m tcp -p tcp -d … --dport …`).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
@@ -599,12 +600,12 @@ pub struct Ruleset {
 /// ([`RestoreSelection::service_chains`]) instead of visiting every one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Chains {
-    service: HashMap<ChainName, Arc<Vec<Rule>>>,
-    other: HashMap<ChainName, Arc<Vec<Rule>>>,
+    service: Shards<Arc<Vec<Rule>>>,
+    other: Shards<Arc<Vec<Rule>>>,
 }
 
 impl Chains {
-    fn of(&self, chain: &str) -> &HashMap<ChainName, Arc<Vec<Rule>>> {
+    fn of(&self, chain: &str) -> &Shards<Arc<Vec<Rule>>> {
         if is_service_chain(chain) {
             &self.service
         } else {
@@ -612,7 +613,7 @@ impl Chains {
         }
     }
 
-    fn of_mut(&mut self, chain: &str) -> &mut HashMap<ChainName, Arc<Vec<Rule>>> {
+    fn of_mut(&mut self, chain: &str) -> &mut Shards<Arc<Vec<Rule>>> {
         if is_service_chain(chain) {
             &mut self.service
         } else {
@@ -621,7 +622,110 @@ impl Chains {
     }
 
     fn iter(&self) -> impl Iterator<Item = (&ChainName, &Arc<Vec<Rule>>)> {
-        self.other.iter().chain(&self.service)
+        self.other.iter().chain(self.service.iter())
+    }
+}
+
+/// A map by chain name split into shards behind `Arc`s: a clone shares every shard and a
+/// change copies only the shard it touches, so cloning and dropping a Node's 130,000
+/// chains (programmer to engine, once per sync) costs a few hundred reference counts, not
+/// a visit of every chain.
+#[derive(Clone, Debug)]
+pub(crate) struct Shards<V> {
+    /// Empty until the first insert (most rule sets are small); else [`SHARDS`] shards, a
+    /// name always in the same one ([`shard`]).
+    shards: Vec<Arc<HashMap<ChainName, V>>>,
+}
+
+/// The number of [`Shards`]: about 500 chains each at 10,000 Services.
+const SHARDS: usize = 256;
+
+/// The shard of `name`: a cheap hash of its last bytes (hashed chain names end in base32
+/// of a SHA-256; the fixed names are few).
+fn shard(name: &str) -> usize {
+    let tail = &name.as_bytes()[name.len().saturating_sub(8)..];
+    let h = tail.iter().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(*b))
+    });
+    h % SHARDS
+}
+
+/// Equal when they map the same names to equal values, however sharded.
+impl<V: Clone + PartialEq> PartialEq for Shards<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().count() == other.iter().count()
+            && self.iter().all(|(name, v)| other.get(name) == Some(v))
+    }
+}
+
+impl<V: Clone + Eq> Eq for Shards<V> {}
+
+impl<V> Default for Shards<V> {
+    fn default() -> Self {
+        Self { shards: Vec::new() }
+    }
+}
+
+impl<V: Clone> Shards<V> {
+    pub(crate) fn get<Q: Borrow<str> + ?Sized>(&self, name: &Q) -> Option<&V> {
+        let name: &str = name.borrow();
+        self.get_key_value(name).map(|(_, v)| v)
+    }
+
+    pub(crate) fn get_key_value<Q: Borrow<str> + ?Sized>(
+        &self,
+        name: &Q,
+    ) -> Option<(&ChainName, &V)> {
+        let name: &str = name.borrow();
+        self.shards.get(shard(name))?.get_key_value(name)
+    }
+
+    pub(crate) fn contains_key<Q: Borrow<str> + ?Sized>(&self, name: &Q) -> bool {
+        let name: &str = name.borrow();
+        self.get(name).is_some()
+    }
+
+    /// The shard `name` belongs in, unshared (copied if a clone shares it).
+    fn shard_mut(&mut self, name: &str) -> &mut HashMap<ChainName, V> {
+        if self.shards.is_empty() {
+            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+        }
+        Arc::make_mut(&mut self.shards[shard(name)])
+    }
+
+    pub(crate) fn insert(&mut self, name: ChainName, value: V) -> Option<V> {
+        self.shard_mut(name.as_str()).insert(name, value)
+    }
+
+    pub(crate) fn entry_or_default(&mut self, name: &ChainName) -> &mut V
+    where
+        V: Default,
+    {
+        self.shard_mut(name.as_str())
+            .entry(name.clone())
+            .or_default()
+    }
+
+    pub(crate) fn remove<Q: Borrow<str> + ?Sized>(&mut self, name: &Q) -> Option<V> {
+        let name: &str = name.borrow();
+        if !self.shards.get(shard(name))?.contains_key(name) {
+            return None;
+        }
+        self.shard_mut(name).remove(name)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ChainName, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+impl<V: Clone> FromIterator<(ChainName, V)> for Shards<V> {
+    fn from_iter<I: IntoIterator<Item = (ChainName, V)>>(iter: I) -> Self {
+        let mut out = Self::default();
+        for (name, value) in iter {
+            out.insert(name, value);
+        }
+        out
     }
 }
 
@@ -655,8 +759,7 @@ impl Ruleset {
             .entry(table)
             .or_default()
             .of_mut(chain.as_str())
-            .entry(chain.clone())
-            .or_default();
+            .entry_or_default(chain);
         Arc::make_mut(rules)
     }
 
@@ -1193,6 +1296,22 @@ mod tests {
         });
         let want = "*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n:KUBE-NODEPORTS - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-OLD - [0:0]\n:KUBE-SVC-B - [0:0]\n-A KUBE-NODEPORTS -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n-A KUBE-SVC-B -j ACCEPT\n-X KUBE-SEP-OLD\nCOMMIT\n";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn shards_compare_by_content_and_clones_change_apart() {
+        let mut a: Shards<u32> = Shards::default();
+        a.insert(ChainName::from("KUBE-SVC-A"), 1);
+        assert_eq!(a.remove("KUBE-SVC-A"), Some(1));
+        assert_eq!(a, Shards::default(), "emptied equals never filled");
+        a.insert(ChainName::from("KUBE-SVC-A"), 1);
+        let mut b = a.clone();
+        *b.entry_or_default(&ChainName::from("KUBE-SVC-A")) = 2;
+        b.insert(ChainName::from("KUBE-SEP-B"), 3);
+        assert_eq!(a.get("KUBE-SVC-A"), Some(&1));
+        assert!(!a.contains_key("KUBE-SEP-B"));
+        assert_eq!(b.get("KUBE-SVC-A"), Some(&2));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::chains::{
 };
 use crate::iptables::{
     ChainName, CtState, Direction, HookRule, MarkOp, Match, Probability, Recent, RestoreSelection,
-    Rule, Ruleset, Table, Target,
+    Rule, Ruleset, Shards, Table, Target,
 };
 
 /// Rendering choices that are not part of the plan (they depend on the host, not the cluster).
@@ -87,7 +87,7 @@ pub struct ServiceRules {
     /// ends up first (`FORWARD`: `KUBE-PROXY-FIREWALL`, `KUBE-FORWARD`, `KUBE-SERVICES`,
     /// `KUBE-EXTERNAL-SERVICES`).
     pub hooks: Vec<HookRule>,
-    owners: HashMap<ChainName, Arc<ServiceRef>>,
+    owners: Shards<Arc<ServiceRef>>,
     /// Per service port, how many rules it has in each [`Shared`] chain (in that order):
     /// where [`ServiceRules::rerender`] finds a port's rules among the others'.
     frontends: BTreeMap<ServicePortName, [u32; SHARED]>,
@@ -115,7 +115,7 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
     ServiceRules {
         ruleset: r.rs,
         hooks: hooks(plan),
-        owners: r.owners,
+        owners: r.owners.into_iter().collect(),
         frontends,
     }
 }
