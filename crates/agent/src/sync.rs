@@ -26,7 +26,6 @@ use netd_kernel::nftnl::conntrack::Flow;
 use netd_kernel::{KernelError, netns, nftnl, rules as kernel};
 use netd_model::ServiceRef;
 use netd_proxy::{IpFamily, ServicePlan};
-use netd_render::chains::is_service_chain;
 use netd_render::{ChainName, IpSets, SyncScope};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -546,10 +545,8 @@ impl SyncEngine {
             // the payload itself; those not written by a partial sync are still in use.
             let declared = declared_chains(&payload);
             let services_handled = ours.is_some();
-            saved.remove_chains(&mut extras, |table, chain| {
-                is_owned_chain(chain)
-                    && !(services_handled && is_service_chain(chain))
-                    && !declared.contains(&(table.to_owned(), chain.to_owned()))
+            saved.remove_chains(&mut extras, !services_handled, |table, chain| {
+                is_owned_chain(chain) && !declared.contains(&(table.to_owned(), chain.to_owned()))
             });
         }
         let missing: Vec<&Hook> = hooks
