@@ -9,7 +9,6 @@
 //! A kernel sync takes seconds, so each step runs once and is timed with a wall clock
 //! (criterion's statistics would need hundreds of runs).
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -238,13 +237,7 @@ fn main() {
     // The namespace goes before the process can exit.
     drop(ns);
     if let Err(e) = result {
-        let mut chain = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            let _ = write!(chain, ": {s}");
-            source = s.source();
-        }
-        eprintln!("benchmark failed: {chain}");
+        eprintln!("benchmark failed: {}", netd_model::error_chain(&*e));
         std::process::exit(1);
     }
 }

@@ -30,7 +30,6 @@
 //! [--reps R] [--connections C] [--rounds R] [--prefix P] [--no-policy]` (a debug build
 //! works, slower in the render and lowering columns).
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use netd_agent::nft::lower;
@@ -392,13 +391,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
 fn main() {
     let outcome = Options::parse().and_then(|o| run(&o));
     if let Err(e) = outcome {
-        let mut chain = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            let _ = write!(chain, ": {s}");
-            source = s.source();
-        }
-        eprintln!("benchmark failed: {chain}");
+        eprintln!("benchmark failed: {}", netd_model::error_chain(&*e));
         std::process::exit(1);
     }
 }

@@ -77,13 +77,7 @@ struct Figures {
 
 fn main() {
     if let Err(e) = Options::parse().and_then(|o| run(&o)) {
-        let mut chain = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            chain.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        eprintln!("benchmark failed: {chain}");
+        eprintln!("benchmark failed: {}", netd_model::error_chain(&*e));
         std::process::exit(1);
     }
 }

@@ -238,8 +238,8 @@ struct EnforcementCheck {
 impl EnforcementCheck {
     fn run(&mut self, families: &BTreeSet<IpFamily>, metrics: &AgentMetrics) {
         // The whole chain of causes, as the binary prints every error.
-        let outcome =
-            netd_agent::enforcement::ensure(netns::CURRENT, families).map_err(|e| causes(&e));
+        let outcome = netd_agent::enforcement::ensure(netns::CURRENT, families)
+            .map_err(|e| netd_model::error_chain(&e));
         metrics.policy_enforced.set(i64::from(outcome.is_ok()));
         if self.last.as_ref() == Some(&outcome) {
             return;
@@ -272,18 +272,6 @@ fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
         .map(|net| IpFamily::of(net.addr()))
         .chain([IpFamily::V4])
         .collect()
-}
-
-/// An error and its sources, joined as `{:#}` of an `anyhow::Error` prints them.
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use netd_healthcheck::{
     HealthError, HealthMetrics, HealthServers, HttpServer, ProxyHealth, SystemClock,
 };
 use netd_kernel::{module, netns, process};
-use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef};
+use netd_model::{ClusterConfig, ClusterState, NodeName, PodRef, ServiceRef, error_chain};
 use prometheus_client::registry::Registry;
 
 use crate::names::Names;
@@ -144,18 +144,6 @@ pub fn run_agent(
         published.wait(POLL);
     }
     Ok(())
-}
-
-/// An error with its causes, one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 struct Agent {

@@ -39,11 +39,12 @@ use netd_apiserver::{
 use netd_model::{ClusterConfig, Kind, Object, ObjectId};
 use serde_json::Value;
 
-use crate::agent::{bind_in, error_chain};
+use crate::agent::bind_in;
 use crate::lab::{Resolver, publish};
 use crate::names::Names;
 use crate::store::{ClusterRecord, Store};
 use crate::{LabError, objects};
+use netd_model::error_chain;
 
 /// Metadata the API server owns: left out of the desired objects, and out of comparisons
 /// between served and resolved objects.

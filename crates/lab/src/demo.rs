@@ -30,10 +30,10 @@ use netd_model::view::{Pod, TrafficPolicy};
 use netd_model::{ClusterConfig, ClusterState, Object, ObjectId, PodRef, ServiceRef};
 use netd_policy::{FlowProtocol, PolicyError};
 
-use crate::agent::error_chain;
 use crate::lab::{Change, Lab, LabOptions, Resolver};
 use crate::probe::{Outcome, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::{LabError, topology};
+use netd_model::error_chain;
 
 /// How many Nodes the demo's lab has: the NodePort step needs a node without the pod.
 pub const NODES: usize = 2;

@@ -18,13 +18,14 @@ use netd_model::{ClusterConfig, ClusterState, NodeName, Object, ObjectId, PodRef
 use netd_policy::Matrix;
 use netd_proxy::IpFamily;
 
-use crate::agent::{error_chain, node_records};
+use crate::agent::node_records;
 use crate::error::BoxError;
 use crate::matrix::ProbeMatrix;
 use crate::names::Names;
 use crate::probe::{self, HoldResult, Place, ProbeProtocol, ProbeResult, ProbeSpec, Target};
 use crate::store::{ClusterRecord, DEFAULT_STATE_ROOT, LabRecord, Store};
 use crate::{LabError, objects, topology};
+use netd_model::error_chain;
 
 /// The embedded control plane, as the lab calls it: desired objects (and the previous
 /// resolved state, for stable addresses) in, the resolved cluster out. The binary passes

@@ -14,6 +14,7 @@
 //! - [`load`](mod@load): reading manifests (files, directories, stdin; YAML, JSON, `kind: List`) into
 //!   validated objects ([`load()`], [`load_str`]), with errors naming file, document and field.
 //! - [`validate`]: what the API server would reject, object by object ([`Validator`]).
+//! - [`report`]: an error and its causes on one line ([`error_chain`]).
 
 pub mod config;
 pub mod family;
@@ -21,6 +22,7 @@ pub mod field;
 pub mod keys;
 pub mod load;
 pub mod object;
+pub mod report;
 pub mod selector;
 pub mod state;
 pub mod target;
@@ -40,6 +42,7 @@ pub use load::{
     load, load_references, load_references_str, load_str, load_str_with, load_with,
 };
 pub use object::{Kind, Object, ObjectId};
+pub use report::error_chain;
 pub use selector::{LabelSelector, Labels, SelectorParseError};
 pub use state::{ClusterState, StateError};
 pub use target::{Target, TargetParseError};
