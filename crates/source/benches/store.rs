@@ -1,13 +1,16 @@
 //! The store at the issue's scale: 10,000 Services × 10 endpoints (one EndpointSlice each),
 //! 10,000 Pods, 1,000 NetworkPolicies, 64 Nodes. Measures the initial lists, one
 //! EndpointSlice change through to the snapshot the planners read, and a status-only Pod
-//! update (the common no-op); prints the process's RSS once the store holds the cluster.
+//! update (the common no-op); prints the process's RSS once the store holds the cluster, and
+//! where the store's allocation goes (kept objects, typed views, maps). It allocates with
+//! jemalloc, as the `kube-netd` binary does.
 //!
 //! Then the agent's whole path for one EndpointSlice change in iptables mode, stage by stage
 //! (medians of [`RUNS`], wall clock, printed as a table): the watch event into the store, the
 //! snapshot, the service plan, the policy plan, the rendering, and the partial sync's
 //! `iptables-restore` payload, made by a [`SyncEngine`] whose kernel is a recorder; with the
-//! RSS of the process holding the store, the snapshot and the engine's last rules.
+//! RSS of the process holding the store, the snapshot and the engine's last rules; then what
+//! one node's rules, the programmer's kept plans and the engine allocate.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -223,24 +226,97 @@ fn rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// jemalloc, as the `kube-netd` binary allocates: what this bench measures is what the agent
+/// would hold.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The process's memory now, in MiB: resident (the kernel's `VmRSS`) and allocated
+/// (jemalloc's live bytes).
+#[derive(Clone, Copy)]
+struct Memory {
+    rss: f64,
+    allocated: f64,
+}
+
+fn memory() -> Memory {
+    // jemalloc's statistics are refreshed when the epoch advances.
+    let allocated = tikv_jemalloc_ctl::epoch::advance()
+        .and_then(|_| tikv_jemalloc_ctl::stats::allocated::read())
+        .map_or(f64::NAN, |b| b as f64 / (1024.0 * 1024.0));
+    Memory {
+        rss: rss_mib().unwrap_or(f64::NAN),
+        allocated,
+    }
+}
+
+/// The MiB allocated to hold what `make` returns.
+fn allocated_by<T>(make: impl FnOnce() -> T) -> f64 {
+    let before = memory().allocated;
+    let held = make();
+    let after = memory().allocated;
+    drop(held);
+    after - before
+}
+
+/// Where the store's `state_mib` go: the kept Kubernetes objects and the typed views of each
+/// kind, each deep-cloned alone into a vector of exact size; the rest of the state is its
+/// maps (keys, chunks and their spare room) and indexes.
+fn store_breakdown(store: &Store, state_mib: f64) {
+    use netd_model::Kind;
+    fn exact<'a, T: Clone + 'a>(items: impl Iterator<Item = &'a T>) -> Vec<T> {
+        let items: Vec<&T> = items.collect();
+        let mut v = Vec::with_capacity(items.len());
+        v.extend(items.into_iter().cloned());
+        v
+    }
+    let snapshot = store.snapshot().expect("ready");
+    let state = &snapshot.state;
+    let mut counted = 0.0;
+    println!("\nthe store's allocation by part (MiB, jemalloc's allocated bytes):");
+    println!("| kind | count | kept Kubernetes objects | typed views |\n|---|---|---|---|");
+    for kind in netd_source::WATCHED_KINDS {
+        let objects = allocated_by(|| exact(store.objects(kind)));
+        let views = match kind {
+            Kind::Namespace => allocated_by(|| exact(state.namespaces())),
+            Kind::Node => allocated_by(|| exact(state.nodes())),
+            Kind::Pod => allocated_by(|| exact(state.pods())),
+            Kind::Service => allocated_by(|| exact(state.services())),
+            Kind::EndpointSlice => allocated_by(|| exact(state.endpoint_slices())),
+            _ => allocated_by(|| exact(state.policies())),
+        };
+        counted += objects + views;
+        let n = store.objects(kind).count();
+        println!("| {kind} | {n} | {objects:.1} | {views:.1} |");
+    }
+    println!(
+        "| the maps (keys, chunks, spare room) and indexes | | {:.1} | |",
+        state_mib - counted
+    );
+}
+
 fn main() {
-    let before = rss_mib();
+    let before = memory();
     let mut store = full_store();
-    let after = rss_mib();
+    let after = memory();
     let snapshot = store.take_snapshot().expect("ready");
-    let with_snapshot = rss_mib();
+    let with_snapshot = memory();
     eprintln!(
-        "RSS: {:.1} MiB at start, {:.1} MiB holding the store, {:.1} MiB with one snapshot too \
-         ({} pods, {} services, {} slices, {} policies)",
-        before.unwrap_or(f64::NAN),
-        after.unwrap_or(f64::NAN),
-        with_snapshot.unwrap_or(f64::NAN),
+        "RSS: {:.1} MiB at start, {:.1} MiB holding the store, {:.1} MiB with one snapshot too; \
+         allocated: {:.1}, {:.1}, {:.1} MiB ({} pods, {} services, {} slices, {} policies)",
+        before.rss,
+        after.rss,
+        with_snapshot.rss,
+        before.allocated,
+        after.allocated,
+        with_snapshot.allocated,
         snapshot.state.pods().count(),
         snapshot.state.services().count(),
         snapshot.state.endpoint_slices().count(),
         snapshot.state.policies().count(),
     );
     drop(snapshot);
+    store_breakdown(&store, after.allocated - before.allocated);
 
     let mut c = Criterion::default().sample_size(10).configure_from_args();
     c.bench_function("initial lists of the whole cluster", |b| {
@@ -277,6 +353,40 @@ fn main() {
     });
     c.final_summary();
     agent_path(&mut store);
+    path_breakdown(&store);
+}
+
+/// What the agent's path allocates beyond the store, for node-0 in iptables mode: one
+/// [`NodeRules`](netd_agent::NodeRules) value (the plans it carries, the rendered chains and
+/// payloads), what the [`IncrementalProgrammer`] keeps for the next change beyond the rules
+/// it returns, and what a [`SyncEngine`] adds once it has synced (and kept) them.
+fn path_breakdown(store: &Store) {
+    let state = store.snapshot().expect("ready").state;
+    let node = NodeName::new("node-0");
+    let rules = allocated_by(|| {
+        NodeProgrammer::default()
+            .rules(&state, &node)
+            .expect("rules")
+    });
+    let programmer = IncrementalProgrammer::new(NodeProgrammer::default());
+    let start = memory().allocated;
+    let returned = programmer.rules(&state, &node).expect("rules");
+    let planned = memory().allocated;
+    let mut engine = SyncEngine::new();
+    engine
+        .sync(&mut Recorder::default(), returned)
+        .expect("full sync");
+    let synced = memory();
+    println!(
+        "\nthe agent's path beyond the store (MiB, jemalloc's allocated bytes): one node's rules \
+         {rules:.1}; the incremental programmer's kept plans {:.1}; the engine, once it has \
+         synced (and kept) such rules, {:.1} more; holding the store, the plans and the engine: \
+         {:.1} allocated, RSS {:.1}",
+        planned - start - rules,
+        synced.allocated - planned,
+        synced.allocated,
+        synced.rss,
+    );
 }
 
 /// The runs each stage of [`agent_path`] is timed over.
