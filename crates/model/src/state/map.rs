@@ -60,14 +60,15 @@ impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for SharedMap<K, V> {
         let sorted: std::collections::BTreeMap<K, V> = iter.into_iter().collect();
         let len = sorted.len();
         let mut chunks = Vec::with_capacity(len.div_ceil(MAX_CHUNK / 2));
-        let mut chunk = Vec::with_capacity(MAX_CHUNK);
+        let mut chunk = Vec::with_capacity(MAX_CHUNK / 2);
         for entry in sorted {
             chunk.push(entry);
-            // Half-full chunks leave room to grow before the first split.
+            // Half-full chunks leave room to grow before the first split; the room is
+            // allocated when an insert needs it, not before.
             if chunk.len() == MAX_CHUNK / 2 {
                 chunks.push(Arc::new(std::mem::replace(
                     &mut chunk,
-                    Vec::with_capacity(MAX_CHUNK),
+                    Vec::with_capacity(MAX_CHUNK / 2),
                 )));
             }
         }
@@ -173,6 +174,11 @@ impl<K: Ord + Clone, V: Clone> SharedMap<K, V> {
         self.len += 1;
         if chunk.len() > MAX_CHUNK {
             let upper = chunk.split_off(chunk.len() / 2);
+            // The lower half keeps the room the full chunk grew into: as many entries again,
+            // which, when a store lists its objects in key order, is never used (every insert
+            // goes to the last chunk). Entries are large (an object and its key, hundreds of
+            // bytes), so that room was half of what the maps held.
+            chunk.shrink_to_fit();
             chunks.insert(at + 1, Arc::new(upper));
         }
         None
@@ -345,6 +351,21 @@ mod tests {
             let unshared: Vec<u16> = apart.diff(&before).into_iter().copied().collect();
             prop_assert_eq!(&unshared, &expected);
         }
+    }
+
+    /// A map filled in key order, as a store lists its objects, keeps no room beyond its last
+    /// chunk (each chunk was shrunk when it split); a map built at once keeps none beyond its
+    /// half-full chunks.
+    #[test]
+    fn chunks_keep_no_spare_room() {
+        let mut listed = SharedMap::default();
+        for k in 0..10_000u32 {
+            listed.insert(k, k);
+        }
+        let (_, split) = listed.chunks.split_last().expect("chunks");
+        assert!(split.iter().all(|c| c.capacity() == c.len()));
+        let built: SharedMap<u32, u32> = (0..10_000).map(|k| (k, k)).collect();
+        assert!(built.chunks.iter().all(|c| c.capacity() == MAX_CHUNK / 2));
     }
 
     #[test]
