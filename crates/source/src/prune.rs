@@ -63,11 +63,13 @@ pub fn namespace(m: ObjectMeta) -> Option<Object> {
     }))
 }
 
-/// A Node: labels, podCIDRs and addresses; conditions, capacity, images and heartbeats go.
+/// A Node: labels, podCIDRs, taints (`/healthz` reads the cluster autoscaler's) and
+/// addresses; conditions, capacity, images and heartbeats go.
 pub fn node(n: core::Node) -> Option<Object> {
     let spec = n.spec.map(|s| core::NodeSpec {
         pod_cidr: s.pod_cidr,
         pod_cidrs: s.pod_cidrs,
+        taints: s.taints.filter(|t| !t.is_empty()),
         ..core::NodeSpec::default()
     });
     let status = n.status.map(|s| core::NodeStatus {

@@ -478,6 +478,37 @@ fn kept_objects_carry_no_managed_fields_resource_version_or_status_noise() {
     );
 }
 
+/// The agent's `/healthz` reads the Node's deletion timestamp and taints from the snapshot:
+/// the store keeps both, so a Node the cluster autoscaler is draining stops being eligible.
+#[test]
+fn a_node_being_drained_or_deleted_is_not_eligible_in_the_snapshot() {
+    let mut s = store();
+    list_all_empty(&mut s);
+    let name = netd_model::NodeName::new("node-1");
+    let eligible =
+        |s: &Store| netd_healthcheck::node_eligible(&s.snapshot().expect("ready").state, &name);
+    s.apply(Event::Apply(node(
+        "node-1",
+        "172.18.0.2",
+        "10.244.1.0/24",
+        1,
+    )));
+    assert!(eligible(&s));
+    let mut tainted = node("node-1", "172.18.0.2", "10.244.1.0/24", 2);
+    tainted.spec.get_or_insert_default().taints = Some(vec![core::Taint {
+        key: netd_healthcheck::TO_BE_DELETED_TAINT.to_owned(),
+        effect: "NoSchedule".to_owned(),
+        ..core::Taint::default()
+    }]);
+    assert!(s.apply(Event::Apply(tainted)), "a taint is a change");
+    assert!(!eligible(&s), "tainted for deletion");
+    let mut deleted = node("node-1", "172.18.0.2", "10.244.1.0/24", 3);
+    deleted.metadata.deletion_timestamp =
+        Some(serde_json::from_value(json!("2026-01-01T00:01:00Z")).expect("a time"));
+    s.apply(Event::Apply(deleted));
+    assert!(!eligible(&s), "being deleted");
+}
+
 #[test]
 fn a_dns_store_waits_for_its_own_kinds_and_keeps_every_service() {
     let mut s = Store::for_dns(ClusterConfig::default(), false);
