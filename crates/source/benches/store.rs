@@ -361,8 +361,9 @@ fn main() {
 
 /// What the agent's path allocates beyond the store, for node-0 in iptables mode: one
 /// [`NodeRules`](netd_agent::NodeRules) value (the plans it carries, the rendered chains and
-/// payloads), what the [`IncrementalProgrammer`] keeps for the next change beyond the rules
-/// it returns, and what a [`SyncEngine`] adds once it has synced (and kept) them.
+/// payloads), what the [`IncrementalProgrammer`] keeps for the next change (its plans and
+/// last rules) beyond the rules it returns, and what a [`SyncEngine`] adds once it has synced
+/// (and kept) them.
 fn path_breakdown(store: &Store) {
     let state = store.snapshot().expect("ready").state;
     let node = NodeName::new("node-0");
@@ -382,7 +383,7 @@ fn path_breakdown(store: &Store) {
     let synced = memory();
     println!(
         "\nthe agent's path beyond the store (MiB, jemalloc's allocated bytes): one node's rules \
-         {rules:.1}; the incremental programmer's kept plans {:.1}; the engine, once it has \
+         {rules:.1}; the incremental programmer's kept plans and last rules {:.1}; the engine, once it has \
          synced (and kept) such rules, {:.1} more; holding the store, the plans and the engine: \
          {:.1} allocated, RSS {:.1}",
         planned - start - rules,
