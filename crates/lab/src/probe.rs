@@ -592,12 +592,12 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Attempt {
         reply: None,
         latency: start.elapsed(),
     };
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
+    let any: IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
-    let socket = match UdpSocket::bind(bind) {
+    let socket = match udp_socket(any) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -631,6 +631,45 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Attempt {
         },
         Err(e) => fail(&e),
     }
+}
+
+/// The ports UDP probes are sent from: the kernel's default ephemeral range.
+const UDP_PROBE_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// A UDP socket for a probe, bound to `local` and the next source port of this process's
+/// probes (from a random start, then one after the other). The kernel picks a random free
+/// port when asked for any, and so now and then the port an earlier probe between the same
+/// two Pods had: conntrack then takes the probe for that earlier flow, and if that one was
+/// allowed, the probe passes as a reply would, through a policy that blocks new flows. Taking
+/// the ports in turn, no probe repeats an earlier one's addresses and ports until the range
+/// wraps around, long after conntrack forgot them (120 s at most for UDP).
+fn udp_socket(local: IpAddr) -> std::io::Result<UdpSocket> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let (low, count) = (
+        u32::from(*UDP_PROBE_PORTS.start()),
+        u32::from(*UDP_PROBE_PORTS.end() - *UDP_PROBE_PORTS.start()) + 1,
+    );
+    let next = NEXT.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        // Below `count`, so it fits.
+        AtomicU32::new(u32::try_from(random % u64::from(count)).unwrap_or_default())
+    });
+    let mut last = None;
+    // A port this namespace already uses (a workload listening on it) is skipped.
+    for _ in 0..16 {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % count;
+        // Below 65,536: `low + offset` is at most the range's end.
+        let port = u16::try_from(low + offset).unwrap_or(*UDP_PROBE_PORTS.end());
+        match UdpSocket::bind(SocketAddr::new(local, port)) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse => last = Some(e),
+            bound => return bound,
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(ErrorKind::AddrInUse)))
 }
 
 fn classify(e: &std::io::Error) -> Outcome {
@@ -686,6 +725,26 @@ pub(crate) fn resolve_name(ns: &str, name: &str, family: IpFamily) -> Result<IpA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_probes_take_source_ports_in_turn_and_skip_ports_in_use() {
+        let local: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let port = |s: UdpSocket| s.local_addr().expect("local address").port();
+        let after = |p: u16| {
+            if p == *UDP_PROBE_PORTS.end() {
+                *UDP_PROBE_PORTS.start()
+            } else {
+                p + 1
+            }
+        };
+        let first = port(udp_socket(local).expect("first"));
+        assert!(UDP_PROBE_PORTS.contains(&first));
+        assert_eq!(port(udp_socket(local).expect("second")), after(first));
+        // The port after that is taken: the probe takes the next one.
+        let taken = after(after(first));
+        let _held = UdpSocket::bind((local, taken)).expect("hold a port");
+        assert_eq!(port(udp_socket(local).expect("third")), after(taken));
+    }
 
     #[test]
     fn places_and_targets_parse_as_the_cli_spells_them() {
