@@ -32,27 +32,6 @@ use netd_policy::{Endpoint, evaluate_via_service};
 use netd_render::{Packet, Verdict};
 
 /// The seeds CI runs; each builds one lab of six Pods (each behind a Service) on two Nodes.
-/// The two Nodes every cluster of these tests starts with: node-1 (Pods in 10.244.1.0/24,
-/// 172.18.0.2) and node-2 (10.244.2.0/24, 172.18.0.3). A macro, so the clusters written as
-/// constants can `concat!` it.
-macro_rules! two_nodes {
-    () => {
-        r#"apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-"#
-    };
-}
-
 const SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Whether the running test's lab is the IPv6 one.
@@ -468,7 +447,7 @@ fn sctp_policy_opens_sctp_alone_and_still_isolates() {
 
 /// Two Pods on different Nodes: `x/server` serves SCTP 5000 and 5001 and TCP 5000.
 const SCTP_PODS: &str = concat!(
-    two_nodes!(),
+    netd_testkit::two_nodes!(),
     r#"
 apiVersion: v1
 kind: Namespace
@@ -775,7 +754,7 @@ mod generate {
     /// Two Nodes; a client Pod and a web Pod on node-1, in two namespaces; the web Pod
     /// behind a NodePort Service (30080 -> 80).
     pub const NODE_PORT: &str = concat!(
-        two_nodes!(),
+        netd_testkit::two_nodes!(),
         r#"
 apiVersion: v1
 kind: Namespace
@@ -812,7 +791,7 @@ ports: [{port: 80, protocol: TCP}]
     );
 
     pub const SEED_PODS: &str = concat!(
-        two_nodes!(),
+        netd_testkit::two_nodes!(),
         r#"
 apiVersion: v1
 kind: Namespace
@@ -866,7 +845,7 @@ status: {podIP: 10.244.1.4}
     /// Nodes, namespaces and Pods (no policies).
     pub fn base(seed: u64) -> String {
         let mut rng = Rng::new(seed);
-        let mut out = String::from(two_nodes!());
+        let mut out = String::from(netd_testkit::two_nodes!());
         for (i, ns) in NAMESPACES.iter().enumerate() {
             let team = ["red", "blue", "red"][i];
             let env = if rng.chance(50) { ", env: prod" } else { "" };

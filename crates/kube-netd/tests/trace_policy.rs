@@ -8,20 +8,9 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 /// Two nodes; `app/db` (node-1) and `app/far` (node-2) back Service `app/db` and admit only
 /// `role=client` on TCP 6379; `app/other` may only send UDP 53.
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-apiVersion: v1
+const CLUSTER: &str = concat!(
+    netd_testkit::two_nodes!(),
+    r#"apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: app, labels: {role: client}}
 spec: {nodeName: node-1, containers: [{name: c, image: i}]}
@@ -64,7 +53,8 @@ spec:
   podSelector: {matchLabels: {role: other}}
   policyTypes: [Egress]
   egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}], ports: [{port: 53, protocol: UDP}]}]
-"#;
+"#
+);
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)

@@ -14,20 +14,9 @@ use common::*;
 const DNS_POD_IP: &str = "10.244.1.10";
 
 /// The DNS Pod on node-1, a client on node-2, and a Service `x/web`.
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-apiVersion: v1
+const CLUSTER: &str = concat!(
+    netd_testkit::two_nodes!(),
+    r#"apiVersion: v1
 kind: Pod
 metadata: {name: dns, namespace: kube-system, labels: {k8s-app: kube-dns, kube-netd.io/workload: dns}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 53, protocol: UDP}, {containerPort: 53}]}]}
@@ -43,7 +32,8 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
 spec: {clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}
-"#;
+"#
+);
 
 const API: &str = r#"
 apiVersion: v1

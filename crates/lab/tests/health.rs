@@ -41,20 +41,9 @@ fn main() -> ExitCode {
     }
 }
 
-const NODES: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-apiVersion: v1
+const NODES: &str = concat!(
+    netd_testkit::two_nodes!(),
+    r#"apiVersion: v1
 kind: Namespace
 metadata: {name: default}
 ---
@@ -69,7 +58,8 @@ spec:
   selector: {app: web}
   ports: [{port: 80, nodePort: 30080}]
 status: {loadBalancer: {ingress: [{ip: 172.18.255.10}]}}
-"#;
+"#
+);
 
 fn pod(name: &str, node: u8) -> String {
     format!(

@@ -30,6 +30,9 @@
 //! [`api::TestApiServer`] is a Kubernetes API server for one test, for clients such as
 //! kubectl and `kube-netd agent`. [`bench::median`] times the benchmarks that print their own
 //! tables.
+//!
+//! [`two_nodes!`] is the two Nodes most tests' clusters start with, as a string literal to
+//! `concat!` the rest of the cluster onto.
 
 pub mod api;
 pub mod bench;
@@ -37,6 +40,28 @@ pub mod held;
 pub mod nft;
 pub mod scale;
 pub mod scratch;
+
+/// The YAML of two Nodes, `node-1` (pod CIDR 10.244.1.0/24, InternalIP 172.18.0.2) and
+/// `node-2` (10.244.2.0/24, 172.18.0.3), ending in a document separator: a string literal, so
+/// that `concat!(netd_testkit::two_nodes!(), "...")` is one `&'static str`.
+#[macro_export]
+macro_rules! two_nodes {
+    () => {
+        "apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+---
+"
+    };
+}
 
 /// How to run the tests a kernel feature is missing for.
 const VM_HINT: &str = "run them with --ignored in scripts/kernel-vm.sh";

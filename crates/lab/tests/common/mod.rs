@@ -10,20 +10,9 @@ use netd_lab::{Lab, LabOptions};
 use netd_model::Object;
 
 /// Two Nodes; x/a and x/c on node-1, x/b on node-2; every Pod serves TCP 80 and UDP 53.
-pub const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-apiVersion: v1
+pub const CLUSTER: &str = concat!(
+    netd_testkit::two_nodes!(),
+    r#"apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}, {containerPort: 53, protocol: UDP}]}]}
@@ -40,7 +29,8 @@ kind: Pod
 metadata: {name: c, namespace: x, labels: {pod: c}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}, {containerPort: 53, protocol: UDP}]}]}
 status: {podIP: 10.244.1.3}
-"#;
+"#
+);
 
 /// A lab name unique to this process and test.
 pub fn lab_name(test: &str) -> String {

@@ -20,26 +20,15 @@ pub const PODS: [&str; 3] = ["a", "b", "c"];
 
 /// The plan as YAML: Nodes, Namespaces and Pods.
 pub fn base_yaml() -> String {
-    let mut out = String::from(
+    let mut out = String::from(concat!(
+        netd_testkit::two_nodes!(),
         "apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
----
-apiVersion: v1
 kind: Pod
 metadata: {name: h, namespace: x, labels: {pod: h}}
 spec: {nodeName: node-2, hostNetwork: true, containers: [{name: c, image: i}]}
 status: {podIP: 172.18.0.3}
 ",
-    );
+    ));
     for (n, ns) in NAMESPACES.iter().enumerate() {
         out.push_str(&format!(
             "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"
