@@ -20,7 +20,7 @@ use netd_healthcheck::{
 };
 use netd_kernel::netns;
 use netd_model::{ClusterConfig, ClusterState, NodeName};
-use netd_proxy::NodePortIps;
+use netd_proxy::{NodePortAddresses, NodePortIps, ProxySettings};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use prometheus_client::registry::Registry;
 
@@ -103,6 +103,13 @@ pub async fn serve(
         .map_err(DaemonError::RemoveOtherModesFailed)?;
     if removed > 0 {
         tracing::info!(removed, mode = %config.mode, "removed the rules of other proxy modes");
+    }
+    if routes_localhost_nodeports(&config.program.proxy) {
+        // As kube-proxy: nodePorts on 127.0.0.1 need the kernel to route loopback
+        // destinations; the rules drop the martian packets this admits (KUBE-FIREWALL).
+        netd_kernel::link::sysctl(netns::CURRENT, ROUTE_LOCALNET, "1")
+            .map_err(DaemonError::RouteLocalnetFailed)?;
+        tracing::info!(sysctl = ROUTE_LOCALNET, "set to 1 for localhost nodePorts");
     }
 
     let store = SharedStore::new(Store::new(ClusterConfig {
@@ -213,6 +220,26 @@ fn health_check_addresses(
     }
 }
 
+/// The sysctl that lets IPv4 packets to `127.0.0.0/8` be routed (DNATed) elsewhere.
+const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
+
+/// Whether nodePorts answer on `127.0.0.1`: localhost nodePorts on, and
+/// `--nodeport-addresses` selecting IPv4 loopback (unset; or no IPv4 range, or one holding
+/// `127.0.0.1`), as kube-proxy decides whether to set `route_localnet`.
+fn routes_localhost_nodeports(proxy: &ProxySettings) -> bool {
+    if !proxy.localhost_nodeports {
+        return false;
+    }
+    match &proxy.nodeport_addresses {
+        NodePortAddresses::All => true,
+        NodePortAddresses::Primary => false,
+        NodePortAddresses::Cidrs(cidrs) => {
+            let mut v4 = cidrs.iter().filter(|c| c.addr().is_ipv4()).peekable();
+            v4.peek().is_none() || v4.any(|c| c.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)))
+        }
+    }
+}
+
 fn serve_failed(what: &'static str) -> impl Fn(HealthError) -> DaemonError {
     move |source| DaemonError::ServeFailed { what, source }
 }
@@ -276,9 +303,31 @@ fn families(request: &SyncRequest) -> BTreeSet<IpFamily> {
 
 #[cfg(test)]
 mod tests {
-    use netd_proxy::{NodePortAddresses, ProxySettings};
-
     use super::*;
+
+    #[test]
+    fn route_localnet_is_set_when_nodeports_answer_on_loopback() {
+        let with = |localhost_nodeports, nodeport_addresses| ProxySettings {
+            localhost_nodeports,
+            nodeport_addresses,
+            ..ProxySettings::default()
+        };
+        let cidrs = |list: &[&str]| {
+            NodePortAddresses::Cidrs(list.iter().map(|c| c.parse().expect("cidr")).collect())
+        };
+        for (settings, want) in [
+            (with(false, NodePortAddresses::All), false),
+            (with(true, NodePortAddresses::All), true),
+            (with(true, NodePortAddresses::Primary), false),
+            (with(true, cidrs(&["127.0.0.0/8"])), true),
+            (with(true, cidrs(&["0.0.0.0/0"])), true),
+            (with(true, cidrs(&["fd00::/64"])), true),
+            (with(true, cidrs(&["10.0.0.0/8"])), false),
+            (with(true, cidrs(&["10.0.0.0/8", "127.0.0.1/32"])), true),
+        ] {
+            assert_eq!(routes_localhost_nodeports(&settings), want, "{settings:?}");
+        }
+    }
 
     #[test]
     fn health_checks_listen_on_the_nodeport_addresses() {

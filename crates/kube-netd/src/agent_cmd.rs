@@ -58,6 +58,12 @@ pub struct AgentArgs {
     /// SNAT every packet sent to a ClusterIP, from pods too.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     masquerade_all: Option<bool>,
+    /// iptables mode: nodePorts also answer on 127.0.0.1 (IPv4; the agent sets
+    /// route_localnet=1, and KUBE-FIREWALL drops the martian packets that lets in). Off by
+    /// default, unlike kube-proxy's (CVE-2020-8558); the other modes have no localhost
+    /// nodePorts.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    iptables_localhost_nodeports: Option<bool>,
     /// The least time between two syncs (Go duration, default 1s).
     #[arg(long, value_name = "DURATION")]
     min_sync_period: Option<String>,
@@ -200,6 +206,7 @@ pub fn resolve(args: AgentArgs) -> anyhow::Result<Settings> {
             detect_local: args.detect_local.clone(),
             nodeport_addresses: args.nodeport_addresses.clone().unwrap_or_default(),
             masquerade_all: args.masquerade_all.unwrap_or(false),
+            localhost_nodeports: args.iptables_localhost_nodeports.unwrap_or(false),
             periods: SyncPeriods::from_flags(&args),
             healthz_bind_address: args.healthz_bind_address.clone(),
             metrics_bind_address: args.metrics_bind_address.clone(),
@@ -301,6 +308,7 @@ struct Raw {
     detect_local: DetectLocalArgs,
     nodeport_addresses: Vec<String>,
     masquerade_all: bool,
+    localhost_nodeports: bool,
     periods: SyncPeriods,
     healthz_bind_address: Option<String>,
     metrics_bind_address: Option<String>,
@@ -347,7 +355,7 @@ impl Raw {
                 masquerade_all: self.masquerade_all,
                 nodeport_addresses,
                 detect_local,
-                localhost_nodeports: false,
+                localhost_nodeports: mode == Mode::Iptables && self.localhost_nodeports,
             },
             network_policy,
         };
@@ -485,7 +493,7 @@ struct KubeProxyConfiguration {
     #[serde(default)]
     min_sync_period: Option<String>,
     #[serde(default)]
-    iptables: ModeSection,
+    iptables: IptablesSection,
     #[serde(default)]
     nftables: ModeSection,
     #[serde(default)]
@@ -509,7 +517,21 @@ struct DetectLocalSection {
     interface_name_prefix: Option<String>,
 }
 
-/// `iptables:` and `nftables:` (the fields kube-netd reads).
+/// `iptables:` (the fields kube-netd reads).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IptablesSection {
+    #[serde(default)]
+    masquerade_all: Option<bool>,
+    #[serde(default)]
+    sync_period: Option<String>,
+    #[serde(default)]
+    min_sync_period: Option<String>,
+    #[serde(default)]
+    localhost_node_ports: Option<bool>,
+}
+
+/// `nftables:`, and what IPVS mode takes from `iptables:` (the fields kube-netd reads).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ModeSection {
@@ -548,9 +570,14 @@ impl KubeProxyConfiguration {
         let ipvs_mode = self.mode.as_deref() == Some("ipvs");
         // IPVS mode takes masqueradeAll from iptables:, as kube-proxy, and its sync periods
         // from ipvs:.
+        let localhost_nodeports = self.iptables.localhost_node_ports.unwrap_or(false);
         let mut section = match self.mode.as_deref() {
             Some("nftables") => self.nftables,
-            _ => self.iptables,
+            _ => ModeSection {
+                masquerade_all: self.iptables.masquerade_all,
+                sync_period: self.iptables.sync_period,
+                min_sync_period: self.iptables.min_sync_period,
+            },
         };
         let ipvs = self.ipvs;
         if ipvs_mode {
@@ -573,6 +600,7 @@ impl KubeProxyConfiguration {
             },
             nodeport_addresses: self.node_port_addresses,
             masquerade_all: section.masquerade_all.unwrap_or(false),
+            localhost_nodeports,
             periods: SyncPeriods {
                 min_sync_period: self.min_sync_period.or(section.min_sync_period),
                 sync_period: self.sync_period.or(section.sync_period),
@@ -632,6 +660,10 @@ fn warn_ignored(args: &AgentArgs) {
         ),
         ("--nodeport-addresses", args.nodeport_addresses.is_some()),
         ("--masquerade-all", args.masquerade_all.is_some()),
+        (
+            "--iptables-localhost-nodeports",
+            args.iptables_localhost_nodeports.is_some(),
+        ),
         ("--min-sync-period", args.min_sync_period.is_some()),
         ("--sync-period", args.sync_period.is_some()),
         (
@@ -1182,6 +1214,45 @@ iptables:
             s.agent.program.proxy.detect_local,
             DetectLocal::BridgeInterface("cni0".parse().expect("name"))
         );
+    }
+
+    #[test]
+    fn localhost_nodeports_are_iptables_modes_and_off_by_default() {
+        let localhost = |flags: &[&str]| {
+            settings(&[&["--hostname-override=n"], flags].concat())
+                .expect("settings")
+                .agent
+                .program
+                .proxy
+                .localhost_nodeports
+        };
+        assert!(!localhost(&[]));
+        assert!(localhost(&["--iptables-localhost-nodeports"]));
+        assert!(!localhost(&["--iptables-localhost-nodeports=false"]));
+        // kube-proxy's other modes have none: the flag is ignored there.
+        for mode in ["nftables", "ipvs"] {
+            let flag = format!("--proxy-mode={mode}");
+            assert!(
+                !localhost(&[&flag, "--iptables-localhost-nodeports"]),
+                "{mode}"
+            );
+        }
+        let from_file = |mode: &str| {
+            let file = config_file(
+                &CONFIG
+                    .replace("mode: nftables", mode)
+                    .replace("iptables:\n", "iptables:\n  localhostNodePorts: true\n"),
+            );
+            let path = file.path().to_str().expect("utf-8 path").to_owned();
+            settings(&["--config", &path])
+                .expect("settings")
+                .agent
+                .program
+                .proxy
+                .localhost_nodeports
+        };
+        assert!(from_file("mode: iptables"));
+        assert!(!from_file("mode: nftables"));
     }
 
     #[test]

@@ -185,6 +185,37 @@ fn the_agent_takes_kube_proxys_options() {
     }
 }
 
+/// `--iptables-localhost-nodeports` turns `route_localnet` on in the agent's namespace and
+/// adds the rule that drops the martian packets it lets in; without it neither happens.
+#[test]
+fn localhost_nodeports_route_localnet() {
+    for on in [false, true] {
+        let ns = ScratchNetns::new("agtl", if on { "on" } else { "off" });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_server, kubeconfig) = seeded(ns.name(), dir.path());
+        let flags: &[&str] = if on {
+            &["--iptables-localhost-nodeports"]
+        } else {
+            &[]
+        };
+        let _agent = Agent::start(ns.name(), &kubeconfig, "iptables", flags);
+        wait_for(ns.name(), "10.244.1.5");
+        let sysctl = netd_kernel::link::read_sysctl(ns.name(), "net.ipv4.conf.all.route_localnet")
+            .expect("read route_localnet");
+        assert_eq!(
+            sysctl.as_deref(),
+            Some(if on { "1" } else { "0" }),
+            "on: {on}"
+        );
+        let rules = rules(ns.name());
+        assert_eq!(
+            rules.contains("block incoming localnet connections"),
+            on,
+            "on: {on}: {rules}"
+        );
+    }
+}
+
 /// A kubeconfig that cannot be read stops the agent before it touches the kernel: the rules
 /// another proxy mode left (which a starting agent removes) are still there.
 #[test]
