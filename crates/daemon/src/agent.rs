@@ -5,7 +5,7 @@
 //! before every watched kind has been listed, nothing is flushed at start or exit, and a
 //! failed sync makes the next one full.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use netd_healthcheck::{
     SystemClock,
 };
 use netd_kernel::netns;
-use netd_model::{ClusterConfig, ClusterState, NodeName};
+use netd_model::{ClusterConfig, ClusterState, Kind, NodeName};
 use netd_proxy::{NodePortAddresses, NodePortIps, ProxySettings};
 use netd_source::{ApiOptions, RunnerConfig, SharedStore, Store, SyncRequest};
 use prometheus_client::registry::Registry;
@@ -122,6 +122,8 @@ pub async fn serve(
         health.clone(),
         sync_metrics.clone(),
     ));
+    let reached = Reached::new(store.clone(), programmed);
+    let follow = tokio::spawn(reached.clone().follow());
 
     let backend = Arc::new(Mutex::new(backend));
     let enforcement = Arc::new(Mutex::new(EnforcementCheck::default()));
@@ -141,7 +143,7 @@ pub async fn serve(
             let synced = synced.clone();
             let program = config.program.clone();
             let enforcement = enforcement.clone();
-            let programmed = programmed.clone();
+            let reached = reached.clone();
             async move {
                 let families = families(&request);
                 let full = request.full();
@@ -182,7 +184,7 @@ pub async fn serve(
                 for (service, error) in services.sync(&report.health_checks).await {
                     tracing::warn!(%service, %error, "health check server not started; retried next sync");
                 }
-                programmed.programmed(&request.versions);
+                reached.programmed(request.generation, &request.versions);
                 tracing::info!(generation = request.generation, reason = %request.reason, "synced");
                 Ok::<(), Box<netd_agent::AgentError>>(())
             }
@@ -192,6 +194,7 @@ pub async fn serve(
     .await;
     watches.abort();
     queued.abort();
+    follow.abort();
     tracing::info!("agent stopped; rules left in place");
     Ok(())
 }
@@ -250,6 +253,58 @@ async fn track_queued(store: SharedStore, health: ProxyHealth, metrics: AgentMet
     while changes.changed().await.is_ok() {
         health.queued_update(IpFamily::V4);
         metrics.queued();
+    }
+}
+
+/// The API state the rules stand for, exported as `netd_agent_programmed_resource_version`:
+/// a sync's snapshot versions, and then those of every event that changed nothing since (a
+/// status-only update): a store still at the generation last programmed is programmed up to
+/// its current versions.
+#[derive(Clone)]
+struct Reached {
+    store: SharedStore,
+    /// The store generation last programmed; held while the gauge is set, so that the two
+    /// writers below set it in the order they read the store.
+    generation: Arc<Mutex<Option<u64>>>,
+    gauge: ProgrammedVersions,
+}
+
+impl Reached {
+    fn new(store: SharedStore, gauge: ProgrammedVersions) -> Reached {
+        Reached {
+            store,
+            generation: Arc::default(),
+            gauge,
+        }
+    }
+
+    /// A sync programmed the snapshot of `generation`, taken at `versions`.
+    fn programmed(&self, generation: u64, versions: &BTreeMap<Kind, u64>) {
+        // Poisoned only if a panic held it; the value is a whole generation.
+        let mut last = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(generation);
+        self.gauge.programmed(versions);
+        self.catch_up(generation);
+    }
+
+    /// Moves the gauge with each event that leaves the store at the programmed generation.
+    async fn follow(self) {
+        let mut moved = self.store.subscribe_versions();
+        while moved.changed().await.is_ok() {
+            let last = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(generation) = *last {
+                self.catch_up(generation);
+            }
+        }
+    }
+
+    fn catch_up(&self, generation: u64) {
+        let current = self
+            .store
+            .with(|s| (s.generation() == generation).then(|| s.versions().clone()));
+        if let Some(versions) = current {
+            self.gauge.programmed(&versions);
+        }
     }
 }
 

@@ -217,7 +217,7 @@ impl ProgrammedVersions {
         let metrics = ProgrammedVersions::default();
         registry.register(
             "programmed_resource_version",
-            "Per watched kind, the highest resourceVersion among the events of the last snapshot programmed successfully",
+            "Per watched kind, the highest resourceVersion of the API state the rules stand for: the events of the last snapshot programmed successfully, and those since that changed nothing",
             metrics.versions.clone(),
         );
         metrics

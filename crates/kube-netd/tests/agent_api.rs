@@ -429,6 +429,34 @@ fn the_agent_exports_the_resource_versions_it_has_programmed() {
     assert!(!rules(ns.name()).contains("10.244.1.6"));
 }
 
+/// An update the agent reads nothing of (an annotation it drops) changes no rule and causes
+/// no sync, yet the state it stands for is programmed: the metric reaches its
+/// resourceVersion without waiting for the periodic sync (an hour here).
+#[test]
+fn an_update_that_changes_no_rule_counts_as_programmed() {
+    let ns = ScratchNetns::new("agt", "rvnop");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, kubeconfig) = seeded(ns.name(), dir.path());
+    let _agent = Agent::start(ns.name(), &kubeconfig, "iptables", &["--sync-period=1h"]);
+    let services = r#"netd_agent_programmed_resource_version{kind="Service"}"#;
+    wait_for(ns.name(), "10.244.1.5");
+    let seeded = wait_for_metric(ns.name(), services, 1.0);
+    let api = server.registry();
+    let id = netd_apiserver::store::object_id(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"}
+    }))
+    .expect("id");
+    let mut service = api.get(&id).expect("the Service");
+    service["metadata"]["annotations"] = json!({"example.com/note": "read by nobody"});
+    let written = api
+        .update(service, netd_apiserver::WriteOptions::default())
+        .expect("update");
+    let annotated = resource_version(&written.object);
+    assert!((seeded as u64) < annotated);
+    wait_for_metric(ns.name(), services, annotated as f64);
+}
+
 fn resource_version(object: &serde_json::Value) -> u64 {
     object["metadata"]["resourceVersion"]
         .as_str()

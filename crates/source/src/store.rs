@@ -402,29 +402,38 @@ fn resource_version(meta: &ObjectMeta) -> u64 {
 }
 
 /// A [`Store`] shared between the watches that feed it and the runners that read it; each
-/// change is announced to every [`SharedStore::subscribe`]r.
+/// change is announced to every [`SharedStore::subscribe`]r, and each event that moves
+/// [`Store::versions`] (a change or not) to every [`SharedStore::subscribe_versions`]r.
 #[derive(Clone, Debug)]
 pub struct SharedStore {
     store: Arc<Mutex<Store>>,
     changes: Arc<watch::Sender<u64>>,
+    versions: Arc<watch::Sender<()>>,
 }
 
 impl SharedStore {
     /// Shares `store`.
     pub fn new(store: Store) -> SharedStore {
         let (changes, _) = watch::channel(store.generation());
+        let (versions, _) = watch::channel(());
         SharedStore {
             store: Arc::new(Mutex::new(store)),
             changes: Arc::new(changes),
+            versions: Arc::new(versions),
         }
     }
 
-    /// [`Store::apply`], announcing the change if there was one.
+    /// [`Store::apply`], announcing the change if there was one, and the versions if they
+    /// moved.
     pub fn apply<K: Watched>(&self, event: watcher::Event<K>) -> bool {
         let mut store = self.lock();
+        let before = store.versions().get(&K::KIND).copied();
         let changed = store.apply(event);
         if changed {
             self.changes.send_replace(store.generation());
+        }
+        if store.versions().get(&K::KIND).copied() != before {
+            self.versions.send_replace(());
         }
         changed
     }
@@ -437,6 +446,13 @@ impl SharedStore {
     /// A receiver that sees the store's generation each time it changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// A receiver that is told each time [`Store::versions`] moves, whether or not the
+    /// event changed the store: an update nothing reads of (a status-only one) still moves
+    /// the versions a programmed generation stands for.
+    pub fn subscribe_versions(&self) -> watch::Receiver<()> {
+        self.versions.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
