@@ -172,6 +172,31 @@ fn kubectl_changes_the_lab_and_packets_follow() {
         "kubectl in default/client: {}",
         String::from_utf8_lossy(&from_pod.stderr)
     );
+    // And as in-cluster clients do, through the `kubernetes` Service, found by name.
+    let listed = kubectl.ok(&["get", "svc,endpointslices", "kubernetes", "-o", "wide"]);
+    assert!(
+        listed.contains("10.96.0.1") && listed.contains("172.18.0.254"),
+        "{listed}"
+    );
+    let through_service = kubectl_in(
+        &lab,
+        &kubectl,
+        "default/client",
+        &in_lab,
+        &[
+            "--server=http://kubernetes.default.svc.cluster.local:443",
+            "get",
+            "nodes",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&through_service.stdout),
+        "node/node-1\nnode/node-2\n",
+        "kubectl in default/client through the kubernetes Service: {}",
+        String::from_utf8_lossy(&through_service.stderr)
+    );
     let host = kubectl_in(
         &lab,
         &kubectl,
@@ -280,6 +305,46 @@ fn kubectl_changes_the_lab_and_packets_follow() {
         Vec::<String>::new(),
         "`lab down` leaves nothing"
     );
+}
+
+/// In an IPv6-only lab the `kubernetes` Service is IPv6 and leads to the API server's IPv6
+/// address in the lab, so Pods with no IPv4 address reach the API as in-cluster clients do.
+#[test]
+fn an_ipv6_only_pod_reaches_the_api_through_the_kubernetes_service() {
+    let lab = TestLab::new("api6");
+    let client = lab.file("client.yaml", CLIENT);
+    lab.ok(&["up", "--ip-family", "ipv6", "-f", &client]);
+    let kubectl = Kubectl::for_lab(&lab);
+    let service = kubectl.ok(&[
+        "get",
+        "endpointslice",
+        "kubernetes",
+        "-o",
+        "jsonpath={.addressType} {.endpoints[0].addresses[0]}",
+    ]);
+    assert_eq!(service, "IPv6 fd00:172:18::fe");
+    let in_lab = lab.ok(&["kubeconfig", "--in-lab"]).trim().to_owned();
+    eventually("kubectl in default/client reaches the API", || {
+        let out = kubectl_in(
+            &lab,
+            &kubectl,
+            "default/client",
+            &in_lab,
+            &[
+                "--server=http://kubernetes.default.svc.cluster.local:443",
+                "--request-timeout=2s",
+                "get",
+                "nodes",
+                "-o",
+                "name",
+            ],
+        );
+        (String::from_utf8_lossy(&out.stdout) == "node/node-1\nnode/node-2\n")
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    lab.ok(&["down"]);
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
 /// The API server's PID, as `lab up` recorded it.

@@ -189,6 +189,19 @@ fn offline(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What the lab's API server adds to the manifests it was built from, the `default/kubernetes`
+/// Service and its EndpointSlice, as a manifest file for the offline commands that are to
+/// describe the same cluster.
+fn api_objects(lab: &TestLab) -> String {
+    let get = |kind: &str, selector: &str| {
+        lab.ok(&["get", kind, "-n", "default", "-l", selector, "-o", "yaml"])
+    };
+    let service = get("services", "provider=kubernetes");
+    let slice = get("endpointslices", "kubernetes.io/service-name=kubernetes");
+    assert!(service.contains("name: kubernetes"), "{service}");
+    lab.file("api-objects.yaml", &format!("{service}---\n{slice}"))
+}
+
 /// The one object of `get -o json` output, printed as a `List` or on its own.
 fn only_item(json: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(json).expect("get -o json");
@@ -233,9 +246,10 @@ fn offline_commands_describe_the_cluster_the_lab_runs() {
     assert_eq!(offline_rows, rows(&lab.ok(&matrix)));
     assert!(offline_rows.to_string().contains("kube-system/coredns-"));
 
-    // `render --node node-1` is what node-1 has: loaded into a namespace of its own, it reads
-    // back as node-1's rules do.
-    let render = offline(&["render", "--node", "node-1"]);
+    // `render --node node-1` is what node-1 has (with the Service the lab's API server adds):
+    // loaded into a namespace of its own, it reads back as node-1's rules do.
+    let api = api_objects(&lab);
+    let render = offline(&["render", "--node", "node-1", "-f", &api]);
     let scratch = ScratchNetns::new(&lab.name, "render");
     let mut restore = scratch
         .command(&["iptables-restore", "--noflush"])
@@ -1127,7 +1141,10 @@ fn nftables_mode_renders_what_the_lab_runs() {
     // that look them up, which `nft -f` declares otherwise than the agent's netlink: their
     // element counts are compared, the Service is probed below); and node-1 has no iptables
     // rules of kube-netd's.
-    let render = offline(&["render", "--mode", "nftables", "--node", "node-1"]);
+    let api = api_objects(&lab);
+    let render = offline(&[
+        "render", "--mode", "nftables", "--node", "node-1", "-f", &api,
+    ]);
     let scratch = ScratchNetns::new(&lab.name, "nftrender");
     let mut load = scratch
         .command(&["nft", "-f", "-"])

@@ -2,8 +2,10 @@
 //! as the lab's `apiserver` helper process. It listens on `127.0.0.1` of this machine, for
 //! kubectl (`kubeconfig`), and inside the lab's network on the underlay switch's bridge,
 //! `<api_ip>:6443` as a control-plane node's address would be, for clients in the lab's
-//! namespaces (`kubeconfig-in-lab`). The second socket is bound from a thread inside the
-//! underlay namespace: nothing is added to the host's network but the `127.0.0.1` listener.
+//! namespaces (`kubeconfig-in-lab`), and on `[<api_ip6>]:6443` beside it in a lab with an IPv6
+//! node network. Those sockets are bound from a thread inside the underlay namespace: nothing
+//! is added to the host's network but the `127.0.0.1` listener. The `default/kubernetes`
+//! Service leads Pods there ([`with_kubernetes_service`]), as on a cluster.
 //!
 //! `cluster.json` stays the lab's source of truth. The server keeps its own store (`api/`,
 //! resourceVersions and uids), and the two meet in [`LabStorage`]'s commit hook:
@@ -26,7 +28,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -210,21 +212,20 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
         .enable_all()
         .build()
         .map_err(|e| start(e.into()))?;
-    let in_lab = match record.api_ip {
-        Some(ip) => {
-            let addr = SocketAddr::new(ip, IN_LAB_PORT);
-            let listener = bind_in(&names.underlay_ns(), addr)
-                .map_err(|source| start(ServeError::BindFailed { addr, source }.into()))?;
-            let server = runtime.block_on(async {
-                ApiServer::start_on(registry.clone(), listener, ServeOptions::default())
-            });
-            let server = server.map_err(|e| start(e.into()))?;
-            write_kubeconfig(&store.in_lab_kubeconfig_path(), &record.name, &server.url())
-                .map_err(|e| start(e.into()))?;
-            Some(server)
-        }
-        None => None,
-    };
+    let mut in_lab = Vec::new();
+    for ip in record.api_ip.into_iter().chain(record.api_ip6) {
+        let addr = SocketAddr::new(ip, IN_LAB_PORT);
+        let listener = bind_in(&names.underlay_ns(), addr)
+            .map_err(|source| start(ServeError::BindFailed { addr, source }.into()))?;
+        let server = runtime.block_on(async {
+            ApiServer::start_on(registry.clone(), listener, ServeOptions::default())
+        });
+        in_lab.push(server.map_err(|e| start(e.into()))?);
+    }
+    if let Some(server) = in_lab.first() {
+        write_kubeconfig(&store.in_lab_kubeconfig_path(), &record.name, &server.url())
+            .map_err(|e| start(e.into()))?;
+    }
     let server = runtime.block_on(async {
         ApiServer::start(registry.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
     });
@@ -244,11 +245,73 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
     }
     runtime.block_on(async {
         server.shutdown().await;
-        if let Some(in_lab) = in_lab {
-            in_lab.shutdown().await;
+        for server in in_lab {
+            server.shutdown().await;
         }
     });
     Ok(())
+}
+
+/// The Service that leads to the API server, as kube-apiserver keeps it in every cluster:
+/// `default/kubernetes`, the first address of the cluster's first service range, port 443
+/// (`https`, though the lab's API speaks plain HTTP) to [`IN_LAB_PORT`], and its
+/// EndpointSlice holding the API server's in-lab address of that family (`api_ip`, or
+/// `api_ip6` on a lab whose first family is IPv6). Added to `desired` unless it names a
+/// Service `default/kubernetes` already, or the lab has no address of that family.
+pub(crate) fn with_kubernetes_service(
+    mut desired: Vec<Object>,
+    config: &ClusterConfig,
+    api_ip: IpAddr,
+    api_ip6: Option<IpAddr>,
+) -> Result<Vec<Object>, LabError> {
+    let taken = desired.iter().any(|o| {
+        let id = o.id();
+        id.kind == Kind::Service && id.namespace == "default" && id.name == "kubernetes"
+    });
+    let Some(range) = config.service_cidrs.first() else {
+        return Ok(desired);
+    };
+    let endpoint = match range.addr() {
+        IpAddr::V4(_) => Some(api_ip),
+        IpAddr::V6(_) => api_ip6,
+    };
+    let cluster_ip = range.hosts().find(|ip| *ip != range.network());
+    let (Some(endpoint), Some(cluster_ip), false) = (endpoint, cluster_ip, taken) else {
+        return Ok(desired);
+    };
+    let family = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
+    let service = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip.to_string(),
+            "clusterIPs": [cluster_ip.to_string()],
+            "ipFamilies": [family],
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": IN_LAB_PORT}],
+        },
+    });
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes"},
+        },
+        "addressType": family,
+        "endpoints": [{"addresses": [endpoint.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": IN_LAB_PORT, "protocol": "TCP"}],
+    });
+    for (i, value) in [service, slice].into_iter().enumerate() {
+        desired.extend(objects::decode(i, value)?);
+    }
+    Ok(desired)
 }
 
 /// Brings the registry to the published cluster, again while the lab moves on under it.

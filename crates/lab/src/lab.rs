@@ -219,6 +219,25 @@ impl Lab {
             ),
             false => None,
         };
+        let api_ip6 = match (api_ip, config.node_network_v6, external_ip6) {
+            (Some(_), Some(network), Some(external6)) => Some(
+                topology::api_ip(network, &nodes, external6).ok_or(LabError::NodeNetworkFull {
+                    network: network.to_string(),
+                })?,
+            ),
+            _ => None,
+        };
+        // With an API server, the `kubernetes` Service leads to it, as on a cluster: the
+        // objects are resolved again with it (the addresses it needs came from the first).
+        let (objects, state) = match api_ip {
+            Some(ip) => {
+                let objects = crate::api::with_kubernetes_service(objects, &config, ip, api_ip6)?;
+                let state = resolver(objects.clone(), &config, None)
+                    .map_err(|source| LabError::ResolveFailed { source })?;
+                (objects, state)
+            }
+            None => (objects, state),
+        };
         // A distribution kernel has br_netfilter and nf_conntrack as modules nobody loaded;
         // without them the bridge sysctls do not exist and NAT does not work.
         module::ensure(&module::NODE_MODULES).map_err(LabError::modules("for a lab node"))?;
@@ -241,6 +260,7 @@ impl Lab {
             external_ip: Some(external_ip),
             external_ip6,
             api_ip,
+            api_ip6,
             apiserver: None,
             mode: options.mode.to_string(),
             localhost_nodeports: options.localhost_nodeports,

@@ -75,6 +75,9 @@ pub(crate) struct LabRecord {
     /// port [`crate::api::IN_LAB_PORT`]), on a lab with an API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_ip: Option<IpAddr>,
+    /// Its IPv6 address beside it, on a lab with an API server and an IPv6 node network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ip6: Option<IpAddr>,
     /// The service proxy back end the agents run, as `lab up --mode` chose it.
     #[serde(default = "default_mode")]
     pub mode: String,

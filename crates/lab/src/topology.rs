@@ -104,16 +104,26 @@ pub(crate) fn external_ip(
 /// The API server's address inside the lab: the last host of the node network that neither
 /// a Node nor the external namespace uses (172.18.0.254 unless one does), held by the
 /// underlay switch's bridge so that every Node and the external namespace reach it on-link.
+/// In an IPv6 node network, the last such address up to `::fe` (`fd00:172:18::fe`), as
+/// readable as its IPv4 twin.
 pub(crate) fn api_ip(
     network: IpNet,
     nodes: &BTreeMap<NodeName, NodeAddress>,
     external: IpAddr,
 ) -> Option<IpAddr> {
-    network
-        .hosts()
-        .rev()
-        .filter(|ip| *ip != network.network() && *ip != external)
-        .find(|ip| nodes.values().all(|n| n.ip != *ip))
+    let free = |ip: &IpAddr| {
+        *ip != network.network()
+            && *ip != external
+            && nodes.values().all(|n| n.ip != *ip && n.ip6 != Some(*ip))
+    };
+    match network {
+        IpNet::V4(_) => network.hosts().rev().find(free),
+        IpNet::V6(net) => (1..=0xfe_u128)
+            .rev()
+            .map(|i| IpAddr::V6((u128::from(net.network()) + i).into()))
+            .filter(|ip| network.contains(ip))
+            .find(free),
+    }
 }
 
 /// The gateway of a podCIDR: its first host, held by the Node's bridge (the address after
@@ -145,6 +155,12 @@ pub(crate) fn build_infrastructure(
         // Where the API server listens for the lab's own clients (see `crate::api`).
         switch.push(format!("addr add {ip}/{prefix} dev {SWITCH_BRIDGE}"));
     }
+    if let (Some(ip6), Some(prefix6)) = (record.api_ip6, prefix6) {
+        without_dad(&underlay)?;
+        switch.push(format!(
+            "addr add {ip6}/{prefix6} dev {SWITCH_BRIDGE} nodad"
+        ));
+    }
     let external = names.external_ns();
     create_recorded(store, record, &external)?;
     if prefix6.is_some() {
@@ -164,8 +180,15 @@ pub(crate) fn build_infrastructure(
         // Pods reach the API server with their own addresses (nothing masquerades them): its
         // replies go back through the Pod's Node, as the Nodes route each other's podCIDRs.
         for addr in nodes.values() {
-            for cidr in addr.pod_cidrs().filter(|c| c.addr().is_ipv4()) {
-                switch.push(format!("route add {cidr} via {}", addr.ip));
+            for cidr in addr.pod_cidrs() {
+                let via = match (cidr.addr().is_ipv4(), record.api_ip6) {
+                    (true, _) => Some(addr.ip),
+                    (false, Some(_)) => addr.ip6,
+                    (false, None) => None,
+                };
+                if let Some(via) = via {
+                    switch.push(format!("route add {cidr} via {via}"));
+                }
             }
         }
     }
@@ -548,6 +571,39 @@ mod tests {
         assert_eq!(
             node.underlay_for(net("10.244.0.0/24")),
             Some(ip("172.18.0.1"))
+        );
+    }
+
+    #[test]
+    fn the_api_address_is_the_last_free_host_and_readable_in_ipv6() {
+        let node = |v4: &str, v6: &str| NodeAddress {
+            ip: ip(v4),
+            pod_cidr: net("10.244.0.0/24"),
+            ip6: Some(ip(v6)),
+            second_pod_cidr: None,
+        };
+        let mut nodes = BTreeMap::from([(
+            NodeName::new("node-1"),
+            node("172.18.0.2", "fd00:172:18::2"),
+        )]);
+        let api = |nodes: &BTreeMap<NodeName, NodeAddress>| {
+            (
+                api_ip(net("172.18.0.0/24"), nodes, ip("172.18.0.1")),
+                api_ip(net("fd00:172:18::/64"), nodes, ip("fd00:172:18::1")),
+            )
+        };
+        assert_eq!(
+            api(&nodes),
+            (Some(ip("172.18.0.254")), Some(ip("fd00:172:18::fe")))
+        );
+        // A Node on that address pushes it down, in both families.
+        nodes.insert(
+            NodeName::new("node-2"),
+            node("172.18.0.254", "fd00:172:18::fe"),
+        );
+        assert_eq!(
+            api(&nodes),
+            (Some(ip("172.18.0.253")), Some(ip("fd00:172:18::fd")))
         );
     }
 }
