@@ -44,7 +44,7 @@ use serde_json::Value;
 use crate::agent::bind_in;
 use crate::lab::{Resolver, publish};
 use crate::names::Names;
-use crate::store::{ClusterRecord, Store};
+use crate::store::{ClusterRecord, ClusterWatch, Store};
 use crate::{LabError, objects};
 use netd_model::error_chain;
 
@@ -62,7 +62,7 @@ const SERVER_FIELDS: [&str; 5] = [
 /// `--secure-port` default; the lab's API speaks plain HTTP on it).
 pub const IN_LAB_PORT: u16 = 6443;
 
-/// How often the syncer looks for a generation published by `lab apply` or `lab delete`.
+/// How long the syncer waits for a write or a publication before it looks anyway.
 const POLL: Duration = Duration::from_millis(100);
 
 thread_local! {
@@ -81,7 +81,8 @@ pub(crate) struct LabStorage {
     writes: Arc<Writes>,
 }
 
-/// Counts the writes users made, so the syncer wakes up after each.
+/// Counts the writes users made and the generations `lab apply` and `lab delete` published,
+/// so the syncer wakes up after each.
 #[derive(Default)]
 struct Writes {
     count: Mutex<u64>,
@@ -232,6 +233,19 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
     let server = server.map_err(|e| start(e.into()))?;
     write_kubeconfig(&store.kubeconfig_path(), &record.name, &server.url())
         .map_err(|e| start(e.into()))?;
+    // A generation `lab apply` or `lab delete` published wakes the syncer at once, as a
+    // write through the API does.
+    let published = ClusterWatch::new(&store)?;
+    let watcher = {
+        let (store, writes) = (store.clone(), writes.clone());
+        std::thread::spawn(move || {
+            while store.exists() {
+                if published.wait(POLL) {
+                    writes.bump();
+                }
+            }
+        })
+    };
     let mut seen = 0;
     while store.exists() {
         seen = writes.wait_past(seen, POLL);
@@ -243,6 +257,8 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
             }
         }
     }
+    // It ends with the state directory, as this loop did.
+    let _ = watcher.join();
     runtime.block_on(async {
         server.shutdown().await;
         for server in in_lab {
