@@ -107,21 +107,148 @@ pub(crate) fn expand(d: &apps::Deployment) -> Result<Vec<core::Pod>, ResolveErro
     Ok(pods)
 }
 
-/// Writes the Deployment's status from its Pods' readiness.
+/// Writes the Deployment's status from its Pods' readiness: the counts, and the two
+/// conditions the Deployment controller keeps, which `kubectl wait --for=condition=Available`
+/// and `kubectl describe` read. `Available` is true while no more Pods are unavailable than
+/// the rolling update's `maxUnavailable` allows (25% of the replicas, rounded down, unless
+/// set; none for `Recreate`); `Progressing` says the ReplicaSet has progressed once every Pod
+/// is available. The conditions carry no timestamps: the same objects resolve to the same
+/// bytes. (`observedGeneration` is the API server's to set: it owns the generation.)
 pub(crate) fn finish(mut d: apps::Deployment, pods: usize, ready: usize) -> apps::Deployment {
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let unavailable = pods.saturating_sub(ready);
+    let available = unavailable <= max_unavailable(&d, pods);
+    let replica_set = format!(
+        "{}-{}",
+        d.metadata.name.as_deref().unwrap_or_default(),
+        pod_template_hash(
+            &d.spec
+                .as_ref()
+                .map(|s| s.template.clone())
+                .unwrap_or_default(),
+            d.status.as_ref().and_then(|s| s.collision_count),
+        )
+    );
+    let condition =
+        |type_: &str, status: bool, reason: &str, message: String| apps::DeploymentCondition {
+            type_: type_.to_owned(),
+            status: if status { "True" } else { "False" }.to_owned(),
+            reason: Some(reason.to_owned()),
+            message: Some(message),
+            ..apps::DeploymentCondition::default()
+        };
+    let conditions = vec![
+        if available {
+            condition(
+                "Available",
+                true,
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".to_owned(),
+            )
+        } else {
+            condition(
+                "Available",
+                false,
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".to_owned(),
+            )
+        },
+        if unavailable == 0 {
+            condition(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{replica_set}\" has successfully progressed."),
+            )
+        } else {
+            condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{replica_set}\" is progressing."),
+            )
+        },
+    ];
     let status = d.status.get_or_insert_with(Default::default);
     status.replicas = Some(count(pods));
     status.updated_replicas = Some(count(pods));
     status.ready_replicas = Some(count(ready));
     status.available_replicas = Some(count(ready));
-    status.unavailable_replicas = Some(count(pods.saturating_sub(ready))).filter(|n| *n > 0);
+    status.unavailable_replicas = Some(count(unavailable)).filter(|n| *n > 0);
+    status.conditions = Some(conditions);
     d
+}
+
+/// How many of `replicas` Pods may be unavailable with the Deployment still available:
+/// the rolling update's `maxUnavailable` (a number, or a percentage rounded down; 25% by
+/// default), none for `Recreate`.
+fn max_unavailable(d: &apps::Deployment, replicas: usize) -> usize {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let strategy = d.spec.as_ref().and_then(|s| s.strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return 0;
+    }
+    let value = strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_unavailable.clone())
+        .unwrap_or_else(|| IntOrString::String("25%".to_owned()));
+    match value {
+        IntOrString::Int(n) => usize::try_from(n).unwrap_or(0),
+        IntOrString::String(text) => text
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<usize>().ok())
+            .map_or(0, |percent| replicas * percent / 100),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_says_available_within_max_unavailable_and_progressed_when_all_are() {
+        let with = |strategy: &str| {
+            deployment(&format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: x}}\n\
+                 spec: {{replicas: 8, selector: {{matchLabels: {{app: web}}}}, {strategy}\
+                 template: {{metadata: {{labels: {{app: web}}}}, spec: {{containers: [{{name: c, image: i}}]}}}}}}\n"
+            ))
+        };
+        let conditions = |d: apps::Deployment, ready: usize| {
+            finish(d, 8, ready)
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        let c = |t: &str, s: &str, r: &str| (t.to_owned(), s.to_owned(), r.to_owned());
+        // 25% of 8 may be unavailable by default: 2.
+        assert_eq!(
+            conditions(with(""), 6),
+            [
+                c("Available", "True", "MinimumReplicasAvailable"),
+                c("Progressing", "True", "ReplicaSetUpdated")
+            ]
+        );
+        assert_eq!(
+            conditions(with(""), 5)[0],
+            c("Available", "False", "MinimumReplicasUnavailable")
+        );
+        assert_eq!(
+            conditions(with(""), 8)[1],
+            c("Progressing", "True", "NewReplicaSetAvailable")
+        );
+        let strict = "strategy: {rollingUpdate: {maxUnavailable: 0}}, ";
+        assert_eq!(conditions(with(strict), 7)[0].1, "False");
+        assert_eq!(
+            conditions(with("strategy: {type: Recreate}, "), 7)[0].1,
+            "False"
+        );
+        let loose = "strategy: {rollingUpdate: {maxUnavailable: 50%}}, ";
+        assert_eq!(conditions(with(loose), 4)[0].1, "True");
+    }
 
     fn deployment(yaml: &str) -> apps::Deployment {
         match netd_testkit::objects(yaml).pop() {

@@ -221,8 +221,17 @@ fn kubectl_changes_the_lab_and_packets_follow() {
             .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
 
-    // Scaling makes Pods: scheduled, addressed, in the EndpointSlice and behind the Service.
+    // Scaling makes Pods: scheduled, addressed, in the EndpointSlice and behind the Service;
+    // the rollout is seen done as kubectl reads a Deployment's status.
     kubectl.ok(&["scale", "deploy", "web", "--replicas=3"]);
+    let rolled = kubectl.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Available",
+        "deploy/web",
+        "--timeout=60s",
+    ]);
     eventually("three web Pods with IPs in the API", || {
         let ips = kubectl.ok(&[
             "get",

@@ -382,19 +382,24 @@ fn sync_once(registry: &Registry, cluster: ClusterRecord) -> Result<(), LabError
         }
     }
     for (id, value) in &wanted {
-        match registry.get(id) {
-            Ok(current) if without_server_fields(&current) == without_server_fields(value) => {}
-            Ok(_) => {
-                registry
-                    .update(value.clone(), WriteOptions::default())
-                    .map_err(failed(id))?;
-            }
-            Err(ApiError::NotFound(_)) => {
-                registry
-                    .create(value.clone(), WriteOptions::default())
-                    .map_err(failed(id))?;
-            }
+        let current = match registry.get(id) {
+            Ok(current) => Some(current),
+            Err(ApiError::NotFound(_)) => None,
             Err(e) => return Err(failed(id)(e)),
+        };
+        let value = observed(id, value, current.as_ref());
+        match current {
+            Some(current) if without_server_fields(&current) == without_server_fields(&value) => {}
+            Some(_) => {
+                registry
+                    .update(value, WriteOptions::default())
+                    .map_err(failed(id))?;
+            }
+            None => {
+                registry
+                    .create(value, WriteOptions::default())
+                    .map_err(failed(id))?;
+            }
         }
     }
     let served: BTreeSet<ObjectId> = Kind::ALL
@@ -409,6 +414,22 @@ fn sync_once(registry: &Registry, cluster: ClusterRecord) -> Result<(), LabError
         }
     }
     Ok(())
+}
+
+/// `value` as the syncer writes it over `current` (`None`: not served yet): a Deployment's
+/// status says the control plane has observed the generation the write leaves it at (the
+/// server's, one more if the spec changes), since the lab resolved it for that spec, so
+/// `kubectl rollout status` sees its rollout done.
+fn observed(id: &ObjectId, value: &Value, current: Option<&Value>) -> Value {
+    let mut value = value.clone();
+    if id.kind == Kind::Deployment {
+        let generation = current.map_or(1, |c| {
+            let served = c["metadata"]["generation"].as_u64().unwrap_or(1);
+            served + u64::from(c.get("spec") != value.get("spec"))
+        });
+        value["status"]["observedGeneration"] = Value::from(generation);
+    }
+    value
 }
 
 /// The object as the lab keeps it desired: without what the API server stamps on it.
