@@ -269,7 +269,8 @@ pub(crate) fn serve(dir: &Path, resolver: Resolver) -> Result<(), LabError> {
 }
 
 /// The Service that leads to the API server, as kube-apiserver keeps it in every cluster:
-/// `default/kubernetes`, the first address of the cluster's first service range, port 443
+/// `default/kubernetes`, on the address the model reserves for it (the first of the
+/// cluster's first service range, [`ClusterConfig::kubernetes_service_ip`]), port 443
 /// (`https`, though the lab's API speaks plain HTTP) to [`IN_LAB_PORT`], and its
 /// EndpointSlice holding the API server's in-lab address of that family (`api_ip`, or
 /// `api_ip6` on a lab whose first family is IPv6). Added to `desired` unless it names a
@@ -284,15 +285,15 @@ pub(crate) fn with_kubernetes_service(
         let id = o.id();
         id.kind == Kind::Service && id.namespace == "default" && id.name == "kubernetes"
     });
-    let Some(range) = config.service_cidrs.first() else {
+    // The address the model reserves for it, which no other Service may take.
+    let Some(cluster_ip) = config.kubernetes_service_ip() else {
         return Ok(desired);
     };
-    let endpoint = match range.addr() {
+    let endpoint = match cluster_ip {
         IpAddr::V4(_) => Some(api_ip),
         IpAddr::V6(_) => api_ip6,
     };
-    let cluster_ip = range.hosts().find(|ip| *ip != range.network());
-    let (Some(endpoint), Some(cluster_ip), false) = (endpoint, cluster_ip, taken) else {
+    let (Some(endpoint), false) = (endpoint, taken) else {
         return Ok(desired);
     };
     let family = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -463,5 +464,51 @@ fn without_server_fields(value: &Value) -> Value {
 fn refused(e: LabError) -> StorageError {
     StorageError::Refused {
         reason: error_chain(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_model::IpFamilies;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    /// The Service and slice added, as `(clusterIP, endpoint)`; `None` when none was added.
+    fn added(desired: &str, config: &ClusterConfig) -> Option<(String, String)> {
+        let desired = netd_testkit::objects(desired);
+        let before = desired.len();
+        let out = with_kubernetes_service(
+            desired,
+            config,
+            ip("172.18.0.254"),
+            Some(ip("fd00:172:18::fe")),
+        )
+        .expect("objects");
+        if out.len() == before {
+            return None;
+        }
+        let [Object::Service(service), Object::EndpointSlice(slice)] = &out[before..] else {
+            panic!("not a Service and its slice: {out:?}");
+        };
+        let cluster_ip = service.spec.as_ref()?.cluster_ip.clone()?;
+        Some((cluster_ip, slice.endpoints[0].addresses[0].clone()))
+    }
+
+    #[test]
+    fn the_kubernetes_service_leads_to_the_api_of_the_first_family_unless_the_user_has_one() {
+        let pair = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        let v4 = ClusterConfig::default();
+        assert_eq!(added("", &v4), pair("10.96.0.1", "172.18.0.254"));
+        let v6 = ClusterConfig::for_families(IpFamilies::Ipv6);
+        assert_eq!(added("", &v6), pair("fd00:10:96::1", "fd00:172:18::fe"));
+        let dual = ClusterConfig::for_families(IpFamilies::Dual);
+        assert_eq!(added("", &dual), pair("10.96.0.1", "172.18.0.254"));
+        let own = "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n\
+                   spec: {ports: [{port: 443}]}\n";
+        assert_eq!(added(own, &v4), None);
     }
 }
