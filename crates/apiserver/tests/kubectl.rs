@@ -536,6 +536,50 @@ fn create_replace_label_and_delete() -> Result<()> {
     );
     assert!(c.object(Kind::Service, "default", "db").is_none());
 
+    // kubectl's typed clients send protobuf: `create deployment` with what it sets.
+    c.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "--image=nginx",
+        "--replicas=2",
+        "--port=8080",
+        "--",
+        "sleep",
+        "1",
+    ])?;
+    let d = c
+        .object(Kind::Deployment, "default", "api")
+        .context("deployment")?;
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "api");
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(container["command"], serde_json::json!(["sleep", "1"]));
+    c.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "api",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ])?;
+    let s = c
+        .object(Kind::Service, "default", "api")
+        .context("service")?;
+    assert_eq!(s["spec"]["type"], "NodePort");
+    assert_eq!(s["spec"]["selector"]["app"], "api");
+    let port = &s["spec"]["ports"][0];
+    assert_eq!(
+        (&port["port"], &port["targetPort"], &port["nodePort"]),
+        (
+            &serde_json::json!(80),
+            &serde_json::json!(8080),
+            &serde_json::json!(30080)
+        )
+    );
+
     c.ok(&["create", "namespace", "team"])?;
     let team = c.file(
         "svc-team.yaml",
