@@ -185,6 +185,19 @@ pub enum ApiError {
     /// 400: the body or a parameter cannot be read.
     #[error("{0}")]
     BadRequest(String),
+    /// 400: a Pod subresource that needs a running container (`log`, `exec`, `attach`,
+    /// `portforward`): kube-netd runs none.
+    #[error(
+        "pods {pod:?} has no containers for {subresource}: kube-netd runs none (its lab Pods are network namespaces; `kube-netd lab exec {namespace}/{pod} -- COMMAND` runs a command in one)"
+    )]
+    NoContainers {
+        /// The Pod's namespace.
+        namespace: String,
+        /// The Pod's name.
+        pod: String,
+        /// The subresource asked for.
+        subresource: String,
+    },
     /// 405: a verb the path does not take.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -225,7 +238,7 @@ impl ApiError {
                 409
             }
             ApiError::Invalid { .. } => 422,
-            ApiError::BadRequest(_) => 400,
+            ApiError::BadRequest(_) | ApiError::NoContainers { .. } => 400,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired { .. } => 410,
@@ -242,7 +255,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "AlreadyExists",
             ApiError::Conflict(_) | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::BadRequest(_) | ApiError::NoContainers { .. } => "BadRequest",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired { .. } => "Expired",

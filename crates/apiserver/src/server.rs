@@ -379,6 +379,17 @@ impl Api {
             (_, Some(_), Some("scale")) if target.resource.kind == Kind::Deployment => {
                 self.scale(&target, &call, fields)
             }
+            (_, Some(pod), Some(sub @ ("log" | "exec" | "attach" | "portforward")))
+                if target.resource.kind == Kind::Pod =>
+            {
+                // A Pod that is not there is 404, as for any read of it.
+                self.registry.get(&self.id(&target)?)?;
+                Err(ApiError::NoContainers {
+                    namespace: target.namespace.clone().unwrap_or_default(),
+                    pod: pod.clone(),
+                    subresource: sub.to_owned(),
+                })
+            }
             (_, _, Some(_)) => Err(ApiError::NoSuchPath),
             _ => Err(ApiError::MethodNotAllowed),
         }

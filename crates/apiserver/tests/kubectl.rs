@@ -580,6 +580,24 @@ fn create_replace_label_and_delete() -> Result<()> {
         )
     );
 
+    // No containers: logs and exec say so, and where the lab's alternative is.
+    c.ok(&["run", "client", "--image=busybox"])?;
+    for args in [
+        &["logs", "client"][..],
+        &["exec", "client", "--", "hostname"],
+    ] {
+        let out = c.run(args)?;
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("kube-netd runs none")
+                && err.contains("kube-netd lab exec default/client"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = c.run(&["logs", "nobody"])?;
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+
     c.ok(&["create", "namespace", "team"])?;
     let team = c.file(
         "svc-team.yaml",
