@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use netd_kernel::nftnl::conntrack::Flow;
 use netd_model::{Protocol, ServicePortName};
-use netd_proxy::{ServicePlan, ServicePortPlan};
+use netd_proxy::{PortPlans, ServicePlan, ServicePortPlan};
 
 /// Where clients of a UDP/SCTP Service port send to: an address and the Service port, or a
 /// nodePort on any address.
@@ -91,11 +91,7 @@ impl Pending {
 
     /// Adds what a sync leaves to reconcile that replaced the ports `replaced` of some
     /// Services with their ports `current` (every other port unchanged).
-    pub fn add_replaced(
-        &mut self,
-        replaced: &BTreeMap<ServicePortName, ServicePortPlan>,
-        current: &BTreeMap<ServicePortName, ServicePortPlan>,
-    ) {
+    pub fn add_replaced(&mut self, replaced: &PortPlans, current: &PortPlans) {
         self.extend(changed_frontends(replaced, current));
     }
 
@@ -119,16 +115,13 @@ impl Pending {
 
 /// The frontends of the UDP/SCTP ports that differ between two plans' ports of one family
 /// (added, removed, or with other endpoints), both the old and the new ones.
-pub fn changed_frontends(
-    previous: &BTreeMap<ServicePortName, ServicePortPlan>,
-    current: &BTreeMap<ServicePortName, ServicePortPlan>,
-) -> BTreeSet<Frontend> {
+pub fn changed_frontends(previous: &PortPlans, current: &PortPlans) -> BTreeSet<Frontend> {
     let mut out = BTreeSet::new();
     let names: BTreeSet<&ServicePortName> = previous.keys().chain(current.keys()).collect();
     for name in names.into_iter().filter(|n| is_connectionless(n.protocol)) {
         let (old, new) = (previous.get(name), current.get(name));
         if old != new {
-            out.extend(old.into_iter().chain(new).flat_map(frontends));
+            out.extend(old.into_iter().chain(new).flat_map(|p| frontends(p)));
         }
     }
     out

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use netd_model::{ClusterState, Kind, NodeName, ServicePortName, ServiceRef};
 use netd_policy::PolicyPlan;
-use netd_proxy::{IpFamily, ProxyOptions, ServicePlan, ServicePortPlan};
+use netd_proxy::{IpFamily, PortPlans, ProxyOptions, ServicePlan};
 use netd_render::{
     ChainName, HookRule, RenderOptions, Ruleset, Table, render_policy, render_services,
 };
@@ -236,7 +236,7 @@ pub struct Replaced {
     /// The Services planned again; `None` when all were.
     pub changed: Option<BTreeSet<ServiceRef>>,
     /// Their ports in the previous plan.
-    pub ports: BTreeMap<ServicePortName, ServicePortPlan>,
+    pub ports: PortPlans,
 }
 
 impl Replanner {

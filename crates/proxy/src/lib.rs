@@ -29,7 +29,7 @@ pub use options::{
     NodePortAddresses, NodePortIps, ProxyOptions, ProxySettings,
 };
 pub use plan::{
-    ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, Replanned, ServicePlan,
-    ServicePortPlan, changed_services, differing_services, plan, replan,
+    ClusterIpMasquerade, Disposition, ExternalPlan, PlannedEndpoint, PortPlans, Replanned,
+    ServicePlan, ServicePortPlan, changed_services, differing_services, plan, replan,
 };
 pub use topology::{Categorized, categorize};

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use netd_model::view::{AddressType, Service, ServicePort, ServiceType, TrafficPolicy};
@@ -29,8 +30,14 @@ pub struct ServicePlan {
     /// plans only).
     pub localhost_nodeports: bool,
     /// Every proxied Service port, in [`ServicePortName`] order.
-    pub ports: BTreeMap<ServicePortName, ServicePortPlan>,
+    pub ports: PortPlans,
 }
+
+/// A plan's port plans by name, each behind an `Arc`: the plans a programmer keeps, those it
+/// hands the sync engine and those the engine keeps share every port planned once, so a copy
+/// or a drop of a plan is a reference count per port, not a copy of every endpoint, and two
+/// plans derived from one another compare their shared ports by pointer.
+pub type PortPlans = BTreeMap<ServicePortName, Arc<ServicePortPlan>>;
 
 /// Where one kind of traffic to a Service port goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,13 +190,14 @@ impl ServicePlan {
         self.ports
             .values()
             .filter(move |p| &p.name.service == service)
+            .map(|p| &**p)
     }
 
     /// The ports of `services`, in order, found without going through the others.
     pub fn ports_of_services<'a>(
         &'a self,
         services: &'a BTreeSet<ServiceRef>,
-    ) -> impl Iterator<Item = (&'a ServicePortName, &'a ServicePortPlan)> + Clone + 'a {
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortPlan>)> + Clone + 'a {
         services.iter().flat_map(|service| {
             self.ports
                 .range(first_port(service)..)
@@ -219,10 +227,7 @@ impl ServicePlan {
 
 /// The Services with a port in `before` or `after` that is not the same in the other
 /// (added, removed or changed in any way, endpoints included).
-pub fn differing_services(
-    before: &BTreeMap<ServicePortName, ServicePortPlan>,
-    after: &BTreeMap<ServicePortName, ServicePortPlan>,
-) -> BTreeSet<ServiceRef> {
+pub fn differing_services(before: &PortPlans, after: &PortPlans) -> BTreeSet<ServiceRef> {
     let gone = before.iter().filter(|(n, p)| after.get(*n) != Some(*p));
     let new = after.iter().filter(|(n, p)| before.get(*n) != Some(*p));
     gone.chain(new).map(|(n, _)| n.service.clone()).collect()
@@ -266,7 +271,7 @@ pub struct Replanned {
     pub changed: Option<BTreeSet<ServiceRef>>,
     /// The previous plan's ports of the Services planned again (every port when `changed`
     /// is `None`), as they were.
-    pub replaced: BTreeMap<ServicePortName, ServicePortPlan>,
+    pub replaced: PortPlans,
 }
 
 /// `previous`, planned by [`plan()`] from `previous_state` for the same Node, family and
@@ -382,7 +387,7 @@ fn plan_service(
     family: IpFamily,
     opts: &ProxyOptions,
     node_ips: &[IpAddr],
-    ports: &mut BTreeMap<ServicePortName, ServicePortPlan>,
+    ports: &mut PortPlans,
 ) {
     if svc.headless || svc.service_type == ServiceType::ExternalName || svc.proxy_name.is_some() {
         return;
@@ -406,7 +411,7 @@ fn plan_service(
     };
     for sp in &svc.ports {
         let p = ctx.plan_port(sp, cluster_ip);
-        ports.insert(p.name.clone(), p);
+        ports.insert(p.name.clone(), Arc::new(p));
     }
 }
 

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use netd_model::{NodeName, ServiceRef};
@@ -102,7 +103,8 @@ fn one_endpoint_less(p: &ServicePlan) -> ServicePlan {
     let port = next
         .ports
         .values_mut()
-        .find(|port| port.name.service == svc42);
+        .find(|port| port.name.service == svc42)
+        .map(Arc::make_mut);
     if let Some((port, gone)) = port.and_then(|p| p.endpoints.cluster.pop().map(|g| (p, g))) {
         port.endpoints.all_reachable.retain(|e| e.addr != gone.addr);
         port.endpoints.local.retain(|e| e.addr != gone.addr);
@@ -117,12 +119,12 @@ fn one_service_more(p: &ServicePlan) -> ServicePlan {
         .ports
         .values()
         .find(|port| port.name.service == ServiceRef::new("bench", "svc42"))
-        .cloned()
+        .map(|port| (**port).clone())
     {
         let mut port = port;
         port.name.service = ServiceRef::new("bench", "extra");
         port.cluster_ip = [10, 96, 200, 1].into();
-        next.ports.insert(port.name.clone(), port);
+        next.ports.insert(port.name.clone(), Arc::new(port));
     }
     next
 }

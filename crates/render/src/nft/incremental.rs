@@ -17,9 +17,10 @@
 //! render leaves it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use netd_model::ServicePortName;
-use netd_proxy::{ServicePlan, ServicePortPlan};
+use netd_proxy::{PortPlans, ServicePlan, ServicePortPlan};
 
 use super::ast::{Element, Table, Value};
 use super::services::{endpoint_comments, endpoint_count, render_port_nft, render_top_level_nft};
@@ -91,8 +92,8 @@ impl NodeTable {
     pub fn update<'a>(
         &mut self,
         plan: &ServicePlan,
-        replaced: &BTreeMap<ServicePortName, ServicePortPlan>,
-        changed: impl Iterator<Item = (&'a ServicePortName, &'a ServicePortPlan)> + Clone,
+        replaced: &PortPlans,
+        changed: impl Iterator<Item = (&'a ServicePortName, &'a Arc<ServicePortPlan>)> + Clone,
         policy: Option<Table>,
         options: &RenderOptions,
     ) -> Option<Delta> {

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use netd_model::view::TrafficPolicy;
@@ -119,7 +120,7 @@ pub fn render_port_nft(
 }
 
 /// The number of endpoints [`endpoint_comments`] counts in `ports`.
-pub fn endpoint_count<'a>(ports: impl IntoIterator<Item = &'a ServicePortPlan>) -> usize {
+pub fn endpoint_count<'a>(ports: impl IntoIterator<Item = &'a Arc<ServicePortPlan>>) -> usize {
     ports
         .into_iter()
         .map(|p| p.endpoints.all_reachable.len())
