@@ -29,6 +29,7 @@ use crate::iptables::{
     ChainName, CtState, Direction, HookRule, MarkOp, Match, Probability, Recent, RestoreSelection,
     Rule, Ruleset, Shards, Table, Target,
 };
+use crate::nft::services::endpoint_count;
 
 /// Rendering choices that are not part of the plan (they depend on the host, not the cluster).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,12 +49,7 @@ impl RenderOptions {
     /// [`large_cluster_endpoints`](Self::large_cluster_endpoints)): the one choice that
     /// makes every Service's chains depend on the others'.
     pub fn endpoint_comments(&self, plan: &ServicePlan) -> bool {
-        let total: usize = plan
-            .ports
-            .values()
-            .map(|p| p.endpoints.all_reachable.len())
-            .sum();
-        total <= self.large_cluster_endpoints
+        endpoint_count(plan.ports.values()) <= self.large_cluster_endpoints
     }
 }
 
@@ -91,6 +87,10 @@ pub struct ServiceRules {
     /// Per service port, how many rules it has in each [`Shared`] chain (in that order):
     /// where [`ServiceRules::rerender`] finds a port's rules among the others'.
     frontends: BTreeMap<ServicePortName, [u32; SHARED]>,
+    /// The reachable endpoints of the plan these rules were rendered from, in all (what
+    /// [`RenderOptions::endpoint_comments`] counts): kept so that
+    /// [`ServiceRules::rerender`] counts only the changed ports, not every port.
+    endpoints: usize,
 }
 
 /// Renders a service plan into kube-proxy's iptables layout.
@@ -117,6 +117,7 @@ pub fn render_services(plan: &ServicePlan, opts: &RenderOptions) -> ServiceRules
         hooks: hooks(plan),
         owners: r.owners.into_iter().collect(),
         frontends,
+        endpoints: endpoint_count(plan.ports.values()),
     }
 }
 
@@ -135,10 +136,18 @@ impl ServiceRules {
         changed: &BTreeSet<ServiceRef>,
         opts: &RenderOptions,
     ) -> bool {
-        let endpoint_comments = opts.endpoint_comments(plan);
-        if !same_settings(previous, plan) || opts.endpoint_comments(previous) != endpoint_comments {
+        let gone = endpoint_count(previous.ports_of_services(changed).map(|(_, p)| p));
+        let new = endpoint_count(plan.ports_of_services(changed).map(|(_, p)| p));
+        // `None` only for rules not rendered from `previous`.
+        let Some(endpoints) = (self.endpoints + new).checked_sub(gone) else {
+            return false;
+        };
+        let comments = |endpoints| endpoints <= opts.large_cluster_endpoints;
+        let endpoint_comments = comments(endpoints);
+        if !same_settings(previous, plan) || comments(self.endpoints) != endpoint_comments {
             return false;
         }
+        self.endpoints = endpoints;
         for (_, port) in previous.ports_of_services(changed) {
             self.remove_port(port);
         }

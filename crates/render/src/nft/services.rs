@@ -119,7 +119,8 @@ pub fn render_port_nft(
     r.table
 }
 
-/// The number of endpoints [`endpoint_comments`] counts in `ports`.
+/// The number of endpoints [`endpoint_comments`] (and the iptables back end's
+/// [`RenderOptions::endpoint_comments`]) counts in `ports`.
 pub fn endpoint_count<'a>(ports: impl IntoIterator<Item = &'a Arc<ServicePortPlan>>) -> usize {
     ports
         .into_iter()
