@@ -21,9 +21,9 @@ use crate::selector::{LabelSelector, Labels, NAMESPACE_NAME_LABEL};
 use crate::validation::{validate_port_name, validate_port_number};
 use crate::view::{
     AddressType, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-    Namespace, NetworkPolicy, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, PolicyTypes, PortSpec,
-    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, ServicePort, ServiceType, TargetPort,
-    TrafficPolicy,
+    LAST_CHANGE_TRIGGER_TIME, Namespace, NetworkPolicy, Node, Pod, PolicyPeer, PolicyPort,
+    PolicyRule, PolicyTypes, PortSpec, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service,
+    ServicePort, ServiceType, TargetPort, TrafficPolicy,
 };
 
 mod map;
@@ -48,22 +48,37 @@ pub enum StateError {
     },
 }
 
-/// An immutable snapshot of the cluster: every object, its typed view, and indexes.
+/// An immutable snapshot of the cluster: the typed view of every object, indexes, and (unless
+/// made [without them](ClusterState::without_objects)) the objects themselves.
 ///
 /// Built once from the resolved objects (after the embedded control plane or an API-server
 /// sync), or changed one object at a time ([`ClusterState::insert`], [`ClusterState::remove`])
 /// as watch events arrive; every lookup is a map access. Collections iterate in key order, so
 /// everything derived from a snapshot is deterministic.
 ///
+/// Whether the objects are kept is chosen where a state is made, once: [`ClusterState::new`]
+/// keeps them (the manifest path, the lab and the control plane write them back out), and
+/// [`ClusterState::without_objects`] keeps only views (the API-server store of the agent and
+/// of cluster DNS: a kept Pod is some 30 times its view). Every view, index and
+/// [`ClusterState::changed_objects`] answers alike either way; only [`ClusterState::objects`],
+/// [`ClusterState::objects_of`] and [`ClusterState::object`] need the objects, and they panic
+/// on a state without them rather than answer "none".
+///
 /// Cloning is cheap and so is a change: each map shares its untouched parts with the
 /// snapshots it was cloned from, so a store that keeps one state and hands out clones does
 /// work proportional to what changed, and [`ClusterState::changed_objects`] finds what
 /// differs between two such snapshots without reading the rest.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterState {
     config: ClusterConfig,
-    objects: SharedMap<ObjectId, Object>,
+    /// Every object; `None` for a state made [without them](ClusterState::without_objects).
+    objects: Option<SharedMap<ObjectId, Object>>,
+    /// Every Namespace, declared or implied.
     namespaces: SharedMap<NamespaceName, Namespace>,
+    /// The Namespaces a Namespace object declares.
+    declared: SharedMap<NamespaceName, Namespace>,
+    /// The Deployments (they have no view: only whether they exist is read).
+    deployments: SharedMap<ObjectId, ()>,
     nodes: SharedMap<NodeName, Node>,
     pods: SharedMap<PodRef, Pod>,
     services: SharedMap<ServiceRef, Service>,
@@ -78,12 +93,34 @@ pub struct ClusterState {
     namespace_use: SharedMap<String, usize>,
 }
 
+impl Default for ClusterState {
+    /// An empty state that keeps its objects, as [`ClusterState::new`] of none.
+    fn default() -> Self {
+        ClusterState {
+            config: ClusterConfig::default(),
+            objects: Some(SharedMap::default()),
+            namespaces: SharedMap::default(),
+            declared: SharedMap::default(),
+            deployments: SharedMap::default(),
+            nodes: SharedMap::default(),
+            pods: SharedMap::default(),
+            services: SharedMap::default(),
+            slices: SharedMap::default(),
+            policies: SharedMap::default(),
+            pods_by_ip: SharedMap::default(),
+            pods_by_node: SharedMap::default(),
+            slices_by_service: SharedMap::default(),
+            namespace_use: SharedMap::default(),
+        }
+    }
+}
+
 /// The namespaces that always exist, as the API server's do.
 const ALWAYS: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 /// The typed view of one object, checked.
 enum View {
-    Namespace,
+    Namespace(Namespace),
     Node(Node),
     Pod(Pod),
     Service(Service),
@@ -98,7 +135,7 @@ fn view_of(id: &ObjectId, object: &Object) -> Result<View, StateError> {
         source: Box::new(source),
     };
     Ok(match object {
-        Object::Namespace(_) => View::Namespace,
+        Object::Namespace(ns) => View::Namespace(namespace_view(id, ns.metadata.labels.as_ref())),
         Object::Node(n) => View::Node(node_view(id, n).map_err(err)?),
         Object::Pod(p) => View::Pod(pod_view(id, p).map_err(err)?),
         Object::Service(s) => View::Service(service_view(id, s).map_err(err)?),
@@ -130,28 +167,25 @@ impl ClusterState {
         let mut slices = Vec::new();
         let mut policies = Vec::new();
         let mut declared = BTreeMap::new();
+        let mut deployments = Vec::new();
         let mut namespace_use: BTreeMap<String, usize> = BTreeMap::new();
-        for ((id, object), view) in sorted.iter().zip(views) {
+        for (id, view) in sorted.keys().zip(views) {
             if !id.namespace.is_empty() {
                 *namespace_use.entry(id.namespace.clone()).or_default() += 1;
             }
             match view {
-                View::Namespace => {
-                    let labels = match object {
-                        Object::Namespace(ns) => ns.metadata.labels.as_ref(),
-                        _ => None,
-                    };
-                    let view = namespace_view(id, labels);
-                    declared.insert(view.name.clone(), view);
+                View::Namespace(v) => {
+                    declared.insert(v.name.clone(), v);
                 }
                 View::Node(v) => nodes.push((v.name.clone(), v)),
                 View::Pod(v) => pods.push((v.key.clone(), v)),
                 View::Service(v) => services.push((v.key.clone(), v)),
                 View::Slice(v) => slices.push((v.key.clone(), v)),
                 View::Policy(v) => policies.push((v.key.clone(), v)),
-                View::Deployment => {}
+                View::Deployment => deployments.push((id.clone(), ())),
             }
         }
+        let mut namespaces = declared.clone();
         let implied: Vec<Namespace> = ALWAYS
             .into_iter()
             .chain(namespace_use.keys().map(String::as_str))
@@ -159,7 +193,7 @@ impl ClusterState {
             .map(|ns| namespace_view(&namespace_id(ns), None))
             .collect();
         for view in implied {
-            declared.insert(view.name.clone(), view);
+            namespaces.insert(view.name.clone(), view);
         }
         let pods_by_ip = pods
             .iter()
@@ -176,8 +210,10 @@ impl ClusterState {
             .collect();
         Ok(ClusterState {
             config,
-            objects: sorted.into_iter().collect(),
-            namespaces: declared.into_iter().collect(),
+            objects: Some(sorted.into_iter().collect()),
+            namespaces: namespaces.into_iter().collect(),
+            declared: declared.into_iter().collect(),
+            deployments: deployments.into_iter().collect(),
             nodes: nodes.into_iter().collect(),
             pods: pods.into_iter().collect(),
             services: services.into_iter().collect(),
@@ -190,12 +226,42 @@ impl ClusterState {
         })
     }
 
+    /// An empty state for a cluster with these settings that keeps only the views of the
+    /// objects [inserted](ClusterState::insert) into it, not the objects: what a store fed by
+    /// watches hands to consumers that read views (the proxy, NetworkPolicy, `/healthz`,
+    /// cluster DNS). [`ClusterState::objects`] and its kin panic on it.
+    pub fn without_objects(config: ClusterConfig) -> ClusterState {
+        let namespaces = ALWAYS
+            .into_iter()
+            .map(|ns| {
+                let view = namespace_view(&namespace_id(ns), None);
+                (view.name.clone(), view)
+            })
+            .collect();
+        ClusterState {
+            config,
+            objects: None,
+            namespaces,
+            ..ClusterState::default()
+        }
+    }
+
     /// Adds `object`, or replaces the object of its identity: the state is then what
-    /// [`ClusterState::new`] builds from the objects it had with this one in place. An object
-    /// whose view fails is refused and nothing changes.
-    pub fn insert(&mut self, object: Object) -> Result<(), StateError> {
+    /// [`ClusterState::new`] builds from the objects it had with this one in place (less the
+    /// objects, for a state [without them](ClusterState::without_objects)). Returns whether
+    /// the state changed: replacing an object with an equal one (for a state without objects,
+    /// one of an equal view) changes nothing and copies nothing. An object whose view fails
+    /// is refused and nothing changes.
+    pub fn insert(&mut self, object: Object) -> Result<bool, StateError> {
         let id = object.id();
         let view = view_of(&id, &object)?;
+        let unchanged = match &self.objects {
+            Some(objects) => objects.get(&id) == Some(&object),
+            None => self.holds_view(&id, &view),
+        };
+        if unchanged {
+            return Ok(false);
+        }
         self.remove(&id);
         if !id.namespace.is_empty() {
             let n = self.namespace_use.get(id.namespace.as_str()).copied();
@@ -203,7 +269,12 @@ impl ClusterState {
                 .insert(id.namespace.clone(), n.unwrap_or(0) + 1);
         }
         match view {
-            View::Namespace | View::Deployment => {}
+            View::Namespace(v) => {
+                self.declared.insert(v.name.clone(), v);
+            }
+            View::Deployment => {
+                self.deployments.insert(id.clone(), ());
+            }
             View::Node(v) => {
                 self.nodes.insert(v.name.clone(), v);
             }
@@ -236,20 +307,30 @@ impl ClusterState {
             crate::object::Kind::Namespace => id.name.clone(),
             _ => id.namespace.clone(),
         };
-        self.objects.insert(id, object);
+        if let Some(objects) = &mut self.objects {
+            objects.insert(id, object);
+        }
         self.settle_namespace(&namespace);
-        Ok(())
+        Ok(true)
     }
 
     /// Removes the object `id`; returns whether there was one. The state is then what
     /// [`ClusterState::new`] builds from the objects it had without this one.
     pub fn remove(&mut self, id: &ObjectId) -> bool {
-        if self.objects.remove(id).is_none() {
+        if !self.holds(id) {
             return false;
+        }
+        if let Some(objects) = &mut self.objects {
+            objects.remove(id);
         }
         let (ns, name) = (id.namespace.as_str(), id.name.as_str());
         match id.kind {
-            crate::object::Kind::Namespace | crate::object::Kind::Deployment => {}
+            crate::object::Kind::Namespace => {
+                self.declared.remove(name);
+            }
+            crate::object::Kind::Deployment => {
+                self.deployments.remove(id);
+            }
             crate::object::Kind::Node => {
                 self.nodes.remove(name);
             }
@@ -304,12 +385,135 @@ impl ClusterState {
     /// The objects that differ between `earlier` and this state (added, removed or
     /// changed), in canonical order. Between a state and one it was changed from, the time
     /// taken is proportional to the changes; between states built apart it reads both.
+    ///
+    /// When both states keep their objects, objects are compared; otherwise their views are
+    /// (an object changed only where no view reads, such as a Pod's container names, is then
+    /// not named).
     pub fn changed_objects(&self, earlier: &ClusterState) -> Vec<ObjectId> {
-        self.objects
-            .diff(&earlier.objects)
-            .into_iter()
-            .cloned()
-            .collect()
+        use crate::object::Kind;
+        if let (Some(now), Some(then)) = (&self.objects, &earlier.objects) {
+            return now.diff(then).into_iter().cloned().collect();
+        }
+        let mut changed: Vec<ObjectId> = Vec::new();
+        let named = |kind, ns: &str, name: &str| object_id(kind, ns, name);
+        changed.extend(
+            self.declared
+                .diff(&earlier.declared)
+                .into_iter()
+                .map(|n| named(Kind::Namespace, "", n.as_str())),
+        );
+        changed.extend(
+            self.nodes
+                .diff(&earlier.nodes)
+                .into_iter()
+                .map(|n| named(Kind::Node, "", n.as_str())),
+        );
+        changed.extend(
+            self.deployments
+                .diff(&earlier.deployments)
+                .into_iter()
+                .cloned(),
+        );
+        changed.extend(
+            self.pods
+                .diff(&earlier.pods)
+                .into_iter()
+                .map(|k| named(Kind::Pod, k.namespace.as_str(), &k.name)),
+        );
+        changed.extend(
+            self.services
+                .diff(&earlier.services)
+                .into_iter()
+                .map(|k| named(Kind::Service, k.namespace.as_str(), &k.name)),
+        );
+        changed.extend(
+            self.slices
+                .diff(&earlier.slices)
+                .into_iter()
+                .map(|k| named(Kind::EndpointSlice, k.namespace.as_str(), &k.name)),
+        );
+        changed.extend(
+            self.policies
+                .diff(&earlier.policies)
+                .into_iter()
+                .map(|k| named(Kind::NetworkPolicy, k.namespace.as_str(), &k.name)),
+        );
+        changed.sort();
+        changed
+    }
+
+    /// The identities of the objects of `kind` in this state, in canonical order, whether or
+    /// not it keeps the objects.
+    pub fn ids_of(&self, kind: crate::object::Kind) -> Vec<ObjectId> {
+        use crate::object::Kind;
+        let named = |ns: &str, name: &str| object_id(kind, ns, name);
+        match kind {
+            Kind::Namespace => self
+                .declared
+                .values()
+                .map(|n| named("", n.name.as_str()))
+                .collect(),
+            Kind::Node => self
+                .nodes
+                .values()
+                .map(|n| named("", n.name.as_str()))
+                .collect(),
+            Kind::Deployment => self.deployments.iter().map(|(id, _)| id.clone()).collect(),
+            Kind::Pod => self
+                .pods
+                .values()
+                .map(|p| named(p.key.namespace.as_str(), &p.key.name))
+                .collect(),
+            Kind::Service => self
+                .services
+                .values()
+                .map(|s| named(s.key.namespace.as_str(), &s.key.name))
+                .collect(),
+            Kind::EndpointSlice => self
+                .slices
+                .values()
+                .map(|s| named(s.key.namespace.as_str(), &s.key.name))
+                .collect(),
+            Kind::NetworkPolicy => self
+                .policies
+                .values()
+                .map(|p| named(p.key.namespace.as_str(), &p.key.name))
+                .collect(),
+        }
+    }
+
+    /// Whether a Namespace object declares `name` (rather than objects in it implying it, or
+    /// its being one of those that always exist).
+    pub fn namespace_declared(&self, name: &str) -> bool {
+        self.declared.contains_key(name)
+    }
+
+    /// Whether this state holds the object `id` (its view, at least).
+    fn holds(&self, id: &ObjectId) -> bool {
+        use crate::object::Kind;
+        let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        match id.kind {
+            Kind::Namespace => self.declared.contains_key(name),
+            Kind::Node => self.nodes.contains_key(name),
+            Kind::Deployment => self.deployments.contains_key(id),
+            Kind::Pod => self.pods.contains_key(&PodRef::new(ns, name)),
+            Kind::Service => self.services.contains_key(&ServiceRef::new(ns, name)),
+            Kind::EndpointSlice => self.slices.contains_key(&EndpointSliceRef::new(ns, name)),
+            Kind::NetworkPolicy => self.policies.contains_key(&PolicyRef::new(ns, name)),
+        }
+    }
+
+    /// Whether this state holds `view` as the view of the object `id`.
+    fn holds_view(&self, id: &ObjectId, view: &View) -> bool {
+        match view {
+            View::Namespace(v) => self.declared.get(id.name.as_str()) == Some(v),
+            View::Node(v) => self.nodes.get(&v.name) == Some(v),
+            View::Deployment => self.deployments.contains_key(id),
+            View::Pod(v) => self.pods.get(&v.key) == Some(v),
+            View::Service(v) => self.services.get(&v.key) == Some(v),
+            View::Slice(v) => self.slices.get(&v.key) == Some(v),
+            View::Policy(v) => self.policies.get(&v.key) == Some(v),
+        }
     }
 
     /// Whether the objects of `kind` are certainly the same in `earlier` and this state (it
@@ -334,13 +538,12 @@ impl ClusterState {
         if name.is_empty() {
             return;
         }
-        let id = namespace_id(name);
-        let view = match self.objects.get(&id) {
-            Some(Object::Namespace(ns)) => Some(namespace_view(&id, ns.metadata.labels.as_ref())),
-            _ if ALWAYS.contains(&name) || self.namespace_use.contains_key(name) => {
-                Some(namespace_view(&id, None))
+        let view = match self.declared.get(name) {
+            Some(declared) => Some(declared.clone()),
+            None if ALWAYS.contains(&name) || self.namespace_use.contains_key(name) => {
+                Some(namespace_view(&namespace_id(name), None))
             }
-            _ => None,
+            None => None,
         };
         match view {
             Some(view) => {
@@ -361,26 +564,54 @@ impl ClusterState {
 
     /// Every object, in canonical order (kind, namespace, name). Namespaces created
     /// implicitly have no object here.
+    ///
+    /// # Panics
+    ///
+    /// On a state made [without its objects](ClusterState::without_objects): there is no
+    /// answer but a wrong one ("none"), so asking is a bug; read the views.
+    #[track_caller]
     pub fn objects(&self) -> impl Iterator<Item = &Object> {
-        self.objects.values()
+        self.kept().values()
     }
 
     /// The objects of one kind, in canonical order.
+    ///
+    /// # Panics
+    ///
+    /// As [`ClusterState::objects`], on a state without its objects.
+    #[track_caller]
     pub fn objects_of(&self, kind: crate::object::Kind) -> impl Iterator<Item = &Object> {
         let start = ObjectId {
             kind,
             namespace: String::new(),
             name: String::new(),
         };
-        self.objects
+        self.kept()
             .range_from(&start)
             .take_while(move |(id, _)| id.kind == kind)
             .map(|(_, o)| o)
     }
 
     /// One object by identity.
+    ///
+    /// # Panics
+    ///
+    /// As [`ClusterState::objects`], on a state without its objects.
+    #[track_caller]
     pub fn object(&self, id: &ObjectId) -> Option<&Object> {
-        self.objects.get(id)
+        self.kept().get(id)
+    }
+
+    /// The objects, which only a state made [without them](ClusterState::without_objects)
+    /// lacks.
+    #[track_caller]
+    fn kept(&self) -> &SharedMap<ObjectId, Object> {
+        match &self.objects {
+            Some(objects) => objects,
+            None => panic!(
+                "this ClusterState was made without its objects (ClusterState::without_objects): read its views"
+            ),
+        }
     }
 
     /// A Namespace by name.
@@ -519,9 +750,13 @@ impl ClusterState {
 }
 
 fn namespace_id(name: &str) -> ObjectId {
+    object_id(crate::object::Kind::Namespace, "", name)
+}
+
+fn object_id(kind: crate::object::Kind, namespace: &str, name: &str) -> ObjectId {
     ObjectId {
-        kind: crate::object::Kind::Namespace,
-        namespace: String::new(),
+        kind,
+        namespace: namespace.to_owned(),
         name: name.to_owned(),
     }
 }
@@ -582,12 +817,20 @@ pub(crate) fn node_view(id: &ObjectId, n: &core::Node) -> Result<Node, FieldErro
         pod_cidrs.push(parse_cidr(c, FieldPath::new("spec.podCIDR"))?);
     }
     let zone = labels.get("topology.kubernetes.io/zone").cloned();
+    let taints = spec
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|t| t.key.clone())
+        .collect();
     Ok(Node {
         name: NodeName::new(&id.name),
         labels,
         internal_ips,
         pod_cidrs,
         zone,
+        terminating: n.metadata.deletion_timestamp.is_some(),
+        taints,
     })
 }
 
@@ -896,6 +1139,12 @@ pub(crate) fn slice_view(
         address_type,
         ports,
         endpoints,
+        trigger_time: s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+            .cloned(),
     })
 }
 
@@ -1142,10 +1391,47 @@ mod tests {
         ]
     }
 
+    /// `state` as made [without its objects](ClusterState::without_objects).
+    fn bare(state: &ClusterState) -> ClusterState {
+        ClusterState {
+            objects: None,
+            ..state.clone()
+        }
+    }
+
+    /// What `state` holds of `id` as its consumers read it: the view, through the public
+    /// lookups.
+    fn seen(state: &ClusterState, id: &ObjectId) -> Option<String> {
+        use crate::object::Kind;
+        let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        match id.kind {
+            Kind::Namespace => state
+                .namespace_declared(name)
+                .then(|| format!("{:?}", state.namespace(name))),
+            Kind::Node => state.node(name).map(|v| format!("{v:?}")),
+            Kind::Deployment => state
+                .ids_of(Kind::Deployment)
+                .contains(id)
+                .then(String::new),
+            Kind::Pod => state.pod(&PodRef::new(ns, name)).map(|v| format!("{v:?}")),
+            Kind::Service => state
+                .service(&ServiceRef::new(ns, name))
+                .map(|v| format!("{v:?}")),
+            Kind::EndpointSlice => state
+                .endpoint_slice(&EndpointSliceRef::new(ns, name))
+                .map(|v| format!("{v:?}")),
+            Kind::NetworkPolicy => state
+                .policy(&PolicyRef::new(ns, name))
+                .map(|v| format!("{v:?}")),
+        }
+    }
+
     proptest! {
         /// A state changed one object at a time is the state built from scratch of the
         /// objects it ends with, every lookup included; a refused object changes nothing,
-        /// and the snapshot taken before the changes is untouched.
+        /// and the snapshot taken before the changes is untouched. A state made without its
+        /// objects and given the same changes is that state without its objects, and says
+        /// alike whether each change changed it.
         #[test]
         fn changes_equal_a_rebuild(
             start in proptest::collection::vec(object(), 0..12),
@@ -1154,35 +1440,50 @@ mod tests {
             let config = ClusterConfig::default();
             let mut objects: BTreeMap<ObjectId, Object> = BTreeMap::new();
             let mut state = ClusterState::new(Vec::new(), config.clone()).expect("empty");
+            let mut views = ClusterState::without_objects(config.clone());
             for o in start {
                 if state.insert(o.clone()).is_ok() {
+                    views.insert(o.clone()).expect("accepted by both");
                     objects.insert(o.id(), o);
                 }
             }
             let first = ClusterState::new(objects.values().cloned().collect(), config.clone())
                 .expect("admitted objects build");
             prop_assert_eq!(&state, &first);
+            prop_assert_eq!(&views, &bare(&first));
             let before = state.clone();
+            let views_before = views.clone();
             for c in changes {
                 match c {
                     Change::Insert(o) => {
                         let refused = ClusterState::new(vec![o.clone()], config.clone()).is_err();
-                        let kept = state.clone();
-                        prop_assert_eq!(state.insert(o.clone()).is_err(), refused);
-                        if refused {
-                            prop_assert_eq!(&state, &kept);
-                        } else {
-                            objects.insert(o.id(), o);
+                        let (kept, kept_views) = (state.clone(), views.clone());
+                        match (state.insert(o.clone()), views.insert(o.clone())) {
+                            (Err(_), Err(_)) => {
+                                prop_assert!(refused);
+                                prop_assert_eq!(&state, &kept);
+                                prop_assert_eq!(&views, &kept_views);
+                            }
+                            (Ok(changed), Ok(views_changed)) => {
+                                prop_assert!(!refused);
+                                prop_assert_eq!(changed, state != kept);
+                                prop_assert_eq!(views_changed, views != kept_views);
+                                objects.insert(o.id(), o);
+                            }
+                            _ => prop_assert!(false, "one state refused what the other took"),
                         }
                     }
                     Change::Remove(o) => {
-                        prop_assert_eq!(state.remove(&o.id()), objects.remove(&o.id()).is_some());
+                        let had = objects.remove(&o.id()).is_some();
+                        prop_assert_eq!(state.remove(&o.id()), had);
+                        prop_assert_eq!(views.remove(&o.id()), had);
                     }
                 }
                 let rebuilt =
                     ClusterState::new(objects.values().cloned().collect(), config.clone())
                         .expect("admitted objects build");
                 prop_assert_eq!(&state, &rebuilt);
+                prop_assert_eq!(&views, &bare(&rebuilt));
                 for ip in 1..4 {
                     let ip: IpAddr = format!("10.0.0.{ip}").parse().expect("ip");
                     prop_assert_eq!(
@@ -1203,6 +1504,28 @@ mod tests {
                 .into_iter()
                 .collect();
             prop_assert_eq!(changed, expected);
+            // Without objects, the changes are those of the views, found as fast.
+            let ids: std::collections::BTreeSet<ObjectId> = crate::object::Kind::ALL
+                .iter()
+                .flat_map(|k| views_before.ids_of(*k).into_iter().chain(views.ids_of(*k)))
+                .collect();
+            let expected: Vec<ObjectId> = ids
+                .into_iter()
+                .filter(|id| seen(&views_before, id) != seen(&views, id))
+                .collect();
+            prop_assert_eq!(views.changed_objects(&views_before), expected.clone());
+            prop_assert_eq!(views.changed_objects(&before), expected);
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "made without its objects")]
+    fn a_state_without_objects_refuses_to_list_them() {
+        let mut state = ClusterState::without_objects(ClusterConfig::default());
+        state
+            .insert(parse(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "a"}})))
+            .expect("valid");
+        let _ = state.objects().count();
     }
 }

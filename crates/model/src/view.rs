@@ -36,6 +36,10 @@ pub struct Node {
     pub pod_cidrs: Vec<IpNet>,
     /// The `topology.kubernetes.io/zone` label, if set.
     pub zone: Option<String>,
+    /// Whether it is being deleted (it has a `deletionTimestamp`).
+    pub terminating: bool,
+    /// The keys of its taints, in the order given.
+    pub taints: Vec<String>,
 }
 
 /// A container port a Pod declares.
@@ -269,6 +273,10 @@ pub struct Endpoint {
     pub pod: Option<PodRef>,
 }
 
+/// The annotation the EndpointSlice controller sets to when the change a slice reflects was
+/// triggered; kube-proxy measures network programming latency from it.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -285,6 +293,9 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
     /// The endpoints. IP addresses are parsed; FQDN slices keep none.
     pub endpoints: Vec<Endpoint>,
+    /// The [`LAST_CHANGE_TRIGGER_TIME`] annotation as given (RFC 3339 when the controller
+    /// set it; it is read, not validated, as kube-proxy ignores one it cannot parse).
+    pub trigger_time: Option<String>,
 }
 
 /// Which directions a NetworkPolicy isolates.
