@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use netd_model::{ClusterState, Kind, Object, ObjectId};
+use netd_model::{ClusterState, EndpointSliceRef, Kind};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,52 +50,42 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    /// The changes from `previous` (nothing before the first sync) to `next`.
+    /// The changes from `previous` (nothing before the first sync) to `next`: found by
+    /// [`ClusterState::changed_objects`], in time proportional to them when `next` was
+    /// changed from `previous`, and read from the views (the agent's states keep no objects).
     pub(crate) fn between(
         previous: Option<&ClusterState>,
         next: &ClusterState,
         since: SystemTime,
     ) -> Self {
-        fn objects(state: Option<&ClusterState>, kind: Kind) -> BTreeMap<ObjectId, &Object> {
-            state
+        let changed = match previous {
+            Some(previous) => next.changed_objects(previous),
+            None => [Kind::Service, Kind::EndpointSlice]
                 .into_iter()
-                .flat_map(|s| s.objects())
-                .filter(|o| o.kind() == kind)
-                .map(|o| (o.id(), o))
-                .collect()
-        }
+                .flat_map(|kind| next.ids_of(kind))
+                .collect(),
+        };
         let mut out = Changes::default();
-        for kind in [Kind::Service, Kind::EndpointSlice] {
-            let (before, after) = (objects(previous, kind), objects(Some(next), kind));
-            let changed: Vec<&Object> = after
-                .iter()
-                .filter(|(id, o)| before.get(*id) != Some(*o))
-                .map(|(_, o)| *o)
-                .collect();
-            let removed = before.keys().filter(|id| !after.contains_key(*id)).count();
-            let count = (changed.len() + removed) as u64;
-            if kind == Kind::Service {
-                out.services = count;
-                continue;
+        for id in changed {
+            match id.kind {
+                Kind::Service => out.services += 1,
+                Kind::EndpointSlice => {
+                    out.endpoint_slices += 1;
+                    // A removed slice has no time of its own to measure.
+                    let trigger = next
+                        .endpoint_slice(&EndpointSliceRef::new(&id.namespace, &id.name))
+                        .and_then(|s| trigger_time(s.trigger_time.as_deref()?));
+                    out.triggers.extend(trigger.filter(|t| *t >= since));
+                }
+                _ => {}
             }
-            out.endpoint_slices = count;
-            out.triggers = changed
-                .iter()
-                .filter_map(|o| trigger_time(o))
-                .filter(|t| *t >= since)
-                .collect();
         }
         out
     }
 }
 
-/// An EndpointSlice's `last-change-trigger-time` (RFC 3339), if it has a valid one.
-fn trigger_time(object: &Object) -> Option<SystemTime> {
-    let text = object
-        .meta()
-        .annotations
-        .as_ref()?
-        .get(netd_source::prune::LAST_CHANGE_TRIGGER_TIME)?;
+/// An EndpointSlice's `last-change-trigger-time` (RFC 3339), if it is a valid one.
+fn trigger_time(text: &str) -> Option<SystemTime> {
     let at: jiff::Timestamp = text.parse().ok()?;
     Some(SystemTime::from(at))
 }
@@ -275,46 +265,56 @@ endpoints: [{addresses: [10.244.1.3]}]
 
     #[test]
     fn changes_count_services_and_slices_between_synced_states() {
-        let first = netd_testkit::state(SLICES);
-        let since = at("2026-12-03T10:00:00Z");
-        // The first sync: everything is new; the annotated slice brings its trigger time.
-        assert_eq!(
-            Changes::between(None, &first, since),
-            Changes {
-                services: 2,
-                endpoint_slices: 2,
-                triggers: vec![at("2026-12-03T10:00:01Z")],
-            }
-        );
-        // Nothing changed: nothing counted, and the old trigger time is not measured again.
-        assert_eq!(
-            Changes::between(Some(&first), &first, since),
-            Changes::default()
-        );
-        // web-a gets a new endpoint and trigger time, db goes with its slice.
-        let next = netd_testkit::state(
-            &SLICES
-                .replace("10.244.1.2]", "10.244.1.2, 10.244.1.4]")
-                .replace("10:00:01Z", "10:00:07.5Z")
-                .split("---")
-                .filter(|doc| !doc.contains("name: db"))
-                .collect::<Vec<_>>()
-                .join("---"),
-        );
-        assert_eq!(
-            Changes::between(Some(&first), &next, since),
-            Changes {
-                services: 1,
-                endpoint_slices: 2,
-                triggers: vec![at("2026-12-03T10:00:07.5Z")],
-            }
-        );
-        // Trigger times from before the agent started are not measured.
-        assert!(
-            Changes::between(None, &first, at("2026-12-03T10:00:02Z"))
-                .triggers
-                .is_empty()
-        );
+        // As manifests build states (objects compared), and as the agent's store keeps them
+        // (views compared, the second changed from the first as the store changes it).
+        let next_yaml = SLICES
+            .replace("10.244.1.2]", "10.244.1.2, 10.244.1.4]")
+            .replace("10:00:01Z", "10:00:07.5Z")
+            .split("---")
+            .filter(|doc| !doc.contains("name: db"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let kept = (netd_testkit::state(SLICES), netd_testkit::state(&next_yaml));
+        let first = netd_testkit::state_without_objects(SLICES);
+        let mut next = first.clone();
+        for object in netd_testkit::objects(SLICES) {
+            next.remove(&object.id());
+        }
+        for object in netd_testkit::objects(&next_yaml) {
+            next.insert(object).expect("valid");
+        }
+        for (first, next) in [kept, (first, next)] {
+            let since = at("2026-12-03T10:00:00Z");
+            // The first sync: everything is new; the annotated slice brings its trigger time.
+            assert_eq!(
+                Changes::between(None, &first, since),
+                Changes {
+                    services: 2,
+                    endpoint_slices: 2,
+                    triggers: vec![at("2026-12-03T10:00:01Z")],
+                }
+            );
+            // Nothing changed: nothing counted, and the old trigger time is not measured again.
+            assert_eq!(
+                Changes::between(Some(&first), &first, since),
+                Changes::default()
+            );
+            // web-a gets a new endpoint and trigger time, db goes with its slice.
+            assert_eq!(
+                Changes::between(Some(&first), &next, since),
+                Changes {
+                    services: 1,
+                    endpoint_slices: 2,
+                    triggers: vec![at("2026-12-03T10:00:07.5Z")],
+                }
+            );
+            // Trigger times from before the agent started are not measured.
+            assert!(
+                Changes::between(None, &first, at("2026-12-03T10:00:02Z"))
+                    .triggers
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 pub use netd_model::IpFamily;
-use netd_model::{ClusterState, Kind, NodeName, Object, ObjectId};
+use netd_model::{ClusterState, NodeName};
 use serde::Serialize;
 
 use crate::clock::{Clock, serialize_go_time, serialize_go_time_set};
@@ -229,23 +229,9 @@ impl ProxyHealth {
 /// Whether `node` is eligible for traffic, as kube-proxy decides for `/healthz` (KEP-3836):
 /// it exists, has no `deletionTimestamp` and no [`TO_BE_DELETED_TAINT`].
 pub fn node_eligible(state: &ClusterState, node: &NodeName) -> bool {
-    let id = ObjectId {
-        kind: Kind::Node,
-        namespace: String::new(),
-        name: node.as_str().to_owned(),
-    };
-    let Some(Object::Node(node)) = state.object(&id) else {
-        return false;
-    };
-    if node.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
-    !taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT)
+    state
+        .node(node.as_str())
+        .is_some_and(|n| !n.terminating && !n.taints.iter().any(|t| t == TO_BE_DELETED_TAINT))
 }
 
 #[cfg(test)]
@@ -312,8 +298,8 @@ mod tests {
 
     #[test]
     fn node_eligibility_follows_deletion_and_autoscaler_taint() {
-        let state = netd_testkit::state(
-            r#"
+        // As a manifest builds the state, and as the agent's store keeps it (views only).
+        let yaml = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: ok}
@@ -331,13 +317,17 @@ spec: {taints: [{key: node.kubernetes.io/unschedulable, effect: NoSchedule}]}
 apiVersion: v1
 kind: Node
 metadata: {name: deleting, deletionTimestamp: "2026-01-01T00:00:00Z"}
-"#,
-        );
-        let eligible = |n: &str| node_eligible(&state, &NodeName::new(n));
-        assert!(eligible("ok"));
-        assert!(eligible("other-taint"));
-        assert!(!eligible("tainted"));
-        assert!(!eligible("deleting"));
-        assert!(!eligible("missing"));
+"#;
+        for state in [
+            netd_testkit::state(yaml),
+            netd_testkit::state_without_objects(yaml),
+        ] {
+            let eligible = |n: &str| node_eligible(&state, &NodeName::new(n));
+            assert!(eligible("ok"));
+            assert!(eligible("other-taint"));
+            assert!(!eligible("tainted"));
+            assert!(!eligible("deleting"));
+            assert!(!eligible("missing"));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! 10,000 Pods, 1,000 NetworkPolicies, 64 Nodes. Measures the initial lists, one
 //! EndpointSlice change through to the snapshot the planners read, and a status-only Pod
 //! update (the common no-op); prints the process's RSS once the store holds the cluster, and
-//! where the store's allocation goes (kept objects, typed views, maps). It allocates with
+//! where the store's allocation goes (typed views, maps). It allocates with
 //! jemalloc, as the `kube-netd` binary does.
 //!
 //! Then the agent's whole path for one EndpointSlice change in iptables mode, stage by stage
@@ -259,9 +259,9 @@ fn allocated_by<T>(make: impl FnOnce() -> T) -> f64 {
     after - before
 }
 
-/// Where the store's `state_mib` go: the kept Kubernetes objects and the typed views of each
-/// kind, each deep-cloned alone into a vector of exact size; the rest of the state is its
-/// maps (keys, chunks and their spare room) and indexes.
+/// Where the store's `state_mib` go: the typed views of each kind, each deep-cloned alone
+/// into a vector of exact size; the rest of the state is its maps (keys, chunks and their
+/// spare room) and indexes. The store keeps no Kubernetes object.
 fn store_breakdown(store: &Store, state_mib: f64) {
     use netd_model::Kind;
     fn exact<'a, T: Clone + 'a>(items: impl Iterator<Item = &'a T>) -> Vec<T> {
@@ -274,9 +274,8 @@ fn store_breakdown(store: &Store, state_mib: f64) {
     let state = &snapshot.state;
     let mut counted = 0.0;
     println!("\nthe store's allocation by part (MiB, jemalloc's allocated bytes):");
-    println!("| kind | count | kept Kubernetes objects | typed views |\n|---|---|---|---|");
+    println!("| kind | count | typed views |\n|---|---|---|");
     for kind in netd_source::WATCHED_KINDS {
-        let objects = allocated_by(|| exact(store.objects(kind)));
         let views = match kind {
             Kind::Namespace => allocated_by(|| exact(state.namespaces())),
             Kind::Node => allocated_by(|| exact(state.nodes())),
@@ -285,12 +284,12 @@ fn store_breakdown(store: &Store, state_mib: f64) {
             Kind::EndpointSlice => allocated_by(|| exact(state.endpoint_slices())),
             _ => allocated_by(|| exact(state.policies())),
         };
-        counted += objects + views;
-        let n = store.objects(kind).count();
-        println!("| {kind} | {n} | {objects:.1} | {views:.1} |");
+        counted += views;
+        let n = store.ids(kind).len();
+        println!("| {kind} | {n} | {views:.1} |");
     }
     println!(
-        "| the maps (keys, chunks, spare room) and indexes | | {:.1} | |",
+        "| the maps (keys, chunks, spare room) and indexes | | {:.1} |",
         state_mib - counted
     );
 }

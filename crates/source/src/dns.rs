@@ -5,7 +5,7 @@
 //! bound [`DnsServer`] from the store ([`feed_changes`]): cluster names get SERVFAIL until
 //! every kind's first list is complete; then the zone is built once from a snapshot and
 //! follows each changed object as an upsert or a delete, with no rebuild per change. The
-//! store keeps its objects through API outages, so the last zone keeps answering.
+//! store keeps its views through API outages, so the last zone keeps answering.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -15,9 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use netd_model::Object;
 use netd_model::view::SERVICE_PROXY_NAME_LABEL;
 
-/// The annotation the EndpointSlice controller sets to when the change it reflects was
-/// triggered; kube-proxy measures network programming latency from it.
-pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use netd_model::view::LAST_CHANGE_TRIGGER_TIME;
 
 /// Name, namespace, labels and the deletion timestamp; `keep_annotation` names the one
 /// annotation worth keeping, if any.

@@ -5,7 +5,7 @@
 //! [`ClusterState`] every consumer reads. Tests feed it scripted events; the API watch
 //! ([`crate::watch`]) feeds it through a [`SharedStore`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1 as core;
@@ -89,17 +89,20 @@ pub struct Snapshot {
     pub versions: BTreeMap<Kind, u64>,
 }
 
-/// The cluster state as fed by watch events: per kind, the kept form of every object.
+/// The cluster state as fed by watch events: the typed view of every object.
 ///
-/// Objects are converted once, on arrival, into what `netd-model` reads ([`Watched::prune`]);
-/// an object the model refuses (a malformed IP, an unknown protocol) is held out and listed by
-/// [`Store::rejected`] instead of failing every snapshot. A change is one that alters the kept
-/// form, so status heartbeats and `managedFields` churn change nothing.
+/// Objects are pruned on arrival to what `netd-model` reads ([`Watched::prune`]) and converted
+/// into their views; an object the model refuses (a malformed IP, an unknown protocol) is held
+/// out and listed by [`Store::rejected`] instead of failing every snapshot. A change is one
+/// that alters a view, so status heartbeats and `managedFields` churn change nothing.
 ///
-/// The store keeps one [`ClusterState`] and changes it object by object
-/// ([`ClusterState::insert`], [`ClusterState::remove`]); a snapshot is a clone of it, which
-/// shares everything with the store until the store changes, so one change costs work in
-/// proportion to itself and not to the cluster.
+/// The store keeps one [`ClusterState`], made [without its
+/// objects](ClusterState::without_objects) (a kept Pod is some 30 times its view), and changes
+/// it object by object ([`ClusterState::insert`], [`ClusterState::remove`]); a snapshot is a
+/// clone of it, which shares everything with the store until the store changes, so one change
+/// costs work in proportion to itself and not to the cluster. The kept form of an object
+/// lives on only in the log [`Store::take_changes`] empties, for a consumer that follows the
+/// store one object at a time.
 #[derive(Debug)]
 pub struct Store {
     purpose: Purpose,
@@ -107,9 +110,13 @@ pub struct Store {
     kinds: BTreeMap<Kind, KindStore>,
     generation: u64,
     dirty: bool,
-    /// The objects whose kept form changed (added, altered, removed) since the last
-    /// [`Store::take_changes`] or [`Store::take_snapshot`].
-    changed: BTreeSet<ObjectId>,
+    /// The objects that changed (added, altered, removed) since the last
+    /// [`Store::take_changes`] or [`Store::take_snapshot`], each with its kept form now
+    /// (`None`: gone). Empty until the first [`Store::take_snapshot`], which covers every
+    /// change before it.
+    changed: BTreeMap<ObjectId, Option<Object>>,
+    /// Whether a snapshot has been taken, and so changes are logged.
+    followed: bool,
     /// Per kind, the highest resourceVersion among the events applied (a relist's once it
     /// is done), whether or not they changed what is kept.
     versions: BTreeMap<Kind, u64>,
@@ -150,12 +157,13 @@ impl Store {
     pub fn with_kinds(config: ClusterConfig, kinds: &[Kind], purpose: Purpose) -> Store {
         Store {
             // An empty state always builds: it has no object to refuse.
-            state: ClusterState::new(Vec::new(), config).unwrap_or_default(),
+            state: ClusterState::without_objects(config),
             purpose,
             kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
             generation: 0,
             dirty: false,
-            changed: BTreeSet::new(),
+            changed: BTreeMap::new(),
+            followed: false,
             versions: BTreeMap::new(),
         }
     }
@@ -208,15 +216,13 @@ impl Store {
                 self.saw(K::KIND, listing.version);
                 let gone: Vec<ObjectId> = self
                     .state
-                    .objects_of(K::KIND)
-                    .map(Object::id)
+                    .ids_of(K::KIND)
+                    .into_iter()
                     .filter(|id| !listing.objects.contains_key(id))
                     .collect();
                 let mut changed = false;
                 for id in gone {
-                    self.state.remove(&id);
-                    self.changed.insert(id);
-                    changed = true;
+                    changed |= self.take(id);
                 }
                 for (id, object) in std::mem::take(&mut listing.objects) {
                     changed |= self.put(id, object);
@@ -292,9 +298,9 @@ impl Store {
         self.dirty
     }
 
-    /// The objects of one kind the store keeps, by identity.
-    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.state.objects_of(kind)
+    /// The identities of the objects of one kind the store holds, in canonical order.
+    pub fn ids(&self, kind: Kind) -> Vec<ObjectId> {
+        self.state.ids_of(kind)
     }
 
     /// The objects held out because the model refused them, with why.
@@ -321,22 +327,18 @@ impl Store {
     pub fn take_snapshot(&mut self) -> Result<Snapshot, SourceError> {
         let snapshot = self.snapshot()?;
         self.dirty = false;
+        self.followed = true;
         self.changed.clear();
         Ok(snapshot)
     }
 
-    /// The objects whose kept form changed since the last call (or the last
-    /// [`Store::take_snapshot`]), in key order, each with what is kept of it now (`None`: it
-    /// is gone): what a consumer that follows the store one object at a time applies. A
-    /// relist reports the objects it added, altered or removed.
+    /// The objects that changed since the last call (or the last [`Store::take_snapshot`]),
+    /// in key order, each with what is kept of it now (`None`: it is gone): what a consumer
+    /// that follows the store one object at a time applies, starting from a snapshot. A
+    /// relist reports the objects it added, altered or removed. Before the first
+    /// [`Store::take_snapshot`] there is nothing (that snapshot holds every change).
     pub fn take_changes(&mut self) -> Vec<(ObjectId, Option<Object>)> {
-        std::mem::take(&mut self.changed)
-            .into_iter()
-            .map(|id| {
-                let now = self.state.object(&id).cloned();
-                (id, now)
-            })
-            .collect()
+        std::mem::take(&mut self.changed).into_iter().collect()
     }
 
     fn kind_mut(&mut self, kind: Kind) -> &mut KindStore {
@@ -349,25 +351,23 @@ impl Store {
         *seen = (*seen).max(version);
     }
 
-    /// Keeps `object` (admitted) as `id`; returns whether that changed the state.
+    /// Puts `object` (admitted) in as `id`; returns whether that changed the state.
     fn put(&mut self, id: ObjectId, object: Object) -> bool {
-        if self.state.object(&id) == Some(&object) {
-            return false;
-        }
+        let logged = self.followed.then(|| object.clone());
         // Admitted objects convert (`admit` checked), so the insert cannot be refused; if it
         // were, the state would keep what it had.
-        if self.state.insert(object).is_err() {
-            return false;
+        let changed = self.state.insert(object).unwrap_or(false);
+        if changed && let Some(object) = logged {
+            self.changed.insert(id, Some(object));
         }
-        self.changed.insert(id);
-        true
+        changed
     }
 
     /// Drops the object `id`; returns whether the state had it.
     fn take(&mut self, id: ObjectId) -> bool {
         let had = self.state.remove(&id);
-        if had {
-            self.changed.insert(id);
+        if had && self.followed {
+            self.changed.insert(id, None);
         }
         had
     }

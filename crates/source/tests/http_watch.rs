@@ -223,7 +223,7 @@ async fn answer(socket: TcpStream, script: Arc<Script>) {
 }
 
 fn pod_names(store: &SharedStore) -> BTreeSet<String> {
-    store.with(|s| s.objects(Kind::Pod).map(|o| o.name().to_owned()).collect())
+    store.with(|s| s.ids(Kind::Pod).into_iter().map(|id| id.name).collect())
 }
 
 /// Waits until `done` holds of the store, at most a minute (a hang guard, not a timing claim).

@@ -136,6 +136,19 @@ pub fn state_with(yaml: &str, config: ClusterConfig) -> ClusterState {
     ClusterState::new(objects(yaml), config).unwrap_or_else(|e| panic!("invalid test cluster: {e}"))
 }
 
+/// Builds a [`ClusterState`] from YAML with the default [`ClusterConfig`] as the agent's and
+/// cluster DNS's store holds one: [without its objects](ClusterState::without_objects).
+pub fn state_without_objects(yaml: &str) -> ClusterState {
+    let mut state = ClusterState::without_objects(ClusterConfig::default());
+    for object in objects(yaml) {
+        let id = object.id();
+        state
+            .insert(object)
+            .unwrap_or_else(|e| panic!("invalid test object {id}: {e}"));
+    }
+    state
+}
+
 fn parse<T: DeserializeOwned>(mut value: serde_json::Value, index: usize) -> T {
     // apiVersion/kind are not fields of the k8s-openapi structs' serde form; drop them.
     if let Some(map) = value.as_object_mut() {

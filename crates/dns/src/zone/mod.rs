@@ -378,8 +378,8 @@ impl Zone {
         let pods = config.pods;
         let sources = &mut zone.sources;
         for ns in state.namespaces() {
-            let id = namespace_id(ns.name.as_str());
-            sources.declare_namespace(ns.name.as_str(), state.object(&id).is_some());
+            let name = ns.name.as_str();
+            sources.declare_namespace(name, state.namespace_declared(name));
         }
         for service in state.services() {
             sources.set_service(&service.key, Some(ServiceSource::from_view(service)));
@@ -392,9 +392,9 @@ impl Zone {
             let source = PodSource::from_view(pod, pods);
             sources.set_pod(pod.key.namespace.as_str(), key, Some(source));
         }
-        for object in state.objects() {
-            if matches!(object.kind(), Kind::Deployment | Kind::NetworkPolicy) {
-                sources.set_other(&object.id(), true);
+        for kind in [Kind::Deployment, Kind::NetworkPolicy] {
+            for id in state.ids_of(kind) {
+                sources.set_other(&id, true);
             }
         }
         let derive = Derive::new(&zone.config);
@@ -803,15 +803,6 @@ struct Scope {
     namespace: Option<Box<str>>,
     services: BTreeSet<ServiceRef>,
     pod: Option<Box<str>>,
-}
-
-/// The identity of a Namespace object.
-fn namespace_id(name: &str) -> ObjectId {
-    ObjectId {
-        kind: Kind::Namespace,
-        namespace: String::new(),
-        name: name.to_owned(),
-    }
 }
 
 /// Lower-case, without the trailing dot.
