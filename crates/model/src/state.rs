@@ -248,11 +248,16 @@ impl ClusterState {
 
     /// Adds `object`, or replaces the object of its identity: the state is then what
     /// [`ClusterState::new`] builds from the objects it had with this one in place (less the
-    /// objects, for a state [without them](ClusterState::without_objects)). Returns whether
-    /// the state changed: replacing an object with an equal one (for a state without objects,
-    /// one of an equal view) changes nothing and copies nothing. An object whose view fails
-    /// is refused and nothing changes.
-    pub fn insert(&mut self, object: Object) -> Result<bool, StateError> {
+    /// objects, for a state [without them](ClusterState::without_objects)). An object whose
+    /// view fails is refused and nothing changes.
+    pub fn insert(&mut self, object: Object) -> Result<(), StateError> {
+        self.update(object).map(|_| ())
+    }
+
+    /// [`ClusterState::insert`], saying whether the state changed: replacing an object with
+    /// an equal one (for a state without objects, one of an equal view) changes nothing and
+    /// copies nothing.
+    pub fn update(&mut self, object: Object) -> Result<bool, StateError> {
         let id = object.id();
         let view = view_of(&id, &object)?;
         let unchanged = match &self.objects {
@@ -1458,7 +1463,7 @@ mod tests {
                     Change::Insert(o) => {
                         let refused = ClusterState::new(vec![o.clone()], config.clone()).is_err();
                         let (kept, kept_views) = (state.clone(), views.clone());
-                        match (state.insert(o.clone()), views.insert(o.clone())) {
+                        match (state.update(o.clone()), views.update(o.clone())) {
                             (Err(_), Err(_)) => {
                                 prop_assert!(refused);
                                 prop_assert_eq!(&state, &kept);

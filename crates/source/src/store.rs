@@ -94,11 +94,12 @@ pub struct Snapshot {
 /// Objects are pruned on arrival to what `netd-model` reads ([`Watched::prune`]) and converted
 /// into their views; an object the model refuses (a malformed IP, an unknown protocol) is held
 /// out and listed by [`Store::rejected`] instead of failing every snapshot. A change is one
-/// that alters a view, so status heartbeats and `managedFields` churn change nothing.
+/// that alters a view ([`ClusterState::update`]), so status heartbeats and `managedFields`
+/// churn change nothing.
 ///
 /// The store keeps one [`ClusterState`], made [without its
 /// objects](ClusterState::without_objects) (a kept Pod is some 30 times its view), and changes
-/// it object by object ([`ClusterState::insert`], [`ClusterState::remove`]); a snapshot is a
+/// it object by object ([`ClusterState::update`], [`ClusterState::remove`]); a snapshot is a
 /// clone of it, which shares everything with the store until the store changes, so one change
 /// costs work in proportion to itself and not to the cluster. The kept form of an object
 /// lives on only in the log [`Store::take_changes`] empties, for a consumer that follows the
@@ -356,7 +357,7 @@ impl Store {
         let logged = self.followed.then(|| object.clone());
         // Admitted objects convert (`admit` checked), so the insert cannot be refused; if it
         // were, the state would keep what it had.
-        let changed = self.state.insert(object).unwrap_or(false);
+        let changed = self.state.update(object).unwrap_or(false);
         if changed && let Some(object) = logged {
             self.changed.insert(id, Some(object));
         }
