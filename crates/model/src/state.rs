@@ -1,5 +1,6 @@
 //! [`ClusterState`]: an immutable, indexed snapshot of the cluster.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -251,17 +252,22 @@ impl ClusterState {
     /// objects, for a state [without them](ClusterState::without_objects)). An object whose
     /// view fails is refused and nothing changes.
     pub fn insert(&mut self, object: Object) -> Result<(), StateError> {
-        self.update(object).map(|_| ())
+        self.put(Cow::Owned(object)).map(|_| ())
     }
 
-    /// [`ClusterState::insert`], saying whether the state changed: replacing an object with
-    /// an equal one (for a state without objects, one of an equal view) changes nothing and
-    /// copies nothing.
-    pub fn update(&mut self, object: Object) -> Result<bool, StateError> {
+    /// [`ClusterState::insert`] of `object`, saying whether the state changed: replacing an
+    /// object with an equal one (for a state without objects, one of an equal view) changes
+    /// nothing and copies nothing. It is borrowed, since a state without objects keeps none of
+    /// it: a store can log it as it changed without copying every object that did not.
+    pub fn update(&mut self, object: &Object) -> Result<bool, StateError> {
+        self.put(Cow::Borrowed(object))
+    }
+
+    fn put(&mut self, object: Cow<'_, Object>) -> Result<bool, StateError> {
         let id = object.id();
         let view = view_of(&id, &object)?;
         let unchanged = match &self.objects {
-            Some(objects) => objects.get(&id) == Some(&object),
+            Some(objects) => objects.get(&id) == Some(&*object),
             None => self.holds_view(&id, &view),
         };
         if unchanged {
@@ -313,7 +319,7 @@ impl ClusterState {
             _ => id.namespace.clone(),
         };
         if let Some(objects) = &mut self.objects {
-            objects.insert(id, object);
+            objects.insert(id, object.into_owned());
         }
         self.settle_namespace(&namespace);
         Ok(true)
@@ -1463,7 +1469,7 @@ mod tests {
                     Change::Insert(o) => {
                         let refused = ClusterState::new(vec![o.clone()], config.clone()).is_err();
                         let (kept, kept_views) = (state.clone(), views.clone());
-                        match (state.update(o.clone()), views.update(o.clone())) {
+                        match (state.update(&o), views.update(&o)) {
                             (Err(_), Err(_)) => {
                                 prop_assert!(refused);
                                 prop_assert_eq!(&state, &kept);

@@ -354,11 +354,10 @@ impl Store {
 
     /// Puts `object` (admitted) in as `id`; returns whether that changed the state.
     fn put(&mut self, id: ObjectId, object: Object) -> bool {
-        let logged = self.followed.then(|| object.clone());
-        // Admitted objects convert (`admit` checked), so the insert cannot be refused; if it
+        // Admitted objects convert (`admit` checked), so the update cannot be refused; if it
         // were, the state would keep what it had.
-        let changed = self.state.update(object).unwrap_or(false);
-        if changed && let Some(object) = logged {
+        let changed = self.state.update(&object).unwrap_or(false);
+        if changed && self.followed {
             self.changed.insert(id, Some(object));
         }
         changed
