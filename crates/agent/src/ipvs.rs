@@ -805,14 +805,9 @@ fn real_servers(dests: &[DestStatus]) -> BTreeMap<SocketAddr, RealServer> {
 mod tests {
     use super::*;
 
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+    const CLUSTER: &str = concat!(
+        netd_testkit::node_1!(),
+        r#"apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: x}
 spec:
@@ -826,7 +821,8 @@ addressType: IPv4
 metadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}
 ports: [{port: 8080, protocol: TCP}]
 endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}}]
-"#;
+"#
+    );
 
     fn vaddr(ip: &str, port: u16, protocol: Protocol) -> VirtualAddr {
         VirtualAddr {

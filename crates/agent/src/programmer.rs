@@ -386,14 +386,9 @@ pub(crate) mod tests {
 
     /// Node `node-1`, Pod `x/a` on it (10.244.1.2, port 80) and a NetworkPolicy `x/p`
     /// selecting every Pod of `x`, allowing ingress from `x`.
-    pub(crate) const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+    pub(crate) const CLUSTER: &str = concat!(
+        netd_testkit::node_1!(),
+        r#"apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
@@ -403,7 +398,8 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: p, namespace: x}
 spec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}
-"#;
+"#
+    );
 
     pub(crate) mod incremental {
         use netd_model::Object;

@@ -7,14 +7,9 @@ use netd_model::NodeName;
 use netd_testkit::scratch::ScratchNetns;
 
 /// The seed's pods and two policies, with a Service in front of db.
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+const CLUSTER: &str = concat!(
+    netd_testkit::node_1!(),
+    r#"apiVersion: v1
 kind: Namespace
 metadata: {name: default}
 ---
@@ -50,7 +45,8 @@ spec:
   policyTypes: [Ingress, Egress]
   ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
   egress: [{to: [{ipBlock: {cidr: 10.0.0.0/24}}], ports: [{port: 5978}]}]
-"#;
+"#
+);
 
 /// Rules of other software that must survive every sync and the clean-up.
 const FOREIGN: &str = "*filter\n:FOREIGN - [0:0]\n:KUBE-FIREWALL - [0:0]\n\

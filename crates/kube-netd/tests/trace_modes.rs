@@ -7,14 +7,9 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_kube-netd");
 
 /// One node; `app/web` has two endpoints behind ClusterIP 10.96.0.110 and nodePort 30080.
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+const CLUSTER: &str = concat!(
+    netd_testkit::node_1!(),
+    r#"apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: app}
 spec: {type: NodePort, clusterIP: 10.96.0.110, ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]}
@@ -27,7 +22,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints:
 - {addresses: [10.244.1.10], nodeName: node-1}
 - {addresses: [10.244.1.11], nodeName: node-1}
-"#;
+"#
+);
 
 /// `kube-netd ARGS -f CLUSTER`.
 fn on_cluster(args: &[&str]) -> Output {

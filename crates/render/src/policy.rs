@@ -425,14 +425,9 @@ mod tests {
     use super::*;
     use netd_model::NodeName;
 
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+    const CLUSTER: &str = concat!(
+        netd_testkit::node_1!(),
+        r#"apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}
@@ -452,7 +447,8 @@ spec:
   policyTypes: [Ingress, Egress]
   ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}, {port: 53, protocol: UDP}]}]
   egress: [{to: [{podSelector: {}}], ports: [{port: http}]}]
-"#;
+"#
+    );
 
     fn rules() -> PolicyRules {
         let state = netd_testkit::state(CLUSTER);

@@ -483,14 +483,9 @@ endpoints:
 
 /// Two pods of node-1: `x/a` admits `x/b` on TCP 80 and UDP 53, and may reach only pods
 /// that declare a port named `http` on it (`x/b` declares none, `x/c` does).
-const POLICY_CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
----
-apiVersion: v1
+const POLICY_CLUSTER: &str = concat!(
+    netd_testkit::node_1!(),
+    r#"apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
@@ -516,7 +511,8 @@ spec:
   policyTypes: [Ingress, Egress]
   ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}, {port: 53, protocol: UDP}]}]
   egress: [{to: [{podSelector: {}}], ports: [{port: http}]}]
-"#;
+"#
+);
 
 #[test]
 fn policy_chains_and_their_ipsets_decide_and_are_named() {

@@ -31,8 +31,8 @@
 //! kubectl and `kube-netd agent`. [`bench::median`] times the benchmarks that print their own
 //! tables.
 //!
-//! [`two_nodes!`] is the two Nodes most tests' clusters start with, as a string literal to
-//! `concat!` the rest of the cluster onto.
+//! [`node_1!`] and [`two_nodes!`] are the Nodes most tests' clusters start with, as string
+//! literals to `concat!` the rest of the cluster onto.
 
 pub mod api;
 pub mod bench;
@@ -41,11 +41,11 @@ pub mod nft;
 pub mod scale;
 pub mod scratch;
 
-/// The YAML of two Nodes, `node-1` (pod CIDR 10.244.1.0/24, InternalIP 172.18.0.2) and
-/// `node-2` (10.244.2.0/24, 172.18.0.3), ending in a document separator: a string literal, so
-/// that `concat!(netd_testkit::two_nodes!(), "...")` is one `&'static str`.
+/// The YAML of Node `node-1` (pod CIDR 10.244.1.0/24, InternalIP 172.18.0.2), ending in a
+/// document separator: a string literal, so that `concat!(netd_testkit::node_1!(), "...")`
+/// is one `&'static str`.
 #[macro_export]
-macro_rules! two_nodes {
+macro_rules! node_1 {
     () => {
         "apiVersion: v1
 kind: Node
@@ -53,13 +53,25 @@ metadata: {name: node-1}
 spec: {podCIDR: 10.244.1.0/24}
 status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
 ---
-apiVersion: v1
+"
+    };
+}
+
+/// [`node_1!`] and `node-2` (10.244.2.0/24, 172.18.0.3), ending in a document separator: the
+/// two Nodes most tests' clusters start with, as one string literal for `concat!`.
+#[macro_export]
+macro_rules! two_nodes {
+    () => {
+        concat!(
+            $crate::node_1!(),
+            "apiVersion: v1
 kind: Node
 metadata: {name: node-2}
 spec: {podCIDR: 10.244.2.0/24}
 status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
 ---
 "
+        )
     };
 }
 
